@@ -1,0 +1,404 @@
+"""Messages (docs/protocol.md section 5): msgpack arrays, several per DATA plaintext.
+
+Each message type is a small frozen dataclass with `encode()`; `decode_client` and
+`decode_relay` parse a whole plaintext and raise ProtocolError if any message is malformed,
+so a receiver drops the packet whole. Unknown type codes are skipped, extra elements ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from relay.protocol.constants import MAX_USER_ID_BYTES, ClientMsg, ProtocolError, RelayMsg
+
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_LIMITS = {
+    "max_buffer_size": 1 << 17,
+    "max_str_len": 1 << 16,
+    "max_bin_len": 1 << 17,
+    "max_array_len": 4096,
+    "max_map_len": 64,
+}
+
+
+def _unpack_all(plaintext: bytes) -> list[Any]:
+    unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=True, **_LIMITS)
+    try:
+        unpacker.feed(plaintext)
+        items = list(unpacker)
+    except Exception as exc:  # msgpack raises several types for corrupt input
+        raise ProtocolError("malformed", f"msgpack: {exc.__class__.__name__}") from None
+    if not items:
+        raise ProtocolError("malformed", "empty")
+    return items
+
+
+def _uint(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ProtocolError("malformed", "expected uint")
+    return value
+
+
+def _bin(value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise ProtocolError("malformed", "expected bin")
+    return value
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise ProtocolError("malformed", "expected str")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ProtocolError("malformed", "expected bool")
+    return value
+
+
+def _opt(check: Any, value: Any) -> Any:
+    return None if value is None else check(value)
+
+
+def _uint_list(value: Any) -> tuple[int, ...]:
+    if type(value) is not list:
+        raise ProtocolError("malformed", "expected array")
+    return tuple(_uint(v) for v in value)
+
+
+def _user_id(value: Any) -> str:
+    user_id = _str(value)
+    if not user_id or len(user_id.encode()) > MAX_USER_ID_BYTES:
+        raise ProtocolError("malformed", "user_id length")
+    return user_id
+
+
+# ---- client to relay ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    user_id: str
+    profile: bytes = b""
+    access_token: str | None = None
+    resume_token: bytes | None = None
+
+    def encode(self) -> bytes:
+        return _packb([ClientMsg.JOIN, self.user_id, self.profile, self.access_token, self.resume_token])
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+    targets: tuple[int, ...] | None = None
+
+    def encode(self) -> bytes:
+        return _packb([ClientMsg.SEND, self.data, None if self.targets is None else list(self.targets)])
+
+
+@dataclass(frozen=True, slots=True)
+class SetProfile:
+    profile: bytes
+
+    def encode(self) -> bytes:
+        return _packb([ClientMsg.PROFILE, self.profile])
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ping_id: int
+    client_time_us: int
+
+    def encode(self) -> bytes:
+        return _packb([ClientMsg.PING, self.ping_id, self.client_time_us])
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    def encode(self) -> bytes:
+        return _packb([ClientMsg.BYE])
+
+
+@dataclass(frozen=True, slots=True)
+class PathPong:
+    challenge: int
+
+    def encode(self) -> bytes:
+        return _packb([ClientMsg.PONG, self.challenge])
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    def encode(self) -> bytes:
+        return _packb([ClientMsg.SYNC])
+
+
+ClientMessage = Join | Send | SetProfile | Ping | Bye | PathPong | Sync
+
+
+def _client_message(item: Any) -> ClientMessage | None:
+    if type(item) is not list or not item:
+        raise ProtocolError("malformed", "not an array")
+    code = item[0]
+    n = len(item)
+    try:
+        if code == ClientMsg.SEND and n >= 3:
+            targets = item[2]
+            return Send(_bin(item[1]), None if targets is None or targets == [] else _uint_list(targets))
+        if code == ClientMsg.PING and n >= 3:
+            return Ping(_uint(item[1]), _uint(item[2]))
+        if code == ClientMsg.JOIN and n >= 5:
+            return Join(_user_id(item[1]), _bin(item[2]), _opt(_str, item[3]), _opt(_bin, item[4]))
+        if code == ClientMsg.PROFILE and n >= 2:
+            return SetProfile(_bin(item[1]))
+        if code == ClientMsg.BYE:
+            return Bye()
+        if code == ClientMsg.PONG and n >= 2:
+            return PathPong(_uint(item[1]))
+        if code == ClientMsg.SYNC:
+            return Sync()
+    except TypeError:
+        raise ProtocolError("malformed", "field type") from None
+    if type(code) is int and code in ClientMsg._value2member_map_:
+        raise ProtocolError("malformed", f"type {code} too short")
+    if type(code) is not int:
+        raise ProtocolError("malformed", "type code")
+    return None  # unknown type code: ignored
+
+
+def decode_client(plaintext: bytes) -> list[ClientMessage]:
+    return [m for m in map(_client_message, _unpack_all(plaintext)) if m is not None]
+
+
+# ---- relay to client ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_players: int = 32
+    max_payload: int = 1100
+    max_profile: int = 1024
+    messages_per_second: int = 100
+    bytes_per_second: int = 65536
+    keepalive_timeout_ms: int = 10_000
+    resume_grace_ms: int = 15_000
+
+    def to_wire(self) -> list[int]:
+        return [
+            self.max_players,
+            self.max_payload,
+            self.max_profile,
+            self.messages_per_second,
+            self.bytes_per_second,
+            self.keepalive_timeout_ms,
+            self.resume_grace_ms,
+        ]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Limits:
+        if type(value) is not list or len(value) < 7:
+            raise ProtocolError("malformed", "limits")
+        return cls(*(_uint(v) for v in value[:7]))
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    connection_id: int
+    user_id: str
+    profile: bytes
+
+    def to_wire(self) -> list[Any]:
+        return [self.connection_id, self.user_id, self.profile]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Member:
+        if type(value) is not list or len(value) < 3:
+            raise ProtocolError("malformed", "member")
+        return cls(_uint(value[0]), _user_id(value[1]), _bin(value[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    connection_id: int
+    resume_token: bytes
+    limits: Limits
+    members: tuple[Member, ...] = ()
+    more: bool = False
+    resumed: bool = False
+
+    def encode(self) -> bytes:
+        return _packb(
+            [
+                RelayMsg.WELCOME,
+                self.connection_id,
+                self.resume_token,
+                self.limits.to_wire(),
+                [m.to_wire() for m in self.members],
+                self.more,
+                self.resumed,
+            ]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberJoined:
+    connection_id: int
+    user_id: str
+    profile: bytes
+
+    def encode(self) -> bytes:
+        return _packb([RelayMsg.JOIN, self.connection_id, self.user_id, self.profile])
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLeft:
+    connection_id: int
+    reason: int
+
+    def encode(self) -> bytes:
+        return _packb([RelayMsg.LEAVE, self.connection_id, self.reason])
+
+
+@dataclass(frozen=True, slots=True)
+class MemberProfile:
+    connection_id: int
+    profile: bytes
+
+    def encode(self) -> bytes:
+        return _packb([RelayMsg.PROFILE, self.connection_id, self.profile])
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    sender: int
+    data: bytes
+
+    def encode(self) -> bytes:
+        return _packb([RelayMsg.MESSAGE, self.sender, self.data])
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    ping_id: int
+    client_time_us: int
+
+    def encode(self) -> bytes:
+        return _packb([RelayMsg.PONG, self.ping_id, self.client_time_us])
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: int
+    text: str = ""
+
+    def encode(self) -> bytes:
+        return _packb([RelayMsg.ERROR, self.code, self.text])
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    reason: int
+    text: str = ""
+
+    def encode(self) -> bytes:
+        return _packb([RelayMsg.CLOSING, self.reason, self.text])
+
+
+@dataclass(frozen=True, slots=True)
+class PathPing:
+    challenge: int
+
+    def encode(self) -> bytes:
+        return _packb([RelayMsg.PING, self.challenge])
+
+
+RelayMessage = (
+    Welcome | MemberJoined | MemberLeft | MemberProfile | Message | Pong | Error | Closing | PathPing
+)
+
+
+def encode_message(sender: int, data: bytes) -> bytes:
+    """MESSAGE without building a dataclass: the relay's fan-out hot path."""
+    return _packb([RelayMsg.MESSAGE, sender, data])
+
+
+def _relay_message(item: Any) -> RelayMessage | None:
+    if type(item) is not list or not item:
+        raise ProtocolError("malformed", "not an array")
+    code = item[0]
+    n = len(item)
+    if code == RelayMsg.MESSAGE and n >= 3:
+        return Message(_uint(item[1]), _bin(item[2]))
+    if code == RelayMsg.WELCOME and n >= 7:
+        members = item[4]
+        if type(members) is not list:
+            raise ProtocolError("malformed", "members")
+        return Welcome(
+            _uint(item[1]),
+            _bin(item[2]),
+            Limits.from_wire(item[3]),
+            tuple(Member.from_wire(m) for m in members),
+            _bool(item[5]),
+            _bool(item[6]),
+        )
+    if code == RelayMsg.JOIN and n >= 4:
+        return MemberJoined(_uint(item[1]), _user_id(item[2]), _bin(item[3]))
+    if code == RelayMsg.LEAVE and n >= 3:
+        return MemberLeft(_uint(item[1]), _uint(item[2]))
+    if code == RelayMsg.PROFILE and n >= 3:
+        return MemberProfile(_uint(item[1]), _bin(item[2]))
+    if code == RelayMsg.PONG and n >= 3:
+        return Pong(_uint(item[1]), _uint(item[2]))
+    if code == RelayMsg.ERROR and n >= 3:
+        return Error(_uint(item[1]), _str(item[2]))
+    if code == RelayMsg.CLOSING and n >= 3:
+        return Closing(_uint(item[1]), _str(item[2]))
+    if code == RelayMsg.PING and n >= 2:
+        return PathPing(_uint(item[1]))
+    if type(code) is not int:
+        raise ProtocolError("malformed", "type code")
+    if code in RelayMsg._value2member_map_:
+        raise ProtocolError("malformed", f"type {code} too short")
+    return None
+
+
+def decode_relay(plaintext: bytes) -> list[RelayMessage]:
+    return [m for m in map(_relay_message, _unpack_all(plaintext)) if m is not None]
+
+
+@dataclass(slots=True)
+class WelcomeBuilder:
+    """Splits a member snapshot into WELCOME parts that each fit `max_plaintext` bytes."""
+
+    connection_id: int
+    resume_token: bytes
+    limits: Limits
+    resumed: bool = False
+    members: list[Member] = field(default_factory=list)
+
+    def parts(self, max_plaintext: int) -> list[bytes]:
+        parts: list[bytes] = []
+        chunk: list[Member] = []
+        members = self.members
+        for member in members:
+            trial = Welcome(
+                self.connection_id, self.resume_token, self.limits, (*chunk, member), True, self.resumed
+            )
+            if chunk and len(trial.encode()) > max_plaintext:
+                parts.append(
+                    Welcome(
+                        self.connection_id, self.resume_token, self.limits, tuple(chunk), True, self.resumed
+                    ).encode()
+                )
+                chunk = [member]
+            else:
+                chunk.append(member)
+        last = Welcome(
+            self.connection_id, self.resume_token, self.limits, tuple(chunk), False, self.resumed
+        ).encode()
+        parts.append(last)
+        return parts
