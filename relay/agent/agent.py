@@ -1,0 +1,228 @@
+"""The agent inside every relay process: registers the room's address with the control plane,
+heartbeats live figures, drains on delete, and reports why the room closed.
+
+    agent = Agent(relay, config)      # config: RelayConfig (control_url, namespace, room,
+    await agent.start()               #   agent_secret, advertise_host)
+    ...
+    await agent.stop(reason)          # reports `closed` once (idempotent)
+
+`start()` returns at once: registration runs in the background with exponential backoff and
+jitter, so the relay serves its clients whether or not the control plane is up. On
+{"deleted": true} or 404 the agent closes the relay with CloseReason.DELETED (CLOSING to every
+member); the relay's `wait_closed()` then ends `relay serve`. Whatever ends the room (idle,
+lifetime, deleted, shutdown), the agent reports it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from enum import Enum
+from typing import Any, Protocol
+
+import httpx
+
+from relay.agent.control_client import ControlClient, ControlError, ControlUnavailable, RoomGone, backoff
+from relay.protocol.constants import CloseReason
+
+log = logging.getLogger("relay.agent")
+
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+CLOSED_REPORT_TIMEOUT = 2.0
+
+
+class RelayLike(Protocol):
+    host: str
+    port: int
+    admin_port: int | None
+
+    def stats(self) -> Any: ...
+
+    async def close(self, reason: CloseReason, text: str = "") -> None: ...
+
+    async def wait_closed(self) -> Any: ...
+
+
+def reason_text(reason: object) -> str:
+    """CloseReason.DELETED -> "deleted"; strings pass through (e.g. "cap_exceeded")."""
+    if isinstance(reason, Enum):
+        return str(reason.name).lower()
+    return str(reason) if reason else "shutdown"
+
+
+def detect_address(bound_host: str | None) -> str:
+    """The bound host, or for a wildcard bind the first non-loopback address of this machine."""
+    if bound_host and bound_host not in ("0.0.0.0", "::", ""):
+        return bound_host
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet is sent; this only picks the outgoing interface
+        addr = s.getsockname()[0]
+        if addr and not addr.startswith("127."):
+            return addr
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addr = str(info[4][0])
+            if not addr.startswith("127."):
+                return addr
+    return "127.0.0.1"
+
+
+def process_figures() -> tuple[float, int]:
+    """(cpu seconds used by this process, resident bytes)."""
+    t = os.times()
+    cpu = t.user + t.system
+    rss = 0
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return cpu, rss
+
+
+def _heartbeat_interval(config: Any) -> float:
+    value = getattr(config, "heartbeat_interval", None) or os.environ.get("RELAY_HEARTBEAT_INTERVAL")
+    try:
+        interval = float(value) if value else DEFAULT_HEARTBEAT_INTERVAL
+    except ValueError:
+        interval = DEFAULT_HEARTBEAT_INTERVAL
+    return max(0.05, interval)
+
+
+class Agent:
+    def __init__(self, relay: RelayLike, config: Any, *, http: httpx.AsyncClient | None = None) -> None:
+        self.relay = relay
+        self.config = config
+        self.heartbeat_interval = _heartbeat_interval(config)
+        if not config.control_url or not config.namespace or not config.room:
+            raise ValueError("the agent needs control_url, namespace and room")
+        secret = config.agent_secret or os.environ.get("RELAY_AGENT_SECRET") or ""
+        self.client = ControlClient(config.control_url, config.namespace, config.room, secret, http=http)
+        self.registered = asyncio.Event()
+        self.deleted = False
+        self.closed_reason: str | None = None
+        self.heartbeats_sent = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_messages: tuple[float, int] | None = None
+        self._closed_report: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return getattr(self.config, "advertise_host", None) or detect_address(
+            getattr(self.relay, "host", None)
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()), loop.create_task(self._watch_relay())]
+
+    async def stop(self, reason: object = CloseReason.SHUTDOWN) -> None:
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+        await self._report_closed(reason_text(reason))
+        await self.client.aclose()
+
+    # --- background work -------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            await self._register()
+            await self._heartbeat_loop()
+        except RoomGone:
+            await self._drain()
+
+    async def _register(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.client.register(self.address, self.relay.port, self.relay.admin_port, os.getpid())
+                self.registered.set()
+                log.info("registered %s:%s", self.address, self.relay.port)
+                return
+            except RoomGone:
+                raise
+            except ControlError as exc:
+                delay = backoff(attempt, base=min(0.2, self.heartbeat_interval), cap=10.0)
+                log.warning("register failed (%s); retry in %.2fs", exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    def _figures(self) -> tuple[int, float, float, int]:
+        stats = self.relay.stats()
+        members = int(getattr(stats, "members", 0) or 0)
+        messages = int(getattr(stats, "messages_in", 0) or 0)
+        now = time.monotonic()
+        rate = 0.0
+        if self._last_messages is not None:
+            then, count = self._last_messages
+            if now > then:
+                rate = max(0.0, (messages - count) / (now - then))
+        self._last_messages = (now, messages)
+        cpu, rss = process_figures()
+        return members, round(rate, 3), round(cpu, 3), rss
+
+    async def _heartbeat_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                deleted = await self.client.heartbeat(*self._figures())
+                self.heartbeats_sent += 1
+                failures = 0
+                if deleted:
+                    raise RoomGone("deleted")
+                await asyncio.sleep(self.heartbeat_interval)
+            except ControlError as exc:
+                if isinstance(exc, RoomGone):
+                    raise
+                # Quick retries after a blip, never sparser than the interval (the control plane
+                # declares a relay lost after a few missed intervals).
+                delay = backoff(failures, base=self.heartbeat_interval / 4, cap=self.heartbeat_interval)
+                failures += 1
+                log.warning("heartbeat failed (%s); retry in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _drain(self) -> None:
+        log.info("room deleted: draining")
+        self.deleted = True
+        await self.relay.close(CloseReason.DELETED)
+
+    async def _watch_relay(self) -> None:
+        reason = await self.relay.wait_closed()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        await self._report_closed(reason_text(reason))
+
+    async def _report_closed(self, reason: str) -> None:
+        """Sends `closed` once; later callers (stop after the watcher) wait for that same report."""
+        if self._closed_report is None:
+            self.closed_reason = reason
+            self._closed_report = asyncio.get_running_loop().create_task(self._send_closed(reason))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._closed_report)
+
+    async def _send_closed(self, reason: str) -> None:
+        deadline = time.monotonic() + CLOSED_REPORT_TIMEOUT
+        attempt = 0
+        while True:
+            try:
+                await asyncio.wait_for(self.client.closed(reason), max(0.05, deadline - time.monotonic()))
+                return
+            except (TimeoutError, RoomGone):
+                return
+            except ControlUnavailable:
+                delay = backoff(attempt, base=0.05, cap=0.5)
+                attempt += 1
+                if time.monotonic() + delay >= deadline:
+                    return
+                await asyncio.sleep(delay)
+            except ControlError:
+                return

@@ -1,0 +1,209 @@
+"""The control plane assembled: store, provisioner, service, gateway, HTTP app and its server.
+
+    cp = ControlPlane(ControlConfig(port=0, data_dir=tmp))
+    await cp.start()          # binds, recovers rooms, serves; cp.url, cp.port
+    ...
+    await cp.stop()
+
+`async with ControlPlane(config) as cp:` does the same. Each instance has its own metrics
+registry, so several can run in one process (tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import relay
+from relay.control.api import build_routes
+from relay.control.auth import Authority, load_or_create_credentials, load_signing_key
+from relay.control.config import ControlConfig
+from relay.control.errors import ApiError, ErrorItem, error_response
+from relay.control.gateway import Gateway
+from relay.control.metrics import ControlMetrics
+from relay.control.oplog import OperationLog
+from relay.control.provisioner import LocalProvisioner, NullProvisioner, Provisioner, Spawner
+from relay.control.service import RealtimeService
+from relay.control.store import Store, open_store
+
+log = logging.getLogger("relay.control")
+
+
+def resolve_credentials(config: ControlConfig) -> tuple[str, str]:
+    """Flags/env/config file win; otherwise dev credentials generated once in the data dir."""
+    if config.client_id and config.client_secret:
+        return config.client_id, config.client_secret
+    return load_or_create_credentials(config.data_dir)
+
+
+def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> Provisioner:
+    if config.provisioner == "none":
+        return NullProvisioner()
+    if config.provisioner != "local":
+        raise ValueError(f"unknown provisioner {config.provisioner!r} (local, none)")
+    return LocalProvisioner(
+        relay_command=config.relay_command,
+        relay_host=config.relay_host,
+        advertise_host=config.advertise_host,
+        extra_args=config.relay_extra_args,
+        stop_grace=config.stop_grace,
+        log_dir=config.data_dir / "relay-logs",
+        spawner=spawner,
+    )
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        config: ControlConfig,
+        provisioner: Provisioner | None = None,
+        spawner: Spawner | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        client_id, client_secret = resolve_credentials(config)
+        self.authority = Authority(
+            client_id,
+            client_secret,
+            load_signing_key(config.data_dir),
+            project_token_ttl=config.project_token_ttl,
+            user_token_ttl=config.user_token_ttl,
+        )
+        self.store = store or open_store(config)
+        self.provisioner = provisioner or make_provisioner(config, spawner)
+        self._sock = self._bind()
+        self.port: int = self._sock.getsockname()[1]
+        connect_host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
+        self.url = f"http://{connect_host}:{self.port}"
+        public = (config.public_url or self.url).rstrip("/")
+        self.internal_url = public + "/internal"
+        self.service: RealtimeService
+        self.metrics = ControlMetrics(lambda: self.service.room_counts())
+        self.gateway = Gateway(self.authority, self.metrics, config.webhook_url)
+        self.oplog = OperationLog(config.operation_log_path, config.data_dir / "logs")
+        self.service = RealtimeService(
+            config,
+            self.store,
+            self.provisioner,
+            self.authority,
+            self.gateway,
+            self.oplog,
+            self.metrics,
+            self.internal_url,
+        )
+        self.app = self._build_app()
+        self._server: uvicorn.Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, self.config.port))
+        sock.set_inheritable(False)
+        return sock
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(
+            title="gs2-relay control plane",
+            version=relay.__version__,
+            description="GS2-Realtime compatible REST API (see docs/operations.md).",
+            docs_url="/docs",
+            redoc_url=None,
+        )
+        app.openapi_schema = None
+        app.add_middleware(GZipMiddleware, minimum_size=1024)
+
+        @app.exception_handler(ApiError)
+        async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+            return exc.response()
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+            return error_response(
+                exc.status_code, [ErrorItem("request", str(exc.detail), f"core.http.error.{exc.status_code}")]
+            )
+
+        @app.exception_handler(RequestValidationError)
+        async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+            return error_response(
+                400, [ErrorItem("request", "invalid request", "core.request.error.invalid")]
+            )
+
+        @app.exception_handler(Exception)
+        async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+            log.exception("unhandled error")
+            return error_response(500, [ErrorItem("server", "internal error", "core.server.error.internal")])
+
+        build_routes(app, self)
+        original_openapi = app.openapi
+
+        def openapi() -> dict[str, Any]:
+            schema = original_openapi()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "projectToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "from /identifier/projectToken/login",
+                }
+            }
+            return schema
+
+        app.openapi = openapi  # type: ignore[method-assign]
+        return app
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.service.start()
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning" if self.config.log_level == "info" else self.config.log_level,
+            access_log=False,
+            lifespan="off",
+            ws="websockets-sansio",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._serve_task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._serve_task.done():
+                self._serve_task.result()
+                raise RuntimeError("control plane HTTP server stopped during start")
+            await asyncio.sleep(0.01)
+        log.info("control plane on %s (pid %d, data %s)", self.url, os.getpid(), self.config.data_dir)
+
+    async def serve_forever(self) -> None:
+        assert self._serve_task is not None
+        await asyncio.shield(self._serve_task)
+
+    async def stop(self) -> None:
+        await self.gateway.close()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._serve_task, 5.0)
+        await self.service.stop()
+        await self.store.close()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,106 @@
+"""Project credentials, project tokens and user access tokens.
+
+Both kinds of token are relay.protocol.tokens (Ed25519) signed with the one signing key kept in
+the data dir, told apart by their issuer, so they survive control-plane restarts without a
+token table, and relays verify user tokens with the public key alone.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from relay.protocol import tokens
+
+PROJECT_ISSUER = "gs2relay-project"
+USER_ISSUER = "gs2relay"
+SIGNING_KEY_FILE = "signing.key"
+CREDENTIALS_FILE = "credentials.json"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Creates a 0600 file atomically (write temp, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_signing_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The control plane's signing key: generated on first use, then read back from the data dir."""
+    path = data_dir / SIGNING_KEY_FILE
+    if path.exists():
+        return tokens.private_key_from_text(path.read_text())
+    key = Ed25519PrivateKey.generate()
+    _write_private(path, tokens.private_key_to_text(key) + "\n")
+    # Two processes racing on first start: whichever rename won is the key; read it back.
+    return tokens.private_key_from_text(path.read_text())
+
+
+def load_or_create_credentials(data_dir: Path) -> tuple[str, str]:
+    """Dev credentials persisted in the data dir so they stay the same across `relay dev` runs."""
+    path = data_dir / CREDENTIALS_FILE
+    if path.exists():
+        data = json.loads(path.read_text())
+        return str(data["client_id"]), str(data["client_secret"])
+    client_id = "dev-" + secrets.token_hex(8)
+    client_secret = secrets.token_urlsafe(24)
+    _write_private(path, json.dumps({"client_id": client_id, "client_secret": client_secret}) + "\n")
+    data = json.loads(path.read_text())
+    return str(data["client_id"]), str(data["client_secret"])
+
+
+@dataclass(frozen=True)
+class Authority:
+    """Checks project credentials and mints/verifies both token kinds."""
+
+    client_id: str
+    client_secret: str
+    signing_key: Ed25519PrivateKey
+    project_token_ttl: int = 3600
+    user_token_ttl: int = 3600
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self.signing_key.public_key()
+
+    @property
+    def public_key_text(self) -> str:
+        return tokens.public_key_to_text(self.public_key)
+
+    def check_credentials(self, client_id: object, client_secret: object) -> bool:
+        if not isinstance(client_id, str) or not isinstance(client_secret, str):
+            return False
+        id_ok = hmac.compare_digest(client_id.encode(), self.client_id.encode())
+        secret_ok = hmac.compare_digest(client_secret.encode(), self.client_secret.encode())
+        return id_ok and secret_ok
+
+    def mint_project_token(self) -> str:
+        return tokens.mint(self.signing_key, self.client_id, self.project_token_ttl, issuer=PROJECT_ISSUER)
+
+    def verify_project_token(self, token: str) -> bool:
+        try:
+            claims = tokens.verify(self.public_key, token, user_id=self.client_id)
+        except tokens.TokenError:
+            return False
+        return claims.iss == PROJECT_ISSUER
+
+    def mint_user_token(self, user_id: str, ttl: int | None = None) -> str:
+        return tokens.mint(self.signing_key, user_id, ttl or self.user_token_ttl, issuer=USER_ISSUER)
+
+    def verify_user_token(self, token: str) -> tokens.Claims | None:
+        try:
+            claims = tokens.verify(self.public_key, token)
+        except tokens.TokenError:
+            return None
+        return claims if claims.iss == USER_ISSUER else None

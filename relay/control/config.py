@@ -1,0 +1,149 @@
+"""Every setting of the control plane in one typed place (a frozen dataclass with documented defaults).
+
+`ControlConfig.from_env()` reads RELAY_* environment variables; the CLI layers flags and an
+optional JSON config file on top (see relay/control/cli.py and docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def default_relay_command() -> tuple[str, ...]:
+    """How the local provisioner starts one relay: `python -m relay.cli serve` of this interpreter."""
+    return (sys.executable, "-m", "relay.cli", "serve")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    # --- listening -------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Address the HTTP API, gateway and internal API bind to."""
+    port: int = 7700
+    """TCP port (0 picks a free one; the bound port is then in ControlPlane.port)."""
+    public_url: str | None = None
+    """Base URL relays use to reach /internal; default http://{host}:{port} (0.0.0.0 -> 127.0.0.1)."""
+
+    # --- identity --------------------------------------------------------------------------
+    region: str = "ap-northeast-1"
+    """Region used in GRNs (grn:gs2:{region}:{ownerId}:realtime:...)."""
+    owner_id: str = "owner-0001"
+    """Owner id used in GRNs and returned by login."""
+    client_id: str | None = None
+    """Project credential id; None means `relay dev` generates and persists one in the data dir."""
+    client_secret: str | None = None
+    project_token_ttl: int = 3600
+    """Lifetime in seconds of a project token returned by login."""
+    user_token_ttl: int = 3600
+    """Default lifetime in seconds of a minted user access token."""
+
+    # --- storage ---------------------------------------------------------------------------
+    data_dir: Path = Path(".relay")
+    """Holds control.db (SQLite), signing.key, credentials.json and the operation logs."""
+    store_url: str | None = None
+    """None: embedded SQLite at {data_dir}/control.db. `sqlite:///path` for another file."""
+
+    # --- provisioning ----------------------------------------------------------------------
+    provisioner: str = "local"
+    """"local" (one relay process per room on this machine) or "none" (records only)."""
+    relay_command: tuple[str, ...] = field(default_factory=default_relay_command)
+    """argv prefix that starts one relay; the provisioner appends the `relay serve` flags."""
+    relay_host: str = "127.0.0.1"
+    """--host given to spawned relays (0.0.0.0 to serve other machines)."""
+    advertise_host: str | None = None
+    """--advertise-host given to spawned relays: the ipAddress clients are told."""
+    relay_extra_args: tuple[str, ...] = ()
+    """Extra flags appended to every `relay serve` (e.g. --idle-timeout 30)."""
+    relay_require_user_tokens: bool = False
+    """Hand relays --token-public-key, so JOIN must carry a user access token for its user id."""
+    stop_grace: float = 3.0
+    """Seconds between SIGTERM and SIGKILL when a relay is stopped."""
+    stop_relays_on_exit: bool = False
+    """Stop every relay when the control plane shuts down (True for `relay dev`)."""
+
+    # --- liveness --------------------------------------------------------------------------
+    heartbeat_interval: float = 2.0
+    """Seconds between agent heartbeats (handed to relays as RELAY_HEARTBEAT_INTERVAL)."""
+    missed_heartbeats: int = 3
+    """A registered relay with no heartbeat for this many intervals is marked lost and removed."""
+    register_timeout: float = 60.0
+    """A room whose relay has not registered this long after provisioning is failed and removed."""
+    sweep_interval: float = 0.5
+    """How often the reaper looks for lost relays."""
+
+    # --- notifications / logs --------------------------------------------------------------
+    webhook_url: str | None = None
+    """If set, every room-ready push is also POSTed here as JSON."""
+    operation_log: Path | None = None
+    """JSON-lines operation log; default {data_dir}/operations.log."""
+    log_level: str = "info"
+
+    @property
+    def db_path(self) -> Path:
+        if self.store_url and self.store_url.startswith("sqlite:///"):
+            return Path(self.store_url.removeprefix("sqlite:///"))
+        return self.data_dir / "control.db"
+
+    @property
+    def operation_log_path(self) -> Path:
+        return self.operation_log or self.data_dir / "operations.log"
+
+    @property
+    def lost_after(self) -> float:
+        return self.heartbeat_interval * self.missed_heartbeats
+
+    def replace(self, **changes: Any) -> ControlConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], base: ControlConfig | None = None) -> ControlConfig:
+        """Applies known keys (snake_case, as the field names) and ignores None values."""
+        base = base or cls()
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            key = key.replace("-", "_")
+            if key not in names or value is None:
+                continue
+            current = getattr(base, key)
+            if isinstance(current, Path) or key in ("data_dir", "operation_log"):
+                value = Path(value)
+            elif isinstance(current, bool):
+                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            elif isinstance(current, int) and not isinstance(current, bool):
+                value = int(value)
+            elif isinstance(current, float):
+                value = float(value)
+            elif isinstance(current, tuple):
+                value = tuple(value.split()) if isinstance(value, str) else tuple(value)
+            changes[key] = value
+        return dataclasses.replace(base, **changes)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], base: ControlConfig | None = None) -> ControlConfig:
+        return cls.from_mapping(json.loads(Path(path).read_text()), base)
+
+    @classmethod
+    def from_env(
+        cls, base: ControlConfig | None = None, environ: dict[str, str] | None = None
+    ) -> ControlConfig:
+        """RELAY_<FIELD> for every field, e.g. RELAY_CLIENT_ID, RELAY_DATA_DIR, RELAY_WEBHOOK_URL."""
+        env = os.environ if environ is None else environ
+        values = {
+            f.name: env[f"RELAY_{f.name.upper()}"]
+            for f in dataclasses.fields(cls)
+            if f"RELAY_{f.name.upper()}" in env
+        }
+        # RELAY_PORT / RELAY_HOST are also read by `relay serve`; the control plane uses its own names.
+        values.pop("port", None)
+        values.pop("host", None)
+        for name in ("host", "port"):
+            if f"RELAY_CONTROL_{name.upper()}" in env:
+                values[name] = env[f"RELAY_CONTROL_{name.upper()}"]
+        return cls.from_mapping(values, base)

@@ -1,0 +1,59 @@
+"""GS2's error shape: any non-200 answer carries {"message": "<JSON string of [{component, message, code}]>"}.
+
+The SDKs json-decode the inner string and expose it as `exception.errors` (RequestError list).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorItem:
+    component: str
+    message: str
+    code: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"component": self.component, "message": self.message, "code": self.code}
+
+
+class ApiError(Exception):
+    """Raised anywhere below a handler; rendered as GS2's error body with `status`."""
+
+    def __init__(self, status: int, errors: list[ErrorItem]) -> None:
+        super().__init__(f"{status}: " + "; ".join(f"{e.component}: {e.code}" for e in errors))
+        self.status = status
+        self.errors = errors
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.errors)
+
+
+def error_body(errors: list[ErrorItem]) -> dict[str, str]:
+    return {"message": json.dumps([e.to_dict() for e in errors], separators=(",", ":"))}
+
+
+def error_response(status: int, errors: list[ErrorItem]) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_body(errors))
+
+
+def bad_request(component: str, message: str, code: str) -> ApiError:
+    return ApiError(400, [ErrorItem(component, message, code)])
+
+
+def unauthorized(
+    message: str = "authentication required", code: str = "core.auth.error.unauthorized"
+) -> ApiError:
+    return ApiError(401, [ErrorItem("authorization", message, code)])
+
+
+def not_found(component: str, message: str, code: str) -> ApiError:
+    return ApiError(404, [ErrorItem(component, message, code)])
+
+
+def conflict(component: str, message: str, code: str) -> ApiError:
+    return ApiError(409, [ErrorItem(component, message, code)])

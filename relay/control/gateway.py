@@ -1,0 +1,133 @@
+"""The user push gateway: WebSocket /gateway, and the optional webhook.
+
+A user connects with a user access token (query `?token=...`, or header `X-GS2-ACCESS-TOKEN`,
+or `Authorization: Bearer ...`). Pushes mirror GS2's gateway: a JSON text frame without a
+requestId whose `body` is the notification {issuer, subject, payload, userId, ...} where
+`payload` is a JSON-encoded string (GS2 SDKs hand `body` to on_notification); the same fields
+are repeated at the top level for clients that do not unwrap `body`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+from fastapi import WebSocket, WebSocketDisconnect
+
+from relay.control.auth import Authority
+from relay.control.metrics import ControlMetrics
+
+log = logging.getLogger("relay.control.gateway")
+
+CREATE_ISSUER = "Gs2Realtime:Create"
+
+
+def notification(issuer: str, subject: str, user_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    body = {
+        "issuer": issuer,
+        "subject": subject,
+        "payload": json.dumps(payload, separators=(",", ":")),
+        "userId": user_id,
+        "enableTransferMobileNotification": False,
+    }
+    return {"type": "notification", **body, "body": body}
+
+
+class Gateway:
+    def __init__(self, authority: Authority, metrics: ControlMetrics, webhook_url: str | None = None) -> None:
+        self.authority = authority
+        self.metrics = metrics
+        self.webhook_url = webhook_url
+        self._sockets: dict[str, set[WebSocket]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http: httpx.AsyncClient | None = None
+
+    def connected(self, user_id: str) -> bool:
+        return bool(self._sockets.get(user_id))
+
+    async def handle(self, ws: WebSocket) -> None:
+        token = ws.query_params.get("token") or ws.headers.get("x-gs2-access-token")
+        auth = ws.headers.get("authorization", "")
+        if not token and auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        claims = self.authority.verify_user_token(token) if token else None
+        if claims is None:
+            await ws.close(code=4401, reason="a valid user access token is required")
+            return
+        await ws.accept()
+        user = claims.sub
+        self._sockets.setdefault(user, set()).add(ws)
+        self.metrics.gateway_connections.inc()
+        try:
+            await ws.send_json({"type": "welcome", "userId": user})
+            while True:
+                text = await ws.receive_text()
+                # Only keepalives are understood; anything else is ignored (never an error out).
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    if json.loads(text).get("type") == "ping":
+                        await ws.send_json({"type": "pong"})
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            sockets = self._sockets.get(user)
+            if sockets is not None:
+                sockets.discard(ws)
+                if not sockets:
+                    del self._sockets[user]
+            self.metrics.gateway_connections.dec()
+
+    async def push(self, user_ids: Iterable[str], issuer: str, subject: str, payload: dict[str, Any]) -> int:
+        """Sends to every connected socket of each listed user; returns how many frames went out."""
+        sent = 0
+        for user in dict.fromkeys(user_ids):
+            for ws in list(self._sockets.get(user, ())):
+                try:
+                    await ws.send_json(notification(issuer, subject, user, payload))
+                    sent += 1
+                except Exception:  # a dying socket must not stop the others
+                    log.debug("push to %s failed", user, exc_info=True)
+        self.metrics.notifications.inc(sent)
+        return sent
+
+    def webhook(self, issuer: str, subject: str, user_ids: list[str], payload: dict[str, Any]) -> None:
+        """POSTs the notification to the configured URL (and only there), in the background."""
+        if not self.webhook_url:
+            return
+        body = {
+            "issuer": issuer,
+            "subject": subject,
+            "payload": json.dumps(payload, separators=(",", ":")),
+            "userIds": user_ids,
+        }
+        task = asyncio.get_running_loop().create_task(self._post(body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, body: dict[str, Any]) -> None:
+        assert self.webhook_url is not None
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        for attempt in range(3):
+            try:
+                r = await self._http.post(self.webhook_url, json=body)
+                if r.status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.5 * 2**attempt)
+        log.warning("webhook %s failed for %s", self.webhook_url, body.get("payload"))
+
+    async def close(self) -> None:
+        for sockets in list(self._sockets.values()):
+            for ws in list(sockets):
+                with contextlib.suppress(Exception):
+                    await ws.close(code=1001)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._http is not None:
+            await self._http.aclose()

@@ -1,0 +1,51 @@
+"""Prometheus metrics of one control plane, on its own CollectorRegistry (several per test process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from relay.control.records import ROOM_STATES
+
+
+class ControlMetrics:
+    def __init__(self, room_counts: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rooms = Gauge("relay_control_rooms", "Rooms by state", ["state"], registry=self.registry)
+        for state in ROOM_STATES:
+            self.rooms.labels(state).set_function(lambda s=state: float(room_counts().get(s, 0)))
+        self.provision_seconds = Histogram(
+            "relay_control_provision_seconds",
+            "wantRoom to relay registered",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "relay_control_api_requests",
+            "API requests by method and status",
+            ["method", "status"],
+            registry=self.registry,
+        )
+        self.api_latency = Histogram(
+            "relay_control_api_latency_seconds",
+            "API request latency",
+            ["method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.rooms_closed = Counter(
+            "relay_control_rooms_closed", "Rooms ended, by reason", ["reason"], registry=self.registry
+        )
+        self.heartbeats = Counter(
+            "relay_control_heartbeats", "Agent heartbeats received", registry=self.registry
+        )
+        self.gateway_connections = Gauge(
+            "relay_control_gateway_connections", "Open gateway WebSockets", registry=self.registry
+        )
+        self.notifications = Counter(
+            "relay_control_notifications", "Pushes delivered to gateway connections", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,324 @@
+"""Getting a relay for a room: the Provisioner interface, the local one, and pluggable spawning.
+
+LocalProvisioner runs one `relay serve` process per room on this machine. How a process is
+created is a `Spawner` (default: a plain subprocess), so a zygote fork-server and cgroup
+placement (relay/agent/zygote.py, cgroups.py) can be plugged in without touching this module.
+The provisioner only starts and stops processes; the room's address comes from the relay's
+agent registering with the control plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+log = logging.getLogger("relay.control.provisioner")
+
+ExitCallback = Callable[[str, str, int | None], Awaitable[None]]
+"""on_exit(namespace, room, returncode) once a relay process is gone."""
+
+# Never hand the project secret (or other control-plane-only settings) to a relay process.
+SCRUBBED_ENV = ("RELAY_CLIENT_ID", "RELAY_CLIENT_SECRET", "RELAY_WEBHOOK_URL")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRequest:
+    namespace: str
+    room: str
+    room_key: str
+    agent_secret: str
+    control_url: str
+    heartbeat_interval: float
+    token_public_key: str | None = None
+
+
+@runtime_checkable
+class ProcessHandle(Protocol):
+    pid: int
+
+    async def wait(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+@runtime_checkable
+class Spawner(Protocol):
+    """Creates one relay process. `argv[0]` is the interpreter; env is the full environment."""
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    ) -> ProcessHandle: ...
+
+
+class SubprocessHandle:
+    __slots__ = ("_proc", "pid")
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+
+    async def wait(self) -> int | None:
+        return await self._proc.wait()
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.terminate()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+
+
+class SubprocessSpawner:
+    """Default spawner: asyncio subprocess in its own session (a terminal's Ctrl-C reaches only the
+    control plane, which then stops relays deliberately), output to a per-room log file."""
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    ) -> ProcessHandle:
+        out: int | object = asyncio.subprocess.DEVNULL
+        fd = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            out = fd
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=dict(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return SubprocessHandle(proc)
+
+
+@runtime_checkable
+class Provisioner(Protocol):
+    def set_exit_callback(self, callback: ExitCallback) -> None: ...
+
+    async def provision(self, request: RelayRequest) -> int | None:
+        """Starts a relay for the room; returns its pid when it is a local process."""
+        ...
+
+    async def stop(self, namespace: str, room: str, pid: int | None = None) -> None:
+        """Stops the room's relay (graceful, then forced); no-op if there is none, or if `pid` is
+        given and the tracked relay is another process (a newer room of the same name)."""
+        ...
+
+    def adopt(self, namespace: str, room: str, pid: int | None) -> bool:
+        """After a control-plane restart: True if the room's relay (pid) still runs, now tracked."""
+        ...
+
+    def alive(self, namespace: str, room: str) -> bool | None:
+        """Whether the room's relay process is running (None: unknown to this provisioner)."""
+        ...
+
+    async def close(self, stop_all: bool) -> None: ...
+
+
+def pid_is_relay(pid: int, namespace: str, room: str) -> bool:
+    """pid alive and (where /proc exists) really the relay for this room, not a reused pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    args = raw.split(b"\0")
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
+    return (
+        b"--room" in args
+        and room.encode() in args
+        and (b"--namespace" not in args or namespace.encode() in args)
+    )
+
+
+class _Adopted:
+    """A relay started by an earlier control-plane process: signalled by pid, polled for exit."""
+
+    __slots__ = ("namespace", "pid", "room")
+
+    def __init__(self, pid: int, namespace: str, room: str) -> None:
+        self.pid = pid
+        self.namespace = namespace
+        self.room = room
+
+    async def wait(self) -> int | None:
+        while pid_is_relay(self.pid, self.namespace, self.room):
+            await asyncio.sleep(0.1)
+        return None
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class LocalProvisioner:
+    def __init__(
+        self,
+        relay_command: Sequence[str],
+        relay_host: str = "127.0.0.1",
+        advertise_host: str | None = None,
+        extra_args: Sequence[str] = (),
+        stop_grace: float = 3.0,
+        log_dir: Path | None = None,
+        spawner: Spawner | None = None,
+    ) -> None:
+        self.relay_command = tuple(relay_command)
+        self.relay_host = relay_host
+        self.advertise_host = advertise_host
+        self.extra_args = tuple(extra_args)
+        self.stop_grace = stop_grace
+        self.log_dir = log_dir
+        self.spawner: Spawner = spawner or SubprocessSpawner()
+        self._procs: dict[tuple[str, str], ProcessHandle | _Adopted] = {}
+        self._watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._on_exit: ExitCallback | None = None
+
+    def set_exit_callback(self, callback: ExitCallback) -> None:
+        self._on_exit = callback
+
+    def argv(self, request: RelayRequest) -> list[str]:
+        argv = [
+            *self.relay_command,
+            "--host",
+            self.relay_host,
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--control-url",
+            request.control_url,
+            "--namespace",
+            request.namespace,
+            "--room",
+            request.room,
+        ]
+        if self.advertise_host:
+            argv += ["--advertise-host", self.advertise_host]
+        if request.token_public_key:
+            argv += ["--token-public-key", request.token_public_key]
+        return argv + list(self.extra_args)
+
+    def env(self, request: RelayRequest) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        env["RELAY_ROOM_KEY"] = request.room_key
+        env["RELAY_AGENT_SECRET"] = request.agent_secret
+        env["RELAY_HEARTBEAT_INTERVAL"] = repr(request.heartbeat_interval)
+        return env
+
+    def log_path(self, namespace: str, room: str) -> Path | None:
+        return None if self.log_dir is None else self.log_dir / namespace / f"{room}.log"
+
+    async def provision(self, request: RelayRequest) -> int | None:
+        key = (request.namespace, request.room)
+        if key in self._procs:  # the relay of an earlier room of this name is still stopping
+            await self.stop(*key)
+        handle = await self.spawner.spawn(
+            self.argv(request), self.env(request), self.log_path(request.namespace, request.room)
+        )
+        self._track(key, handle)
+        return handle.pid
+
+    def _track(self, key: tuple[str, str], handle: ProcessHandle | _Adopted) -> None:
+        self._procs[key] = handle
+        self._watchers[key] = asyncio.get_running_loop().create_task(self._watch(key, handle))
+
+    async def _watch(self, key: tuple[str, str], handle: ProcessHandle | _Adopted) -> None:
+        code: int | None = None
+        try:
+            code = await handle.wait()
+        finally:
+            if self._procs.get(key) is handle:
+                del self._procs[key]
+                self._watchers.pop(key, None)
+        log.info("relay %s/%s (pid %s) exited with %s", key[0], key[1], handle.pid, code)
+        if self._on_exit is not None:
+            try:
+                await self._on_exit(key[0], key[1], code)
+            except Exception:
+                log.exception("exit callback failed for %s/%s", *key)
+
+    def adopt(self, namespace: str, room: str, pid: int | None) -> bool:
+        key = (namespace, room)
+        if key in self._procs:
+            return True
+        if pid is None or not pid_is_relay(pid, namespace, room):
+            return False
+        self._track(key, _Adopted(pid, namespace, room))
+        return True
+
+    def alive(self, namespace: str, room: str) -> bool | None:
+        return (namespace, room) in self._procs
+
+    async def stop(self, namespace: str, room: str, pid: int | None = None) -> None:
+        key = (namespace, room)
+        handle = self._procs.get(key)
+        watcher = self._watchers.get(key)
+        if handle is None or watcher is None or (pid is not None and handle.pid != pid):
+            return
+        handle.terminate()
+        done, _ = await asyncio.wait({watcher}, timeout=self.stop_grace)
+        if not done:
+            log.warning("relay %s/%s ignored SIGTERM for %.1fs: SIGKILL", namespace, room, self.stop_grace)
+            handle.kill()
+            await asyncio.wait({watcher}, timeout=5.0)
+
+    async def close(self, stop_all: bool) -> None:
+        if stop_all:
+            await asyncio.gather(
+                *(self.stop(ns, room) for ns, room in list(self._procs)), return_exceptions=True
+            )
+        for task in list(self._watchers.values()):
+            task.cancel()
+        self._watchers.clear()
+        self._procs.clear()
+
+
+class NullProvisioner:
+    """Records only: rooms stay pending until something registers them (external provisioning)."""
+
+    def set_exit_callback(self, callback: ExitCallback) -> None:
+        pass
+
+    async def provision(self, request: RelayRequest) -> int | None:
+        return None
+
+    async def stop(self, namespace: str, room: str, pid: int | None = None) -> None:
+        pass
+
+    def adopt(self, namespace: str, room: str, pid: int | None) -> bool:
+        return False
+
+    def alive(self, namespace: str, room: str) -> bool | None:
+        return None
+
+    async def close(self, stop_all: bool) -> None:
+        pass

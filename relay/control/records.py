@@ -1,0 +1,77 @@
+"""The two records the control plane keeps: namespaces and rooms (plain data, no I/O)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+NAMESPACE_ACTIVE = "ACTIVE"
+NAMESPACE_DELETED = "DELETED"
+
+ROOM_PENDING = "pending"
+"""Stored, relay requested, not registered yet: no address shown."""
+ROOM_READY = "ready"
+"""The relay's agent registered: ipAddress, port and encryptionKey are shown."""
+ROOM_STATES = (ROOM_PENDING, ROOM_READY)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class NamespaceRecord:
+    name: str
+    server_type: str
+    server_spec: str
+    description: str | None = None
+    transaction_setting: dict[str, Any] | None = None
+    transaction_setting_v2: dict[str, Any] | None = None
+    create_notification: dict[str, Any] | None = None
+    log_setting: dict[str, Any] | None = None
+    status: str = NAMESPACE_ACTIVE
+    created_at: int = field(default_factory=now_ms)
+    updated_at: int = field(default_factory=now_ms)
+    revision: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NamespaceRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class RoomRecord:
+    namespace: str
+    name: str
+    encryption_key: str
+    agent_secret: str
+    notification_user_ids: list[str] = field(default_factory=list)
+    state: str = ROOM_PENDING
+    ip_address: str | None = None
+    port: int | None = None
+    admin_port: int | None = None
+    pid: int | None = None
+    """pid of the relay process (set at spawn, confirmed at register); used to find it after restart."""
+    provisioned_at: int | None = None
+    """Unix ms when the provisioner was asked for a relay (None: not yet, e.g. killed mid-want)."""
+    created_at: int = field(default_factory=now_ms)
+    updated_at: int = field(default_factory=now_ms)
+    revision: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == ROOM_READY
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoomRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

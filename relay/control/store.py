@@ -1,0 +1,62 @@
+"""The storage interface the control plane is written against.
+
+Everything above this module (service, API, reaper) talks to `Store` only, so a PostgreSQL
+backend (for several control-plane nodes) can be added as another implementation without
+changes elsewhere. `open_store(config)` picks the backend from `ControlConfig.store_url`.
+Writes are acknowledged only once durable: a record returned to an API caller survives SIGKILL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from relay.control.records import NamespaceRecord, RoomRecord
+
+if TYPE_CHECKING:
+    from relay.control.config import ControlConfig
+
+
+@runtime_checkable
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def get_namespace(self, name: str) -> NamespaceRecord | None:
+        """The record whatever its status (ACTIVE or DELETED tombstone), or None."""
+        ...
+
+    async def list_namespaces(
+        self, name_prefix: str | None, after: str | None, limit: int
+    ) -> list[NamespaceRecord]:
+        """ACTIVE namespaces ordered by name, names > after, at most limit."""
+        ...
+
+    async def put_namespace(self, record: NamespaceRecord) -> None:
+        """Insert or replace (by name)."""
+        ...
+
+    async def get_room(self, namespace: str, name: str) -> RoomRecord | None: ...
+
+    async def list_rooms(self, namespace: str, after: str | None, limit: int) -> list[RoomRecord]:
+        """Rooms of a namespace ordered by name, names > after, at most limit."""
+        ...
+
+    async def list_all_rooms(self) -> list[RoomRecord]: ...
+
+    async def put_room(self, record: RoomRecord) -> None:
+        """Insert or replace (by namespace and name)."""
+        ...
+
+    async def delete_room(self, namespace: str, name: str) -> bool:
+        """True if a record was removed."""
+        ...
+
+
+def open_store(config: ControlConfig) -> Store:
+    url = config.store_url
+    if url is None or url.startswith("sqlite:///"):
+        from relay.control.sqlite_store import SQLiteStore
+
+        return SQLiteStore(config.db_path)
+    raise ValueError(f"unsupported store_url {url!r} (only sqlite:/// is built in)")

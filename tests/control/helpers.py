@@ -1,0 +1,97 @@
+"""Shared test helpers: control planes on port 0 (in-process task or background thread) and the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from relay.control.app import ControlPlane
+from relay.control.config import ControlConfig
+
+CLIENT_ID = "test-client"
+CLIENT_SECRET = "test-secret-0123456789"
+STANDIN = (sys.executable, "-m", "tests.control.standin_relay")
+REAL_RELAY = (sys.executable, "-m", "relay.cli", "serve")
+
+
+def make_config(data_dir: Path, **overrides: Any) -> ControlConfig:
+    base = ControlConfig(
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        relay_command=STANDIN,
+        heartbeat_interval=0.2,
+        missed_heartbeats=3,
+        sweep_interval=0.05,
+        stop_grace=1.0,
+        register_timeout=15.0,
+        stop_relays_on_exit=True,
+    )
+    return base.replace(**overrides)
+
+
+@contextlib.contextmanager
+def threaded_control_plane(config: ControlConfig) -> Iterator[ControlPlane]:
+    """Runs a control plane on its own event loop thread, for synchronous callers (the gs2 SDK)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def run() -> None:
+        cp = ControlPlane(config)
+        await cp.start()
+        box["cp"] = cp
+        box["stop"] = asyncio.Event()
+        started.set()
+        await box["stop"].wait()
+        await cp.stop()
+
+    def target() -> None:
+        try:
+            loop.run_until_complete(run())
+        except BaseException as exc:
+            box["error"] = exc
+            started.set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    started.wait(20)
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield box["cp"]
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(20)
+        loop.close()
+
+
+def gs2_client(url: str) -> tuple[Any, Any]:
+    from gs2 import core, realtime
+
+    session = core.Gs2RestSession(
+        core.BasicGs2Credential(CLIENT_ID, CLIENT_SECRET), "ap-northeast-1", steady_endpoint=url
+    )
+    session.connect()
+    return session, realtime.Gs2RealtimeRestClient(session)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(interval)

@@ -1,0 +1,87 @@
+"""A stand-in for `relay serve` used by the control-plane tests: same flags and env, a real TCP
+port, the real Agent, and none of the data plane. Lets lifecycle tests (heartbeat loss, crash,
+drain on delete) run fast and deterministically; the full room life test uses the real relay.
+
+Env STANDIN_CRASH_AFTER=<seconds>: exit abruptly (no `closed` report) that long after registering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import time
+from types import SimpleNamespace
+
+from relay.agent.agent import Agent
+from relay.protocol.constants import CloseReason
+
+
+class StandinRelay:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.port = 0
+        self.admin_port: int | None = None
+        self.started_at = time.time()
+        self._closed: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
+        self._server: asyncio.AbstractServer | None = None
+        self.close_calls: list[CloseReason] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(lambda r, w: w.close(), self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stats(self) -> SimpleNamespace:
+        return SimpleNamespace(members=0, sessions=0, messages_in=0, messages_out=0, bytes_in=0, bytes_out=0)
+
+    async def close(self, reason: CloseReason, text: str = "") -> None:
+        self.close_calls.append(reason)
+        if self._server is not None:
+            self._server.close()
+        if not self._closed.done():
+            self._closed.set_result(reason)
+
+    async def wait_closed(self) -> CloseReason:
+        return await asyncio.shield(self._closed)
+
+
+async def main() -> int:
+    p = argparse.ArgumentParser()
+    for flag in (
+        "--host",
+        "--control-url",
+        "--namespace",
+        "--room",
+        "--advertise-host",
+        "--token-public-key",
+    ):
+        p.add_argument(flag)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--admin-port", type=int)
+    args, _ = p.parse_known_args()
+    relay = StandinRelay(args.host or "127.0.0.1")
+    await relay.start()
+    config = SimpleNamespace(
+        control_url=args.control_url,
+        namespace=args.namespace,
+        room=args.room,
+        agent_secret=os.environ.get("RELAY_AGENT_SECRET"),
+        advertise_host=args.advertise_host,
+    )
+    agent = Agent(relay, config)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(relay.close(CloseReason.SHUTDOWN)))
+    await agent.start()
+    crash_after = os.environ.get("STANDIN_CRASH_AFTER")
+    if crash_after:
+        await agent.registered.wait()
+        await asyncio.sleep(float(crash_after))
+        os._exit(3)
+    reason = await relay.wait_closed()
+    await agent.stop(reason)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))

@@ -1,0 +1,149 @@
+"""The agent core against the real control plane, with an in-process stand-in relay object."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+
+from relay.agent.agent import Agent, detect_address, reason_text
+from relay.agent.control_client import backoff
+from relay.control.app import ControlPlane
+from relay.protocol.constants import CloseReason
+from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, make_config, wait_for
+
+
+class FakeRelay:
+    """The relay interface the agent uses (host, port, admin_port, stats, close, wait_closed)."""
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = 40001
+        self.admin_port = 40002
+        self.messages_in = 0
+        self.members = 2
+        self.closed: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
+        self.close_calls: list[CloseReason] = []
+
+    def stats(self) -> SimpleNamespace:
+        return SimpleNamespace(members=self.members, messages_in=self.messages_in)
+
+    async def close(self, reason: CloseReason, text: str = "") -> None:
+        self.close_calls.append(reason)
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+    async def wait_closed(self) -> CloseReason:
+        return await asyncio.shield(self.closed)
+
+
+async def make_room(cp: ControlPlane, ns: str, room: str) -> str:
+    """A room record whose relay we play ourselves (the plane runs the no-op provisioner)."""
+    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        r = await http.post(
+            "/identifier/projectToken/login", json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        )
+        h = {"Authorization": "Bearer " + r.json()["access_token"]}
+        await http.post(
+            "/realtime/", json={"name": ns, "serverType": "relay", "serverSpec": "realtime1.nano"}, headers=h
+        )
+        await http.post(f"/realtime/{ns}/room", json={"name": room}, headers=h)
+    return (await cp.store.get_room(ns, room)).agent_secret
+
+
+def agent_config(cp: ControlPlane, ns: str, room: str, secret: str, **extra: object) -> SimpleNamespace:
+    return SimpleNamespace(
+        control_url=cp.internal_url,
+        namespace=ns,
+        room=room,
+        agent_secret=secret,
+        advertise_host=None,
+        heartbeat_interval=0.1,
+        **extra,
+    )
+
+
+async def test_register_heartbeat_and_idle_close(tmp_path: Path) -> None:
+    async with ControlPlane(make_config(tmp_path, provisioner="none")) as cp:
+        secret = await make_room(cp, "ag", "r")
+        relay = FakeRelay()
+        agent = Agent(relay, agent_config(cp, "ag", "r", secret))
+        await agent.start()
+        await asyncio.wait_for(agent.registered.wait(), 5)
+        room = await cp.store.get_room("ag", "r")
+        assert (room.state, room.ip_address, room.port, room.admin_port) == (
+            "ready",
+            "127.0.0.1",
+            40001,
+            40002,
+        )
+        relay.messages_in = 1000
+        rt = cp.service.runtime[("ag", "r")]
+        await wait_for(lambda: rt.stats.get("messagesPerSecond", 0) > 0)
+        assert rt.stats["members"] == 2
+        # The room idles out: the agent reports it and the record goes.
+        await relay.close(CloseReason.IDLE)
+        await wait_for(lambda: ("ag", "r") not in cp.service.runtime)
+        await agent.stop(CloseReason.IDLE)
+        assert agent.closed_reason == "idle"
+        assert await cp.store.get_room("ag", "r") is None
+        lines = [json.loads(x) for x in cp.config.operation_log_path.read_text().splitlines()]
+        assert lines[-1]["event"] == "room.closed" and lines[-1]["reason"] == "idle"
+
+
+async def test_delete_drains_relay(tmp_path: Path) -> None:
+    async with ControlPlane(make_config(tmp_path, provisioner="none")) as cp:
+        secret = await make_room(cp, "dr", "r")
+        relay = FakeRelay()
+        agent = Agent(relay, agent_config(cp, "dr", "r", secret))
+        await agent.start()
+        await asyncio.wait_for(agent.registered.wait(), 5)
+        room = await cp.store.get_room("dr", "r")
+        await cp.service.delete_room("dr", "r")
+        assert await asyncio.wait_for(relay.wait_closed(), 5) == CloseReason.DELETED
+        assert agent.deleted and relay.close_calls == [CloseReason.DELETED]
+        await agent.stop(CloseReason.DELETED)
+        assert room is not None
+
+
+async def test_registration_retries_until_control_plane_is_up(tmp_path: Path) -> None:
+    config = make_config(tmp_path, provisioner="none")
+    async with ControlPlane(config) as first:
+        secret = await make_room(first, "late", "r")
+        port = first.port
+    cp = ControlPlane(config.replace(port=port))  # same data, bound, not answering yet
+    relay = FakeRelay()
+    agent = Agent(relay, agent_config(cp, "late", "r", secret))
+    await agent.start()
+    await asyncio.sleep(0.4)
+    assert not agent.registered.is_set()
+    await cp.start()
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 5)
+        assert (await cp.store.get_room("late", "r")).state == "ready"
+        await relay.close(CloseReason.SHUTDOWN)
+        await agent.stop(CloseReason.SHUTDOWN)
+        assert await cp.store.get_room("late", "r") is None
+    finally:
+        await cp.stop()
+
+
+async def test_wrong_secret_is_refused(tmp_path: Path) -> None:
+    async with ControlPlane(make_config(tmp_path, provisioner="none")) as cp, httpx.AsyncClient() as http:
+        await make_room(cp, "sec", "r")
+        url = f"{cp.internal_url}/rooms/sec/r/register"
+        body = {"ipAddress": "127.0.0.1", "port": 1, "adminPort": None, "pid": 1}
+        assert (await http.post(url, json=body, headers={"Authorization": "Bearer wrong"})).status_code == 401
+        assert (await http.post(url, json=body)).status_code == 401
+        assert (await cp.store.get_room("sec", "r")).state == "pending"
+
+
+def test_helpers() -> None:
+    assert reason_text(CloseReason.LIFETIME) == "lifetime" and reason_text("cap_exceeded") == "cap_exceeded"
+    assert detect_address("10.1.2.3") == "10.1.2.3"
+    assert not detect_address("0.0.0.0").startswith("0.")
+    delays = [backoff(a, base=0.1, cap=1.0) for a in range(20)]
+    assert all(0.01 <= d <= 1.0 for d in delays)

@@ -1,0 +1,105 @@
+"""Room-ready push through /gateway (and the webhook) to the users in notificationUserIds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from fastapi import FastAPI, Request
+
+from relay.control.app import ControlPlane
+from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, make_config, wait_for
+
+
+async def recv_json(ws: websockets.ClientConnection, timeout: float) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+@pytest.mark.slow
+async def test_create_notification_reaches_listed_users_only(tmp_path: Path) -> None:
+    hooks: list[dict] = []
+    hook_app = FastAPI()
+
+    @hook_app.post("/hook")
+    async def hook(request: Request) -> dict:
+        hooks.append(await request.json())
+        return {}
+
+    import uvicorn
+
+    hook_server = uvicorn.Server(
+        uvicorn.Config(hook_app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    hook_task = asyncio.create_task(hook_server.serve())
+    await wait_for(lambda: hook_server.started)
+    hook_port = hook_server.servers[0].sockets[0].getsockname()[1]
+    config = make_config(tmp_path, webhook_url=f"http://127.0.0.1:{hook_port}/hook")
+    try:
+        async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+            r = await http.post(
+                "/identifier/projectToken/login",
+                json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+            )
+            h = {"Authorization": "Bearer " + r.json()["access_token"]}
+            tokens = {}
+            for user in ("alice", "bob", "carol"):
+                r = await http.post("/auth/login", json={"userId": user}, headers=h)
+                tokens[user] = r.json()["token"]
+            ns = {
+                "name": "gw",
+                "serverType": "relay",
+                "serverSpec": "realtime1.nano",
+                "createNotification": {},
+            }
+            assert (await http.post("/realtime/", json=ns, headers=h)).status_code == 200
+            quiet = {**ns, "name": "quiet", "createNotification": {"enable": "Disabled"}}
+            assert (await http.post("/realtime/", json=quiet, headers=h)).status_code == 200
+
+            ws_url = cp.url.replace("http://", "ws://") + "/gateway"
+            # Refused without a valid token.
+            with pytest.raises(websockets.exceptions.WebSocketException):
+                async with websockets.connect(ws_url + "?token=forged") as ws:
+                    await ws.recv()
+            alice = await websockets.connect(f"{ws_url}?token={tokens['alice']}")
+            bob = await websockets.connect(ws_url, additional_headers={"X-GS2-ACCESS-TOKEN": tokens["bob"]})
+            carol = await websockets.connect(
+                ws_url, additional_headers={"Authorization": "Bearer " + tokens["carol"]}
+            )
+            for ws, user in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+                assert await recv_json(ws, 5) == {"type": "welcome", "userId": user}
+
+            body = {"name": "room-1", "notificationUserIds": ["alice", "carol", "dave"]}
+            assert (await http.post("/realtime/gw/room", json=body, headers=h)).status_code == 200
+            for ws, user in ((alice, "alice"), (carol, "carol")):
+                msg = await recv_json(ws, 10)
+                assert msg["issuer"] == "Gs2Realtime:Create" and msg["userId"] == user
+                assert json.loads(msg["payload"]) == {"namespaceName": "gw", "roomName": "room-1"}
+                assert msg["body"]["issuer"] == "Gs2Realtime:Create"  # GS2 SDKs read `body`
+            # Disabled notifications push nothing; bob was never listed.
+            await http.post(
+                "/realtime/quiet/room", json={"name": "q", "notificationUserIds": ["alice"]}, headers=h
+            )
+            await wait_for(lambda: cp.store.get_room("quiet", "q"), timeout=5)
+
+            async def q_ready() -> bool:
+                item = (await http.get("/realtime/quiet/room/q", headers=h)).json()["item"]
+                return bool(item["ipAddress"])
+
+            await wait_for(q_ready, timeout=10)
+            await alice.send(json.dumps({"type": "ping"}))
+            assert await recv_json(alice, 5) == {"type": "pong"}  # nothing was queued before it
+            with pytest.raises(TimeoutError):
+                await recv_json(bob, 0.5)
+            await wait_for(lambda: len(hooks) == 1)
+            assert hooks[0]["issuer"] == "Gs2Realtime:Create"
+            assert hooks[0]["userIds"] == ["alice", "carol", "dave"]
+            assert json.loads(hooks[0]["payload"]) == {"namespaceName": "gw", "roomName": "room-1"}
+            for ws in (alice, bob, carol):
+                await ws.close()
+    finally:
+        hook_server.should_exit = True
+        await hook_task

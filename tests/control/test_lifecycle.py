@@ -1,0 +1,182 @@
+"""Room life with real relay processes (stand-ins running the real Agent) and the real control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from relay.control.app import ControlPlane
+from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, make_config, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+async def login(http: httpx.AsyncClient) -> dict[str, str]:
+    r = await http.post(
+        "/identifier/projectToken/login", json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    )
+    return {"Authorization": "Bearer " + r.json()["access_token"], "X-GS2-CLIENT-ID": CLIENT_ID}
+
+
+async def ready_room(http: httpx.AsyncClient, h: dict[str, str], ns: str, room: str) -> dict:
+    async def ready() -> dict | None:
+        item = (await http.get(f"/realtime/{ns}/room/{room}", headers=h)).json()["item"]
+        return item if item["ipAddress"] else None
+
+    return await wait_for(ready, timeout=15)
+
+
+def oplog(cp: ControlPlane) -> list[dict]:
+    path = cp.config.operation_log_path
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_register_heartbeat_delete_drains(cp: ControlPlane) -> None:
+    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        ns = {
+            "name": "life",
+            "serverType": "relay",
+            "serverSpec": "realtime1.nano",
+            "logSetting": {"loggingNamespaceId": "grn:gs2:ap-northeast-1:o:log:game"},
+        }
+        assert (await http.post("/realtime/", json=ns, headers=h)).status_code == 200
+        want = (await http.post("/realtime/life/room", json={"name": "r1"}, headers=h)).json()["item"]
+        assert want["ipAddress"] is None
+        item = await ready_room(http, h, "life", "r1")
+        assert item["ipAddress"] == "127.0.0.1" and 0 < item["port"] < 65536
+        assert item["encryptionKey"] and item["revision"] == 1
+        pid = (await cp.store.get_room("life", "r1")).pid
+        assert pid and pid_alive(pid)
+        # Heartbeats arrive with live figures.
+        rt = cp.service.runtime[("life", "r1")]
+        await wait_for(lambda: rt.stats.get("rssBytes", 0) > 0)
+        assert rt.stats["members"] == 0 and rt.stats["cpuSeconds"] > 0
+        # /metrics shows the ready room and the provisioning time.
+        metrics = (await http.get("/metrics")).text
+        assert 'relay_control_rooms{state="ready"} 1.0' in metrics
+        assert "relay_control_provision_seconds_count 1.0" in metrics
+        assert 'method="wantRoom",status="200"' in metrics
+
+        assert (await http.delete("/realtime/life/room/r1", headers=h)).status_code == 200
+        assert (await http.get("/realtime/life/room/r1", headers=h)).status_code == 404
+        # The agent sees the room gone on its next heartbeat, drains and the process exits.
+        await wait_for(lambda: not pid_alive(pid), timeout=5)
+    events = [(e["event"], e.get("reason")) for e in oplog(cp)]
+    assert events == [("room.created", None), ("room.ready", None), ("room.deleted", "deleted")]
+    stream = cp.config.data_dir / "logs" / "grn_gs2_ap-northeast-1_o_log_game.jsonl"
+    assert [json.loads(x)["event"] for x in stream.read_text().splitlines()] == [e for e, _ in events]
+
+
+async def test_heartbeat_loss_cleans_up(cp: ControlPlane) -> None:
+    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        await http.post(
+            "/realtime/",
+            json={"name": "hb", "serverType": "relay", "serverSpec": "realtime1.nano"},
+            headers=h,
+        )
+        await http.post("/realtime/hb/room", json={"name": "frozen"}, headers=h)
+        await ready_room(http, h, "hb", "frozen")
+        pid = (await cp.store.get_room("hb", "frozen")).pid
+        os.kill(pid, signal.SIGSTOP)  # the relay hangs: no more heartbeats
+        try:
+            await wait_for(lambda: ("hb", "frozen") not in cp.service.runtime, timeout=5)
+            assert (await http.get("/realtime/hb/room/frozen", headers=h)).status_code == 404
+            # The hung process is killed (SIGTERM cannot act on a stopped process: SIGKILL after the grace).
+            await wait_for(lambda: not pid_alive(pid), timeout=5)
+        finally:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert ("room.closed", "lost") in [(e["event"], e.get("reason")) for e in oplog(cp)]
+
+
+async def test_relay_exit_removes_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STANDIN_CRASH_AFTER", "0.3")
+    async with (
+        ControlPlane(make_config(tmp_path)) as cp,
+        httpx.AsyncClient(base_url=cp.url, timeout=5) as http,
+    ):
+        h = await login(http)
+        await http.post(
+            "/realtime/",
+            json={"name": "cr", "serverType": "relay", "serverSpec": "realtime1.nano"},
+            headers=h,
+        )
+        await http.post("/realtime/cr/room", json={"name": "boom"}, headers=h)
+        await ready_room(http, h, "cr", "boom")
+
+        async def gone() -> bool:
+            return (await http.get("/realtime/cr/room/boom", headers=h)).status_code == 404
+
+        await wait_for(gone, timeout=5)
+        closed = [e for e in oplog(cp) if e["event"] == "room.closed"]
+        assert [e["reason"] for e in closed] == ["crash"] and "exit code 3" in closed[0]["detail"]
+
+
+async def test_delete_namespace_stops_every_room(cp: ControlPlane) -> None:
+    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        await http.post(
+            "/realtime/",
+            json={"name": "all", "serverType": "relay", "serverSpec": "realtime1.nano"},
+            headers=h,
+        )
+        for i in range(3):
+            await http.post("/realtime/all/room", json={"name": f"r{i}"}, headers=h)
+        for i in range(3):
+            await ready_room(http, h, "all", f"r{i}")
+        pids = [(await cp.store.get_room("all", f"r{i}")).pid for i in range(3)]
+        r = await http.delete("/realtime/all", headers=h)
+        assert r.status_code == 200
+        assert (await http.get("/realtime/all/status", headers=h)).json() == {"status": "DELETED"}
+        assert await cp.store.list_rooms("all", None, 10) == []
+        await wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=8)
+
+
+async def test_restart_adopts_running_relays(tmp_path: Path) -> None:
+    """A control plane that stops without stopping its relays finds them again on restart."""
+    config = make_config(tmp_path, stop_relays_on_exit=False)
+    first = ControlPlane(config)
+    await first.start()
+    async with httpx.AsyncClient(base_url=first.url, timeout=5) as http:
+        h = await login(http)
+        await http.post(
+            "/realtime/",
+            json={"name": "ad", "serverType": "relay", "serverSpec": "realtime1.nano"},
+            headers=h,
+        )
+        await http.post("/realtime/ad/room", json={"name": "keep"}, headers=h)
+        item = await ready_room(http, h, "ad", "keep")
+    pid = (await first.store.get_room("ad", "keep")).pid
+    port = first.port
+    await first.stop()
+    assert pid_alive(pid)
+    second = ControlPlane(config.replace(port=port, stop_relays_on_exit=True))
+    await second.start()
+    try:
+        assert second.provisioner.alive("ad", "keep")
+        rt = second.service.runtime[("ad", "keep")]
+        sent = rt.last_heartbeat
+        await wait_for(lambda: rt.last_heartbeat > sent, timeout=5)  # the agent's heartbeats reach us again
+        room = await second.store.get_room("ad", "keep")
+        assert room.port == item["port"] and room.pid == pid
+    finally:
+        await second.stop()
+    await wait_for(lambda: not pid_alive(pid), timeout=5)

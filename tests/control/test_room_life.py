@@ -1,0 +1,78 @@
+"""A whole room life with the real relay (`relay serve`) and the real Python client: wantRoom, poll
+getRoom, two clients exchange a message, deleteRoom, both get CLOSING "deleted", the relay exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from relay.control.app import ControlPlane
+from relay.protocol.constants import CloseReason
+from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, REAL_RELAY, make_config, wait_for
+
+pytestmark = pytest.mark.slow
+
+pytest.importorskip(
+    "relay.server.app", reason="needs the relay server (relay/server/app.py, another worker's part)"
+)
+pytest.importorskip("relay.server.cli", reason="needs `relay serve` (relay/server/cli.py)")
+
+import relay.client as rc  # noqa: E402
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, OSError):
+        return False
+
+
+async def next_of(client: rc.Client, kind: type, timeout: float = 5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        event = await client.next_event(timeout=max(0.01, left))
+        if isinstance(event, kind):
+            return event
+
+
+async def test_full_room_life(tmp_path: Path) -> None:
+    config = make_config(tmp_path, relay_command=REAL_RELAY)
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        r = await http.post(
+            "/identifier/projectToken/login", json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        )
+        h = {"Authorization": "Bearer " + r.json()["access_token"]}
+        ns = {"name": "game", "serverType": "relay", "serverSpec": "realtime1.nano"}
+        assert (await http.post("/realtime/", json=ns, headers=h)).status_code == 200
+        want = await http.post(
+            "/realtime/game/room", json={"name": "match-1", "notificationUserIds": ["a"]}, headers=h
+        )
+        assert want.status_code == 200 and want.json()["item"]["ipAddress"] is None
+
+        async def ready() -> dict | None:
+            item = (await http.get("/realtime/game/room/match-1", headers=h)).json()["item"]
+            return item if item["ipAddress"] else None
+
+        item = await wait_for(ready, timeout=20)
+        pid = (await cp.store.get_room("game", "match-1")).pid
+        a = await rc.connect(item["ipAddress"], item["port"], item["encryptionKey"], "alice", transport="udp")
+        b = await rc.connect(item["ipAddress"], item["port"], item["encryptionKey"], "bob", transport="ws")
+        try:
+            a.send(b"hello bob")
+            got = await next_of(b, rc.Received)
+            assert got.data == b"hello bob" and got.sender == a.connection_id
+            assert (await http.delete("/realtime/game/room/match-1", headers=h)).status_code == 200
+            for client in (a, b):
+                closing = await next_of(client, rc.ClosingEvent, timeout=5)
+                assert closing.reason == CloseReason.DELETED
+        finally:
+            for client in (a, b):
+                await client.close()
+        await wait_for(lambda: not alive(pid), timeout=5)
+        assert (await http.get("/realtime/game/room/match-1", headers=h)).status_code == 404
