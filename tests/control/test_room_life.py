@@ -10,18 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+import relay.client as rc
 from relay.control.app import ControlPlane
 from relay.protocol.constants import CloseReason
 from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, REAL_RELAY, make_config, wait_for
 
 pytestmark = pytest.mark.slow
 
-pytest.importorskip(
-    "relay.server.app", reason="needs the relay server (relay/server/app.py, another worker's part)"
-)
-pytest.importorskip("relay.server.cli", reason="needs `relay serve` (relay/server/cli.py)")
-
-import relay.client as rc  # noqa: E402
 
 
 def alive(pid: int) -> bool:

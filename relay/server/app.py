@@ -1,0 +1,201 @@
+"""Relay: one room's process-level object. Binds one port number for UDP and TCP (WebSocket),
+runs the room's timers, serves the admin port, and reports why the room ended.
+
+    relay = Relay(RelayConfig(room_key=key))
+    await relay.start()
+    ...
+    reason = await relay.wait_closed()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+from relay.protocol.constants import CloseReason
+from relay.server.config import RelayConfig
+from relay.server.links import UdpProtocol, WsConnection
+from relay.server.metrics import AdminServer, Counters, RelayMetrics
+from relay.server.room import UDP, WS, Room
+
+log = logging.getLogger("relay.server")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    members: int
+    sessions: int
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    started_at: float
+    last_activity: float
+
+
+def bind_pair(host: str, port: int, attempts: int = 50) -> tuple[socket.socket, socket.socket]:
+    """A TCP listener and a UDP socket on the same port number (port 0: one free for both)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last_error: OSError | None = None
+    for _ in range(attempts if port == 0 else 1):
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, port))
+            chosen = tcp.getsockname()[1]
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                udp.bind((host, chosen))
+            except OSError as exc:
+                udp.close()
+                raise exc
+        except OSError as exc:
+            tcp.close()
+            last_error = exc
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        for sock in (tcp, udp):
+            sock.setblocking(False)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                udp.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        tcp.listen(256)
+        return tcp, udp
+    raise last_error or OSError("no free port for UDP and TCP")
+
+
+class Relay:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.counters = Counters()
+        self.metrics = RelayMetrics(self.counters, self._gauges)
+        self.room: Room | None = None
+        self.host = config.host
+        self.port = 0
+        self.admin_port: int | None = None
+        self._closed: asyncio.Future[CloseReason] | None = None
+        self._ws: set[WsConnection] = set()
+        self._tcp_server: asyncio.Server | None = None
+        self._udp_transport: asyncio.DatagramTransport | None = None
+        self._admin: AdminServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop_lag = 0.0
+        self._started_wall = time.time()
+
+    # the Relay interface used by the agent (relay/agent) and tests
+
+    @property
+    def accepting_joins(self) -> bool:
+        return self.room.accepting_joins if self.room else False
+
+    @accepting_joins.setter
+    def accepting_joins(self, value: bool) -> None:
+        if self.room is not None:
+            self.room.accepting_joins = value
+
+    @property
+    def shed_optional(self) -> bool:
+        return self.room.shed_optional if self.room else False
+
+    @shed_optional.setter
+    def shed_optional(self, value: bool) -> None:
+        if self.room is not None:
+            self.room.shed_optional = value
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        self.room = room = Room(self.config, self.counters, self._room_closed)
+        room.observe_fanout = self.metrics.fanout_latency.observe
+        tcp, udp = bind_pair(self.config.host, self.config.port)
+        self.port = tcp.getsockname()[1]
+        self._udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(room), sock=udp)
+        self._tcp_server = await loop.create_server(lambda: WsConnection(room, self._ws), sock=tcp)
+        if self.config.admin_port is not None:
+            self._admin = AdminServer(self.metrics, lambda: not room.closed)
+            self.admin_port = await self._admin.start(self.config.admin_host, self.config.admin_port)
+        self._tasks.append(loop.create_task(self._timers()))
+        log.info("relay listening udp+ws %s:%d", self.host, self.port)
+
+    async def _timers(self) -> None:
+        config = self.config
+        interval = max(
+            0.02, min(0.5, config.keepalive_timeout / 8, config.resume_grace / 8, config.idle_timeout / 8)
+        )
+        loop = asyncio.get_running_loop()
+        while self.room is not None and not self.room.closed:
+            expected = loop.time() + interval
+            await asyncio.sleep(interval)
+            self._loop_lag = max(0.0, loop.time() - expected)
+            try:
+                self.room.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    def _gauges(self) -> dict[str, float]:
+        room = self.room
+        buffered = sum(c.link.buffered for c in self._ws)
+        return {
+            "members": len(room.members) if room else 0,
+            "sessions": len(room.sessions) if room else 0,
+            "pending_handshakes": len(room.pending) if room else 0,
+            "ws_send_buffer_bytes": buffered,
+            "event_loop_lag_seconds": self._loop_lag,
+            "accepting_joins": 1.0 if self.accepting_joins else 0.0,
+        }
+
+    def stats(self) -> RelayStats:
+        c = self.counters
+        room = self.room
+        return RelayStats(
+            members=len(room.members) if room else 0,
+            sessions=len(room.sessions) if room else 0,
+            messages_in=c.messages_in[UDP] + c.messages_in[WS],
+            messages_out=c.messages_out[UDP] + c.messages_out[WS],
+            bytes_in=c.bytes_in[UDP] + c.bytes_in[WS],
+            bytes_out=c.bytes_out[UDP] + c.bytes_out[WS],
+            started_at=self._started_wall,
+            last_activity=self._started_wall + ((room.last_activity - room.started) if room else 0.0),
+        )
+
+    def _room_closed(self, reason: CloseReason, text: str) -> None:
+        asyncio.get_running_loop().create_task(self._shutdown(reason))
+
+    async def close(self, reason: CloseReason = CloseReason.SHUTDOWN, text: str = "") -> None:
+        """CLOSING to every member, flush, stop listening; wait_closed() then returns `reason`."""
+        if self.room is None:
+            return
+        if not self.room.closed:
+            self.room.close(reason, text)
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+
+    async def _shutdown(self, reason: CloseReason) -> None:
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        deadline = time.monotonic() + self.config.drain_timeout
+        while any(c.link.buffered for c in self._ws) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # let the last UDP writes leave
+        if self._udp_transport is not None:
+            self._udp_transport.close()
+        for conn in list(self._ws):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._admin is not None:
+            await self._admin.close()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(reason)
+
+    async def wait_closed(self) -> CloseReason:
+        assert self._closed is not None, "start() first"
+        return await asyncio.shield(self._closed)

@@ -1,0 +1,122 @@
+"""`relay serve`: one relay for one room, from the command line.
+
+    relay serve --host 127.0.0.1 --port 7800 --room-key KEY --admin-port 7801
+
+Secrets may come from the environment instead of argv (argv is visible in `ps`):
+RELAY_ROOM_KEY, RELAY_AGENT_SECRET. With --control-url the agent registers the relay's address
+into its room record and heartbeats (relay/agent). SIGTERM or SIGINT: CLOSING (shutdown) to
+every member, flush, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+from dataclasses import fields
+
+from relay.protocol.constants import CloseReason
+from relay.protocol.keys import decode_room_key
+from relay.server.app import Relay
+from relay.server.config import RelayConfig
+
+log = logging.getLogger("relay.server")
+
+_TUNABLES = (
+    "max_players",
+    "max_payload_udp",
+    "max_payload_ws",
+    "max_profile",
+    "messages_per_second",
+    "message_burst",
+    "bytes_per_second",
+    "byte_burst",
+    "ws_send_buffer",
+    "keepalive_timeout",
+    "resume_grace",
+    "idle_timeout",
+    "lifetime",
+    "coalesce_tick",
+)
+
+
+def parse_args(argv: list[str]) -> RelayConfig:
+    defaults = RelayConfig()
+    p = argparse.ArgumentParser(prog="relay serve", description="Run one relay (one room).")
+    p.add_argument(
+        "--host", default=defaults.host, help="address for UDP and WebSocket (default %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=0, help="UDP and TCP port; 0 picks a free one")
+    p.add_argument("--room-key", default=os.environ.get("RELAY_ROOM_KEY", ""), help="or env RELAY_ROOM_KEY")
+    p.add_argument("--admin-host", default=defaults.admin_host)
+    p.add_argument("--admin-port", type=int, default=None, help="/metrics and /healthz; 0 picks a free one")
+    p.add_argument("--token-public-key", default=os.environ.get("RELAY_TOKEN_PUBLIC_KEY"))
+    p.add_argument("--control-url", default=os.environ.get("RELAY_CONTROL_URL"))
+    p.add_argument("--namespace")
+    p.add_argument("--room")
+    p.add_argument("--agent-secret", default=None, help="or env RELAY_AGENT_SECRET")
+    p.add_argument("--advertise-host", default=None)
+    p.add_argument("--log-level", default="info")
+    types = {f.name: f.type for f in fields(RelayConfig)}
+    for name in _TUNABLES:
+        kind = float if types[name] in (float, "float") else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        decode_room_key(args.room_key)
+    except ValueError as exc:
+        p.error(f"--room-key: {exc}")
+    return RelayConfig(
+        room_key=args.room_key,
+        host=args.host,
+        port=args.port,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        token_public_key=args.token_public_key,
+        control_url=args.control_url,
+        namespace=args.namespace,
+        room=args.room,
+        agent_secret=args.agent_secret or os.environ.get("RELAY_AGENT_SECRET"),
+        advertise_host=args.advertise_host,
+        **{name: getattr(args, name) for name in _TUNABLES},
+    )
+
+
+async def serve(config: RelayConfig) -> int:
+    relay = Relay(config)
+    await relay.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(
+            sig, lambda: loop.create_task(relay.close(CloseReason.SHUTDOWN, "relay stopping"))
+        )
+    agent = None
+    if config.control_url:
+        from relay.agent.agent import Agent
+
+        agent = Agent(relay, config)
+        await agent.start()
+    admin = f" admin {config.admin_host}:{relay.admin_port}" if relay.admin_port else ""
+    print(f"relay listening udp+ws {relay.host}:{relay.port}{admin}", flush=True)
+    gc.freeze()  # start-up objects never need collecting; keeps GC passes short
+    reason = await relay.wait_closed()
+    if agent is not None:
+        await agent.stop(reason)
+    log.info("relay exiting: %s", reason.name.lower())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep serving without it
+        runner = asyncio.run
+    return runner(serve(config))

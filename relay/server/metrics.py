@@ -1,0 +1,139 @@
+"""Relay metrics: plain integer counters on the hot path, exported to Prometheus at scrape time.
+
+Incrementing a prometheus_client Counter per message costs a lock and a dict lookup; the relay
+bumps attributes of `Counters` instead and a custom collector reads them when /metrics is asked.
+Every relay has its own registry, so several can live in one process (tests, embedding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+TRANSPORTS = ("udp", "ws")
+
+
+class Counters:
+    """What the relay counts. Indexed by transport: 0 = udp, 1 = ws."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "decrypt_failures",
+        "drops",
+        "handshake_failures",
+        "handshakes",
+        "messages_in",
+        "messages_out",
+        "packets_in",
+        "packets_out",
+    )
+
+    def __init__(self) -> None:
+        self.messages_in = [0, 0]
+        self.messages_out = [0, 0]
+        self.packets_in = [0, 0]
+        self.packets_out = [0, 0]
+        self.bytes_in = [0, 0]
+        self.bytes_out = [0, 0]
+        self.drops: Counter[str] = Counter()
+        self.handshakes = 0
+        self.handshake_failures = 0
+        self.decrypt_failures = 0
+
+
+class _RelayCollector(Collector):
+    def __init__(self, counters: Counters, gauges: Callable[[], dict[str, float]]) -> None:
+        self.counters = counters
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self.counters
+        for name, values, doc in (
+            ("relay_messages_in", c.messages_in, "Messages received from members"),
+            ("relay_messages_out", c.messages_out, "Messages delivered to members"),
+            ("relay_packets_in", c.packets_in, "Packets (datagrams or WebSocket frames) received"),
+            ("relay_packets_out", c.packets_out, "Packets (datagrams or WebSocket frames) sent"),
+            ("relay_bytes_in", c.bytes_in, "Bytes received"),
+            ("relay_bytes_out", c.bytes_out, "Bytes sent"),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["transport"])
+            for i, transport in enumerate(TRANSPORTS):
+                family.add_metric([transport], values[i])
+            yield family
+        drops = CounterMetricFamily("relay_dropped", "Input dropped, by reason", labels=["reason"])
+        for reason, count in sorted(c.drops.items()):
+            drops.add_metric([reason], count)
+        yield drops
+        yield CounterMetricFamily("relay_handshakes", "Completed handshakes", value=c.handshakes)
+        yield CounterMetricFamily(
+            "relay_handshake_failures", "HELLOs that failed authentication", value=c.handshake_failures
+        )
+        yield CounterMetricFamily(
+            "relay_decrypt_failures", "DATA packets that failed authentication", value=c.decrypt_failures
+        )
+        for name, value in self.gauges().items():
+            yield GaugeMetricFamily(f"relay_{name}", name.replace("_", " "), value=value)
+
+
+class RelayMetrics:
+    def __init__(self, counters: Counters, gauges: Callable[[], dict[str, float]]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_RelayCollector(counters, gauges))
+        self.fanout_latency = Histogram(
+            "relay_fanout_seconds",
+            "Time from receipt of a message to the last send of the pass that delivered it",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class AdminServer:
+    """A minimal HTTP/1.0 server for GET /metrics and GET /healthz; nothing else is routed."""
+
+    def __init__(self, metrics: RelayMetrics, healthy: Callable[[], bool]) -> None:
+        self.metrics = metrics
+        self.healthy = healthy
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._handle, host, port)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            with contextlib.suppress(asyncio.TimeoutError):
+                while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                    pass
+            parts = line.decode("latin-1").split()
+            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            if path == "/metrics":
+                status, body, ctype = "200 OK", self.metrics.render(), "text/plain; version=0.0.4"
+            elif path == "/healthz":
+                ok = self.healthy()
+                status, body, ctype = ("200 OK" if ok else "503 Service Unavailable"), b"ok\n", "text/plain"
+            else:
+                status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
+            head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, OSError, UnicodeDecodeError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 1)
