@@ -108,6 +108,7 @@ class Member:
         "last_error",
         "msg_bucket",
         "over_since",
+        "prefix",
         "profile",
         "resume_token",
         "session",
@@ -118,6 +119,7 @@ class Member:
         self, cid: int, user_id: str, profile: bytes, session: Session, config: RelayConfig, now: float
     ):
         self.cid = cid
+        self.prefix = m.message_prefix(cid)
         self.user_id = user_id
         self.profile = profile
         self.session: Session | None = session
@@ -324,11 +326,26 @@ class Room:
             self._before_join(session, msgs, now)
             return
         self.last_activity = now
+        broadcast: list[bytes] = []  # consecutive broadcasts go out with one extend per recipient
         for msg in msgs:
             t = type(msg)
             if t is m.Send:
-                self._on_send(member, session, msg, now)  # type: ignore[arg-type]
-            elif t is m.Ping:
+                encoded = self._accept_send(member, session, msg, now)  # type: ignore[arg-type]
+                if encoded is None:
+                    if member.session is not session:  # kicked
+                        return
+                elif msg.targets is None:  # type: ignore[union-attr]
+                    broadcast.append(encoded)
+                else:
+                    if broadcast:
+                        self._broadcast(member, broadcast)
+                        broadcast = []
+                    self._targeted(member, msg.targets, encoded)  # type: ignore[union-attr]
+                continue
+            if broadcast:  # keep the sender's order: earlier broadcasts leave first
+                self._broadcast(member, broadcast)
+                broadcast = []
+            if t is m.Ping:
                 self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())  # type: ignore[union-attr]
             elif t is m.SetProfile:
                 self._on_profile(member, session, msg.profile, now)  # type: ignore[union-attr]
@@ -344,6 +361,8 @@ class Room:
                 self._send_welcome(session, member, resumed=False)
             if member.session is not session:  # kicked while handling this packet
                 return
+        if broadcast:
+            self._broadcast(member, broadcast)
 
     def _rebind(self, session: Session, addr: tuple, received: int) -> None:
         """NAT rebinding: move the session, unvalidated, and challenge the new address."""
@@ -492,35 +511,37 @@ class Room:
             self._queue(session, m.Error(ErrorCode.RATE_LIMITED, "rate limit exceeded").encode())
         return False
 
-    def _on_send(self, member: Member, session: Session, msg: m.Send, now: float) -> None:
+    def _accept_send(self, member: Member, session: Session, msg: m.Send, now: float) -> bytes | None:
+        """Checks size and rate; the MESSAGE bytes to fan out, or None if dropped."""
         data = msg.data
         if len(data) > self._max_payload[session.link.kind]:
             self.counters.drops["payload_too_large"] += 1
             self._queue(session, m.Error(ErrorCode.PAYLOAD_TOO_LARGE, "payload too large").encode())
-            return
+            return None
         if not self._rate_ok(member, session, len(data), now):
-            return
-        encoded = m.encode_message(member.cid, data)
-        queue = self._queue
+            return None
+        return m.encode_message(member.cid, data, member.prefix)
+
+    def _broadcast(self, member: Member, items: list[bytes]) -> None:
         shed = self.shed_optional
-        targets = msg.targets
-        if targets is None:
-            for other in self.members.values():
-                s = other.session
-                if s is not None and other is not member:
-                    if shed and s.link.kind == UDP:
-                        self.counters.drops["shed"] += 1
-                        continue
-                    queue(s, encoded)
-        else:
-            members = self.members
-            for cid in dict.fromkeys(targets) if len(targets) > 1 else targets:
-                other = members.get(cid)
-                if other is not None and other is not member and other.session is not None:
-                    if shed and other.session.link.kind == UDP:
-                        self.counters.drops["shed"] += 1
-                        continue
-                    queue(other.session, encoded)
+        queue_many = self._queue_many
+        for other in self.members.values():
+            s = other.session
+            if s is not None and other is not member:
+                if shed and s.link.kind == UDP:
+                    self.counters.drops["shed"] += len(items)
+                    continue
+                queue_many(s, items)
+
+    def _targeted(self, member: Member, targets: tuple[int, ...], encoded: bytes) -> None:
+        members = self.members
+        for cid in dict.fromkeys(targets) if len(targets) > 1 else targets:
+            other = members.get(cid)
+            if other is not None and other is not member and other.session is not None:
+                if self.shed_optional and other.session.link.kind == UDP:
+                    self.counters.drops["shed"] += 1
+                    continue
+                self._queue(other.session, encoded)
 
     def _on_profile(self, member: Member, session: Session, profile: bytes, now: float) -> None:
         if len(profile) > self.config.max_profile:
@@ -543,13 +564,24 @@ class Room:
             session.dirty = True
             self._dirty.append(session)
             if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._batch_start = time.perf_counter()
-                tick = self.config.coalesce_tick
-                if tick > 0:
-                    self._loop.call_later(tick, self.flush)
-                else:
-                    self._loop.call_soon(self.flush)
+                self._schedule_flush()
+
+    def _queue_many(self, session: Session, items: list[bytes]) -> None:
+        session.out.extend(items)
+        if not session.dirty:
+            session.dirty = True
+            self._dirty.append(session)
+            if not self._flush_scheduled:
+                self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        self._batch_start = time.perf_counter()
+        tick = self.config.coalesce_tick
+        if tick > 0:
+            self._loop.call_later(tick, self.flush)
+        else:
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Packs and seals everything queued this pass: one packet per recipient where it fits."""
@@ -574,13 +606,7 @@ class Room:
         c.messages_out[kind] += len(out)
         limit = link.max_plaintext
         seal = session.sealer.seal
-        if len(out) == 1:
-            chunks = out
-        else:
-            total = 0
-            for item in out:
-                total += len(item)
-            chunks = [b"".join(out)] if total <= limit else _pack(out, limit)
+        chunks = out if len(out) == 1 else _pack(out, limit)
         for chunk in chunks:
             packet = seal(chunk)
             if link.send(packet):
@@ -637,18 +663,16 @@ class Room:
 
 
 def _pack(items: list[bytes], limit: int) -> list[bytes]:
-    """Greedy packing of encoded messages into plaintexts of at most `limit` bytes."""
+    """Greedy packing of encoded messages, in order, into plaintexts of at most `limit` bytes."""
     chunks: list[bytes] = []
-    current: list[bytes] = []
+    start = 0
     size = 0
-    for item in items:
+    for i, item in enumerate(items):
         n = len(item)
-        if current and size + n > limit:
-            chunks.append(b"".join(current))
-            current = []
+        if size + n > limit and i > start:
+            chunks.append(b"".join(items[start:i]))
+            start = i
             size = 0
-        current.append(item)
         size += n
-    if current:
-        chunks.append(b"".join(current))
+    chunks.append(b"".join(items[start:]))
     return chunks
