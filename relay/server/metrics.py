@@ -33,6 +33,7 @@ class Counters:
         "messages_out",
         "packets_in",
         "packets_out",
+        "rebinds",
     )
 
     def __init__(self) -> None:
@@ -46,6 +47,7 @@ class Counters:
         self.handshakes = 0
         self.handshake_failures = 0
         self.decrypt_failures = 0
+        self.rebinds = 0
 
 
 class _RelayCollector(Collector):
@@ -78,6 +80,7 @@ class _RelayCollector(Collector):
         yield CounterMetricFamily(
             "relay_decrypt_failures", "DATA packets that failed authentication", value=c.decrypt_failures
         )
+        yield CounterMetricFamily("relay_rebinds", "UDP sessions moved to a new address", value=c.rebinds)
         for name, value in self.gauges().items():
             yield GaugeMetricFamily(f"relay_{name}", name.replace("_", " "), value=value)
 

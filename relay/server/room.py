@@ -202,6 +202,9 @@ class Room:
             else:
                 self.counters.drops["hello_replay"] += 1
             return
+        if client_public in self.completed:  # a replayed HELLO of a finished handshake: ignored
+            self.counters.drops["hello_replay"] += 1
+            return
         session = self._handshake(data, client_public, lambda: make_link(addr, len(data)))
         if session is not None:
             session.link.send(session.accept)  # type: ignore[arg-type]
@@ -310,6 +313,8 @@ class Room:
             elif not link.validated:
                 if link.challenge:  # type: ignore[attr-defined]
                     link.budget += len(data)  # type: ignore[attr-defined]
+                    # again: the first PING may not have fit the budget (or was lost)
+                    self._queue(session, m.PathPing(link.challenge).encode())  # type: ignore[attr-defined]
                 else:  # its keys needed the ACCEPT we sent to this address
                     link.validated = True
         try:
@@ -371,7 +376,7 @@ class Room:
         link.validated = False
         link.budget = received  # type: ignore[attr-defined]
         link.challenge = int.from_bytes(os.urandom(8), "big") or 1  # type: ignore[attr-defined]
-        self.counters.drops["rebind"] += 0  # make the label visible
+        self.counters.rebinds += 1
         self._queue(session, m.PathPing(link.challenge).encode())  # type: ignore[attr-defined]
 
     def _before_join(self, session: Session, msgs: list[m.ClientMessage], now: float) -> None:
@@ -476,11 +481,11 @@ class Room:
 
     def kick(self, member: Member, text: str) -> None:
         session = member.session
+        # remove first: flushing the CLOSING to a still-overflowing WS reader must not kick again
+        self._remove(member, LeaveReason.KICKED)
         if session is not None:
             self._queue(session, m.Closing(CloseReason.KICKED, text).encode())
             self._flush_session(session)
-        self._remove(member, LeaveReason.KICKED)
-        if session is not None:
             self._forget(session, WS_POLICY, text)
         log.info("member %d kicked: %s", member.cid, text)
 
@@ -591,7 +596,13 @@ class Room:
             return
         self._dirty = []
         for session in dirty:
-            self._flush_session(session)
+            try:
+                self._flush_session(session)
+            except Exception:  # one broken session must not stall the others in this pass
+                session.dirty = False
+                session.out = []
+                self.counters.drops["internal_error"] += 1
+                log.exception("flush of session %d failed", session.sid)
         self.observe_fanout(time.perf_counter() - self._batch_start)
 
     def _flush_session(self, session: Session) -> None:
@@ -608,6 +619,9 @@ class Room:
         seal = session.sealer.seal
         chunks = out if len(out) == 1 else _pack(out, limit)
         for chunk in chunks:
+            if len(chunk) > limit:  # one message larger than this transport carries (WS -> UDP)
+                c.drops["too_large_for_transport"] += 1
+                continue
             packet = seal(chunk)
             if link.send(packet):
                 c.packets_out[kind] += 1

@@ -1,0 +1,67 @@
+"""Shared bits of the relay server tests: short timeouts, waiting for a condition, counters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import relay.client as rc
+from relay.embedded import EmbeddedRoom
+
+from .rawpeer import UdpPeer, WsPeer
+
+# Short liveness times so timeouts show within a second (docs: keep tests fast).
+FAST: dict[str, Any] = {"keepalive_timeout": 0.6, "resume_grace": 0.8, "idle_timeout": 30.0}
+
+
+async def eventually(check: Callable[[], object], timeout: float = 2.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, f"{what} not reached within {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+def drops(room: EmbeddedRoom) -> dict[str, int]:
+    """A copy of the relay's drop counters by reason."""
+    return dict(room.relay.counters.drops)
+
+
+def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The drop reasons whose count changed, with the difference."""
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+async def client(room: EmbeddedRoom, user: str, transport: str = "udp", **kw: Any) -> rc.Client:
+    return await rc.connect(room.host, room.port, room.key, user, transport=transport, timeout=3, **kw)
+
+
+async def exchange(a: rc.Client, b: rc.Client, data: bytes = b"still here") -> None:
+    """a -> b and b -> a both deliver (the room still serves its members)."""
+    a.send(data)
+    assert await b.next_event_of(rc.Received, 3, lambda e: e.data == data) == rc.Received(
+        a.connection_id, data
+    )
+    b.send(data + b"!")
+    got = await a.next_event_of(rc.Received, 3, lambda e: e.data == data + b"!")
+    assert got == rc.Received(b.connection_id, data + b"!")
+
+
+def no_events_of(c: rc.Client, *kinds: type) -> list[object]:
+    """Queued events of these kinds (drains the queue)."""
+    return [e for e in c.drain_events() if isinstance(e, kinds)]
+
+
+async def open_peer(room: EmbeddedRoom, transport: str) -> UdpPeer | WsPeer:
+    """A raw peer on `transport` that has not sent anything yet."""
+    if transport == "udp":
+        return await UdpPeer.open(room.key, room.port)
+    return await WsPeer.open(room.key, room.port)
+
+
+async def close_peer(peer: UdpPeer | WsPeer) -> None:
+    if isinstance(peer, UdpPeer):
+        peer.close()
+    else:
+        await peer.aclose()

@@ -1,0 +1,164 @@
+"""How a room ends (idle, lifetime, SIGTERM drain of a real `relay serve` process) and the admin port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+
+import pytest
+
+import relay.client as rc
+from relay.embedded import room
+from relay.protocol.constants import CloseReason
+from relay.protocol.keys import generate_room_key
+
+from .helpers import client, drops
+from .rawpeer import UdpPeer
+
+pytestmark = pytest.mark.timeout(30)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+async def _closing(c: rc.Client, timeout: float = 3.0) -> rc.ClosingEvent:
+    got = await c.next_event_of(rc.ClosingEvent, timeout)
+    assert c.connection.state.value == "closed"
+    return got  # type: ignore[return-value]
+
+
+async def test_idle_room_closes_with_reason_idle() -> None:
+    # keepalive 10 s: the clients' first PING is 2 s away, so nothing counts as activity after JOIN
+    async with room(keepalive_timeout=10.0, idle_timeout=1.0) as r:
+        a = await client(r, "a", "udp")
+        b = await client(r, "b", "ws")
+        t0 = asyncio.get_running_loop().time()
+        for c in (a, b):
+            assert (await _closing(c)).reason == CloseReason.IDLE
+        assert 0.8 < asyncio.get_running_loop().time() - t0 < 2.5
+        assert await asyncio.wait_for(r.relay.wait_closed(), 2) == CloseReason.IDLE
+        assert r.relay.stats().members == 0
+
+
+async def test_activity_keeps_a_room_from_idling() -> None:
+    async with room(keepalive_timeout=10.0, idle_timeout=0.6) as r:
+        a = await client(r, "a", "udp")
+        b = await client(r, "b", "udp")
+        for i in range(8):  # 1.2 s of traffic, twice the idle timeout
+            a.send(b"%d" % i)
+            await asyncio.sleep(0.15)
+        assert not r.relay.room.closed
+        assert (await _closing(a)).reason == CloseReason.IDLE  # and idles once it stops
+        assert await asyncio.wait_for(r.relay.wait_closed(), 2) == CloseReason.IDLE
+        await b.close()
+
+
+async def test_lifetime_closes_an_active_room() -> None:
+    async with room(keepalive_timeout=0.6, idle_timeout=30.0, lifetime=1.0) as r:
+        a = await client(r, "a", "udp")
+        b = await client(r, "b", "ws")
+        for c in (a, b):
+            assert (await _closing(c)).reason == CloseReason.LIFETIME
+        assert await asyncio.wait_for(r.relay.wait_closed(), 2) == CloseReason.LIFETIME
+
+
+async def test_sigterm_drains_members_and_exits_zero() -> None:
+    key = generate_room_key()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "serve",
+        "--room-key",
+        key,
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
+        match = re.match(r"relay listening udp\+ws ([\d.]+):(\d+)", line)
+        assert match, line
+        host, port = match.group(1), int(match.group(2))
+        members = [
+            await rc.connect(host, port, key, f"m{i}", transport=t, timeout=3)
+            for i, t in enumerate(["udp", "ws", "udp", "ws"])
+        ]
+        t0 = asyncio.get_running_loop().time()
+        proc.send_signal(signal.SIGTERM)
+        for c in members:
+            got = await _closing(c)
+            assert got.reason == CloseReason.SHUTDOWN
+        code = await asyncio.wait_for(proc.wait(), 2.0)
+        assert code == 0
+        assert asyncio.get_running_loop().time() - t0 < 2.0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_admin_metrics_and_healthz() -> None:
+    async with room(admin_port=0, keepalive_timeout=5.0) as r:
+        port = r.relay.admin_port
+        assert port
+        status, body = await _get(port, "/healthz")
+        assert (status, body) == (200, "ok\n")
+        a = await client(r, "a", "udp")
+        b = await client(r, "b", "ws")
+        a.send(b"hi")
+        await b.next_event_of(rc.Received, 3)
+        status, text = await _get(port, "/metrics")
+        assert status == 200
+        for name in (
+            "relay_messages_in_total",
+            "relay_messages_out_total",
+            "relay_bytes_in_total",
+            "relay_handshakes_total",
+            "relay_members",
+            "relay_fanout_seconds_bucket",
+        ):
+            assert name in text, name
+        assert _metric(text, "relay_members") == 2
+        assert _metric(text, "relay_handshakes_total") >= 2
+        short_before = _metric(text, "relay_dropped_total", reason="short")
+        junk = await UdpPeer.open(r.key, r.port)
+        for _ in range(3):
+            junk.send_raw(b"\x01\x03too short")
+        await asyncio.sleep(0.1)
+        assert drops(r)["short"] >= 3
+        _, text = await _get(port, "/metrics")
+        assert _metric(text, "relay_dropped_total", reason="short") == short_before + 3
+        status, _ = await _get(port, "/nothing-here")
+        assert status == 404
+        junk.close()
+        await a.close()
+        await b.close()
