@@ -44,3 +44,20 @@ def test_welcome_splits_to_fit_a_datagram() -> None:
     decoded = m.decode_relay(b"".join(parts))
     assert [w.more for w in decoded] == [True] * 4 + [False]
     assert [mem for w in decoded for mem in w.members] == members
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\xc0\x92",  # a top-level nil (looks like the sentinel), then an array still open
+        b"\x90\xc0\x93\x01",  # a message, a nil, then an array of three with one element
+        b"\xc0\xc4\x05ab",  # a nil, then a bin still waiting for bytes
+        b"\x92",  # only an open array (swallows the sentinel)
+    ],
+)
+def test_truncated_plaintext_leaves_nothing_for_the_next_packet(garbage: bytes) -> None:
+    """The decoder is reused across packets: a pending object must never leak into the next."""
+    with pytest.raises(ProtocolError):
+        m.decode_relay(garbage)
+    assert m.decode_relay(m.Pong(1, 2).encode()) == [m.Pong(1, 2)]
+    assert m.decode_client(m.Ping(3, 4).encode()) == [m.Ping(3, 4)]

@@ -28,10 +28,12 @@ _LIMITS = {
 class _StreamDecoder:
     """One reusable msgpack Unpacker: creating one with limits costs more than decoding a packet.
 
-    After each plaintext a nil sentinel is fed. Messages are arrays, so a top-level nil never
-    occurs in valid input: the plaintext held whole objects only if the sentinel comes back as
-    the last item. Otherwise (a truncated object swallowed it) the unpacker is replaced, so
-    nothing leaks into the next packet.
+    After each plaintext a nil sentinel is fed, then a second nil as a probe. Messages are
+    arrays, so a top-level nil never occurs in valid input. The plaintext held whole objects
+    only if the first pass ends with a nil and the probe alone comes back as exactly one nil: a
+    truncated object left pending would swallow the probe (a pending object is never a bare
+    nil), even when the garbage itself ended with a nil that looked like the sentinel.
+    Otherwise the unpacker is replaced, so nothing leaks into the next packet.
     """
 
     __slots__ = ("unpacker",)
@@ -45,10 +47,12 @@ class _StreamDecoder:
             unpacker.feed(plaintext)
             unpacker.feed(b"\xc0")
             items = list(unpacker)
+            unpacker.feed(b"\xc0")
+            probe = list(unpacker)
         except Exception as exc:  # msgpack raises several types for corrupt input
             self.__init__()  # type: ignore[misc]
             raise ProtocolError("malformed", f"msgpack: {exc.__class__.__name__}") from None
-        if not items or items.pop() is not None:
+        if probe != [None] or not items or items.pop() is not None:
             self.__init__()  # type: ignore[misc]
             raise ProtocolError("malformed", "truncated")
         if not items:
