@@ -1,0 +1,164 @@
+"""The C per-packet UDP relay (../shared/bench/udp_baseline.c), run the way run_baseline.sh runs it.
+
+Same workload shape as the throughput scenario: one relay on CPU 0 forwarding every 100-byte
+datagram to 3 receivers (a 4-player room's fan-out), sender and receivers on CPU 1. Its
+"delivered" figure is datagrams arriving at the receivers per second; each datagram is one
+100-byte message, so it compares directly with the relay's delivered messages per second.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SOURCE = REPO_ROOT.parent / "shared" / "bench" / "udp_baseline.c"
+
+_RELAY = re.compile(r"relay: (\d+) datagrams/s in, (\d+)/s out, cpu (\d+)%")
+_RECV = re.compile(r"recv: (\d+) datagrams/s in")
+_SEND = re.compile(r"send: (\d+) datagrams in ([\d.]+) s = (\d+)/s, cpu (\d+)%")
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineConfig:
+    """Defaults are run_baseline.sh's: 4 s at 100k datagrams/s offered, fan-out 3, 100 bytes."""
+
+    seconds: float = 4.0
+    offered_pps: int = 100_000
+    size: int = 100
+    fanout: int = 3
+    relay_cpus: str = "0"
+    load_cpus: str = "1"
+
+
+def unavailable() -> str | None:
+    """Why the baseline cannot run here, or None."""
+    if not SOURCE.is_file():
+        return f"{SOURCE} not found (shared/ must sit beside the repository)"
+    if shutil.which("gcc") is None:
+        return "gcc not installed"
+    if shutil.which("taskset") is None:
+        return "taskset not installed"
+    return None
+
+
+def _free_base(count: int) -> int:
+    """A base port with `count` consecutive free UDP ports (run_baseline.sh picks one at random)."""
+    for _ in range(200):
+        base = random.randint(20000, 60000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range for the baseline")
+
+
+def compile_baseline(workdir: Path) -> Path:
+    binary = workdir / "udp_baseline"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(SOURCE)], check=True, capture_output=True)
+    return binary
+
+
+def run(config: BaselineConfig = BaselineConfig()) -> dict[str, Any]:
+    """Compiles and runs one baseline measurement; {'skipped': reason} when it cannot run."""
+    reason = unavailable()
+    if reason:
+        return {"skipped": reason}
+    with tempfile.TemporaryDirectory(prefix="udp_baseline-") as tmp:
+        binary = compile_baseline(Path(tmp))
+        base = _free_base(config.fanout + 1)
+        secs = f"{config.seconds:g}"
+        receivers = [
+            subprocess.Popen(
+                ["taskset", "-c", config.load_cpus, str(binary), "recv", str(base + 1 + j), secs],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for j in range(config.fanout)
+        ]
+        relay = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                config.relay_cpus,
+                str(binary),
+                "relay",
+                str(base),
+                secs,
+                str(config.fanout),
+                str(base + 1),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.3)
+        sender = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                config.load_cpus,
+                str(binary),
+                "send",
+                str(base),
+                secs,
+                str(config.size),
+                str(config.offered_pps),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=config.seconds + 30,
+        )
+        relay_out, _ = relay.communicate(timeout=config.seconds + 30)
+        recv_outs = [r.communicate(timeout=config.seconds + 30)[0] for r in receivers]
+    result: dict[str, Any] = {
+        "config": asdict(config),
+        "raw": {
+            "relay": relay_out.strip(),
+            "send": sender.stdout.strip(),
+            "recv": [o.strip() for o in recv_outs],
+        },
+    }
+    m = _RELAY.search(relay_out)
+    if not m:
+        return {**result, "skipped": f"could not parse the baseline relay's output: {relay_out!r}"}
+    result["relay_in_per_s"] = float(m.group(1))
+    result["relay_out_per_s"] = float(m.group(2))
+    result["relay_cpu_percent"] = float(m.group(3))
+    recv_rates = [float(m.group(1)) for o in recv_outs if (m := _RECV.search(o))]
+    result["received_per_s"] = sum(recv_rates)
+    s = _SEND.search(sender.stdout)
+    result["sent_per_s"] = float(s.group(3)) if s else None
+    # Delivered = datagrams (= 100-byte messages) the relay put out to the receivers, per second.
+    result["delivered_per_s"] = result["relay_out_per_s"]
+    return result
+
+
+def run_median(config: BaselineConfig, runs: int) -> dict[str, Any]:
+    """Median delivered rate of several runs (each run's figures kept)."""
+    results = [run(config) for _ in range(max(1, runs))]
+    ok = [r for r in results if "skipped" not in r]
+    if not ok:
+        return results[0]
+    rates = sorted(r["delivered_per_s"] for r in ok)
+    return {
+        "delivered_per_s": rates[len(rates) // 2],
+        "relay_cpu_percent": sorted(r["relay_cpu_percent"] for r in ok)[len(ok) // 2],
+        "runs": results,
+        "config": asdict(config),
+    }

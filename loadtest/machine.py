@@ -1,0 +1,157 @@
+"""The machine a run happened on, CPU pinning, and what /proc says about a process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, kernel and memory: stated in every report."""
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "memory_mb": mem_kb // 1024,
+        "hostname": platform.node(),
+    }
+
+
+def parse_cpus(spec: str | None) -> set[int] | None:
+    """'0', '1-3', '0,2' -> a CPU set; None or '' means no pinning. CPUs beyond the machine fold back."""
+    if not spec:
+        return None
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            cpus.update(range(int(lo), int(hi) + 1))
+        else:
+            cpus.add(int(part))
+    count = os.cpu_count() or 1
+    return {c % count for c in cpus}
+
+
+def pin(cpus: set[int] | None, pid: int = 0) -> None:
+    """Pins a process (0 = this one) to a CPU set; silently a no-op where affinity is unsupported."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, cpus)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSample:
+    """One reading of a process: CPU seconds used so far, resident memory, open fds, threads."""
+
+    at: float
+    cpu_s: float
+    rss_bytes: int
+    fds: int
+    threads: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sample(pid: int) -> ProcSample | None:
+    """Reads /proc/PID/stat and /proc/PID/fd; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        utime, stime = int(fields[11]), int(fields[12])
+        threads, rss_pages = int(fields[17]), int(fields[21])
+        try:
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            fds = -1
+    except (OSError, ValueError, IndexError):
+        return None
+    return ProcSample(time.monotonic(), (utime + stime) / CLOCK_TICKS, rss_pages * PAGE_SIZE, fds, threads)
+
+
+def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float:
+    """Share of one core used between two samples, in percent."""
+    if before is None or after is None or after.at <= before.at:
+        return 0.0
+    return 100.0 * (after.cpu_s - before.cpu_s) / (after.at - before.at)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def cpu_times() -> dict[int, tuple[int, int]]:
+    """Per CPU (busy, total) jiffies from /proc/stat; busy includes irq and softirq time.
+
+    On loopback the kernel delivers a datagram to the receiving socket in softirq context on the
+    sending CPU, time that /proc/PID/stat does not charge to the process: the relay core's busy
+    share is the truer saturation figure.
+    """
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    name, *vals = line.split()
+                    nums = [int(v) for v in vals[:8]]
+                    idle = nums[3] + nums[4]
+                    out[int(name[3:])] = (sum(nums) - idle, sum(nums))
+    except OSError:
+        pass
+    return out
+
+
+def busy_percent(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpus: set[int]
+) -> float:
+    """Busy share of a CPU set between two cpu_times() readings, in percent of one CPU."""
+    busy = total = 0
+    for c in cpus:
+        if c in before and c in after:
+            busy += after[c][0] - before[c][0]
+            total += after[c][1] - before[c][1]
+    return 100.0 * busy / total * len(cpus) if total else 0.0
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size (shared pages split between their users): the fair per-room memory."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -1,0 +1,321 @@
+"""A minimal blocking client of docs/protocol.md for the throughput load generator.
+
+The Python client (relay.client) is what bots use; this one exists because a load generator
+sharing one core must spend far less per delivered message than the relay: it completes the
+handshake and JOIN with the protocol primitives, then hands out pre-sealed packets and raw
+sockets so the timed window is only send() and recv() calls. UDP and WebSocket (a tiny RFC 6455
+framing with a zero mask key, so pre-built frames need no per-send masking).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from relay.protocol.constants import HEADER_SIZE, UDP_HELLO_PAD_TO, PacketType, ProtocolError
+from relay.protocol.keys import decode_room_key, derive_psk
+from relay.protocol.messages import (
+    Bye,
+    Error,
+    Join,
+    Member,
+    MemberJoined,
+    MemberLeft,
+    Ping,
+    Welcome,
+    decode_relay,
+)
+from relay.protocol.packets import ClientHello, Opener, Sealer, parse_header
+
+_SO_RCVBUFFORCE = 33
+_SO_SNDBUFFORCE = 32
+SOCKET_BUFFER = 8 << 20
+
+
+def ws_frame(payload: bytes, opcode: int = 2) -> bytes:
+    """A masked client frame with the all-zero mask key (XOR with zero leaves the payload as is)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+
+
+class WsReader:
+    """Splits a byte stream of server frames into (opcode, payload); server frames are unmasked."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self.buf
+        buf += data
+        frames: list[tuple[int, bytes]] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                head = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+            if buf[pos + 1] & 0x80:
+                head += 4  # a masked server frame is a protocol error; tolerate it
+            if end - pos < head + length:
+                break
+            frames.append((buf[pos] & 0x0F, bytes(buf[pos + head : pos + head + length])))
+            pos += head + length
+        del buf[:pos]
+        return frames
+
+
+@dataclass(eq=False)
+class RawSession:
+    """One joined member: its socket, keys and what the handshake told it."""
+
+    transport: str
+    sock: socket.socket
+    user_id: str
+    session_id: int
+    sealer: Sealer
+    opener: Opener
+    decrypt: object  # AESGCM(k_s2c).decrypt, for sampled packets outside the replay window
+    connection_id: int = 0
+    members: dict[int, Member] = field(default_factory=dict)
+    reader: WsReader | None = None
+    closed: bool = False
+
+    def packet(self, plaintext: bytes) -> bytes:
+        """Seals one DATA packet and frames it for the transport (the next counter)."""
+        sealed = self.sealer.seal(plaintext)
+        return ws_frame(sealed) if self.transport == "ws" else sealed
+
+    def send_now(self, plaintext: bytes) -> None:
+        """Blocking-ish send of one control packet (JOIN, PING, BYE) outside the timed window."""
+        data = self.packet(plaintext)
+        try:
+            self.sock.sendall(data) if self.transport == "ws" else self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.closed = True
+
+    def ping(self) -> None:
+        self.send_now(Ping(1, time.monotonic_ns() // 1000).encode())
+
+    def bye(self) -> None:
+        if not self.closed:
+            self.send_now(Bye().encode())
+
+    def close(self) -> None:
+        if self.transport == "ws" and not self.closed:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(0.2)
+                self.sock.sendall(ws_frame(b"\x03\xe8", 8))  # close frame, 1000 normal closure
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def handle_control(self, plaintext: bytes) -> None:
+        """Applies JOIN/LEAVE/WELCOME news to the member table; anything else is ignored."""
+        try:
+            messages = decode_relay(plaintext)
+        except ProtocolError:
+            return
+        for msg in messages:
+            if isinstance(msg, MemberJoined):
+                self.members[msg.connection_id] = Member(msg.connection_id, msg.user_id, msg.profile)
+            elif isinstance(msg, MemberLeft):
+                self.members.pop(msg.connection_id, None)
+            elif isinstance(msg, Welcome):
+                for m in msg.members:
+                    self.members[m.connection_id] = m
+
+    def poll_control(self, seconds: float = 0.0) -> None:
+        """Reads whatever is queued (membership news) for up to `seconds`, without blocking after."""
+        deadline = time.monotonic() + seconds
+        while True:
+            for packet in _recv_packets(self, max(0.0, deadline - time.monotonic())):
+                try:
+                    header = parse_header(packet)
+                    if header.type == PacketType.DATA:
+                        self.handle_control(self.opener.open(packet, header.counter))
+                except ProtocolError:
+                    continue
+            if time.monotonic() >= deadline:
+                return
+
+
+def _recv_packets(session: RawSession, timeout: float) -> list[bytes]:
+    sock = session.sock
+    sock.settimeout(timeout if timeout > 0 else 0.0)
+    try:
+        if session.transport == "udp":
+            packets = [sock.recv(65536)]
+            sock.setblocking(False)
+            while True:
+                try:
+                    packets.append(sock.recv(65536))
+                except (BlockingIOError, InterruptedError):
+                    return packets
+        data = sock.recv(1 << 20)
+        if not data:
+            session.closed = True
+            return []
+        assert session.reader is not None
+        out = []
+        for opcode, payload in session.reader.feed(data):
+            if opcode == 2:
+                out.append(payload)
+            elif opcode == 9:
+                sock.sendall(ws_frame(payload, 10))
+            elif opcode == 8:
+                session.closed = True
+        return out
+    except (TimeoutError, BlockingIOError, InterruptedError):
+        return []
+    finally:
+        sock.setblocking(False)
+
+
+def _ws_connect(host: str, port: int, timeout: float) -> tuple[socket.socket, WsReader]:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _grow_buffers(sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("websocket upgrade: connection closed")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise ConnectionError(f"websocket upgrade refused: {head[:80]!r}")
+    reader = WsReader()
+    reader.buf += rest
+    return sock, reader
+
+
+def connect(
+    host: str, port: int, room_key: str, user_id: str, transport: str = "udp", timeout: float = 5.0
+) -> RawSession:
+    """Handshake + JOIN; returns once the WELCOME snapshot is complete. Raises on failure."""
+    psk = derive_psk(decode_room_key(room_key))
+    deadline = time.monotonic() + timeout
+    reader: WsReader | None = None
+    if transport == "ws":
+        sock, reader = _ws_connect(host, port, timeout)
+        hello = ClientHello.create(psk)
+        sock.sendall(ws_frame(hello.packet))
+    elif transport == "udp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        _grow_buffers(sock)
+        sock.connect((host, port))
+        hello = ClientHello.create(psk, pad_to=UDP_HELLO_PAD_TO)
+    else:
+        raise ValueError(f"unknown transport {transport!r}")
+    probe = RawSession(
+        transport, sock, user_id, 0, Sealer(bytes(32), 1), Opener(bytes(32)), None, reader=reader
+    )
+    keys = None
+    while keys is None:
+        if time.monotonic() > deadline:
+            sock.close()
+            raise TimeoutError(f"{user_id}: no ACCEPT")
+        if transport == "udp":
+            sock.send(hello.packet)
+        for packet in _recv_packets(probe, 0.25):
+            try:
+                keys = hello.finish(packet)
+                break
+            except ProtocolError:
+                continue
+        if probe.closed:
+            raise ConnectionError(f"{user_id}: closed during handshake")
+    session = RawSession(
+        transport,
+        sock,
+        user_id,
+        keys.session_id,
+        Sealer(keys.k_c2s, keys.session_id),
+        Opener(keys.k_s2c, strict=transport == "ws"),
+        AESGCM(keys.k_s2c).decrypt,
+        reader=reader,
+    )
+    join = Join(user_id).encode()
+    next_join = 0.0
+    while True:
+        now = time.monotonic()
+        if now > deadline:
+            session.close()
+            raise TimeoutError(f"{user_id}: no WELCOME")
+        if now >= next_join and (transport == "udp" or next_join == 0.0):
+            session.send_now(join)
+            next_join = now + 0.3
+        for packet in _recv_packets(session, 0.1):
+            try:
+                header = parse_header(packet)
+                if header.type != PacketType.DATA:
+                    continue
+                plaintext = session.opener.open(packet, header.counter)
+                messages = decode_relay(plaintext)
+            except ProtocolError:
+                continue
+            for msg in messages:
+                if isinstance(msg, Welcome):
+                    session.connection_id = msg.connection_id
+                    for m in msg.members:
+                        session.members[m.connection_id] = m
+                    if not msg.more:
+                        session.sock.setblocking(False)
+                        return session
+                elif isinstance(msg, Error):
+                    session.close()
+                    raise ConnectionError(f"{user_id}: join refused, error {msg.code}")
+        if session.closed:
+            raise ConnectionError(f"{user_id}: closed during join")
+
+
+NONCE_PAD = b"\x00\x00\x00\x00"
+
+
+def open_sample(session: RawSession, packet: bytes) -> bytes | None:
+    """Decrypts a DATA packet without touching the replay window (sampled packets only)."""
+    try:
+        return session.decrypt(NONCE_PAD + packet[8:16], packet[HEADER_SIZE:], packet[:HEADER_SIZE])  # type: ignore[operator]
+    except Exception:
+        return None

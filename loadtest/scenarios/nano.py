@@ -1,0 +1,237 @@
+"""`nano`: one room at GS2's realtime1.nano reference load (8 players x 3 msg/s) and above.
+
+One relay process (pinned to the relay CPU, under the realtime1.nano cgroup caps when
+relay/agent/cgroups.py provides them, uncapped otherwise and the report says so) with the
+relay's default limits; bots on the project's Python client play in steps of N players at H Hz.
+A step holds when WebSocket loses nothing, UDP loses under 0.1%, and p99 latency is under 20 ms.
+The report gives the highest step that held, as a multiple of GS2's 24 msg/s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from loadtest import hist as hdr
+from loadtest.bots import Behaviour
+from loadtest.machine import parse_cpus, pin
+from loadtest.phase import run_phase
+from loadtest.progress import Live
+from loadtest.relayhost import RelayProcess
+from loadtest.report import Report, plot_latency_cdf, table
+
+GS2_NANO_RATE = 8 * 3  # messages/s the GS2 docs state for realtime1.nano
+
+
+@dataclass(frozen=True, slots=True)
+class NanoConfig:
+    steps: tuple[tuple[int, float], ...] = ((8, 3), (8, 10), (8, 30), (16, 30), (32, 30))
+    transports: tuple[str, ...] = ("ws", "udp")  # "mixed": players alternate UDP and WS in one room
+    step_seconds: float = 5.0
+    workers: int = 2
+    p99_limit_ms: float = 20.0
+    udp_loss_limit: float = 0.001
+    ws_loss_limit: float = 0.0
+    relay_cpus: str = "0"
+    load_cpus: str = "1"
+    targeted_fraction: float = 0.2
+    stop_at_first_failure: bool = True
+    relay_factory: str | None = None
+
+    @classmethod
+    def quick(cls, **kw: Any) -> NanoConfig:
+        base: dict[str, Any] = {"steps": ((4, 5),), "step_seconds": 1.0, "workers": 1}
+        base.update(kw)
+        return cls(**base)
+
+
+def caps_available() -> str | None:
+    """The name of the cgroup caps module when it exists."""
+    return "relay.agent.cgroups" if importlib.util.find_spec("relay.agent") and _has_cgroups() else None
+
+
+def _has_cgroups() -> bool:
+    try:
+        return importlib.util.find_spec("relay.agent.cgroups") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def apply_caps(pid: int) -> str:
+    """Puts the relay process under the realtime1.nano caps; returns what happened, in words."""
+    if not caps_available():
+        return "relay/agent/cgroups.py not present: ran uncapped"
+    module = importlib.import_module("relay.agent.cgroups")
+    for name in ("apply_nano_caps", "apply_caps", "place", "confine"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            try:
+                result = fn(pid)
+            except Exception as exc:  # no cgroup v2 delegation here, not root, ...
+                return f"relay.agent.cgroups.{name} failed ({exc!r}): ran uncapped"
+            return f"capped with relay.agent.cgroups.{name}: {result!r}"
+    return "relay.agent.cgroups has no known entry point (apply_nano_caps/apply_caps): ran uncapped"
+
+
+def verdict(transport: str, step: dict[str, Any], config: NanoConfig) -> tuple[bool, str]:
+    loss = step["totals"]["loss_ratio"]
+    p99 = step["latency"].get("p99_ms")
+    limit = config.ws_loss_limit if transport == "ws" else config.udp_loss_limit  # mixed: UDP's
+    reasons = []
+    if step["connected"]["failed"]:
+        reasons.append(f"{len(step['connected']['failed'])} bots failed to join")
+    if loss > limit:
+        reasons.append(f"loss {100 * loss:.3f}% > {100 * limit:.1f}%")
+    if p99 is None:
+        reasons.append("nothing delivered")
+    elif p99 >= config.p99_limit_ms:
+        reasons.append(f"p99 {p99:.1f} ms >= {config.p99_limit_ms:g} ms")
+    if reasons and step.get("load_cpu_percent", 0) >= 80 and step.get("relay_cpu_percent", 0) < 50:
+        reasons.append(
+            f"load-bound: bots at {step['load_cpu_percent']:.0f}% CPU, relay at "
+            f"{step['relay_cpu_percent']:.0f}%"
+        )
+    return not reasons, "; ".join(reasons) or "held"
+
+
+def run(config: NanoConfig, report: Report, progress: bool | None = None) -> dict[str, Any]:
+    pin(parse_cpus(config.load_cpus))
+    results: dict[str, Any] = {"transports": {}}
+    total = len(config.transports) * len(config.steps)
+    caps_note = ""
+    with Live("nano", total=total, enabled=progress) as live:
+        for transport in config.transports:
+            relay = RelayProcess({}, config.relay_cpus, config.relay_factory)
+            caps_note = apply_caps(relay.pid)
+            steps = []
+            index = 0
+            try:
+                for n, (players, hz) in enumerate(config.steps, start=1):
+                    bots = [
+                        (index + i, transport if transport != "mixed" else ("udp", "ws")[i % 2], 0)
+                        for i in range(players)
+                    ]
+                    index += players
+                    step = run_phase(
+                        [(relay.host, relay.port, relay.key)],
+                        bots,
+                        Behaviour(hz=hz, targeted_fraction=config.targeted_fraction),
+                        config.step_seconds,
+                        step=n,
+                        workers=min(config.workers, players),
+                        load_cpus=config.load_cpus,
+                        relay_pids=[relay.pid],
+                        live=live,
+                        label=f"{transport} {players}x{hz:g}",
+                    )
+                    step.update({"players": players, "hz": hz, "rate": players * hz})
+                    ok, why = verdict(transport, step, config)
+                    step.update({"held": ok, "why": why})
+                    steps.append(step)
+                    live.update(advance=1)
+                    live.log(
+                        f"nano {transport} {players} players x {hz:g} Hz: loss "
+                        f"{100 * step['totals']['loss_ratio']:.3f}%, "
+                        f"p99 {step['latency'].get('p99_ms', 0):.2f} ms, "
+                        f"relay cpu {step['relay_cpu_percent']:.0f}% -> {why}"
+                    )
+                    if not ok and config.stop_at_first_failure:
+                        break
+            finally:
+                relay.stop()
+            held = [s for s in steps if s["held"]]
+            best = max(held, key=lambda s: s["rate"]) if held else None
+            results["transports"][transport] = {
+                "steps": steps,
+                "best": {
+                    "players": best["players"],
+                    "hz": best["hz"],
+                    "rate": best["rate"],
+                    "x_gs2_nano": best["rate"] / GS2_NANO_RATE,
+                }
+                if best
+                else None,
+            }
+    report.note(caps_note)
+    report.config = asdict(config)
+    report.results = results
+    md = [
+        "## Result",
+        "",
+        f"GS2 states realtime1.nano holds about 8 players x 3 msg/s = {GS2_NANO_RATE} msg/s.",
+        "",
+    ]
+    rows = []
+    for transport, t in results["transports"].items():
+        b = t["best"]
+        rows.append(
+            [
+                transport,
+                f"{b['players']} x {b['hz']:g} Hz" if b else "none",
+                b["rate"] if b else None,
+                b["x_gs2_nano"] if b else None,
+            ]
+        )
+    md += table(["transport", "highest step that held", "msg/s sent", "x GS2 nano"], rows)
+    for transport, t in results["transports"].items():
+        md += ["", f"### {transport}", ""]
+        md += table(
+            [
+                "players",
+                "Hz",
+                "due (sent x recipients)",
+                "delivered",
+                "lost",
+                "loss %",
+                "dup",
+                "reord",
+                "p50 ms",
+                "p99 ms",
+                "relay CPU %",
+                "bots CPU %",
+                "verdict",
+            ],
+            [
+                [
+                    s["players"],
+                    s["hz"],
+                    s["totals"]["sent"],
+                    s["totals"]["delivered"],
+                    s["totals"]["lost"],
+                    100 * s["totals"]["loss_ratio"],
+                    s["totals"]["duplicates"],
+                    s["totals"]["reordered"],
+                    s["latency"].get("p50_ms"),
+                    s["latency"].get("p99_ms"),
+                    s["relay_cpu_percent"],
+                    s.get("load_cpu_percent"),
+                    s["why"],
+                ]
+                for s in t["steps"]
+            ],
+        )
+    report.markdown = md
+    hists = {
+        f"{transport} {s['players']}x{s['hz']:g}": hdr.decode(s["latency_hist"])
+        for transport, t in results["transports"].items()
+        for s in t["steps"]
+    }
+    with contextlib.suppress(Exception):
+        if plot_latency_cdf(report.out / "latency_cdf.png", hists, "nano: one-way latency per step"):
+            report.plots.append("latency_cdf.png")
+    return results
+
+
+def config_from_args(args: Any) -> NanoConfig:
+    kw: dict[str, Any] = {}
+    if getattr(args, "steps", None):
+        kw["steps"] = tuple((int(p), float(h)) for p, h in (s.split("x") for s in args.steps.split(",")))
+    if getattr(args, "transports", None):
+        kw["transports"] = tuple(args.transports.split(","))
+    if getattr(args, "step_seconds", None) is not None:
+        kw["step_seconds"] = args.step_seconds
+    if getattr(args, "workers", None) is not None:
+        kw["workers"] = args.workers
+    return NanoConfig.quick(**kw) if getattr(args, "quick", False) else NanoConfig(**kw)

@@ -1,0 +1,564 @@
+"""`throughput`: delivered messages per second on one relay core, 4-player rooms, 100-byte payloads.
+
+Shape. A 4-player room is a fan-out of 3: every message a member sends is delivered to the 3
+others. The relay runs one room per process, so by default one relay process (pinned to the
+relay CPU) serves one 4-member room whose members broadcast. To put more members on the core,
+`--groups G` puts G groups of 4 in one relay (each member sends to its 3 group mates by id, a
+targeted send: still fan-out 3), and `--rooms R` runs R relay processes pinned to the same core
+(one 4-player room each). All load (senders and receivers, in `--workers` processes, plus this
+harness) is pinned to the load CPU.
+
+Figures. "Offered" is messages/s the senders sent; "delivered" is messages arriving at
+recipients per second (each offered message is due 3 deliveries); "datagrams" counts packets
+(UDP datagrams or WebSocket messages) arriving at recipients, which hold several coalesced
+messages each. Relay CPU is from /proc/PID/stat over the step. Latency is one-way (same host
+clock), from the scheduled send time, on a sample of packets (every packet at half load).
+Offered load rises by `growth` per step until the relay saturates (deliveries fall short of
+what was due by more than `loss_threshold`, or stop growing), then one step runs at half of
+the saturation rate with every packet decrypted: its latency is the "added latency" figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from loadtest import baseline as c_baseline
+from loadtest import hist as hdr
+from loadtest.fastload import GroupSpec, WorkerSpec, worker_main
+from loadtest.machine import busy_percent, cpu_percent, cpu_times, parse_cpus, pin, sample
+from loadtest.progress import Live
+from loadtest.relayhost import RelayProcess
+from loadtest.report import Report, plot_latency_cdf, plot_timeseries, table
+
+GROUP_SIZE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ThroughputConfig:
+    """Defaults run in about a minute per transport on a 2-core machine."""
+
+    transports: tuple[str, ...] = ("udp", "ws")  # "mixed" alternates UDP and WS members
+    rooms: int = 1  # relay processes on the relay CPU, one 4-player room each
+    groups: int = 1  # groups of 4 members per relay (targeted sends when > 1)
+    workers: int = 1  # load processes on the load CPU
+    payload_size: int = 100
+    batch: int = 8  # messages coalesced per client packet
+    step_seconds: float = 3.0
+    start_rate: float = 20_000.0  # offered messages/s, all senders together, first step
+    growth: float = 1.5
+    max_steps: int = 12
+    loss_threshold: float = 0.05  # a step delivering less than (1 - this) of what was due saturates
+    starved_below_cpu: float = 70.0  # a "saturated" step with the relay under this CPU % is repeated
+    starved_retries: int = 2
+    half_load_seconds: float = 3.0
+    drain_seconds: float = 0.5
+    sample_every: int = 16
+    relay_cpus: str = "0"
+    load_cpus: str = "1"
+    coalesce_tick: float | None = None  # relay override; None keeps the relay's default
+    baseline: bool = True
+    baseline_seconds: float = 4.0
+    baseline_pps: int = 100_000
+    relay_factory: str | None = None
+    relay_profile: str | None = None  # write the relay's cProfile stats here (slows the relay down)
+
+    @classmethod
+    def quick(cls, **kw: Any) -> ThroughputConfig:
+        base = {
+            "step_seconds": 1.0,
+            "start_rate": 4000.0,
+            "growth": 2.0,
+            "max_steps": 2,
+            "half_load_seconds": 1.0,
+            "drain_seconds": 0.3,
+            "baseline_seconds": 1.0,
+        }
+        base.update(kw)
+        return cls(**base)
+
+
+def relay_settings(config: ThroughputConfig, members: int) -> dict[str, Any]:
+    """Limits opened up so the relay, not its per-connection rate limiter, is what is measured."""
+    settings: dict[str, Any] = {
+        "limits": {
+            "max_players": max(32, members),
+            "messages_per_second": 0,
+            "message_burst": 0,
+            "bytes_per_second": 0,
+            "byte_burst": 0,
+            "ws_send_buffer": 8 << 20,
+        },
+        "keepalive_timeout": 120.0,
+        "idle_timeout": 600.0,
+    }
+    if config.coalesce_tick is not None:
+        settings["coalesce_tick"] = config.coalesce_tick
+    return settings
+
+
+class Load:
+    """The worker processes of one transport's run, and the relay processes they load."""
+
+    def __init__(self, config: ThroughputConfig, transport: str, label: str = "steps") -> None:
+        self.config = config
+        self.transport = transport
+        members = config.groups * GROUP_SIZE
+        self.relays = [
+            RelayProcess(
+                relay_settings(config, members),
+                config.relay_cpus,
+                config.relay_factory,
+                profile=f"{config.relay_profile}.{transport}.{label}.{n}" if config.relay_profile else None,
+            )
+            for n in range(config.rooms)
+        ]
+        ctx = multiprocessing.get_context("spawn")
+        groups: list[list[GroupSpec]] = [[] for _ in range(config.workers)]
+        index = 0
+        slot = 0
+        for r, relay in enumerate(self.relays):
+            for g in range(config.groups):
+                group = []
+                for i in range(GROUP_SIZE):
+                    index += 1
+                    t = transport if transport != "mixed" else ("udp", "ws")[index % 2]
+                    group.append((f"r{r}g{g}m{i}", t, index))
+                groups[slot % config.workers].append(
+                    GroupSpec(relay.host, relay.port, relay.key, tuple(group))
+                )
+                slot += 1
+        self.members = index
+        self.conns: list[Connection] = []
+        self.procs = []
+        cpus = parse_cpus(config.load_cpus)
+        for worker_groups in groups:
+            if not worker_groups:
+                continue
+            spec = WorkerSpec(
+                tuple(worker_groups),
+                targeted=config.groups > 1,
+                payload_size=config.payload_size,
+                batch=config.batch,
+                cpus=frozenset(cpus) if cpus else None,
+            )
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, spec), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            kind, info = self._recv(conn, 60)
+            if kind != "ready":
+                self.close()
+                raise RuntimeError(f"load worker failed: {info}")
+
+    def _recv(self, conn: Connection, timeout: float) -> tuple[str, Any]:
+        if not conn.poll(timeout):
+            raise TimeoutError("load worker did not answer")
+        return conn.recv()
+
+    def relay_samples(self) -> list[Any]:
+        return [sample(r.pid) for r in self.relays]
+
+    def load_samples(self) -> list[Any]:
+        return [sample(p.pid) for p in self.procs] + [sample(os.getpid())]
+
+    def step(
+        self, step: int, offered: float, seconds: float, full: bool, live: Live, timeline: list[dict]
+    ) -> dict[str, Any]:
+        """One timed step at `offered` messages/s in total; returns its aggregated figures."""
+        c = self.config
+        rate_per_member = offered / self.members
+        for conn in self.conns:
+            conn.send(
+                (
+                    "build",
+                    {
+                        "step": step,
+                        "rate_per_member": rate_per_member,
+                        "seconds": seconds,
+                        "full": full,
+                        "sample_every": c.sample_every,
+                    },
+                )
+            )
+        build_s = 0.0
+        for conn in self.conns:
+            kind, info = self._recv(conn, 300)
+            if kind != "built":
+                raise RuntimeError(f"load worker failed: {info}")
+            build_s = max(build_s, info["build_s"])
+        start_ns = time.monotonic_ns() + 200_000_000
+        for conn in self.conns:
+            conn.send(("go", {"start_ns": start_ns, "drain_s": c.drain_seconds}))
+        while time.monotonic_ns() < start_ns:
+            time.sleep(0.01)
+        before = self.relay_samples()
+        load_before = self.load_samples()
+        cores_before = cpu_times()
+        t_start = time.monotonic()
+        last = before
+        results: dict[int, dict] = {}
+        prev_tick: dict[int, dict] = {}
+        rates: dict[int, float] = {}  # half-second bucket since the step start -> delivered/s
+        end_at = t_start + seconds
+        cpu_at_end: list[Any] | None = None
+        cpu_now = 0.0
+        while len(results) < len(self.conns):
+            for conn in wait(self.conns, timeout=0.5):
+                kind, info = conn.recv()
+                idx = self.conns.index(conn)
+                if kind == "tick":
+                    prev = prev_tick.get(idx, {"t": 0.0, "delivered": 0})
+                    if info["t"] > prev["t"]:
+                        bucket = round(info["t"] / 0.5)
+                        rate = (info["delivered"] - prev["delivered"]) / (info["t"] - prev["t"])
+                        rates[bucket] = rates.get(bucket, 0.0) + rate
+                    prev_tick[idx] = info
+                elif kind == "result":
+                    results[idx] = info
+                else:
+                    raise RuntimeError(f"load worker failed: {info}")
+            now = time.monotonic()
+            if cpu_at_end is None and now >= end_at:
+                cpu_at_end = self.relay_samples()
+                load_at_end = self.load_samples()
+                cores_at_end = cpu_times()
+            if last and last[0] and now - last[0].at >= 0.45:
+                current = self.relay_samples()
+                cpu_now = sum(cpu_percent(a, b) for a, b in zip(last, current, strict=True))
+                timeline.append({"t": now, "kind": "cpu", "relay_cpu": cpu_now, "step": step})
+                last = current
+                delivered = sum(t["delivered"] for t in prev_tick.values())
+                live.update(
+                    rates=f"{self.transport} step {step}: offered {offered:,.0f}/s, "
+                    f"delivered {delivered:,.0f} so far, relay cpu {cpu_now:.0f}%",
+                )
+        for bucket, rate in sorted(rates.items()):
+            timeline.append(
+                {"t": t_start + 0.5 * bucket, "kind": "rate", "delivered_per_s": rate, "step": step}
+            )
+        if cpu_at_end is None:
+            cpu_at_end, load_at_end, cores_at_end = self.relay_samples(), self.load_samples(), cpu_times()
+        relay_cpu = sum(cpu_percent(a, b) for a, b in zip(before, cpu_at_end, strict=True))
+        load_cpu = sum(cpu_percent(a, b) for a, b in zip(load_before, load_at_end, strict=True))
+        out = self._aggregate(step, offered, seconds, full, results, relay_cpu, build_s)
+        out["load_cpu_percent"] = load_cpu
+        out["relay_core_busy_percent"] = busy_percent(
+            cores_before, cores_at_end, parse_cpus(c.relay_cpus) or {0}
+        )
+        out["load_core_busy_percent"] = busy_percent(
+            cores_before, cores_at_end, parse_cpus(c.load_cpus) or {1}
+        )
+        return out
+
+    def _aggregate(
+        self,
+        step: int,
+        offered: float,
+        seconds: float,
+        full: bool,
+        results: dict[int, dict],
+        relay_cpu: float,
+        build_s: float,
+    ) -> dict[str, Any]:
+        sent = sum(r["sent_messages"] for r in results.values())
+        planned = sum(r["planned_packets"] for r in results.values()) * self.config.batch
+        delivered = sum(r["delivered"] for r in results.values())
+        due = sum(p["sent"] for r in results.values() for p in r["per_recipient"].values())
+        per_recipient = {k: v for r in results.values() for k, v in r["per_recipient"].items()}
+        hist = hdr.merge([r["latency_hist"] for r in results.values()])
+        lat = hdr.summary(hist)
+        return {
+            "step": step,
+            "mode": "full" if full else "sampled",
+            "seconds": seconds,
+            "offered_per_s": offered,
+            "sent_messages": sent,
+            "planned_messages": planned,
+            "sent_per_s": sent / seconds,
+            "due_deliveries": due,
+            "delivered": delivered,
+            "delivered_per_s": delivered / seconds,
+            "lost": due - delivered,
+            "loss_ratio": (due - delivered) / due if due else 0.0,
+            "datagrams_in": sum(r["datagrams_in"] for r in results.values()),
+            "datagrams_in_per_s": sum(r["datagrams_in"] for r in results.values()) / seconds,
+            "messages_per_datagram": delivered / max(1, sum(r["datagrams_in"] for r in results.values())),
+            "relay_cpu_percent": relay_cpu,
+            "delivered_per_relay_cpu_s": delivered / seconds / (relay_cpu / 100) if relay_cpu > 1 else None,
+            "latency": lat,
+            "latency_hist": hdr.encode(hist),
+            "per_recipient": per_recipient,
+            "build_s": build_s,
+            "sender_kept_up": sent >= 0.95 * planned,
+            "late_packets_after_step": sum(r.get("late_packets", 0) for r in results.values()),
+            "quiesce_s": max((r.get("quiesce_s", 0.0) for r in results.values()), default=0.0),
+        }
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send(("close", {}))
+        for conn in self.conns:
+            try:
+                if conn.poll(5):
+                    conn.recv()
+            except (EOFError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+        for relay in self.relays:
+            relay.stop()
+
+
+def run_transport(config: ThroughputConfig, transport: str, live: Live) -> dict[str, Any]:
+    """Steps offered load up to saturation, then measures latency at half of it."""
+    load = Load(config, transport)
+    steps: list[dict[str, Any]] = []
+    timeline: list[dict] = []
+    try:
+        offered = config.start_rate
+        best = 0.0
+        saturated_at: int | None = None
+        retries = 0
+        level = 0
+        while level < config.max_steps:
+            level += 1
+            n = len(steps) + 1
+            result = load.step(n, offered, config.step_seconds, False, live, timeline)
+            steps.append(result)
+            live.log(
+                f"{transport} step {n}: offered {result['sent_per_s']:,.0f}/s, delivered "
+                f"{result['delivered_per_s']:,.0f}/s, loss {100 * result['loss_ratio']:.2f}%, relay cpu "
+                f"{result['relay_cpu_percent']:.0f}%, load cpu {result['load_cpu_percent']:.0f}%, "
+                f"p99 {result['latency'].get('p99_ms', float('nan')):.2f} ms"
+            )
+            rate = result["delivered_per_s"]
+            short = result["loss_ratio"] > config.loss_threshold
+            flat = rate < best * 1.03
+            if short or flat or not result["sender_kept_up"]:
+                # A relay that falls short without using its core was starved by something else
+                # on that core (this machine is shared): repeat the step rather than stop.
+                result["starved"] = result["relay_cpu_percent"] < config.starved_below_cpu
+                if result["starved"] and retries < config.starved_retries:
+                    retries += 1
+                    level -= 1
+                    live.log(
+                        f"{transport} step {n}: relay starved "
+                        f"(cpu {result['relay_cpu_percent']:.0f}%), retrying"
+                    )
+                    continue
+                saturated_at = n
+                break
+            best = max(best, rate)
+            offered *= config.growth
+        saturation = max(steps, key=lambda s: s["delivered_per_s"])
+        half_offered = max(100.0, saturation["delivered_per_s"] / 2 / (GROUP_SIZE - 1))
+        # a fresh relay and fresh members: nothing left over from the overloaded steps
+        load.close()
+        load = Load(config, transport, "half")
+        half = load.step(len(steps) + 1, half_offered, config.half_load_seconds, True, live, timeline)
+        live.log(
+            f"{transport} half load: offered {half['sent_per_s']:,.0f}/s, delivered "
+            f"{half['delivered_per_s']:,.0f}/s, p50 {half['latency'].get('p50_ms', float('nan')):.3f} ms, "
+            f"p99 {half['latency'].get('p99_ms', float('nan')):.3f} ms"
+        )
+    finally:
+        load.close()
+    t0 = min((p["t"] for p in timeline), default=0.0)
+    timeline.sort(key=lambda p: p["t"])
+    return {
+        "transport": transport,
+        "members": load.members,
+        "steps": steps,
+        "saturated_at_step": saturated_at,
+        "saturation": {
+            "delivered_per_s": saturation["delivered_per_s"],
+            "offered_per_s": saturation["sent_per_s"],
+            "relay_cpu_percent": saturation["relay_cpu_percent"],
+            "step": saturation["step"],
+            "reached": saturated_at is not None,
+        },
+        "half_load": half,
+        "timeline": [{**p, "t": p["t"] - t0} for p in timeline],
+    }
+
+
+def run(config: ThroughputConfig, report: Report, progress: bool | None = None) -> dict[str, Any]:
+    pin(parse_cpus(config.load_cpus))
+    results: dict[str, Any] = {"transports": {}}
+    total = len(config.transports) * (config.max_steps * config.step_seconds + config.half_load_seconds)
+    with Live("throughput", total=total, enabled=progress) as live:
+        if config.baseline:
+            live.update(rates="C baseline")
+            base = c_baseline.run(
+                c_baseline.BaselineConfig(
+                    seconds=config.baseline_seconds,
+                    offered_pps=config.baseline_pps,
+                    size=config.payload_size,
+                    relay_cpus=config.relay_cpus,
+                    load_cpus=config.load_cpus,
+                )
+            )
+            results["baseline"] = base
+            if "skipped" in base:
+                report.note(f"C baseline skipped: {base['skipped']}")
+            else:
+                live.log(
+                    f"C baseline: {base['delivered_per_s']:,.0f} delivered/s, "
+                    f"relay cpu {base['relay_cpu_percent']:.0f}%"
+                )
+        for transport in config.transports:
+            results["transports"][transport] = run_transport(config, transport, live)
+    base_rate = results.get("baseline", {}).get("delivered_per_s")
+    for t in results["transports"].values():
+        t["ratio_to_baseline"] = t["saturation"]["delivered_per_s"] / base_rate if base_rate else None
+    _write(report, config, results)
+    return results
+
+
+def _write(report: Report, config: ThroughputConfig, results: dict[str, Any]) -> None:
+    report.results = results
+    base = results.get("baseline", {})
+    md = ["## Result", ""]
+    rows = []
+    if base and "skipped" not in base:
+        rows.append(
+            [
+                "C baseline (UDP, per packet, no crypto)",
+                base["delivered_per_s"],
+                1.0,
+                base["relay_cpu_percent"],
+                None,
+                None,
+            ]
+        )
+    for name, t in results["transports"].items():
+        lat = t["half_load"]["latency"]
+        rows.append(
+            [
+                f"relay, {name}",
+                t["saturation"]["delivered_per_s"],
+                t.get("ratio_to_baseline"),
+                t["saturation"]["relay_cpu_percent"],
+                lat.get("p50_ms"),
+                lat.get("p99_ms"),
+            ]
+        )
+    md += table(
+        [
+            "",
+            "delivered msg/s at saturation",
+            "x C baseline",
+            "relay CPU %",
+            "p50 ms @ half load",
+            "p99 ms @ half load",
+        ],
+        rows,
+    )
+    md += [
+        "",
+        f"Shape: {config.rooms} relay process(es) x {config.groups} group(s) of 4 members, "
+        f"{config.payload_size}-byte payloads, {config.batch} messages per client packet, "
+        f"relay on CPU {config.relay_cpus}, all load on CPU {config.load_cpus}. Delivered = messages "
+        "arriving at recipients (fan-out 3); the C baseline's figure is datagrams out of its relay "
+        "(each one 100-byte message).",
+    ]
+    for name, t in results["transports"].items():
+        md += ["", f"### {name} steps", ""]
+        rows = []
+        for s in [*t["steps"], t["half_load"]]:
+            lat = s["latency"]
+            rows.append(
+                [
+                    s["step"],
+                    s["mode"] + (" (starved, repeated)" if s.get("starved") else ""),
+                    s["sent_per_s"],
+                    s["delivered_per_s"],
+                    s["datagrams_in_per_s"],
+                    s["messages_per_datagram"],
+                    100 * s["loss_ratio"],
+                    s["relay_cpu_percent"],
+                    lat.get("p50_ms"),
+                    lat.get("p99_ms"),
+                    lat.get("p99.9_ms"),
+                ]
+            )
+        md += table(
+            [
+                "step",
+                "mode",
+                "offered/s",
+                "delivered/s",
+                "datagrams/s",
+                "msg/datagram",
+                "loss %",
+                "relay CPU %",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+            ],
+            rows,
+        )
+    report.markdown = md
+    hists = {}
+    for name, t in results["transports"].items():
+        hists[f"{name} half load"] = hdr.decode(t["half_load"]["latency_hist"])
+        top = max(t["steps"], key=lambda s: s["delivered_per_s"])
+        hists[f"{name} saturation (sampled)"] = hdr.decode(top["latency_hist"])
+    if plot_latency_cdf(report.out / "latency_cdf.png", hists, "throughput: one-way latency"):
+        report.plots.append("latency_cdf.png")
+    panels_rate: dict[str, tuple[list[float], list[float]]] = {}
+    panels_cpu: dict[str, tuple[list[float], list[float]]] = {}
+    for name, t in results["transports"].items():
+        rate_points = [p for p in t["timeline"] if p["kind"] == "rate"]
+        cpu_points = [p for p in t["timeline"] if p["kind"] == "cpu"]
+        panels_rate[name] = ([p["t"] for p in rate_points], [p["delivered_per_s"] for p in rate_points])
+        panels_cpu[name] = ([p["t"] for p in cpu_points], [p["relay_cpu"] for p in cpu_points])
+    if plot_timeseries(
+        report.out / "throughput_cpu.png",
+        [("delivered msg/s", panels_rate), ("relay CPU %", panels_cpu)],
+        "throughput and relay CPU over time",
+    ):
+        report.plots.append("throughput_cpu.png")
+    report.config = asdict(config)
+
+
+def config_from_args(args: Any) -> ThroughputConfig:
+    kw: dict[str, Any] = {}
+    for name in (
+        "rooms",
+        "groups",
+        "workers",
+        "batch",
+        "step_seconds",
+        "start_rate",
+        "growth",
+        "max_steps",
+        "payload_size",
+        "coalesce_tick",
+        "relay_cpus",
+        "load_cpus",
+        "sample_every",
+        "baseline_pps",
+        "baseline_seconds",
+        "half_load_seconds",
+        "relay_profile",
+    ):
+        v = getattr(args, name, None)
+        if v is not None:
+            kw[name] = v
+    if getattr(args, "transports", None):
+        kw["transports"] = tuple(args.transports.split(","))
+    if getattr(args, "no_baseline", False):
+        kw["baseline"] = False
+    return ThroughputConfig.quick(**kw) if getattr(args, "quick", False) else ThroughputConfig(**kw)

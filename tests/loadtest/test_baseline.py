@@ -1,0 +1,45 @@
+"""The C baseline scenario: compiled and run as run_baseline.sh does, or skipped with a reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import baseline, checks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_baseline_quick_run_writes_a_consistent_report(tmp_path: Path) -> None:
+    out = tmp_path / "baseline"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtest", "baseline", "--quick", "--no-progress", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert checks.problems(out) == []
+    result = checks.load(out)["results"]
+    reason = baseline.unavailable()
+    if reason:  # the scenario must say why it did not run, not fail
+        assert result["skipped"] == reason and "skipped" in proc.stdout
+        return
+    run = result["runs"][0]
+    assert run["relay_out_per_s"] > 0
+    # the relay forwards each datagram to 3 receivers: out is 3x in (within the counting window)
+    assert run["relay_out_per_s"] == pytest.approx(3 * run["relay_in_per_s"], rel=0.02)
+    assert run["relay_in_per_s"] <= run["sent_per_s"] * 1.02
+    assert run["received_per_s"] <= run["relay_out_per_s"] * 1.02
+    assert result["delivered_per_s"] == run["relay_out_per_s"]
+
+
+def test_baseline_is_skipped_with_a_reason_when_the_source_is_missing(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(baseline, "SOURCE", tmp_path / "nope.c")
+    result = baseline.run(baseline.BaselineConfig(seconds=0.1))
+    assert "not found" in result["skipped"]

@@ -1,0 +1,98 @@
+"""Each scenario in its tiny configuration against the real relay (and control plane), a few
+seconds each; the reports must hold together (sent = delivered + lost per recipient, nothing
+negative, latency percentiles ordered, files written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtest import checks
+from loadtest.report import Report
+from loadtest.scenarios import chaos, fleet, nano, soak, throughput
+
+pytestmark = pytest.mark.slow
+
+
+def _report(tmp_path: Path, name: str) -> Report:
+    out = tmp_path / name
+    out.mkdir()
+    return Report(name, out, {})
+
+
+def test_throughput_quick_udp_and_ws(tmp_path: Path) -> None:
+    config = throughput.ThroughputConfig.quick(transports=("udp", "ws"), baseline=False, max_steps=1)
+    report = _report(tmp_path, "throughput")
+    results = throughput.run(config, report, progress=False)
+    report.write()
+    assert checks.problems(report.out) == []
+    assert {"latency_cdf.png", "throughput_cpu.png"} <= set(report.plots)
+    for name, t in results["transports"].items():
+        assert t["members"] == 4
+        for step in [*t["steps"], t["half_load"]]:
+            recipients = step["per_recipient"].values()
+            assert len(recipients) == 4
+            # per recipient: due = what the 3 others sent; nothing is delivered twice or invented
+            assert sum(r["sent"] for r in recipients) == step["due_deliveries"] == 3 * step["sent_messages"]
+            assert sum(r["delivered"] for r in recipients) == step["delivered"]
+            assert all(0 <= r["lost"] <= r["sent"] for r in recipients), name
+            assert all(r["undecryptable"] == 0 for r in recipients)
+            assert step["delivered"] > 0 and step["latency"]["count"] > 0
+        half = t["half_load"]
+        assert half["mode"] == "full"
+        # at light load on loopback nothing is lost, and every delivery was decrypted and timed
+        assert half["lost"] == 0, name
+        assert half["latency"]["count"] == half["delivered"]
+        for r in half["per_recipient"].values():
+            assert sum(s["delivered"] for s in r["streams"].values()) == r["delivered"]
+            assert all(s["duplicates"] == 0 for s in r["streams"].values())
+
+
+def test_nano_quick(tmp_path: Path) -> None:
+    report = _report(tmp_path, "nano")
+    results = nano.run(nano.NanoConfig.quick(), report, progress=False)
+    report.write()
+    assert checks.problems(report.out) == []
+    for name, t in results["transports"].items():
+        step = t["steps"][0]
+        assert step["connected"]["failed"] == []
+        assert step["totals"]["sent"] > 0 and step["totals"]["delivered"] > 0
+        assert step["held"], (name, step["why"])  # 4 players x 5 Hz is far below any limit
+        assert t["best"]["x_gs2_nano"] == pytest.approx(20 / 24)
+
+
+def test_soak_quick_shows_no_leaks(tmp_path: Path) -> None:
+    report = _report(tmp_path, "soak")
+    results = soak.run(soak.SoakConfig.quick(), report, progress=False)
+    report.write()
+    assert checks.problems(report.out, allow_negative_lost=False) == []
+    assert len(results["samples"]) >= 3
+    assert results["phase"]["totals"]["delivered"] > 0
+    assert results["checks"]["fds_back_to_idle"], (results["idle_before"], results["idle_after"])
+    tasks = (results["tasks_before"], results["tasks_after"])
+    assert results["checks"]["tasks_back_to_idle"] is not False, tasks
+
+
+def test_chaos_quick_surviving_rooms_keep_delivering(tmp_path: Path) -> None:
+    report = _report(tmp_path, "chaos")
+    results = chaos.run(chaos.ChaosConfig.quick(), report, progress=False)
+    report.write()
+    assert checks.problems(report.out) == []
+    rooms = results["rooms"]
+    assert rooms[0]["killed"]["signal"] == "SIGKILL" and rooms[1]["killed"]["signal"] == "SIGTERM"
+    assert not rooms[0]["alive_at_end"] and not rooms[1]["alive_at_end"]
+    assert rooms[2]["killed"] is None and rooms[2]["alive_at_end"]
+    assert rooms[0]["totals"]["lost"] > 0  # everything addressed after the crash
+    assert results["surviving_rooms_kept_delivering"], rooms[2]["totals"]
+
+
+def test_fleet_quick(tmp_path: Path) -> None:
+    report = _report(tmp_path, "fleet")
+    results = fleet.run(fleet.FleetConfig.quick(), report, progress=False)
+    report.write()
+    assert checks.problems(report.out) == []
+    assert "skipped" not in results, results.get("skipped")
+    assert results["ready"] == results["wanted"] == 2
+    assert results["provisioning_ms"]["count"] == 2 and results["join_ms"]["count"] == 4
+    assert results["not_deleted"] == 0

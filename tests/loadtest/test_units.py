@@ -1,0 +1,113 @@
+"""The harness's own pieces: payload header, accounting, histograms, machine readings, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from loadtest import checks, payload
+from loadtest import hist as hdr
+from loadtest.fastload import message_size, send_message_bytes
+from loadtest.machine import busy_percent, cpu_percent, cpu_times, machine_info, parse_cpus, sample
+from loadtest.report import Report, plot_histogram, plot_latency_cdf, plot_timeseries
+from loadtest.streams import RecipientStats, SenderStream, account
+from relay.protocol.messages import Send, encode_message
+
+
+def test_payload_round_trip_and_foreign_data() -> None:
+    data = payload.build(100, 3, 7, 42, 123456789)
+    assert len(data) == 100
+    assert payload.parse(data) == (3, 7, 42, 123456789)
+    assert payload.parse(b"x" * 100) is None
+    assert payload.parse(b"short") is None
+    assert len(payload.build(4, 0, 0, 0, 0)) == payload.HEADER_SIZE  # never shorter than the header
+
+
+def test_hand_built_send_matches_the_protocol_encoder() -> None:
+    data = bytes(range(100))
+    assert send_message_bytes(data, None) == Send(data).encode()
+    assert send_message_bytes(data, [1, 2, 200]) == Send(data, (1, 2, 200)).encode()
+    assert send_message_bytes(bytes(300), [3]) == Send(bytes(300), (3,)).encode()
+    # the receivers' length count relies on every MESSAGE having this size
+    assert len(encode_message(5, data)) == message_size(100, 5)
+    assert len(encode_message(130, data)) == message_size(100, 130)
+
+
+def test_sender_stream_tells_loss_duplicates_and_reordering_apart() -> None:
+    s = SenderStream()
+    for seq in (1, 2, 4, 3, 3, 6):
+        s.arrive(seq)
+    assert (s.delivered, s.duplicates, s.reordered, s.top) == (5, 1, 1, 6)
+
+
+def test_account_keeps_sent_equal_delivered_plus_lost_per_recipient() -> None:
+    a, b = RecipientStats(), RecipientStats()
+    for seq in range(1, 9):
+        a.arrive(2, seq)  # a got all 8 from bot2
+    for seq in (1, 2, 3, 5):
+        b.arrive(1, seq)  # b got 4 of 6 from bot1
+    acc = account(
+        {"bot1": {"botA": 0, "botB": 6}, "bot2": {"botA": 8}},
+        {"botA": {"bot2": a.to_json()["2"]}, "botB": {"bot1": b.to_json()["1"]}},
+    )
+    expected = {"sent": 8, "delivered": 8, "lost": 0, "duplicates": 0, "reordered": 0}
+    assert acc["per_recipient"]["botA"] == expected
+    assert acc["per_recipient"]["botB"]["lost"] == 2
+    assert acc["totals"]["sent"] == 14 and acc["totals"]["lost"] == 2
+    assert abs(acc["totals"]["loss_ratio"] - 2 / 14) < 1e-12
+    assert checks.accounting_problems(acc) == []
+
+
+def test_histograms_merge_across_processes_and_percentiles_are_ordered() -> None:
+    one, two = hdr.new(), hdr.new()
+    for v in range(1, 1001):
+        hdr.record_us(one, v)
+    hdr.record_us(two, 50_000)
+    merged = hdr.merge([hdr.encode(one), hdr.encode(two), ""])
+    summary = hdr.summary(merged)
+    assert summary["count"] == 1001
+    assert summary["max_ms"] >= 49.9
+    assert checks.latency_problems({"lat": summary}) == []
+    assert hdr.summary(hdr.new()) == {"count": 0}
+    assert checks.latency_problems({"lat": {"count": 3, "p50_ms": 2.0, "p99_ms": 1.0}}) != []
+
+
+def test_machine_readings() -> None:
+    info = machine_info()
+    assert info["cores"] >= 1 and info["kernel"] and info["cpu_model"]
+    assert parse_cpus(None) is None and parse_cpus("") is None
+    assert parse_cpus("0") == {0}
+    assert parse_cpus("0-1") == {c % (os.cpu_count() or 1) for c in (0, 1)}
+    me = sample(os.getpid())
+    assert me is not None and me.rss_bytes > 0 and me.fds > 0 and me.threads >= 1
+    assert sample(2**22 + 12345) is None
+    sum(range(200_000))
+    later = sample(os.getpid())
+    assert cpu_percent(me, later) >= 0.0
+    before = cpu_times()
+    assert before and busy_percent(before, cpu_times(), {0}) >= 0.0
+
+
+def test_report_writes_json_markdown_and_plots(tmp_path) -> None:
+    report = Report("unit", tmp_path, {"x": 1}, command="python -m loadtest unit")
+    h = hdr.new()
+    for v in (100, 200, 5000):
+        hdr.record_us(h, v)
+    assert plot_latency_cdf(tmp_path / "cdf.png", {"a": h})
+    assert plot_timeseries(tmp_path / "ts.png", [("y", {"s": ([0, 1, 2], [1, 2, 3])})], "t")
+    assert plot_histogram(tmp_path / "h.png", {"a": [1.0, 2.0, 2.5]}, "t", "ms")
+    assert not plot_latency_cdf(tmp_path / "none.png", {"a": hdr.new()})
+    report.plots += ["cdf.png", "ts.png", "h.png"]
+    accounts = {"r": {"sent": 3, "delivered": 2, "lost": 1}}
+    report.results = {"latency": hdr.summary(h), "per_recipient": accounts}
+    report.note("a note")
+    report.write()
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["machine"]["cores"] >= 1 and doc["notes"] == ["a note"]
+    assert "a note" in (tmp_path / "summary.md").read_text()
+    assert checks.problems(tmp_path) == []
+    report.results["per_recipient"]["r"]["lost"] = 0  # 3 != 2 + 0
+    report.plots.append("missing.png")
+    report.write()
+    found = checks.problems(tmp_path)
+    assert any("sent 3" in p for p in found) and any("missing.png" in p for p in found)
