@@ -4,6 +4,7 @@
     python -m loadtest throughput [--quick]      delivered msg/s on one relay core, UDP and WS
     python -m loadtest nano       [--quick]      one room, N players at H Hz, GS2's 8 x 3/s and above
     python -m loadtest fleet      [--quick]      rooms through the control plane: provision, join, delete
+    python -m loadtest density    [--quick]      start latency, idle memory per room, rooms per machine
     python -m loadtest soak       [--quick]      churn for a while; memory, fds and tasks stay flat
     python -m loadtest chaos      [--quick]      kill relays and the control plane mid-run
     python -m loadtest benchmarks [--runs 3]     regenerate BENCHMARKS.md
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--players", type=int, default=None, help="players per room")
     p.add_argument("--play-seconds", type=float, default=None)
     p.add_argument("--control-url", default=None, help="use a running control plane instead of starting one")
+
+    p = sub.add_parser("density", help="room start latency, idle memory per room, rooms per machine")
+    _common(p)
+    p.add_argument("--hold-rooms", type=int, default=None, help="idle rooms to hold at once (default 1000)")
+    p.add_argument("--sequential-rooms", type=int, default=None, help="rooms timed one at a time")
+    p.add_argument("--cold-runs", type=int, default=None)
 
     p = sub.add_parser("soak", help="long run with churn")
     _common(p)

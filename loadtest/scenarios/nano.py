@@ -1,7 +1,7 @@
 """`nano`: one room at GS2's realtime1.nano reference load (8 players x 3 msg/s) and above.
 
-One relay process (pinned to the relay CPU, under the realtime1.nano cgroup caps when
-relay/agent/cgroups.py provides them, uncapped otherwise and the report says so) with the
+One relay process (pinned to the relay CPU, under the realtime1.nano cgroup caps where this
+host has writable cgroups, uncapped otherwise and the report says so) with the
 relay's default limits; bots on the project's Python client play in steps of N players at H Hz.
 A step holds when WebSocket loses nothing, UDP loses under 0.1%, and p99 latency is under 20 ms.
 The report gives the highest step that held, as a multiple of GS2's 24 msg/s.
@@ -10,7 +10,6 @@ The report gives the highest step that held, as a multiple of GS2's 24 msg/s.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,6 +20,8 @@ from loadtest.phase import run_phase
 from loadtest.progress import Live
 from loadtest.relayhost import RelayProcess
 from loadtest.report import Report, plot_latency_cdf, table
+from relay.agent.cgroups import Cgroup, describe, detect
+from relay.agent.tiers import NANO
 
 GS2_NANO_RATE = 8 * 3  # messages/s the GS2 docs state for realtime1.nano
 
@@ -47,32 +48,21 @@ class NanoConfig:
         return cls(**base)
 
 
-def caps_available() -> str | None:
-    """The name of the cgroup caps module when it exists."""
-    return "relay.agent.cgroups" if importlib.util.find_spec("relay.agent") and _has_cgroups() else None
-
-
-def _has_cgroups() -> bool:
+def apply_caps(pid: int) -> tuple[str, Cgroup | None]:
+    """Puts the relay process under the realtime1.nano caps, as the local provisioner does;
+    returns what happened, in words, and the group to remove afterwards."""
+    backend = detect()
+    if backend is None:
+        return "no writable cgroup on this host: ran uncapped", None
     try:
-        return importlib.util.find_spec("relay.agent.cgroups") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def apply_caps(pid: int) -> str:
-    """Puts the relay process under the realtime1.nano caps; returns what happened, in words."""
-    if not caps_available():
-        return "relay/agent/cgroups.py not present: ran uncapped"
-    module = importlib.import_module("relay.agent.cgroups")
-    for name in ("apply_nano_caps", "apply_caps", "place", "confine"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            try:
-                result = fn(pid)
-            except Exception as exc:  # no cgroup v2 delegation here, not root, ...
-                return f"relay.agent.cgroups.{name} failed ({exc!r}): ran uncapped"
-            return f"capped with relay.agent.cgroups.{name}: {result!r}"
-    return "relay.agent.cgroups has no known entry point (apply_nano_caps/apply_caps): ran uncapped"
+        group = backend.create(f"loadtest-nano-{pid}", NANO)
+        group.add(pid)
+    except OSError as exc:
+        return f"cgroup placement failed ({exc}): ran uncapped", None
+    return (
+        f"relay capped at {NANO.name} ({NANO.cpu:g} CPU, cpu.max {NANO.cpu_max}) with {describe(backend)}",
+        group,
+    )
 
 
 def verdict(transport: str, step: dict[str, Any], config: NanoConfig) -> tuple[bool, str]:
@@ -104,7 +94,7 @@ def run(config: NanoConfig, report: Report, progress: bool | None = None) -> dic
     with Live("nano", total=total, enabled=progress) as live:
         for transport in config.transports:
             relay = RelayProcess({}, config.relay_cpus, config.relay_factory)
-            caps_note = apply_caps(relay.pid)
+            caps_note, group = apply_caps(relay.pid)
             steps = []
             index = 0
             try:
@@ -141,6 +131,8 @@ def run(config: NanoConfig, report: Report, progress: bool | None = None) -> dic
                         break
             finally:
                 relay.stop()
+                if group is not None:
+                    group.remove()
             held = [s for s in steps if s["held"]]
             best = max(held, key=lambda s: s["rate"]) if held else None
             results["transports"][transport] = {
@@ -155,6 +147,7 @@ def run(config: NanoConfig, report: Report, progress: bool | None = None) -> dic
                 else None,
             }
     report.note(caps_note)
+    results["caps"] = caps_note
     report.config = asdict(config)
     report.results = results
     md = [

@@ -70,6 +70,12 @@ def run_fleet(args: Any, report: Report) -> dict[str, Any]:
     return fleet.run(fleet.config_from_args(args), report, _progress(args))
 
 
+def run_density(args: Any, report: Report) -> dict[str, Any]:
+    from loadtest.scenarios import density
+
+    return density.run(density.config_from_args(args), report, _progress(args))
+
+
 def run_soak(args: Any, report: Report) -> dict[str, Any]:
     from loadtest.scenarios import soak
 
@@ -87,6 +93,7 @@ RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "throughput": run_throughput,
     "nano": run_nano,
     "fleet": run_fleet,
+    "density": run_density,
     "soak": run_soak,
     "chaos": run_chaos,
 }

@@ -26,6 +26,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import relay
+from relay.agent.capped_spawner import CappedSpawner
+from relay.agent.zygote import ZygoteSpawner
 from relay.control.api import build_routes
 from relay.control.auth import Authority, load_or_create_credentials, load_signing_key
 from relay.control.config import ControlConfig
@@ -33,7 +35,13 @@ from relay.control.errors import ApiError, ErrorItem, error_response
 from relay.control.gateway import Gateway
 from relay.control.metrics import ControlMetrics
 from relay.control.oplog import OperationLog
-from relay.control.provisioner import LocalProvisioner, NullProvisioner, Provisioner, Spawner
+from relay.control.provisioner import (
+    LocalProvisioner,
+    NullProvisioner,
+    Provisioner,
+    Spawner,
+    SubprocessSpawner,
+)
 from relay.control.service import RealtimeService
 from relay.control.store import Store, open_store
 
@@ -59,8 +67,27 @@ def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> P
         extra_args=config.relay_extra_args,
         stop_grace=config.stop_grace,
         log_dir=config.data_dir / "relay-logs",
-        spawner=spawner,
+        spawner=spawner or make_spawner(config),
     )
+
+
+def make_spawner(config: ControlConfig) -> Spawner:
+    """How local relays are started (`relay_spawner`), capped per `relay_caps`."""
+    if config.relay_spawner not in ("zygote", "subprocess"):
+        raise ValueError("relay_spawner must be zygote or subprocess")
+    inner: Spawner = ZygoteSpawner() if config.relay_spawner == "zygote" else SubprocessSpawner()
+    if config.relay_caps == "off":
+        return inner
+    from relay.agent.cgroups import detect
+    from relay.agent.tiers import get_tier
+
+    modes = {"auto", "cgroup", "soft"}
+    if config.relay_caps not in modes:
+        raise ValueError(f"relay_caps must be one of {', '.join(sorted(modes | {'off'}))}")
+    backend = None if config.relay_caps == "soft" else detect()
+    if backend is None and config.relay_caps == "cgroup":
+        raise RuntimeError("relay_caps is 'cgroup' but no writable cgroup v1/v2 hierarchy was found")
+    return CappedSpawner(inner, get_tier(config.relay_tier), backend)
 
 
 class ControlPlane:

@@ -45,6 +45,11 @@ def _parser(prog: str, dev: bool) -> argparse.ArgumentParser:
         default=None,
         help="relays refuse JOIN without a user access token",
     )
+    p.add_argument(
+        "--relay-caps",
+        choices=["auto", "cgroup", "soft", "off"],
+        help="how relay tier caps are enforced (default auto: cgroups where writable, else soft)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     if not dev:
         p.add_argument(
@@ -78,6 +83,7 @@ def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | 
         "webhook_url": args.webhook_url,
         "operation_log": args.operation_log,
         "relay_require_user_tokens": args.require_user_tokens,
+        "relay_caps": args.relay_caps,
         "log_level": args.log_level,
         "stop_relays_on_exit": getattr(args, "stop_relays_on_exit", None),
     }

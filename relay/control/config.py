@@ -64,6 +64,15 @@ class ControlConfig:
     """Hand relays --token-public-key, so JOIN must carry a user access token for its user id."""
     stop_grace: float = 3.0
     """Seconds between SIGTERM and SIGKILL when a relay is stopped."""
+    relay_spawner: str = "zygote"
+    """"zygote": fork relays from a pre-imported template (relay/agent/zygote.py: ready in
+    milliseconds, shared memory); "subprocess": a fresh interpreter per relay (slower, simpler).
+    Commands other than this interpreter's `relay serve` always run as a subprocess."""
+    relay_tier: str = "realtime1.nano"
+    """Caps every local relay keeps to (relay/agent/tiers.py, docs/tiers.md)."""
+    relay_caps: str = "auto"
+    """"auto": cgroups where this host lets us write them, else soft in-process caps with a
+    warning; "cgroup": refuse to start without cgroups; "soft": in-process only; "off": none."""
     stop_relays_on_exit: bool = False
     """Stop every relay when the control plane shuts down (True for `relay dev`)."""
 

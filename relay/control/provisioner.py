@@ -21,8 +21,9 @@ from typing import Protocol, runtime_checkable
 
 log = logging.getLogger("relay.control.provisioner")
 
-ExitCallback = Callable[[str, str, int | None], Awaitable[None]]
-"""on_exit(namespace, room, returncode) once a relay process is gone."""
+ExitCallback = Callable[[str, str, int | None, str | None], Awaitable[None]]
+"""on_exit(namespace, room, returncode, reason) once a relay process is gone; reason is the
+handle's `exit_reason` when it knows why (e.g. "cap_exceeded" after an OOM kill), else None."""
 
 # Never hand the project secret (or other control-plane-only settings) to a relay process.
 SCRUBBED_ENV = ("RELAY_CLIENT_ID", "RELAY_CLIENT_SECRET", "RELAY_WEBHOOK_URL")
@@ -52,7 +53,8 @@ class ProcessHandle(Protocol):
 
 @runtime_checkable
 class Spawner(Protocol):
-    """Creates one relay process. `argv[0]` is the interpreter; env is the full environment."""
+    """Creates one relay process. `argv[0]` is the interpreter; env is the full environment.
+    A spawner may also have `async close()`, called when the provisioner closes."""
 
     async def spawn(
         self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
@@ -259,10 +261,11 @@ class LocalProvisioner:
             if self._procs.get(key) is handle:
                 del self._procs[key]
                 self._watchers.pop(key, None)
-        log.info("relay %s/%s (pid %s) exited with %s", key[0], key[1], handle.pid, code)
+        reason = getattr(handle, "exit_reason", None)
+        log.info("relay %s/%s (pid %s) exited with %s (%s)", key[0], key[1], handle.pid, code, reason or "-")
         if self._on_exit is not None:
             try:
-                await self._on_exit(key[0], key[1], code)
+                await self._on_exit(key[0], key[1], code, reason)
             except Exception:
                 log.exception("exit callback failed for %s/%s", *key)
 
@@ -300,6 +303,9 @@ class LocalProvisioner:
             task.cancel()
         self._watchers.clear()
         self._procs.clear()
+        close = getattr(self.spawner, "close", None)  # a zygote template, for one
+        if close is not None:
+            await close()
 
 
 class NullProvisioner:

@@ -411,13 +411,13 @@ class RealtimeService:
             ns = await self.store.get_namespace(namespace)
             await self._end_room(room, reason, ns, stop=False)
 
-    async def _on_relay_exit(self, namespace: str, name: str, code: int | None) -> None:
+    async def _on_relay_exit(self, namespace: str, name: str, code: int | None, reason: str | None) -> None:
         async with self._lock:
             room = await self.store.get_room(namespace, name)
             if room is None:
                 return
             ns = await self.store.get_namespace(namespace)
-            await self._end_room(room, "crash", ns, stop=False, detail=f"exit code {code}")
+            await self._end_room(room, reason or "crash", ns, stop=False, detail=f"exit code {code}")
 
     # --- liveness --------------------------------------------------------------------------
     async def _reap_loop(self) -> None:

@@ -73,6 +73,7 @@ class CloseReason(IntEnum):
     LIFETIME = 3
     KICKED = 4
     SHUTDOWN = 5
+    CAP_EXCEEDED = 6
 
 
 class ErrorCode(IntEnum):

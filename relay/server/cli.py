@@ -19,6 +19,7 @@ import signal
 import sys
 from dataclasses import fields
 
+from relay.agent.tiers import get_tier
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import decode_room_key
 from relay.server.app import Relay
@@ -60,6 +61,13 @@ def parse_args(argv: list[str]) -> RelayConfig:
     p.add_argument("--room")
     p.add_argument("--agent-secret", default=None, help="or env RELAY_AGENT_SECRET")
     p.add_argument("--advertise-host", default=None)
+    p.add_argument("--tier", default=os.environ.get("RELAY_TIER"), help="caps to keep to (or env RELAY_TIER)")
+    p.add_argument(
+        "--caps",
+        choices=("cgroup", "soft"),
+        default=os.environ.get("RELAY_CAPS") or "soft",
+        help="cgroup: the spawner capped this process; soft: enforce in-process (or env RELAY_CAPS)",
+    )
     p.add_argument("--log-level", default="info")
     types = {f.name: f.type for f in fields(RelayConfig)}
     for name in _TUNABLES:
@@ -67,10 +75,17 @@ def parse_args(argv: list[str]) -> RelayConfig:
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        decode_room_key(args.room_key)
-    except ValueError as exc:
-        p.error(f"--room-key: {exc}")
+    # Under Agones (AGONES_SDK_HTTP_PORT set) the room key may come later, from the allocation.
+    if args.room_key or not os.environ.get("AGONES_SDK_HTTP_PORT"):
+        try:
+            decode_room_key(args.room_key)
+        except ValueError as exc:
+            p.error(f"--room-key: {exc}")
+    if args.tier:
+        try:
+            get_tier(args.tier)
+        except ValueError as exc:
+            p.error(f"--tier: {exc}")
     return RelayConfig(
         room_key=args.room_key,
         host=args.host,
@@ -83,13 +98,25 @@ def parse_args(argv: list[str]) -> RelayConfig:
         room=args.room,
         agent_secret=args.agent_secret or os.environ.get("RELAY_AGENT_SECRET"),
         advertise_host=args.advertise_host,
+        tier=args.tier,
+        caps=args.caps,
         **{name: getattr(args, name) for name in _TUNABLES},
     )
 
 
 async def serve(config: RelayConfig) -> int:
+    if config.tier and config.caps == "soft":
+        from relay.agent.caps import apply_soft_limits
+
+        apply_soft_limits(get_tier(config.tier))
     relay = Relay(config)
     await relay.start()
+    guard = None
+    if config.tier:
+        from relay.agent.caps import CapsGuard
+
+        guard = CapsGuard(relay, get_tier(config.tier), config.caps)
+        guard.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(
@@ -105,6 +132,8 @@ async def serve(config: RelayConfig) -> int:
     print(f"relay listening udp+ws {relay.host}:{relay.port}{admin}", flush=True)
     gc.freeze()  # start-up objects never need collecting; keeps GC passes short
     reason = await relay.wait_closed()
+    if guard is not None:
+        guard.stop()
     if agent is not None:
         await agent.stop(reason)
     log.info("relay exiting: %s", reason.name.lower())
@@ -119,4 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep serving without it
         runner = asyncio.run
+    if not config.room_key:  # only under Agones: wait to be allocated a room (docs/agones.md)
+        from relay.agent.agones import serve_agones
+
+        return runner(serve_agones(config))
     return runner(serve(config))

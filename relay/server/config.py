@@ -44,6 +44,9 @@ class RelayConfig:
     room: str | None = None
     agent_secret: str | None = None
     advertise_host: str | None = None
+    # caps (relay/agent/caps.py): the tier this relay keeps to, and who enforces it
+    tier: str | None = None  # e.g. "realtime1.nano" (relay/agent/tiers.py); None: no caps
+    caps: str = "soft"  # "cgroup": the spawner placed us in a capped cgroup; "soft": in-process only
 
     def limits(self, transport: str) -> Limits:
         return Limits(

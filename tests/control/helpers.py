@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from relay.control.app import ControlPlane
 from relay.control.config import ControlConfig
@@ -95,3 +98,28 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def login(http: httpx.AsyncClient) -> dict[str, str]:
+    """Project-token login; the headers every GS2 REST call carries."""
+    r = await http.post(
+        "/identifier/projectToken/login", json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    )
+    r.raise_for_status()
+    return {"Authorization": "Bearer " + r.json()["access_token"], "X-GS2-CLIENT-ID": CLIENT_ID}
+
+
+async def ready_room(http: httpx.AsyncClient, h: dict[str, str], ns: str, room: str) -> dict:
+    """Waits until getRoom shows the relay's address."""
+
+    async def ready() -> dict | None:
+        item = (await http.get(f"/realtime/{ns}/room/{room}", headers=h)).json()["item"]
+        return item if item["ipAddress"] else None
+
+    return await wait_for(ready, timeout=15)
+
+
+def oplog(cp: ControlPlane) -> list[dict[str, Any]]:
+    """The operation log's records, oldest first."""
+    path = cp.config.operation_log_path
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.control.helpers import CLIENT_ID, CLIENT_SECRET
+from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, login
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +38,6 @@ async def start_control(data_dir: Path, log: Path) -> tuple[subprocess.Popen[byt
     line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
     assert b" on http://" in line, line
     return proc, line.split(b" on ", 1)[1].split()[0].decode()
-
-
-async def login(http: httpx.AsyncClient) -> dict[str, str]:
-    r = await http.post(
-        "/identifier/projectToken/login", json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
-    )
-    r.raise_for_status()
-    return {"Authorization": "Bearer " + r.json()["access_token"], "X-GS2-CLIENT-ID": CLIENT_ID}
 
 
 async def test_sigkill_mid_burst_keeps_every_acknowledged_write(tmp_path: Path) -> None:

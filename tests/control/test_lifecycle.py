@@ -11,29 +11,9 @@ import httpx
 import pytest
 
 from relay.control.app import ControlPlane
-from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, make_config, wait_for
+from tests.control.helpers import login, make_config, oplog, ready_room, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-async def login(http: httpx.AsyncClient) -> dict[str, str]:
-    r = await http.post(
-        "/identifier/projectToken/login", json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
-    )
-    return {"Authorization": "Bearer " + r.json()["access_token"], "X-GS2-CLIENT-ID": CLIENT_ID}
-
-
-async def ready_room(http: httpx.AsyncClient, h: dict[str, str], ns: str, room: str) -> dict:
-    async def ready() -> dict | None:
-        item = (await http.get(f"/realtime/{ns}/room/{room}", headers=h)).json()["item"]
-        return item if item["ipAddress"] else None
-
-    return await wait_for(ready, timeout=15)
-
-
-def oplog(cp: ControlPlane) -> list[dict]:
-    path = cp.config.operation_log_path
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def pid_alive(pid: int) -> bool:

@@ -18,7 +18,6 @@ from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, REAL_RELAY, make_con
 pytestmark = pytest.mark.slow
 
 
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

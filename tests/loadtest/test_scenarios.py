@@ -11,6 +11,7 @@ import pytest
 from loadtest import checks
 from loadtest.report import Report
 from loadtest.scenarios import chaos, fleet, nano, soak, throughput
+from relay.agent.cgroups import detect
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,8 @@ def test_nano_quick(tmp_path: Path) -> None:
     report = _report(tmp_path, "nano")
     results = nano.run(nano.NanoConfig.quick(), report, progress=False)
     report.write()
+    if detect() is not None:  # under the realtime1.nano cgroup caps, as rooms of the control plane
+        assert results["caps"].startswith("relay capped at realtime1.nano"), results["caps"]
     assert checks.problems(report.out) == []
     for name, t in results["transports"].items():
         step = t["steps"][0]

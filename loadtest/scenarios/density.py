@@ -1,0 +1,296 @@
+"""`density`: how fast a room gets a relay, and how many idle rooms one machine holds.
+
+1. Cold start: `relay serve` as a fresh interpreter (no template), spawn to "listening", a few
+   times; and the unique memory of such a relay when idle, for comparison.
+2. wantRoom -> getRoom showing ipAddress, one room at a time, through `relay dev` (zygote
+   spawner and cgroup caps, as shipped), polling getRoom every few milliseconds.
+3. Fill: idle rooms are wanted in batches until `hold_rooms` are ready or the machine's
+   MemAvailable falls to `memory_floor_mb`; they are held a while, a few are checked to serve
+   (two clients exchange a message), then every relay's USS and PSS is read from
+   /proc/PID/smaps_rollup and MemAvailable's drop per room is taken as what a room costs the
+   machine (page tables, cgroups and socket buffers included).
+
+Relays run with --idle-timeout 3600 (an empty room would otherwise close after 60 s) and the
+control plane with 10 s heartbeats (1,000 relays at the default 2 s would be 500 requests/s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from loadtest import controlplane
+from loadtest.controlplane import ControlPlane
+from loadtest.machine import machine_info
+from loadtest.report import Report, table
+from relay.protocol.keys import generate_room_key
+
+GIB = 1 << 30
+TARGET_MACHINE_GIB = 24
+
+
+@dataclass(frozen=True, slots=True)
+class DensityConfig:
+    cold_runs: int = 5
+    sequential_rooms: int = 100
+    hold_rooms: int = 1000
+    batch: int = 10
+    memory_floor_mb: int = 3072
+    hold_seconds: float = 10.0
+    poll_interval: float = 0.002
+    heartbeat_interval: float = 10.0
+    check_rooms: int = 3
+
+    @classmethod
+    def quick(cls, **kw: Any) -> DensityConfig:
+        base: dict[str, Any] = {"cold_runs": 1, "sequential_rooms": 3, "hold_rooms": 6, "hold_seconds": 0.5}
+        base.update(kw)
+        return cls(**base)
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """Rss, Pss and Uss (private clean + dirty) in bytes, from /proc/PID/smaps_rollup."""
+    out = {"rss": 0, "pss": 0, "uss": 0}
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            value = int(rest.split()[0]) * 1024 if rest.strip() else 0
+            if key == "Rss":
+                out["rss"] = value
+            elif key == "Pss":
+                out["pss"] = value
+            elif key in ("Private_Clean", "Private_Dirty"):
+                out["uss"] += value
+    return out
+
+
+def _pcts(values: list[float]) -> dict[str, float | int]:
+    if not values:
+        return {"count": 0}
+    s = sorted(values)
+
+    def at(q: float) -> float:
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    return {"count": len(s), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": s[-1]}
+
+
+def cold_start(runs: int) -> dict[str, Any]:
+    """A relay from nothing: a new interpreter imports everything, binds, prints "listening"."""
+    times: list[float] = []
+    idle: dict[str, int] = {}
+    for i in range(runs):
+        env = {**os.environ, "RELAY_ROOM_KEY": generate_room_key()}
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if "listening" not in line:
+                raise RuntimeError(f"relay serve did not start: {line!r}")
+            times.append(1000 * (time.monotonic() - t0))
+            if i == runs - 1:
+                time.sleep(0.5)
+                idle = smaps(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(5)
+    return {"ms": _pcts(times), "runs_ms": times, "idle": idle}
+
+
+async def _ready(
+    cp: ControlPlane, http: httpx.AsyncClient, ns: str, name: str, config: DensityConfig
+) -> dict:
+    t0 = time.monotonic()
+    await cp.want_room(http, ns, name)
+    while time.monotonic() - t0 < 30:
+        item = await cp.get_room(http, ns, name)
+        if item and item.get("ipAddress"):
+            return {**item, "ready_ms": 1000 * (time.monotonic() - t0)}
+        await asyncio.sleep(config.poll_interval)
+    raise TimeoutError(f"room {name} not ready in 30 s")
+
+
+async def _serves(item: dict[str, Any]) -> bool:
+    from relay.client import Received, connect
+
+    a = await connect(item["ipAddress"], item["port"], item["encryptionKey"], "a")
+    b = await connect(item["ipAddress"], item["port"], item["encryptionKey"], "b")
+    try:
+        a.send(b"hello")
+        event = await b.next_event_of(Received, timeout=5)
+        return event.data == b"hello"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
+    ns = f"density{int(time.time())}"
+    limits = httpx.Limits(max_connections=config.batch * 2)
+    async with httpx.AsyncClient(timeout=30.0, limits=limits) as http:
+        await cp.login(http)
+        await cp.create_namespace(http, ns)
+        sequential = [await _ready(cp, http, ns, f"seq{i}", config) for i in range(config.sequential_rooms)]
+        before = mem_available()
+        held: list[dict[str, Any]] = list(sequential)
+        t_fill = time.monotonic()
+        stop_reason = f"{config.hold_rooms} rooms"
+        while len(held) < config.hold_rooms:
+            if mem_available() < config.memory_floor_mb << 20:
+                stop_reason = f"MemAvailable below {config.memory_floor_mb} MB"
+                break
+            n = min(config.batch, config.hold_rooms - len(held))
+            names = [f"r{len(held) + i}" for i in range(n)]
+            got = await asyncio.gather(
+                *(_ready(cp, http, ns, x, config) for x in names), return_exceptions=True
+            )
+            errors = [g for g in got if isinstance(g, BaseException)]
+            held += [g for g in got if isinstance(g, dict)]
+            if errors:
+                stop_reason = f"provisioning failed: {errors[0]!r}"
+                break
+        fill_s = time.monotonic() - t_fill
+        await asyncio.sleep(config.hold_seconds)
+        after = mem_available()
+        pids = cp.relay_pids(ns)
+        mem = [smaps(p) for p in pids]
+        sample = random.sample(held, min(config.check_rooms, len(held)))
+        serving = [await _serves(item) for item in sample]
+        still = sum(
+            1 for item in random.sample(held, min(50, len(held))) if await cp.get_room(http, ns, item["name"])
+        )
+        await cp.delete_namespace(http, ns)
+    uss = [m["uss"] / 2**20 for m in mem if m["rss"]]
+    pss = [m["pss"] / 2**20 for m in mem if m["rss"]]
+    rss = [m["rss"] / 2**20 for m in mem if m["rss"]]
+    new_rooms = max(1, len(held) - len(sequential))
+    return {
+        "namespace": ns,
+        "want_to_ready_ms": _pcts([r["ready_ms"] for r in sequential]),
+        "held_rooms": len(held),
+        "relay_processes": len(pids),
+        "fill_stop": stop_reason,
+        "fill_seconds": fill_s,
+        "uss_mb": _pcts(uss),
+        "pss_mb": _pcts(pss),
+        "rss_mb": _pcts(rss),
+        "mem_available_drop_mb_per_room": (before - after) / 2**20 / new_rooms,
+        "checked_serving": serving,
+        "still_listed_of_50": still,
+    }
+
+
+def run(config: DensityConfig, report: Report, progress: bool | None = None) -> dict[str, Any]:
+    report.config = asdict(config)
+    reason = controlplane.available()
+    if reason:
+        report.note(f"skipped: {reason}")
+        report.results = {"skipped": reason}
+        return report.results
+    results: dict[str, Any] = {"machine": machine_info(), "cold_start": cold_start(config.cold_runs)}
+    cold = results["cold_start"]
+    print(f"density: cold start p50 {cold['ms'].get('p50', 0):.0f} ms", flush=True)
+    os.environ["RELAY_HEARTBEAT_INTERVAL"] = str(config.heartbeat_interval)
+    os.environ["RELAY_RELAY_EXTRA_ARGS"] = "--idle-timeout 3600"
+    try:
+        cp = ControlPlane.start()
+    finally:
+        os.environ.pop("RELAY_HEARTBEAT_INTERVAL")
+        os.environ.pop("RELAY_RELAY_EXTRA_ARGS")
+    try:
+        results.update(asyncio.run(_drive(cp, config)))
+    finally:
+        cp.stop()
+    per_room = max(results["uss_mb"].get("p50", 0), results["mem_available_drop_mb_per_room"])
+    results["rooms_per_24gib"] = int(TARGET_MACHINE_GIB * 1024 * 0.9 / per_room) if per_room else None
+    report.results = results
+    report.markdown = markdown(results)
+    return results
+
+
+def markdown(r: dict[str, Any]) -> list[str]:
+    w, u, p, c = r["want_to_ready_ms"], r["uss_mb"], r["pss_mb"], r["cold_start"]
+    idle = c.get("idle") or {}
+    return [
+        "## Result",
+        "",
+        *table(
+            ["figure", "count", "p50", "p90", "p99", "max"],
+            [
+                [
+                    "wantRoom -> getRoom shows ipAddress (ms)",
+                    w.get("count"),
+                    w.get("p50"),
+                    w.get("p90"),
+                    w.get("p99"),
+                    w.get("max"),
+                ],
+                [
+                    "cold start, no template: spawn -> listening (ms)",
+                    c["ms"].get("count"),
+                    c["ms"].get("p50"),
+                    c["ms"].get("p90"),
+                    c["ms"].get("p99"),
+                    c["ms"].get("max"),
+                ],
+                [
+                    "idle room USS (MiB)",
+                    u.get("count"),
+                    u.get("p50"),
+                    u.get("p90"),
+                    u.get("p99"),
+                    u.get("max"),
+                ],
+                [
+                    "idle room PSS (MiB)",
+                    p.get("count"),
+                    p.get("p50"),
+                    p.get("p90"),
+                    p.get("p99"),
+                    p.get("max"),
+                ],
+            ],
+        ),
+        "",
+        f"- Rooms held at once: {r['held_rooms']} ({r['relay_processes']} relay processes; stopped at: "
+        f"{r['fill_stop']}; filled in {r['fill_seconds']:.1f} s). Checked serving: {r['checked_serving']}; "
+        f"{r['still_listed_of_50']} of 50 sampled rooms still listed after the hold.",
+        f"- MemAvailable fell {r['mem_available_drop_mb_per_room']:.1f} MiB per room while filling "
+        "(everything a room costs the machine: its private pages, page tables, cgroup, sockets).",
+        f"- A relay started without the template, idle: USS {idle.get('uss', 0) / 2**20:.1f} MiB, "
+        f"RSS {idle.get('rss', 0) / 2**20:.1f} MiB.",
+        f"- Idle nano rooms on a {TARGET_MACHINE_GIB} GiB machine (90% of memory / the larger of USS and "
+        f"the MemAvailable drop per room): {r['rooms_per_24gib']:,}.",
+    ]
+
+
+def config_from_args(args: Any) -> DensityConfig:
+    kw: dict[str, Any] = {}
+    for name in ("hold_rooms", "sequential_rooms", "cold_runs"):
+        if getattr(args, name, None) is not None:
+            kw[name] = getattr(args, name)
+    return DensityConfig.quick(**kw) if getattr(args, "quick", False) else DensityConfig(**kw)

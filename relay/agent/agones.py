@@ -1,0 +1,426 @@
+"""Running the relay as an Agones GameServer: the sidecar's REST API and the room's life under it.
+
+    sdk = AgonesSDK()                        # http://127.0.0.1:$AGONES_SDK_HTTP_PORT (default 9358)
+    reason = await run_agones(base, sdk)     # ready -> allocated -> relay -> shutdown
+
+Under Agones the room is not known at start: the pod is a warm, Ready GameServer until an
+allocation writes the room's annotations (ANNOTATION_*). Then the relay binds base.port (the
+containerPort), labels/annotates the GameServer, keeps /health going, runs the normal Agent when a
+control URL was given, and POSTs /shutdown when the room ends. See docs/agones.md.
+
+The sidecar may start after the game server, so the lifecycle calls (get_gameserver, ready,
+shutdown) retry connection errors with backoff for up to `retry_for` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+
+from relay.agent.agent import Agent
+from relay.agent.caps import CapsGuard
+from relay.agent.control_client import backoff
+from relay.agent.tiers import get_tier
+from relay.protocol.constants import CloseReason
+from relay.protocol.keys import decode_room_key
+from relay.server.app import Relay
+from relay.server.config import RelayConfig
+
+log = logging.getLogger("relay.agent.agones")
+
+ENV_PORT = "AGONES_SDK_HTTP_PORT"
+DEFAULT_PORT = 9358
+
+
+class AgonesError(Exception):
+    """The sidecar answered something unusable (non-2xx, not JSON, a stream error)."""
+
+
+def sdk_port_from_env() -> int:
+    """AGONES_SDK_HTTP_PORT (Agones sets it in every GameServer pod), else the default 9358."""
+    value = os.environ.get(ENV_PORT, "").strip()
+    try:
+        return int(value) if value else DEFAULT_PORT
+    except ValueError:
+        log.warning("%s=%r is not a port; using %d", ENV_PORT, value, DEFAULT_PORT)
+        return DEFAULT_PORT
+
+
+class AgonesSDK:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = 5.0,
+        retry_for: float = 60.0,
+    ) -> None:
+        self.base = f"http://{host}:{sdk_port_from_env() if port is None else port}"
+        self.retry_for = retry_for
+        self._timeout = timeout
+        self._http = httpx.AsyncClient(base_url=self.base, timeout=timeout)
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None, retry: bool) -> dict[str, Any]:
+        deadline = time.monotonic() + self.retry_for
+        attempt = 0
+        while True:
+            try:
+                r = await self._http.request(method, path, json=body)
+                break
+            except httpx.TransportError as exc:
+                delay = backoff(attempt, base=0.1, cap=2.0)
+                if not retry or time.monotonic() + delay > deadline:
+                    raise
+                log.info("agones sidecar %s %s: %r; retry in %.2fs", method, path, exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+        if r.status_code != 200:
+            raise AgonesError(f"{method} {path}: HTTP {r.status_code} {r.text[:200]}")
+        try:
+            data = r.json() if r.content else {}
+        except ValueError as exc:
+            raise AgonesError(f"{method} {path}: not JSON") from exc
+        return data if isinstance(data, dict) else {}
+
+    async def ready(self) -> None:
+        await self._call("POST", "/ready", {}, retry=True)
+
+    async def health(self) -> None:
+        await self._call("POST", "/health", {}, retry=False)
+
+    async def shutdown(self) -> None:
+        await self._call("POST", "/shutdown", {}, retry=True)
+
+    async def set_label(self, key: str, value: str) -> None:
+        """The sidecar stores it as label `agones.dev/sdk-<key>`."""
+        await self._call("PUT", "/metadata/label", {"key": key, "value": value}, retry=False)
+
+    async def set_annotation(self, key: str, value: str) -> None:
+        """The sidecar stores it as annotation `agones.dev/sdk-<key>`."""
+        await self._call("PUT", "/metadata/annotation", {"key": key, "value": value}, retry=False)
+
+    async def get_gameserver(self) -> dict[str, Any]:
+        return await self._call("GET", "/gameserver", None, retry=True)
+
+    async def watch_gameserver(self) -> AsyncIterator[dict[str, Any]]:
+        """Every GameServer update, unwrapped from its {"result": ...} line, until the stream ends.
+        Wrap in contextlib.aclosing so a cancelled consumer closes the connection."""
+        timeout = httpx.Timeout(self._timeout, read=None)  # updates may be hours apart
+        async with self._http.stream("GET", "/watch/gameserver", timeout=timeout) as r:
+            if r.status_code != 200:
+                await r.aread()
+                raise AgonesError(f"GET /watch/gameserver: HTTP {r.status_code} {r.text[:200]}")
+            async for line in r.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    message = json.loads(line)
+                except ValueError as exc:
+                    raise AgonesError("watch: a line that is not JSON") from exc
+                if not isinstance(message, dict):
+                    raise AgonesError("watch: a line that is not an object")
+                if isinstance(message.get("result"), dict):
+                    yield message["result"]
+                elif "error" in message:
+                    raise AgonesError(f"watch: {str(message['error'])[:200]}")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+# --- room assignment ------------------------------------------------------------------------------
+
+# Written by the allocator (GameServerAllocation metadata.annotations) when it picks this pod.
+ANNOTATION_NAMESPACE = "realtime.gs2.io/namespace"
+ANNOTATION_ROOM = "realtime.gs2.io/room"
+ANNOTATION_ROOM_KEY = "realtime.gs2.io/room-key"
+ANNOTATION_AGENT_SECRET = "realtime.gs2.io/agent-secret"
+ANNOTATION_CONTROL_URL = "realtime.gs2.io/control-url"
+# Written by the relay through the SDK, which prefixes "agones.dev/sdk-" to the key (a key with
+# its own "/" would make an invalid Kubernetes name): agones.dev/sdk-gs2-room, .../sdk-gs2-address.
+SDK_LABEL_ROOM = "gs2-room"
+SDK_ANNOTATION_ADDRESS = "gs2-address"
+
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    namespace: str
+    room: str
+    room_key: str
+    agent_secret: str | None
+    control_url: str | None
+
+
+def label_value(text: str) -> str:
+    """A valid Kubernetes label value: at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends."""
+    return _LABEL_VALUE_BAD.sub("-", text)[:63].strip("_.-")
+
+
+def parse_assignment(gameserver: dict[str, Any]) -> Assignment | None:
+    """The room this Allocated GameServer was given; None while the annotations are incomplete.
+    ValueError for annotations that are present but unusable (never echoes the key)."""
+    meta = gameserver.get("object_meta") or {}
+    notes = meta.get("annotations") or {}
+    namespace = str(notes.get(ANNOTATION_NAMESPACE) or "").strip()
+    room = str(notes.get(ANNOTATION_ROOM) or "").strip()
+    room_key = str(notes.get(ANNOTATION_ROOM_KEY) or "").strip()
+    if not (namespace and room and room_key):
+        return None
+    try:
+        decode_room_key(room_key)
+    except ValueError as exc:
+        raise ValueError(f"{ANNOTATION_ROOM_KEY}: {exc}") from None
+    control_url = str(notes.get(ANNOTATION_CONTROL_URL) or "").strip() or None
+    if control_url and not re.match(r"^https?://[^/\s]+", control_url):
+        raise ValueError(f"{ANNOTATION_CONTROL_URL}: not an http(s) URL")
+    secret = str(notes.get(ANNOTATION_AGENT_SECRET) or "").strip() or None
+    return Assignment(namespace, room, room_key, secret, control_url)
+
+
+def is_allocated(gameserver: dict[str, Any]) -> bool:
+    return (gameserver.get("status") or {}).get("state") == "Allocated"
+
+
+def is_ending(gameserver: dict[str, Any]) -> bool:
+    """Shutdown state, or a deletion timestamp (int64 as a string; "0" when unset)."""
+    meta = gameserver.get("object_meta") or {}
+    deleted = str(meta.get("deletion_timestamp") or "0").strip()
+    return (gameserver.get("status") or {}).get("state") == "Shutdown" or deleted not in ("", "0")
+
+
+def player_port(gameserver: dict[str, Any]) -> int | None:
+    """The host port players use: the port named "default", else the first."""
+    ports = [p for p in (gameserver.get("status") or {}).get("ports") or [] if isinstance(p, dict)]
+    chosen = next((p for p in ports if p.get("name") == "default"), ports[0] if ports else None)
+    try:
+        return int(chosen["port"]) if chosen else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# --- the room's life ------------------------------------------------------------------------------
+
+
+class _Advertised:
+    """The relay as the agent registers it: the GameServer's host port, not the containerPort."""
+
+    def __init__(self, relay: Relay, port: int) -> None:
+        self.relay = relay
+        self.host = relay.host
+        self.port = port
+        self.admin_port: int | None = None  # the admin server is not exposed outside the pod
+
+    def stats(self) -> Any:
+        return self.relay.stats()
+
+    async def close(self, reason: CloseReason, text: str = "") -> None:
+        await self.relay.close(reason, text)
+
+    async def wait_closed(self) -> CloseReason:
+        return await self.relay.wait_closed()
+
+
+async def _health_loop(sdk: AgonesSDK, interval: float) -> None:
+    """Agones marks a GameServer Unhealthy when pings stop, in Ready as well as Allocated."""
+    failing = False
+    while True:
+        try:
+            await sdk.health()
+            failing = False
+        except (httpx.HTTPError, AgonesError) as exc:
+            if not failing:
+                log.warning("agones health ping failed: %r", exc)
+            failing = True
+        await asyncio.sleep(interval)
+
+
+async def _updates(sdk: AgonesSDK, poll_interval: float) -> AsyncIterator[dict[str, Any]]:
+    """GameServer states: the watch stream (reopened with backoff when it ends) plus a GET every
+    poll_interval, which covers updates made before the watch was open."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def watch() -> None:
+        attempt = 0
+        while True:
+            try:
+                async with contextlib.aclosing(sdk.watch_gameserver()) as stream:
+                    async for gameserver in stream:
+                        attempt = 0
+                        queue.put_nowait(gameserver)
+            except (httpx.HTTPError, AgonesError) as exc:
+                log.info("agones watch ended: %r", exc)
+            await asyncio.sleep(backoff(attempt, base=0.2, cap=5.0))
+            attempt += 1
+
+    async def poll() -> None:
+        while True:
+            with contextlib.suppress(httpx.HTTPError, AgonesError):
+                queue.put_nowait(await sdk.get_gameserver())
+            await asyncio.sleep(poll_interval)
+
+    tasks = [asyncio.create_task(watch()), asyncio.create_task(poll())]
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _wait_for_assignment(
+    sdk: AgonesSDK, poll_interval: float
+) -> tuple[Assignment, dict[str, Any]] | None:
+    """The room and the GameServer it came with; None when the GameServer ends first."""
+    refused: set[str] = set()
+    async with contextlib.aclosing(_updates(sdk, poll_interval)) as updates:
+        async for gameserver in updates:
+            if is_ending(gameserver):
+                return None
+            if not is_allocated(gameserver):
+                continue
+            try:
+                assignment = parse_assignment(gameserver)
+            except ValueError as exc:
+                if str(exc) not in refused:  # once per distinct problem, not once per update
+                    refused.add(str(exc))
+                    log.warning("agones allocation refused, waiting for a usable one: %s", exc)
+                continue
+            if assignment is None:
+                if "incomplete" not in refused:
+                    refused.add("incomplete")
+                    log.warning("allocated without the room annotations; waiting")
+                continue
+            return assignment, gameserver
+    return None
+
+
+async def _close_when_ending(sdk: AgonesSDK, relay: Relay, poll_interval: float) -> None:
+    async with contextlib.aclosing(_updates(sdk, poll_interval)) as updates:
+        async for gameserver in updates:
+            if is_ending(gameserver):
+                await relay.close(CloseReason.SHUTDOWN, "game server shutting down")
+                return
+
+
+async def _first_done(waits: list[asyncio.Task[Any]]) -> None:
+    """Waits for the first task and cancels the rest."""
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def _annotate(sdk: AgonesSDK, room: str, address: str) -> None:
+    """Best effort: kubectl-visible metadata, not needed for serving."""
+    for call, key, value in (
+        (sdk.set_label, SDK_LABEL_ROOM, label_value(room)),
+        (sdk.set_annotation, SDK_ANNOTATION_ADDRESS, address),
+    ):
+        try:
+            await call(key, value)
+        except (httpx.HTTPError, AgonesError) as exc:
+            log.warning("agones metadata %s: %r", key, exc)
+
+
+async def run_agones(
+    base: RelayConfig,
+    sdk: AgonesSDK,
+    health_interval: float = 2.0,
+    stop: asyncio.Event | None = None,
+    poll_interval: float = 5.0,
+) -> CloseReason:
+    """One Agones GameServer's life; returns why its room ended. Setting `stop` (SIGTERM) closes
+    the room with SHUTDOWN, or ends the wait for an allocation."""
+    stop = stop or asyncio.Event()
+    if not base.port:
+        log.warning("agones: --port 0 binds a random port; give the GameServer's containerPort")
+    health = asyncio.create_task(_health_loop(sdk, health_interval))
+    relay: Relay | None = None
+    agent: Agent | None = None
+    guard: CapsGuard | None = None
+    reason = CloseReason.SHUTDOWN
+    try:
+        await sdk.get_gameserver()  # retries until the sidecar answers
+        await sdk.ready()
+        log.info("agones: ready, waiting for an allocation")
+        waiting = asyncio.create_task(_wait_for_assignment(sdk, poll_interval))
+        stopping = asyncio.create_task(stop.wait())
+        await _first_done([waiting, stopping])
+        got = waiting.result() if waiting.done() and not waiting.cancelled() else None
+        if got is None:
+            log.info("agones: game server ended before an allocation")
+            return reason
+        assignment, gameserver = got
+        address = str((gameserver.get("status") or {}).get("address") or "")
+        config = replace(
+            base,
+            room_key=assignment.room_key,
+            namespace=assignment.namespace,
+            room=assignment.room,
+            agent_secret=assignment.agent_secret or base.agent_secret,
+            control_url=assignment.control_url or base.control_url,
+            advertise_host=base.advertise_host or address or None,
+        )
+        started = Relay(config)
+        await started.start()
+        relay = started  # only a started relay is closed below
+        if config.tier:  # the pod's resource limits are the hard caps; degrade before them
+            guard = CapsGuard(relay, get_tier(config.tier), config.caps)
+            guard.start()
+        host_port = player_port(gameserver) or relay.port
+        log.info("agones: room %s/%s on %s:%d", config.namespace, config.room, address, host_port)
+        await _annotate(sdk, assignment.room, f"{address}:{host_port}")
+        if config.control_url:
+            agent = Agent(_Advertised(relay, host_port), config)
+            await agent.start()
+        watcher = asyncio.create_task(_close_when_ending(sdk, relay, poll_interval))
+        stopping = asyncio.create_task(stop.wait())
+        closed = asyncio.create_task(relay.wait_closed())
+        await _first_done([watcher, stopping, closed])
+        await relay.close(CloseReason.SHUTDOWN, "relay stopping")  # no-op when already closed
+        reason = await relay.wait_closed()
+        return reason
+    finally:
+        if guard is not None:
+            guard.stop()
+        if relay is not None:
+            await relay.close(CloseReason.SHUTDOWN, "relay stopping")
+        if agent is not None:
+            await agent.stop(reason)
+        health.cancel()
+        await asyncio.gather(health, return_exceptions=True)
+        try:
+            await sdk.shutdown()
+        except (httpx.HTTPError, AgonesError) as exc:
+            log.warning("agones shutdown failed: %r", exc)
+
+
+async def serve_agones(base: RelayConfig) -> int:
+    """`relay serve` under Agones: SIGTERM/SIGINT stop the room (or the wait for one)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sdk = AgonesSDK()
+    try:
+        reason = await run_agones(base, sdk, stop=stop)
+    finally:
+        await sdk.aclose()
+    log.info("relay exiting: %s", reason.name.lower())
+    return 0

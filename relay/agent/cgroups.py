@@ -1,0 +1,298 @@
+"""Hard caps for relay processes with cgroups: v2 where delegated, v1 where that is what the host has.
+
+    backend = detect()                      # None: no writable cgroups (caps stay soft)
+    group = backend.create("ns-room", NANO) # a fresh cgroup per relay, limits written
+    group.add(pid)                          # before the relay has done any real work
+    ...
+    group.oom_killed(), group.cpu_usage_s(), group.remove()
+
+One `CgroupV2` or `CgroupV1` per relay, under a parent cgroup of our own ("relay-caps") inside
+the cgroup this process already runs in, so the host's own hierarchy is never touched. The
+kernel does the enforcing: a relay over its memory cap is OOM-killed (the group's OOM counter
+then says why it died), one over its CPU quota is throttled every `cpu_period_us`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from pathlib import Path
+from typing import Protocol
+
+from relay.agent.tiers import Tier
+
+log = logging.getLogger("relay.agent.cgroups")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PARENT_NAME = "relay-caps"
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class CgroupError(OSError):
+    pass
+
+
+class Cgroup(Protocol):
+    version: int
+
+    def add(self, pid: int) -> None: ...
+
+    def oom_killed(self) -> bool: ...
+
+    def cpu_usage_s(self) -> float: ...
+
+    def throttled(self) -> tuple[int, float]:
+        """(periods throttled, seconds throttled)."""
+        ...
+
+    def memory_bytes(self) -> int: ...
+
+    def remove(self) -> None: ...
+
+
+class Backend(Protocol):
+    version: int
+
+    def create(self, name: str, tier: Tier) -> Cgroup: ...
+
+
+def safe_name(name: str) -> str:
+    """A room's name as one path component (no separators, no dot-files)."""
+    return _SAFE_NAME.sub("_", name).lstrip(".")[:200] or "_"
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        raise CgroupError(exc.errno, f"cannot write {value!r} to {path}: {exc.strerror}") from None
+
+
+def _read_int(path: Path, default: int = 0) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    """`key value` lines (cpu.stat, memory.events, memory.oom_control)."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = int(value)
+    return out
+
+
+def _rmdir(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        try:
+            path.rmdir()
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", path, exc)
+
+
+# ---- cgroup v2 ----------------------------------------------------------------------------------
+
+
+class CgroupV2:
+    version = 2
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, pid: int) -> None:
+        _write(self.path / "cgroup.procs", str(pid))
+
+    def oom_killed(self) -> bool:
+        return _read_keyed(self.path / "memory.events").get("oom_kill", 0) > 0
+
+    def cpu_usage_s(self) -> float:
+        return _read_keyed(self.path / "cpu.stat").get("usage_usec", 0) / 1e6
+
+    def throttled(self) -> tuple[int, float]:
+        stat = _read_keyed(self.path / "cpu.stat")
+        return stat.get("nr_throttled", 0), stat.get("throttled_usec", 0) / 1e6
+
+    def memory_bytes(self) -> int:
+        return _read_int(self.path / "memory.current")
+
+    def remove(self) -> None:
+        _rmdir(self.path)
+
+
+class CgroupV2Backend:
+    """A delegated v2 subtree: `parent` must offer cpu, memory and pids to its children."""
+
+    version = 2
+
+    def __init__(self, parent: Path) -> None:
+        self.parent = parent
+
+    def create(self, name: str, tier: Tier) -> CgroupV2:
+        path = self.parent / safe_name(name)
+        path.mkdir(exist_ok=True)
+        _write(path / "cpu.max", tier.cpu_max)
+        _write(path / "memory.max", str(tier.memory_bytes))
+        if (path / "memory.swap.max").exists():
+            _write(path / "memory.swap.max", "0")
+        if (path / "memory.oom.group").exists():  # kill the whole relay, never half of it
+            _write(path / "memory.oom.group", "1")
+        _write(path / "pids.max", str(tier.pids))
+        return CgroupV2(path)
+
+    @classmethod
+    def prepare(cls, own: Path) -> CgroupV2Backend:
+        """Makes `own/relay-caps` with cpu, memory and pids enabled for its children.
+
+        v2's "no internal processes" rule: a cgroup with processes cannot hand controllers to
+        children, so the parent we create holds no process, only relays' groups."""
+        wanted = {"cpu", "memory", "pids"}
+        available = set((own / "cgroup.controllers").read_text().split())
+        if not wanted <= available:
+            raise CgroupError(0, f"{own} lacks controllers {sorted(wanted - available)}")
+        parent = own / PARENT_NAME
+        parent.mkdir(exist_ok=True)
+        if not wanted <= set((parent / "cgroup.controllers").read_text().split()):
+            _write(own / "cgroup.subtree_control", " ".join("+" + c for c in sorted(wanted)))
+        _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in sorted(wanted)))
+        return cls(parent)
+
+
+# ---- cgroup v1 ----------------------------------------------------------------------------------
+
+
+class CgroupV1:
+    version = 1
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        self.paths = paths  # controller -> this relay's directory in that hierarchy
+
+    def add(self, pid: int) -> None:
+        for path in self.paths.values():
+            _write(path / "cgroup.procs", str(pid))
+
+    def oom_killed(self) -> bool:
+        control = _read_keyed(self.paths["memory"] / "memory.oom_control")
+        if "oom_kill" in control:
+            return control["oom_kill"] > 0
+        return _read_int(self.paths["memory"] / "memory.failcnt") > 0  # kernels before 4.13
+
+    def cpu_usage_s(self) -> float:
+        if "cpuacct" in self.paths:
+            return _read_int(self.paths["cpuacct"] / "cpuacct.usage") / 1e9
+        return 0.0
+
+    def throttled(self) -> tuple[int, float]:
+        stat = _read_keyed(self.paths["cpu"] / "cpu.stat")
+        return stat.get("nr_throttled", 0), stat.get("throttled_time", 0) / 1e9
+
+    def memory_bytes(self) -> int:
+        return _read_int(self.paths["memory"] / "memory.usage_in_bytes")
+
+    def remove(self) -> None:
+        for path in self.paths.values():
+            _rmdir(path)
+
+
+class CgroupV1Backend:
+    """One parent directory per controller hierarchy (cpu and cpuacct may share one mount)."""
+
+    version = 1
+
+    def __init__(self, parents: dict[str, Path]) -> None:
+        self.parents = parents
+
+    def create(self, name: str, tier: Tier) -> CgroupV1:
+        paths: dict[str, Path] = {}
+        for controller, parent in self.parents.items():
+            path = parent / safe_name(name)
+            path.mkdir(exist_ok=True)
+            paths[controller] = path
+        cpu, memory = paths["cpu"], paths["memory"]
+        _write(cpu / "cpu.cfs_period_us", str(tier.cpu_period_us))
+        _write(cpu / "cpu.cfs_quota_us", str(tier.cpu_quota_us))
+        _write(memory / "memory.limit_in_bytes", str(tier.memory_bytes))
+        if (memory / "memory.memsw.limit_in_bytes").exists():  # no escaping the cap into swap
+            with contextlib.suppress(CgroupError):
+                _write(memory / "memory.memsw.limit_in_bytes", str(tier.memory_bytes))
+        _write(paths["pids"] / "pids.max", str(tier.pids))
+        return CgroupV1(paths)
+
+    @classmethod
+    def prepare(cls, parents: dict[str, Path]) -> CgroupV1Backend:
+        made: dict[str, Path] = {}
+        for controller, own in parents.items():
+            parent = own / PARENT_NAME
+            parent.mkdir(exist_ok=True)
+            made[controller] = parent
+        return cls(made)
+
+
+# ---- detection ----------------------------------------------------------------------------------
+
+
+def own_cgroups(proc_cgroup: str) -> tuple[str | None, dict[str, str]]:
+    """Parses /proc/self/cgroup: (v2 path or None, {v1 controller: path})."""
+    v2: str | None = None
+    v1: dict[str, str] = {}
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            v2 = path
+        for controller in controllers.split(","):
+            if controller:
+                v1[controller] = path
+    return v2, v1
+
+
+def mounts(mounts: str) -> tuple[Path | None, dict[str, Path]]:
+    """(cgroup2 mount point, {v1 controller: mount point}) from /proc/self/mounts."""
+    v2: Path | None = None
+    v1: dict[str, Path] = {}
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point, fstype, options = Path(fields[1].replace("\\040", " ")), fields[2], fields[3].split(",")
+        if fstype == "cgroup2" and v2 is None:
+            v2 = point
+        elif fstype == "cgroup":
+            for option in options:
+                if option in V1_CONTROLLERS:
+                    v1.setdefault(option, point)
+    return v2, v1
+
+
+def detect(proc: Path = Path("/proc/self")) -> Backend | None:
+    """The best writable backend on this host, or None (then caps are soft)."""
+    try:
+        v2_path, v1_paths = own_cgroups((proc / "cgroup").read_text())
+        v2_mount, v1_mounts = mounts((proc / "mounts").read_text())
+    except OSError:
+        return None
+    if v2_mount is not None and v2_path is not None:
+        try:
+            return CgroupV2Backend.prepare(v2_mount / v2_path.lstrip("/"))
+        except (OSError, ValueError) as exc:
+            log.debug("cgroup v2 not usable: %s", exc)
+    required = ("cpu", "memory", "pids")
+    if all(c in v1_mounts and c in v1_paths for c in required):
+        wanted = [c for c in V1_CONTROLLERS if c in v1_mounts and c in v1_paths]
+        parents = {c: v1_mounts[c] / v1_paths[c].lstrip("/") for c in wanted}
+        try:
+            return CgroupV1Backend.prepare(parents)
+        except OSError as exc:
+            log.debug("cgroup v1 not usable: %s", exc)
+    return None
+
+
+def describe(backend: Backend | None) -> str:
+    return "none (soft caps)" if backend is None else f"cgroup v{backend.version}"

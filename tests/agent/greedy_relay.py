@@ -1,0 +1,47 @@
+"""The real `relay serve`, plus two misbehaviours on demand, for the cap tests.
+
+SIGUSR1: allocate and touch memory in 8 MiB steps until something stops it (the kernel, at the
+cgroup's cap). SIGUSR2: spin on the CPU (the event loop keeps turning between 10 ms bursts, so
+the relay still serves, slowly)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+
+from relay.server import cli
+from relay.server.config import RelayConfig
+
+_hoard: list[bytearray] = []
+
+
+def _grow() -> None:
+    for _ in range(64):  # 512 MiB at most
+        _hoard.append(bytearray(b"x" * (8 << 20)))
+
+
+async def _spin() -> None:
+    while True:
+        end = time.perf_counter() + 0.01
+        while time.perf_counter() < end:
+            pass
+        await asyncio.sleep(0)
+
+
+async def _serve(config: RelayConfig) -> int:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, _grow)
+    loop.add_signal_handler(signal.SIGUSR2, lambda: loop.create_task(_spin()))
+    return await cli.serve(config)
+
+
+def main() -> int:
+    import uvloop
+
+    return uvloop.run(_serve(cli.parse_args(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""realtime1.nano caps: the tier, the files each cgroup version gets, the guard inside the relay, and
+real relays in real cgroups made to exceed them (memory: OOM-killed, reported "cap_exceeded",
+while another room keeps serving; CPU: held near 12.5% of a core)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from relay.agent import caps, cgroups
+from relay.agent.capped_spawner import CappedSpawner
+from relay.agent.tiers import NANO, Tier, get_tier
+from relay.client import Received, connect
+from relay.control.app import ControlPlane
+from relay.control.provisioner import SubprocessSpawner
+from relay.protocol.constants import CloseReason
+from tests.control.helpers import login, make_config, oplog, ready_room, wait_for
+
+MIB = 1 << 20
+GREEDY_RELAY = (sys.executable, "-m", "tests.agent.greedy_relay")
+
+
+# ---- the tier --------------------------------------------------------------------------------------
+
+
+def test_nano_tier_figures() -> None:
+    tier = get_tier("realtime1.nano")
+    assert tier is NANO
+    assert (tier.cpu, tier.memory_bytes) == (0.125, 64 * MIB)
+    assert tier.cpu_max == "1250 10000"  # short period: a throttled relay stalls <= ~9 ms
+    assert tier.pids > 0 and tier.nofile > 0
+    with pytest.raises(ValueError, match="unknown tier"):
+        get_tier("realtime1.huge")
+
+
+# ---- cgroup v2: the files written, against a directory shaped like a delegated v2 subtree ------------
+
+
+def fake_v2(tmp_path: Path) -> Path:
+    own = tmp_path / "cg"
+    own.mkdir()
+    (own / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (own / "cgroup.subtree_control").write_text("")
+    return own
+
+
+def test_v2_backend_writes_cpu_max_memory_and_pids(tmp_path: Path) -> None:
+    own = fake_v2(tmp_path)
+    parent = own / cgroups.PARENT_NAME
+    parent.mkdir()  # the kernel would populate it; a plain directory needs its files by hand
+    (parent / "cgroup.controllers").write_text("")
+    (parent / "cgroup.subtree_control").write_text("")
+    backend = cgroups.CgroupV2Backend.prepare(own)
+    assert (own / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert (parent / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    room = parent / "ns.r_1"
+    room.mkdir()
+    (room / "memory.swap.max").write_text("max")
+    group = backend.create("ns.r/1", NANO)  # a separator in a name never makes a deeper path
+    assert group.path == room
+    assert (room / "cpu.max").read_text() == "1250 10000"
+    assert (room / "memory.max").read_text() == str(64 * MIB)
+    assert (room / "memory.swap.max").read_text() == "0"
+    assert (room / "pids.max").read_text() == str(NANO.pids)
+    group.add(4242)
+    assert (room / "cgroup.procs").read_text() == "4242"
+    (room / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    (room / "cpu.stat").write_text(
+        "usage_usec 250000\nnr_periods 40\nnr_throttled 12\nthrottled_usec 90000\n"
+    )
+    assert group.oom_killed() and group.cpu_usage_s() == 0.25 and group.throttled() == (12, 0.09)
+
+
+def test_v2_without_controllers_is_refused(tmp_path: Path) -> None:
+    own = tmp_path / "cg"
+    own.mkdir()
+    (own / "cgroup.controllers").write_text("\n")  # like this host's empty unified hierarchy
+    with pytest.raises(OSError, match="lacks controllers"):
+        cgroups.CgroupV2Backend.prepare(own)
+
+
+def test_detect_prefers_v2_and_falls_back_to_v1(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cgroup").write_text("4:memory:/a\n3:pids:/\n2:cpu,cpuacct:/\n0::/\n")
+    v2_root = tmp_path / "unified"
+    v1_root = tmp_path / "v1"
+    (v2_root).mkdir()
+    (v2_root / "cgroup.controllers").write_text("\n")
+    for c in ("memory/a", "pids", "cpu,cpuacct"):
+        (v1_root / c).mkdir(parents=True)
+    (proc / "mounts").write_text(
+        f"cgroup2 {v2_root} cgroup2 rw 0 0\n"
+        f"cgroup {v1_root}/memory cgroup rw,memory 0 0\n"
+        f"cgroup {v1_root}/pids cgroup rw,pids 0 0\n"
+        f"cgroup {v1_root}/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n"
+    )
+    backend = cgroups.detect(proc)
+    assert isinstance(backend, cgroups.CgroupV1Backend)  # v2 has no controllers here
+    assert backend.parents["memory"] == v1_root / "memory/a" / cgroups.PARENT_NAME
+    assert backend.parents["cpu"] == backend.parents["cpuacct"]  # co-mounted
+    (v2_root / "cgroup.controllers").write_text("cpu memory pids\n")
+    (v2_root / "cgroup.subtree_control").write_text("")
+    (v2_root / cgroups.PARENT_NAME).mkdir()
+    (v2_root / cgroups.PARENT_NAME / "cgroup.controllers").write_text("cpu memory pids\n")
+    (v2_root / cgroups.PARENT_NAME / "cgroup.subtree_control").write_text("")
+    assert isinstance(cgroups.detect(proc), cgroups.CgroupV2Backend)
+
+
+# ---- the guard inside the relay ---------------------------------------------------------------------
+
+
+class RelayStub:
+    """Only the three things the guard touches (the real Relay is exercised further down)."""
+
+    def __init__(self) -> None:
+        self.accepting_joins = True
+        self.shed_optional = False
+        self.closed: list[tuple[CloseReason, str]] = []
+
+    async def close(self, reason: CloseReason, text: str = "") -> None:
+        self.closed.append((reason, text))
+
+
+async def test_guard_refuses_joins_near_the_memory_cap_and_reopens() -> None:
+    memory = [10 * MIB]
+    relay = RelayStub()
+    guard = caps.CapsGuard(relay, NANO, "cgroup", read_memory=lambda: memory[0], read_cpu=lambda: 0.0)
+    await guard.check(0.0)
+    assert relay.accepting_joins
+    memory[0] = 58 * MIB  # > 90% of 64 MiB
+    await guard.check(1.0)
+    assert not relay.accepting_joins and not relay.closed
+    memory[0] = 56 * MIB  # between 85% and 90%: still refusing (no flapping)
+    await guard.check(2.0)
+    assert not relay.accepting_joins
+    memory[0] = 50 * MIB
+    await guard.check(3.0)
+    assert relay.accepting_joins
+    memory[0] = 80 * MIB  # over the cap: under cgroups the kernel acts, not the guard
+    await guard.check(4.0)
+    assert not relay.closed
+
+
+async def test_soft_guard_closes_the_room_over_the_memory_cap() -> None:
+    relay = RelayStub()
+    guard = caps.CapsGuard(relay, NANO, "soft", read_memory=lambda: 65 * MIB, read_cpu=lambda: 0.0)
+    await guard.check(0.0)
+    await guard.check(1.0)
+    assert relay.closed == [(CloseReason.CAP_EXCEEDED, "memory cap exceeded")]
+
+
+async def test_guard_sheds_optional_work_over_the_cpu_budget() -> None:
+    cpu = [0.0]
+    relay = RelayStub()
+    tier = Tier("t", cpu=0.5, memory_bytes=64 * MIB, pids=8, nofile=64)
+    guard = caps.CapsGuard(relay, tier, "cgroup", read_memory=lambda: 0, read_cpu=lambda: cpu[0])
+    await guard.check(0.0)
+    cpu[0] = 0.46  # 46% of a core over one second: >= 90% of a 50% budget
+    await guard.check(1.0)
+    assert relay.shed_optional
+    cpu[0] = 0.86  # 40%: between 70% and 90% of the budget, keeps shedding
+    await guard.check(2.0)
+    assert relay.shed_optional
+    cpu[0] = 1.0  # 14%
+    await guard.check(3.0)
+    assert not relay.shed_optional
+
+
+def test_soft_limits_cap_open_files() -> None:
+    """In a child process: setrlimit cannot be undone, so never in the test runner itself."""
+    code = (
+        "import resource; from relay.agent.caps import apply_soft_limits; from relay.agent.tiers import NANO;"
+        "apply_soft_limits(NANO); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0],"
+        " resource.getrlimit(resource.RLIMIT_AS)[0] > 0)"
+    )
+    out = os.popen(f"{sys.executable} -c '{code}'").read().split()
+    assert out == [str(NANO.nofile), "True"]
+
+
+# ---- real relays in real cgroups --------------------------------------------------------------------
+
+BACKEND = cgroups.detect()
+needs_cgroups = pytest.mark.skipif(
+    BACKEND is None, reason="no writable cgroup v1/v2 hierarchy on this host (cap tests need one)"
+)
+
+
+async def start_namespace(http: httpx.AsyncClient, h: dict[str, str], name: str) -> None:
+    body = {"name": name, "serverType": "relay", "serverSpec": "realtime1.nano"}
+    assert (await http.post("/realtime/", json=body, headers=h)).status_code == 200
+
+
+async def capped_room(
+    cp: ControlPlane, http: httpx.AsyncClient, h: dict[str, str], room: str
+) -> dict[str, Any]:
+    await http.post("/realtime/caps/room", json={"name": room}, headers=h)
+    item = await ready_room(http, h, "caps", room)
+    record = await cp.store.get_room("caps", room)
+    assert record is not None and record.pid
+    return {**item, "pid": record.pid}
+
+
+def group_of(pid: int, controller: str) -> Path:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        if controller in names.split(","):
+            return Path(path)
+    raise AssertionError(f"pid {pid} has no {controller} cgroup")
+
+
+@needs_cgroups
+async def test_relay_over_its_memory_cap_is_killed_and_reported_while_another_room_serves(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup")
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        assert isinstance(cp.provisioner.spawner, CappedSpawner)  # type: ignore[attr-defined]
+        h = await login(http)
+        await start_namespace(http, h, "caps")
+        greedy = await capped_room(cp, http, h, "greedy")
+        calm = await capped_room(cp, http, h, "calm")
+        assert cgroups.PARENT_NAME in str(group_of(greedy["pid"], "memory"))
+        a = await connect(calm["ipAddress"], calm["port"], calm["encryptionKey"], "a")
+        b = await connect(calm["ipAddress"], calm["port"], calm["encryptionKey"], "b")
+        try:
+            os.kill(greedy["pid"], signal.SIGUSR1)  # allocates until the kernel stops it
+
+            async def greedy_gone() -> bool:
+                return (await http.get("/realtime/caps/room/greedy", headers=h)).status_code == 404
+
+            await wait_for(greedy_gone, timeout=15)
+            closed = [e for e in oplog(cp) if e["event"] == "room.closed" and e["roomName"] == "greedy"]
+            assert [e["reason"] for e in closed] == ["cap_exceeded"]
+            assert "exit code -9" in closed[0]["detail"]  # SIGKILL from the OOM killer
+            # The other room never noticed.
+            for i in range(20):
+                a.send(b"ping %d" % i)
+            got = [await b.next_event_of(Received, timeout=5) for _ in range(20)]
+            assert [e.data for e in got] == [b"ping %d" % i for i in range(20)]
+            assert (await http.get("/realtime/caps/room/calm", headers=h)).status_code == 200
+        finally:
+            await a.close()
+            await b.close()
+
+
+@needs_cgroups
+async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None:
+    config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup")
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        await start_namespace(http, h, "caps")
+        spinner = await capped_room(cp, http, h, "spinner")
+        pid = spinner["pid"]
+        os.kill(pid, signal.SIGUSR2)
+        await asyncio.sleep(0.5)
+        usage, throttled = cpu_figures(pid)
+        t0 = time.monotonic()
+        await asyncio.sleep(3.0)
+        usage2, throttled2 = cpu_figures(pid)
+        share = (usage2 - usage) / (time.monotonic() - t0)
+        print(f"spinning relay: {share:.1%} of a core, throttled {throttled2 - throttled} periods in 3 s")
+        assert 0.05 < share < 0.2, share  # 12.5% quota; the rest of the time it is throttled
+        assert throttled2 - throttled > 100  # ~300 periods of 10 ms, most of them throttled
+
+
+def cpu_figures(pid: int) -> tuple[float, int]:
+    """(cpu seconds, periods throttled) read back from the relay's own cgroup files."""
+    assert BACKEND is not None
+    if isinstance(BACKEND, cgroups.CgroupV1Backend):
+        mounts = cgroups.mounts(Path("/proc/self/mounts").read_text())[1]
+        acct = mounts["cpuacct"] / str(group_of(pid, "cpuacct")).lstrip("/")
+        cpu = mounts["cpu"] / str(group_of(pid, "cpu")).lstrip("/")
+        group: cgroups.Cgroup = cgroups.CgroupV1({"cpu": cpu, "cpuacct": acct})
+    else:
+        mount = cgroups.mounts(Path("/proc/self/mounts").read_text())[0]
+        assert mount is not None
+        path = Path(f"/proc/{pid}/cgroup").read_text().splitlines()[-1].split(":", 2)[2]
+        group = cgroups.CgroupV2(mount / path.lstrip("/"))
+    return group.cpu_usage_s(), group.throttled()[0]
+
+
+@needs_cgroups
+async def test_capped_spawner_removes_the_group_after_exit(tmp_path: Path) -> None:
+    spawner = CappedSpawner(SubprocessSpawner(), NANO, BACKEND)
+    handle = await spawner.spawn(
+        [sys.executable, "-c", "import time; time.sleep(0.2)", "--namespace", "n", "--room", "r"],
+        dict(os.environ),
+        None,
+    )
+    assert handle.group is not None
+    paths = list(getattr(handle.group, "paths", {"v2": getattr(handle.group, "path", None)}).values())
+    assert all(p is not None and p.is_dir() for p in paths)
+    assert await handle.wait() == 0 and handle.exit_reason is None
+    assert not any(p.exists() for p in paths)
