@@ -180,9 +180,9 @@ async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
         mem = [smaps(p) for p in pids]
         sample = random.sample(held, min(config.check_rooms, len(held)))
         serving = [await _serves(item) for item in sample]
-        still = sum(
-            1 for item in random.sample(held, min(50, len(held))) if await cp.get_room(http, ns, item["name"])
-        )
+        probe = random.sample(held, min(50, len(held)))
+        listed = [await cp.get_room(http, ns, item["name"]) for item in probe]
+        still = sum(1 for item in listed if item)
         await cp.delete_namespace(http, ns)
     uss = [m["uss"] / 2**20 for m in mem if m["rss"]]
     pss = [m["pss"] / 2**20 for m in mem if m["rss"]]

@@ -27,6 +27,7 @@ log = logging.getLogger("relay.agent.cgroups")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT_NAME = "relay-caps"
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+NO_QUOTA_PERIOD_US = 100_000  # the kernel's default period, written with "max" (no quota)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -49,13 +50,17 @@ class Cgroup(Protocol):
 
     def memory_bytes(self) -> int: ...
 
+    def limit_cpu(self, tier: Tier | None) -> None:
+        """The tier's CPU quota, or None for none (a relay's start-up boost)."""
+        ...
+
     def remove(self) -> None: ...
 
 
 class Backend(Protocol):
     version: int
 
-    def create(self, name: str, tier: Tier) -> Cgroup: ...
+    def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> Cgroup: ...
 
 
 def safe_name(name: str) -> str:
@@ -121,6 +126,9 @@ class CgroupV2:
     def memory_bytes(self) -> int:
         return _read_int(self.path / "memory.current")
 
+    def limit_cpu(self, tier: Tier | None) -> None:
+        _write(self.path / "cpu.max", tier.cpu_max if tier else f"max {NO_QUOTA_PERIOD_US}")
+
     def remove(self) -> None:
         _rmdir(self.path)
 
@@ -133,17 +141,18 @@ class CgroupV2Backend:
     def __init__(self, parent: Path) -> None:
         self.parent = parent
 
-    def create(self, name: str, tier: Tier) -> CgroupV2:
+    def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> CgroupV2:
         path = self.parent / safe_name(name)
         path.mkdir(exist_ok=True)
-        _write(path / "cpu.max", tier.cpu_max)
+        group = CgroupV2(path)
+        group.limit_cpu(tier if cpu_capped else None)
         _write(path / "memory.max", str(tier.memory_bytes))
         if (path / "memory.swap.max").exists():
             _write(path / "memory.swap.max", "0")
         if (path / "memory.oom.group").exists():  # kill the whole relay, never half of it
             _write(path / "memory.oom.group", "1")
         _write(path / "pids.max", str(tier.pids))
-        return CgroupV2(path)
+        return group
 
     @classmethod
     def prepare(cls, own: Path) -> CgroupV2Backend:
@@ -194,6 +203,14 @@ class CgroupV1:
     def memory_bytes(self) -> int:
         return _read_int(self.paths["memory"] / "memory.usage_in_bytes")
 
+    def limit_cpu(self, tier: Tier | None) -> None:
+        cpu = self.paths["cpu"]
+        if tier is None:
+            _write(cpu / "cpu.cfs_quota_us", "-1")
+            return
+        _write(cpu / "cpu.cfs_period_us", str(tier.cpu_period_us))
+        _write(cpu / "cpu.cfs_quota_us", str(tier.cpu_quota_us))
+
     def remove(self) -> None:
         for path in self.paths.values():
             _rmdir(path)
@@ -207,21 +224,21 @@ class CgroupV1Backend:
     def __init__(self, parents: dict[str, Path]) -> None:
         self.parents = parents
 
-    def create(self, name: str, tier: Tier) -> CgroupV1:
+    def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> CgroupV1:
         paths: dict[str, Path] = {}
         for controller, parent in self.parents.items():
             path = parent / safe_name(name)
             path.mkdir(exist_ok=True)
             paths[controller] = path
-        cpu, memory = paths["cpu"], paths["memory"]
-        _write(cpu / "cpu.cfs_period_us", str(tier.cpu_period_us))
-        _write(cpu / "cpu.cfs_quota_us", str(tier.cpu_quota_us))
+        group = CgroupV1(paths)
+        group.limit_cpu(tier if cpu_capped else None)
+        memory = paths["memory"]
         _write(memory / "memory.limit_in_bytes", str(tier.memory_bytes))
         if (memory / "memory.memsw.limit_in_bytes").exists():  # no escaping the cap into swap
             with contextlib.suppress(CgroupError):
                 _write(memory / "memory.memsw.limit_in_bytes", str(tier.memory_bytes))
         _write(paths["pids"] / "pids.max", str(tier.pids))
-        return CgroupV1(paths)
+        return group
 
     @classmethod
     def prepare(cls, parents: dict[str, Path]) -> CgroupV1Backend:

@@ -35,6 +35,11 @@ def backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
     return max(0.01, random.uniform(0, min(cap, base * (2 ** min(attempt, 30)))))
 
 
+_TLS = httpx.create_ssl_context()
+"""Built once at import (~70 ms of CPU: the CA bundle): a relay forked from the zygote template
+inherits it instead of building one at 12.5% of a core while its room waits for an address."""
+
+
 class ControlClient:
     def __init__(
         self,
@@ -47,7 +52,7 @@ class ControlClient:
     ) -> None:
         self.base = f"{control_url.rstrip('/')}/rooms/{quote(namespace, safe='')}/{quote(room, safe='')}"
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._http = http or httpx.AsyncClient(timeout=timeout, verify=_TLS)
         self._headers = {"Authorization": f"Bearer {agent_secret}"}
 
     async def _post(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -48,9 +48,16 @@ PRELOAD = (
     "cryptography.hazmat.primitives.asymmetric.x25519",
     "prometheus_client",
     "httpx",
+    "httpcore",
+    "h11",
+    "anyio",
+    "anyio._backends._asyncio",
+    "certifi",
+    "encodings.idna",
     "relay.server.app",
     "relay.server.cli",
     "relay.agent.agent",
+    "relay.agent.caps",
     "relay.cli",
 )
 """Modules imported by the template before it forks (everything `relay serve` imports)."""

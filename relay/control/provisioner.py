@@ -54,7 +54,8 @@ class ProcessHandle(Protocol):
 @runtime_checkable
 class Spawner(Protocol):
     """Creates one relay process. `argv[0]` is the interpreter; env is the full environment.
-    A spawner may also have `async close()`, called when the provisioner closes."""
+    A spawner may also have `async start()` (called when the control plane starts) and
+    `async close()` (called when the provisioner closes)."""
 
     async def spawn(
         self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
@@ -127,6 +128,10 @@ class Provisioner(Protocol):
 
     def alive(self, namespace: str, room: str) -> bool | None:
         """Whether the room's relay process is running (None: unknown to this provisioner)."""
+        ...
+
+    def registered(self, namespace: str, room: str) -> None:
+        """The room's relay registered its address (its start-up is over)."""
         ...
 
     async def close(self, stop_all: bool) -> None: ...
@@ -207,6 +212,15 @@ class LocalProvisioner:
     def set_exit_callback(self, callback: ExitCallback) -> None:
         self._on_exit = callback
 
+    async def start(self) -> None:
+        """Readies the spawner (a zygote template) so the first room does not pay its start."""
+        start = getattr(self.spawner, "start", None)
+        if start is not None:
+            try:
+                await start()
+            except Exception:
+                log.exception("spawner did not start; relays will start on demand")
+
     def argv(self, request: RelayRequest) -> list[str]:
         argv = [
             *self.relay_command,
@@ -281,6 +295,11 @@ class LocalProvisioner:
     def alive(self, namespace: str, room: str) -> bool | None:
         return (namespace, room) in self._procs
 
+    def registered(self, namespace: str, room: str) -> None:
+        hook = getattr(self._procs.get((namespace, room)), "registered", None)  # CappedHandle
+        if hook is not None:
+            hook()
+
     async def stop(self, namespace: str, room: str, pid: int | None = None) -> None:
         key = (namespace, room)
         handle = self._procs.get(key)
@@ -325,6 +344,9 @@ class NullProvisioner:
 
     def alive(self, namespace: str, room: str) -> bool | None:
         return None
+
+    def registered(self, namespace: str, room: str) -> None:
+        pass
 
     async def close(self, stop_all: bool) -> None:
         pass

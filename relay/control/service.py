@@ -107,6 +107,9 @@ class RealtimeService:
         return task
 
     async def start(self) -> None:
+        warm = getattr(self.provisioner, "start", None)  # e.g. the zygote template, before any room
+        if warm is not None:
+            await warm()
         await self.recover()
         self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
 
@@ -367,6 +370,7 @@ class RealtimeService:
             ns = await self.store.get_namespace(namespace)
         if pid is not None:
             self.provisioner.adopt(namespace, name, pid)
+        self.provisioner.registered(namespace, name)  # ends a capped relay's start-up CPU boost
         if not first:
             return
         self.metrics.provision_seconds.observe(provision_s)

@@ -43,7 +43,9 @@ def bind_pair(host: str, port: int, attempts: int = 50) -> tuple[socket.socket, 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error: OSError | None = None
     for _ in range(attempts if port == 0 else 1):
-        tcp = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose
+        # listener says TCP, and without it Nagle holds small WebSocket frames for ~40 ms.
+        tcp = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             tcp.bind((host, port))

@@ -272,6 +272,16 @@ async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None
         assert throttled2 - throttled > 100  # ~300 periods of 10 ms, most of them throttled
 
 
+def cpu_quota(group: cgroups.Cgroup) -> int | None:
+    """The group's CPU quota in microseconds per period, None for none."""
+    if isinstance(group, cgroups.CgroupV1):
+        quota = int((group.paths["cpu"] / "cpu.cfs_quota_us").read_text())
+        return None if quota < 0 else quota
+    assert isinstance(group, cgroups.CgroupV2)
+    quota_text = (group.path / "cpu.max").read_text().split()[0]
+    return None if quota_text == "max" else int(quota_text)
+
+
 def cpu_figures(pid: int) -> tuple[float, int]:
     """(cpu seconds, periods throttled) read back from the relay's own cgroup files."""
     assert BACKEND is not None
@@ -299,5 +309,8 @@ async def test_capped_spawner_removes_the_group_after_exit(tmp_path: Path) -> No
     assert handle.group is not None
     paths = list(getattr(handle.group, "paths", {"v2": getattr(handle.group, "path", None)}).values())
     assert all(p is not None and p.is_dir() for p in paths)
+    assert cpu_quota(handle.group) is None  # start-up boost: no CPU quota until it registers
+    handle.registered()
+    assert cpu_quota(handle.group) == NANO.cpu_quota_us
     assert await handle.wait() == 0 and handle.exit_reason is None
     assert not any(p.exists() for p in paths)

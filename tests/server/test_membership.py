@@ -193,3 +193,19 @@ async def test_keepalive_timeout_removes_a_silent_udp_member() -> None:
         silent.close()
         await a.close()
         await w.close()
+
+
+async def test_websocket_connections_have_nodelay() -> None:
+    """Nagle off on every accepted WebSocket connection: small frames go out at once instead of
+    waiting up to ~40 ms for the peer's delayed ACK (asyncio sets it only for a TCP listener)."""
+    import socket
+
+    async with room(**FAST) as r:
+        a = await client(r, "alice", "ws")
+        connections = list(r.relay._ws)
+        assert connections
+        for conn in connections:
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        await a.close()
