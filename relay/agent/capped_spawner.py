@@ -103,7 +103,8 @@ class CappedSpawner:
         if self.backend is None:
             log.warning("no writable cgroup on this host: %s caps are soft (in-process only)", tier.name)
         else:
-            log.info("relay caps: %s, %s", tier.name, describe(self.backend))
+            swept = self.backend.sweep()
+            log.info("relay caps: %s, %s (%d stale groups removed)", tier.name, describe(self.backend), swept)
 
     @property
     def mode(self) -> str:

@@ -60,6 +60,8 @@ class Cgroup(Protocol):
 class Backend(Protocol):
     version: int
 
+    def sweep(self) -> int: ...
+
     def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> Cgroup: ...
 
 
@@ -101,6 +103,21 @@ def _rmdir(path: Path) -> None:
             log.warning("cannot remove %s: %s", path, exc)
 
 
+def sweep_empty(parents: list[Path]) -> int:
+    """Removes relay groups left without a process (a control plane that was killed, relays that
+    outlived it); groups still holding a relay stay. Returns how many went."""
+    removed = 0
+    for parent in dict.fromkeys(parents):
+        with contextlib.suppress(OSError):
+            for child in parent.iterdir():
+                procs = child / "cgroup.procs"
+                if child.is_dir() and procs.exists() and not procs.read_text().strip():
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+                        removed += 1
+    return removed
+
+
 # ---- cgroup v2 ----------------------------------------------------------------------------------
 
 
@@ -140,6 +157,9 @@ class CgroupV2Backend:
 
     def __init__(self, parent: Path) -> None:
         self.parent = parent
+
+    def sweep(self) -> int:
+        return sweep_empty([self.parent])
 
     def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> CgroupV2:
         path = self.parent / safe_name(name)
@@ -223,6 +243,9 @@ class CgroupV1Backend:
 
     def __init__(self, parents: dict[str, Path]) -> None:
         self.parents = parents
+
+    def sweep(self) -> int:
+        return sweep_empty(list(self.parents.values()))
 
     def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> CgroupV1:
         paths: dict[str, Path] = {}

@@ -307,10 +307,38 @@ async def test_capped_spawner_removes_the_group_after_exit(tmp_path: Path) -> No
         None,
     )
     assert handle.group is not None
-    paths = list(getattr(handle.group, "paths", {"v2": getattr(handle.group, "path", None)}).values())
-    assert all(p is not None and p.is_dir() for p in paths)
+    paths = group_dirs(handle.group)
+    assert all(p.is_dir() for p in paths)
     assert cpu_quota(handle.group) is None  # start-up boost: no CPU quota until it registers
     handle.registered()
     assert cpu_quota(handle.group) == NANO.cpu_quota_us
     assert await handle.wait() == 0 and handle.exit_reason is None
     assert not any(p.exists() for p in paths)
+
+
+@needs_cgroups
+def test_sweep_removes_only_groups_without_a_process() -> None:
+    """Groups left by a killed control plane go at the next start; a living relay's group stays."""
+    import subprocess
+
+    assert BACKEND is not None
+    empty = BACKEND.create("sweep.empty.1", NANO)
+    busy = BACKEND.create("sweep.busy.1", NANO)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        busy.add(sleeper.pid)
+        assert BACKEND.sweep() >= 1
+        assert not any(p.exists() for p in group_dirs(empty))
+        assert all(p.is_dir() for p in group_dirs(busy))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        busy.remove()
+    assert not any(p.exists() for p in group_dirs(busy))
+
+
+def group_dirs(group: cgroups.Cgroup) -> list[Path]:
+    if isinstance(group, cgroups.CgroupV1):
+        return list(group.paths.values())
+    assert isinstance(group, cgroups.CgroupV2)
+    return [group.path]
