@@ -125,7 +125,9 @@ class CappedSpawner:
             raise
         if group is not None:
             try:
-                group.add(handle.pid)
+                # In a thread: a v1 migration waits out an RCU grace period (5-20 ms here), which
+                # must not stall the control plane's event loop; the relay starts meanwhile.
+                await asyncio.to_thread(group.add, handle.pid)
             except CgroupError:
                 log.exception("could not cap relay pid %s: stopping it", handle.pid)
                 handle.kill()

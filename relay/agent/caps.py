@@ -2,7 +2,7 @@
 
 Hard caps (cgroups, relay/agent/cgroups.py) stop a relay from taking more than its share, but
 the kernel's answers are blunt: an OOM kill ends the room, throttling stalls everyone in it.
-`CapsGuard` degrades first, every `interval`:
+`CapsGuard` degrades first, every second (every five while the room is empty):
 - memory at `tier.join_refusal_ratio` (90%) of the cap: new JOINs get ERROR overloaded, members
   already in keep playing; joins open again below 85%.
 - CPU at 90% of the budget: `shed_optional`, so fan-out to UDP members (unreliable by contract)
@@ -105,7 +105,8 @@ class CapsGuard:
         relay: Any,
         tier: Tier,
         mode: str = "cgroup",
-        interval: float = 0.5,
+        interval: float = 1.0,
+        quiet_interval: float = 5.0,
         read_memory: Callable[[], int] | None = None,
         read_cpu: Callable[[], float] = cpu_seconds,
     ) -> None:
@@ -113,6 +114,7 @@ class CapsGuard:
         self.tier = tier
         self.mode = mode
         self.interval = interval
+        self.quiet_interval = quiet_interval
         self.read_memory = read_memory or memory_reader()
         self.read_cpu = read_cpu
         self.memory = 0
@@ -132,7 +134,9 @@ class CapsGuard:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            room = getattr(self.relay, "room", None)
+            quiet = bool(getattr(room, "quiet", False))  # nobody in the room: nothing grows fast
+            await asyncio.sleep(self.quiet_interval if quiet else self.interval)
             await self.check(time.monotonic())
 
     async def check(self, now: float) -> None:

@@ -126,17 +126,30 @@ class Relay:
         log.info("relay listening udp+ws %s:%d", self.host, self.port)
 
     async def _timers(self) -> None:
+        """Sweeps every `interval` while anyone is in the room. A quiet room (no session, no
+        member) sleeps until its idle or lifetime deadline or the next handshake, so a machine of
+        idle rooms is not a machine of busy timers."""
         config = self.config
         interval = max(
             0.02, min(0.5, config.keepalive_timeout / 8, config.resume_grace / 8, config.idle_timeout / 8)
         )
         loop = asyncio.get_running_loop()
-        while self.room is not None and not self.room.closed:
-            expected = loop.time() + interval
-            await asyncio.sleep(interval)
-            self._loop_lag = max(0.0, loop.time() - expected)
+        woken = asyncio.Event()
+        room = self.room
+        assert room is not None
+        room.on_session = woken.set
+        while not room.closed:
+            woken.clear()
+            if room.quiet:
+                delay = max(interval, room.next_deadline() - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), delay)
+            else:
+                expected = loop.time() + interval
+                await asyncio.sleep(interval)
+                self._loop_lag = max(0.0, loop.time() - expected)
             try:
-                self.room.sweep()
+                room.sweep()
             except Exception:
                 log.exception("sweep failed")
 

@@ -141,6 +141,7 @@ class Room:
         self.psk = derive_psk(decode_room_key(config.room_key))
         self.token_key = public_key_from_text(config.token_public_key) if config.token_public_key else None
         self.on_close = on_close
+        self.on_session: Callable[[], None] = lambda: None  # a session began (wakes the sweeper)
         self.sessions: dict[int, Session] = {}
         self.pending: dict[bytes, Session] = {}
         self.completed: OrderedDict[bytes, None] = OrderedDict()
@@ -283,6 +284,7 @@ class Room:
         self.sessions[sid] = session
         self.pending[client_public] = session
         c.handshakes += 1
+        self.on_session()
         return session
 
     def _new_sid(self) -> int:
@@ -636,6 +638,15 @@ class Room:
                 self._forget(session, WS_POLICY, "send buffer overflow")
 
     # ---- time --------------------------------------------------------------------------------
+
+    @property
+    def quiet(self) -> bool:
+        """Nobody to watch: sweep() can only find the room idle or over its lifetime."""
+        return not self.sessions and not self.members
+
+    def next_deadline(self) -> float:
+        """When a quiet room next needs a sweep (monotonic): its idle or lifetime end."""
+        return min(self.last_activity + self.config.idle_timeout, self.started + self.config.lifetime)
 
     def sweep(self) -> None:
         """Called periodically: keepalive, resume grace, stale handshakes, idle and lifetime."""
