@@ -134,6 +134,10 @@ class Provisioner(Protocol):
         """The room's relay registered its address (its start-up is over)."""
         ...
 
+    def notify_deleted(self, namespace: str, room: str, pid: int | None = None) -> None:
+        """The room was deleted: its relay should drain (CLOSING "deleted") and exit now."""
+        ...
+
     async def close(self, stop_all: bool) -> None: ...
 
 
@@ -295,6 +299,12 @@ class LocalProvisioner:
     def alive(self, namespace: str, room: str) -> bool | None:
         return (namespace, room) in self._procs
 
+    def notify_deleted(self, namespace: str, room: str, pid: int | None = None) -> None:
+        handle = self._procs.get((namespace, room))
+        if handle is not None and (pid is None or handle.pid == pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(handle.pid, signal.SIGUSR1)  # `relay serve`: drain as deleted
+
     def registered(self, namespace: str, room: str) -> None:
         hook = getattr(self._procs.get((namespace, room)), "registered", None)  # CappedHandle
         if hook is not None:
@@ -346,6 +356,9 @@ class NullProvisioner:
         return None
 
     def registered(self, namespace: str, room: str) -> None:
+        pass
+
+    def notify_deleted(self, namespace: str, room: str, pid: int | None = None) -> None:
         pass
 
     async def close(self, stop_all: bool) -> None:

@@ -334,9 +334,11 @@ class RealtimeService:
             self._spawn(self._stop_relay(room, drain=room.state == ROOM_READY and reason == "deleted"))
 
     async def _stop_relay(self, room: RoomRecord, drain: bool) -> None:
-        """deleteRoom: give the agent one lost-window to see the 404 and drain with CLOSING "deleted";
+        """deleteRoom: tell the relay at once (a local one drains with CLOSING "deleted" on
+        SIGUSR1; any agent sees the 404 on its next heartbeat), give it one lost-window to go,
         then SIGTERM (SIGKILL after the grace)."""
         if drain and self.provisioner.alive(room.namespace, room.name):
+            self.provisioner.notify_deleted(room.namespace, room.name, room.pid)
             deadline = time.monotonic() + self.config.lost_after + 1.0
             while time.monotonic() < deadline and self.provisioner.alive(room.namespace, room.name):
                 await asyncio.sleep(0.05)

@@ -5,7 +5,7 @@
 Secrets may come from the environment instead of argv (argv is visible in `ps`):
 RELAY_ROOM_KEY, RELAY_AGENT_SECRET. With --control-url the agent registers the relay's address
 into its room record and heartbeats (relay/agent). SIGTERM or SIGINT: CLOSING (shutdown) to
-every member, flush, exit 0.
+every member, flush, exit 0. SIGUSR1: the room was deleted (CLOSING deleted), exit 0.
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ async def serve(config: RelayConfig) -> int:
         loop.add_signal_handler(
             sig, lambda: loop.create_task(relay.close(CloseReason.SHUTDOWN, "relay stopping"))
         )
+    # The local provisioner's deleteRoom: drain now rather than at the agent's next heartbeat.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(relay.close(CloseReason.DELETED)))
     agent = None
     if config.control_url:
         from relay.agent.agent import Agent

@@ -1,7 +1,7 @@
 """The real `relay serve`, plus two misbehaviours on demand, for the cap tests.
 
-SIGUSR1: allocate and touch memory in 8 MiB steps until something stops it (the kernel, at the
-cgroup's cap). SIGUSR2: spin on the CPU (the event loop keeps turning between 10 ms bursts, so
+SIGRTMIN: allocate and touch memory in 8 MiB steps until something stops it (the kernel, at the
+cgroup's cap). SIGRTMIN+1: spin on the CPU (the event loop keeps turning between 10 ms bursts, so
 the relay still serves, slowly)."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import time
 from relay.server import cli
 from relay.server.config import RelayConfig
 
+GROW = signal.SIGRTMIN
+SPIN = signal.SIGRTMIN + 1
 _hoard: list[bytearray] = []
 
 
@@ -32,8 +34,8 @@ async def _spin() -> None:
 
 async def _serve(config: RelayConfig) -> int:
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGUSR1, _grow)
-    loop.add_signal_handler(signal.SIGUSR2, lambda: loop.create_task(_spin()))
+    loop.add_signal_handler(GROW, _grow)
+    loop.add_signal_handler(SPIN, lambda: loop.create_task(_spin()))
     return await cli.serve(config)
 
 

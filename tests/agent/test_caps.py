@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from relay.client import Received, connect
 from relay.control.app import ControlPlane
 from relay.control.provisioner import SubprocessSpawner
 from relay.protocol.constants import CloseReason
+from tests.agent import greedy_relay
 from tests.control.helpers import login, make_config, oplog, ready_room, wait_for
 
 MIB = 1 << 20
@@ -232,7 +232,7 @@ async def test_relay_over_its_memory_cap_is_killed_and_reported_while_another_ro
         a = await connect(calm["ipAddress"], calm["port"], calm["encryptionKey"], "a")
         b = await connect(calm["ipAddress"], calm["port"], calm["encryptionKey"], "b")
         try:
-            os.kill(greedy["pid"], signal.SIGUSR1)  # allocates until the kernel stops it
+            os.kill(greedy["pid"], greedy_relay.GROW)  # allocates until the kernel stops it
 
             async def greedy_gone() -> bool:
                 return (await http.get("/realtime/caps/room/greedy", headers=h)).status_code == 404
@@ -260,7 +260,7 @@ async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None
         await start_namespace(http, h, "caps")
         spinner = await capped_room(cp, http, h, "spinner")
         pid = spinner["pid"]
-        os.kill(pid, signal.SIGUSR2)
+        os.kill(pid, greedy_relay.SPIN)
         await asyncio.sleep(0.5)
         usage, throttled = cpu_figures(pid)
         t0 = time.monotonic()

@@ -10,7 +10,7 @@ import pytest
 
 from loadtest import checks
 from loadtest.report import Report
-from loadtest.scenarios import chaos, fleet, nano, soak, throughput
+from loadtest.scenarios import chaos, density, fleet, nano, soak, throughput
 from relay.agent.cgroups import detect
 
 pytestmark = pytest.mark.slow
@@ -99,3 +99,20 @@ def test_fleet_quick(tmp_path: Path) -> None:
     assert results["ready"] == results["wanted"] == 2
     assert results["provisioning_ms"]["count"] == 2 and results["join_ms"]["count"] == 4
     assert results["not_deleted"] == 0
+
+
+def test_density_quick(tmp_path: Path) -> None:
+    """Rooms through `relay dev` as shipped (zygote, caps): every one gets an address, serves,
+    and its memory is read back; the estimate follows from what was measured."""
+    report = _report(tmp_path, "density")
+    results = density.run(density.DensityConfig.quick(), report, progress=False)
+    report.write()
+    assert checks.problems(report.out) == []
+    assert results["want_to_ready_ms"]["count"] == 3
+    assert results["cold_start"]["ms"]["count"] == 1 and results["cold_start"]["idle"]["uss"] > 0
+    assert results["held_rooms"] == 6 == results["relay_processes"]
+    assert results["checked_serving"] == [True, True, True]
+    assert results["still_listed_of_50"] == 6
+    uss, pss = results["uss_mb"], results["pss_mb"]
+    assert uss["count"] == 6 and 0 < uss["p50"] <= pss["p50"]
+    assert results["rooms_per_24gib"] and results["rooms_per_24gib"] > 0
