@@ -212,6 +212,7 @@ class LocalProvisioner:
         self._procs: dict[tuple[str, str], ProcessHandle | _Adopted] = {}
         self._watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._on_exit: ExitCallback | None = None
+        self._registered_early: set[tuple[str, str]] = set()
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
         self._on_exit = callback
@@ -269,6 +270,9 @@ class LocalProvisioner:
 
     def _track(self, key: tuple[str, str], handle: ProcessHandle | _Adopted) -> None:
         self._procs[key] = handle
+        if key in self._registered_early:
+            self._registered_early.discard(key)
+            self.registered(*key)
         self._watchers[key] = asyncio.get_running_loop().create_task(self._watch(key, handle))
 
     async def _watch(self, key: tuple[str, str], handle: ProcessHandle | _Adopted) -> None:
@@ -306,7 +310,11 @@ class LocalProvisioner:
                 os.kill(handle.pid, signal.SIGUSR1)  # `relay serve`: drain as deleted
 
     def registered(self, namespace: str, room: str) -> None:
-        hook = getattr(self._procs.get((namespace, room)), "registered", None)  # CappedHandle
+        key = (namespace, room)
+        if key not in self._procs:  # registered before spawn() returned: tell the handle then
+            self._registered_early.add(key)
+            return
+        hook = getattr(self._procs[key], "registered", None)  # CappedHandle
         if hook is not None:
             hook()
 

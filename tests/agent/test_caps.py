@@ -260,6 +260,9 @@ async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None
         await start_namespace(http, h, "caps")
         spinner = await capped_room(cp, http, h, "spinner")
         pid = spinner["pid"]
+        # The start-up boost ends when the relay registers, not at the 5 s fallback.
+        handle = cp.provisioner._procs[("caps", "spinner")]  # type: ignore[attr-defined]
+        await wait_for(lambda: cpu_quota(handle.group) == NANO.cpu_quota_us, timeout=2.0)
         os.kill(pid, greedy_relay.SPIN)
         await asyncio.sleep(0.5)
         usage, throttled = cpu_figures(pid)
