@@ -8,6 +8,7 @@ stay in results/benchmarks-<timestamp>/.
 
 from __future__ import annotations
 
+import os
 import shlex
 import statistics
 import time
@@ -18,6 +19,7 @@ from loadtest.machine import machine_info
 from loadtest.report import Report, results_dir, table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_AFFINITY = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -28,6 +30,11 @@ def _median(values: list[float | None]) -> float | None:
 def _run(scenario: str, argv: list[str], out: Path, progress: bool | None) -> tuple[Report, Any]:
     from loadtest.cli import build_parser
     from loadtest.scenarios.runners import RUNNERS
+
+    # Scenarios pin this process to their load CPUs, and whatever it starts inherits that: put it
+    # back first, or a later scenario's control plane and relays would share one core.
+    if _AFFINITY is not None:
+        os.sched_setaffinity(0, _AFFINITY)
 
     args = build_parser().parse_args([scenario, *argv, "--out", str(out)])
     report = Report(
