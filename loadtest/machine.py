@@ -103,15 +103,6 @@ def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float:
     return 100.0 * (after.cpu_s - before.cpu_s) / (after.at - before.at)
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def cpu_times() -> dict[int, tuple[int, int]]:
     """Per CPU (busy, total) jiffies from /proc/stat; busy includes irq and softirq time.
 
@@ -145,13 +136,24 @@ def busy_percent(
     return 100.0 * busy / total * len(cpus) if total else 0.0
 
 
+def smaps(pid: int) -> dict[str, int]:
+    """Rss, Pss and Uss (private clean + dirty) in bytes from /proc/PID/smaps_rollup; zeros if gone.
+    PSS splits shared pages between their users (the fair per-room figure); USS is what the
+    process alone holds (what its exit would free)."""
+    out = {"rss": 0, "pss": 0, "uss": 0}
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            value = int(rest.split()[0]) * 1024 if rest.strip() else 0
+            if key == "Rss":
+                out["rss"] = value
+            elif key == "Pss":
+                out["pss"] = value
+            elif key in ("Private_Clean", "Private_Dirty"):
+                out["uss"] += value
+    return out
+
+
 def pss_bytes(pid: int) -> int | None:
     """Proportional set size (shared pages split between their users): the fair per-room memory."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return smaps(pid)["pss"] or None

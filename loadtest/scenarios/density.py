@@ -17,7 +17,6 @@ control plane with 10 s heartbeats (1,000 relays at the default 2 s would be 500
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import subprocess
@@ -30,7 +29,7 @@ import httpx
 
 from loadtest import controlplane
 from loadtest.controlplane import ControlPlane
-from loadtest.machine import machine_info
+from loadtest.machine import machine_info, smaps
 from loadtest.report import Report, table
 from relay.protocol.keys import generate_room_key
 
@@ -63,22 +62,6 @@ def mem_available() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def smaps(pid: int) -> dict[str, int]:
-    """Rss, Pss and Uss (private clean + dirty) in bytes, from /proc/PID/smaps_rollup."""
-    out = {"rss": 0, "pss": 0, "uss": 0}
-    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            value = int(rest.split()[0]) * 1024 if rest.strip() else 0
-            if key == "Rss":
-                out["rss"] = value
-            elif key == "Pss":
-                out["pss"] = value
-            elif key in ("Private_Clean", "Private_Dirty"):
-                out["uss"] += value
-    return out
 
 
 def _pcts(values: list[float]) -> dict[str, float | int]:

@@ -20,10 +20,11 @@ from loadtest import controlplane
 from loadtest import hist as hdr
 from loadtest.bots import Behaviour
 from loadtest.controlplane import ControlPlane
-from loadtest.machine import machine_info, parse_cpus, pin, process_alive, pss_bytes, sample
+from loadtest.machine import machine_info, parse_cpus, pin, pss_bytes, sample
 from loadtest.phase import run_phase
 from loadtest.progress import Live
 from loadtest.report import Report, plot_histogram, table
+from relay.control.provisioner import pid_alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ async def _delete(cp: ControlPlane, ns: str, names: list[str], pids: list[int]) 
         gone: dict[int, float] = {}
         while len(gone) < len(pids) and time.monotonic() - t0 < 15:
             for pid in pids:
-                if pid not in gone and not process_alive(pid):
+                if pid not in gone and not pid_alive(pid):
                     gone[pid] = 1000 * (time.monotonic() - t0)
             await asyncio.sleep(0.02)
         listed = [await cp.get_room(http, ns, n) for n in names]

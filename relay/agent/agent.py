@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from relay.agent.caps import cpu_seconds, rss_bytes
 from relay.agent.control_client import ControlClient, ControlError, ControlUnavailable, RoomGone, backoff
 from relay.protocol.constants import CloseReason
 
@@ -73,17 +74,7 @@ def detect_address(bound_host: str | None) -> str:
 
 def process_figures() -> tuple[float, int]:
     """(cpu seconds used by this process, resident bytes)."""
-    t = os.times()
-    cpu = t.user + t.system
-    rss = 0
-    try:
-        with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return cpu, rss
+    return cpu_seconds(), rss_bytes()
 
 
 def _heartbeat_interval(config: Any) -> float:

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from relay.control.provisioner import SCRUBBED_ENV, ProcessHandle, Spawner, SubprocessSpawner
+from relay.control.provisioner import SCRUBBED_ENV, ProcessHandle, Spawner, SubprocessSpawner, pid_alive
 
 log = logging.getLogger("relay.agent.zygote")
 
@@ -313,17 +313,6 @@ class ZygoteHandle:
                 os.kill(self.pid, sig)
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 async def wait_pid_gone(pid: int, interval: float = 0.1) -> None:
     """Until a process that is not our child has exited: a pidfd where there is one, else polling."""
     try:
@@ -344,7 +333,7 @@ async def wait_pid_gone(pid: int, interval: float = 0.1) -> None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
-    while _pid_running(pid):
+    while pid_alive(pid):
         await asyncio.sleep(interval)
 
 

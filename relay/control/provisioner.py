@@ -141,25 +141,26 @@ class Provisioner(Protocol):
     async def close(self, stop_all: bool) -> None: ...
 
 
-def pid_is_relay(pid: int, namespace: str, room: str) -> bool:
-    """pid alive and (where /proc exists) really the relay for this room, not a reused pid."""
+def pid_alive(pid: int) -> bool:
+    """A process we may signal that is not a zombie (an exited child nobody has reaped)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    except (ProcessLookupError, PermissionError):
         return False
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def pid_is_relay(pid: int, namespace: str, room: str) -> bool:
+    """pid alive and (where /proc exists) really the relay for this room, not a reused pid."""
+    if not pid_alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True
-    args = raw.split(b"\0")
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    except (OSError, IndexError):
-        pass
     return (
         b"--room" in args
         and room.encode() in args

@@ -11,20 +11,10 @@ import httpx
 import pytest
 
 from relay.control.app import ControlPlane
+from relay.control.provisioner import pid_alive
 from tests.control.helpers import login, make_config, oplog, ready_room, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def test_register_heartbeat_delete_drains(cp: ControlPlane) -> None:

@@ -4,7 +4,6 @@ getRoom, two clients exchange a message, deleteRoom, both get CLOSING "deleted",
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import httpx
@@ -12,18 +11,11 @@ import pytest
 
 import relay.client as rc
 from relay.control.app import ControlPlane
+from relay.control.provisioner import pid_alive
 from relay.protocol.constants import CloseReason
 from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, REAL_RELAY, make_config, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, OSError):
-        return False
 
 
 async def next_of(client: rc.Client, kind: type, timeout: float = 5.0):
@@ -68,5 +60,5 @@ async def test_full_room_life(tmp_path: Path) -> None:
         finally:
             for client in (a, b):
                 await client.close()
-        await wait_for(lambda: not alive(pid), timeout=5)
+        await wait_for(lambda: not pid_alive(pid), timeout=5)
         assert (await http.get("/realtime/game/room/match-1", headers=h)).status_code == 404
