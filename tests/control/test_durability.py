@@ -17,7 +17,10 @@ from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, login
 pytestmark = pytest.mark.slow
 
 
-async def start_control(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+async def start_control(
+    data_dir: Path, log: Path, port: int = 0, provisioner: str = "none", *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A real `relay control` process; returns it and its URL once it listens."""
     env = {**os.environ, "RELAY_CLIENT_ID": CLIENT_ID, "RELAY_CLIENT_SECRET": CLIENT_SECRET}
     cmd = [
         sys.executable,
@@ -25,13 +28,14 @@ async def start_control(data_dir: Path, log: Path) -> tuple[subprocess.Popen[byt
         "relay.cli",
         "control",
         "--port",
-        "0",
+        str(port),
         "--data-dir",
         str(data_dir),
         "--provisioner",
-        "none",
+        provisioner,
         "--log-level",
         "warning",
+        *extra,
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=open(log, "ab"))  # noqa: SIM115
     assert proc.stdout is not None
