@@ -265,9 +265,6 @@ class CgroupV1Backend:
         group.limit_cpu(tier if cpu_capped else None)
         memory = paths["memory"]
         _write(memory / "memory.limit_in_bytes", str(tier.memory_bytes))
-        if (memory / "memory.move_charge_at_immigrate").exists():  # what it used before the move
-            with contextlib.suppress(CgroupError):
-                _write(memory / "memory.move_charge_at_immigrate", "3")
         if (memory / "memory.memsw.limit_in_bytes").exists():  # no escaping the cap into swap
             with contextlib.suppress(CgroupError):
                 _write(memory / "memory.memsw.limit_in_bytes", str(tier.memory_bytes))
