@@ -29,9 +29,8 @@ from typing import Any
 import httpx
 
 from relay.agent.agent import Agent
-from relay.agent.caps import CapsGuard
+from relay.agent.caps import CapsGuard, guard_relay
 from relay.agent.control_client import backoff
-from relay.agent.tiers import get_tier
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import decode_room_key
 from relay.server.app import Relay
@@ -380,9 +379,7 @@ async def run_agones(
         started = Relay(config)
         await started.start()
         relay = started  # only a started relay is closed below
-        if config.tier:  # the pod's resource limits are the hard caps; degrade before them
-            guard = CapsGuard(relay, get_tier(config.tier), config.caps)
-            guard.start()
+        guard = guard_relay(relay, config.tier, config.caps)  # the pod's limits are the hard caps
         host_port = player_port(gameserver) or relay.port
         log.info("agones: room %s/%s on %s:%d", config.namespace, config.room, address, host_port)
         await _annotate(sdk, assignment.room, f"{address}:{host_port}")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.agent.cgroups import PARENT_NAME, mounts, own_cgroups
-from relay.agent.tiers import Tier
+from relay.agent.tiers import Tier, get_tier
 from relay.protocol.constants import CloseReason
 
 log = logging.getLogger("relay.agent.caps")
@@ -170,3 +170,12 @@ class CapsGuard:
             log.warning("CPU %.0f%%, budget %.0f%%: shedding UDP fan-out", share * 100, budget * 100)
         elif relay.shed_optional and share < budget * SHED_OFF:
             relay.shed_optional = False
+
+
+def guard_relay(relay: Any, tier_name: str | None, mode: str) -> CapsGuard | None:
+    """Starts the guard for a relay that keeps to a tier (None: no tier, no guard)."""
+    if not tier_name:
+        return None
+    guard = CapsGuard(relay, get_tier(tier_name), mode)
+    guard.start()
+    return guard

@@ -113,6 +113,10 @@ class SubprocessSpawner:
 class Provisioner(Protocol):
     def set_exit_callback(self, callback: ExitCallback) -> None: ...
 
+    async def start(self) -> None:
+        """Readies whatever starts relays, before the first room is wanted."""
+        ...
+
     async def provision(self, request: RelayRequest) -> int | None:
         """Starts a relay for the room; returns its pid when it is a local process."""
         ...
@@ -350,6 +354,9 @@ class NullProvisioner:
     """Records only: rooms stay pending until something registers them (external provisioning)."""
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
+        pass
+
+    async def start(self) -> None:
         pass
 
     async def provision(self, request: RelayRequest) -> int | None:

@@ -107,9 +107,7 @@ class RealtimeService:
         return task
 
     async def start(self) -> None:
-        warm = getattr(self.provisioner, "start", None)  # e.g. the zygote template, before any room
-        if warm is not None:
-            await warm()
+        await self.provisioner.start()  # e.g. the zygote template, before any room is wanted
         await self.recover()
         self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
 

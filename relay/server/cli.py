@@ -19,6 +19,7 @@ import signal
 import sys
 from dataclasses import fields
 
+from relay.agent.caps import apply_soft_limits, guard_relay
 from relay.agent.tiers import get_tier
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import decode_room_key
@@ -106,17 +107,10 @@ def parse_args(argv: list[str]) -> RelayConfig:
 
 async def serve(config: RelayConfig) -> int:
     if config.tier and config.caps == "soft":
-        from relay.agent.caps import apply_soft_limits
-
         apply_soft_limits(get_tier(config.tier))
     relay = Relay(config)
     await relay.start()
-    guard = None
-    if config.tier:
-        from relay.agent.caps import CapsGuard
-
-        guard = CapsGuard(relay, get_tier(config.tier), config.caps)
-        guard.start()
+    guard = guard_relay(relay, config.tier, config.caps)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(
