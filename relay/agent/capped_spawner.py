@@ -13,6 +13,9 @@ the relay registers its address (`registered()`, called by the provisioner), or 
 `boost_seconds` at the latest. A relay's start costs a few tens of milliseconds of CPU; at
 12.5% of a core that would be several hundred milliseconds of wall time while the room waits
 for an address. No member can be in the room before it registers, so the boost never serves play.
+A standby (`relay serve --standby`, the warm pool) has no room yet: it runs at the lowest CPU
+weight, so its start-up only takes CPU that rooms and starting relays leave idle; when it is
+assigned a room (`CappedHandle.assign`) its weight returns to the default and its boost starts.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from relay.agent.cgroups import Backend, Cgroup, CgroupError, describe, detect
+from relay.agent.standby import is_standby
 from relay.agent.tiers import NANO, Tier
 from relay.control.provisioner import ProcessHandle, Spawner, SubprocessSpawner
 
@@ -41,18 +45,45 @@ def _flag(argv: Sequence[str], name: str) -> str:
         return ""
 
 
-class CappedHandle:
-    __slots__ = ("_boost", "exit_reason", "group", "inner", "pid", "tier")
+def tier_env(tier: Tier, cgroup: bool) -> dict[str, str]:
+    """What tells a relay its caps (relay serve --tier/--caps read these)."""
+    return {"RELAY_TIER": tier.name, "RELAY_CAPS": "cgroup" if cgroup else "soft"}
 
-    def __init__(self, inner: ProcessHandle, group: Cgroup | None, tier: Tier, boost_seconds: float) -> None:
+
+class CappedHandle:
+    __slots__ = ("_boost", "boost_seconds", "exit_reason", "group", "inner", "pid", "tier")
+
+    def __init__(
+        self,
+        inner: ProcessHandle,
+        group: Cgroup | None,
+        tier: Tier,
+        boost_seconds: float,
+        standby: bool = False,
+    ) -> None:
         self.inner = inner
         self.group = group
         self.tier = tier
         self.pid = inner.pid
+        self.boost_seconds = boost_seconds
         self.exit_reason: str | None = None
         self._boost: asyncio.TimerHandle | None = None
-        if group is not None:
-            self._boost = asyncio.get_running_loop().call_later(boost_seconds, self.registered)
+        if not standby:
+            self._start_boost()
+
+    def _start_boost(self) -> None:
+        if self.group is not None:
+            self._boost = asyncio.get_running_loop().call_later(self.boost_seconds, self.registered)
+
+    async def assign(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> None:
+        """A standby gets its room: the same environment a capped spawn would have, then the boost."""
+        assign = getattr(self.inner, "assign", None)
+        if assign is None:
+            raise OSError(f"relay pid {self.pid} is not a standby")
+        if self.group is not None:
+            self.group.idle_cpu(False)
+        await assign(argv, {**env, **tier_env(self.tier, self.group is not None)}, log_path)
+        self._start_boost()
 
     def registered(self) -> None:
         """Ends the start-up boost: the tier's CPU quota from now on."""
@@ -111,12 +142,15 @@ class CappedSpawner:
         return "soft" if self.backend is None else "cgroup"
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> CappedHandle:
-        env = {**env, "RELAY_TIER": self.tier.name, "RELAY_CAPS": self.mode}
+        env = {**env, **tier_env(self.tier, self.backend is not None)}
         group = None
         if self.backend is not None:
             serial = f"{os.getpid()}-{next(self._serial)}"  # unique across control-plane restarts
-            name = f"{_flag(argv, '--namespace')}.{_flag(argv, '--room')}.{serial}"
+            room = f"{_flag(argv, '--namespace')}.{_flag(argv, '--room')}" if "--room" in argv else "warm"
+            name = f"{room}.{serial}"
             group = self.backend.create(name, self.tier, cpu_capped=self.boost_seconds <= 0)
+            if is_standby(argv):
+                group.idle_cpu(True)
         try:
             handle = await self.inner.spawn(argv, env, log_path)
         except BaseException:
@@ -134,7 +168,7 @@ class CappedSpawner:
                 await handle.wait()
                 group.remove()
                 raise
-        return CappedHandle(handle, group, self.tier, self.boost_seconds)
+        return CappedHandle(handle, group, self.tier, self.boost_seconds, standby=is_standby(argv))
 
     async def start(self) -> None:
         start = getattr(self.inner, "start", None)

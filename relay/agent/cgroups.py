@@ -54,6 +54,11 @@ class Cgroup(Protocol):
         """The tier's CPU quota, or None for none (a relay's start-up boost)."""
         ...
 
+    def idle_cpu(self, idle: bool) -> None:
+        """The lowest CPU weight (idle) or the default: a standby relay (relay/agent/warm_pool.py)
+        only takes CPU that no room and no starting relay wants."""
+        ...
+
     def remove(self) -> None: ...
 
 
@@ -146,6 +151,9 @@ class CgroupV2:
     def limit_cpu(self, tier: Tier | None) -> None:
         _write(self.path / "cpu.max", tier.cpu_max if tier else f"max {NO_QUOTA_PERIOD_US}")
 
+    def idle_cpu(self, idle: bool) -> None:
+        _write(self.path / "cpu.weight", "1" if idle else "100")
+
     def remove(self) -> None:
         if (self.path / "memory.reclaim").exists():  # see CgroupV1.remove
             with contextlib.suppress(OSError):
@@ -233,6 +241,9 @@ class CgroupV1:
             return
         _write(cpu / "cpu.cfs_period_us", str(tier.cpu_period_us))
         _write(cpu / "cpu.cfs_quota_us", str(tier.cpu_quota_us))
+
+    def idle_cpu(self, idle: bool) -> None:
+        _write(self.paths["cpu"] / "cpu.shares", "2" if idle else "1024")
 
     def remove(self) -> None:
         # Reclaim what is still charged (the relay's log in the page cache, mostly) first:

@@ -9,7 +9,9 @@ stay shared (copy-on-write) with the template instead of being private to every 
 
 The template is `python -m relay.agent.zygote`, started lazily by the spawner with its own
 interpreter. They talk over the template's stdin/stdout: frames of a 4-byte big-endian length and
-JSON. Spawner -> template: {id, argv, env, log_path}. Template -> spawner: {ready: pid} once,
+JSON. Spawner -> template: {id, argv, env, log_path} to fork, or {id, assign: pid, argv, env,
+log_path} to hand a standby child (`relay serve --standby`, relay/agent/standby.py) its room
+through its stdin pipe. Template -> spawner: {ready: pid} once,
 {id, pid} or {id, error} per request, {exit: pid, code} when a child ends (code < 0: the signal,
 as asyncio reports it). When the spawner's end closes the template exits; relays live on in their
 own sessions and their handles fall back to watching the pid.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import importlib
 import itertools
@@ -35,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from relay.agent.proctitle import set_cmdline
+from relay.agent.standby import encode_assignment, is_standby
 from relay.control.provisioner import SCRUBBED_ENV, ProcessHandle, Spawner, SubprocessSpawner, pid_alive
 
 log = logging.getLogger("relay.agent.zygote")
@@ -172,7 +175,7 @@ def _serve(ctl_in: int, ctl_out: int, wake: int) -> None:
             request = _recv(ctl_in)
             if request is None:
                 return
-            _send(ctl_out, _spawn(request))
+            _send(ctl_out, _assign(request) if "assign" in request else _spawn(request))
 
 
 def _reap(ctl_out: int) -> None:
@@ -183,6 +186,9 @@ def _reap(ctl_out: int) -> None:
             return
         if pid == 0:
             return
+        pipe = _standby_pipes.pop(pid, None)
+        if pipe is not None:
+            os.close(pipe)
         _send(ctl_out, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
@@ -193,30 +199,58 @@ def _open_log(path: str | None) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
+_standby_pipes: dict[int, int] = {}
+"""In the template: standby child pid -> the write end of its stdin, for its assignment."""
+
+
 def _spawn(request: dict[str, Any]) -> dict[str, Any]:
-    """Forks one relay; the reply goes out before any exit notification for it (same loop)."""
+    """Forks one relay; the reply goes out before any exit notification for it (same loop). A
+    standby (relay/agent/standby.py) gets a pipe as stdin, kept here until its assignment."""
     try:
         log_fd = _open_log(request.get("log_path"))
     except OSError as exc:
         return {"id": request["id"], "error": f"log file: {exc}"}
+    stdin_r, stdin_w = os.pipe() if is_standby(request["argv"]) else (-1, -1)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         pid = os.fork()
     except OSError as exc:
-        os.close(log_fd)
+        for fd in (log_fd, stdin_r, stdin_w):
+            if fd >= 0:
+                os.close(fd)
         return {"id": request["id"], "error": f"fork: {exc}"}
     if pid == 0:
-        _child(request, log_fd)
+        _child(request, log_fd, stdin_r)
     os.close(log_fd)
+    if stdin_r >= 0:
+        os.close(stdin_r)
+        _standby_pipes[pid] = stdin_w
     return {"id": request["id"], "pid": pid}
 
 
-def _child(request: dict[str, Any], log_fd: int) -> NoReturn:
+def _assign(request: dict[str, Any]) -> dict[str, Any]:
+    """Hands a standby its room: the spawn request goes down its stdin pipe, which then closes."""
+    pid = int(request["assign"])
+    pipe = _standby_pipes.pop(pid, None)
+    if pipe is None:
+        return {"id": request["id"], "error": f"no standby with pid {pid}"}
+    try:
+        data = memoryview(encode_assignment(request["argv"], request["env"], request.get("log_path")))
+        while data:
+            data = data[os.write(pipe, data) :]
+    except OSError as exc:  # the standby died: EPIPE
+        return {"id": request["id"], "error": f"standby {pid}: {exc}"}
+    finally:
+        os.close(pipe)
+    return {"id": request["id"], "pid": pid}
+
+
+def _child(request: dict[str, Any], log_fd: int, stdin_fd: int) -> NoReturn:
     """Becomes the relay; never returns into the template's loop, whatever happens."""
     code = 1
     try:
-        _detach(log_fd)
+        _detach(log_fd, stdin_fd)
         _set_environ(request["env"])
         code = _run_relay(request["argv"])
     except BaseException:
@@ -228,16 +262,16 @@ def _child(request: dict[str, Any], log_fd: int) -> NoReturn:
         os._exit(code)
 
 
-def _detach(log_fd: int) -> None:
+def _detach(log_fd: int, stdin_fd: int = -1) -> None:
     """What a fresh `relay serve` subprocess would have: own session, default signals, stdin from
-    /dev/null, output to the log, and none of the template's descriptors."""
+    /dev/null (a standby: its assignment pipe), output to the log, and none of the template's
+    descriptors."""
     os.setsid()
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
+    os.dup2(stdin_fd if stdin_fd >= 0 else os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
@@ -252,7 +286,7 @@ def _set_environ(env: Mapping[str, str]) -> None:
 def _run_relay(argv: list[str]) -> int:
     args = argv[argv.index("serve") + 1 :]
     sys.argv = list(argv)
-    _set_cmdline(argv)
+    set_cmdline(argv)
     gc.enable()
     from relay.server.cli import main as serve_main
 
@@ -271,20 +305,6 @@ def _exit_code(code: object) -> int:
     return 1
 
 
-def _set_cmdline(argv: Sequence[str]) -> None:
-    """Writes argv over the template's (blank-padded) argv area, so `ps` and the provisioner's
-    pid_is_relay (/proc/PID/cmdline after a control-plane restart) see the relay's own flags.
-    Best effort: skipped where /proc lacks the addresses or the argv does not fit."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start, end = int(fields[45]), int(fields[46])
-    except (OSError, IndexError, ValueError):
-        return
-    data = b"\0".join(os.fsencode(a) for a in argv) + b"\0"
-    if start and len(data) <= end - start:
-        ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
-
-
 # --- the spawner side (in the control plane) ------------------------------------------------
 
 
@@ -292,11 +312,19 @@ class ZygoteHandle:
     """A forked relay: signalled by pid, its exit code reported by the template (or, if the
     template has died, by watching the pid: code None)."""
 
-    __slots__ = ("_exit", "pid")
+    __slots__ = ("_exit", "_template", "pid")
 
-    def __init__(self, pid: int, exit_future: asyncio.Future[int | None]) -> None:
+    def __init__(self, pid: int, exit_future: asyncio.Future[int | None], template: _Template) -> None:
         self.pid = pid
         self._exit = exit_future
+        self._template = template
+
+    async def assign(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> None:
+        """Hands this standby its room (the spawn request it stood in for). Raises TemplateGone or
+        OSError if it cannot be delivered (the standby or the template died)."""
+        if self._exit.done():
+            raise OSError(f"standby {self.pid} has exited")
+        await self._template.request({"assign": self.pid, **_spawn_message(argv, env, log_path)})
 
     async def wait(self) -> int | None:
         return await asyncio.shield(self._exit)
@@ -337,6 +365,10 @@ async def wait_pid_gone(pid: int, interval: float = 0.1) -> None:
         await asyncio.sleep(interval)
 
 
+def _spawn_message(argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> dict[str, Any]:
+    return {"argv": list(argv), "env": dict(env), "log_path": None if log_path is None else str(log_path)}
+
+
 class _Template:
     """One running template process and the futures waiting on its answers."""
 
@@ -375,16 +407,20 @@ class _Template:
     async def spawn(
         self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None, timeout: float
     ) -> ZygoteHandle:
+        pid, exit_future = await self.request(_spawn_message(argv, env, log_path), timeout)
+        return ZygoteHandle(pid, exit_future, self)
+
+    async def request(
+        self, message: Mapping[str, Any], timeout: float = 10.0
+    ) -> tuple[int, asyncio.Future[int | None]]:
+        """Sends one request; the template's answer: (pid, that pid's exit future)."""
         request_id = next(self._ids)
         reply = self._replies[request_id] = asyncio.get_running_loop().create_future()
-        message = {"id": request_id, "argv": list(argv), "env": dict(env)}
-        message["log_path"] = None if log_path is None else str(log_path)
         try:
-            await self._write(message)
-            pid, exit_future = await asyncio.wait_for(asyncio.shield(reply), timeout)
+            await self._write({"id": request_id, **message})
+            return await asyncio.wait_for(asyncio.shield(reply), timeout)
         finally:
             self._replies.pop(request_id, None)
-        return ZygoteHandle(pid, exit_future)
 
     async def _write(self, message: Mapping[str, Any]) -> None:
         stdin = self.proc.stdin
@@ -428,7 +464,9 @@ class _Template:
             reply.set_exception(OSError(message["error"]))
             return
         pid = int(message["pid"])
-        exit_future = self._exits[pid] = asyncio.get_running_loop().create_future()
+        exit_future = self._exits.get(pid)
+        if exit_future is None:
+            exit_future = self._exits[pid] = asyncio.get_running_loop().create_future()
         reply.set_result((pid, exit_future))
 
     def _gone(self) -> None:

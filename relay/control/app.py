@@ -28,7 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import relay
 from relay.agent.capped_spawner import CappedSpawner
-from relay.agent.zygote import ZygoteSpawner
+from relay.agent.warm_pool import WarmPool
+from relay.agent.zygote import ZygoteSpawner, serve_args
 from relay.control.api import build_routes
 from relay.control.auth import Authority, load_or_create_credentials, load_signing_key
 from relay.control.config import ControlConfig
@@ -77,6 +78,17 @@ def make_spawner(config: ControlConfig) -> Spawner:
     if config.relay_spawner not in ("zygote", "subprocess"):
         raise ValueError("relay_spawner must be zygote or subprocess")
     inner: Spawner = ZygoteSpawner() if config.relay_spawner == "zygote" else SubprocessSpawner()
+    if config.relay_warm_relays < 0:
+        raise ValueError("relay_warm_relays must be 0 or more")
+    capped = _capped(config, inner)
+    warm = config.relay_spawner == "zygote" and serve_args(config.relay_command) is not None
+    if not warm or config.relay_warm_relays == 0:
+        return capped  # standbys are this interpreter's `relay serve`; another command gets none
+    log_path = config.data_dir / "relay-logs" / "standby.log"
+    return WarmPool(capped, config.relay_warm_relays, log_path=log_path)
+
+
+def _capped(config: ControlConfig, inner: Spawner) -> Spawner:
     if config.relay_caps == "off":
         return inner
     from relay.agent.cgroups import detect

@@ -50,6 +50,11 @@ def _parser(prog: str, dev: bool) -> argparse.ArgumentParser:
         choices=["auto", "cgroup", "soft", "off"],
         help="how relay tier caps are enforced (default auto: cgroups where writable, else soft)",
     )
+    p.add_argument(
+        "--warm-relays",
+        type=int,
+        help="relays kept started ahead of demand (default 2; 0: none; env RELAY_RELAY_WARM_RELAYS)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     if not dev:
         p.add_argument(
@@ -84,6 +89,7 @@ def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | 
         "operation_log": args.operation_log,
         "relay_require_user_tokens": args.require_user_tokens,
         "relay_caps": args.relay_caps,
+        "relay_warm_relays": args.warm_relays,
         "log_level": args.log_level,
         "stop_relays_on_exit": getattr(args, "stop_relays_on_exit", None),
     }

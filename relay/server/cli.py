@@ -6,6 +6,9 @@ Secrets may come from the environment instead of argv (argv is visible in `ps`):
 RELAY_ROOM_KEY, RELAY_AGENT_SECRET. With --control-url the agent registers the relay's address
 into its room record and heartbeats (relay/agent). SIGTERM or SIGINT: CLOSING (shutdown) to
 every member, flush, exit 0. SIGUSR1: the room was deleted (CLOSING deleted), exit 0.
+
+`relay serve --standby` (alone) starts a relay before its room exists and reads the rest of its
+command line from stdin later: the local provisioner's warm pool (relay/agent/standby.py).
 """
 
 from __future__ import annotations
@@ -137,7 +140,12 @@ async def serve(config: RelayConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--standby"]:
+        from relay.agent.standby import run_standby
+
+        return run_standby()
+    config = parse_args(args)
     try:
         import uvloop
 

@@ -77,6 +77,10 @@ def test_v2_backend_writes_cpu_max_memory_and_pids(tmp_path: Path) -> None:
         "usage_usec 250000\nnr_periods 40\nnr_throttled 12\nthrottled_usec 90000\n"
     )
     assert group.oom_killed() and group.cpu_usage_s() == 0.25 and group.throttled() == (12, 0.09)
+    group.idle_cpu(True)  # a standby relay (the warm pool)
+    assert (room / "cpu.weight").read_text() == "1"
+    group.idle_cpu(False)
+    assert (room / "cpu.weight").read_text() == "100"
 
 
 def test_v2_without_controllers_is_refused(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 """The data plane never depends on the control plane: a real `relay control` is SIGKILLed and
 restarted while two WebSocket members of a real relay keep exchanging messages; nothing is lost,
-and the relay's agent finds the new control plane (heartbeats resume, the room stays listed)."""
+and the relay's agent finds the new control plane (heartbeats resume, the room stays listed).
+The relay is a warm one (a standby given the room), as `relay control` starts them by default:
+the new control plane adopts it by its command line, and the old control plane's idle standbys
+leave with it."""
 
 from __future__ import annotations
 
@@ -39,12 +42,20 @@ async def test_members_keep_playing_while_the_control_plane_is_killed_and_restar
     proc, url = await start_control(data, log, port, *control)
     relay_pid = None
     try:
+        await wait_for(lambda: len(standby_pids(proc.pid)) >= 2, timeout=10)
+        warm = standby_pids(proc.pid)
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             h = await login(http)
             body = {"name": "keep", "serverType": "relay", "serverSpec": "realtime1.nano"}
             assert (await http.post("/realtime/", json=body, headers=h)).status_code == 200
             await http.post("/realtime/keep/room", json={"name": "match"}, headers=h)
             item = await ready_room(http, h, "keep", "match")
+        relay_pid = await asyncio.to_thread(_relay_pid, data, "match")
+        assert relay_pid is not None
+        template = _parent(relay_pid)
+        assert relay_pid in warm  # the room got a standby, not a fresh fork
+        idle = {p for p in standby_pids() if _parent(p) == template}
+        assert idle, "the pool was refilled"
         a = await rc.connect(item["ipAddress"], item["port"], item["encryptionKey"], "a", transport="ws")
         b = await rc.connect(item["ipAddress"], item["port"], item["encryptionKey"], "b", transport="ws")
         got: dict[str, list[bytes]] = {"a": [], "b": []}
@@ -69,6 +80,7 @@ async def test_members_keep_playing_while_the_control_plane_is_killed_and_restar
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         await asyncio.sleep(0.8)  # control plane down: heartbeats fail, play goes on
+        await wait_for(lambda: not any(pid_alive(p) for p in idle), timeout=5)  # no orphaned standby
         proc, url = await start_control(data, log, port, *control)
         await asyncio.wait_for(asyncio.gather(*tasks), 20)
         # WebSocket is reliable: every message, in order, both ways, across the outage.
@@ -81,7 +93,7 @@ async def test_members_keep_playing_while_the_control_plane_is_killed_and_restar
             await asyncio.sleep(2.0)
             r = await http.get("/realtime/keep/room/match", headers=h)
             assert r.status_code == 200 and r.json()["item"]["port"] == item["port"]
-            relay_pid = await asyncio.to_thread(_relay_pid, data, "match")
+            assert await asyncio.to_thread(_relay_pid, data, "match") == relay_pid
             assert (await http.delete("/realtime/keep/room/match", headers=h)).status_code == 200
         closing = await a.next_event_of(rc.ClosingEvent, timeout=5)
         assert closing.reason == CloseReason.DELETED
@@ -94,6 +106,30 @@ async def test_members_keep_playing_while_the_control_plane_is_killed_and_restar
         proc.wait(10)
         if relay_pid is not None and pid_alive(relay_pid):
             os.kill(relay_pid, signal.SIGKILL)
+
+
+def standby_pids(control_pid: int | None = None) -> set[int]:
+    """Idle standbys (`relay serve --standby`) on this machine, or those forked by the zygote
+    template of the control plane `control_pid`."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            except OSError:
+                continue
+            if args[-2:] == [b"serve", b"--standby"]:
+                found.add(int(entry.name))
+    if control_pid is not None:
+        found = {p for p in found if _parent(_parent(p)) == control_pid}
+    return found
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
 
 
 def _relay_pid(data: Path, room: str) -> int | None:

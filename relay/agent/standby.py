@@ -1,0 +1,169 @@
+"""`relay serve --standby`: a relay process started before its room exists (the warm pool).
+
+A standby has already been forked, placed in its cgroup, and has rehearsed a relay's start (its
+flags parsed, a throw-away room on 127.0.0.1 port 0, one HTTP request to its own /healthz). The rehearsal
+matters more than the imports: in a child forked from the zygote template, the first run of that
+code writes to thousands of pages shared with the template (reference counts, lazily built
+caches), and each write is a copy-on-write fault. Paid in advance, a real start drops from about
+5 ms of CPU to about 1 ms (measured here), which is most of what a room waits for.
+
+It then blocks on stdin for its assignment: one frame (4-byte big-endian length and JSON, as on
+the zygote channel) holding exactly a spawn request, {argv, env, log_path}. It takes that
+environment and log file, writes argv over its own command line (so `ps` and the provisioner's
+adoption after a control-plane restart see the room's flags) and runs `relay serve` with argv as
+if freshly started. End of file before an assignment (the pool or template went away) is a clean
+exit. The assignment carries the room's secrets; it travels only through the pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("relay.agent.standby")
+
+STANDBY_FLAG = "--standby"
+_HEADER = struct.Struct("!I")
+_MAX_ASSIGNMENT = 1 << 20
+
+
+def is_standby(argv: list[str] | tuple[str, ...]) -> bool:
+    """Whether a spawn argv starts a standby (its stdin must then be a pipe for the assignment)."""
+    return STANDBY_FLAG in argv
+
+
+def encode_assignment(argv: list[str], env: dict[str, str], log_path: str | None) -> bytes:
+    body = json.dumps({"argv": argv, "env": env, "log_path": log_path}, separators=(",", ":")).encode()
+    return _HEADER.pack(len(body)) + body
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, size)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_assignment(fd: int = 0) -> dict[str, Any] | None:
+    """Blocks until the assignment arrives; None at end of file. Raises ValueError if malformed."""
+    header = _read_exact(fd, _HEADER.size)
+    if header is None:
+        return None
+    (size,) = _HEADER.unpack(header)
+    if size > _MAX_ASSIGNMENT:
+        raise ValueError(f"assignment of {size} bytes")
+    body = _read_exact(fd, size)
+    if body is None:
+        return None
+    message = json.loads(body)
+    argv, env, log_path = message.get("argv"), message.get("env"), message.get("log_path")
+    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv) and "serve" in argv):
+        raise ValueError("assignment argv must be a `relay serve` command line")
+    if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise ValueError("assignment env must map strings to strings")
+    if log_path is not None and not isinstance(log_path, str):
+        raise ValueError("assignment log_path must be a string or null")
+    return {"argv": argv, "env": env, "log_path": log_path}
+
+
+async def _rehearsal() -> None:
+    import httpx
+
+    from relay.agent.control_client import _TLS
+    from relay.protocol.keys import generate_room_key
+    from relay.server.app import Relay
+    from relay.server.cli import parse_args
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    config = parse_args(["--room-key", generate_room_key(), "--admin-port", "0", "--log-level", "warning"])
+    root.handlers[:], root.level = handlers, level  # the real start configures logging itself
+    relay = Relay(config)
+    await relay.start()
+    try:
+        async with httpx.AsyncClient(timeout=2.0, verify=_TLS) as http:
+            await http.get(f"http://127.0.0.1:{relay.admin_port}/healthz")
+    finally:
+        await relay.close()
+        await relay.wait_closed()
+
+
+def wait_for_own_cgroup(timeout: float = 1.0, interval: float = 0.002) -> bool:
+    """A capped standby (RELAY_CAPS=cgroup) starts in its parent's cgroup and is moved into its own
+    by the spawner a few milliseconds later; it waits for that before rehearsing, so that the
+    rehearsal runs at the standby's low CPU weight rather than competing with starting rooms."""
+    if os.environ.get("RELAY_CAPS") != "cgroup":
+        return False
+    try:
+        parents = Path(f"/proc/{os.getppid()}/cgroup").read_text()
+        deadline = time.monotonic() + timeout
+        while Path("/proc/self/cgroup").read_text() == parents:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+    except OSError:
+        return False
+    return True
+
+
+def rehearse() -> None:
+    """Runs a throw-away relay once (see the module docstring); never fatal."""
+    try:
+        import uvloop
+
+        uvloop.run(_rehearsal())
+    except Exception:
+        log.exception("standby rehearsal failed (the relay will start cold)")
+    gc.collect()
+    gc.freeze()
+
+
+def _take_log(path: str | None) -> None:
+    if path is None:
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def run_standby() -> int:
+    """`relay serve --standby`: rehearse, wait for the assignment, then be that relay."""
+    from relay.agent.proctitle import set_cmdline
+    from relay.server.cli import main as serve_main
+
+    wait_for_own_cgroup()
+    rehearse()
+    try:
+        assignment = read_assignment(0)
+    except (ValueError, OSError) as exc:
+        print(f"relay serve --standby: bad assignment: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if assignment is None:
+        return 0  # the pool closed before it needed us
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    _take_log(assignment["log_path"])
+    os.environ.clear()
+    os.environ.update(assignment["env"])
+    argv = assignment["argv"]
+    sys.argv = list(argv)
+    set_cmdline(argv)
+    return serve_main(argv[argv.index("serve") + 1 :])

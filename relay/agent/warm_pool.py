@@ -1,0 +1,157 @@
+"""Warm relays: processes forked, capped and rehearsed before any room wants them.
+
+    spawner = WarmPool(CappedSpawner(ZygoteSpawner()), size=2)   # a Spawner like any other
+    handle = await spawner.spawn(argv, env, log_path)            # a standby, now this room's relay
+
+A zygote fork still leaves a room waiting for the child's own start: the fork, the cgroup
+placement and, above all, the copy-on-write faults of running the relay code for the first time
+(relay/agent/standby.py). The pool keeps `size` standbys (`relay serve --standby`) that have done
+all of that; a spawn of this interpreter's `relay serve` takes one and hands it the spawn request
+(argv, env, log path) through its stdin, and the pool forks a replacement in the background. When
+the pool is empty, or the standby cannot be handed its room, the spawn goes to the inner spawner
+as before: a warm relay is an optimisation, never a dependency.
+
+A standby costs what an idle room costs (its unique memory); it holds no room secret until it is
+assigned, and listens on no port. It exits by itself when its stdin closes (the pool or the
+zygote template went away), so a control-plane restart leaves none behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from relay.agent.standby import STANDBY_FLAG
+from relay.agent.zygote import serve_args
+from relay.control.provisioner import SCRUBBED_ENV, ProcessHandle, Spawner
+
+log = logging.getLogger("relay.agent.warm_pool")
+
+MAX_RETRY_DELAY = 30.0
+
+
+class WarmPool:
+    def __init__(
+        self,
+        inner: Spawner,
+        size: int = 2,
+        python: str = sys.executable,
+        log_path: Path | None = None,
+        retry_delay: float = 0.5,
+    ) -> None:
+        self.inner = inner
+        self.size = size
+        self.python = python
+        self.log_path = log_path
+        self.retry_delay = retry_delay
+        self.handed_out = 0
+        self.failures = 0  # standbys that could not be started, died idle or refused a room, in a row
+        self._ready: deque[ProcessHandle] = deque()
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._filler: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def standby_argv(self) -> list[str]:
+        return [self.python, "-m", "relay.cli", "serve", STANDBY_FLAG]
+
+    @property
+    def ready_pids(self) -> list[int]:
+        return [h.pid for h in self._ready]
+
+    async def start(self) -> None:
+        start = getattr(self.inner, "start", None)
+        if start is not None:
+            await start()
+        self._refill()
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    ) -> ProcessHandle:
+        if serve_args(argv, self.python) is not None:
+            while self._ready:
+                handle = self._ready.popleft()
+                watcher = self._watchers.pop(handle.pid, None)
+                if watcher is not None:
+                    watcher.cancel()
+                try:
+                    await handle.assign(argv, env, log_path)  # type: ignore[attr-defined]
+                except Exception as exc:
+                    log.warning(
+                        "standby pid %s could not take its room (%r): starting another", handle.pid, exc
+                    )
+                    self.failures += 1
+                    handle.kill()
+                    self._reap(handle)
+                    continue
+                self.handed_out += 1
+                self.failures = 0
+                self._refill()
+                return handle
+            self._refill()
+        return await self.inner.spawn(argv, env, log_path)
+
+    def _refill(self) -> None:
+        if not self._closed and self.size > 0 and (self._filler is None or self._filler.done()):
+            self._filler = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        while not self._closed and len(self._ready) < self.size:
+            if self.failures:
+                await asyncio.sleep(min(MAX_RETRY_DELAY, self.retry_delay * 2 ** min(self.failures - 1, 10)))
+            try:
+                handle = await self.inner.spawn(self.standby_argv, env, self.log_path)
+            except Exception:
+                log.exception("could not start a standby relay")
+                self.failures += 1
+                continue
+            if not callable(getattr(handle, "assign", None)):
+                log.warning("this spawner cannot hand a standby its room: no warm relays")
+                handle.kill()
+                self._reap(handle)
+                self.size = 0
+                return
+            if self._closed:
+                handle.terminate()
+                self._reap(handle)
+                return
+            self._ready.append(handle)
+            self._watchers[handle.pid] = asyncio.get_running_loop().create_task(self._watch(handle))
+
+    async def _watch(self, handle: ProcessHandle) -> None:
+        """A standby that ends while idle leaves the pool (and is replaced)."""
+        code = await handle.wait()
+        self._watchers.pop(handle.pid, None)
+        with contextlib.suppress(ValueError):
+            self._ready.remove(handle)
+            if not self._closed:
+                log.warning("standby relay pid %s exited idle with %s", handle.pid, code)
+                self.failures += 1
+                self._refill()
+
+    def _reap(self, handle: ProcessHandle) -> None:
+        task = asyncio.get_running_loop().create_task(handle.wait())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def close(self) -> None:
+        """Stops the standbys (relays already handed out keep running), then the inner spawner."""
+        self._closed = True
+        if self._filler is not None:
+            self._filler.cancel()
+            await asyncio.gather(self._filler, return_exceptions=True)
+        standbys, self._ready = list(self._ready), deque()
+        for handle in standbys:
+            handle.terminate()
+        watchers = [self._watchers.pop(h.pid) for h in standbys if h.pid in self._watchers]
+        if watchers:
+            await asyncio.wait(watchers, timeout=5.0)
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            await close()

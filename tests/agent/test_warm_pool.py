@@ -1,0 +1,204 @@
+"""The warm pool with real processes: standbys forked from the zygote template wait without a room
+or a port, take a room's spawn request through their stdin and serve it as that room's relay
+(same pid, the room's own command line for adoption), are replaced in the background, leave no
+process behind when the pool or the template goes, and never block a spawn when they fail."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import relay.client as rc
+from relay.agent import cgroups
+from relay.agent.capped_spawner import CappedHandle, CappedSpawner
+from relay.agent.standby import encode_assignment, read_assignment
+from relay.agent.tiers import NANO
+from relay.agent.warm_pool import WarmPool
+from relay.agent.zygote import ZygoteSpawner
+from relay.control.provisioner import pid_alive, pid_is_relay
+from tests.agent.test_caps import BACKEND, cpu_quota, needs_cgroups
+from tests.agent.test_zygote import Relays, listening, parent_of
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + /proc")
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def cmdline(pid: int) -> list[str]:
+    return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+
+
+def listening_sockets(pid: int) -> int:
+    return sum(
+        1 for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    )
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[WarmPool]:
+    p = WarmPool(ZygoteSpawner(), size=2, log_path=tmp_path / "standby.log")
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def test_standbys_wait_with_no_room_and_no_socket(pool: WarmPool) -> None:
+    await wait_for(lambda: len(pool.ready_pids) == 2)
+    template = pool.inner.template_pid  # type: ignore[attr-defined]
+    for pid in pool.ready_pids:
+        assert parent_of(pid) == template
+        await wait_for(lambda: cmdline(pid)[-2:] == ["serve", "--standby"])  # noqa: B023
+    await asyncio.sleep(0.5)  # the rehearsal's throw-away relay is closed again
+    assert all(listening_sockets(pid) == 0 for pid in pool.ready_pids)
+
+
+async def test_a_standby_becomes_the_rooms_relay(pool: WarmPool, tmp_path: Path) -> None:
+    await wait_for(lambda: len(pool.ready_pids) == 2)
+    standbys = set(pool.ready_pids)
+    relays = Relays(pool, tmp_path)
+    try:
+        s = await relays.start("a", "--namespace", "ns", "--room", "r1")
+        assert s.handle.pid in standbys and pool.handed_out == 1
+        host, port, _ = await listening(s.log)
+        assert pid_is_relay(s.handle.pid, "ns", "r1")  # the room's own flags, for adopt()
+        assert "--standby" not in cmdline(s.handle.pid)
+        a = await rc.connect(host, port, s.key, "a", transport="udp", timeout=3)
+        b = await rc.connect(host, port, s.key, "b", transport="ws", timeout=3)
+        try:
+            a.send(b"warm")
+            assert (await b.next_event_of(rc.Received, timeout=3)).data == b"warm"
+        finally:
+            await a.close()
+            await b.close()
+        await wait_for(lambda: len(pool.ready_pids) == 2)  # replaced in the background
+        assert s.handle.pid not in pool.ready_pids
+        s.handle.terminate()
+        assert await asyncio.wait_for(s.handle.wait(), 5) == 0
+    finally:
+        await relays.close()
+
+
+async def test_empty_pool_spawns_cold(tmp_path: Path) -> None:
+    pool = WarmPool(ZygoteSpawner(), size=0)
+    await pool.start()
+    relays = Relays(pool, tmp_path)
+    try:
+        s = await relays.start("cold")
+        await listening(s.log)
+        assert pool.handed_out == 0
+    finally:
+        await relays.close()
+        await pool.close()
+
+
+async def test_dead_standby_is_skipped_and_replaced(pool: WarmPool, tmp_path: Path) -> None:
+    await wait_for(lambda: len(pool.ready_pids) == 2)
+    first, second = pool.ready_pids
+    os.kill(first, signal.SIGKILL)
+    await wait_for(lambda: first not in pool.ready_pids)
+    relays = Relays(pool, tmp_path)
+    try:
+        s = await relays.start("b")
+        assert s.handle.pid == second
+        await listening(s.log)
+        await wait_for(lambda: len(pool.ready_pids) == 2, timeout=15)
+    finally:
+        await relays.close()
+
+
+async def test_close_and_template_death_leave_no_standby(tmp_path: Path) -> None:
+    pool = WarmPool(ZygoteSpawner(), size=2)
+    await pool.start()
+    await wait_for(lambda: len(pool.ready_pids) == 2)
+    pids = pool.ready_pids
+    await pool.close()
+    await wait_for(lambda: not any(pid_alive(p) for p in pids))
+
+    pool = WarmPool(ZygoteSpawner(), size=2)
+    await pool.start()
+    try:
+        await wait_for(lambda: len(pool.ready_pids) == 2)
+        pids = pool.ready_pids
+        os.kill(pool.inner.template_pid, signal.SIGKILL)  # type: ignore[attr-defined,arg-type]
+        await wait_for(lambda: not any(pid_alive(p) for p in pids))  # their stdin closed: they leave
+    finally:
+        pool.size = 0
+        await pool.close()
+
+
+def cpu_weight(group: cgroups.Cgroup) -> int:
+    if isinstance(group, cgroups.CgroupV1):
+        return int((group.paths["cpu"] / "cpu.shares").read_text())
+    assert isinstance(group, cgroups.CgroupV2)
+    return int((group.path / "cpu.weight").read_text())
+
+
+def cgroup_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cgroup").read_text()
+
+
+@needs_cgroups
+async def test_capped_standby_idles_at_the_lowest_weight_until_it_has_a_room(tmp_path: Path) -> None:
+    pool = WarmPool(CappedSpawner(ZygoteSpawner(), NANO, BACKEND), size=1, log_path=tmp_path / "standby.log")
+    await pool.start()
+    relays = Relays(pool, tmp_path)
+    try:
+        await wait_for(lambda: len(pool.ready_pids) == 1)
+        standby = pool._ready[0]
+        assert isinstance(standby, CappedHandle) and standby.group is not None
+        assert cpu_weight(standby.group) == (2 if standby.group.version == 1 else 1)
+        assert cpu_quota(standby.group) is None  # no quota either: it serves no one yet
+        template = pool.inner.inner.template_pid  # type: ignore[attr-defined]
+        await wait_for(lambda: cgroup_of(standby.pid) != cgroup_of(template))  # moved into its own group
+
+        s = await relays.start("capped", "--namespace", "ns", "--room", "rc")
+        assert s.handle is standby
+        assert cpu_weight(standby.group) == (1024 if standby.group.version == 1 else 100)
+        host, port, _ = await listening(s.log)
+        assert cpu_quota(standby.group) is None  # its start-up boost, until it registers
+        standby.registered()
+        assert cpu_quota(standby.group) == NANO.cpu_quota_us
+        a = await rc.connect(host, port, s.key, "a", transport="udp", timeout=3)
+        await a.close()
+    finally:
+        await relays.close()
+        await pool.close()
+
+
+def test_assignment_frames_are_checked() -> None:
+    r, w = os.pipe()
+    os.write(w, encode_assignment(["python", "-m", "relay.cli", "serve", "--port", "0"], {"A": "1"}, None))
+    os.close(w)
+    assert read_assignment(r) == {
+        "argv": ["python", "-m", "relay.cli", "serve", "--port", "0"],
+        "env": {"A": "1"},
+        "log_path": None,
+    }
+    assert read_assignment(r) is None  # end of file: no room, a clean exit
+    os.close(r)
+    for bad in (
+        encode_assignment(["rm", "-rf", "/"], {}, None),
+        encode_assignment(["relay", "serve"], {"A": 1}, None),  # type: ignore[dict-item]
+        b"\x7f\xff\xff\xff",
+        b"\x00\x00\x00\x02{]",
+    ):
+        r, w = os.pipe()
+        os.write(w, bad)
+        os.close(w)
+        with pytest.raises(ValueError):
+            read_assignment(r)
+        os.close(r)
