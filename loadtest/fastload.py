@@ -11,6 +11,15 @@ Cheap per delivered message by construction (it shares one core with every other
   A packet whose length does not fit is decrypted and parsed in full (membership news etc.).
 - in "full" mode (the half-load latency step) every packet is decrypted, every message's
   latency recorded and every sender's sequence numbers tracked (loss, duplicates, reordering).
+  That step measures two latencies per message. End to end: the receiver's clock when it got
+  round to the packet minus the packet's scheduled send time (what a player of this load
+  generator sees, its own lag included). Added: the kernel's receive timestamp of the packet
+  (SO_TIMESTAMPNS, read with recvmsg) minus the time.time_ns() taken just before the send()
+  that handed the packet to the kernel, both CLOCK_REALTIME on one host: the relay's queueing
+  and processing plus loopback, without the sender being late or the receiver being busy.
+  Both ends are in this process (a group's members all live in one worker), so the receiver
+  looks the send time up by (sender index, packet index). The sampled saturation steps keep
+  plain recv() (recvmsg costs about 1 us more per packet) and record no send times.
 
 The worker talks to the harness over a multiprocessing Connection: setup, build, go, close.
 """
@@ -18,9 +27,12 @@ The worker talks to the harness over a multiprocessing Connection: setup, build,
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import select
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -37,6 +49,47 @@ from relay.protocol.messages import Message, decode_relay
 _unpack_payload = bot_payload.HEADER.unpack_from
 _MAGIC = bot_payload.MAGIC
 PACKET_OVERHEAD = 32  # DATA header + tag
+
+# Linux (asm-generic, so x86 and arm): Python has no name for it. SCM_TIMESTAMPNS, the control
+# message type, is the same number. The payload is a struct timespec in CLOCK_REALTIME.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@ll")
+ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+_unpack_timespec = _TIMESPEC.unpack
+
+
+def enable_rx_timestamps(sock: socket.socket, on: bool = True) -> bool:
+    """Asks the kernel to stamp every packet this socket receives (SO_TIMESTAMPNS); False if refused."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, int(on))
+    except OSError:
+        return False
+    return True
+
+
+def rx_stamp(ancdata: list[tuple[int, int, bytes]]) -> int:
+    """The kernel receive time (CLOCK_REALTIME ns) in recvmsg()'s ancillary data; 0 when absent.
+
+    UDP: when that datagram arrived. TCP: when the last segment this recvmsg() read arrived (the
+    kernel keeps the newest stamp when it merges segments), so for earlier bytes of the same read
+    it is late, never early.
+    """
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return sec * 1_000_000_000 + nsec
+    return 0
+
+
+def recv_stamped(sock: socket.socket, bufsize: int = 65536) -> tuple[bytes, int]:
+    """recv() plus the kernel receive timestamp (see rx_stamp); needs enable_rx_timestamps()."""
+    data, ancdata, _flags, _addr = sock.recvmsg(bufsize, ANCILLARY_SIZE)
+    return data, rx_stamp(ancdata)
+
+
+def _clamp_us(ns: int) -> int:
+    """Nanoseconds to whole microseconds within the histograms' range (as hist.record_us does)."""
+    return min(max(ns // 1000, hdr.LOWEST_US), hdr.HIGHEST_US)
 
 
 def message_size(payload_size: int, sender_id: int = 1) -> int:
@@ -84,20 +137,28 @@ class LoadMember:
     """One member's send schedule and receive counters for the current step."""
 
     __slots__ = (
+        "accepted",
+        "added",
+        "added_counts",
         "arrivals",
         "delivered",
         "dgrams_in",
+        "ends",
         "group",
         "index",
         "latencies",
+        "latency_counts",
         "out",
         "packets",
+        "partial_sends",
         "phase_ns",
         "sent",
         "sent_dgrams",
         "session",
         "slow",
+        "stamped",
         "targets",
+        "tx_ns",
         "undecryptable",
     )
 
@@ -109,6 +170,9 @@ class LoadMember:
         self.packets: list[bytes] = []
         self.phase_ns = 0
         self.out = b""
+        # full mode: CLOCK_REALTIME ns just before the send() that handed packet i to the kernel
+        self.tx_ns: list[int] = []
+        self.ends: list[int] = []  # WS: end of packet i in the step's byte stream
         self.reset()
 
     def reset(self) -> None:
@@ -118,7 +182,19 @@ class LoadMember:
         self.dgrams_in = 0
         self.slow = 0
         self.undecryptable = 0
+        # latency ns and how many messages had it: a run of messages from one sender packet in one
+        # received packet shares it, so full mode records runs, not messages. Parallel lists of
+        # ints, not tuples: ints are not tracked by the cyclic GC, whose passes would otherwise
+        # grow with these lists and stall the timed window.
         self.latencies: list[int] = []
+        self.latency_counts: list[int] = []
+        # full mode, the same way: kernel receive stamp - actual send time (ns) and message counts;
+        # -1 for messages with no receive stamp or no send time to pair them with
+        self.added: list[int] = []
+        self.added_counts: list[int] = []
+        self.accepted = 0  # WS: bytes of the step's stream the kernel has taken
+        self.stamped = 0  # WS: packets whose send time is recorded
+        self.partial_sends = 0
         self.arrivals = RecipientStats()
 
 
@@ -134,6 +210,9 @@ class Worker:
         self.seconds = 0.0
         self.full = False
         self.sample_every = 16
+        self.by_index: dict[int, LoadMember] = {}
+        self.stamping = False  # receive sockets have SO_TIMESTAMPNS on
+        self._rt_offset = 0  # time.time_ns() - time.monotonic_ns() at the step start
 
     # ---- setup ------------------------------------------------------------------------------
 
@@ -149,6 +228,9 @@ class Worker:
                 if spec.targeted:
                     m.targets = [o.session.connection_id for o in m.group]
             self.members += members
+        # A member only ever receives from its own group, and a group lives in one worker: the
+        # receiver finds the sender's send times here.
+        self.by_index = {m.index: m for m in self.members}
         max_id = max(m.session.connection_id for m in self.members)
         self.msg_len = message_size(spec.payload_size, max_id)
         self.idle(0.3)  # let the JOIN news arrive and be read
@@ -193,6 +275,12 @@ class Worker:
                 packets.append(seal(b"".join(parts)))
             m.packets = packets
             m.out = b""
+            m.tx_ns = [0] * n_packets if full else []
+            ws = m.session.transport == "ws"
+            m.ends = list(itertools.accumulate(map(len, packets))) if full and ws else []
+        if full != self.stamping:
+            on = [enable_rx_timestamps(m.session.sock, full) for m in self.members]
+            self.stamping = full and all(on)
         return {"build_s": time.monotonic() - t0, "packets": n_packets * count}
 
     # ---- the timed window ---------------------------------------------------------------------
@@ -215,7 +303,7 @@ class Worker:
         batch = self.spec.batch
         next_tick = start_ns + 500_000_000
         sending = True
-        udp_recv = self._recv_udp
+        udp_recv = self._recv_udp_stamped if self.full else self._recv_udp
         ws_recv = self._recv_ws
         while True:
             now = time.monotonic_ns()
@@ -270,13 +358,22 @@ class Worker:
     def _send(self, m: LoadMember, due: int) -> None:
         session = m.session
         packets = m.packets
+        full = self.full
         if session.transport == "udp":
             send = session.sock.send
             i = m.sent_dgrams
             try:
-                while i < due:
-                    send(packets[i])
-                    i += 1
+                if full:
+                    tx = m.tx_ns
+                    clock = time.time_ns
+                    while i < due:
+                        tx[i] = clock()  # a retry after EAGAIN overwrites it
+                        send(packets[i])
+                        i += 1
+                else:
+                    while i < due:
+                        send(packets[i])
+                        i += 1
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
@@ -285,14 +382,28 @@ class Worker:
             return
         out = m.out + b"".join(packets[m.sent_dgrams : due]) if due > m.sent_dgrams else m.out
         m.sent_dgrams = due
+        t = time.time_ns() if full else 0
         try:
             n = session.sock.send(out)
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError:
             session.closed = True
-            n = len(out)
+            n = 0
+            out = b""
         m.out = out[n:]
+        if full:
+            # A packet's send time is that of the send() that took its last byte: the relay cannot
+            # read the frame before, and bytes still in m.out wait on this generator, not the relay.
+            m.partial_sends += n < len(out)
+            accepted = m.accepted = m.accepted + n
+            ends = m.ends
+            tx = m.tx_ns
+            k = m.stamped
+            while k < due and ends[k] <= accepted:
+                tx[k] = t
+                k += 1
+            m.stamped = k
 
     def _recv_udp(self, m: LoadMember) -> None:
         recv = m.session.sock.recv
@@ -309,22 +420,49 @@ class Worker:
                 return
             self._count(m, packet, msg_len, full, every)
 
-    def _count(self, m: LoadMember, packet: bytes, msg_len: int, full: bool, every: int) -> None:
+    def _recv_udp_stamped(self, m: LoadMember) -> None:
+        """Full mode: every datagram with its kernel receive timestamp, every one decrypted."""
+        recvmsg = m.session.sock.recvmsg
+        msg_len = self.msg_len
+        while True:
+            try:
+                packet, ancdata, _flags, _addr = recvmsg(65536, ANCILLARY_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                m.session.closed = True
+                return
+            m.dgrams_in += 1
+            body = len(packet) - PACKET_OVERHEAD
+            if body <= 0 or body % msg_len:
+                m.slow += 1
+            try:  # SO_TIMESTAMPNS is the only control message these sockets ask for
+                sec, nsec = _unpack_timespec(ancdata[0][2])
+                rx = sec * 1_000_000_000 + nsec
+            except (IndexError, struct.error):
+                rx = rx_stamp(ancdata)
+            self._open(m, packet, time.monotonic_ns(), rx=rx)
+
+    def _count(self, m: LoadMember, packet: bytes, msg_len: int, full: bool, every: int, rx: int = 0) -> None:
         m.dgrams_in += 1
         body = len(packet) - PACKET_OVERHEAD
         if body > 0 and body % msg_len == 0:
             if full:
-                self._open(m, packet, time.monotonic_ns())
+                self._open(m, packet, time.monotonic_ns(), rx=rx)
             else:
                 m.delivered += body // msg_len
                 if m.dgrams_in % every == 0:
                     self._open(m, packet, time.monotonic_ns())
         else:
             m.slow += 1
-            self._open(m, packet, time.monotonic_ns(), count=True)
+            self._open(m, packet, time.monotonic_ns(), count=True, rx=rx)
 
-    def _open(self, m: LoadMember, packet: bytes, now: int, count: bool = False) -> None:
-        """Decrypts one packet; records latency of each bot MESSAGE (and counts, in full mode)."""
+    def _open(self, m: LoadMember, packet: bytes, now: int, count: bool = False, rx: int = 0) -> None:
+        """Decrypts one packet; records latency of each bot MESSAGE (and counts, in full mode).
+
+        `rx` (full mode) is the packet's kernel receive stamp: with the sender's recorded send
+        time of the packet the message left in, it gives the message's added latency.
+        """
         plaintext = open_sample(m.session, packet)
         if plaintext is None:
             m.undecryptable += 1
@@ -334,24 +472,62 @@ class Worker:
         full = self.full or count
         track = self.full
         n = len(plaintext)
-        size = self.spec.payload_size
+        hop = 2 + 1 + 2 + self.spec.payload_size
         msg_len = self.msg_len
+        latencies = m.latencies
+        latency_counts = m.latency_counts
+        added = m.added
+        added_counts = m.added_counts
         i = 0
         # fast path: every message is [20, sender<128, bin8(size)]
-        while (
-            i + msg_len <= n
-            and plaintext[i] == 0x93
-            and plaintext[i + 1] == 0x14
-            and plaintext[i + 3] == 0xC4
-        ):
-            magic, mstep, sender, seq, at = _unpack_payload(plaintext, i + 5)
-            if magic == _MAGIC and mstep == step:
-                m.latencies.append(now - base - at)
-                if full:
-                    m.delivered += 1
-                if track:
-                    m.arrivals.arrive(sender, seq)
-            i += 2 + 1 + 2 + size
+        if track:
+            # Consecutive messages from one sender packet (same sender, same scheduled time)
+            # share both latencies: one run, one look-up of the send time, one record.
+            arrive = m.arrivals.arrive
+            run_sender = run_at = -1
+            run_added = run_n = 0
+            while (
+                i + msg_len <= n
+                and plaintext[i] == 0x93
+                and plaintext[i + 1] == 0x14
+                and plaintext[i + 3] == 0xC4
+            ):
+                magic, mstep, sender, seq, at = _unpack_payload(plaintext, i + 5)
+                i += hop
+                if magic != _MAGIC or mstep != step:
+                    continue
+                arrive(sender, seq)
+                if at == run_at and sender == run_sender:
+                    run_n += 1
+                    continue
+                if run_n:
+                    latencies.append(now - base - run_at)
+                    latency_counts.append(run_n)
+                    added.append(run_added)
+                    added_counts.append(run_n)
+                    m.delivered += run_n
+                run_sender, run_at, run_n = sender, at, 1
+                run_added = self._added_ns(sender, seq, rx)
+            if run_n:
+                latencies.append(now - base - run_at)
+                latency_counts.append(run_n)
+                added.append(run_added)
+                added_counts.append(run_n)
+                m.delivered += run_n
+        else:
+            while (
+                i + msg_len <= n
+                and plaintext[i] == 0x93
+                and plaintext[i + 1] == 0x14
+                and plaintext[i + 3] == 0xC4
+            ):
+                magic, mstep, sender, seq, at = _unpack_payload(plaintext, i + 5)
+                if magic == _MAGIC and mstep == step:
+                    latencies.append(now - base - at)
+                    latency_counts.append(1)
+                    if full:
+                        m.delivered += 1
+                i += hop
         if i >= n:
             return
         try:
@@ -363,18 +539,39 @@ class Worker:
             if isinstance(msg, Message):
                 parsed = bot_payload.parse(msg.data)
                 if parsed and parsed[0] == step:
-                    m.latencies.append(now - base - parsed[3])
+                    latencies.append(now - base - parsed[3])
+                    latency_counts.append(1)
                     if full:
                         m.delivered += 1
                     if track:
                         m.arrivals.arrive(parsed[1], parsed[2])
+                        added.append(self._added_ns(parsed[1], parsed[2], rx))
+                        added_counts.append(1)
             else:
                 m.session.handle_control(msg.encode())
 
+    def _added_ns(self, sender: int, seq: int, rx: int) -> int:
+        """Added latency of message `seq` from `sender` in a packet received at `rx` (kernel
+        stamp), from the send time of the sender packet that held it; -1 if it cannot be paired."""
+        src = self.by_index.get(sender)
+        if src is None or not rx:
+            return -1
+        k = (seq - 1) // self.spec.batch
+        tx = src.tx_ns[k] if 0 <= k < len(src.tx_ns) else 0
+        return rx - tx if tx else -1
+
     def _recv_ws(self, m: LoadMember) -> None:
         session = m.session
+        full = self.full
+        rx = 0
         try:
-            data = session.sock.recv(1 << 20)
+            if full:
+                # The stamp is the arrival of the last segment read: exact for the frame that
+                # segment completes, late (conservative) for frames completed earlier in this read.
+                data, ancdata, _flags, _addr = session.sock.recvmsg(1 << 20, ANCILLARY_SIZE)
+                rx = rx_stamp(ancdata)
+            else:
+                data = session.sock.recv(1 << 20)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -390,7 +587,6 @@ class Worker:
         pos = 0
         end = len(buf)
         msg_len = self.msg_len
-        full = self.full
         every = self.sample_every
         while end - pos >= 2:
             length = buf[pos + 1] & 0x7F
@@ -418,8 +614,8 @@ class Worker:
                     if m.dgrams_in % every == 0:
                         self._open(m, bytes(buf[start:pos]), time.monotonic_ns())
                 else:
-                    self._count(m, bytes(buf[start:pos]), msg_len, full, every)
-            elif opcode == 9:
+                    self._count(m, bytes(buf[start:pos]), msg_len, full, every, rx)
+            elif opcode == 9 and not m.out:  # never inside a half-sent frame of ours (skipped then)
                 with contextlib.suppress(OSError):
                     session.sock.send(ws_frame(bytes(buf[start:pos]), 10))
             elif opcode == 8:
@@ -431,9 +627,25 @@ class Worker:
     def _result(self, start_ns: int) -> dict[str, Any]:
         batch = self.spec.batch
         hist = hdr.new()
+        added = hdr.new()
+        late = hdr.new()
+        unstamped = 0
         for m in self.members:
-            for v in m.latencies:
-                hdr.record_us(hist, v / 1000)
+            for v, n in zip(m.latencies, m.latency_counts, strict=True):
+                hist.record_value(_clamp_us(v), n)
+            for v, n in zip(m.added, m.added_counts, strict=True):
+                if v < 0:
+                    unstamped += n
+                else:
+                    added.record_value(_clamp_us(v), n)
+        if self.full:
+            # sender lateness: actual send (CLOCK_REALTIME) - scheduled send (CLOCK_MONOTONIC)
+            interval_ns = batch / self.rate * 1e9
+            base = start_ns + self._rt_offset
+            for m in self.members:
+                for i, t in enumerate(m.tx_ns):
+                    if t:
+                        hdr.record_us(late, (t - base - int(m.phase_ns + i * interval_ns)) / 1000)
         per_recipient = {}
         for m in self.members:
             sent = sum(o.sent_dgrams * batch for o in m.group)
@@ -455,14 +667,22 @@ class Worker:
             "datagrams_in": sum(m.dgrams_in for m in self.members),
             "per_recipient": per_recipient,
             "latency_hist": hdr.encode(hist),
-            "latency_samples": sum(len(m.latencies) for m in self.members),
+            "latency_samples": sum(sum(m.latency_counts) for m in self.members),
+            "added_hist": hdr.encode(added),
+            "added_unstamped": unstamped,
+            "sender_lateness_hist": hdr.encode(late),
+            "partial_sends": sum(m.partial_sends for m in self.members),
+            "rx_timestamps": self.stamping,
         }
 
     def go(self, start_ns: int, drain_s: float, tick: Connection | None) -> dict[str, Any]:
         self._start_ns = start_ns
+        self._rt_offset = time.time_ns() - time.monotonic_ns()
         result = self.run(start_ns, drain_s, tick)
         for m in self.members:
             m.packets = []
+            m.tx_ns = []
+            m.ends = []
         result.update(self.quiesce())
         return result
 

@@ -1,0 +1,120 @@
+"""The half-load step's two latency figures: "added" pairs the kernel's receive timestamp
+(SO_TIMESTAMPNS) with the sender's actual send time; "end to end" runs from the scheduled send
+time to when the worker processed the packet. Real loopback sockets and a real relay."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from loadtest.fastload import enable_rx_timestamps, recv_stamped
+from loadtest.progress import Live
+from loadtest.scenarios import throughput
+
+
+@pytest.fixture
+def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        a.connect(b.getsockname())
+        b.settimeout(2.0)
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        a = socket.create_connection(server.getsockname(), timeout=2.0)
+        b, _ = server.accept()
+    try:
+        b.settimeout(2.0)
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_udp_receive_stamp_lies_between_send_and_read(udp_pair: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = udp_pair
+    assert enable_rx_timestamps(receiver)
+    for i in range(3):
+        before = time.time_ns()
+        sender.send(b"x%d" % i)
+        data, rx = recv_stamped(receiver)
+        after = time.time_ns()
+        assert data == b"x%d" % i
+        assert before <= rx <= after
+
+
+def test_udp_without_timestamps_reports_none(udp_pair: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = udp_pair
+    sender.send(b"plain")
+    assert recv_stamped(receiver) == (b"plain", 0)
+
+
+def test_tcp_stamp_is_that_of_the_last_segment_read(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    """Two writes read by one recvmsg: the stamp is the second one's arrival (late for the first)."""
+    sender, receiver = tcp_pair
+    assert enable_rx_timestamps(receiver)
+    before = time.time_ns()
+    sender.sendall(b"a" * 100)
+    time.sleep(0.02)
+    second = time.time_ns()
+    sender.sendall(b"b" * 100)
+    time.sleep(0.02)
+    data = b""
+    stamps = []
+    while len(data) < 200:
+        chunk, rx = recv_stamped(receiver, 1 << 16)
+        assert chunk
+        data += chunk
+        stamps.append(rx)
+    after = time.time_ns()
+    assert data == b"a" * 100 + b"b" * 100
+    assert all(before <= rx <= after for rx in stamps)
+    assert stamps[-1] >= second  # the read that ended with the second write carries its stamp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["udp", "ws"])
+def test_full_step_reports_added_and_end_to_end_latency(transport: str) -> None:
+    """A light full-mode step: every delivery is paired with its send time, and the relay's
+    added latency cannot exceed the end-to-end figure that also holds the generator's lag."""
+    config = throughput.ThroughputConfig.quick(transports=(transport,), baseline=False, drain_seconds=0.3)
+    load = throughput.Load(config, transport, "test")
+    try:
+        with Live("test", total=1.0, enabled=False) as live:
+            step = load.step(1, 2000.0, 0.5, True, live, [])
+    finally:
+        load.close()
+    assert step["mode"] == "full" and step["rx_timestamps"]
+    assert step["lost"] == 0 and step["delivered"] > 0
+    added, e2e, late = step["added_latency"], step["latency"], step["sender_lateness"]
+    assert e2e["count"] == step["delivered"]
+    assert added["count"] == step["delivered"] and step["added_unstamped"] == 0
+    assert late["count"] == step["sent_messages"] // config.batch  # one per packet sent
+    assert 0 < added["p50_ms"] <= e2e["p50_ms"]
+    assert added["min_ms"] <= e2e["min_ms"]
+
+
+@pytest.mark.slow
+def test_sampled_step_records_no_added_latency() -> None:
+    config = throughput.ThroughputConfig.quick(transports=("udp",), baseline=False, drain_seconds=0.3)
+    load = throughput.Load(config, "udp", "test")
+    try:
+        with Live("test", total=1.0, enabled=False) as live:
+            step = load.step(1, 2000.0, 0.3, False, live, [])
+    finally:
+        load.close()
+    assert step["mode"] == "sampled" and not step["rx_timestamps"]
+    assert step["latency"]["count"] > 0
+    assert step["added_latency"] == {"count": 0} and step["sender_lateness"] == {"count": 0}
