@@ -108,7 +108,7 @@ def test_density_quick(tmp_path: Path) -> None:
     results = density.run(density.DensityConfig.quick(), report, progress=False)
     report.write()
     assert checks.problems(report.out) == []
-    assert results["want_to_ready_ms"]["count"] == 3
+    assert results["want_to_ready_ms"]["count"] == 3 == results["want_to_ready_paced_ms"]["count"]
     assert results["cold_start"]["ms"]["count"] == 1 and results["cold_start"]["idle"]["uss"] > 0
     assert results["held_rooms"] == 6 == results["relay_processes"]
     assert results["checked_serving"] == [True, True, True]
