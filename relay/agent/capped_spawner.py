@@ -85,6 +85,12 @@ class CappedHandle:
         await assign(argv, {**env, **tier_env(self.tier, self.group is not None)}, log_path)
         self._start_boost()
 
+    async def rehearsed(self) -> None:
+        """A standby's rehearsal is over (at once where the inner handle cannot tell)."""
+        rehearsed = getattr(self.inner, "rehearsed", None)
+        if rehearsed is not None:
+            await rehearsed()
+
     def registered(self) -> None:
         """Ends the start-up boost: the tier's CPU quota from now on."""
         if self._boost is not None:

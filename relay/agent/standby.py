@@ -7,12 +7,14 @@ code writes to thousands of pages shared with the template (reference counts, la
 caches), and each write is a copy-on-write fault. Paid in advance, a real start drops from about
 5 ms of CPU to about 1 ms (measured here), which is most of what a room waits for.
 
-It then blocks on stdin for its assignment: one frame (4-byte big-endian length and JSON, as on
-the zygote channel) holding exactly a spawn request, {argv, env, log_path}. It takes that
-environment and log file, writes argv over its own command line (so `ps` and the provisioner's
-adoption after a control-plane restart see the room's flags) and runs `relay serve` with argv as
-if freshly started. End of file before an assignment (the pool or template went away) is a clean
-exit. The assignment carries the room's secrets; it travels only through the pipe.
+It then says "R" on its stdin (a socket pair with the zygote template, which tells the pool:
+only rehearsed standbys are handed rooms) and blocks on it for its assignment: one frame (4-byte
+big-endian length and JSON, as on the zygote channel) holding exactly a spawn request, {argv,
+env, log_path}. It takes that environment and log file, writes argv over its own command line
+(so `ps` and the provisioner's adoption after a control-plane restart see the room's flags) and
+runs `relay serve` with argv as if freshly started. End of file before an assignment (the pool
+or template went away) is a clean exit. The assignment carries the room's secrets; it travels
+only through that socket pair.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def read_assignment(fd: int = 0) -> dict[str, Any] | None:
     if body is None:
         return None
     message = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("assignment must be a JSON object")
     argv, env, log_path = message.get("argv"), message.get("env"), message.get("log_path")
     if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv) and "serve" in argv):
         raise ValueError("assignment argv must be a `relay serve` command line")
@@ -150,6 +154,8 @@ def run_standby() -> int:
 
     wait_for_own_cgroup()
     rehearse()
+    with contextlib.suppress(OSError):  # stdin is a socket pair with the zygote template: "ready"
+        os.write(0, b"R")
     try:
         assignment = read_assignment(0)
     except (ValueError, OSError) as exc:

@@ -5,11 +5,13 @@
 
 A zygote fork still leaves a room waiting for the child's own start: the fork, the cgroup
 placement and, above all, the copy-on-write faults of running the relay code for the first time
-(relay/agent/standby.py). The pool keeps `size` standbys (`relay serve --standby`) that have done
-all of that; a spawn of this interpreter's `relay serve` takes one and hands it the spawn request
-(argv, env, log path) through its stdin, and the pool forks a replacement in the background. When
-the pool is empty, or the standby cannot be handed its room, the spawn goes to the inner spawner
-as before: a warm relay is an optimisation, never a dependency.
+(relay/agent/standby.py). The pool keeps `size` standbys (`relay serve --standby`) that do all of
+that ahead of demand; a spawn of this interpreter's `relay serve` takes the oldest one that has
+finished rehearsing and hands it the spawn request (argv, env, log path) through its stdin, and
+the pool forks a replacement in the background. A standby still rehearsing is never handed a
+room (it would start slower than a fresh fork): when none is ready, or the standby cannot be
+handed its room, the spawn goes to the inner spawner as before. A warm relay is an
+optimisation, never a dependency.
 
 A standby costs what an idle room costs (its unique memory); it holds no room secret until it is
 assigned, and listens on no port. It exits by itself when its stdin closes (the pool or the
@@ -34,6 +36,8 @@ from relay.control.provisioner import SCRUBBED_ENV, ProcessHandle, Spawner
 log = logging.getLogger("relay.agent.warm_pool")
 
 MAX_RETRY_DELAY = 30.0
+REHEARSAL_TIMEOUT = 30.0
+"""A standby that has not said it rehearsed by then is handed out anyway (it does start)."""
 
 
 class WarmPool:
@@ -52,7 +56,8 @@ class WarmPool:
         self.retry_delay = retry_delay
         self.handed_out = 0
         self.failures = 0  # standbys that could not be started, died idle or refused a room, in a row
-        self._ready: deque[ProcessHandle] = deque()
+        self._ready: deque[ProcessHandle] = deque()  # rehearsed, oldest first
+        self._idle: dict[int, ProcessHandle] = {}  # every idle standby, rehearsed or not
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._filler: asyncio.Task[None] | None = None
         self._closed = False
@@ -63,7 +68,13 @@ class WarmPool:
 
     @property
     def ready_pids(self) -> list[int]:
+        """Standbys that have rehearsed and wait for a room."""
         return [h.pid for h in self._ready]
+
+    @property
+    def standby_pids(self) -> list[int]:
+        """Every idle standby, rehearsing or ready."""
+        return list(self._idle)
 
     async def start(self) -> None:
         start = getattr(self.inner, "start", None)
@@ -77,6 +88,7 @@ class WarmPool:
         if serve_args(argv, self.python) is not None:
             while self._ready:
                 handle = self._ready.popleft()
+                self._idle.pop(handle.pid, None)
                 watcher = self._watchers.pop(handle.pid, None)
                 if watcher is not None:
                     watcher.cancel()
@@ -103,7 +115,7 @@ class WarmPool:
 
     async def _fill(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-        while not self._closed and len(self._ready) < self.size:
+        while not self._closed and len(self._idle) < self.size:
             if self.failures:
                 await asyncio.sleep(min(MAX_RETRY_DELAY, self.retry_delay * 2 ** min(self.failures - 1, 10)))
             try:
@@ -122,19 +134,34 @@ class WarmPool:
                 handle.terminate()
                 self._reap(handle)
                 return
-            self._ready.append(handle)
+            self._idle[handle.pid] = handle
             self._watchers[handle.pid] = asyncio.get_running_loop().create_task(self._watch(handle))
 
     async def _watch(self, handle: ProcessHandle) -> None:
-        """A standby that ends while idle leaves the pool (and is replaced)."""
-        code = await handle.wait()
+        """Puts the standby in line once it has rehearsed; one that ends while idle leaves the pool
+        (and is replaced). Cancelled when the standby is handed a room."""
+        exited = asyncio.ensure_future(handle.wait())
+        try:
+            rehearsed = getattr(handle, "rehearsed", None)
+            if rehearsed is not None:
+                said = asyncio.ensure_future(rehearsed())
+                await asyncio.wait(
+                    {exited, said}, timeout=REHEARSAL_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+                )
+                said.cancel()
+            if not exited.done():
+                self._ready.append(handle)
+            code = await exited
+        finally:
+            exited.cancel()
         self._watchers.pop(handle.pid, None)
+        self._idle.pop(handle.pid, None)
         with contextlib.suppress(ValueError):
             self._ready.remove(handle)
-            if not self._closed:
-                log.warning("standby relay pid %s exited idle with %s", handle.pid, code)
-                self.failures += 1
-                self._refill()
+        if not self._closed:
+            log.warning("standby relay pid %s exited idle with %s", handle.pid, code)
+            self.failures += 1
+            self._refill()
 
     def _reap(self, handle: ProcessHandle) -> None:
         task = asyncio.get_running_loop().create_task(handle.wait())
@@ -146,12 +173,17 @@ class WarmPool:
         if self._filler is not None:
             self._filler.cancel()
             await asyncio.gather(self._filler, return_exceptions=True)
-        standbys, self._ready = list(self._ready), deque()
-        for handle in standbys:
+        self._ready.clear()
+        watchers = dict(self._watchers)
+        for task in watchers.values():
+            task.cancel()
+        await asyncio.gather(*watchers.values(), return_exceptions=True)
+        self._watchers.clear()
+        handles, self._idle = list(self._idle.values()), {}
+        for handle in handles:
             handle.terminate()
-        watchers = [self._watchers.pop(h.pid) for h in standbys if h.pid in self._watchers]
-        if watchers:
-            await asyncio.wait(watchers, timeout=5.0)
+        if handles:
+            await asyncio.wait([asyncio.ensure_future(h.wait()) for h in handles], timeout=5.0)
         close = getattr(self.inner, "close", None)
         if close is not None:
             await close()

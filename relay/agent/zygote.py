@@ -11,7 +11,8 @@ The template is `python -m relay.agent.zygote`, started lazily by the spawner wi
 interpreter. They talk over the template's stdin/stdout: frames of a 4-byte big-endian length and
 JSON. Spawner -> template: {id, argv, env, log_path} to fork, or {id, assign: pid, argv, env,
 log_path} to hand a standby child (`relay serve --standby`, relay/agent/standby.py) its room
-through its stdin pipe. Template -> spawner: {ready: pid} once,
+through its stdin (a socket pair with the template). Template -> spawner: {ready: pid} once,
+{rehearsed: pid} when a standby says it has rehearsed its start,
 {id, pid} or {id, error} per request, {exit: pid, code} when a child ends (code < 0: the signal,
 as asyncio reports it). When the spawner's end closes the template exits; relays live on in their
 own sessions and their handles fall back to watching the pid.
@@ -29,6 +30,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import struct
 import sys
 import traceback
@@ -166,7 +168,10 @@ def _watch_children() -> int:
 
 def _serve(ctl_in: int, ctl_out: int, wake: int) -> None:
     while True:
-        ready, _, _ = select.select([ctl_in, wake], [], [])
+        ready, _, _ = select.select([ctl_in, wake, *_standby_socks.values()], [], [])
+        for pid, sock in list(_standby_socks.items()):
+            if sock in ready:
+                _standby_said(pid, sock, ctl_out)
         if wake in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake, 4096)
@@ -186,9 +191,9 @@ def _reap(ctl_out: int) -> None:
             return
         if pid == 0:
             return
-        pipe = _standby_pipes.pop(pid, None)
-        if pipe is not None:
-            os.close(pipe)
+        sock = _standby_socks.pop(pid, None)
+        if sock is not None:
+            sock.close()
         _send(ctl_out, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
@@ -199,8 +204,23 @@ def _open_log(path: str | None) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
-_standby_pipes: dict[int, int] = {}
-"""In the template: standby child pid -> the write end of its stdin, for its assignment."""
+_standby_socks: dict[int, socket.socket] = {}
+"""In the template: standby child pid -> our end of its stdin (a socket pair): it says "R" there
+once rehearsed, and its assignment goes down it."""
+
+
+def _standby_said(pid: int, sock: socket.socket, ctl_out: int) -> None:
+    try:
+        data = sock.recv(64)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:  # it exited (its exit is reported when it is reaped)
+        _standby_socks.pop(pid, None)
+        sock.close()
+    elif b"R" in data:
+        _send(ctl_out, {"rehearsed": pid})
 
 
 def _spawn(request: dict[str, Any]) -> dict[str, Any]:
@@ -210,39 +230,40 @@ def _spawn(request: dict[str, Any]) -> dict[str, Any]:
         log_fd = _open_log(request.get("log_path"))
     except OSError as exc:
         return {"id": request["id"], "error": f"log file: {exc}"}
-    stdin_r, stdin_w = os.pipe() if is_standby(request["argv"]) else (-1, -1)
+    ours, theirs = socket.socketpair() if is_standby(request["argv"]) else (None, None)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         pid = os.fork()
     except OSError as exc:
-        for fd in (log_fd, stdin_r, stdin_w):
-            if fd >= 0:
-                os.close(fd)
+        os.close(log_fd)
+        for sock in (ours, theirs):
+            if sock is not None:
+                sock.close()
         return {"id": request["id"], "error": f"fork: {exc}"}
     if pid == 0:
-        _child(request, log_fd, stdin_r)
+        _child(request, log_fd, theirs.fileno() if theirs is not None else -1)
     os.close(log_fd)
-    if stdin_r >= 0:
-        os.close(stdin_r)
-        _standby_pipes[pid] = stdin_w
+    if ours is not None and theirs is not None:
+        theirs.close()
+        ours.setblocking(False)
+        _standby_socks[pid] = ours
     return {"id": request["id"], "pid": pid}
 
 
 def _assign(request: dict[str, Any]) -> dict[str, Any]:
     """Hands a standby its room: the spawn request goes down its stdin pipe, which then closes."""
     pid = int(request["assign"])
-    pipe = _standby_pipes.pop(pid, None)
-    if pipe is None:
+    sock = _standby_socks.pop(pid, None)
+    if sock is None:
         return {"id": request["id"], "error": f"no standby with pid {pid}"}
     try:
-        data = memoryview(encode_assignment(request["argv"], request["env"], request.get("log_path")))
-        while data:
-            data = data[os.write(pipe, data) :]
+        sock.setblocking(True)
+        sock.sendall(encode_assignment(request["argv"], request["env"], request.get("log_path")))
     except OSError as exc:  # the standby died: EPIPE
         return {"id": request["id"], "error": f"standby {pid}: {exc}"}
     finally:
-        os.close(pipe)
+        sock.close()
     return {"id": request["id"], "pid": pid}
 
 
@@ -326,6 +347,10 @@ class ZygoteHandle:
             raise OSError(f"standby {self.pid} has exited")
         await self._template.request({"assign": self.pid, **_spawn_message(argv, env, log_path)})
 
+    async def rehearsed(self) -> None:
+        """Returns once this standby has rehearsed its start (it said so to the template)."""
+        await asyncio.shield(self._template.rehearsed(self.pid))
+
     async def wait(self) -> int | None:
         return await asyncio.shield(self._exit)
 
@@ -379,6 +404,7 @@ class _Template:
         self._ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._replies: dict[int, asyncio.Future[tuple[int, asyncio.Future[int | None]]]] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
+        self._rehearsed: dict[int, asyncio.Future[None]] = {}
         self._orphans: set[asyncio.Task[None]] = set()
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -445,11 +471,22 @@ class _Template:
         finally:
             self._gone()
 
+    def rehearsed(self, pid: int) -> asyncio.Future[None]:
+        future = self._rehearsed.get(pid)
+        if future is None:
+            future = self._rehearsed[pid] = asyncio.get_running_loop().create_future()
+        return future
+
     def _dispatch(self, message: dict[str, Any]) -> None:
-        if "ready" in message:
+        if "rehearsed" in message:
+            future = self.rehearsed(int(message["rehearsed"]))
+            if not future.done():
+                future.set_result(None)
+        elif "ready" in message:
             if not self._ready.done():
                 self._ready.set_result(int(message["ready"]))
         elif "exit" in message:
+            self._rehearsed.pop(int(message["exit"]), None)
             exit_future = self._exits.pop(int(message["exit"]), None)
             if exit_future is not None and not exit_future.done():
                 exit_future.set_result(message["code"])

@@ -40,10 +40,10 @@ def cmdline(pid: int) -> list[str]:
     return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
 
 
-def listening_sockets(pid: int) -> int:
-    return sum(
-        1 for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-    )
+def sockets(pid: int) -> int:
+    """Sockets the process holds besides its stdin (a standby's socket pair with the template)."""
+    fds = [fd for fd in os.listdir(f"/proc/{pid}/fd") if fd != "0"]
+    return sum(1 for fd in fds if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ async def test_standbys_wait_with_no_room_and_no_socket(pool: WarmPool) -> None:
         assert parent_of(pid) == template
         await wait_for(lambda: cmdline(pid)[-2:] == ["serve", "--standby"])  # noqa: B023
     await asyncio.sleep(0.5)  # the rehearsal's throw-away relay is closed again
-    assert all(listening_sockets(pid) == 0 for pid in pool.ready_pids)
+    assert all(sockets(pid) == 0 for pid in pool.ready_pids)
 
 
 async def test_a_standby_becomes_the_rooms_relay(pool: WarmPool, tmp_path: Path) -> None:
@@ -88,6 +88,19 @@ async def test_a_standby_becomes_the_rooms_relay(pool: WarmPool, tmp_path: Path)
         assert s.handle.pid not in pool.ready_pids
         s.handle.terminate()
         assert await asyncio.wait_for(s.handle.wait(), 5) == 0
+    finally:
+        await relays.close()
+
+
+async def test_a_standby_still_rehearsing_is_not_handed_a_room(pool: WarmPool, tmp_path: Path) -> None:
+    relays = Relays(pool, tmp_path)
+    try:
+        # at once after start: the standbys are being forked or are rehearsing, none has said "R"
+        s = await relays.start("early")
+        assert pool.handed_out == 0 and s.handle.pid not in pool.standby_pids
+        await listening(s.log)
+        await wait_for(lambda: len(pool.ready_pids) == 2)
+        assert sorted(pool.ready_pids) == sorted(pool.standby_pids)
     finally:
         await relays.close()
 
@@ -195,6 +208,7 @@ def test_assignment_frames_are_checked() -> None:
         encode_assignment(["relay", "serve"], {"A": 1}, None),  # type: ignore[dict-item]
         b"\x7f\xff\xff\xff",
         b"\x00\x00\x00\x02{]",
+        b"\x00\x00\x00\x02[]",
     ):
         r, w = os.pipe()
         os.write(w, bad)
