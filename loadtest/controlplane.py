@@ -9,6 +9,7 @@ format: login at /identifier/projectToken/login, then X-GS2-CLIENT-ID + Bearer t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -164,6 +165,21 @@ class ControlPlane:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(2)
+
+    def provision_seconds(self, namespace: str) -> dict[str, float]:
+        """room -> the control plane's own wantRoom-to-registered time (operation log `room.ready`
+        provisionSeconds), for a control plane this object started."""
+        if not self.workdir:
+            return {}
+        path = Path(self.workdir) / "data" / "operations.log"
+        found: dict[str, float] = {}
+        with contextlib.suppress(OSError), path.open() as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("event") == "room.ready" and entry.get("namespaceName") == namespace:
+                        found.setdefault(entry["roomName"], float(entry["provisionSeconds"]))
+        return found
 
     def relay_pids(self, namespace: str) -> list[int]:
         """Relay processes serving this namespace (their command line names it), found in /proc."""

@@ -165,6 +165,7 @@ async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
                 stop_reason = f"provisioning failed: {errors[0]!r}"
                 break
         fill_s = time.monotonic() - t_fill
+        server = cp.provision_seconds(ns)
         await asyncio.sleep(config.hold_seconds)
         after = mem_available()
         pids = cp.relay_pids(ns)
@@ -184,6 +185,9 @@ async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
         "paced_gap": config.paced_gap,
         "want_to_ready_ms": _pcts([r["ready_ms"] for r in sequential]),
         "want_to_ready_paced_ms": _pcts([r["ready_ms"] for r in paced]),
+        # the control plane's own view: wantRoom received -> the relay's registration handled
+        "server_ready_ms": _pcts([1000 * server[r["name"]] for r in sequential if r["name"] in server]),
+        "server_ready_paced_ms": _pcts([1000 * server[r["name"]] for r in paced if r["name"] in server]),
         "held_rooms": len(held),
         "relay_processes": len(pids),
         "fill_stop": stop_reason,
@@ -228,6 +232,7 @@ def run(config: DensityConfig, report: Report, progress: bool | None = None) -> 
 def markdown(r: dict[str, Any]) -> list[str]:
     w, u, p, c = r["want_to_ready_ms"], r["uss_mb"], r["pss_mb"], r["cold_start"]
     wp = r.get("want_to_ready_paced_ms", {})
+    sr, srp = r.get("server_ready_ms", {}), r.get("server_ready_paced_ms", {})
     idle = c.get("idle") or {}
     return [
         "## Result",
@@ -251,6 +256,14 @@ def markdown(r: dict[str, Any]) -> list[str]:
                     wp.get("p99"),
                     wp.get("max"),
                 ],
+                *(
+                    [label, x.get("count"), x.get("p50"), x.get("p90"), x.get("p99"), x.get("max")]
+                    for label, x in (
+                        ("control plane alone, back to back: wantRoom received -> relay registered (ms)", sr),
+                        ("control plane alone, paced (ms)", srp),
+                    )
+                    if x.get("count")
+                ),
                 [
                     "cold start, no template: spawn -> listening (ms)",
                     c["ms"].get("count"),

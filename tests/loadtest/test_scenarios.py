@@ -109,6 +109,9 @@ def test_density_quick(tmp_path: Path) -> None:
     report.write()
     assert checks.problems(report.out) == []
     assert results["want_to_ready_ms"]["count"] == 3 == results["want_to_ready_paced_ms"]["count"]
+    assert results["server_ready_ms"]["count"] == 3 == results["server_ready_paced_ms"]["count"]
+    # the control plane's own part is inside what the client saw (ms rounding aside)
+    assert results["server_ready_ms"]["max"] <= results["want_to_ready_ms"]["max"] + 1
     assert results["cold_start"]["ms"]["count"] == 1 and results["cold_start"]["idle"]["uss"] > 0
     assert results["held_rooms"] == 6 == results["relay_processes"]
     assert results["checked_serving"] == [True, True, True]
