@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
-import struct
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from relay.agent.frames import encode_frame, read_frame
+
 log = logging.getLogger("relay.agent.standby")
 
 STANDBY_FLAG = "--standby"
-_HEADER = struct.Struct("!I")
 _MAX_ASSIGNMENT = 1 << 20
 
 
@@ -43,35 +42,14 @@ def is_standby(argv: list[str] | tuple[str, ...]) -> bool:
 
 
 def encode_assignment(argv: list[str], env: dict[str, str], log_path: str | None) -> bytes:
-    body = json.dumps({"argv": argv, "env": env, "log_path": log_path}, separators=(",", ":")).encode()
-    return _HEADER.pack(len(body)) + body
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    chunks: list[bytes] = []
-    while size:
-        chunk = os.read(fd, size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+    return encode_frame({"argv": argv, "env": env, "log_path": log_path})
 
 
 def read_assignment(fd: int = 0) -> dict[str, Any] | None:
     """Blocks until the assignment arrives; None at end of file. Raises ValueError if malformed."""
-    header = _read_exact(fd, _HEADER.size)
-    if header is None:
+    message = read_frame(fd, _MAX_ASSIGNMENT)
+    if message is None:
         return None
-    (size,) = _HEADER.unpack(header)
-    if size > _MAX_ASSIGNMENT:
-        raise ValueError(f"assignment of {size} bytes")
-    body = _read_exact(fd, size)
-    if body is None:
-        return None
-    message = json.loads(body)
-    if not isinstance(message, dict):
-        raise ValueError("assignment must be a JSON object")
     argv, env, log_path = message.get("argv"), message.get("env"), message.get("log_path")
     if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv) and "serve" in argv):
         raise ValueError("assignment argv must be a `relay serve` command line")

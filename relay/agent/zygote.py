@@ -31,13 +31,13 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from relay.agent.frames import HEADER, encode_frame, read_frame, write_frame
 from relay.agent.proctitle import set_cmdline
 from relay.agent.standby import encode_assignment, is_standby
 from relay.control.provisioner import SCRUBBED_ENV, ProcessHandle, Spawner, SubprocessSpawner, pid_alive
@@ -70,49 +70,11 @@ PRELOAD = (
 CMDLINE_ROOM = 4096
 """Bytes of blank argv the template is started with, so a child can write its own argv there."""
 
-_HEADER = struct.Struct("!I")
 _MAX_FRAME = 16 << 20
 
 
 class TemplateGone(ConnectionError):
     """The template process ended (or could not be reached) before answering."""
-
-
-# --- framing (both sides) -------------------------------------------------------------------
-
-
-def encode_frame(message: Mapping[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
-    return _HEADER.pack(len(body)) + body
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    """`size` bytes from a blocking fd; None on EOF."""
-    chunks: list[bytes] = []
-    while size:
-        chunk = os.read(fd, size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _recv(fd: int) -> dict[str, Any] | None:
-    header = _read_exact(fd, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    if size > _MAX_FRAME:
-        raise ValueError(f"frame of {size} bytes")
-    body = _read_exact(fd, size)
-    return None if body is None else json.loads(body)
-
-
-def _send(fd: int, message: Mapping[str, Any]) -> None:
-    data = memoryview(encode_frame(message))
-    while data:
-        data = data[os.write(fd, data) :]
 
 
 def serve_args(argv: Sequence[str], python: str = sys.executable) -> list[str] | None:
@@ -139,7 +101,7 @@ def main() -> int:
     wake = _watch_children()
     gc.freeze()  # children's collections then never write to the template's objects
     try:
-        _send(ctl_out, {"ready": os.getpid()})
+        write_frame(ctl_out, {"ready": os.getpid()})
         _serve(ctl_in, ctl_out, wake)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the spawner is gone
@@ -177,10 +139,10 @@ def _serve(ctl_in: int, ctl_out: int, wake: int) -> None:
                 os.read(wake, 4096)
             _reap(ctl_out)
         if ctl_in in ready:
-            request = _recv(ctl_in)
+            request = read_frame(ctl_in, _MAX_FRAME)
             if request is None:
                 return
-            _send(ctl_out, _assign(request) if "assign" in request else _spawn(request))
+            write_frame(ctl_out, _assign(request) if "assign" in request else _spawn(request))
 
 
 def _reap(ctl_out: int) -> None:
@@ -194,7 +156,7 @@ def _reap(ctl_out: int) -> None:
         sock = _standby_socks.pop(pid, None)
         if sock is not None:
             sock.close()
-        _send(ctl_out, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+        write_frame(ctl_out, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
 def _open_log(path: str | None) -> int:
@@ -220,7 +182,7 @@ def _standby_said(pid: int, sock: socket.socket, ctl_out: int) -> None:
         _standby_socks.pop(pid, None)
         sock.close()
     elif b"R" in data:
-        _send(ctl_out, {"rehearsed": pid})
+        write_frame(ctl_out, {"rehearsed": pid})
 
 
 def _spawn(request: dict[str, Any]) -> dict[str, Any]:
@@ -463,7 +425,7 @@ class _Template:
         assert stdout is not None
         try:
             while True:
-                (size,) = _HEADER.unpack(await stdout.readexactly(_HEADER.size))
+                (size,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
                 self._dispatch(json.loads(await stdout.readexactly(size)))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
             if not isinstance(exc, asyncio.IncompleteReadError):
