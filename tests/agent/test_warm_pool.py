@@ -216,3 +216,18 @@ def test_assignment_frames_are_checked() -> None:
         with pytest.raises(ValueError):
             read_assignment(r)
         os.close(r)
+
+
+def test_make_spawner_uses_warm_relays_only_for_this_interpreters_relay(tmp_path: Path) -> None:
+    from relay.control.app import make_spawner
+    from tests.control.helpers import REAL_RELAY, STANDIN, make_config
+
+    assert isinstance(make_spawner(make_config(tmp_path, relay_command=REAL_RELAY)), WarmPool)
+    for other in (
+        make_config(tmp_path, relay_command=STANDIN),  # another program: nothing to rehearse
+        make_config(tmp_path, relay_command=REAL_RELAY, relay_warm_relays=0),
+        make_config(tmp_path, relay_command=REAL_RELAY, relay_spawner="subprocess"),
+    ):
+        assert not isinstance(make_spawner(other), WarmPool)
+    with pytest.raises(ValueError, match="relay_warm_relays"):
+        make_spawner(make_config(tmp_path, relay_command=REAL_RELAY, relay_warm_relays=-1))
