@@ -8,10 +8,11 @@ placement and, above all, the copy-on-write faults of running the relay code for
 (relay/agent/standby.py). The pool keeps `size` standbys (`relay serve --standby`) that do all of
 that ahead of demand; a spawn of this interpreter's `relay serve` takes the oldest one that has
 finished rehearsing and hands it the spawn request (argv, env, log path) through its stdin, and
-the pool forks a replacement in the background. A standby still rehearsing is never handed a
-room (it would start slower than a fresh fork): when none is ready, or the standby cannot be
-handed its room, the spawn goes to the inner spawner as before. A warm relay is an
-optimisation, never a dependency.
+the pool forks a replacement in the background, in the next lull (no room waiting for a fresh
+fork, none wanted for 50 ms): rooms come first, a pool drained by a burst refills after it. A
+standby still rehearsing is never handed a room (it would start slower than a fresh fork): when
+none is ready, or the standby cannot be handed its room, the spawn goes to the inner spawner as
+before. A warm relay is an optimisation, never a dependency.
 
 A standby costs what an idle room costs (its unique memory); it holds no room secret until it is
 assigned, and listens on no port. It exits by itself when its stdin closes (the pool or the
@@ -25,6 +26,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,12 +50,15 @@ class WarmPool:
         python: str = sys.executable,
         log_path: Path | None = None,
         retry_delay: float = 0.5,
+        refill_after: float = 0.05,
     ) -> None:
         self.inner = inner
         self.size = size
         self.python = python
         self.log_path = log_path
         self.retry_delay = retry_delay
+        self.refill_after = refill_after  # seconds without a spawn before a standby is forked
+        self._last_spawn = 0.0
         self.handed_out = 0
         self.failures = 0  # standbys that could not be started, died idle or refused a room, in a row
         self._ready: deque[ProcessHandle] = deque()  # rehearsed, oldest first
@@ -61,6 +66,9 @@ class WarmPool:
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._filler: asyncio.Task[None] | None = None
         self._closed = False
+        self._cold = 0  # spawns the inner spawner is doing for rooms right now
+        self._no_cold = asyncio.Event()
+        self._no_cold.set()
 
     @property
     def standby_argv(self) -> list[str]:
@@ -85,6 +93,7 @@ class WarmPool:
     async def spawn(
         self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
     ) -> ProcessHandle:
+        self._last_spawn = time.monotonic()
         if serve_args(argv, self.python) is not None:
             while self._ready:
                 handle = self._ready.popleft()
@@ -107,7 +116,14 @@ class WarmPool:
                 self._refill()
                 return handle
             self._refill()
-        return await self.inner.spawn(argv, env, log_path)
+        self._cold += 1
+        self._no_cold.clear()
+        try:
+            return await self.inner.spawn(argv, env, log_path)
+        finally:
+            self._cold -= 1
+            if not self._cold:
+                self._no_cold.set()
 
     def _refill(self) -> None:
         if not self._closed and self.size > 0 and (self._filler is None or self._filler.done()):
@@ -118,6 +134,7 @@ class WarmPool:
         while not self._closed and len(self._idle) < self.size:
             if self.failures:
                 await asyncio.sleep(min(MAX_RETRY_DELAY, self.retry_delay * 2 ** min(self.failures - 1, 10)))
+            await self._lull()
             try:
                 handle = await self.inner.spawn(self.standby_argv, env, self.log_path)
             except Exception:
@@ -136,6 +153,17 @@ class WarmPool:
                 return
             self._idle[handle.pid] = handle
             self._watchers[handle.pid] = asyncio.get_running_loop().create_task(self._watch(handle))
+
+    async def _lull(self) -> None:
+        """Rooms first: while rooms are being spawned (a burst, or one after another) the template
+        and the CPU are theirs, and a standby forked in between would only delay them; it is
+        forked once no room waits for a fresh fork and none was wanted for `refill_after`."""
+        while True:
+            await self._no_cold.wait()
+            wait = self._last_spawn + self.refill_after - time.monotonic()
+            if wait <= 0 and self._no_cold.is_set():
+                return
+            await asyncio.sleep(max(wait, 0.001))
 
     async def _watch(self, handle: ProcessHandle) -> None:
         """Puts the standby in line once it has rehearsed; one that ends while idle leaves the pool

@@ -231,3 +231,49 @@ def test_make_spawner_uses_warm_relays_only_for_this_interpreters_relay(tmp_path
         assert not isinstance(make_spawner(other), WarmPool)
     with pytest.raises(ValueError, match="relay_warm_relays"):
         make_spawner(make_config(tmp_path, relay_command=REAL_RELAY, relay_warm_relays=-1))
+
+
+class Gated:
+    """A real spawner whose spawns for rooms wait at a gate (standbys pass): a burst held open."""
+
+    def __init__(self, inner: ZygoteSpawner) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.standby_spawns = 0
+
+    async def spawn(self, argv, env, log_path):  # type: ignore[no-untyped-def]
+        if "--standby" in argv:
+            self.standby_spawns += 1
+        else:
+            await self.gate.wait()
+        return await self.inner.spawn(argv, env, log_path)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_no_standby_is_forked_while_a_room_waits_for_a_fresh_fork(tmp_path: Path) -> None:
+    gated = Gated(ZygoteSpawner())
+    pool = WarmPool(gated, size=1)
+    await pool.start()
+    relays = Relays(pool, tmp_path)
+    try:
+        await wait_for(lambda: len(pool.ready_pids) == 1)
+        assert gated.standby_spawns == 1
+        warm = await relays.start("warm")  # takes the standby
+        cold = asyncio.ensure_future(relays.start("cold"))  # a fresh fork, held at the gate
+        await asyncio.sleep(0.5)
+        assert gated.standby_spawns == 1 and not pool.standby_pids  # the room comes first
+        gated.gate.set()
+        await cold
+        await wait_for(lambda: len(pool.ready_pids) == 1)  # then the pool refills
+        assert gated.standby_spawns == 2
+        for s in relays.started:
+            await listening(s.log)
+        assert warm.handle.pid != relays.started[-1].handle.pid
+    finally:
+        await relays.close()
+        await pool.close()
