@@ -45,9 +45,10 @@ def _flag(argv: Sequence[str], name: str) -> str:
         return ""
 
 
-def tier_env(tier: Tier, cgroup: bool) -> dict[str, str]:
-    """What tells a relay its caps (relay serve --tier/--caps read these)."""
-    return {"RELAY_TIER": tier.name, "RELAY_CAPS": "cgroup" if cgroup else "soft"}
+def tier_env(tier: Tier, group: Cgroup | None) -> dict[str, str]:
+    """What tells a relay its caps (relay serve --tier/--caps read these): the kernel enforces them
+    when the relay has a group, the relay itself ("soft") when not."""
+    return {"RELAY_TIER": tier.name, "RELAY_CAPS": "soft" if group is None else "cgroup"}
 
 
 class CappedHandle:
@@ -82,7 +83,7 @@ class CappedHandle:
             raise OSError(f"relay pid {self.pid} is not a standby")
         if self.group is not None:
             self.group.idle_cpu(False)
-        await assign(argv, {**env, **tier_env(self.tier, self.group is not None)}, log_path)
+        await assign(argv, {**env, **tier_env(self.tier, self.group)}, log_path)
         self._start_boost()
 
     async def rehearsed(self) -> None:
@@ -143,12 +144,7 @@ class CappedSpawner:
             swept = self.backend.sweep()
             log.info("relay caps: %s, %s (%d stale groups removed)", tier.name, describe(self.backend), swept)
 
-    @property
-    def mode(self) -> str:
-        return "soft" if self.backend is None else "cgroup"
-
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> CappedHandle:
-        env = {**env, **tier_env(self.tier, self.backend is not None)}
         group = None
         if self.backend is not None:
             serial = f"{os.getpid()}-{next(self._serial)}"  # unique across control-plane restarts
@@ -158,7 +154,7 @@ class CappedSpawner:
             if is_standby(argv):
                 group.idle_cpu(True)
         try:
-            handle = await self.inner.spawn(argv, env, log_path)
+            handle = await self.inner.spawn(argv, {**env, **tier_env(self.tier, group)}, log_path)
         except BaseException:
             if group is not None:
                 group.remove()

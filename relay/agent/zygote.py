@@ -187,7 +187,8 @@ def _standby_said(pid: int, sock: socket.socket, ctl_out: int) -> None:
 
 def _spawn(request: dict[str, Any]) -> dict[str, Any]:
     """Forks one relay; the reply goes out before any exit notification for it (same loop). A
-    standby (relay/agent/standby.py) gets a pipe as stdin, kept here until its assignment."""
+    standby (relay/agent/standby.py) gets one end of a socket pair as stdin; the template keeps the
+    other until the assignment."""
     try:
         log_fd = _open_log(request.get("log_path"))
     except OSError as exc:
@@ -214,7 +215,7 @@ def _spawn(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _assign(request: dict[str, Any]) -> dict[str, Any]:
-    """Hands a standby its room: the spawn request goes down its stdin pipe, which then closes."""
+    """Hands a standby its room: the spawn request goes down its stdin, which then closes."""
     pid = int(request["assign"])
     sock = _standby_socks.pop(pid, None)
     if sock is None:
@@ -247,7 +248,7 @@ def _child(request: dict[str, Any], log_fd: int, stdin_fd: int) -> NoReturn:
 
 def _detach(log_fd: int, stdin_fd: int = -1) -> None:
     """What a fresh `relay serve` subprocess would have: own session, default signals, stdin from
-    /dev/null (a standby: its assignment pipe), output to the log, and none of the template's
+    /dev/null (a standby: its socket pair with the template), output to the log, and none of the template's
     descriptors."""
     os.setsid()
     signal.set_wakeup_fd(-1)
