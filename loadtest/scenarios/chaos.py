@@ -12,6 +12,9 @@ after its death; the surviving rooms must lose nothing beyond UDP noise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -124,6 +127,11 @@ def run(config: ChaosConfig, report: Report, progress: bool | None = None) -> di
             r.stop()
         if cp is not None:
             cp[0].stop()
+            # Its relay outlived the killed control plane, as it must; the run is over: stop it
+            # rather than leave it to its idle timeout.
+            for pid in cp[0].relay_pids(cp[2]):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
     per_room: dict[int, dict[str, Any]] = {}
     by_user = {b["user_id"]: b for b in phase["bot_results"]}
     for room in range(len(addresses)):
@@ -215,7 +223,7 @@ def run(config: ChaosConfig, report: Report, progress: bool | None = None) -> di
     return results
 
 
-def _control_plane_room() -> tuple[tuple[ControlPlane, tuple[str, int, str]] | None, str]:
+def _control_plane_room() -> tuple[tuple[ControlPlane, tuple[str, int, str], str] | None, str]:
     """Starts `relay dev`, wants one room and waits for its address; (None, why) when it cannot."""
     reason = controlplane.available()
     if reason:
@@ -237,7 +245,7 @@ def _control_plane_room() -> tuple[tuple[ControlPlane, tuple[str, int, str]] | N
         f"one extra room was created through the control plane (ready in {room['ready_ms']:.0f} ms); "
         "the control plane was SIGKILLed halfway through"
     )
-    return (cp, (room["host"], room["port"], room["key"])), note
+    return (cp, (room["host"], room["port"], room["key"]), ns), note
 
 
 def config_from_args(args: Any) -> ChaosConfig:
