@@ -43,7 +43,7 @@ TARGET_MACHINE_GIB = 24
 @dataclass(frozen=True, slots=True)
 class DensityConfig:
     cold_runs: int = 5
-    sequential_rooms: int = 100
+    sequential_rooms: int = 300  # per phase: a p99 of 100 samples would be their maximum
     hold_rooms: int = 1000
     batch: int = 10
     memory_floor_mb: int = 3072
