@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.machine import machine_info
-from loadtest.report import Report, results_dir, table
+from loadtest.report import Report, pair_ms, results_dir, table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _AFFINITY = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
@@ -200,9 +200,9 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
                 _median(cpu),
                 _median(kept),
                 _median(kept_ratios),
-                _pair(_median(p50), _median(p99)),
-                _pair(_median(e2e50), _median(e2e99)),
-                _pair(_median(k50), _median(k99)),
+                pair_ms(_median(p50), _median(p99)),
+                pair_ms(_median(e2e50), _median(e2e99)),
+                pair_ms(_median(k50), _median(k99)),
                 None,
                 ", ".join(f"{x:,.0f}" for x in rates),
             ]
@@ -234,10 +234,6 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
         ),
         "",
     ]
-
-
-def _pair(p50: float | None, p99: float | None) -> str | None:
-    return None if p50 is None or p99 is None else f"{p50:.3f} / {p99:.3f}"
 
 
 def _nano_section(result: dict[str, Any], report: Report) -> list[str]:

@@ -85,6 +85,11 @@ class Report:
         return self.out
 
 
+def pair_ms(p50: float | None, p99: float | None) -> str | None:
+    """ "p50 / p99" in ms as table text, or None when either is missing."""
+    return None if p50 is None or p99 is None else f"{p50:.3f} / {p99:.3f}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """A Markdown table; floats get a sensible number of digits."""
 

@@ -42,7 +42,7 @@ from loadtest.fastload import GroupSpec, WorkerSpec, worker_main
 from loadtest.machine import busy_percent, cpu_percent, cpu_times, parse_cpus, pin, sample
 from loadtest.progress import Live
 from loadtest.relayhost import RelayProcess
-from loadtest.report import Report, plot_latency_cdf, plot_timeseries, table
+from loadtest.report import Report, pair_ms, plot_latency_cdf, plot_timeseries, table
 
 GROUP_SIZE = 4
 
@@ -492,9 +492,7 @@ def run(config: ThroughputConfig, report: Report, progress: bool | None = None) 
 
 def _pair(lat: dict[str, Any]) -> str | None:
     """p50 / p99 in ms as text, or None without samples."""
-    if not lat.get("count"):
-        return None
-    return f"{lat['p50_ms']:.3f} / {lat['p99_ms']:.3f}"
+    return pair_ms(lat.get("p50_ms"), lat.get("p99_ms")) if lat.get("count") else None
 
 
 def _write(report: Report, config: ThroughputConfig, results: dict[str, Any]) -> None:
@@ -586,7 +584,7 @@ def _write(report: Report, config: ThroughputConfig, results: dict[str, Any]) ->
                     lat.get("p50_ms"),
                     lat.get("p99_ms"),
                     lat.get("p99.9_ms"),
-                    _pair(added) if added.get("count") else None,
+                    _pair(added),
                     s.get("sender_lateness", {}).get("p99_ms"),
                 ]
             )
