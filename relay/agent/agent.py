@@ -7,7 +7,10 @@ heartbeats live figures, drains on delete, and reports why the room closed.
     await agent.stop(reason)          # reports `closed` once (idempotent)
 
 `start()` returns at once: registration runs in the background with exponential backoff and
-jitter, so the relay serves its clients whether or not the control plane is up. On
+jitter, so the relay serves its clients whether or not the control plane is up. Heartbeats come
+every `heartbeat_interval` while anyone is in the room and every `idle_heartbeat_interval` while
+it is quiet (a machine of idle rooms would otherwise keep its control plane busy answering them);
+each says when the next will come, and a session beginning in a quiet room brings it forward. On
 {"deleted": true} or 404 the agent closes the relay with CloseReason.DELETED (CLOSING to every
 member); the relay's `wait_closed()` then ends `relay serve`. Whatever ends the room (idle,
 lifetime, deleted, shutdown), the agent reports it once.
@@ -21,6 +24,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, Protocol
 
@@ -33,6 +37,7 @@ from relay.protocol.constants import CloseReason
 log = logging.getLogger("relay.agent")
 
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
+DEFAULT_IDLE_HEARTBEAT_INTERVAL = 30.0
 CLOSED_REPORT_TIMEOUT = 2.0
 
 
@@ -42,6 +47,8 @@ class RelayLike(Protocol):
     admin_port: int | None
 
     def stats(self) -> Any: ...
+
+    def add_session_listener(self, callback: Callable[[], None]) -> None: ...
 
     async def close(self, reason: CloseReason, text: str = "") -> None: ...
 
@@ -77,20 +84,27 @@ def process_figures() -> tuple[float, int]:
     return cpu_seconds(), rss_bytes()
 
 
-def _heartbeat_interval(config: Any) -> float:
-    value = getattr(config, "heartbeat_interval", None) or os.environ.get("RELAY_HEARTBEAT_INTERVAL")
+def _seconds(config: Any, name: str, default: float) -> float:
+    """config.<name>, else RELAY_<NAME> (what the control plane hands its relays), else default."""
+    value = getattr(config, name, None) or os.environ.get(f"RELAY_{name.upper()}")
     try:
-        interval = float(value) if value else DEFAULT_HEARTBEAT_INTERVAL
+        seconds = float(value) if value else default
     except ValueError:
-        interval = DEFAULT_HEARTBEAT_INTERVAL
-    return max(0.05, interval)
+        seconds = default
+    return max(0.05, seconds)
+
+
+def heartbeat_intervals(config: Any) -> tuple[float, float]:
+    """(seconds between heartbeats while anyone is in the room, while it is quiet)."""
+    active = _seconds(config, "heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
+    return active, max(active, _seconds(config, "idle_heartbeat_interval", DEFAULT_IDLE_HEARTBEAT_INTERVAL))
 
 
 class Agent:
     def __init__(self, relay: RelayLike, config: Any, *, http: httpx.AsyncClient | None = None) -> None:
         self.relay = relay
         self.config = config
-        self.heartbeat_interval = _heartbeat_interval(config)
+        self.heartbeat_interval, self.idle_heartbeat_interval = heartbeat_intervals(config)
         if not config.control_url or not config.namespace or not config.room:
             raise ValueError("the agent needs control_url, namespace and room")
         secret = config.agent_secret or os.environ.get("RELAY_AGENT_SECRET") or ""
@@ -102,6 +116,8 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_messages: tuple[float, int] | None = None
         self._closed_report: asyncio.Task[None] | None = None
+        self._session_began = asyncio.Event()
+        relay.add_session_listener(self._session_began.set)
 
     @property
     def address(self) -> str:
@@ -125,19 +141,23 @@ class Agent:
     # --- background work -------------------------------------------------------------------
     async def _run(self) -> None:
         try:
-            await self._register()
-            await self._heartbeat_loop()
+            await self._heartbeat_loop(await self._register())
         except RoomGone:
             await self._drain()
 
-    async def _register(self) -> None:
+    async def _register(self) -> float:
+        """Registers; returns the heartbeat gap promised with it."""
         attempt = 0
         while True:
             try:
-                await self.client.register(self.address, self.relay.port, self.relay.admin_port, os.getpid())
+                promised = self._next_heartbeat()
+                await self.client.register(
+                    self.address, self.relay.port, self.relay.admin_port, os.getpid(), promised
+                )
                 self.registered.set()
+                self._figures()  # the start of the first heartbeat's messages/s
                 log.info("registered %s:%s", self.address, self.relay.port)
-                return
+                return promised
             except RoomGone:
                 raise
             except ControlError as exc:
@@ -145,6 +165,20 @@ class Agent:
                 log.warning("register failed (%s); retry in %.2fs", exc, delay)
                 attempt += 1
                 await asyncio.sleep(delay)
+
+    def _next_heartbeat(self) -> float:
+        stats = self.relay.stats()
+        quiet = not getattr(stats, "members", 0) and not getattr(stats, "sessions", 0)
+        return self.idle_heartbeat_interval if quiet else self.heartbeat_interval
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps until the next heartbeat is due, or until a session begins in a quiet room."""
+        if seconds <= self.heartbeat_interval:
+            await asyncio.sleep(seconds)
+            return
+        self._session_began.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._session_began.wait(), seconds)
 
     def _figures(self) -> tuple[int, float, float, int]:
         stats = self.relay.stats()
@@ -160,25 +194,27 @@ class Agent:
         cpu, rss = process_figures()
         return members, round(rate, 3), round(cpu, 3), rss
 
-    async def _heartbeat_loop(self) -> None:
+    async def _heartbeat_loop(self, promised: float) -> None:
+        """`promised`: the gap the control plane last heard from us (it counts missed gaps)."""
         failures = 0
+        wait = promised
         while True:
+            await self._pause(wait)
             try:
-                deleted = await self.client.heartbeat(*self._figures())
+                interval = self._next_heartbeat()
+                deleted = await self.client.heartbeat(*self._figures(), interval)
                 self.heartbeats_sent += 1
                 failures = 0
+                promised = wait = interval
                 if deleted:
                     raise RoomGone("deleted")
-                await asyncio.sleep(self.heartbeat_interval)
             except ControlError as exc:
                 if isinstance(exc, RoomGone):
                     raise
-                # Quick retries after a blip, never sparser than the interval (the control plane
-                # declares a relay lost after a few missed intervals).
-                delay = backoff(failures, base=self.heartbeat_interval / 4, cap=self.heartbeat_interval)
+                # Quick retries after a blip, never sparser than the last promise heard.
+                wait = backoff(failures, base=self.heartbeat_interval / 4, cap=promised)
                 failures += 1
-                log.warning("heartbeat failed (%s); retry in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
+                log.warning("heartbeat failed (%s); retry in %.2fs", exc, wait)
 
     async def _drain(self) -> None:
         log.info("room deleted: draining")

@@ -22,7 +22,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -224,6 +224,9 @@ class _Advertised:
 
     def stats(self) -> Any:
         return self.relay.stats()
+
+    def add_session_listener(self, callback: Callable[[], None]) -> None:
+        self.relay.add_session_listener(callback)
 
     async def close(self, reason: CloseReason, text: str = "") -> None:
         await self.relay.close(reason, text)

@@ -1,7 +1,12 @@
 """The agent's HTTP client for the control plane's internal API (docs/operations.md).
 
-    POST {control_url}/rooms/{ns}/{room}/register  {ipAddress, port, adminPort, pid}
-    POST {control_url}/rooms/{ns}/{room}/heartbeat {members, messagesPerSecond, cpuSeconds, rssBytes}
+    POST {control_url}/rooms/{ns}/{room}/register  {ipAddress, port, adminPort, pid, nextHeartbeatSeconds}
+    POST {control_url}/rooms/{ns}/{room}/heartbeat {members, messagesPerSecond, cpuSeconds, rssBytes,
+                                                    nextHeartbeatSeconds}
+
+nextHeartbeatSeconds is the agent's promise of when its next heartbeat comes (short while anyone
+is in the room, long while it is quiet); the control plane declares the relay lost after a few
+such gaps go by in silence.
     POST {control_url}/rooms/{ns}/{room}/closed    {reason}
 
 Every call carries `Authorization: Bearer <agent secret>`. 404 (or 401: the record now belongs
@@ -72,13 +77,27 @@ class ControlClient:
             return {}
         return data if isinstance(data, dict) else {}
 
-    async def register(self, ip_address: str, port: int, admin_port: int | None, pid: int) -> None:
+    async def register(
+        self, ip_address: str, port: int, admin_port: int | None, pid: int, next_heartbeat: float
+    ) -> None:
         await self._post(
-            "register", {"ipAddress": ip_address, "port": port, "adminPort": admin_port, "pid": pid}
+            "register",
+            {
+                "ipAddress": ip_address,
+                "port": port,
+                "adminPort": admin_port,
+                "pid": pid,
+                "nextHeartbeatSeconds": next_heartbeat,
+            },
         )
 
     async def heartbeat(
-        self, members: int, messages_per_second: float, cpu_seconds: float, rss_bytes: int
+        self,
+        members: int,
+        messages_per_second: float,
+        cpu_seconds: float,
+        rss_bytes: int,
+        next_heartbeat: float,
     ) -> bool:
         """True when the control plane says the room was deleted."""
         data = await self._post(
@@ -88,6 +107,7 @@ class ControlClient:
                 "messagesPerSecond": messages_per_second,
                 "cpuSeconds": cpu_seconds,
                 "rssBytes": rss_bytes,
+                "nextHeartbeatSeconds": next_heartbeat,
             },
         )
         return bool(data.get("deleted"))

@@ -36,6 +36,7 @@ def _parser(prog: str, dev: bool) -> argparse.ArgumentParser:
     p.add_argument("--relay-host", help="--host for spawned relays")
     p.add_argument("--advertise-host", help="ipAddress clients are told for local relays")
     p.add_argument("--heartbeat-interval", type=float)
+    p.add_argument("--idle-heartbeat-interval", type=float)
     p.add_argument("--missed-heartbeats", type=int)
     p.add_argument("--webhook-url", help="POST room-ready notifications here")
     p.add_argument("--operation-log", help="operation log path (default <data dir>/operations.log)")
@@ -84,6 +85,7 @@ def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | 
         "relay_host": args.relay_host,
         "advertise_host": args.advertise_host,
         "heartbeat_interval": args.heartbeat_interval,
+        "idle_heartbeat_interval": args.idle_heartbeat_interval,
         "missed_heartbeats": args.missed_heartbeats,
         "webhook_url": args.webhook_url,
         "operation_log": args.operation_log,

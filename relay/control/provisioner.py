@@ -37,6 +37,7 @@ class RelayRequest:
     agent_secret: str
     control_url: str
     heartbeat_interval: float
+    idle_heartbeat_interval: float
     token_public_key: str | None = None
 
 
@@ -258,6 +259,7 @@ class LocalProvisioner:
         env["RELAY_ROOM_KEY"] = request.room_key
         env["RELAY_AGENT_SECRET"] = request.agent_secret
         env["RELAY_HEARTBEAT_INTERVAL"] = repr(request.heartbeat_interval)
+        env["RELAY_IDLE_HEARTBEAT_INTERVAL"] = repr(request.idle_heartbeat_interval)
         return env
 
     def log_path(self, namespace: str, room: str) -> Path | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from relay.control.auth import Authority
 from relay.control.config import ControlConfig
-from relay.control.errors import ApiError, ErrorItem, conflict, not_found, unauthorized
+from relay.control.errors import ApiError, ErrorItem, bad_request, conflict, not_found, unauthorized
 from relay.control.gateway import CREATE_ISSUER, Gateway
 from relay.control.metrics import ControlMetrics
 from relay.control.oplog import OperationLog
@@ -51,6 +51,7 @@ class RoomRuntime:
     state: str
     since: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
+    lost_after: float = 0.0  # silence after which a ready relay is lost: missed_heartbeats promised gaps
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -135,7 +136,8 @@ class RealtimeService:
                 self.runtime[key] = RoomRuntime(ROOM_PENDING)
                 self._spawn(self._provision(room))
             elif self.provisioner.adopt(room.namespace, room.name, room.pid) or not local:
-                self.runtime[key] = RoomRuntime(room.state)
+                # its agent may be keeping the quiet room's long gap: that much grace
+                self.runtime[key] = RoomRuntime(room.state, lost_after=self.config.idle_lost_after)
             else:
                 await self._end_room(room, "crash", ns, stop=False)
         log.info("recovered %d rooms", len(self.runtime))
@@ -252,6 +254,7 @@ class RealtimeService:
             agent_secret=room.agent_secret,
             control_url=self.internal_url,
             heartbeat_interval=self.config.heartbeat_interval,
+            idle_heartbeat_interval=self.config.idle_heartbeat_interval,
             token_public_key=self.authority.public_key_text
             if self.config.relay_require_user_tokens
             else None,
@@ -353,6 +356,7 @@ class RealtimeService:
 
     async def register(self, namespace: str, name: str, secret: str | None, body: dict[str, Any]) -> None:
         ip, port, admin_port, pid = _registration(body)
+        lost_after = self._lost_after(body)
         async with self._lock:
             room = await self._agent_room(namespace, name, secret)
             first = room.state != ROOM_READY
@@ -367,6 +371,7 @@ class RealtimeService:
             provision_s = time.monotonic() - rt.since
             rt.state = ROOM_READY
             rt.last_heartbeat = time.monotonic()
+            rt.lost_after = lost_after
             ns = await self.store.get_namespace(namespace)
         if pid is not None:
             self.provisioner.adopt(namespace, name, pid)
@@ -393,16 +398,34 @@ class RealtimeService:
     async def heartbeat(
         self, namespace: str, name: str, secret: str | None, body: dict[str, Any]
     ) -> dict[str, bool]:
+        lost_after = self._lost_after(body)
         await self._agent_room(namespace, name, secret)
         self.metrics.heartbeats.inc()
         rt = self.runtime.get((namespace, name))
         if rt is None:
             return {"deleted": True}
         rt.last_heartbeat = time.monotonic()
+        rt.lost_after = lost_after
         rt.stats = {
             k: body[k] for k in ("members", "messagesPerSecond", "cpuSeconds", "rssBytes") if k in body
         }
         return {"deleted": False}
+
+    def _lost_after(self, body: dict[str, Any]) -> float:
+        """missed_heartbeats of the gap the agent promised (nextHeartbeatSeconds, held between the
+        two configured intervals; an agent that says nothing keeps heartbeat_interval)."""
+        gap = body.get("nextHeartbeatSeconds")
+        if gap is None:
+            gap = self.config.heartbeat_interval
+        elif isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 < gap < 1e6:
+            raise bad_request(
+                "nextHeartbeatSeconds",
+                "nextHeartbeatSeconds must be a positive number of seconds",
+                "realtime.agent.nextHeartbeatSeconds.error.invalid",
+            )
+        cfg = self.config
+        gap = min(max(gap, cfg.heartbeat_interval), max(cfg.heartbeat_interval, cfg.idle_heartbeat_interval))
+        return gap * cfg.missed_heartbeats
 
     async def closed(self, namespace: str, name: str, secret: str | None, body: dict[str, Any]) -> None:
         reason = body.get("reason")
@@ -435,7 +458,7 @@ class RealtimeService:
     async def reap_once(self) -> None:
         now = time.monotonic()
         for key, rt in list(self.runtime.items()):
-            if rt.state == ROOM_READY and now - rt.last_heartbeat > self.config.lost_after:
+            if rt.state == ROOM_READY and now - rt.last_heartbeat > rt.lost_after:
                 reason = "lost"
             elif rt.state == ROOM_PENDING and now - rt.since > self.config.register_timeout:
                 reason = "register_timeout"

@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.protocol.constants import CloseReason
@@ -89,6 +90,7 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop_lag = 0.0
         self._started_wall = time.time()
+        self._session_listeners: list[Callable[[], None]] = []
 
     # the Relay interface used by the agent (relay/agent) and tests
 
@@ -114,6 +116,7 @@ class Relay:
         loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
         self.room = room = Room(self.config, self.counters, self._room_closed)
+        room.on_session = self._session_began
         room.observe_fanout = self.metrics.fanout_latency.observe
         tcp, udp = bind_pair(self.config.host, self.config.port)
         self.port = tcp.getsockname()[1]
@@ -137,7 +140,7 @@ class Relay:
         woken = asyncio.Event()
         room = self.room
         assert room is not None
-        room.on_session = woken.set
+        self.add_session_listener(woken.set)
         while not room.closed:
             woken.clear()
             if room.quiet:
@@ -152,6 +155,15 @@ class Relay:
                 room.sweep()
             except Exception:
                 log.exception("sweep failed")
+
+    def add_session_listener(self, callback: Callable[[], None]) -> None:
+        """`callback()` whenever a session begins: wakes whatever sleeps longer while the room is
+        quiet (the sweeper, the agent's heartbeat)."""
+        self._session_listeners.append(callback)
+
+    def _session_began(self) -> None:
+        for callback in self._session_listeners:
+            callback()
 
     def _gauges(self) -> dict[str, float]:
         room = self.room

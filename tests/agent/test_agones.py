@@ -376,6 +376,7 @@ async def test_with_control_plane_registers_host_port_and_drains_on_delete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RELAY_HEARTBEAT_INTERVAL", "0.1")
+    monkeypatch.setenv("RELAY_IDLE_HEARTBEAT_INTERVAL", "0.1")  # nobody joins: the room is quiet
     port = free_port()
     async with ControlPlane(make_config(tmp_path, provisioner="none")) as cp, sidecar_up() as sidecar:
         secret = await make_room(cp, "ag", "r")

@@ -183,7 +183,7 @@ async def test_local_provisioner_on_zygote(spawner: ZygoteSpawner, tmp_path: Pat
         exits.append((namespace, room, code))
 
     provisioner.set_exit_callback(on_exit)
-    request = RelayRequest("ns", "room1", generate_room_key(), "secret", "http://127.0.0.1:9", 0.2)
+    request = RelayRequest("ns", "room1", generate_room_key(), "secret", "http://127.0.0.1:9", 0.2, 0.2)
     pid = await provisioner.provision(request)
     try:
         await listening(tmp_path / "ns" / "room1.log")

@@ -32,6 +32,7 @@ def make_config(data_dir: Path, **overrides: Any) -> ControlConfig:
         client_secret=CLIENT_SECRET,
         relay_command=STANDIN,
         heartbeat_interval=0.2,
+        idle_heartbeat_interval=0.4,  # stand-in relays are always quiet
         missed_heartbeats=3,
         sweep_interval=0.05,
         stop_grace=1.0,

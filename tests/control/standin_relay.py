@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 from relay.agent.agent import Agent
@@ -27,6 +28,7 @@ class StandinRelay:
         self._closed: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
         self._server: asyncio.AbstractServer | None = None
         self.close_calls: list[CloseReason] = []
+        self.session_listeners: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(lambda r, w: w.close(), self.host, 0)
@@ -34,6 +36,9 @@ class StandinRelay:
 
     def stats(self) -> SimpleNamespace:
         return SimpleNamespace(members=0, sessions=0, messages_in=0, messages_out=0, bytes_in=0, bytes_out=0)
+
+    def add_session_listener(self, callback: Callable[[], None]) -> None:
+        self.session_listeners.append(callback)
 
     async def close(self, reason: CloseReason, text: str = "") -> None:
         self.close_calls.append(reason)

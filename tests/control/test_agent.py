@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import pytest
 
 from relay.agent.agent import Agent, detect_address, reason_text
 from relay.agent.control_client import backoff
@@ -27,9 +29,13 @@ class FakeRelay:
         self.members = 2
         self.closed: asyncio.Future[CloseReason] = asyncio.get_running_loop().create_future()
         self.close_calls: list[CloseReason] = []
+        self.session_listeners: list[Callable[[], None]] = []
 
     def stats(self) -> SimpleNamespace:
         return SimpleNamespace(members=self.members, messages_in=self.messages_in)
+
+    def add_session_listener(self, callback: Callable[[], None]) -> None:
+        self.session_listeners.append(callback)
 
     async def close(self, reason: CloseReason, text: str = "") -> None:
         self.close_calls.append(reason)
@@ -166,3 +172,57 @@ async def test_http_connections_have_nodelay(tmp_path: Path) -> None:
         for conn in connections:
             sock = conn.transport.get_extra_info("socket")  # type: ignore[attr-defined]
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+async def test_quiet_room_heartbeats_at_the_idle_interval_until_a_session_begins(tmp_path: Path) -> None:
+    """A room nobody is in promises (and keeps) the long gap; the control plane widens its lost
+    window to match; a session beginning brings the next heartbeat forward with the short gap."""
+    config = make_config(tmp_path, provisioner="none", heartbeat_interval=0.1, idle_heartbeat_interval=30.0)
+    async with ControlPlane(config) as cp:
+        secret = await make_room(cp, "qt", "r")
+        relay = FakeRelay()
+        relay.members = 0
+        agent = Agent(relay, agent_config(cp, "qt", "r", secret, idle_heartbeat_interval=30.0))
+        await agent.start()
+        await asyncio.wait_for(agent.registered.wait(), 5)
+        rt = cp.service.runtime[("qt", "r")]
+        assert rt.lost_after == 30.0 * 3
+        await asyncio.sleep(0.6)  # six short intervals: a quiet room sends nothing
+        assert agent.heartbeats_sent == 0
+        cp.service.runtime[("qt", "r")].last_heartbeat -= 10  # silent 10 s: within the quiet window
+        await cp.service.reap_once()
+        assert ("qt", "r") in cp.service.runtime
+        relay.members = 1
+        for listener in relay.session_listeners:
+            listener()
+        await wait_for(lambda: agent.heartbeats_sent >= 1, timeout=2)
+        await wait_for(lambda: rt.lost_after == pytest.approx(0.1 * 3), timeout=2)
+        await wait_for(lambda: agent.heartbeats_sent >= 4, timeout=2)  # every 0.1 s now
+        relay.members = 0  # everyone left: the next heartbeat promises the long gap again
+        await wait_for(lambda: rt.lost_after == 30.0 * 3, timeout=2)
+        sent = agent.heartbeats_sent
+        await asyncio.sleep(0.5)
+        assert agent.heartbeats_sent == sent
+        await relay.close(CloseReason.SHUTDOWN)
+        await agent.stop(CloseReason.SHUTDOWN)
+
+
+async def test_heartbeat_gap_is_checked_and_bounded(tmp_path: Path) -> None:
+    config = make_config(tmp_path, provisioner="none", heartbeat_interval=1.0, idle_heartbeat_interval=20.0)
+    async with ControlPlane(config) as cp, httpx.AsyncClient() as http:
+        secret = await make_room(cp, "gap", "r")
+        headers = {"Authorization": f"Bearer {secret}"}
+        base = f"{cp.internal_url}/rooms/gap/r"
+        body = {"ipAddress": "127.0.0.1", "port": 1, "adminPort": None, "pid": 1}
+        # no promise (an older agent): the short interval
+        assert (await http.post(f"{base}/register", json=body, headers=headers)).status_code == 200
+        rt = cp.service.runtime[("gap", "r")]
+        assert rt.lost_after == 3.0
+        for sent, window in ((5, 15.0), (1e5, 60.0), (0.01, 3.0)):  # held between the two intervals
+            r = await http.post(f"{base}/heartbeat", json={"nextHeartbeatSeconds": sent}, headers=headers)
+            assert r.status_code == 200 and rt.lost_after == window, sent
+        for bad in ("5", -1, 0, True, 1e9, [1]):
+            r = await http.post(f"{base}/heartbeat", json={"nextHeartbeatSeconds": bad}, headers=headers)
+            assert r.status_code == 400, bad
+            assert json.loads(r.json()["message"])[0]["component"] == "nextHeartbeatSeconds"
+            assert rt.lost_after == 3.0  # unchanged

@@ -162,3 +162,15 @@ async def test_admin_metrics_and_healthz() -> None:
         junk.close()
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("transport", ["udp", "ws"])
+async def test_session_listeners_hear_a_session_begin(transport: str) -> None:
+    """What sleeps long while a room is quiet (the agent's heartbeat) is woken by a handshake."""
+    async with room() as r:
+        began: list[int] = []
+        r.relay.add_session_listener(lambda: began.append(len(r.relay.room.sessions)))
+        assert r.relay.stats().members == 0 and not began
+        a = await client(r, "a", transport)
+        assert began and r.relay.stats().members == 1
+        await a.close()
