@@ -49,6 +49,25 @@ _TUNABLES = (
 )
 
 
+SECRET_FLAGS = ("--room-key", "--agent-secret", "--token-public-key")
+"""Their values are base64url, which begins with "-" one time in 64: argparse would take such a
+value for an option (a standby's rehearsal died of it, and `relay serve --room-key KEY` with
+a key from getRoom would too), so the value after one of these is always taken as its value."""
+
+
+def _bind_secret_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in SECRET_FLAGS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def parse_args(argv: list[str]) -> RelayConfig:
     defaults = RelayConfig()
     p = argparse.ArgumentParser(prog="relay serve", description="Run one relay (one room).")
@@ -77,7 +96,7 @@ def parse_args(argv: list[str]) -> RelayConfig:
     for name in _TUNABLES:
         kind = float if types[name] in (float, "float") else int
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name))
-    args = p.parse_args(argv)
+    args = p.parse_args(_bind_secret_values(argv))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Under Agones (AGONES_SDK_HTTP_PORT set) the room key may come later, from the allocation.
     if args.room_key or not os.environ.get("AGONES_SDK_HTTP_PORT"):

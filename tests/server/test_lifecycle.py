@@ -174,3 +174,20 @@ async def test_session_listeners_hear_a_session_begin(transport: str) -> None:
         a = await client(r, "a", transport)
         assert began and r.relay.stats().members == 1
         await a.close()
+
+
+def test_serve_takes_secrets_that_begin_with_a_dash() -> None:
+    """base64url begins with "-" one time in 64; argparse alone would read such a key as a flag."""
+    from relay.server.cli import parse_args
+
+    key = "-" + generate_room_key()[1:]
+    config = parse_args(
+        ["--room-key", key, "--agent-secret", "-s3cret", "--port", "0", "--tier", "realtime1.nano"]
+    )
+    assert (config.room_key, config.agent_secret, config.port, config.tier) == (
+        key,
+        "-s3cret",
+        0,
+        "realtime1.nano",
+    )
+    assert parse_args([f"--room-key={key}"]).room_key == key
