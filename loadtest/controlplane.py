@@ -108,17 +108,19 @@ class ControlPlane:
         r.raise_for_status()
         self.token = r.json()["access_token"]
 
-    async def create_namespace(self, http: httpx.AsyncClient, name: str) -> dict[str, Any]:
-        r = await http.post(
-            self.url + "/realtime/",
-            headers=self.headers(),
-            json={
-                "name": name,
-                "description": "loadtest",
-                "serverType": "relay",
-                "serverSpec": "realtime1.nano",
-            },
-        )
+    async def create_namespace(
+        self, http: httpx.AsyncClient, name: str, notify: bool = False
+    ) -> dict[str, Any]:
+        """`notify`: room-ready pushes go to each room's notificationUserIds (GS2's createNotification)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "description": "loadtest",
+            "serverType": "relay",
+            "serverSpec": "realtime1.nano",
+        }
+        if notify:
+            body["createNotification"] = {}
+        r = await http.post(self.url + "/realtime/", headers=self.headers(), json=body)
         r.raise_for_status()
         return r.json()["item"]
 
@@ -126,14 +128,26 @@ class ControlPlane:
         with contextlib.suppress(httpx.HTTPError):
             await http.delete(f"{self.url}/realtime/{name}", headers=self.headers())
 
-    async def want_room(self, http: httpx.AsyncClient, ns: str, room: str) -> dict[str, Any]:
+    async def want_room(
+        self, http: httpx.AsyncClient, ns: str, room: str, notify: list[str] | None = None
+    ) -> dict[str, Any]:
         r = await http.post(
             f"{self.url}/realtime/{ns}/room",
             headers=self.headers(),
-            json={"name": room, "notificationUserIds": []},
+            json={"name": room, "notificationUserIds": notify or []},
         )
         r.raise_for_status()
         return r.json()["item"]
+
+    async def user_token(self, http: httpx.AsyncClient, user_id: str) -> str:
+        """A user access token (what a game client holds), e.g. for the /gateway push socket."""
+        r = await http.post(f"{self.url}/auth/login", headers=self.headers(), json={"userId": user_id})
+        r.raise_for_status()
+        return str(r.json()["token"])
+
+    @property
+    def gateway_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/gateway"
 
     async def get_room(self, http: httpx.AsyncClient, ns: str, room: str) -> dict[str, Any] | None:
         r = await http.get(f"{self.url}/realtime/{ns}/room/{room}", headers=self.headers())

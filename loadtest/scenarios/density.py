@@ -6,7 +6,11 @@
    zygote spawner and cgroup caps, as shipped), polling getRoom every 2 ms: back to back (the
    next room wanted as soon as the last is ready: the machine never rests, and the pool of warm
    relays is refilled under load), then paced (one room every `paced_gap` seconds, as a
-   matchmaker opening 10 matches a second; the pool is refilled between rooms).
+   matchmaker opening 10 matches a second; the pool is refilled between rooms). Polling every
+   2 ms costs the machine: each getRoom is about 1 ms of the control plane's CPU and 1 ms of the
+   caller's, on the same two cores the starting relay needs. So a third run, back to back again,
+   does what GS2 documents instead: wantRoom lists a user in notificationUserIds, that user's
+   /gateway socket receives the room-ready push, and one getRoom then shows the address.
 3. Fill: idle rooms are wanted in batches until `hold_rooms` are ready or the machine's
    MemAvailable falls to `memory_floor_mb`; they are held a while, a few are checked to serve
    (two clients exchange a message), then every relay's USS and PSS is read from
@@ -20,6 +24,7 @@ are as shipped (every 30 s from a quiet room, every 2 s from one with members).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -29,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+import websockets
 
 from loadtest import controlplane
 from loadtest.controlplane import ControlPlane
@@ -54,7 +60,7 @@ class DensityConfig:
 
     @classmethod
     def quick(cls, **kw: Any) -> DensityConfig:
-        base: dict[str, Any] = {"cold_runs": 1, "sequential_rooms": 3, "hold_rooms": 6, "hold_seconds": 0.5}
+        base: dict[str, Any] = {"cold_runs": 1, "sequential_rooms": 3, "hold_rooms": 11, "hold_seconds": 0.5}
         base.update(kw)
         return cls(**base)
 
@@ -120,6 +126,28 @@ async def _ready(
     raise TimeoutError(f"room {name} not ready in 30 s")
 
 
+NOTIFIED_USER = "density-matchmaker"
+
+
+async def _ready_notified(
+    cp: ControlPlane, http: httpx.AsyncClient, ws: Any, ns: str, name: str
+) -> dict[str, Any]:
+    """wantRoom naming NOTIFIED_USER, wait for its room-ready push on /gateway, then one getRoom."""
+    t0 = time.monotonic()
+    await cp.want_room(http, ns, name, notify=[NOTIFIED_USER])
+    while True:
+        left = 30 - (time.monotonic() - t0)
+        if left <= 0:
+            raise TimeoutError(f"no room-ready push for {name} in 30 s")
+        msg = json.loads(await asyncio.wait_for(ws.recv(), left))
+        if msg.get("issuer") == "Gs2Realtime:Create" and json.loads(msg["payload"]).get("roomName") == name:
+            break
+    item = await cp.get_room(http, ns, name)
+    if not item or not item.get("ipAddress"):
+        raise RuntimeError(f"room {name} pushed as ready but getRoom shows no address: {item!r}")
+    return {**item, "ready_ms": 1000 * (time.monotonic() - t0)}
+
+
 async def _serves(item: dict[str, Any]) -> bool:
     from relay.client import Received, connect
 
@@ -139,14 +167,22 @@ async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=config.batch * 2)
     async with httpx.AsyncClient(timeout=30.0, limits=limits) as http:
         await cp.login(http)
-        await cp.create_namespace(http, ns)
+        await cp.create_namespace(http, ns, notify=True)
         sequential = [await _ready(cp, http, ns, f"seq{i}", config) for i in range(config.sequential_rooms)]
         paced = []
         for i in range(config.sequential_rooms):
             await asyncio.sleep(config.paced_gap)
             paced.append(await _ready(cp, http, ns, f"paced{i}", config))
+        token = await cp.user_token(http, NOTIFIED_USER)
+        async with websockets.connect(cp.gateway_url, additional_headers={"X-GS2-ACCESS-TOKEN": token}) as ws:
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if welcome.get("type") != "welcome":
+                raise RuntimeError(f"/gateway did not welcome us: {welcome!r}")
+            notified = [
+                await _ready_notified(cp, http, ws, ns, f"note{i}") for i in range(config.sequential_rooms)
+            ]
         before = mem_available()
-        held: list[dict[str, Any]] = [*sequential, *paced]
+        held: list[dict[str, Any]] = [*sequential, *paced, *notified]
         t_fill = time.monotonic()
         stop_reason = f"{config.hold_rooms} rooms"
         while len(held) < config.hold_rooms:
@@ -178,15 +214,21 @@ async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
     uss = [m["uss"] / 2**20 for m in mem if m["rss"]]
     pss = [m["pss"] / 2**20 for m in mem if m["rss"]]
     rss = [m["rss"] / 2**20 for m in mem if m["rss"]]
-    new_rooms = max(1, len(held) - len(sequential) - len(paced))
+    new_rooms = max(1, len(held) - len(sequential) - len(paced) - len(notified))
+
+    def server_ms(rooms: list[dict[str, Any]]) -> dict[str, float | int]:
+        return _pcts([1000 * server[r["name"]] for r in rooms if r["name"] in server])
+
     return {
         "namespace": ns,
         "paced_gap": config.paced_gap,
         "want_to_ready_ms": _pcts([r["ready_ms"] for r in sequential]),
         "want_to_ready_paced_ms": _pcts([r["ready_ms"] for r in paced]),
+        "want_to_ready_notified_ms": _pcts([r["ready_ms"] for r in notified]),
         # the control plane's own view: wantRoom received -> the relay's registration handled
-        "server_ready_ms": _pcts([1000 * server[r["name"]] for r in sequential if r["name"] in server]),
-        "server_ready_paced_ms": _pcts([1000 * server[r["name"]] for r in paced if r["name"] in server]),
+        "server_ready_ms": server_ms(sequential),
+        "server_ready_paced_ms": server_ms(paced),
+        "server_ready_notified_ms": server_ms(notified),
         "held_rooms": len(held),
         "relay_processes": len(pids),
         "fill_stop": stop_reason,
@@ -230,6 +272,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
     w, u, p, c = r["want_to_ready_ms"], r["uss_mb"], r["pss_mb"], r["cold_start"]
     wp = r.get("want_to_ready_paced_ms", {})
     sr, srp = r.get("server_ready_ms", {}), r.get("server_ready_paced_ms", {})
+    srn, wn = r.get("server_ready_notified_ms", {}), r.get("want_to_ready_notified_ms", {})
     idle = c.get("idle") or {}
     return [
         "## Result",
@@ -256,8 +299,10 @@ def markdown(r: dict[str, Any]) -> list[str]:
                 *(
                     [label, x.get("count"), x.get("p50"), x.get("p90"), x.get("p99"), x.get("max")]
                     for label, x in (
+                        ("wantRoom -> ready push (/gateway) -> getRoom has ipAddress, back to back (ms)", wn),
                         ("control plane alone, back to back: wantRoom received -> relay registered (ms)", sr),
                         ("control plane alone, paced (ms)", srp),
+                        ("control plane alone, notified (ms)", srn),
                     )
                     if x.get("count")
                 ),
