@@ -28,8 +28,6 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Protocol
 
-import httpx
-
 from relay.agent.caps import cpu_seconds, rss_bytes
 from relay.agent.control_client import ControlClient, ControlError, ControlUnavailable, RoomGone, backoff
 from relay.protocol.constants import CloseReason
@@ -101,14 +99,14 @@ def heartbeat_intervals(config: Any) -> tuple[float, float]:
 
 
 class Agent:
-    def __init__(self, relay: RelayLike, config: Any, *, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, relay: RelayLike, config: Any) -> None:
         self.relay = relay
         self.config = config
         self.heartbeat_interval, self.idle_heartbeat_interval = heartbeat_intervals(config)
         if not config.control_url or not config.namespace or not config.room:
             raise ValueError("the agent needs control_url, namespace and room")
         secret = config.agent_secret or os.environ.get("RELAY_AGENT_SECRET") or ""
-        self.client = ControlClient(config.control_url, config.namespace, config.room, secret, http=http)
+        self.client = ControlClient(config.control_url, config.namespace, config.room, secret)
         self.registered = asyncio.Event()
         self.deleted = False
         self.closed_reason: str | None = None

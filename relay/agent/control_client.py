@@ -16,11 +16,12 @@ are ControlUnavailable, which callers retry with `backoff()`.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+from relay.agent.http11 import Http11Client, HttpError
 
 
 class ControlError(Exception):
@@ -40,39 +41,28 @@ def backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
     return max(0.01, random.uniform(0, min(cap, base * (2 ** min(attempt, 30)))))
 
 
-_TLS = httpx.create_ssl_context()
-"""Built once at import (~70 ms of CPU: the CA bundle): a relay forked from the zygote template
-inherits it instead of building one at 12.5% of a core while its room waits for an address."""
-
-
 class ControlClient:
     def __init__(
-        self,
-        control_url: str,
-        namespace: str,
-        room: str,
-        agent_secret: str,
-        timeout: float = 5.0,
-        http: httpx.AsyncClient | None = None,
+        self, control_url: str, namespace: str, room: str, agent_secret: str, timeout: float = 5.0
     ) -> None:
-        self.base = f"{control_url.rstrip('/')}/rooms/{quote(namespace, safe='')}/{quote(room, safe='')}"
-        self._own_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout, verify=_TLS)
-        self._headers = {"Authorization": f"Bearer {agent_secret}"}
+        self._http = Http11Client(control_url, timeout=timeout)
+        self._path = f"/rooms/{quote(namespace, safe='')}/{quote(room, safe='')}"
+        self._headers = [("Authorization", f"Bearer {agent_secret}"), ("Content-Type", "application/json")]
 
     async def _post(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        payload = json.dumps(body, separators=(",", ":")).encode()
         try:
-            r = await self._http.post(f"{self.base}/{kind}", json=body, headers=self._headers)
-        except httpx.HTTPError as exc:
-            raise ControlUnavailable(f"{kind}: {exc!r}") from exc
-        if r.status_code in (401, 404):
-            raise RoomGone(f"{kind}: {r.status_code}")
-        if r.status_code >= 500:
-            raise ControlUnavailable(f"{kind}: HTTP {r.status_code}")
-        if r.status_code != 200:
-            raise ControlError(f"{kind}: HTTP {r.status_code} {r.text[:200]}")
+            status, answer = await self._http.request("POST", f"{self._path}/{kind}", payload, self._headers)
+        except HttpError as exc:
+            raise ControlUnavailable(f"{kind}: {exc}") from exc
+        if status in (401, 404):
+            raise RoomGone(f"{kind}: {status}")
+        if status >= 500:
+            raise ControlUnavailable(f"{kind}: HTTP {status}")
+        if status != 200:
+            raise ControlError(f"{kind}: HTTP {status} {answer[:200].decode(errors='replace')}")
         try:
-            data = r.json()
+            data = json.loads(answer)
         except ValueError:
             return {}
         return data if isinstance(data, dict) else {}
@@ -116,5 +106,4 @@ class ControlClient:
         await self._post("closed", {"reason": reason})
 
     async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
+        await self._http.aclose()

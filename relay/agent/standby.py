@@ -61,9 +61,7 @@ def read_assignment(fd: int = 0) -> dict[str, Any] | None:
 
 
 async def _rehearsal() -> None:
-    import httpx
-
-    from relay.agent.control_client import _TLS
+    from relay.agent.http11 import Http11Client
     from relay.protocol.keys import generate_room_key
     from relay.server.app import Relay
     from relay.server.cli import parse_args
@@ -75,8 +73,11 @@ async def _rehearsal() -> None:
     relay = Relay(config)
     await relay.start()
     try:
-        async with httpx.AsyncClient(timeout=2.0, verify=_TLS) as http:
-            await http.get(f"http://127.0.0.1:{relay.admin_port}/healthz")
+        http = Http11Client(f"http://127.0.0.1:{relay.admin_port}", timeout=2.0)
+        try:  # the agent's client, as its calls to the control plane will run it
+            await http.request("GET", "/healthz")
+        finally:
+            await http.aclose()
     finally:
         await relay.close()
         await relay.wait_closed()
