@@ -52,6 +52,7 @@ class RoomRuntime:
     since: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
     lost_after: float = 0.0  # silence after which a ready relay is lost: missed_heartbeats promised gaps
+    agent_secret: str = ""  # the record's, so a heartbeat is checked without a store read
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,11 +134,13 @@ class RealtimeService:
                 await self._end_room(room, "deleted", ns, stop=True)
                 continue
             if room.pid is None and room.provisioned_at is None:
-                self.runtime[key] = RoomRuntime(ROOM_PENDING)
+                self.runtime[key] = RoomRuntime(ROOM_PENDING, agent_secret=room.agent_secret)
                 self._spawn(self._provision(room))
             elif self.provisioner.adopt(room.namespace, room.name, room.pid) or not local:
                 # its agent may be keeping the quiet room's long gap: that much grace
-                self.runtime[key] = RoomRuntime(room.state, lost_after=self.config.idle_lost_after)
+                self.runtime[key] = RoomRuntime(
+                    room.state, lost_after=self.config.idle_lost_after, agent_secret=room.agent_secret
+                )
             else:
                 await self._end_room(room, "crash", ns, stop=False)
         log.info("recovered %d rooms", len(self.runtime))
@@ -239,7 +242,7 @@ class RealtimeService:
                 notification_user_ids=user_ids,
             )
             await self.store.put_room(room)
-            self.runtime[(namespace, name)] = RoomRuntime(ROOM_PENDING)
+            self.runtime[(namespace, name)] = RoomRuntime(ROOM_PENDING, agent_secret=room.agent_secret)
         self.oplog.write(
             "room.created", namespace, name, logging_namespace(ns), notificationUserIds=len(user_ids)
         )
@@ -350,8 +353,7 @@ class RealtimeService:
         room = await self.store.get_room(namespace, name)
         if room is None:
             raise not_found("room", "room not found", "realtime.room.room.error.notFound")
-        if secret is None or not hmac.compare_digest(secret.encode(), room.agent_secret.encode()):
-            raise unauthorized("bad agent secret", "realtime.agent.error.unauthorized")
+        _check_secret(secret, room.agent_secret)
         return room
 
     async def register(self, namespace: str, name: str, secret: str | None, body: dict[str, Any]) -> None:
@@ -368,6 +370,7 @@ class RealtimeService:
             room.revision += 1
             await self.store.put_room(room)
             rt = self.runtime.setdefault((namespace, name), RoomRuntime(ROOM_READY))
+            rt.agent_secret = room.agent_secret
             provision_s = time.monotonic() - rt.since
             rt.state = ROOM_READY
             rt.last_heartbeat = time.monotonic()
@@ -399,11 +402,13 @@ class RealtimeService:
         self, namespace: str, name: str, secret: str | None, body: dict[str, Any]
     ) -> dict[str, bool]:
         lost_after = self._lost_after(body)
-        await self._agent_room(namespace, name, secret)
-        self.metrics.heartbeats.inc()
         rt = self.runtime.get((namespace, name))
-        if rt is None:
+        if rt is None or not rt.agent_secret:  # not one of ours now: the record decides 404 or 401
+            await self._agent_room(namespace, name, secret)
+            self.metrics.heartbeats.inc()
             return {"deleted": True}
+        _check_secret(secret, rt.agent_secret)
+        self.metrics.heartbeats.inc()
         rt.last_heartbeat = time.monotonic()
         rt.lost_after = lost_after
         rt.stats = {
@@ -474,6 +479,11 @@ class RealtimeService:
                     continue
                 log.warning("room %s/%s: %s", key[0], key[1], reason)
                 await self._end_room(room, reason, ns, stop=True)
+
+
+def _check_secret(given: str | None, expected: str) -> None:
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise unauthorized("bad agent secret", "realtime.agent.error.unauthorized")
 
 
 def _registration(body: dict[str, Any]) -> tuple[str, int, int | None, int | None]:

@@ -226,3 +226,9 @@ async def test_heartbeat_gap_is_checked_and_bounded(tmp_path: Path) -> None:
             assert r.status_code == 400, bad
             assert json.loads(r.json()["message"])[0]["component"] == "nextHeartbeatSeconds"
             assert rt.lost_after == 3.0  # unchanged
+        # checked against the record's secret without a store read; other rooms are the store's word
+        beat = {"nextHeartbeatSeconds": 1}
+        r = await http.post(f"{base}/heartbeat", json=beat, headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401
+        r = await http.post(f"{cp.internal_url}/rooms/gap/none/heartbeat", json=beat, headers=headers)
+        assert r.status_code == 404
