@@ -170,11 +170,15 @@ class Agent:
         return self.idle_heartbeat_interval if quiet else self.heartbeat_interval
 
     async def _pause(self, seconds: float) -> None:
-        """Sleeps until the next heartbeat is due, or until a session begins in a quiet room."""
+        """Sleeps until the next heartbeat is due, or until a session begins in a quiet room (one
+        that began while the last heartbeat was on its way counts too)."""
+        if seconds > self.heartbeat_interval:
+            self._session_began.clear()
+            if self._next_heartbeat() <= self.heartbeat_interval:
+                seconds = self.heartbeat_interval
         if seconds <= self.heartbeat_interval:
             await asyncio.sleep(seconds)
             return
-        self._session_began.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._session_began.wait(), seconds)
 
