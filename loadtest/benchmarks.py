@@ -302,11 +302,13 @@ def _density_section(result: dict[str, Any], report: Report) -> list[str]:
         "Through `relay dev` as shipped: warm relays (2 standbys), zygote spawner, every relay in its own "
         "realtime1.nano cgroup. getRoom is polled every 2 ms in the first two runs; the third waits for "
         "the room-ready push on /gateway (GS2's notificationUserIds) and then calls getRoom once. The "
-        "three run one after another, so the third starts with 600 rooms held. Back to back, every room "
-        "after the first two gets a fresh fork, whose start is mostly copy-on-write faults: on this VM "
-        "(Firecracker, free page reporting) a fault on memory the guest recently freed costs several times "
-        "more, and after 14 GB were allocated and freed the same probe's back-to-back p99 went from about "
-        "35 ms to about 80 ms. That state, more than the run's kind, sets the tails here.",
+        "three take turns, 100 rooms each at a time, so each meets the machine as it fills (0 to 900 "
+        "rooms held) alike. Back to back, every room after the first two gets a fresh fork, whose start "
+        "is mostly copy-on-write faults: on this VM (Firecracker, free page reporting) a fault costs "
+        "several times more once the guest's memory in use grows past what it recently had. Run last "
+        "(600 to 900 rooms held), the push-driven run's p99 was 35 ms once, then 76-81 ms in three runs "
+        "after this machine had allocated and freed 14 GB, while the same back-to-back probe with 20 "
+        "rooms held stayed at 25 ms. That state, more than the run's kind, sets the tails here.",
         "",
         *body,
         "",

@@ -10,7 +10,8 @@
    2 ms costs the machine: each getRoom is about 1 ms of the control plane's CPU and 1 ms of the
    caller's, on the same two cores the starting relay needs. So a third run, back to back again,
    does what GS2 documents instead: wantRoom lists a user in notificationUserIds, that user's
-   /gateway socket receives the room-ready push, and one getRoom then shows the address.
+   /gateway socket receives the room-ready push, and one getRoom then shows the address. The
+   three runs take turns (`turns` blocks of each), so each meets the machine as it fills alike.
 3. Fill: idle rooms are wanted in batches until `hold_rooms` are ready or the machine's
    MemAvailable falls to `memory_floor_mb`; they are held a while, a few are checked to serve
    (two clients exchange a message), then every relay's USS and PSS is read from
@@ -56,6 +57,7 @@ class DensityConfig:
     hold_seconds: float = 10.0
     poll_interval: float = 0.002
     paced_gap: float = 0.1
+    turns: int = 3  # the three runs take turns, sequential_rooms / turns rooms at a time
     check_rooms: int = 3
 
     @classmethod
@@ -168,19 +170,24 @@ async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30.0, limits=limits) as http:
         await cp.login(http)
         await cp.create_namespace(http, ns, notify=True)
-        sequential = [await _ready(cp, http, ns, f"seq{i}", config) for i in range(config.sequential_rooms)]
-        paced = []
-        for i in range(config.sequential_rooms):
-            await asyncio.sleep(config.paced_gap)
-            paced.append(await _ready(cp, http, ns, f"paced{i}", config))
         token = await cp.user_token(http, NOTIFIED_USER)
+        sequential: list[dict[str, Any]] = []
+        paced: list[dict[str, Any]] = []
+        notified: list[dict[str, Any]] = []
         async with websockets.connect(cp.gateway_url, additional_headers={"X-GS2-ACCESS-TOKEN": token}) as ws:
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
             if welcome.get("type") != "welcome":
                 raise RuntimeError(f"/gateway did not welcome us: {welcome!r}")
-            notified = [
-                await _ready_notified(cp, http, ws, ns, f"note{i}") for i in range(config.sequential_rooms)
-            ]
+            # In turns, so that each run meets the machine as it fills (rooms held, memory used)
+            # alike, instead of the last run meeting the fullest machine.
+            n, turns = config.sequential_rooms, max(1, min(config.turns, config.sequential_rooms))
+            for turn in range(turns):
+                share = range(turn * n // turns, (turn + 1) * n // turns)
+                sequential += [await _ready(cp, http, ns, f"seq{i}", config) for i in share]
+                for i in share:
+                    await asyncio.sleep(config.paced_gap)
+                    paced.append(await _ready(cp, http, ns, f"paced{i}", config))
+                notified += [await _ready_notified(cp, http, ws, ns, f"note{i}") for i in share]
         before = mem_available()
         held: list[dict[str, Any]] = [*sequential, *paced, *notified]
         t_fill = time.monotonic()
