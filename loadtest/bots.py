@@ -7,7 +7,7 @@ dropped connections that the client resumes. Every payload carries the loadtest 
 
 Accounting: a sender counts, per recipient user id, what it addressed to whom (from its member
 table at send time); a receiver counts, per sender, what arrived. The harness joins the two
-(loadtest.streams.account), so sent = delivered + lost per recipient.
+(loadtest.streams.account), so sent + unaddressed = delivered + lost per recipient.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A receiver keeps, per sender, the highest sequence number seen and a bitmap of the recent
 window, so it can tell duplicates and reordering apart. Loss is computed by the harness from
-what senders addressed to each recipient (`addressed`) minus what arrived, which keeps the
-invariant `sent = delivered + lost` exact per recipient.
+what senders addressed to each recipient (`addressed`) minus what arrived, sender by sender,
+which keeps the invariant `sent + unaddressed = delivered + lost` exact per recipient.
 """
 
 from __future__ import annotations
@@ -73,26 +73,31 @@ def account(
 ) -> dict[str, Any]:
     """Joins senders' `addressed[sender][recipient]` with recipients' `received[recipient][sender]`.
 
-    Returns per-recipient and total sent/delivered/lost/duplicates/reordered. A message a sender
-    addressed to a member that had already left still counts as sent (and lost), as a player sees it.
+    Returns per-recipient and total sent/delivered/lost/unaddressed/duplicates/reordered, with
+    sent + unaddressed = delivered + lost. A message a sender addressed to a member that had
+    already left still counts as sent (and lost), as a player sees it. "Unaddressed" are
+    deliveries beyond what a sender addressed to that recipient: with churn, a broadcast reaches
+    a member whose JOIN the sender had not yet seen, so the sender could not count it. Counted
+    pair by pair (sender, recipient), so that such a delivery never hides a loss elsewhere.
     """
     per_recipient: dict[str, dict[str, int]] = {}
     recipients = set(received)
     for targets in addressed.values():
         recipients.update(targets)
     for recipient in sorted(recipients):
-        sent = sum(targets.get(recipient, 0) for targets in addressed.values())
         got = received.get(recipient, {})
-        delivered = sum(s["delivered"] for s in got.values())
-        per_recipient[recipient] = {
-            "sent": sent,
-            "delivered": delivered,
-            "lost": sent - delivered,
-            "duplicates": sum(s["duplicates"] for s in got.values()),
-            "reordered": sum(s["reordered"] for s in got.values()),
-        }
-    totals = {k: sum(r[k] for r in per_recipient.values()) for k in ("sent", "delivered", "lost")}
-    totals["duplicates"] = sum(r["duplicates"] for r in per_recipient.values())
-    totals["reordered"] = sum(r["reordered"] for r in per_recipient.values())
+        row = {"sent": 0, "delivered": 0, "lost": 0, "unaddressed": 0}
+        for sender in set(got) | {s for s, targets in addressed.items() if recipient in targets}:
+            sent = addressed.get(sender, {}).get(recipient, 0)
+            delivered = got.get(sender, {}).get("delivered", 0)
+            row["sent"] += sent
+            row["delivered"] += delivered
+            row["lost"] += max(0, sent - delivered)
+            row["unaddressed"] += max(0, delivered - sent)
+        row["duplicates"] = sum(s["duplicates"] for s in got.values())
+        row["reordered"] = sum(s["reordered"] for s in got.values())
+        per_recipient[recipient] = row
+    keys = ("sent", "delivered", "lost", "unaddressed", "duplicates", "reordered")
+    totals: dict[str, Any] = {k: sum(r[k] for r in per_recipient.values()) for k in keys}
     totals["loss_ratio"] = totals["lost"] / totals["sent"] if totals["sent"] else 0.0
     return {"per_recipient": per_recipient, "totals": totals}

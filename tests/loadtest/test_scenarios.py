@@ -1,5 +1,5 @@
 """Each scenario in its tiny configuration against the real relay (and control plane), a few
-seconds each; the reports must hold together (sent = delivered + lost per recipient, nothing
+seconds each; the reports must hold together (sent + unaddressed = delivered + lost per recipient, nothing
 negative, latency percentiles ordered, files written)."""
 
 from __future__ import annotations

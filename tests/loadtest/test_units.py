@@ -50,12 +50,31 @@ def test_account_keeps_sent_equal_delivered_plus_lost_per_recipient() -> None:
         {"bot1": {"botA": 0, "botB": 6}, "bot2": {"botA": 8}},
         {"botA": {"bot2": a.to_json()["2"]}, "botB": {"bot1": b.to_json()["1"]}},
     )
-    expected = {"sent": 8, "delivered": 8, "lost": 0, "duplicates": 0, "reordered": 0}
+    expected = {"sent": 8, "delivered": 8, "lost": 0, "unaddressed": 0, "duplicates": 0, "reordered": 0}
     assert acc["per_recipient"]["botA"] == expected
     assert acc["per_recipient"]["botB"]["lost"] == 2
     assert acc["totals"]["sent"] == 14 and acc["totals"]["lost"] == 2
     assert abs(acc["totals"]["loss_ratio"] - 2 / 14) < 1e-12
     assert checks.accounting_problems(acc) == []
+
+
+def test_a_delivery_the_sender_could_not_count_is_unaddressed_not_negative_loss() -> None:
+    """Churn: bot1 broadcast before it saw botB rejoin, so it addressed botB 3 messages while the
+    relay delivered 4; bot2 addressed botB 5 and 1 was lost. Neither hides the other."""
+    from_1, from_2 = RecipientStats(), RecipientStats()
+    for seq in range(1, 5):
+        from_1.arrive(1, seq)
+    for seq in range(1, 5):
+        from_2.arrive(2, seq)
+    acc = account(
+        {"bot1": {"botB": 3}, "bot2": {"botB": 5}},
+        {"botB": {"bot1": from_1.to_json()["1"], "bot2": from_2.to_json()["2"]}},
+    )
+    row = acc["per_recipient"]["botB"]
+    assert (row["sent"], row["delivered"], row["lost"], row["unaddressed"]) == (8, 8, 1, 1)
+    assert checks.accounting_problems(acc) == []
+    row["lost"] = 0  # 8 + 1 != 8 + 0
+    assert checks.accounting_problems(acc) != []
 
 
 def test_histograms_merge_across_processes_and_percentiles_are_ordered() -> None:
