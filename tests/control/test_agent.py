@@ -232,3 +232,20 @@ async def test_heartbeat_gap_is_checked_and_bounded(tmp_path: Path) -> None:
         assert r.status_code == 401
         r = await http.post(f"{cp.internal_url}/rooms/gap/none/heartbeat", json=beat, headers=headers)
         assert r.status_code == 404
+
+
+async def test_a_session_begun_during_a_heartbeat_still_shortens_the_pause(tmp_path: Path) -> None:
+    """The listener fired while the last heartbeat was on its way (the room was quiet when its
+    gap was chosen); the pause that follows must not sleep the quiet room's 30 s."""
+    cp = ControlPlane(make_config(tmp_path, provisioner="none"))  # never started: not needed here
+    relay = FakeRelay()
+    relay.members = 1
+    agent = Agent(relay, agent_config(cp, "p", "r", "s", idle_heartbeat_interval=30.0))
+    for listener in relay.session_listeners:
+        listener()
+    t0 = asyncio.get_running_loop().time()
+    await asyncio.wait_for(agent._pause(30.0), 2)
+    assert asyncio.get_running_loop().time() - t0 < 1.0
+    relay.members = 0  # quiet, and nobody began since: the long pause holds
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(agent._pause(30.0), 0.5)
