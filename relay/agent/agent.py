@@ -153,7 +153,7 @@ class Agent:
                     self.address, self.relay.port, self.relay.admin_port, os.getpid(), promised
                 )
                 self.registered.set()
-                self._figures()  # the start of the first heartbeat's messages/s
+                self._message_rate(self.relay.stats())  # the first heartbeat's rate starts here
                 log.info("registered %s:%s", self.address, self.relay.port)
                 return promised
             except RoomGone:
@@ -182,9 +182,8 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._session_began.wait(), seconds)
 
-    def _figures(self) -> tuple[int, float, float, int]:
-        stats = self.relay.stats()
-        members = int(getattr(stats, "members", 0) or 0)
+    def _message_rate(self, stats: Any) -> float:
+        """Messages/s since the last call, which starts the next interval."""
         messages = int(getattr(stats, "messages_in", 0) or 0)
         now = time.monotonic()
         rate = 0.0
@@ -193,6 +192,12 @@ class Agent:
             if now > then:
                 rate = max(0.0, (messages - count) / (now - then))
         self._last_messages = (now, messages)
+        return rate
+
+    def _figures(self) -> tuple[int, float, float, int]:
+        stats = self.relay.stats()
+        members = int(getattr(stats, "members", 0) or 0)
+        rate = self._message_rate(stats)
         cpu, rss = process_figures()
         return members, round(rate, 3), round(cpu, 3), rss
 

@@ -3,11 +3,11 @@
     POST {control_url}/rooms/{ns}/{room}/register  {ipAddress, port, adminPort, pid, nextHeartbeatSeconds}
     POST {control_url}/rooms/{ns}/{room}/heartbeat {members, messagesPerSecond, cpuSeconds, rssBytes,
                                                     nextHeartbeatSeconds}
+    POST {control_url}/rooms/{ns}/{room}/closed    {reason}
 
 nextHeartbeatSeconds is the agent's promise of when its next heartbeat comes (short while anyone
 is in the room, long while it is quiet); the control plane declares the relay lost after a few
 such gaps go by in silence.
-    POST {control_url}/rooms/{ns}/{room}/closed    {reason}
 
 Every call carries `Authorization: Bearer <agent secret>`. 404 (or 401: the record now belongs
 to another room of the same name) means the room is gone: RoomGone. Transport errors and 5xx

@@ -118,8 +118,13 @@ class ControlConfig:
         return self.heartbeat_interval * self.missed_heartbeats
 
     @property
+    def longest_heartbeat_gap(self) -> float:
+        """The longest gap an agent may promise (a quiet room's; never below the active one)."""
+        return max(self.heartbeat_interval, self.idle_heartbeat_interval)
+
+    @property
     def idle_lost_after(self) -> float:
-        return max(self.heartbeat_interval, self.idle_heartbeat_interval) * self.missed_heartbeats
+        return self.longest_heartbeat_gap * self.missed_heartbeats
 
     def replace(self, **changes: Any) -> ControlConfig:
         return dataclasses.replace(self, **changes)

@@ -429,8 +429,7 @@ class RealtimeService:
                 "realtime.agent.nextHeartbeatSeconds.error.invalid",
             )
         cfg = self.config
-        gap = min(max(gap, cfg.heartbeat_interval), max(cfg.heartbeat_interval, cfg.idle_heartbeat_interval))
-        return gap * cfg.missed_heartbeats
+        return min(max(gap, cfg.heartbeat_interval), cfg.longest_heartbeat_gap) * cfg.missed_heartbeats
 
     async def closed(self, namespace: str, name: str, secret: str | None, body: dict[str, Any]) -> None:
         reason = body.get("reason")
