@@ -109,15 +109,17 @@ def regenerate(args: Any, command: str) -> int:
         "",
         "## What the figures mean",
         "",
-        "- **Delivered messages/s**: 100-byte messages arriving at recipients per second. A 4-player room "
-        "has a fan-out of 3, so every message sent is due 3 deliveries. The C baseline's figure is "
-        "datagrams out of its relay per second (each datagram is one 100-byte message, no crypto, no "
-        "rooms), measured in the same run on the same CPUs (`../shared/bench/udp_baseline.c`, as "
-        "`run_baseline.sh` runs it).",
+        "- **Delivered messages/s**: 100-byte messages arriving at recipients per second of the sending "
+        "window (what a relay that fell behind delivers from its queues after the window is not counted "
+        "as rate). A 4-player room has a fan-out of 3, so every message sent is due 3 deliveries. "
+        "The C baseline's figure is datagrams out of its relay per second (each datagram is one "
+        "100-byte message, no crypto, no rooms), measured in the same run on the same CPUs "
+        "(`../shared/bench/udp_baseline.c`, as `run_baseline.sh` runs it).",
         "- **Datagrams** (in the per-step tables of each run's summary.md) are packets arriving at "
         "recipients: UDP datagrams or WebSocket messages, each holding several coalesced messages.",
         "- **Saturation**: offered load rises 1.5x per step until deliveries fall more than 5% short of "
-        "what was due or stop growing; the best step's delivered rate is reported.",
+        "what was due (lost, or still queued when the window closed) or stop growing; the best step's "
+        "delivered rate is reported.",
         "- **Relay CPU**: utime+stime of the relay process from /proc/PID/stat over the step (loopback "
         "delivery work done in softirq is not charged to it; the per-step tables also give the relay "
         "core's busy share from /proc/stat).",
@@ -135,16 +137,18 @@ def regenerate(args: Any, command: str) -> int:
         "the relay (the per-run summaries give the senders' lateness p99 too). The saturation steps "
         "sample one packet in 16 and record only end-to-end latency. A second latency step runs at "
         "*half of the sustained rate*: the saturation rate is reached with queues and some loss, and "
-        "half of it still keeps the relay's core 80-90% busy (far less coalescing per packet at the "
-        "lower rate), so its queueing dominates that tail.",
+        "half of it still keeps the relay's core 70-90% busy (far less coalescing per packet at the "
+        "lower rate).",
         "- **Sustained**: the best step that lost at most 0.1% with end-to-end p99 at most 5 ms: what "
         "the relay serves well, where saturation is what it pushes through flat out (with queues and "
         "loss).",
         "- **Load generator**: senders seal all packets of a step before it starts (8 messages "
         "coalesced per packet, as a client coalesces what one loop pass produced) and only send() in "
         "the timed window; receivers count messages from packet lengths and decrypt one packet in "
-        "16 (every packet at half load, read with recvmsg for its kernel timestamp, with each packet's "
-        "send time recorded).",
+        "16. At half load every packet is read with recvmsg for its kernel timestamp, with each "
+        "packet's send time recorded, and held: all are decrypted and timed after the window, so the "
+        "one load core is free to send on time (decrypting them in the window made the senders late "
+        "by 1-4 ms at p99, and a late sender's catch-up burst queued at the relay).",
         "",
         *sections,
     ]

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half-load-seconds", type=float, default=None)
     p.add_argument("--sample-every", type=int, default=None)
     p.add_argument("--coalesce-tick", type=float, default=None)
+    p.add_argument("--max-coalesce-delay-udp", type=float, default=None, help="relay override (s)")
     p.add_argument("--relay-cpus", default=None)
     p.add_argument("--load-cpus", default=None)
     p.add_argument("--baseline-pps", type=int, default=None)

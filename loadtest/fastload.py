@@ -11,6 +11,9 @@ Cheap per delivered message by construction (it shares one core with every other
   A packet whose length does not fit is decrypted and parsed in full (membership news etc.).
 - in "full" mode (the half-load latency step) every packet is decrypted, every message's
   latency recorded and every sender's sequence numbers tracked (loss, duplicates, reordering).
+  Packets are held as read (with their receive clock and kernel stamp) and decrypted after the
+  timed window: decrypting them in it made the one load core late with its sends, and a late
+  sender sends in bursts that queue at the relay, which the added latency then charged to it.
   That step measures two latencies per message. End to end: the receiver's clock when it got
   round to the packet minus the packet's scheduled send time (what a player of this load
   generator sees, its own lag included). Added: the kernel's receive timestamp of the packet
@@ -145,6 +148,11 @@ class LoadMember:
         "dgrams_in",
         "ends",
         "group",
+        "held",
+        "held_msgs",
+        "held_now",
+        "held_rx",
+        "in_window",
         "index",
         "latencies",
         "latency_counts",
@@ -196,6 +204,13 @@ class LoadMember:
         self.stamped = 0  # WS: packets whose send time is recorded
         self.partial_sends = 0
         self.arrivals = RecipientStats()
+        # full mode: packets read in the timed window, decrypted after it (with their receive
+        # clock and kernel stamp), so the one load core spends the window sending on time
+        self.held: list[bytes] = []
+        self.held_now: list[int] = []
+        self.held_rx: list[int] = []
+        self.held_msgs = 0  # messages in `held`, from packet lengths
+        self.in_window = -1  # messages received by the end of the sending window (-1: not yet)
 
 
 class Worker:
@@ -313,6 +328,8 @@ class Worker:
             if sending:
                 if now >= end_ns:
                     sending = False
+                    for m in members:
+                        m.in_window = m.delivered + m.held_msgs
                 else:
                     elapsed = now - start_ns
                     next_due = end_ns
@@ -335,7 +352,7 @@ class Worker:
                         {
                             "t": (now - start_ns) / 1e9,
                             "sent": sum(m.sent_dgrams for m in members) * batch,
-                            "delivered": sum(m.delivered for m in members),
+                            "delivered": sum(m.delivered + m.held_msgs for m in members),
                             "dgrams_in": sum(m.dgrams_in for m in members),
                         },
                     )
@@ -353,7 +370,18 @@ class Worker:
                     ws_recv(m)
         if poller is not None:
             poller.close()
+        for m in members:
+            if m.in_window < 0:
+                m.in_window = m.delivered + m.held_msgs
+            self._open_held(m)
         return self._result(start_ns)
+
+    def _open_held(self, m: LoadMember) -> None:
+        """Full mode, after the window: decrypts and records what was held, in arrival order."""
+        held, nows, rxs = m.held, m.held_now, m.held_rx
+        m.held, m.held_now, m.held_rx, m.held_msgs = [], [], [], 0
+        for packet, now, rx in zip(held, nows, rxs, strict=True):
+            self._open(m, packet, now, rx=rx)
 
     def _send(self, m: LoadMember, due: int) -> None:
         session = m.session
@@ -433,22 +461,30 @@ class Worker:
                 m.session.closed = True
                 return
             m.dgrams_in += 1
-            body = len(packet) - PACKET_OVERHEAD
-            if body <= 0 or body % msg_len:
-                m.slow += 1
             try:  # SO_TIMESTAMPNS is the only control message these sockets ask for
                 sec, nsec = _unpack_timespec(ancdata[0][2])
                 rx = sec * 1_000_000_000 + nsec
             except (IndexError, struct.error):
                 rx = rx_stamp(ancdata)
-            self._open(m, packet, time.monotonic_ns(), rx=rx)
+            body = len(packet) - PACKET_OVERHEAD
+            if body > 0 and body % msg_len == 0:
+                m.held.append(packet)
+                m.held_now.append(time.monotonic_ns())
+                m.held_rx.append(rx)
+                m.held_msgs += body // msg_len
+            else:
+                m.slow += 1
+                self._open(m, packet, time.monotonic_ns(), count=True, rx=rx)
 
     def _count(self, m: LoadMember, packet: bytes, msg_len: int, full: bool, every: int, rx: int = 0) -> None:
         m.dgrams_in += 1
         body = len(packet) - PACKET_OVERHEAD
         if body > 0 and body % msg_len == 0:
             if full:
-                self._open(m, packet, time.monotonic_ns(), rx=rx)
+                m.held.append(packet)
+                m.held_now.append(time.monotonic_ns())
+                m.held_rx.append(rx)
+                m.held_msgs += body // msg_len
             else:
                 m.delivered += body // msg_len
                 if m.dgrams_in % every == 0:
@@ -664,6 +700,7 @@ class Worker:
             "sent_packets": sum(m.sent_dgrams for m in self.members),
             "planned_packets": sum(len(m.packets) for m in self.members),
             "delivered": sum(m.delivered for m in self.members),
+            "delivered_in_window": sum(m.in_window for m in self.members),
             "datagrams_in": sum(m.dgrams_in for m in self.members),
             "per_recipient": per_recipient,
             "latency_hist": hdr.encode(hist),
