@@ -46,6 +46,7 @@ _TUNABLES = (
     "idle_timeout",
     "lifetime",
     "coalesce_tick",
+    "max_coalesce_delay_udp",
 )
 
 

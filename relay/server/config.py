@@ -35,6 +35,10 @@ class RelayConfig:
     idle_timeout: float = 60.0
     lifetime: float = 10800.0
     coalesce_tick: float = 0.0  # 0: flush at the end of each event-loop pass
+    # with no tick: a pass still reading datagrams this long after it queued its first message
+    # flushes what it holds, so the first of a burst (uvloop reads up to 32 datagrams in one
+    # pass) do not wait for the last; WebSocket input flushes at the end of its pass only
+    max_coalesce_delay_udp: float = 0.00025
     drain_timeout: float = 1.5  # on close, how long to wait for WebSocket buffers to empty
     # user binding: base64url Ed25519 public key; when set JOIN must carry a valid token
     token_public_key: str | None = None

@@ -6,6 +6,13 @@ event-loop pass is packed into as few DATA packets as fit and encrypted once per
 end of the pass (`flush`), which is what makes a Python relay fast: the per-packet costs
 (AES-GCM, a system call) are paid per recipient per pass, not per message.
 
+A pass that reads a burst of datagrams (uvloop reads up to 32 in one go) flushes early once it
+has held output for `max_coalesce_delay_udp`: a 1200-byte datagram holds little more than one
+client packet's messages, so waiting for the burst's last datagram saved few packets and held
+its first ones for the whole pass (p99 at half load fell from 1.6-2.8 ms to 0.3 ms, with the
+same saturation rate). WebSocket input keeps the whole pass: its messages hold up to 64 KiB, and
+flushing a burst early multiplied its writes (p99 at half load rose from 0.7 to 1.2-4.9 ms).
+
 Input that docs/protocol.md says to drop is dropped and counted by reason, never raised.
 """
 
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import time
@@ -155,6 +163,8 @@ class Room:
         self._dirty: list[Session] = []
         self._flush_scheduled = False
         self._batch_start = 0.0
+        # no tick: a UDP pass flushes early once it has held output this long
+        self._max_delay = config.max_coalesce_delay_udp if config.coalesce_tick <= 0 else math.inf
         self._loop = asyncio.get_event_loop()
         self.observe_fanout: Callable[[float], None] = lambda seconds: None
         self._limits = {UDP: config.limits("udp"), WS: config.limits("ws")}
@@ -184,6 +194,8 @@ class Room:
                 c.drops["oversize" if n > UDP_MAX_PACKET else "bad_data"] += 1
                 return
             self._data(sess, data, ctr, addr)
+            if self._flush_scheduled and time.perf_counter() - self._batch_start >= self._max_delay:
+                self.flush()
         elif ptype == _HELLO:
             if sid or ctr or n < HELLO_MIN_SIZE or n > _UDP_MAX_HELLO:
                 c.drops["bad_hello"] += 1

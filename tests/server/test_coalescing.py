@@ -1,0 +1,57 @@
+"""Coalescing: what one pass queues for a recipient leaves as one packet, and a UDP pass that
+has held output for `max_coalesce_delay_udp` flushes before reading on.
+
+The datagrams are handed to Room.udp_datagram one after another without yielding to the loop,
+which is exactly what uvloop does with a burst it reads in one pass; the relay's output goes out
+through its real socket to real peers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from relay.embedded import room
+from relay.protocol import messages as m
+
+from .rawpeer import UdpPeer
+
+
+def _no_link(addr: tuple, budget: int) -> Any:
+    raise AssertionError("a DATA packet of a known session needs no new link")
+
+
+async def _pass_of(delay: float, gap_after_first: float = 0.0) -> list[list[bytes]]:
+    """Three SENDs from a, read in one pass; the payloads of each datagram b receives."""
+    async with room(max_coalesce_delay_udp=delay) as r:
+        relay_room = r.relay.room
+        assert relay_room is not None
+        a = await UdpPeer.open(r.key, r.port)
+        b = await UdpPeer.open(r.key, r.port)
+        await a.start("a")
+        await b.start("b")
+        await a.expect(m.MemberJoined)
+        await b.quiet(0.1)
+        burst = [a.seal(m.Send(b"msg%d" % i).encode()) for i in range(3)]
+        for i, packet in enumerate(burst):
+            relay_room.udp_datagram(packet, a.address, _no_link)
+            if i == 0 and gap_after_first:
+                time.sleep(gap_after_first)  # a slow pass: the loop does not run meanwhile
+        got = [[msg.data for msg in b.decode(p) if isinstance(msg, m.Message)] for p in await b.silence(0.2)]
+        a.close()
+        b.close()
+        return got
+
+
+async def test_one_pass_leaves_as_one_datagram_per_recipient() -> None:
+    assert await _pass_of(delay=10.0) == [[b"msg0", b"msg1", b"msg2"]]
+
+
+async def test_a_zero_delay_flushes_after_every_datagram() -> None:
+    assert await _pass_of(delay=0.0) == [[b"msg0"], [b"msg1"], [b"msg2"]]
+
+
+async def test_a_pass_that_held_output_too_long_flushes_before_reading_on() -> None:
+    # 50 ms bound; the first datagram's output is 60 ms old when the second is handled: the
+    # second's handling ends with a flush of both, the third leaves at the end of the pass
+    assert await _pass_of(delay=0.05, gap_after_first=0.06) == [[b"msg0", b"msg1"], [b"msg2"]]
