@@ -1,5 +1,6 @@
 """Coalescing: what one pass queues for a recipient leaves as one packet, and a UDP pass that
-has held output for `max_coalesce_delay_udp` flushes before reading on.
+has held output for `max_coalesce_delay_udp` flushes before reading on. And the WebSocket frames
+a flush writes, checked against websockets' own serializer.
 
 The datagrams are handed to Room.udp_datagram one after another without yielding to the loop,
 which is exactly what uvloop does with a burst it reads in one pass; the relay's output goes out
@@ -11,8 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
 from relay.embedded import room
 from relay.protocol import messages as m
+from relay.protocol.constants import WS_MAX_PACKET
+from relay.server.links import WsConnection
 
 from .rawpeer import UdpPeer
 
@@ -55,3 +62,28 @@ async def test_a_pass_that_held_output_too_long_flushes_before_reading_on() -> N
     # 50 ms bound; the first datagram's output is 60 ms old when the second is handled: the
     # second's handling ends with a flush of both, the third leaves at the end of the pass
     assert await _pass_of(delay=0.05, gap_after_first=0.06) == [[b"msg0", b"msg1"], [b"msg2"]]
+
+
+class _Collect:
+    """Just enough of a transport to catch what a WsConnection writes."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, WS_MAX_PACKET])
+def test_websocket_packet_frames_are_byte_for_byte_what_websockets_writes(size: int) -> None:
+    conn = WsConnection(room=None, connections=set())  # type: ignore[arg-type]
+    conn.transport = _Collect()  # type: ignore[assignment]
+    conn.proto.state = State.OPEN
+    packet = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert conn.send_packet(packet)
+    assert conn.transport.written == [Frame(Opcode.BINARY, packet).serialize(mask=False, extensions=[])]  # type: ignore[attr-defined]
+    conn.proto.state = State.CLOSING
+    assert not conn.send_packet(packet)  # nothing after our close frame
