@@ -319,7 +319,7 @@ class Worker:
         next_tick = start_ns + 500_000_000
         sending = True
         udp_recv = self._recv_udp_stamped if self.full else self._recv_udp
-        ws_recv = self._recv_ws
+        ws_recv = self._recv_ws_stamped if self.full else self._recv_ws
         while True:
             now = time.monotonic_ns()
             if now >= stop_ns:
@@ -598,16 +598,8 @@ class Worker:
 
     def _recv_ws(self, m: LoadMember) -> None:
         session = m.session
-        full = self.full
-        rx = 0
         try:
-            if full:
-                # The stamp is the arrival of the last segment read: exact for the frame that
-                # segment completes, late (conservative) for frames completed earlier in this read.
-                data, ancdata, _flags, _addr = session.sock.recvmsg(1 << 20, ANCILLARY_SIZE)
-                rx = rx_stamp(ancdata)
-            else:
-                data = session.sock.recv(1 << 20)
+            data = session.sock.recv(1 << 20)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -618,8 +610,56 @@ class Worker:
             return
         reader = session.reader
         assert reader is not None
+        reader.buf += data
+        self._ws_frames(m, reader.buf, 0)
+
+    def _recv_ws_stamped(self, m: LoadMember) -> None:
+        """Full mode: reads frame by frame, each read ending where the next frame ends.
+
+        A TCP read carries the receive stamp of its last segment, so a read of several frames
+        would give the earlier ones a late stamp. The relay writes each frame at once (one
+        segment, or a few for a large one), so a read that ends with a frame's last byte carries
+        that frame's arrival: two reads per frame (header, rest), in the half-load step only.
+        """
+        session = m.session
+        recvmsg = session.sock.recvmsg
+        reader = session.reader
+        assert reader is not None
         buf = reader.buf
-        buf += data
+        rx = 0
+        while True:
+            n = len(buf)
+            want = 2 - n  # bytes that complete the next frame's header, then the frame
+            if n >= 2:
+                length = buf[1] & 0x7F
+                head = 2 if length < 126 else 4 if length == 126 else 10
+                want = head - n
+                if want <= 0:
+                    if length == 126:
+                        length = (buf[2] << 8) | buf[3]
+                    elif length == 127:
+                        length = int.from_bytes(buf[2:10], "big")
+                    want = head + length - n
+                    if not want:  # complete: the read that completed it gave `rx`
+                        self._ws_frames(m, buf, rx)
+                        continue
+            try:
+                data, ancdata, _flags, _addr = recvmsg(want, ANCILLARY_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                session.closed = True
+                return
+            if not data:
+                session.closed = True
+                return
+            buf += data
+            rx = rx_stamp(ancdata)
+
+    def _ws_frames(self, m: LoadMember, buf: bytearray, rx: int) -> None:
+        """Handles every complete frame at the front of `buf` (and removes them)."""
+        session = m.session
+        full = self.full
         pos = 0
         end = len(buf)
         msg_len = self.msg_len
