@@ -2,7 +2,10 @@
 
 UDP is a DatagramProtocol; WebSocket is a plain asyncio.Protocol driving websockets' sans-I/O
 `ServerProtocol`, so a connection costs no task and no async iterator, and the room can write
-frames synchronously from its flush.
+frames synchronously from its flush. websockets does the opening handshake, closes and anything
+unusual; the frames of play (binary in and out, ping) are read and written here
+(relay/server/wsframes.py): websockets' per-frame generator calls, objects and lists were a
+large share of a busy WebSocket relay's core.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from websockets.server import ServerProtocol
 
 from relay.protocol.constants import UDP_MAX_PLAINTEXT, WS_MAX_PACKET, WS_MAX_PLAINTEXT
 from relay.server.room import UDP, WS, WS_POLICY, Room, Session
+from relay.server.wsframes import BINARY, PING, take_frames
 
 log = logging.getLogger("relay.server")
 
+MAX_REQUEST = 65536  # bytes of an opening handshake without its end: websockets gets to refuse it
 _HEAD16 = struct.Struct("!BBH").pack  # FIN + binary, 126, 16-bit length
 _HEAD64 = struct.Struct("!BBQ").pack  # FIN + binary, 127, 64-bit length
 
@@ -105,12 +110,57 @@ class WsConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.link = WsLink(self)
         self._closing = False
+        # Input not yet parsed while this connection reads its own frames (relay/server/wsframes.py);
+        # None once websockets' parser has the stream (after the first frame it does not take).
+        self._buf: bytearray | None = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        if buf is None:
+            self._receive(data)
+            return
+        buf += data
+        if self.proto.state is State.CONNECTING:
+            # websockets gets the HTTP request and nothing after it, so its parser, if handed the
+            # stream later, starts at a frame boundary
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_REQUEST:
+                    self._hand_over()  # websockets refuses it as it would have
+                return
+            request = bytes(buf[: end + 4])
+            del buf[: end + 4]
+            self._receive(request)
+            if self.proto.state is not State.OPEN:
+                self._hand_over()
+                return
+        frames, used, other = take_frames(buf, WS_MAX_PACKET)
+        del buf[:used]
+        try:
+            for opcode, payload in frames:
+                if opcode == BINARY:
+                    self._binary(payload)
+                elif opcode == PING:
+                    self._pong(payload)
+        except Exception:
+            self.room.counters.drops["internal_error"] += 1
+            log.exception("websocket handler failed")
+            self.close(1011, "internal error")
+        if other and self._buf is not None:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """From here on websockets parses this stream: a close, a fragment, text, a bad frame."""
+        rest = bytes(self._buf or b"")
+        self._buf = None
+        if rest:
+            self._receive(rest)
+
+    def _receive(self, data: bytes) -> None:
         proto = self.proto
         proto.receive_data(data)
         try:
@@ -125,16 +175,24 @@ class WsConnection(asyncio.Protocol):
             self.close(1011, "internal error")
         self._write()
 
+    def _binary(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self.session is None:
+            self.session = self.room.ws_hello(data, self.link)
+            if self.session is None:
+                self.close(WS_POLICY, "handshake failed")
+        else:
+            self.room.ws_data(self.session, data)
+
+    def _pong(self, payload: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self._closing and self.proto.state is State.OPEN:
+            transport.write(bytes((0x8A, len(payload))) + payload)
+
     def _frame(self, frame: Frame) -> None:
         if frame.opcode is Opcode.BINARY:
-            if self._closing:
-                return
-            if self.session is None:
-                self.session = self.room.ws_hello(frame.data, self.link)
-                if self.session is None:
-                    self.close(WS_POLICY, "handshake failed")
-            else:
-                self.room.ws_data(self.session, frame.data)
+            self._binary(frame.data)
         elif frame.opcode is Opcode.TEXT:
             self.room.counters.drops["ws_text"] += 1
             self.close(WS_POLICY, "binary frames only")
