@@ -117,7 +117,6 @@ class Relay:
         self._closed = loop.create_future()
         self.room = room = Room(self.config, self.counters, self._room_closed)
         room.on_session = self._session_began
-        room.observe_fanout = self.metrics.fanout_latency.observe
         tcp, udp = bind_pair(self.config.host, self.config.port)
         self.port = tcp.getsockname()[1]
         self._udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(room), sock=udp)

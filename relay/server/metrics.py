@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 TRANSPORTS = ("udp", "ws")
+
+
+FANOUT_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+"""Bucket upper bounds (seconds) of relay_fanout_seconds."""
 
 
 class Counters:
@@ -27,6 +32,8 @@ class Counters:
         "bytes_out",
         "decrypt_failures",
         "drops",
+        "fanout_buckets",
+        "fanout_sum",
         "handshake_failures",
         "handshakes",
         "messages_in",
@@ -48,6 +55,14 @@ class Counters:
         self.handshake_failures = 0
         self.decrypt_failures = 0
         self.rebinds = 0
+        # relay_fanout_seconds, kept as plain numbers like the rest (a prometheus Histogram's
+        # observe() takes a lock and costs several times this, once per flush)
+        self.fanout_buckets = [0] * (len(FANOUT_BOUNDS) + 1)  # the last: over every bound
+        self.fanout_sum = 0.0
+
+    def observe_fanout(self, seconds: float) -> None:
+        self.fanout_buckets[bisect_left(FANOUT_BOUNDS, seconds)] += 1
+        self.fanout_sum += seconds
 
 
 class _RelayCollector(Collector):
@@ -55,7 +70,7 @@ class _RelayCollector(Collector):
         self.counters = counters
         self.gauges = gauges
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         c = self.counters
         for name, values, doc in (
             ("relay_messages_in", c.messages_in, "Messages received from members"),
@@ -81,6 +96,17 @@ class _RelayCollector(Collector):
             "relay_decrypt_failures", "DATA packets that failed authentication", value=c.decrypt_failures
         )
         yield CounterMetricFamily("relay_rebinds", "UDP sessions moved to a new address", value=c.rebinds)
+        cumulative = 0
+        buckets = []
+        for bound, count in zip((*map(str, FANOUT_BOUNDS), "+Inf"), c.fanout_buckets, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            "relay_fanout_seconds",
+            "Time from receipt of a message to the last send of the pass that delivered it",
+            buckets=buckets,
+            sum_value=c.fanout_sum,
+        )
         for name, value in self.gauges().items():
             yield GaugeMetricFamily(f"relay_{name}", name.replace("_", " "), value=value)
 
@@ -89,12 +115,6 @@ class RelayMetrics:
     def __init__(self, counters: Counters, gauges: Callable[[], dict[str, float]]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_RelayCollector(counters, gauges))
-        self.fanout_latency = Histogram(
-            "relay_fanout_seconds",
-            "Time from receipt of a message to the last send of the pass that delivered it",
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
-            registry=self.registry,
-        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

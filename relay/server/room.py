@@ -166,7 +166,6 @@ class Room:
         # no tick: a UDP pass flushes early once it has held output this long
         self._max_delay = config.max_coalesce_delay_udp if config.coalesce_tick <= 0 else math.inf
         self._loop = asyncio.get_event_loop()
-        self.observe_fanout: Callable[[float], None] = lambda seconds: None
         self._limits = {UDP: config.limits("udp"), WS: config.limits("ws")}
         self._max_payload = {UDP: config.max_payload_udp, WS: config.max_payload_ws}
 
@@ -346,10 +345,29 @@ class Room:
             return
         self.last_activity = now
         broadcast: list[bytes] = []  # consecutive broadcasts go out with one extend per recipient
+        # a SEND within its limits is accepted inline (the per-message hot path); anything else
+        # goes through _accept_send, which drops, counts, answers and kicks
+        max_payload = self._max_payload[kind]
+        msg_take = member.msg_bucket.take
+        byte_take = member.byte_bucket.take
+        encode_message = m.encode_message
+        cid = member.cid
+        prefix = member.prefix
         for msg in msgs:
             t = type(msg)
             if t is m.Send:
-                encoded = self._accept_send(member, session, msg, now)  # type: ignore[arg-type]
+                data = msg.data  # type: ignore[union-attr]
+                n = len(data)
+                if n <= max_payload and msg_take(1, now):
+                    if byte_take(n, now):
+                        if member.over_since:
+                            self._rate_recovered(member, now)
+                        encoded: bytes | None = encode_message(cid, data, prefix)
+                    else:
+                        member.msg_bucket.tokens += 1  # not spent: _accept_send takes it again
+                        encoded = self._accept_send(member, session, msg, now)  # type: ignore[arg-type]
+                else:
+                    encoded = self._accept_send(member, session, msg, now)  # type: ignore[arg-type]
                 if encoded is None:
                     if member.session is not session:  # kicked
                         return
@@ -514,10 +532,11 @@ class Room:
     # ---- messages ----------------------------------------------------------------------------
 
     def _rate_ok(self, member: Member, session: Session, nbytes: int, now: float) -> bool:
-        if member.msg_bucket.take(1, now) and member.byte_bucket.take(nbytes, now):
-            if member.over_since and now - member.last_drop > 1.0:
-                member.over_since = 0.0
-            return True
+        if member.msg_bucket.take(1, now):
+            if member.byte_bucket.take(nbytes, now):
+                self._rate_recovered(member, now)
+                return True
+            member.msg_bucket.tokens += 1  # the message is dropped: it spends no message token
         self.counters.drops["rate_limited"] += 1
         member.last_drop = now
         if not member.over_since:
@@ -529,6 +548,12 @@ class Room:
             member.last_error = now
             self._queue(session, m.Error(ErrorCode.RATE_LIMITED, "rate limit exceeded").encode())
         return False
+
+    @staticmethod
+    def _rate_recovered(member: Member, now: float) -> None:
+        """Within its rate again: a member that stays so for a second is no longer abusing."""
+        if member.over_since and now - member.last_drop > 1.0:
+            member.over_since = 0.0
 
     def _accept_send(self, member: Member, session: Session, msg: m.Send, now: float) -> bytes | None:
         """Checks size and rate; the MESSAGE bytes to fan out, or None if dropped."""
@@ -617,7 +642,7 @@ class Room:
                 session.out = []
                 self.counters.drops["internal_error"] += 1
                 log.exception("flush of session %d failed", session.sid)
-        self.observe_fanout(time.perf_counter() - self._batch_start)
+        self.counters.observe_fanout(time.perf_counter() - self._batch_start)
 
     def _flush_session(self, session: Session) -> None:
         session.dirty = False
@@ -701,6 +726,8 @@ class Room:
 
 def _pack(items: list[bytes], limit: int) -> list[bytes]:
     """Greedy packing of encoded messages, in order, into plaintexts of at most `limit` bytes."""
+    if sum(map(len, items)) <= limit:  # the common case, without a Python loop per message
+        return [b"".join(items)]
     chunks: list[bytes] = []
     start = 0
     size = 0

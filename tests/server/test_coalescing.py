@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
@@ -20,6 +22,7 @@ from relay.embedded import room
 from relay.protocol import messages as m
 from relay.protocol.constants import WS_MAX_PACKET
 from relay.server.links import WsConnection
+from relay.server.room import _pack
 
 from .rawpeer import UdpPeer
 
@@ -87,3 +90,19 @@ def test_websocket_packet_frames_are_byte_for_byte_what_websockets_writes(size: 
     assert conn.transport.written == [Frame(Opcode.BINARY, packet).serialize(mask=False, extensions=[])]  # type: ignore[attr-defined]
     conn.proto.state = State.CLOSING
     assert not conn.send_packet(packet)  # nothing after our close frame
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.binary(min_size=1, max_size=300), max_size=40), limit=st.integers(50, 1200))
+def test_packing_keeps_order_fills_greedily_and_respects_the_limit(items: list[bytes], limit: int) -> None:
+    chunks = _pack(items, limit) if items else []
+    assert b"".join(chunks) == b"".join(items)
+    rest = list(items)
+    for i, chunk in enumerate(chunks):
+        taken: list[bytes] = []
+        while rest and b"".join(taken) != chunk:
+            taken.append(rest.pop(0))
+        assert b"".join(taken) == chunk  # chunks end on message boundaries
+        assert len(chunk) <= limit or len(taken) == 1  # only a lone oversize message exceeds it
+        if i + 1 < len(chunks):
+            assert len(chunk) + len(rest[0]) > limit  # greedy: the next message did not fit

@@ -149,6 +149,11 @@ async def test_admin_metrics_and_healthz() -> None:
             assert name in text, name
         assert _metric(text, "relay_members") == 2
         assert _metric(text, "relay_handshakes_total") >= 2
+        # every flush so far (WELCOMEs, JOINs, the message) in the histogram, buckets cumulative
+        flushes = _metric(text, "relay_fanout_seconds_count")
+        assert flushes >= 3 and _metric(text, "relay_fanout_seconds_bucket", le="+Inf") == flushes
+        assert 0 < _metric(text, "relay_fanout_seconds_bucket", le="0.1") <= flushes
+        assert 0 < _metric(text, "relay_fanout_seconds_sum") < flushes
         short_before = _metric(text, "relay_dropped_total", reason="short")
         junk = await UdpPeer.open(r.key, r.port)
         for _ in range(3):

@@ -163,6 +163,24 @@ async def test_rate_limit_drops_errors_once_per_second_and_kicks_abuse() -> None
         await bystander.close()
 
 
+async def test_a_message_dropped_for_bytes_spends_no_message_token() -> None:
+    async with room(
+        messages_per_second=1, message_burst=10, bytes_per_second=300, byte_burst=300, keepalive_timeout=5.0
+    ) as r:
+        a = await client(r, "a", "ws")
+        b = await client(r, "b", "ws")
+        for i in range(5):  # 3 fit the byte budget; 2 are dropped for bytes
+            a.send(bytes([i]) * 100)
+        await asyncio.sleep(0.2)
+        assert len([e for e in b.drain_events() if isinstance(e, rc.Received)]) == 3
+        for _ in range(7):  # empty payloads need no byte token; 10 - 3 message tokens are left
+            a.send(b"")
+        await asyncio.sleep(0.2)
+        assert len([e for e in b.drain_events() if isinstance(e, rc.Received)]) == 7
+        await a.close()
+        await b.close()
+
+
 async def test_slow_websocket_reader_is_disconnected() -> None:
     async with room(
         ws_send_buffer=32768,
