@@ -302,16 +302,18 @@ def _density_section(result: dict[str, Any], report: Report) -> list[str]:
     return [
         "## density: room start latency, idle memory per room, rooms per machine",
         "",
-        "Through `relay dev` as shipped: warm relays (2 standbys), zygote spawner, every relay in its own "
-        "realtime1.nano cgroup. getRoom is polled every 2 ms in the first two runs; the third waits for "
+        "Through `relay dev` as shipped: warm relays (2 standbys), zygote spawner, every relay in its own"
+        " realtime1.nano cgroup. getRoom is polled every 2 ms in the first two runs; the third waits for "
         "the room-ready push on /gateway (GS2's notificationUserIds) and then calls getRoom once. The "
         "three take turns, 100 rooms each at a time, so each meets the machine as it fills (0 to 900 "
         "rooms held) alike. Back to back, every room after the first two gets a fresh fork, whose start "
-        "is mostly copy-on-write faults: on this VM (Firecracker, free page reporting) a fault costs "
-        "several times more once the guest's memory in use grows past what it recently had. Run last "
-        "(600 to 900 rooms held), the push-driven run's p99 was 35 ms once, then 76-81 ms in three runs "
-        "after this machine had allocated and freed 14 GB, while the same back-to-back probe with 20 "
-        "rooms held stayed at 25 ms. That state, more than the run's kind, sets the tails here.",
+        "is mostly copy-on-write faults, and on this VM (Firecracker, free page reporting) the kernel's "
+        "copy of each such page grows about ten times slower once the guest holds a few more GB: 150 "
+        "back-to-back starts with 20 rooms held had p99 31-40 ms; with 600 rooms held, or with 20 rooms "
+        "and an unrelated process holding 4.2 GB, 80-90 ms, at the same 1,740 faults per relay, while the"
+        " COW copy (copy_mc_enhanced_fast_string) went from 3% to 26% of the machine's CPU samples. A "
+        "machine filling with rooms meets that state, so it sets the back-to-back tails here; paced "
+        "starts (the second run) leave the standbys time to refill and miss it.",
         "",
         *body,
         "",
