@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib
 import json
 import os
@@ -59,6 +60,7 @@ async def _serve(factory_path: str, settings: dict[str, Any], stats_interval: fl
             "admin_port": getattr(relay, "admin_port", None),
         }
         print(json.dumps(info), flush=True)
+        gc.freeze()  # as `relay serve` does once started: collections then skip the start-up heap
         reporter = asyncio.ensure_future(_report_stats(relay, stats_interval)) if stats_interval > 0 else None
         closed = (
             asyncio.ensure_future(relay.wait_closed())
