@@ -113,6 +113,7 @@ class WsConnection(asyncio.Protocol):
         # Input not yet parsed while this connection reads its own frames (relay/server/wsframes.py);
         # None once websockets' parser has the stream (after the first frame it does not take).
         self._buf: bytearray | None = bytearray()
+        self._fragments: list[bytes] | None = None  # a binary message arriving in fragments
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -191,9 +192,23 @@ class WsConnection(asyncio.Protocol):
             transport.write(bytes((0x8A, len(payload))) + payload)
 
     def _frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.BINARY:
+        """A frame from websockets' parser. A binary message may come in fragments (RFC 6455
+        5.4): they are joined here; websockets checks their order and closes with 1009 once
+        their total passes the packet limit (its max_size counts the whole message)."""
+        opcode = frame.opcode
+        if opcode is Opcode.BINARY and frame.fin:
             self._binary(frame.data)
-        elif frame.opcode is Opcode.TEXT:
+        elif opcode is Opcode.BINARY or opcode is Opcode.CONT:
+            if opcode is Opcode.BINARY:
+                self._fragments = []
+            parts = self._fragments
+            if parts is None:  # the rest of a text message, already refused
+                return
+            parts.append(frame.data)
+            if frame.fin:
+                self._fragments = None
+                self._binary(b"".join(parts))
+        elif opcode is Opcode.TEXT:
             self.room.counters.drops["ws_text"] += 1
             self.close(WS_POLICY, "binary frames only")
 

@@ -1,7 +1,7 @@
 """The relay's own reading of common WebSocket frames (relay/server/wsframes.py), against
 websockets' serializer; and a connection that hands the stream to websockets' parser for what
-it does not take (a close, text, an unmasked frame) while its binary frames and pings keep
-working over real sockets."""
+it does not take (a close, text, a fragment) while its binary frames and pings keep working
+over real sockets."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from websockets.frames import Close, Frame, Opcode
 import relay.client as rc
 from relay.embedded import room
 from relay.protocol import messages as m
+from relay.protocol.constants import WS_MAX_PACKET
 from relay.server.wsframes import take_frames
 
 from .helpers import FAST, client, exchange
@@ -140,4 +141,34 @@ async def test_a_client_close_gets_the_close_handshake() -> None:
         peer.proto.send_close(1000, "bye")
         peer._write()
         assert await peer.wait_closed() == 1000
+        await peer.aclose()
+
+
+async def test_a_fragmented_binary_message_is_joined_and_play_goes_on() -> None:
+    async with room(**FAST) as r:
+        a = await client(r, "a", "ws")
+        peer = await WsPeer.open(r.key, r.port)
+        await peer.start("p")
+        packet = peer.seal(m.Send(b"in three pieces").encode())
+        peer.proto.send_binary(packet[:10], fin=False)
+        peer.proto.send_ping(b"between fragments")  # control frames may come in between
+        peer.proto.send_continuation(packet[10:20], fin=False)
+        peer.proto.send_continuation(packet[20:], fin=True)
+        peer._write()
+        got = await a.next_event_of(rc.Received, 2, lambda e: e.data == b"in three pieces")
+        assert got.sender == peer.connection_id
+        peer.send(m.Send(b"and whole again").encode())
+        await a.next_event_of(rc.Received, 2, lambda e: e.data == b"and whole again")
+        await a.close()
+        await peer.aclose()
+
+
+async def test_a_fragmented_message_over_the_packet_limit_is_closed_with_1009() -> None:
+    async with room(**FAST) as r:
+        peer = await WsPeer.open(r.key, r.port)
+        await peer.start("p")
+        peer.proto.send_binary(bytes(WS_MAX_PACKET), fin=False)
+        peer.proto.send_continuation(b"one byte too many", fin=True)
+        peer._write()
+        assert await peer.wait_closed() == 1009  # websockets' max_size counts the whole message
         await peer.aclose()
