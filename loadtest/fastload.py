@@ -449,7 +449,7 @@ class Worker:
             self._count(m, packet, msg_len, full, every)
 
     def _recv_udp_stamped(self, m: LoadMember) -> None:
-        """Full mode: every datagram with its kernel receive timestamp, every one decrypted."""
+        """Full mode: every datagram with its kernel receive timestamp (decrypted after the window)."""
         recvmsg = m.session.sock.recvmsg
         msg_len = self.msg_len
         while True:
@@ -460,21 +460,12 @@ class Worker:
             except OSError:
                 m.session.closed = True
                 return
-            m.dgrams_in += 1
             try:  # SO_TIMESTAMPNS is the only control message these sockets ask for
                 sec, nsec = _unpack_timespec(ancdata[0][2])
                 rx = sec * 1_000_000_000 + nsec
             except (IndexError, struct.error):
                 rx = rx_stamp(ancdata)
-            body = len(packet) - PACKET_OVERHEAD
-            if body > 0 and body % msg_len == 0:
-                m.held.append(packet)
-                m.held_now.append(time.monotonic_ns())
-                m.held_rx.append(rx)
-                m.held_msgs += body // msg_len
-            else:
-                m.slow += 1
-                self._open(m, packet, time.monotonic_ns(), count=True, rx=rx)
+            self._count(m, packet, msg_len, True, 1, rx)
 
     def _count(self, m: LoadMember, packet: bytes, msg_len: int, full: bool, every: int, rx: int = 0) -> None:
         m.dgrams_in += 1
