@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -22,13 +21,11 @@ from websockets.server import ServerProtocol
 
 from relay.protocol.constants import UDP_MAX_PLAINTEXT, WS_MAX_PACKET, WS_MAX_PLAINTEXT
 from relay.server.room import UDP, WS, WS_POLICY, Room, Session
-from relay.server.wsframes import BINARY, PING, take_frames
+from relay.server.wsframes import BINARY, PING, PONG, server_frame, take_frames
 
 log = logging.getLogger("relay.server")
 
 MAX_REQUEST = 65536  # bytes of an opening handshake without its end: websockets gets to refuse it
-_HEAD16 = struct.Struct("!BBH").pack  # FIN + binary, 126, 16-bit length
-_HEAD64 = struct.Struct("!BBQ").pack  # FIN + binary, 127, 64-bit length
 
 
 class UdpLink:
@@ -189,7 +186,7 @@ class WsConnection(asyncio.Protocol):
     def _pong(self, payload: bytes) -> None:
         transport = self.transport
         if transport is not None and not self._closing and self.proto.state is State.OPEN:
-            transport.write(bytes((0x8A, len(payload))) + payload)
+            transport.write(server_frame(PONG, payload))
 
     def _frame(self, frame: Frame) -> None:
         """A frame from websockets' parser. A binary message may come in fragments (RFC 6455
@@ -226,23 +223,14 @@ class WsConnection(asyncio.Protocol):
             transport.close()
 
     def send_packet(self, packet: bytes) -> bool:
-        """One unfragmented binary frame, written straight to the transport.
-
-        A server frame is unmasked and this protocol negotiates no extension, so its bytes are
-        a 2-, 4- or 10-byte header and the packet (RFC 6455 5.2); websockets' send_binary builds
-        the same bytes at several times the cost, per recipient per pass. Whatever websockets
-        queued (a pong, a close) was written when it was queued, so order is kept.
-        """
+        """One binary frame written straight to the transport (wsframes.server_frame): websockets'
+        send_binary builds the same bytes at several times the cost, per recipient per pass.
+        Whatever websockets queued (a pong, a close) was written when it was queued, so order is
+        kept."""
         transport = self.transport
         if transport is None or self._closing or self.proto.state is not State.OPEN:
             return False
-        n = len(packet)
-        if n < 126:
-            transport.write(bytes((0x82, n)) + packet)
-        elif n < 65536:
-            transport.write(_HEAD16(0x82, 126, n) + packet)
-        else:
-            transport.write(_HEAD64(0x82, 127, n) + packet)
+        transport.write(server_frame(BINARY, packet))
         return True
 
     def close(self, code: int, reason: str) -> None:

@@ -1,4 +1,4 @@
-"""The common case of RFC 6455 client frames, parsed without websockets' machinery.
+"""The common case of RFC 6455 frames, read and written without websockets' machinery.
 
 A relay's WebSocket input is almost all unfragmented, masked binary frames (one DATA packet
 each), with a rare ping. websockets' sans-I/O parser is a generator that makes several calls,
@@ -6,9 +6,12 @@ an object and a list per frame; `take_frames` reads the common frames straight f
 and stops at the first frame it does not handle, which the connection then hands, with
 everything after it, to websockets' parser (relay/server/links.py), so closes, fragments, text,
 unmasked or oversized frames and protocol errors keep websockets' complete handling.
+`server_frame` writes the relay's own frames (unmasked, unfragmented, no extension).
 """
 
 from __future__ import annotations
+
+import struct
 
 from websockets.frames import apply_mask  # the C version where websockets built it
 
@@ -19,6 +22,8 @@ _FIN = 0x80
 _MASKED = 0x80
 _SIMPLE_HEADS = frozenset((_FIN | BINARY, _FIN | PING, _FIN | PONG))  # FIN set, RSV clear
 _MAX_CONTROL = 125
+_HEAD16 = struct.Struct("!BBH").pack  # FIN + opcode, 126, 16-bit length
+_HEAD64 = struct.Struct("!BBQ").pack  # FIN + opcode, 127, 64-bit length
 
 
 def take_frames(buf: bytearray, max_size: int) -> tuple[list[tuple[int, bytes]], int, bool]:
@@ -57,3 +62,14 @@ def take_frames(buf: bytearray, max_size: int) -> tuple[list[tuple[int, bytes]],
         frames.append((opcode, apply_mask(buf[head + 4 : stop], buf[head : head + 4])))
         pos = stop
     return frames, pos, False
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented, unmasked frame: a 2-, 4- or 10-byte header and the payload (RFC 6455
+    5.2), the bytes websockets' serializer makes when no extension is negotiated."""
+    n = len(payload)
+    if n < 126:
+        return bytes((_FIN | opcode, n)) + payload
+    if n < 65536:
+        return _HEAD16(_FIN | opcode, 126, n) + payload
+    return _HEAD64(_FIN | opcode, 127, n) + payload
