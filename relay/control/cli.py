@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from relay.control.auth import load_signing_key
 from relay.control.config import ControlConfig
 from relay.protocol import tokens
@@ -158,7 +160,7 @@ def _main(argv: list[str] | None, dev: bool) -> int:
         stream=sys.stderr,
     )
     try:
-        return asyncio.run(_serve(config, dev))
+        return uvloop.run(_serve(config, dev))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -69,35 +70,50 @@ def _bind_secret_values(argv: list[str]) -> list[str]:
     return out
 
 
-def parse_args(argv: list[str]) -> RelayConfig:
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """Built once, in the zygote template's rehearsal (relay/agent/zygote.py): a relay forked from
+    it then only parses, instead of building some thirty actions in pages it shares with the
+    template (each write there a copy-on-write fault on the way to registering). Defaults that
+    come from the environment are read at parse time, not here, so they are the relay's own."""
     defaults = RelayConfig()
     p = argparse.ArgumentParser(prog="relay serve", description="Run one relay (one room).")
     p.add_argument(
         "--host", default=defaults.host, help="address for UDP and WebSocket (default %(default)s)"
     )
     p.add_argument("--port", type=int, default=0, help="UDP and TCP port; 0 picks a free one")
-    p.add_argument("--room-key", default=os.environ.get("RELAY_ROOM_KEY", ""), help="or env RELAY_ROOM_KEY")
+    p.add_argument("--room-key", help="or env RELAY_ROOM_KEY")
     p.add_argument("--admin-host", default=defaults.admin_host)
     p.add_argument("--admin-port", type=int, default=None, help="/metrics and /healthz; 0 picks a free one")
-    p.add_argument("--token-public-key", default=os.environ.get("RELAY_TOKEN_PUBLIC_KEY"))
-    p.add_argument("--control-url", default=os.environ.get("RELAY_CONTROL_URL"))
+    p.add_argument("--token-public-key", help="or env RELAY_TOKEN_PUBLIC_KEY")
+    p.add_argument("--control-url", help="or env RELAY_CONTROL_URL")
     p.add_argument("--namespace")
     p.add_argument("--room")
     p.add_argument("--agent-secret", default=None, help="or env RELAY_AGENT_SECRET")
     p.add_argument("--advertise-host", default=None)
-    p.add_argument("--tier", default=os.environ.get("RELAY_TIER"), help="caps to keep to (or env RELAY_TIER)")
+    p.add_argument("--tier", help="caps to keep to (or env RELAY_TIER)")
     p.add_argument(
         "--caps",
         choices=("cgroup", "soft"),
-        default=os.environ.get("RELAY_CAPS") or "soft",
-        help="cgroup: the spawner capped this process; soft: enforce in-process (or env RELAY_CAPS)",
+        help="cgroup: the spawner capped this process; soft (default): kept in-process (or env RELAY_CAPS)",
     )
     p.add_argument("--log-level", default="info")
     types = {f.name: f.type for f in fields(RelayConfig)}
     for name in _TUNABLES:
         kind = float if types[name] in (float, "float") else int
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name))
+    return p
+
+
+def parse_args(argv: list[str]) -> RelayConfig:
+    p = _parser()
     args = p.parse_args(_bind_secret_values(argv))
+    env = os.environ
+    args.room_key = args.room_key or env.get("RELAY_ROOM_KEY", "")
+    args.token_public_key = args.token_public_key or env.get("RELAY_TOKEN_PUBLIC_KEY")
+    args.control_url = args.control_url or env.get("RELAY_CONTROL_URL")
+    args.tier = args.tier or env.get("RELAY_TIER")
+    args.caps = args.caps or env.get("RELAY_CAPS") or "soft"
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Under Agones (AGONES_SDK_HTTP_PORT set) the room key may come later, from the allocation.
     if args.room_key or not os.environ.get("AGONES_SDK_HTTP_PORT"):

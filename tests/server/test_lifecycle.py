@@ -196,3 +196,28 @@ def test_serve_takes_secrets_that_begin_with_a_dash() -> None:
         "realtime1.nano",
     )
     assert parse_args([f"--room-key={key}"]).room_key == key
+
+
+def test_serve_reads_the_environment_at_each_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parser is built once (in the zygote template) and used by every relay forked from it:
+    what comes from the environment must be the relay's own, read when it parses."""
+    from relay.server.cli import parse_args
+
+    first, second = generate_room_key(), generate_room_key()
+    monkeypatch.setenv("RELAY_ROOM_KEY", first)
+    monkeypatch.setenv("RELAY_TIER", "realtime1.nano")
+    monkeypatch.setenv("RELAY_CAPS", "cgroup")
+    monkeypatch.setenv("RELAY_CONTROL_URL", "http://127.0.0.1:1")
+    before = parse_args([])
+    monkeypatch.setenv("RELAY_ROOM_KEY", second)
+    for name in ("RELAY_TIER", "RELAY_CAPS", "RELAY_CONTROL_URL"):
+        monkeypatch.delenv(name)
+    after = parse_args([])
+    assert (before.room_key, before.tier, before.caps, before.control_url) == (
+        first,
+        "realtime1.nano",
+        "cgroup",
+        "http://127.0.0.1:1",
+    )
+    assert (after.room_key, after.tier, after.caps, after.control_url) == (second, None, "soft", None)
+    assert parse_args(["--room-key", first]).room_key == first  # a flag wins over the environment
