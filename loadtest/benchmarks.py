@@ -86,6 +86,16 @@ def regenerate(args: Any, command: str) -> int:
             sections += render(result, report)
         except Exception as exc:
             sections += _failed(title, exc, None)
+    if "firsttouch" not in skip:
+        from loadtest import firsttouch
+
+        sizes = {"rooms": 3, "hold_gib": 0.05, "touch_gib": 0.05} if args.quick else {}
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]
+        commands.append("python -m loadtest.firsttouch " + shlex.join(flags))
+        try:
+            sections += _firsttouch_section(firsttouch.run(**sizes))
+        except Exception as exc:
+            sections += _failed("firsttouch", exc, None)
 
     info = machine_info()
     doc = [
@@ -307,14 +317,30 @@ def _density_section(result: dict[str, Any], report: Report) -> list[str]:
         "the room-ready push on /gateway (GS2's notificationUserIds) and then calls getRoom once. The "
         "three take turns, 100 rooms each at a time, so each meets the machine as it fills (0 to 900 "
         "rooms held) alike. Back to back, every room after the first two gets a fresh fork, whose start "
-        "is mostly copy-on-write faults, and on this VM (Firecracker, free page reporting) the kernel's "
-        "copy of each such page grows about ten times slower once the guest holds a few more GB: 150 "
-        "back-to-back starts with 20 rooms held had p99 31-40 ms; with 600 rooms held, or with 20 rooms "
-        "and an unrelated process holding 4.2 GB, 80-90 ms, at the same 1,740 faults per relay, while the"
-        " COW copy (copy_mc_enhanced_fast_string) went from 3% to 26% of the machine's CPU samples. A "
-        "machine filling with rooms meets that state, so it sets the back-to-back tails here; paced "
-        "starts (the second run) leave the standbys time to refill and miss it.",
+        "writes some 1,600 pages it shared with the template (copy-on-write: each a new page), 1,200 of "
+        "them before it registers. This VM reports free memory to its host (free page reporting), and "
+        "writing a page the guest had reported is a fault on the host too: once the guest's recently "
+        "freed memory is spent (a machine filling with rooms), those host faults set a fresh fork's start"
+        " time, and with it the back-to-back tails here (next section). Paced starts (the second run) "
+        "take standbys, which paid for their pages ahead of demand.",
         "",
         *body,
+        "",
+    ]
+
+
+def _firsttouch_section(result: dict[str, Any]) -> list[str]:
+    from loadtest import firsttouch
+
+    return [
+        "## firsttouch: is this machine's memory slow the first time it is written?",
+        "",
+        "Rooms wanted back to back through `relay dev --warm-relays 0` (every one a fresh fork), with "
+        "the machine as it is; beside a process holding memory it has written; and, that process still "
+        "there, right after more memory was written and freed. On a guest with free page reporting the "
+        "second is far slower and the third as fast as the first: the cost is the host's, of pages the "
+        "guest had reported free, not the relay's (docs/operations.md: what it means for the warm pool).",
+        "",
+        *firsttouch.markdown(result),
         "",
     ]

@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--runs", type=int, default=3, help="runs per figure (medians reported)")
     p.add_argument("--output", default=None, help="file to write (default BENCHMARKS.md at the repo root)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: throughput,nano,fleet,density")
+    p.add_argument(
+        "--skip", default="", help="comma list of parts to skip: throughput,nano,fleet,density,firsttouch"
+    )
     return parser
 
 

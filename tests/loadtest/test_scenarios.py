@@ -4,6 +4,7 @@ negative, latency percentiles ordered, files written)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,23 @@ def test_density_quick(tmp_path: Path) -> None:
     uss, pss = results["uss_mb"], results["pss_mb"]
     assert uss["count"] == 11 and 0 < uss["p50"] <= pss["p50"]
     assert results["rooms_per_24gib"] and results["rooms_per_24gib"] > 0
+
+
+def test_firsttouch_small(capsys: pytest.CaptureFixture[str]) -> None:
+    """Fresh forks in the three states of the machine, each timed; the memory holder is gone after."""
+    from loadtest import firsttouch
+
+    assert firsttouch.main(["--rooms", "2", "--hold-gib", "0.02", "--touch-gib", "0.02"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "count" not in line]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| as it is",
+        "| beside 0.02 GiB held",
+        "| same, right after 0.02 GiB written and freed",
+    ]
+    for row in rows:
+        count, p50, _, _, top = (float(v.replace(",", "")) for v in row.strip("| ").split(" | ")[1:])
+        assert count == 2 and 0 < p50 <= top
+    assert "Free page reporting on this machine" in out
+    held = subprocess.run(["pgrep", "-f", "mmap.mmap"], capture_output=True, text=True).stdout.split()
+    assert held == [], "the memory holder outlived the run"
