@@ -44,6 +44,7 @@ from relay.control.provisioner import (
     Spawner,
     SubprocessSpawner,
 )
+from relay.control.relay_logs import LogRetention
 from relay.control.service import RealtimeService
 from relay.control.store import Store, open_store
 
@@ -70,6 +71,7 @@ def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> P
         stop_grace=config.stop_grace,
         log_dir=config.data_dir / "relay-logs",
         spawner=spawner or make_spawner(config),
+        log_retention=LogRetention(config.relay_log_keep_seconds, config.relay_log_max_bytes),
     )
 
 

@@ -101,6 +101,12 @@ class ControlConfig:
     """If set, every room-ready push is also POSTed here as JSON."""
     operation_log: Path | None = None
     """JSON-lines operation log; default {data_dir}/operations.log."""
+    relay_log_keep_seconds: float = 86400.0
+    """A local relay's log ({data_dir}/relay-logs/<namespace>/<room>.log) is removed this long
+    after its last write once the room has ended (relay/control/relay_logs.py); 0 keeps them all."""
+    relay_log_max_bytes: int = 16 << 20
+    """A running relay's log, or standby.log, past this size is cut (copied to <log>.1, then
+    truncated); 0: never."""
     log_level: str = "info"
 
     @property

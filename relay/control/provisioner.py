@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from relay.control.relay_logs import PRUNE_INTERVAL, LogRetention, prune
+
 log = logging.getLogger("relay.control.provisioner")
 
 ExitCallback = Callable[[str, str, int | None, str | None], Awaitable[None]]
@@ -207,6 +209,8 @@ class LocalProvisioner:
         stop_grace: float = 3.0,
         log_dir: Path | None = None,
         spawner: Spawner | None = None,
+        log_retention: LogRetention | None = None,
+        prune_interval: float = PRUNE_INTERVAL,
     ) -> None:
         self.relay_command = tuple(relay_command)
         self.relay_host = relay_host
@@ -215,6 +219,10 @@ class LocalProvisioner:
         self.stop_grace = stop_grace
         self.log_dir = log_dir
         self.spawner: Spawner = spawner or SubprocessSpawner()
+        self.log_retention = log_retention or LogRetention()
+        self.prune_interval = prune_interval
+        self._pruner: asyncio.Task[None] | None = None
+        self._starting: set[tuple[str, str]] = set()  # spawn() under way: its log is in use
         self._procs: dict[tuple[str, str], ProcessHandle | _Adopted] = {}
         self._watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._on_exit: ExitCallback | None = None
@@ -224,13 +232,32 @@ class LocalProvisioner:
         self._on_exit = callback
 
     async def start(self) -> None:
-        """Readies the spawner (a zygote template) so the first room does not pay its start."""
+        """Readies the spawner (a zygote template) so the first room does not pay its start, and
+        starts pruning relay logs (relay/control/relay_logs.py)."""
         start = getattr(self.spawner, "start", None)
         if start is not None:
             try:
                 await start()
             except Exception:
                 log.exception("spawner did not start; relays will start on demand")
+        if self.log_dir is not None and self._pruner is None:
+            self._pruner = asyncio.get_running_loop().create_task(self._prune_logs())
+
+    def _running(self, namespace: str, room: str) -> bool:
+        key = (namespace, room)
+        return key in self._procs or key in self._starting
+
+    async def _prune_logs(self) -> None:
+        assert self.log_dir is not None
+        while True:
+            await asyncio.sleep(self.prune_interval)
+            try:
+                done = await asyncio.to_thread(prune, self.log_dir, self._running, self.log_retention)
+            except Exception:
+                log.exception("pruning relay logs failed")
+                continue
+            if done.removed or done.cut:
+                log.info("relay logs: %d removed, %d cut", done.removed, done.cut)
 
     def argv(self, request: RelayRequest) -> list[str]:
         argv = [
@@ -269,10 +296,14 @@ class LocalProvisioner:
         key = (request.namespace, request.room)
         if key in self._procs:  # the relay of an earlier room of this name is still stopping
             await self.stop(*key)
-        handle = await self.spawner.spawn(
-            self.argv(request), self.env(request), self.log_path(request.namespace, request.room)
-        )
-        self._track(key, handle)
+        self._starting.add(key)
+        try:
+            handle = await self.spawner.spawn(
+                self.argv(request), self.env(request), self.log_path(request.namespace, request.room)
+            )
+            self._track(key, handle)
+        finally:
+            self._starting.discard(key)
         return handle.pid
 
     def _track(self, key: tuple[str, str], handle: ProcessHandle | _Adopted) -> None:
@@ -339,6 +370,10 @@ class LocalProvisioner:
             await asyncio.wait({watcher}, timeout=5.0)
 
     async def close(self, stop_all: bool) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+            self._pruner = None
         if stop_all:
             await asyncio.gather(
                 *(self.stop(ns, room) for ns, room in list(self._procs)), return_exceptions=True
