@@ -8,6 +8,9 @@ each), in three states of the machine:
 2. beside a process that holds `--hold-gib` of memory it has written;
 3. that process still there, right after another `--touch-gib` were written and freed.
 
+The first two start once the machine is idle (a thousand relays of an earlier step may still be
+exiting); the third right after the write, before the guest can report those pages.
+
 On a guest that reports its free memory to the hypervisor (virtio-balloon free page reporting, as
 on Firecracker; `/sys/module/page_reporting` exists), writing a page the guest had reported is a
 fault on the host as well: then 2 is far slower than 1, and 3 (pages freed a moment ago, not yet
@@ -29,6 +32,7 @@ from typing import Any
 import httpx
 
 from loadtest.controlplane import ControlPlane
+from loadtest.machine import wait_until_idle
 from loadtest.report import table
 from loadtest.scenarios.density import GIB, DensityConfig, _pcts, _ready, mem_available
 
@@ -71,8 +75,10 @@ async def measure(cp: ControlPlane, rooms: int, hold_gib: float, touch_gib: floa
         await cp.create_namespace(http, ns)
         hog = None
         try:
+            wait_until_idle()  # the control plane's start, and whatever ran before us
             out["as it is"] = await _starts(cp, http, ns, "a", rooms)
             hog = write_memory(hold_gib, hold=True)
+            wait_until_idle()
             out[f"beside {hold_gib:g} GiB held"] = await _starts(cp, http, ns, "b", rooms)
             write_memory(touch_gib, hold=False).wait(60)
             after = f"same, right after {touch_gib:g} GiB written and freed"

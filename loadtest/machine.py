@@ -136,6 +136,20 @@ def busy_percent(
     return 100.0 * busy / total * len(cpus) if total else 0.0
 
 
+def wait_until_idle(busy_below: float = 10.0, window: float = 0.5, limit: float = 60.0) -> float:
+    """Waits until the machine's CPUs, all together, were busy less than `busy_below` percent over
+    one `window` (or `limit` seconds passed); returns the seconds waited. A step then starts once
+    the last one's processes (a thousand relays exiting, say) are done, not in their wake."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        before = cpu_times()
+        time.sleep(window)
+        after = cpu_times()
+        if busy_percent(before, after, set(after)) / max(1, len(after)) < busy_below:
+            break
+    return time.monotonic() - t0
+
+
 def smaps(pid: int) -> dict[str, int]:
     """Rss, Pss and Uss (private clean + dirty) in bytes from /proc/PID/smaps_rollup; zeros if gone.
     PSS splits shared pages between their users (the fair per-room figure); USS is what the
