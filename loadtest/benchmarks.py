@@ -89,7 +89,7 @@ def regenerate(args: Any, command: str) -> int:
     if "firsttouch" not in skip:
         from loadtest import firsttouch
 
-        sizes = {"rooms": 3, "hold_gib": 0.05, "touch_gib": 0.05} if args.quick else {}
+        sizes = {"rooms": 3, "hold_gib": 0.05, "touch_gib": 0.05, "settle_limit": 3} if args.quick else {}
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()]
         commands.append("python -m loadtest.firsttouch " + shlex.join(flags))
         try:

@@ -127,7 +127,8 @@ def test_firsttouch_small(capsys: pytest.CaptureFixture[str]) -> None:
     """Fresh forks in the three states of the machine, each timed; the memory holder is gone after."""
     from loadtest import firsttouch
 
-    assert firsttouch.main(["--rooms", "2", "--hold-gib", "0.02", "--touch-gib", "0.02"]) == 0
+    argv = ["--rooms", "2", "--hold-gib", "0.02", "--touch-gib", "0.02", "--settle-limit", "3"]
+    assert firsttouch.main(argv) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "count" not in line]
     assert [row.split(" | ")[0] for row in rows] == [
