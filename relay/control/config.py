@@ -71,7 +71,7 @@ class ControlConfig:
     relay_warm_relays: int = 2
     """With the zygote spawner: relays kept forked, capped and rehearsed before any room wants them
     (relay/agent/warm_pool.py), so a wanted room gets one in a few milliseconds. Each costs what
-    an idle room costs (about 11 MiB). 0: none."""
+    an idle room costs (about 6 MiB). 0: none."""
     relay_tier: str = "realtime1.nano"
     """Caps every local relay keeps to (relay/agent/tiers.py, docs/tiers.md)."""
     relay_caps: str = "auto"
