@@ -14,7 +14,7 @@ import sys
 COMMANDS = {
     "dev": ("relay.control.cli", "dev_main", "run the control plane and local relays on this machine"),
     "control": ("relay.control.cli", "control_main", "run the control plane"),
-    "serve": ("relay.server.cli", "main", "run one relay for one room"),
+    "serve": ("relay.host.standby", "main", "run one relay for one room"),
     "token": ("relay.control.cli", "token_main", "mint a user access token"),
 }
 

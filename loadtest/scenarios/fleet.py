@@ -24,7 +24,7 @@ from loadtest.machine import machine_info, parse_cpus, pin, pss_bytes, sample
 from loadtest.phase import run_phase
 from loadtest.progress import Live
 from loadtest.report import Report, plot_histogram, table
-from relay.control.provisioner import pid_alive
+from relay.host.spawner import pid_alive
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from loadtest.phase import run_phase
 from loadtest.progress import Live
 from loadtest.relayhost import RelayProcess
 from loadtest.report import Report, plot_latency_cdf, table
-from relay.agent.cgroups import Cgroup, describe, detect
 from relay.agent.tiers import NANO
+from relay.host.cgroups import Cgroup, describe, detect
 
 GS2_NANO_RATE = 8 * 3  # messages/s the GS2 docs state for realtime1.nano
 

@@ -1,8 +1,8 @@
 """The agent inside every relay process: registers the room's address with the control plane,
 heartbeats live figures, drains on delete, and reports why the room closed.
 
-    agent = Agent(relay, config)      # config: RelayConfig (control_url, namespace, room,
-    await agent.start()               #   agent_secret, advertise_host)
+    agent = Agent(relay, AgentConfig(control_url, namespace, room, agent_secret))
+    await agent.start()
     ...
     await agent.stop(reason)          # reports `closed` once (idempotent)
 
@@ -29,13 +29,14 @@ from enum import Enum
 from typing import Any, Protocol
 
 from relay.agent.caps import cpu_seconds, rss_bytes
+from relay.agent.config import AgentConfig
 from relay.agent.control_client import ControlClient, ControlError, ControlUnavailable, RoomGone, backoff
+from relay.agent.wire import Closed, Heartbeat, Registration
 from relay.protocol.constants import CloseReason
+from relay.server.app import RelayStats
 
 log = logging.getLogger("relay.agent")
 
-DEFAULT_HEARTBEAT_INTERVAL = 2.0
-DEFAULT_IDLE_HEARTBEAT_INTERVAL = 30.0
 CLOSED_REPORT_TIMEOUT = 2.0
 
 
@@ -44,7 +45,7 @@ class RelayLike(Protocol):
     port: int
     admin_port: int | None
 
-    def stats(self) -> Any: ...
+    def stats(self) -> RelayStats: ...
 
     def add_session_listener(self, callback: Callable[[], None]) -> None: ...
 
@@ -82,31 +83,13 @@ def process_figures() -> tuple[float, int]:
     return cpu_seconds(), rss_bytes()
 
 
-def _seconds(config: Any, name: str, default: float) -> float:
-    """config.<name>, else RELAY_<NAME> (what the control plane hands its relays), else default."""
-    value = getattr(config, name, None) or os.environ.get(f"RELAY_{name.upper()}")
-    try:
-        seconds = float(value) if value else default
-    except ValueError:
-        seconds = default
-    return max(0.05, seconds)
-
-
-def heartbeat_intervals(config: Any) -> tuple[float, float]:
-    """(seconds between heartbeats while anyone is in the room, while it is quiet)."""
-    active = _seconds(config, "heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
-    return active, max(active, _seconds(config, "idle_heartbeat_interval", DEFAULT_IDLE_HEARTBEAT_INTERVAL))
-
-
 class Agent:
-    def __init__(self, relay: RelayLike, config: Any) -> None:
+    def __init__(self, relay: RelayLike, config: AgentConfig) -> None:
         self.relay = relay
         self.config = config
-        self.heartbeat_interval, self.idle_heartbeat_interval = heartbeat_intervals(config)
-        if not config.control_url or not config.namespace or not config.room:
-            raise ValueError("the agent needs control_url, namespace and room")
-        secret = config.agent_secret or os.environ.get("RELAY_AGENT_SECRET") or ""
-        self.client = ControlClient(config.control_url, config.namespace, config.room, secret)
+        self.heartbeat_interval = config.heartbeat_interval
+        self.idle_heartbeat_interval = config.quiet_interval
+        self.client = ControlClient(config.control_url, config.namespace, config.room, config.agent_secret)
         self.registered = asyncio.Event()
         self.deleted = False
         self.closed_reason: str | None = None
@@ -119,9 +102,7 @@ class Agent:
 
     @property
     def address(self) -> str:
-        return getattr(self.config, "advertise_host", None) or detect_address(
-            getattr(self.relay, "host", None)
-        )
+        return self.config.advertise_host or detect_address(self.relay.host)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -150,7 +131,7 @@ class Agent:
             try:
                 promised = self._next_heartbeat()
                 await self.client.register(
-                    self.address, self.relay.port, self.relay.admin_port, os.getpid(), promised
+                    Registration(self.address, self.relay.port, self.relay.admin_port, os.getpid(), promised)
                 )
                 self.registered.set()
                 self._message_rate(self.relay.stats())  # the first heartbeat's rate starts here
@@ -166,7 +147,7 @@ class Agent:
 
     def _next_heartbeat(self) -> float:
         stats = self.relay.stats()
-        quiet = not getattr(stats, "members", 0) and not getattr(stats, "sessions", 0)
+        quiet = not stats.members and not stats.sessions
         return self.idle_heartbeat_interval if quiet else self.heartbeat_interval
 
     async def _pause(self, seconds: float) -> None:
@@ -182,9 +163,9 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._session_began.wait(), seconds)
 
-    def _message_rate(self, stats: Any) -> float:
+    def _message_rate(self, stats: RelayStats) -> float:
         """Messages/s since the last call, which starts the next interval."""
-        messages = int(getattr(stats, "messages_in", 0) or 0)
+        messages = stats.messages_in
         now = time.monotonic()
         rate = 0.0
         if self._last_messages is not None:
@@ -194,12 +175,12 @@ class Agent:
         self._last_messages = (now, messages)
         return rate
 
-    def _figures(self) -> tuple[int, float, float, int]:
+    def _heartbeat(self, next_heartbeat: float) -> Heartbeat:
         stats = self.relay.stats()
-        members = int(getattr(stats, "members", 0) or 0)
+        members = stats.members
         rate = self._message_rate(stats)
         cpu, rss = process_figures()
-        return members, round(rate, 3), round(cpu, 3), rss
+        return Heartbeat(members, round(rate, 3), round(cpu, 3), rss, next_heartbeat)
 
     async def _heartbeat_loop(self, promised: float) -> None:
         """`promised`: the gap the control plane last heard from us (it counts missed gaps)."""
@@ -209,7 +190,7 @@ class Agent:
             await self._pause(wait)
             try:
                 interval = self._next_heartbeat()
-                deleted = await self.client.heartbeat(*self._figures(), interval)
+                deleted = await self.client.heartbeat(self._heartbeat(interval))
                 self.heartbeats_sent += 1
                 failures = 0
                 promised = wait = interval
@@ -248,7 +229,9 @@ class Agent:
         attempt = 0
         while True:
             try:
-                await asyncio.wait_for(self.client.closed(reason), max(0.05, deadline - time.monotonic()))
+                await asyncio.wait_for(
+                    self.client.closed(Closed(reason)), max(0.05, deadline - time.monotonic())
+                )
                 return
             except (TimeoutError, RoomGone):
                 return

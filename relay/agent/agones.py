@@ -31,10 +31,10 @@ import httpx
 from relay.agent.agent import Agent
 from relay.agent.caps import CapsGuard, guard_relay
 from relay.agent.control_client import backoff
+from relay.agent.launch import RelayLaunch
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import decode_room_key
-from relay.server.app import Relay
-from relay.server.config import RelayConfig
+from relay.server.app import Relay, RelayStats
 
 log = logging.getLogger("relay.agent.agones")
 
@@ -222,7 +222,7 @@ class _Advertised:
         self.port = port
         self.admin_port: int | None = None  # the admin server is not exposed outside the pod
 
-    def stats(self) -> Any:
+    def stats(self) -> RelayStats:
         return self.relay.stats()
 
     def add_session_listener(self, callback: Callable[[], None]) -> None:
@@ -341,7 +341,7 @@ async def _annotate(sdk: AgonesSDK, room: str, address: str) -> None:
 
 
 async def run_agones(
-    base: RelayConfig,
+    base: RelayLaunch,
     sdk: AgonesSDK,
     health_interval: float = 2.0,
     stop: asyncio.Event | None = None,
@@ -350,7 +350,7 @@ async def run_agones(
     """One Agones GameServer's life; returns why its room ended. Setting `stop` (SIGTERM) closes
     the room with SHUTDOWN, or ends the wait for an allocation."""
     stop = stop or asyncio.Event()
-    if not base.port:
+    if not base.relay.port:
         log.warning("agones: --port 0 binds a random port; give the GameServer's containerPort")
     health = asyncio.create_task(_health_loop(sdk, health_interval))
     relay: Relay | None = None
@@ -370,24 +370,24 @@ async def run_agones(
             return reason
         assignment, gameserver = got
         address = str((gameserver.get("status") or {}).get("address") or "")
-        config = replace(
-            base,
-            room_key=assignment.room_key,
+        launch = replace(
+            base.with_room(room_key=assignment.room_key),
             namespace=assignment.namespace,
             room=assignment.room,
             agent_secret=assignment.agent_secret or base.agent_secret,
             control_url=assignment.control_url or base.control_url,
             advertise_host=base.advertise_host or address or None,
         )
-        started = Relay(config)
+        started = Relay(launch.relay)
         await started.start()
         relay = started  # only a started relay is closed below
-        guard = guard_relay(relay, config.tier, config.caps)  # the pod's limits are the hard caps
+        guard = guard_relay(relay, launch.tier, launch.caps)  # the pod's limits are the hard caps
         host_port = player_port(gameserver) or relay.port
-        log.info("agones: room %s/%s on %s:%d", config.namespace, config.room, address, host_port)
+        log.info("agones: room %s/%s on %s:%d", launch.namespace, launch.room, address, host_port)
         await _annotate(sdk, assignment.room, f"{address}:{host_port}")
-        if config.control_url:
-            agent = Agent(_Advertised(relay, host_port), config)
+        agent_config = launch.agent()
+        if agent_config is not None:
+            agent = Agent(_Advertised(relay, host_port), agent_config)
             await agent.start()
         watcher = asyncio.create_task(_close_when_ending(sdk, relay, poll_interval))
         stopping = asyncio.create_task(stop.wait())
@@ -411,7 +411,7 @@ async def run_agones(
             log.warning("agones shutdown failed: %r", exc)
 
 
-async def serve_agones(base: RelayConfig) -> int:
+async def serve_agones(base: RelayLaunch) -> int:
     """`relay serve` under Agones: SIGTERM/SIGINT stop the room (or the wait for one)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,6 +1,6 @@
 """Keeping a relay inside its tier from the inside, with or without the kernel's help.
 
-Hard caps (cgroups, relay/agent/cgroups.py) stop a relay from taking more than its share, but
+Hard caps (cgroups, relay/host/cgroups.py) stop a relay from taking more than its share, but
 the kernel's answers are blunt: an OOM kill ends the room, throttling stalls everyone in it.
 `CapsGuard` degrades first, every second (every five while the room is empty):
 - memory at `tier.join_refusal_ratio` (90%) of the cap: new JOINs get ERROR overloaded, members
@@ -22,9 +22,9 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-from relay.agent.cgroups import PARENT_NAME, mounts, own_cgroups
+from relay.agent.cgroupfs import PARENT_NAME, mounts, own_cgroups
 from relay.agent.tiers import Tier, get_tier
 from relay.protocol.constants import CloseReason
 
@@ -97,12 +97,24 @@ def apply_soft_limits(tier: Tier) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (cap, as_hard))
 
 
+class Guarded(Protocol):
+    """What the guard steers (relay/server/app.py's Relay)."""
+
+    accepting_joins: bool
+    shed_optional: bool
+
+    @property
+    def quiet(self) -> bool: ...
+
+    async def close(self, reason: CloseReason, text: str = "") -> None: ...
+
+
 class CapsGuard:
     """Watches memory and CPU against the tier; `mode` is "cgroup" (kernel enforces) or "soft"."""
 
     def __init__(
         self,
-        relay: Any,
+        relay: Guarded,
         tier: Tier,
         mode: str = "cgroup",
         interval: float = 1.0,
@@ -134,9 +146,8 @@ class CapsGuard:
 
     async def _run(self) -> None:
         while True:
-            room = getattr(self.relay, "room", None)
-            quiet = bool(getattr(room, "quiet", False))  # nobody in the room: nothing grows fast
-            await asyncio.sleep(self.quiet_interval if quiet else self.interval)
+            # nobody in the room: nothing grows fast
+            await asyncio.sleep(self.quiet_interval if self.relay.quiet else self.interval)
             await self.check(time.monotonic())
 
     async def check(self, now: float) -> None:
@@ -172,7 +183,7 @@ class CapsGuard:
             relay.shed_optional = False
 
 
-def guard_relay(relay: Any, tier_name: str | None, mode: str) -> CapsGuard | None:
+def guard_relay(relay: Guarded, tier_name: str | None, mode: str) -> CapsGuard | None:
     """Starts the guard for a relay that keeps to a tier (None: no tier, no guard)."""
     if not tier_name:
         return None

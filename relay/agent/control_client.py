@@ -1,9 +1,10 @@
 """The agent's HTTP client for the control plane's internal API (docs/operations.md).
 
-    POST {control_url}/rooms/{ns}/{room}/register  {ipAddress, port, adminPort, pid, nextHeartbeatSeconds}
-    POST {control_url}/rooms/{ns}/{room}/heartbeat {members, messagesPerSecond, cpuSeconds, rssBytes,
-                                                    nextHeartbeatSeconds}
-    POST {control_url}/rooms/{ns}/{room}/closed    {reason}
+    POST {control_url}/rooms/{ns}/{room}/register  Registration
+    POST {control_url}/rooms/{ns}/{room}/heartbeat Heartbeat -> HeartbeatAnswer
+    POST {control_url}/rooms/{ns}/{room}/closed    Closed
+
+(the bodies: relay/agent/wire.py, read by the control plane with the same classes).
 
 nextHeartbeatSeconds is the agent's promise of when its next heartbeat comes (short while anyone
 is in the room, long while it is quiet); the control plane declares the relay lost after a few
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from relay.agent.http11 import Http11Client, HttpError
+from relay.agent.wire import Closed, Heartbeat, HeartbeatAnswer, Registration
 
 
 class ControlError(Exception):
@@ -67,43 +69,15 @@ class ControlClient:
             return {}
         return data if isinstance(data, dict) else {}
 
-    async def register(
-        self, ip_address: str, port: int, admin_port: int | None, pid: int, next_heartbeat: float
-    ) -> None:
-        await self._post(
-            "register",
-            {
-                "ipAddress": ip_address,
-                "port": port,
-                "adminPort": admin_port,
-                "pid": pid,
-                "nextHeartbeatSeconds": next_heartbeat,
-            },
-        )
+    async def register(self, registration: Registration) -> None:
+        await self._post("register", registration.to_json())
 
-    async def heartbeat(
-        self,
-        members: int,
-        messages_per_second: float,
-        cpu_seconds: float,
-        rss_bytes: int,
-        next_heartbeat: float,
-    ) -> bool:
+    async def heartbeat(self, heartbeat: Heartbeat) -> bool:
         """True when the control plane says the room was deleted."""
-        data = await self._post(
-            "heartbeat",
-            {
-                "members": members,
-                "messagesPerSecond": messages_per_second,
-                "cpuSeconds": cpu_seconds,
-                "rssBytes": rss_bytes,
-                "nextHeartbeatSeconds": next_heartbeat,
-            },
-        )
-        return bool(data.get("deleted"))
+        return HeartbeatAnswer.from_json(await self._post("heartbeat", heartbeat.to_json())).deleted
 
-    async def closed(self, reason: str) -> None:
-        await self._post("closed", {"reason": reason})
+    async def closed(self, closed: Closed) -> None:
+        await self._post("closed", closed.to_json())
 
     async def aclose(self) -> None:
         await self._http.aclose()

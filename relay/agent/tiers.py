@@ -1,7 +1,7 @@
 """Room tiers: the resources one relay may use, defined once (docs/tiers.md explains each figure).
 
 GS2-Realtime sells rooms by server spec; realtime1.nano is the smallest and the one we match.
-The local provisioner enforces a tier with cgroups (relay/agent/cgroups.py); the relay keeps to
+The local provisioner enforces a tier with cgroups (relay/host/cgroups.py); the relay keeps to
 it from the inside as well (relay/agent/caps.py), so it degrades before the kernel steps in.
 """
 

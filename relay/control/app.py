@@ -27,9 +27,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import relay
-from relay.agent.capped_spawner import CappedSpawner
-from relay.agent.warm_pool import WarmPool
-from relay.agent.zygote import ZygoteSpawner, serve_args
 from relay.control.api import build_routes
 from relay.control.auth import Authority, load_or_create_credentials, load_signing_key
 from relay.control.config import ControlConfig
@@ -47,6 +44,9 @@ from relay.control.provisioner import (
 from relay.control.relay_logs import LogRetention
 from relay.control.service import RealtimeService
 from relay.control.store import Store, open_store
+from relay.host.capped_spawner import CappedSpawner
+from relay.host.warm_pool import WarmPool
+from relay.host.zygote import ZygoteSpawner, serve_args
 
 log = logging.getLogger("relay.control")
 
@@ -93,8 +93,8 @@ def make_spawner(config: ControlConfig) -> Spawner:
 def _capped(config: ControlConfig, inner: Spawner) -> Spawner:
     if config.relay_caps == "off":
         return inner
-    from relay.agent.cgroups import detect
     from relay.agent.tiers import get_tier
+    from relay.host.cgroups import detect
 
     modes = {"auto", "cgroup", "soft"}
     if config.relay_caps not in modes:

@@ -65,12 +65,12 @@ class ControlConfig:
     stop_grace: float = 3.0
     """Seconds between SIGTERM and SIGKILL when a relay is stopped."""
     relay_spawner: str = "zygote"
-    """"zygote": fork relays from a pre-imported template (relay/agent/zygote.py: ready in
+    """"zygote": fork relays from a pre-imported template (relay/host/zygote.py: ready in
     milliseconds, shared memory); "subprocess": a fresh interpreter per relay (slower, simpler).
     Commands other than this interpreter's `relay serve` always run as a subprocess."""
     relay_warm_relays: int = 2
     """With the zygote spawner: relays kept forked, capped and rehearsed before any room wants them
-    (relay/agent/warm_pool.py), so a wanted room gets one in a few milliseconds. Each costs what
+    (relay/host/warm_pool.py), so a wanted room gets one in a few milliseconds. Each costs what
     an idle room costs (about 6 MiB). 0: none."""
     relay_tier: str = "realtime1.nano"
     """Caps every local relay keeps to (relay/agent/tiers.py, docs/tiers.md)."""

@@ -2,7 +2,7 @@
 
 LocalProvisioner runs one `relay serve` process per room on this machine. How a process is
 created is a `Spawner` (default: a plain subprocess), so a zygote fork-server and cgroup
-placement (relay/agent/zygote.py, cgroups.py) can be plugged in without touching this module.
+placement (relay/host/zygote.py, cgroups.py) can be plugged in without touching this module.
 The provisioner only starts and stops processes; the room's address comes from the relay's
 agent registering with the control plane.
 """
@@ -14,21 +14,20 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from relay.agent.launch import LaunchError, RelayLaunch, room_of
 from relay.control.relay_logs import PRUNE_INTERVAL, LogRetention, prune
+from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner, pid_alive, relay_environment
 
 log = logging.getLogger("relay.control.provisioner")
 
 ExitCallback = Callable[[str, str, int | None, str | None], Awaitable[None]]
 """on_exit(namespace, room, returncode, reason) once a relay process is gone; reason is the
 handle's `exit_reason` when it knows why (e.g. "cap_exceeded" after an OOM kill), else None."""
-
-# Never hand the project secret (or other control-plane-only settings) to a relay process.
-SCRUBBED_ENV = ("RELAY_CLIENT_ID", "RELAY_CLIENT_SECRET", "RELAY_WEBHOOK_URL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,75 +40,6 @@ class RelayRequest:
     heartbeat_interval: float
     idle_heartbeat_interval: float
     token_public_key: str | None = None
-
-
-@runtime_checkable
-class ProcessHandle(Protocol):
-    pid: int
-
-    async def wait(self) -> int | None: ...
-
-    def terminate(self) -> None: ...
-
-    def kill(self) -> None: ...
-
-
-@runtime_checkable
-class Spawner(Protocol):
-    """Creates one relay process. `argv[0]` is the interpreter; env is the full environment.
-    A spawner may also have `async start()` (called when the control plane starts) and
-    `async close()` (called when the provisioner closes)."""
-
-    async def spawn(
-        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
-    ) -> ProcessHandle: ...
-
-
-class SubprocessHandle:
-    __slots__ = ("_proc", "pid")
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self._proc = proc
-        self.pid = proc.pid
-
-    async def wait(self) -> int | None:
-        return await self._proc.wait()
-
-    def terminate(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self._proc.terminate()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self._proc.kill()
-
-
-class SubprocessSpawner:
-    """Default spawner: asyncio subprocess in its own session (a terminal's Ctrl-C reaches only the
-    control plane, which then stops relays deliberately), output to a per-room log file."""
-
-    async def spawn(
-        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
-    ) -> ProcessHandle:
-        out: int | object = asyncio.subprocess.DEVNULL
-        fd = None
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            out = fd
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                env=dict(env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            if fd is not None:
-                os.close(fd)
-        return SubprocessHandle(proc)
 
 
 @runtime_checkable
@@ -148,31 +78,16 @@ class Provisioner(Protocol):
     async def close(self, stop_all: bool) -> None: ...
 
 
-def pid_alive(pid: int) -> bool:
-    """A process we may signal that is not a zombie (an exited child nobody has reaped)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def pid_is_relay(pid: int, namespace: str, room: str) -> bool:
     """pid alive and (where /proc exists) really the relay for this room, not a reused pid."""
     if not pid_alive(pid):
         return False
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return True
-    return (
-        b"--room" in args
-        and room.encode() in args
-        and (b"--namespace" not in args or namespace.encode() in args)
-    )
+    found_namespace, found_room = room_of(args)
+    return found_room == room and found_namespace in (None, namespace)
 
 
 class _Adopted:
@@ -215,7 +130,10 @@ class LocalProvisioner:
         self.relay_command = tuple(relay_command)
         self.relay_host = relay_host
         self.advertise_host = advertise_host
-        self.extra_args = tuple(extra_args)
+        try:
+            self.base = RelayLaunch.parse(list(extra_args), environ={}, room_key_required=False)
+        except LaunchError as exc:
+            raise ValueError(f"relay_extra_args: {exc}") from None
         self.stop_grace = stop_grace
         self.log_dir = log_dir
         self.spawner: Spawner = spawner or SubprocessSpawner()
@@ -259,35 +177,31 @@ class LocalProvisioner:
             if done.removed or done.cut:
                 log.info("relay logs: %d removed, %d cut", done.removed, done.cut)
 
+    def launch(self, request: RelayRequest) -> RelayLaunch:
+        """The room's relay, typed: relay_extra_args first, then what this room needs."""
+        base = self.base
+        return replace(
+            base.with_room(
+                host=self.relay_host,
+                port=0,
+                admin_port=0,
+                room_key=request.room_key,
+                token_public_key=request.token_public_key or base.relay.token_public_key,
+            ),
+            control_url=request.control_url,
+            namespace=request.namespace,
+            room=request.room,
+            agent_secret=request.agent_secret,
+            advertise_host=self.advertise_host or base.advertise_host,
+            heartbeat_interval=request.heartbeat_interval,
+            idle_heartbeat_interval=request.idle_heartbeat_interval,
+        )
+
     def argv(self, request: RelayRequest) -> list[str]:
-        argv = [
-            *self.relay_command,
-            "--host",
-            self.relay_host,
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-            "--control-url",
-            request.control_url,
-            "--namespace",
-            request.namespace,
-            "--room",
-            request.room,
-        ]
-        if self.advertise_host:
-            argv += ["--advertise-host", self.advertise_host]
-        if request.token_public_key:
-            argv += ["--token-public-key", request.token_public_key]
-        return argv + list(self.extra_args)
+        return [*self.relay_command, *self.launch(request).argv()]
 
     def env(self, request: RelayRequest) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-        env["RELAY_ROOM_KEY"] = request.room_key
-        env["RELAY_AGENT_SECRET"] = request.agent_secret
-        env["RELAY_HEARTBEAT_INTERVAL"] = repr(request.heartbeat_interval)
-        env["RELAY_IDLE_HEARTBEAT_INTERVAL"] = repr(request.idle_heartbeat_interval)
-        return env
+        return relay_environment(self.launch(request).env())
 
     def log_path(self, namespace: str, room: str) -> Path | None:
         return None if self.log_dir is None else self.log_dir / namespace / f"{room}.log"

@@ -17,11 +17,12 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from relay.agent.wire import Closed, Heartbeat, HeartbeatAnswer, Registration, WireError
 from relay.control.auth import Authority
 from relay.control.config import ControlConfig
-from relay.control.errors import ApiError, ErrorItem, bad_request, conflict, not_found, unauthorized
+from relay.control.errors import bad_request, conflict, not_found, unauthorized
 from relay.control.gateway import CREATE_ISSUER, Gateway
 from relay.control.metrics import ControlMetrics
 from relay.control.oplog import OperationLog
@@ -40,6 +41,8 @@ from relay.control.validation import NamespaceInput, encode_page_token
 from relay.protocol.keys import generate_room_key
 
 log = logging.getLogger("relay.control.service")
+
+_Body = TypeVar("_Body", Registration, Heartbeat, Closed)
 
 CLOSE_REASONS = ("deleted", "idle", "lifetime", "shutdown", "crash", "cap_exceeded", "kicked")
 
@@ -356,9 +359,15 @@ class RealtimeService:
         _check_secret(secret, room.agent_secret)
         return room
 
-    async def register(self, namespace: str, name: str, secret: str | None, body: dict[str, Any]) -> None:
-        ip, port, admin_port, pid = _registration(body)
-        lost_after = self._lost_after(body)
+    async def register(self, namespace: str, name: str, secret: str | None, body: Any) -> None:
+        registration = _read(Registration, body)
+        ip, port, admin_port, pid = (
+            registration.ip_address,
+            registration.port,
+            registration.admin_port,
+            registration.pid,
+        )
+        lost_after = self._lost_after(registration.next_heartbeat)
         async with self._lock:
             room = await self._agent_room(namespace, name, secret)
             first = room.state != ROOM_READY
@@ -398,45 +407,31 @@ class RealtimeService:
             await self.gateway.push(room.notification_user_ids, CREATE_ISSUER, subject, payload)
             self.gateway.webhook(CREATE_ISSUER, subject, list(room.notification_user_ids), payload)
 
-    async def heartbeat(
-        self, namespace: str, name: str, secret: str | None, body: dict[str, Any]
-    ) -> dict[str, bool]:
-        lost_after = self._lost_after(body)
+    async def heartbeat(self, namespace: str, name: str, secret: str | None, body: Any) -> dict[str, bool]:
+        beat = _read(Heartbeat, body)
+        lost_after = self._lost_after(beat.next_heartbeat)
         rt = self.runtime.get((namespace, name))
         if rt is None or not rt.agent_secret:  # not one of ours now: the record decides 404 or 401
             await self._agent_room(namespace, name, secret)
             self.metrics.heartbeats.inc()
-            return {"deleted": True}
+            return HeartbeatAnswer(deleted=True).to_json()
         _check_secret(secret, rt.agent_secret)
         self.metrics.heartbeats.inc()
         rt.last_heartbeat = time.monotonic()
         rt.lost_after = lost_after
-        rt.stats = {
-            k: body[k] for k in ("members", "messagesPerSecond", "cpuSeconds", "rssBytes") if k in body
-        }
-        return {"deleted": False}
+        rt.stats = beat.stats()
+        return HeartbeatAnswer(deleted=False).to_json()
 
-    def _lost_after(self, body: dict[str, Any]) -> float:
+    def _lost_after(self, gap: float | None) -> float:
         """missed_heartbeats of the gap the agent promised (nextHeartbeatSeconds, held between the
         two configured intervals; an agent that says nothing keeps heartbeat_interval)."""
-        gap = body.get("nextHeartbeatSeconds")
         if gap is None:
             gap = self.config.heartbeat_interval
-        elif isinstance(gap, bool) or not isinstance(gap, int | float) or not 0 < gap < 1e6:
-            raise bad_request(
-                "nextHeartbeatSeconds",
-                "nextHeartbeatSeconds must be a positive number of seconds",
-                "realtime.agent.nextHeartbeatSeconds.error.invalid",
-            )
         cfg = self.config
         return min(max(gap, cfg.heartbeat_interval), cfg.longest_heartbeat_gap) * cfg.missed_heartbeats
 
-    async def closed(self, namespace: str, name: str, secret: str | None, body: dict[str, Any]) -> None:
-        reason = body.get("reason")
-        if not isinstance(reason, str) or len(reason) > 64:
-            raise ApiError(
-                400, [ErrorItem("reason", "reason must be a string", "realtime.agent.reason.error.invalid")]
-            )
+    async def closed(self, namespace: str, name: str, secret: str | None, body: Any) -> None:
+        reason = _read(Closed, body).reason
         async with self._lock:
             room = await self._agent_room(namespace, name, secret)
             ns = await self.store.get_namespace(namespace)
@@ -485,30 +480,9 @@ def _check_secret(given: str | None, expected: str) -> None:
         raise unauthorized("bad agent secret", "realtime.agent.error.unauthorized")
 
 
-def _registration(body: dict[str, Any]) -> tuple[str, int, int | None, int | None]:
-    errors: list[ErrorItem] = []
-    ip = body.get("ipAddress")
-    port = body.get("port")
-    admin_port = body.get("adminPort")
-    pid = body.get("pid")
-    if not isinstance(ip, str) or not 0 < len(ip) <= 128:
-        errors.append(
-            ErrorItem(
-                "ipAddress", "ipAddress must be a string of 1..128", "realtime.agent.ipAddress.error.invalid"
-            )
-        )
-    if not _int_in(port, 1, 65535):
-        errors.append(ErrorItem("port", "port must be 1..65535", "realtime.agent.port.error.invalid"))
-    if admin_port is not None and not _int_in(admin_port, 0, 65535):
-        errors.append(
-            ErrorItem("adminPort", "adminPort must be 0..65535", "realtime.agent.adminPort.error.invalid")
-        )
-    if pid is not None and not _int_in(pid, 1, 2**31):
-        errors.append(ErrorItem("pid", "pid must be a positive integer", "realtime.agent.pid.error.invalid"))
-    if errors:
-        raise ApiError(400, errors)
-    return ip, port, admin_port, pid
-
-
-def _int_in(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+def _read(kind: type[_Body], body: Any) -> _Body:
+    """An agent's body (relay/agent/wire.py), or GS2's 400 naming the bad field."""
+    try:
+        return kind.from_json(body)  # type: ignore[attr-defined, no-any-return]
+    except WireError as exc:
+        raise bad_request(exc.field, str(exc), f"realtime.agent.{exc.field}.error.invalid") from None

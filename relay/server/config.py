@@ -1,56 +1,71 @@
-"""RelayConfig: every knob of one relay process, with the defaults of docs/protocol.md section 9."""
+"""RelayConfig: every knob of one room's relay, with the defaults of docs/protocol.md section 9.
+
+Each field says what it is where it is declared (`doc(...)`, read back by `relay serve --help`
+through relay/agent/launch.py, which writes and reads these as flags). What a relay process needs
+beyond its room (registration with a control plane, caps) is the agent's: relay/agent/config.py.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from relay.protocol.messages import Limits
+
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field with its documentation attached (`field_doc` reads it back)."""
+    return field(default=default, metadata={"doc": text})
+
+
+def field_doc(cls: type, name: str) -> str:
+    """The documentation `doc()` attached to a field of a dataclass."""
+    for f in fields(cls):
+        if f.name == name:
+            return str(f.metadata.get("doc", ""))
+    raise KeyError(name)
 
 
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     """One room's relay. Times are seconds; 0 for a rate means unlimited."""
 
-    room_key: str = ""
-    host: str = "127.0.0.1"
-    port: int = 0  # UDP and TCP (WebSocket) share this number; 0 picks one free for both
-    admin_host: str = "127.0.0.1"
-    admin_port: int | None = None  # /metrics and /healthz; 0 = ephemeral, None = no admin server
+    room_key: str = doc("", "base64url of the room's 32-byte key (getRoom's encryptionKey); a secret")
+    host: str = doc("127.0.0.1", "address for UDP and WebSocket")
+    port: int = doc(0, "UDP and TCP (WebSocket) share this number; 0 picks one free for both")
+    admin_host: str = doc("127.0.0.1", "address of the admin server")
+    admin_port: int | None = doc(None, "/metrics and /healthz; 0 picks a free one; None: no admin server")
     # limits
-    max_players: int = 32
-    max_payload_udp: int = 1100
-    max_payload_ws: int = 16384
-    max_profile: int = 1024
-    messages_per_second: int = 100
-    message_burst: int = 200
-    bytes_per_second: int = 65536
-    byte_burst: int = 131072
-    abuse_kick_after: float = 5.0  # over a rate limit continuously this long: kicked
-    ws_send_buffer: int = 262144  # a WebSocket reader further behind than this is disconnected
-    max_pending_handshakes: int = 1024
-    handshake_timeout: float = 10.0
+    max_players: int = doc(32, "members at once; a JOIN past it gets ERROR room full")
+    max_payload_udp: int = doc(1100, "bytes of one SEND's data from a UDP member")
+    max_payload_ws: int = doc(16384, "bytes of one SEND's data from a WebSocket member")
+    max_profile: int = doc(1024, "bytes of a member's profile")
+    messages_per_second: int = doc(100, "messages a member may send per second (0: unlimited)")
+    message_burst: int = doc(200, "messages a member may send at once above its rate")
+    bytes_per_second: int = doc(65536, "payload bytes a member may send per second (0: unlimited)")
+    byte_burst: int = doc(131072, "payload bytes a member may send at once above its rate")
+    abuse_kick_after: float = doc(
+        5.0, "seconds over a rate limit without a break before the member is kicked"
+    )
+    ws_send_buffer: int = doc(262144, "bytes a WebSocket reader may fall behind before it is disconnected")
+    max_pending_handshakes: int = doc(1024, "handshakes answered but not yet completed, at most")
+    handshake_timeout: float = doc(10.0, "seconds a session may stay without joining")
     # liveness and lifecycle
-    keepalive_timeout: float = 10.0
-    resume_grace: float = 15.0
-    idle_timeout: float = 60.0
-    lifetime: float = 10800.0
-    coalesce_tick: float = 0.0  # 0: flush at the end of each event-loop pass
-    # with no tick: a pass still reading datagrams this long after it queued its first message
-    # flushes what it holds, so the first of a burst (uvloop reads up to 32 datagrams in one
-    # pass) do not wait for the last; WebSocket input flushes at the end of its pass only
-    max_coalesce_delay_udp: float = 0.00025
-    drain_timeout: float = 1.5  # on close, how long to wait for WebSocket buffers to empty
-    # user binding: base64url Ed25519 public key; when set JOIN must carry a valid token
-    token_public_key: str | None = None
-    # agent (relay/agent): registration with the control plane
-    control_url: str | None = None
-    namespace: str | None = None
-    room: str | None = None
-    agent_secret: str | None = None
-    advertise_host: str | None = None
-    # caps (relay/agent/caps.py): the tier this relay keeps to, and who enforces it
-    tier: str | None = None  # e.g. "realtime1.nano" (relay/agent/tiers.py); None: no caps
-    caps: str = "soft"  # "cgroup": the spawner placed us in a capped cgroup; "soft": in-process only
+    keepalive_timeout: float = doc(10.0, "seconds of silence after which a member is dropped")
+    resume_grace: float = doc(15.0, "seconds a dropped WebSocket member's seat is held for a resume")
+    idle_timeout: float = doc(60.0, "seconds without member traffic after which the room closes")
+    lifetime: float = doc(10800.0, "seconds after which the room closes whatever happens")
+    coalesce_tick: float = doc(0.0, "seconds between flushes; 0 flushes at the end of each event-loop pass")
+    max_coalesce_delay_udp: float = doc(
+        0.00025,
+        "with no tick: a pass still reading datagrams this long after it queued its first message "
+        "flushes what it holds, so the first of a burst do not wait for the last (WebSocket input "
+        "flushes at the end of its pass only)",
+    )
+    drain_timeout: float = doc(1.5, "seconds to wait on close for WebSocket buffers to empty")
+    token_public_key: str | None = doc(
+        None, "base64url Ed25519 public key; when set, JOIN must carry a user access token it signed"
+    )
 
     def limits(self, transport: str) -> Limits:
         return Limits(

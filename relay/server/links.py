@@ -4,7 +4,7 @@ UDP is a DatagramProtocol; WebSocket is a plain asyncio.Protocol driving websock
 `ServerProtocol`, so a connection costs no task and no async iterator, and the room can write
 frames synchronously from its flush. websockets does the opening handshake, closes and anything
 unusual; the frames of play (binary in and out, ping) are read and written here
-(relay/server/wsframes.py): websockets' per-frame generator calls, objects and lists were a
+(relay/protocol/wsframes.py): websockets' per-frame generator calls, objects and lists were a
 large share of a busy WebSocket relay's core.
 """
 
@@ -20,8 +20,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from relay.protocol.constants import UDP_MAX_PLAINTEXT, WS_MAX_PACKET, WS_MAX_PLAINTEXT
+from relay.protocol.wsframes import BINARY, PING, PONG, server_frame, take_frames
 from relay.server.room import UDP, WS, WS_POLICY, Room, Session
-from relay.server.wsframes import BINARY, PING, PONG, server_frame, take_frames
 
 log = logging.getLogger("relay.server")
 
@@ -107,7 +107,7 @@ class WsConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.link = WsLink(self)
         self._closing = False
-        # Input not yet parsed while this connection reads its own frames (relay/server/wsframes.py);
+        # Input not yet parsed while this connection reads its own frames (relay/protocol/wsframes.py);
         # None once websockets' parser has the stream (after the first frame it does not take).
         self._buf: bytearray | None = bytearray()
         self._fragments: list[bytes] | None = None  # a binary message arriving in fragments

@@ -31,6 +31,7 @@ from relay.agent.agones import (
     label_value,
     run_agones,
 )
+from relay.agent.launch import RelayLaunch
 from relay.control.app import ControlPlane
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
@@ -264,7 +265,7 @@ async def sidecar_up(port: int = 0) -> Any:
 
 async def test_full_life_ready_allocate_serve_shutdown() -> None:
     port = free_port()
-    base = RelayConfig(host="127.0.0.1", port=port, idle_timeout=1.0)
+    base = RelayLaunch(RelayConfig(host="127.0.0.1", port=port, idle_timeout=1.0))
     async with sidecar_up() as sidecar:
         sdk = AgonesSDK(sidecar.port, retry_for=5)
         task = asyncio.create_task(run_agones(base, sdk, health_interval=0.05))
@@ -305,7 +306,9 @@ async def test_bad_room_key_is_waited_past(caplog: pytest.LogCaptureFixture) -> 
     async with sidecar_up() as sidecar:
         sdk = AgonesSDK(sidecar.port, retry_for=5)
         stop = asyncio.Event()
-        task = asyncio.create_task(run_agones(RelayConfig(port=port), sdk, health_interval=0.05, stop=stop))
+        task = asyncio.create_task(
+            run_agones(RelayLaunch(RelayConfig(port=port)), sdk, health_interval=0.05, stop=stop)
+        )
         await wait_for(lambda: sidecar.state == "Ready")
         await sidecar.allocate(room_annotations("not-a-room-key-secret"))
         await asyncio.sleep(0.4)
@@ -329,7 +332,9 @@ async def test_bad_room_key_is_waited_past(caplog: pytest.LogCaptureFixture) -> 
 async def test_gameserver_deleted_while_waiting() -> None:
     async with sidecar_up() as sidecar:
         sdk = AgonesSDK(sidecar.port, retry_for=5)
-        task = asyncio.create_task(run_agones(RelayConfig(port=free_port()), sdk, health_interval=0.05))
+        task = asyncio.create_task(
+            run_agones(RelayLaunch(RelayConfig(port=free_port())), sdk, health_interval=0.05)
+        )
         await wait_for(lambda: sidecar.state == "Ready")
         await sidecar.delete()
         assert await asyncio.wait_for(task, 5) == CloseReason.SHUTDOWN
@@ -341,7 +346,7 @@ async def test_gameserver_shutdown_closes_a_running_room() -> None:
     port = free_port()
     async with sidecar_up() as sidecar:
         sdk = AgonesSDK(sidecar.port, retry_for=5)
-        task = asyncio.create_task(run_agones(RelayConfig(port=port), sdk, health_interval=0.05))
+        task = asyncio.create_task(run_agones(RelayLaunch(RelayConfig(port=port)), sdk, health_interval=0.05))
         await wait_for(lambda: sidecar.state == "Ready")
         key = generate_room_key()
         await sidecar.allocate(room_annotations(key))
@@ -359,7 +364,7 @@ async def test_ready_retries_until_the_sidecar_is_up() -> None:
     sdk = AgonesSDK(sidecar_port, retry_for=10)
     stop = asyncio.Event()
     task = asyncio.create_task(
-        run_agones(RelayConfig(port=free_port()), sdk, health_interval=0.05, stop=stop)
+        run_agones(RelayLaunch(RelayConfig(port=free_port())), sdk, health_interval=0.05, stop=stop)
     )
     await asyncio.sleep(0.5)
     assert not task.done()
@@ -372,16 +377,14 @@ async def test_ready_retries_until_the_sidecar_is_up() -> None:
     await sdk.aclose()
 
 
-async def test_with_control_plane_registers_host_port_and_drains_on_delete(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RELAY_HEARTBEAT_INTERVAL", "0.1")
-    monkeypatch.setenv("RELAY_IDLE_HEARTBEAT_INTERVAL", "0.1")  # nobody joins: the room is quiet
+async def test_with_control_plane_registers_host_port_and_drains_on_delete(tmp_path: Path) -> None:
     port = free_port()
+    # nobody joins: the room is quiet, so its idle heartbeats are the ones that learn of the delete
+    base = RelayLaunch(RelayConfig(port=port), heartbeat_interval=0.1, idle_heartbeat_interval=0.1)
     async with ControlPlane(make_config(tmp_path, provisioner="none")) as cp, sidecar_up() as sidecar:
         secret = await make_room(cp, "ag", "r")
         sdk = AgonesSDK(sidecar.port, retry_for=5)
-        task = asyncio.create_task(run_agones(RelayConfig(port=port), sdk, health_interval=0.05))
+        task = asyncio.create_task(run_agones(base, sdk, health_interval=0.05))
         await wait_for(lambda: sidecar.state == "Ready")
         record = await cp.store.get_room("ag", "r")
         assert record is not None

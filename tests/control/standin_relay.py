@@ -7,16 +7,17 @@ Env STANDIN_CRASH_AFTER=<seconds>: exit abruptly (no `closed` report) that long 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 from relay.agent.agent import Agent
+from relay.agent.launch import RelayLaunch
 from relay.protocol.constants import CloseReason
+from relay.server.app import RelayStats
 
 
 class StandinRelay:
@@ -34,8 +35,8 @@ class StandinRelay:
         self._server = await asyncio.start_server(lambda r, w: w.close(), self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    def stats(self) -> SimpleNamespace:
-        return SimpleNamespace(members=0, sessions=0, messages_in=0, messages_out=0, bytes_in=0, bytes_out=0)
+    def stats(self) -> RelayStats:
+        return RelayStats(0, 0, 0, 0, 0, 0, self.started_at, self.started_at)
 
     def add_session_listener(self, callback: Callable[[], None]) -> None:
         self.session_listeners.append(callback)
@@ -52,28 +53,11 @@ class StandinRelay:
 
 
 async def main() -> int:
-    p = argparse.ArgumentParser()
-    for flag in (
-        "--host",
-        "--control-url",
-        "--namespace",
-        "--room",
-        "--advertise-host",
-        "--token-public-key",
-    ):
-        p.add_argument(flag)
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--admin-port", type=int)
-    args, _ = p.parse_known_args()
-    relay = StandinRelay(args.host or "127.0.0.1")
+    launch = RelayLaunch.parse(sys.argv[1:])  # the flags and environment `relay serve` reads
+    relay = StandinRelay(launch.relay.host)
     await relay.start()
-    config = SimpleNamespace(
-        control_url=args.control_url,
-        namespace=args.namespace,
-        room=args.room,
-        agent_secret=os.environ.get("RELAY_AGENT_SECRET"),
-        advertise_host=args.advertise_host,
-    )
+    config = launch.agent()
+    assert config is not None, "the stand-in relay needs --control-url"
     agent = Agent(relay, config)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(relay.close(CloseReason.SHUTDOWN)))

@@ -6,15 +6,17 @@ import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
 from relay.agent.agent import Agent, detect_address, reason_text
+from relay.agent.config import AgentConfig
 from relay.agent.control_client import backoff
 from relay.control.app import ControlPlane
 from relay.protocol.constants import CloseReason
+from relay.server.app import RelayStats
 from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, make_config, wait_for
 
 
@@ -31,8 +33,8 @@ class FakeRelay:
         self.close_calls: list[CloseReason] = []
         self.session_listeners: list[Callable[[], None]] = []
 
-    def stats(self) -> SimpleNamespace:
-        return SimpleNamespace(members=self.members, messages_in=self.messages_in)
+    def stats(self) -> RelayStats:
+        return RelayStats(self.members, 0, self.messages_in, 0, 0, 0, 0.0, 0.0)
 
     def add_session_listener(self, callback: Callable[[], None]) -> None:
         self.session_listeners.append(callback)
@@ -60,8 +62,8 @@ async def make_room(cp: ControlPlane, ns: str, room: str) -> str:
     return (await cp.store.get_room(ns, room)).agent_secret
 
 
-def agent_config(cp: ControlPlane, ns: str, room: str, secret: str, **extra: object) -> SimpleNamespace:
-    return SimpleNamespace(
+def agent_config(cp: ControlPlane, ns: str, room: str, secret: str, **extra: Any) -> AgentConfig:
+    return AgentConfig(
         control_url=cp.internal_url,
         namespace=ns,
         room=room,

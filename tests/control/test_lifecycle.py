@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from relay.control.app import ControlPlane
-from relay.control.provisioner import pid_alive
+from relay.host.spawner import pid_alive
 from tests.control.helpers import login, make_config, oplog, ready_room, wait_for
 
 pytestmark = pytest.mark.slow

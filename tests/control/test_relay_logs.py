@@ -11,7 +11,7 @@ from relay.control.config import default_relay_command
 from relay.control.provisioner import LocalProvisioner, RelayRequest
 from relay.control.relay_logs import LogRetention, prune
 from relay.protocol.keys import generate_room_key
-from tests.agent.test_zygote import listening
+from tests.host.test_zygote import listening
 
 DAY = 86400.0
 

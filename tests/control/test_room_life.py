@@ -11,7 +11,7 @@ import pytest
 
 import relay.client as rc
 from relay.control.app import ControlPlane
-from relay.control.provisioner import pid_alive
+from relay.host.spawner import pid_alive
 from relay.protocol.constants import CloseReason
 from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, REAL_RELAY, make_config, wait_for
 

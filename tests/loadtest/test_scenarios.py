@@ -12,7 +12,7 @@ import pytest
 from loadtest import checks
 from loadtest.report import Report
 from loadtest.scenarios import chaos, density, fleet, nano, soak, throughput
-from relay.agent.cgroups import detect
+from relay.host.cgroups import detect
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The relay's own reading of common WebSocket frames (relay/server/wsframes.py), against
+"""The relay's own reading of common WebSocket frames (relay/protocol/wsframes.py), against
 websockets' serializer; and a connection that hands the stream to websockets' parser for what
 it does not take (a close, text, a fragment) while its binary frames and pings keep working
 over real sockets."""
@@ -16,7 +16,7 @@ import relay.client as rc
 from relay.embedded import room
 from relay.protocol import messages as m
 from relay.protocol.constants import WS_MAX_PACKET
-from relay.server.wsframes import take_frames
+from relay.protocol.wsframes import take_frames
 
 from .helpers import FAST, client, exchange
 from .rawpeer import WsPeer

@@ -20,13 +20,12 @@ import re
 from pathlib import Path
 from typing import Protocol
 
+from relay.agent.cgroupfs import PARENT_NAME, V1_CONTROLLERS, mounts, own_cgroups
 from relay.agent.tiers import Tier
 
-log = logging.getLogger("relay.agent.cgroups")
+log = logging.getLogger("relay.host.cgroups")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PARENT_NAME = "relay-caps"
-V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 NO_QUOTA_PERIOD_US = 100_000  # the kernel's default period, written with "max" (no quota)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -55,7 +54,7 @@ class Cgroup(Protocol):
         ...
 
     def idle_cpu(self, idle: bool) -> None:
-        """The lowest CPU weight (idle) or the default: a standby relay (relay/agent/warm_pool.py)
+        """The lowest CPU weight (idle) or the default: a standby relay (relay/host/warm_pool.py)
         only takes CPU that no room and no starting relay wants."""
         ...
 
@@ -293,41 +292,6 @@ class CgroupV1Backend:
 
 
 # ---- detection ----------------------------------------------------------------------------------
-
-
-def own_cgroups(proc_cgroup: str) -> tuple[str | None, dict[str, str]]:
-    """Parses /proc/self/cgroup: (v2 path or None, {v1 controller: path})."""
-    v2: str | None = None
-    v1: dict[str, str] = {}
-    for line in proc_cgroup.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            v2 = path
-        for controller in controllers.split(","):
-            if controller:
-                v1[controller] = path
-    return v2, v1
-
-
-def mounts(mounts: str) -> tuple[Path | None, dict[str, Path]]:
-    """(cgroup2 mount point, {v1 controller: mount point}) from /proc/self/mounts."""
-    v2: Path | None = None
-    v1: dict[str, Path] = {}
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        point, fstype, options = Path(fields[1].replace("\\040", " ")), fields[2], fields[3].split(",")
-        if fstype == "cgroup2" and v2 is None:
-            v2 = point
-        elif fstype == "cgroup":
-            for option in options:
-                if option in V1_CONTROLLERS:
-                    v1.setdefault(option, point)
-    return v2, v1
 
 
 def detect(proc: Path = Path("/proc/self")) -> Backend | None:

@@ -17,16 +17,10 @@ from pathlib import Path
 import pytest
 
 import relay.client as rc
-from relay.agent.zygote import ZygoteSpawner
 from relay.control.config import default_relay_command
-from relay.control.provisioner import (
-    LocalProvisioner,
-    ProcessHandle,
-    RelayRequest,
-    Spawner,
-    SubprocessSpawner,
-    pid_is_relay,
-)
+from relay.control.provisioner import LocalProvisioner, RelayRequest, pid_is_relay
+from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner
+from relay.host.zygote import ZygoteSpawner
 from relay.protocol.keys import generate_room_key
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + /proc")

@@ -5,7 +5,7 @@
 
 A zygote fork still leaves a room waiting for the child's own start: the fork, the cgroup
 placement and, above all, the copy-on-write faults of running the relay code for the first time
-(relay/agent/standby.py). The pool keeps `size` standbys (`relay serve --standby`) that do all of
+(relay/host/standby.py). The pool keeps `size` standbys (`relay serve --standby`) that do all of
 that ahead of demand; a spawn of this interpreter's `relay serve` takes the oldest one that has
 finished rehearsing and hands it the spawn request (argv, env, log path) through its stdin, and
 the pool forks a replacement in the background, in the next lull (no room waiting for a fresh
@@ -24,18 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from relay.agent.standby import STANDBY_FLAG
-from relay.agent.zygote import serve_args
-from relay.control.provisioner import SCRUBBED_ENV, ProcessHandle, Spawner
+from relay.host.spawner import ProcessHandle, Spawner, relay_environment
+from relay.host.standby import STANDBY_FLAG
+from relay.host.zygote import serve_args
 
-log = logging.getLogger("relay.agent.warm_pool")
+log = logging.getLogger("relay.host.warm_pool")
 
 MAX_RETRY_DELAY = 30.0
 REHEARSAL_TIMEOUT = 30.0
@@ -130,7 +129,7 @@ class WarmPool:
             self._filler = asyncio.get_running_loop().create_task(self._fill())
 
     async def _fill(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+        env = relay_environment()
         while not self._closed and len(self._idle) < self.size:
             if self.failures:
                 await asyncio.sleep(min(MAX_RETRY_DELAY, self.retry_delay * 2 ** min(self.failures - 1, 10)))

@@ -1,6 +1,6 @@
 """The frames the zygote template, its spawner and standby relays exchange: a 4-byte big-endian
 length, then a JSON object. Blocking helpers here; the spawner's asyncio side reads `HEADER` and
-the body itself (relay/agent/zygote.py)."""
+the body itself (relay/host/zygote.py)."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay.agent.frames import encode_frame, read_frame
+from relay.host.frames import encode_frame, read_frame
 
-log = logging.getLogger("relay.agent.standby")
+log = logging.getLogger("relay.host.standby")
 
 STANDBY_FLAG = "--standby"
 _MAX_ASSIGNMENT = 1 << 20
@@ -62,15 +62,12 @@ def read_assignment(fd: int = 0) -> dict[str, Any] | None:
 
 async def _rehearsal() -> None:
     from relay.agent.http11 import Http11Client
+    from relay.agent.launch import RelayLaunch
     from relay.protocol.keys import generate_room_key
     from relay.server.app import Relay
-    from relay.server.cli import parse_args
 
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    config = parse_args(["--room-key", generate_room_key(), "--admin-port", "0", "--log-level", "warning"])
-    root.handlers[:], root.level = handlers, level  # the real start configures logging itself
-    relay = Relay(config)
+    launch = RelayLaunch.parse(["--room-key", generate_room_key(), "--admin-port", "0"])
+    relay = Relay(launch.relay)
     await relay.start()
     try:
         http = Http11Client(f"http://127.0.0.1:{relay.admin_port}", timeout=2.0)
@@ -128,8 +125,8 @@ def _take_log(path: str | None) -> None:
 
 def run_standby() -> int:
     """`relay serve --standby`: rehearse, wait for the assignment, then be that relay."""
-    from relay.agent.proctitle import set_cmdline
-    from relay.server.cli import main as serve_main
+    from relay.agent.serve import main as serve_main
+    from relay.host.proctitle import set_cmdline
 
     wait_for_own_cgroup()
     rehearse()
@@ -152,3 +149,12 @@ def run_standby() -> int:
     sys.argv = list(argv)
     set_cmdline(argv)
     return serve_main(argv[argv.index("serve") + 1 :])
+
+
+def main(args: list[str]) -> int:
+    """`relay serve`: a relay for one room, or with `--standby` alone one that waits for its room."""
+    if args == [STANDBY_FLAG]:
+        return run_standby()
+    from relay.agent.serve import main as serve_main
+
+    return serve_main(args)

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 import relay.client as rc
-from relay.control.provisioner import pid_alive
 from relay.control.records import RoomRecord
+from relay.host.spawner import pid_alive
 from relay.protocol.constants import CloseReason
 from tests.control.helpers import login, ready_room, wait_for
 from tests.control.test_durability import start_control

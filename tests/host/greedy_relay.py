@@ -11,8 +11,8 @@ import signal
 import sys
 import time
 
-from relay.server import cli
-from relay.server.config import RelayConfig
+from relay.agent import serve
+from relay.agent.launch import RelayLaunch
 
 GROW = signal.SIGRTMIN
 SPIN = signal.SIGRTMIN + 1
@@ -32,17 +32,17 @@ async def _spin() -> None:
         await asyncio.sleep(0)
 
 
-async def _serve(config: RelayConfig) -> int:
+async def _serve(launch: RelayLaunch) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(GROW, _grow)
     loop.add_signal_handler(SPIN, lambda: loop.create_task(_spin()))
-    return await cli.serve(config)
+    return await serve.serve(launch)
 
 
 def main() -> int:
     import uvloop
 
-    return uvloop.run(_serve(cli.parse_args(sys.argv[1:])))
+    return uvloop.run(_serve(RelayLaunch.parse(sys.argv[1:])))
 
 
 if __name__ == "__main__":

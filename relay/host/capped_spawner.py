@@ -27,28 +27,22 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from relay.agent.cgroups import Backend, Cgroup, CgroupError, describe, detect
-from relay.agent.standby import is_standby
+from relay.agent.launch import caps_env, room_of
 from relay.agent.tiers import NANO, Tier
-from relay.control.provisioner import ProcessHandle, Spawner, SubprocessSpawner
+from relay.host.cgroups import Backend, Cgroup, CgroupError, describe, detect
+from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner
+from relay.host.standby import is_standby
 
-log = logging.getLogger("relay.agent.capped_spawner")
+log = logging.getLogger("relay.host.capped_spawner")
 
 CAP_EXCEEDED = "cap_exceeded"
 _UNSET = object()
 
 
-def _flag(argv: Sequence[str], name: str) -> str:
-    try:
-        return argv[list(argv).index(name) + 1]
-    except (ValueError, IndexError):
-        return ""
-
-
 def tier_env(tier: Tier, group: Cgroup | None) -> dict[str, str]:
-    """What tells a relay its caps (relay serve --tier/--caps read these): the kernel enforces them
+    """What tells a relay its caps (relay/agent/launch.py reads these): the kernel enforces them
     when the relay has a group, the relay itself ("soft") when not."""
-    return {"RELAY_TIER": tier.name, "RELAY_CAPS": "soft" if group is None else "cgroup"}
+    return caps_env(tier.name, "soft" if group is None else "cgroup")
 
 
 class CappedHandle:
@@ -148,7 +142,8 @@ class CappedSpawner:
         group = None
         if self.backend is not None:
             serial = f"{os.getpid()}-{next(self._serial)}"  # unique across control-plane restarts
-            room = f"{_flag(argv, '--namespace')}.{_flag(argv, '--room')}" if "--room" in argv else "warm"
+            namespace, room_name = room_of(argv)
+            room = f"{namespace or ''}.{room_name}" if room_name else "warm"
             name = f"{room}.{serial}"
             group = self.backend.create(name, self.tier, cpu_capped=self.boost_seconds <= 0)
             if is_standby(argv):

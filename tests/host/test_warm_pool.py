@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 
 import relay.client as rc
-from relay.agent import cgroups
-from relay.agent.capped_spawner import CappedHandle, CappedSpawner
-from relay.agent.standby import encode_assignment, read_assignment
 from relay.agent.tiers import NANO
-from relay.agent.warm_pool import WarmPool
-from relay.agent.zygote import ZygoteSpawner
-from relay.control.provisioner import pid_alive, pid_is_relay
-from tests.agent.test_caps import BACKEND, cpu_quota, needs_cgroups
-from tests.agent.test_zygote import Relays, listening, parent_of
+from relay.control.provisioner import pid_is_relay
+from relay.host import cgroups
+from relay.host.capped_spawner import CappedHandle, CappedSpawner
+from relay.host.spawner import pid_alive
+from relay.host.standby import encode_assignment, read_assignment
+from relay.host.warm_pool import WarmPool
+from relay.host.zygote import ZygoteSpawner
+from tests.host.test_caps import BACKEND, cpu_quota, needs_cgroups
+from tests.host.test_zygote import Relays, listening, parent_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + /proc")
 

@@ -14,18 +14,19 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.agent import caps, cgroups
-from relay.agent.capped_spawner import CappedSpawner
+from relay.agent import caps
 from relay.agent.tiers import NANO, Tier, get_tier
 from relay.client import Received, connect
 from relay.control.app import ControlPlane
-from relay.control.provisioner import SubprocessSpawner
+from relay.host import cgroups
+from relay.host.capped_spawner import CappedSpawner
+from relay.host.spawner import SubprocessSpawner
 from relay.protocol.constants import CloseReason
-from tests.agent import greedy_relay
 from tests.control.helpers import login, make_config, oplog, ready_room, wait_for
+from tests.host import greedy_relay
 
 MIB = 1 << 20
-GREEDY_RELAY = (sys.executable, "-m", "tests.agent.greedy_relay")
+GREEDY_RELAY = (sys.executable, "-m", "tests.host.greedy_relay")
 
 
 # ---- the tier --------------------------------------------------------------------------------------

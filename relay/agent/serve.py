@@ -1,0 +1,91 @@
+"""`relay serve`: one relay process for one room, composed of the relay (relay/server), its caps
+guard and, with a control URL, its agent.
+
+    relay serve --host 127.0.0.1 --port 7800 --room-key KEY --admin-port 7801
+
+Flags and environment: relay/agent/launch.py (`relay serve --help`). SIGTERM or SIGINT: CLOSING
+(shutdown) to every member, flush, exit 0. SIGUSR1: the room was deleted (CLOSING deleted), exit
+0. Under Agones without a room key the relay waits for an allocation (relay/agent/agones.py).
+A relay started ahead of its room (`relay serve --standby`) is the host's: relay/host/standby.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from relay.agent.agent import Agent
+from relay.agent.caps import apply_soft_limits, guard_relay
+from relay.agent.launch import LaunchError, RelayLaunch
+from relay.agent.tiers import get_tier
+from relay.protocol.constants import CloseReason
+from relay.server.app import Relay
+
+log = logging.getLogger("relay.server")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+async def serve(launch: RelayLaunch) -> int:
+    """Runs the room until it ends; the exit code."""
+    if launch.tier and launch.caps == "soft":
+        apply_soft_limits(get_tier(launch.tier))
+    relay = Relay(launch.relay)
+    await relay.start()
+    guard = guard_relay(relay, launch.tier, launch.caps)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(
+            sig, lambda: loop.create_task(relay.close(CloseReason.SHUTDOWN, "relay stopping"))
+        )
+    # The local provisioner's deleteRoom: drain now rather than at the agent's next heartbeat.
+    loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(relay.close(CloseReason.DELETED)))
+    agent_config = launch.agent()
+    agent = None
+    if agent_config is not None:
+        agent = Agent(relay, agent_config)
+        await agent.start()
+    config = launch.relay
+    admin = f" admin {config.admin_host}:{relay.admin_port}" if relay.admin_port else ""
+    print(f"relay listening udp+ws {relay.host}:{relay.port}{admin}", flush=True)
+    gc.freeze()  # start-up objects never need collecting; keeps GC passes short
+    reason = await relay.wait_closed()
+    if guard is not None:
+        guard.stop()
+    if agent is not None:
+        await agent.stop(reason)
+    log.info("relay exiting: %s", reason.name.lower())
+    return 0
+
+
+def run(main: Coroutine[Any, Any, int]) -> int:
+    """Runs a relay's main coroutine on uvloop."""
+    try:
+        import uvloop
+
+        return uvloop.run(main)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep serving without it
+        return asyncio.run(main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`relay serve [flags]`: parse, then serve (or, under Agones without a room, wait for one)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        launch = RelayLaunch.parse(args)
+    except LaunchError as exc:
+        print(f"relay serve: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(launch.log_level)
+    if not launch.relay.room_key:  # only under Agones: wait to be allocated a room (docs/agones.md)
+        from relay.agent.agones import serve_agones
+
+        return run(serve_agones(launch))
+    return run(serve(launch))

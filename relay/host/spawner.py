@@ -1,0 +1,135 @@
+"""Creating relay processes: the Spawner and ProcessHandle protocols every spawner implements
+(plain subprocess here; the zygote, cgroup caps and warm pool wrap or replace it), and watching
+processes by pid.
+
+The control plane's LocalProvisioner (relay/control/provisioner.py) decides which room gets a
+relay; a Spawner only knows how to start one `relay serve` command line with its environment
+and log file, and hands back a handle to wait on and signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from relay.agent.launch import LAUNCH_ENV
+
+SCRUBBED_ENV = ("RELAY_CLIENT_ID", "RELAY_CLIENT_SECRET", "RELAY_WEBHOOK_URL", *LAUNCH_ENV)
+"""Never handed on to a relay process: the project secret and other control-plane settings, and
+every variable a relay reads for its launch (its RelayLaunch says those)."""
+
+
+def relay_environment(launch_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without SCRUBBED_ENV, plus a relay launch's own variables."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(launch_env or {})
+    return env
+
+
+@runtime_checkable
+class ProcessHandle(Protocol):
+    pid: int
+
+    async def wait(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+@runtime_checkable
+class Spawner(Protocol):
+    """Creates one relay process. `argv[0]` is the interpreter; env is the full environment.
+    A spawner may also have `async start()` (called when the control plane starts) and
+    `async close()` (called when the provisioner closes)."""
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    ) -> ProcessHandle: ...
+
+
+class SubprocessHandle:
+    __slots__ = ("_proc", "pid")
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+
+    async def wait(self) -> int | None:
+        return await self._proc.wait()
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.terminate()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+
+
+class SubprocessSpawner:
+    """Default spawner: asyncio subprocess in its own session (a terminal's Ctrl-C reaches only the
+    control plane, which then stops relays deliberately), output to a per-room log file."""
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    ) -> ProcessHandle:
+        out: int | object = asyncio.subprocess.DEVNULL
+        fd = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            out = fd
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=dict(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return SubprocessHandle(proc)
+
+
+def pid_alive(pid: int) -> bool:
+    """A process we may signal that is not a zombie (an exited child nobody has reaped)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+async def wait_pid_gone(pid: int, interval: float = 0.1) -> None:
+    """Until a process that is not our child has exited: a pidfd where there is one, else polling."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        try:
+            gone = asyncio.Event()
+            asyncio.get_running_loop().add_reader(fd, gone.set)
+            await gone.wait()
+            return
+        except (NotImplementedError, OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+    while pid_alive(pid):
+        await asyncio.sleep(interval)
