@@ -2,9 +2,9 @@
 
 `ClientConnection` owns no socket and no clock: the caller feeds it received packets and the
 current time, and takes back packets to send, events and the next timer deadline. The asyncio
-adapters in `relay.client` (and the load-test bots) drive it; tests drive it against a fake relay
-built from the same primitives. Malformed or unauthenticated input is dropped and counted in
-`stats.dropped`, never raised.
+adapters in `relay.client` (and the load-test bots) drive it; tests drive it against the relay's
+own room in memory (tests/protocol/harness.py), which is sans-I/O too. Malformed or
+unauthenticated input is dropped and counted in `stats.dropped`, never raised.
 
 Life of a connection:
 

@@ -1,5 +1,6 @@
-"""Relay: one room's process-level object. Binds one port number for UDP and TCP (WebSocket),
-runs the room's timers, serves the admin port, and reports why the room ended.
+"""Relay: one room's process-level object, the I/O around the sans-I/O room. Binds one port
+number for UDP and TCP (WebSocket), owns the event loop's side of the room (its flushes at the
+end of each pass, its timer, the clock), serves the admin port, and reports why the room ended.
 
     relay = Relay(RelayConfig(room_key=key))
     await relay.start()
@@ -22,7 +23,8 @@ from relay.protocol.constants import CloseReason
 from relay.server.config import RelayConfig
 from relay.server.links import UdpProtocol, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
-from relay.server.room import UDP, WS, Room
+from relay.server.room import Room
+from relay.server.transport import UDP, WS
 
 log = logging.getLogger("relay.server")
 
@@ -112,11 +114,30 @@ class Relay:
         if self.room is not None:
             self.room.shed_optional = value
 
+    @property
+    def quiet(self) -> bool:
+        """Nobody in the room (nor handshaking): the caps guard then looks less often."""
+        return self.room.quiet if self.room else True
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
-        self.room = room = Room(self.config, self.counters, self._room_closed)
+        self.room = room = Room(self.config, self.counters, time.monotonic())
         room.on_session = self._session_began
+        room.on_close = self._room_closed
+        call_soon, call_later, monotonic = loop.call_soon, loop.call_later, time.monotonic
+        flush = room.flush
+
+        def flush_now() -> None:
+            flush(monotonic())
+
+        def on_flush(delay: float) -> None:  # the room asks: at the end of this pass, or after a tick
+            if delay > 0:
+                call_later(delay, flush_now)
+            else:
+                call_soon(flush_now)
+
+        room.on_flush = on_flush
         tcp, udp = bind_pair(self.config.host, self.config.port)
         self.port = tcp.getsockname()[1]
         self._udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(room), sock=udp)
@@ -128,13 +149,9 @@ class Relay:
         log.info("relay listening udp+ws %s:%d", self.host, self.port)
 
     async def _timers(self) -> None:
-        """Sweeps every `interval` while anyone is in the room. A quiet room (no session, no
-        member) sleeps until its idle or lifetime deadline or the next handshake, so a machine of
-        idle rooms is not a machine of busy timers."""
-        config = self.config
-        interval = max(
-            0.02, min(0.5, config.keepalive_timeout / 8, config.resume_grace / 8, config.idle_timeout / 8)
-        )
+        """Wakes the room when it asks (`Room.timer()`): every sweep interval while anyone is in
+        it; a quiet room (no session, no member) sleeps until its idle or lifetime end or the
+        next handshake, so a machine of idle rooms is not a machine of busy timers."""
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
         room = self.room
@@ -142,18 +159,18 @@ class Relay:
         self.add_session_listener(woken.set)
         while not room.closed:
             woken.clear()
+            delay = max(0.0, room.timer() - time.monotonic())
             if room.quiet:
-                delay = max(interval, room.next_deadline() - time.monotonic())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), delay)
             else:
-                expected = loop.time() + interval
-                await asyncio.sleep(interval)
+                expected = loop.time() + delay
+                await asyncio.sleep(delay)
                 self._loop_lag = max(0.0, loop.time() - expected)
             try:
-                room.sweep()
+                room.handle_timer(time.monotonic())
             except Exception:
-                log.exception("sweep failed")
+                log.exception("room timer failed")
 
     def add_session_listener(self, callback: Callable[[], None]) -> None:
         """`callback()` whenever a session begins: wakes whatever sleeps longer while the room is
@@ -198,7 +215,7 @@ class Relay:
         if self.room is None:
             return
         if not self.room.closed:
-            self.room.close(reason, text)
+            self.room.close(reason, text, time.monotonic())
         if self._closed is not None:
             await asyncio.shield(self._closed)
 

@@ -1,11 +1,14 @@
-"""Transports: thin adapters between sockets and the room (relay/server/room.py).
+"""Transports: thin adapters between sockets and the sans-I/O room (relay/server/room.py).
 
-UDP is a DatagramProtocol; WebSocket is a plain asyncio.Protocol driving websockets' sans-I/O
-`ServerProtocol`, so a connection costs no task and no async iterator, and the room can write
-frames synchronously from its flush. websockets does the opening handshake, closes and anything
-unusual; the frames of play (binary in and out, ping) are read and written here
-(relay/protocol/wsframes.py): websockets' per-frame generator calls, objects and lists were a
-large share of a busy WebSocket relay's core.
+They own the sockets and read the clock: each datagram or WebSocket read is handed to the room
+with the time it arrived. UDP is a DatagramProtocol that gives the room its datagram writer
+(the room keeps each UDP peer's path, relay/server/paths.py). WebSocket is a plain
+asyncio.Protocol driving websockets' sans-I/O `ServerProtocol`, so a connection costs no task
+and no async iterator, and the room can write frames synchronously from its flush: the
+connection is the session's `Link`. websockets does the opening handshake, closes and anything
+unusual; the frames of play (binary in and out, ping) are read and written with the project's
+codec (relay/protocol/wsframes.py): websockets' per-frame generator calls, objects and lists
+were a large share of a busy WebSocket relay's core.
 """
 
 from __future__ import annotations
@@ -13,60 +16,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from time import monotonic
+from typing import Any, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.protocol.constants import UDP_MAX_PLAINTEXT, WS_MAX_PACKET, WS_MAX_PLAINTEXT
+from relay.protocol.constants import WS_MAX_PACKET, WS_MAX_PLAINTEXT
 from relay.protocol.wsframes import BINARY, PING, PONG, server_frame, take_frames
-from relay.server.room import UDP, WS, WS_POLICY, Room, Session
+from relay.server.room import Room
+from relay.server.sessions import Session
+from relay.server.transport import WS, Disconnect
 
 log = logging.getLogger("relay.server")
 
 MAX_REQUEST = 65536  # bytes of an opening handshake without its end: websockets gets to refuse it
 
 
-class UdpLink:
-    """A UDP peer address with the anti-amplification budget of docs/protocol.md 7.3."""
-
-    __slots__ = ("addr", "budget", "challenge", "sendto", "validated")
-    kind = UDP
-    max_plaintext = UDP_MAX_PLAINTEXT
-
-    def __init__(self, sendto, addr: tuple, budget: int) -> None:
-        self.sendto = sendto
-        self.addr = addr
-        self.budget = budget
-        self.validated = False
-        self.challenge = 0
-
-    def send(self, packet: bytes) -> bool:
-        if not self.validated:
-            if len(packet) > self.budget:
-                return False
-            self.budget -= len(packet)
-        self.sendto(packet, self.addr)
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        """UDP has no connection to close; the room forgets the session."""
-
-
 class UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, room: Room) -> None:
         self.room = room
         self.transport: asyncio.DatagramTransport | None = None
+        self._handle = room.udp_datagram
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sendto = transport.sendto  # type: ignore[attr-defined]
-        self._make_link = lambda addr, budget: UdpLink(sendto, addr, budget)
+        udp = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
+        self.transport = udp
+        self.room.udp_writer = udp.sendto
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
-            self.room.udp_datagram(data, addr, self._make_link)
+            self._handle(data, addr, monotonic())
         except Exception:  # never let one datagram stop the room
             self.room.counters.drops["internal_error"] += 1
             log.exception("datagram handler failed")
@@ -75,11 +57,24 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.room.counters.drops["socket_error"] += 1
 
 
+CLOSE_CODES = {
+    Disconnect.BYE: 1000,
+    Disconnect.RESUMED_ELSEWHERE: 1000,
+    Disconnect.ROOM_CLOSED: 1000,
+    Disconnect.SHUTDOWN: 1001,
+    Disconnect.TIMEOUT: 1001,
+    Disconnect.RETRY_LATER: 1013,
+    Disconnect.VIOLATION: 1008,
+}
+"""The WebSocket close code for each reason the room lets a session go (RFC 6455 7.4.1;
+docs/protocol.md section 10)."""
+WS_POLICY = CLOSE_CODES[Disconnect.VIOLATION]
+
+
 class WsLink:
     __slots__ = ("conn",)
     kind = WS
     max_plaintext = WS_MAX_PLAINTEXT
-    validated = True
 
     def __init__(self, conn: WsConnection) -> None:
         self.conn = conn
@@ -87,8 +82,8 @@ class WsLink:
     def send(self, packet: bytes) -> bool:
         return self.conn.send_packet(packet)
 
-    def close(self, code: int, reason: str) -> None:
-        self.conn.close(code, reason)
+    def close(self, why: Disconnect, text: str) -> None:
+        self.conn.close(CLOSE_CODES[why], text)
 
     @property
     def buffered(self) -> int:
@@ -111,9 +106,10 @@ class WsConnection(asyncio.Protocol):
         # None once websockets' parser has the stream (after the first frame it does not take).
         self._buf: bytearray | None = bytearray()
         self._fragments: list[bytes] | None = None  # a binary message arriving in fragments
+        self._now = 0.0  # when the input being handled was read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -138,6 +134,7 @@ class WsConnection(asyncio.Protocol):
                 return
         frames, used, other = take_frames(buf, WS_MAX_PACKET)
         del buf[:used]
+        self._now = monotonic()
         try:
             for opcode, payload in frames:
                 if opcode == BINARY:
@@ -159,6 +156,7 @@ class WsConnection(asyncio.Protocol):
             self._receive(rest)
 
     def _receive(self, data: bytes) -> None:
+        self._now = monotonic()
         proto = self.proto
         proto.receive_data(data)
         try:
@@ -177,11 +175,11 @@ class WsConnection(asyncio.Protocol):
         if self._closing:
             return
         if self.session is None:
-            self.session = self.room.ws_hello(data, self.link)
+            self.session = self.room.ws_hello(data, self.link, self._now)
             if self.session is None:
                 self.close(WS_POLICY, "handshake failed")
         else:
-            self.room.ws_data(self.session, data)
+            self.room.ws_data(self.session, data, self._now)
 
     def _pong(self, payload: bytes) -> None:
         transport = self.transport
@@ -239,7 +237,7 @@ class WsConnection(asyncio.Protocol):
         self._closing = True
         session, self.session = self.session, None
         if session is not None:
-            self.room.ws_closed(session)
+            self.room.ws_closed(session, monotonic())
         if self.proto.state is State.OPEN:
             self.proto.send_close(code, reason[:120])
             self._write()
@@ -252,7 +250,7 @@ class WsConnection(asyncio.Protocol):
         session, self.session = self.session, None
         self._closing = True
         if session is not None:
-            self.room.ws_closed(session)
+            self.room.ws_closed(session, monotonic())
         self.transport = None
 
     def eof_received(self) -> bool | None:

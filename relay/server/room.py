@@ -1,10 +1,18 @@
-"""The room: sessions, members, fan-out and coalescing. No sockets here.
+"""The room: members, fan-out, coalescing, limits and liveness, as a sans-I/O state machine.
 
-Transports (relay/server/links.py) hand this module bytes and a `Link` (how to reach one peer);
-the room answers by queueing messages on sessions. Everything queued for one session within one
-event-loop pass is packed into as few DATA packets as fit and encrypted once per packet at the
-end of the pass (`flush`), which is what makes a Python relay fast: the per-packet costs
-(AES-GCM, a system call) are paid per recipient per pass, not per message.
+No socket, no event loop, no clock and no randomness of its own, in the manner of h11 and
+aioquic: the transport adapters (relay/server/links.py, app.py) hand it bytes with the time
+they arrived, and it answers by handing sealed packets to each session's `Link` (the writer
+interface, relay/server/transport.py). It asks for what it cannot do itself:
+
+- `on_flush(delay)`: output is queued; call `flush(now)` within `delay` seconds (0: at the end of
+  this event-loop pass). Everything queued for one session in a pass is packed into as few DATA
+  packets as fit and sealed once per packet (`flush`), which is what makes a Python relay fast:
+  the per-packet costs (AES-GCM, a system call) are paid per recipient per pass, not per message.
+- `timer()` / `handle_timer(now)`: when it next needs to be woken (keepalives, resume grace,
+  stale handshakes, idle and lifetime ends), and the wake itself.
+- `on_session()`: a session began (what sleeps long while the room is quiet wakes up).
+- `on_close(reason, text)`: the room ended.
 
 A pass that reads a burst of datagrams (uvloop reads up to 32 in one go) flushes early once it
 has held output for `max_coalesce_delay_udp`: a 1200-byte datagram holds little more than one
@@ -13,20 +21,17 @@ its first ones for the whole pass (p99 at half load fell from 1.6-2.8 ms to 0.3 
 same saturation rate). WebSocket input keeps the whole pass: its messages hold up to 64 KiB, and
 flushing a burst early multiplied its writes (p99 at half load rose from 0.7 to 1.2-4.9 ms).
 
-Input that docs/protocol.md says to drop is dropped and counted by reason, never raised.
+The handshake lives in handshake.py, a UDP member's address validation in paths.py. Input that
+docs/protocol.md says to drop is dropped and counted by reason, never raised.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
-import secrets
-import time
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any
 
 from relay.protocol import messages as m
 from relay.protocol.constants import (
@@ -34,7 +39,6 @@ from relay.protocol.constants import (
     HEADER,
     HELLO_MIN_SIZE,
     PROTOCOL_VERSION,
-    PUBLIC_KEY_SIZE,
     RESUME_TOKEN_SIZE,
     UDP_MAX_PACKET,
     CloseReason,
@@ -44,135 +48,82 @@ from relay.protocol.constants import (
     ProtocolError,
 )
 from relay.protocol.keys import decode_room_key, derive_psk
-from relay.protocol.packets import Opener, Sealer, make_accept, verify_hello
 from relay.protocol.tokens import TokenError, public_key_from_text, verify
 from relay.server.config import RelayConfig
+from relay.server.handshake import Handshakes, client_public
 from relay.server.metrics import Counters
-from relay.server.ratelimit import TokenBucket
+from relay.server.paths import SendTo, UdpPath
+from relay.server.sessions import Member, Session
+from relay.server.transport import UDP, WS, Disconnect, Link
 
 log = logging.getLogger("relay.server")
 
-UDP, WS = 0, 1
 _unpack_header = HEADER.unpack_from
 _DATA = int(PacketType.DATA)
 _HELLO = int(PacketType.HELLO)
 _UDP_MAX_HELLO = 1500
-_COMPLETED_MEMORY = 4096  # e_c values remembered to ignore replayed HELLOs
-
-# WebSocket close codes (RFC 6455)
-WS_NORMAL, WS_GOING_AWAY, WS_POLICY, WS_TRY_AGAIN = 1000, 1001, 1008, 1013
 
 
-class Link(Protocol):
-    """How packets reach one peer. UDP links enforce the anti-amplification budget."""
-
-    kind: int
-    max_plaintext: int
-    validated: bool
-
-    def send(self, packet: bytes) -> bool: ...
-
-    def close(self, code: int, reason: str) -> None: ...
-
-
-class Session:
-    """One handshake's keys and link; a member's seat may move between sessions (resume)."""
-
-    __slots__ = (
-        "accept",
-        "client_public",
-        "created",
-        "dirty",
-        "last_seen",
-        "link",
-        "member",
-        "opener",
-        "out",
-        "sealer",
-        "sid",
-    )
-
-    def __init__(self, sid: int, link: Link, k_c2s: bytes, k_s2c: bytes, accept: bytes, client_public: bytes):
-        self.sid = sid
-        self.link = link
-        self.sealer = Sealer(k_s2c, sid)
-        self.opener = Opener(k_c2s, strict=link.kind == WS)
-        self.accept: bytes | None = accept
-        self.client_public = client_public
-        self.member: Member | None = None
-        self.out: list[bytes] = []
-        self.dirty = False
-        self.created = self.last_seen = time.monotonic()
-
-
-class Member:
-    """A seat in the room: stable connection id, profile, rate limits; outlives a dropped link."""
-
-    __slots__ = (
-        "byte_bucket",
-        "cid",
-        "grace_until",
-        "last_drop",
-        "last_error",
-        "msg_bucket",
-        "over_since",
-        "prefix",
-        "profile",
-        "resume_token",
-        "session",
-        "user_id",
-    )
-
-    def __init__(
-        self, cid: int, user_id: str, profile: bytes, session: Session, config: RelayConfig, now: float
-    ):
-        self.cid = cid
-        self.prefix = m.message_prefix(cid)
-        self.user_id = user_id
-        self.profile = profile
-        self.session: Session | None = session
-        self.resume_token = b""
-        self.msg_bucket = TokenBucket(config.messages_per_second, config.message_burst, now)
-        self.byte_bucket = TokenBucket(config.bytes_per_second, config.byte_burst, now)
-        self.over_since = 0.0
-        self.last_drop = 0.0
-        self.last_error = -1e9
-        self.grace_until = 0.0
+def _no_udp(packet: bytes, addr: Any) -> None:
+    raise RuntimeError("the room has no UDP writer (udp_writer)")
 
 
 class Room:
-    """All state of one room. `on_close` is called once with the reason the room ended."""
+    """All state of one room. `now` is the caller's clock (seconds, monotonic); `rand(n)` gives
+    n random bytes (session ids, path challenges, resume tokens)."""
 
-    def __init__(self, config: RelayConfig, counters: Counters, on_close: Callable[[CloseReason, str], None]):
+    def __init__(
+        self,
+        config: RelayConfig,
+        counters: Counters,
+        now: float,
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self.config = config
         self.counters = counters
-        self.psk = derive_psk(decode_room_key(config.room_key))
+        self.rand = rand
+        psk = derive_psk(decode_room_key(config.room_key))
+        self.handshakes = Handshakes(psk, counters, config.max_pending_handshakes, rand)
         self.token_key = public_key_from_text(config.token_public_key) if config.token_public_key else None
-        self.on_close = on_close
-        self.on_session: Callable[[], None] = lambda: None  # a session began (wakes the sweeper)
+        # what the room asks of whoever drives it (see the module docstring)
+        self.on_flush: Callable[[float], None] = lambda delay: None
+        self.on_session: Callable[[], None] = lambda: None
+        self.on_close: Callable[[CloseReason, str], None] = lambda reason, text: None
+        self.udp_writer: SendTo = _no_udp
         self.sessions: dict[int, Session] = {}
-        self.pending: dict[bytes, Session] = {}
-        self.completed: OrderedDict[bytes, None] = OrderedDict()
         self.members: dict[int, Member] = {}
         self.resume_tokens: dict[bytes, Member] = {}
         self.next_cid = 1
         self.accepting_joins = True
         self.shed_optional = False
         self.closed = False
-        self.started = self.last_activity = time.monotonic()
+        self.started = self.last_activity = now
+        self.sweep_interval = max(
+            0.02, min(0.5, config.keepalive_timeout / 8, config.resume_grace / 8, config.idle_timeout / 8)
+        )
+        self._last_sweep = now
+        self._now = now  # the time of the input being handled
         self._dirty: list[Session] = []
         self._flush_scheduled = False
         self._batch_start = 0.0
+        self._tick = config.coalesce_tick if config.coalesce_tick > 0 else 0.0
         # no tick: a UDP pass flushes early once it has held output this long
         self._max_delay = config.max_coalesce_delay_udp if config.coalesce_tick <= 0 else math.inf
-        self._loop = asyncio.get_event_loop()
         self._limits = {UDP: config.limits("udp"), WS: config.limits("ws")}
         self._max_payload = {UDP: config.max_payload_udp, WS: config.max_payload_ws}
 
+    @property
+    def pending(self) -> dict[bytes, Session]:
+        """Handshakes answered and not yet completed."""
+        return self.handshakes.pending
+
     # ---- input -------------------------------------------------------------------------------
 
-    def udp_datagram(self, data: bytes, addr: tuple, make_link: Callable[[tuple, int], Link]) -> None:
-        """Entry point for every datagram; `make_link(addr, budget)` builds a UDP link."""
+    def udp_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        """Every datagram that reaches the room's port, with the time it was read."""
+        if self._flush_scheduled and now - self._batch_start >= self._max_delay:
+            self.flush(now)  # the burst so far leaves before this datagram is handled
+        self._now = now
         n = len(data)
         c = self.counters
         c.packets_in[UDP] += 1
@@ -186,43 +137,28 @@ class Room:
             return
         if ptype == _DATA:
             sess = self.sessions.get(sid)
-            if sess is None or sess.link.kind != UDP:
+            if sess is None or sess.path is None:
                 c.drops["unknown_session"] += 1
                 return
             if n > UDP_MAX_PACKET or not ctr:
                 c.drops["oversize" if n > UDP_MAX_PACKET else "bad_data"] += 1
                 return
-            self._data(sess, data, ctr, addr)
-            if self._flush_scheduled and time.perf_counter() - self._batch_start >= self._max_delay:
-                self.flush()
+            self._data(sess, data, ctr, addr, now)
         elif ptype == _HELLO:
             if sid or ctr or n < HELLO_MIN_SIZE or n > _UDP_MAX_HELLO:
                 c.drops["bad_hello"] += 1
                 return
-            self._udp_hello(data, addr, make_link)
+            if self.handshakes.repeated_udp(client_public(data), addr, n):
+                return
+            session = self._open(data, lambda: UdpPath(self.udp_writer, addr, n), now)
+            if session is not None and session.accept is not None:
+                session.link.send(session.accept)
         else:
             c.drops["type"] += 1
 
-    def _udp_hello(self, data: bytes, addr: tuple, make_link: Callable[[tuple, int], Link]) -> None:
-        client_public = data[16 : 16 + PUBLIC_KEY_SIZE]
-        pending = self.pending.get(client_public)
-        if pending is not None:
-            link = pending.link
-            if getattr(link, "addr", None) == addr and pending.accept is not None:
-                link.budget += len(data)  # type: ignore[attr-defined]
-                link.send(pending.accept)  # a retransmitted HELLO gets the same ACCEPT
-            else:
-                self.counters.drops["hello_replay"] += 1
-            return
-        if client_public in self.completed:  # a replayed HELLO of a finished handshake: ignored
-            self.counters.drops["hello_replay"] += 1
-            return
-        session = self._handshake(data, client_public, lambda: make_link(addr, len(data)))
-        if session is not None:
-            session.link.send(session.accept)  # type: ignore[arg-type]
-
-    def ws_hello(self, data: bytes, link: Link) -> Session | None:
+    def ws_hello(self, data: bytes, link: Link, now: float) -> Session | None:
         """The first binary message of a WebSocket; None means close it (policy violation)."""
+        self._now = now
         c = self.counters
         c.packets_in[WS] += 1
         c.bytes_in[WS] += len(data)
@@ -235,76 +171,49 @@ class Room:
         except ProtocolError as exc:
             c.drops[exc.reason] += 1
             return None
-        client_public = data[16 : 16 + PUBLIC_KEY_SIZE]
-        if client_public in self.pending or client_public in self.completed:
+        if self.handshakes.seen(client_public(data)):
             c.drops["hello_replay"] += 1
             return None
-        session = self._handshake(data, client_public, lambda: link)
-        if session is not None:
-            link.send(session.accept)  # type: ignore[arg-type]
+        session = self._open(data, lambda: link, now)
+        if session is not None and session.accept is not None:
+            link.send(session.accept)
         return session
 
-    def ws_data(self, session: Session, data: bytes) -> bool:
-        """A later WebSocket message; False means the connection must be closed."""
+    def ws_data(self, session: Session, data: bytes, now: float) -> None:
+        """A later binary message of the WebSocket that carries `session`."""
+        self._now = now
         c = self.counters
         n = len(data)
         c.packets_in[WS] += 1
         c.bytes_in[WS] += n
         if n < DATA_MIN_SIZE:
             c.drops["short"] += 1
-            return True
+            return
         version, ptype, flags, sid, ctr = _unpack_header(data)
         if version != PROTOCOL_VERSION or flags or ptype != _DATA or sid != session.sid or not ctr:
             c.drops["bad_data"] += 1
-            return True
-        self._data(session, data, ctr, None)
-        return True
+            return
+        self._data(session, data, ctr, None, now)
 
-    def ws_closed(self, session: Session) -> None:
+    def ws_closed(self, session: Session, now: float) -> None:
         """The WebSocket went away without BYE: keep the seat for the resume grace window."""
         member = session.member
         self._forget(session)
         if member is not None and member.session is session:
             member.session = None
-            member.grace_until = time.monotonic() + self.config.resume_grace
+            member.grace_until = now + self.config.resume_grace
 
-    def _handshake(
-        self, data: bytes, client_public: bytes, link_factory: Callable[[], Link]
-    ) -> Session | None:
-        c = self.counters
+    def _open(self, hello: bytes, link: Callable[[], Link], now: float) -> Session | None:
         if self.closed:
-            c.drops["closed"] += 1
+            self.counters.drops["closed"] += 1
             return None
-        try:
-            verify_hello(self.psk, data)
-        except ProtocolError:
-            c.handshake_failures += 1
-            c.drops["handshake"] += 1
-            return None
-        if len(self.pending) >= self.config.max_pending_handshakes:
-            c.drops["handshake_flood"] += 1
-            return None
-        sid = self._new_sid()
-        try:
-            accept, keys = make_accept(self.psk, client_public, sid)
-        except ProtocolError as exc:
-            c.handshake_failures += 1
-            c.drops[exc.reason] += 1
-            return None
-        session = Session(sid, link_factory(), keys.k_c2s, keys.k_s2c, accept, client_public)
-        self.sessions[sid] = session
-        self.pending[client_public] = session
-        c.handshakes += 1
-        self.on_session()
+        session = self.handshakes.open(hello, link, self.sessions, now)
+        if session is not None:
+            self.sessions[session.sid] = session
+            self.on_session()
         return session
 
-    def _new_sid(self) -> int:
-        while True:
-            sid = int.from_bytes(os.urandom(4), "big")
-            if sid and sid not in self.sessions:
-                return sid
-
-    def _data(self, session: Session, data: bytes, ctr: int, addr: tuple | None) -> None:
+    def _data(self, session: Session, data: bytes, ctr: int, addr: Any, now: float) -> None:
         c = self.counters
         try:
             plaintext = session.opener.open(data, ctr)
@@ -313,31 +222,26 @@ class Room:
                 c.decrypt_failures += 1
             c.drops[exc.reason] += 1
             return
-        link = session.link
         if session.accept is not None:  # first authenticated DATA: the handshake is complete
-            session.accept = None
-            self.pending.pop(session.client_public, None)
-            self.completed[session.client_public] = None
-            if len(self.completed) > _COMPLETED_MEMORY:
-                self.completed.popitem(last=False)
-        if addr is not None:
-            if addr != link.addr:  # type: ignore[attr-defined]
-                self._rebind(session, addr, len(data))
-            elif not link.validated:
-                if link.challenge:  # type: ignore[attr-defined]
-                    link.budget += len(data)  # type: ignore[attr-defined]
+            self.handshakes.complete(session)
+        path = session.path
+        if path is not None:
+            if addr != path.addr:
+                self._rebind(session, path, addr, len(data))
+            elif not path.validated:
+                if path.challenge:
+                    path.credit(len(data))
                     # again: the first PING may not have fit the budget (or was lost)
-                    self._queue(session, m.PathPing(link.challenge).encode())  # type: ignore[attr-defined]
+                    self._queue(session, m.PathPing(path.challenge).encode())
                 else:  # its keys needed the ACCEPT we sent to this address
-                    link.validated = True
+                    path.validated = True
         try:
             msgs = m.decode_client(plaintext)
         except ProtocolError as exc:
             c.drops[exc.reason] += 1
             return
-        now = time.monotonic()
         session.last_seen = now
-        kind = link.kind
+        kind = session.link.kind
         c.messages_in[kind] += len(msgs)
         member = session.member
         if member is None:
@@ -353,76 +257,71 @@ class Room:
         encode_message = m.encode_message
         cid = member.cid
         prefix = member.prefix
-        for msg in msgs:
-            t = type(msg)
-            if t is m.Send:
-                data = msg.data  # type: ignore[union-attr]
-                n = len(data)
+        items: list[Any] = msgs  # SENDs are told apart by `type(msg) is`, cheaper than isinstance
+        for msg in items:
+            if type(msg) is m.Send:
+                send: m.Send = msg
+                payload = send.data
+                n = len(payload)
                 if n <= max_payload and msg_take(1, now):
                     if byte_take(n, now):
                         if member.over_since:
                             self._rate_recovered(member, now)
-                        encoded: bytes | None = encode_message(cid, data, prefix)
+                        encoded: bytes | None = encode_message(cid, payload, prefix)
                     else:
                         member.msg_bucket.tokens += 1  # not spent: _accept_send takes it again
-                        encoded = self._accept_send(member, session, msg, now)  # type: ignore[arg-type]
+                        encoded = self._accept_send(member, session, send, now)
                 else:
-                    encoded = self._accept_send(member, session, msg, now)  # type: ignore[arg-type]
+                    encoded = self._accept_send(member, session, send, now)
                 if encoded is None:
                     if member.session is not session:  # kicked
                         return
-                elif msg.targets is None:  # type: ignore[union-attr]
+                elif send.targets is None:
                     broadcast.append(encoded)
                 else:
                     if broadcast:
                         self._broadcast(member, broadcast)
                         broadcast = []
-                    self._targeted(member, msg.targets, encoded)  # type: ignore[union-attr]
+                    self._targeted(member, send.targets, encoded)
                 continue
             if broadcast:  # keep the sender's order: earlier broadcasts leave first
                 self._broadcast(member, broadcast)
                 broadcast = []
-            if t is m.Ping:
-                self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())  # type: ignore[union-attr]
-            elif t is m.SetProfile:
-                self._on_profile(member, session, msg.profile, now)  # type: ignore[union-attr]
-            elif t is m.PathPong:
-                if getattr(link, "challenge", 0) and msg.challenge == link.challenge:  # type: ignore[union-attr]
-                    link.challenge = 0  # type: ignore[attr-defined]
-                    link.validated = True
-            elif t is m.Bye:
+            if isinstance(msg, m.Ping):
+                self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())
+            elif isinstance(msg, m.SetProfile):
+                self._on_profile(member, session, msg.profile, now)
+            elif isinstance(msg, m.PathPong):
+                if path is not None:
+                    path.confirm(msg.challenge)
+            elif isinstance(msg, m.Bye):
                 self._remove(member, LeaveReason.LEFT)
-                self._forget(session, WS_NORMAL, "bye")
+                self._forget(session, Disconnect.BYE, "bye")
                 return
-            elif t is m.Join or t is m.Sync:
+            elif isinstance(msg, m.Join | m.Sync):
                 self._send_welcome(session, member, resumed=False)
             if member.session is not session:  # kicked while handling this packet
                 return
         if broadcast:
             self._broadcast(member, broadcast)
 
-    def _rebind(self, session: Session, addr: tuple, received: int) -> None:
+    def _rebind(self, session: Session, path: UdpPath, addr: Any, received: int) -> None:
         """NAT rebinding: move the session, unvalidated, and challenge the new address."""
-        link = session.link
-        link.addr = addr  # type: ignore[attr-defined]
-        link.validated = False
-        link.budget = received  # type: ignore[attr-defined]
-        link.challenge = int.from_bytes(os.urandom(8), "big") or 1  # type: ignore[attr-defined]
+        path.rebind(addr, received, int.from_bytes(self.rand(8), "big") or 1)
         self.counters.rebinds += 1
-        self._queue(session, m.PathPing(link.challenge).encode())  # type: ignore[attr-defined]
+        self._queue(session, m.PathPing(path.challenge).encode())
 
     def _before_join(self, session: Session, msgs: list[m.ClientMessage], now: float) -> None:
         for msg in msgs:
-            t = type(msg)
-            if t is m.Join:
-                self._on_join(session, msg, now)  # type: ignore[arg-type]
+            if isinstance(msg, m.Join):
+                self._on_join(session, msg, now)
                 return
-            if t is m.Ping:
-                self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())  # type: ignore[union-attr]
-            elif t is m.Bye:
-                self._forget(session, WS_NORMAL, "bye")
+            if isinstance(msg, m.Ping):
+                self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())
+            elif isinstance(msg, m.Bye):
+                self._forget(session, Disconnect.BYE, "bye")
                 return
-            elif t is m.PathPong:
+            elif isinstance(msg, m.PathPong):
                 continue
             else:
                 self.counters.drops["not_joined"] += 1
@@ -436,7 +335,7 @@ class Room:
             try:
                 verify(self.token_key, join.access_token or "", join.user_id)
             except TokenError as exc:
-                self._refuse(session, ErrorCode.UNAUTHORIZED, f"access token: {exc}", WS_POLICY)
+                self._refuse(session, ErrorCode.UNAUTHORIZED, f"access token: {exc}", Disconnect.VIOLATION)
                 return
         if join.resume_token:
             seat = self.resume_tokens.get(join.resume_token)
@@ -444,13 +343,17 @@ class Room:
                 self._resume(seat, session)
                 return
         if not self.accepting_joins:
-            self._refuse(session, ErrorCode.OVERLOADED, "relay is not accepting joins", WS_TRY_AGAIN)
+            self._refuse(
+                session, ErrorCode.OVERLOADED, "relay is not accepting joins", Disconnect.RETRY_LATER
+            )
             return
         if len(self.members) >= config.max_players:
-            self._refuse(session, ErrorCode.ROOM_FULL, f"room is full ({config.max_players})", WS_TRY_AGAIN)
+            self._refuse(
+                session, ErrorCode.ROOM_FULL, f"room is full ({config.max_players})", Disconnect.RETRY_LATER
+            )
             return
         if len(join.profile) > config.max_profile:
-            self._refuse(session, ErrorCode.PROFILE_TOO_LARGE, "profile too large", WS_POLICY)
+            self._refuse(session, ErrorCode.PROFILE_TOO_LARGE, "profile too large", Disconnect.VIOLATION)
             return
         cid = self.next_cid
         self.next_cid += 1
@@ -472,13 +375,13 @@ class Room:
         member.grace_until = 0.0
         if old is not None and old is not session:
             old.member = None
-            self._forget(old, WS_NORMAL, "resumed elsewhere")
+            self._forget(old, Disconnect.RESUMED_ELSEWHERE, "resumed elsewhere")
         self._send_welcome(session, member, resumed=True)
         log.info("member %d resumed", member.cid)
 
     def _send_welcome(self, session: Session, member: Member, resumed: bool) -> None:
         self.resume_tokens.pop(member.resume_token, None)
-        member.resume_token = secrets.token_bytes(RESUME_TOKEN_SIZE)
+        member.resume_token = self.rand(RESUME_TOKEN_SIZE)
         self.resume_tokens[member.resume_token] = member
         kind = session.link.kind
         builder = m.WelcomeBuilder(
@@ -491,11 +394,11 @@ class Room:
         for part in builder.parts(session.link.max_plaintext):
             self._queue(session, part)
 
-    def _refuse(self, session: Session, code: int, text: str, ws_code: int) -> None:
+    def _refuse(self, session: Session, code: int, text: str, why: Disconnect) -> None:
         self.counters.drops["join_refused"] += 1
         self._queue(session, m.Error(code, text).encode())
         self._flush_session(session)
-        self._forget(session, ws_code, text)
+        self._forget(session, why, text)
 
     def _remove(self, member: Member, reason: int) -> None:
         if self.members.pop(member.cid, None) is None:
@@ -518,16 +421,17 @@ class Room:
         if session is not None:
             self._queue(session, m.Closing(CloseReason.KICKED, text).encode())
             self._flush_session(session)
-            self._forget(session, WS_POLICY, text)
+            self._forget(session, Disconnect.VIOLATION, text)
         log.info("member %d kicked: %s", member.cid, text)
 
-    def _forget(self, session: Session, ws_code: int = WS_NORMAL, reason: str = "") -> None:
+    def _forget(self, session: Session, why: Disconnect | None = None, text: str = "") -> None:
+        """Drops a session; `why` closes its transport (None: it is already gone)."""
         if self.sessions.pop(session.sid, None) is None:
             return
-        self.pending.pop(session.client_public, None)
+        self.handshakes.abandon(session)
         session.out.clear()
-        if session.link.kind == WS:
-            session.link.close(ws_code, reason)
+        if why is not None:
+            session.link.close(why, text)
 
     # ---- messages ----------------------------------------------------------------------------
 
@@ -572,7 +476,7 @@ class Room:
         for other in self.members.values():
             s = other.session
             if s is not None and other is not member:
-                if shed and s.link.kind == UDP:
+                if shed and s.path is not None:
                     self.counters.drops["shed"] += len(items)
                     continue
                 queue_many(s, items)
@@ -582,7 +486,7 @@ class Room:
         for cid in dict.fromkeys(targets) if len(targets) > 1 else targets:
             other = members.get(cid)
             if other is not None and other is not member and other.session is not None:
-                if self.shed_optional and other.session.link.kind == UDP:
+                if self.shed_optional and other.session.path is not None:
                     self.counters.drops["shed"] += 1
                     continue
                 self._queue(other.session, encoded)
@@ -620,15 +524,12 @@ class Room:
 
     def _schedule_flush(self) -> None:
         self._flush_scheduled = True
-        self._batch_start = time.perf_counter()
-        tick = self.config.coalesce_tick
-        if tick > 0:
-            self._loop.call_later(tick, self.flush)
-        else:
-            self._loop.call_soon(self.flush)
+        self._batch_start = self._now
+        self.on_flush(self._tick)
 
-    def flush(self) -> None:
-        """Packs and seals everything queued this pass: one packet per recipient where it fits."""
+    def flush(self, now: float) -> None:
+        """Packs and seals everything queued since the last flush: one packet per recipient where
+        it fits, handed to each session's link."""
         self._flush_scheduled = False
         dirty = self._dirty
         if not dirty:
@@ -642,7 +543,7 @@ class Room:
                 session.out = []
                 self.counters.drops["internal_error"] += 1
                 log.exception("flush of session %d failed", session.sid)
-        self.counters.observe_fanout(time.perf_counter() - self._batch_start)
+        self.counters.observe_fanout(now - self._batch_start)
 
     def _flush_session(self, session: Session) -> None:
         session.dirty = False
@@ -666,30 +567,41 @@ class Room:
                 c.packets_out[kind] += 1
                 c.bytes_out[kind] += len(packet)
             else:
-                c.drops["send_failed" if link.validated else "amplification"] += 1
-        if kind == WS and getattr(link, "buffered", 0) > self.config.ws_send_buffer:
+                path = session.path
+                c.drops["amplification" if path is not None and not path.validated else "send_failed"] += 1
+        if kind == WS and link.buffered > self.config.ws_send_buffer:
             member = session.member
             if member is not None:
                 self.kick(member, "send buffer overflow")
             else:
-                self._forget(session, WS_POLICY, "send buffer overflow")
+                self._forget(session, Disconnect.VIOLATION, "send buffer overflow")
 
     # ---- time --------------------------------------------------------------------------------
 
     @property
     def quiet(self) -> bool:
-        """Nobody to watch: sweep() can only find the room idle or over its lifetime."""
+        """Nobody to watch: the room can only end idle or at its lifetime."""
         return not self.sessions and not self.members
 
     def next_deadline(self) -> float:
-        """When a quiet room next needs a sweep (monotonic): its idle or lifetime end."""
+        """When a quiet room ends: its idle or lifetime end."""
         return min(self.last_activity + self.config.idle_timeout, self.started + self.config.lifetime)
 
-    def sweep(self) -> None:
-        """Called periodically: keepalive, resume grace, stale handshakes, idle and lifetime."""
+    def timer(self) -> float:
+        """When `handle_timer` next needs to run: every `sweep_interval` while anyone is in the
+        room; a quiet room only at its end (a session beginning, `on_session`, brings it
+        forward). Infinity once the room is closed."""
+        if self.closed:
+            return math.inf
+        due = self._last_sweep + self.sweep_interval
+        return max(due, self.next_deadline()) if self.quiet else due
+
+    def handle_timer(self, now: float) -> None:
+        """Keepalive, resume grace, stale handshakes, idle and lifetime."""
         if self.closed:
             return
-        now = time.monotonic()
+        self._now = now
+        self._last_sweep = now
         config = self.config
         for member in list(self.members.values()):
             session = member.session
@@ -698,26 +610,29 @@ class Room:
                     self._remove(member, LeaveReason.DISCONNECTED)
             elif now - session.last_seen > config.keepalive_timeout:
                 self._remove(member, LeaveReason.TIMEOUT)
-                self._forget(session, WS_GOING_AWAY, "keepalive timeout")
+                self._forget(session, Disconnect.TIMEOUT, "keepalive timeout")
         for session in list(self.sessions.values()):
             if session.member is None and now - session.last_seen > config.handshake_timeout:
-                self._forget(session, WS_GOING_AWAY, "no join")
-        if now - self.last_activity > config.idle_timeout:
-            self.close(CloseReason.IDLE, "no communication")
-        elif now - self.started > config.lifetime:
-            self.close(CloseReason.LIFETIME, "room lifetime reached")
+                self._forget(session, Disconnect.TIMEOUT, "no join")
+        # at the deadline itself: a quiet room is woken exactly then (timer()), and closes
+        if now - self.last_activity >= config.idle_timeout:
+            self.close(CloseReason.IDLE, "no communication", now)
+        elif now - self.started >= config.lifetime:
+            self.close(CloseReason.LIFETIME, "room lifetime reached", now)
 
-    def close(self, reason: CloseReason, text: str = "") -> None:
+    def close(self, reason: CloseReason, text: str, now: float) -> None:
         """CLOSING to every session, flushed now; then the room accepts nothing more."""
         if self.closed:
             return
         self.closed = True
+        self._now = now
         closing = m.Closing(reason, text).encode()
         for session in list(self.sessions.values()):
             self._queue(session, closing)
-        self.flush()
+        self.flush(now)
+        why = Disconnect.SHUTDOWN if reason == CloseReason.SHUTDOWN else Disconnect.ROOM_CLOSED
         for session in list(self.sessions.values()):
-            self._forget(session, WS_GOING_AWAY if reason == CloseReason.SHUTDOWN else WS_NORMAL, text)
+            self._forget(session, why, text)
         self.members.clear()
         self.resume_tokens.clear()
         log.info("room closed: %s %s", reason.name.lower(), text)

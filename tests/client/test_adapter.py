@@ -1,24 +1,25 @@
-"""The asyncio client over real loopback sockets, against the fake relay (tests/client/fakeserver.py)."""
+"""The asyncio client over real loopback sockets, against the real room behind a test transport
+that can go silent or drop WebSockets (tests/client/roomserver.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 import relay.client as rc
-from relay.protocol import messages as m
 from relay.protocol.constants import CloseReason, ErrorCode, LeaveReason
 
-from .fakeserver import fake_room
+from .roomserver import serve_room
 
 pytestmark = pytest.mark.timeout(30)
-FAST = m.Limits(keepalive_timeout_ms=1000, resume_grace_ms=3000)
+FAST = {"keepalive_timeout": 1.0, "resume_grace": 3.0}
 
 
 @pytest.mark.parametrize("transport", ["udp", "ws"])
 async def test_connect_send_receive_close(transport: str) -> None:
-    async with fake_room(transport) as room:
+    async with serve_room() as room:
         a = await rc.connect(room.host, room.port, room.key, "alice", b"pa", transport=transport, timeout=2)
         b = await rc.connect(room.host, room.port, room.key, "bob", b"pb", transport=transport, timeout=2)
         assert b.members == {a.connection_id: rc.Member(a.connection_id, "alice", b"pa")}
@@ -46,14 +47,14 @@ async def test_connect_send_receive_close(transport: str) -> None:
 
 @pytest.mark.parametrize("transport", ["udp", "ws"])
 async def test_refused_join_raises(transport: str) -> None:
-    async with fake_room(transport, refuse=ErrorCode.ROOM_FULL) as room:
+    async with serve_room(max_players=0) as room:
         with pytest.raises(rc.JoinRefused) as info:
             await rc.connect(room.host, room.port, room.key, "u", transport=transport, timeout=2)
         assert info.value.code == ErrorCode.ROOM_FULL
 
 
 async def test_no_answer_times_out() -> None:
-    async with fake_room() as room:
+    async with serve_room() as room:
         room.silent = True
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -63,14 +64,14 @@ async def test_no_answer_times_out() -> None:
 
 
 async def test_ws_unreachable_raises_connect_error() -> None:
-    async with fake_room() as room:
+    async with serve_room() as room:
         port = room.port
     with pytest.raises(rc.ConnectError, match="cannot reach"):
         await rc.connect("127.0.0.1", port, room.key, "u", transport="ws", timeout=1)
 
 
 async def test_ws_drop_is_resumed_with_the_same_connection_id() -> None:
-    async with fake_room("ws", limits=FAST) as room:
+    async with serve_room(**FAST) as room:
         a = await rc.connect(room.host, room.port, room.key, "a", transport="ws", timeout=2)
         b = await rc.connect(room.host, room.port, room.key, "b", transport="ws", timeout=2)
         await a.next_event_of(rc.Joined)
@@ -87,7 +88,7 @@ async def test_ws_drop_is_resumed_with_the_same_connection_id() -> None:
 
 
 async def test_udp_silence_is_detected_and_resumed() -> None:
-    async with fake_room("udp", limits=FAST) as room:
+    async with serve_room(**FAST) as room:
         client = await rc.connect(room.host, room.port, room.key, "u", timeout=2)
         cid = client.connection_id
         room.silent = True
@@ -98,7 +99,7 @@ async def test_udp_silence_is_detected_and_resumed() -> None:
 
 
 async def test_without_reconnect_a_drop_ends_the_stream() -> None:
-    async with fake_room("ws", limits=FAST) as room:
+    async with serve_room(**FAST) as room:
         client = await rc.connect(room.host, room.port, room.key, "u", transport="ws", reconnect=False)
         await room.drop_websockets()
         events = [e async for e in client.events()]
@@ -107,7 +108,7 @@ async def test_without_reconnect_a_drop_ends_the_stream() -> None:
 
 
 async def test_resume_gives_up_after_the_window() -> None:
-    async with fake_room("udp", limits=m.Limits(keepalive_timeout_ms=600, resume_grace_ms=500)) as room:
+    async with serve_room(keepalive_timeout=0.6, resume_grace=0.5) as room:
         client = await rc.connect(room.host, room.port, room.key, "u", timeout=0.3)
         room.silent = True
         events = [e async for e in client.events()]
@@ -115,16 +116,15 @@ async def test_resume_gives_up_after_the_window() -> None:
 
 
 async def test_closing_from_the_relay_ends_the_stream() -> None:
-    async with fake_room("udp") as room:
+    async with serve_room() as room:
         client = await rc.connect(room.host, room.port, room.key, "u", timeout=2)
-        session = room.relay.members[0]
-        room.route([room.relay.seal_to(session, m.Closing(CloseReason.DELETED, "bye").encode())], None)
+        room.room.close(CloseReason.DELETED, "bye", time.monotonic())
         assert [e async for e in client.events()] == [rc.ClosingEvent(CloseReason.DELETED, "bye")]
         assert client.closed
 
 
 async def test_on_event_callback_gets_events_without_the_queue() -> None:
-    async with fake_room("udp") as room:
+    async with serve_room() as room:
         a = await rc.connect(room.host, room.port, room.key, "a", timeout=2)
         seen: list[object] = []
         a.on_event = seen.append
@@ -142,7 +142,7 @@ async def test_on_event_callback_gets_events_without_the_queue() -> None:
 
 @pytest.mark.parametrize("transport", ["udp", "ws"])
 async def test_drop_cuts_the_transport_and_the_client_resumes(transport: str) -> None:
-    async with fake_room(transport, limits=FAST) as room:
+    async with serve_room(**FAST) as room:
         a = await rc.connect(room.host, room.port, room.key, "a", transport=transport, timeout=2)
         b = await rc.connect(room.host, room.port, room.key, "b", transport=transport, timeout=2)
         cid = b.connection_id

@@ -1,4 +1,5 @@
-"""ClientConnection driven without sockets against the fake relay (tests/protocol/fakerelay.py)."""
+"""ClientConnection driven against the real relay room, both in memory (tests/protocol/harness.py):
+no socket, no event loop, a manual clock."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from relay.protocol.constants import (
     PacketType,
 )
 from relay.protocol.packets import parse_header
+from relay.server.transport import Disconnect
 
 from .harness import Net, new_room
 
@@ -71,7 +73,7 @@ def test_udp_hello_is_padded_and_ws_hello_is_not() -> None:
 
 
 def test_hello_is_resent_identically_until_accept() -> None:
-    key, relay, _net = new_room()
+    key, _room, net = new_room()
     client = _client(key, "u")
     first = client.initiate(0.0)
     assert client.timer() == pytest.approx(0.25)
@@ -80,9 +82,12 @@ def test_hello_is_resent_identically_until_accept() -> None:
     again = client.datagrams_to_send()
     assert again == first
     # the relay answers a repeated HELLO with the very same ACCEPT; the second one is ignored
-    answers = relay.handle(first[0]) + relay.handle(again[0])
-    assert answers[0] == answers[1]
-    for _, packet in answers:
+    net.up(client, first)
+    net.up(client, again)
+    answers = [packet for _, packet in net.to_client]
+    net.to_client.clear()
+    assert len(answers) == 2 and answers[0] == answers[1]
+    for packet in answers:
         client.receive(packet, 0.3)
     assert client.state is ClientState.JOINING
     assert client.stats.dropped == {"dup_accept": 1}
@@ -193,7 +198,7 @@ def test_udp_accepts_reordered_packets_within_the_window() -> None:
 
 
 def test_rtt_from_pong_and_keepalive_pings() -> None:
-    key, _relay, net = new_room(limits=m.Limits(keepalive_timeout_ms=4000))
+    key, _relay, net = new_room(keepalive_timeout=4.0)
     client = _client(key, "u")
     net.join(client)
     assert client.ping_interval == 1.0 and client.rtt is None
@@ -209,7 +214,7 @@ def test_rtt_from_pong_and_keepalive_pings() -> None:
 
 
 def test_silence_past_the_keepalive_timeout_is_a_lost_connection() -> None:
-    key, _relay, net = new_room(limits=m.Limits(keepalive_timeout_ms=1000))
+    key, _relay, net = new_room(keepalive_timeout=1.0)
     client = _client(key, "u")
     net.join(client)
     net.take(client)
@@ -219,15 +224,24 @@ def test_silence_past_the_keepalive_timeout_is_a_lost_connection() -> None:
     assert client.state is ClientState.LOST and client.timer() is None
 
 
-def test_path_ping_is_answered() -> None:
-    key, relay, net = new_room()
-    client = _client(key, "u")
-    net.join(client)
-    session = relay.members[0]
-    net.to_client.append((client, relay.seal_to(session, m.PathPing(0xDEADBEEF).encode())[1]))
-    net.down()
-    net.pump(client)
-    assert relay.path_pongs == [0xDEADBEEF]
+def test_a_rebound_client_answers_the_path_challenge_and_keeps_its_seat() -> None:
+    key, room, net = new_room()
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    net.take(a)
+    net.take(b)
+    path = room.sessions[b.session_id].path
+    assert path is not None and path.validated
+    net.move(b, ("192.0.2.1", 50000))  # NAT rebinding: same session, new source address
+    b.send(b"from elsewhere")
+    net.pump(a, b)
+    assert path.addr == ("192.0.2.1", 50000) and path.validated and not path.challenge
+    assert room.counters.rebinds == 1
+    assert net.take(a) == [Received(b.connection_id, b"from elsewhere")]
+    a.send(b"reaches the new address", targets=[b.connection_id])
+    net.pump(a, b)
+    assert net.take(b) == [Received(a.connection_id, b"reaches the new address")]
 
 
 def test_message_from_unknown_sender_triggers_one_sync() -> None:
@@ -266,19 +280,19 @@ def test_resume_keeps_the_seat() -> None:
     assert b.connection_id == cid and b.resume_token != token
     assert net.take(b)[-1] == Resumed(cid, True)
     assert net.take(a) == []  # the others see neither LEAVE nor JOIN
-    join = next(msg for s in relay.members if s.connection_id == cid for msg in s.received)
-    assert isinstance(join, m.Join) and join.resume_token == token
+    assert set(relay.members) == {a.connection_id, cid}
 
 
 def test_resume_with_an_expired_seat_is_a_fresh_join_with_a_diff() -> None:
-    key, relay, net = new_room()
+    key, room, net = new_room(keepalive_timeout=1.0)
     a, b, c = _client(key, "a"), _client(key, "b"), _client(key, "c")
     for client in (a, b, c):
         net.join(client)
     old = b.connection_id
-    relay.seats.clear()  # the seat expired
-    del relay.sessions[b.session_id]
-    b.connection_lost(net.now)
+    b.connection_lost(net.now)  # b goes quiet; the room drops its seat after the keepalive timeout
+    net.advance(1.5, a, c)
+    assert old not in room.members
+    assert Left(old, LeaveReason.TIMEOUT) in net.take(a)
     net.up(c, c.bye())  # c leaves while b is away
     net.to_client.clear()
     net.up(b, b.reconnect(net.now))
@@ -291,31 +305,55 @@ def test_resume_with_an_expired_seat_is_a_fresh_join_with_a_diff() -> None:
 
 
 def test_resume_token_given_at_construction_is_sent() -> None:
-    key, relay, net = new_room()
-    client = _client(key, "u", resume_token=b"t" * 16)
-    net.join(client)
-    assert relay.members[0].received[0] == m.Join("u", b"", None, b"t" * 16)
+    """A process that restarts with its saved resume token takes its old seat back."""
+    key, room, net = new_room()
+    first = _client(key, "u")
+    net.join(first)
+    cid, token = first.connection_id, first.resume_token
+    assert token is not None
+    again = _client(key, "u", resume_token=token)
+    net.join(again)
+    assert net.take(again) == [Welcomed(cid, True)]
+    assert again.connection_id == cid and set(room.members) == {cid}
+    stranger = _client(key, "v", resume_token=token)  # another user id: no seat of its own
+    net.join(stranger)
+    assert stranger.connection_id not in (0, cid)
 
 
-def test_refused_join_closes_with_an_error_event() -> None:
-    key, _relay, net = new_room(refuse=ErrorCode.ROOM_FULL)
-    client = _client(key, "u", access_token="tok")
+@pytest.mark.parametrize("transport", ["udp", "ws"])
+def test_refused_join_closes_with_an_error_event(transport: str) -> None:
+    key, _relay, net = new_room(max_players=0)
+    client = _client(key, "u", transport, access_token="tok")
     net.join(client)
-    assert net.take(client) == [ErrorEvent(ErrorCode.ROOM_FULL, "refused")]
+    assert net.take(client) == [ErrorEvent(ErrorCode.ROOM_FULL, "room is full (0)")]
     assert client.state is ClientState.CLOSED and client.timer() is None
+    assert net.closes == ([(Disconnect.RETRY_LATER, "room is full (0)")] if transport == "ws" else [])
 
 
-def test_closing_ends_the_connection() -> None:
-    key, relay, net = new_room()
-    client = _client(key, "u")
+@pytest.mark.parametrize("transport", ["udp", "ws"])
+def test_closing_ends_the_connection(transport: str) -> None:
+    key, room, net = new_room()
+    client = _client(key, "u", transport)
     net.join(client)
     net.take(client)
-    net.to_client.append(
-        (client, relay.seal_to(relay.members[0], m.Closing(CloseReason.IDLE, "idle").encode())[1])
-    )
+    room.close(CloseReason.DELETED, "deleted", net.now)
     net.down()
-    assert net.take(client) == [ClosingEvent(CloseReason.IDLE, "idle")]
+    assert net.take(client) == [ClosingEvent(CloseReason.DELETED, "deleted")]
     assert client.state is ClientState.CLOSED and client.datagrams_to_send() == []
+    assert net.room_closed == [(CloseReason.DELETED, "deleted")]
+
+
+def test_a_room_left_without_a_word_times_out_its_member_then_closes_idle() -> None:
+    key, room, net = new_room(idle_timeout=5.0, keepalive_timeout=1.0)
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    net.advance(2.0, a)  # b has vanished (no BYE, no more packets); a's pings keep it
+    assert Left(b.connection_id, LeaveReason.TIMEOUT) in net.take(a)
+    a.close()  # a vanishes too
+    net.advance(5.0)
+    assert room.quiet and net.room_closed == [(CloseReason.IDLE, "no communication")]
+    assert room.closed and room.timer() == float("inf")
 
 
 @pytest.mark.parametrize(("transport", "per_packet"), [("udp", 5), ("ws", 60)])
@@ -346,8 +384,9 @@ def test_data_waits_for_the_welcome_and_too_large_is_refused() -> None:
     net.down()
     join = b.datagrams_to_send()
     assert len(join) == 1 and b.state is ClientState.JOINING  # the JOIN alone, data waits
+    before = relay.counters.messages_in[0]
     net.up(b, join)
-    assert relay.sessions[b.session_id].received == [m.Join("b")]
+    assert relay.counters.messages_in[0] == before + 1  # the JOIN alone
     net.down()
     net.pump(b, a)
     assert Received(b.connection_id, b"early") in net.take(a)

@@ -185,7 +185,7 @@ def test_client_receive_never_raises(batch: list[bytes]) -> None:
 def test_client_receive_of_authentic_garbage_never_raises(batch: list[bytes]) -> None:
     """Correctly sealed packets whose plaintext is random: the message handlers must cope."""
     client, relay, _ = joined_client()
-    session = relay.members[0]
+    session = relay.sessions[client.session_id]  # its sealer is the relay's key for this client
     for plaintext in batch:
         client.receive(session.sealer.seal(plaintext), 1.0)
         client.handle_timer(5.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections import Counter
 
 import pytest
@@ -22,7 +23,6 @@ from relay.embedded import room
 from relay.protocol import messages as m
 from relay.protocol.constants import HEADER, PROTOCOL_VERSION, UDP_HELLO_PAD_TO
 from relay.protocol.packets import ClientHello
-from relay.server.links import UdpLink
 
 from .helpers import client, drops, exchange
 from .rawpeer import UdpPeer, WsPeer
@@ -89,8 +89,8 @@ async def test_fuzz_udp_datagram_path_directly() -> None:
         peer = await UdpPeer.open(r.key, r.port)
         await peer.start("seed")
         seeds = [
-            ClientHello.create(relay_room.psk, pad_to=UDP_HELLO_PAD_TO).packet,
-            ClientHello.create(relay_room.psk).packet,
+            ClientHello.create(relay_room.handshakes.psk, pad_to=UDP_HELLO_PAD_TO).packet,
+            ClientHello.create(relay_room.handshakes.psk).packet,
             *(peer.seal(m.Send(b"s%d" % i).encode()) for i in range(5)),
             peer.seal(m.Join("seed", b"").encode()),
             peer.seal(m.Ping(1, 2).encode(), m.SetProfile(b"p").encode()),
@@ -101,23 +101,28 @@ async def test_fuzz_udp_datagram_path_directly() -> None:
         sent: Counter[tuple] = Counter()
         validated: set[tuple] = set()
 
-        def sendto(packet: bytes, addr: tuple) -> None:
-            sent[addr] += len(packet)
+        real_sendto = relay_room.udp_writer
 
-        def make_link(addr: tuple, budget: int) -> UdpLink:
-            return UdpLink(sendto, addr, budget)
+        def sendto(packet: bytes, addr: tuple) -> None:
+            if addr[0] == "192.0.2.1":
+                sent[addr] += len(packet)
+            else:
+                real_sendto(packet, addr)
+
+        relay_room.udp_writer = sendto  # the paths of new sessions write through it
 
         @FUZZ
         @given(data=_inputs(seeds, sids), port=st.integers(1, 4))
         def fuzz(data: bytes, port: int) -> None:
             addr = ("192.0.2.1", port)  # TEST-NET-1: never a real peer
             received[addr] += len(data)
-            relay_room.udp_datagram(data, addr, make_link)
-            relay_room.flush()
-            relay_room.sweep()
+            now = time.monotonic()
+            relay_room.udp_datagram(data, addr, now)
+            relay_room.flush(now)
+            relay_room.handle_timer(now)
             for session in relay_room.sessions.values():
-                link = session.link
-                if getattr(link, "addr", None) == addr and link.validated:
+                path = session.path
+                if path is not None and path.addr == addr and path.validated:
                     validated.add(addr)
 
         fuzz()
@@ -150,9 +155,10 @@ async def test_fuzz_websocket_data_path_directly() -> None:
         @FUZZ
         @given(data=_inputs(seeds, [peer.session_id]))
         def fuzz(data: bytes) -> None:
+            now = time.monotonic()
             if peer.session_id in relay_room.sessions:
-                relay_room.ws_data(session, data)
-            relay_room.flush()
+                relay_room.ws_data(session, data, now)
+            relay_room.flush(now)
 
         fuzz()
         assert r.relay.counters.drops["internal_error"] == 0
@@ -187,7 +193,7 @@ async def test_fuzz_over_real_sockets() -> None:
         ws = await WsPeer.open(r.key, r.port)
         await ws.start("ws-seed")
         udp_seeds = [
-            ClientHello.create(relay_room.psk, pad_to=UDP_HELLO_PAD_TO).packet,
+            ClientHello.create(relay_room.handshakes.psk, pad_to=UDP_HELLO_PAD_TO).packet,
             *(udp.seal(m.Send(b"u%d" % i).encode()) for i in range(4)),
         ]
         for data in _generate(_inputs(udp_seeds, [udp.session_id, a.connection.session_id]), 60):
@@ -196,7 +202,7 @@ async def test_fuzz_over_real_sockets() -> None:
         for data in _generate(_inputs(ws_seeds, [ws.session_id]), 40):
             ws.send_raw(data)
         # fresh WebSocket connections whose first message is fuzz: ACCEPT or a 1008 close
-        hello_seeds = [ClientHello.create(relay_room.psk).packet]
+        hello_seeds = [ClientHello.create(relay_room.handshakes.psk).packet]
         codes = []
         for data in _generate(_inputs(hello_seeds, []), 15):
             conn = await WsPeer.open(r.key, r.port)

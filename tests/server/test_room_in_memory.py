@@ -1,0 +1,232 @@
+"""The relay's room driven entirely in memory: the real Room and real client state machines, no
+socket and no event loop (tests/protocol/harness.py), a manual clock and seeded randomness. What
+the socket tests show with real timing, these show exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import replace
+
+import pytest
+
+from relay.protocol import messages as m
+from relay.protocol.client import (
+    ClientConnection,
+    ClientState,
+    ClosingEvent,
+    ErrorEvent,
+    Joined,
+    Left,
+    ProfileChanged,
+    Received,
+    Resumed,
+    Welcomed,
+)
+from relay.protocol.constants import CloseReason, ErrorCode, LeaveReason
+from relay.server.config import RelayConfig
+from relay.server.metrics import Counters
+from relay.server.room import Room
+from relay.server.transport import Disconnect
+from tests.protocol.harness import new_room
+
+
+def _client(key: str, user: str, transport: str = "udp", **kwargs: object) -> ClientConnection:
+    return ClientConnection(key, user, transport=transport, **kwargs)  # type: ignore[arg-type]
+
+
+def test_two_clients_on_both_transports_play_in_memory() -> None:
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()  # no event loop anywhere in this test
+    key, room, net = new_room()
+    udp = _client(key, "alice", "udp", profile=b"pa")
+    ws = _client(key, "bob", "ws", profile=b"pb")
+    net.join(udp)
+    net.join(ws)
+    assert net.take(udp) == [Welcomed(udp.connection_id, False), Joined(ws.connection_id, "bob", b"pb")]
+    assert net.take(ws) == [Welcomed(ws.connection_id, False)]
+    assert ws.members == {udp.connection_id: m.Member(udp.connection_id, "alice", b"pa")}
+    udp.send(b"to everyone")
+    ws.send(b"to alice", targets=[udp.connection_id])
+    ws.update_profile(b"pb2")
+    net.pump(udp, ws)
+    assert net.take(ws) == [Received(udp.connection_id, b"to everyone")]
+    assert net.take(udp) == [
+        Received(ws.connection_id, b"to alice"),
+        ProfileChanged(ws.connection_id, b"pb2"),
+    ]
+    net.up(ws, ws.bye())
+    net.down()
+    assert net.take(udp) == [Left(ws.connection_id, LeaveReason.LEFT)]
+    assert net.closes == [(Disconnect.BYE, "bye")]
+    assert set(room.members) == {udp.connection_id}
+    assert room.counters.drops == {}
+
+
+def test_the_room_asks_for_one_flush_per_pass_and_seals_once_per_recipient() -> None:
+    key, room, net = new_room()
+    a, b, c = _client(key, "a"), _client(key, "b"), _client(key, "c")
+    for client in (a, b, c):
+        net.join(client)
+    asked: list[float] = []
+    room.on_flush = asked.append
+    for i in range(5):
+        a.send(b"m%d" % i)
+    packets = a.datagrams_to_send()
+    a.send(b"late")
+    packets += a.datagrams_to_send()  # two client packets handled in the same pass
+    for packet in packets:
+        room.udp_datagram(packet, net.address(a), net.now)
+    assert asked == [0.0]  # asked once, at the first queued message; nothing sent yet
+    assert net.to_client == []
+    room.flush(net.now)
+    assert sorted(client.session_id for client, _ in net.to_client) == sorted([b.session_id, c.session_id])
+    net.down()
+    assert [e.data for e in net.take(b) if isinstance(e, Received)] == [
+        b"m0",
+        b"m1",
+        b"m2",
+        b"m3",
+        b"m4",
+        b"late",
+    ]
+
+
+def test_a_coalescing_tick_asks_for_a_later_flush() -> None:
+    key, room, net = new_room(coalesce_tick=0.02)
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    asked: list[float] = []
+    room.on_flush = asked.append
+    a.send(b"x")
+    for packet in a.datagrams_to_send():
+        room.udp_datagram(packet, net.address(a), net.now)
+    assert asked == [0.02]
+
+
+def test_a_burst_held_past_the_delay_leaves_before_the_next_datagram() -> None:
+    key, room, net = new_room(max_coalesce_delay_udp=0.001)
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    net.take(b)
+    burst = []
+    for i in range(3):
+        a.send(b"%d" % i)
+        burst += a.datagrams_to_send()
+    room.udp_datagram(burst[0], net.address(a), net.now)
+    room.udp_datagram(burst[1], net.address(a), net.now + 0.0005)  # within the delay: held
+    assert net.to_client == []
+    room.udp_datagram(burst[2], net.address(a), net.now + 0.0015)  # past it: 0 and 1 leave first
+    assert len(net.to_client) == 1
+    net.down()
+    assert [e.data for e in net.take(b) if isinstance(e, Received)] == [b"0", b"1"]
+
+
+def test_an_unvalidated_address_gets_no_more_bytes_than_it_sent() -> None:
+    """Anti-amplification after NAT rebinding, with traffic waiting for the member: whatever the
+    room sends to the new address before it is validated stays within what came from it."""
+    key, room, net = new_room()
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    new = ("192.0.2.1", 50001)
+    sent_to_new: list[int] = []
+    real = room.udp_writer
+
+    def writer(packet: bytes, addr: object) -> None:
+        if addr == new:
+            sent_to_new.append(len(packet))
+        real(packet, addr)
+
+    room.udp_writer = writer
+    path = room.sessions[b.session_id].path
+    assert path is not None
+    path.sendto = writer  # the path writes through the writer it was made with
+    for i in range(20):
+        a.send(bytes(900) + b"%d" % i, targets=[b.connection_id])
+    net.up(a, a.datagrams_to_send())  # 20 large messages queued for b
+    net.to_client.clear()
+    net.move(b, new)
+    b.ping(net.now)
+    small = b.datagrams_to_send()
+    received = sum(map(len, small))
+    net.up(b, small)
+    assert not path.validated and sum(sent_to_new) <= received
+    assert room.counters.drops["amplification"] >= 1
+
+
+def test_a_member_over_its_rate_is_told_then_kicked() -> None:
+    key, room, net = new_room(messages_per_second=10, message_burst=10, abuse_kick_after=3.0)
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    net.take(a)
+    events: list[object] = []
+    for _ in range(40):  # 4 s at 100 messages/s, ten times its rate
+        for _ in range(10):
+            a.send(b"spam")
+        net.up(a, a.datagrams_to_send())
+        net.down()
+        events += net.take(a)
+        net.now += 0.1
+        if a.state is ClientState.CLOSED:
+            break
+    told = [e for e in events if isinstance(e, ErrorEvent) and e.code == ErrorCode.RATE_LIMITED]
+    assert 3 <= len(told) <= 4  # at most once a second, until the kick after 3 s over the limit
+    assert events[-1] == ClosingEvent(CloseReason.KICKED, "rate limit exceeded")
+    assert a.state is ClientState.CLOSED
+    assert a.connection_id not in room.members
+    assert Left(a.connection_id, LeaveReason.KICKED) in net.take(b)
+    assert room.counters.drops["rate_limited"] > 0
+
+
+def test_a_dropped_websocket_resumes_within_the_grace_and_not_after() -> None:
+    key, room, net = new_room(resume_grace=2.0, keepalive_timeout=5.0)
+    a, b = _client(key, "a", "ws"), _client(key, "b", "ws")
+    net.join(a)
+    net.join(b)
+    net.take(a)
+    cid = b.connection_id
+    net.drop_websocket(b)
+    net.take(b)
+    b.connection_lost(net.now)
+    net.advance(1.0, a)
+    net.up(b, b.reconnect(net.now))
+    net.down()
+    net.pump(a, b)
+    assert net.take(b)[-1] == Resumed(cid, True)
+    net.drop_websocket(b)
+    b.connection_lost(net.now)
+    net.advance(2.5, a)  # past the grace: the seat is gone
+    assert Left(cid, LeaveReason.DISCONNECTED) in net.take(a)
+    assert cid not in room.members
+
+
+def test_randomness_comes_from_the_caller() -> None:
+    """Two rooms given the same random source hand out the same session ids and resume tokens."""
+    outcomes = []
+    for _ in range(2):
+        key, _room, net = new_room(seed=7)
+        client = _client(key, "u")
+        net.join(client)
+        outcomes.append((client.session_id, client.resume_token))
+    assert outcomes[0] == outcomes[1]
+    key, _room, net = new_room(seed=8)
+    client = _client(key, "u")
+    net.join(client)
+    assert (client.session_id, client.resume_token) != outcomes[0]
+
+
+def test_a_room_needs_no_clock_of_its_own() -> None:
+    """Times are the caller's: a room started at t=1000 ends idle at t=1000 + idle_timeout."""
+    key = new_room()[0]
+    room = Room(replace(RelayConfig(room_key=key), idle_timeout=30.0), Counters(), 1000.0, random.randbytes)
+    ended: list[CloseReason] = []
+    room.on_close = lambda reason, text: ended.append(reason)
+    assert room.timer() == 1030.0
+    room.handle_timer(1029.9)
+    assert not ended
+    room.handle_timer(1030.0)
+    assert ended == [CloseReason.IDLE]
