@@ -1,4 +1,5 @@
-"""The control plane assembled: store, provisioner, service, gateway, HTTP app and its server.
+"""The control plane assembled: store, provisioner, the realtime service (namespaces, rooms, the
+agents' API over one shared state), gateway, HTTP app and its server.
 
     cp = ControlPlane(ControlConfig(port=0, data_dir=tmp))
     await cp.start()          # binds, recovers rooms, serves; cp.url, cp.port
@@ -27,12 +28,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import relay
+from relay.control.agent_api import AgentApi
 from relay.control.api import build_routes
 from relay.control.auth import Authority, load_or_create_credentials, load_signing_key
 from relay.control.config import ControlConfig
 from relay.control.errors import ApiError, ErrorItem, error_response
 from relay.control.gateway import Gateway
 from relay.control.metrics import ControlMetrics
+from relay.control.namespaces import Namespaces
 from relay.control.oplog import OperationLog
 from relay.control.provisioner import (
     LocalProvisioner,
@@ -42,7 +45,8 @@ from relay.control.provisioner import (
     SubprocessSpawner,
 )
 from relay.control.relay_logs import LogRetention
-from relay.control.service import RealtimeService
+from relay.control.rooms import Rooms
+from relay.control.state import ControlState
 from relay.control.store import Store, open_store
 from relay.host.capped_spawner import CappedSpawner
 from relay.host.warm_pool import WarmPool
@@ -131,20 +135,14 @@ class ControlPlane:
         self.url = f"http://{connect_host}:{self.port}"
         public = (config.public_url or self.url).rstrip("/")
         self.internal_url = public + "/internal"
-        self.service: RealtimeService
-        self.metrics = ControlMetrics(lambda: self.service.room_counts())
+        self.state: ControlState
+        self.metrics = ControlMetrics(lambda: self.state.room_counts())
         self.gateway = Gateway(self.authority, self.metrics, config.webhook_url)
         self.oplog = OperationLog(config.operation_log_path, config.data_dir / "logs")
-        self.service = RealtimeService(
-            config,
-            self.store,
-            self.provisioner,
-            self.authority,
-            self.gateway,
-            self.oplog,
-            self.metrics,
-            self.internal_url,
-        )
+        self.state = ControlState(config, self.store, self.provisioner, self.oplog, self.metrics)
+        self.rooms = Rooms(self.state, self.authority, self.internal_url)
+        self.namespaces = Namespaces(self.state, self.rooms)
+        self.agents = AgentApi(self.state, self.rooms, self.gateway)
         self.app = self._build_app()
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -191,7 +189,16 @@ class ControlPlane:
             log.exception("unhandled error")
             return error_response(500, [ErrorItem("server", "internal error", "core.server.error.internal")])
 
-        build_routes(app, self)
+        build_routes(
+            app,
+            state=self.state,
+            namespaces=self.namespaces,
+            rooms=self.rooms,
+            agents=self.agents,
+            authority=self.authority,
+            gateway=self.gateway,
+            config=self.config,
+        )
         original_openapi = app.openapi
 
         def openapi() -> dict[str, Any]:
@@ -210,7 +217,9 @@ class ControlPlane:
 
     async def start(self) -> None:
         await self.store.open()
-        await self.service.start()
+        await self.provisioner.start()  # e.g. the zygote template, before any room is wanted
+        await self.rooms.recover()
+        self.agents.start_reaper()
         config = uvicorn.Config(
             self.app,
             log_level="warning" if self.config.log_level == "info" else self.config.log_level,
@@ -243,7 +252,9 @@ class ControlPlane:
         if self._serve_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._serve_task, 5.0)
-        await self.service.stop()
+        await self.agents.stop_reaper()
+        await self.state.cancel_tasks()
+        await self.provisioner.close(stop_all=self.config.stop_relays_on_exit)
         await self.store.close()
         with contextlib.suppress(OSError):
             self._sock.close()

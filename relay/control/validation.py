@@ -15,7 +15,7 @@ import json
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from relay.control.errors import ApiError, ErrorItem, bad_request
 
@@ -305,6 +305,23 @@ def encode_page_token(scope: str, last_name: str) -> str:
     """Opaque to callers: the position (last name returned) and the listing it belongs to."""
     raw = json.dumps({"s": scope, "a": last_name}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Listed = TypeVar("_Listed", bound=Named)
+
+
+def paginate(items: list[_Listed], limit: int, scope: str) -> tuple[list[_Listed], str | None]:
+    """A page from the `limit + 1` items a listing read: the extra one only tells that there is
+    a next page, whose token resumes after the last name shown."""
+    if len(items) <= limit:
+        return items, None
+    items = items[:limit]
+    return items, encode_page_token(scope, items[-1].name)
 
 
 def decode_page_token(value: str | None, scope: str) -> str | None:

@@ -406,7 +406,7 @@ async def test_with_control_plane_registers_host_port_and_drains_on_delete(tmp_p
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(registered(), 5)
-        await cp.service.delete_room("ag", "r")
+        await cp.rooms.delete_room("ag", "r")
         assert await asyncio.wait_for(task, 5) == CloseReason.DELETED
         assert sidecar.calls[-1] == ("POST", "/shutdown", {})
         await sdk.aclose()

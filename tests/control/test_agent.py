@@ -89,12 +89,12 @@ async def test_register_heartbeat_and_idle_close(tmp_path: Path) -> None:
             40002,
         )
         relay.messages_in = 1000
-        rt = cp.service.runtime[("ag", "r")]
+        rt = cp.state.runtime[("ag", "r")]
         await wait_for(lambda: rt.stats.get("messagesPerSecond", 0) > 0)
         assert rt.stats["members"] == 2
         # The room idles out: the agent reports it and the record goes.
         await relay.close(CloseReason.IDLE)
-        await wait_for(lambda: ("ag", "r") not in cp.service.runtime)
+        await wait_for(lambda: ("ag", "r") not in cp.state.runtime)
         await agent.stop(CloseReason.IDLE)
         assert agent.closed_reason == "idle"
         assert await cp.store.get_room("ag", "r") is None
@@ -110,7 +110,7 @@ async def test_delete_drains_relay(tmp_path: Path) -> None:
         await agent.start()
         await asyncio.wait_for(agent.registered.wait(), 5)
         room = await cp.store.get_room("dr", "r")
-        await cp.service.delete_room("dr", "r")
+        await cp.rooms.delete_room("dr", "r")
         assert await asyncio.wait_for(relay.wait_closed(), 5) == CloseReason.DELETED
         assert agent.deleted and relay.close_calls == [CloseReason.DELETED]
         await agent.stop(CloseReason.DELETED)
@@ -187,13 +187,13 @@ async def test_quiet_room_heartbeats_at_the_idle_interval_until_a_session_begins
         agent = Agent(relay, agent_config(cp, "qt", "r", secret, idle_heartbeat_interval=30.0))
         await agent.start()
         await asyncio.wait_for(agent.registered.wait(), 5)
-        rt = cp.service.runtime[("qt", "r")]
+        rt = cp.state.runtime[("qt", "r")]
         assert rt.lost_after == 30.0 * 3
         await asyncio.sleep(0.6)  # six short intervals: a quiet room sends nothing
         assert agent.heartbeats_sent == 0
-        cp.service.runtime[("qt", "r")].last_heartbeat -= 10  # silent 10 s: within the quiet window
-        await cp.service.reap_once()
-        assert ("qt", "r") in cp.service.runtime
+        cp.state.runtime[("qt", "r")].last_heartbeat -= 10  # silent 10 s: within the quiet window
+        await cp.agents.reap_once()
+        assert ("qt", "r") in cp.state.runtime
         relay.members = 1
         for listener in relay.session_listeners:
             listener()
@@ -218,7 +218,7 @@ async def test_heartbeat_gap_is_checked_and_bounded(tmp_path: Path) -> None:
         body = {"ipAddress": "127.0.0.1", "port": 1, "adminPort": None, "pid": 1}
         # no promise (an older agent): the short interval
         assert (await http.post(f"{base}/register", json=body, headers=headers)).status_code == 200
-        rt = cp.service.runtime[("gap", "r")]
+        rt = cp.state.runtime[("gap", "r")]
         assert rt.lost_after == 3.0
         for sent, window in ((5, 15.0), (1e5, 60.0), (0.01, 3.0)):  # held between the two intervals
             r = await http.post(f"{base}/heartbeat", json={"nextHeartbeatSeconds": sent}, headers=headers)

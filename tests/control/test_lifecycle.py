@@ -35,7 +35,7 @@ async def test_register_heartbeat_delete_drains(cp: ControlPlane) -> None:
         pid = (await cp.store.get_room("life", "r1")).pid
         assert pid and pid_alive(pid)
         # Heartbeats arrive with live figures.
-        rt = cp.service.runtime[("life", "r1")]
+        rt = cp.state.runtime[("life", "r1")]
         await wait_for(lambda: rt.stats.get("rssBytes", 0) > 0)
         assert rt.stats["members"] == 0 and rt.stats["cpuSeconds"] > 0
         # /metrics shows the ready room and the provisioning time.
@@ -67,7 +67,7 @@ async def test_heartbeat_loss_cleans_up(cp: ControlPlane) -> None:
         pid = (await cp.store.get_room("hb", "frozen")).pid
         os.kill(pid, signal.SIGSTOP)  # the relay hangs: no more heartbeats
         try:
-            await wait_for(lambda: ("hb", "frozen") not in cp.service.runtime, timeout=5)
+            await wait_for(lambda: ("hb", "frozen") not in cp.state.runtime, timeout=5)
             assert (await http.get("/realtime/hb/room/frozen", headers=h)).status_code == 404
             # The hung process is killed (SIGTERM cannot act on a stopped process: SIGKILL after the grace).
             await wait_for(lambda: not pid_alive(pid), timeout=5)
@@ -142,7 +142,7 @@ async def test_restart_adopts_running_relays(tmp_path: Path) -> None:
     await second.start()
     try:
         assert second.provisioner.alive("ad", "keep")
-        rt = second.service.runtime[("ad", "keep")]
+        rt = second.state.runtime[("ad", "keep")]
         sent = rt.last_heartbeat
         await wait_for(lambda: rt.last_heartbeat > sent, timeout=5)  # the agent's heartbeats reach us again
         room = await second.store.get_room("ad", "keep")
