@@ -28,7 +28,7 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def _run(scenario: str, argv: list[str], out: Path, progress: bool | None) -> tuple[Report, Any]:
-    from loadtest.cli import build_parser
+    from loadtest.arguments import build_parser
     from loadtest.scenarios.runners import RUNNERS
 
     # Scenarios pin this process to their load CPUs, and whatever it starts inherits that: put it

@@ -3,8 +3,9 @@
 The Python client (relay.client) is what bots use; this one exists because a load generator
 sharing one core must spend far less per delivered message than the relay: it completes the
 handshake and JOIN with the protocol primitives, then hands out pre-sealed packets and raw
-sockets so the timed window is only send() and recv() calls. UDP and WebSocket (a tiny RFC 6455
-framing with a zero mask key, so pre-built frames need no per-send masking).
+sockets so the timed window is only send() and recv() calls. UDP and WebSocket (frames from
+relay/protocol/wsframes.py, masked with the all-zero key, so pre-built frames need no per-send
+masking).
 """
 
 from __future__ import annotations
@@ -32,22 +33,11 @@ from relay.protocol.messages import (
     decode_relay,
 )
 from relay.protocol.packets import ClientHello, Opener, Sealer, parse_header
+from relay.protocol.wsframes import BINARY, CLOSE, PING, PONG, client_frame, read_frames
 
 _SO_RCVBUFFORCE = 33
 _SO_SNDBUFFORCE = 32
 SOCKET_BUFFER = 8 << 20
-
-
-def ws_frame(payload: bytes, opcode: int = 2) -> bytes:
-    """A masked client frame with the all-zero mask key (XOR with zero leaves the payload as is)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + b"\x00\x00\x00\x00" + payload
 
 
 def _grow_buffers(sock: socket.socket) -> None:
@@ -57,43 +47,6 @@ def _grow_buffers(sock: socket.socket) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
-
-
-class WsReader:
-    """Splits a byte stream of server frames into (opcode, payload); server frames are unmasked."""
-
-    __slots__ = ("buf",)
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self.buf
-        buf += data
-        frames: list[tuple[int, bytes]] = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            head = 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                head = 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
-            if buf[pos + 1] & 0x80:
-                head += 4  # a masked server frame is a protocol error; tolerate it
-            if end - pos < head + length:
-                break
-            frames.append((buf[pos] & 0x0F, bytes(buf[pos + head : pos + head + length])))
-            pos += head + length
-        del buf[:pos]
-        return frames
 
 
 @dataclass(eq=False)
@@ -109,13 +62,14 @@ class RawSession:
     decrypt: object  # AESGCM(k_s2c).decrypt, for sampled packets outside the replay window
     connection_id: int = 0
     members: dict[int, Member] = field(default_factory=dict)
-    reader: WsReader | None = None
+    # WebSocket: bytes read and not yet taken as whole frames (the receivers parse it in place)
+    ws_in: bytearray = field(default_factory=bytearray)
     closed: bool = False
 
     def packet(self, plaintext: bytes) -> bytes:
         """Seals one DATA packet and frames it for the transport (the next counter)."""
         sealed = self.sealer.seal(plaintext)
-        return ws_frame(sealed) if self.transport == "ws" else sealed
+        return client_frame(BINARY, sealed) if self.transport == "ws" else sealed
 
     def send_now(self, plaintext: bytes) -> None:
         """Blocking-ish send of one control packet (JOIN, PING, BYE) outside the timed window."""
@@ -138,7 +92,7 @@ class RawSession:
         if self.transport == "ws" and not self.closed:
             with contextlib.suppress(OSError):
                 self.sock.settimeout(0.2)
-                self.sock.sendall(ws_frame(b"\x03\xe8", 8))  # close frame, 1000 normal closure
+                self.sock.sendall(client_frame(CLOSE, (1000).to_bytes(2, "big")))  # normal closure
         self.closed = True
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -189,14 +143,14 @@ def _recv_packets(session: RawSession, timeout: float) -> list[bytes]:
         if not data:
             session.closed = True
             return []
-        assert session.reader is not None
+        session.ws_in += data
         out = []
-        for opcode, payload in session.reader.feed(data):
-            if opcode == 2:
+        for opcode, payload in read_frames(session.ws_in):
+            if opcode == BINARY:
                 out.append(payload)
-            elif opcode == 9:
-                sock.sendall(ws_frame(payload, 10))
-            elif opcode == 8:
+            elif opcode == PING:
+                sock.sendall(client_frame(PONG, payload))
+            elif opcode == CLOSE:
                 session.closed = True
         return out
     except (TimeoutError, BlockingIOError, InterruptedError):
@@ -205,7 +159,8 @@ def _recv_packets(session: RawSession, timeout: float) -> list[bytes]:
         sock.setblocking(False)
 
 
-def _ws_connect(host: str, port: int, timeout: float) -> tuple[socket.socket, WsReader]:
+def _ws_connect(host: str, port: int, timeout: float) -> tuple[socket.socket, bytes]:
+    """A TCP connection past the WebSocket upgrade, and the bytes that came after the response."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     _grow_buffers(sock)
@@ -225,9 +180,7 @@ def _ws_connect(host: str, port: int, timeout: float) -> tuple[socket.socket, Ws
     head, rest = data.split(b"\r\n\r\n", 1)
     if b" 101 " not in head.split(b"\r\n", 1)[0]:
         raise ConnectionError(f"websocket upgrade refused: {head[:80]!r}")
-    reader = WsReader()
-    reader.buf += rest
-    return sock, reader
+    return sock, rest
 
 
 def connect(
@@ -236,11 +189,12 @@ def connect(
     """Handshake + JOIN; returns once the WELCOME snapshot is complete. Raises on failure."""
     psk = derive_psk(decode_room_key(room_key))
     deadline = time.monotonic() + timeout
-    reader: WsReader | None = None
+    ws_in = bytearray()
     if transport == "ws":
-        sock, reader = _ws_connect(host, port, timeout)
+        sock, early = _ws_connect(host, port, timeout)
+        ws_in += early
         hello = ClientHello.create(psk)
-        sock.sendall(ws_frame(hello.packet))
+        sock.sendall(client_frame(BINARY, hello.packet))
     elif transport == "udp":
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         _grow_buffers(sock)
@@ -249,7 +203,7 @@ def connect(
     else:
         raise ValueError(f"unknown transport {transport!r}")
     probe = RawSession(
-        transport, sock, user_id, 0, Sealer(bytes(32), 1), Opener(bytes(32)), None, reader=reader
+        transport, sock, user_id, 0, Sealer(bytes(32), 1), Opener(bytes(32)), None, ws_in=ws_in
     )
     keys = None
     while keys is None:
@@ -274,7 +228,7 @@ def connect(
         Sealer(keys.k_c2s, keys.session_id),
         Opener(keys.k_s2c, strict=transport == "ws"),
         AESGCM(keys.k_s2c).decrypt,
-        reader=reader,
+        ws_in=ws_in,
     )
     join = Join(user_id).encode()
     next_join = 0.0

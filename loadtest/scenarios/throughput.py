@@ -42,11 +42,13 @@ from typing import Any
 
 from loadtest import baseline as c_baseline
 from loadtest import hist as hdr
-from loadtest.fastload import GroupSpec, WorkerSpec, worker_main
+from loadtest.fastload.spec import GroupSpec, WorkerSpec
+from loadtest.fastload.worker import worker_main
 from loadtest.machine import busy_percent, cpu_percent, cpu_times, parse_cpus, pin, sample
 from loadtest.progress import Live
 from loadtest.relayhost import RelayProcess
-from loadtest.report import Report, pair_ms, plot_latency_cdf, plot_timeseries, table
+from loadtest.report import Report
+from loadtest.scenarios import throughput_report
 
 GROUP_SIZE = 4
 
@@ -499,153 +501,8 @@ def run(config: ThroughputConfig, report: Report, progress: bool | None = None) 
         t["ratio_to_baseline"] = t["saturation"]["delivered_per_s"] / base_rate if base_rate else None
         kept = t["sustained"]["delivered_per_s"]
         t["sustained_ratio_to_baseline"] = kept / base_rate if base_rate and kept else None
-    _write(report, config, results)
+    throughput_report.write(report, asdict(config), results)
     return results
-
-
-def _pair(lat: dict[str, Any]) -> str | None:
-    """p50 / p99 in ms as text, or None without samples."""
-    return pair_ms(lat.get("p50_ms"), lat.get("p99_ms")) if lat.get("count") else None
-
-
-def _write(report: Report, config: ThroughputConfig, results: dict[str, Any]) -> None:
-    report.results = results
-    base = results.get("baseline", {})
-    md = ["## Result", ""]
-    rows = []
-    if base and "skipped" not in base:
-        rows.append(
-            [
-                "C baseline (UDP, per packet, no crypto)",
-                base["delivered_per_s"],
-                1.0,
-                base["relay_cpu_percent"],
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-            ]
-        )
-    for name, t in results["transports"].items():
-        half = t["half_load"]
-        lat = half.get("added_latency", {})
-        e2e = half["latency"]
-        kept = (t.get("half_sustained") or {}).get("added_latency", {})
-        rows.append(
-            [
-                f"relay, {name}",
-                t["saturation"]["delivered_per_s"],
-                t.get("ratio_to_baseline"),
-                t["saturation"]["relay_cpu_percent"],
-                t["sustained"]["delivered_per_s"],
-                t.get("sustained_ratio_to_baseline"),
-                lat.get("p50_ms"),
-                lat.get("p99_ms"),
-                _pair(e2e),
-                _pair(kept),
-            ]
-        )
-    md += table(
-        [
-            "",
-            "delivered msg/s at saturation",
-            "x C baseline",
-            "relay CPU %",
-            f"sustained msg/s (loss <= {100 * config.sustained_loss:g}%, "
-            f"p99 <= {config.sustained_p99_ms:g} ms)",
-            "x C baseline",
-            "added p50 ms @ half load",
-            "added p99 ms @ half load",
-            "end-to-end p50 / p99 ms @ half load",
-            "added p50 / p99 ms @ half of sustained",
-        ],
-        rows,
-    )
-    md += [
-        "",
-        f"Shape: {config.rooms} relay process(es) x {config.groups} group(s) of 4 members, "
-        f"{config.payload_size}-byte payloads, {config.batch} messages per client packet, "
-        f"relay on CPU {config.relay_cpus}, all load on CPU {config.load_cpus}. Delivered = messages "
-        "arriving at recipients (fan-out 3); the C baseline's figure is datagrams out of its relay "
-        "(each one 100-byte message).",
-        "",
-        "Latency at half load: *added* is the kernel's receive timestamp at the recipient's socket "
-        "(SO_TIMESTAMPNS) minus the time just before the sender's send() of that packet, both "
-        "CLOCK_REALTIME on this host: the relay's queueing and processing plus loopback. *End to end* "
-        "runs from the scheduled send time to when the receiving worker got round to the packet, so it "
-        "also holds the load generator's lag (late sends, packets waiting in the recipient's socket "
-        "while the shared load core is busy). Per-step p50/p99/p99.9 below are end to end.",
-    ]
-    for name, t in results["transports"].items():
-        md += ["", f"### {name} steps", ""]
-        rows = []
-        for s in [*t["steps"], t["half_load"], *([t["half_sustained"]] if t.get("half_sustained") else [])]:
-            lat = s["latency"]
-            added = s.get("added_latency", {})
-            rows.append(
-                [
-                    s["step"],
-                    s["mode"] + (" (starved, repeated)" if s.get("starved") else ""),
-                    s["sent_per_s"],
-                    s["delivered_per_s"],
-                    s["datagrams_in_per_s"],
-                    s["messages_per_datagram"],
-                    100 * s["loss_ratio"],
-                    s["relay_cpu_percent"],
-                    lat.get("p50_ms"),
-                    lat.get("p99_ms"),
-                    lat.get("p99.9_ms"),
-                    _pair(added),
-                    s.get("sender_lateness", {}).get("p99_ms"),
-                ]
-            )
-        md += table(
-            [
-                "step",
-                "mode",
-                "offered/s",
-                "delivered/s",
-                "datagrams/s",
-                "msg/datagram",
-                "loss %",
-                "relay CPU %",
-                "p50 ms",
-                "p99 ms",
-                "p99.9 ms",
-                "added p50 / p99 ms",
-                "sender late p99 ms",
-            ],
-            rows,
-        )
-    report.markdown = md
-    hists = {}
-    for name, t in results["transports"].items():
-        hists[f"{name} half load, added"] = hdr.decode(t["half_load"].get("added_latency_hist", ""))
-        hists[f"{name} half load, end to end"] = hdr.decode(t["half_load"]["latency_hist"])
-        if t.get("half_sustained"):
-            hists[f"{name} half of sustained, added"] = hdr.decode(
-                t["half_sustained"].get("added_latency_hist", "")
-            )
-        top = max(t["steps"], key=lambda s: s["delivered_per_s"])
-        hists[f"{name} saturation (sampled, end to end)"] = hdr.decode(top["latency_hist"])
-    if plot_latency_cdf(report.out / "latency_cdf.png", hists, "throughput: one-way latency"):
-        report.plots.append("latency_cdf.png")
-    panels_rate: dict[str, tuple[list[float], list[float]]] = {}
-    panels_cpu: dict[str, tuple[list[float], list[float]]] = {}
-    for name, t in results["transports"].items():
-        rate_points = [p for p in t["timeline"] if p["kind"] == "rate"]
-        cpu_points = [p for p in t["timeline"] if p["kind"] == "cpu"]
-        panels_rate[name] = ([p["t"] for p in rate_points], [p["delivered_per_s"] for p in rate_points])
-        panels_cpu[name] = ([p["t"] for p in cpu_points], [p["relay_cpu"] for p in cpu_points])
-    if plot_timeseries(
-        report.out / "throughput_cpu.png",
-        [("delivered msg/s", panels_rate), ("relay CPU %", panels_cpu)],
-        "throughput and relay CPU over time",
-    ):
-        report.plots.append("throughput_cpu.png")
-    report.config = asdict(config)
 
 
 def config_from_args(args: Any) -> ThroughputConfig:

@@ -9,7 +9,9 @@ unmasked or oversized frames and protocol errors keep websockets' complete handl
 
 Writing: `encode_frame` makes one unfragmented frame with no extension, unmasked (a server's,
 `server_frame`) or masked with a given key (a client's, `client_frame`). Reading without
-copying: `parse_head` says where the frame at a position starts and ends.
+copying: `parse_head` says where the frame at a position starts and ends, and `missing` how many
+bytes it still lacks, so a reader can stop each read at a frame's end (the load generator does,
+to give each frame the kernel receive stamp of its own last byte).
 """
 
 from __future__ import annotations
@@ -94,20 +96,29 @@ def read_frames(buf: bytearray) -> list[tuple[int, bytes]]:
     `buf`: a client's reading of a server's frames (any opcode; fragments are not joined)."""
     frames: list[tuple[int, bytes]] = []
     pos = 0
-    end = len(buf)
-    while True:
-        head = parse_head(buf, pos, end)
-        if head is None:
-            break
+    while (head := parse_head(buf, pos)) is not None and head[2] + head[3] <= len(buf):
         b0, masked, start, length = head
-        stop = start + length
-        if stop > end:
-            break
-        payload = bytes(buf[start:stop])
+        pos = start + length
+        payload = bytes(buf[start:pos])
         frames.append((b0 & 0x0F, apply_mask(payload, buf[start - 4 : start]) if masked else payload))
-        pos = stop
     del buf[:pos]
     return frames
+
+
+def missing(buf: bytes | bytearray, pos: int = 0, end: int = -1) -> int:
+    """Bytes the frame starting at buf[pos] still lacks: while its header is incomplete, only
+    those that complete the header (its length is not known yet); then those up to the frame's
+    last byte; 0 once it is whole. Reading exactly this many never reads into the next frame."""
+    if end < 0:
+        end = len(buf)
+    have = end - pos
+    if have < 2:
+        return 2 - have
+    head = parse_head(buf, pos, end)
+    if head is None:
+        return (4 if buf[pos + 1] & 0x7F == 126 else 10) - have
+    stop = head[2] + head[3]
+    return stop - end if stop > end else 0
 
 
 def encode_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadtest.fastload import enable_rx_timestamps, recv_stamped
+from loadtest.fastload.rxstamps import enable_rx_timestamps, recv_stamped
 from loadtest.progress import Live
 from loadtest.scenarios import throughput
 

@@ -7,7 +7,7 @@ import os
 
 from loadtest import checks, payload
 from loadtest import hist as hdr
-from loadtest.fastload import message_size, send_message_bytes
+from loadtest.fastload.messages import message_size, send_message_bytes
 from loadtest.machine import busy_percent, cpu_percent, cpu_times, machine_info, parse_cpus, sample
 from loadtest.report import Report, plot_histogram, plot_latency_cdf, plot_timeseries
 from loadtest.streams import RecipientStats, SenderStream, account

@@ -1,0 +1,307 @@
+"""The receiver side: reading, counting and sampling what the relay delivers to each member.
+
+Counting is by packet length (every MESSAGE of a step has the same size), so a receiver pays
+per packet, not per message, and decrypts only one packet in `sample_every`, or, in full mode,
+holds every packet as read (with its receive clock and kernel stamp) and decrypts it after the
+timed window. WebSocket frames are located in the read buffer with the codec's `parse_head`
+(relay/protocol/wsframes.py), so a payload is copied only when it is kept or decrypted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import time
+
+from loadtest import payload as bot_payload
+from loadtest.fastload.member import LoadMember
+from loadtest.fastload.messages import PACKET_OVERHEAD, message_size
+from loadtest.fastload.rxstamps import ANCILLARY_SIZE, rx_stamp, unpack_timespec
+from loadtest.rawclient import RawSession, open_sample
+from relay.protocol.constants import ProtocolError
+from relay.protocol.messages import Message, decode_relay
+from relay.protocol.wsframes import BINARY, CLOSE, PING, PONG, client_frame, missing, parse_head, read_frames
+
+_unpack_payload = bot_payload.HEADER.unpack_from
+_MAGIC = bot_payload.MAGIC
+
+
+class Receiver:
+    """A worker's receiving for the current step: what it counts by, samples and records against.
+
+    The worker sets `step`, `full`, `sample_every` and `msg_len` when it builds a step and
+    `start_ns` when the step starts; `by_index` finds a sender's recorded send times (a group's
+    members all live in one worker).
+    """
+
+    def __init__(self, payload_size: int, batch: int) -> None:
+        self.payload_size = payload_size
+        self.batch = batch
+        self.msg_len = message_size(payload_size)
+        self.by_index: dict[int, LoadMember] = {}
+        self.step = 0
+        self.full = False
+        self.sample_every = 16
+        self.start_ns = 0
+
+    def open_held(self, m: LoadMember) -> None:
+        """Full mode, after the window: decrypts and records what was held, in arrival order."""
+        held, nows, rxs = m.held, m.held_now, m.held_rx
+        m.held, m.held_now, m.held_rx, m.held_msgs = [], [], [], 0
+        for packet, now, rx in zip(held, nows, rxs, strict=True):
+            self.open(m, packet, now, rx=rx)
+
+    def recv_udp(self, m: LoadMember) -> None:
+        """Sampled mode: every queued datagram, counted by length (plain recv(), no stamps)."""
+        recv = m.session.sock.recv
+        msg_len = self.msg_len
+        full = self.full
+        every = self.sample_every
+        while True:
+            try:
+                packet = recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                m.session.closed = True
+                return
+            self.count_packet(m, packet, msg_len, full, every)
+
+    def recv_udp_stamped(self, m: LoadMember) -> None:
+        """Full mode: every datagram with its kernel receive timestamp (decrypted after the window)."""
+        recvmsg = m.session.sock.recvmsg
+        msg_len = self.msg_len
+        while True:
+            try:
+                packet, ancdata, _flags, _addr = recvmsg(65536, ANCILLARY_SIZE)
+                # SO_TIMESTAMPNS is the only control message these sockets ask for
+                sec, nsec = unpack_timespec(ancdata[0][2])
+                rx = sec * 1_000_000_000 + nsec
+            except (BlockingIOError, InterruptedError):
+                return
+            except (IndexError, struct.error):  # no stamp, or not in the first control message
+                rx = rx_stamp(ancdata)
+            except OSError:
+                m.session.closed = True
+                return
+            self.count_packet(m, packet, msg_len, True, 1, rx)
+
+    def count_packet(
+        self, m: LoadMember, packet: bytes, msg_len: int, full: bool, every: int, rx: int = 0
+    ) -> None:
+        """One DATA packet: counted by its length and sampled, or (full mode) held for after the
+        window; one whose length does not fit bot MESSAGEs is decrypted and parsed now."""
+        m.dgrams_in += 1
+        body = len(packet) - PACKET_OVERHEAD
+        if body > 0 and body % msg_len == 0:
+            if full:
+                m.held.append(packet)
+                m.held_now.append(time.monotonic_ns())
+                m.held_rx.append(rx)
+                m.held_msgs += body // msg_len
+            else:
+                m.delivered += body // msg_len
+                if m.dgrams_in % every == 0:
+                    self.open(m, packet, time.monotonic_ns())
+        else:
+            m.slow += 1
+            self.open(m, packet, time.monotonic_ns(), count=True, rx=rx)
+
+    def open(self, m: LoadMember, packet: bytes, now: int, count: bool = False, rx: int = 0) -> None:
+        """Decrypts one packet; records latency of each bot MESSAGE (and counts, in full mode).
+
+        `rx` (full mode) is the packet's kernel receive stamp: with the sender's recorded send
+        time of the packet the message left in, it gives the message's added latency.
+        """
+        plaintext = open_sample(m.session, packet)
+        if plaintext is None:
+            m.undecryptable += 1
+            return
+        step = self.step & 0xFFFF
+        base = self.start_ns
+        full = self.full or count
+        track = self.full
+        n = len(plaintext)
+        hop = 2 + 1 + 2 + self.payload_size
+        msg_len = self.msg_len
+        latencies = m.latencies
+        latency_counts = m.latency_counts
+        added = m.added
+        added_counts = m.added_counts
+        arrive = m.arrivals.arrive
+        run_sender = run_at = -1
+        delivered = 0
+        i = 0
+        # fast path: every message is [20, sender<128, bin8(size)]
+        while (
+            i + msg_len <= n
+            and plaintext[i] == 0x93
+            and plaintext[i + 1] == 0x14
+            and plaintext[i + 3] == 0xC4
+        ):
+            magic, mstep, sender, seq, at = _unpack_payload(plaintext, i + 5)
+            i += hop
+            if magic != _MAGIC or mstep != step:
+                continue
+            delivered += 1
+            if not track:
+                latencies.append(now - base - at)
+                latency_counts.append(1)
+                continue
+            arrive(sender, seq)
+            # Consecutive messages from one sender packet (same sender, same scheduled time)
+            # share both latencies: one run, one look-up of the send time, one record.
+            if at == run_at and sender == run_sender:
+                latency_counts[-1] += 1
+                added_counts[-1] += 1
+                continue
+            run_sender, run_at = sender, at
+            latencies.append(now - base - at)
+            latency_counts.append(1)
+            added.append(self.added_ns(sender, seq, rx))
+            added_counts.append(1)
+        if full:
+            m.delivered += delivered
+        if i >= n:
+            return
+        try:
+            messages = decode_relay(plaintext[i:])
+        except ProtocolError:
+            m.undecryptable += 1
+            return
+        for msg in messages:
+            if isinstance(msg, Message):
+                parsed = bot_payload.parse(msg.data)
+                if parsed and parsed[0] == step:
+                    latencies.append(now - base - parsed[3])
+                    latency_counts.append(1)
+                    if full:
+                        m.delivered += 1
+                    if track:
+                        arrive(parsed[1], parsed[2])
+                        added.append(self.added_ns(parsed[1], parsed[2], rx))
+                        added_counts.append(1)
+            else:
+                m.session.handle_control(msg.encode())
+
+    def added_ns(self, sender: int, seq: int, rx: int) -> int:
+        """Added latency of message `seq` from `sender` in a packet received at `rx` (kernel
+        stamp), from the send time of the sender packet that held it; -1 if it cannot be paired."""
+        src = self.by_index.get(sender)
+        if src is None or not rx:
+            return -1
+        k = (seq - 1) // self.batch
+        tx = src.tx_ns[k] if 0 <= k < len(src.tx_ns) else 0
+        return rx - tx if tx else -1
+
+    def recv_ws(self, m: LoadMember) -> None:
+        """Sampled mode: one read of whatever is queued, then every whole frame in the buffer."""
+        data = _recv_ws_bytes(m.session)
+        if data:
+            buf = m.session.ws_in
+            buf += data
+            self.ws_frames(m, buf, 0)
+
+    def recv_ws_stamped(self, m: LoadMember) -> None:
+        """Full mode: reads frame by frame, each read ending where the next frame ends.
+
+        A TCP read carries the receive stamp of its last segment, so a read of several frames
+        would give the earlier ones a late stamp. The relay writes each frame at once (one
+        segment, or a few for a large one), so a read that ends with a frame's last byte carries
+        that frame's arrival: two reads per frame (header, rest), in the half-load step only.
+        """
+        session = m.session
+        recvmsg = session.sock.recvmsg
+        buf = session.ws_in
+        rx = 0
+        while True:
+            want = missing(buf)  # bytes that complete the next frame's header, then the frame
+            if not want:  # complete: the read that completed it gave `rx`
+                self.ws_frames(m, buf, rx)
+                continue
+            try:
+                data, ancdata, _flags, _addr = recvmsg(want, ANCILLARY_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                session.closed = True
+                return
+            if not data:
+                session.closed = True
+                return
+            buf += data
+            rx = rx_stamp(ancdata)
+
+    def ws_frames(self, m: LoadMember, buf: bytearray, rx: int) -> None:
+        """Handles every complete frame at the front of `buf` (and removes them)."""
+        session = m.session
+        full = self.full
+        msg_len = self.msg_len
+        every = self.sample_every
+        pos = 0
+        end = len(buf)
+        while (head := parse_head(buf, pos, end)) is not None:
+            b0, _masked, start, length = head  # a server's frames are not masked
+            stop = start + length
+            if stop > end:
+                break
+            pos = stop
+            opcode = b0 & 0x0F
+            if opcode == BINARY:
+                body = length - PACKET_OVERHEAD
+                if not full and body > 0 and body % msg_len == 0:
+                    m.dgrams_in += 1
+                    m.delivered += body // msg_len
+                    if m.dgrams_in % every == 0:
+                        self.open(m, bytes(buf[start:stop]), time.monotonic_ns())
+                else:
+                    self.count_packet(m, bytes(buf[start:stop]), msg_len, full, every, rx)
+            elif opcode == PING and not m.out:  # never inside a half-sent frame of ours (skipped then)
+                with contextlib.suppress(OSError):
+                    session.sock.send(client_frame(PONG, bytes(buf[start:stop])))
+            elif opcode == CLOSE:
+                session.closed = True
+        del buf[:pos]
+
+
+def _recv_ws_bytes(session: RawSession) -> bytes:
+    """What the connection has queued, up to 1 MiB; b"" when nothing is, or at the end of the
+    stream or on an error, which also mark the session closed."""
+    try:
+        data = session.sock.recv(1 << 20)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    except OSError:
+        data = b""
+    if not data:
+        session.closed = True
+    return data
+
+
+def discard(m: LoadMember) -> int:
+    """Reads what is queued for the member without decrypting it (answering pings), so a backlog
+    is not counted in the next step; returns the packets read. Marks the session closed at the
+    end of its stream or on an error."""
+    session = m.session
+    late = 0
+    if session.transport == "udp":
+        try:
+            while True:
+                session.sock.recv(65536)
+                late += 1
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            session.closed = True
+        return late
+    session.ws_in += _recv_ws_bytes(session)
+    for opcode, body in read_frames(session.ws_in):
+        late += opcode == BINARY
+        if opcode == PING:
+            try:
+                session.sock.send(client_frame(PONG, body))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                session.closed = True
+    return late

@@ -1,0 +1,98 @@
+"""The sender side: a step's packets sealed before it starts, then only send() in its window.
+
+Sealing in the window would cost the one load core an AES-GCM call per packet while it must
+send on time; sealed ahead (counters ascending), the window pays one system call per packet
+(UDP) or per batch of due frames (WebSocket).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from loadtest import payload as bot_payload
+from loadtest.fastload.member import LoadMember
+from loadtest.fastload.messages import send_message_bytes
+
+_MAGIC = bot_payload.MAGIC
+_pack_header = bot_payload.HEADER.pack_into
+
+
+def seal_step(
+    m: LoadMember, template: bytearray, step: int, n_packets: int, interval_ns: float, batch: int, full: bool
+) -> None:
+    """Seals the member's `n_packets` packets of `batch` SENDs each; every payload carries its
+    scheduled send time (offset from the step start), so a late sender shows as latency.
+
+    `template` is a payload of the step's size; its header is overwritten per message.
+    """
+    seal = m.session.packet
+    pack = _pack_header
+    seq = 0
+    packets = []
+    targets = m.targets
+    for i in range(n_packets):
+        at = int(m.phase_ns + i * interval_ns)
+        parts = []
+        for _ in range(batch):
+            seq += 1
+            pack(template, 0, _MAGIC, step & 0xFFFF, m.index, seq, at)
+            parts.append(send_message_bytes(bytes(template), targets))
+        packets.append(seal(b"".join(parts)))
+    m.packets = packets
+    m.out = b""
+    m.tx_ns = [0] * n_packets if full else []
+    ws = m.session.transport == "ws"
+    m.ends = list(itertools.accumulate(map(len, packets))) if full and ws else []
+
+
+def send_due(m: LoadMember, due: int, full: bool) -> None:
+    """Sends the member's packets up to `due` (those whose scheduled time has come), and what a
+    previous WebSocket send() left over; in full mode records each packet's send time."""
+    session = m.session
+    packets = m.packets
+    if session.transport == "udp":
+        send = session.sock.send
+        i = m.sent_dgrams
+        try:
+            if full:
+                tx = m.tx_ns
+                clock = time.time_ns
+                while i < due:
+                    tx[i] = clock()  # a retry after EAGAIN overwrites it
+                    send(packets[i])
+                    i += 1
+            else:
+                while i < due:
+                    send(packets[i])
+                    i += 1
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            session.closed = True
+        m.sent_dgrams = i
+        return
+    out = m.out + b"".join(packets[m.sent_dgrams : due]) if due > m.sent_dgrams else m.out
+    m.sent_dgrams = due
+    t = time.time_ns() if full else 0
+    try:
+        n = session.sock.send(out)
+    except (BlockingIOError, InterruptedError):
+        n = 0
+    except OSError:
+        session.closed = True
+        n = 0
+        out = b""
+    m.out = out[n:]
+    if full:
+        # A packet's send time is that of the send() that took its last byte: the relay cannot
+        # read the frame before, and bytes still in m.out wait on this generator, not the relay.
+        m.partial_sends += n < len(out)
+        accepted = m.accepted = m.accepted + n
+        ends = m.ends
+        tx = m.tx_ns
+        k = m.stamped
+        while k < due and ends[k] <= accepted:
+            tx[k] = t
+            k += 1
+        m.stamped = k
