@@ -130,3 +130,13 @@ def test_report_writes_json_markdown_and_plots(tmp_path) -> None:
     report.write()
     found = checks.problems(tmp_path)
     assert any("sent 3" in p for p in found) and any("missing.png" in p for p in found)
+
+
+def test_roombench_times_the_room_alone() -> None:
+    from loadtest.roombench import RoomBench, run
+
+    result = run(RoomBench(batch=2, datagrams=200, repeat=2))
+    assert result["messages_in"] == 400
+    # 4 members, a flush every 4 datagrams (one from each): each member gets one packet a flush
+    assert result["packets_out_per_run"] == 200
+    assert result["us_per_message_in"] >= 0 and len(result["runs_s"]) == 2
