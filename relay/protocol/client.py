@@ -184,6 +184,7 @@ class ClientConfig:
     ping_interval: float = 2.0  # keepalive + RTT probe; capped at keepalive_timeout / 4
     silence_timeout: float | None = None  # None: the relay's keepalive timeout from WELCOME
     sync_interval: float = 1.0  # at most one SYNC per this many seconds
+    sync_attempts: int = 3  # a SYNC without a complete WELCOME in reply is sent this often at most
     max_queued: int = 4096  # messages queued while not joined; beyond that they are dropped
     rtt_gain: float = 0.125  # smoothing of `rtt` (RFC 6298 alpha)
 
@@ -267,11 +268,13 @@ class ClientConnection:
         "_opener",
         "_out",
         "_parts",
-        "_parts_cid",
+        "_parts_key",
         "_ping_id",
         "_psk",
         "_sealer",
         "_session_id",
+        "_sync_attempts",
+        "_sync_due",
         "_udp",
         "access_token",
         "config",
@@ -323,8 +326,10 @@ class ClientConnection:
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         self._session_id = 0
-        self._parts: list[Member] = []
-        self._parts_cid: int | None = None
+        self._parts: dict[int, tuple[Member, ...]] = {}  # part number -> its members
+        self._parts_key: tuple[int, bytes] | None = None  # (connection id, resume token) of those
+        self._sync_due = 0.0  # a SYNC unanswered then (lost, or refused by a busy relay) goes again
+        self._sync_attempts = 0
         self._held: list[RelayMessage] = []
         self._departed: set[int] = set()
         self._joined_before = False
@@ -438,11 +443,16 @@ class ClientConnection:
         self._next_ping = now + self.ping_interval
 
     def sync(self, now: float) -> None:
-        """Asks for a fresh member snapshot (rate limited to one per sync_interval)."""
+        """Asks for a fresh member snapshot (rate limited to one per sync_interval). One not
+        answered within sync_interval is asked again, up to `sync_attempts` times in all."""
         if self.state is ClientState.JOINED and now >= self._next_sync:
             self._next_sync = now + self.config.sync_interval
             self._out.control.append(_SYNC)
             self.stats.syncs_sent += 1
+            if not self._sync_due:
+                self._sync_attempts = 0
+            self._sync_attempts += 1
+            self._sync_due = self._next_sync
 
     def datagrams_to_send(self) -> list[bytes]:
         """Everything due, sealed: HELLO as is, then messages coalesced into as few DATA packets
@@ -474,7 +484,8 @@ class ClientConnection:
         """The next time handle_timer() has work, or None."""
         state = self.state
         if state is ClientState.JOINED:
-            return min(self._next_ping, self._last_rx + self.silence_timeout)
+            due = min(self._next_ping, self._last_rx + self.silence_timeout)
+            return min(due, self._sync_due) if self._sync_due else due
         if not self._udp:
             return None
         if state is ClientState.HANDSHAKE:
@@ -491,6 +502,12 @@ class ClientConnection:
                 return [ConnectionLost("silence")]
             if now >= self._next_ping:
                 self.ping(now)
+            if self._sync_due and now >= self._sync_due:  # no (complete) answer to the SYNC
+                if self._sync_attempts < self.config.sync_attempts:
+                    self._next_sync = now
+                    self.sync(now)  # another attempt of the same SYNC
+                else:
+                    self._sync_due = 0.0
         elif self._udp and state is ClientState.HANDSHAKE:
             if now >= self._next_hello and self._hello is not None:
                 self._out.raw.append(self._hello.packet)
@@ -542,8 +559,8 @@ class ClientConnection:
         self._hello = ClientHello.create(self._psk, pad_to=UDP_HELLO_PAD_TO if self._udp else 0)
         self._sealer = self._opener = None
         self._session_id = 0
-        self._parts = []
-        self._parts_cid = None
+        self._parts = {}
+        self._parts_key = None
         self._held = []
         self._out.raw = [self._hello.packet]
         self._out.control = []
@@ -685,16 +702,32 @@ class ClientConnection:
         self.rtt = sample if rtt is None else rtt + (sample - rtt) * self.config.rtt_gain
 
     def _on_welcome(self, msg: Welcome, now: float, events: list[ClientEvent]) -> None:
-        if self._parts_cid != msg.connection_id:
-            self._parts = []
-            self._parts_cid = msg.connection_id
-        self._parts.extend(msg.members)
-        if msg.more:
+        """Parts of one snapshot share a resume token, and say their number and how many there
+        are: the snapshot is complete when every part is in, in any order. A part of another
+        snapshot starts over (a lost part never completes a snapshot; the JOIN or SYNC that
+        asked for it is retransmitted). A relay of an earlier revision numbers no part: its
+        parts arrive in order and `more` marks all but the last."""
+        key = (msg.connection_id, msg.resume_token)
+        if msg.parts == 0:  # unnumbered: in order, `more` on all but the last
+            key = (msg.connection_id, b"")
+            if self._parts_key != key:
+                self._parts = {}
+            self._parts[len(self._parts)] = msg.members
+            complete = not msg.more
+        else:
+            if self._parts_key != key:
+                self._parts = {}
+            self._parts[msg.part] = msg.members
+            complete = len(self._parts) == msg.parts
+        self._parts_key = key
+        if not complete:
             return
         cid = msg.connection_id
-        snapshot = {m.connection_id: m for m in self._parts if m.connection_id != cid}
-        self._parts = []
-        self._parts_cid = None
+        snapshot = {
+            m.connection_id: m for part in self._parts.values() for m in part if m.connection_id != cid
+        }
+        self._parts = {}
+        self._parts_key = None
         if self.state is ClientState.JOINED:
             if cid != self.connection_id:
                 self.stats.drop("stale_welcome")

@@ -100,7 +100,7 @@ def _uint_list(value: Any) -> tuple[int, ...]:
 def _user_id(value: Any) -> str:
     user_id = _str(value)
     if not user_id or len(user_id.encode()) > MAX_USER_ID_BYTES:
-        raise ProtocolError("malformed", "user_id length")
+        raise ProtocolError("bad_user_id", f"user_id must be 1 to {MAX_USER_ID_BYTES} bytes of UTF-8")
     return user_id
 
 
@@ -265,12 +265,18 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
+    """One part of a member snapshot. Every part of one snapshot carries the same resume token;
+    `part` (from 0) and `parts` say which part this is and how many there are (a relay of an
+    earlier revision sends neither: `parts` 0, and `more` alone marks all but the last)."""
+
     connection_id: int
     resume_token: bytes
     limits: Limits
     members: tuple[Member, ...] = ()
     more: bool = False
     resumed: bool = False
+    part: int = 0
+    parts: int = 1
 
     def encode(self) -> bytes:
         return _packb(
@@ -282,6 +288,8 @@ class Welcome:
                 [m.to_wire() for m in self.members],
                 self.more,
                 self.resumed,
+                self.part,
+                self.parts,
             ]
         )
 
@@ -398,6 +406,9 @@ def _relay_message(item: Any) -> RelayMessage | None:
         members = item[4]
         if type(members) is not list:
             raise ProtocolError("malformed", "members")
+        part, parts = (_uint(item[7]), _uint(item[8])) if n >= 9 else (0, 0)
+        if n >= 9 and not part < parts:
+            raise ProtocolError("malformed", "welcome part")
         return Welcome(
             _uint(item[1]),
             _bin(item[2]),
@@ -405,6 +416,8 @@ def _relay_message(item: Any) -> RelayMessage | None:
             tuple(Member.from_wire(m) for m in members),
             _bool(item[5]),
             _bool(item[6]),
+            part,
+            parts,
         )
     if code == RelayMsg.JOIN and n >= 4:
         return MemberJoined(_uint(item[1]), _user_id(item[2]), _bin(item[3]))
@@ -440,24 +453,39 @@ class WelcomeBuilder:
     members: list[Member] = field(default_factory=list)
 
     def parts(self, max_plaintext: int) -> list[bytes]:
-        parts: list[bytes] = []
+        """The encoded parts, numbered: members go into a part while it still fits (measured
+        with the largest part number and count this snapshot could need)."""
+        chunks: list[list[Member]] = []
         chunk: list[Member] = []
-        members = self.members
-        for member in members:
+        most = len(self.members) + 1
+        for member in self.members:
             trial = Welcome(
-                self.connection_id, self.resume_token, self.limits, (*chunk, member), True, self.resumed
+                self.connection_id,
+                self.resume_token,
+                self.limits,
+                (*chunk, member),
+                True,
+                self.resumed,
+                most,
+                most,
             )
             if chunk and len(trial.encode()) > max_plaintext:
-                parts.append(
-                    Welcome(
-                        self.connection_id, self.resume_token, self.limits, tuple(chunk), True, self.resumed
-                    ).encode()
-                )
+                chunks.append(chunk)
                 chunk = [member]
             else:
                 chunk.append(member)
-        last = Welcome(
-            self.connection_id, self.resume_token, self.limits, tuple(chunk), False, self.resumed
-        ).encode()
-        parts.append(last)
-        return parts
+        chunks.append(chunk)
+        count = len(chunks)
+        return [
+            Welcome(
+                self.connection_id,
+                self.resume_token,
+                self.limits,
+                tuple(members),
+                index < count - 1,
+                self.resumed,
+                index,
+                count,
+            ).encode()
+            for index, members in enumerate(chunks)
+        ]

@@ -122,7 +122,8 @@ class Relay:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._closed = loop.create_future()
-        self.room = room = Room(self.config, self.counters, time.monotonic())
+        now = time.monotonic()
+        self.room = room = Room(self.config, self.counters, now, wall_offset=time.time() - now)
         room.on_session = self._session_began
         room.on_close = self._room_closed
         call_soon, call_later, monotonic = loop.call_soon, loop.call_later, time.monotonic

@@ -24,7 +24,7 @@ SendTo = Callable[[bytes, Any], None]
 
 
 class UdpPath:
-    __slots__ = ("addr", "budget", "challenge", "sendto", "validated")
+    __slots__ = ("addr", "budget", "challenge", "ping_due", "sendto", "validated")
     kind = UDP
     max_plaintext = UDP_MAX_PLAINTEXT
     buffered = 0
@@ -35,6 +35,7 @@ class UdpPath:
         self.budget = budget  # bytes that may still go to an unvalidated address
         self.validated = False
         self.challenge = 0  # the PATH_CHALLENGE outstanding after a rebind (0: none)
+        self.ping_due = False  # the challenge is to be sent (again) at the next flush
 
     def send(self, packet: bytes) -> bool:
         if not self.validated:
@@ -58,11 +59,13 @@ class UdpPath:
         self.validated = False
         self.budget = received
         self.challenge = challenge
+        self.ping_due = True
 
     def confirm(self, challenge: int) -> bool:
         """A PATH_PONG: validates the address when it echoes the outstanding challenge."""
         if self.challenge and challenge == self.challenge:
             self.challenge = 0
+            self.ping_due = False
             self.validated = True
             return True
         return False

@@ -40,6 +40,7 @@ from relay.protocol.constants import (
     HELLO_MIN_SIZE,
     PROTOCOL_VERSION,
     RESUME_TOKEN_SIZE,
+    UDP_HELLO_PAD_TO,
     UDP_MAX_PACKET,
     CloseReason,
     ErrorCode,
@@ -53,6 +54,7 @@ from relay.server.config import RelayConfig
 from relay.server.handshake import Handshakes, client_public
 from relay.server.metrics import Counters
 from relay.server.paths import SendTo, UdpPath
+from relay.server.ratelimit import TokenBucket
 from relay.server.sessions import Member, Session
 from relay.server.transport import UDP, WS, Disconnect, Link
 
@@ -61,7 +63,13 @@ log = logging.getLogger("relay.server")
 _unpack_header = HEADER.unpack_from
 _DATA = int(PacketType.DATA)
 _HELLO = int(PacketType.HELLO)
-_UDP_MAX_HELLO = 1500
+HELLO_MAX_SIZE = 1500
+"""The largest HELLO on either transport (docs/protocol.md 4.1); over UDP it is also at least
+UDP_HELLO_PAD_TO (1200), which funds the ACCEPT (7.3)."""
+SNAPSHOTS_PER_SECOND = 4
+"""A member's SYNCs (and repeated JOINs) get fresh snapshots at most this often (a burst of as
+many), and their bytes come out of the member's byte budget: replies to a member's own requests
+stay bounded (docs/security.md). Refused ones are dropped: the client asks again."""
 
 
 def _no_udp(packet: bytes, addr: Any) -> None:
@@ -70,7 +78,8 @@ def _no_udp(packet: bytes, addr: Any) -> None:
 
 class Room:
     """All state of one room. `now` is the caller's clock (seconds, monotonic); `rand(n)` gives
-    n random bytes (session ids, path challenges, resume tokens)."""
+    n random bytes (session ids, path challenges, resume tokens); `wall_offset` turns the
+    caller's clock into Unix time (for the expiry of user access tokens)."""
 
     def __init__(
         self,
@@ -78,10 +87,12 @@ class Room:
         counters: Counters,
         now: float,
         rand: Callable[[int], bytes] = os.urandom,
+        wall_offset: float = 0.0,
     ) -> None:
         self.config = config
         self.counters = counters
         self.rand = rand
+        self.wall_offset = wall_offset
         psk = derive_psk(decode_room_key(config.room_key))
         self.handshakes = Handshakes(psk, counters, config.max_pending_handshakes, rand)
         self.token_key = public_key_from_text(config.token_public_key) if config.token_public_key else None
@@ -145,8 +156,11 @@ class Room:
                 return
             self._data(sess, data, ctr, addr, now)
         elif ptype == _HELLO:
-            if sid or ctr or n < HELLO_MIN_SIZE or n > _UDP_MAX_HELLO:
+            if sid or ctr or n > HELLO_MAX_SIZE:
                 c.drops["bad_hello"] += 1
+                return
+            if n < UDP_HELLO_PAD_TO:  # unpadded: answering it could amplify (7.3)
+                c.drops["hello_unpadded"] += 1
                 return
             if self.handshakes.repeated_udp(client_public(data), addr, n):
                 return
@@ -163,7 +177,7 @@ class Room:
         c.packets_in[WS] += 1
         c.bytes_in[WS] += len(data)
         try:
-            if len(data) < HELLO_MIN_SIZE:
+            if not HELLO_MIN_SIZE <= len(data) <= HELLO_MAX_SIZE:
                 raise ProtocolError("bad_hello")
             version, ptype, flags, sid, ctr = _unpack_header(data)
             if version != PROTOCOL_VERSION or flags or ptype != _HELLO or sid or ctr:
@@ -190,7 +204,11 @@ class Room:
             c.drops["short"] += 1
             return
         version, ptype, flags, sid, ctr = _unpack_header(data)
-        if version != PROTOCOL_VERSION or flags or ptype != _DATA or sid != session.sid or not ctr:
+        if version != PROTOCOL_VERSION:  # a version this relay does not speak: close (7.2, 10)
+            c.drops["version"] += 1
+            self._ws_violation(session, "unknown version", now)
+            return
+        if flags or ptype != _DATA or sid != session.sid or not ctr:
             c.drops["bad_data"] += 1
             return
         self._data(session, data, ctr, None, now)
@@ -202,6 +220,12 @@ class Room:
         if member is not None and member.session is session:
             member.session = None
             member.grace_until = now + self.config.resume_grace
+
+    def _ws_violation(self, session: Session, text: str, now: float) -> None:
+        """Closes a WebSocket with 1008; its seat is held as for any dropped connection."""
+        link = session.link
+        self.ws_closed(session, now)
+        link.close(Disconnect.VIOLATION, text)
 
     def _open(self, hello: bytes, link: Callable[[], Link], now: float) -> Session | None:
         if self.closed:
@@ -231,14 +255,17 @@ class Room:
             elif not path.validated:
                 if path.challenge:
                     path.credit(len(data))
-                    # again: the first PING may not have fit the budget (or was lost)
-                    self._queue(session, m.PathPing(path.challenge).encode())
+                    # again, with each packet from the address until it answers (it may be lost)
+                    path.ping_due = True
+                    self._mark(session)
                 else:  # its keys needed the ACCEPT we sent to this address
                     path.validated = True
         try:
             msgs = m.decode_client(plaintext)
         except ProtocolError as exc:
             c.drops[exc.reason] += 1
+            if exc.reason == "bad_user_id" and session.member is None:  # a JOIN the relay can name
+                self._refuse(session, ErrorCode.BAD_REQUEST, str(exc.detail), Disconnect.VIOLATION)
             return
         session.last_seen = now
         kind = session.link.kind
@@ -287,32 +314,54 @@ class Room:
             if broadcast:  # keep the sender's order: earlier broadcasts leave first
                 self._broadcast(member, broadcast)
                 broadcast = []
-            if isinstance(msg, m.Ping):
-                self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())
-            elif isinstance(msg, m.SetProfile):
-                self._on_profile(member, session, msg.profile, now)
-            elif isinstance(msg, m.PathPong):
-                if path is not None:
-                    path.confirm(msg.challenge)
-            elif isinstance(msg, m.Bye):
+            if isinstance(msg, m.Bye):
                 self._remove(member, LeaveReason.LEFT)
                 self._forget(session, Disconnect.BYE, "bye")
                 return
-            elif isinstance(msg, m.Join | m.Sync):
-                self._send_welcome(session, member, resumed=False)
+            if isinstance(msg, m.SetProfile):
+                self._on_profile(member, session, msg.profile, now)
+            elif self._rate_ok(member, session, 0, now):  # every kind counts against the rate
+                if isinstance(msg, m.Ping):
+                    self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())
+                elif isinstance(msg, m.PathPong):
+                    if path is not None:
+                        path.confirm(msg.challenge)
+                elif isinstance(msg, m.Join | m.Sync):
+                    self._snapshot(session, member, now)
             if member.session is not session:  # kicked while handling this packet
                 return
         if broadcast:
             self._broadcast(member, broadcast)
 
     def _rebind(self, session: Session, path: UdpPath, addr: Any, received: int) -> None:
-        """NAT rebinding: move the session, unvalidated, and challenge the new address."""
+        """NAT rebinding: move the session, unvalidated, and challenge the new address (the
+        challenge leaves alone at the flush, ahead of anything queued, so it fits the budget)."""
         path.rebind(addr, received, int.from_bytes(self.rand(8), "big") or 1)
         self.counters.rebinds += 1
-        self._queue(session, m.PathPing(path.challenge).encode())
+        self._mark(session)
+
+    def _snapshot(self, session: Session, member: Member, now: float) -> None:
+        """A SYNC or a repeated JOIN: a fresh WELCOME, at most SNAPSHOTS_PER_SECOND and paid for
+        from the member's byte budget; otherwise dropped (the client asks again)."""
+        if not member.snapshot_bucket.take(1, now):
+            self.counters.drops["snapshot_rate"] += 1
+            return
+        token = self.rand(RESUME_TOKEN_SIZE)
+        parts = self._welcome_parts(session, member, token, resumed=False)
+        if not member.byte_bucket.take(sum(map(len, parts)), now):
+            self.counters.drops["snapshot_over_budget"] += 1
+            return
+        self._issue_welcome(session, member, token, parts, now)
 
     def _before_join(self, session: Session, msgs: list[m.ClientMessage], now: float) -> None:
+        bucket = session.bucket
+        if bucket is None:
+            config = self.config
+            session.bucket = bucket = TokenBucket(config.messages_per_second, config.message_burst, now)
         for msg in msgs:
+            if not bucket.take(1, now):  # before its JOIN a session is held to the member rate too
+                self.counters.drops["rate_limited"] += 1
+                return
             if isinstance(msg, m.Join):
                 self._on_join(session, msg, now)
                 return
@@ -333,14 +382,14 @@ class Room:
         config = self.config
         if self.token_key is not None:
             try:
-                verify(self.token_key, join.access_token or "", join.user_id)
+                verify(self.token_key, join.access_token or "", join.user_id, now + self.wall_offset)
             except TokenError as exc:
                 self._refuse(session, ErrorCode.UNAUTHORIZED, f"access token: {exc}", Disconnect.VIOLATION)
                 return
         if join.resume_token:
             seat = self.resume_tokens.get(join.resume_token)
             if seat is not None and seat.user_id == join.user_id:
-                self._resume(seat, session)
+                self._resume(seat, session, now)
                 return
         if not self.accepting_joins:
             self._refuse(
@@ -358,6 +407,7 @@ class Room:
         cid = self.next_cid
         self.next_cid += 1
         member = Member(cid, join.user_id, join.profile, session, config, now)
+        member.snapshot_bucket = TokenBucket(SNAPSHOTS_PER_SECOND, SNAPSHOTS_PER_SECOND, now)
         joined = m.MemberJoined(cid, join.user_id, join.profile).encode()
         for other in self.members.values():
             if other.session is not None:
@@ -365,10 +415,10 @@ class Room:
         self.members[cid] = member
         session.member = member
         self.last_activity = now
-        self._send_welcome(session, member, resumed=False)
+        self._send_welcome(session, member, False, now)
         log.info("member %d (%s) joined", cid, join.user_id)
 
-    def _resume(self, member: Member, session: Session) -> None:
+    def _resume(self, member: Member, session: Session, now: float) -> None:
         old = member.session
         member.session = session
         session.member = member
@@ -376,23 +426,32 @@ class Room:
         if old is not None and old is not session:
             old.member = None
             self._forget(old, Disconnect.RESUMED_ELSEWHERE, "resumed elsewhere")
-        self._send_welcome(session, member, resumed=True)
+        self._send_welcome(session, member, True, now)
         log.info("member %d resumed", member.cid)
 
-    def _send_welcome(self, session: Session, member: Member, resumed: bool) -> None:
-        self.resume_tokens.pop(member.resume_token, None)
-        member.resume_token = self.rand(RESUME_TOKEN_SIZE)
-        self.resume_tokens[member.resume_token] = member
-        kind = session.link.kind
+    def _send_welcome(self, session: Session, member: Member, resumed: bool, now: float) -> None:
+        token = self.rand(RESUME_TOKEN_SIZE)
+        self._issue_welcome(session, member, token, self._welcome_parts(session, member, token, resumed), now)
+
+    def _welcome_parts(self, session: Session, member: Member, token: bytes, resumed: bool) -> list[bytes]:
+        """The snapshot's numbered parts, each fitting one packet of the session's transport."""
         builder = m.WelcomeBuilder(
             member.cid,
-            member.resume_token,
-            self._limits[kind],
+            token,
+            self._limits[session.link.kind],
             resumed,
             [m.Member(o.cid, o.user_id, o.profile) for o in self.members.values() if o is not member],
         )
-        for part in builder.parts(session.link.max_plaintext):
-            self._queue(session, part)
+        return builder.parts(session.link.max_plaintext)
+
+    def _issue_welcome(
+        self, session: Session, member: Member, token: bytes, parts: list[bytes], now: float
+    ) -> None:
+        """Sends a snapshot; its resume token replaces the member's old one from now on."""
+        self.resume_tokens.pop(member.resume_token, None)
+        member.resume_token = token
+        self.resume_tokens[token] = member
+        self._queue_many(session, parts)
 
     def _refuse(self, session: Session, code: int, text: str, why: Disconnect) -> None:
         self.counters.drops["join_refused"] += 1
@@ -545,8 +604,19 @@ class Room:
                 log.exception("flush of session %d failed", session.sid)
         self.counters.observe_fanout(now - self._batch_start)
 
+    def _mark(self, session: Session) -> None:
+        """The session has something for the next flush besides its queue (a path challenge)."""
+        if not session.dirty:
+            session.dirty = True
+            self._dirty.append(session)
+            if not self._flush_scheduled:
+                self._schedule_flush()
+
     def _flush_session(self, session: Session) -> None:
         session.dirty = False
+        path = session.path
+        if path is not None and path.ping_due:
+            self._send_challenge(session, path)
         out = session.out
         if not out:
             return
@@ -575,6 +645,19 @@ class Room:
                 self.kick(member, "send buffer overflow")
             else:
                 self._forget(session, Disconnect.VIOLATION, "send buffer overflow")
+
+    def _send_challenge(self, session: Session, path: UdpPath) -> None:
+        """The path challenge in a packet of its own, ahead of anything queued (7.3), so it always
+        gets through (one packed with waiting traffic overflowed the budget and was lost). It
+        spends the address's budget, and goes even when the budget is smaller than it: one per
+        authenticated packet from the address, 43 bytes for at least 34 (at most 1.3 times)."""
+        path.ping_due = False
+        packet = session.sealer.seal(m.PathPing(path.challenge).encode())
+        path.budget = max(0, path.budget - len(packet))
+        path.sendto(packet, path.addr)
+        c = self.counters
+        c.packets_out[UDP] += 1
+        c.bytes_out[UDP] += len(packet)
 
     # ---- time --------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ class Session:
 
     __slots__ = (
         "accept",
+        "bucket",
         "client_public",
         "dirty",
         "last_seen",
@@ -49,6 +50,7 @@ class Session:
         self.out: list[bytes] = []  # encoded messages waiting for this pass's flush
         self.dirty = False
         self.last_seen = now
+        self.bucket: TokenBucket | None = None  # the message rate before the JOIN is admitted
 
 
 class Member:
@@ -66,6 +68,7 @@ class Member:
         "profile",
         "resume_token",
         "session",
+        "snapshot_bucket",
         "user_id",
     )
 
@@ -84,3 +87,4 @@ class Member:
         self.last_drop = 0.0
         self.last_error = -1e9  # when it was last told ERROR rate limited
         self.grace_until = 0.0  # a seat without a session is kept until then
+        self.snapshot_bucket = TokenBucket(0, 0, now)  # SYNC answers (room.SNAPSHOTS_PER_SECOND)

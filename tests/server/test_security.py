@@ -174,7 +174,6 @@ async def test_flipped_bytes_are_dropped_and_counted(transport: str) -> None:
         packet = peer.seal(m.Send(b"x" * 40).encode())
         n = len(packet)
         positions = {
-            0: {"version", "bad_data"},  # version
             1: {"type", "bad_data"},  # type
             3: {"flags", "bad_data"},  # flags
             5: {"unknown_session", "bad_data"},  # session id
@@ -194,10 +193,31 @@ async def test_flipped_bytes_are_dropped_and_counted(transport: str) -> None:
             assert sum(diff.values()) == 1 and set(diff) <= reasons, (index, diff)
             if "decrypt" in diff:
                 assert r.relay.counters.decrypt_failures == failures + 1
+        if transport == "udp":  # another version: dropped (over WebSocket it closes: below)
+            before = drops(r)
+            peer.send_raw(flip(packet, 0))
+            await eventually(lambda b=before: moved(b, drops(r)) == {"version": 1}, 2, "version drop")
         assert no_events_of(watcher, rc.Received) == []
         peer.send_raw(packet)  # the untouched packet still authenticates: nothing moved the window
         assert await watcher.next_event_of(rc.Received, 2) == rc.Received(peer.connection_id, b"x" * 40)
         await close_peer(peer)
+        await watcher.close()
+
+
+async def test_an_unknown_version_closes_an_established_websocket_and_keeps_the_seat() -> None:
+    """docs/protocol.md 7.2 and 10: over WebSocket a version the relay does not speak closes the
+    connection with 1008; the member's seat is held for a resume, as for any lost connection."""
+    async with room(**SLOWER) as r:
+        watcher = await client(r, "watcher", "ws")
+        peer = await WsPeer.open(r.key, r.port)
+        await peer.start("p")
+        await watcher.next_event_of(rc.Joined, 2)
+        before = drops(r)
+        peer.send_raw(flip(peer.seal(m.Send(b"x").encode()), 0, 0x03))  # version 2
+        assert await peer.wait_closed() == 1008
+        assert moved(before, drops(r)) == {"version": 1}
+        assert peer.connection_id in r.relay.room.members  # held for resume_grace
+        assert no_events_of(watcher, rc.Received, rc.Left) == []
         await watcher.close()
 
 
@@ -289,23 +309,45 @@ async def test_a_member_cannot_inject_into_another_session() -> None:
 # ---- address validation ---------------------------------------------------------------------
 
 
-async def test_hello_of_64_bytes_gets_64_bytes_and_nothing_more() -> None:
+async def test_an_unpadded_udp_hello_gets_nothing_and_a_padded_one_one_accept() -> None:
+    """docs/protocol.md 4.1: over UDP a HELLO is 1200 to 1500 bytes. An unpadded one (a forged
+    source could aim the ACCEPT at a victim) gets no answer; a padded one gets one 64-byte ACCEPT
+    per copy, so the relay never sends an address more than it received from it."""
     async with room(**SLOWER) as r:
         peer = await UdpPeer.open(r.key, r.port)
-        hello = peer.make_hello(0)
-        assert len(hello) == HELLO_MIN_SIZE == 64
+        for size, reason in ((0, "hello_unpadded"), (1199, "hello_unpadded"), (1501, "bad_hello")):
+            hello = peer.make_hello(size)
+            assert len(hello) == max(size, HELLO_MIN_SIZE)
+            before = drops(r)
+            peer.send_raw(hello)
+            await eventually(lambda b=before: moved(b, drops(r)), 2, f"drop of a {len(hello)}-byte HELLO")
+            assert moved(before, drops(r)) == {reason: 1}
+        assert await peer.silence(0.2) == []
+        hello = peer.make_hello(1200)
         peer.send_raw(hello)
         accept = await peer.recv_packet(2)
         assert len(accept) == ACCEPT_SIZE == 64
         assert await peer.silence(0.3) == []
-        peer.send_raw(hello)  # a retransmission funds exactly one more ACCEPT
+        peer.send_raw(hello)  # a retransmission gets exactly one more (the same) ACCEPT
         assert await peer.recv_packet(2) == accept
         assert await peer.silence(0.2) == []
-        assert peer.received_bytes == peer.sent_bytes == 128
+        assert peer.received_bytes == 128
         peer.finish(accept)  # and the ACCEPT is a valid one
-        welcome = await peer.join("tiny-hello")
+        welcome = await peer.join("padded-hello")
         assert welcome.connection_id == 1
         peer.close()
+
+
+async def test_a_websocket_hello_over_1500_bytes_is_closed_with_1008() -> None:
+    async with room(**SLOWER) as r:
+        peer = await WsPeer.open(r.key, r.port)
+        before = drops(r)
+        peer.send_raw(peer.make_hello(1501))
+        assert await peer.wait_closed() == 1008
+        assert moved(before, drops(r)) == {"bad_hello": 1}
+        small = await WsPeer.open(r.key, r.port)  # the unpadded 64 bytes are fine over TCP
+        await small.start("small")
+        await close_peer(small)
 
 
 async def test_join_from_another_address_gets_no_more_than_it_sent() -> None:

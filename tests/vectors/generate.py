@@ -27,6 +27,8 @@ RELAY_PRIVATE = bytes(range(0x80, 0xA0))
 SESSION_ID = 0x0A0B0C0D
 RESUME_TOKEN = bytes.fromhex("a5" * 16)
 COUNTER = 0x0102030405060708
+REVISION = 2
+"""docs/protocol.md's revision these vectors belong to (2: WELCOME parts are numbered)."""
 
 
 def wire(value: Any) -> Any:
@@ -61,7 +63,7 @@ def relay_messages() -> list[tuple[str, Any]]:
                 3, RESUME_TOKEN, limits, (m.Member(1, "alice", b"\x01"), m.Member(2, "bob", b"")), False
             ),
         ),
-        ("WELCOME (part, resumed)", m.Welcome(3, RESUME_TOKEN, limits, (), True, True)),
+        ("WELCOME (part 1 of 2, resumed)", m.Welcome(3, RESUME_TOKEN, limits, (), True, True, 0, 2)),
         ("JOIN", m.MemberJoined(4, "carol", b"p")),
         ("LEAVE", m.MemberLeft(4, 2)),
         ("PROFILE", m.MemberProfile(1, b"level=4")),
@@ -172,10 +174,13 @@ def handshake_vectors() -> dict[str, Any]:
 
 def build() -> dict[str, dict[str, Any]]:
     return {
-        "keys.json": key_vectors(),
-        "header.json": header_vectors(),
-        "messages.json": message_vectors(),
-        "handshake.json": handshake_vectors(),
+        name: {"revision": REVISION, **content}
+        for name, content in {
+            "keys.json": key_vectors(),
+            "header.json": header_vectors(),
+            "messages.json": message_vectors(),
+            "handshake.json": handshake_vectors(),
+        }.items()
     }
 
 

@@ -1,0 +1,181 @@
+"""What an independent implementation and an attacker found (issue #13), each as a regression test
+against the real room in memory (tests/protocol/harness.py): manual clock, every byte counted."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from relay.protocol import messages as m
+from relay.protocol.client import ClientConnection, ErrorEvent, Received
+from relay.protocol.constants import UDP_HELLO_PAD_TO, ErrorCode, PacketType
+from relay.protocol.keys import decode_room_key, derive_psk
+from relay.protocol.packets import ClientHello, Opener, Sealer, parse_header
+from relay.server.transport import Disconnect
+from tests.protocol.harness import Net, new_room
+
+
+def _client(key: str, user: str, transport: str = "udp", **kwargs: object) -> ClientConnection:
+    return ClientConnection(key, user, transport=transport, **kwargs)  # type: ignore[arg-type]
+
+
+def _bytes_to(net: Net, client: ClientConnection) -> int:
+    return sum(len(p) for c, p in net.to_client if c is client)
+
+
+def _full_room(key: str, net: Net, others: int, profile: int) -> list[ClientConnection]:
+    members = [_client(key, f"m{i}", profile=bytes(profile)) for i in range(others)]
+    for member in members:
+        net.join(member)
+    return members
+
+
+@pytest.mark.parametrize("transport", ["udp", "ws"])
+def test_a_sync_flood_is_rate_limited_and_its_answers_stay_small(transport: str) -> None:
+    """Before: 590 SYNCs in 3 s brought back 150 times their bytes, with no ERROR. Now a SYNC is a
+    message like any other (rate limited), snapshots come at most 4 a second and out of the
+    member's byte budget: the answers stay within a few times what asked for them."""
+    key, room, net = new_room()
+    _full_room(key, net, 4, profile=1000)  # a 5-member room of 1000-byte profiles
+    flooder = _client(key, "flooder", transport)
+    net.join(flooder)
+    net.take(flooder)
+    sent = received = 0
+    welcomes = 0
+    for _ in range(600):  # 3 s at 200 SYNCs a second, one a packet
+        packet = flooder._sealer.seal(m.Sync().encode())  # type: ignore[union-attr]
+        sent += len(packet)
+        net.up(flooder, [packet])
+        received += _bytes_to(net, flooder)
+        welcomes += sum(1 for c, p in net.to_client if c is flooder and len(p) > 1000)
+        net.down()
+        net.now += 0.005
+    assert flooder.state.value == "joined"  # over the rate for 3 s: not yet kicked (5 s)
+    parts = 4 if transport == "udp" else 1  # a 1000-byte profile a part over UDP
+    assert welcomes <= (4 + 4 * 3) * parts  # the snapshot rate: 4 at once, then 4 a second
+    assert received <= 4 * sent, (received, sent)  # the issue's flood: 150 times before
+    assert room.counters.drops["rate_limited"] > 0
+    assert room.counters.drops["snapshot_rate"] + room.counters.drops["snapshot_over_budget"] > 0
+    errors = [e for e in net.take(flooder) if isinstance(e, ErrorEvent)]
+    assert errors and all(e.code == ErrorCode.RATE_LIMITED for e in errors)
+
+
+def test_a_ping_flood_spends_the_message_rate_and_is_kicked() -> None:
+    """Before: 300 PINGs got 300 PONGs and the member's SENDs went on. Now PINGs are messages."""
+    key, room, net = new_room(abuse_kick_after=2.0)
+    watcher = _client(key, "watcher")
+    flooder = _client(key, "flooder")
+    net.join(watcher)
+    net.join(flooder)
+    pongs = 0
+    for _ in range(40):  # 300 PINGs a second for up to 4 s
+        packet = flooder._sealer.seal(m.Ping(1, 1).encode() * 30)  # type: ignore[union-attr]
+        net.up(flooder, [packet])
+        pongs += sum(
+            1 for c, p in net.to_client if c is flooder and parse_header(p).type == PacketType.DATA
+        )
+        net.down()
+        net.now += 0.1
+        if flooder.state.value == "closed":
+            break
+    assert flooder.state.value == "closed"  # kicked
+    assert flooder.connection_id not in room.members
+    assert room.counters.drops["rate_limited"] > 0
+
+
+@pytest.mark.parametrize("transport", ["udp", "ws"])
+@pytest.mark.parametrize("user_id", ["", "u" * 129, "é" * 65])
+def test_a_join_with_a_bad_user_id_gets_error_bad_request(transport: str, user_id: str) -> None:
+    """Before: dropped as malformed, so a client retransmitted its JOIN forever."""
+    key, room, net = new_room()
+    psk = derive_psk(decode_room_key(key))
+    hello = ClientHello.create(psk, pad_to=UDP_HELLO_PAD_TO if transport == "udp" else 0)
+    client = _client(key, "stand-in", transport)  # only as a mailbox for what the room sends
+    if transport == "udp":
+        room.udp_datagram(hello.packet, net.address(client), net.now)
+    else:
+        net._ws_up(client, hello.packet)
+    (_, accept), = net.to_client
+    net.to_client.clear()
+    keys = hello.finish(accept)
+    sealer, opener = Sealer(keys.k_c2s, keys.session_id), Opener(keys.k_s2c)
+    join = sealer.seal(msgpack.packb([1, user_id, b"", None, None], use_bin_type=True))
+    net.up(client, [join])
+    answers = [p for c, p in net.to_client if c is client and p]
+    assert len(answers) == 1
+    (error,) = m.decode_relay(opener.open(answers[0], parse_header(answers[0]).counter))
+    assert isinstance(error, m.Error) and error.code == ErrorCode.BAD_REQUEST
+    assert "1 to 128 bytes" in error.text
+    assert keys.session_id not in room.sessions and not room.members
+    net.down()
+    if transport == "ws":
+        assert net.closes == [(Disconnect.VIOLATION, error.text)]
+    net.to_client.clear()
+    net.up(client, [sealer.seal(msgpack.packb([1, user_id, b"", None, None], use_bin_type=True))])
+    assert net.to_client in ([], [(client, b"")])  # a retransmission: the session is gone
+
+
+def test_a_lost_welcome_part_is_noticed_and_asked_for_again() -> None:
+    """Before: WELCOME parts carried no number; after a SYNC whose second packet was lost, a client
+    believed the room had 4 members when it had 5."""
+    key, _room, net = new_room()
+    others = _full_room(key, net, 4, profile=900)  # one member per UDP part
+    late = _client(key, "late")
+    net.join(late)
+    assert len(late.members) == 4
+    fifth = _client(key, "fifth", profile=bytes(900))
+    net.drop_down = lambda packet: parse_header(packet).session_id == late.session_id  # late misses it
+    net.join(fifth)
+    net.drop_down = lambda packet: False
+    assert len(late.members) == 4
+    late.sync(net.now)
+    net.up(late, late.datagrams_to_send())
+    parts = [p for c, p in net.to_client if c is late]
+    assert len(parts) == 5  # five others: five parts
+    for i, (client, packet) in enumerate(list(net.to_client)):
+        if client is late and i != 1:  # the second part is lost
+            late.receive(packet, net.now)
+    net.to_client.clear()
+    assert len(late.members) == 4  # incomplete: not applied
+    net.advance(1.1, late, *others, fifth)  # the SYNC is asked again
+    assert len(late.members) == 5
+    assert late.stats.syncs_sent >= 2
+
+
+def test_a_rebinding_challenge_gets_through_while_traffic_waits() -> None:
+    """Before: the challenge shared a packet with the waiting traffic, which overflowed the new
+    address's budget and was dropped whole: the member heard nothing until it sent again."""
+    key, room, net = new_room()
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    net.take(b)
+    for i in range(30):
+        a.send(bytes(500) + b"%d" % i, targets=[b.connection_id])
+    net.up(a, a.datagrams_to_send())  # 30 large messages on their way to b...
+    net.to_client.clear()  # ...lost as b's NAT binding changes
+    net.move(b, ("192.0.2.1", 50002))
+    b.ping(net.now)
+    net.up(b, b.datagrams_to_send())  # one small packet from the new address
+    to_b = [p for c, p in net.to_client if c is b]
+    assert to_b, "the challenge went out"
+    net.down()
+    net.pump(a, b)  # b answers the challenge
+    path = room.sessions[b.session_id].path
+    assert path is not None and path.validated
+    a.send(b"after", targets=[b.connection_id])
+    net.pump(a, b)
+    assert Received(a.connection_id, b"after") in net.take(b)
+
+
+def test_welcome_parts_are_numbered() -> None:
+    members = [m.Member(i, f"user{i}", bytes(900)) for i in range(1, 5)]
+    builder = m.WelcomeBuilder(9, b"t" * 16, m.Limits(), False, members)
+    welcomes = [msg for part in builder.parts(1168) for msg in m.decode_relay(part)]
+    assert [(w.part, w.parts, w.more) for w in welcomes] == [(i, 4, i < 3) for i in range(4)]
+    assert all(isinstance(w, m.Welcome) and w.resume_token == b"t" * 16 for w in welcomes)
+    assert [mm for w in welcomes for mm in w.members] == members
+    (single,) = m.decode_relay(m.WelcomeBuilder(9, b"t" * 16, m.Limits()).parts(1168)[0])
+    assert (single.part, single.parts, single.more) == (0, 1, False)
+    with pytest.raises(m.ProtocolError):  # a part number past the count
+        m.decode_relay(msgpack.packb([16, 9, b"t" * 16, m.Limits().to_wire(), [], False, False, 2, 2]))
