@@ -271,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="relay serve",
         description="Run one relay for one room: UDP and WebSocket on one port number.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        add_help=False,  # parse() reads a launch and never exits; `relay serve --help` prints usage()
     )
     room = p.add_argument_group("the room")
     room.add_argument("--host", default=base.host, help=field_doc(RelayConfig, "host"))

@@ -21,7 +21,7 @@ from typing import Any
 
 from relay.agent.agent import Agent
 from relay.agent.caps import apply_soft_limits, guard_relay
-from relay.agent.launch import LaunchError, RelayLaunch
+from relay.agent.launch import LaunchError, RelayLaunch, usage
 from relay.agent.tiers import get_tier
 from relay.protocol.constants import CloseReason
 from relay.server.app import Relay
@@ -78,6 +78,9 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`relay serve [flags]`: parse, then serve (or, under Agones without a room, wait for one)."""
     args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        print(usage())
+        return 0
     try:
         launch = RelayLaunch.parse(args)
     except LaunchError as exc:

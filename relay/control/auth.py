@@ -22,7 +22,7 @@ from relay.protocol import tokens
 
 PROJECT_ISSUER = "gs2relay-project"
 VERIFIED_KEPT = 1024
-USER_ISSUER = "gs2relay"
+USER_ISSUER = tokens.USER_ISSUER
 SIGNING_KEY_FILE = "signing.key"
 CREDENTIALS_FILE = "credentials.json"
 

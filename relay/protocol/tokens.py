@@ -31,6 +31,11 @@ def _b64d(text: str) -> bytes:
         raise TokenError("bad base64") from exc
 
 
+USER_ISSUER = "gs2relay"
+"""`iss` of a user access token: the only kind a relay accepts (a project token, signed with the
+same key, has another issuer and is refused)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     sub: str
@@ -43,7 +48,7 @@ def mint(
     signing_key: Ed25519PrivateKey,
     user_id: str,
     ttl_s: int = 3600,
-    issuer: str = "gs2relay",
+    issuer: str = USER_ISSUER,
     now: float | None = None,
 ) -> str:
     issued = int(time.time() if now is None else now)
@@ -53,9 +58,14 @@ def mint(
 
 
 def verify(
-    public_key: Ed25519PublicKey, token: str, user_id: str | None = None, now: float | None = None
+    public_key: Ed25519PublicKey,
+    token: str,
+    user_id: str | None = None,
+    now: float | None = None,
+    issuer: str | None = None,
 ) -> Claims:
-    """Returns the claims; raises TokenError. With `user_id`, the token must be for that user."""
+    """Returns the claims; raises TokenError. With `user_id`, the token must be for that user;
+    with `issuer`, from that issuer."""
     if not isinstance(token, str) or token.count(".") != 1 or len(token) > 4096:
         raise TokenError("malformed token")
     body, sig = token.split(".")
@@ -72,6 +82,8 @@ def verify(
         raise TokenError("expired")
     if user_id is not None and claims.sub != user_id:
         raise TokenError("token is for another user")
+    if issuer is not None and claims.iss != issuer:
+        raise TokenError("not a user access token")
     return claims
 
 

@@ -49,7 +49,7 @@ from relay.protocol.constants import (
     ProtocolError,
 )
 from relay.protocol.keys import decode_room_key, derive_psk
-from relay.protocol.tokens import TokenError, public_key_from_text, verify
+from relay.protocol.tokens import USER_ISSUER, TokenError, public_key_from_text, verify
 from relay.server.config import RelayConfig
 from relay.server.handshake import Handshakes, client_public
 from relay.server.metrics import Counters
@@ -382,7 +382,9 @@ class Room:
         config = self.config
         if self.token_key is not None:
             try:
-                verify(self.token_key, join.access_token or "", join.user_id, now + self.wall_offset)
+                verify(
+                    self.token_key, join.access_token or "", join.user_id, now + self.wall_offset, USER_ISSUER
+                )
             except TokenError as exc:
                 self._refuse(session, ErrorCode.UNAUTHORIZED, f"access token: {exc}", Disconnect.VIOLATION)
                 return

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.protocol import messages as m
-from relay.protocol.client import ClientConnection, ErrorEvent, Received
+from relay.protocol import tokens
+from relay.protocol.client import ClientConnection, ErrorEvent, Received, Welcomed
 from relay.protocol.constants import UDP_HELLO_PAD_TO, ErrorCode, PacketType
 from relay.protocol.keys import decode_room_key, derive_psk
 from relay.protocol.packets import ClientHello, Opener, Sealer, parse_header
@@ -179,3 +181,29 @@ def test_welcome_parts_are_numbered() -> None:
     assert (single.part, single.parts, single.more) == (0, 1, False)
     with pytest.raises(m.ProtocolError):  # a part number past the count
         m.decode_relay(msgpack.packb([16, 9, b"t" * 16, m.Limits().to_wire(), [], False, False, 2, 2]))
+
+
+def test_a_relay_admits_user_tokens_only_checked_against_the_callers_clock() -> None:
+    """`iss` must be the user issuer (a project token is signed with the same key), `sub` the
+    user id, `exp` in the future of the wall clock the room is given (it reads none itself)."""
+    signing = Ed25519PrivateKey.generate()
+    public = tokens.public_key_to_text(signing.public_key())
+    key, room, net = new_room(token_public_key=public)
+    room.wall_offset = 1_800_000_000.0  # the room's now 0 is this Unix time
+    wall = room.wall_offset
+    cases = [
+        (tokens.mint(signing, "u", 60, now=wall), None),
+        (tokens.mint(signing, "u", 60, now=wall - 61), "expired"),
+        (tokens.mint(signing, "other", 60, now=wall), "another user"),
+        (tokens.mint(signing, "u", 60, issuer="gs2relay-project", now=wall), "not a user access token"),
+        (tokens.mint(Ed25519PrivateKey.generate(), "u", 60, now=wall), "bad signature"),
+    ]
+    for token, refused in cases:
+        client = _client(key, "u", access_token=token)
+        net.join(client)
+        events = net.take(client)
+        if refused is None:
+            assert events == [Welcomed(client.connection_id, False)]
+        else:
+            assert len(events) == 1 and isinstance(events[0], ErrorEvent), events
+            assert events[0].code == ErrorCode.UNAUTHORIZED and refused in events[0].text

@@ -1,0 +1,261 @@
+"""Coverage-guided fuzz targets (atheris, libFuzzer's engine) over every decoder and both sides'
+state machines. Each target takes the fuzzer's bytes and may only fail the way the code's
+contract says (ProtocolError for a bad packet, and so on); anything else is a crash.
+
+    python -m tests.fuzz NAME [libFuzzer flags] [corpus dirs]
+    python -m tests.fuzz room_authenticated -max_total_time=3600   # a long run
+
+`make test` runs every target for a few seconds (tests/fuzz/test_targets.py); RELAY_FUZZ_SECONDS
+sets how long. The targets that need a room build one in memory (the room is sans-I/O): members
+joined through the real handshake, then the fuzz input reaches the room raw, or sealed with a
+member's keys so that it gets past authentication to the message handlers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relay.agent.launch import LaunchError, RelayLaunch
+from relay.agent.wire import Closed, Heartbeat, Registration, WireError
+from relay.protocol import messages as m
+from relay.protocol import tokens
+from relay.protocol.client import ClientConnection, ClientState
+from relay.protocol.constants import ProtocolError
+from relay.protocol.keys import decode_room_key, derive_psk, generate_room_key
+from relay.protocol.packets import ClientHello, Sealer, parse_header, verify_hello
+from relay.protocol.wsframes import parse_head, read_frames, take_frames
+from relay.server.config import RelayConfig
+from relay.server.metrics import Counters
+from relay.server.room import Room
+
+Target = Callable[[bytes], None]
+
+
+class _World:
+    """A room with two UDP members and one WebSocket member, joined in memory."""
+
+    def __init__(self) -> None:
+        from tests.protocol.harness import Net
+
+        self.key = generate_room_key()
+        config = replace(RelayConfig(room_key=self.key), keepalive_timeout=1e9, idle_timeout=1e9)
+        self.room = Room(config, Counters(), 0.0, random.Random(1).randbytes)
+        self.net = Net(self.room)
+        self.a = ClientConnection(self.key, "a")
+        self.b = ClientConnection(self.key, "b")
+        self.w = ClientConnection(self.key, "w", transport="ws")
+        for client in (self.a, self.b, self.w):
+            self.net.join(client)
+            assert client.state is ClientState.JOINED
+        self.now = 0.0
+
+    def check(self) -> None:
+        """What must hold whatever came in."""
+        assert not self.room.counters.drops["internal_error"], self.room.counters.drops
+        self.net.to_client.clear()
+
+
+_world: _World | None = None
+
+
+def world() -> _World:
+    global _world
+    if _world is None:
+        _world = _World()
+    return _world
+
+
+def client_messages(data: bytes) -> None:
+    try:
+        for msg in m.decode_client(data):
+            msg.encode()  # what decodes encodes again
+    except ProtocolError:
+        pass
+
+
+def relay_messages(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        m.decode_relay(data)
+
+
+def packet_header(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        parse_header(data)
+
+
+_psk = derive_psk(decode_room_key(generate_room_key()))
+_hello = ClientHello.create(_psk)
+
+
+def handshake(data: bytes) -> None:
+    """Both ends of the handshake: a HELLO the relay verifies, an ACCEPT the client finishes."""
+    for step in (lambda: verify_hello(_psk, data), lambda: _hello.finish(data)):
+        with contextlib.suppress(ProtocolError):
+            step()
+
+
+def websocket_frames(data: bytes) -> None:
+    _frames, used, _ = take_frames(bytearray(data), 65536)
+    assert 0 <= used <= len(data)
+    buf = bytearray(data)
+    read_frames(buf)
+    assert len(buf) <= len(data)
+    parse_head(data)
+
+
+def room_udp(data: bytes) -> None:
+    """Raw datagrams from four addresses (two of them the members')."""
+    w = world()
+    w.now += 0.001
+    addrs = [w.net.address(w.a), w.net.address(w.b), ("192.0.2.9", 1), ("192.0.2.9", 2)]
+    w.room.udp_datagram(data[1:], addrs[data[0] % 4] if data else addrs[2], w.now)
+    w.net.flush()
+    w.room.handle_timer(w.now)
+    w.check()
+
+
+def room_authenticated(data: bytes) -> None:
+    """The fuzz input as the plaintext of a member's DATA packet: past the AEAD, into the
+    message decoder and every handler (rate limits off: they would only cut the run short)."""
+    w = world()
+    w.now += 0.05
+    sender = (w.a, w.b, w.w)[data[0] % 3] if data else w.a
+    if sender.state is not ClientState.JOINED or sender._sealer is None:
+        return
+    packet = sender._sealer.seal(data[1:])
+    w.net.now = w.now
+    w.net.up(sender, [packet])
+    w.net.down()
+    w.check()
+    for client in (w.a, w.b, w.w):  # a kicked or departed member comes back for more
+        if client.state is not ClientState.JOINED:
+            replacement = ClientConnection(w.key, client.user_id, transport=client.transport)
+            w.net.join(replacement)
+            if client is w.a:
+                w.a = replacement
+            elif client is w.b:
+                w.b = replacement
+            else:
+                w.w = replacement
+
+
+def client_authenticated(data: bytes) -> None:
+    """The fuzz input as the plaintext of the relay's DATA packet to a joined client."""
+    w = world()
+    session = w.room.sessions.get(w.a.session_id)
+    if session is None or w.a.state is not ClientState.JOINED:
+        return
+    w.now += 0.01
+    w.a.receive(session.sealer.seal(data), w.now)
+    w.a.handle_timer(w.now)
+    w.a.datagrams_to_send()
+
+
+_token_key = Ed25519PrivateKey.generate().public_key()
+
+
+def access_tokens(data: bytes) -> None:
+    with contextlib.suppress(tokens.TokenError):
+        tokens.verify(
+            _token_key, data.decode("utf-8", errors="surrogateescape"), "u", 0.0, tokens.USER_ISSUER
+        )
+
+
+def agent_bodies(data: bytes) -> None:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return
+    for kind in (Registration, Heartbeat, Closed):
+        try:
+            parsed = kind.from_json(body)
+        except WireError:
+            continue
+        assert kind.from_json(parsed.to_json()) == parsed
+
+
+def relay_launch(data: bytes) -> None:
+    args = data.decode("utf-8", errors="replace").split("\x00")
+    try:
+        launch = RelayLaunch.parse(args, {})
+    except LaunchError:
+        return
+    assert RelayLaunch.parse(launch.argv(), launch.env()) == launch
+
+
+TARGETS: dict[str, Target] = {
+    "client_messages": client_messages,
+    "relay_messages": relay_messages,
+    "packet_header": packet_header,
+    "handshake": handshake,
+    "websocket_frames": websocket_frames,
+    "room_udp": room_udp,
+    "room_authenticated": room_authenticated,
+    "client_authenticated": client_authenticated,
+    "access_tokens": access_tokens,
+    "agent_bodies": agent_bodies,
+    "relay_launch": relay_launch,
+}
+
+
+def seeds(name: str) -> list[bytes]:
+    """Valid inputs to start a target's corpus from (the fuzzer mutates them)."""
+    pack = msgpack.packb
+    client = [
+        m.Join("alice", b"p", None, b"t" * 16).encode(),
+        m.Send(b"hello", None).encode() + m.Send(b"x", (1, 2)).encode(),
+        m.SetProfile(b"lvl").encode() + m.Ping(1, 2).encode() + m.Sync().encode(),
+        m.PathPong(7).encode() + m.Bye().encode(),
+    ]
+    relay = [
+        b"".join(m.WelcomeBuilder(3, b"t" * 16, m.Limits(), False, [m.Member(1, "a", b"p")]).parts(1168)),
+        m.MemberJoined(4, "c", b"").encode() + m.MemberLeft(4, 1).encode() + m.Message(1, b"hi").encode(),
+        m.Pong(1, 2).encode()
+        + m.Error(2, "x").encode()
+        + m.Closing(1, "y").encode()
+        + m.PathPing(9).encode(),
+    ]
+    if name in ("client_messages", "room_authenticated"):
+        return [b"\x00" + s for s in client] if name == "room_authenticated" else client
+    if name in ("relay_messages", "client_authenticated"):
+        return relay
+    if name in ("packet_header", "handshake", "room_udp"):
+        return [ClientHello.create(_psk, pad_to=1200).packet, Sealer(bytes(32), 5).seal(b"\x91\x05")]
+    if name == "websocket_frames":
+        from relay.protocol.wsframes import BINARY, PING, client_frame, server_frame
+
+        return [
+            client_frame(BINARY, b"x" * 200) + client_frame(PING, b"p"),
+            server_frame(BINARY, b"y" * 70000),
+        ]
+    if name == "access_tokens":
+        return [b"eyJzdWIiOiJ1In0.c2ln"]
+    if name == "agent_bodies":
+        return [json.dumps(Registration("1.2.3.4", 5, 6, 7, 2.0).to_json()).encode(), b'{"reason":"idle"}']
+    if name == "relay_launch":
+        return [b"--room-key\x00" + generate_room_key().encode() + b"\x00--port\x007000"]
+    return [pack(0)]
+
+
+def main(argv: list[str]) -> int:
+    """Runs one target under atheris (tests/fuzz/__main__.py imports this module with the relay's
+    code instrumented for coverage)."""
+    import atheris
+
+    if not argv or argv[0] not in TARGETS:
+        print(f"usage: python -m tests.fuzz {{{','.join(TARGETS)}}} [libFuzzer flags]", file=sys.stderr)
+        return 2
+    name = argv[0]
+    if name in ("room_udp", "room_authenticated", "client_authenticated"):
+        world()  # built before the run starts
+    atheris.Setup([sys.argv[0], *argv[1:]], TARGETS[name])
+    atheris.Fuzz()
+    return 0
