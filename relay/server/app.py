@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from relay.protocol.constants import CloseReason
 from relay.server.config import RelayConfig
-from relay.server.links import UdpProtocol, WsConnection
+from relay.server.links import Doorway, UdpProtocol, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
 from relay.server.room import Room
 from relay.server.transport import UDP, WS
@@ -142,7 +142,8 @@ class Relay:
         tcp, udp = bind_pair(self.config.host, self.config.port)
         self.port = tcp.getsockname()[1]
         self._udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(room), sock=udp)
-        self._tcp_server = await loop.create_server(lambda: WsConnection(room, self._ws), sock=tcp)
+        doorway = Doorway(self.config.max_pending_connections, self.config.connect_timeout, self.counters)
+        self._tcp_server = await loop.create_server(lambda: WsConnection(room, self._ws, doorway), sock=tcp)
         if self.config.admin_port is not None:
             self._admin = AdminServer(self.metrics, lambda: not room.closed)
             self.admin_port = await self._admin.start(self.config.admin_host, self.config.admin_port)

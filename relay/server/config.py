@@ -50,6 +50,12 @@ class RelayConfig:
     ws_send_buffer: int = doc(262144, "bytes a WebSocket reader may fall behind before it is disconnected")
     max_pending_handshakes: int = doc(1024, "handshakes answered but not yet completed, at most")
     handshake_timeout: float = doc(10.0, "seconds a session may stay without joining")
+    max_pending_connections: int = doc(
+        256, "TCP connections without a session at once; the oldest is closed for a newer one"
+    )
+    connect_timeout: float = doc(
+        5.0, "seconds a TCP connection has to upgrade to WebSocket and send an authentic HELLO"
+    )
     # liveness and lifecycle
     keepalive_timeout: float = doc(10.0, "seconds of silence after which a member is dropped")
     resume_grace: float = doc(15.0, "seconds a dropped WebSocket member's seat is held for a resume")

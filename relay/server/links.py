@@ -26,6 +26,7 @@ from websockets.server import ServerProtocol
 
 from relay.protocol.constants import WS_MAX_PACKET, WS_MAX_PLAINTEXT
 from relay.protocol.wsframes import BINARY, PING, PONG, server_frame, take_frames
+from relay.server.metrics import Counters
 from relay.server.room import Room
 from relay.server.sessions import Session
 from relay.server.transport import WS, Disconnect
@@ -91,12 +92,44 @@ class WsLink:
         return transport.get_write_buffer_size() if transport is not None else 0
 
 
+class Doorway:
+    """TCP connections that have no session yet (no upgrade, or no valid HELLO): each gets
+    `timeout` seconds to become one, and at most `limit` wait at once (the oldest is closed for
+    a newer one). A thousand half-open connections then cost the relay a bounded number of file
+    descriptors and never keep a real client out (docs/security.md)."""
+
+    def __init__(self, limit: int, timeout: float, counters: Counters) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self.counters = counters
+        self.waiting: dict[WsConnection, asyncio.TimerHandle] = {}  # oldest first
+
+    def enter(self, conn: WsConnection) -> None:
+        if len(self.waiting) >= self.limit:
+            oldest = next(iter(self.waiting))
+            self.counters.drops["ws_pending_overflow"] += 1
+            oldest.abort()
+        loop = asyncio.get_running_loop()
+        self.waiting[conn] = loop.call_later(self.timeout, self._expire, conn)
+
+    def _expire(self, conn: WsConnection) -> None:
+        if conn in self.waiting:
+            self.counters.drops["ws_connect_timeout"] += 1
+            conn.abort()
+
+    def leave(self, conn: WsConnection) -> None:
+        timer = self.waiting.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
+
 class WsConnection(asyncio.Protocol):
     """One WebSocket connection carrying one session (docs/protocol.md 7.2)."""
 
-    def __init__(self, room: Room, connections: set[WsConnection]) -> None:
+    def __init__(self, room: Room, connections: set[WsConnection], doorway: Doorway | None = None) -> None:
         self.room = room
         self.connections = connections
+        self.doorway = doorway
         self.proto = ServerProtocol(max_size=WS_MAX_PACKET, extensions=None)  # send_packet relies on none
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
@@ -111,6 +144,15 @@ class WsConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.connections.add(self)
+        if self.doorway is not None:
+            self.doorway.enter(self)
+
+    def abort(self) -> None:
+        """Drops the connection without a close handshake (it never became a session)."""
+        if self.doorway is not None:
+            self.doorway.leave(self)
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -178,6 +220,8 @@ class WsConnection(asyncio.Protocol):
             self.session = self.room.ws_hello(data, self.link, self._now)
             if self.session is None:
                 self.close(WS_POLICY, "handshake failed")
+            elif self.doorway is not None:
+                self.doorway.leave(self)
         else:
             self.room.ws_data(self.session, data, self._now)
 
@@ -247,6 +291,8 @@ class WsConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        if self.doorway is not None:
+            self.doorway.leave(self)
         session, self.session = self.session, None
         self._closing = True
         if session is not None:

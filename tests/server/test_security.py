@@ -431,3 +431,35 @@ async def test_rebinding_with_a_small_packet_still_validates() -> None:
         assert await peer.expect(m.Message, 2) == m.Message(bob.connection_id, b"hello roamer" * 50)
         peer.close()
         await bob.close()
+
+
+# ---- half-open connections ------------------------------------------------------------------
+
+
+async def test_half_open_connections_are_bounded_and_never_keep_a_client_out() -> None:
+    """Many TCP connections that never upgrade (or never send a HELLO) hold at most
+    max_pending_connections of the relay's descriptors: the oldest go for newer ones, each goes
+    after connect_timeout, and a real client still joins among them."""
+    async with room(**SLOWER, max_pending_connections=20, connect_timeout=1.0) as r:
+        held = []
+        for i in range(60):
+            reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+            if i % 2:
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half an upgrade request
+            held.append((reader, writer))
+        await eventually(lambda: len(r.relay._ws) <= 20, 2, "the oldest closed for newer ones")
+        assert drops(r).get("ws_pending_overflow", 0) >= 40
+        late = await client(r, "late", "ws")  # the newest connection, with a HELLO: admitted
+        assert late.connection_id == 1 and not late.closed
+        await eventually(lambda: len(r.relay._ws) == 1, 3, "the rest closed after connect_timeout")
+        assert drops(r).get("ws_connect_timeout", 0) >= 1
+        closed = 0
+        for reader, writer in held:
+            try:
+                data = await asyncio.wait_for(reader.read(100), 0.5)
+            except (ConnectionError, TimeoutError):
+                data = b""
+            closed += data == b""
+            writer.close()
+        assert closed == len(held)
+        await late.close()
