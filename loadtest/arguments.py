@@ -18,6 +18,7 @@ USAGE = """The load-test command line: one subcommand per scenario, each bounded
     python -m loadtest density    [--quick]      start latency, idle memory per room, rooms per machine
     python -m loadtest soak       [--quick]      churn for a while; memory, fds and tasks stay flat
     python -m loadtest chaos      [--quick]      kill relays and the control plane mid-run
+    python -m loadtest flood      [--quick]      attacks on a room: what the attacker buys, what members feel
     python -m loadtest benchmarks [--runs 3]     regenerate BENCHMARKS.md
 
 Every run writes ./results/<scenario>-<timestamp>/ (or --out): result.json, summary.md, PNGs.
@@ -101,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--rooms", type=int, default=None)
     p.add_argument("--seconds", type=float, default=None)
+
+    p = sub.add_parser("flood", help="attacks on a room: what the attacker buys, what honest members feel")
+    _common(p)
+    p.add_argument(
+        "--attacks", default=None, help="comma list of send,ping,sync,profile,hello,halfopen,nonreader"
+    )
+    p.add_argument("--phase-seconds", type=float, default=None)
+    p.add_argument("--transport", default=None, help="the honest members' transport (udp, ws)")
 
     p = sub.add_parser("benchmarks", help="regenerate BENCHMARKS.md")
     _common(p)

@@ -88,6 +88,12 @@ def run_chaos(args: Any, report: Report) -> dict[str, Any]:
     return chaos.run(chaos.config_from_args(args), report, _progress(args))
 
 
+def run_flood(args: Any, report: Report) -> dict[str, Any]:
+    from loadtest.scenarios import flood
+
+    return flood.run(flood.config_from_args(args), report, _progress(args))
+
+
 RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "baseline": run_baseline,
     "throughput": run_throughput,
@@ -96,4 +102,5 @@ RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "density": run_density,
     "soak": run_soak,
     "chaos": run_chaos,
+    "flood": run_flood,
 }

@@ -142,3 +142,26 @@ def test_firsttouch_small(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Free page reporting on this machine" in out
     held = subprocess.run(["pgrep", "-f", "mmap.mmap"], capture_output=True, text=True).stdout.split()
     assert held == [], "the memory holder outlived the run"
+
+
+def test_flood_quick_honest_members_unhurt_attackers_buy_nothing(tmp_path: Path) -> None:
+    """The flood scenario in a small configuration: honest members keep everything and nobody
+    is dropped; what the relay sends an attacker stays below what it sent (timings are the
+    report's, not asserted here: this machine is shared)."""
+    from loadtest.scenarios import flood
+
+    config = flood.FloodConfig.quick(attacks=("send", "sync", "hello", "halfopen"), phase_seconds=1.0)
+    report = _report(tmp_path, "flood")
+    results = flood.run(config, report, progress=False)
+    report.write()
+    assert set(results) == {"send", "sync", "hello", "halfopen"}
+    for kind, r in results.items():
+        assert r["attacker"]["ok"], (kind, r["attacker"])
+        honest = r["attacked"]
+        assert honest["joined"] == config.members and honest["failed_to_join"] == 0, kind
+        assert honest["disconnected"] == 0 and honest["errors"] == 0 and honest["lost"] == 0, (kind, honest)
+        assert honest["delivered"] > 0, kind
+        assert r["attacker"]["bytes_out"] <= r["attacker"]["bytes_in"], (kind, r["attacker"])
+    assert results["halfopen"]["attacker"]["closed_by_relay"] > 0  # past max_pending_connections
+    assert results["hello"]["attacker"]["bytes_out"] == 0
+    assert (report.out / "summary.md").read_text().count("| send |") == 1
