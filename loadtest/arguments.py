@@ -18,6 +18,7 @@ USAGE = """The load-test command line: one subcommand per scenario, each bounded
     python -m loadtest density    [--quick]      start latency, idle memory per room, rooms per machine
     python -m loadtest soak       [--quick]      churn for a while; memory, fds and tasks stay flat
     python -m loadtest chaos      [--quick]      kill relays and the control plane mid-run
+    python -m loadtest fleet-shape [--quick]     R rooms x 4 x 20 Hz, a relay process each, vs the C relay
     python -m loadtest flood      [--quick]      attacks on a room: what the attacker buys, what members feel
     python -m loadtest benchmarks [--runs 3]     regenerate BENCHMARKS.md
 
@@ -102,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--rooms", type=int, default=None)
     p.add_argument("--seconds", type=float, default=None)
+
+    p = sub.add_parser("fleet-shape", help="the deployed shape: one relay process per room vs the C relay")
+    _common(p)
+    p.add_argument("--rooms", type=int, default=None, help="rooms (relay processes), 4 players each")
+    p.add_argument("--hz", type=float, default=None, help="messages/s per player (one per packet)")
+    p.add_argument("--transports", default=None)
+    p.add_argument("--step-seconds", type=float, default=None)
+    p.add_argument("--search", default=None, help="comma list of room counts tried for rooms per core")
+    p.add_argument("--search-seconds", type=float, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--relay-cpus", default=None)
+    p.add_argument("--load-cpus", default=None)
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--uncapped", action="store_true", help="no cgroup caps (the caps' own cost)")
 
     p = sub.add_parser("flood", help="attacks on a room: what the attacker buys, what honest members feel")
     _common(p)

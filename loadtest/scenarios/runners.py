@@ -94,6 +94,12 @@ def run_flood(args: Any, report: Report) -> dict[str, Any]:
     return flood.run(flood.config_from_args(args), report, _progress(args))
 
 
+def run_fleet_shape(args: Any, report: Report) -> dict[str, Any]:
+    from loadtest.scenarios import fleetshape
+
+    return fleetshape.run(fleetshape.config_from_args(args), report, _progress(args))
+
+
 RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "baseline": run_baseline,
     "throughput": run_throughput,
@@ -103,4 +109,5 @@ RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "soak": run_soak,
     "chaos": run_chaos,
     "flood": run_flood,
+    "fleet-shape": run_fleet_shape,
 }

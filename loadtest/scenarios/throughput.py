@@ -36,9 +36,10 @@ import contextlib
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Protocol
 
 from loadtest import baseline as c_baseline
 from loadtest import hist as hdr
@@ -51,6 +52,15 @@ from loadtest.report import Report
 from loadtest.scenarios import throughput_report
 
 GROUP_SIZE = 4
+
+
+class RelayAddress(Protocol):
+    """Where a relay serves its room, and its process (for CPU figures)."""
+
+    host: str
+    port: int
+    key: str
+    pid: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +133,34 @@ def relay_settings(config: ThroughputConfig, members: int) -> dict[str, Any]:
 class Load:
     """The worker processes of one transport's run, and the relay processes they load."""
 
-    def __init__(self, config: ThroughputConfig, transport: str, label: str = "steps") -> None:
+    def __init__(
+        self,
+        config: ThroughputConfig,
+        transport: str,
+        label: str = "steps",
+        relays: Sequence[RelayAddress] | None = None,
+    ) -> None:
+        """`relays`: relays the caller started (and stops): one room each, `config.rooms` of them;
+        None: this load starts its own (loadtest/relayhost.py) and stops them at close()."""
         self.config = config
         self.transport = transport
         members = config.groups * GROUP_SIZE
-        self.relays = [
-            RelayProcess(
-                relay_settings(config, members),
-                config.relay_cpus,
-                config.relay_factory,
-                profile=f"{config.relay_profile}.{transport}.{label}.{n}" if config.relay_profile else None,
-            )
-            for n in range(config.rooms)
-        ]
+        self._own: list[RelayProcess] = (
+            []
+            if relays is not None
+            else [
+                RelayProcess(
+                    relay_settings(config, members),
+                    config.relay_cpus,
+                    config.relay_factory,
+                    profile=f"{config.relay_profile}.{transport}.{label}.{n}"
+                    if config.relay_profile
+                    else None,
+                )
+                for n in range(config.rooms)
+            ]
+        )
+        self.relays: Sequence[RelayAddress] = relays if relays is not None else self._own
         ctx = multiprocessing.get_context("spawn")
         groups: list[list[GroupSpec]] = [[] for _ in range(config.workers)]
         index = 0
@@ -348,7 +373,7 @@ class Load:
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
-        for relay in self.relays:
+        for relay in self._own:
             relay.stop()
 
 

@@ -165,3 +165,22 @@ def test_flood_quick_honest_members_unhurt_attackers_buy_nothing(tmp_path: Path)
     assert results["halfopen"]["attacker"]["closed_by_relay"] > 0  # past max_pending_connections
     assert results["hello"]["attacker"]["bytes_out"] == 0
     assert (report.out / "summary.md").read_text().count("| send |") == 1
+
+
+def test_fleet_shape_quick(tmp_path: Path) -> None:
+    """Relays started as the local provisioner starts them (zygote, a cgroup each where possible),
+    one message per packet: every message due arrives, and the figures hold together."""
+    from loadtest.scenarios import fleetshape
+
+    config = fleetshape.FleetShapeConfig.quick()
+    report = _report(tmp_path, "fleet-shape")
+    results = fleetshape.run(config, report, progress=False)
+    report.write()
+    shape = results["shape"]["udp"]
+    assert shape["rooms"] == 3 and shape["lost"] == 0
+    assert shape["due"] == shape["delivered"] == 3 * shape["sent_messages"] > 0
+    assert shape["relay_cpu_percent"] > 0 and shape["cpu_us_per_message_in"] > 0
+    assert shape["context_switches_per_message_in"] > 0
+    assert shape["added"]["count"] == shape["delivered"]  # every packet stamped
+    assert results["search"][0]["rooms"] == 2
+    assert "Rooms per core" in (report.out / "summary.md").read_text()

@@ -1,0 +1,255 @@
+"""`fleet-shape`: the relay as it is deployed, measured against the C relay at the same rate.
+
+R rooms x 4 players x H Hz: every room is its own relay process, started as the local
+provisioner starts it (forked from the zygote template, each in its own realtime1.nano cgroup
+where this host allows: loadtest/spawned.py), all of them pinned to the relay CPU; every client
+packet carries one message, and each member's sends are spread over the tick at its own phase
+(not synchronised). All load runs on the load CPU (the throughput scenario's generator,
+loadtest/fastload/). The C per-packet relay forwards the same offered rate in the same run.
+
+Figures: the relay processes' CPU together (from /proc) per message in and as a ratio to the C
+relay's; context switches per message; added latency (kernel receive stamp minus send, every
+packet) and end to end, p50 / p99 / p99.9; and **rooms per core**: the most rooms at 4 players
+x 20 Hz whose added p99 stays at or under `p99_limit_ms` with no loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from loadtest import baseline as c_baseline
+from loadtest.machine import parse_cpus, pin
+from loadtest.progress import Live
+from loadtest.report import Report, table
+from loadtest.scenarios.throughput import GROUP_SIZE, Load, ThroughputConfig
+from loadtest.spawned import SpawnedRelays
+
+
+@dataclass(frozen=True, slots=True)
+class FleetShapeConfig:
+    rooms: int = 100
+    hz: float = 20.0
+    transports: tuple[str, ...] = ("udp", "ws")
+    step_seconds: float = 10.0
+    payload_size: int = 100
+    workers: int = 1
+    relay_cpus: str = "0"
+    load_cpus: str = "1"
+    capped: bool = True
+    search: tuple[int, ...] = (100, 150, 200, 250, 300, 400)  # rooms tried for rooms per core (UDP)
+    search_seconds: float = 5.0
+    p99_limit_ms: float = 5.0
+    baseline: bool = True
+
+    @classmethod
+    def quick(cls, **kw: Any) -> FleetShapeConfig:
+        base: dict[str, Any] = {
+            "rooms": 3,
+            "hz": 10.0,
+            "transports": ("udp",),
+            "step_seconds": 1.0,
+            "search": (2, 4),
+            "search_seconds": 1.0,
+            "baseline": False,
+        }
+        base.update(kw)
+        return cls(**base)
+
+
+def _context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of a process so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def measure(
+    config: FleetShapeConfig, rooms: int, transport: str, seconds: float, live: Live
+) -> dict[str, Any]:
+    """One timed step of `rooms` relays at 4 x hz each; every packet stamped (full mode)."""
+    overrides = {"keepalive_timeout": 120.0, "idle_timeout": 600.0}  # set-up is slow at 400 rooms
+    relays = SpawnedRelays(rooms, overrides, parse_cpus(config.relay_cpus) or {0}, capped=config.capped)
+    load = None
+    try:
+        tconfig = ThroughputConfig(
+            transports=(transport,),
+            rooms=rooms,
+            groups=1,
+            workers=config.workers,
+            payload_size=config.payload_size,
+            batch=1,
+            relay_cpus=config.relay_cpus,
+            load_cpus=config.load_cpus,
+            sample_every=1,
+        )
+        load = Load(tconfig, transport, relays=relays.relays)
+        offered = rooms * GROUP_SIZE * config.hz
+        switches_before = sum(_context_switches(r.pid) for r in relays.relays)
+        step = load.step(1, offered, seconds, True, live, [])
+        switches = sum(_context_switches(r.pid) for r in relays.relays) - switches_before
+    finally:
+        if load is not None:
+            load.close()
+        relays.close()
+    sent = step["sent_messages"]
+    cpu = step["relay_cpu_percent"]
+    return {
+        "rooms": rooms,
+        "transport": transport,
+        "offered_per_s": offered,
+        "sent_messages": sent,
+        "due": step["due_deliveries"],
+        "delivered": step["delivered"],
+        "lost": step["lost"],
+        "relay_cpu_percent": cpu,
+        "relay_core_busy_percent": step.get("relay_core_busy_percent"),
+        "cpu_us_per_message_in": round(cpu / 100 * seconds / sent * 1e6, 2) if sent else None,
+        "context_switches_per_message_in": round(switches / sent, 3) if sent else None,
+        "added": step["added_latency"],
+        "end_to_end": step["latency"],
+        "caps": relays.caps,
+    }
+
+
+def _held(config: FleetShapeConfig, result: dict[str, Any]) -> bool:
+    p99 = result["added"].get("p99_ms")
+    return result["lost"] == 0 and p99 is not None and p99 <= config.p99_limit_ms
+
+
+def run(config: FleetShapeConfig, report: Report, progress: bool | None = None) -> dict[str, Any]:
+    pin(parse_cpus(config.load_cpus))
+    results: dict[str, Any] = {"shape": {}, "search": []}
+    with Live("fleet-shape", total=len(config.transports) + len(config.search), enabled=progress) as live:
+        for transport in config.transports:
+            result = measure(config, config.rooms, transport, config.step_seconds, live)
+            results["shape"][transport] = result
+            live.update(advance=1)
+            live.log(
+                f"fleet-shape {transport} {config.rooms} rooms: relay CPU "
+                f"{result['relay_cpu_percent']:.1f}%, added p99 {result['added'].get('p99_ms')} ms"
+            )
+        if config.baseline:
+            offered = int(config.rooms * GROUP_SIZE * config.hz)
+            c = c_baseline.run(
+                c_baseline.BaselineConfig(
+                    seconds=config.step_seconds,
+                    offered_pps=offered,
+                    relay_cpus=config.relay_cpus,
+                    load_cpus=config.load_cpus,
+                )
+            )
+            results["c_baseline"] = c
+        for rooms in config.search:
+            result = measure(config, rooms, "udp", config.search_seconds, live)
+            result["held"] = _held(config, result)
+            results["search"].append(result)
+            live.update(advance=1)
+            if not result["held"]:
+                break
+    held = [r["rooms"] for r in results["search"] if r["held"]]
+    results["rooms_per_core"] = max(held) if held else None
+    report.config = asdict(config)
+    report.results = results
+    report.markdown = markdown(config, results)
+    return results
+
+
+def _c_cpu(results: dict[str, Any]) -> float | None:
+    c = results.get("c_baseline") or {}
+    with contextlib.suppress(KeyError, TypeError, IndexError):
+        return float(c["runs"][0]["relay_cpu_percent"]) if "runs" in c else float(c["relay_cpu_percent"])
+    return None
+
+
+def _lat(summary: dict[str, Any]) -> str:
+    if not summary.get("count"):
+        return "-"
+    return " / ".join(f"{summary.get(k, 0):.3g}" for k in ("p50_ms", "p99_ms", "p99.9_ms"))
+
+
+def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
+    c_cpu = _c_cpu(results)
+    rows = []
+    for transport, r in results["shape"].items():
+        ratio = round(r["relay_cpu_percent"] / c_cpu, 2) if c_cpu else None
+        rows.append(
+            [
+                transport,
+                r["rooms"],
+                f"{r['offered_per_s']:,.0f}",
+                r["relay_cpu_percent"],
+                c_cpu,
+                ratio,
+                r["cpu_us_per_message_in"],
+                r["context_switches_per_message_in"],
+                _lat(r["added"]),
+                _lat(r["end_to_end"]),
+                r["lost"],
+            ]
+        )
+    first = next(iter(results["shape"].values()), {})
+    md = [
+        f"## Deployed shape: {config.rooms} rooms x {GROUP_SIZE} players x {config.hz:g} Hz, "
+        "one relay process per room, one message per packet",
+        "",
+        f"Relays: {first.get('caps', '-')}; all on CPU {config.relay_cpus}, "
+        f"the load on CPU {config.load_cpus}.",
+        "",
+        *table(
+            [
+                "transport",
+                "rooms",
+                "msg/s in",
+                "relay CPU % (all relays)",
+                "C relay CPU % (same rate)",
+                "x C",
+                "CPU us per message in",
+                "context switches per message",
+                "added p50 / p99 / p99.9 ms",
+                "end to end p50 / p99 / p99.9 ms",
+                "lost",
+            ],
+            rows,
+        ),
+        "",
+        f"## Rooms per core (4 players x {config.hz:g} Hz, UDP): "
+        f"added p99 <= {config.p99_limit_ms:g} ms, no loss",
+        "",
+        *table(
+            ["rooms", "relay CPU %", "added p50 / p99 / p99.9 ms", "lost", "held"],
+            [
+                [
+                    r["rooms"],
+                    r["relay_cpu_percent"],
+                    _lat(r["added"]),
+                    r["lost"],
+                    "yes" if r["held"] else "no",
+                ]
+                for r in results["search"]
+            ],
+        ),
+        "",
+        f"Rooms per core: **{results['rooms_per_core'] or 'none of those tried'}**.",
+    ]
+    return md
+
+
+def config_from_args(args: Any) -> FleetShapeConfig:
+    kw: dict[str, Any] = {}
+    for name in ("rooms", "hz", "step_seconds", "search_seconds", "relay_cpus", "load_cpus", "workers"):
+        v = getattr(args, name, None)
+        if v is not None:
+            kw[name] = v
+    if getattr(args, "transports", None):
+        kw["transports"] = tuple(args.transports.split(","))
+    if getattr(args, "search", None):
+        kw["search"] = tuple(int(n) for n in args.search.split(","))
+    if getattr(args, "no_baseline", False):
+        kw["baseline"] = False
+    if getattr(args, "uncapped", False):
+        kw["capped"] = False
+    return FleetShapeConfig.quick(**kw) if getattr(args, "quick", False) else FleetShapeConfig(**kw)
