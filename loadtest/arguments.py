@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="runs per figure (medians reported)")
     p.add_argument("--output", default=None, help="file to write (default BENCHMARKS.md at the repo root)")
     p.add_argument(
-        "--skip", default="", help="comma list of parts to skip: throughput,nano,fleet,density,firsttouch"
+        "--skip",
+        default="",
+        help="comma list of parts to skip: fleet-shape,throughput,flood,nano,fleet,density,firsttouch",
     )
     return parser
