@@ -19,7 +19,7 @@ from relay.control.errors import ApiError, not_found
 from relay.control.metrics import ControlMetrics
 from relay.control.oplog import OperationLog
 from relay.control.provisioner import Provisioner
-from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord
+from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord, RoomRecord
 from relay.control.store import Store
 
 RoomKey = tuple[str, str]
@@ -31,11 +31,19 @@ class RoomRuntime:
     """In-memory liveness of one room: the reaper and heartbeats read it without a store read."""
 
     state: str
+    incarnation: str  # the record's: whose relay's reports count
+    agent_secret: str  # the record's, so a heartbeat is checked without a store read
     since: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
     lost_after: float = 0.0  # silence after which a ready relay is lost: missed_heartbeats promised gaps
-    agent_secret: str = ""  # the record's, so a heartbeat is checked without a store read
     stats: dict[str, Any] = field(default_factory=dict)
+    ending: str | None = None
+    """Why the room is ending while its local relay is being stopped (the reaper's "lost"): the
+    room ends when the relay's exit is seen, with the reason the exit gives if it gives one."""
+
+    @classmethod
+    def of(cls, room: RoomRecord, lost_after: float = 0.0) -> RoomRuntime:
+        return cls(room.state, room.incarnation, room.agent_secret, lost_after=lost_after)
 
 
 def namespace_not_found(name: str) -> ApiError:

@@ -141,7 +141,7 @@ async def test_restart_adopts_running_relays(tmp_path: Path) -> None:
     second = ControlPlane(config.replace(port=port, stop_relays_on_exit=True))
     await second.start()
     try:
-        assert second.provisioner.alive("ad", "keep")
+        assert second.provisioner.alive((await second.store.get_room("ad", "keep")).incarnation)
         rt = second.state.runtime[("ad", "keep")]
         sent = rt.last_heartbeat
         await wait_for(lambda: rt.last_heartbeat > sent, timeout=5)  # the agent's heartbeats reach us again

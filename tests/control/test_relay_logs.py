@@ -82,7 +82,8 @@ async def test_provisioner_prunes_around_its_running_relays(tmp_path: Path) -> N
     )
     await provisioner.start()
     try:
-        request = RelayRequest("ns", "live", generate_room_key(), "secret", "http://127.0.0.1:9", 30, 30)
+        key = generate_room_key()
+        request = RelayRequest("ns", "live", "i1", key, "secret", "http://127.0.0.1:9", 30, 30)
         await provisioner.provision(request)
         log = tmp_path / "ns" / "live.log"
         await listening(log)
@@ -94,7 +95,7 @@ async def test_provisioner_prunes_around_its_running_relays(tmp_path: Path) -> N
         os.utime(log, (then, then))  # as if the relay had been quiet for a minute
         await asyncio.sleep(0.3)  # several passes
         assert log.exists()
-        await provisioner.stop("ns", "live")
+        await provisioner.stop("i1")
         os.utime(log, (then, then))
         deadline = time.monotonic() + 5
         while log.exists():

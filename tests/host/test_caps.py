@@ -258,6 +258,27 @@ async def test_relay_over_its_memory_cap_is_killed_and_reported_while_another_ro
 
 
 @needs_cgroups
+async def test_a_relay_gone_silent_then_killed_over_its_memory_cap_is_reported_cap_exceeded(
+    tmp_path: Path,
+) -> None:
+    """The reaper finds the relay lost (no heartbeat while it hangs) before the kernel OOM-kills it:
+    its room ends with the reason the exit gives, not "lost" (the flaky end of the test above)."""
+    config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup", stop_grace=3.0)
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        await start_namespace(http, h, "caps")
+        greedy = await capped_room(cp, http, h, "greedy")
+        os.kill(greedy["pid"], greedy_relay.HANG_THEN_GROW)
+
+        async def greedy_gone() -> bool:
+            return (await http.get("/realtime/caps/room/greedy", headers=h)).status_code == 404
+
+        await wait_for(greedy_gone, timeout=15)
+        closed = [e for e in oplog(cp) if e["event"] == "room.closed"]
+        assert [e["reason"] for e in closed] == ["cap_exceeded"], closed
+
+
+@needs_cgroups
 async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None:
     config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup")
     async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
@@ -266,7 +287,8 @@ async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None
         spinner = await capped_room(cp, http, h, "spinner")
         pid = spinner["pid"]
         # The start-up boost ends when the relay registers, not at the 5 s fallback.
-        handle = cp.provisioner._procs[("caps", "spinner")]  # type: ignore[attr-defined]
+        incarnation = (await cp.store.get_room("caps", "spinner")).incarnation
+        handle = cp.provisioner._procs[incarnation].handle  # type: ignore[attr-defined]
         await wait_for(lambda: cpu_quota(handle.group) == NANO.cpu_quota_us, timeout=2.0)
         os.kill(pid, greedy_relay.SPIN)
         await asyncio.sleep(0.5)

@@ -72,10 +72,10 @@ async def test_a_standby_becomes_the_rooms_relay(pool: WarmPool, tmp_path: Path)
     standbys = set(pool.ready_pids)
     relays = Relays(pool, tmp_path)
     try:
-        s = await relays.start("a", "--namespace", "ns", "--room", "r1")
+        s = await relays.start("a", "--namespace", "ns", "--room", "r1", "--incarnation", "i1")
         assert s.handle.pid in standbys and pool.handed_out == 1
         host, port, _ = await listening(s.log)
-        assert pid_is_relay(s.handle.pid, "ns", "r1")  # the room's own flags, for adopt()
+        assert pid_is_relay(s.handle.pid, "ns", "r1", "i1")  # the room's own flags, for adopt()
         assert "--standby" not in cmdline(s.handle.pid)
         a = await rc.connect(host, port, s.key, "a", transport="udp", timeout=3)
         b = await rc.connect(host, port, s.key, "b", transport="ws", timeout=3)
