@@ -22,7 +22,14 @@ from typing import Protocol, runtime_checkable
 from relay.agent.launch import LaunchError, RelayLaunch, incarnation_of, room_of
 from relay.control.filenames import component
 from relay.control.relay_logs import PRUNE_INTERVAL, LogRetention, prune
-from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner, pid_alive, relay_environment
+from relay.host.spawner import (
+    PidHandle,
+    ProcessHandle,
+    Spawner,
+    SubprocessSpawner,
+    pid_alive,
+    relay_environment,
+)
 
 log = logging.getLogger("relay.control.provisioner")
 
@@ -126,36 +133,11 @@ def _cmdline(pid: int, proc: Path = Path("/proc")) -> list[str]:
     return (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
 
 
-class _Adopted:
-    """A relay started by an earlier control-plane process: signalled by pid, polled for exit."""
-
-    __slots__ = ("incarnation", "namespace", "pid", "room")
-
-    def __init__(self, pid: int, namespace: str, room: str, incarnation: str) -> None:
-        self.pid = pid
-        self.namespace = namespace
-        self.room = room
-        self.incarnation = incarnation
-
-    async def wait(self) -> int | None:
-        while pid_is_relay(self.pid, self.namespace, self.room, self.incarnation):
-            await asyncio.sleep(0.1)
-        return None
-
-    def terminate(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, signal.SIGKILL)
-
-
 @dataclass(slots=True)
 class _Tracked:
     """One relay this provisioner watches: its handle, whose room it serves, its watcher."""
 
-    handle: ProcessHandle | _Adopted
+    handle: ProcessHandle
     namespace: str
     room: str
     watcher: asyncio.Task[None] | None = None
@@ -313,7 +295,9 @@ class LocalProvisioner:
             return True
         if pid is None or not pid_is_relay(pid, namespace, room, incarnation):
             return False
-        self._track(incarnation, _Tracked(_Adopted(pid, namespace, room, incarnation), namespace, room))
+        adopt = getattr(self.spawner, "adopt", None)  # a CappedSpawner: back in its group, capped
+        handle = (adopt(pid) if adopt is not None else None) or PidHandle(pid)
+        self._track(incarnation, _Tracked(handle, namespace, room))
         return True
 
     def alive(self, incarnation: str) -> bool | None:
