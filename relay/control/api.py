@@ -19,9 +19,9 @@ import relay
 from relay.control import openapi_schemas as S
 from relay.control import validation as V
 from relay.control.agent_api import AgentApi
-from relay.control.auth import Authority
+from relay.control.auth import Authority, LoginThrottle
 from relay.control.config import ControlConfig
-from relay.control.errors import bad_request, unauthorized
+from relay.control.errors import bad_request, too_many_requests, unauthorized
 from relay.control.gateway import Gateway
 from relay.control.namespaces import Namespaces
 from relay.control.records import NamespaceRecord, RoomRecord
@@ -48,7 +48,15 @@ def bearer(request: Request) -> str | None:
 
 
 async def read_body(request: Request) -> dict[str, Any]:
-    return V.decode_body(await request.body(), request.headers.get("content-encoding"))
+    """The body as it arrives, chunk by chunk (validation.BodyDecoder: bounded before and after
+    gzip), so no body holds up the event loop or the memory of the process."""
+    decoder = V.BodyDecoder(request.headers.get("content-encoding"))
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > V.MAX_BODY_BYTES:
+        raise V.body_too_large()
+    async for chunk in request.stream():
+        decoder.feed(chunk)
+    return decoder.result()
 
 
 def ns_param(request: Request) -> str:
@@ -90,6 +98,9 @@ class Handlers:
         self.agents = agents
         self.authority = authority
         self.region, self.owner = config.region, config.owner_id
+        self.login_throttle = LoginThrottle(
+            config.login_failures_per_source, config.login_failures_per_client, config.login_failure_window
+        )
 
     def operations(self) -> list[Operation]:
         ns_item, room_item = S.item_of(S.NAMESPACE), S.item_of(S.ROOM)
@@ -205,7 +216,7 @@ class Handlers:
                 "login",
                 self.login,
                 S.LOGIN_RESULT,
-                (400, 401),
+                (400, 401, 429),
                 request_body=S.LOGIN_BODY,
                 tag="identifier",
                 secured=False,
@@ -335,7 +346,17 @@ class Handlers:
                 "client_secret is required",
                 "identifier.projectToken.clientSecret.error.require",
             )
+        source, now = request.client.host if request.client else "", time.monotonic()
+        wait = self.login_throttle.retry_after(source, client_id, now)
+        if wait:
+            raise too_many_requests(
+                "client_secret",
+                "too many failed logins: try again later",
+                "identifier.projectToken.error.tooManyRequests",
+                wait,
+            )
         if not self.authority.check_credentials(client_id, client_secret):
+            self.login_throttle.failed(source, client_id, now)
             raise unauthorized(
                 "invalid client_id or client_secret", "identifier.projectToken.error.unauthorized"
             )

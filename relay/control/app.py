@@ -46,6 +46,7 @@ from relay.control.provisioner import (
 )
 from relay.control.relay_logs import LogRetention
 from relay.control.rooms import Rooms
+from relay.control.routing import PathGuard
 from relay.control.state import ControlState
 from relay.control.store import Store, open_store
 from relay.host.capped_spawner import CappedSpawner
@@ -167,6 +168,7 @@ class ControlPlane:
         )
         app.openapi_schema = None
         app.add_middleware(GZipMiddleware, minimum_size=1024)
+        app.add_middleware(PathGuard)
 
         @app.exception_handler(ApiError)
         async def api_error(_: Request, exc: ApiError) -> JSONResponse:

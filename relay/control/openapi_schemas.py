@@ -186,6 +186,8 @@ ERROR_TEXT = {
     401: "Unauthorized: missing or invalid token",
     404: "Not found",
     409: "Conflict: already exists",
+    429: "Too many failed logins from this source or for this client id (Retry-After says when)",
+    503: "Service unavailable: no capacity for another room, or the store cannot be written",
 }
 
 
