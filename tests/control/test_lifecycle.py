@@ -50,7 +50,7 @@ async def test_register_heartbeat_delete_drains(cp: ControlPlane) -> None:
         await wait_for(lambda: not pid_alive(pid), timeout=5)
     events = [(e["event"], e.get("reason")) for e in oplog(cp)]
     assert events == [("room.created", None), ("room.ready", None), ("room.deleted", "deleted")]
-    stream = cp.config.data_dir / "logs" / "grn_gs2_ap-northeast-1_o_log_game.jsonl"
+    stream = cp.config.data_dir / "logs" / "grn%3Ags2%3Aap-northeast-1%3Ao%3Alog%3Agame.jsonl"
     assert [json.loads(x)["event"] for x in stream.read_text().splitlines()] == [e for e, _ in events]
 
 
