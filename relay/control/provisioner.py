@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 from relay.agent.launch import LaunchError, RelayLaunch, incarnation_of, room_of
 from relay.control.filenames import component
 from relay.control.relay_logs import PRUNE_INTERVAL, LogRetention, prune
+from relay.host.capacity import Capacity
 from relay.host.spawner import (
     PidHandle,
     ProcessHandle,
@@ -94,6 +95,10 @@ class Provisioner(Protocol):
         """The room was deleted: its relay should drain (CLOSING "deleted") and exit now."""
         ...
 
+    def capacity_refusal(self, rooms: int) -> str | None:
+        """Why no relay can be started for one more room while `rooms` are held; None: it can."""
+        ...
+
     async def close(self, stop_all: bool) -> None: ...
 
 
@@ -155,8 +160,10 @@ class LocalProvisioner:
         spawner: Spawner | None = None,
         log_retention: LogRetention | None = None,
         prune_interval: float = PRUNE_INTERVAL,
+        capacity: Capacity | None = None,
     ) -> None:
         self.relay_command = tuple(relay_command)
+        self.capacity = capacity or Capacity()
         self.relay_host = relay_host
         self.advertise_host = advertise_host
         try:
@@ -309,6 +316,9 @@ class LocalProvisioner:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(tracked.handle.pid, signal.SIGUSR1)  # `relay serve`: drain as deleted
 
+    def capacity_refusal(self, rooms: int) -> str | None:
+        return self.capacity.refusal(rooms)
+
     async def registered(self, incarnation: str) -> None:
         spawning = self._spawning.get(incarnation)
         if spawning is not None:  # registered before spawn() returned: the handle comes with it
@@ -380,6 +390,9 @@ class NullProvisioner:
 
     def notify_deleted(self, incarnation: str) -> None:
         pass
+
+    def capacity_refusal(self, rooms: int) -> str | None:
+        return None  # relays run elsewhere: their hosts say no by not registering
 
     async def close(self, stop_all: bool) -> None:
         pass

@@ -17,7 +17,7 @@ import secrets
 import time
 
 from relay.control.auth import Authority
-from relay.control.errors import conflict, not_found
+from relay.control.errors import conflict, not_found, unavailable
 from relay.control.provisioner import NullProvisioner, RelayRequest
 from relay.control.records import (
     NAMESPACE_ACTIVE,
@@ -81,6 +81,11 @@ class Rooms:
             ns = await state.active_namespace(namespace)
             if await state.store.get_room(namespace, name) is not None:
                 raise conflict("name", f"room {name} already exists", "realtime.room.name.error.duplicate")
+            refusal = state.provisioner.capacity_refusal(len(state.runtime))
+            if refusal is not None:
+                raise unavailable(
+                    "room", f"no capacity for another room: {refusal}", "realtime.room.error.noCapacity"
+                )
             room = RoomRecord(
                 namespace=namespace,
                 name=name,
