@@ -73,3 +73,8 @@ def too_many_requests(component: str, message: str, code: str, retry_after: floa
 def unavailable(component: str, message: str, code: str) -> ApiError:
     """503: GS2's ServiceUnavailable (no capacity, the store cannot be written): try again later."""
     return ApiError(503, [ErrorItem(component, message, code)])
+
+
+def store_unavailable(detail: str) -> ApiError:
+    """503: the store cannot be read or written now (disk full, read-only, I/O error)."""
+    return unavailable("store", f"the store is unavailable: {detail}", "core.store.error.unavailable")

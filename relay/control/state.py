@@ -9,6 +9,7 @@ rooms.py rebuilds it with a fresh grace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from relay.control.oplog import OperationLog
 from relay.control.provisioner import Provisioner
 from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord, RoomRecord
 from relay.control.store import Store
+
+log = logging.getLogger("relay.control.state")
 
 RoomKey = tuple[str, str]
 """(namespace, room name)."""
@@ -97,8 +100,13 @@ class ControlState:
         """Runs work an answer must not wait for, kept referenced until done and cancelled on stop."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     async def cancel_tasks(self) -> None:
         for task in list(self._tasks):
