@@ -124,6 +124,7 @@ class Handlers:
                 (400, 401, 409, 503),
                 request_body=S.CREATE_NAMESPACE_BODY,
                 aliases=("/realtime",),
+                links=S.NAMESPACE_LINKS,
             ),
             Operation(
                 "GET", "/realtime/now", "now", self.now, S.NOW_RESULT, (401,), params=ACCESS_TOKEN_HEADER
@@ -153,6 +154,7 @@ class Handlers:
                 ns_item,
                 (400, 401, 404, 503),
                 params=NS_PATH,
+                links=S.NAMESPACE_LINKS,
             ),
             Operation(
                 "PUT",
@@ -163,6 +165,7 @@ class Handlers:
                 (400, 401, 404, 503),
                 params=NS_PATH,
                 request_body=S.UPDATE_NAMESPACE_BODY,
+                links=S.NAMESPACE_LINKS,
             ),
             Operation(
                 "DELETE",
@@ -191,6 +194,7 @@ class Handlers:
                 (400, 401, 404, 409, 503),
                 params=NS_PATH,
                 request_body=S.WANT_ROOM_BODY,
+                links=S.ROOM_LINKS,
             ),
             Operation(
                 "GET",
@@ -200,6 +204,7 @@ class Handlers:
                 room_item,
                 (400, 401, 404, 503),
                 params=ROOM_PATH,
+                links=S.ROOM_LINKS,
             ),
             Operation(
                 "DELETE",
@@ -209,6 +214,7 @@ class Handlers:
                 room_item,
                 (400, 401, 404, 503),
                 params=ROOM_PATH,
+                links=S.DELETED_ROOM_LINKS,
             ),
             Operation(
                 "POST",

@@ -44,6 +44,8 @@ class Operation:
     summary: str | None = None
     aliases: tuple[str, ...] = ()
     """Undocumented paths that answer the same (the listing's path without its trailing slash)."""
+    links: dict[str, dict[str, Any]] | None = None
+    """OpenAPI links from the 200 answer to the calls it allows (openapi_schemas.link)."""
 
     def openapi_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -84,7 +86,7 @@ def mount(app: FastAPI, op: Operation, metrics: ControlMetrics) -> None:
             name=op.operation_id,
             tags=[op.tag],
             summary=op.summary,
-            responses=S.responses(op.ok, *op.errors),
+            responses=S.responses(op.ok, *op.errors, links=op.links),
             openapi_extra=op.openapi_extra(),
             response_class=JSONResponse,
             # What the handlers' `-> Any` gave before: /openapi.json's 200 schemas keep their
