@@ -131,7 +131,14 @@ class Agent:
             try:
                 promised = self._next_heartbeat()
                 await self.client.register(
-                    Registration(self.address, self.relay.port, self.relay.admin_port, os.getpid(), promised)
+                    Registration(
+                        self.address,
+                        self.relay.port,
+                        self.relay.admin_port,
+                        os.getpid(),
+                        promised,
+                        self.config.incarnation,
+                    )
                 )
                 self.registered.set()
                 self._message_rate(self.relay.stats())  # the first heartbeat's rate starts here
@@ -180,7 +187,7 @@ class Agent:
         members = stats.members
         rate = self._message_rate(stats)
         cpu, rss = process_figures()
-        return Heartbeat(members, round(rate, 3), round(cpu, 3), rss, next_heartbeat)
+        return Heartbeat(members, round(rate, 3), round(cpu, 3), rss, next_heartbeat, self.config.incarnation)
 
     async def _heartbeat_loop(self, promised: float) -> None:
         """`promised`: the gap the control plane last heard from us (it counts missed gaps)."""
@@ -230,7 +237,8 @@ class Agent:
         while True:
             try:
                 await asyncio.wait_for(
-                    self.client.closed(Closed(reason)), max(0.05, deadline - time.monotonic())
+                    self.client.closed(Closed(reason, self.config.incarnation)),
+                    max(0.05, deadline - time.monotonic()),
                 )
                 return
             except (TimeoutError, RoomGone):

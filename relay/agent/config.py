@@ -16,6 +16,9 @@ class AgentConfig:
     control_url: str = doc("", "base URL of the control plane's internal API (…/internal)")
     namespace: str = doc("", "the room's namespace name")
     room: str = doc("", "the room's name")
+    incarnation: str | None = doc(
+        None, "the incarnation of the room this relay serves, named in every report (None: none named)"
+    )
     agent_secret: str = doc("", "the room's agent secret (Authorization: Bearer); a secret")
     advertise_host: str | None = doc(
         None, "the ipAddress clients are told; None: the relay's bound address, or this host's own"

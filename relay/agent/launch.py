@@ -72,6 +72,9 @@ class RelayLaunch:
     control_url: str | None = doc(None, "the control plane's internal API; None: no agent")
     namespace: str | None = doc(None, "the room's namespace (with control_url)")
     room: str | None = doc(None, "the room's name (with control_url)")
+    incarnation: str | None = doc(
+        None, "which incarnation of the room this relay serves (public: its reports name it)"
+    )
     agent_secret: str = doc("", "the room's agent secret; a secret")
     advertise_host: str | None = doc(None, "the ipAddress clients are told")
     heartbeat_interval: float = doc(DEFAULT_HEARTBEAT_INTERVAL, "seconds between heartbeats, room in use")
@@ -88,6 +91,7 @@ class RelayLaunch:
             control_url=self.control_url,
             namespace=self.namespace or "",
             room=self.room or "",
+            incarnation=self.incarnation,
             agent_secret=self.agent_secret,
             advertise_host=self.advertise_host,
             heartbeat_interval=self.heartbeat_interval,
@@ -106,7 +110,7 @@ class RelayLaunch:
             out += ["--admin-host", r.admin_host]
         if r.token_public_key:
             out += ["--token-public-key", r.token_public_key]
-        for name in ("control_url", "namespace", "room", "advertise_host", "tier"):
+        for name in ("control_url", "namespace", "room", "incarnation", "advertise_host", "tier"):
             value = getattr(self, name)
             if value:
                 out += [_flag(name), value]
@@ -174,6 +178,7 @@ class RelayLaunch:
             control_url=args.control_url or env.get(ENV_CONTROL_URL) or None,
             namespace=args.namespace,
             room=args.room,
+            incarnation=args.incarnation,
             agent_secret=args.agent_secret or env.get(ENV_AGENT_SECRET, ""),
             advertise_host=args.advertise_host,
             heartbeat_interval=_seconds(
@@ -210,14 +215,24 @@ def caps_env(tier: str, mode: str) -> dict[str, str]:
 
 def room_of(args: Sequence[str]) -> tuple[str | None, str | None]:
     """(namespace, room) named by a `relay serve` command line, e.g. /proc/PID/cmdline's."""
-    found: dict[str, str | None] = {"--namespace": None, "--room": None}
+    found = _flag_values(args, ("--namespace", "--room"))
+    return found["--namespace"], found["--room"]
+
+
+def incarnation_of(args: Sequence[str]) -> str | None:
+    """The room incarnation a `relay serve` command line serves (None: a relay that names none)."""
+    return _flag_values(args, ("--incarnation",))["--incarnation"]
+
+
+def _flag_values(args: Sequence[str], flags: tuple[str, ...]) -> dict[str, str | None]:
+    found: dict[str, str | None] = dict.fromkeys(flags)
     for i, arg in enumerate(args):
-        for flag in found:
+        for flag in flags:
             if arg == flag and i + 1 < len(args):
                 found[flag] = args[i + 1]
             elif arg.startswith(flag + "="):
                 found[flag] = arg.split("=", 1)[1]
-    return found["--namespace"], found["--room"]
+    return found
 
 
 def _flag(name: str) -> str:
@@ -289,6 +304,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--namespace", help=field_doc(RelayLaunch, "namespace"))
     agent.add_argument("--room", help=field_doc(RelayLaunch, "room"))
+    agent.add_argument("--incarnation", help=field_doc(RelayLaunch, "incarnation"))
     agent.add_argument(
         "--agent-secret", help=f"{field_doc(RelayLaunch, 'agent_secret')} (or env {ENV_AGENT_SECRET})"
     )

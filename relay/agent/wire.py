@@ -8,6 +8,10 @@ plane (relay/control/agent_api.py) with the same code, so the two cannot drift a
 
 `from_json` checks every field and raises WireError naming the first bad one; what it returns
 is well-formed. Unknown keys are ignored (an older control plane reading a newer agent).
+
+Each body names the room's incarnation its relay serves (`incarnation`, relay/agent/launch.py),
+so that a relay of an earlier or a parallel incarnation of a room's name, which may hold the same
+secret (a twin left by a crash), is told the room is not its own and cannot change it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class WireError(ValueError):
 
 MAX_NEXT_HEARTBEAT = 1e6
 MAX_REASON = 64
+MAX_INCARNATION = 64
 
 
 def _int_in(value: Any, low: int, high: int) -> bool:
@@ -51,6 +56,15 @@ def _next_heartbeat(body: dict[str, Any]) -> float | None:
     return float(gap)
 
 
+def _incarnation(body: dict[str, Any]) -> str | None:
+    value = body.get("incarnation")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_INCARNATION or not value.isascii():
+        raise WireError("incarnation", f"incarnation must be an ASCII string of 1..{MAX_INCARNATION}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     """The relay is listening: where clients reach it, and when its first heartbeat comes."""
@@ -60,6 +74,7 @@ class Registration:
     admin_port: int | None = None
     pid: int | None = None
     next_heartbeat: float | None = None
+    incarnation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +83,7 @@ class Registration:
             "adminPort": self.admin_port,
             "pid": self.pid,
             "nextHeartbeatSeconds": self.next_heartbeat,
+            "incarnation": self.incarnation,
         }
 
     @classmethod
@@ -83,7 +99,7 @@ class Registration:
             raise WireError("adminPort", "adminPort must be 0..65535")
         if pid is not None and not _int_in(pid, 1, 2**31):
             raise WireError("pid", "pid must be a positive integer")
-        return cls(ip, port, admin_port, pid, _next_heartbeat(body))
+        return cls(ip, port, admin_port, pid, _next_heartbeat(body), _incarnation(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +111,7 @@ class Heartbeat:
     cpu_seconds: float = 0.0
     rss_bytes: int = 0
     next_heartbeat: float | None = None
+    incarnation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +120,7 @@ class Heartbeat:
             "cpuSeconds": self.cpu_seconds,
             "rssBytes": self.rss_bytes,
             "nextHeartbeatSeconds": self.next_heartbeat,
+            "incarnation": self.incarnation,
         }
 
     @classmethod
@@ -118,7 +136,7 @@ class Heartbeat:
             raise WireError("cpuSeconds", "cpuSeconds must be a number of 0 or more")
         if not _int_in(rss, 0, 2**63):
             raise WireError("rssBytes", "rssBytes must be a count of bytes")
-        return cls(members, float(rate), float(cpu), rss, _next_heartbeat(body))
+        return cls(members, float(rate), float(cpu), rss, _next_heartbeat(body), _incarnation(body))
 
     def stats(self) -> dict[str, Any]:
         """The live figures as the control plane keeps them."""
@@ -147,13 +165,15 @@ class Closed:
     """Why the room ended (deleted, idle, lifetime, shutdown, cap_exceeded, ...)."""
 
     reason: str
+    incarnation: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"reason": self.reason}
+        return {"reason": self.reason, "incarnation": self.incarnation}
 
     @classmethod
     def from_json(cls, body: Any) -> Closed:
-        reason = _object(body).get("reason")
+        body = _object(body)
+        reason = body.get("reason")
         if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON:
             raise WireError("reason", f"reason must be a string of 1..{MAX_REASON}")
-        return cls(reason)
+        return cls(reason, _incarnation(body))

@@ -19,9 +19,9 @@ import relay
 from relay.control import openapi_schemas as S
 from relay.control import validation as V
 from relay.control.agent_api import AgentApi
-from relay.control.auth import Authority
+from relay.control.auth import Authority, LoginThrottle
 from relay.control.config import ControlConfig
-from relay.control.errors import bad_request, unauthorized
+from relay.control.errors import bad_request, too_many_requests, unauthorized
 from relay.control.gateway import Gateway
 from relay.control.namespaces import Namespaces
 from relay.control.records import NamespaceRecord, RoomRecord
@@ -48,7 +48,15 @@ def bearer(request: Request) -> str | None:
 
 
 async def read_body(request: Request) -> dict[str, Any]:
-    return V.decode_body(await request.body(), request.headers.get("content-encoding"))
+    """The body as it arrives, chunk by chunk (validation.BodyDecoder: bounded before and after
+    gzip), so no body holds up the event loop or the memory of the process."""
+    decoder = V.BodyDecoder(request.headers.get("content-encoding"))
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > V.MAX_BODY_BYTES:
+        raise V.body_too_large()
+    async for chunk in request.stream():
+        decoder.feed(chunk)
+    return decoder.result()
 
 
 def ns_param(request: Request) -> str:
@@ -90,6 +98,9 @@ class Handlers:
         self.agents = agents
         self.authority = authority
         self.region, self.owner = config.region, config.owner_id
+        self.login_throttle = LoginThrottle(
+            config.login_failures_per_source, config.login_failures_per_client, config.login_failure_window
+        )
 
     def operations(self) -> list[Operation]:
         ns_item, room_item = S.item_of(S.NAMESPACE), S.item_of(S.ROOM)
@@ -100,7 +111,7 @@ class Handlers:
                 "describeNamespaces",
                 self.describe_namespaces,
                 S.page_of(S.NAMESPACE),
-                (400, 401),
+                (400, 401, 503),
                 params=S.query_params(("namePrefix", S.NAME_PREFIX)) + PAGE_QUERY,
                 aliases=("/realtime",),
             ),
@@ -110,9 +121,10 @@ class Handlers:
                 "createNamespace",
                 self.create_namespace,
                 ns_item,
-                (400, 401, 409),
+                (400, 401, 409, 503),
                 request_body=S.CREATE_NAMESPACE_BODY,
                 aliases=("/realtime",),
+                links=S.NAMESPACE_LINKS,
             ),
             Operation(
                 "GET", "/realtime/now", "now", self.now, S.NOW_RESULT, (401,), params=ACCESS_TOKEN_HEADER
@@ -131,7 +143,7 @@ class Handlers:
                 "getNamespaceStatus",
                 self.get_namespace_status,
                 S.STATUS_RESULT,
-                (400, 401, 404),
+                (400, 401, 404, 503),
                 params=NS_PATH,
             ),
             Operation(
@@ -140,8 +152,9 @@ class Handlers:
                 "getNamespace",
                 self.get_namespace,
                 ns_item,
-                (400, 401, 404),
+                (400, 401, 404, 503),
                 params=NS_PATH,
+                links=S.NAMESPACE_LINKS,
             ),
             Operation(
                 "PUT",
@@ -149,9 +162,10 @@ class Handlers:
                 "updateNamespace",
                 self.update_namespace,
                 ns_item,
-                (400, 401, 404),
+                (400, 401, 404, 503),
                 params=NS_PATH,
                 request_body=S.UPDATE_NAMESPACE_BODY,
+                links=S.NAMESPACE_LINKS,
             ),
             Operation(
                 "DELETE",
@@ -159,7 +173,7 @@ class Handlers:
                 "deleteNamespace",
                 self.delete_namespace,
                 ns_item,
-                (400, 401, 404),
+                (400, 401, 404, 503),
                 params=NS_PATH,
             ),
             Operation(
@@ -168,7 +182,7 @@ class Handlers:
                 "describeRooms",
                 self.describe_rooms,
                 S.page_of(S.ROOM),
-                (400, 401, 404),
+                (400, 401, 404, 503),
                 params=NS_PATH + PAGE_QUERY,
             ),
             Operation(
@@ -177,9 +191,10 @@ class Handlers:
                 "wantRoom",
                 self.want_room,
                 room_item,
-                (400, 401, 404, 409),
+                (400, 401, 404, 409, 503),
                 params=NS_PATH,
                 request_body=S.WANT_ROOM_BODY,
+                links=S.ROOM_LINKS,
             ),
             Operation(
                 "GET",
@@ -187,8 +202,9 @@ class Handlers:
                 "getRoom",
                 self.get_room,
                 room_item,
-                (400, 401, 404),
+                (400, 401, 404, 503),
                 params=ROOM_PATH,
+                links=S.ROOM_LINKS,
             ),
             Operation(
                 "DELETE",
@@ -196,8 +212,9 @@ class Handlers:
                 "deleteRoom",
                 self.delete_room,
                 room_item,
-                (400, 401, 404),
+                (400, 401, 404, 503),
                 params=ROOM_PATH,
+                links=S.DELETED_ROOM_LINKS,
             ),
             Operation(
                 "POST",
@@ -205,7 +222,7 @@ class Handlers:
                 "login",
                 self.login,
                 S.LOGIN_RESULT,
-                (400, 401),
+                (400, 401, 429),
                 request_body=S.LOGIN_BODY,
                 tag="identifier",
                 secured=False,
@@ -335,7 +352,17 @@ class Handlers:
                 "client_secret is required",
                 "identifier.projectToken.clientSecret.error.require",
             )
+        source, now = request.client.host if request.client else "", time.monotonic()
+        wait = self.login_throttle.retry_after(source, client_id, now)
+        if wait:
+            raise too_many_requests(
+                "client_secret",
+                "too many failed logins: try again later",
+                "identifier.projectToken.error.tooManyRequests",
+                wait,
+            )
         if not self.authority.check_credentials(client_id, client_secret):
+            self.login_throttle.failed(source, client_id, now)
             raise unauthorized(
                 "invalid client_id or client_secret", "identifier.projectToken.error.unauthorized"
             )

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import relay
+from relay.agent.tiers import get_tier
 from relay.control.agent_api import AgentApi
 from relay.control.api import build_routes
 from relay.control.auth import Authority, load_or_create_credentials, load_signing_key
@@ -46,8 +47,10 @@ from relay.control.provisioner import (
 )
 from relay.control.relay_logs import LogRetention
 from relay.control.rooms import Rooms
+from relay.control.routing import PathGuard
 from relay.control.state import ControlState
 from relay.control.store import Store, open_store
+from relay.host.capacity import Capacity
 from relay.host.capped_spawner import CappedSpawner
 from relay.host.warm_pool import WarmPool
 from relay.host.zygote import ZygoteSpawner, serve_args
@@ -76,6 +79,10 @@ def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> P
         log_dir=config.data_dir / "relay-logs",
         spawner=spawner or make_spawner(config),
         log_retention=LogRetention(config.relay_log_keep_seconds, config.relay_log_max_bytes),
+        capacity=Capacity(
+            max_rooms=config.max_rooms,
+            headroom_bytes=int(config.memory_headroom_rooms * get_tier(config.relay_tier).memory_bytes),
+        ),
     )
 
 
@@ -97,7 +104,6 @@ def make_spawner(config: ControlConfig) -> Spawner:
 def _capped(config: ControlConfig, inner: Spawner) -> Spawner:
     if config.relay_caps == "off":
         return inner
-    from relay.agent.tiers import get_tier
     from relay.host.cgroups import detect
 
     modes = {"auto", "cgroup", "soft"}
@@ -167,6 +173,7 @@ class ControlPlane:
         )
         app.openapi_schema = None
         app.add_middleware(GZipMiddleware, minimum_size=1024)
+        app.add_middleware(PathGuard)
 
         @app.exception_handler(ApiError)
         async def api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from relay.protocol import tokens
+from relay.server.ratelimit import TokenBucket
 
 PROJECT_ISSUER = "gs2relay-project"
 VERIFIED_KEPT = 1024
@@ -120,3 +121,51 @@ class Authority:
         except tokens.TokenError:
             return None
         return claims if claims.iss == USER_ISSUER else None
+
+
+MAX_THROTTLED_KEYS = 10_000
+"""Sources and client ids whose failed logins are remembered at once (the table's memory bound)."""
+
+
+class LoginThrottle:
+    """Failed logins, counted per source address and per client id: each has `per_source` (or
+    `per_client`) tries per `window` seconds, a token bucket refilling evenly. Once either is
+    spent, login answers 429 (even to the right secret) until a try is back; a login that
+    succeeds spends nothing. The client id's budget is larger, so one source guessing cannot
+    lock the client out, while guesses spread over many sources still meet a limit. 0: no limit."""
+
+    def __init__(self, per_source: int, per_client: int, window: float) -> None:
+        self.limits = {"source": per_source, "client": per_client}
+        self.window = window
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def _keys(self, source: str, client_id: str) -> list[tuple[str, str]]:
+        keys = [("source", source), ("client", client_id[:256])]
+        return [key for key in keys if self.limits[key[0]] > 0]
+
+    def retry_after(self, source: str, client_id: str, now: float) -> float:
+        """Seconds until this source may try this client id again; 0: now."""
+        wait = 0.0
+        for key in self._keys(source, client_id):
+            bucket = self._buckets.get(key)
+            if bucket is not None and bucket.available(now) < 1:
+                wait = max(wait, (1 - bucket.available(now)) / bucket.rate)
+        return wait
+
+    def failed(self, source: str, client_id: str, now: float) -> None:
+        for key in self._keys(source, client_id):
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                limit = self.limits[key[0]]
+                bucket = self._buckets[key] = TokenBucket(limit / self.window, limit, now)
+            bucket.take(1, now)
+        if len(self._buckets) > MAX_THROTTLED_KEYS:
+            self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Drops the buckets that are full again (they say nothing), then, if still too many, the oldest."""
+        for key, bucket in list(self._buckets.items()):
+            if bucket.available(now) >= bucket.burst:
+                del self._buckets[key]
+        for key in list(self._buckets)[: max(0, len(self._buckets) - MAX_THROTTLED_KEYS)]:
+            del self._buckets[key]

@@ -79,6 +79,26 @@ class ControlConfig:
     warning; "cgroup": refuse to start without cgroups; "soft": in-process only; "off": none."""
     stop_relays_on_exit: bool = False
     """Stop every relay when the control plane shuts down (True for `relay dev`)."""
+    max_rooms: int = 2000
+    """Rooms (starting or ready) the local provisioner runs on this host at once; wantRoom beyond
+    answers GS2's 503 ServiceUnavailable (realtime.room.error.noCapacity). 0: no count limit.
+    Size it with docs/operations.md ("Capacity")."""
+    memory_headroom_rooms: float = 8.0
+    """A local room is refused (503, as above) while this host's MemAvailable is below this many
+    tier memory caps (realtime1.nano: 8 x 64 MiB = 512 MiB): room for the new relay and a few
+    others to grow to their caps before the kernel has to choose whom to kill. 0: no check."""
+
+    # --- abuse -----------------------------------------------------------------------------
+    login_failures_per_source: int = 10
+    """Failed project logins one source address may make per login_failure_window; past them it
+    gets 429 (identifier.projectToken.error.tooManyRequests, Retry-After) until tries come back,
+    even for the right secret. Behind a proxy every client is the proxy's address. 0: no limit."""
+    login_failures_per_client: int = 100
+    """Failed logins per login_failure_window naming one client id, from any source (guesses
+    spread over many addresses); larger than the per-source budget, so one source alone cannot
+    lock the client out. 0: no limit."""
+    login_failure_window: float = 60.0
+    """Seconds in which the failed-login budgets above refill completely (evenly)."""
 
     # --- liveness --------------------------------------------------------------------------
     heartbeat_interval: float = 2.0

@@ -1,10 +1,12 @@
 """The user push gateway: WebSocket /gateway, and the optional webhook.
 
 A user connects with a user access token (query `?token=...`, or header `X-GS2-ACCESS-TOKEN`,
-or `Authorization: Bearer ...`). Pushes mirror GS2's gateway: a JSON text frame without a
-requestId whose `body` is the notification {issuer, subject, payload, userId, ...} where
-`payload` is a JSON-encoded string (GS2 SDKs hand `body` to on_notification); the same fields
-are repeated at the top level for clients that do not unwrap `body`.
+or `Authorization: Bearer ...`); without a valid one the socket is accepted and closed at once
+with code 4401 (a refused handshake would be an HTTP 403, which a browser hides from the page).
+Pushes mirror GS2's gateway: a JSON text frame without a requestId whose `body` is the
+notification {issuer, subject, payload, userId, ...} where `payload` is a JSON-encoded string
+(GS2 SDKs hand `body` to on_notification); the same fields are repeated at the top level for
+clients that do not unwrap `body`.
 """
 
 from __future__ import annotations
@@ -56,10 +58,10 @@ class Gateway:
         if not token and auth.lower().startswith("bearer "):
             token = auth[7:].strip()
         claims = self.authority.verify_user_token(token) if token else None
-        if claims is None:
+        await ws.accept()
+        if claims is None:  # a close code after the handshake: what a browser's WebSocket can read
             await ws.close(code=4401, reason="a valid user access token is required")
             return
-        await ws.accept()
         user = claims.sub
         self._sockets.setdefault(user, set()).add(ws)
         self.metrics.gateway_connections.inc()

@@ -186,13 +186,19 @@ ERROR_TEXT = {
     401: "Unauthorized: missing or invalid token",
     404: "Not found",
     409: "Conflict: already exists",
+    429: "Too many failed logins from this source or for this client id (Retry-After says when)",
+    503: "Service unavailable: no capacity for another room, or the store cannot be written",
 }
 
 
-def responses(ok: dict[str, Any], *errors: int) -> dict[int | str, dict[str, Any]]:
+def responses(
+    ok: dict[str, Any], *errors: int, links: dict[str, dict[str, Any]] | None = None
+) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {
         200: {"description": "OK", "content": {"application/json": {"schema": ok}}}
     }
+    if links:
+        out[200]["links"] = links
     for status in errors:
         out[status] = {"description": ERROR_TEXT[status], "content": {"application/json": {"schema": ERROR}}}
     return out
@@ -213,3 +219,34 @@ def query_params(*specs: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 30}
 PAGE_TOKEN = {"type": "string", "maxLength": 1024}
 NAME_PREFIX = {"type": "string", "maxLength": 64}
+
+
+def link(operation_id: str, body: dict[str, str] | None = None, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link from a 200 answer to the next call it allows (runtime expressions)."""
+    out: dict[str, Any] = {"operationId": operation_id, "parameters": parameters}
+    if body is not None:
+        out["requestBody"] = body
+    return out
+
+
+NS_NAME = "$response.body#/item/name"
+ROOM_IN_NS = {"namespaceName": "$request.path.namespaceName", "roomName": "$response.body#/item/name"}
+NAMESPACE_LINKS = {
+    "GetNamespace": link("getNamespace", namespaceName=NS_NAME),
+    "WantRoom": link("wantRoom", namespaceName=NS_NAME),
+    "DescribeRooms": link("describeRooms", namespaceName=NS_NAME),
+    "DeleteNamespace": link("deleteNamespace", namespaceName=NS_NAME),
+}
+"""From a namespace answered (created, read, updated): what can be done in it."""
+ROOM_LINKS = {
+    "GetRoom": link("getRoom", **ROOM_IN_NS),
+    "DeleteRoom": link("deleteRoom", **ROOM_IN_NS),
+}
+"""From a room answered (wanted, read): reading and deleting it."""
+DELETED_ROOM_LINKS = {
+    "GetRoom": link("getRoom", **ROOM_IN_NS),
+    "WantRoomAgain": link(
+        "wantRoom", {"name": "$response.body#/item/name"}, namespaceName="$request.path.namespaceName"
+    ),
+}
+"""From a room deleted: its name is free again (and reading it is a 404)."""

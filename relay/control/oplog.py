@@ -2,24 +2,24 @@
 
 Every event goes to the main log ({data_dir}/operations.log by default). When the room's
 namespace has logSetting.loggingNamespaceId, the event also goes to that logging namespace's
-own stream: {data_dir}/logs/<GRN with unsafe characters replaced by '_'>.jsonl, so each GS2-Log
-namespace is one file that can be shipped or tailed on its own.
+own stream: {data_dir}/logs/<the GRN as a file name>.jsonl (relay/control/filenames.py: two
+GRNs never share a file), so each GS2-Log namespace is one file that can be shipped or tailed
+on its own.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+from relay.control.filenames import component
 
 
 def stream_file(logs_dir: Path, logging_namespace_id: str) -> Path:
-    return logs_dir / (_UNSAFE.sub("_", logging_namespace_id)[:200] + ".jsonl")
+    return logs_dir / (component(logging_namespace_id) + ".jsonl")
 
 
 class OperationLog:

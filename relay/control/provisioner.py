@@ -19,21 +19,32 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from relay.agent.launch import LaunchError, RelayLaunch, room_of
+from relay.agent.launch import LaunchError, RelayLaunch, incarnation_of, room_of
+from relay.control.filenames import component
 from relay.control.relay_logs import PRUNE_INTERVAL, LogRetention, prune
-from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner, pid_alive, relay_environment
+from relay.host.capacity import Capacity
+from relay.host.spawner import (
+    PidHandle,
+    ProcessHandle,
+    Spawner,
+    SubprocessSpawner,
+    pid_alive,
+    relay_environment,
+)
 
 log = logging.getLogger("relay.control.provisioner")
 
-ExitCallback = Callable[[str, str, int | None, str | None], Awaitable[None]]
-"""on_exit(namespace, room, returncode, reason) once a relay process is gone; reason is the
-handle's `exit_reason` when it knows why (e.g. "cap_exceeded" after an OOM kill), else None."""
+ExitCallback = Callable[[str, str, str, int | None, str | None], Awaitable[None]]
+"""on_exit(namespace, room, incarnation, returncode, reason) once a relay process is gone; reason
+is the handle's `exit_reason` when it knows why (e.g. "cap_exceeded" after an OOM kill), else None.
+The incarnation says whose relay it was: a later room of the same name has another."""
 
 
 @dataclass(frozen=True, slots=True)
 class RelayRequest:
     namespace: str
     room: str
+    incarnation: str
     room_key: str
     agent_secret: str
     control_url: str
@@ -44,6 +55,10 @@ class RelayRequest:
 
 @runtime_checkable
 class Provisioner(Protocol):
+    """Relays are known by the room incarnation they serve (RoomRecord.incarnation), never by the
+    room's name: the relay of a deleted room may still be draining when a new room of that name
+    gets its own."""
+
     def set_exit_callback(self, callback: ExitCallback) -> None: ...
 
     async def start(self) -> None:
@@ -54,64 +69,83 @@ class Provisioner(Protocol):
         """Starts a relay for the room; returns its pid when it is a local process."""
         ...
 
-    async def stop(self, namespace: str, room: str, pid: int | None = None) -> None:
-        """Stops the room's relay (graceful, then forced); no-op if there is none, or if `pid` is
-        given and the tracked relay is another process (a newer room of the same name)."""
+    async def stop(self, incarnation: str) -> None:
+        """Stops that incarnation's relay (graceful, then forced); no-op if there is none."""
         ...
 
-    def adopt(self, namespace: str, room: str, pid: int | None) -> bool:
-        """After a control-plane restart: True if the room's relay (pid) still runs, now tracked."""
+    def running_relays(self) -> dict[str, list[int]]:
+        """After a control-plane restart: the relays running on this host, by the incarnation
+        their command line names (a relay spawned just before a crash has no pid on record)."""
         ...
 
-    def alive(self, namespace: str, room: str) -> bool | None:
-        """Whether the room's relay process is running (None: unknown to this provisioner)."""
+    def adopt(self, namespace: str, room: str, incarnation: str, pid: int | None) -> bool:
+        """After a control-plane restart: True if that incarnation's relay (pid) still runs, now tracked."""
         ...
 
-    def registered(self, namespace: str, room: str) -> None:
-        """The room's relay registered its address (its start-up is over)."""
+    def alive(self, incarnation: str) -> bool | None:
+        """Whether the incarnation's relay process is running (None: unknown to this provisioner)."""
         ...
 
-    def notify_deleted(self, namespace: str, room: str, pid: int | None = None) -> None:
+    async def registered(self, incarnation: str) -> None:
+        """The relay registered its address: its start-up is over. Returns once its caps are all
+        on (waiting for its spawn to finish if the relay was quicker), before the address is shown."""
+        ...
+
+    def notify_deleted(self, incarnation: str) -> None:
         """The room was deleted: its relay should drain (CLOSING "deleted") and exit now."""
+        ...
+
+    def capacity_refusal(self, rooms: int) -> str | None:
+        """Why no relay can be started for one more room while `rooms` are held; None: it can."""
         ...
 
     async def close(self, stop_all: bool) -> None: ...
 
 
-def pid_is_relay(pid: int, namespace: str, room: str) -> bool:
-    """pid alive and (where /proc exists) really the relay for this room, not a reused pid."""
+def pid_is_relay(pid: int, namespace: str, room: str, incarnation: str) -> bool:
+    """pid alive and (where /proc exists) really the relay of this incarnation, not a reused pid;
+    a relay whose command line names no incarnation (started before they existed) by its room."""
     if not pid_alive(pid):
         return False
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        args = _cmdline(pid)
     except OSError:
         return True
+    found = incarnation_of(args)
+    if found is not None:
+        return found == incarnation
     found_namespace, found_room = room_of(args)
     return found_room == room and found_namespace in (None, namespace)
 
 
-class _Adopted:
-    """A relay started by an earlier control-plane process: signalled by pid, polled for exit."""
+def relay_processes(proc: Path = Path("/proc")) -> dict[str, list[int]]:
+    """Every `relay serve` on this host that names an incarnation, by incarnation."""
+    found: dict[str, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = _cmdline(int(entry.name), proc)
+        except OSError:
+            continue
+        incarnation = incarnation_of(args)
+        if incarnation is not None and "serve" in args and pid_alive(int(entry.name)):
+            found.setdefault(incarnation, []).append(int(entry.name))
+    return found
 
-    __slots__ = ("namespace", "pid", "room")
 
-    def __init__(self, pid: int, namespace: str, room: str) -> None:
-        self.pid = pid
-        self.namespace = namespace
-        self.room = room
+def _cmdline(pid: int, proc: Path = Path("/proc")) -> list[str]:
+    return (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
 
-    async def wait(self) -> int | None:
-        while pid_is_relay(self.pid, self.namespace, self.room):
-            await asyncio.sleep(0.1)
-        return None
 
-    def terminate(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, signal.SIGTERM)
+@dataclass(slots=True)
+class _Tracked:
+    """One relay this provisioner watches: its handle, whose room it serves, its watcher."""
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, signal.SIGKILL)
+    handle: ProcessHandle
+    namespace: str
+    room: str
+    watcher: asyncio.Task[None] | None = None
 
 
 class LocalProvisioner:
@@ -126,8 +160,10 @@ class LocalProvisioner:
         spawner: Spawner | None = None,
         log_retention: LogRetention | None = None,
         prune_interval: float = PRUNE_INTERVAL,
+        capacity: Capacity | None = None,
     ) -> None:
         self.relay_command = tuple(relay_command)
+        self.capacity = capacity or Capacity()
         self.relay_host = relay_host
         self.advertise_host = advertise_host
         try:
@@ -140,11 +176,9 @@ class LocalProvisioner:
         self.log_retention = log_retention or LogRetention()
         self.prune_interval = prune_interval
         self._pruner: asyncio.Task[None] | None = None
-        self._starting: set[tuple[str, str]] = set()  # spawn() under way: its log is in use
-        self._procs: dict[tuple[str, str], ProcessHandle | _Adopted] = {}
-        self._watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._spawning: dict[str, tuple[str, str, asyncio.Future[None]]] = {}  # its log is in use
+        self._procs: dict[str, _Tracked] = {}  # by incarnation
         self._on_exit: ExitCallback | None = None
-        self._registered_early: set[tuple[str, str]] = set()
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
         self._on_exit = callback
@@ -161,16 +195,24 @@ class LocalProvisioner:
         if self.log_dir is not None and self._pruner is None:
             self._pruner = asyncio.get_running_loop().create_task(self._prune_logs())
 
-    def _running(self, namespace: str, room: str) -> bool:
-        key = (namespace, room)
-        return key in self._procs or key in self._starting
+    def _running_logs(self) -> set[tuple[str, str]]:
+        """(namespace folder, room file stem) of every relay running or being spawned."""
+        rooms = [(t.namespace, t.room) for t in self._procs.values()]
+        rooms += [(ns, room) for ns, room, _ in self._spawning.values()]
+        return {(component(ns), component(room)) for ns, room in rooms}
 
     async def _prune_logs(self) -> None:
         assert self.log_dir is not None
         while True:
             await asyncio.sleep(self.prune_interval)
+            running = self._running_logs()  # taken here, on the loop; read in the thread
             try:
-                done = await asyncio.to_thread(prune, self.log_dir, self._running, self.log_retention)
+                done = await asyncio.to_thread(
+                    prune,
+                    self.log_dir,
+                    lambda ns, room, running=running: (ns, room) in running,
+                    self.log_retention,
+                )
             except Exception:
                 log.exception("pruning relay logs failed")
                 continue
@@ -191,6 +233,7 @@ class LocalProvisioner:
             control_url=request.control_url,
             namespace=request.namespace,
             room=request.room,
+            incarnation=request.incarnation,
             agent_secret=request.agent_secret,
             advertise_host=self.advertise_host or base.advertise_host,
             heartbeat_interval=request.heartbeat_interval,
@@ -204,82 +247,101 @@ class LocalProvisioner:
         return relay_environment(self.launch(request).env())
 
     def log_path(self, namespace: str, room: str) -> Path | None:
-        return None if self.log_dir is None else self.log_dir / namespace / f"{room}.log"
+        """relay-logs/<namespace>/<room>.log, each name through filenames.component: `.`, `..` or
+        `standby` name a folder and a file of their own, inside relay-logs."""
+        if self.log_dir is None:
+            return None
+        return self.log_dir / component(namespace) / f"{component(room)}.log"
 
     async def provision(self, request: RelayRequest) -> int | None:
-        key = (request.namespace, request.room)
-        if key in self._procs:  # the relay of an earlier room of this name is still stopping
-            await self.stop(*key)
-        self._starting.add(key)
+        key = request.incarnation
+        spawned = asyncio.get_running_loop().create_future()
+        self._spawning[key] = (request.namespace, request.room, spawned)
         try:
             handle = await self.spawner.spawn(
                 self.argv(request), self.env(request), self.log_path(request.namespace, request.room)
             )
-            self._track(key, handle)
+            self._track(key, _Tracked(handle, request.namespace, request.room))
         finally:
-            self._starting.discard(key)
+            del self._spawning[key]
+            spawned.set_result(None)
         return handle.pid
 
-    def _track(self, key: tuple[str, str], handle: ProcessHandle | _Adopted) -> None:
-        self._procs[key] = handle
-        if key in self._registered_early:
-            self._registered_early.discard(key)
-            self.registered(*key)
-        self._watchers[key] = asyncio.get_running_loop().create_task(self._watch(key, handle))
+    def _track(self, key: str, tracked: _Tracked) -> None:
+        self._procs[key] = tracked
+        tracked.watcher = asyncio.get_running_loop().create_task(self._watch(key, tracked))
 
-    async def _watch(self, key: tuple[str, str], handle: ProcessHandle | _Adopted) -> None:
+    async def _watch(self, key: str, tracked: _Tracked) -> None:
+        handle = tracked.handle
         code: int | None = None
         try:
             code = await handle.wait()
         finally:
-            if self._procs.get(key) is handle:
+            if self._procs.get(key) is tracked:
                 del self._procs[key]
-                self._watchers.pop(key, None)
         reason = getattr(handle, "exit_reason", None)
-        log.info("relay %s/%s (pid %s) exited with %s (%s)", key[0], key[1], handle.pid, code, reason or "-")
+        log.info(
+            "relay %s/%s (pid %s) exited with %s (%s)",
+            tracked.namespace,
+            tracked.room,
+            handle.pid,
+            code,
+            reason or "-",
+        )
         if self._on_exit is not None:
             try:
-                await self._on_exit(key[0], key[1], code, reason)
+                await self._on_exit(tracked.namespace, tracked.room, key, code, reason)
             except Exception:
-                log.exception("exit callback failed for %s/%s", *key)
+                log.exception("exit callback failed for %s/%s", tracked.namespace, tracked.room)
 
-    def adopt(self, namespace: str, room: str, pid: int | None) -> bool:
-        key = (namespace, room)
-        if key in self._procs:
+    def running_relays(self) -> dict[str, list[int]]:
+        return relay_processes()
+
+    def adopt(self, namespace: str, room: str, incarnation: str, pid: int | None) -> bool:
+        if incarnation in self._procs or incarnation in self._spawning:
             return True
-        if pid is None or not pid_is_relay(pid, namespace, room):
+        if pid is None or not pid_is_relay(pid, namespace, room, incarnation):
             return False
-        self._track(key, _Adopted(pid, namespace, room))
+        adopt = getattr(self.spawner, "adopt", None)  # a CappedSpawner: back in its group, capped
+        handle = (adopt(pid) if adopt is not None else None) or PidHandle(pid)
+        self._track(incarnation, _Tracked(handle, namespace, room))
         return True
 
-    def alive(self, namespace: str, room: str) -> bool | None:
-        return (namespace, room) in self._procs
+    def alive(self, incarnation: str) -> bool | None:
+        return incarnation in self._procs
 
-    def notify_deleted(self, namespace: str, room: str, pid: int | None = None) -> None:
-        handle = self._procs.get((namespace, room))
-        if handle is not None and (pid is None or handle.pid == pid):
+    def notify_deleted(self, incarnation: str) -> None:
+        tracked = self._procs.get(incarnation)
+        if tracked is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(handle.pid, signal.SIGUSR1)  # `relay serve`: drain as deleted
+                os.kill(tracked.handle.pid, signal.SIGUSR1)  # `relay serve`: drain as deleted
 
-    def registered(self, namespace: str, room: str) -> None:
-        key = (namespace, room)
-        if key not in self._procs:  # registered before spawn() returned: tell the handle then
-            self._registered_early.add(key)
-            return
-        hook = getattr(self._procs[key], "registered", None)  # CappedHandle
-        if hook is not None:
+    def capacity_refusal(self, rooms: int) -> str | None:
+        return self.capacity.refusal(rooms)
+
+    async def registered(self, incarnation: str) -> None:
+        spawning = self._spawning.get(incarnation)
+        if spawning is not None:  # registered before spawn() returned: the handle comes with it
+            await asyncio.shield(spawning[2])
+        tracked = self._procs.get(incarnation)
+        hook = getattr(tracked.handle, "registered", None) if tracked is not None else None
+        if hook is not None:  # CappedHandle: the CPU quota goes on
             hook()
 
-    async def stop(self, namespace: str, room: str, pid: int | None = None) -> None:
-        key = (namespace, room)
-        handle = self._procs.get(key)
-        watcher = self._watchers.get(key)
-        if handle is None or watcher is None or (pid is not None and handle.pid != pid):
+    async def stop(self, incarnation: str) -> None:
+        tracked = self._procs.get(incarnation)
+        if tracked is None or tracked.watcher is None:
             return
+        handle, watcher = tracked.handle, tracked.watcher
         handle.terminate()
         done, _ = await asyncio.wait({watcher}, timeout=self.stop_grace)
         if not done:
-            log.warning("relay %s/%s ignored SIGTERM for %.1fs: SIGKILL", namespace, room, self.stop_grace)
+            log.warning(
+                "relay %s/%s ignored SIGTERM for %.1fs: SIGKILL",
+                tracked.namespace,
+                tracked.room,
+                self.stop_grace,
+            )
             handle.kill()
             await asyncio.wait({watcher}, timeout=5.0)
 
@@ -289,12 +351,10 @@ class LocalProvisioner:
             await asyncio.gather(self._pruner, return_exceptions=True)
             self._pruner = None
         if stop_all:
-            await asyncio.gather(
-                *(self.stop(ns, room) for ns, room in list(self._procs)), return_exceptions=True
-            )
-        for task in list(self._watchers.values()):
+            await asyncio.gather(*(self.stop(key) for key in list(self._procs)), return_exceptions=True)
+        watchers = [t.watcher for t in self._procs.values() if t.watcher is not None]
+        for task in watchers:
             task.cancel()
-        self._watchers.clear()
         self._procs.clear()
         close = getattr(self.spawner, "close", None)  # a zygote template, for one
         if close is not None:
@@ -313,20 +373,26 @@ class NullProvisioner:
     async def provision(self, request: RelayRequest) -> int | None:
         return None
 
-    async def stop(self, namespace: str, room: str, pid: int | None = None) -> None:
+    async def stop(self, incarnation: str) -> None:
         pass
 
-    def adopt(self, namespace: str, room: str, pid: int | None) -> bool:
+    def running_relays(self) -> dict[str, list[int]]:
+        return {}
+
+    def adopt(self, namespace: str, room: str, incarnation: str, pid: int | None) -> bool:
         return False
 
-    def alive(self, namespace: str, room: str) -> bool | None:
+    def alive(self, incarnation: str) -> bool | None:
         return None
 
-    def registered(self, namespace: str, room: str) -> None:
+    async def registered(self, incarnation: str) -> None:
         pass
 
-    def notify_deleted(self, namespace: str, room: str, pid: int | None = None) -> None:
+    def notify_deleted(self, incarnation: str) -> None:
         pass
+
+    def capacity_refusal(self, rooms: int) -> str | None:
+        return None  # relays run elsewhere: their hosts say no by not registering
 
     async def close(self, stop_all: bool) -> None:
         pass

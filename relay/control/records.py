@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,11 @@ ROOM_STATES = (ROOM_PENDING, ROOM_READY)
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def new_incarnation() -> str:
+    """A fresh public id for one incarnation of a room (relay/agent/launch.py: --incarnation)."""
+    return secrets.token_hex(8)
 
 
 @dataclass
@@ -52,6 +59,10 @@ class RoomRecord:
     encryption_key: str
     agent_secret: str
     notification_user_ids: list[str] = field(default_factory=list)
+    incarnation: str = field(default_factory=new_incarnation)
+    """This incarnation of the room, public (its relay's command line carries it): the relay, its
+    exit and its agent's reports belong to it, never to the room's name, which a later room reuses.
+    A new one is written before recovery starts the room another relay."""
     state: str = ROOM_PENDING
     ip_address: str | None = None
     port: int | None = None
@@ -74,4 +85,7 @@ class RoomRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoomRecord:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if "incarnation" not in values:  # stored before incarnations: one derived from its secret
+            values["incarnation"] = hashlib.sha256(str(data["agent_secret"]).encode()).hexdigest()[:16]
+        return cls(**values)

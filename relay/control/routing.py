@@ -7,6 +7,7 @@ counts it by operation and status, and renders an ApiError as GS2's error body.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -14,9 +15,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.control import openapi_schemas as S
-from relay.control.errors import ApiError
+from relay.control.errors import ApiError, ErrorItem, error_response
 from relay.control.metrics import ControlMetrics
 
 Handler = Callable[[Request], Awaitable[Any]]
@@ -42,6 +44,8 @@ class Operation:
     summary: str | None = None
     aliases: tuple[str, ...] = ()
     """Undocumented paths that answer the same (the listing's path without its trailing slash)."""
+    links: dict[str, dict[str, Any]] | None = None
+    """OpenAPI links from the 200 answer to the calls it allows (openapi_schemas.link)."""
 
     def openapi_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -82,7 +86,7 @@ def mount(app: FastAPI, op: Operation, metrics: ControlMetrics) -> None:
             name=op.operation_id,
             tags=[op.tag],
             summary=op.summary,
-            responses=S.responses(op.ok, *op.errors),
+            responses=S.responses(op.ok, *op.errors, links=op.links),
             openapi_extra=op.openapi_extra(),
             response_class=JSONResponse,
             # What the handlers' `-> Any` gave before: /openapi.json's 200 schemas keep their
@@ -91,3 +95,27 @@ def mount(app: FastAPI, op: Operation, metrics: ControlMetrics) -> None:
         )
     for alias in op.aliases:
         app.add_api_route(alias, endpoint, methods=[op.method], include_in_schema=False)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class PathGuard:
+    """Starlette's route patterns end in `$`, which also matches before a trailing newline, so
+    `/realtime/%0A` was the namespace listing. A path holding a control character is none of
+    ours: GS2's 400 before any route sees it (a WebSocket is closed with 1008)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and _CONTROL.search(scope["path"]):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            item = ErrorItem(
+                "request", "the path holds a control character", "core.request.error.invalidPath"
+            )
+            await error_response(400, [item])(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

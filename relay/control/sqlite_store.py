@@ -4,19 +4,31 @@ Every statement runs on a single dedicated thread that owns the connection, so t
 never blocks on disk and writes are serialised without locks. synchronous=FULL makes each commit
 durable before the awaiting API call answers (an acknowledged write survives SIGKILL and power
 loss of the process).
+
+A statement SQLite refuses (disk full, a read-only or failing file system) changes nothing (each
+is its own transaction) and raises errors.store_unavailable (the API's 503). The connection is
+then closed, and opened again by the next call: a closed one holds no file open for writing (the
+file system can be remounted), and one opened while its file was read-only stays read-only even
+once the file system is writable again (a write it refuses as read-only is tried once more on a
+fresh connection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from relay.control.errors import store_unavailable
 from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord, RoomRecord
+
+log = logging.getLogger("relay.control.sqlite_store")
 
 T = TypeVar("T")
 
@@ -47,30 +59,51 @@ class SQLiteStore:
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
-            assert self._conn is not None, "store not open"
-            return fn(self._conn)
+            for attempt in range(2):
+                try:
+                    return fn(self._connection())
+                except sqlite3.Error as exc:
+                    self._disconnect()
+                    read_only = getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY")
+                    if read_only and not attempt:
+                        continue  # a connection opened while the file was read-only: once afresh
+                    log.error("store %s: %s", self.path, exc)
+                    raise store_unavailable(str(exc)) from None
+            raise AssertionError("unreachable")
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    async def open(self) -> None:
-        def connect() -> None:
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(SCHEMA)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=5000")
+                conn.executescript(SCHEMA)
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
+        return self._conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    async def open(self) -> None:
+        """Opens the database now (a store that cannot be opened at start is an error to report)."""
+
+        def connect() -> None:
+            self._connection()
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 
     async def close(self) -> None:
-        def close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
         self._executor.shutdown(wait=True)
 
     # --- namespaces ------------------------------------------------------------------------

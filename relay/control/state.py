@@ -9,6 +9,7 @@ rooms.py rebuilds it with a fresh grace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ from relay.control.errors import ApiError, not_found
 from relay.control.metrics import ControlMetrics
 from relay.control.oplog import OperationLog
 from relay.control.provisioner import Provisioner
-from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord
+from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord, RoomRecord
 from relay.control.store import Store
+
+log = logging.getLogger("relay.control.state")
 
 RoomKey = tuple[str, str]
 """(namespace, room name)."""
@@ -31,11 +34,19 @@ class RoomRuntime:
     """In-memory liveness of one room: the reaper and heartbeats read it without a store read."""
 
     state: str
+    incarnation: str  # the record's: whose relay's reports count
+    agent_secret: str  # the record's, so a heartbeat is checked without a store read
     since: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
     lost_after: float = 0.0  # silence after which a ready relay is lost: missed_heartbeats promised gaps
-    agent_secret: str = ""  # the record's, so a heartbeat is checked without a store read
     stats: dict[str, Any] = field(default_factory=dict)
+    ending: str | None = None
+    """Why the room is ending while its local relay is being stopped (the reaper's "lost"): the
+    room ends when the relay's exit is seen, with the reason the exit gives if it gives one."""
+
+    @classmethod
+    def of(cls, room: RoomRecord, lost_after: float = 0.0) -> RoomRuntime:
+        return cls(room.state, room.incarnation, room.agent_secret, lost_after=lost_after)
 
 
 def namespace_not_found(name: str) -> ApiError:
@@ -89,8 +100,13 @@ class ControlState:
         """Runs work an answer must not wait for, kept referenced until done and cancelled on stop."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     async def cancel_tasks(self) -> None:
         for task in list(self._tasks):

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class Store(Protocol):
+    """A method that cannot reach the data (disk full, read-only, I/O error) raises
+    errors.store_unavailable's 503 and has changed nothing; the next call tries again."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

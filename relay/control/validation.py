@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import json
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -65,36 +65,118 @@ class Errors:
 
 
 # --- bodies ------------------------------------------------------------------------------------
-def decode_body(raw: bytes, content_encoding: str | None) -> dict[str, Any]:
-    """gzip/deflate-aware JSON object decoding; an empty body is {}; anything else is a 400."""
-    encoding = (content_encoding or "").strip().lower()
-    if encoding in ("gzip", "x-gzip"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
+MAX_JSON_DEPTH = 32
+"""Nesting a body may have (GS2's bodies nest three deep): deeper is a 400, never a RecursionError."""
+
+
+def body_too_large() -> ApiError:
+    return bad_request("body", f"body too large (at most {MAX_BODY_BYTES} bytes)", "core.body.error.tooLarge")
+
+
+def _invalid_encoding(what: str) -> ApiError:
+    return bad_request("body", f"body is not valid {what}", "core.body.error.invalidEncoding")
+
+
+def _invalid_json(message: str) -> ApiError:
+    return bad_request("body", message, "core.body.error.invalidJson")
+
+
+class BodyDecoder:
+    """A request body decoded as it arrives (`feed` each chunk, then `result`): at most
+    MAX_BODY_BYTES are read, and at most MAX_BODY_BYTES come out of gzip or deflate, so a
+    compressed body (a gzip bomb) costs the inflating of one MiB at most, chunk by chunk, never
+    a pass over all it would inflate to. Every refusal is GS2's 400."""
+
+    __slots__ = ("_inflater", "_out", "_read", "_wbits")
+
+    def __init__(self, content_encoding: str | None) -> None:
+        encoding = (content_encoding or "").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._wbits: int | None = 16 + zlib.MAX_WBITS
+        elif encoding == "deflate":
+            self._wbits = zlib.MAX_WBITS
+        elif encoding in ("", "identity"):
+            self._wbits = None
+        else:
             raise bad_request(
-                "body", f"body is not valid gzip: {exc}", "core.body.error.invalidEncoding"
-            ) from exc
-    elif encoding == "deflate":
+                "body", f"unsupported Content-Encoding {encoding}", "core.body.error.invalidEncoding"
+            )
+        self._inflater = None if self._wbits is None else zlib.decompressobj(self._wbits)
+        self._read = 0
+        self._out = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self._read += len(chunk)
+        if self._read > MAX_BODY_BYTES:
+            raise body_too_large()
+        if self._inflater is None:
+            self._out += chunk
+            return
+        data = chunk
         try:
-            raw = zlib.decompress(raw)
-        except zlib.error as exc:
-            raise bad_request("body", "body is not valid deflate", "core.body.error.invalidEncoding") from exc
-    elif encoding not in ("", "identity"):
-        raise bad_request(
-            "body", f"unsupported Content-Encoding {encoding}", "core.body.error.invalidEncoding"
-        )
-    if len(raw) > MAX_BODY_BYTES:
-        raise bad_request("body", "body too large", "core.body.error.tooLarge")
+            while data:
+                if self._inflater.eof:  # a gzip member ended: another may follow
+                    assert self._wbits is not None
+                    self._inflater = zlib.decompressobj(self._wbits)
+                self._append(self._inflater.decompress(data, MAX_BODY_BYTES + 1 - len(self._out)))
+                data = self._inflater.unused_data if self._inflater.eof else b""
+        except zlib.error:
+            raise _invalid_encoding("gzip" if self._wbits != zlib.MAX_WBITS else "deflate") from None
+
+    def _append(self, data: bytes) -> None:
+        self._out += data
+        if len(self._out) > MAX_BODY_BYTES:
+            raise body_too_large()
+
+    def result(self) -> dict[str, Any]:
+        """The body as a JSON object ({} when empty), every value one that can be answered back."""
+        if self._inflater is not None and not self._inflater.eof and (self._read or self._out):
+            raise _invalid_encoding("gzip" if self._wbits != zlib.MAX_WBITS else "deflate")
+        return decode_json(bytes(self._out))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(raw: bytes) -> dict[str, Any]:
+    """A JSON object; what is accepted is what can be answered: no NaN or Infinity (nor a number
+    too large for a float), no lone surrogate in a string or a key, at most MAX_JSON_DEPTH deep."""
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise _invalid_json(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("body", "body is not valid JSON", "core.body.error.invalidJson") from exc
+        raise _invalid_json("body is not valid JSON") from exc
     if not isinstance(data, dict):
-        raise bad_request("body", "body must be a JSON object", "core.body.error.invalidJson")
+        raise _invalid_json("body must be a JSON object")
+    _check_answerable(data)
     return data
+
+
+def _check_answerable(data: Any) -> None:
+    """Walks the value (without recursion) for what JSON or UTF-8 could not give back."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    raise _invalid_json("body holds a string that is not Unicode text") from None
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise _invalid_json("body holds a number out of range")
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise _invalid_json(f"body nests deeper than {MAX_JSON_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((key, depth))
+                stack.append((item, depth + 1))
 
 
 def _string(

@@ -9,13 +9,18 @@ records as the room's close reason. Without writable cgroups it warns once and t
 to their caps softly (relay/agent/caps.py).
 
 Start-up boost: memory and pids are capped from the first instant, the CPU quota from the moment
-the relay registers its address (`registered()`, called by the provisioner), or after
-`boost_seconds` at the latest. A relay's start costs a few tens of milliseconds of CPU; at
-12.5% of a core that would be several hundred milliseconds of wall time while the room waits
-for an address. No member can be in the room before it registers, so the boost never serves play.
-A standby (`relay serve --standby`, the warm pool) has no room yet: it runs at the lowest CPU
-weight, so its start-up only takes CPU that rooms and starting relays leave idle; when it is
-assigned a room (`CappedHandle.assign`) its weight returns to the default and its boost starts.
+the relay registers its address (`registered()`, called by the provisioner before the address
+is shown to anyone), or after `boost_seconds` at the latest. A fresh relay's start costs a few
+tens of milliseconds of CPU; at 12.5% of a core that would be several hundred milliseconds of
+wall time while the room waits for an address. No member can be in the room before it
+registers, so the boost never serves play.
+A standby (`relay serve --standby`, the warm pool) has its CPU quota from its start and never a
+boost: it is idle, its start was rehearsed (about 1 ms of CPU left), and so no room it is handed
+is ever reachable uncapped. Until it has a room it also runs at the lowest CPU weight, so its
+rehearsal only takes CPU that rooms and starting relays leave idle; when it is assigned a room
+(`CappedHandle.assign`) its weight returns to the default.
+A relay started by an earlier control plane is adopted into its group (`CappedSpawner.adopt`),
+its quota put on at once.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 from relay.agent.launch import caps_env, room_of
 from relay.agent.tiers import NANO, Tier
 from relay.host.cgroups import Backend, Cgroup, CgroupError, describe, detect
-from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner
+from relay.host.spawner import PidHandle, ProcessHandle, Spawner, SubprocessSpawner
 from relay.host.standby import is_standby
 
 log = logging.getLogger("relay.host.capped_spawner")
@@ -54,7 +59,7 @@ class CappedHandle:
         group: Cgroup | None,
         tier: Tier,
         boost_seconds: float,
-        standby: bool = False,
+        boost: bool = True,
     ) -> None:
         self.inner = inner
         self.group = group
@@ -63,22 +68,18 @@ class CappedHandle:
         self.boost_seconds = boost_seconds
         self.exit_reason: str | None = None
         self._boost: asyncio.TimerHandle | None = None
-        if not standby:
-            self._start_boost()
-
-    def _start_boost(self) -> None:
-        if self.group is not None:
+        if boost and group is not None:  # the quota goes on at registration, or after the boost
             self._boost = asyncio.get_running_loop().call_later(self.boost_seconds, self.registered)
 
     async def assign(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> None:
-        """A standby gets its room: the same environment a capped spawn would have, then the boost."""
+        """A standby gets its room: the same environment a capped spawn would have (its CPU quota
+        stays on: its start was rehearsed, and its room must not be reachable uncapped)."""
         assign = getattr(self.inner, "assign", None)
         if assign is None:
             raise OSError(f"relay pid {self.pid} is not a standby")
         if self.group is not None:
             self.group.idle_cpu(False)
         await assign(argv, {**env, **tier_env(self.tier, self.group)}, log_path)
-        self._start_boost()
 
     async def rehearsed(self) -> None:
         """A standby's rehearsal is over (at once where the inner handle cannot tell)."""
@@ -145,8 +146,9 @@ class CappedSpawner:
             namespace, room_name = room_of(argv)
             room = f"{namespace or ''}.{room_name}" if room_name else "warm"
             name = f"{room}.{serial}"
-            group = self.backend.create(name, self.tier, cpu_capped=self.boost_seconds <= 0)
-            if is_standby(argv):
+            standby = is_standby(argv)
+            group = self.backend.create(name, self.tier, cpu_capped=standby or self.boost_seconds <= 0)
+            if standby:
                 group.idle_cpu(True)
         try:
             handle = await self.inner.spawn(argv, {**env, **tier_env(self.tier, group)}, log_path)
@@ -165,7 +167,19 @@ class CappedSpawner:
                 await handle.wait()
                 group.remove()
                 raise
-        return CappedHandle(handle, group, self.tier, self.boost_seconds, standby=is_standby(argv))
+        return CappedHandle(handle, group, self.tier, self.boost_seconds, boost=not is_standby(argv))
+
+    def adopt(self, pid: int) -> CappedHandle | None:
+        """A relay an earlier control plane started, in one of our groups: watched by pid, its CPU
+        quota on from now (its boost, if it was still in it, ends here). None if it has no group."""
+        group = None if self.backend is None else self.backend.find(pid)
+        if group is None:
+            return None
+        try:
+            group.limit_cpu(self.tier)
+        except CgroupError:
+            log.exception("could not apply the CPU quota to adopted relay pid %s", pid)
+        return CappedHandle(PidHandle(pid), group, self.tier, self.boost_seconds, boost=False)
 
     async def start(self) -> None:
         start = getattr(self.inner, "start", None)

@@ -68,6 +68,11 @@ class Backend(Protocol):
 
     def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> Cgroup: ...
 
+    def find(self, pid: int) -> Cgroup | None:
+        """The relay group `pid` runs in, if it is one of ours (a relay an earlier control plane
+        started and this one adopts), else None."""
+        ...
+
 
 def safe_name(name: str) -> str:
     """A room's name as one path component (no separators, no dot-files)."""
@@ -105,6 +110,21 @@ def _rmdir(path: Path) -> None:
             path.rmdir()
         except OSError as exc:
             log.warning("cannot remove %s: %s", path, exc)
+
+
+def _group_name(pid: int, parent: Path, path: str | None) -> str | None:
+    """The name of pid's group when its cgroup `path` is a child of our parent directory."""
+    if path is None or Path(path).parent.name != PARENT_NAME:
+        return None
+    name = Path(path).name
+    return name if (parent / name).is_dir() else None
+
+
+def _proc_cgroups(pid: int) -> tuple[str | None, dict[str, str]]:
+    try:
+        return own_cgroups(Path(f"/proc/{pid}/cgroup").read_text())
+    except OSError:
+        return None, {}
 
 
 def sweep_empty(parents: list[Path]) -> int:
@@ -170,6 +190,10 @@ class CgroupV2Backend:
 
     def sweep(self) -> int:
         return sweep_empty([self.parent])
+
+    def find(self, pid: int) -> CgroupV2 | None:
+        name = _group_name(pid, self.parent, _proc_cgroups(pid)[0])
+        return None if name is None else CgroupV2(self.parent / name)
 
     def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> CgroupV2:
         path = self.parent / safe_name(name)
@@ -264,6 +288,13 @@ class CgroupV1Backend:
 
     def sweep(self) -> int:
         return sweep_empty(list(self.parents.values()))
+
+    def find(self, pid: int) -> CgroupV1 | None:
+        paths = _proc_cgroups(pid)[1]
+        names = {c: _group_name(pid, parent, paths.get(c)) for c, parent in self.parents.items()}
+        if None in names.values() or len(set(names.values())) != 1:
+            return None
+        return CgroupV1({c: parent / str(names[c]) for c, parent in self.parents.items()})
 
     def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> CgroupV1:
         paths: dict[str, Path] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -44,8 +45,9 @@ class ProcessHandle(Protocol):
 @runtime_checkable
 class Spawner(Protocol):
     """Creates one relay process. `argv[0]` is the interpreter; env is the full environment.
-    A spawner may also have `async start()` (called when the control plane starts) and
-    `async close()` (called when the provisioner closes)."""
+    A spawner may also have `async start()` (called when the control plane starts),
+    `async close()` (called when the provisioner closes) and `adopt(pid)` (a handle for a relay
+    an earlier control plane started, or None: the provisioner then watches the bare pid)."""
 
     async def spawn(
         self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
@@ -69,6 +71,34 @@ class SubprocessHandle:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self._proc.kill()
+
+
+class PidHandle:
+    """A relay that is not our child (started by an earlier control plane, adopted after a
+    restart): watched and signalled by pid, exit code unknown (None). No signal goes to the pid
+    once its exit has been seen (it may belong to another process by then)."""
+
+    __slots__ = ("_gone", "pid")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._gone = False
+
+    async def wait(self) -> int | None:
+        await wait_pid_gone(self.pid)
+        self._gone = True
+        return None
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if not self._gone:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, sig)
 
 
 class SubprocessSpawner:

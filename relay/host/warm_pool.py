@@ -124,6 +124,11 @@ class WarmPool:
             if not self._cold:
                 self._no_cold.set()
 
+    def adopt(self, pid: int) -> ProcessHandle | None:
+        """A relay an earlier control plane started: the inner spawner's handle for it, if it has one."""
+        adopt = getattr(self.inner, "adopt", None)
+        return None if adopt is None else adopt(pid)
+
     def _refill(self) -> None:
         if not self._closed and self.size > 0 and (self._filler is None or self._filler.done()):
             self._filler = asyncio.get_running_loop().create_task(self._fill())

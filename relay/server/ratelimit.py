@@ -14,6 +14,12 @@ class TokenBucket:
         self.tokens = self.burst
         self.stamp = now
 
+    def available(self, now: float) -> float:
+        """Tokens there now, none taken (unlimited: infinite)."""
+        if not self.rate:
+            return float("inf")
+        return min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+
     def take(self, amount: float, now: float) -> bool:
         if not self.rate:
             return True

@@ -114,7 +114,9 @@ async def ready_room(http: httpx.AsyncClient, h: dict[str, str], ns: str, room: 
     """Waits until getRoom shows the relay's address."""
 
     async def ready() -> dict | None:
-        item = (await http.get(f"/realtime/{ns}/room/{room}", headers=h)).json()["item"]
+        r = await http.get(f"/realtime/{ns}/room/{room}", headers=h)
+        assert r.status_code == 200, f"{ns}/{room}: {r.status_code} {r.text}"
+        item = r.json()["item"]
         return item if item["ipAddress"] else None
 
     return await wait_for(ready, timeout=15)
@@ -124,3 +126,29 @@ def oplog(cp: ControlPlane) -> list[dict[str, Any]]:
     """The operation log's records, oldest first."""
     path = cp.config.operation_log_path
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def relay_pids(namespace: str) -> dict[str, list[int]]:
+    """The relay processes running on this machine for rooms of `namespace`, by room name, read
+    from their command lines (as the provisioner finds them after a restart)."""
+    from relay.agent.launch import room_of
+    from relay.host.spawner import pid_alive
+
+    found: dict[str, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        ns, room = room_of(args)
+        if ns == namespace and room is not None and pid_alive(int(entry.name)):
+            found.setdefault(room, []).append(int(entry.name))
+    return found
+
+
+async def create_namespace(http: httpx.AsyncClient, h: dict[str, str], name: str, **extra: Any) -> None:
+    body = {"name": name, "serverType": "relay", "serverSpec": "realtime1.nano", **extra}
+    r = await http.post("/realtime/", json=body, headers=h)
+    assert r.status_code == 200, r.text

@@ -3,6 +3,8 @@ port, the real Agent, and none of the data plane. Lets lifecycle tests (heartbea
 drain on delete) run fast and deterministically; the full room life test uses the real relay.
 
 Env STANDIN_CRASH_AFTER=<seconds>: exit abruptly (no `closed` report) that long after registering.
+Env STANDIN_EXIT_DELAY=<seconds>: linger that long after the room closed (a relay exiting slowly).
+SIGUSR1 drains the room as deleted, as `relay serve` does.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ async def main() -> int:
     agent = Agent(relay, config)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(relay.close(CloseReason.SHUTDOWN)))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(relay.close(CloseReason.DELETED)))
     await agent.start()
     crash_after = os.environ.get("STANDIN_CRASH_AFTER")
     if crash_after:
@@ -69,6 +72,7 @@ async def main() -> int:
         os._exit(3)
     reason = await relay.wait_closed()
     await agent.stop(reason)
+    await asyncio.sleep(float(os.environ.get("STANDIN_EXIT_DELAY") or 0))
     return 0
 
 

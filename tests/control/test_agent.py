@@ -139,13 +139,22 @@ async def test_registration_retries_until_control_plane_is_up(tmp_path: Path) ->
         await cp.stop()
 
 
-async def test_wrong_secret_is_refused(tmp_path: Path) -> None:
+async def test_wrong_secret_is_refused_as_if_the_room_did_not_exist(tmp_path: Path) -> None:
+    """Issue 19, defect 7: a caller without the room's secret cannot tell which rooms exist."""
     async with ControlPlane(make_config(tmp_path, provisioner="none")) as cp, httpx.AsyncClient() as http:
         await make_room(cp, "sec", "r")
-        url = f"{cp.internal_url}/rooms/sec/r/register"
         body = {"ipAddress": "127.0.0.1", "port": 1, "adminPort": None, "pid": 1}
-        assert (await http.post(url, json=body, headers={"Authorization": "Bearer wrong"})).status_code == 401
-        assert (await http.post(url, json=body)).status_code == 401
+        answers = set()
+        for room, headers in (
+            ("r", {"Authorization": "Bearer wrong"}),
+            ("r", {}),
+            ("missing", {"Authorization": "Bearer wrong"}),
+            ("missing", {}),
+        ):
+            for kind, sent in (("register", body), ("heartbeat", {}), ("closed", {"reason": "idle"})):
+                r = await http.post(f"{cp.internal_url}/rooms/sec/{room}/{kind}", json=sent, headers=headers)
+                answers.add((r.status_code, r.text))
+        assert len(answers) == 1 and next(iter(answers))[0] == 404, answers
         assert (await cp.store.get_room("sec", "r")).state == "pending"
 
 
@@ -202,6 +211,7 @@ async def test_quiet_room_heartbeats_at_the_idle_interval_until_a_session_begins
         await wait_for(lambda: agent.heartbeats_sent >= 4, timeout=2)  # every 0.1 s now
         relay.members = 0  # everyone left: the next heartbeat promises the long gap again
         await wait_for(lambda: rt.lost_after == 30.0 * 3, timeout=2)
+        await asyncio.sleep(0.2)  # the agent counts that heartbeat once its answer is back
         sent = agent.heartbeats_sent
         await asyncio.sleep(0.5)
         assert agent.heartbeats_sent == sent
@@ -231,7 +241,7 @@ async def test_heartbeat_gap_is_checked_and_bounded(tmp_path: Path) -> None:
         # checked against the record's secret without a store read; other rooms are the store's word
         beat = {"nextHeartbeatSeconds": 1}
         r = await http.post(f"{base}/heartbeat", json=beat, headers={"Authorization": "Bearer nope"})
-        assert r.status_code == 401
+        assert r.status_code == 404
         r = await http.post(f"{cp.internal_url}/rooms/gap/none/heartbeat", json=beat, headers=headers)
         assert r.status_code == 404
 

@@ -50,7 +50,7 @@ async def test_register_heartbeat_delete_drains(cp: ControlPlane) -> None:
         await wait_for(lambda: not pid_alive(pid), timeout=5)
     events = [(e["event"], e.get("reason")) for e in oplog(cp)]
     assert events == [("room.created", None), ("room.ready", None), ("room.deleted", "deleted")]
-    stream = cp.config.data_dir / "logs" / "grn_gs2_ap-northeast-1_o_log_game.jsonl"
+    stream = cp.config.data_dir / "logs" / "grn%3Ags2%3Aap-northeast-1%3Ao%3Alog%3Agame.jsonl"
     assert [json.loads(x)["event"] for x in stream.read_text().splitlines()] == [e for e, _ in events]
 
 
@@ -141,7 +141,7 @@ async def test_restart_adopts_running_relays(tmp_path: Path) -> None:
     second = ControlPlane(config.replace(port=port, stop_relays_on_exit=True))
     await second.start()
     try:
-        assert second.provisioner.alive("ad", "keep")
+        assert second.provisioner.alive((await second.store.get_room("ad", "keep")).incarnation)
         rt = second.state.runtime[("ad", "keep")]
         sent = rt.last_heartbeat
         await wait_for(lambda: rt.last_heartbeat > sent, timeout=5)  # the agent's heartbeats reach us again

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
 
+import httpx
+
+from relay.control.app import ControlPlane
 from relay.control.config import default_relay_command
+from relay.control.oplog import OperationLog, stream_file
 from relay.control.provisioner import LocalProvisioner, RelayRequest
 from relay.control.relay_logs import LogRetention, prune
 from relay.protocol.keys import generate_room_key
+from tests.control.helpers import REAL_RELAY, create_namespace, login, make_config, ready_room, wait_for
 from tests.host.test_zygote import listening
 
 DAY = 86400.0
@@ -82,7 +88,8 @@ async def test_provisioner_prunes_around_its_running_relays(tmp_path: Path) -> N
     )
     await provisioner.start()
     try:
-        request = RelayRequest("ns", "live", generate_room_key(), "secret", "http://127.0.0.1:9", 30, 30)
+        key = generate_room_key()
+        request = RelayRequest("ns", "live", "i1", key, "secret", "http://127.0.0.1:9", 30, 30)
         await provisioner.provision(request)
         log = tmp_path / "ns" / "live.log"
         await listening(log)
@@ -94,7 +101,7 @@ async def test_provisioner_prunes_around_its_running_relays(tmp_path: Path) -> N
         os.utime(log, (then, then))  # as if the relay had been quiet for a minute
         await asyncio.sleep(0.3)  # several passes
         assert log.exists()
-        await provisioner.stop("ns", "live")
+        await provisioner.stop("i1")
         os.utime(log, (then, then))
         deadline = time.monotonic() + 5
         while log.exists():
@@ -102,3 +109,41 @@ async def test_provisioner_prunes_around_its_running_relays(tmp_path: Path) -> N
             await asyncio.sleep(0.05)
     finally:
         await provisioner.close(stop_all=True)
+
+
+async def test_names_dot_and_dotdot_keep_their_logs_inside_their_own_folder(tmp_path: Path) -> None:
+    """Issue 19, defect 6: namespace `..` made a room's output land in the operation log (`..` /
+    `operations`), namespace `.` in the standbys' shared log (`.` / `standby`)."""
+    config = make_config(tmp_path, relay_command=REAL_RELAY)
+    rooms = [("..", "operations"), (".", "standby"), ("..", "standby"), ("x.y", "z"), ("x", "y.z")]
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        for ns in {ns for ns, _ in rooms}:
+            await create_namespace(http, h, ns)
+        for ns, room in rooms:  # %2E: a client would otherwise resolve `..` in the path itself
+            r = await http.post(f"/realtime/{ns.replace('.', '%2E')}/room", json={"name": room}, headers=h)
+            assert r.status_code == 200, r.text
+        for ns, room in rooms:
+            await ready_room(http, h, ns.replace(".", "%2E"), room)
+        provisioner = cp.provisioner
+        assert isinstance(provisioner, LocalProvisioner) and provisioner.log_dir is not None
+        logs = [provisioner.log_path(ns, room) for ns, room in rooms]
+        assert len(set(logs)) == len(rooms)
+        own = {provisioner.log_dir / "standby.log", cp.config.operation_log_path}
+        for log in logs:
+            assert log is not None and log not in own
+            assert log.resolve().parent.parent == provisioner.log_dir.resolve()  # relay-logs/<ns>/<room>.log
+            await wait_for(lambda log=log: "relay listening" in log.read_text())
+    for line in cp.config.operation_log_path.read_text().splitlines():
+        json.loads(line)  # JSON lines only: no relay wrote there
+
+
+def test_logging_namespace_streams_are_one_file_each(tmp_path: Path) -> None:
+    """GRNs that differ only where characters were replaced by `_` shared one stream."""
+    oplog = OperationLog(tmp_path / "operations.log", tmp_path / "logs")
+    grns = ["grn:gs2:r:o:log:game", "grn:gs2:r:o:log_game", "grn_gs2_r_o_log_game", "grn:" + "x" * 1000]
+    for grn in grns:
+        oplog.write("room.created", "ns", "r", grn)
+    streams = {stream_file(tmp_path / "logs", grn) for grn in grns}
+    assert len(streams) == len(grns)
+    assert all(p.parent == tmp_path / "logs" and p.exists() and len(p.name) < 255 for p in streams)

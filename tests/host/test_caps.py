@@ -18,11 +18,14 @@ from relay.agent import caps
 from relay.agent.tiers import NANO, Tier, get_tier
 from relay.client import Received, connect
 from relay.control.app import ControlPlane
+from relay.control.records import RoomRecord
+from relay.control.sqlite_store import SQLiteStore
 from relay.host import cgroups
 from relay.host.capped_spawner import CappedSpawner
 from relay.host.spawner import SubprocessSpawner
+from relay.host.warm_pool import WarmPool
 from relay.protocol.constants import CloseReason
-from tests.control.helpers import login, make_config, oplog, ready_room, wait_for
+from tests.control.helpers import REAL_RELAY, login, make_config, oplog, ready_room, wait_for
 from tests.host import greedy_relay
 
 MIB = 1 << 20
@@ -258,6 +261,27 @@ async def test_relay_over_its_memory_cap_is_killed_and_reported_while_another_ro
 
 
 @needs_cgroups
+async def test_a_relay_gone_silent_then_killed_over_its_memory_cap_is_reported_cap_exceeded(
+    tmp_path: Path,
+) -> None:
+    """The reaper finds the relay lost (no heartbeat while it hangs) before the kernel OOM-kills it:
+    its room ends with the reason the exit gives, not "lost" (the flaky end of the test above)."""
+    config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup", stop_grace=3.0)
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        await start_namespace(http, h, "caps")
+        greedy = await capped_room(cp, http, h, "greedy")
+        os.kill(greedy["pid"], greedy_relay.HANG_THEN_GROW)
+
+        async def greedy_gone() -> bool:
+            return (await http.get("/realtime/caps/room/greedy", headers=h)).status_code == 404
+
+        await wait_for(greedy_gone, timeout=15)
+        closed = [e for e in oplog(cp) if e["event"] == "room.closed"]
+        assert [e["reason"] for e in closed] == ["cap_exceeded"], closed
+
+
+@needs_cgroups
 async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None:
     config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup")
     async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
@@ -266,7 +290,8 @@ async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None
         spinner = await capped_room(cp, http, h, "spinner")
         pid = spinner["pid"]
         # The start-up boost ends when the relay registers, not at the 5 s fallback.
-        handle = cp.provisioner._procs[("caps", "spinner")]  # type: ignore[attr-defined]
+        incarnation = (await cp.store.get_room("caps", "spinner")).incarnation
+        handle = cp.provisioner._procs[incarnation].handle  # type: ignore[attr-defined]
         await wait_for(lambda: cpu_quota(handle.group) == NANO.cpu_quota_us, timeout=2.0)
         os.kill(pid, greedy_relay.SPIN)
         await asyncio.sleep(0.5)
@@ -278,6 +303,58 @@ async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None
         print(f"spinning relay: {share:.1%} of a core, throttled {throttled2 - throttled} periods in 3 s")
         assert 0.05 < share < 0.2, share  # 12.5% quota; the rest of the time it is throttled
         assert throttled2 - throttled > 100  # ~300 periods of 10 ms, most of them throttled
+
+
+class WatchedStore(SQLiteStore):
+    """The real store, noting the relay's CPU quota at the moment a room's address is written."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.quota_when_published: dict[str, int | None] = {}
+
+    async def put_room(self, record: RoomRecord) -> None:
+        if record.ready and record.name not in self.quota_when_published and record.pid:
+            self.quota_when_published[record.name] = pid_cpu_quota(record.pid)
+        await super().put_room(record)
+
+
+@needs_cgroups
+async def test_a_room_is_cpu_capped_when_its_address_is_published(tmp_path: Path) -> None:
+    """Issue 19, defect 9: standbys waited without a CPU quota and got it after their room's
+    address could be read; fresh forks got theirs after too. Checked at the write itself."""
+    config = make_config(tmp_path, relay_command=REAL_RELAY, relay_caps="cgroup", relay_warm_relays=2)
+    store = WatchedStore(tmp_path / "control.db")
+    async with (
+        ControlPlane(config, store=store) as cp,
+        httpx.AsyncClient(base_url=cp.url, timeout=5) as http,
+    ):
+        pool = cp.provisioner.spawner  # type: ignore[attr-defined]
+        assert isinstance(pool, WarmPool)
+        await wait_for(lambda: len(pool.ready_pids) == 2, timeout=15)
+        assert {pid_cpu_quota(pid) for pid in pool.standby_pids} == {NANO.cpu_quota_us}
+        h = await login(http)
+        await start_namespace(http, h, "caps")
+        names = [f"r{i}" for i in range(5)]  # two standbys, then fresh forks
+        for name in names:
+            assert (await http.post("/realtime/caps/room", json={"name": name}, headers=h)).status_code == 200
+        for name in names:
+            await ready_room(http, h, "caps", name)
+        assert pool.handed_out >= 1
+        assert store.quota_when_published == dict.fromkeys(names, NANO.cpu_quota_us)
+
+
+def pid_cpu_quota(pid: int) -> int | None:
+    """The CPU quota (microseconds per period) of the cgroup `pid` is in; None for none."""
+    assert BACKEND is not None
+    if isinstance(BACKEND, cgroups.CgroupV1Backend):
+        mount = cgroups.mounts(Path("/proc/self/mounts").read_text())[1]["cpu"]
+        group: cgroups.Cgroup = cgroups.CgroupV1({"cpu": mount / str(group_of(pid, "cpu")).lstrip("/")})
+    else:
+        mount2 = cgroups.mounts(Path("/proc/self/mounts").read_text())[0]
+        assert mount2 is not None
+        path = Path(f"/proc/{pid}/cgroup").read_text().splitlines()[-1].split(":", 2)[2]
+        group = cgroups.CgroupV2(mount2 / path.lstrip("/"))
+    return cpu_quota(group)
 
 
 def cpu_quota(group: cgroups.Cgroup) -> int | None:
@@ -322,6 +399,29 @@ async def test_capped_spawner_removes_the_group_after_exit(tmp_path: Path) -> No
     assert cpu_quota(handle.group) == NANO.cpu_quota_us
     assert await handle.wait() == 0 and handle.exit_reason is None
     assert not any(p.exists() for p in paths)
+
+
+@needs_cgroups
+async def test_a_relay_adopted_in_its_start_up_boost_gets_its_cpu_quota(tmp_path: Path) -> None:
+    """A control plane killed before its relay registered left it without a CPU quota; the next
+    one finds the relay's group (recovery adopts it) and puts the quota on."""
+    first = CappedSpawner(SubprocessSpawner(), NANO, BACKEND)
+    spawned = await first.spawn(
+        [sys.executable, "-c", "import time; time.sleep(30)", "--namespace", "n", "--room", "r"],
+        dict(os.environ),
+        None,
+    )
+    assert spawned.group is not None and cpu_quota(spawned.group) is None  # in its boost
+    adopted = CappedSpawner(SubprocessSpawner(), NANO, BACKEND).adopt(spawned.pid)
+    try:
+        assert adopted is not None and adopted.group is not None
+        assert group_dirs(adopted.group) == group_dirs(spawned.group)
+        assert cpu_quota(spawned.group) == NANO.cpu_quota_us
+        assert CappedSpawner(SubprocessSpawner(), NANO, BACKEND).adopt(os.getpid()) is None  # not ours
+    finally:
+        spawned.kill()
+        await spawned.wait()
+    assert adopted is not None and await asyncio.wait_for(adopted.wait(), 5) is None
 
 
 @needs_cgroups

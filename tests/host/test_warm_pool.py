@@ -72,10 +72,10 @@ async def test_a_standby_becomes_the_rooms_relay(pool: WarmPool, tmp_path: Path)
     standbys = set(pool.ready_pids)
     relays = Relays(pool, tmp_path)
     try:
-        s = await relays.start("a", "--namespace", "ns", "--room", "r1")
+        s = await relays.start("a", "--namespace", "ns", "--room", "r1", "--incarnation", "i1")
         assert s.handle.pid in standbys and pool.handed_out == 1
         host, port, _ = await listening(s.log)
-        assert pid_is_relay(s.handle.pid, "ns", "r1")  # the room's own flags, for adopt()
+        assert pid_is_relay(s.handle.pid, "ns", "r1", "i1")  # the room's own flags, for adopt()
         assert "--standby" not in cmdline(s.handle.pid)
         a = await rc.connect(host, port, s.key, "a", transport="udp", timeout=3)
         b = await rc.connect(host, port, s.key, "b", transport="ws", timeout=3)
@@ -166,7 +166,9 @@ def cgroup_of(pid: int) -> str:
 
 
 @needs_cgroups
-async def test_capped_standby_idles_at_the_lowest_weight_until_it_has_a_room(tmp_path: Path) -> None:
+async def test_capped_standby_idles_at_the_lowest_weight_and_is_cpu_capped_from_its_start(
+    tmp_path: Path,
+) -> None:
     pool = WarmPool(CappedSpawner(ZygoteSpawner(), NANO, BACKEND), size=1, log_path=tmp_path / "standby.log")
     await pool.start()
     relays = Relays(pool, tmp_path)
@@ -175,7 +177,7 @@ async def test_capped_standby_idles_at_the_lowest_weight_until_it_has_a_room(tmp
         standby = pool._ready[0]
         assert isinstance(standby, CappedHandle) and standby.group is not None
         assert cpu_weight(standby.group) == (2 if standby.group.version == 1 else 1)
-        assert cpu_quota(standby.group) is None  # no quota either: it serves no one yet
+        assert cpu_quota(standby.group) == NANO.cpu_quota_us  # capped from its start: never a boost
         template = pool.inner.inner.template_pid  # type: ignore[attr-defined]
         await wait_for(lambda: cgroup_of(standby.pid) != cgroup_of(template))  # moved into its own group
 
@@ -183,7 +185,7 @@ async def test_capped_standby_idles_at_the_lowest_weight_until_it_has_a_room(tmp
         assert s.handle is standby
         assert cpu_weight(standby.group) == (1024 if standby.group.version == 1 else 100)
         host, port, _ = await listening(s.log)
-        assert cpu_quota(standby.group) is None  # its start-up boost, until it registers
+        assert cpu_quota(standby.group) == NANO.cpu_quota_us  # its room is never reachable uncapped
         standby.registered()
         assert cpu_quota(standby.group) == NANO.cpu_quota_us
         a = await rc.connect(host, port, s.key, "a", transport="udp", timeout=3)

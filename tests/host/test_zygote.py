@@ -121,11 +121,12 @@ async def test_kill_reports_minus_9(relays: Relays) -> None:
 async def test_child_of_template_shares_memory(
     spawner: ZygoteSpawner, relays: Relays, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    s = await relays.start("c", "--namespace", "ns", "--room", "r1")
+    s = await relays.start("c", "--namespace", "ns", "--room", "r1", "--incarnation", "i1")
     await listening(s.log)
     await asyncio.sleep(0.3)  # idle
     assert parent_of(s.handle.pid) == spawner.template_pid != os.getpid()
-    assert pid_is_relay(s.handle.pid, "ns", "r1")  # its cmdline is the relay's own, for adopt()
+    assert pid_is_relay(s.handle.pid, "ns", "r1", "i1")  # its cmdline is the relay's own, for adopt()
+    assert not pid_is_relay(s.handle.pid, "ns", "r1", "i2")  # another incarnation of the room
     uss, rss = memory(s.handle.pid)
     with capsys.disabled():
         print(f"\nidle forked relay: USS {uss} kB, RSS {rss} kB ({uss / rss:.0%})")
@@ -171,20 +172,20 @@ async def test_non_serve_command_falls_back_to_subprocess(spawner: ZygoteSpawner
 
 async def test_local_provisioner_on_zygote(spawner: ZygoteSpawner, tmp_path: Path) -> None:
     provisioner = LocalProvisioner(relay_command=default_relay_command(), spawner=spawner, log_dir=tmp_path)
-    exits: list[tuple[str, str, int | None]] = []
+    exits: list[tuple[str, str, str, int | None]] = []
 
-    async def on_exit(namespace: str, room: str, code: int | None, *_reason: object) -> None:
-        exits.append((namespace, room, code))
+    async def on_exit(namespace: str, room: str, incarnation: str, code: int | None, *_: object) -> None:
+        exits.append((namespace, room, incarnation, code))
 
     provisioner.set_exit_callback(on_exit)
-    request = RelayRequest("ns", "room1", generate_room_key(), "secret", "http://127.0.0.1:9", 0.2, 0.2)
+    request = RelayRequest("ns", "room1", "i1", generate_room_key(), "secret", "http://127.0.0.1:9", 0.2, 0.2)
     pid = await provisioner.provision(request)
     try:
         await listening(tmp_path / "ns" / "room1.log")
         assert pid is not None and parent_of(pid) == spawner.template_pid
-        assert provisioner.alive("ns", "room1")
-        await provisioner.stop("ns", "room1")
+        assert provisioner.alive("i1")
+        await provisioner.stop("i1")
         await asyncio.sleep(0)
-        assert exits == [("ns", "room1", 0)]
+        assert exits == [("ns", "room1", "i1", 0)]
     finally:
         await provisioner.close(stop_all=True)

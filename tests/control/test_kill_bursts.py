@@ -1,0 +1,105 @@
+"""SIGKILL of a real `relay control` in the middle of wantRoom bursts, three times, with players in
+the rooms: no acknowledged room is lost or stuck, every room has exactly one relay (a room
+acknowledged but not registered at the kill is adopted, never given a twin), and no player is
+disconnected. Real relays, forked from the zygote template or taken from the warm pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import relay.client as rc
+from tests.control.helpers import create_namespace, login, ready_room, relay_pids, wait_for
+from tests.control.test_durability import start_control
+from tests.host.test_control_restart import free_port
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+BURST = 12
+IDLE_TIMEOUT = 8.0  # a relay nobody plays in (a twin) ends this long after it starts
+
+
+async def want_then_kill(url: str, proc: subprocess.Popen[bytes], names: list[str]) -> list[str]:
+    """Wants the rooms at once and SIGKILLs the control plane once half of them are acknowledged
+    (the rest in flight, relays starting); the names acknowledged."""
+    acked: list[str] = []
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        h = await login(http)
+
+        async def want(name: str) -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                r = await http.post("/realtime/kb/room", json={"name": name}, headers=h)
+                if r.status_code == 200:
+                    acked.append(name)
+
+        wants = [asyncio.create_task(want(name)) for name in names]
+        await wait_for(lambda: len(acked) >= len(names) // 2, timeout=20, interval=0.002)
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.gather(*wants)
+    proc.wait(10)
+    return acked
+
+
+async def play_in(item: dict[str, Any], name: str) -> rc.Client:
+    return await rc.connect(item["ipAddress"], item["port"], item["encryptionKey"], name, transport="ws")
+
+
+def relays_per_room() -> dict[str, int]:
+    return {name: len(pids) for name, pids in relay_pids("kb").items()}
+
+
+async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_playing(tmp_path: Path) -> None:
+    data, log, port = tmp_path / "data", tmp_path / "control.log", free_port()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"relay_extra_args": ["--idle-timeout", str(IDLE_TIMEOUT)]}))
+    control = ("local", "--config", str(config), "--stop-relays-on-exit")
+    proc, url = await start_control(data, log, port, *control)
+    acked: list[str] = []
+    players: dict[str, rc.Client] = {}
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            await create_namespace(http, await login(http), "kb")
+        for round_ in range(ROUNDS):
+            acked += await want_then_kill(url, proc, [f"r{round_}-{i}" for i in range(BURST)])
+            proc, url = await start_control(data, log, port, *control)
+            restarted = time.monotonic()
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                h = await login(http)
+                for name in acked:  # none stuck: each gets (or keeps) its relay
+                    item = await ready_room(http, h, "kb", name)
+                    if name not in players:
+                        players[name] = await play_in(item, "p-" + name)
+            expected = dict.fromkeys(acked, 1)
+            await wait_for(lambda expected=expected: relays_per_room() == expected, timeout=10)
+        # Any twin would have idled out by now and taken its room down with it.
+        await asyncio.sleep(max(0.0, IDLE_TIMEOUT + 1.0 - (time.monotonic() - restarted)))
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            h = await login(http)
+            listed = (await http.get("/realtime/kb/room?limit=1000", headers=h)).json()["items"]
+        assert sorted(r["name"] for r in listed) == sorted(acked)  # no acknowledged room lost
+        for name, player in players.items():
+            ended = [e for e in player.drain_events() if isinstance(e, rc.ClosingEvent | rc.Disconnected)]
+            assert not ended and not player.closed, (name, ended)
+        assert len(acked) >= ROUNDS * BURST // 2
+        assert relays_per_room() == dict.fromkeys(acked, 1)  # exactly one relay per room, no twin
+    finally:
+        for player in players.values():
+            with contextlib.suppress(Exception):
+                await player.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        for pids in relay_pids("kb").values():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
