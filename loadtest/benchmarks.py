@@ -3,8 +3,8 @@
 The deployed shape leads (fleet-shape: many rooms per core, a relay process each, one message
 per packet), then the one-process peak (throughput); both run `--runs` times with the C relay
 measured in the same run, and medians are reported beside every run's figures; flood, nano and
-fleet run once each (their results are searches and latency distributions, not a single rate). Each run's full results
-stay in results/benchmarks-<timestamp>/.
+fleet run once each (their results are searches and latency distributions, not a single rate).
+Each run's full results stay in results/benchmarks-<timestamp>/.
 """
 
 from __future__ import annotations
