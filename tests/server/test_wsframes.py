@@ -62,7 +62,12 @@ def test_takes_the_simple_frames_up_to_the_first_other(
     stopped_at_other = False
     for frame_wire, taken in frames:
         if taken is None:
-            stopped_at_other = pos + 2 <= len(buf)  # its first two bytes tell it apart
+            # its first two bytes tell an opcode, flags or a missing mask apart; a frame other only
+            # by its length needs its whole length field
+            b0, b1 = frame_wire[0], frame_wire[1]
+            simple_head = b0 in (0x82, 0x89, 0x8A) and b1 & 0x80
+            need = {126: 4, 127: 10}.get(b1 & 0x7F, 2) if simple_head else 2
+            stopped_at_other = pos + need <= len(buf)
             break
         if pos + len(frame_wire) > len(buf):
             break
