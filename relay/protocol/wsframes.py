@@ -74,12 +74,12 @@ def take_frames(buf: bytearray, max_size: int) -> tuple[list[tuple[int, bytes]],
     pos = 0
     end = len(buf)
     while True:
+        if end - pos >= 2 and (buf[pos] not in _SIMPLE_HEADS or not buf[pos + 1] & MASKED):
+            return frames, pos, True  # told apart by its first two bytes, before its length
         head = parse_head(buf, pos, end)
         if head is None:
             break
-        b0, masked, start, length = head
-        if b0 not in _SIMPLE_HEADS or not masked:
-            return frames, pos, True
+        b0, _, start, length = head
         opcode = b0 & 0x0F
         if length > (max_size if opcode == BINARY else MAX_CONTROL):
             return frames, pos, True
