@@ -301,6 +301,9 @@ class Client:
                         old = self._link
                         self._link = None
                         if old is not None:
+                            # it went silent or failed its handshake: a closing handshake would
+                            # only wait (close_timeout) for an answer, and hold up the resume
+                            old.abort()
                             await old.close()
                         self._link = await asyncio.wait_for(self._open_link(), remaining)
                     await self._handshake(first=False)

@@ -251,7 +251,10 @@ class Room:
         path = session.path
         if path is not None:
             if addr != path.addr:
-                self._rebind(session, path, addr, len(data))
+                # only the newest packet moves the session (RFC 9000 9.3): one from the old
+                # address that the path reordered past the move must not take it back there
+                if ctr == session.opener.window.top:
+                    self._rebind(session, path, addr, len(data))
             elif not path.validated:
                 if path.challenge:
                     path.credit(len(data))

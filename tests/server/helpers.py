@@ -33,8 +33,17 @@ def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
 
 
-async def client(room: EmbeddedRoom, user: str, transport: str = "udp", **kw: Any) -> rc.Client:
-    return await rc.connect(room.host, room.port, room.key, user, transport=transport, timeout=3, **kw)
+async def client(
+    room: EmbeddedRoom,
+    user: str,
+    transport: str = "udp",
+    port: int | None = None,
+    timeout: float = 3,
+    **kw: Any,
+) -> rc.Client:
+    """A client of the room, at its own port or at `port` (a proxy in front of it)."""
+    port = room.port if port is None else port
+    return await rc.connect(room.host, port, room.key, user, transport=transport, timeout=timeout, **kw)
 
 
 async def exchange(a: rc.Client, b: rc.Client, data: bytes = b"still here") -> None:

@@ -158,6 +158,37 @@ def test_an_unvalidated_address_gets_no_more_bytes_than_it_sent() -> None:
     assert room.counters.drops["amplification"] >= 1
 
 
+def test_a_late_packet_from_the_old_address_does_not_move_the_session_back() -> None:
+    """NAT rebinding with reordering: the packet sent just before the move arrives after the
+    first one from the new address. It is delivered, but only the newest packet moves a session
+    (7.3): the session stays at the new address, challenged once, and b's traffic goes there.
+    (It went back to the old address, which the NAT no longer maps, and again to the new one on
+    b's next packet, challenged each time; tests/impaired found it.)"""
+    key, room, net = new_room()
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    old, new = net.address(b), ("192.0.2.1", 50001)
+    b.send(b"sent before the move")
+    late = b.datagrams_to_send()
+    net.move(b, new)
+    b.send(b"sent after the move")
+    net.up(b, b.datagrams_to_send())
+    room.udp_datagram(late[0], old, net.now)  # reordered past the move, from the old address
+    room.flush(net.now)
+    path = room.sessions[b.session_id].path
+    assert path is not None and path.addr == new and room.counters.rebinds == 1
+    net.pump(a, b)  # b answers the challenge from the new address
+    assert path.validated and path.addr == new
+    assert sorted(e.data for e in net.take(a) if isinstance(e, Received)) == [
+        b"sent after the move",
+        b"sent before the move",
+    ]
+    a.send(b"to b")
+    net.pump(a, b)
+    assert [e for e in net.take(b) if isinstance(e, Received)] == [Received(a.connection_id, b"to b")]
+
+
 def test_a_member_over_its_rate_is_told_then_kicked() -> None:
     key, room, net = new_room(messages_per_second=10, message_burst=10, abuse_kick_after=3.0)
     a, b = _client(key, "a"), _client(key, "b")
