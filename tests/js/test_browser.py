@@ -34,7 +34,7 @@ RESULTS = (
 
 
 @pytest.fixture
-async def browser(node: list[str], js_build: Path, chromium: str) -> AsyncIterator[JsRemote]:
+async def browser(chromium: str, node: list[str], js_build: Path) -> AsyncIterator[JsRemote]:
     async with JsRemote.run(node, js_build / "test" / "browser.js") as remote:
         await remote.call("launch", timeout=30, executablePath=chromium)
         yield remote

@@ -251,7 +251,10 @@ class WorkerHub {
       };
       this.worker.onerror = (ev) => {
         ev.preventDefault();
-        resolve(false);
+        resolve(false); // before "ready": its channels run in-thread instead
+        // After it (the worker died): its channels are lost, and later ones run in-thread.
+        hub = null;
+        for (const [id, c] of this.channels) c.fromWorker({ t: "closed", id, cause: "worker failed", stats: c.stats });
       };
     });
   }

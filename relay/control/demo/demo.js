@@ -2,11 +2,11 @@
 import {
   JoinRefusedError,
   connect
-} from "./relay-shared-W6BEB4QG.js";
+} from "./relay-shared-ZLOXEWXQ.js";
 import {
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-TCXYUL36.js";
+} from "./relay-shared-LKKLOGMY.js";
 
 // demo/demo.ts
 var SESSION_KEY = "gs2relay-demo";

@@ -5,14 +5,14 @@ import {
   RelayClient,
   connect,
   relayUrl
-} from "./relay-shared-W6BEB4QG.js";
+} from "./relay-shared-ZLOXEWXQ.js";
 import {
   CloseReason,
   ErrorCode,
   LeaveReason,
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-TCXYUL36.js";
+} from "./relay-shared-LKKLOGMY.js";
 export {
   CloseReason,
   ConnectionError,

@@ -8,7 +8,7 @@ import {
   equal,
   openChannel,
   utf8
-} from "./relay-shared-TCXYUL36.js";
+} from "./relay-shared-LKKLOGMY.js";
 
 // src/client.ts
 var JoinRefusedError = class extends Error {

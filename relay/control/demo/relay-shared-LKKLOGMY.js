@@ -1947,6 +1947,8 @@ var WorkerHub = class {
       this.worker.onerror = (ev) => {
         ev.preventDefault();
         resolve(false);
+        hub = null;
+        for (const [id, c] of this.channels) c.fromWorker({ t: "closed", id, cause: "worker failed", stats: c.stats });
       };
     });
   }
