@@ -33,6 +33,7 @@ from relay.control.agent_api import AgentApi
 from relay.control.api import build_routes
 from relay.control.auth import Authority, load_or_create_credentials, load_signing_key
 from relay.control.config import ControlConfig
+from relay.control.demo_api import mount_demo
 from relay.control.errors import ApiError, ErrorItem, error_response
 from relay.control.gateway import Gateway
 from relay.control.metrics import ControlMetrics
@@ -206,6 +207,7 @@ class ControlPlane:
             gateway=self.gateway,
             config=self.config,
         )
+        self.demo_mounted = mount_demo(app, self.namespaces, self.rooms, self.authority, self.config)
         original_openapi = app.openapi
 
         def openapi() -> dict[str, Any]:

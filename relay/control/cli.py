@@ -70,7 +70,7 @@ def _parser(prog: str, dev: bool) -> argparse.ArgumentParser:
 
 
 def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | None = None) -> ControlConfig:
-    base = ControlConfig(stop_relays_on_exit=dev)
+    base = ControlConfig(stop_relays_on_exit=dev, demo=dev)
     if args.config:
         base = ControlConfig.from_file(args.config, base)
     base = ControlConfig.from_env(base, environ)
@@ -112,6 +112,8 @@ def _banner(cp: Any, dev: bool) -> str:
         f"  RELAY_CLIENT_SECRET={a.client_secret}",
         f"  token public key (relay --token-public-key): {a.public_key_text}",
     ]
+    if cp.demo_mounted:
+        lines.append(f"  demo page: {url}/demo/")
     if dev:
         login = (
             f"T=$(curl -s -XPOST {url}/identifier/projectToken/login -d "

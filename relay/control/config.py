@@ -30,6 +30,10 @@ class ControlConfig:
     public_url: str | None = None
     """Base URL relays use to reach /internal; default http://{host}:{port} (0.0.0.0 -> 127.0.0.1)."""
 
+    demo: bool = False
+    """Serve the demo page at /demo and its dev-only API (relay/control/demo_api.py): `relay dev`
+    turns it on; it stays off unless `host` is a loopback address (docs/security.md)."""
+
     # --- identity --------------------------------------------------------------------------
     region: str = "ap-northeast-1"
     """Region used in GRNs (grn:gs2:{region}:{ownerId}:realtime:...)."""

@@ -73,11 +73,11 @@ class Namespaces:
             rec.updated_at = max(now_ms(), rec.updated_at)
             rec.revision += 1
             await self.state.store.put_namespace(rec)
-            for room in await self._all_rooms(name):
+            for room in await self.all_rooms(name):
                 await self.rooms.end_room(room, "deleted", rec, stop=True, event="room.deleted")
             return rec
 
-    async def _all_rooms(self, namespace: str) -> list[RoomRecord]:
+    async def all_rooms(self, namespace: str) -> list[RoomRecord]:
         rooms: list[RoomRecord] = []
         after: str | None = None
         while True:

@@ -1,0 +1,365 @@
+/**
+ * The transport of one session: a WebSocket carrying HELLO, ACCEPT, then sealed DATA both ways
+ * (docs/protocol.md sections 4, 6, 7.2). It hands up plaintexts in order and knows nothing of
+ * messages. In a browser it runs in a dedicated Worker (relay-worker.ts) so that a busy room's
+ * packets (a WebSocket event and a WebCrypto call each) do not land on the page's main thread;
+ * elsewhere, or if the worker cannot start, it runs in-thread.
+ */
+
+import {
+  aeadKey,
+  buildHello,
+  DATA,
+  deriveHelloKey,
+  generateEphemeral,
+  HEADER_SIZE,
+  openAccept,
+  openPacket,
+  ProtocolError,
+  sealData,
+  TAG_SIZE,
+  VERSION,
+  type Ephemeral,
+} from "./protocol.js";
+
+export type WebSocketConstructor = new (url: string) => WebSocket;
+
+export interface ChannelEvents {
+  /** Authenticated DATA plaintexts, in counter order. */
+  plaintexts(pts: Uint8Array[]): void;
+  /** The connection is gone (after every plaintext that preceded it); called once. */
+  closed(cause: string): void;
+}
+
+export interface ChannelStats {
+  packetsIn: number;
+  packetsOut: number;
+  /** Packets dropped as section 4.4 says: bad header, unknown session, tag, stale counter. */
+  dropped: number;
+}
+
+export interface Channel {
+  readonly stats: ChannelStats;
+  /** Seals one DATA packet per plaintext. */
+  send(plaintexts: Uint8Array[]): void;
+  /** Closes the socket once everything sent so far is written; resolves when it is closed. */
+  end(code: number): Promise<void>;
+}
+
+export interface ChannelRequest {
+  url: string;
+  psk: Uint8Array;
+  /** The JOIN message, sent as the first DATA once ACCEPT has checked out. */
+  join: Uint8Array;
+}
+
+/** The transport on this thread. */
+export class SocketChannel implements Channel {
+  readonly stats: ChannelStats = { packetsIn: 0, packetsOut: 0, dropped: 0 };
+  private readonly ws: WebSocket;
+  private sessionId = 0;
+  private txKey: CryptoKey | null = null;
+  private rxKey: CryptoKey | null = null;
+  private txCounter = 0;
+  /** The last DATA counter accepted; a number: no session reaches 2^53 packets. */
+  private rxCounter = 0;
+  /** Packets being opened, in arrival order; `pt` is undefined until WebCrypto answers. */
+  private inbound: { counter: number; pt: Uint8Array | null | undefined }[] = [];
+  private accepting: Promise<void> = Promise.resolve();
+  private tx: Promise<void> = Promise.resolve();
+  private closeCause: string | null = null;
+  private done = false;
+  private readonly closedSocket: Promise<void>;
+
+  constructor(
+    WS: WebSocketConstructor,
+    private readonly request: ChannelRequest,
+    private readonly events: ChannelEvents,
+  ) {
+    const hello = this.prepareHello();
+    hello.catch(() => {}); // reported when the socket opens
+    this.ws = new WS(request.url);
+    this.ws.binaryType = "arraybuffer";
+    this.closedSocket = new Promise((resolve) => this.ws.addEventListener("close", () => resolve()));
+    this.ws.onopen = () => {
+      hello.then(
+        ([, packet]) => this.ws.readyState === 1 && this.ws.send(packet as Uint8Array<ArrayBuffer>),
+        (e: unknown) => this.fail(`cannot build HELLO: ${String(e)}`),
+      );
+    };
+    this.ws.onmessage = (ev: MessageEvent) => {
+      if (!(ev.data instanceof ArrayBuffer)) return; // the relay sends binary messages only
+      if (this.rxKey !== null) this.receive(ev.data);
+      else {
+        const packet = new Uint8Array(ev.data); // until ACCEPT, only ACCEPT is expected
+        this.accepting = this.accepting.then(() => this.accept(packet, hello));
+      }
+    };
+    this.ws.onclose = (ev: CloseEvent) => {
+      // After the packets already received: an ERROR that preceded the close is seen first.
+      this.closeCause = `connection closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`;
+      void this.accepting.then(() => this.deliver());
+    };
+    this.ws.onerror = () => {}; // a close event follows
+  }
+
+  private async prepareHello(): Promise<[Ephemeral, Uint8Array]> {
+    const eph = await generateEphemeral();
+    const helloKey = await aeadKey(await deriveHelloKey(this.request.psk, eph.publicKey));
+    return [eph, await buildHello(helloKey, eph.publicKey)];
+  }
+
+  private async accept(packet: Uint8Array, hello: Promise<[Ephemeral, Uint8Array]>): Promise<void> {
+    if (this.rxKey !== null || this.done) return;
+    try {
+      const [eph] = await hello;
+      const { sessionId, keys } = await openAccept(packet, this.request.psk, eph);
+      this.sessionId = sessionId;
+      this.txKey = await aeadKey(keys.c2s);
+      this.rxKey = await aeadKey(keys.s2c);
+    } catch (e) {
+      this.fail(e instanceof ProtocolError ? `bad ACCEPT: ${e.message}` : String(e));
+      return;
+    }
+    this.send([this.request.join]);
+  }
+
+  /**
+   * A DATA packet: checked (section 4.4), then opened. The decryptions run concurrently and are
+   * taken in arrival order, one promise per packet: this is the hot path of a busy room.
+   */
+  private receive(data: ArrayBuffer): void {
+    this.stats.packetsIn++;
+    const v = new DataView(data);
+    if (
+      data.byteLength < HEADER_SIZE + TAG_SIZE ||
+      v.getUint8(0) !== VERSION ||
+      v.getUint8(1) !== DATA ||
+      v.getUint16(2) !== 0 ||
+      v.getUint32(4) !== this.sessionId ||
+      v.getUint32(8) >= 0x20_0000
+    ) {
+      this.stats.dropped++;
+      return;
+    }
+    const counter = v.getUint32(8) * 0x1_0000_0000 + v.getUint32(12);
+    if (counter <= this.rxCounter) {
+      this.stats.dropped++;
+      return;
+    }
+    const entry: { counter: number; pt: Uint8Array | null | undefined } = { counter, pt: undefined };
+    this.inbound.push(entry);
+    openPacket(this.rxKey!, new Uint8Array(data)).then(
+      (pt) => {
+        entry.pt = new Uint8Array(pt);
+        this.deliver();
+      },
+      () => {
+        entry.pt = null;
+        this.deliver();
+      },
+    );
+  }
+
+  private deliver(): void {
+    const out: Uint8Array[] = [];
+    while (this.inbound.length > 0 && this.inbound[0]!.pt !== undefined) {
+      const { counter, pt } = this.inbound.shift()!;
+      // Over WebSocket each counter must exceed the last accepted (section 4.4), after the tag.
+      if (pt == null || counter <= this.rxCounter || this.done) {
+        this.stats.dropped++;
+        continue;
+      }
+      this.rxCounter = counter;
+      out.push(pt);
+    }
+    if (out.length > 0) this.events.plaintexts(out);
+    if (this.closeCause !== null && this.inbound.length === 0) this.fail(this.closeCause);
+  }
+
+  send(plaintexts: Uint8Array[]): void {
+    if (this.txKey === null || this.done || this.ws.readyState !== 1) return;
+    for (const pt of plaintexts) {
+      const sealed = sealData(this.txKey, this.sessionId, ++this.txCounter, pt).then(
+        (p) => p,
+        () => null,
+      );
+      this.tx = this.tx.then(async () => {
+        const packet = await sealed;
+        if (packet !== null && this.ws.readyState === 1) {
+          this.ws.send(packet as Uint8Array<ArrayBuffer>);
+          this.stats.packetsOut++;
+        }
+      });
+    }
+  }
+
+  async end(code: number): Promise<void> {
+    if (!this.done) {
+      this.done = true;
+      await this.tx;
+      this.close(code);
+    }
+    await this.closedSocket;
+  }
+
+  private fail(cause: string): void {
+    if (this.done) return;
+    this.done = true;
+    this.close(1000);
+    this.events.closed(cause);
+  }
+
+  private close(code: number): void {
+    try {
+      this.ws.close(code);
+    } catch {
+      // already closing
+    }
+  }
+}
+
+// --- the worker ------------------------------------------------------------------------------
+
+/** Main thread to worker. */
+export type ToWorker =
+  | { t: "open"; id: number; request: ChannelRequest }
+  | { t: "send"; id: number; pts: Uint8Array[] }
+  | { t: "end"; id: number; code: number };
+
+/** Worker to main thread. */
+export type FromWorker =
+  | { t: "ready" }
+  | { t: "data"; id: number; pts: Uint8Array[]; stats: ChannelStats }
+  | { t: "closed"; id: number; cause: string | null; stats: ChannelStats };
+
+/** One worker for every channel of the page, started on first use. */
+class WorkerHub {
+  readonly worker: Worker;
+  readonly channels = new Map<number, WorkerChannel>();
+  /** True once the worker runs, false if it could not start. */
+  readonly ready: Promise<boolean>;
+  private nextId = 0;
+
+  constructor(url: URL) {
+    this.worker = new Worker(url, { type: "module", name: "gs2relay" });
+    this.ready = new Promise((resolve) => {
+      this.worker.onmessage = (ev: MessageEvent<FromWorker>) => {
+        const m = ev.data;
+        if (m.t === "ready") resolve(true);
+        else this.channels.get(m.id)?.fromWorker(m);
+      };
+      this.worker.onerror = (ev) => {
+        ev.preventDefault();
+        resolve(false); // before "ready": its channels run in-thread instead
+        // After it (the worker died): its channels are lost, and later ones run in-thread.
+        hub = null;
+        for (const [id, c] of this.channels) c.fromWorker({ t: "closed", id, cause: "worker failed", stats: c.stats });
+      };
+    });
+  }
+
+  id(): number {
+    return ++this.nextId;
+  }
+
+  post(message: ToWorker): void {
+    this.worker.postMessage(message);
+  }
+}
+
+let hub: WorkerHub | null | undefined;
+
+function workerHub(): WorkerHub | null {
+  if (hub === undefined) {
+    try {
+      hub = typeof Worker === "function" ? new WorkerHub(new URL("./relay-worker.js", import.meta.url)) : null;
+    } catch {
+      hub = null; // e.g. a Content-Security-Policy without worker-src
+    }
+  }
+  return hub;
+}
+
+/** The transport in the page's worker; in-thread if the worker did not start. */
+class WorkerChannel implements Channel {
+  stats: ChannelStats = { packetsIn: 0, packetsOut: 0, dropped: 0 };
+  private inThread: SocketChannel | null = null;
+  private readonly id: number;
+  private queued: Uint8Array[] = [];
+  private endCode: number | null = null;
+  private readonly socketClosed: Promise<void>;
+  private closeSocket!: () => void;
+  private gone = false;
+
+  constructor(
+    private readonly hub: WorkerHub,
+    request: ChannelRequest,
+    private readonly events: ChannelEvents,
+  ) {
+    this.id = hub.id();
+    this.socketClosed = new Promise((resolve) => (this.closeSocket = resolve));
+    void hub.ready.then((ok) => {
+      if (ok) {
+        hub.channels.set(this.id, this);
+        hub.post({ t: "open", id: this.id, request });
+        if (this.queued.length > 0) hub.post({ t: "send", id: this.id, pts: this.queued });
+        if (this.endCode !== null) hub.post({ t: "end", id: this.id, code: this.endCode });
+      } else {
+        this.inThread = new SocketChannel(WebSocket, request, events);
+        this.stats = this.inThread.stats;
+        if (this.queued.length > 0) this.inThread.send(this.queued);
+        if (this.endCode !== null) void this.inThread.end(this.endCode).then(this.closeSocket);
+      }
+      this.queued = [];
+    });
+  }
+
+  fromWorker(m: FromWorker): void {
+    if (m.t === "data") {
+      this.stats = m.stats;
+      if (!this.gone) this.events.plaintexts(m.pts);
+    } else if (m.t === "closed") {
+      this.stats = m.stats;
+      this.hub.channels.delete(this.id);
+      this.closeSocket();
+      if (m.cause !== null && !this.gone) {
+        this.gone = true;
+        this.events.closed(m.cause);
+      }
+    }
+  }
+
+  send(pts: Uint8Array[]): void {
+    if (this.inThread !== null) this.inThread.send(pts);
+    else if (this.hub.channels.has(this.id)) this.hub.post({ t: "send", id: this.id, pts });
+    else this.queued.push(...pts);
+  }
+
+  async end(code: number): Promise<void> {
+    this.gone = true;
+    if (this.inThread !== null) return this.inThread.end(code);
+    if (this.hub.channels.has(this.id)) this.hub.post({ t: "end", id: this.id, code });
+    else this.endCode = code;
+    return this.socketClosed;
+  }
+}
+
+/**
+ * A channel for `request`: in the page's worker when `useWorker` and the environment has Worker
+ * (browsers), else on this thread with `WS`.
+ */
+export function openChannel(
+  request: ChannelRequest,
+  events: ChannelEvents,
+  WS: WebSocketConstructor | undefined,
+  useWorker: boolean,
+): Channel {
+  const h = useWorker && WS === undefined ? workerHub() : null;
+  if (h !== null) return new WorkerChannel(h, request, events);
+  const ctor = WS ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  if (ctor === undefined) {
+    throw new TypeError("no WebSocket: use Node 22+, node --experimental-websocket, or options.WebSocket");
+  }
+  return new SocketChannel(ctor, request, events);
+}

@@ -1,0 +1,57 @@
+// Built from clients/js by `npm run bundle` (esbuild); do not edit.
+import {
+  SocketChannel
+} from "./relay-shared-LKKLOGMY.js";
+
+// src/relay-worker.ts
+var scope = globalThis;
+var channels = /* @__PURE__ */ new Map();
+var outbox = /* @__PURE__ */ new Map();
+var flushing = false;
+function stats(channel) {
+  return { ...channel.stats };
+}
+function post(id) {
+  const out = outbox.get(id);
+  if (out === void 0) return;
+  outbox.delete(id);
+  const transfer = out.pts.map((p) => p.buffer);
+  scope.postMessage({ t: "data", id, pts: out.pts, stats: stats(out.channel) }, transfer);
+}
+function flush() {
+  flushing = false;
+  for (const id of [...outbox.keys()]) post(id);
+}
+scope.onmessage = (ev) => {
+  const m = ev.data;
+  if (m.t === "open") {
+    const channel = new SocketChannel(WebSocket, m.request, {
+      plaintexts: (pts) => {
+        const out = outbox.get(m.id);
+        if (out === void 0) outbox.set(m.id, { channel, pts });
+        else out.pts.push(...pts);
+        if (!flushing) {
+          flushing = true;
+          setTimeout(flush, 0);
+        }
+      },
+      closed: (cause) => {
+        channels.delete(m.id);
+        post(m.id);
+        scope.postMessage({ t: "closed", id: m.id, cause, stats: stats(channel) });
+      }
+    });
+    channels.set(m.id, channel);
+  } else if (m.t === "send") {
+    channels.get(m.id)?.send(m.pts);
+  } else {
+    const channel = channels.get(m.id);
+    if (channel === void 0) return;
+    channels.delete(m.id);
+    void channel.end(m.code).then(() => {
+      outbox.delete(m.id);
+      scope.postMessage({ t: "closed", id: m.id, cause: null, stats: stats(channel) });
+    });
+  }
+};
+scope.postMessage({ t: "ready" });

@@ -1,0 +1,67 @@
+"""The TypeScript client's tests need Node (20+), clients/js/node_modules (`npm ci`) and, for the
+browser tests, Chromium. Where one is missing they skip and say why; under RELAY_JS_TESTS=required
+(set by .ci/run) they fail instead, so CI cannot pass without running them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+JS = Path(__file__).resolve().parents[2] / "clients" / "js"
+REQUIRED = os.environ.get("RELAY_JS_TESTS") == "required"
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+
+
+def unavailable(reason: str) -> NoReturn:
+    if REQUIRED:
+        pytest.fail(f"{reason} (RELAY_JS_TESTS=required: these tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def node() -> list[str]:
+    """The node command line, with --experimental-websocket where WebSocket is not global (Node 20)."""
+    path = shutil.which("node")
+    if path is None:
+        unavailable("node not found: install Node.js 20 or newer (README.md, Tests)")
+    probe = subprocess.run(
+        [path, "-e", "process.exit(+process.versions.node.split('.')[0] >= 20 ? 0 : 1)"], check=False
+    )
+    if probe.returncode != 0:
+        unavailable("node is older than 20")
+    has_ws = subprocess.run(
+        [path, "-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False
+    )
+    return [path] if has_ws.returncode == 0 else [path, "--experimental-websocket"]
+
+
+@pytest.fixture(scope="session")
+def js_build(node: list[str]) -> Path:
+    """clients/js compiled with its tests (tsc, strict) into clients/js/build, once per session."""
+    if not (JS / "node_modules" / ".package-lock.json").exists():
+        unavailable("clients/js/node_modules is missing: run `npm ci` in clients/js")
+    tsc = subprocess.run(
+        [node[0], "node_modules/typescript/bin/tsc", "-p", "tsconfig.test.json"],
+        cwd=JS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert tsc.returncode == 0, f"tsc failed:\n{tsc.stdout}{tsc.stderr}"
+    return JS / "build"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = os.environ.get("RELAY_CHROMIUM") or next(
+        (p for p in CHROMIUM_CANDIDATES if os.path.exists(p)), shutil.which("chromium")
+    )
+    if not path or not os.path.exists(path):
+        unavailable("chromium not found: `apt-get install chromium` (README.md, Tests) or set RELAY_CHROMIUM")
+    return path
