@@ -9,6 +9,7 @@ RELAY_SCHEMATHESIS_EXAMPLES multiplies the examples (1 in `make test`; e.g. 20 f
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import httpx
@@ -146,27 +147,38 @@ def test_stateful_runs_along_the_links(threaded_cp: ControlPlane) -> None:
                 recorder=self.recorder,
             )
 
-    try:
-        Links.run(
-            settings=settings(
-                max_examples=SCENARIOS,
-                stateful_step_count=6,
-                phases=[Phase.generate],  # the server keeps its state: no replaying, no shrinking
-                derandomize=SCALE == 1,  # `make test`: the same scenarios every run; longer runs vary
-                deadline=None,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-            )
-        )
-    finally:
-        session.close()
-    assert all(code < 500 for codes in calls.values() for code in codes), calls
-    # The chains were walked, not only their first step: rooms wanted, read, deleted, wanted again.
-    for label in (
+    chains = (
         "POST /realtime/",
         "POST /realtime/{namespaceName}/room",
         "GET /realtime/{namespaceName}/room/{roomName}",
         "DELETE /realtime/{namespaceName}/room/{roomName}",
-    ):
+    )
+
+    def walked() -> bool:
+        return all(200 in calls.get(label, set()) for label in chains) and bool(wanted_again)
+
+    try:
+        # `make test`: the same scenarios every run (seeds 1, 2, ...: another batch only while the
+        # chains have not been walked end to end, since which draws walk them depends on the
+        # schema); longer runs (RELAY_SCHEMATHESIS_EXAMPLES) vary
+        for attempt in range(1, 7):
+            random.seed(attempt if SCALE == 1 else None)
+            Links.run(
+                settings=settings(
+                    max_examples=SCENARIOS,
+                    stateful_step_count=6,
+                    phases=[Phase.generate],  # the server keeps its state: no replaying, no shrinking
+                    deadline=None,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                )
+            )
+            if walked():
+                break
+    finally:
+        session.close()
+    assert all(code < 500 for codes in calls.values() for code in codes), calls
+    # The chains were walked, not only their first step: rooms wanted, read, deleted, wanted again.
+    for label in chains:
         assert 200 in calls.get(label, set()), (label, calls)
     assert wanted_again, "no room was wanted again after its delete"
