@@ -157,7 +157,9 @@ class Link {
   /** Messages held while the code awaiting connect() takes its turn; non-null pauses the link. */
   private deferred: RelayMessage[] | null = null;
   private closeCause: string | null = null;
-  private parts: WireMember[] = [];
+  /** The snapshot being assembled: its resume token, and its parts by number. */
+  private parts = new Map<number, WireMember[]>();
+  private partsToken: Uint8Array | null = null;
   private heldBack: RelayMessage[] | null = null;
   private everJoined = false;
   private ended = false;
@@ -215,14 +217,19 @@ class Link {
       if (m.code === Code.Welcome) {
         if (out.length > 0) this.handler.messages(out);
         out = [];
-        this.parts.push(...m.members);
-        if (m.more) {
+        if (this.partsToken === null || !sameBytes(this.partsToken, m.resumeToken)) {
+          this.parts = new Map(); // a part of another snapshot replaces what was held
+          this.partsToken = m.resumeToken;
+        }
+        this.parts.set(m.parts > 0 ? m.part : this.parts.size, m.members);
+        if (m.parts > 0 ? this.parts.size < m.parts : m.more) {
           this.heldBack ??= [];
           continue;
         }
-        const members = this.parts;
+        const members = [...this.parts.entries()].sort(([a], [b]) => a - b).flatMap(([, part]) => part);
         const held = this.heldBack ?? [];
-        this.parts = [];
+        this.parts = new Map();
+        this.partsToken = null;
         this.heldBack = null;
         const first = !this.everJoined;
         this.everJoined = true;
@@ -674,4 +681,8 @@ export async function connect(
   const client = new RelayClient(url, await derivePsk(key), userId, options);
   await client.start();
   return client;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

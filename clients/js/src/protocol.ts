@@ -331,6 +331,10 @@ export type RelayMessage =
       members: WireMember[];
       more: boolean;
       resumed: boolean;
+      /** This part's number and how many parts the snapshot has (revision 2); 0 parts: a
+       * revision-1 relay, whose parts arrive in order with `more` on all but the last. */
+      part: number;
+      parts: number;
     }
   | { code: Code.MemberJoin; connectionId: number; userId: string; profile: Uint8Array }
   | { code: Code.Leave; connectionId: number; reason: number }
@@ -400,6 +404,13 @@ function arr(v: unknown, length: number, what: string): unknown[] {
   return Array.isArray(v) && v.length >= length ? v : fail(what);
 }
 
+function welcomePart(a: unknown[]): { part: number; parts: number } {
+  if (a.length < 9) return { part: 0, parts: 0 };
+  const part = uint(a[7], "welcome part");
+  const parts = uint(a[8], "welcome parts");
+  return part < parts ? { part, parts } : fail("welcome part");
+}
+
 function decodeOne(raw: unknown): RelayMessage | null {
   const a = Array.isArray(raw) && raw.length > 0 ? raw : fail("not an array");
   const code = uint(a[0], "type code");
@@ -426,6 +437,7 @@ function decodeOne(raw: unknown): RelayMessage | null {
         }),
         more: bool(a[5], "more"),
         resumed: bool(a[6], "resumed"),
+        ...welcomePart(a),
       };
     }
     case Code.MemberJoin:

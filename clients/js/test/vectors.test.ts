@@ -148,7 +148,8 @@ function asArray(m: RelayMessage): unknown[] {
   if (m.code !== Code.Welcome) return Object.values(m);
   const limits = Object.values(m.limits);
   const members = m.members.map((x) => Object.values(x));
-  return [m.code, m.connectionId, m.resumeToken, limits, members, m.more, m.resumed];
+  const numbered = m.parts > 0 ? [m.part, m.parts] : [];
+  return [m.code, m.connectionId, m.resumeToken, limits, members, m.more, m.resumed, ...numbered];
 }
 
 test("relay messages decode to the vectors' arrays", () => {

@@ -2,11 +2,11 @@
 import {
   JoinRefusedError,
   connect
-} from "./relay-shared-ZLOXEWXQ.js";
+} from "./relay-shared-GYOPOJK2.js";
 import {
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-LKKLOGMY.js";
+} from "./relay-shared-SPV2KNSY.js";
 
 // demo/demo.ts
 var SESSION_KEY = "gs2relay-demo";

@@ -5,14 +5,14 @@ import {
   RelayClient,
   connect,
   relayUrl
-} from "./relay-shared-ZLOXEWXQ.js";
+} from "./relay-shared-GYOPOJK2.js";
 import {
   CloseReason,
   ErrorCode,
   LeaveReason,
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-LKKLOGMY.js";
+} from "./relay-shared-SPV2KNSY.js";
 export {
   CloseReason,
   ConnectionError,

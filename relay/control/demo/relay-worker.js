@@ -1,7 +1,7 @@
 // Built from clients/js by `npm run bundle` (esbuild); do not edit.
 import {
   SocketChannel
-} from "./relay-shared-LKKLOGMY.js";
+} from "./relay-shared-SPV2KNSY.js";
 
 // src/relay-worker.ts
 var scope = globalThis;

@@ -1710,6 +1710,12 @@ function bool(v, what) {
 function arr(v, length, what) {
   return Array.isArray(v) && v.length >= length ? v : fail(what);
 }
+function welcomePart(a) {
+  if (a.length < 9) return { part: 0, parts: 0 };
+  const part = uint(a[7], "welcome part");
+  const parts = uint(a[8], "welcome parts");
+  return part < parts ? { part, parts } : fail("welcome part");
+}
 function decodeOne(raw) {
   const a = Array.isArray(raw) && raw.length > 0 ? raw : fail("not an array");
   const code = uint(a[0], "type code");
@@ -1735,7 +1741,8 @@ function decodeOne(raw) {
           return { connectionId: uint(e[0], "member id"), userId: str(e[1], "user id"), profile: bin(e[2], "profile") };
         }),
         more: bool(a[5], "more"),
-        resumed: bool(a[6], "resumed")
+        resumed: bool(a[6], "resumed"),
+        ...welcomePart(a)
       };
     }
     case 17 /* MemberJoin */:

@@ -8,7 +8,7 @@ import {
   equal,
   openChannel,
   utf8
-} from "./relay-shared-LKKLOGMY.js";
+} from "./relay-shared-SPV2KNSY.js";
 
 // src/client.ts
 var JoinRefusedError = class extends Error {
@@ -74,7 +74,9 @@ var Link = class {
   /** Messages held while the code awaiting connect() takes its turn; non-null pauses the link. */
   deferred = null;
   closeCause = null;
-  parts = [];
+  /** The snapshot being assembled: its resume token, and its parts by number. */
+  parts = /* @__PURE__ */ new Map();
+  partsToken = null;
   heldBack = null;
   everJoined = false;
   ended = false;
@@ -105,14 +107,19 @@ var Link = class {
       if (m.code === 16 /* Welcome */) {
         if (out.length > 0) this.handler.messages(out);
         out = [];
-        this.parts.push(...m.members);
-        if (m.more) {
+        if (this.partsToken === null || !sameBytes(this.partsToken, m.resumeToken)) {
+          this.parts = /* @__PURE__ */ new Map();
+          this.partsToken = m.resumeToken;
+        }
+        this.parts.set(m.parts > 0 ? m.part : this.parts.size, m.members);
+        if (m.parts > 0 ? this.parts.size < m.parts : m.more) {
           this.heldBack ??= [];
           continue;
         }
-        const members = this.parts;
+        const members = [...this.parts.entries()].sort(([a], [b]) => a - b).flatMap(([, part]) => part);
         const held = this.heldBack ?? [];
-        this.parts = [];
+        this.parts = /* @__PURE__ */ new Map();
+        this.partsToken = null;
         this.heldBack = null;
         const first = !this.everJoined;
         this.everJoined = true;
@@ -520,6 +527,9 @@ async function connect(url, roomKey, userId, options = {}) {
   const client = new RelayClient(url, await derivePsk(key), userId, options);
   await client.start();
   return client;
+}
+function sameBytes(a, b) {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 export {
