@@ -11,7 +11,7 @@ import argparse
 
 USAGE = """The load-test command line: one subcommand per scenario, each bounded and stopping by itself.
 
-    python -m loadtest baseline   [--quick]      the C per-packet UDP relay (../shared/bench)
+    python -m loadtest baseline   [--quick]      the C per-packet UDP relay (loadtest/c/udp_reference.c)
     python -m loadtest throughput [--quick]      delivered msg/s on one relay core, UDP and WS
     python -m loadtest nano       [--quick]      one room, N players at H Hz, GS2's 8 x 3/s and above
     python -m loadtest fleet      [--quick]      rooms through the control plane: provision, join, delete

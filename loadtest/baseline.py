@@ -1,4 +1,5 @@
-"""The C per-packet UDP relay (../shared/bench/udp_baseline.c), run the way run_baseline.sh runs it.
+"""The C per-packet UDP relay (loadtest/c/udp_reference.c, written for this project), run the way
+the project's reference script runs it.
 
 Same workload shape as the throughput scenario: one relay on CPU 0 forwarding every 100-byte
 datagram to 3 receivers (a 4-player room's fan-out), sender and receivers on CPU 1. Its
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SOURCE = REPO_ROOT.parent / "shared" / "bench" / "udp_baseline.c"
+SOURCE = Path(__file__).resolve().parent / "c" / "udp_reference.c"
 
 _RELAY = re.compile(r"relay: (\d+) datagrams/s in, (\d+)/s out, cpu (\d+)%")
 _RECV = re.compile(r"recv: (\d+) datagrams/s in")
@@ -29,7 +30,7 @@ _SEND = re.compile(r"send: (\d+) datagrams in ([\d.]+) s = (\d+)/s, cpu (\d+)%")
 
 @dataclass(frozen=True, slots=True)
 class BaselineConfig:
-    """Defaults are run_baseline.sh's: 4 s at 100k datagrams/s offered, fan-out 3, 100 bytes."""
+    """4 s at 100k datagrams/s offered, fan-out 3, 100 bytes: the shape of the throughput runs."""
 
     seconds: float = 4.0
     offered_pps: int = 100_000
@@ -42,16 +43,16 @@ class BaselineConfig:
 def unavailable() -> str | None:
     """Why the baseline cannot run here, or None."""
     if not SOURCE.is_file():
-        return f"{SOURCE} not found (shared/ must sit beside the repository)"
+        return f"{SOURCE} not found"
     if shutil.which("gcc") is None:
-        return "gcc not installed"
+        return "gcc not installed (Debian: apt-get install gcc)"
     if shutil.which("taskset") is None:
         return "taskset not installed"
     return None
 
 
 def _free_base(count: int) -> int:
-    """A base port with `count` consecutive free UDP ports (run_baseline.sh picks one at random)."""
+    """A base port with `count` consecutive free UDP ports (picked at random)."""
     for _ in range(200):
         base = random.randint(20000, 60000 - count)
         socks = []
@@ -69,19 +70,20 @@ def _free_base(count: int) -> int:
     raise RuntimeError("no free port range for the baseline")
 
 
-def compile_baseline(workdir: Path) -> Path:
-    binary = workdir / "udp_baseline"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(SOURCE)], check=True, capture_output=True)
+def compile_baseline(workdir: Path, source: Path = SOURCE) -> Path:
+    binary = workdir / source.stem
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True, capture_output=True)
     return binary
 
 
-def run(config: BaselineConfig = BaselineConfig()) -> dict[str, Any]:
-    """Compiles and runs one baseline measurement; {'skipped': reason} when it cannot run."""
+def run(config: BaselineConfig = BaselineConfig(), source: Path = SOURCE) -> dict[str, Any]:
+    """Compiles and runs one baseline measurement; {'skipped': reason} when it cannot run.
+    `source`: another C relay with the same command line and output (a cross-check)."""
     reason = unavailable()
     if reason:
         return {"skipped": reason}
     with tempfile.TemporaryDirectory(prefix="udp_baseline-") as tmp:
-        binary = compile_baseline(Path(tmp))
+        binary = compile_baseline(Path(tmp), source)
         base = _free_base(config.fanout + 1)
         secs = f"{config.seconds:g}"
         receivers = [

@@ -138,7 +138,7 @@ def regenerate(args: Any, command: str) -> int:
         "as rate). A 4-player room has a fan-out of 3, so every message sent is due 3 deliveries. "
         "The C baseline's figure is datagrams out of its relay per second (each datagram is one "
         "100-byte message, no crypto, no rooms), measured in the same run on the same CPUs "
-        "(`../shared/bench/udp_baseline.c`, as `run_baseline.sh` runs it).",
+        "(`loadtest/c/udp_reference.c`, written for this project: recvmmsg/sendmmsg in batches of 64).",
         "- **Datagrams** (in the per-step tables of each run's summary.md) are packets arriving at "
         "recipients: UDP datagrams or WebSocket messages, each holding several coalesced messages.",
         "- **Saturation**: offered load rises 1.5x per step until deliveries fall more than 5% short of "

@@ -43,3 +43,26 @@ def test_baseline_is_skipped_with_a_reason_when_the_source_is_missing(monkeypatc
     monkeypatch.setattr(baseline, "SOURCE", tmp_path / "nope.c")
     result = baseline.run(baseline.BaselineConfig(seconds=0.1))
     assert "not found" in result["skipped"]
+
+
+SHARED_BENCH = ROOT.parent / "shared" / "bench" / "udp_baseline.c"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_BENCH.is_file(), reason=f"{SHARED_BENCH} is not beside this checkout")
+@pytest.mark.skipif(baseline.unavailable() is not None, reason=str(baseline.unavailable()))
+def test_our_reference_relay_keeps_pace_with_the_shared_one() -> None:
+    """Where the project's shared/ sits beside the checkout, our C relay (the one the benchmarks
+    use) and the shared reference relay forward the same offered load in the same run, one after
+    the other on the same CPUs: ours delivers what was due and costs about as much CPU."""
+    config = baseline.BaselineConfig(seconds=1.0, offered_pps=20_000)
+    ours = baseline.run(config)
+    theirs = baseline.run(config, SHARED_BENCH)
+    for result in (ours, theirs):
+        assert "skipped" not in result, result
+        assert result["relay_out_per_s"] == pytest.approx(3 * result["relay_in_per_s"], rel=0.02)
+    # rates over one second on a shared machine spread (10-20% run to run): within a factor of 2
+    assert 0.5 <= ours["relay_in_per_s"] / theirs["relay_in_per_s"] <= 2.0
+    # CPU at a fixed rate, on a shared 2-core machine: only a gross difference would mean anything
+    limit = max(2.5 * theirs["relay_cpu_percent"], theirs["relay_cpu_percent"] + 10)
+    assert ours["relay_cpu_percent"] <= limit
