@@ -204,6 +204,7 @@ class Gs2Client:
     my: Player | None = None
     players: dict[int, Player] = field(default_factory=dict)
     sequences: list[int] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)  # what closed() read
 
     @classmethod
     async def open(cls, port: int, room_key: str, origin: str | None = None) -> Gs2Client:
@@ -272,10 +273,10 @@ class Gs2Client:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    await self.ws.recv()
+                    self.received.append(await self.next(timeout))
         except ConnectionClosed:
             pass
-        rcvd = self.ws.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
 
     async def nothing(self, seconds: float = 0.3) -> list[Received]:
