@@ -76,6 +76,7 @@ def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> P
         log_dir=config.data_dir / "relay-logs",
         spawner=spawner or make_spawner(config),
         log_retention=LogRetention(config.relay_log_keep_seconds, config.relay_log_max_bytes),
+        gs2_clients=config.relay_gs2_clients,
     )
 
 
