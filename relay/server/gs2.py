@@ -71,7 +71,7 @@ class Gs2Peer:
     def __init__(self, room: Room, encoder: wire.Encoder, sink: Sink) -> None:
         self.room = room
         self.sink = sink
-        self.key = encoder.key
+        self.signer = encoder.signer
         self.max_size = max_message(room)
         self.recipient = wire.Recipient(encoder, "", b"")
         self.session: Session | None = None
@@ -81,26 +81,43 @@ class Gs2Peer:
 
     def receive(self, data: bytes, now: float) -> None:
         """One binary WebSocket message of the client."""
+        self.receive_many([data], now)
+
+    def receive_many(self, messages: list[bytes], now: float) -> None:
+        """Binary WebSocket messages of the client read together: handed to the room together
+        (as a native packet's are), up to the first one refused."""
         c = self.room.counters
-        c.packets_in[GS2] += 1
-        c.bytes_in[GS2] += len(data)
-        if self.over:
-            return
-        try:
-            msg = wire.decode(data, self.key, self.max_size)
-        except wire.Gs2Error as exc:
-            self.refuse(exc, now)
-            return
-        session = self.session
-        if session is None:
-            if type(msg) is wire.Hello:
+        c.packets_in[GS2] += len(messages)
+        c.bytes_in[GS2] += sum(map(len, messages))
+        decode, signer, max_size = wire.decode, self.signer, self.max_size
+        msgs: list[m.ClientMessage] = []
+        for data in messages:
+            if self.over:
+                return
+            try:
+                msg = decode(data, signer, max_size)
+            except wire.Gs2Error as exc:
+                self._hand_over(msgs, now)
+                self.refuse(exc, now)
+                return
+            if type(msg) is not wire.Hello:
+                if self.session is None:
+                    error = wire.Gs2Error("gs2_unexpected", 400, "messageType", "HelloRequest first")
+                    self.refuse(error, now)
+                    return
+                msgs.append(msg)  # type: ignore[arg-type]
+            elif self.session is None:
                 self._hello(msg, now)
             else:
-                self.refuse(wire.Gs2Error("gs2_unexpected", 400, "messageType", "HelloRequest first"), now)
-        elif type(msg) is wire.Hello:
-            self.refuse(wire.Gs2Error("gs2_unexpected", 400, "messageType", "a second HelloRequest"), now)
-        else:
-            self.room.handle_messages(session, [msg], now)
+                self._hand_over(msgs, now)
+                self.refuse(wire.Gs2Error("gs2_unexpected", 400, "messageType", "a second HelloRequest"), now)
+                return
+        self._hand_over(msgs, now)
+
+    def _hand_over(self, msgs: list[m.ClientMessage], now: float) -> None:
+        session = self.session
+        if msgs and session is not None and not self.over:
+            self.room.handle_messages(session, msgs, now)
 
     def _hello(self, hello: wire.Hello, now: float) -> None:
         room = self.room

@@ -31,7 +31,7 @@ from websockets.server import ServerProtocol
 
 from relay.protocol.constants import WS_MAX_PACKET, WS_MAX_PLAINTEXT
 from relay.protocol.gs2.wire import CONTAINER_FIRST_BYTES, Encoder
-from relay.protocol.wsframes import BINARY, PING, PONG, server_frame, take_frames
+from relay.protocol.wsframes import BINARY, PING, PONG, server_binary_frames, server_frame, take_frames
 from relay.server.gs2 import Gs2Peer
 from relay.server.metrics import Counters
 from relay.server.room import Room
@@ -197,8 +197,11 @@ class WsConnection(asyncio.Protocol):
         frames, used, other = take_frames(buf, WS_MAX_PACKET)
         del buf[:used]
         self._now = monotonic()
+        peer = self.peer
         try:
-            for opcode, payload in frames:
+            if peer is not None:  # a GS2 client: its messages of this read go to the room at once
+                self._gs2_frames(peer, frames)
+            for opcode, payload in frames if peer is None else ():
                 if opcode == BINARY:
                     self._binary(payload)
                 elif opcode == PING:
@@ -265,6 +268,20 @@ class WsConnection(asyncio.Protocol):
             if self.doorway is not None:
                 self.doorway.leave(self)
             self._ping_later()
+
+    def _gs2_frames(self, peer: Gs2Peer, frames: list[tuple[int, bytes]]) -> None:
+        """A GS2 client sends one message per WebSocket message: those of one read are handed over
+        together, as a native packet's messages are (consecutive broadcasts, one queue extend)."""
+        batch = []
+        for opcode, payload in frames:
+            if opcode == BINARY:
+                batch.append(payload)
+            elif opcode == PING:
+                self._pong(payload)
+            else:
+                peer.pong(self._now)
+        if batch and not self._closing:
+            peer.receive_many(batch, self._now)
 
     def _ping_later(self) -> None:
         interval = self.room.config.keepalive_timeout / 4
@@ -336,7 +353,7 @@ class WsConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing or self.proto.state is not State.OPEN:
             return 0
-        data = b"".join([server_frame(BINARY, packet) for packet in packets])
+        data = server_binary_frames(packets)
         transport.write(data)
         return len(data)
 

@@ -73,7 +73,7 @@ class _World:
         peer = Gs2Peer(self.room, self.encoder, sink)
         token = tokens.mint(Ed25519PrivateKey.generate(), "gs2-player")
         hello = HelloRequest(accessToken=token).SerializeToString()
-        peer.receive(gs2_container(Container.HELLO_REQUEST, hello, self.encoder.key), 0)
+        peer.receive(gs2_container(Container.HELLO_REQUEST, hello, self.encoder.signer), 0)
         self.net.flush()
         assert peer.session is not None and peer.session.member is not None, sink.sent
         return peer, sink
@@ -83,11 +83,11 @@ class _World:
         got is one GS2's client parses (a type from its table, signed with the room key)."""
         assert not self.room.counters.drops["internal_error"], self.room.counters.drops
         self.net.to_client.clear()
-        key = self.encoder.key
+        signer = self.encoder.signer
         for data in self.sink.sent:
             container = Container.FromString(data)
-            assert container.messageType in wire._NAMES and container.sequenceNumber
-            assert container.signature == wire.sign(key, container.payload.value)
+            assert container.messageType in wire.SERVER_TYPES and container.sequenceNumber
+            assert container.signature == signer(container.payload.value)
         self.sink.sent.clear()
 
 
@@ -110,12 +110,12 @@ class _Sink:
         self.closed = (why, text)
 
 
-def gs2_container(kind: int, value: bytes, key: bytes) -> bytes:
-    """A GS2 client's Container, signed with `key`."""
+def gs2_container(kind: int, value: bytes, signer: wire.Signer) -> bytes:
+    """A GS2 client's Container, signed by `signer`."""
     return Container(
         messageType=kind,
         payload=Any(type_url="type.googleapis.com", value=value),
-        signature=wire.sign(key, value),
+        signature=signer(value),
     ).SerializeToString()
 
 
@@ -216,7 +216,7 @@ def gs2_peer(data: bytes) -> None:
     w.net.now = w.now
     if data[:1] and data[0] & 1:
         kind = _GS2_KINDS[data[1] % len(_GS2_KINDS)] if len(data) > 1 else Container.BINARY_MESSAGE
-        message = gs2_container(kind, data[2:], w.encoder.key)
+        message = gs2_container(kind, data[2:], w.encoder.signer)
     else:
         message = data[1:]
     peer, sink = w.gs2, w.sink
@@ -335,7 +335,7 @@ def seeds(name: str) -> list[bytes]:
     if name == "gs2_peer":
         relayed = wire.relay_value(0, b"hello") + b"\x1a\x02\x01\x02"
         return [
-            b"\x00" + gs2_container(Container.BINARY_MESSAGE, relayed, b"another room's key"),
+            b"\x00" + gs2_container(Container.BINARY_MESSAGE, relayed, wire.Signer(b"another room's key")),
             b"\x01" + bytes([_GS2_KINDS.index(Container.BINARY_MESSAGE)]) + relayed,
             b"\x01" + bytes([_GS2_KINDS.index(Container.UPDATE_PROFILE_REQUEST)]) + b"\x0a\x03lvl",
             b"\x01" + bytes([_GS2_KINDS.index(Container.HELLO_REQUEST)]) + b"\x0a\x01x",

@@ -24,6 +24,18 @@ from relay.protocol.gs2 import relay_pb2, wire
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "gs2-client-wire.json").read_text())
 KEY = VECTORS["key"].encode()
+SIGNER = wire.Signer(KEY)
+
+
+def sign(key: bytes, value: bytes) -> bytes:
+    """The reference: the standard library's HMAC-SHA256."""
+    return hmac.new(key, value, hashlib.sha256).digest()
+
+
+def decode(data: bytes, key: bytes, max_size: int) -> wire.ClientMessage:
+    return wire.decode(data, wire.Signer(key), max_size)
+
+
 h = bytes.fromhex
 
 # The note's section 3, field by field: message -> [(name, number, type, repeated)]; the type is
@@ -86,6 +98,14 @@ MESSAGE_TYPES = {
     "BINARY_MESSAGE": 805306368,
     "ERROR": 2147483647,
 }
+SERVER_NAMES = {
+    pb.Container.HELLO_RESULT: "HelloResult",
+    pb.Container.JOIN_NOTIFICATION: "JoinNotification",
+    pb.Container.LEAVE_NOTIFICATION: "LeaveNotification",
+    pb.Container.UPDATE_PROFILE_NOTIFICATION: "UpdateProfileNotification",
+    pb.Container.BINARY_MESSAGE: "BinaryMessage",
+    pb.Container.ERROR: "Error",
+}
 _SCALARS = {
     FieldDescriptor.TYPE_UINT32: "uint32",
     FieldDescriptor.TYPE_BYTES: "bytes",
@@ -129,12 +149,12 @@ def test_message_type_ids_and_their_bytes() -> None:
 def test_vector_hello_request() -> None:
     v = VECTORS["hello_request"]
     value = pb.HelloRequest(accessToken=v["access_token"], myProfile=h(v["my_profile"])).SerializeToString()
-    assert value == h(v["value"]) and wire.sign(KEY, value) == h(v["hmac"])
+    assert value == h(v["value"]) and sign(KEY, value) == h(v["hmac"])
     client = pb.Container(
-        payload=Any(type_url="type.googleapis.com", value=value), signature=wire.sign(KEY, value)
+        payload=Any(type_url="type.googleapis.com", value=value), signature=sign(KEY, value)
     ).SerializeToString()
     assert client == h(v["container"]) and len(client) == 68
-    assert wire.decode(client, KEY, 1000) == wire.Hello("tok", b"\x01\x02")
+    assert decode(client, KEY, 1000) == wire.Hello("tok", b"\x01\x02")
 
 
 def test_vector_relay_send() -> None:
@@ -148,10 +168,10 @@ def test_vector_relay_send() -> None:
     client = pb.Container(
         messageType=pb.Container.BINARY_MESSAGE,
         payload=Any(type_url="type.googleapis.com", value=value),
-        signature=wire.sign(KEY, value),
+        signature=sign(KEY, value),
     ).SerializeToString()
     assert len(client) == v["container_length"] and client.startswith(h(v["container_head"]) + value)
-    assert wire.decode(client, KEY, 1000) == m.Send(b"hi", (2, 3))
+    assert decode(client, KEY, 1000) == m.Send(b"hi", (2, 3))
 
 
 def test_vector_relayed_copy() -> None:
@@ -160,7 +180,7 @@ def test_vector_relayed_copy() -> None:
     v = VECTORS["relayed_copy"]
     value = wire.relay_value(v["sender"], h(v["data"]))
     assert value == h(v["value"]) and value[2:] == h(v["relay_binary_message"])
-    assert wire.sign(KEY, value) == h(v["hmac"])
+    assert sign(KEY, value) == h(v["hmac"])
     bare = pb.Container(
         messageType=pb.Container.BINARY_MESSAGE,
         payload=Any(type_url="type.googleapis.com", value=value),
@@ -184,7 +204,7 @@ def test_vector_relayed_copy() -> None:
 
 def test_vector_bye_request() -> None:
     v = VECTORS["bye_request"]
-    signature = wire.sign(KEY, b"")
+    signature = sign(KEY, b"")
     assert signature.startswith(h(v["hmac_head"])) and signature.endswith(h(v["hmac_tail"]))
     client = pb.Container(
         messageType=pb.Container.BYE_REQUEST,
@@ -192,15 +212,15 @@ def test_vector_bye_request() -> None:
         signature=signature,
     ).SerializeToString()
     assert len(client) == v["container_length"] and client == h(v["container_head"]) + signature
-    assert wire.decode(client, KEY, 1000) == m.Bye()
+    assert decode(client, KEY, 1000) == m.Bye()
 
 
 def _library(kind: int, value: bytes, seq: int, lifetime: int) -> bytes:
     """The Container protobuf's own serializer makes for what the relay sends."""
     return pb.Container(
         messageType=kind,
-        payload=Any(type_url="type.googleapis.com/" + wire._NAMES[kind], value=value),
-        signature=wire.sign(KEY, value),
+        payload=Any(type_url="type.googleapis.com/" + SERVER_NAMES[kind], value=value),
+        signature=sign(KEY, value),
         sequenceNumber=seq,
         lifeTimeMilliSeconds=lifetime,
     ).SerializeToString()
@@ -296,30 +316,28 @@ def test_a_flush_signs_each_message_once() -> None:
 
 def _client(kind: int, value: bytes, key: bytes = KEY, url: str = "type.googleapis.com") -> bytes:
     return pb.Container(
-        messageType=kind, payload=Any(type_url=url, value=value), signature=wire.sign(key, value)
+        messageType=kind, payload=Any(type_url=url, value=value), signature=sign(key, value)
     ).SerializeToString()
 
 
 def test_decoding_what_clients_send() -> None:
     profile = pb.UpdateProfileRequest(myProfile=b"pp").SerializeToString()
-    assert wire.decode(_client(pb.Container.UPDATE_PROFILE_REQUEST, profile), KEY, 100) == m.SetProfile(b"pp")
+    assert decode(_client(pb.Container.UPDATE_PROFILE_REQUEST, profile), KEY, 100) == m.SetProfile(b"pp")
     broadcast = pb.BinaryMessage(data=relay_pb2.RelayBinaryMessage(data=b"d").SerializeToString())
-    sent = wire.decode(_client(pb.Container.BINARY_MESSAGE, broadcast.SerializeToString()), KEY, 100)
+    sent = decode(_client(pb.Container.BINARY_MESSAGE, broadcast.SerializeToString()), KEY, 100)
     assert sent == m.Send(b"d", None)
     # the type URL is never looked at; the sender id a client writes is replaced by the relay's
     forged = relay_pb2.RelayBinaryMessage(connectionId=99, data=b"d", targetConnectionId=[7])
     value = pb.BinaryMessage(data=forged.SerializeToString()).SerializeToString()
-    assert wire.decode(_client(pb.Container.BINARY_MESSAGE, value, url="x/Nonsense"), KEY, 100) == m.Send(
+    assert decode(_client(pb.Container.BINARY_MESSAGE, value, url="x/Nonsense"), KEY, 100) == m.Send(
         b"d", (7,)
     )
     # fields in any order, unpacked repeated targets, unknown fields: normal protobuf parsing
     unpacked = b"\x12\x01d\x18\x02\x18\x03\x78\x05"  # data, target 2, target 3, field 15 = 5
     value = pb.BinaryMessage(data=unpacked).SerializeToString()
-    container = (
-        b"\x1a\x20" + wire.sign(KEY, value) + b"\x12" + bytes([len(value) + 2, 0x12, len(value)]) + value
-    )
+    container = b"\x1a\x20" + sign(KEY, value) + b"\x12" + bytes([len(value) + 2, 0x12, len(value)]) + value
     container += b"\x08\x80\x80\x80\x80\x03"
-    assert wire.decode(container, KEY, 100) == m.Send(b"d", (2, 3))
+    assert decode(container, KEY, 100) == m.Send(b"d", (2, 3))
 
 
 @pytest.mark.parametrize(
@@ -342,7 +360,7 @@ def test_decoding_what_clients_send() -> None:
 )
 def test_refused(data: bytes, reason: str, status: int) -> None:
     with pytest.raises(wire.Gs2Error) as e:
-        wire.decode(data, KEY, 150)
+        decode(data, KEY, 150)
     assert (e.value.reason, e.value.status) == (reason, status)
 
 
@@ -350,7 +368,7 @@ def test_refused(data: bytes, reason: str, status: int) -> None:
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_are_refused(data: bytes) -> None:
     with contextlib.suppress(wire.Gs2Error):
-        wire.decode(data, KEY, 150)
+        decode(data, KEY, 150)
 
 
 @settings(max_examples=300, deadline=None)
@@ -358,14 +376,39 @@ def test_any_bytes_decode_or_are_refused(data: bytes) -> None:
 def test_signed_garbage_decodes_or_is_refused(kind: int, value: bytes) -> None:
     """Past the signature (a member with the room key), any inner bytes: a message or a refusal."""
     try:
-        got = wire.decode(_client(kind, value), KEY, 1000)
+        got = decode(_client(kind, value), KEY, 1000)
     except wire.Gs2Error as exc:
         assert exc.reason in ("gs2_malformed", "gs2_unexpected")
     else:
         assert isinstance(got, wire.Hello | m.Send | m.SetProfile | m.Bye)
 
 
-def test_signatures_are_hmac_sha256_of_the_ascii_key() -> None:
-    room_key = "AbC-_xyz"
-    assert wire.room_hmac_key(room_key) == b"AbC-_xyz"
-    assert wire.sign(b"AbC-_xyz", b"v") == hmac.new(b"AbC-_xyz", b"v", hashlib.sha256).digest()
+def test_what_clients_of_this_project_send_decodes() -> None:
+    """The client half (load generators): a Container the relay decodes, and parse_server."""
+    key = KEY
+    assert decode(
+        wire.client_container(SIGNER, wire.HELLO_REQUEST, wire.hello_value("t", b"p")), key, 99
+    ) == (wire.Hello("t", b"p"))
+    sent = wire.client_container(SIGNER, wire.BINARY_MESSAGE, wire.send_value(b"d", [4]))
+    assert decode(sent, key, 99) == m.Send(b"d", (4,))
+    assert decode(
+        wire.client_container(SIGNER, wire.UPDATE_PROFILE_REQUEST, wire.profile_value(b"q")), key, 99
+    ) == (m.SetProfile(b"q"))
+    r = wire.Recipient(wire.Encoder(VECTORS["key"], 0.0), "me", b"")
+    (relayed, joined) = r.containers([m.encode_message(2, b"x"), m.MemberJoined(3, "u", b"").encode()], 1.0)
+    kind, body = wire.parse_server(relayed)
+    assert (kind, body.connectionId, body.data) == (wire.BINARY_MESSAGE, 2, b"x")
+    kind, body = wire.parse_server(joined)
+    assert (kind, body.joinPlayer.userId) == (wire.JOIN_NOTIFICATION, "u")
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(max_size=300), value=st.binary(max_size=300))
+def test_the_signer_is_hmac_sha256(key: bytes, value: bytes) -> None:
+    """Keys longer than SHA-256's block (GS2 allows 256 characters) are hashed first, as HMAC says."""
+    assert wire.Signer(key)(value) == sign(key, value)
+
+
+def test_signatures_are_keyed_with_the_ascii_room_key() -> None:
+    assert wire.room_hmac_key("AbC-_xyz") == b"AbC-_xyz"
+    assert wire.Encoder("AbC-_xyz", 0.0).body(wire.ERROR, b"v").endswith(sign(b"AbC-_xyz", b"v"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -57,6 +58,9 @@ of a WebSocket tells the two protocols apart."""
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
 _NAMES = {
+    HELLO_REQUEST: "HelloRequest",
+    BYE_REQUEST: "ByeRequest",
+    UPDATE_PROFILE_REQUEST: "UpdateProfileRequest",
     HELLO_RESULT: "HelloResult",
     JOIN_NOTIFICATION: "JoinNotification",
     LEAVE_NOTIFICATION: "LeaveNotification",
@@ -64,8 +68,12 @@ _NAMES = {
     BINARY_MESSAGE: "BinaryMessage",
     ERROR: "Error",
 }
-"""The only types a relay sends (an unknown type makes GS2's client throw), with the message
-name its type URL carries (clients before 2021-11 unpacked the Any by that name)."""
+"""Every type, with the message name its type URL carries (clients before 2021-11 unpacked the
+Any by that name)."""
+SERVER_TYPES = frozenset(
+    (HELLO_RESULT, JOIN_NOTIFICATION, LEAVE_NOTIFICATION, UPDATE_PROFILE_NOTIFICATION, BINARY_MESSAGE, ERROR)
+)
+"""The only types a relay sends: an unknown type makes GS2's client throw."""
 
 ERRORS = {
     ErrorCode.BAD_REQUEST: (400, "request"),
@@ -102,14 +110,37 @@ class Hello:
 
 ClientMessage = Hello | m.Send | m.SetProfile | m.Bye
 
+_compare = hmac.compare_digest
 _parse_container = Container.FromString
 _parse_binary = BinaryMessage.FromString
 _parse_relay = RelayBinaryMessage.FromString
 
 
-def sign(key: bytes, value: bytes) -> bytes:
-    """A Container's signature: HMAC-SHA256 of the payload's value with the room key's ASCII."""
-    return hmac.digest(key, value, hashlib.sha256)
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class Signer:
+    """A Container's signature: HMAC-SHA256 (RFC 2104) of the payload's value, keyed with the
+    room key's ASCII (room_hmac_key). Made from the key's inner and outer hash
+    states made once; hmac.digest sets them up on every call, more than half its cost, and the
+    relay signs every message it sends and checks every one it gets."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        block = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(block.translate(_IPAD))
+        self._outer = hashlib.sha256(block.translate(_OPAD))
+
+    def __call__(self, value: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(value)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def room_hmac_key(room_key: str) -> bytes:
@@ -118,14 +149,14 @@ def room_hmac_key(room_key: str) -> bytes:
     return room_key.encode("ascii")
 
 
-def decode(data: bytes, key: bytes, max_size: int) -> ClientMessage:
+def decode(data: bytes, signer: Signer, max_size: int) -> ClientMessage:
     """One WebSocket message of a GS2 client; raises Gs2Error (nothing of it may reach a room)."""
     if len(data) > max_size:
         raise Gs2Error("gs2_oversize", 413, "container", f"message over {max_size} bytes")
     try:
         container = _parse_container(data)
         value = container.payload.value
-        if not hmac.compare_digest(hmac.digest(key, value, hashlib.sha256), container.signature):
+        if not _compare(signer(value), container.signature):
             raise Gs2Error("gs2_bad_signature", 401, "signature", "bad signature")
         kind = container.messageType
         if kind == BINARY_MESSAGE:
@@ -145,10 +176,16 @@ def decode(data: bytes, key: bytes, max_size: int) -> ClientMessage:
     raise Gs2Error("gs2_unexpected", 400, "messageType", f"a client does not send type {kind}")
 
 
+_SMALL = [bytes((n,)) for n in range(0x80)]
+
+
 def _varint(n: int) -> bytes:
-    """Protobuf's base-128 varint of a non-negative int (for the Containers built by hand)."""
+    """Protobuf's base-128 varint of a non-negative int (for the Containers built by hand); the
+    one- and two-byte forms (sequence numbers) without a loop."""
     if n < 0x80:
-        return bytes((n,))
+        return _SMALL[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -169,12 +206,12 @@ _HEADS = {
 _MESSAGE_HEAD = b"\x93\x14"  # the first bytes of every native MESSAGE [20, sender, data]
 
 
-def container_body(key: bytes, kind: int, value: bytes) -> bytes:
+def container_body(signer: Signer, kind: int, value: bytes) -> bytes:
     """Container fields 1 to 3: messageType, payload Any{type URL, value}, signature. Empty
     fields are left out, as protobuf's serializer does (so HELLO_REQUEST has no field 1)."""
     type_field, url_field = _HEADS[kind]
     any_ = url_field + b"\x12" + _varint(len(value)) + value if value else url_field
-    return type_field + b"\x12" + _varint(len(any_)) + any_ + b"\x1a\x20" + sign(key, value)
+    return type_field + b"\x12" + _varint(len(any_)) + any_ + b"\x1a\x20" + signer(value)
 
 
 def relay_value(sender: int, data: bytes) -> bytes:
@@ -186,6 +223,47 @@ def relay_value(sender: int, data: bytes) -> bytes:
     return b"\x0a" + _varint(len(inner)) + inner if inner else b""
 
 
+def hello_value(access_token: str, profile: bytes) -> bytes:
+    """A client's HelloRequest (load generators and the project's own GS2 clients)."""
+    return HelloRequest(accessToken=access_token, myProfile=profile).SerializeToString()
+
+
+def send_value(data: bytes, targets: list[int] | tuple[int, ...] = ()) -> bytes:
+    """A client's BinaryMessage{RelayBinaryMessage{data, targets}} (empty targets: everyone)."""
+    relayed = RelayBinaryMessage(data=data, targetConnectionId=targets).SerializeToString()
+    return BinaryMessage(data=relayed).SerializeToString()
+
+
+def profile_value(profile: bytes) -> bytes:
+    return UpdateProfileRequest(myProfile=profile).SerializeToString()
+
+
+def client_container(signer: Signer, kind: int, value: bytes) -> bytes:
+    """A client's whole Container (no sequence number or lifetime: a client sets neither)."""
+    return container_body(signer, kind, value)
+
+
+def parse_server(data: bytes) -> tuple[int, Any]:
+    """A relay's Container as a client reads it: (messageType, the payload's message), the
+    signature not checked (as today's GS2 client); raises DecodeError."""
+    container = _parse_container(data)
+    kind = container.messageType
+    value = container.payload.value
+    if kind == BINARY_MESSAGE:
+        return kind, _parse_relay(_parse_binary(value).data)
+    parse = _SERVER_PARSERS.get(kind)
+    return kind, parse(value) if parse is not None else None
+
+
+_SERVER_PARSERS = {
+    HELLO_RESULT: HelloResult.FromString,
+    JOIN_NOTIFICATION: JoinNotification.FromString,
+    LEAVE_NOTIFICATION: LeaveNotification.FromString,
+    UPDATE_PROFILE_NOTIFICATION: UpdateProfileNotification.FromString,
+    ERROR: Error.FromString,
+}
+
+
 def error_value(status: int, component: str, text: str) -> bytes:
     return Error(component=component, statusCode=status, message=text).SerializeToString()
 
@@ -194,10 +272,10 @@ class Encoder:
     """One room's side of every GS2 recipient: the HMAC key, when the room started, and the
     Container bodies of this flush's messages (a flush hands every recipient the same `now`)."""
 
-    __slots__ = ("_at", "_bodies", "_lifetime", "key", "started")
+    __slots__ = ("_at", "_bodies", "_lifetime", "signer", "started")
 
     def __init__(self, room_key: str, started: float) -> None:
-        self.key = room_hmac_key(room_key)
+        self.signer = Signer(room_hmac_key(room_key))
         self.started = started
         self._at: float | None = None
         self._bodies: dict[bytes, bytes] = {}
@@ -218,13 +296,12 @@ class Encoder:
         return self._lifetime
 
     def body(self, kind: int, value: bytes) -> bytes:
-        return container_body(self.key, kind, value)
+        return container_body(self.signer, kind, value)
 
     def message_body(self, item: bytes) -> bytes:
         """A native MESSAGE as the body of a BINARY_MESSAGE Container."""
-        msg = m.decode_relay(item)[0]
-        assert isinstance(msg, m.Message)
-        return container_body(self.key, BINARY_MESSAGE, relay_value(msg.sender, msg.data))
+        sender, data = m.decode_message(item)
+        return container_body(self.signer, BINARY_MESSAGE, relay_value(sender, data))
 
 
 class Recipient:
@@ -262,7 +339,11 @@ class Recipient:
                     continue
                 body = control
             seq = seq + 1 if seq < 0xFFFFFFFF else 1
-            out.append(body + b"\x20" + _varint(seq) + lifetime)
+            if seq < 0x4000:  # field 4, sequenceNumber, inline for a session's first 16383
+                number = bytes((0x20, seq)) if seq < 0x80 else bytes((0x20, (seq & 0x7F) | 0x80, seq >> 7))
+                out.append(body + number + lifetime)
+            else:
+                out.append(body + b"\x20" + _varint(seq) + lifetime)
         self.seq = seq
         return out
 
