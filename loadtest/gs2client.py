@@ -13,13 +13,21 @@ import asyncio
 import base64
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from relay.protocol import tokens
+from relay.protocol.client import (
+    LEAVE_UNSEEN,
+    ConnectionLost,
+    ErrorEvent,
+    Joined,
+    Left,
+    ProfileChanged,
+    Received,
+)
 from relay.protocol.gs2 import wire
 from relay.protocol.messages import Member
 from relay.protocol.wsframes import BINARY, CLOSE, PING, PONG, client_frame, read_frames
@@ -27,40 +35,31 @@ from relay.protocol.wsframes import BINARY, CLOSE, PING, PONG, client_frame, rea
 _SIGNER = Ed25519PrivateKey.generate()
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    sender: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    connection_id: int
-    user_id: str
-    profile: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Left:
-    connection_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileChanged:
-    connection_id: int
-    profile: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorEvent:
-    status: int
-    component: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    reason: str
+def news(members: dict[int, Member], kind: int, body: Any) -> Any:
+    """What a relay's Container (parsed: wire.parse_server) says of the room's players: `members`
+    follows it (HelloResult, join, leave, profile), and the event is returned in the kinds of
+    relay.protocol.client (Joined, Left, ProfileChanged, Received, ErrorEvent), or None."""
+    if kind == wire.BINARY_MESSAGE:
+        return Received(body.connectionId, body.data)
+    if kind == wire.HELLO_RESULT:
+        for p in body.players:
+            members[p.connectionId] = Member(p.connectionId, p.userId, p.profile)
+        return None
+    if kind == wire.JOIN_NOTIFICATION:
+        p = body.joinPlayer
+        members[p.connectionId] = Member(p.connectionId, p.userId, p.profile)
+        return Joined(p.connectionId, p.userId, p.profile)
+    if kind == wire.LEAVE_NOTIFICATION:
+        members.pop(body.leavePlayer.connectionId, None)
+        return Left(body.leavePlayer.connectionId, LEAVE_UNSEEN)  # GS2 gives no reason
+    if kind == wire.UPDATE_PROFILE_NOTIFICATION:
+        p = body.updatePlayer
+        if p.connectionId in members:
+            members[p.connectionId] = Member(p.connectionId, p.userId, p.profile)
+        return ProfileChanged(p.connectionId, p.profile)
+    if kind == wire.ERROR:
+        return ErrorEvent(body.statusCode, f"{body.component}: {body.message}")
+    return None
 
 
 class Gs2Client(asyncio.Protocol):
@@ -167,7 +166,7 @@ class Gs2Client(asyncio.Protocol):
             self._hello.set_exception(exc)
         if not self._closed:
             self._closed = True
-            self._emit(Closed(str(exc)))
+            self._emit(ConnectionLost(str(exc)))
             if self._conn is not None:
                 self._conn.close()
 
@@ -180,31 +179,15 @@ class Gs2Client(asyncio.Protocol):
             kind, body = wire.parse_server(data)
         except DecodeError:
             return
-        if kind == wire.BINARY_MESSAGE:
-            self._emit(Received(body.connectionId, body.data))
-        elif kind == wire.HELLO_RESULT:
+        event = news(self.members, kind, body)
+        if kind == wire.HELLO_RESULT:
             self.connection_id = body.myProfile.connectionId
-            for p in body.players:
-                self.members[p.connectionId] = Member(p.connectionId, p.userId, p.profile)
             if not self._hello.done():
                 self._hello.set_result(None)
-        elif kind == wire.JOIN_NOTIFICATION:
-            p = body.joinPlayer
-            self.members[p.connectionId] = Member(p.connectionId, p.userId, p.profile)
-            self._emit(Joined(p.connectionId, p.userId, p.profile))
-        elif kind == wire.LEAVE_NOTIFICATION:
-            self.members.pop(body.leavePlayer.connectionId, None)
-            self._emit(Left(body.leavePlayer.connectionId))
-        elif kind == wire.UPDATE_PROFILE_NOTIFICATION:
-            p = body.updatePlayer
-            if p.connectionId in self.members:
-                self.members[p.connectionId] = Member(p.connectionId, p.userId, p.profile)
-            self._emit(ProfileChanged(p.connectionId, p.profile))
-        elif kind == wire.ERROR:
-            error = ErrorEvent(body.statusCode, body.component, body.message)
-            if not self._hello.done():
-                self._hello.set_exception(ConnectionError(f"{self.user_id}: hello refused: {error}"))
-            self._emit(error)
+        elif kind == wire.ERROR and not self._hello.done():
+            self._hello.set_exception(ConnectionError(f"{self.user_id}: hello refused: {event}"))
+        if event is not None:
+            self._emit(event)
 
 
 async def connect(

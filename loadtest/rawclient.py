@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 
 from loadtest.fastload.messages import send_message_bytes
+from loadtest.gs2client import news
 from relay.protocol import tokens
 from relay.protocol.constants import HEADER_SIZE, UDP_HELLO_PAD_TO, PacketType, ProtocolError
 from relay.protocol.gs2 import wire
@@ -134,16 +135,9 @@ class RawSession:
                     self.members[m.connection_id] = m
 
     def handle_gs2(self, container: bytes) -> None:
-        """A GS2 Container other than a relayed message: join and leave news for the table."""
-        try:
-            kind, body = wire.parse_server(container)
-        except DecodeError:
-            return
-        if kind == wire.JOIN_NOTIFICATION:
-            p = body.joinPlayer
-            self.members[p.connectionId] = Member(p.connectionId, p.userId, p.profile)
-        elif kind == wire.LEAVE_NOTIFICATION:
-            self.members.pop(body.leavePlayer.connectionId, None)
+        """A GS2 Container other than a relayed message: membership news for the table."""
+        with contextlib.suppress(DecodeError):
+            news(self.members, *wire.parse_server(container))
 
     def poll_control(self, seconds: float = 0.0) -> None:
         """Reads whatever is queued (membership news) for up to `seconds`, without blocking after."""
@@ -330,10 +324,9 @@ def _gs2_connect(host: str, port: int, room_key: str, user_id: str, timeout: flo
                 kind, body = wire.parse_server(packet)
             except DecodeError:
                 continue
+            news(session.members, kind, body)
             if kind == wire.HELLO_RESULT:
                 session.connection_id = body.myProfile.connectionId
-                for p in body.players:
-                    session.members[p.connectionId] = Member(p.connectionId, p.userId, p.profile)
                 sock.setblocking(False)
                 return session
             if kind == wire.ERROR:
