@@ -201,13 +201,14 @@ class WsConnection(asyncio.Protocol):
         try:
             if peer is not None:  # a GS2 client: its messages of this read go to the room at once
                 self._gs2_frames(peer, frames)
-            for opcode, payload in frames if peer is None else ():
-                if opcode == BINARY:
-                    self._binary(payload)
-                elif opcode == PING:
-                    self._pong(payload)
-                elif self.peer is not None:  # PONG
-                    self.peer.pong(self._now)
+            else:
+                for opcode, payload in frames:
+                    if opcode == BINARY:
+                        self._binary(payload)  # the first may make this a GS2 client's connection
+                    elif opcode == PING:
+                        self._pong(payload)
+                    elif self.peer is not None:  # PONG
+                        self.peer.pong(self._now)
         except Exception:
             self.room.counters.drops["internal_error"] += 1
             log.exception("websocket handler failed")
