@@ -321,6 +321,7 @@ class Room:
     def handle_messages(self, session: Session, msgs: list[m.ClientMessage], now: float) -> None:
         """A session's messages, authenticated and decoded: a DATA packet's, or those another
         wire's adapter decoded (a GS2 client's, relay/server/gs2.py)."""
+        self._now = now
         session.last_seen = now
         kind = session.link.kind
         self.counters.messages_in[kind] += len(msgs)
