@@ -73,7 +73,9 @@ def test_a_ping_flood_spends_the_message_rate_and_is_kicked() -> None:
     for _ in range(40):  # 300 PINGs a second for up to 4 s
         packet = flooder._sealer.seal(m.Ping(1, 1).encode() * 30)  # type: ignore[union-attr]
         net.up(flooder, [packet])
-        pongs += sum(1 for c, p in net.to_client if c is flooder and parse_header(p).type == PacketType.DATA)
+        pongs += sum(
+            1 for c, p in net.to_client if c is flooder and parse_header(p).type == PacketType.DATA
+        )
         net.down()
         net.now += 0.1
         if flooder.state.value == "closed":
@@ -95,7 +97,7 @@ def test_a_join_with_a_bad_user_id_gets_error_bad_request(transport: str, user_i
         room.udp_datagram(hello.packet, net.address(client), net.now)
     else:
         net._ws_up(client, hello.packet)
-    ((_, accept),) = net.to_client
+    (_, accept), = net.to_client
     net.to_client.clear()
     keys = hello.finish(accept)
     sealer, opener = Sealer(keys.k_c2s, keys.session_id), Opener(keys.k_s2c)
