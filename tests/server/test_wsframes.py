@@ -62,7 +62,10 @@ def test_takes_the_simple_frames_up_to_the_first_other(
     stopped_at_other = False
     for frame_wire, taken in frames:
         if taken is None:
-            stopped_at_other = pos + 2 <= len(buf)  # its first two bytes tell it apart
+            # the reader tells it apart once its header is whole: 2 bytes, or 4 or 10 with an
+            # extended length (a frame over the limit is known by its length)
+            length = frame_wire[1] & 0x7F
+            stopped_at_other = pos + (2 if length < 126 else 4 if length == 126 else 10) <= len(buf)
             break
         if pos + len(frame_wire) > len(buf):
             break
