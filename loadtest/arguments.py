@@ -12,7 +12,7 @@ import argparse
 USAGE = """The load-test command line: one subcommand per scenario, each bounded and stopping by itself.
 
     python -m loadtest baseline   [--quick]      the C per-packet UDP relay (loadtest/c/udp_reference.c)
-    python -m loadtest throughput [--quick]      delivered msg/s on one relay core, UDP and WS
+    python -m loadtest throughput [--quick]      delivered msg/s on one relay core, UDP, WS and GS2
     python -m loadtest nano       [--quick]      one room, N players at H Hz, GS2's 8 x 3/s and above
     python -m loadtest fleet      [--quick]      rooms through the control plane: provision, join, delete
     python -m loadtest density    [--quick]      start latency, idle memory per room, rooms per machine
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("throughput", help="delivered msg/s on one relay core")
     _common(p)
-    p.add_argument("--transports", default=None, help="comma list of udp, ws, mixed (default udp,ws)")
+    p.add_argument(
+        "--transports", default=None, help="comma list of udp, ws, gs2, mixed (default udp,ws,gs2)"
+    )
     p.add_argument("--rooms", type=int, default=None, help="relay processes on the relay CPU (1 room each)")
     p.add_argument("--groups", type=int, default=None, help="groups of 4 members per relay")
     p.add_argument("--workers", type=int, default=None, help="load processes")

@@ -313,6 +313,18 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
             ]
         )
         rows[-1][9] = "yes" if all(r["transports"][t]["saturation"]["reached"] for r in per_run) else "no"
+    gs2 = [r.get("gs2_cpu_vs_ws") for r in per_run]
+    gs2_line = (
+        [
+            f"GS2 game clients ([docs/gs2-clients.md](docs/gs2-clients.md)): relay CPU per delivered message "
+            f"at saturation {_median(gs2):.2f}x the WebSocket path's, in the same run (per run: "
+            + ", ".join(f"{x:.2f}" if x else "-" for x in gs2)
+            + "; the target is at most 1.3x).",
+            "",
+        ]
+        if any(gs2)
+        else []
+    )
     return [
         "## Peak throughput (best case): one relay core, one process, 4-player rooms, 8 messages "
         "per packet, encryption on",
@@ -339,6 +351,7 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
             rows,
         ),
         "",
+        *gs2_line,
     ]
 
 

@@ -69,7 +69,12 @@ class Bot:
         return user_id(self.index)
 
     async def connect(self, host: str, port: int, room_key: str, timeout: float = 10.0, **kw: Any) -> None:
-        from relay.client import connect
+        """Joins on the bot's transport: "udp" or "ws" (relay.client), or "gs2" (GS2's game client
+        wire, loadtest/gs2client.py)."""
+        if self.transport == "gs2":
+            from loadtest.gs2client import connect
+        else:
+            from relay.client import connect
 
         t0 = time.monotonic()
         self.client = await connect(

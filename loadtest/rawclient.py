@@ -5,7 +5,9 @@ sharing one core must spend far less per delivered message than the relay: it co
 handshake and JOIN with the protocol primitives, then hands out pre-sealed packets and raw
 sockets so the timed window is only send() and recv() calls. UDP and WebSocket (frames from
 relay/protocol/wsframes.py, masked with the all-zero key, so pre-built frames need no per-send
-masking).
+masking), and "gs2": a GS2 game client on the WebSocket port (relay/protocol/gs2/wire.py: one
+signed Container per message, per WebSocket message; HelloRequest instead of the handshake and
+JOIN; no PING of its own, it answers the relay's WebSocket pings).
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 
+from loadtest.fastload.messages import send_message_bytes
+from loadtest.gs2client import news
+from relay.protocol import tokens
 from relay.protocol.constants import HEADER_SIZE, UDP_HELLO_PAD_TO, PacketType, ProtocolError
+from relay.protocol.gs2 import wire
 from relay.protocol.keys import decode_room_key, derive_psk
 from relay.protocol.messages import (
     Bye,
@@ -65,11 +73,24 @@ class RawSession:
     # WebSocket: bytes read and not yet taken as whole frames (the receivers parse it in place)
     ws_in: bytearray = field(default_factory=bytearray)
     closed: bool = False
+    gs2_signer: wire.Signer | None = None  # "gs2": signs with the room key (it has no sealer)
 
     def packet(self, plaintext: bytes) -> bytes:
         """Seals one DATA packet and frames it for the transport (the next counter)."""
         sealed = self.sealer.seal(plaintext)
         return client_frame(BINARY, sealed) if self.transport == "ws" else sealed
+
+    def sends(self, payloads: list[bytes], targets: list[int] | None) -> bytes:
+        """What one client packet of SENDs is on the wire: a sealed DATA packet of them, or for
+        "gs2" a WebSocket message (a signed Container) per SEND, back to back."""
+        if self.transport != "gs2":
+            return self.packet(b"".join(send_message_bytes(p, targets) for p in payloads))
+        signer, value = self.gs2_signer, wire.send_value
+        assert signer is not None
+        return b"".join(
+            client_frame(BINARY, wire.client_container(signer, wire.BINARY_MESSAGE, value(p, targets or ())))
+            for p in payloads
+        )
 
     def send_now(self, plaintext: bytes) -> None:
         """Blocking-ish send of one control packet (JOIN, PING, BYE) outside the timed window."""
@@ -82,14 +103,15 @@ class RawSession:
             self.closed = True
 
     def ping(self) -> None:
-        self.send_now(Ping(1, time.monotonic_ns() // 1000).encode())
+        if self.transport != "gs2":  # a GS2 client has no ping: it answers the relay's
+            self.send_now(Ping(1, time.monotonic_ns() // 1000).encode())
 
     def bye(self) -> None:
-        if not self.closed:
+        if not self.closed and self.transport != "gs2":  # GS2's client just closes
             self.send_now(Bye().encode())
 
     def close(self) -> None:
-        if self.transport == "ws" and not self.closed:
+        if self.transport != "udp" and not self.closed:
             with contextlib.suppress(OSError):
                 self.sock.settimeout(0.2)
                 self.sock.sendall(client_frame(CLOSE, (1000).to_bytes(2, "big")))  # normal closure
@@ -112,11 +134,19 @@ class RawSession:
                 for m in msg.members:
                     self.members[m.connection_id] = m
 
+    def handle_gs2(self, container: bytes) -> None:
+        """A GS2 Container other than a relayed message: membership news for the table."""
+        with contextlib.suppress(DecodeError):
+            news(self.members, *wire.parse_server(container))
+
     def poll_control(self, seconds: float = 0.0) -> None:
         """Reads whatever is queued (membership news) for up to `seconds`, without blocking after."""
         deadline = time.monotonic() + seconds
         while True:
             for packet in _recv_packets(self, max(0.0, deadline - time.monotonic())):
+                if self.transport == "gs2":
+                    self.handle_gs2(packet)
+                    continue
                 try:
                     header = parse_header(packet)
                     if header.type == PacketType.DATA:
@@ -187,6 +217,8 @@ def connect(
     host: str, port: int, room_key: str, user_id: str, transport: str = "udp", timeout: float = 5.0
 ) -> RawSession:
     """Handshake + JOIN; returns once the WELCOME snapshot is complete. Raises on failure."""
+    if transport == "gs2":
+        return _gs2_connect(host, port, room_key, user_id, timeout)
     psk = derive_psk(decode_room_key(room_key))
     deadline = time.monotonic() + timeout
     ws_in = bytearray()
@@ -262,6 +294,48 @@ def connect(
                     raise ConnectionError(f"{user_id}: join refused, error {msg.code}")
         if session.closed:
             raise ConnectionError(f"{user_id}: closed during join")
+
+
+_GS2_SIGNER = Ed25519PrivateKey.generate()
+
+
+def _gs2_connect(host: str, port: int, room_key: str, user_id: str, timeout: float) -> RawSession:
+    """A GS2 client's start: upgrade, HelloRequest (a token the load's relays, with no token key,
+    read the user from), HelloResult."""
+    deadline = time.monotonic() + timeout
+    sock, early = _ws_connect(host, port, timeout)
+    signer = wire.Signer(wire.room_hmac_key(room_key))
+    hello = wire.hello_value(tokens.mint(_GS2_SIGNER, user_id), b"")
+    sock.sendall(client_frame(BINARY, wire.client_container(signer, wire.HELLO_REQUEST, hello)))
+    session = RawSession(
+        "gs2",
+        sock,
+        user_id,
+        0,
+        Sealer(bytes(32), 1),
+        Opener(bytes(32)),
+        None,
+        ws_in=bytearray(early),
+        gs2_signer=signer,
+    )
+    while time.monotonic() < deadline:
+        for packet in _recv_packets(session, 0.1):
+            try:
+                kind, body = wire.parse_server(packet)
+            except DecodeError:
+                continue
+            news(session.members, kind, body)
+            if kind == wire.HELLO_RESULT:
+                session.connection_id = body.myProfile.connectionId
+                sock.setblocking(False)
+                return session
+            if kind == wire.ERROR:
+                session.close()
+                raise ConnectionError(f"{user_id}: hello refused: {body.message}")
+        if session.closed:
+            raise ConnectionError(f"{user_id}: closed during hello")
+    session.close()
+    raise TimeoutError(f"{user_id}: no HelloResult")
 
 
 NONCE_PAD = b"\x00\x00\x00\x00"

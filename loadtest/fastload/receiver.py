@@ -4,7 +4,9 @@ Counting is by packet length (every MESSAGE of a step has the same size), so a r
 per packet, not per message, and decrypts only one packet in `sample_every`, or, in full mode,
 holds every packet as read (with its receive clock and kernel stamp) and decrypts it after the
 timed window. WebSocket frames are located in the read buffer with the codec's `parse_head`
-(relay/protocol/wsframes.py), so a payload is copied only when it is kept or decrypted.
+(relay/protocol/wsframes.py), so a payload is copied only when it is kept or decrypted. A GS2
+member's frames are one Container each: a relayed message is told by its first bytes and
+counted as one, and sampled (or, in full mode, every one) parsed for its payload's stamps.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import contextlib
 import struct
 import time
 
+from google.protobuf.message import DecodeError
+
 from loadtest import payload as bot_payload
 from loadtest.fastload.member import LoadMember
 from loadtest.fastload.messages import PACKET_OVERHEAD, message_size
 from loadtest.fastload.rxstamps import ANCILLARY_SIZE, rx_stamp, unpack_timespec
 from loadtest.rawclient import RawSession, open_sample
 from relay.protocol.constants import ProtocolError
+from relay.protocol.gs2 import wire
 from relay.protocol.messages import Message, decode_relay
 from relay.protocol.wsframes import BINARY, CLOSE, PING, PONG, client_frame, missing, parse_head, read_frames
 
 _unpack_payload = bot_payload.HEADER.unpack_from
 _MAGIC = bot_payload.MAGIC
+_GS2_RELAYED = b"\x08\x80\x80\x80\x80\x03"  # a Container's first bytes: type BINARY_MESSAGE
 
 
 class Receiver:
@@ -48,8 +54,9 @@ class Receiver:
         """Full mode, after the window: decrypts and records what was held, in arrival order."""
         held, nows, rxs = m.held, m.held_now, m.held_rx
         m.held, m.held_now, m.held_rx, m.held_msgs = [], [], [], 0
+        opener = self.open_gs2 if m.session.transport == "gs2" else self.open
         for packet, now, rx in zip(held, nows, rxs, strict=True):
-            self.open(m, packet, now, rx=rx)
+            opener(m, packet, now, rx=rx)
 
     def recv_udp(self, m: LoadMember) -> None:
         """Sampled mode: every queued datagram, counted by length (plain recv(), no stamps)."""
@@ -184,6 +191,43 @@ class Receiver:
             else:
                 m.session.handle_control(msg.encode())
 
+    def open_gs2(self, m: LoadMember, container: bytes, now: int, rx: int = 0) -> None:
+        """A GS2 member's relayed message: its latency (in full mode also counted, its stream and
+        added latency recorded), as `open` does for a native packet's messages."""
+        try:
+            kind, body = wire.parse_server(container)
+        except DecodeError:
+            m.undecryptable += 1
+            return
+        parsed = bot_payload.parse(body.data) if kind == wire.BINARY_MESSAGE else None
+        if parsed is None or parsed[0] != self.step & 0xFFFF:
+            return
+        _, sender, seq, at = parsed
+        m.latencies.append(now - self.start_ns - at)
+        m.latency_counts.append(1)
+        if self.full:
+            m.delivered += 1
+            m.arrivals.arrive(sender, seq)
+            m.added.append(self.added_ns(sender, seq, rx))
+            m.added_counts.append(1)
+
+    def gs2_frame(self, m: LoadMember, frame: bytes, rx: int) -> None:
+        """One binary message to a GS2 member: a relayed message is counted (sampled mode) or held
+        (full mode); membership news goes to the member table."""
+        if frame[:6] != _GS2_RELAYED:
+            m.session.handle_gs2(frame)
+            return
+        m.dgrams_in += 1
+        if self.full:
+            m.held.append(frame)
+            m.held_now.append(time.monotonic_ns())
+            m.held_rx.append(rx)
+            m.held_msgs += 1
+        else:
+            m.delivered += 1
+            if m.dgrams_in % self.sample_every == 0:
+                self.open_gs2(m, frame, time.monotonic_ns())
+
     def added_ns(self, sender: int, seq: int, rx: int) -> int:
         """Added latency of message `seq` from `sender` in a packet received at `rx` (kernel
         stamp), from the send time of the sender packet that held it; -1 if it cannot be paired."""
@@ -238,6 +282,7 @@ class Receiver:
         full = self.full
         msg_len = self.msg_len
         every = self.sample_every
+        gs2 = session.transport == "gs2"
         pos = 0
         end = len(buf)
         while (head := parse_head(buf, pos, end)) is not None:
@@ -248,6 +293,9 @@ class Receiver:
             pos = stop
             opcode = b0 & 0x0F
             if opcode == BINARY:
+                if gs2:
+                    self.gs2_frame(m, bytes(buf[start:stop]), rx)
+                    continue
                 body = length - PACKET_OVERHEAD
                 if not full and body > 0 and body % msg_len == 0:
                     m.dgrams_in += 1

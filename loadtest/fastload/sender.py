@@ -12,7 +12,6 @@ import time
 
 from loadtest import payload as bot_payload
 from loadtest.fastload.member import LoadMember
-from loadtest.fastload.messages import send_message_bytes
 
 _MAGIC = bot_payload.MAGIC
 _pack_header = bot_payload.HEADER.pack_into
@@ -21,12 +20,13 @@ _pack_header = bot_payload.HEADER.pack_into
 def seal_step(
     m: LoadMember, template: bytearray, step: int, n_packets: int, interval_ns: float, batch: int, full: bool
 ) -> None:
-    """Seals the member's `n_packets` packets of `batch` SENDs each; every payload carries its
-    scheduled send time (offset from the step start), so a late sender shows as latency.
+    """Seals the member's `n_packets` packets of `batch` SENDs each (for a GS2 member, `batch`
+    WebSocket messages sent together); every payload carries its scheduled send time (offset from
+    the step start), so a late sender shows as latency.
 
     `template` is a payload of the step's size; its header is overwritten per message.
     """
-    seal = m.session.packet
+    sends = m.session.sends
     pack = _pack_header
     seq = 0
     packets = []
@@ -37,13 +37,13 @@ def seal_step(
         for _ in range(batch):
             seq += 1
             pack(template, 0, _MAGIC, step & 0xFFFF, m.index, seq, at)
-            parts.append(send_message_bytes(bytes(template), targets))
-        packets.append(seal(b"".join(parts)))
+            parts.append(bytes(template))
+        packets.append(sends(parts, targets))
     m.packets = packets
     m.out = b""
     m.tx_ns = [0] * n_packets if full else []
-    ws = m.session.transport == "ws"
-    m.ends = list(itertools.accumulate(map(len, packets))) if full and ws else []
+    stream = m.session.transport != "udp"  # WebSocket, native or GS2
+    m.ends = list(itertools.accumulate(map(len, packets))) if full and stream else []
 
 
 def send_due(m: LoadMember, due: int, full: bool) -> None:

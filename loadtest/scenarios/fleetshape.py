@@ -31,7 +31,7 @@ from loadtest.spawned import SpawnedRelays
 class FleetShapeConfig:
     rooms: int = 100
     hz: float = 20.0
-    transports: tuple[str, ...] = ("udp", "ws")
+    transports: tuple[str, ...] = ("udp", "ws", "gs2")  # gs2: GS2 game clients (throughput.py)
     step_seconds: float = 10.0
     payload_size: int = 100
     workers: int = 1

@@ -2,8 +2,9 @@
 
 One relay process (pinned to the relay CPU, under the realtime1.nano cgroup caps where this
 host has writable cgroups, uncapped otherwise and the report says so) with the
-relay's default limits; bots on the project's Python client play in steps of N players at H Hz.
-A step holds when WebSocket loses nothing, UDP loses under 0.1%, and p99 latency is under 20 ms.
+relay's default limits; bots on the project's Python client (GS2's wire for "gs2": GS2 game
+clients, loadtest/gs2client.py) play in steps of N players at H Hz. A step holds when WebSocket
+and GS2 lose nothing, UDP loses under 0.1%, and p99 latency is under 20 ms.
 The report gives the highest step that held, as a multiple of GS2's 24 msg/s.
 """
 
@@ -29,7 +30,7 @@ GS2_NANO_RATE = 8 * 3  # messages/s the GS2 docs state for realtime1.nano
 @dataclass(frozen=True, slots=True)
 class NanoConfig:
     steps: tuple[tuple[int, float], ...] = ((8, 3), (8, 10), (8, 30), (16, 30), (32, 30))
-    transports: tuple[str, ...] = ("ws", "udp")  # "mixed": players alternate UDP and WS in one room
+    transports: tuple[str, ...] = ("ws", "udp", "gs2")  # "mixed": players alternate UDP and WS in one room
     step_seconds: float = 5.0
     workers: int = 2
     p99_limit_ms: float = 20.0
@@ -68,7 +69,7 @@ def apply_caps(pid: int) -> tuple[str, Cgroup | None]:
 def verdict(transport: str, step: dict[str, Any], config: NanoConfig) -> tuple[bool, str]:
     loss = step["totals"]["loss_ratio"]
     p99 = step["latency"].get("p99_ms")
-    limit = config.ws_loss_limit if transport == "ws" else config.udp_loss_limit  # mixed: UDP's
+    limit = config.ws_loss_limit if transport in ("ws", "gs2") else config.udp_loss_limit  # mixed: UDP's
     reasons = []
     if step["connected"]["failed"]:
         reasons.append(f"{len(step['connected']['failed'])} bots failed to join")

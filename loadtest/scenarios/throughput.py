@@ -8,6 +8,12 @@ targeted send: still fan-out 3), and `--rooms R` runs R relay processes pinned t
 (one 4-player room each). All load (senders and receivers, in `--workers` processes, plus this
 harness) is pinned to the load CPU.
 
+Transports: "udp" and "ws" are native clients; "gs2" members are GS2 game clients on the
+WebSocket port (GS2's wire: one signed Container per message and per WebSocket message, so a
+client packet of `batch` messages is `batch` WebSocket messages sent in one write); "mixed"
+alternates UDP and WS members. GS2's relay CPU per delivered message is reported beside the
+WebSocket path's (`gs2_cpu_vs_ws`).
+
 Figures. "Offered" is messages/s the senders sent; "delivered" is messages arriving at
 recipients per second of the sending window (each offered message is due 3 deliveries; what a
 relay behind its load delivers from its queues after the window counts against loss, not for
@@ -67,7 +73,7 @@ class RelayAddress(Protocol):
 class ThroughputConfig:
     """Defaults run in about a minute per transport on a 2-core machine."""
 
-    transports: tuple[str, ...] = ("udp", "ws")  # "mixed" alternates UDP and WS members
+    transports: tuple[str, ...] = ("udp", "ws", "gs2")  # "mixed" alternates UDP and WS members
     rooms: int = 1  # relay processes on the relay CPU, one 4-player room each
     groups: int = 1  # groups of 4 members per relay (targeted sends when > 1)
     workers: int = 1  # load processes on the load CPU
@@ -526,6 +532,12 @@ def run(config: ThroughputConfig, report: Report, progress: bool | None = None) 
         t["ratio_to_baseline"] = t["saturation"]["delivered_per_s"] / base_rate if base_rate else None
         kept = t["sustained"]["delivered_per_s"]
         t["sustained_ratio_to_baseline"] = kept / base_rate if base_rate and kept else None
+        sat = t["saturation"]
+        t["cpu_us_per_delivered"] = (
+            sat["relay_cpu_percent"] / 100 / sat["delivered_per_s"] * 1e6 if sat["delivered_per_s"] else None
+        )
+    ws, gs2 = (results["transports"].get(name, {}).get("cpu_us_per_delivered") for name in ("ws", "gs2"))
+    results["gs2_cpu_vs_ws"] = gs2 / ws if ws and gs2 else None  # the target: at most 1.3
     throughput_report.write(report, asdict(config), results)
     return results
 

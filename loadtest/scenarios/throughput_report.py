@@ -23,6 +23,7 @@ def write(report: Report, config: dict[str, Any], results: dict[str, Any]) -> No
         "## Result",
         "",
         *_headline(config, results),
+        *_gs2_line(results),
         *_explanation(config),
         *(line for name, t in results["transports"].items() for line in _steps(name, t)),
     ]
@@ -75,6 +76,19 @@ def _headline(config: dict[str, Any], results: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+
+
+def _gs2_line(results: dict[str, Any]) -> list[str]:
+    """GS2 game clients' relay CPU per delivered message against native WebSocket's, same run."""
+    ratio = results.get("gs2_cpu_vs_ws")
+    if ratio is None:
+        return []
+    t = results["transports"]
+    return [
+        "",
+        f"Relay CPU per delivered message at saturation: GS2 {t['gs2']['cpu_us_per_delivered']:.2f} us, "
+        f"WebSocket {t['ws']['cpu_us_per_delivered']:.2f} us: GS2 at {ratio:.2f}x (target <= 1.3x).",
+    ]
 
 
 def _explanation(config: dict[str, Any]) -> list[str]:

@@ -122,8 +122,13 @@ class RelayLaunch:
                 out += [_flag(name), str(getattr(self, name))]
         base = RelayConfig()
         for name in TUNABLES:
-            if getattr(r, name) != getattr(base, name):
-                out += [_flag(name), repr(getattr(r, name))]
+            value = getattr(r, name)
+            if value == getattr(base, name):
+                continue
+            if isinstance(value, bool):  # --gs2-clients / --no-gs2-clients
+                out.append(_flag(name) if value else "--no-" + name.replace("_", "-"))
+            else:
+                out += [_flag(name), repr(value)]
         return out
 
     def env(self) -> dict[str, str]:
@@ -332,6 +337,14 @@ def _parser() -> argparse.ArgumentParser:
     limits = p.add_argument_group("limits and timing")
     types = {f.name: f.type for f in fields(RelayConfig)}
     for name in TUNABLES:
+        if types[name] in (bool, "bool"):  # a switch: --name and --no-name
+            limits.add_argument(
+                _flag(name),
+                action=argparse.BooleanOptionalAction,
+                default=getattr(base, name),
+                help=field_doc(RelayConfig, name),
+            )
+            continue
         kind = float if types[name] in (float, "float") else int
         limits.add_argument(
             _flag(name), type=kind, default=getattr(base, name), help=field_doc(RelayConfig, name)

@@ -49,6 +49,13 @@ def _parser(prog: str, dev: bool) -> argparse.ArgumentParser:
         help="relays refuse JOIN without a user access token",
     )
     p.add_argument(
+        "--gs2-clients",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="relays accept GS2 game clients (GS2's own wire, not encrypted) beside native ones "
+        "(default: yes; docs/gs2-clients.md)",
+    )
+    p.add_argument(
         "--relay-caps",
         choices=["auto", "cgroup", "soft", "off"],
         help="how relay tier caps are enforced (default auto: cgroups where writable, else soft)",
@@ -92,6 +99,7 @@ def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | 
         "webhook_url": args.webhook_url,
         "operation_log": args.operation_log,
         "relay_require_user_tokens": args.require_user_tokens,
+        "relay_gs2_clients": args.gs2_clients,
         "relay_caps": args.relay_caps,
         "relay_warm_relays": args.warm_relays,
         "log_level": args.log_level,

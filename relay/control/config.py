@@ -65,7 +65,12 @@ class ControlConfig:
     relay_extra_args: tuple[str, ...] = ()
     """Extra flags appended to every `relay serve` (e.g. --idle-timeout 30)."""
     relay_require_user_tokens: bool = False
-    """Hand relays --token-public-key, so JOIN must carry a user access token for its user id."""
+    """Hand relays --token-public-key, so JOIN must carry a user access token for its user id
+    (and a GS2 client's HelloRequest a verified one)."""
+    relay_gs2_clients: bool = True
+    """Relays accept GS2 game clients (GS2's Unity SDK, its own wire: signed, not encrypted) on
+    their WebSocket port beside native clients; False hands them --no-gs2-clients
+    (docs/gs2-clients.md, docs/security.md)."""
     stop_grace: float = 3.0
     """Seconds between SIGTERM and SIGKILL when a relay is stopped."""
     relay_spawner: str = "zygote"

@@ -145,6 +145,23 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
     return encode_frame(opcode, payload)
 
 
+def server_binary_frames(payloads: list[bytes]) -> bytes:
+    """Several binary server frames back to back (a GS2 client's Containers of one flush): the
+    same bytes as joining server_frame(BINARY, p) of each, with one join."""
+    parts: list[bytes] = []
+    append = parts.append
+    for payload in payloads:
+        n = len(payload)
+        if n < 126:
+            append(bytes((FIN | BINARY, n)))
+        elif n < 65536:
+            append(_HEAD16(FIN | BINARY, 126, n))
+        else:
+            append(_HEAD64(FIN | BINARY, 127, n))
+        append(payload)
+    return b"".join(parts)
+
+
 def client_frame(opcode: int, payload: bytes, mask: bytes = ZERO_MASK) -> bytes:
     """A client's frame: masked (with the all-zero key unless told otherwise)."""
     return encode_frame(opcode, payload, mask)

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.protocol.constants import CloseReason
+from relay.protocol.gs2.wire import Encoder
 from relay.server.config import RelayConfig
 from relay.server.links import Doorway, UdpProtocol, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
 from relay.server.room import Room
-from relay.server.transport import UDP, WS
 
 log = logging.getLogger("relay.server")
 
@@ -143,7 +143,10 @@ class Relay:
         self.port = tcp.getsockname()[1]
         self._udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(room), sock=udp)
         doorway = Doorway(self.config.max_pending_connections, self.config.connect_timeout, self.counters)
-        self._tcp_server = await loop.create_server(lambda: WsConnection(room, self._ws, doorway), sock=tcp)
+        gs2 = Encoder(self.config.room_key, room.started) if self.config.gs2_clients else None
+        self._tcp_server = await loop.create_server(
+            lambda: WsConnection(room, self._ws, doorway, gs2), sock=tcp
+        )
         if self.config.admin_port is not None:
             self._admin = AdminServer(self.metrics, lambda: not room.closed)
             self.admin_port = await self._admin.start(self.config.admin_host, self.config.admin_port)
@@ -201,10 +204,10 @@ class Relay:
         return RelayStats(
             members=len(room.members) if room else 0,
             sessions=len(room.sessions) if room else 0,
-            messages_in=c.messages_in[UDP] + c.messages_in[WS],
-            messages_out=c.messages_out[UDP] + c.messages_out[WS],
-            bytes_in=c.bytes_in[UDP] + c.bytes_in[WS],
-            bytes_out=c.bytes_out[UDP] + c.bytes_out[WS],
+            messages_in=sum(c.messages_in),
+            messages_out=sum(c.messages_out),
+            bytes_in=sum(c.bytes_in),
+            bytes_out=sum(c.bytes_out),
             started_at=self._started_wall,
             last_activity=self._started_wall + ((room.last_activity - room.started) if room else 0.0),
         )

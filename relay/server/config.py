@@ -70,10 +70,19 @@ class RelayConfig:
     )
     drain_timeout: float = doc(1.5, "seconds to wait on close for WebSocket buffers to empty")
     token_public_key: str | None = doc(
-        None, "base64url Ed25519 public key; when set, JOIN must carry a user access token it signed"
+        None,
+        "base64url Ed25519 public key; when set, JOIN (and a GS2 client's HelloRequest) must carry "
+        "a user access token it signed",
+    )
+    gs2_clients: bool = doc(
+        True,
+        "accept GS2 game clients (GS2-Realtime's WebSocket wire: signed, not encrypted) on the "
+        "WebSocket port beside native clients (docs/gs2-clients.md)",
     )
 
     def limits(self, transport: str) -> Limits:
+        """What WELCOME tells a member of `transport` ("udp", "ws" or "gs2": a GS2 client is on
+        the WebSocket port, with WebSocket's payload limit)."""
         return Limits(
             max_players=self.max_players,
             max_payload=self.max_payload_udp if transport == "udp" else self.max_payload_ws,

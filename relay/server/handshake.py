@@ -78,7 +78,7 @@ class Handshakes:
         if len(self.pending) >= self.max_pending:
             c.drops["handshake_flood"] += 1
             return None
-        sid = self._new_sid(taken)
+        sid = self.new_sid(taken)
         e_c = client_public(hello)
         try:
             accept, keys = make_accept(self.psk, e_c, sid)
@@ -103,7 +103,8 @@ class Handshakes:
         """A session that goes away (whether or not its handshake completed)."""
         self.pending.pop(session.client_public, None)
 
-    def _new_sid(self, taken: Container[int]) -> int:
+    def new_sid(self, taken: Container[int]) -> int:
+        """A random non-zero session id not in `taken`."""
         while True:
             sid = int.from_bytes(self.rand(4), "big")
             if sid and sid not in taken:

@@ -9,6 +9,11 @@ connection is the session's `Link`. websockets does the opening handshake, close
 unusual; the frames of play (binary in and out, ping) are read and written with the project's
 codec (relay/protocol/wsframes.py): websockets' per-frame generator calls, objects and lists
 were a large share of a busy WebSocket relay's core.
+
+The same port serves GS2 game clients (docs/gs2-clients.md): a connection whose first binary
+message is a protobuf Container, not a HELLO, is a GS2 client's from then on, and its messages
+go to a `Gs2Peer` (relay/server/gs2.py). GS2 clients send no keepalive of their own, so the
+relay pings such a connection every quarter of the keepalive timeout and its pongs keep it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from relay.protocol.constants import WS_MAX_PACKET, WS_MAX_PLAINTEXT
-from relay.protocol.wsframes import BINARY, PING, PONG, server_frame, take_frames
+from relay.protocol.gs2.wire import CONTAINER_FIRST_BYTES, Encoder
+from relay.protocol.wsframes import BINARY, PING, PONG, server_binary_frames, server_frame, take_frames
+from relay.server.gs2 import Gs2Peer
 from relay.server.metrics import Counters
 from relay.server.room import Room
 from relay.server.sessions import Session
@@ -83,6 +90,9 @@ class WsLink:
     def send(self, packet: bytes) -> bool:
         return self.conn.send_packet(packet)
 
+    def send_many(self, payloads: list[bytes]) -> int:
+        return self.conn.send_packets(payloads)
+
     def close(self, why: Disconnect, text: str) -> None:
         self.conn.close(CLOSE_CODES[why], text)
 
@@ -126,10 +136,20 @@ class Doorway:
 class WsConnection(asyncio.Protocol):
     """One WebSocket connection carrying one session (docs/protocol.md 7.2)."""
 
-    def __init__(self, room: Room, connections: set[WsConnection], doorway: Doorway | None = None) -> None:
+    def __init__(
+        self,
+        room: Room,
+        connections: set[WsConnection],
+        doorway: Doorway | None = None,
+        gs2: Encoder | None = None,
+    ) -> None:
+        """`gs2`: the room's GS2 encoder, when GS2 clients are accepted (None: native only)."""
         self.room = room
         self.connections = connections
         self.doorway = doorway
+        self.gs2 = gs2
+        self.peer: Gs2Peer | None = None  # a GS2 client's connection
+        self._pinger: asyncio.TimerHandle | None = None
         self.proto = ServerProtocol(max_size=WS_MAX_PACKET, extensions=None)  # send_packet relies on none
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
@@ -177,12 +197,18 @@ class WsConnection(asyncio.Protocol):
         frames, used, other = take_frames(buf, WS_MAX_PACKET)
         del buf[:used]
         self._now = monotonic()
+        peer = self.peer
         try:
-            for opcode, payload in frames:
-                if opcode == BINARY:
-                    self._binary(payload)
-                elif opcode == PING:
-                    self._pong(payload)
+            if peer is not None:  # a GS2 client: its messages of this read go to the room at once
+                self._gs2_frames(peer, frames)
+            else:
+                for opcode, payload in frames:
+                    if opcode == BINARY:
+                        self._binary(payload)  # the first may make this a GS2 client's connection
+                    elif opcode == PING:
+                        self._pong(payload)
+                    elif self.peer is not None:  # PONG
+                        self.peer.pong(self._now)
         except Exception:
             self.room.counters.drops["internal_error"] += 1
             log.exception("websocket handler failed")
@@ -216,14 +242,59 @@ class WsConnection(asyncio.Protocol):
     def _binary(self, data: bytes) -> None:
         if self._closing:
             return
-        if self.session is None:
+        session = self.session
+        if session is not None:
+            if self.peer is None:
+                self.room.ws_data(session, data, self._now)
+            else:
+                self.peer.receive(data, self._now)
+        elif self.peer is not None:  # a GS2 client refused before its session: it is closing
+            return
+        elif self.gs2 is not None and data and data[0] in CONTAINER_FIRST_BYTES:
+            self._gs2(data)
+        else:
             self.session = self.room.ws_hello(data, self.link, self._now)
             if self.session is None:
                 self.close(WS_POLICY, "handshake failed")
             elif self.doorway is not None:
                 self.doorway.leave(self)
-        else:
-            self.room.ws_data(self.session, data, self._now)
+
+    def _gs2(self, hello: bytes) -> None:
+        """The first message is a GS2 Container: a GS2 client's connection from now on."""
+        assert self.gs2 is not None
+        peer = self.peer = Gs2Peer(self.room, self.gs2, self.link)
+        peer.receive(hello, self._now)
+        self.session = peer.session
+        if self.session is not None:
+            if self.doorway is not None:
+                self.doorway.leave(self)
+            self._ping_later()
+
+    def _gs2_frames(self, peer: Gs2Peer, frames: list[tuple[int, bytes]]) -> None:
+        """A GS2 client sends one message per WebSocket message: those of one read are handed over
+        together, as a native packet's messages are (consecutive broadcasts, one queue extend)."""
+        batch = []
+        for opcode, payload in frames:
+            if opcode == BINARY:
+                batch.append(payload)
+            elif opcode == PING:
+                self._pong(payload)
+            else:
+                peer.pong(self._now)
+        if batch and not self._closing:
+            peer.receive_many(batch, self._now)
+
+    def _ping_later(self) -> None:
+        interval = self.room.config.keepalive_timeout / 4
+        self._pinger = asyncio.get_running_loop().call_later(interval, self._ping)
+
+    def _ping(self) -> None:
+        """A GS2 client's keepalive: it answers WebSocket pings (its library does), nothing else."""
+        transport = self.transport
+        if transport is None or self._closing or self.proto.state is not State.OPEN:
+            return
+        transport.write(server_frame(PING, b""))
+        self._ping_later()
 
     def _pong(self, payload: bytes) -> None:
         transport = self.transport
@@ -250,6 +321,8 @@ class WsConnection(asyncio.Protocol):
         elif opcode is Opcode.TEXT:
             self.room.counters.drops["ws_text"] += 1
             self.close(WS_POLICY, "binary frames only")
+        elif opcode is Opcode.PONG and self.peer is not None:
+            self.peer.pong(self._now)
 
     def _write(self) -> None:
         transport = self.transport
@@ -275,13 +348,21 @@ class WsConnection(asyncio.Protocol):
         transport.write(server_frame(BINARY, packet))
         return True
 
+    def send_packets(self, packets: list[bytes]) -> int:
+        """Several binary frames in one write (a GS2 client's Containers of one flush); the
+        bytes written, 0 when the connection is not open."""
+        transport = self.transport
+        if transport is None or self._closing or self.proto.state is not State.OPEN:
+            return 0
+        data = server_binary_frames(packets)
+        transport.write(data)
+        return len(data)
+
     def close(self, code: int, reason: str) -> None:
         if self._closing:
             return
         self._closing = True
-        session, self.session = self.session, None
-        if session is not None:
-            self.room.ws_closed(session, monotonic())
+        self._session_ended(clean=False)
         if self.proto.state is State.OPEN:
             self.proto.send_close(code, reason[:120])
             self._write()
@@ -293,11 +374,21 @@ class WsConnection(asyncio.Protocol):
         self.connections.discard(self)
         if self.doorway is not None:
             self.doorway.leave(self)
-        session, self.session = self.session, None
         self._closing = True
-        if session is not None:
-            self.room.ws_closed(session, monotonic())
+        self._session_ended(clean=self.proto.close_rcvd is not None)
         self.transport = None
+
+    def _session_ended(self, clean: bool) -> None:
+        """The room hears that the session's connection is gone: a native member's seat waits
+        for a resume; a GS2 client's member leaves (`clean`: the client closed, as GS2's do)."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
+        session, self.session = self.session, None
+        if self.peer is not None:
+            self.peer.lost(monotonic(), clean)
+        elif session is not None:
+            self.room.ws_closed(session, monotonic())
 
     def eof_received(self) -> bool | None:
         self.proto.receive_eof()

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-TRANSPORTS = ("udp", "ws")
+TRANSPORTS = ("udp", "ws", "gs2")
+"""The transport label of the per-transport counters, by kind (relay/server/transport.py)."""
 
 
 FANOUT_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -25,7 +26,7 @@ FANOUT_BOUNDS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 
 
 class Counters:
-    """What the relay counts. Indexed by transport: 0 = udp, 1 = ws."""
+    """What the relay counts. Indexed by transport: 0 = udp, 1 = ws, 2 = gs2 (TRANSPORTS)."""
 
     __slots__ = (
         "bytes_in",
@@ -44,12 +45,12 @@ class Counters:
     )
 
     def __init__(self) -> None:
-        self.messages_in = [0, 0]
-        self.messages_out = [0, 0]
-        self.packets_in = [0, 0]
-        self.packets_out = [0, 0]
-        self.bytes_in = [0, 0]
-        self.bytes_out = [0, 0]
+        self.messages_in = [0] * len(TRANSPORTS)
+        self.messages_out = [0] * len(TRANSPORTS)
+        self.packets_in = [0] * len(TRANSPORTS)
+        self.packets_out = [0] * len(TRANSPORTS)
+        self.bytes_in = [0] * len(TRANSPORTS)
+        self.bytes_out = [0] * len(TRANSPORTS)
         self.drops: Counter[str] = Counter()
         self.handshakes = 0
         self.handshake_failures = 0

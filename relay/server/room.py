@@ -23,6 +23,12 @@ flushing a burst early multiplied its writes (p99 at half load rose from 0.7 to 
 
 The handshake lives in handshake.py, a UDP member's address validation in paths.py. Input that
 docs/protocol.md says to drop is dropped and counted by reason, never raised.
+
+Another wire's adapter hands the room decoded messages instead of packets: a GS2 game client
+(relay/server/gs2.py) gets a session without keys (`open_session`), its messages go through
+`handle_messages` like those of a decrypted packet, and its link turns the same native messages
+every session gets into its own wire's at the flush (transport.MessageLink). Such a client
+cannot resume: its connection's end is its member's (`end_session`).
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from relay.protocol import messages as m
 from relay.protocol.constants import (
     DATA_MIN_SIZE,
     HEADER,
     HELLO_MIN_SIZE,
+    MAX_USER_ID_BYTES,
     PROTOCOL_VERSION,
     RESUME_TOKEN_SIZE,
     UDP_HELLO_PAD_TO,
@@ -49,14 +56,14 @@ from relay.protocol.constants import (
     ProtocolError,
 )
 from relay.protocol.keys import decode_room_key, derive_psk
-from relay.protocol.tokens import USER_ISSUER, TokenError, public_key_from_text, verify
+from relay.protocol.tokens import USER_ISSUER, TokenError, public_key_from_text, read_claims, verify
 from relay.server.config import RelayConfig
 from relay.server.handshake import Handshakes, client_public
 from relay.server.metrics import Counters
 from relay.server.paths import SendTo, UdpPath
 from relay.server.ratelimit import TokenBucket
 from relay.server.sessions import Member, Session
-from relay.server.transport import UDP, WS, Disconnect, Link
+from relay.server.transport import UDP, WS, Disconnect, Link, MessageLink
 
 log = logging.getLogger("relay.server")
 
@@ -120,8 +127,9 @@ class Room:
         self._tick = config.coalesce_tick if config.coalesce_tick > 0 else 0.0
         # no tick: a UDP pass flushes early once it has held output this long
         self._max_delay = config.max_coalesce_delay_udp if config.coalesce_tick <= 0 else math.inf
-        self._limits = {UDP: config.limits("udp"), WS: config.limits("ws")}
-        self._max_payload = {UDP: config.max_payload_udp, WS: config.max_payload_ws}
+        # by transport kind (a GS2 client is on the WebSocket port, with its limits)
+        self._limits = [config.limits("udp"), config.limits("ws"), config.limits("gs2")]
+        self._max_payload = [config.max_payload_udp, config.max_payload_ws, config.max_payload_ws]
 
     @property
     def pending(self) -> dict[bytes, Session]:
@@ -237,6 +245,47 @@ class Room:
             self.on_session()
         return session
 
+    def open_session(self, link: MessageLink, now: float) -> Session | None:
+        """A session without the handshake: its client authenticated in its own way (a GS2
+        client: the room key's HMAC on its HelloRequest) and its link encodes the room's messages
+        itself. None when the room has closed."""
+        if self.closed:
+            self.counters.drops["closed"] += 1
+            return None
+        session = Session(self.handshakes.new_sid(self.sessions), link, None, None, None, b"", now)
+        self.sessions[session.sid] = session
+        self.on_session()
+        return session
+
+    def user_of(self, token: str, now: float) -> str:
+        """The user a user access token is for, for clients that name none but the token's (GS2's
+        HelloRequest); raises TokenError. With a token key the token is verified as a JOIN's is
+        (signature, issuer, expiry at the caller's clock); without one its claims are read as a
+        native JOIN's claimed user id is taken: the room key is then the only credential."""
+        if self.token_key is not None:
+            user_id = verify(self.token_key, token, None, now + self.wall_offset, USER_ISSUER).sub
+        else:
+            user_id = read_claims(token).sub
+        if not user_id or len(user_id.encode()) > MAX_USER_ID_BYTES:
+            raise TokenError(f"user id must be 1 to {MAX_USER_ID_BYTES} bytes of UTF-8")
+        return user_id
+
+    def alive(self, session: Session, now: float) -> None:
+        """A sign of life below the room's messages (a GS2 connection's answer to a WebSocket
+        ping): it keeps the session from its keepalive timeout, and is no room traffic (idle)."""
+        session.last_seen = now
+
+    def end_session(
+        self, session: Session, now: float, reason: LeaveReason, why: Disconnect | None, text: str = ""
+    ) -> None:
+        """The end of a session whose client cannot resume (GS2's): its member leaves at once
+        (LEAVE `reason` to the others); `why` closes its link (None: it is already gone)."""
+        self._now = now
+        member = session.member
+        if member is not None and member.session is session:
+            self._remove(member, reason)
+        self._forget(session, why, text)
+
     def _data(self, session: Session, data: bytes, ctr: int, addr: Any, now: float) -> None:
         c = self.counters
         try:
@@ -270,9 +319,15 @@ class Room:
             if exc.reason == "bad_user_id" and session.member is None:  # a JOIN the relay can name
                 self._refuse(session, ErrorCode.BAD_REQUEST, str(exc.detail), Disconnect.VIOLATION)
             return
+        self.handle_messages(session, msgs, now)
+
+    def handle_messages(self, session: Session, msgs: list[m.ClientMessage], now: float) -> None:
+        """A session's messages, authenticated and decoded: a DATA packet's, or those another
+        wire's adapter decoded (a GS2 client's, relay/server/gs2.py)."""
+        self._now = now
         session.last_seen = now
         kind = session.link.kind
-        c.messages_in[kind] += len(msgs)
+        self.counters.messages_in[kind] += len(msgs)
         member = session.member
         if member is None:
             self._before_join(session, msgs, now)
@@ -327,8 +382,8 @@ class Room:
                 if isinstance(msg, m.Ping):
                     self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())
                 elif isinstance(msg, m.PathPong):
-                    if path is not None:
-                        path.confirm(msg.challenge)
+                    if session.path is not None:
+                        session.path.confirm(msg.challenge)
                 elif isinstance(msg, m.Join | m.Sync):
                     self._snapshot(session, member, now)
             if member.session is not session:  # kicked while handling this packet
@@ -598,6 +653,7 @@ class Room:
         dirty = self._dirty
         if not dirty:
             return
+        self._now = now  # the time of this flush (a GS2 link's lifetime field)
         self._dirty = []
         for session in dirty:
             try:
@@ -626,12 +682,16 @@ class Room:
         if not out:
             return
         session.out = []
+        sealer = session.sealer
+        if sealer is None:
+            self._write_messages(session, out)
+            return
         link = session.link
         c = self.counters
         kind = link.kind
         c.messages_out[kind] += len(out)
         limit = link.max_plaintext
-        seal = session.sealer.seal
+        seal = sealer.seal
         chunks = out if len(out) == 1 else _pack(out, limit)
         for chunk in chunks:
             if len(chunk) > limit:  # one message larger than this transport carries (WS -> UDP)
@@ -645,11 +705,27 @@ class Room:
                 path = session.path
                 c.drops["amplification" if path is not None and not path.validated else "send_failed"] += 1
         if kind == WS and link.buffered > self.config.ws_send_buffer:
-            member = session.member
-            if member is not None:
-                self.kick(member, "send buffer overflow")
-            else:
-                self._forget(session, Disconnect.VIOLATION, "send buffer overflow")
+            self._overflow(session)
+
+    def _write_messages(self, session: Session, out: list[bytes]) -> None:
+        """A keyless session's flush: its link encodes the messages itself (a GS2 client's)."""
+        link = cast(MessageLink, session.link)
+        c = self.counters
+        kind = link.kind
+        c.messages_out[kind] += len(out)
+        packets, nbytes = link.write(out, self._now)
+        c.packets_out[kind] += packets
+        c.bytes_out[kind] += nbytes
+        if link.buffered > self.config.ws_send_buffer:
+            self._overflow(session)
+
+    def _overflow(self, session: Session) -> None:
+        """A WebSocket reader that cannot keep up is disconnected, not buffered without end."""
+        member = session.member
+        if member is not None:
+            self.kick(member, "send buffer overflow")
+        else:
+            self._forget(session, Disconnect.VIOLATION, "send buffer overflow")
 
     def _send_challenge(self, session: Session, path: UdpPath) -> None:
         """The path challenge in a packet of its own, ahead of anything queued (7.3), so it always

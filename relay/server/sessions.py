@@ -33,18 +33,20 @@ class Session:
         self,
         sid: int,
         link: Link,
-        k_c2s: bytes,
-        k_s2c: bytes,
-        accept: bytes,
+        k_c2s: bytes | None,
+        k_s2c: bytes | None,
+        accept: bytes | None,
         client_public: bytes,
         now: float,
     ) -> None:
+        """Keys None: a session whose client authenticated in its own way and whose link encodes
+        the room's messages itself (a GS2 client: relay/server/transport.py MessageLink)."""
         self.sid = sid
         self.link = link
         self.path: UdpPath | None = link if isinstance(link, UdpPath) else None
-        self.sealer = Sealer(k_s2c, sid)
-        self.opener = Opener(k_c2s, strict=link.kind == WS)
-        self.accept: bytes | None = accept  # until the first authenticated DATA: resent on a repeated HELLO
+        self.sealer = Sealer(k_s2c, sid) if k_s2c is not None else None
+        self.opener = Opener(k_c2s, strict=link.kind == WS) if k_c2s is not None else None
+        self.accept = accept  # until the first authenticated DATA: resent on a repeated HELLO
         self.client_public = client_public
         self.member: Member | None = None
         self.out: list[bytes] = []  # encoded messages waiting for this pass's flush

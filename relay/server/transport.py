@@ -4,7 +4,9 @@
 The room hands a Link sealed packets and never touches a socket. A WebSocket link is the
 transport adapter's (relay/server/links.py). A UDP link is a `UdpPath` (relay/server/paths.py):
 the room owns the path's state (address, validation, byte budget) and writes through the
-datagram writer the UDP adapter gave it.
+datagram writer the UDP adapter gave it. A GS2 game client's link (relay/server/gs2.py) is a
+`MessageLink`: its session has no keys, and the room hands it the encoded messages themselves,
+which it turns into its own wire's messages.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Protocol
 
-UDP, WS = 0, 1
-"""Transport kinds, also the index into the per-transport counters (relay/server/metrics.py)."""
+UDP, WS, GS2 = 0, 1, 2
+"""Transport kinds, also the index into the per-transport counters (relay/server/metrics.py).
+GS2: a GS2 game client on the WebSocket port (docs/gs2-clients.md)."""
 
 
 class Disconnect(Enum):
@@ -32,7 +35,7 @@ class Disconnect(Enum):
 class Link(Protocol):
     """How packets reach one peer."""
 
-    kind: int  # UDP or WS
+    kind: int  # UDP, WS or GS2
     max_plaintext: int  # the largest DATA plaintext this transport carries
 
     def send(self, packet: bytes) -> bool:
@@ -46,4 +49,14 @@ class Link(Protocol):
     @property
     def buffered(self) -> int:
         """Bytes written but not yet taken by the peer (a WebSocket's send buffer; UDP 0)."""
+        ...
+
+
+class MessageLink(Link, Protocol):
+    """The link of a session without keys (a GS2 client's): the room neither packs nor seals
+    for it, it hands over each flush's messages as they are."""
+
+    def write(self, items: list[bytes], now: float) -> tuple[int, int]:
+        """The room's encoded messages for this peer, at the flush of `now`: (packets, bytes)
+        written; (0, 0) when nothing could be."""
         ...

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from relay.agent.launch import LAUNCH_ENV, LaunchError, RelayLaunch, room_of
+from relay.control.provisioner import LocalProvisioner, RelayRequest
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
 
@@ -128,6 +129,26 @@ def test_the_agent_config_comes_from_the_launch() -> None:
         0.5,
     )
     assert replace(launch, control_url=None).agent() is None
+
+
+def test_switches_are_written_and_read_as_flag_pairs() -> None:
+    """A bool setting (gs2_clients) is --name / --no-name: the default is not written, the other
+    value is, and both read back; the control plane's setting reaches every local relay."""
+    off = RelayLaunch(RelayConfig(room_key=generate_room_key(), gs2_clients=False))
+    assert "--no-gs2-clients" in off.argv()
+    assert RelayLaunch.parse(off.argv(), off.env()) == off
+    on = replace(off, relay=replace(off.relay, gs2_clients=True))
+    assert not [a for a in on.argv() if "gs2" in a]
+    assert RelayLaunch.parse(["--gs2-clients"], on.env()) == on
+    request = RelayRequest("ns", "r", generate_room_key(), "secret", "http://127.0.0.1:1/internal", 1.0, 30.0)
+    for gs2_clients, extra, expected in (
+        (True, (), True),
+        (False, (), False),
+        (True, ("--no-gs2-clients",), False),
+    ):
+        provisioner = LocalProvisioner(("relay",), extra_args=extra, gs2_clients=gs2_clients)
+        assert provisioner.launch(request).relay.gs2_clients is expected
+        assert ("--no-gs2-clients" in provisioner.argv(request)) is not expected
 
 
 def test_room_of_a_command_line() -> None:

@@ -71,3 +71,19 @@ def test_dev_prints_stable_credentials(tmp_path: Path) -> None:
     assert (tmp_path / ".relay" / "control.db").exists() and (
         tmp_path / ".relay" / "credentials.json"
     ).exists()
+
+
+def test_gs2_clients_setting_from_flags_environment_and_file(tmp_path: Path) -> None:
+    """relay_gs2_clients (on by default) is turned off by a flag, RELAY_RELAY_GS2_CLIENTS or a
+    config file, and a flag wins over the environment."""
+    from relay.control.cli import _parser, build_config
+
+    def config(argv: list[str], environ: dict[str, str]) -> ControlConfig:
+        return build_config(_parser("relay control", False).parse_args(argv), False, environ)
+
+    assert config([], {}).relay_gs2_clients is True
+    assert config(["--no-gs2-clients"], {}).relay_gs2_clients is False
+    assert config([], {"RELAY_RELAY_GS2_CLIENTS": "false"}).relay_gs2_clients is False
+    assert config(["--gs2-clients"], {"RELAY_RELAY_GS2_CLIENTS": "false"}).relay_gs2_clients is True
+    (tmp_path / "c.json").write_text('{"relay_gs2_clients": false}')
+    assert config(["--config", str(tmp_path / "c.json")], {}).relay_gs2_clients is False

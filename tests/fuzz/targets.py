@@ -8,7 +8,10 @@ contract says (ProtocolError for a bad packet, and so on); anything else is a cr
 `make test` runs every target for a few seconds (tests/fuzz/test_targets.py); RELAY_FUZZ_SECONDS
 sets how long. The targets that need a room build one in memory (the room is sans-I/O): members
 joined through the real handshake, then the fuzz input reaches the room raw, or sealed with a
-member's keys so that it gets past authentication to the message handlers.
+member's keys so that it gets past authentication to the message handlers. A GS2 game client
+is in that room too (relay/server/gs2.py), so what native members make the room send is also
+turned into GS2 Containers, and `gs2_peer` hands it the fuzz input raw or signed with the room
+key (past the HMAC, into the Any's decoding and the room).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import replace
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.any_pb2 import Any
 
 from relay.agent.launch import LaunchError, RelayLaunch
 from relay.agent.wire import Closed, Heartbeat, Registration, WireError
@@ -29,12 +33,16 @@ from relay.protocol import messages as m
 from relay.protocol import tokens
 from relay.protocol.client import ClientConnection, ClientState
 from relay.protocol.constants import ProtocolError
+from relay.protocol.gs2 import wire
+from relay.protocol.gs2.message_pb2 import Container, HelloRequest
 from relay.protocol.keys import decode_room_key, derive_psk, generate_room_key
 from relay.protocol.packets import ClientHello, Sealer, parse_header, verify_hello
 from relay.protocol.wsframes import parse_head, read_frames, take_frames
 from relay.server.config import RelayConfig
+from relay.server.gs2 import Gs2Peer
 from relay.server.metrics import Counters
 from relay.server.room import Room
+from relay.server.transport import Disconnect
 
 Target = Callable[[bytes], None]
 
@@ -56,11 +64,59 @@ class _World:
             self.net.join(client)
             assert client.state is ClientState.JOINED
         self.now = 0.0
+        self.encoder = wire.Encoder(self.key, self.room.started)
+        self.gs2, self.sink = self.gs2_join()
+
+    def gs2_join(self) -> tuple[Gs2Peer, _Sink]:
+        """A GS2 client in the room (no token key: its token's claims name it)."""
+        sink = _Sink()
+        peer = Gs2Peer(self.room, self.encoder, sink)
+        token = tokens.mint(Ed25519PrivateKey.generate(), "gs2-player")
+        hello = HelloRequest(accessToken=token).SerializeToString()
+        peer.receive(gs2_container(Container.HELLO_REQUEST, hello, self.encoder.signer), 0)
+        self.net.flush()
+        assert peer.session is not None and peer.session.member is not None, sink.sent
+        return peer, sink
 
     def check(self) -> None:
-        """What must hold whatever came in."""
+        """What must hold whatever came in: no handler failed, and every Container the GS2 client
+        got is one GS2's client parses (a type from its table, signed with the room key)."""
         assert not self.room.counters.drops["internal_error"], self.room.counters.drops
         self.net.to_client.clear()
+        signer = self.encoder.signer
+        for data in self.sink.sent:
+            container = Container.FromString(data)
+            assert container.messageType in wire.SERVER_TYPES and container.sequenceNumber
+            assert container.signature == signer(container.payload.value)
+        self.sink.sent.clear()
+
+
+class _Sink:
+    """A GS2 client's connection in memory: what its peer wrote, and how it was closed."""
+
+    buffered = 0
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed: tuple[Disconnect, str] | None = None
+
+    def send_many(self, payloads: list[bytes]) -> int:
+        if self.closed is not None:
+            return 0
+        self.sent += payloads
+        return sum(map(len, payloads))
+
+    def close(self, why: Disconnect, text: str) -> None:
+        self.closed = (why, text)
+
+
+def gs2_container(kind: int, value: bytes, signer: wire.Signer) -> bytes:
+    """A GS2 client's Container, signed by `signer`."""
+    return Container(
+        messageType=kind,
+        payload=Any(type_url="type.googleapis.com", value=value),
+        signature=signer(value),
+    ).SerializeToString()
 
 
 _world: _World | None = None
@@ -147,6 +203,44 @@ def room_authenticated(data: bytes) -> None:
                 w.w = replacement
 
 
+_GS2_KINDS = sorted(Container.MessageType.values())
+
+
+def gs2_peer(data: bytes) -> None:
+    """A joined GS2 client's message: the fuzz input raw (first byte even), or the Any value of a
+    Container signed with the room key (odd; the second byte picks the type). Whatever it is,
+    the relay answers it or refuses it (GS2 Error, the connection closed, the member gone), and
+    the native members are unaffected."""
+    w = world()
+    w.now += 0.01
+    w.net.now = w.now
+    if data[:1] and data[0] & 1:
+        kind = _GS2_KINDS[data[1] % len(_GS2_KINDS)] if len(data) > 1 else Container.BINARY_MESSAGE
+        message = gs2_container(kind, data[2:], w.encoder.signer)
+    else:
+        message = data[1:]
+    peer, sink = w.gs2, w.sink
+    drops = w.room.counters.drops
+    refusals = sum(n for reason, n in drops.items() if reason.startswith("gs2_"))
+    peer.receive(message, w.now)
+    w.net.flush()
+    w.net.down()
+    refused = sink.closed is not None  # refused, or a BYE, or kicked by the room
+    if refused:
+        assert peer.session is None
+    if sum(n for reason, n in drops.items() if reason.startswith("gs2_")) > refusals:
+        assert refused and Container.FromString(sink.sent[-1]).messageType == Container.ERROR
+    w.check()
+    members = w.room.members
+    for client in (w.a, w.b, w.w):
+        assert client.state is ClientState.JOINED and client.connection_id in members
+    if refused:
+        assert len(members) == 3
+        w.gs2, w.sink = w.gs2_join()
+    else:
+        assert peer.session is not None and peer.session.sid in w.room.sessions
+
+
 def client_authenticated(data: bytes) -> None:
     """The fuzz input as the plaintext of the relay's DATA packet to a joined client."""
     w = world()
@@ -163,10 +257,11 @@ _token_key = Ed25519PrivateKey.generate().public_key()
 
 
 def access_tokens(data: bytes) -> None:
+    text = data.decode("utf-8", errors="surrogateescape")
     with contextlib.suppress(tokens.TokenError):
-        tokens.verify(
-            _token_key, data.decode("utf-8", errors="surrogateescape"), "u", 0.0, tokens.USER_ISSUER
-        )
+        tokens.verify(_token_key, text, "u", 0.0, tokens.USER_ISSUER)
+    with contextlib.suppress(tokens.TokenError):  # a relay without a token key reads the claims
+        tokens.read_claims(text)
 
 
 def agent_bodies(data: bytes) -> None:
@@ -200,6 +295,7 @@ TARGETS: dict[str, Target] = {
     "room_udp": room_udp,
     "room_authenticated": room_authenticated,
     "client_authenticated": client_authenticated,
+    "gs2_peer": gs2_peer,
     "access_tokens": access_tokens,
     "agent_bodies": agent_bodies,
     "relay_launch": relay_launch,
@@ -236,6 +332,15 @@ def seeds(name: str) -> list[bytes]:
             client_frame(BINARY, b"x" * 200) + client_frame(PING, b"p"),
             server_frame(BINARY, b"y" * 70000),
         ]
+    if name == "gs2_peer":
+        relayed = wire.relay_value(0, b"hello") + b"\x1a\x02\x01\x02"
+        return [
+            b"\x00" + gs2_container(Container.BINARY_MESSAGE, relayed, wire.Signer(b"another room's key")),
+            b"\x01" + bytes([_GS2_KINDS.index(Container.BINARY_MESSAGE)]) + relayed,
+            b"\x01" + bytes([_GS2_KINDS.index(Container.UPDATE_PROFILE_REQUEST)]) + b"\x0a\x03lvl",
+            b"\x01" + bytes([_GS2_KINDS.index(Container.HELLO_REQUEST)]) + b"\x0a\x01x",
+            b"\x00\x12\xff\xff\xff\xff\x0f",
+        ]
     if name == "access_tokens":
         return [b"eyJzdWIiOiJ1In0.c2ln"]
     if name == "agent_bodies":
@@ -254,7 +359,7 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m tests.fuzz {{{','.join(TARGETS)}}} [libFuzzer flags]", file=sys.stderr)
         return 2
     name = argv[0]
-    if name in ("room_udp", "room_authenticated", "client_authenticated"):
+    if name in ("room_udp", "room_authenticated", "client_authenticated", "gs2_peer"):
         world()  # built before the run starts
     atheris.Setup([sys.argv[0], *argv[1:]], TARGETS[name])
     atheris.Fuzz()

@@ -23,8 +23,8 @@ def _report(tmp_path: Path, name: str) -> Report:
     return Report(name, out, {})
 
 
-def test_throughput_quick_udp_and_ws(tmp_path: Path) -> None:
-    config = throughput.ThroughputConfig.quick(transports=("udp", "ws"), baseline=False, max_steps=1)
+def test_throughput_quick_udp_ws_and_gs2(tmp_path: Path) -> None:
+    config = throughput.ThroughputConfig.quick(transports=("udp", "ws", "gs2"), baseline=False, max_steps=1)
     report = _report(tmp_path, "throughput")
     results = throughput.run(config, report, progress=False)
     report.write()
@@ -49,6 +49,10 @@ def test_throughput_quick_udp_and_ws(tmp_path: Path) -> None:
         for r in half["per_recipient"].values():
             assert sum(s["delivered"] for s in r["streams"].values()) == r["delivered"]
             assert all(s["duplicates"] == 0 for s in r["streams"].values())
+    # GS2 game clients: one Container per message and per WebSocket message
+    gs2 = results["transports"]["gs2"]["half_load"]
+    assert gs2["datagrams_in"] == gs2["delivered"]
+    assert results["gs2_cpu_vs_ws"] is not None and results["gs2_cpu_vs_ws"] > 0
 
 
 def test_nano_quick(tmp_path: Path) -> None:
