@@ -102,11 +102,11 @@ class RelayLaunch:
 
     def argv(self) -> list[str]:
         """The flags after `relay serve`: every setting that is not a default, no secrets."""
-        r = self.relay
+        r, base = self.relay, RelayConfig()
         out = ["--host", r.host, "--port", str(r.port)]
         if r.admin_port is not None:
             out += ["--admin-port", str(r.admin_port)]
-        if r.admin_host != RelayConfig.admin_host:
+        if r.admin_host != base.admin_host:
             out += ["--admin-host", r.admin_host]
         if r.token_public_key:
             out += ["--token-public-key", r.token_public_key]
@@ -120,7 +120,6 @@ class RelayLaunch:
         for name in ("heartbeat_interval", "idle_heartbeat_interval", "log_level"):
             if getattr(self, name) != getattr(defaults, name):
                 out += [_flag(name), str(getattr(self, name))]
-        base = RelayConfig()
         for name in TUNABLES:
             value = getattr(r, name)
             if value == getattr(base, name):

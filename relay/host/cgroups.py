@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -127,15 +128,26 @@ def _proc_cgroups(pid: int) -> tuple[str | None, dict[str, str]]:
         return None, {}
 
 
-def sweep_empty(parents: list[Path]) -> int:
+SWEEP_MIN_AGE_S = 60.0
+
+
+def sweep_empty(parents: list[Path], min_age: float = SWEEP_MIN_AGE_S) -> int:
     """Removes relay groups left without a process (a control plane that was killed, relays that
-    outlived it); groups still holding a relay stay. Returns how many went."""
+    outlived it); groups still holding a relay stay, and so do groups younger than `min_age`: another
+    control plane on this host may have just made one and not yet moved its relay in. Returns how
+    many went."""
     removed = 0
+    born_before = time.time() - min_age
     for parent in dict.fromkeys(parents):
         with contextlib.suppress(OSError):
             for child in parent.iterdir():
                 procs = child / "cgroup.procs"
-                if child.is_dir() and procs.exists() and not procs.read_text().strip():
+                if (
+                    child.is_dir()
+                    and child.stat().st_mtime <= born_before
+                    and procs.exists()
+                    and not procs.read_text().strip()
+                ):
                     with contextlib.suppress(OSError):
                         child.rmdir()
                         removed += 1

@@ -43,6 +43,9 @@ def test_what_is_written_reads_back_the_same() -> None:
     assert RelayLaunch.parse(launch.argv(), launch.env()) == launch
     minimal = RelayLaunch(RelayConfig(room_key=generate_room_key()))
     assert RelayLaunch.parse(minimal.argv(), minimal.env()) == minimal
+    assert "--admin-host" not in minimal.argv()  # defaults are not written
+    elsewhere = RelayLaunch(RelayConfig(room_key=generate_room_key(), admin_host="0.0.0.0"))
+    assert RelayLaunch.parse(elsewhere.argv(), elsewhere.env()).relay.admin_host == "0.0.0.0"
 
 
 def test_secrets_travel_in_the_environment_only() -> None:
@@ -140,7 +143,9 @@ def test_switches_are_written_and_read_as_flag_pairs() -> None:
     on = replace(off, relay=replace(off.relay, gs2_clients=True))
     assert not [a for a in on.argv() if "gs2" in a]
     assert RelayLaunch.parse(["--gs2-clients"], on.env()) == on
-    request = RelayRequest("ns", "r", generate_room_key(), "secret", "http://127.0.0.1:1/internal", 1.0, 30.0)
+    request = RelayRequest(
+        "ns", "r", "i1", generate_room_key(), "secret", "http://127.0.0.1:1/internal", 1.0, 30.0
+    )
     for gs2_clients, extra, expected in (
         (True, (), True),
         (False, (), False),

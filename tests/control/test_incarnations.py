@@ -50,7 +50,7 @@ async def test_a_room_wanted_again_right_after_delete_keeps_its_new_relay(
             assert item["name"] == "r"
             new = (await cp.store.get_room("again", "r")).pid
             assert new != old and pid_alive(new)
-            assert relay_pids("again") == {"r": [new]}
+            assert relay_pids("again", cp.url) == {"r": [new]}
             assert (await http.delete("/realtime/again/room/r", headers=h)).status_code == 200
             await wait_for(lambda new=new: not pid_alive(new), timeout=5)
         reasons = [e.get("reason") for e in oplog(cp) if e["event"] in ("room.closed", "room.deleted")]
@@ -126,11 +126,11 @@ async def test_churn_of_the_same_names_leaves_every_acknowledged_room_with_one_r
             await ready_room(http, h, "churn", name)
 
         async def one_relay_each() -> bool:
-            found = relay_pids("churn")
+            found = relay_pids("churn", cp.url)
             return all(len(found.get(n, [])) == 1 for n in names) and len(found) == len(names)
 
         await wait_for(one_relay_each, timeout=10)
-        found = relay_pids("churn")
+        found = relay_pids("churn", cp.url)
         for name in names:
             assert found[name] == [(await cp.store.get_room("churn", name)).pid]
         listed = (await http.get("/realtime/churn/room", headers=h)).json()["items"]

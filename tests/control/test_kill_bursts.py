@@ -55,8 +55,8 @@ async def play_in(item: dict[str, Any], name: str) -> rc.Client:
     return await rc.connect(item["ipAddress"], item["port"], item["encryptionKey"], name, transport="ws")
 
 
-def relays_per_room() -> dict[str, int]:
-    return {name: len(pids) for name, pids in relay_pids("kb").items()}
+def relays_per_room(url: str) -> dict[str, int]:
+    return {name: len(pids) for name, pids in relay_pids("kb", url).items()}
 
 
 async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_playing(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_play
                     if name not in players:
                         players[name] = await play_in(item, "p-" + name)
             expected = dict.fromkeys(acked, 1)
-            await wait_for(lambda expected=expected: relays_per_room() == expected, timeout=10)
+            await wait_for(lambda expected=expected, url=url: relays_per_room(url) == expected, timeout=10)
         # Any twin would have idled out by now and taken its room down with it.
         await asyncio.sleep(max(0.0, IDLE_TIMEOUT + 1.0 - (time.monotonic() - restarted)))
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
@@ -92,14 +92,14 @@ async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_play
             ended = [e for e in player.drain_events() if isinstance(e, rc.ClosingEvent | rc.Disconnected)]
             assert not ended and not player.closed, (name, ended)
         assert len(acked) >= ROUNDS * BURST // 2
-        assert relays_per_room() == dict.fromkeys(acked, 1)  # exactly one relay per room, no twin
+        assert relays_per_room(url) == dict.fromkeys(acked, 1)  # exactly one relay per room, no twin
     finally:
         for player in players.values():
             with contextlib.suppress(Exception):
                 await player.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
-        for pids in relay_pids("kb").values():
+        for pids in relay_pids("kb", url).values():
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

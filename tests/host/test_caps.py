@@ -426,22 +426,30 @@ async def test_a_relay_adopted_in_its_start_up_boost_gets_its_cpu_quota(tmp_path
 
 @needs_cgroups
 def test_sweep_removes_only_groups_without_a_process() -> None:
-    """Groups left by a killed control plane go at the next start; a living relay's group stays."""
+    """Groups left by a killed control plane go at the next start; a living relay's group stays, and
+    so does one just made (another control plane on this host is about to move its relay in)."""
     import subprocess
 
     assert BACKEND is not None
     empty = BACKEND.create("sweep.empty.1", NANO)
+    fresh = BACKEND.create("sweep.fresh.1", NANO)
     busy = BACKEND.create("sweep.busy.1", NANO)
+    long_ago = time.time() - cgroups.SWEEP_MIN_AGE_S - 1
+    for group in (empty, busy):
+        for path in group_dirs(group):
+            os.utime(path, (long_ago, long_ago))
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
         busy.add(sleeper.pid)
         assert BACKEND.sweep() >= 1
         assert not any(p.exists() for p in group_dirs(empty))
         assert all(p.is_dir() for p in group_dirs(busy))
+        assert all(p.is_dir() for p in group_dirs(fresh))
     finally:
         sleeper.kill()
         sleeper.wait()
         busy.remove()
+        fresh.remove()
     assert not any(p.exists() for p in group_dirs(busy))
 
 
