@@ -78,9 +78,9 @@ class PrometheusTargets:
             log.warning("cannot write Prometheus targets %s: %r", self.path, exc)
 
     async def run(self) -> None:
-        """Writes the list now, then again after each change (at most once per min_interval)."""
+        """Writes the list now, then at once after a change, at most once per min_interval."""
         while True:
             self._changed.clear()
             self._try_write()
+            await asyncio.sleep(self.min_interval)  # changes meanwhile: one write for them all
             await self._changed.wait()
-            await asyncio.sleep(self.min_interval)

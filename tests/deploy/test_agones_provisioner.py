@@ -17,18 +17,8 @@ import pytest
 from gs2 import core, realtime
 
 import relay.client as rc
-from relay.agent.agones import (
-    ANNOTATION_AGENT_SECRET,
-    ANNOTATION_CONTROL_URL,
-    ANNOTATION_DELETED,
-    ANNOTATION_INCARNATION,
-    ANNOTATION_NAMESPACE,
-    ANNOTATION_ROOM,
-    ANNOTATION_ROOM_KEY,
-    LABEL_INCARNATION,
-    AgonesSDK,
-    run_agones,
-)
+from relay.agent import agones
+from relay.agent.agones import LABEL_INCARNATION, AgonesSDK, run_agones
 from relay.agent.launch import RelayLaunch
 from relay.control.agones_provisioner import AgonesProvisioner, AllocationError
 from relay.control.provisioner import RelayRequest
@@ -39,6 +29,7 @@ from tests.agent.test_agones import FakeSidecar, free_port, sidecar_up, wait_for
 from tests.control.helpers import gs2_client, make_config, threaded_control_plane
 from tests.control.helpers import wait_for as wait_until
 from tests.deploy.fake_kube import TOKEN, FakeGameServer, FakeKube
+from tests.deploy.helpers import players_talk
 
 NS = "gs2"  # the Kubernetes namespace of the fleet
 CREATE_NS = (
@@ -92,12 +83,12 @@ async def test_allocation_request_answer_and_delete(kube: FakeKube, tmp_path: Pa
         ]
         assert sent["spec"]["metadata"]["labels"] == {LABEL_INCARNATION: wanted.incarnation}
         assert sent["spec"]["metadata"]["annotations"] == {
-            ANNOTATION_NAMESPACE: "game",
-            ANNOTATION_ROOM: "room1",
-            ANNOTATION_ROOM_KEY: wanted.room_key,
-            ANNOTATION_AGENT_SECRET: "agent-secret",
-            ANNOTATION_CONTROL_URL: "http://control.example:7700/internal",
-            ANNOTATION_INCARNATION: wanted.incarnation,
+            agones.ANNOTATION_NAMESPACE: "game",
+            agones.ANNOTATION_ROOM: "room1",
+            agones.ANNOTATION_ROOM_KEY: wanted.room_key,
+            agones.ANNOTATION_AGENT_SECRET: "agent-secret",
+            agones.ANNOTATION_CONTROL_URL: "http://control.example:7700/internal",
+            agones.ANNOTATION_INCARNATION: wanted.incarnation,
         }
         allocation = provisioner.allocation(wanted.incarnation)
         assert allocation is not None
@@ -108,7 +99,7 @@ async def test_allocation_request_answer_and_delete(kube: FakeKube, tmp_path: Pa
             "node-1",
         )
         gs = kube.gameservers["gs2-relay-abcde"]
-        assert gs.state == "Allocated" and gs.annotations[ANNOTATION_ROOM_KEY] == wanted.room_key
+        assert gs.state == "Allocated" and gs.annotations[agones.ANNOTATION_ROOM_KEY] == wanted.room_key
         assert kube.gameservers["other-fleet-1"].state == "Ready"  # the selector held
         assert provisioner.alive(wanted.incarnation)
 
@@ -227,6 +218,14 @@ async def control_plane_thread(config: Any) -> AsyncIterator[Any]:
         await asyncio.to_thread(context.__exit__, None, None, None)
 
 
+def agones_config(kube: FakeKube, tmp_path: Path, **extra: Any) -> Any:
+    """A control plane that allocates from the fake API server's fleet."""
+    kubeconfig = kube.kubeconfig(tmp_path)
+    return make_config(
+        tmp_path, provisioner="agones", agones_namespace=NS, agones_kubeconfig=kubeconfig, **extra
+    )
+
+
 def _sdk_calls(url: str, calls: list[tuple[str, Any]]) -> list[Any]:
     """Runs gs2 SDK calls in order (synchronous: called in a thread)."""
     session, client = gs2_client(url)
@@ -239,14 +238,7 @@ def _sdk_calls(url: str, calls: list[tuple[str, Any]]) -> list[Any]:
 async def test_want_room_allocates_registers_and_delete_drains(kube: FakeKube, tmp_path: Path) -> None:
     """wantRoom -> GameServerAllocation -> the relay's Agones agent registers -> getRoom shows the
     allocation's address -> clients play -> deleteRoom: CLOSING "deleted", the GameServer goes."""
-    config = make_config(
-        tmp_path,
-        provisioner="agones",
-        agones_namespace=NS,
-        agones_kubeconfig=kube.kubeconfig(tmp_path),
-        heartbeat_interval=0.2,
-        idle_heartbeat_interval=0.4,
-    )
+    config = agones_config(kube, tmp_path, heartbeat_interval=0.2, idle_heartbeat_interval=0.4)
     async with (
         control_plane_thread(config) as cp,
         agones_relay(kube, "gs2-relay-one") as (sidecar, relay_task),
@@ -262,22 +254,15 @@ async def test_want_room_allocates_registers_and_delete_drains(kube: FakeKube, t
         room = await wait_until(address, timeout=10)
         allocation = cp.provisioner.allocation(kube.gameservers["gs2-relay-one"].labels[LABEL_INCARNATION])
         assert (room.ip_address, room.port) == (allocation.address, allocation.port)
-        assert sidecar.meta["annotations"][ANNOTATION_ROOM_KEY] == room.encryption_key
+        assert sidecar.meta["annotations"][agones.ANNOTATION_ROOM_KEY] == room.encryption_key
 
-        a = await rc.connect(
-            room.ip_address, room.port, room.encryption_key, "alice", transport="udp", timeout=3
-        )
-        b = await rc.connect(
-            room.ip_address, room.port, room.encryption_key, "bob", transport="ws", timeout=3
-        )
-        a.send(b"hello")
-        assert (await b.next_event_of(rc.Received, 3)).data == b"hello"
+        a, b = await players_talk(room.ip_address, room.port, room.encryption_key)
 
         delete = realtime.DeleteRoomRequest().with_namespace_name("game").with_room_name("room1")
         await asyncio.to_thread(_sdk_calls, cp.url, [("delete_room", delete)])
         assert (await a.next_event_of(rc.ClosingEvent, 5)).reason == CloseReason.DELETED
         assert await asyncio.wait_for(relay_task, 5) == CloseReason.DELETED
-        assert sidecar.meta["annotations"][ANNOTATION_DELETED] == "true"
+        assert sidecar.meta["annotations"][agones.ANNOTATION_DELETED] == "true"
         assert ("POST", "/shutdown", {}) in sidecar.calls
         await wait_for(lambda: "gs2-relay-one" not in kube.gameservers)
         await a.close()
@@ -287,13 +272,7 @@ async def test_want_room_allocates_registers_and_delete_drains(kube: FakeKube, t
 
 
 async def test_empty_fleet_fails_the_room(kube: FakeKube, tmp_path: Path) -> None:
-    config = make_config(
-        tmp_path,
-        provisioner="agones",
-        agones_namespace=NS,
-        agones_kubeconfig=kube.kubeconfig(tmp_path),
-        agones_allocate_for=0.5,
-    )
+    config = agones_config(kube, tmp_path, agones_allocate_for=0.5)
     async with control_plane_thread(config) as cp:
         want = realtime.WantRoomRequest().with_namespace_name("game").with_name("room1")
         await asyncio.to_thread(_sdk_calls, cp.url, [("create_namespace", CREATE_NS), ("want_room", want)])
