@@ -6,7 +6,8 @@ non-root, HEALTHCHECK, entrypoint `relay`); the compose file is parsed and its s
 volumes, mounts and settings checked against each other and the code.
 
 With RELAY_CONTAINER_TESTS=1 (about two minutes: a Debian base is made with mmdebstrap, no
-registry being reachable): the image is built with podman on that base, `relay dev` runs in it,
+registry being reachable, and kept in ~/.cache/gs2-relay for the next run; then about one): the
+image is built with podman on that base, `relay dev` runs in it,
 and the gs2 SDK and the project's client drive it from outside. Needs root, podman, mmdebstrap
 and runc (docs/operations.md says why runc, and what else this machine needed).
 """
