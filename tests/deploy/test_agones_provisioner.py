@@ -20,13 +20,15 @@ import relay.client as rc
 from relay.agent import agones
 from relay.agent.agones import LABEL_INCARNATION, AgonesSDK, run_agones
 from relay.agent.launch import RelayLaunch
+from relay.agent.wire import Registration
 from relay.control.agones_provisioner import AgonesProvisioner, AllocationError
+from relay.control.app import ControlPlane
 from relay.control.provisioner import RelayRequest
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
 from tests.agent.test_agones import FakeSidecar, free_port, sidecar_up, wait_for
-from tests.control.helpers import gs2_client, make_config, threaded_control_plane
+from tests.control.helpers import create_namespace, gs2_client, login, make_config, threaded_control_plane
 from tests.control.helpers import wait_for as wait_until
 from tests.deploy.fake_kube import TOKEN, FakeGameServer, FakeKube
 from tests.deploy.helpers import players_talk
@@ -290,3 +292,26 @@ async def test_empty_fleet_fails_the_room(kube: FakeKube, tmp_path: Path) -> Non
             metrics = (await http.get(cp.url + "/metrics")).text
         assert 'relay_control_rooms_closed_total{reason="provision_failed"} 1.0' in metrics
         assert len(kube.allocations()) >= 2
+
+
+async def test_a_lost_relay_ends_its_gameserver(kube: FakeKube, tmp_path: Path) -> None:
+    """A relay that registered and went silent is lost: the reaper has its GameServer deleted."""
+    kube.add(FakeGameServer("gs2-relay-mute", 7006))
+    config = agones_config(kube, tmp_path, heartbeat_interval=0.2, idle_heartbeat_interval=0.2)
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        await create_namespace(http, h, "game")
+        assert (await http.post("/realtime/game/room", json={"name": "mute"}, headers=h)).status_code == 200
+        await wait_for(lambda: kube.gameservers["gs2-relay-mute"].state == "Allocated")
+        notes = kube.gameservers["gs2-relay-mute"].annotations
+        registration = Registration("127.0.0.1", 7006, None, None, 0.2, notes[agones.ANNOTATION_INCARNATION])
+        r = await http.post(
+            "/internal/rooms/game/mute/register",
+            json=registration.to_json(),
+            headers={"Authorization": "Bearer " + notes[agones.ANNOTATION_AGENT_SECRET]},
+        )
+        assert r.status_code == 200, r.text
+        await wait_for(lambda: "gs2-relay-mute" not in kube.gameservers)  # no heartbeat came
+        assert (await http.get("/realtime/game/room/mute", headers=h)).status_code == 404
+        metrics = (await http.get("/metrics")).text
+        assert 'relay_control_rooms_closed_total{reason="lost"} 1.0' in metrics
