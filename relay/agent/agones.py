@@ -146,6 +146,13 @@ ANNOTATION_ROOM = "realtime.gs2.io/room"
 ANNOTATION_ROOM_KEY = "realtime.gs2.io/room-key"
 ANNOTATION_AGENT_SECRET = "realtime.gs2.io/agent-secret"
 ANNOTATION_CONTROL_URL = "realtime.gs2.io/control-url"
+ANNOTATION_INCARNATION = "realtime.gs2.io/incarnation"
+ANNOTATION_TOKEN_PUBLIC_KEY = "realtime.gs2.io/token-public-key"
+# Written by the control plane on deleteRoom, before it deletes the GameServer: the relay drains
+# with CLOSING "deleted" at once (a local relay's SIGUSR1), not "shutdown" as on a plain delete.
+ANNOTATION_DELETED = "realtime.gs2.io/deleted"
+# The label the control plane's allocation puts on the GameServer, to find a room's relay by.
+LABEL_INCARNATION = ANNOTATION_INCARNATION
 # Written by the relay through the SDK, which prefixes "agones.dev/sdk-" to the key (a key with
 # its own "/" would make an invalid Kubernetes name): agones.dev/sdk-gs2-room, .../sdk-gs2-address.
 SDK_LABEL_ROOM = "gs2-room"
@@ -161,6 +168,8 @@ class Assignment:
     room_key: str
     agent_secret: str | None
     control_url: str | None
+    incarnation: str | None = None
+    token_public_key: str | None = None
 
 
 def label_value(text: str) -> str:
@@ -186,11 +195,19 @@ def parse_assignment(gameserver: dict[str, Any]) -> Assignment | None:
     if control_url and not re.match(r"^https?://[^/\s]+", control_url):
         raise ValueError(f"{ANNOTATION_CONTROL_URL}: not an http(s) URL")
     secret = str(notes.get(ANNOTATION_AGENT_SECRET) or "").strip() or None
-    return Assignment(namespace, room, room_key, secret, control_url)
+    incarnation = str(notes.get(ANNOTATION_INCARNATION) or "").strip() or None
+    token_key = str(notes.get(ANNOTATION_TOKEN_PUBLIC_KEY) or "").strip() or None
+    return Assignment(namespace, room, room_key, secret, control_url, incarnation, token_key)
 
 
 def is_allocated(gameserver: dict[str, Any]) -> bool:
     return (gameserver.get("status") or {}).get("state") == "Allocated"
+
+
+def is_deleted_room(gameserver: dict[str, Any]) -> bool:
+    """The control plane marked the room deleted (ANNOTATION_DELETED)."""
+    notes = (gameserver.get("object_meta") or {}).get("annotations") or {}
+    return bool(str(notes.get(ANNOTATION_DELETED) or "").strip())
 
 
 def is_ending(gameserver: dict[str, Any]) -> bool:
@@ -313,6 +330,9 @@ async def _wait_for_assignment(
 async def _close_when_ending(sdk: AgonesSDK, relay: Relay, poll_interval: float) -> None:
     async with contextlib.aclosing(_updates(sdk, poll_interval)) as updates:
         async for gameserver in updates:
+            if is_deleted_room(gameserver):
+                await relay.close(CloseReason.DELETED)
+                return
             if is_ending(gameserver):
                 await relay.close(CloseReason.SHUTDOWN, "game server shutting down")
                 return
@@ -371,9 +391,13 @@ async def run_agones(
         assignment, gameserver = got
         address = str((gameserver.get("status") or {}).get("address") or "")
         launch = replace(
-            base.with_room(room_key=assignment.room_key),
+            base.with_room(
+                room_key=assignment.room_key,
+                token_public_key=assignment.token_public_key or base.relay.token_public_key,
+            ),
             namespace=assignment.namespace,
             room=assignment.room,
+            incarnation=assignment.incarnation or base.incarnation,
             agent_secret=assignment.agent_secret or base.agent_secret,
             control_url=assignment.control_url or base.control_url,
             advertise_host=base.advertise_host or address or None,
@@ -381,7 +405,8 @@ async def run_agones(
         started = Relay(launch.relay)
         await started.start()
         relay = started  # only a started relay is closed below
-        guard = guard_relay(relay, launch.tier, launch.caps)  # the pod's limits are the hard caps
+        # the pod's limits are the hard caps
+        guard = guard_relay(relay, launch.tier, launch.caps, relay.metrics.registry)
         host_port = player_port(gameserver) or relay.port
         log.info("agones: room %s/%s on %s:%d", launch.namespace, launch.room, address, host_port)
         await _annotate(sdk, assignment.room, f"{address}:{host_port}")

@@ -20,9 +20,13 @@ import contextlib
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from relay.agent.cgroupfs import PARENT_NAME, mounts, own_cgroups
 from relay.agent.tiers import Tier, get_tier
@@ -183,10 +187,48 @@ class CapsGuard:
             relay.shed_optional = False
 
 
-def guard_relay(relay: Guarded, tier_name: str | None, mode: str) -> CapsGuard | None:
-    """Starts the guard for a relay that keeps to a tier (None: no tier, no guard)."""
+class CapsCollector(Collector):
+    """The relay's use against its tier, read at scrape time (deploy/grafana's CPU and memory
+    panels, deploy/prometheus' throttling alerts): what the guard itself compares."""
+
+    def __init__(self, guard: CapsGuard) -> None:
+        self.guard = guard
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        guard, tier = self.guard, self.guard.tier
+        labels = ["tier"]
+        for family, value in (
+            (
+                CounterMetricFamily("relay_cpu_seconds", "CPU time used by the relay", labels=labels),
+                guard.read_cpu(),
+            ),
+            (
+                GaugeMetricFamily("relay_memory_bytes", "Memory charged against the cap", labels=labels),
+                guard.read_memory(),
+            ),
+            (GaugeMetricFamily("relay_tier_cpu_cores", "The tier's CPU cap", labels=labels), tier.cpu),
+            (
+                GaugeMetricFamily("relay_tier_memory_bytes", "The tier's memory cap", labels=labels),
+                tier.memory_bytes,
+            ),
+            (
+                GaugeMetricFamily("relay_shedding", "1 while UDP fan-out is shed for CPU", labels=labels),
+                1.0 if guard.relay.shed_optional else 0.0,
+            ),
+        ):
+            family.add_metric([tier.name], float(value))
+            yield family
+
+
+def guard_relay(
+    relay: Guarded, tier_name: str | None, mode: str, registry: CollectorRegistry | None = None
+) -> CapsGuard | None:
+    """Starts the guard for a relay that keeps to a tier (None: no tier, no guard), exported
+    through `registry` (the relay's /metrics) when given."""
     if not tier_name:
         return None
     guard = CapsGuard(relay, get_tier(tier_name), mode)
     guard.start()
+    if registry is not None:
+        registry.register(CapsCollector(guard))
     return guard

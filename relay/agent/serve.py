@@ -39,7 +39,7 @@ async def serve(launch: RelayLaunch) -> int:
         apply_soft_limits(get_tier(launch.tier))
     relay = Relay(launch.relay)
     await relay.start()
-    guard = guard_relay(relay, launch.tier, launch.caps)
+    guard = guard_relay(relay, launch.tier, launch.caps, relay.metrics.registry)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(

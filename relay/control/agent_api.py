@@ -86,6 +86,8 @@ class AgentApi:
             rt.state = ROOM_READY
             rt.last_heartbeat = time.monotonic()
             rt.lost_after = lost_after
+            target = state.provisioner.metrics_target(ip, admin_port) if admin_port else None
+            state.targets.add((namespace, name), room.incarnation, target)
             ns = await state.store.get_namespace(namespace)
         if not first:
             return

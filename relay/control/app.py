@@ -69,8 +69,18 @@ def resolve_credentials(config: ControlConfig) -> tuple[str, str]:
 def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> Provisioner:
     if config.provisioner == "none":
         return NullProvisioner()
+    if config.provisioner == "agones":
+        # imported only here: the kubernetes client (the `agones` extra) is heavy and optional
+        from relay.control.agones_provisioner import AgonesProvisioner
+
+        return AgonesProvisioner(
+            namespace=config.agones_namespace,
+            fleet=config.agones_fleet,
+            kubeconfig=config.agones_kubeconfig,
+            allocate_for=config.agones_allocate_for,
+        )
     if config.provisioner != "local":
-        raise ValueError(f"unknown provisioner {config.provisioner!r} (local, none)")
+        raise ValueError(f"unknown provisioner {config.provisioner!r} (local, agones, none)")
     return LocalProvisioner(
         relay_command=config.relay_command,
         relay_host=config.relay_host,
@@ -230,6 +240,7 @@ class ControlPlane:
         await self.provisioner.start()  # e.g. the zygote template, before any room is wanted
         await self.rooms.recover()
         self.agents.start_reaper()
+        self.state.spawn(self.state.targets.run())
         config = uvicorn.Config(
             self.app,
             log_level="warning" if self.config.log_level == "info" else self.config.log_level,
@@ -265,6 +276,8 @@ class ControlPlane:
         await self.agents.stop_reaper()
         await self.state.cancel_tasks()
         await self.provisioner.close(stop_all=self.config.stop_relays_on_exit)
+        if self.config.stop_relays_on_exit:
+            self.state.targets.clear()
         await self.store.close()
         with contextlib.suppress(OSError):
             self._sock.close()

@@ -34,7 +34,10 @@ def _parser(prog: str, dev: bool) -> argparse.ArgumentParser:
     p.add_argument("--region")
     p.add_argument("--owner-id")
     p.add_argument("--public-url", help="base URL relays use to reach this control plane")
-    p.add_argument("--provisioner", choices=["local", "none"])
+    p.add_argument("--provisioner", choices=["local", "agones", "none"])
+    p.add_argument("--agones-namespace", help="namespace of the relay Fleet (--provisioner agones)")
+    p.add_argument("--agones-fleet", help="the relay Fleet to allocate from (--provisioner agones)")
+    p.add_argument("--agones-kubeconfig", help="kubeconfig file; default: the pod's service account")
     p.add_argument("--relay-host", help="--host for spawned relays")
     p.add_argument("--advertise-host", help="ipAddress clients are told for local relays")
     p.add_argument("--heartbeat-interval", type=float)
@@ -91,6 +94,9 @@ def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | 
         "owner_id": args.owner_id,
         "public_url": args.public_url,
         "provisioner": args.provisioner,
+        "agones_namespace": args.agones_namespace,
+        "agones_fleet": args.agones_fleet,
+        "agones_kubeconfig": args.agones_kubeconfig,
         "relay_host": args.relay_host,
         "advertise_host": args.advertise_host,
         "heartbeat_interval": args.heartbeat_interval,

@@ -55,7 +55,20 @@ class ControlConfig:
 
     # --- provisioning ----------------------------------------------------------------------
     provisioner: str = "local"
-    """"local" (one relay process per room on this machine) or "none" (records only)."""
+    """"local" (one relay process per room on this machine), "agones" (a GameServerAllocation per
+    room from an Agones Fleet: relay/control/agones_provisioner.py, docs/agones.md) or "none"
+    (records only: something else starts relays and they register)."""
+    agones_namespace: str = "default"
+    """With "agones": the Kubernetes namespace of the relay Fleet, where allocations are made."""
+    agones_fleet: str = "gs2-relay"
+    """With "agones": the Fleet whose Ready GameServers rooms get (its agones.dev/fleet label)."""
+    agones_kubeconfig: Path | None = None
+    """With "agones": None uses the pod's service account (in the cluster); else a kubeconfig
+    file (a control plane outside the cluster)."""
+    agones_allocate_for: float = 10.0
+    """With "agones": seconds a room's allocation is retried while the fleet has no Ready
+    GameServer (UnAllocated), as the FleetAutoscaler adds some; then the room fails
+    ("provision_failed"). Keep the FleetAutoscaler's buffer above the rooms wanted in that time."""
     relay_command: tuple[str, ...] = field(default_factory=default_relay_command)
     """argv prefix that starts one relay; the provisioner appends the `relay serve` flags."""
     relay_host: str = "127.0.0.1"
@@ -136,6 +149,9 @@ class ControlConfig:
     relay_log_max_bytes: int = 16 << 20
     """A running relay's log, or standby.log, past this size is cut (copied to <log>.1, then
     truncated); 0: never."""
+    prometheus_targets: Path | None = None
+    """Where the ready relays' /metrics endpoints are listed for Prometheus' file_sd_configs
+    (relay/control/targets.py, deploy/prometheus/); default {data_dir}/prometheus/relays.json."""
     log_level: str = "info"
 
     @property
@@ -147,6 +163,10 @@ class ControlConfig:
     @property
     def operation_log_path(self) -> Path:
         return self.operation_log or self.data_dir / "operations.log"
+
+    @property
+    def prometheus_targets_path(self) -> Path:
+        return self.prometheus_targets or self.data_dir / "prometheus" / "relays.json"
 
     @property
     def lost_after(self) -> float:
@@ -175,7 +195,7 @@ class ControlConfig:
             if key not in names or value is None:
                 continue
             current = getattr(base, key)
-            if isinstance(current, Path) or key in ("data_dir", "operation_log"):
+            if "Path" in str(names[key].type):  # Path or Path | None
                 value = Path(value)
             elif isinstance(current, bool):
                 value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")

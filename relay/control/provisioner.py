@@ -99,6 +99,11 @@ class Provisioner(Protocol):
         """Why no relay can be started for one more room while `rooms` are held; None: it can."""
         ...
 
+    def metrics_target(self, ip_address: str, admin_port: int) -> str | None:
+        """host:port where Prometheus scrapes the relay that registered these (its admin
+        server's /metrics); None: not scraped through the control plane's target list."""
+        ...
+
     async def close(self, stop_all: bool) -> None: ...
 
 
@@ -324,6 +329,12 @@ class LocalProvisioner:
     def capacity_refusal(self, rooms: int) -> str | None:
         return self.capacity.refusal(rooms)
 
+    def metrics_target(self, ip_address: str, admin_port: int) -> str | None:
+        """The admin server binds relay_extra_args' --admin-host (127.0.0.1 by default) on this
+        host; one on every address is reached where the relay said it is."""
+        host = self.base.relay.admin_host
+        return f"{ip_address if host in ('0.0.0.0', '::', '') else host}:{admin_port}"
+
     async def registered(self, incarnation: str) -> None:
         spawning = self._spawning.get(incarnation)
         if spawning is not None:  # registered before spawn() returned: the handle comes with it
@@ -398,6 +409,9 @@ class NullProvisioner:
 
     def capacity_refusal(self, rooms: int) -> str | None:
         return None  # relays run elsewhere: their hosts say no by not registering
+
+    def metrics_target(self, ip_address: str, admin_port: int) -> str | None:
+        return f"{ip_address}:{admin_port}"  # a relay started elsewhere: where it said it is
 
     async def close(self, stop_all: bool) -> None:
         pass

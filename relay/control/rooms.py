@@ -65,6 +65,9 @@ class Rooms:
                     await state.store.put_room(room)
                 # its agent may be keeping the quiet room's long gap: that much grace
                 state.runtime[key] = RoomRuntime.of(room, lost_after=state.config.idle_lost_after)
+                if room.state == ROOM_READY and room.admin_port:
+                    target = provisioner.metrics_target(room.ip_address or "", room.admin_port)
+                    state.targets.add(key, room.incarnation, target)
             elif room.provisioned_at is None:
                 if local:
                     room.incarnation = new_incarnation()
@@ -174,6 +177,7 @@ class Rooms:
         state = self.state
         removed = await state.store.delete_room(room.namespace, room.name)
         rt = state.runtime.pop((room.namespace, room.name), None)
+        state.targets.remove((room.namespace, room.name))
         if not removed and rt is None:
             return
         state.metrics.rooms_closed.labels(reason).inc()

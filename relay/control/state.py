@@ -22,6 +22,7 @@ from relay.control.oplog import OperationLog
 from relay.control.provisioner import Provisioner
 from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord, RoomRecord
 from relay.control.store import Store
+from relay.control.targets import PrometheusTargets
 
 log = logging.getLogger("relay.control.state")
 
@@ -80,6 +81,8 @@ class ControlState:
         self.oplog = oplog
         self.metrics = metrics
         self.runtime: dict[RoomKey, RoomRuntime] = {}
+        self.targets = PrometheusTargets(config.prometheus_targets_path)
+        """The ready relays' /metrics, for Prometheus (relay/control/targets.py)."""
         self.lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 

@@ -1,0 +1,145 @@
+"""deploy/k8s/: every manifest valid against Kubernetes' OpenAPI schemas and Agones' CRD schemas
+(tests/deploy/manifests.py says how and why), and consistent with the code that relies on it:
+the tier's caps, the port the relay serves, the RBAC the Agones provisioner's calls need, the
+settings the control plane reads."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import relay
+from relay.agent.tiers import NANO
+from relay.control.agones_provisioner import ALLOCATION, GAMESERVERS
+from relay.control.config import ControlConfig
+from tests.deploy.manifests import ROOT, errors, load_all
+
+K8S = ROOT / "deploy" / "k8s"
+FILES = sorted(K8S.glob("*.yaml"))
+
+
+def objects() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"]): d for path in FILES for d in load_all(path)}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_manifest_is_valid(path: Path) -> None:
+    docs = load_all(path)
+    assert docs
+    for doc in docs:
+        assert errors(doc) == [], f"{path.name}: {doc['kind']}/{doc['metadata']['name']}"
+
+
+def test_the_validator_refuses_what_the_api_server_would() -> None:
+    fleet = objects()[("Fleet", "gs2-relay")]
+    deployment = objects()[("Deployment", "gs2-relay-control")]
+    broken: list[tuple[dict[str, Any], str]] = []
+    bad = copy.deepcopy(fleet)
+    bad["spec"]["template"]["spec"]["ports"][0]["protocol"] = "QUIC"
+    broken.append((bad, "protocol"))
+    bad = copy.deepcopy(fleet)
+    bad["spec"]["template"]["spec"]["healthCheck"] = {}  # a misspelt field: pruned, so refused here
+    broken.append((bad, "healthCheck"))
+    bad = copy.deepcopy(fleet)
+    bad["spec"]["template"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = [1]
+    broken.append((bad, "limits.cpu"))
+    bad = copy.deepcopy(fleet)
+    bad["metadata"]["labels"] = {"tier": 1}
+    broken.append((bad, "metadata.labels"))
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["template"]["spec"]["containers"][0]["envFrom"] = "gs2"
+    broken.append((bad, "envFrom"))
+    bad = copy.deepcopy(deployment)
+    bad["kind"] = "Deploymnet"
+    broken.append((bad, "no schema"))
+    for doc, what in broken:
+        found = errors(doc)
+        assert found and any(what in e for e in found), (what, found)
+
+
+def relay_pod(fleet: dict[str, Any]) -> dict[str, Any]:
+    return fleet["spec"]["template"]["spec"]["template"]
+
+
+def test_fleet_is_one_tcpudp_port_at_the_nano_tier_with_health_and_a_buffer() -> None:
+    found = objects()
+    fleet = found[("Fleet", "gs2-relay")]
+    gameserver = fleet["spec"]["template"]["spec"]
+    assert [(p["containerPort"], p["protocol"]) for p in gameserver["ports"]] == [(7777, "TCPUDP")]
+    assert gameserver["ports"][0]["name"] == "default"  # the port relay/agent/agones.py advertises
+    assert gameserver["health"]["disabled"] is False
+    (container,) = relay_pod(fleet)["spec"]["containers"]
+    args = container["args"]
+    assert args[0] == "serve" and args[args.index("--port") + 1] == "7777"
+    assert args[args.index("--tier") + 1] == NANO.name
+    caps = {"cpu": f"{round(NANO.cpu * 1000)}m", "memory": f"{NANO.memory_bytes >> 20}Mi"}
+    assert container["resources"] == {"requests": caps, "limits": caps}
+    for labels in (fleet["metadata"]["labels"], relay_pod(fleet)["metadata"]["labels"]):
+        assert labels["realtime.gs2.io/tier"] == NANO.name
+        assert labels["app.kubernetes.io/version"] == relay.__version__
+    notes = relay_pod(fleet)["metadata"]["annotations"]
+    assert notes["prometheus.io/port"] == args[args.index("--admin-port") + 1]
+    autoscaler = found[("FleetAutoscaler", "gs2-relay")]
+    assert autoscaler["spec"]["fleetName"] == fleet["metadata"]["name"]
+    assert autoscaler["spec"]["policy"]["type"] == "Buffer"
+    assert autoscaler["spec"]["policy"]["buffer"]["bufferSize"] > 0
+
+
+def test_control_plane_allocates_from_that_fleet_with_the_rbac_it_needs() -> None:
+    found = objects()
+    fleet = found[("Fleet", "gs2-relay")]
+    deployment = found[("Deployment", "gs2-relay-control")]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[0] == "control" and args[args.index("--provisioner") + 1] == "agones"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RELAY_AGONES_FLEET"]["value"] == fleet["metadata"]["name"]
+    assert env["RELAY_AGONES_NAMESPACE"]["value"] == fleet["metadata"]["namespace"]
+    settings = {f"RELAY_{name.upper()}" for name in ControlConfig.__dataclass_fields__}
+    assert set(env) <= settings  # every variable is a setting the control plane reads
+    config = ControlConfig.from_env(environ={k: e.get("value", "x") for k, e in env.items()})
+    assert config.agones_fleet == fleet["metadata"]["name"] and config.store_url is not None
+
+    secret = found[("Secret", "gs2-relay-control")]
+    for e in env.values():
+        if "valueFrom" in e:
+            ref = e["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+    assert secret["stringData"]["store-url"].startswith("postgresql://")
+
+    account = pod["serviceAccountName"]
+    binding = found[("RoleBinding", "gs2-relay-control")]
+    assert {"kind": "ServiceAccount", "name": account, "namespace": "gs2-relay"} in binding["subjects"]
+    role = found[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    needed = {(ALLOCATION[0], ALLOCATION[2], "create")} | {
+        (GAMESERVERS[0], GAMESERVERS[2], verb) for verb in ("list", "patch", "delete")
+    }
+    assert granted == needed  # what agones_provisioner.py calls, nothing more
+
+    service = found[("Service", "gs2-relay-control")]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] in [p["name"] for p in container["ports"]]
+    public = env["RELAY_PUBLIC_URL"]["value"]
+    assert (
+        public
+        == f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port['port']}"
+    )
+
+
+def test_everything_is_in_the_relay_namespace() -> None:
+    for (kind, name), doc in objects().items():
+        if kind != "Namespace":
+            assert doc["metadata"]["namespace"] == "gs2-relay", (kind, name)
