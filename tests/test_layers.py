@@ -1,6 +1,7 @@
 """The import rule of docs/architecture.md, read from the code itself (ast), so it stays true.
 
-Layers, lowest first: relay.protocol < relay.client, relay.server < relay.agent < relay.host <
+Layers, lowest first: relay.settings, relay.logs (what every command shares) < relay.protocol <
+relay.client, relay.server < relay.agent < relay.host <
 relay.control < the command line and embedding API at the top (relay.cli, relay.embedded) <
 loadtest. A module may import its own layer or any below it, never one above; client and
 server share a layer but never import each other. No two modules import each other, directly
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("relay", "loadtest")
 
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("relay.settings", "relay.logs"),
     ("relay.protocol",),
     ("relay.client", "relay.server"),
     ("relay.agent",),

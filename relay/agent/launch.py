@@ -2,13 +2,13 @@
 
 The control plane's provisioner builds a RelayLaunch per room and turns it into a command line
 and an environment (`argv()`, `env()`); the relay process turns them back (`parse()`), so the
-two sides cannot disagree on a flag. Secrets (the room key, the agent secret) travel in the
+two sides cannot disagree on a flag. Every setting (RelayLaunch's and RelayConfig's) is a flag
+`--name` and a variable `RELAY_NAME`; a flag wins over its variable (relay/settings.py checks
+both, and names the one that is wrong). Secrets (the room key, the agent secret) travel in the
 environment, never in argv, which `ps` shows to every user of the machine:
 
     RELAY_ROOM_KEY, RELAY_AGENT_SECRET         secrets: the environment only when written
-    RELAY_TOKEN_PUBLIC_KEY, RELAY_CONTROL_URL, RELAY_TIER, RELAY_CAPS,
-    RELAY_HEARTBEAT_INTERVAL, RELAY_IDLE_HEARTBEAT_INTERVAL
-                                               read when the flag is absent
+    RELAY_PORT, RELAY_TIER, RELAY_IDLE_TIMEOUT, ...  read when the flag is absent (a container)
 
 Under Agones (AGONES_SDK_HTTP_PORT set) a relay starts without a room; the allocation brings
 the room key, namespace and room later (relay/agent/agones.py).
@@ -20,12 +20,32 @@ import argparse
 import functools
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
+from typing import Literal
 
-from relay.agent.config import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_IDLE_HEARTBEAT_INTERVAL, AgentConfig
+from pydantic import Field, field_validator
+from pydantic.dataclasses import dataclass
+
+from relay.agent.config import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_IDLE_HEARTBEAT_INTERVAL,
+    AgentConfig,
+    HeartbeatSeconds,
+)
 from relay.agent.tiers import get_tier
-from relay.protocol.keys import decode_room_key
-from relay.server.config import RelayConfig, doc, field_doc
+from relay.server.config import RelayConfig, doc
+from relay.settings import (
+    CONFIG,
+    CommandParser,
+    SettingsError,
+    Surface,
+    add_flags,
+    env_layer,
+    fields_of,
+    flag_layer,
+    merge,
+    validate,
+)
 
 ENV_ROOM_KEY = "RELAY_ROOM_KEY"
 ENV_AGENT_SECRET = "RELAY_AGENT_SECRET"
@@ -37,19 +57,6 @@ ENV_HEARTBEAT_INTERVAL = "RELAY_HEARTBEAT_INTERVAL"
 ENV_IDLE_HEARTBEAT_INTERVAL = "RELAY_IDLE_HEARTBEAT_INTERVAL"
 ENV_AGONES = "AGONES_SDK_HTTP_PORT"
 
-LAUNCH_ENV = (
-    ENV_ROOM_KEY,
-    ENV_AGENT_SECRET,
-    ENV_TOKEN_PUBLIC_KEY,
-    ENV_CONTROL_URL,
-    ENV_TIER,
-    ENV_CAPS,
-    ENV_HEARTBEAT_INTERVAL,
-    ENV_IDLE_HEARTBEAT_INTERVAL,
-)
-"""Every variable a relay reads for its launch: a spawner passes none of them on from its own
-environment, so what a relay does is what its RelayLaunch says."""
-
 CAPS_MODES = ("soft", "cgroup")
 
 SECRET_FLAGS = ("--room-key", "--agent-secret", "--token-public-key")
@@ -59,29 +66,50 @@ a key from getRoom would too), so the value after one of these is always taken a
 
 # RelayConfig fields with flags of their own below; every other field is a tunable flag
 _ROOM_FIELDS = ("room_key", "host", "port", "admin_host", "admin_port", "token_public_key")
-TUNABLES = tuple(f.name for f in fields(RelayConfig) if f.name not in _ROOM_FIELDS)
+TUNABLES = tuple(name for name in fields_of(RelayConfig) if name not in _ROOM_FIELDS)
 
 
-class LaunchError(ValueError):
+class LaunchError(SettingsError):
     """A command line or environment that does not describe a relay (names the flag)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=CONFIG)
 class RelayLaunch:
-    relay: RelayConfig = field(default_factory=RelayConfig)
-    control_url: str | None = doc(None, "the control plane's internal API; None: no agent")
+    relay: RelayConfig = Field(default_factory=RelayConfig)
+    control_url: str | None = doc(
+        None, "the control plane's internal API (its public URL + /internal); none: no agent, no registration"
+    )
     namespace: str | None = doc(None, "the room's namespace (with control_url)")
     room: str | None = doc(None, "the room's name (with control_url)")
     incarnation: str | None = doc(
         None, "which incarnation of the room this relay serves (public: its reports name it)"
     )
-    agent_secret: str = doc("", "the room's agent secret; a secret")
-    advertise_host: str | None = doc(None, "the ipAddress clients are told")
-    heartbeat_interval: float = doc(DEFAULT_HEARTBEAT_INTERVAL, "seconds between heartbeats, room in use")
-    idle_heartbeat_interval: float = doc(DEFAULT_IDLE_HEARTBEAT_INTERVAL, "seconds between heartbeats, quiet")
-    tier: str | None = doc(None, 'the caps this relay keeps to, e.g. "realtime1.nano"; None: none')
-    caps: str = doc("soft", '"cgroup": the spawner capped this process; "soft": kept in-process only')
-    log_level: str = doc("info", "debug, info, warning or error")
+    agent_secret: str = doc("", "the room's agent secret; a secret", secret=True)
+    advertise_host: str | None = doc(None, "the ipAddress clients are told; none: the bound address")
+    heartbeat_interval: HeartbeatSeconds = doc(
+        DEFAULT_HEARTBEAT_INTERVAL, "seconds between heartbeats while anyone is in the room"
+    )
+    idle_heartbeat_interval: HeartbeatSeconds = doc(
+        DEFAULT_IDLE_HEARTBEAT_INTERVAL, "seconds between heartbeats while the room is quiet"
+    )
+    tier: str | None = doc(
+        None, 'the caps this relay keeps to, e.g. "realtime1.nano" (docs/tiers.md); none: none'
+    )
+    caps: Literal["soft", "cgroup"] = doc(
+        "soft",
+        "who enforces the tier: cgroup (a spawner or the container capped this process) or soft (in-process)",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = doc(
+        "info", "the least severe log records written"
+    )
+    log_format: Literal["json", "text"] = doc("json", "log records on stderr as JSON lines or as plain text")
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, value: str | None) -> str | None:
+        if value:
+            get_tier(value)  # ValueError naming the known tiers
+        return value or None
 
     def agent(self) -> AgentConfig | None:
         """The agent's configuration; None when there is no control plane to report to."""
@@ -117,7 +145,7 @@ class RelayLaunch:
         if self.caps != "soft":
             out += ["--caps", self.caps]
         defaults = RelayLaunch()
-        for name in ("heartbeat_interval", "idle_heartbeat_interval", "log_level"):
+        for name in ("heartbeat_interval", "idle_heartbeat_interval", "log_level", "log_format"):
             if getattr(self, name) != getattr(defaults, name):
                 out += [_flag(name), str(getattr(self, name))]
         for name in TUNABLES:
@@ -143,70 +171,48 @@ class RelayLaunch:
     def parse(
         cls, argv: Sequence[str], environ: Mapping[str, str] | None = None, room_key_required: bool = True
     ) -> RelayLaunch:
-        """Reads `relay serve` flags, then the environment for what they leave out. Raises
+        """Reads `relay serve` flags, then RELAY_* variables for what they leave out. Raises
         LaunchError naming the flag (or variable) that is wrong. `room_key_required` False reads
         flags meant for many rooms (the control plane's relay_extra_args)."""
         env = os.environ if environ is None else environ
-        parser = _parser()
         try:
-            args = parser.parse_args(_bind_secret_values(list(argv)))
-        except _ParseError as exc:
+            args = _parser().parse_args(_bind_secret_values(list(argv)))
+            merged = merge([env_layer(SURFACE, env), flag_layer(SURFACE, vars(args))])
+            if not merged.values.get("room_key") and room_key_required and not env.get(ENV_AGONES):
+                raise LaunchError(
+                    f"--room-key (or {ENV_ROOM_KEY}) is required: the room's key, getRoom's encryptionKey"
+                )
+            launch = validate(cls, merged, relay=validate(RelayConfig, merged))
+        except LaunchError:
+            raise
+        except SettingsError as exc:
             raise LaunchError(str(exc)) from None
-        room_key = args.room_key or env.get(ENV_ROOM_KEY, "")
-        if room_key or (room_key_required and not env.get(ENV_AGONES)):
-            try:
-                decode_room_key(room_key)
-            except ValueError as exc:
-                where = "--room-key" if args.room_key else f"--room-key (or {ENV_ROOM_KEY})"
-                raise LaunchError(f"{where}: {exc}") from None
-        tier = args.tier or env.get(ENV_TIER) or None
-        if tier:
-            try:
-                get_tier(tier)
-            except ValueError as exc:
-                raise LaunchError(f"--tier: {exc}") from None
-        caps = args.caps or env.get(ENV_CAPS) or "soft"
-        if caps not in CAPS_MODES:
-            raise LaunchError(f"--caps (or {ENV_CAPS}): must be one of {', '.join(CAPS_MODES)}, not {caps!r}")
-        relay = RelayConfig(
-            room_key=room_key,
-            host=args.host,
-            port=args.port,
-            admin_host=args.admin_host,
-            admin_port=args.admin_port,
-            token_public_key=args.token_public_key or env.get(ENV_TOKEN_PUBLIC_KEY) or None,
-            **{name: getattr(args, name) for name in TUNABLES},
-        )
-        launch = cls(
-            relay=relay,
-            control_url=args.control_url or env.get(ENV_CONTROL_URL) or None,
-            namespace=args.namespace,
-            room=args.room,
-            incarnation=args.incarnation,
-            agent_secret=args.agent_secret or env.get(ENV_AGENT_SECRET, ""),
-            advertise_host=args.advertise_host,
-            heartbeat_interval=_seconds(
-                args.heartbeat_interval, env, ENV_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_INTERVAL
-            ),
-            idle_heartbeat_interval=_seconds(
-                args.idle_heartbeat_interval,
-                env,
-                ENV_IDLE_HEARTBEAT_INTERVAL,
-                DEFAULT_IDLE_HEARTBEAT_INTERVAL,
-            ),
-            tier=tier,
-            caps=caps,
-            log_level=args.log_level,
-        )
-        try:
-            launch.agent()
-        except ValueError as exc:
-            raise LaunchError(f"--control-url: {exc}") from None
+        if launch.control_url and not (launch.namespace and launch.room):
+            raise LaunchError("--control-url needs --namespace and --room (the room this relay reports)")
         return launch
 
     def with_room(self, **relay: object) -> RelayLaunch:
         """A copy with RelayConfig fields replaced."""
         return replace(self, relay=replace(self.relay, **relay))  # type: ignore[arg-type]
+
+
+SURFACE = Surface((RelayLaunch, RelayConfig), hidden=frozenset({"relay"}))
+"""`relay serve`'s settings: a flag --name and a variable RELAY_NAME each."""
+
+_AGENT_FIELDS = (
+    "control_url",
+    "namespace",
+    "room",
+    "incarnation",
+    "agent_secret",
+    "advertise_host",
+    "heartbeat_interval",
+    "idle_heartbeat_interval",
+)
+
+LAUNCH_ENV = SURFACE.env_names()
+"""Every variable a relay reads for its launch: a spawner passes none of them on from its own
+environment, so what a relay does is what its RelayLaunch says."""
 
 
 def caps_env(tier: str, mode: str) -> dict[str, str]:
@@ -243,18 +249,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _seconds(flag: float | None, env: Mapping[str, str], variable: str, default: float) -> float:
-    if flag is not None:
-        return flag
-    text = env.get(variable, "").strip()
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise LaunchError(f"{variable}: {text!r} is not a number of seconds") from None
-
-
 def _bind_secret_values(argv: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
@@ -268,86 +262,29 @@ def _bind_secret_values(argv: list[str]) -> list[str]:
     return out
 
 
-class _ParseError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """Raises instead of exiting, so a caller (a standby, a test) decides what a bad line does."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _ParseError(message)
-
-
 @functools.cache
 def _parser() -> argparse.ArgumentParser:
     """Built once, in the zygote template's rehearsal (relay/host/template.py): a relay forked
     from it then only parses, instead of building some forty actions in pages it shares with the
-    template (each write there a copy-on-write fault on the way to registering). Defaults that
-    come from the environment are read at parse time, not here, so they are the relay's own."""
-    base = RelayConfig()
-    p = _Parser(
+    template (each write there a copy-on-write fault on the way to registering). Nothing here
+    comes from the environment: absent flags are absent, and the variables are read at parse
+    time, so they are the relay's own."""
+    p = CommandParser(
         prog="relay serve",
-        description="Run one relay for one room: UDP and WebSocket on one port number.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run one relay for one room: UDP and WebSocket on one port number. Every "
+        "setting is a flag or a RELAY_* variable; a flag wins. See docs/operations.md.",
         add_help=False,  # parse() reads a launch and never exits; `relay serve --help` prints usage()
     )
-    room = p.add_argument_group("the room")
-    room.add_argument("--host", default=base.host, help=field_doc(RelayConfig, "host"))
-    room.add_argument("--port", type=int, default=base.port, help=field_doc(RelayConfig, "port"))
-    room.add_argument("--room-key", help=f"{field_doc(RelayConfig, 'room_key')} (or env {ENV_ROOM_KEY})")
-    room.add_argument("--admin-host", default=base.admin_host, help=field_doc(RelayConfig, "admin_host"))
-    room.add_argument("--admin-port", type=int, default=None, help=field_doc(RelayConfig, "admin_port"))
-    room.add_argument(
-        "--token-public-key",
-        help=f"{field_doc(RelayConfig, 'token_public_key')} (or env {ENV_TOKEN_PUBLIC_KEY})",
+    p.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    groups = (
+        ("the room", _ROOM_FIELDS),
+        ("the agent (registration with a control plane)", _AGENT_FIELDS),
+        ("caps", ("tier", "caps")),
+        ("logs", ("log_level", "log_format")),
+        ("limits and timing", TUNABLES),
     )
-    agent = p.add_argument_group("the agent (registration with a control plane)")
-    agent.add_argument(
-        "--control-url", help=f"{field_doc(RelayLaunch, 'control_url')} (or env {ENV_CONTROL_URL})"
-    )
-    agent.add_argument("--namespace", help=field_doc(RelayLaunch, "namespace"))
-    agent.add_argument("--room", help=field_doc(RelayLaunch, "room"))
-    agent.add_argument("--incarnation", help=field_doc(RelayLaunch, "incarnation"))
-    agent.add_argument(
-        "--agent-secret", help=f"{field_doc(RelayLaunch, 'agent_secret')} (or env {ENV_AGENT_SECRET})"
-    )
-    agent.add_argument("--advertise-host", help=field_doc(RelayLaunch, "advertise_host"))
-    agent.add_argument(
-        "--heartbeat-interval",
-        type=float,
-        help=f"{field_doc(RelayLaunch, 'heartbeat_interval')} (or env {ENV_HEARTBEAT_INTERVAL}; "
-        f"default {DEFAULT_HEARTBEAT_INTERVAL})",
-    )
-    agent.add_argument(
-        "--idle-heartbeat-interval",
-        type=float,
-        help=f"{field_doc(RelayLaunch, 'idle_heartbeat_interval')} (or env {ENV_IDLE_HEARTBEAT_INTERVAL}; "
-        f"default {DEFAULT_IDLE_HEARTBEAT_INTERVAL})",
-    )
-    caps = p.add_argument_group("caps")
-    caps.add_argument("--tier", help=f"{field_doc(RelayLaunch, 'tier')} (or env {ENV_TIER})")
-    caps.add_argument(
-        "--caps",
-        choices=CAPS_MODES,
-        help=f"{field_doc(RelayLaunch, 'caps')} (or env {ENV_CAPS}; default soft)",
-    )
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    limits = p.add_argument_group("limits and timing")
-    types = {f.name: f.type for f in fields(RelayConfig)}
-    for name in TUNABLES:
-        if types[name] in (bool, "bool"):  # a switch: --name and --no-name
-            limits.add_argument(
-                _flag(name),
-                action=argparse.BooleanOptionalAction,
-                default=getattr(base, name),
-                help=field_doc(RelayConfig, name),
-            )
-            continue
-        kind = float if types[name] in (float, "float") else int
-        limits.add_argument(
-            _flag(name), type=kind, default=getattr(base, name), help=field_doc(RelayConfig, name)
-        )
+    for title, names in groups:
+        add_flags(p.add_argument_group(title), SURFACE, names)
     return p
 
 

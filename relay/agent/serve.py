@@ -23,14 +23,12 @@ from relay.agent.agent import Agent
 from relay.agent.caps import apply_soft_limits, guard_relay
 from relay.agent.launch import LaunchError, RelayLaunch, usage
 from relay.agent.tiers import get_tier
+from relay.logs import configure
 from relay.protocol.constants import CloseReason
 from relay.server.app import Relay
+from relay.settings import EXIT_FAILURE, ListenError, fail, os_error
 
 log = logging.getLogger("relay.server")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 async def serve(launch: RelayLaunch) -> int:
@@ -52,9 +50,6 @@ async def serve(launch: RelayLaunch) -> int:
     if agent_config is not None:
         agent = Agent(relay, agent_config)
         await agent.start()
-    config = launch.relay
-    admin = f" admin {config.admin_host}:{relay.admin_port}" if relay.admin_port else ""
-    print(f"relay listening udp+ws {relay.host}:{relay.port}{admin}", flush=True)
     gc.freeze()  # start-up objects never need collecting; keeps GC passes short
     reason = await relay.wait_closed()
     if guard is not None:
@@ -76,7 +71,8 @@ def run(main: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`relay serve [flags]`: parse, then serve (or, under Agones without a room, wait for one)."""
+    """`relay serve [flags]`: parse, then serve (or, under Agones without a room, wait for one).
+    Exit 2: a setting is wrong (one line names it); 1: it could not listen (one line says why)."""
     args = sys.argv[1:] if argv is None else argv
     if "-h" in args or "--help" in args:
         print(usage())
@@ -84,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         launch = RelayLaunch.parse(args)
     except LaunchError as exc:
-        print(f"relay serve: error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(launch.log_level)
+        return fail("relay serve", exc)
+    configure(launch.log_level, launch.log_format)
     if not launch.relay.room_key:  # only under Agones: wait to be allocated a room (docs/agones.md)
         from relay.agent.agones import serve_agones
 
         return run(serve_agones(launch))
-    return run(serve(launch))
+    try:
+        return run(serve(launch))
+    except ListenError as exc:
+        return fail("relay serve", os_error(exc, f"cannot listen on {exc.where}"), EXIT_FAILURE)

@@ -382,7 +382,26 @@ class Handlers:
 
     # --- health and metrics (neither timed nor documented) -------------------------------------
     async def healthz(self) -> Response:
-        return JSONResponse({"status": "ok", "rooms": self.state.room_counts()})
+        """Alive: the process answers (a store that cannot be written does not make it dead)."""
+        return JSONResponse({"status": "ok", "component": "control-plane", "rooms": self.state.room_counts()})
+
+    async def readyz(self) -> Response:
+        """Ready to take rooms: started, not stopping, and the store answers a read. A host at
+        max_rooms is still ready (getRoom and the rest must keep being routed to it)."""
+        reason = None if self.state.serving else "starting or stopping"
+        if reason is None:
+            try:
+                await self.state.store.get_namespace("readyz")
+            except Exception:  # the store's own 503 or anything else: not ready, say why below
+                reason = "the store cannot be read"
+        body: dict[str, Any] = {
+            "status": "ready" if reason is None else "unavailable",
+            "component": "control-plane",
+        }
+        if reason is not None:
+            body["reason"] = reason
+        body["rooms"] = self.state.room_counts()
+        return JSONResponse(body, status_code=200 if reason is None else 503)
 
     async def metrics(self) -> Response:
         return PlainTextResponse(self.state.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -404,4 +423,5 @@ def build_routes(
         mount(app, op, state.metrics)
     app.add_api_websocket_route("/gateway", gateway.handle, name="gateway")
     app.add_api_route("/healthz", handlers.healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", handlers.readyz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", handlers.metrics, methods=["GET"], include_in_schema=False)

@@ -55,6 +55,7 @@ from relay.host.capacity import Capacity
 from relay.host.capped_spawner import CappedSpawner
 from relay.host.warm_pool import WarmPool
 from relay.host.zygote import ZygoteSpawner, serve_args
+from relay.settings import ListenError, SettingsError
 
 log = logging.getLogger("relay.control")
 
@@ -79,8 +80,6 @@ def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> P
             kubeconfig=config.agones_kubeconfig,
             allocate_for=config.agones_allocate_for,
         )
-    if config.provisioner != "local":
-        raise ValueError(f"unknown provisioner {config.provisioner!r} (local, agones, none)")
     return LocalProvisioner(
         relay_command=config.relay_command,
         relay_host=config.relay_host,
@@ -100,11 +99,7 @@ def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> P
 
 def make_spawner(config: ControlConfig) -> Spawner:
     """How local relays are started (`relay_spawner`), capped per `relay_caps`."""
-    if config.relay_spawner not in ("zygote", "subprocess"):
-        raise ValueError("relay_spawner must be zygote or subprocess")
     inner: Spawner = ZygoteSpawner() if config.relay_spawner == "zygote" else SubprocessSpawner()
-    if config.relay_warm_relays < 0:
-        raise ValueError("relay_warm_relays must be 0 or more")
     capped = _capped(config, inner)
     warm = config.relay_spawner == "zygote" and serve_args(config.relay_command) is not None
     if not warm or config.relay_warm_relays == 0:
@@ -118,12 +113,11 @@ def _capped(config: ControlConfig, inner: Spawner) -> Spawner:
         return inner
     from relay.host.cgroups import detect
 
-    modes = {"auto", "cgroup", "soft"}
-    if config.relay_caps not in modes:
-        raise ValueError(f"relay_caps must be one of {', '.join(sorted(modes | {'off'}))}")
     backend = None if config.relay_caps == "soft" else detect()
     if backend is None and config.relay_caps == "cgroup":
-        raise RuntimeError("relay_caps is 'cgroup' but no writable cgroup v1/v2 hierarchy was found")
+        raise SettingsError(
+            "relay_caps is cgroup, but this host has no writable cgroup hierarchy (use auto or soft)"
+        )
     return CappedSpawner(inner, get_tier(config.relay_tier), backend)
 
 
@@ -171,7 +165,11 @@ class ControlPlane:
         # listener says TCP; without it every keep-alive response waits ~40 ms for a delayed ACK.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.config.host, self.config.port))
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as exc:
+            sock.close()
+            raise ListenError(exc, f"{self.config.host}:{self.config.port}") from exc
         sock.set_inheritable(False)
         return sock
 
@@ -244,6 +242,7 @@ class ControlPlane:
         config = uvicorn.Config(
             self.app,
             log_level="warning" if self.config.log_level == "info" else self.config.log_level,
+            log_config=None,  # uvicorn's records go to our handler, in our format (relay/logs.py)
             access_log=False,
             lifespan="off",
             ws="websockets-sansio",
@@ -260,13 +259,21 @@ class ControlPlane:
         # Start-up objects (the app, its routes and models) never need collecting: frozen, they
         # leave the collector's full passes short, which every request waits behind.
         gc.freeze()
-        log.info("control plane on %s (pid %d, data %s)", self.url, os.getpid(), self.config.data_dir)
+        self.state.serving = True
+        log.info(
+            "control plane listening on %s (pid %d, data %s)",
+            self.url,
+            os.getpid(),
+            self.config.data_dir,
+            extra={"url": self.url, "port": self.port},
+        )
 
     async def serve_forever(self) -> None:
         assert self._serve_task is not None
         await asyncio.shield(self._serve_task)
 
     async def stop(self) -> None:
+        self.state.serving = False
         await self.gateway.close()
         if self._server is not None:
             self._server.should_exit = True

@@ -51,6 +51,22 @@ def load_signing_key(data_dir: Path) -> Ed25519PrivateKey:
     return tokens.private_key_from_text(path.read_text())
 
 
+def read_signing_key(data_dir: Path) -> Ed25519PrivateKey | None:
+    """The signing key a control plane made in `data_dir`, or None: never makes one (a tool such
+    as `relay token` signing with a key of its own would mint tokens nobody accepts)."""
+    path = data_dir / SIGNING_KEY_FILE
+    return tokens.private_key_from_text(path.read_text()) if path.exists() else None
+
+
+def read_credentials(data_dir: Path) -> tuple[str, str] | None:
+    """The credentials `relay dev` generated in `data_dir`, or None; never makes them."""
+    path = data_dir / CREDENTIALS_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return str(data["client_id"]), str(data["client_secret"])
+
+
 def load_or_create_credentials(data_dir: Path) -> tuple[str, str]:
     """Dev credentials persisted in the data dir so they stay the same across `relay dev` runs."""
     path = data_dir / CREDENTIALS_FILE

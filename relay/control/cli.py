@@ -1,7 +1,8 @@
-"""`relay dev`, `relay control` and `relay token` (relay/cli.py dispatches here).
+"""`relay dev`, `relay control` and `relay token`: the control plane from the command line.
 
-Settings come from, lowest first: ControlConfig defaults, a JSON config file (--config),
-RELAY_* environment variables, then flags.
+Every setting is a flag, a RELAY_* variable and a key of the --config file (relay/settings.py,
+relay/control/config.py); a wrong one is one line on stderr and exit status 2. A port that cannot
+be listened on, or another failure to start, is one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -9,109 +10,56 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from relay.control.auth import load_signing_key
-from relay.control.config import ControlConfig
+from relay.control.auth import SIGNING_KEY_FILE, USER_ISSUER, read_signing_key
+from relay.control.config import DEV_DEFAULTS, SURFACE, ControlConfig
+from relay.logs import configure
 from relay.protocol import tokens
+from relay.settings import EXIT_FAILURE, CommandParser, ListenError, SettingsError, add_flags, fail, os_error
+
+DESCRIPTIONS = {
+    True: "Run the whole system on this machine: the control plane on http://127.0.0.1:7700, "
+    "data in ./.relay, a relay process per room, the demo page. Ctrl-C stops it and its relays.",
+    False: "Run the control plane: the GS2-Realtime API, the gateway, and relays for rooms (one "
+    "process per room, or Agones). Relays keep serving when it stops, unless "
+    "--stop-relays-on-exit.",
+}
+EPILOG = (
+    "Every flag is also a RELAY_* variable (shown with it) and a key of the --config file; a flag "
+    "wins over a variable, a variable over the file. docs/operations.md lists them all."
+)
 
 
 def _parser(prog: str, dev: bool) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__)
-    p.add_argument("--config", help="JSON config file (keys as ControlConfig fields)")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 7700; 0 = any free port)")
-    p.add_argument("--data-dir", help="data directory (default ./.relay)")
-    p.add_argument("--client-id", help="project client id (env RELAY_CLIENT_ID)")
-    p.add_argument("--client-secret", help="project client secret (env RELAY_CLIENT_SECRET)")
-    p.add_argument("--region")
-    p.add_argument("--owner-id")
-    p.add_argument("--public-url", help="base URL relays use to reach this control plane")
-    p.add_argument("--provisioner", choices=["local", "agones", "none"])
-    p.add_argument("--agones-namespace", help="namespace of the relay Fleet (--provisioner agones)")
-    p.add_argument("--agones-fleet", help="the relay Fleet to allocate from (--provisioner agones)")
-    p.add_argument("--agones-kubeconfig", help="kubeconfig file; default: the pod's service account")
-    p.add_argument("--relay-host", help="--host for spawned relays")
-    p.add_argument("--advertise-host", help="ipAddress clients are told for local relays")
-    p.add_argument("--heartbeat-interval", type=float)
-    p.add_argument("--idle-heartbeat-interval", type=float)
-    p.add_argument("--missed-heartbeats", type=int)
-    p.add_argument("--webhook-url", help="POST room-ready notifications here")
-    p.add_argument("--operation-log", help="operation log path (default <data dir>/operations.log)")
+    p = CommandParser(prog=prog, description=DESCRIPTIONS[dev], epilog=EPILOG)
     p.add_argument(
-        "--require-user-tokens",
-        action="store_true",
-        default=None,
-        help="relays refuse JOIN without a user access token",
+        "--config",
+        metavar="FILE",
+        help='a JSON file of settings by name, e.g. {"heartbeat_interval": 1}; a name that is not '
+        "a setting is refused",
     )
-    p.add_argument(
-        "--gs2-clients",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="relays accept GS2 game clients (GS2's own wire, not encrypted) beside native ones "
-        "(default: yes; docs/gs2-clients.md)",
-    )
-    p.add_argument(
-        "--relay-caps",
-        choices=["auto", "cgroup", "soft", "off"],
-        help="how relay tier caps are enforced (default auto: cgroups where writable, else soft)",
-    )
-    p.add_argument(
-        "--warm-relays",
-        type=int,
-        help="relays kept started ahead of demand (default 2; 0: none; env RELAY_RELAY_WARM_RELAYS)",
-    )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    if not dev:
-        p.add_argument(
-            "--stop-relays-on-exit",
-            action="store_true",
-            default=None,
-            help="stop every relay when the control plane exits (default: leave them serving)",
-        )
+    add_flags(p, SURFACE, defaults=DEV_DEFAULTS if dev else None)
     return p
 
 
 def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | None = None) -> ControlConfig:
-    base = ControlConfig(stop_relays_on_exit=dev, demo=dev)
-    if args.config:
-        base = ControlConfig.from_file(args.config, base)
-    base = ControlConfig.from_env(base, environ)
-    flags: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
-        "data_dir": args.data_dir,
-        "client_id": args.client_id,
-        "client_secret": args.client_secret,
-        "region": args.region,
-        "owner_id": args.owner_id,
-        "public_url": args.public_url,
-        "provisioner": args.provisioner,
-        "agones_namespace": args.agones_namespace,
-        "agones_fleet": args.agones_fleet,
-        "agones_kubeconfig": args.agones_kubeconfig,
-        "relay_host": args.relay_host,
-        "advertise_host": args.advertise_host,
-        "heartbeat_interval": args.heartbeat_interval,
-        "idle_heartbeat_interval": args.idle_heartbeat_interval,
-        "missed_heartbeats": args.missed_heartbeats,
-        "webhook_url": args.webhook_url,
-        "operation_log": args.operation_log,
-        "relay_require_user_tokens": args.require_user_tokens,
-        "relay_gs2_clients": args.gs2_clients,
-        "relay_caps": args.relay_caps,
-        "relay_warm_relays": args.warm_relays,
-        "log_level": args.log_level,
-        "stop_relays_on_exit": getattr(args, "stop_relays_on_exit", None),
-    }
-    return ControlConfig.from_mapping(flags, base)
+    """The command's settings: its defaults, --config, RELAY_* variables, then its flags."""
+    given = {k: v for k, v in vars(args).items() if k != "config"}
+    return ControlConfig.load(
+        flags=given, environ=environ, file=args.config, defaults=DEV_DEFAULTS if dev else None
+    )
+
+
+def _python() -> str:
+    """This interpreter as a user can type it from here: `.venv/bin/python3` in the checkout."""
+    here = os.path.relpath(sys.executable)
+    return here if not here.startswith("..") else sys.executable
 
 
 def _banner(cp: Any, dev: bool) -> str:
@@ -129,21 +77,11 @@ def _banner(cp: Any, dev: bool) -> str:
     if cp.demo_mounted:
         lines.append(f"  demo page: {url}/demo/")
     if dev:
-        login = (
-            f"T=$(curl -s -XPOST {url}/identifier/projectToken/login -d "
-            f'\'{{"client_id":"{a.client_id}","client_secret":"{a.client_secret}"}}\' '
-            "| python3 -c 'import json,sys;print(json.load(sys.stdin)[\"access_token\"])')"
-        )
         lines += [
             "",
-            "Try it (login first, then three steps):",
-            f"  {login}",
-            f'  curl -s -XPOST {url}/realtime/ -H "Authorization: Bearer $T" '
-            '-d \'{"name":"ns1","serverType":"relay","serverSpec":"realtime1.nano"}\'',
-            f'  curl -s -XPOST {url}/realtime/ns1/room -H "Authorization: Bearer $T" '
-            '-d \'{"name":"room1"}\'',
-            f"  {Path(sys.executable).name} -m relay.control.example --url {url} "
-            "--namespace ns1 --room room1",
+            "Try it, in another terminal from this folder (it makes namespace ns1 and room room1,",
+            "joins the room and says hello; a room nobody joins closes after 60 s):",
+            f"  {_python()} -m relay.control.example --url {url} --namespace ns1 --room room1",
         ]
     return "\n".join(lines)
 
@@ -168,20 +106,24 @@ async def _serve(config: ControlConfig, dev: bool) -> int:
 
 
 def _main(argv: list[str] | None, dev: bool) -> int:
-    args = _parser("relay dev" if dev else "relay control", dev).parse_args(argv)
-    config = build_config(args, dev)
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}',
-        stream=sys.stderr,
-    )
+    prog = "relay dev" if dev else "relay control"
+    try:
+        config = build_config(_parser(prog, dev).parse_args(argv), dev)
+    except SettingsError as exc:
+        return fail(prog, exc)
+    configure(config.log_level, config.log_format)
     try:
         return uvloop.run(_serve(config, dev))
     except KeyboardInterrupt:
         return 0
+    except SettingsError as exc:  # a setting only starting could judge (store_url, relay_caps)
+        return fail(prog, exc)
+    except ListenError as exc:
+        return fail(
+            prog, os_error(exc, f"cannot listen on {exc.where}", "choose another with --port"), EXIT_FAILURE
+        )
     except OSError as exc:
-        print(f"cannot start the control plane: {exc}", file=sys.stderr)
-        return 1
+        return fail(prog, f"cannot start the control plane: {exc}", EXIT_FAILURE)
 
 
 def dev_main(argv: list[str] | None = None) -> int:
@@ -195,21 +137,47 @@ def control_main(argv: list[str] | None = None) -> int:
 
 
 def token_main(argv: list[str] | None = None) -> int:
-    """Prints a user access token (last line) signed with the data dir's key."""
-    p = argparse.ArgumentParser(prog="relay token", description=token_main.__doc__)
-    p.add_argument("--user", required=True, help="user id the token is for")
-    p.add_argument("--ttl", type=int, help="lifetime in seconds (default: user_token_ttl, 3600)")
-    p.add_argument("--data-dir", help="data directory of the control plane (default ./.relay)")
-    p.add_argument("--config", help="JSON config file")
-    args = p.parse_args(argv)
-    base = ControlConfig.from_file(args.config) if args.config else ControlConfig()
-    config = ControlConfig.from_env(base)
-    if args.data_dir:
-        config = config.replace(data_dir=Path(args.data_dir))
-    key = load_signing_key(config.data_dir)
-    ttl = args.ttl or config.user_token_ttl
-    from relay.control.auth import USER_ISSUER
-
+    """Prints a user access token (last line) signed with the control plane's key."""
+    prog = "relay token"
+    p = CommandParser(
+        prog=prog,
+        description="Print a user access token (on the last line) that the control plane and its "
+        "relays accept, signed with the control plane's key in its data folder.",
+    )
+    p.add_argument("--user", required=True, help="the user id the token is for")
+    p.add_argument(
+        "--ttl",
+        dest="user_token_ttl",
+        metavar="SECONDS",
+        default=argparse.SUPPRESS,
+        help="how long it stays valid (default: the user_token_ttl setting, 3600)",
+    )
+    p.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="the control plane's data folder, which holds its signing key (default: ./.relay; env "
+        "RELAY_DATA_DIR)",
+    )
+    p.add_argument("--config", metavar="FILE", help="the control plane's JSON config file")
+    try:
+        args = p.parse_args(argv)
+        given = {k: getattr(args, k) for k in ("user_token_ttl", "data_dir") if hasattr(args, k)}
+        config = ControlConfig.load(flags=given, file=args.config, flag_names={"user_token_ttl": "--ttl"})
+        if not args.user.strip():
+            raise SettingsError("--user: a user id is required")
+    except SettingsError as exc:
+        return fail(prog, exc)
+    key = read_signing_key(config.data_dir)
+    if key is None:
+        where = (config.data_dir / SIGNING_KEY_FILE).resolve()
+        return fail(
+            prog,
+            f"no signing key at {where}: run this in the folder `relay dev` runs in, or point at "
+            "the control plane's data folder with --data-dir DIR (or RELAY_DATA_DIR)",
+        )
+    ttl = config.user_token_ttl
     print(f"# user {args.user}, valid {ttl}s, public key {tokens.public_key_to_text(key.public_key())}")
     print(tokens.mint(key, args.user, ttl, issuer=USER_ISSUER))
     return 0

@@ -1,18 +1,41 @@
-"""Every setting of the control plane in one typed place (a frozen dataclass with documented defaults).
+"""Every setting of the control plane in one typed place: a frozen pydantic dataclass whose
+attribute docstrings are the help of its flags and the settings table of docs/operations.md.
 
-`ControlConfig.from_env()` reads RELAY_* environment variables; the CLI layers flags and an
-optional JSON config file on top (see relay/control/cli.py and docs/operations.md).
+Values are checked when a ControlConfig is made: a wrong type or a value out of range is a
+ValidationError in code, and one line naming the setting and its source on the command line
+(`ControlConfig.load`, relay/settings.py). Sources, lowest first: defaults, a JSON file
+(--config), RELAY_* variables (RELAY_<NAME>; host and port are RELAY_CONTROL_HOST/PORT, since
+RELAY_HOST/RELAY_PORT are `relay serve`'s), flags.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic.dataclasses import dataclass
+
+from relay.agent.config import HeartbeatSeconds
+from relay.agent.launch import RelayLaunch
+from relay.agent.tiers import get_tier
+from relay.server.config import Count, Port, Positive, Seconds, SecondsOrZero
+from relay.settings import (
+    CONFIG,
+    Layer,
+    Surface,
+    Words,
+    defaults_layer,
+    env_layer,
+    file_layer,
+    flag_layer,
+    merge,
+    validate,
+)
 
 
 def default_relay_command() -> tuple[str, ...]:
@@ -20,139 +43,168 @@ def default_relay_command() -> tuple[str, ...]:
     return (sys.executable, "-m", "relay.cli", "serve")
 
 
-@dataclass(frozen=True)
+def _url(value: str | None) -> str | None:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value or None
+
+
+@dataclass(frozen=True, config=CONFIG)
 class ControlConfig:
     # --- listening -------------------------------------------------------------------------
     host: str = "127.0.0.1"
-    """Address the HTTP API, gateway and internal API bind to."""
-    port: int = 7700
-    """TCP port (0 picks a free one; the bound port is then in ControlPlane.port)."""
-    public_url: str | None = None
-    """Base URL relays use to reach /internal; default http://{host}:{port} (0.0.0.0 -> 127.0.0.1)."""
+    """Address the API, the gateway and the relays' internal API listen on (0.0.0.0: every
+    address)."""
+    port: Port = 7700
+    """Port of the API (0: any free port)."""
+    public_url: str | None = Field(default=None, json_schema_extra={"shown_default": "http://HOST:PORT"})
+    """Base URL relays reach this control plane at (its /internal API)."""
 
-    demo: bool = False
-    """Serve the demo page at /demo and its dev-only API (relay/control/demo_api.py): `relay dev`
-    turns it on; it stays off unless `host` is a loopback address (docs/security.md)."""
+    demo: bool = Field(default=False, json_schema_extra={"shown_default": "false (relay dev: true)"})
+    """Serve the demo page at /demo/ and its dev-only API; only on a loopback host
+    (docs/security.md)."""
 
     # --- identity --------------------------------------------------------------------------
     region: str = "ap-northeast-1"
-    """Region used in GRNs (grn:gs2:{region}:{ownerId}:realtime:...)."""
+    """Region in GRNs (grn:gs2:REGION:OWNER:realtime:...)."""
     owner_id: str = "owner-0001"
-    """Owner id used in GRNs and returned by login."""
-    client_id: str | None = None
-    """Project credential id; None means `relay dev` generates and persists one in the data dir."""
-    client_secret: str | None = None
-    project_token_ttl: int = 3600
-    """Lifetime in seconds of a project token returned by login."""
-    user_token_ttl: int = 3600
-    """Default lifetime in seconds of a minted user access token."""
+    """Owner id in GRNs and in the login answer."""
+    client_id: str | None = Field(default=None, json_schema_extra={"shown_default": "generated"})
+    """Project client id for login; when it or the secret is unset, a pair is generated once and
+    kept in DATA_DIR/credentials.json."""
+    client_secret: str | None = Field(
+        default=None, json_schema_extra={"shown_default": "generated", "secret": True}
+    )
+    """Project client secret for login."""
+    project_token_ttl: Positive = 3600
+    """Seconds a project token from login stays valid."""
+    user_token_ttl: Positive = 3600
+    """Seconds a user access token stays valid unless its minting says otherwise."""
 
     # --- storage ---------------------------------------------------------------------------
     data_dir: Path = Path(".relay")
-    """Holds control.db (SQLite), signing.key, credentials.json and the operation logs."""
-    store_url: str | None = None
-    """None: embedded SQLite at {data_dir}/control.db. `sqlite:///path` for another file."""
+    """Folder of everything kept: the store (SQLite), signing.key, credentials.json, logs."""
+    store_url: str | None = Field(default=None, json_schema_extra={"shown_default": "DATA_DIR/control.db"})
+    """Where room records are kept: none for SQLite in the data dir, sqlite:///PATH for another
+    file."""
 
     # --- provisioning ----------------------------------------------------------------------
-    provisioner: str = "local"
-    """"local" (one relay process per room on this machine), "agones" (a GameServerAllocation per
-    room from an Agones Fleet: relay/control/agones_provisioner.py, docs/agones.md) or "none"
-    (records only: something else starts relays and they register)."""
+    provisioner: Literal["local", "agones", "none"] = "local"
+    """How rooms get relays: local (one relay process per room on this machine), agones (a
+    GameServerAllocation per room, docs/agones.md) or none (records only; relays are started
+    elsewhere and register)."""
     agones_namespace: str = "default"
-    """With "agones": the Kubernetes namespace of the relay Fleet, where allocations are made."""
+    """With agones: the Kubernetes namespace of the relay Fleet."""
     agones_fleet: str = "gs2-relay"
-    """With "agones": the Fleet whose Ready GameServers rooms get (its agones.dev/fleet label)."""
-    agones_kubeconfig: Path | None = None
-    """With "agones": None uses the pod's service account (in the cluster); else a kubeconfig
-    file (a control plane outside the cluster)."""
-    agones_allocate_for: float = 10.0
-    """With "agones": seconds a room's allocation is retried while the fleet has no Ready
-    GameServer (UnAllocated), as the FleetAutoscaler adds some; then the room fails
-    ("provision_failed"). Keep the FleetAutoscaler's buffer above the rooms wanted in that time."""
-    relay_command: tuple[str, ...] = field(default_factory=default_relay_command)
-    """argv prefix that starts one relay; the provisioner appends the `relay serve` flags."""
+    """With agones: the Fleet rooms are allocated from."""
+    agones_kubeconfig: Path | None = Field(default=None, json_schema_extra={"shown_default": "in-cluster"})
+    """With agones: a kubeconfig file; none uses the pod's service account."""
+    agones_allocate_for: Seconds = 10.0
+    """With agones: seconds an allocation is retried while the Fleet has no Ready relay, before
+    the room fails (provision_failed)."""
+    relay_command: Words = Field(
+        default_factory=default_relay_command,
+        json_schema_extra={"shown_default": "this Python's relay serve"},
+    )
+    """Command that starts one relay; the room's `relay serve` flags are appended."""
     relay_host: str = "127.0.0.1"
-    """--host given to spawned relays (0.0.0.0 to serve other machines)."""
-    advertise_host: str | None = None
-    """--advertise-host given to spawned relays: the ipAddress clients are told."""
-    relay_extra_args: tuple[str, ...] = ()
-    """Extra flags appended to every `relay serve` (e.g. --idle-timeout 30)."""
+    """Address local relays listen on (0.0.0.0 to serve other machines)."""
+    advertise_host: str | None = Field(default=None, json_schema_extra={"shown_default": "relay_host"})
+    """Address clients are told to reach local relays at (getRoom's ipAddress)."""
+    relay_extra_args: Words = ()
+    """Extra `relay serve` flags for every local relay, e.g. "--idle-timeout 30"."""
     relay_require_user_tokens: bool = False
-    """Hand relays --token-public-key, so JOIN must carry a user access token for its user id
-    (and a GS2 client's HelloRequest a verified one)."""
+    """Relays refuse a JOIN without a user access token for its user id (`relay token`, or the
+    /auth/login API)."""
     relay_gs2_clients: bool = True
-    """Relays accept GS2 game clients (GS2's Unity SDK, its own wire: signed, not encrypted) on
-    their WebSocket port beside native clients; False hands them --no-gs2-clients
+    """Relays accept GS2 game clients (GS2's own wire: signed, not encrypted) beside native ones
     (docs/gs2-clients.md, docs/security.md)."""
-    stop_grace: float = 3.0
+    stop_grace: Seconds = 3.0
     """Seconds between SIGTERM and SIGKILL when a relay is stopped."""
-    relay_spawner: str = "zygote"
-    """"zygote": fork relays from a pre-imported template (relay/host/zygote.py: ready in
-    milliseconds, shared memory); "subprocess": a fresh interpreter per relay (slower, simpler).
-    Commands other than this interpreter's `relay serve` always run as a subprocess."""
-    relay_warm_relays: int = 2
-    """With the zygote spawner: relays kept forked, capped and rehearsed before any room wants them
-    (relay/host/warm_pool.py), so a wanted room gets one in a few milliseconds. Each costs what
-    an idle room costs (about 6 MiB). 0: none."""
+    relay_spawner: Literal["zygote", "subprocess"] = "zygote"
+    """How local relays start: zygote (forked from a pre-imported template: milliseconds, shared
+    memory) or subprocess (a fresh interpreter each)."""
+    relay_warm_relays: Count = 2
+    """Standby relays kept started ahead of demand (zygote only), each costing what an idle room
+    costs; 0: none."""
     relay_tier: str = "realtime1.nano"
-    """Caps every local relay keeps to (relay/agent/tiers.py, docs/tiers.md)."""
-    relay_caps: str = "auto"
-    """"auto": cgroups where this host lets us write them, else soft in-process caps with a
-    warning; "cgroup": refuse to start without cgroups; "soft": in-process only; "off": none."""
-    stop_relays_on_exit: bool = False
-    """Stop every relay when the control plane shuts down (True for `relay dev`)."""
-    max_rooms: int = 2000
-    """Rooms (starting or ready) the local provisioner runs on this host at once; wantRoom beyond
-    answers GS2's 503 ServiceUnavailable (realtime.room.error.noCapacity). 0: no count limit.
-    Size it with docs/operations.md ("Capacity")."""
-    memory_headroom_rooms: float = 8.0
-    """A local room is refused (503, as above) while this host's MemAvailable is below this many
-    tier memory caps (realtime1.nano: 8 x 64 MiB = 512 MiB): room for the new relay and a few
-    others to grow to their caps before the kernel has to choose whom to kill. 0: no check."""
+    """Caps every local relay keeps to (docs/tiers.md)."""
+    relay_caps: Literal["auto", "cgroup", "soft", "off"] = "auto"
+    """How the caps are enforced: auto (cgroups where this host lets us, else soft), cgroup
+    (refuse to start without), soft (in-process), off."""
+    stop_relays_on_exit: bool = Field(
+        default=False, json_schema_extra={"shown_default": "false (relay dev: true)"}
+    )
+    """Stop every relay when the control plane stops (otherwise they keep serving, and the next
+    start adopts them)."""
+    max_rooms: Count = 2000
+    """Rooms (starting or ready) this host runs at once; wantRoom beyond answers 503. 0: no
+    limit. See Capacity in docs/operations.md."""
+    memory_headroom_rooms: Annotated[float, Field(ge=0)] = 8.0
+    """A room is refused (503) while free memory is below this many tier memory caps (8 x 64 MiB
+    = 512 MiB); 0: no check."""
 
     # --- abuse -----------------------------------------------------------------------------
-    login_failures_per_source: int = 10
-    """Failed project logins one source address may make per login_failure_window; past them it
-    gets 429 (identifier.projectToken.error.tooManyRequests, Retry-After) until tries come back,
-    even for the right secret. Behind a proxy every client is the proxy's address. 0: no limit."""
-    login_failures_per_client: int = 100
-    """Failed logins per login_failure_window naming one client id, from any source (guesses
-    spread over many addresses); larger than the per-source budget, so one source alone cannot
-    lock the client out. 0: no limit."""
-    login_failure_window: float = 60.0
-    """Seconds in which the failed-login budgets above refill completely (evenly)."""
+    login_failures_per_source: Count = 10
+    """Failed project logins one address may make per login_failure_window before login answers
+    429, even to the right secret. Behind a proxy every client is the proxy. 0: no limit."""
+    login_failures_per_client: Count = 100
+    """Failed logins per login_failure_window naming one client id, from any address. 0: no
+    limit."""
+    login_failure_window: Seconds = 60.0
+    """Seconds in which both failed-login budgets refill (evenly)."""
 
     # --- liveness --------------------------------------------------------------------------
-    heartbeat_interval: float = 2.0
-    """Seconds between agent heartbeats while anyone is in the room (handed to relays as
-    RELAY_HEARTBEAT_INTERVAL)."""
-    idle_heartbeat_interval: float = 30.0
-    """Seconds between heartbeats of a quiet room, nobody in it (RELAY_IDLE_HEARTBEAT_INTERVAL).
-    Idle rooms heartbeating every 2 s kept a 2-core machine of 300 of them 40% busy. A local
-    relay's exit is seen at once anyway, and deleteRoom is pushed to it."""
-    missed_heartbeats: int = 3
-    """A registered relay silent for this many of the gaps its agent promised (one of the two
-    intervals above) is marked lost and removed."""
-    register_timeout: float = 60.0
-    """A room whose relay has not registered this long after provisioning is failed and removed."""
-    sweep_interval: float = 0.5
-    """How often the reaper looks for lost relays."""
+    heartbeat_interval: HeartbeatSeconds = 2.0
+    """Seconds between a relay's heartbeats while anyone is in its room."""
+    idle_heartbeat_interval: HeartbeatSeconds = 30.0
+    """Seconds between heartbeats of a quiet room (nobody in it)."""
+    missed_heartbeats: Positive = 3
+    """A relay silent for this many of its promised heartbeat gaps is lost: its record is removed
+    and its process stopped."""
+    register_timeout: Seconds = 60.0
+    """Seconds a new relay has to register before its room fails (register_timeout)."""
+    sweep_interval: Seconds = 0.5
+    """Seconds between looks for lost relays."""
 
     # --- notifications / logs --------------------------------------------------------------
     webhook_url: str | None = None
-    """If set, every room-ready push is also POSTed here as JSON."""
-    operation_log: Path | None = None
-    """JSON-lines operation log; default {data_dir}/operations.log."""
-    relay_log_keep_seconds: float = 86400.0
-    """A local relay's log ({data_dir}/relay-logs/<namespace>/<room>.log) is removed this long
-    after its last write once the room has ended (relay/control/relay_logs.py); 0 keeps them all."""
-    relay_log_max_bytes: int = 16 << 20
-    """A running relay's log, or standby.log, past this size is cut (copied to <log>.1, then
-    truncated); 0: never."""
-    prometheus_targets: Path | None = None
-    """Where the ready relays' /metrics endpoints are listed for Prometheus' file_sd_configs
-    (relay/control/targets.py, deploy/prometheus/); default {data_dir}/prometheus/relays.json."""
-    log_level: str = "info"
+    """Room-ready notifications are also POSTed to this URL."""
+    operation_log: Path | None = Field(
+        default=None, json_schema_extra={"shown_default": "DATA_DIR/operations.log"}
+    )
+    """The operation log (JSON lines: rooms created, ready, closed and why)."""
+    relay_log_keep_seconds: SecondsOrZero = 86400.0
+    """An ended room's relay log is removed this long after its last write; 0: kept forever."""
+    relay_log_max_bytes: Count = Field(
+        default=16 << 20, json_schema_extra={"shown_default": "16777216 (16 MiB)"}
+    )
+    """A running relay's log past this size is cut (copied to LOG.1, then emptied); 0: never."""
+    prometheus_targets: Path | None = Field(
+        default=None, json_schema_extra={"shown_default": "DATA_DIR/prometheus/relays.json"}
+    )
+    """The ready relays' /metrics endpoints, as a Prometheus file_sd list."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe log records written."""
+    log_format: Literal["json", "text"] = "json"
+    """Log records on stderr as JSON lines or as plain text."""
+
+    @field_validator("relay_tier")
+    @classmethod
+    def _tier(cls, value: str) -> str:
+        get_tier(value)  # ValueError naming the known tiers
+        return value
+
+    @field_validator("public_url", "webhook_url")
+    @classmethod
+    def _urls(cls, value: str | None) -> str | None:
+        return _url(value)
+
+    @field_validator("relay_extra_args")
+    @classmethod
+    def _extra_args(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        RelayLaunch.parse(list(value), environ={}, room_key_required=False)  # LaunchError names the flag
+        return value
 
     @property
     def db_path(self) -> Path:
@@ -182,51 +234,48 @@ class ControlConfig:
         return self.longest_heartbeat_gap * self.missed_heartbeats
 
     def replace(self, **changes: Any) -> ControlConfig:
+        """A copy with `changes`, checked as a new ControlConfig is."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any], base: ControlConfig | None = None) -> ControlConfig:
-        """Applies known keys (snake_case, as the field names) and ignores None values."""
-        base = base or cls()
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        changes: dict[str, Any] = {}
-        for key, value in values.items():
-            key = key.replace("-", "_")
-            if key not in names or value is None:
-                continue
-            current = getattr(base, key)
-            if "Path" in str(names[key].type):  # Path or Path | None
-                value = Path(value)
-            elif isinstance(current, bool):
-                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif isinstance(current, int) and not isinstance(current, bool):
-                value = int(value)
-            elif isinstance(current, float):
-                value = float(value)
-            elif isinstance(current, tuple):
-                value = tuple(value.split()) if isinstance(value, str) else tuple(value)
-            changes[key] = value
-        return dataclasses.replace(base, **changes)
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str], base: ControlConfig | None = None) -> ControlConfig:
-        return cls.from_mapping(json.loads(Path(path).read_text()), base)
-
-    @classmethod
-    def from_env(
-        cls, base: ControlConfig | None = None, environ: dict[str, str] | None = None
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        file: str | os.PathLike[str] | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        defaults_of: str = "relay dev",
+        flag_names: Mapping[str, str] | None = None,
     ) -> ControlConfig:
-        """RELAY_<FIELD> for every field, e.g. RELAY_CLIENT_ID, RELAY_DATA_DIR, RELAY_WEBHOOK_URL."""
-        env = os.environ if environ is None else environ
-        values = {
-            f.name: env[f"RELAY_{f.name.upper()}"]
-            for f in dataclasses.fields(cls)
-            if f"RELAY_{f.name.upper()}" in env
-        }
-        # RELAY_PORT / RELAY_HOST are also read by `relay serve`; the control plane uses its own names.
-        values.pop("port", None)
-        values.pop("host", None)
-        for name in ("host", "port"):
-            if f"RELAY_CONTROL_{name.upper()}" in env:
-                values[name] = env[f"RELAY_CONTROL_{name.upper()}"]
-        return cls.from_mapping(values, base)
+        """The settings of a command: `defaults` (a command's own, e.g. `relay dev`'s), the
+        JSON `file`, RELAY_* variables (this process's when `environ` is None), then `flags`.
+        SettingsError (one line, naming the setting and where it was given) when one is wrong."""
+        layers: list[Layer] = []
+        if defaults:
+            layers.append(defaults_layer(defaults, defaults_of))
+        if file is not None:
+            layers.append(file_layer(SURFACE, file))
+        layers.append(env_layer(SURFACE, os.environ if environ is None else environ))
+        if flags:
+            layers.append(flag_layer(SURFACE, flags, flag_names))
+        return validate(cls, merge(layers))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ControlConfig:
+        """Defaults and RELAY_* variables alone."""
+        return cls.load(environ=environ)
+
+
+SURFACE = Surface(
+    (ControlConfig,),
+    env={"host": "RELAY_CONTROL_HOST", "port": "RELAY_CONTROL_PORT"},
+    flags={
+        "relay_require_user_tokens": "--require-user-tokens",
+        "relay_gs2_clients": "--gs2-clients",
+        "relay_warm_relays": "--warm-relays",
+    },
+)
+"""The control plane's settings: --flag, RELAY_* variable and config file key for each field."""
+
+DEV_DEFAULTS: Mapping[str, Any] = {"stop_relays_on_exit": True, "demo": True}
+"""What `relay dev` changes from `relay control`: relays stop with it, and the demo page is on."""

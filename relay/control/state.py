@@ -85,6 +85,8 @@ class ControlState:
         """The ready relays' /metrics, for Prometheus (relay/control/targets.py)."""
         self.lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.serving = False
+        """Started and not stopping: /readyz says so (relay/control/api.py)."""
 
     def room_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

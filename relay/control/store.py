@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from relay.control.records import NamespaceRecord, RoomRecord
+from relay.settings import SettingsError
 
 if TYPE_CHECKING:
     from relay.control.config import ControlConfig
@@ -62,4 +63,4 @@ def open_store(config: ControlConfig) -> Store:
         from relay.control.sqlite_store import SQLiteStore
 
         return SQLiteStore(config.db_path)
-    raise ValueError(f"unsupported store_url {url!r} (only sqlite:/// is built in)")
+    raise SettingsError(f"store_url {url!r} is not supported: give none (SQLite in the data dir) or sqlite:///PATH")

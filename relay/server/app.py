@@ -25,6 +25,7 @@ from relay.server.config import RelayConfig
 from relay.server.links import Doorway, UdpProtocol, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
 from relay.server.room import Room
+from relay.settings import ListenError
 
 log = logging.getLogger("relay.server")
 
@@ -139,7 +140,10 @@ class Relay:
                 call_soon(flush_now)
 
         room.on_flush = on_flush
-        tcp, udp = bind_pair(self.config.host, self.config.port)
+        try:
+            tcp, udp = bind_pair(self.config.host, self.config.port)
+        except OSError as exc:
+            raise ListenError(exc, f"{self.config.host}:{self.config.port} (udp and tcp)") from exc
         self.port = tcp.getsockname()[1]
         self._udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(room), sock=udp)
         doorway = Doorway(self.config.max_pending_connections, self.config.connect_timeout, self.counters)
@@ -148,10 +152,53 @@ class Relay:
             lambda: WsConnection(room, self._ws, doorway, gs2), sock=tcp
         )
         if self.config.admin_port is not None:
-            self._admin = AdminServer(self.metrics, lambda: not room.closed)
-            self.admin_port = await self._admin.start(self.config.admin_host, self.config.admin_port)
+            self._admin = AdminServer(self.metrics, self.health, self.readiness)
+            try:
+                self.admin_port = await self._admin.start(self.config.admin_host, self.config.admin_port)
+            except OSError as exc:  # the admin port is taken: leave nothing listening behind
+                self._udp_transport.close()
+                self._tcp_server.close()
+                where = f"{self.config.admin_host}:{self.config.admin_port} (the admin port)"
+                raise ListenError(exc, where) from exc
         self._tasks.append(loop.create_task(self._timers()))
-        log.info("relay listening udp+ws %s:%d", self.host, self.port)
+        admin = f" admin {self.config.admin_host}:{self.admin_port}" if self.admin_port else ""
+        log.info(
+            "relay listening udp+ws %s:%d%s",
+            self.host,
+            self.port,
+            admin,
+            extra={"host": self.host, "port": self.port, "admin_port": self.admin_port},
+        )
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """/healthz: alive while the room is open (the same shape as the control plane's)."""
+        room = self.room
+        alive = room is not None and not room.closed
+        body: dict[str, object] = {"status": "ok" if alive else "unavailable", "component": "relay"}
+        if not alive:
+            body["reason"] = "the room has closed"
+        body["members"] = len(room.members) if room else 0
+        return alive, body
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """/readyz: ready to take members: open, accepting joins, a seat free."""
+        room = self.room
+        members = len(room.members) if room else 0
+        reason = (
+            "the room has closed"
+            if room is None or room.closed
+            else "not accepting joins (over its caps)"
+            if not room.accepting_joins
+            else "the room is full"
+            if members >= self.config.max_players
+            else None
+        )
+        status = "ready" if reason is None else "unavailable"
+        body: dict[str, object] = {"status": status, "component": "relay"}
+        if reason is not None:
+            body["reason"] = reason
+        body |= {"members": members, "maxPlayers": self.config.max_players}
+        return reason is None, body
 
     async def _timers(self) -> None:
         """Wakes the room when it asks (`Room.timer()`): every sweep interval while anyone is in

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -121,12 +122,18 @@ class RelayMetrics:
         return generate_latest(self.registry)
 
 
-class AdminServer:
-    """A minimal HTTP/1.0 server for GET /metrics and GET /healthz; nothing else is routed."""
+Status = Callable[[], tuple[bool, dict[str, object]]]
+"""A health or readiness check: (passing, its JSON body)."""
 
-    def __init__(self, metrics: RelayMetrics, healthy: Callable[[], bool]) -> None:
+
+class AdminServer:
+    """A minimal HTTP/1.0 server for GET /metrics, /healthz (alive) and /readyz (ready to take
+    members); nothing else is routed. The two checks answer JSON, 200 or 503, in the control
+    plane's shape: {"status": "ok" | "ready" | "unavailable", "component", "reason"?, ...}."""
+
+    def __init__(self, metrics: RelayMetrics, health: Status, readiness: Status) -> None:
         self.metrics = metrics
-        self.healthy = healthy
+        self.checks = {"/healthz": health, "/readyz": readiness}
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -141,11 +148,13 @@ class AdminServer:
                     pass
             parts = line.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+            check = self.checks.get(path)
             if path == "/metrics":
                 status, body, ctype = "200 OK", self.metrics.render(), "text/plain; version=0.0.4"
-            elif path == "/healthz":
-                ok = self.healthy()
-                status, body, ctype = ("200 OK" if ok else "503 Service Unavailable"), b"ok\n", "text/plain"
+            elif check is not None:
+                passing, answer = check()
+                status = "200 OK" if passing else "503 Service Unavailable"
+                body, ctype = json.dumps(answer).encode() + b"\n", "application/json"
             else:
                 status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
             head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"

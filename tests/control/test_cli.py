@@ -30,17 +30,16 @@ def relay_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 
 
 async def test_token_command_mints_what_the_control_plane_accepts(tmp_path: Path) -> None:
-    token = relay_cli("token", "--user", "player-7", "--data-dir", str(tmp_path), cwd=tmp_path).splitlines()[
-        -1
-    ]
     async with ControlPlane(make_config(tmp_path, provisioner="none")) as cp, httpx.AsyncClient() as http:
+        token = relay_cli("token", "--user", "player-7", "--data-dir", str(tmp_path), cwd=tmp_path)
+        token = token.splitlines()[-1]
         assert cp.authority.verify_user_token(token).sub == "player-7"
         r = await http.get(cp.url + "/realtime/now", headers={"X-GS2-ACCESS-TOKEN": token})
         assert r.status_code == 200 and r.json()["timestamp"] > 0
     # From the same directory with the default data dir (./.relay), too.
-    token2 = relay_cli("token", "--user", "p8", cwd=tmp_path).splitlines()[-1]
     config = ControlConfig(port=0, data_dir=tmp_path / ".relay", provisioner="none")
     async with ControlPlane(config) as cp:
+        token2 = relay_cli("token", "--user", "p8", cwd=tmp_path).splitlines()[-1]
         assert cp.authority.verify_user_token(token2).sub == "p8"
 
 

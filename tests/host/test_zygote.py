@@ -25,7 +25,7 @@ from relay.protocol.keys import generate_room_key
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + /proc")
 
-LISTENING = re.compile(r"^relay listening udp\+ws ([\d.]+):(\d+)", re.MULTILINE)
+LISTENING = re.compile(r"relay listening udp\+ws ([\d.]+):(\d+)", re.MULTILINE)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from tests.host.test_control_restart import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 HOST = "127.0.0.1"
-LISTENING = re.compile(r"^relay listening udp\+ws [\d.]+:(\d+)", re.MULTILINE)
+LISTENING = re.compile(r"relay listening udp\+ws [\d.]+:(\d+)", re.MULTILINE)
 HEARTBEAT = 0.2  # the control plane's and the relay's; a room in use is lost after 3 of them
 LIVENESS = ("--keepalive-timeout", "0.6", "--resume-grace", "0.6", "--heartbeat-interval", str(HEARTBEAT))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -77,18 +78,16 @@ async def test_sigterm_drains_members_and_exits_zero() -> None:
         "0",
         "--host",
         "127.0.0.1",
-        "--log-level",
-        "warning",
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
-        match = re.match(r"relay listening udp\+ws ([\d.]+):(\d+)", line)
-        assert match, line
-        host, port = match.group(1), int(match.group(2))
+        assert proc.stderr is not None
+        # its log is JSON lines on stderr; the first says where it listens, once
+        listening = json.loads(await asyncio.wait_for(proc.stderr.readline(), 15))
+        assert re.match(r"relay listening udp\+ws [\d.]+:\d+$", listening["message"]), listening
+        host, port = listening["host"], listening["port"]
         members = [
             await rc.connect(host, port, key, f"m{i}", transport=t, timeout=3)
             for i, t in enumerate(["udp", "ws", "udp", "ws"])
@@ -131,7 +130,9 @@ async def test_admin_metrics_and_healthz() -> None:
         port = r.relay.admin_port
         assert port
         status, body = await _get(port, "/healthz")
-        assert (status, body) == (200, "ok\n")
+        assert (status, json.loads(body)) == (200, {"status": "ok", "component": "relay", "members": 0})
+        status, body = await _get(port, "/readyz")
+        assert status == 200 and json.loads(body)["status"] == "ready"
         a = await client(r, "a", "udp")
         b = await client(r, "b", "ws")
         a.send(b"hi")
