@@ -5,7 +5,7 @@ protocol itself is the sans-I/O relay.protocol.client.ClientConnection.
 """
 
 from relay.client.client import Client, connect
-from relay.client.errors import ClientError, ConnectError, JoinRefused
+from relay.client.errors import ClientError, ConnectError, JoinRefused, Unreachable, WrongRoomKey
 from relay.client.events import (
     ClosingEvent,
     ConnectionLost,
@@ -40,5 +40,7 @@ __all__ = [
     "ProfileChanged",
     "Received",
     "Resumed",
+    "Unreachable",
+    "WrongRoomKey",
     "connect",
 ]

@@ -31,7 +31,7 @@ from relay.protocol.client import (
 from relay.protocol.constants import ProtocolError
 from relay.protocol.messages import Limits
 
-from .errors import ConnectError, JoinRefused
+from .errors import ConnectError, JoinRefused, Unreachable, WrongRoomKey
 from .events import Disconnected
 from .links import Link, UdpLink, WsLink
 
@@ -39,6 +39,21 @@ log = logging.getLogger(__name__)
 
 _RECONNECT_BACKOFF_MAX = 1.0
 _OPEN_ERRORS = (OSError, asyncio.TimeoutError, ConnectError, ProtocolError, ValueError)
+_POLICY_VIOLATION = 1008  # a relay's WebSocket close for a HELLO it cannot authenticate
+
+
+async def _tcp_answers(host: str, port: int, timeout: float) -> bool:
+    """Whether something accepts TCP on host:port: a relay serves WebSocket on its UDP port's
+    number, so after a silent UDP handshake this tells "no relay there" from "the relay ignored
+    us" (which it does to a HELLO made with another room's key)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class Client:
@@ -242,14 +257,18 @@ class Client:
 
     async def _open_link(self) -> Link:
         conn = self._conn
+        where = f"{self._host}:{self._port} ({conn.transport})"
         try:
             if conn.transport == "ws":
                 return await WsLink.open(self, self._host, self._port, self._timeout)
             return await UdpLink.open(self, self._host, self._port)
+        except (ConnectionRefusedError, TimeoutError) as exc:
+            why = "nothing listens there" if isinstance(exc, ConnectionRefusedError) else "no answer"
+            raise Unreachable(f"cannot reach a relay at {where}: {why}") from exc
         except _OPEN_ERRORS as exc:
-            raise ConnectError(f"cannot reach {self._host}:{self._port} ({conn.transport}): {exc}") from exc
+            raise ConnectError(f"cannot reach a relay at {where}: {exc}") from exc
         except Exception as exc:  # websockets' handshake errors (InvalidStatus, InvalidURI, ...)
-            raise ConnectError(f"cannot reach {self._host}:{self._port} ({conn.transport}): {exc}") from exc
+            raise ConnectError(f"cannot reach a relay at {where}: {exc}") from exc
 
     async def _handshake(self, first: bool) -> None:
         """Sends HELLO (the sans-I/O machine retransmits) and waits for the WELCOME."""
@@ -263,11 +282,26 @@ class Client:
         try:
             await asyncio.wait_for(asyncio.shield(self._welcome), self._timeout)
         except TimeoutError:
-            raise ConnectError(
-                f"no WELCOME from {self._host}:{self._port} ({conn.transport}) within {self._timeout} s"
-            ) from None
+            raise await self._silence() from None
         finally:
             self._welcome = None
+
+    async def _silence(self) -> ConnectError:
+        """Why a handshake got no answer within the timeout, as far as can be told."""
+        transport = self._conn.transport
+        where = f"{self._host}:{self._port} ({transport})"
+        waited = f"no answer within {self._timeout:g} s"
+        if transport == "udp":
+            if not await _tcp_answers(self._host, self._port, min(1.0, self._timeout)):
+                return Unreachable(
+                    f"cannot reach a relay at {where}: {waited}, and nothing listens on its TCP port "
+                    "(a wrong address, a firewall, or a room that has ended)"
+                )
+            return WrongRoomKey(
+                f"the relay at {where} ignored the handshake ({waited}; its TCP port answers): "
+                "most likely the wrong room key (a relay never answers a HELLO made with another key)"
+            )
+        return ConnectError(f"the relay at {where} did not complete the handshake: {waited}")
 
     async def _start(self) -> None:
         self._link = await self._open_link()
@@ -353,12 +387,24 @@ class Client:
             self._end()
             return
         if self._welcome is not None:  # lost during a handshake: that attempt failed
-            self._resolve_welcome(ConnectError(f"{conn.transport} connection closed during the handshake"))
+            where = f"{self._host}:{self._port} ({conn.transport})"
+            if link.close_code == _POLICY_VIOLATION:
+                error: ConnectError = WrongRoomKey(
+                    f"the relay at {where} refused the handshake (WebSocket close 1008): "
+                    "the wrong room key (or another protocol version)"
+                )
+            else:
+                error = ConnectError(f"the relay at {where} closed the connection during the handshake")
+            self._resolve_welcome(error)
             return
         self._dispatch(conn.connection_lost(self._loop.time()))
 
-    def link_error(self, reason: str) -> None:
+    def link_error(self, reason: str, exc: Exception | None = None) -> None:
         self._conn.stats.drop(reason)
+        if isinstance(exc, ConnectionRefusedError) and self._welcome is not None:
+            # ICMP port unreachable for our HELLO: nothing listens there (no need to wait it out)
+            where = f"{self._host}:{self._port} ({self._conn.transport})"
+            self._resolve_welcome(Unreachable(f"cannot reach a relay at {where}: nothing listens there"))
 
     # ---- internals ----
 
@@ -484,11 +530,13 @@ async def connect(
 ) -> Client:
     """Joins the room at host:port; returns once the WELCOME is complete.
 
-    Raises JoinRefused(code, text) when the relay refuses the JOIN, ConnectError when it cannot be
-    reached or does not answer within `timeout` seconds. With `reconnect`, a lost transport (WS
-    closed without CLOSING, or UDP silence past the keepalive timeout) is resumed with the resume
-    token; `Resumed` is emitted on success and `Disconnected` once the resume window has passed.
-    `max_events` bounds the unread event queue (the oldest are dropped; None: unbounded).
+    Raises JoinRefused(code, text) when the relay refuses the JOIN, WrongRoomKey when a relay is
+    there but will not complete the handshake (the wrong key), Unreachable when no relay is there,
+    and ConnectError (their base) for anything else within `timeout` seconds. With `reconnect`, a
+    lost transport (WS closed without CLOSING, or UDP silence past the keepalive timeout) is
+    resumed with the resume token; `Resumed` is emitted on success and `Disconnected` once the
+    resume window has passed. `max_events` bounds the unread event queue (the oldest are dropped;
+    None: unbounded).
     """
     conn = ClientConnection(room_key, user_id, profile, access_token, transport, resume_token, config)
     client = Client(conn, host, port, timeout, reconnect, max_events)

@@ -24,11 +24,13 @@ class LinkSink(Protocol):
 
     def link_lost(self, link: Link) -> None: ...
 
-    def link_error(self, reason: str) -> None: ...
+    def link_error(self, reason: str, exc: Exception | None = None) -> None: ...
 
 
 class Link(Protocol):
     closed: bool
+    close_code: int | None
+    """The WebSocket close code the relay sent (1008: it refused the handshake); None for UDP."""
 
     def send_many(self, packets: list[bytes]) -> None: ...
 
@@ -47,7 +49,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.link.sink.packet_received(data)
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable and the like
-        self.link.sink.link_error("socket_error")
+        self.link.sink.link_error("socket_error", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link.closed = True
@@ -57,12 +59,13 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class UdpLink:
     """A connected UDP socket. UDP has no 'connection' to lose: silence is detected above."""
 
-    __slots__ = ("closed", "sink", "transport")
+    __slots__ = ("close_code", "closed", "sink", "transport")
 
     def __init__(self, sink: LinkSink) -> None:
         self.sink = sink
         self.transport: asyncio.DatagramTransport | None = None
         self.closed = False
+        self.close_code: int | None = None
 
     @classmethod
     async def open(cls, sink: LinkSink, host: str, port: int) -> UdpLink:
@@ -101,12 +104,13 @@ class WsLink:
     a single reader task per connection feeds received packets to the sink.
     """
 
-    __slots__ = ("closed", "reader", "sink", "ws")
+    __slots__ = ("close_code", "closed", "reader", "sink", "ws")
 
     def __init__(self, sink: LinkSink, ws: WsConnection) -> None:
         self.sink = sink
         self.ws = ws
         self.closed = False
+        self.close_code: int | None = None
         self.reader: asyncio.Task[None] | None = None
 
     @classmethod
@@ -140,6 +144,7 @@ class WsLink:
             pass
         finally:
             self.closed = True
+            self.close_code = ws.close_code
             sink.link_lost(self)
 
     def send_many(self, packets: list[bytes]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import uvloop
 
+from relay.agent.launch import RelayLaunch
 from relay.control.auth import SIGNING_KEY_FILE, USER_ISSUER, read_signing_key
 from relay.control.config import DEV_DEFAULTS, SURFACE, ControlConfig
 from relay.logs import configure
@@ -70,20 +71,30 @@ def _banner(cp: Any, dev: bool) -> str:
         f"  GS2 REST: {url}/realtime   login: {url}/identifier/projectToken/login",
         f"  OpenAPI: {url}/openapi.json",
         f"  gateway: ws://{url.split('://', 1)[1]}/gateway?token=<user token>   metrics: {url}/metrics",
-        f"  RELAY_CLIENT_ID={a.client_id}",
-        f"  RELAY_CLIENT_SECRET={a.client_secret}",
+        "  project credentials (for an SDK; paste into another shell):",
+        f"    export RELAY_CLIENT_ID={a.client_id}",
+        f"    export RELAY_CLIENT_SECRET={a.client_secret}",
         f"  token public key (relay --token-public-key): {a.public_key_text}",
     ]
     if cp.demo_mounted:
         lines.append(f"  demo page: {url}/demo/")
     if dev:
+        idle = _idle_timeout(cp.config)
         lines += [
             "",
-            "Try it, in another terminal from this folder (it makes namespace ns1 and room room1,",
-            "joins the room and says hello; a room nobody joins closes after 60 s):",
+            "Try it, in another terminal from this folder: it makes namespace ns1 and room room1,",
+            f"joins the room and says hello (a room nobody is in closes after {idle:g} s, and its record",
+            "goes with it; running this again makes it anew):",
             f"  {_python()} -m relay.control.example --url {url} --namespace ns1 --room room1",
         ]
     return "\n".join(lines)
+
+
+def _idle_timeout(config: ControlConfig) -> float:
+    """The idle timeout local relays get (relay_extra_args may set one)."""
+    return RelayLaunch.parse(
+        list(config.relay_extra_args), environ={}, room_key_required=False
+    ).relay.idle_timeout
 
 
 async def _serve(config: ControlConfig, dev: bool) -> int:

@@ -46,7 +46,7 @@ class RelayConfig:
         None, "port of /metrics, /healthz and /readyz; 0 picks a free one; none: no admin server"
     )
     # limits
-    max_players: Positive = doc(32, "members at once; a JOIN past it gets ERROR room full")
+    max_players: Count = doc(32, "members at once; a JOIN past it gets ERROR room full (0: every JOIN)")
     max_payload_udp: Positive = doc(1100, "bytes of one SEND's data from a UDP member")
     max_payload_ws: Positive = doc(16384, "bytes of one SEND's data from a WebSocket member")
     max_profile: Count = doc(1024, "bytes of a member's profile")

@@ -126,3 +126,24 @@ async def test_lost_transport_is_resumed_without_the_others_noticing(embedded: A
         assert not [e for e in a.drain_events() if isinstance(e, rc.Left | rc.Joined)]
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("transport", ["udp", "ws"])
+async def test_wrong_room_key_and_no_relay_are_told_apart(embedded: Any, transport: str) -> None:
+    """A wrong key and an address with no relay used to read alike ("no WELCOME within 3 s"):
+    the first is WrongRoomKey, the second Unreachable, each saying so, neither a long wait."""
+    from relay.protocol.keys import generate_room_key
+
+    loop = asyncio.get_running_loop()
+    async with embedded.room() as room:
+        start = loop.time()
+        with pytest.raises(rc.WrongRoomKey, match="room key") as wrong:
+            await rc.connect(room.host, room.port, generate_room_key(), "u", transport=transport, timeout=1)
+        assert not isinstance(wrong.value, rc.Unreachable)
+        assert loop.time() - start < 3
+        port = room.port
+    start = loop.time()
+    with pytest.raises(rc.Unreachable, match="cannot reach a relay at") as gone:
+        await rc.connect("127.0.0.1", port, room.key, "u", transport=transport, timeout=1)
+    assert "room key" not in str(gone.value)
+    assert loop.time() - start < 3
