@@ -52,3 +52,31 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.captureWarnings(True)
+
+
+class FailureLog:
+    """Logs a failure that repeats (a sidecar or a server not answering) sparingly: the first at
+    WARNING, then only the 2nd, 4th, 8th, ... with the count (a retry loop with a capped backoff
+    would otherwise write a line per try, hundreds a minute), and one INFO line when it passes."""
+
+    __slots__ = ("failures", "logger", "what")
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self.logger = logger
+        self.what = what
+        self.failures = 0
+
+    def failed(self, why: object, then: str = "") -> None:
+        """Counts one failure; logs it when the count is a power of two."""
+        self.failures += 1
+        n = self.failures
+        if n & (n - 1) == 0:
+            count = "" if n == 1 else f" ({n} failures in a row; next logged at {2 * n})"
+            tail = f"; {then}" if then else ""
+            self.logger.warning("%s: %s%s%s", self.what, why, tail, count, extra={"failures": n})
+
+    def succeeded(self) -> None:
+        """Logs the recovery once, if anything failed."""
+        if self.failures:
+            self.logger.info("%s: answering again after %d failures", self.what, self.failures)
+            self.failures = 0

@@ -32,6 +32,7 @@ from relay.agent.agent import Agent
 from relay.agent.caps import CapsGuard, guard_relay
 from relay.agent.control_client import backoff
 from relay.agent.launch import RelayLaunch
+from relay.logs import FailureLog
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import decode_room_key
 from relay.server.app import Relay, RelayStats
@@ -67,10 +68,15 @@ class AgonesSDK:
     ) -> None:
         self.base = f"http://{host}:{sdk_port_from_env() if port is None else port}"
         self.retry_for = retry_for
+        self.reached = False
+        """Whether the sidecar has answered once (else there is nobody to say /shutdown to)."""
         self._timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base, timeout=timeout)
+        self._failures = FailureLog(log, f"agones sidecar at {self.base} not answering")
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None, retry: bool) -> dict[str, Any]:
+        """One call; with `retry`, connection errors are retried (backoff capped at 2 s) for up
+        to retry_for seconds, and logged sparingly (FailureLog), not once per try."""
         deadline = time.monotonic() + self.retry_for
         attempt = 0
         while True:
@@ -81,9 +87,12 @@ class AgonesSDK:
                 delay = backoff(attempt, base=0.1, cap=2.0)
                 if not retry or time.monotonic() + delay > deadline:
                     raise
-                log.info("agones sidecar %s %s: %r; retry in %.2fs", method, path, exc, delay)
+                then = f"retrying for up to {self.retry_for:g} s (is AGONES_SDK_HTTP_PORT right?)"
+                self._failures.failed(f"{method} {path}: {exc!r}", then)
                 attempt += 1
                 await asyncio.sleep(delay)
+        self.reached = True
+        self._failures.succeeded()
         if r.status_code != 200:
             raise AgonesError(f"{method} {path}: HTTP {r.status_code} {r.text[:200]}")
         try:
@@ -254,15 +263,13 @@ class _Advertised:
 
 async def _health_loop(sdk: AgonesSDK, interval: float) -> None:
     """Agones marks a GameServer Unhealthy when pings stop, in Ready as well as Allocated."""
-    failing = False
+    failures = FailureLog(log, "agones health ping failed")
     while True:
         try:
             await sdk.health()
-            failing = False
+            failures.succeeded()
         except (httpx.HTTPError, AgonesError) as exc:
-            if not failing:
-                log.warning("agones health ping failed: %r", exc)
-            failing = True
+            failures.failed(repr(exc))
         await asyncio.sleep(interval)
 
 
@@ -273,14 +280,16 @@ async def _updates(sdk: AgonesSDK, poll_interval: float) -> AsyncIterator[dict[s
 
     async def watch() -> None:
         attempt = 0
+        ended = FailureLog(log, "agones watch ended")
         while True:
             try:
                 async with contextlib.aclosing(sdk.watch_gameserver()) as stream:
                     async for gameserver in stream:
                         attempt = 0
+                        ended.succeeded()
                         queue.put_nowait(gameserver)
             except (httpx.HTTPError, AgonesError) as exc:
-                log.info("agones watch ended: %r", exc)
+                ended.failed(repr(exc), "reopening it")
             await asyncio.sleep(backoff(attempt, base=0.2, cap=5.0))
             attempt += 1
 
@@ -372,13 +381,17 @@ async def run_agones(
     stop = stop or asyncio.Event()
     if not base.relay.port:
         log.warning("agones: --port 0 binds a random port; give the GameServer's containerPort")
-    health = asyncio.create_task(_health_loop(sdk, health_interval))
+    health: asyncio.Task[None] | None = None
     relay: Relay | None = None
     agent: Agent | None = None
     guard: CapsGuard | None = None
     reason = CloseReason.SHUTDOWN
     try:
-        await sdk.get_gameserver()  # retries until the sidecar answers
+        if not await _unless_stopped(sdk.get_gameserver(), stop):  # retries until the sidecar answers
+            log.info("agones: stopped before the sidecar answered")
+            return reason
+        # pings start once the sidecar answers: before, they would only fail beside the retries
+        health = asyncio.create_task(_health_loop(sdk, health_interval))
         await sdk.ready()
         log.info("agones: ready, waiting for an allocation")
         waiting = asyncio.create_task(_wait_for_assignment(sdk, poll_interval))
@@ -428,23 +441,51 @@ async def run_agones(
             await relay.close(CloseReason.SHUTDOWN, "relay stopping")
         if agent is not None:
             await agent.stop(reason)
-        health.cancel()
-        await asyncio.gather(health, return_exceptions=True)
-        try:
-            await sdk.shutdown()
-        except (httpx.HTTPError, AgonesError) as exc:
-            log.warning("agones shutdown failed: %r", exc)
+        if health is not None:
+            health.cancel()
+            await asyncio.gather(health, return_exceptions=True)
+        if sdk.reached:  # a sidecar that never answered has nothing to be told
+            try:
+                await sdk.shutdown()
+            except (httpx.HTTPError, AgonesError) as exc:
+                log.warning("agones shutdown failed: %r", exc)
 
 
-async def serve_agones(base: RelayLaunch) -> int:
-    """`relay serve` under Agones: SIGTERM/SIGINT stop the room (or the wait for one)."""
+async def _unless_stopped(call: Any, stop: asyncio.Event) -> bool:
+    """Awaits `call` unless `stop` is set first (then cancels it): False when stopped."""
+    task = asyncio.ensure_future(call)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()  # its error, if any
+    return True
+
+
+async def serve_agones(base: RelayLaunch, sdk: AgonesSDK | None = None) -> int:
+    """`relay serve` under Agones: SIGTERM/SIGINT stop the room (or the wait for one). A sidecar
+    that never answers is one ERROR line and exit status 1, not a traceback."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    sdk = AgonesSDK()
+    sdk = sdk or AgonesSDK()
     try:
         reason = await run_agones(base, sdk, stop=stop)
+    except (httpx.HTTPError, AgonesError) as exc:
+        log.error(
+            "agones sidecar at %s: %r after %g s of retries (is this a GameServer pod?)",
+            sdk.base,
+            exc,
+            sdk.retry_for,
+        )
+        return 1
     finally:
         await sdk.aclose()
     log.info("relay exiting: %s", reason.name.lower())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from relay.agent.agones import (
     AgonesSDK,
     label_value,
     run_agones,
+    serve_agones,
 )
 from relay.agent.launch import RelayLaunch
 from relay.control.app import ControlPlane
@@ -457,3 +459,50 @@ async def test_relay_serve_subprocess_under_agones() -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_no_sidecar_is_logged_sparingly_and_sigterm_ends_the_wait() -> None:
+    """Without a sidecar the relay wrote a line per retry (215 in 8 s) and SIGTERM waited out 60 s
+    of retries: now repeated failures are logged at 1, 2, 4, 8, ... and SIGTERM ends it at once."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["AGONES_SDK_HTTP_PORT"] = str(free_port())  # nothing listens there
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "serve",
+        "--port",
+        str(free_port()),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.sleep(6)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 3) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.stderr is not None
+    lines = (await proc.stderr.read()).decode().splitlines()
+    records = [json.loads(line) for line in lines]  # JSON lines, no traceback
+    failures = [r for r in records if "not answering" in r["message"]]
+    assert 1 <= len(failures) <= 6, lines
+    assert [r["failures"] for r in failures] == [2**i for i in range(len(failures))]
+    assert len(records) <= len(failures) + 3, lines
+
+
+async def test_a_sidecar_that_never_answers_is_one_error_and_status_1(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sdk = AgonesSDK(free_port(), retry_for=1.5)
+    launch = RelayLaunch(RelayConfig(port=free_port()))
+    with caplog.at_level(logging.INFO, logger="relay.agent.agones"):
+        assert await asyncio.wait_for(serve_agones(launch, sdk), 10) == 1
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "is this a GameServer pod?" in errors[0].getMessage()
+    assert len(caplog.records) <= 6, [r.getMessage() for r in caplog.records]
+    assert not any("shutdown" in r.getMessage() for r in caplog.records)  # nobody to tell
