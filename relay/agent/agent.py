@@ -32,6 +32,7 @@ from relay.agent.caps import cpu_seconds, rss_bytes
 from relay.agent.config import AgentConfig
 from relay.agent.control_client import ControlClient, ControlError, ControlUnavailable, RoomGone, backoff
 from relay.agent.wire import Closed, Heartbeat, Registration
+from relay.logs import FailureLog
 from relay.protocol.constants import CloseReason
 from relay.server.app import RelayStats
 
@@ -127,6 +128,7 @@ class Agent:
     async def _register(self) -> float:
         """Registers; returns the heartbeat gap promised with it."""
         attempt = 0
+        failures = FailureLog(log, "register failed")
         while True:
             try:
                 promised = self._next_heartbeat()
@@ -142,13 +144,14 @@ class Agent:
                 )
                 self.registered.set()
                 self._message_rate(self.relay.stats())  # the first heartbeat's rate starts here
+                failures.succeeded()
                 log.info("registered %s:%s", self.address, self.relay.port)
                 return promised
             except RoomGone:
                 raise
             except ControlError as exc:
                 delay = backoff(attempt, base=min(0.2, self.heartbeat_interval), cap=10.0)
-                log.warning("register failed (%s); retry in %.2fs", exc, delay)
+                failures.failed(exc, "retrying (backoff up to 10 s)")
                 attempt += 1
                 await asyncio.sleep(delay)
 
@@ -192,6 +195,7 @@ class Agent:
     async def _heartbeat_loop(self, promised: float) -> None:
         """`promised`: the gap the control plane last heard from us (it counts missed gaps)."""
         failures = 0
+        failed = FailureLog(log, "heartbeat failed")
         wait = promised
         while True:
             await self._pause(wait)
@@ -200,6 +204,7 @@ class Agent:
                 deleted = await self.client.heartbeat(self._heartbeat(interval))
                 self.heartbeats_sent += 1
                 failures = 0
+                failed.succeeded()
                 promised = wait = interval
                 if deleted:
                     raise RoomGone("deleted")
@@ -209,7 +214,7 @@ class Agent:
                 # Quick retries after a blip, never sparser than the last promise heard.
                 wait = backoff(failures, base=self.heartbeat_interval / 4, cap=promised)
                 failures += 1
-                log.warning("heartbeat failed (%s); retry in %.2fs", exc, wait)
+                failed.failed(exc, f"retrying within {promised:g} s")
 
     async def _drain(self) -> None:
         log.info("room deleted: draining")
