@@ -353,25 +353,51 @@ def add_flags(
                 help=text,
             )
             continue
-        options = choices(info)
-        metavar = "{" + ",".join(options) + "}" if options else name.upper().split("_")[-1]
         parser.add_argument(
-            surface.flag(name), dest=name, default=argparse.SUPPRESS, metavar=metavar, help=text
+            surface.flag(name), dest=name, default=argparse.SUPPRESS, metavar=metavar(name, info), help=text
         )
+
+
+_SECONDS = ("timeout", "interval", "grace", "after", "lifetime", "tick", "delay", "window", "ttl", "for")
+
+
+def metavar(name: str, info: FieldInfo) -> str:
+    """A flag's value in its usage line: the choices, or what kind of value (SECONDS, N, PORT, ...)."""
+    if (options := choices(info)) is not None:
+        return "{" + ",".join(options) + "}"
+    annotation = _unwrap_optional(info.annotation)[0]
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    words = name.split("_")
+    last = words[-1]
+    seconds = last == "seconds" or any(word in _SECONDS for word in words)
+    if annotation is float:
+        return "SECONDS" if seconds else "NUMBER"
+    if annotation is int:
+        return "PORT" if last == "port" else "SECONDS" if seconds else "N"
+    if annotation is Path:
+        return "DIR" if last == "dir" else "FILE"
+    if get_origin(annotation) is tuple:
+        return "'WORDS ...'"
+    return last.upper()
 
 
 def markdown_table(surface: Surface, defaults: Mapping[str, Any] | None = None) -> str:
-    """The settings as a Markdown table: setting, flag, variable, default, meaning."""
-    rows = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    """The settings as a Markdown table: name, flag, variable, default, accepted form, meaning."""
+    rows = [
+        "| setting | flag | environment | default | accepts | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, info in surface.fields.items():
         default = (defaults or {}).get(name, dataclasses.MISSING)
+        flag = surface.flag(name)
+        flags = f"`{flag}` / `--no-{flag[2:]}`" if _is_bool(info) else f"`{flag}`"
         meaning = field_doc_of(info).replace("|", "\\|")
-        form_text = form(info)
         rows.append(
-            f"| {name} | `{surface.flag(name)}` | `{surface.env_name(name)}` | "
-            f"{shown_default(info, default)} | {meaning} ({form_text}) |"
+            f"| {name} | {flags} | `{surface.env_name(name)}` | {shown_default(info, default)} | "
+            f"{form(info)} | {meaning} |"
         )
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n"
 
 
 class CommandParser(argparse.ArgumentParser):

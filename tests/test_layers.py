@@ -2,7 +2,8 @@
 
 Layers, lowest first: relay.settings, relay.logs (what every command shares) < relay.protocol <
 relay.client, relay.server < relay.agent < relay.host <
-relay.control < the command line and embedding API at the top (relay.cli, relay.embedded) <
+relay.control < the command line, embedding API and settings docs at the top (relay.cli,
+relay.embedded, relay.docs) <
 loadtest. A module may import its own layer or any below it, never one above; client and
 server share a layer but never import each other. No two modules import each other, directly
 or through others (every import counts: inside functions and under TYPE_CHECKING too).
@@ -24,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay.agent",),
     ("relay.host",),
     ("relay.control",),
-    ("relay.cli", "relay.embedded"),
+    ("relay.cli", "relay.embedded", "relay.docs"),
     ("loadtest",),
 )
 BASE = ("relay",)  # the root package itself (its version string): importable from anywhere

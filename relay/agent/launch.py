@@ -82,9 +82,14 @@ class RelayLaunch:
     namespace: str | None = doc(None, "the room's namespace (with control_url)")
     room: str | None = doc(None, "the room's name (with control_url)")
     incarnation: str | None = doc(
-        None, "which incarnation of the room this relay serves (public: its reports name it)"
+        None, "which incarnation of the room this relay serves (its reports name it; not a secret)"
     )
-    agent_secret: str = doc("", "the room's agent secret; a secret", secret=True)
+    agent_secret: str = doc(
+        "",
+        "the room's agent secret, for its reports (with control_url); a secret",
+        secret=True,
+        shown_default="none",
+    )
     advertise_host: str | None = doc(None, "the ipAddress clients are told; none: the bound address")
     heartbeat_interval: HeartbeatSeconds = doc(
         DEFAULT_HEARTBEAT_INTERVAL, "seconds between heartbeats while anyone is in the room"
@@ -93,7 +98,7 @@ class RelayLaunch:
         DEFAULT_IDLE_HEARTBEAT_INTERVAL, "seconds between heartbeats while the room is quiet"
     )
     tier: str | None = doc(
-        None, 'the caps this relay keeps to, e.g. "realtime1.nano" (docs/tiers.md); none: none'
+        None, 'the caps this relay keeps to, e.g. "realtime1.nano" (docs/tiers.md); none: no caps'
     )
     caps: Literal["soft", "cgroup"] = doc(
         "soft",

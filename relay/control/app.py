@@ -130,6 +130,7 @@ class ControlPlane:
         store: Store | None = None,
     ) -> None:
         self.config = config
+        self._sock = self._bind()  # first: a port in use is the only thing said (nothing made yet)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         client_id, client_secret = resolve_credentials(config)
         self.authority = Authority(
@@ -141,7 +142,6 @@ class ControlPlane:
         )
         self.store = store or open_store(config)
         self.provisioner = provisioner or make_provisioner(config, spawner)
-        self._sock = self._bind()
         self.port: int = self._sock.getsockname()[1]
         connect_host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
         self.url = f"http://{connect_host}:{self.port}"

@@ -133,8 +133,9 @@ def _main(argv: list[str] | None, dev: bool) -> int:
         return fail(
             prog, os_error(exc, f"cannot listen on {exc.where}", "choose another with --port"), EXIT_FAILURE
         )
-    except OSError as exc:
-        return fail(prog, f"cannot start the control plane: {exc}", EXIT_FAILURE)
+    except OSError as exc:  # the data dir cannot be made or written, ...
+        what = f"{exc.filename}: {(exc.strerror or str(exc)).lower()}" if exc.filename else str(exc)
+        return fail(prog, f"cannot start the control plane: {what}", EXIT_FAILURE)
 
 
 def dev_main(argv: list[str] | None = None) -> int:

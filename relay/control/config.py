@@ -43,6 +43,10 @@ def default_relay_command() -> tuple[str, ...]:
     return (sys.executable, "-m", "relay.cli", "serve")
 
 
+STORE_SCHEMES = ("sqlite:///",)
+"""The stores built in (relay/control/store.py: open_store)."""
+
+
 def _url(value: str | None) -> str | None:
     if value and not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
@@ -200,6 +204,15 @@ class ControlConfig:
     def _urls(cls, value: str | None) -> str | None:
         return _url(value)
 
+    @field_validator("store_url")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        if value and not value.startswith(STORE_SCHEMES):
+            raise ValueError(
+                f"must be {' or '.join(s + '...' for s in STORE_SCHEMES)} (or none: SQLite in the data dir)"
+            )
+        return value or None
+
     @field_validator("relay_extra_args")
     @classmethod
     def _extra_args(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -270,6 +283,7 @@ SURFACE = Surface(
     (ControlConfig,),
     env={"host": "RELAY_CONTROL_HOST", "port": "RELAY_CONTROL_PORT"},
     flags={
+        "store_url": "--store",
         "relay_require_user_tokens": "--require-user-tokens",
         "relay_gs2_clients": "--gs2-clients",
         "relay_warm_relays": "--warm-relays",

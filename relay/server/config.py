@@ -37,7 +37,10 @@ class RelayConfig:
     """One room's relay. Times are seconds; 0 for a rate means unlimited."""
 
     room_key: str = doc(
-        "", "the room's key, base64url of 32 bytes (getRoom's encryptionKey); a secret", secret=True
+        "",
+        "the room's key, base64url of 32 bytes (getRoom's encryptionKey); a secret",
+        secret=True,
+        shown_default="required (under Agones: the allocation's)",
     )
     host: str = doc("127.0.0.1", "address for UDP and WebSocket")
     port: Port = doc(0, "UDP and TCP (WebSocket) share this number; 0 picks one free for both")
