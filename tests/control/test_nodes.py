@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ from tests.control.test_sdk import create_ns
 from tests.host.test_control_restart import free_port
 
 pytestmark = pytest.mark.slow
+
+
+def unique(prefix: str) -> str:
+    """A namespace no other test run on this machine uses (relays are found by namespace)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def gone(cp: ControlPlane, ns: str, room: str) -> Any:
@@ -313,6 +319,7 @@ HANGING_RELAY = [sys.executable, "-c", "import time; time.sleep(60)"]
 async def test_a_node_killed_mid_provisioning_leaves_no_room_stuck(tmp_path: Path, postgres_url: str) -> None:
     """Node a takes wantRoom and starts a relay that has not registered when a is SIGKILLed: the
     leader (b) gives the room a new incarnation and a relay of its own, which registers."""
+    ns = unique("mid")  # relays are found by namespace: none of another run's on this machine
     config = tmp_path / "a.json"
     config.write_text(json.dumps({"relay_command": HANGING_RELAY, "heartbeat_interval": 0.2}))
     proc, url = await start_control(
@@ -322,16 +329,16 @@ async def test_a_node_killed_mid_provisioning_leaves_no_room_stuck(tmp_path: Pat
     try:
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             h = await login(http)
-            await create_namespace(http, h, "mid")
+            await create_namespace(http, h, ns)
             for name in ("r1", "r2"):
                 assert (
-                    await http.post("/realtime/mid/room", json={"name": name}, headers=h)
+                    await http.post(f"/realtime/{ns}/room", json={"name": name}, headers=h)
                 ).status_code == 200
-            await wait_for(lambda: len(relay_pids("mid")) == 2, timeout=10)  # started, never registering
+            await wait_for(lambda: len(relay_pids(ns)) == 2, timeout=10)  # started, never registering
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    stale = {name: pids[0] for name, pids in relay_pids("mid").items()}
+    stale = {name: pids[0] for name, pids in relay_pids(ns).items()}
     try:
         async with (
             nodes(node_config(tmp_path, "b", postgres_url, relay_command=STANDIN)) as (b,),
@@ -339,8 +346,8 @@ async def test_a_node_killed_mid_provisioning_leaves_no_room_stuck(tmp_path: Pat
         ):
             h = await login(http)  # a's credentials, key and records: one cluster
             for name in ("r1", "r2"):
-                item = await ready_room(http, h, "mid", name)
-                record = await b.store.get_room("mid", name)
+                item = await ready_room(http, h, ns, name)
+                record = await b.store.get_room(ns, name)
                 assert record is not None and record.node == "b" and item["port"]
             assert [e["reason"] for e in oplog(b) if e["event"] == "room.closed"] == []
     finally:
@@ -366,6 +373,7 @@ async def test_sigkill_of_a_node_mid_burst_loses_no_acknowledged_change(
     """Two `relay control` processes behind a load balancer (relays reach "the control plane"
     through it), wantRoom and deleteRoom sent to both; one is SIGKILLed mid-burst. Every change
     either node acknowledged is there, every room left gets ready, and each has one relay."""
+    ns = unique("kb")
     balancer = Balancer([])
     await balancer.start()
     ports = {"a": free_port(), "b": free_port()}
@@ -377,7 +385,7 @@ async def test_sigkill_of_a_node_mid_burst_loses_no_acknowledged_change(
     urls: dict[str, str] = {}
     names = [f"r{i:02d}" for i in range(12)]
     state: dict[str, str] = {}  # name -> what the last answer acknowledged: present / absent / unknown
-    with cleanup_relays("kb"):
+    with cleanup_relays(ns):
         try:
             for node, port in ports.items():
                 procs[node], urls[node] = await start_control(
@@ -388,7 +396,7 @@ async def test_sigkill_of_a_node_mid_burst_loses_no_acknowledged_change(
             async with httpx.AsyncClient(timeout=10) as http:
                 http.base_url = httpx.URL(urls["a"])
                 h = await login(http)
-                await create_namespace(http, h, "kb")
+                await create_namespace(http, h, ns)
                 killed = asyncio.Event()
                 acked = {"a": 0, "b": 0}
 
@@ -396,11 +404,11 @@ async def test_sigkill_of_a_node_mid_burst_loses_no_acknowledged_change(
                     base = urls[node]
                     try:
                         if state.get(name) == "present":
-                            r = await http.delete(f"{base}/realtime/kb/room/{name}", headers=h)
+                            r = await http.delete(f"{base}/realtime/{ns}/room/{name}", headers=h)
                             if r.status_code in (200, 404):
                                 state[name] = "absent"
                         else:
-                            r = await http.post(f"{base}/realtime/kb/room", json={"name": name}, headers=h)
+                            r = await http.post(f"{base}/realtime/{ns}/room", json={"name": name}, headers=h)
                             if r.status_code in (200, 409):
                                 state[name] = "present"
                         acked[node] += r.status_code == 200
@@ -426,16 +434,14 @@ async def test_sigkill_of_a_node_mid_burst_loses_no_acknowledged_change(
                 known = {name: s for name, s in state.items() if s != "unknown"}
                 assert len(known) == len(names)
                 http.base_url = httpx.URL(urls["b"])
-                listed = (await http.get("/realtime/kb/room?limit=1000", headers=h)).json()["items"]
+                listed = (await http.get(f"/realtime/{ns}/room?limit=1000", headers=h)).json()["items"]
                 present = sorted(n for n, s in known.items() if s == "present")
                 assert 0 < len(present) < len(names)
                 assert sorted(r["name"] for r in listed) == present  # every acknowledged change
                 for name in present:  # none stuck: each gets (or keeps) its relay
-                    await ready_room(http, h, "kb", name)
+                    await ready_room(http, h, ns, name)
                 expected = dict.fromkeys(present, 1)
-                await wait_for(
-                    lambda: {n: len(p) for n, p in relay_pids("kb").items()} == expected, timeout=20
-                )
+                await wait_for(lambda: {n: len(p) for n, p in relay_pids(ns).items()} == expected, timeout=20)
         finally:
             for proc in procs.values():
                 proc.send_signal(signal.SIGTERM)
