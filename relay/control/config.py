@@ -52,8 +52,9 @@ class ControlConfig:
     PostgreSQL, which several control-plane nodes share (docs/operations.md, "Several nodes");
     `relay control --store`, RELAY_STORE_URL."""
     store_pool_size: int = 10
-    """PostgreSQL: connections a node keeps for requests at most (plus one for its cluster session:
-    its node lock, leadership and LISTEN). Ignored with SQLite."""
+    """PostgreSQL: connections a node keeps open for requests (plus one for its cluster session:
+    its node lock, leadership and LISTEN), all opened at start: a request never waits for a new
+    server backend. Ignored with SQLite."""
     node_id: str | None = None
     """PostgreSQL: this node's name among the nodes sharing the store, written into every room whose
     relay it starts, so that after a restart it adopts them again and the others know whose they

@@ -221,9 +221,9 @@ class PostgresStore:
         """Migrates, then opens the pool; a database that cannot be reached now is an error."""
         try:
             await asyncio.to_thread(self.migrate)
-            self._pool = AsyncConnectionPool(
+            self._pool = AsyncConnectionPool(  # all open from the start: a new backend costs tens of ms
                 self.url,
-                min_size=min(2, self.pool_size),
+                min_size=self.pool_size,
                 max_size=self.pool_size,
                 kwargs={"autocommit": True},
                 configure=self._configure,
