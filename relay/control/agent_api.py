@@ -68,8 +68,9 @@ class AgentApi:
         if pid is not None and cluster.mine(room):  # our relay, not tracked yet (an earlier run's)
             state.provisioner.adopt(namespace, name, room.incarnation, pid)
         # A capped relay's CPU quota goes on before its address can be read: a room is never
-        # reachable uncapped (the start-up boost ends here).
+        # reachable uncapped (the start-up boost ends here, or on the node whose relay it is).
         await state.provisioner.registered(room.incarnation)
+        await cluster.owner_registered(room)
         async with cluster.lock(namespace, name):
             room = await self._agent_room(namespace, name, secret, registration.incarnation)
             first = room.state != ROOM_READY
@@ -209,11 +210,17 @@ class AgentApi:
 
     # --- what the other nodes tell this one ---------------------------------------------------
     async def on_event(self, event: dict[str, Any]) -> None:
-        """Another node's registration made a room ready (push to the users connected here) or a
-        room ended (forget it; stop its relay if it runs here). Events are best effort: a relay
-        also learns of its room's end from its next heartbeat."""
+        """Another node's registration made a room ready (push to the users connected here), is
+        about to show this node's relay (end its start-up, then answer), or a room ended (forget
+        it; stop its relay if it runs here). Events are best effort: a relay also learns of its
+        room's end from its next heartbeat."""
         namespace, name, incarnation = event["namespace"], event["room"], event["incarnation"]
-        if event["event"] == "ended":
+        cluster = self.state.cluster
+        if event["event"] == "registering" and event.get("to") == cluster.node_id:
+            await self.state.provisioner.registered(incarnation)
+            answer = {"event": "registered", "namespace": namespace, "room": name, "incarnation": incarnation}
+            await cluster.publish({**answer, "token": event.get("token")})
+        elif event["event"] == "ended":
             self.rooms.on_ended(
                 namespace, name, incarnation, bool(event.get("stop")), bool(event.get("drain"))
             )

@@ -117,6 +117,12 @@ class Cluster(Protocol):
         Returns how long the room waited for it (None where this node cannot tell)."""
         ...
 
+    async def owner_registered(self, room: RoomRecord) -> None:
+        """Before this node shows another node's relay's address: that node has ended the relay's
+        start-up (Provisioner.registered: its CPU quota on), or did not answer within a second.
+        At once for this node's own rooms (the caller's provisioner does it) and with one node."""
+        ...
+
     async def heartbeat(
         self,
         namespace: str,
@@ -183,6 +189,9 @@ class LocalCluster:
         rt.last_heartbeat = time.monotonic()
         rt.lost_after = lost_after
         return rt.last_heartbeat - rt.since
+
+    async def owner_registered(self, room: RoomRecord) -> None:
+        pass
 
     async def heartbeat(
         self,

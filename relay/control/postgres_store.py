@@ -33,6 +33,7 @@ import contextvars
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ LOCK_TIMEOUT = "10s"
 """A lock not granted in this long fails the call with 503 (a node stopped while holding one)."""
 POOL_TIMEOUT = 10.0
 """Seconds a call waits for a pooled connection (or the pool for its first ones) before 503."""
+OWNER_SECONDS = 1.0
+"""How long a registration taken for another node's relay waits for that node to end the relay's
+start-up (its CPU quota) before the address is shown anyway (that node may be gone)."""
 CLAIM_SECONDS = 30.0
 """How long a starting node waits for its node lock (its previous process's session may not have
 been dropped yet) before it refuses to start: another live node has its node_id."""
@@ -388,6 +392,7 @@ class PostgresCluster:
         self._on_event: EventHandler | None = None
         self._session: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._asked: dict[str, asyncio.Future[None]] = {}  # owner_registered: token -> its answer
 
     def mine(self, room: RoomRecord) -> bool:
         return room.node == self.node_id
@@ -512,6 +517,11 @@ class PostgresCluster:
             return
         if not isinstance(event, dict) or event.get("from") == self.node_id or self._on_event is None:
             return
+        if event.get("event") == "registered":  # an owner's answer: for whoever asked, nobody else
+            asked = self._asked.get(str(event.get("token")))
+            if asked is not None and not asked.done():
+                asked.set_result(None)
+            return
         task = asyncio.get_running_loop().create_task(self._deliver(self._on_event, event))
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
@@ -534,6 +544,24 @@ class PostgresCluster:
                 event.get("namespace"),
                 event.get("room"),
             )
+
+    async def owner_registered(self, room: RoomRecord) -> None:
+        """Asks the relay's node (an event naming it) and waits for its "registered" answer."""
+        if room.node in (None, self.node_id):
+            return
+        token = secrets.token_hex(8)
+        self._asked[token] = asked = asyncio.get_running_loop().create_future()
+        try:
+            ask = {"event": "registering", "namespace": room.namespace, "room": room.name}
+            await self.publish({**ask, "incarnation": room.incarnation, "to": room.node, "token": token})
+            try:
+                await asyncio.wait_for(asked, OWNER_SECONDS)
+            except TimeoutError:
+                log.warning(
+                    "node %s did not end the start-up of %s/%s's relay", room.node, room.namespace, room.name
+                )
+        finally:
+            del self._asked[token]
 
     # --- liveness --------------------------------------------------------------------------------
     async def registered(self, room: RoomRecord, lost_after: float) -> float | None:

@@ -23,14 +23,17 @@ import pytest
 import websockets
 from gs2 import core, realtime
 
+from relay.agent.tiers import NANO
 from relay.control import postgres_store
 from relay.control.app import ControlPlane
 from relay.control.config import ControlConfig
 from relay.control.postgres_store import MIGRATIONS, PostgresStore
+from relay.control.records import RoomRecord
 from tests.control.balancer import Balancer
 from tests.control.helpers import (
     CLIENT_ID,
     CLIENT_SECRET,
+    REAL_RELAY,
     STANDIN,
     create_namespace,
     gs2_client,
@@ -44,6 +47,7 @@ from tests.control.helpers import (
 )
 from tests.control.test_durability import start_control
 from tests.control.test_sdk import create_ns
+from tests.host.test_caps import needs_cgroups, pid_cpu_quota
 from tests.host.test_control_restart import free_port
 
 pytestmark = pytest.mark.slow
@@ -450,6 +454,49 @@ async def test_sigkill_of_a_node_mid_burst_loses_no_acknowledged_change(
                     proc.wait(15)
             await balancer.stop()
     assert procs["a"].returncode == -signal.SIGKILL
+
+
+class WatchedStore(PostgresStore):
+    """The real store, noting a relay's CPU quota at the moment its room's address is written."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.quota_when_published: dict[str, int | None] = {}
+
+    async def put_room(self, record: RoomRecord) -> None:
+        if record.ready and record.name not in self.quota_when_published and record.pid:
+            self.quota_when_published[record.name] = pid_cpu_quota(record.pid)
+        await super().put_room(record)
+
+
+@needs_cgroups
+async def test_a_relay_registered_through_another_node_is_capped_before_it_is_shown(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Node a forks the relays (no warm standbys: each starts uncapped, its start-up boost) and
+    they register with node b: b shows no address before a has put the relay's CPU quota on."""
+    ns = unique("capped")
+    store = WatchedStore(postgres_url)
+    b = ControlPlane(node_config(tmp_path, "b", postgres_url, provisioner="none"), store=store)
+    await b.start()
+    a_config = node_config(
+        tmp_path, "a", postgres_url, relay_command=REAL_RELAY, relay_caps="cgroup", relay_warm_relays=0,
+        public_url=b.url,
+    )  # fmt: skip
+    try:
+        with cleanup_relays(ns):
+            async with nodes(a_config) as (a,), httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+                h = await login(http)
+                await create_namespace(http, h, ns)
+                for name in ("r1", "r2"):
+                    r = await http.post(f"/realtime/{ns}/room", json={"name": name}, headers=h)
+                    assert r.status_code == 200
+                for name in ("r1", "r2"):
+                    await ready_room(http, h, ns, name)
+                assert store.quota_when_published == {"r1": NANO.cpu_quota_us, "r2": NANO.cpu_quota_us}
+                assert sorted(e["roomName"] for e in oplog(b) if e["event"] == "room.ready") == ["r1", "r2"]
+    finally:
+        await b.stop()
 
 
 async def test_a_node_id_in_use_is_refused(
