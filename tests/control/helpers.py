@@ -145,7 +145,8 @@ def relay_pids(namespace: str, control_url: str | None = None) -> dict[str, list
         except OSError:
             continue
         ns, room = room_of(args)
-        ours = control_url is None or any(control_url.rstrip("/") + "/" in a for a in args)  # --control-url[=]URL/internal
+        # --control-url[=]URL/internal
+        ours = control_url is None or any(control_url.rstrip("/") + "/" in a for a in args)
         if ns == namespace and room is not None and ours and pid_alive(int(entry.name)):
             found.setdefault(room, []).append(int(entry.name))
     return found
