@@ -205,7 +205,12 @@ def _nano_step(players: int, hz: float, held: bool = True, why: str = "held") ->
 def test_nano_is_judged_against_the_steps_that_ran() -> None:
     # --quick: 4 x 5 Hz held; 20 msg/s is not 0.833x the tier, the tier's shape was never run
     x, text = nano.tier([_nano_step(4, 5)])
-    assert x is None and text.startswith("not measured at the tier's shape") and "4 x 5 Hz" in text
+    assert x is None and text == (
+        "not reached: the steps stopped at 4 x 5 Hz, which held, below the tier's 8 players x 3 Hz "
+        "(not a failure)"
+    )
+    x, text = nano.tier([_nano_step(2, 5), _nano_step(4, 5, False, "loss 2%")])
+    assert x is None and text.startswith("not reached: 4 x 5 Hz failed (loss 2%) before the steps got to")
     x, text = nano.tier([_nano_step(8, 3), _nano_step(8, 30), _nano_step(16, 30, False, "p99 30 ms")])
     assert x == pytest.approx(10.0) and "8 x 30 Hz" in text
     x, text = nano.tier([_nano_step(8, 3, False, "loss 1%")])
@@ -214,7 +219,7 @@ def test_nano_is_judged_against_the_steps_that_ran() -> None:
         "transports": {"ws": {"steps": [_nano_step(4, 5)], "best": {"players": 4, "hz": 5, "rate": 20}}}
     }
     (row,) = nano.tier_rows(result)
-    assert row[3] is None and "not measured" in row[4]
+    assert row[3] is None and row[4].startswith("not reached")
 
 
 def test_progress_keeps_its_bar_and_figures_at_80_columns() -> None:
