@@ -276,25 +276,40 @@ def _plain(value: float, _: Any = None) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
 
 
+FEW_SAMPLES = 30  # below this a histogram's bars are single samples: plot_histogram marks each one
+
+
 def plot_histogram(path: Path, values_ms: dict[str, Sequence[float]], title: str, xlabel: str) -> bool:
     """Histograms on shared bins (so bars of different series line up and compare), counts on
-    whole-number ticks, each series' sample count in the legend."""
+    whole-number ticks, each series' sample count in the legend. Where every series has fewer
+    than FEW_SAMPLES values, one row of marks per series instead: a histogram of 4 samples
+    draws bins of 0 and 1 that run together into one wide bar."""
     values_ms = {k: v for k, v in values_ms.items() if len(v)}
     if not values_ms:
         return False
     everything = [float(v) for values in values_ms.values() for v in values]
     count = max(len(v) for v in values_ms.values())
-    low, high = min(everything), max(everything)
-    bins = np.linspace(low, high if high > low else low + 1, min(50, max(5, count // 2)) + 1)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, values in values_ms.items():
-        ax.hist(list(values), bins=bins, alpha=0.6, label=f"{label} (n={len(values):,})")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.7 * len(values_ms) if count < FEW_SAMPLES else 4.5))
+    if count < FEW_SAMPLES:
+        for row, values in enumerate(values_ms.values()):
+            ax.plot(list(values), [row] * len(values), "o", alpha=0.6, markersize=8)
+        ax.set_yticks(range(len(values_ms)))
+        ax.set_yticklabels([f"{label} (n={len(v):,})" for label, v in values_ms.items()])
+        ax.set_ylim(-0.6, len(values_ms) - 0.4)
+        ax.invert_yaxis()  # the first series on top, as in a legend
+    else:
+        low, high = min(everything), max(everything)
+        bins = np.linspace(low, high if high > low else low + 1, min(50, max(5, count // 2)) + 1)
+        for label, values in values_ms.items():
+            ax.hist(
+                list(values), bins=bins, alpha=0.6, edgecolor="white", label=f"{label} (n={len(values):,})"
+            )
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("count")
+        ax.legend(fontsize="small")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -12,13 +12,21 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import matplotlib.axes
 import pytest
 from rich.console import Console
 
 from loadtest import baseline, checks, cli
 from loadtest import hist as hdr
 from loadtest.progress import progress_bar
-from loadtest.report import Report, percentile_axis, percentile_label, plot_latency_cdf, plot_timeseries
+from loadtest.report import (
+    Report,
+    percentile_axis,
+    percentile_label,
+    plot_histogram,
+    plot_latency_cdf,
+    plot_timeseries,
+)
 from loadtest.scenarios import nano, throughput, throughput_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,6 +204,24 @@ def test_timeseries_plot_takes_nan_gaps_and_spans(tmp_path: Path) -> None:
     nan = float("nan")
     series = {"fds": ([0, 1, nan, 3, 4], [15, 16, nan, 18, 15])}
     assert plot_timeseries(tmp_path / "ts.png", [("open fds", series)], "t", spans=[(0.5, 3.5, "churn")])
+
+
+def test_a_few_samples_are_marked_one_by_one_not_binned(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """fleet --quick's 2 provisioning and 4 join times: a histogram drew 0/1 bins run together."""
+    binned: list[int] = []
+    real = matplotlib.axes.Axes.hist
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "hist", lambda ax, x, *a, **kw: binned.append(len(x)) or real(ax, x, *a, **kw)
+    )
+    assert plot_histogram(
+        tmp_path / "few.png", {"provisioning": [85.4, 87.9], "join": [90, 104, 110, 118]}, "t", "ms"
+    )
+    assert binned == []
+    many = [float(v) for v in range(40)]
+    assert plot_histogram(tmp_path / "many.png", {"provisioning": many, "join": []}, "t", "ms")
+    assert binned == [40]
 
 
 def _nano_step(players: int, hz: float, held: bool = True, why: str = "held") -> dict[str, Any]:
