@@ -90,6 +90,7 @@ def regenerate(args: Any, command: str) -> int:
         ("nano", "nano", _nano_section),
         ("fleet", "fleet", _fleet_section),
         ("density", "density", _density_section),
+        ("stores", "stores", _stores_section),
     )
     for name, title, render in parts:
         if name in skip:
@@ -441,6 +442,29 @@ def _density_section(result: dict[str, Any], report: Report) -> list[str]:
         "freed memory is spent (a machine filling with rooms), those host faults set a fresh fork's start"
         " time, and with it the back-to-back tails here (next section). Paced starts (the second run) "
         "take standbys, which paid for their pages ahead of demand.",
+        "",
+        *body,
+        "",
+    ]
+
+
+def _stores_section(result: dict[str, Any], report: Report) -> list[str]:
+    if not result or "skipped" in result:
+        return ["## stores", "", f"Not run: {result.get('skipped') if result else 'no result'}", ""]
+    from loadtest.scenarios.stores import StoresConfig, markdown
+
+    body = markdown(result, StoresConfig(**report.config))[2:]  # without its "## Result" heading
+    skipped = result.get("postgresql_skipped")
+    return [
+        "## stores: the control plane on SQLite and PostgreSQL, one node and two",
+        "",
+        "Each node is `relay dev --provisioner none` (a wantRoom is the control plane and its store); the "
+        "load generator is one asyncio process writing prepared HTTP/1.1 requests on keep-alive "
+        "connections spread over the nodes, on the same machine. Two nodes share one PostgreSQL database "
+        '(docs/operations.md, "Several nodes"); on a 2-core machine the nodes, PostgreSQL and the load '
+        "generator share the same two cores, so two nodes cannot double one node's figure: the last "
+        "column says what held it (CPU of each part while getRoom ran)."
+        + (f" PostgreSQL was not available: {skipped}." if skipped else ""),
         "",
         *body,
         "",

@@ -103,6 +103,12 @@ def run_fleet_shape(args: Any, report: Report) -> dict[str, Any]:
     return fleetshape.run(fleetshape.config_from_args(args), report, _progress(args))
 
 
+def run_stores(args: Any, report: Report) -> dict[str, Any]:
+    from loadtest.scenarios import stores
+
+    return stores.run(stores.config_from_args(args), report, _progress(args))
+
+
 RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "baseline": run_baseline,
     "throughput": run_throughput,
@@ -113,4 +119,5 @@ RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "chaos": run_chaos,
     "flood": run_flood,
     "fleet-shape": run_fleet_shape,
+    "stores": run_stores,
 }

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvloop
 
-from relay.control.auth import load_signing_key
+from relay.control.auth import Setting, load_signing_key
 from relay.control.config import ControlConfig
 from relay.protocol import tokens
 
@@ -29,6 +29,12 @@ def _parser(prog: str, dev: bool) -> argparse.ArgumentParser:
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 7700; 0 = any free port)")
     p.add_argument("--data-dir", help="data directory (default ./.relay)")
+    p.add_argument(
+        "--store",
+        help="postgresql://user:password@host:port/db to share one database between several nodes "
+        "(default: SQLite in the data dir; env RELAY_STORE_URL)",
+    )
+    p.add_argument("--node-id", help="this node's name among several (default <hostname>:<port>)")
     p.add_argument("--client-id", help="project client id (env RELAY_CLIENT_ID)")
     p.add_argument("--client-secret", help="project client secret (env RELAY_CLIENT_SECRET)")
     p.add_argument("--region")
@@ -88,6 +94,8 @@ def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | 
         "host": args.host,
         "port": args.port,
         "data_dir": args.data_dir,
+        "store_url": args.store,
+        "node_id": args.node_id,
         "client_id": args.client_id,
         "client_secret": args.client_secret,
         "region": args.region,
@@ -194,19 +202,31 @@ def control_main(argv: list[str] | None = None) -> int:
     return _main(argv, dev=False)
 
 
+def shared_setting(config: ControlConfig) -> Setting:
+    """Where the control plane keeps what its nodes share (its signing key): the same place
+    `ControlPlane` reads it from (relay/control/state.py: open_cluster)."""
+    from relay.control.state import open_cluster
+    from relay.control.store import open_store
+
+    return open_cluster(config, open_store(config), config.node_id or "relay-token", {}).setting
+
+
 def token_main(argv: list[str] | None = None) -> int:
     """Prints a user access token (last line) signed with the data dir's key."""
     p = argparse.ArgumentParser(prog="relay token", description=token_main.__doc__)
     p.add_argument("--user", required=True, help="user id the token is for")
     p.add_argument("--ttl", type=int, help="lifetime in seconds (default: user_token_ttl, 3600)")
     p.add_argument("--data-dir", help="data directory of the control plane (default ./.relay)")
+    p.add_argument("--store", help="the control plane's PostgreSQL store, where its key is kept")
     p.add_argument("--config", help="JSON config file")
     args = p.parse_args(argv)
     base = ControlConfig.from_file(args.config) if args.config else ControlConfig()
     config = ControlConfig.from_env(base)
     if args.data_dir:
         config = config.replace(data_dir=Path(args.data_dir))
-    key = load_signing_key(config.data_dir)
+    if args.store:
+        config = config.replace(store_url=args.store)
+    key = load_signing_key(shared_setting(config))
     ttl = args.ttl or config.user_token_ttl
     from relay.control.auth import USER_ISSUER
 

@@ -51,7 +51,19 @@ class ControlConfig:
     data_dir: Path = Path(".relay")
     """Holds control.db (SQLite), signing.key, credentials.json and the operation logs."""
     store_url: str | None = None
-    """None: embedded SQLite at {data_dir}/control.db. `sqlite:///path` for another file."""
+    """None: embedded SQLite at {data_dir}/control.db (one node). `sqlite:///path` for another
+    file. `postgresql://user:password@host:port/database` (or `postgres://`, any libpq URL):
+    PostgreSQL, which several control-plane nodes share (docs/operations.md, "Several nodes");
+    `relay control --store`, RELAY_STORE_URL."""
+    store_pool_size: int = 10
+    """PostgreSQL: connections a node keeps open for requests (plus one for its cluster session:
+    its node lock, leadership and LISTEN), all opened at start: a request never waits for a new
+    server backend. Ignored with SQLite."""
+    node_id: str | None = None
+    """PostgreSQL: this node's name among the nodes sharing the store, written into every room whose
+    relay it starts, so that after a restart it adopts them again and the others know whose they
+    are. Two running nodes must not share one (the second waits for the first's claim, then fails
+    to start). None: `<hostname>:<port>`. Ignored with SQLite."""
 
     # --- provisioning ----------------------------------------------------------------------
     provisioner: str = "local"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from relay.control.auth import load_or_create_credentials
+from relay.control.auth import file_setting, load_or_create_credentials
 
 
 async def run(url: str, namespace: str, room: str, user: str, seconds: float) -> int:
@@ -25,7 +25,8 @@ async def run(url: str, namespace: str, room: str, user: str, seconds: float) ->
     client_id = os.environ.get("RELAY_CLIENT_ID")
     secret = os.environ.get("RELAY_CLIENT_SECRET")
     if not (client_id and secret):
-        client_id, secret = load_or_create_credentials(Path(os.environ.get("RELAY_DATA_DIR", ".relay")))
+        data_dir = Path(os.environ.get("RELAY_DATA_DIR", ".relay"))
+        client_id, secret = load_or_create_credentials(file_setting(data_dir))
     async with httpx.AsyncClient(base_url=url, timeout=5.0) as http:
         r = await http.post(
             "/identifier/projectToken/login", json={"client_id": client_id, "client_secret": secret}

@@ -205,3 +205,39 @@ def test_fleet_shape_quick(tmp_path: Path) -> None:
     assert shape["added"]["count"] == shape["delivered"]  # every packet stamped
     assert results["search"][0]["rooms"] == 2
     assert "Rooms per core" in (report.out / "summary.md").read_text()
+
+
+def test_stores_quick(tmp_path: Path) -> None:
+    """wantRoom and getRoom on SQLite and PostgreSQL, one node and two, and room-ready through
+    each: every request answered, the figures hold together (PostgreSQL's parts run wherever a
+    server can be had; RELAY_REQUIRE_POSTGRES makes them required)."""
+    import os
+
+    from loadtest import pgcluster
+    from loadtest.scenarios import stores
+
+    report = _report(tmp_path, "stores")
+    results = stores.run(stores.StoresConfig.quick(), report, progress=False)
+    report.write()
+    postgres = pgcluster.unavailable() is None
+    if not postgres:
+        assert not os.environ.get(pgcluster.REQUIRE_ENV), results["postgresql_skipped"]
+        assert results["postgresql_skipped"]
+    setups = {(s["store"], s["nodes"]): s for s in results["setups"]}
+    expected = {("SQLite", 1), ("PostgreSQL", 1), ("PostgreSQL", 2)} if postgres else {("SQLite", 1)}
+    assert set(setups) == expected
+    for setup in setups.values():
+        want, get = setup["want"], setup["get"]
+        assert want["errors"] == get["errors"] == 0, setup
+        assert want["ok"] > 0 and get["ok"] > 0 and setup["rooms"] >= want["ok"]
+        for phase in (want, get):
+            latency = phase["latency"]
+            assert latency["count"] == phase["ok"] and latency["p50_ms"] <= latency["p99_ms"]
+            assert phase["cpu_percent"]["nodes"] > 0 and phase["cpu_percent"]["load_generator"] > 0
+            assert (phase["cpu_percent"]["postgresql"] > 0) == (setup["store"] == "PostgreSQL")
+    ready = results["ready"]
+    assert set(ready) == ({"SQLite", "PostgreSQL"} if postgres else {"SQLite"})
+    assert all(r["count"] == 3 for r in ready.values())
+    assert ("ready_p99_ratio" in results) == postgres
+    summary = (report.out / "summary.md").read_text()
+    assert summary.count("| PostgreSQL |") == (3 if postgres else 0)  # two request rows, one ready row
