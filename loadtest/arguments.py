@@ -20,6 +20,7 @@ USAGE = """The load-test command line: one subcommand per scenario, each bounded
     python -m loadtest chaos      [--quick]      kill relays and the control plane mid-run
     python -m loadtest fleet-shape [--quick]     R rooms x 4 x 20 Hz, a relay process each, vs the C relay
     python -m loadtest flood      [--quick]      attacks on a room: what the attacker buys, what members feel
+    python -m loadtest stores     [--quick]      getRoom/wantRoom on SQLite and PostgreSQL, one node and two
     python -m loadtest benchmarks [--runs 3]     regenerate BENCHMARKS.md
 
 Every run writes ./results/<scenario>-<timestamp>/ (or --out): result.json, summary.md, PNGs.
@@ -128,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-seconds", type=float, default=None)
     p.add_argument("--transport", default=None, help="the honest members' transport (udp, ws)")
 
+    p = sub.add_parser("stores", help="the control plane on SQLite and PostgreSQL, one node and two")
+    _common(p)
+    p.add_argument("--seconds", type=float, default=None, help="seconds per measured phase")
+    p.add_argument("--concurrency", type=int, default=None, help="keep-alive connections, over the nodes")
+    p.add_argument(
+        "--ready-rooms", type=int, default=None, help="rooms timed from wantRoom to ready, per store"
+    )
+
     p = sub.add_parser("benchmarks", help="regenerate BENCHMARKS.md")
     _common(p)
     p.add_argument("--runs", type=int, default=3, help="runs per figure (medians reported)")
@@ -135,6 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list of parts to skip: fleet-shape,throughput,flood,nano,fleet,density,firsttouch",
+        help="comma list of parts to skip: fleet-shape,throughput,flood,nano,fleet,density,stores,firsttouch",
     )
     return parser

@@ -90,6 +90,7 @@ def regenerate(args: Any, command: str) -> int:
         ("nano", "nano", _nano_section),
         ("fleet", "fleet", _fleet_section),
         ("density", "density", _density_section),
+        ("stores", "stores", _stores_section),
     )
     for name, title, render in parts:
         if name in skip:
@@ -143,7 +144,11 @@ def regenerate(args: Any, command: str) -> int:
         "recipients: UDP datagrams or WebSocket messages, each holding several coalesced messages.",
         "- **Saturation**: offered load rises 1.5x per step until deliveries fall more than 5% short of "
         "what was due (lost, or still queued when the window closed) or stop growing; the best step's "
-        "delivered rate is reported.",
+        "delivered rate is reported. *Saturated* says whether that stop came with the relay busy (70% "
+        'of its core or more); "no" means the figure is what it was offered (the steps ran out, the '
+        "load generator fell behind, or the relay's core was taken), not its limit. The C baseline is "
+        'offered a fixed rate: "no" there means it forwarded all of it, or lost datagrams with '
+        "its core not busy.",
         "- **Relay CPU**: utime+stime of the relay process from /proc/PID/stat over the step (loopback "
         "delivery work done in softirq is not charged to it; the per-step tables also give the relay "
         "core's busy share from /proc/stat).",
@@ -268,6 +273,7 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
     transports = list(per_run[0]["transports"]) if per_run else []
     rows = []
     base = [r.get("baseline", {}).get("delivered_per_s") for r in per_run]
+    base_saturated = [r.get("baseline", {}).get("saturated") for r in per_run]
     rows.append(
         [
             "C baseline (UDP, per packet, no crypto)",
@@ -279,7 +285,7 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
             None,
             None,
             None,
-            None,
+            None if None in base_saturated else "yes" if all(base_saturated) else "no",
             ", ".join(f"{b:,.0f}" if b else "-" for b in base),
         ]
     )
@@ -337,7 +343,7 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
         *table(
             [
                 "",
-                "delivered msg/s (saturation)",
+                "delivered msg/s (highest step)",
                 "x C baseline",
                 "relay CPU %",
                 "sustained msg/s (loss <= 0.1%, p99 <= 5 ms)",
@@ -358,19 +364,16 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
 def _nano_section(result: dict[str, Any], report: Report) -> list[str]:
     if not result or "transports" not in result:
         return ["## nano", "", f"Not run: {result}", ""]
-    rows = []
-    for t, r in result["transports"].items():
-        b = r["best"]
-        rows.append(
-            [
-                t,
-                f"{b['players']} x {b['hz']:g} Hz" if b else "none",
-                b["rate"] if b else None,
-                b["x_gs2_nano"] if b else None,
-                "; ".join(f"{s['players']}x{s['hz']:g}: {s['why']}" for s in r["steps"] if not s["held"])
-                or "every step held",
-            ]
-        )
+    from loadtest.scenarios.nano import tier_rows
+
+    rows = [
+        [
+            *row,
+            "; ".join(f"{s['players']}x{s['hz']:g}: {s['why']}" for s in r["steps"] if not s["held"])
+            or "every step held",
+        ]
+        for row, r in zip(tier_rows(result), result["transports"].values(), strict=True)
+    ]
     return [
         "## nano: one room at and above GS2's realtime1.nano load (8 players x 3 msg/s)",
         "",
@@ -378,7 +381,17 @@ def _nano_section(result: dict[str, Any], report: Report) -> list[str]:
         "",
         "A step holds when WebSocket loses nothing, UDP loses < 0.1%, p99 < 20 ms.",
         "",
-        *table(["transport", "highest step that held", "msg/s sent", "x GS2 nano", "failed steps"], rows),
+        *table(
+            [
+                "transport",
+                "highest step that held",
+                "msg/s sent",
+                "x GS2 nano",
+                "realtime1.nano",
+                "failed steps",
+            ],
+            rows,
+        ),
         "",
     ]
 
@@ -429,6 +442,29 @@ def _density_section(result: dict[str, Any], report: Report) -> list[str]:
         "freed memory is spent (a machine filling with rooms), those host faults set a fresh fork's start"
         " time, and with it the back-to-back tails here (next section). Paced starts (the second run) "
         "take standbys, which paid for their pages ahead of demand.",
+        "",
+        *body,
+        "",
+    ]
+
+
+def _stores_section(result: dict[str, Any], report: Report) -> list[str]:
+    if not result or "skipped" in result:
+        return ["## stores", "", f"Not run: {result.get('skipped') if result else 'no result'}", ""]
+    from loadtest.scenarios.stores import StoresConfig, markdown
+
+    body = markdown(result, StoresConfig(**report.config))[2:]  # without its "## Result" heading
+    skipped = result.get("postgresql_skipped")
+    return [
+        "## stores: the control plane on SQLite and PostgreSQL, one node and two",
+        "",
+        "Each node is `relay dev --provisioner none` (a wantRoom is the control plane and its store); the "
+        "load generator is one asyncio process writing prepared HTTP/1.1 requests on keep-alive "
+        "connections spread over the nodes, on the same machine. Two nodes share one PostgreSQL database "
+        '(docs/operations.md, "Several nodes"); on a 2-core machine the nodes, PostgreSQL and the load '
+        "generator share the same two cores, so two nodes cannot double one node's figure: the last "
+        "column says what held it (CPU of each part while getRoom ran)."
+        + (f" PostgreSQL was not available: {skipped}." if skipped else ""),
         "",
         *body,
         "",

@@ -4,13 +4,39 @@ the scenario and writes its results folder; `benchmarks` reruns several and rewr
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadtest.arguments import build_parser
-from loadtest.report import Report, results_dir
+
+if TYPE_CHECKING:
+    from loadtest.report import Report
+
+# the `loadtest` extra (pyproject.toml): module imported -> the distribution that provides it
+EXTRA_MODULES = {"matplotlib": "matplotlib", "rich": "rich", "hdrh": "hdrhistogram"}
+
+
+def missing_extra() -> str | None:
+    """One line naming what to install when the `loadtest` extra is not, or None. The relay's
+    own install leaves it out (plots, progress bars, HDR histograms); without this a run dies
+    in an import deep inside, naming a module and not the extra that brings it."""
+    missing = []
+    for module, dist in EXTRA_MODULES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(dist)
+    if not missing:
+        return None
+    return (
+        f"python -m loadtest needs the loadtest extra ({', '.join(missing)} not installed): "
+        "pip install -e '.[loadtest]' (from the repository root)"
+    )
 
 
 def _scenarios() -> dict[str, Callable[[Any, Report], Any]]:
@@ -20,8 +46,16 @@ def _scenarios() -> dict[str, Callable[[Any, Report], Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one scenario (or `benchmarks`); 2 without the extra, 1 when the scenario could not
+    run here (its report says why), else 0."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    missing = missing_extra()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    from loadtest.report import Report, results_dir
+
     command = "python -m loadtest " + shlex.join(argv)
     if args.scenario == "benchmarks":
         from loadtest.benchmarks import regenerate
@@ -32,4 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     out = report.write()
     print(f"{args.scenario}: results in {out}/ (summary.md, result.json)")
     print((out / "summary.md").read_text())
+    skipped = report.results.get("skipped") if isinstance(report.results, dict) else None
+    if skipped:
+        print(f"{args.scenario}: not run: {skipped}", file=sys.stderr)
+        return 1
     return 0

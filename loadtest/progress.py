@@ -3,10 +3,38 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from types import TracebackType
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+
+class _TwoLines(Progress):
+    """The bar on one line (title, bar, percentage, elapsed time) and the current rates on the
+    next, cut with an ellipsis at the terminal's width: on one line the rates text took the
+    width and left the bar one character wide at 80 columns."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            rates = task.fields.get("rates")
+            if rates:
+                yield Text(f"  {rates}", no_wrap=True, overflow="ellipsis")
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress display Live shows (apart, so it can be rendered at a given width)."""
+    return _TwoLines(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=None),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        expand=True,
+    )
 
 
 class Live:
@@ -27,14 +55,7 @@ class Live:
 
     def __enter__(self) -> Live:
         if self.enabled:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[rates]}"),
-                console=Console(stderr=True),
-                transient=False,
-            )
+            self._progress = progress_bar(Console(stderr=True))
             self._progress.start()
             self._task = self._progress.add_task(self.title, total=self.total, rates="")
         return self

@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 
-from loadtest.fastload.messages import send_message_bytes
 from loadtest.gs2client import news
 from relay.protocol import tokens
 from relay.protocol.constants import HEADER_SIZE, UDP_HELLO_PAD_TO, PacketType, ProtocolError
@@ -39,6 +38,7 @@ from relay.protocol.messages import (
     Ping,
     Welcome,
     decode_relay,
+    encode_send,
 )
 from relay.protocol.packets import ClientHello, Opener, Sealer, parse_header
 from relay.protocol.wsframes import BINARY, CLOSE, PING, PONG, client_frame, read_frames
@@ -84,7 +84,7 @@ class RawSession:
         """What one client packet of SENDs is on the wire: a sealed DATA packet of them, or for
         "gs2" a WebSocket message (a signed Container) per SEND, back to back."""
         if self.transport != "gs2":
-            return self.packet(b"".join(send_message_bytes(p, targets) for p in payloads))
+            return self.packet(b"".join(encode_send(p, targets or None) for p in payloads))
         signer, value = self.gs2_signer, wire.send_value
         assert signer is not None
         return b"".join(

@@ -194,12 +194,12 @@ def test_relay_token_refuses_a_bad_ttl_and_a_missing_key(tmp_path: Path) -> None
 
 def test_relay_token_finds_the_key_where_the_control_plane_does(tmp_path: Path) -> None:
     """From another folder, RELAY_DATA_DIR or the config file's data_dir lead to the same key."""
-    from relay.control.auth import USER_ISSUER, load_signing_key
+    from relay.control.auth import USER_ISSUER, file_setting, load_signing_key
     from relay.protocol import tokens
 
     data = tmp_path / "cp-data"
     data.mkdir()
-    public = tokens.public_key_to_text(load_signing_key(data).public_key())
+    public = tokens.public_key_to_text(load_signing_key(file_setting(data)).public_key())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     config = tmp_path / "relay.json"
@@ -360,3 +360,20 @@ def test_operations_md_holds_the_settings_tables_as_the_code_writes_them() -> No
     for surface in (CONTROL, SERVE):
         for name in surface.fields:
             assert f"`{surface.env_name(name)}`" in text, name
+
+
+def test_the_postgresql_store_is_a_setting_like_any_other() -> None:
+    """--store / RELAY_STORE_URL take a PostgreSQL URL (several nodes), checked with the rest."""
+    from relay.control.cli import _parser, build_config
+
+    def config(argv: list[str], environ: dict[str, str]) -> tuple[object, ...]:
+        c = build_config(_parser("relay control", False).parse_args(argv), False, environ)
+        return c.store_url, c.node_id, c.store_pool_size
+
+    url = "postgresql://relay:secret@db:5432/relay"
+    assert config(["--store", url, "--node-id", "a", "--store-pool-size", "4"], {}) == (url, "a", 4)
+    assert config([], {"RELAY_STORE_URL": url, "RELAY_NODE_ID": "b"}) == (url, "b", 10)
+    line = one_line(
+        relay_cmd("control", "--store", url, "--store-pool-size", "0"), 2, "--store-pool-size='0'"
+    )
+    assert "secret" not in line

@@ -87,7 +87,7 @@ def _pcts(values: list[float]) -> dict[str, float | int]:
 
 
 def cold_start(runs: int) -> dict[str, Any]:
-    """A relay from nothing: a new interpreter imports everything, binds, prints "listening"."""
+    """A relay from nothing: a new interpreter imports everything, binds, logs "listening"."""
     times: list[float] = []
     idle: dict[str, int] = {}
     for i in range(runs):
@@ -96,13 +96,13 @@ def cold_start(runs: int) -> dict[str, Any]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "relay.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,  # its log, whose first line says where it listens
             text=True,
         )
         try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
             if "listening" not in line:
                 raise RuntimeError(f"relay serve did not start: {line!r}")
             times.append(1000 * (time.monotonic() - t0))

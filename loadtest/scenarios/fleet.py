@@ -198,7 +198,8 @@ def run(config: FleetConfig, report: Report, progress: bool | None = None) -> di
         f"Relay memory per room (median): RSS {results['relay_rss_mb_median'] or 0:.1f} MB, PSS "
         f"{results['relay_pss_mb_median'] or 0:.1f} MB (shared pages split); relay CPU per room at "
         f"{config.players} x {config.hz:g} Hz: {cpu_per_room or 0:.1f}%. Rooms per machine (80% of memory, "
-        f"80% of {info['cores']} cores): by memory {by_mem}, by CPU {by_cpu}.",
+        f"80% of {info['cores']} cores): by memory {by_mem}, by CPU "
+        f"{by_cpu if by_cpu else 'not measured (no relay CPU time in the play phase)'}.",
     ]
     if plot_histogram(
         report.out / "provisioning.png",

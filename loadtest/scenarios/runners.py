@@ -26,10 +26,9 @@ def run_baseline(args: Any, report: Report) -> dict[str, Any]:
     report.config = asdict(config)
     result = c_baseline.run_median(config, args.runs)
     report.results = result
-    if "skipped" in result:
-        report.note(f"skipped: {result['skipped']}")
-        print(f"baseline skipped: {result['skipped']}")
-        report.markdown = ["Skipped: " + result["skipped"]]
+    if "skipped" in result:  # cli.main exits 1 and says why
+        report.note(f"not run: {result['skipped']}")
+        report.markdown = ["Not run: " + result["skipped"]]
         return result
     rows = [
         [
@@ -39,15 +38,19 @@ def run_baseline(args: Any, report: Report) -> dict[str, Any]:
             r.get("relay_out_per_s"),
             r.get("received_per_s"),
             r.get("relay_cpu_percent"),
+            r.get("limit"),
         ]
         for i, r in enumerate(result["runs"])
     ]
     report.markdown = [
         "## C per-packet UDP relay (fan-out 3, 100-byte datagrams, no crypto)",
         "",
-        *table(["run", "sent/s", "relay in/s", "relay out/s (delivered)", "received/s", "relay CPU %"], rows),
+        *table(
+            ["run", "sent/s", "relay in/s", "relay out/s (delivered)", "received/s", "relay CPU %", "limit"],
+            rows,
+        ),
         "",
-        f"Median delivered: {result['delivered_per_s']:,.0f} datagrams/s.",
+        f"Median delivered: {result['delivered_per_s']:,.0f} datagrams/s ({result['limit']}).",
     ]
     return result
 
@@ -100,6 +103,12 @@ def run_fleet_shape(args: Any, report: Report) -> dict[str, Any]:
     return fleetshape.run(fleetshape.config_from_args(args), report, _progress(args))
 
 
+def run_stores(args: Any, report: Report) -> dict[str, Any]:
+    from loadtest.scenarios import stores
+
+    return stores.run(stores.config_from_args(args), report, _progress(args))
+
+
 RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "baseline": run_baseline,
     "throughput": run_throughput,
@@ -110,4 +119,5 @@ RUNNERS: dict[str, Callable[[Any, Report], Any]] = {
     "chaos": run_chaos,
     "flood": run_flood,
     "fleet-shape": run_fleet_shape,
+    "stores": run_stores,
 }

@@ -93,6 +93,7 @@ def run(config: SoakConfig, report: Report, progress: bool | None = None) -> dic
         tasks_before = relay.stats[-1]["tasks"] if relay.stats else None
         thread.start()
         bots = [(i, ("udp", "ws")[i % 2], 0) for i in range(config.players)]
+        played = [time.monotonic() - t0]
         with Live("soak", total=config.seconds, enabled=progress) as live:
             phase = run_phase(
                 [(relay.host, relay.port, relay.key)],
@@ -106,6 +107,7 @@ def run(config: SoakConfig, report: Report, progress: bool | None = None) -> dic
                 live=live,
                 label="soak",
             )
+        played.append(time.monotonic() - t0)
         time.sleep(config.settle_seconds + config.resume_grace)
         idle_after = sample(relay.pid)
         tasks_after = relay.stats[-1]["tasks"] if relay.stats else None
@@ -140,6 +142,7 @@ def run(config: SoakConfig, report: Report, progress: bool | None = None) -> dic
         "rss_slope_mb_per_min_second_half": rss_slope,
         "samples": samples,
         "relay_task_series": [{"t": s["at"] - t0, "tasks": s["tasks"]} for s in relay.stats],
+        "played_s": played,  # bots connecting and playing, with churn (seconds since the relay started)
         "checks": checks,
         "passed": all(v is not False for v in checks.values()),
     }
@@ -202,6 +205,9 @@ def run(config: SoakConfig, report: Report, progress: bool | None = None) -> dic
             ),
         ],
         "soak: relay resources over time",
+        xlabel="time since the relay started (s)",
+        spans=[(played[0], played[1], "bots playing, with churn")],
+        from_zero=True,
     ):
         report.plots.append("relay_resources.png")
     return results

@@ -136,6 +136,18 @@ def relay_settings(config: ThroughputConfig, members: int) -> dict[str, Any]:
     return settings
 
 
+def _cpu_point(timeline: list[dict], step: int, before: list[Any], after: list[Any]) -> float:
+    """Appends the relays' CPU % between two samples, at the middle of that time; returns it.
+    Not over less than 0.2 s: CPU time comes in 10 ms ticks, so a short interval reads 0% or
+    double (the step's figure holds that time anyway)."""
+    cpu = sum(cpu_percent(a, b) for a, b in zip(before, after, strict=True))
+    if before and before[0] and after and after[0] and after[0].at - before[0].at >= 0.2:
+        timeline.append(
+            {"t": (before[0].at + after[0].at) / 2, "kind": "cpu", "relay_cpu": cpu, "step": step}
+        )
+    return cpu
+
+
 class Load:
     """The worker processes of one transport's run, and the relay processes they load."""
 
@@ -260,7 +272,9 @@ class Load:
         cpu_at_end: list[Any] | None = None
         cpu_now = 0.0
         while len(results) < len(self.conns):
-            for conn in wait(self.conns, timeout=0.5):
+            # wake at the window's end too: the relay's CPU is read then, not in the idle drain after
+            timeout = 0.5 if cpu_at_end is not None else min(0.5, max(0.005, end_at - time.monotonic()))
+            for conn in wait(self.conns, timeout=timeout):
                 kind, info = conn.recv()
                 idx = self.conns.index(conn)
                 if kind == "tick":
@@ -279,22 +293,40 @@ class Load:
                 cpu_at_end = self.relay_samples()
                 load_at_end = self.load_samples()
                 cores_at_end = cpu_times()
-            if last and last[0] and now - last[0].at >= 0.45:
+                _cpu_point(timeline, step, last, cpu_at_end)
+            # the relay's CPU in the window only: the drain after it is idle time, not a drop
+            if cpu_at_end is None and last and last[0] and now - last[0].at >= 0.45:
                 current = self.relay_samples()
-                cpu_now = sum(cpu_percent(a, b) for a, b in zip(last, current, strict=True))
-                timeline.append({"t": now, "kind": "cpu", "relay_cpu": cpu_now, "step": step})
+                cpu_now = _cpu_point(timeline, step, last, current)
                 last = current
                 delivered = sum(t["delivered"] for t in prev_tick.values())
                 live.update(
                     rates=f"{self.transport} step {step}: offered {offered:,.0f}/s, "
                     f"delivered {delivered:,.0f} so far, relay cpu {cpu_now:.0f}%",
                 )
+        # each half second's rate at the middle of its half second, the sending window's only
         for bucket, rate in sorted(rates.items()):
-            timeline.append(
-                {"t": t_start + 0.5 * bucket, "kind": "rate", "delivered_per_s": rate, "step": step}
-            )
+            if 0.5 * bucket <= seconds + 0.1:
+                timeline.append(
+                    {
+                        "t": t_start + 0.5 * bucket - 0.25,
+                        "kind": "rate",
+                        "delivered_per_s": rate,
+                        "step": step,
+                    }
+                )
+        timeline.append(
+            {
+                "kind": "step",
+                "t": t_start,
+                "t_end": t_start + seconds,
+                "step": step,
+                "due_per_s": offered * (GROUP_SIZE - 1),
+            }
+        )
         if cpu_at_end is None:
             cpu_at_end, load_at_end, cores_at_end = self.relay_samples(), self.load_samples(), cpu_times()
+            _cpu_point(timeline, step, last, cpu_at_end)
         relay_cpu = sum(cpu_percent(a, b) for a, b in zip(before, cpu_at_end, strict=True))
         load_cpu = sum(cpu_percent(a, b) for a, b in zip(load_before, load_at_end, strict=True))
         out = self._aggregate(step, offered, seconds, full, results, relay_cpu, build_s)
@@ -429,8 +461,8 @@ def run_transport(config: ThroughputConfig, transport: str, live: Live) -> dict[
             # short: lost more than the threshold, or (TCP loses nothing) that much was still
             # queued when the window closed: the relay no longer keeps up in real time
             short = max(result["loss_ratio"], result["behind_ratio"]) > config.loss_threshold
-            flat = rate < best * 1.03
-            if short or flat or not result["sender_kept_up"]:
+            result["fell_short"] = short or rate < best * 1.03  # or stopped growing
+            if result["fell_short"] or not result["sender_kept_up"]:
                 # A relay that falls short without using its core was starved by something else
                 # on that core (this machine is shared): repeat the step rather than stop.
                 result["starved"] = result["relay_cpu_percent"] < config.starved_below_cpu
@@ -447,6 +479,7 @@ def run_transport(config: ThroughputConfig, transport: str, live: Live) -> dict[
             best = max(best, rate)
             offered *= config.growth
         saturation = max(steps, key=lambda s: s["delivered_per_s"])
+        limit, why = saturation_limit(steps, saturated_at, config)
         half_offered = max(100.0, saturation["delivered_per_s"] / 2 / (GROUP_SIZE - 1))
         # a fresh relay and fresh members: nothing left over from the overloaded steps
         load.close()
@@ -469,7 +502,6 @@ def run_transport(config: ThroughputConfig, transport: str, live: Live) -> dict[
             _log_latency(live, transport, "half of sustained", half_kept)
     finally:
         load.close()
-    t0 = min((p["t"] for p in timeline), default=0.0)
     timeline.sort(key=lambda p: p["t"])
     return {
         "transport": transport,
@@ -481,13 +513,50 @@ def run_transport(config: ThroughputConfig, transport: str, live: Live) -> dict[
             "offered_per_s": saturation["sent_per_s"],
             "relay_cpu_percent": saturation["relay_cpu_percent"],
             "step": saturation["step"],
-            "reached": saturated_at is not None,
+            "reached": limit == "relay",
+            "limit": limit,
+            "why": why,
         },
         "sustained": sustained(steps, config),
         "half_load": half,
         "half_sustained": half_kept,
-        "timeline": [{**p, "t": p["t"] - t0} for p in timeline],
+        "timeline": timeline,  # CLOCK_MONOTONIC: run() makes it seconds since the run started
     }
+
+
+def saturation_limit(
+    steps: list[dict[str, Any]], saturated_at: int | None, config: ThroughputConfig
+) -> tuple[str, str]:
+    """What stopped the steps, as (kind, sentence): "relay" (saturated: deliveries fell short or
+    stopped growing with the relay busy), or what capped a run that did not saturate: "offered
+    rate" (every step allowed kept up), "load generator" (the senders could not send what was
+    planned) or "relay starved" (fell short with its core not busy, after the retries). Only the
+    first says anything about the relay's limit; the others must not read as one."""
+    top = max(steps, key=lambda s: s["delivered_per_s"])
+    if saturated_at is None:
+        return "offered rate", (
+            f"not saturated: offered rate ({len(steps)} of {config.max_steps} steps, every one "
+            f"delivered in time; relay CPU {top['relay_cpu_percent']:.0f}% at "
+            f"{top['sent_per_s']:,.0f} msg/s offered)"
+        )
+    last = steps[-1]
+    cpu = last["relay_cpu_percent"]
+    if last["fell_short"] and cpu >= config.starved_below_cpu:
+        return "relay", (
+            f"saturated: at {last['sent_per_s']:,.0f} msg/s offered the relay, at {cpu:.0f}% CPU, "
+            f"delivered {100 * (1 - max(last['loss_ratio'], last['behind_ratio'])):.0f}% of what was due "
+            "in time (or no more than the step before)"
+        )
+    if not last["sender_kept_up"]:
+        share = last["sent_messages"] / last["planned_messages"] if last["planned_messages"] else 0.0
+        return "load generator", (
+            f"not saturated: load generator limit (the senders sent {100 * share:.0f}% of the "
+            f"{last['offered_per_s']:,.0f} msg/s planned; relay CPU {cpu:.0f}%)"
+        )
+    return "relay starved", (
+        f"not saturated: relay starved (fell short at {cpu:.0f}% CPU, under "
+        f"{config.starved_below_cpu:g}%, after {config.starved_retries} repeats: something else had its core)"
+    )
 
 
 def _log_latency(live: Live, transport: str, label: str, step: dict[str, Any]) -> None:
@@ -501,10 +570,16 @@ def _log_latency(live: Live, transport: str, label: str, step: dict[str, Any]) -
     )
 
 
+def _since(point: dict[str, Any], origin: float) -> dict[str, Any]:
+    """A timeline point's times as seconds since `origin`."""
+    return {**point, **{k: point[k] - origin for k in ("t", "t_end") if k in point}}
+
+
 def run(config: ThroughputConfig, report: Report, progress: bool | None = None) -> dict[str, Any]:
     pin(parse_cpus(config.load_cpus))
     results: dict[str, Any] = {"transports": {}}
     total = len(config.transports) * (config.max_steps * config.step_seconds + 2 * config.half_load_seconds)
+    started = time.monotonic()
     with Live("throughput", total=total, enabled=progress) as live:
         if config.baseline:
             live.update(rates="C baseline")
@@ -518,6 +593,7 @@ def run(config: ThroughputConfig, report: Report, progress: bool | None = None) 
                 )
             )
             results["baseline"] = base
+            results["baseline_span"] = [0.0, time.monotonic() - started]  # compiled and run
             if "skipped" in base:
                 report.note(f"C baseline skipped: {base['skipped']}")
             else:
@@ -526,7 +602,9 @@ def run(config: ThroughputConfig, report: Report, progress: bool | None = None) 
                     f"relay cpu {base['relay_cpu_percent']:.0f}%"
                 )
         for transport in config.transports:
-            results["transports"][transport] = run_transport(config, transport, live)
+            results["transports"][transport] = t = run_transport(config, transport, live)
+            t["timeline"] = [_since(p, started) for p in t["timeline"]]
+    results["elapsed_s"] = time.monotonic() - started
     base_rate = results.get("baseline", {}).get("delivered_per_s")
     for t in results["transports"].values():
         t["ratio_to_baseline"] = t["saturation"]["delivered_per_s"] / base_rate if base_rate else None

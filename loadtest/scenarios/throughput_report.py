@@ -23,6 +23,7 @@ def write(report: Report, config: dict[str, Any], results: dict[str, Any]) -> No
         "## Result",
         "",
         *_headline(config, results),
+        *_limits(results),
         *_gs2_line(results),
         *_explanation(config),
         *(line for name, t in results["transports"].items() for line in _steps(name, t)),
@@ -36,12 +37,25 @@ def _pair(lat: dict[str, Any]) -> str | None:
     return pair_ms(lat.get("p50_ms"), lat.get("p99_ms")) if lat.get("count") else None
 
 
+def _saturated(limit: dict[str, Any]) -> str:
+    """The headline's "saturated" cell: yes, or no and what capped the run instead."""
+    if "saturated" in limit:  # the C baseline's result
+        return "yes" if limit["saturated"] else "no"
+    if "limit" not in limit:  # a result.json from before the limits were told apart
+        return "yes" if limit.get("reached") else "no"
+    return "yes" if limit["reached"] else f"no: {limit['limit']}"
+
+
 def _headline(config: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    """One row per transport (and the C baseline): saturation, sustained, half-load latency."""
+    """One row per transport (and the C baseline): the highest step's delivered rate and whether
+    that was saturation, sustained, half-load latency."""
     base = results.get("baseline", {})
     rows: list[list[Any]] = []
     if base and "skipped" not in base:
-        rows.append([BASELINE_LABEL, base["delivered_per_s"], 1.0, base["relay_cpu_percent"], *[None] * 6])
+        rows.append(
+            [BASELINE_LABEL, base["delivered_per_s"], _saturated(base), 1.0, base["relay_cpu_percent"]]
+            + [None] * 6
+        )
     for name, t in results["transports"].items():
         half = t["half_load"]
         lat = half.get("added_latency", {})
@@ -50,6 +64,7 @@ def _headline(config: dict[str, Any], results: dict[str, Any]) -> list[str]:
             [
                 f"relay, {name}",
                 t["saturation"]["delivered_per_s"],
+                _saturated(t["saturation"]),
                 t.get("ratio_to_baseline"),
                 t["saturation"]["relay_cpu_percent"],
                 t["sustained"]["delivered_per_s"],
@@ -63,7 +78,8 @@ def _headline(config: dict[str, Any], results: dict[str, Any]) -> list[str]:
     return table(
         [
             "",
-            "delivered msg/s at saturation",
+            "delivered msg/s, highest step",
+            "saturated",
             "x C baseline",
             "relay CPU %",
             f"sustained msg/s (loss <= {100 * config['sustained_loss']:g}%, "
@@ -78,15 +94,44 @@ def _headline(config: dict[str, Any], results: dict[str, Any]) -> list[str]:
     )
 
 
+def _limits(results: dict[str, Any]) -> list[str]:
+    """What capped each run that did not saturate (and the C baseline's), in words: its figure
+    is then the rate it was offered, not a limit of the relay, and the ratios with it too."""
+    lines = []
+    base = results.get("baseline", {})
+    if base.get("limit") and not base.get("saturated"):
+        lines.append(f"- C baseline: {base['limit']}.")
+    for name, t in results["transports"].items():
+        sat = t["saturation"]
+        if sat.get("why") and not sat.get("reached"):
+            lines.append(f"- {name}: {sat['why']}.")
+    if not lines:
+        return []
+    return [
+        "",
+        "Not every run saturated: its delivered rate is what it was offered (or what the load "
+        "generator could send), not the relay's limit, and the x C baseline ratios compare offered "
+        "rates. Raise --max-steps or --start-rate (--baseline-pps for the C baseline) for a run "
+        "that reaches the limit.",
+        "",
+        *lines,
+    ]
+
+
 def _gs2_line(results: dict[str, Any]) -> list[str]:
     """GS2 game clients' relay CPU per delivered message against native WebSocket's, same run."""
     ratio = results.get("gs2_cpu_vs_ws")
     if ratio is None:
         return []
     t = results["transports"]
+    where = (
+        "at saturation"
+        if t["gs2"]["saturation"].get("reached") and t["ws"]["saturation"].get("reached")
+        else "at the highest step (not saturated)"
+    )
     return [
         "",
-        f"Relay CPU per delivered message at saturation: GS2 {t['gs2']['cpu_us_per_delivered']:.2f} us, "
+        f"Relay CPU per delivered message {where}: GS2 {t['gs2']['cpu_us_per_delivered']:.2f} us, "
         f"WebSocket {t['ws']['cpu_us_per_delivered']:.2f} us: GS2 at {ratio:.2f}x (target <= 1.3x).",
     ]
 
@@ -150,30 +195,106 @@ def _steps(name: str, t: dict[str, Any]) -> list[str]:
     return ["", f"### {name} steps", "", *table(headers, rows)]
 
 
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+BASELINE_STYLE = {"color": "0.45", "linewidth": 2.5}
+
+
 def _plots(report: Report, results: dict[str, Any]) -> None:
     """latency_cdf.png (half load and saturation) and throughput_cpu.png (over time)."""
     hists = {}
-    for name, t in results["transports"].items():
-        hists[f"{name} half load, added"] = hdr.decode(t["half_load"].get("added_latency_hist", ""))
-        hists[f"{name} half load, end to end"] = hdr.decode(t["half_load"]["latency_hist"])
-        if t.get("half_sustained"):
-            hists[f"{name} half of sustained, added"] = hdr.decode(
-                t["half_sustained"].get("added_latency_hist", "")
-            )
+    styles: dict[str, dict[str, Any]] = {}
+    for colour, (name, t) in zip(COLOURS * 4, results["transports"].items(), strict=False):
         top = max(t["steps"], key=lambda s: s["delivered_per_s"])
-        hists[f"{name} saturation (sampled, end to end)"] = hdr.decode(top["latency_hist"])
-    if plot_latency_cdf(report.out / "latency_cdf.png", hists, "throughput: one-way latency"):
+        at_top = "saturation" if t["saturation"].get("reached", True) else "highest step"
+        # a colour per transport, a dash pattern per measurement: a dozen lines stay tellable apart
+        lines = [
+            ("half load, added", t["half_load"].get("added_latency_hist", ""), "-"),
+            ("half load, end to end", t["half_load"]["latency_hist"], "--"),
+            (f"{at_top} (sampled, end to end)", top["latency_hist"], "-."),
+        ]
+        if t.get("half_sustained"):
+            lines.append(("half of sustained, added", t["half_sustained"].get("added_latency_hist", ""), ":"))
+        for what, text, dashes in lines:
+            hists[f"{name} {what}"] = hdr.decode(text)
+            styles[f"{name} {what}"] = {"color": colour, "linestyle": dashes}
+    if plot_latency_cdf(report.out / "latency_cdf.png", hists, "throughput: one-way latency", styles):
         report.plots.append("latency_cdf.png")
-    panels_rate: dict[str, tuple[list[float], list[float]]] = {}
-    panels_cpu: dict[str, tuple[list[float], list[float]]] = {}
-    for name, t in results["transports"].items():
-        rate_points = [p for p in t["timeline"] if p["kind"] == "rate"]
-        cpu_points = [p for p in t["timeline"] if p["kind"] == "cpu"]
-        panels_rate[name] = ([p["t"] for p in rate_points], [p["delivered_per_s"] for p in rate_points])
-        panels_cpu[name] = ([p["t"] for p in cpu_points], [p["relay_cpu"] for p in cpu_points])
+    panels, spans, styles = timeline_panels(results)
     if plot_timeseries(
         report.out / "throughput_cpu.png",
-        [("delivered msg/s", panels_rate), ("relay CPU %", panels_cpu)],
-        "throughput and relay CPU over time",
+        panels,
+        "throughput and relay CPU over the run (shaded: the timed windows of the steps)",
+        xlabel="time since the run started (s)",
+        spans=spans,
+        xlim=(0.0, results["elapsed_s"]) if "elapsed_s" in results else None,
+        styles=styles,
+        guides={"relay CPU %": (100.0, "one core")},
+        from_zero=True,
     ):
         report.plots.append("throughput_cpu.png")
+
+
+Series = dict[str, tuple[list[float], list[float]]]
+
+
+def timeline_panels(
+    results: dict[str, Any],
+) -> tuple[list[tuple[str, Series]], list[tuple[float, float, str]], dict[str, dict[str, Any]]]:
+    """throughput_cpu.png's content: (panels, labelled step spans, line styles).
+
+    Per transport a delivered-rate line and, dotted, what was due (offered x 3) on top, its
+    relay's CPU below; each step its own stretch of line, NaN between steps (the relay was
+    idle or being restarted there: a line drawn across would show rates nobody measured). The
+    C baseline is a grey bar over the time it ran. Spans label each step: transport, step
+    number, "half" for half load, "half sust." for half of the sustained rate."""
+    rate: Series = {}
+    cpu: Series = {}
+    spans: list[tuple[float, float, str]] = []
+    styles: dict[str, dict[str, Any]] = {}
+    base, base_span = results.get("baseline", {}), results.get("baseline_span")
+    if base_span and "delivered_per_s" in base:
+        label = "C baseline (compile and run)"
+        rate[label] = (list(base_span), [base["delivered_per_s"]] * 2)
+        cpu[label] = (list(base_span), [base["relay_cpu_percent"]] * 2)
+        styles[label] = BASELINE_STYLE
+        spans.append((base_span[0], base_span[1], "C baseline"))
+    for colour, (name, t) in zip(COLOURS * 4, results["transports"].items(), strict=False):
+        names = {t["half_load"]["step"]: "half"}
+        if t.get("half_sustained"):
+            names[t["half_sustained"]["step"]] = "half sust."
+        points = t["timeline"]
+        steps = [p for p in points if p["kind"] == "step"]
+        delivered, due, busy = f"{name} delivered", f"{name} due (offered x 3)", f"{name} relay"
+        rate[delivered], rate[due], cpu[busy] = ([], []), ([], []), ([], [])
+        for step in steps:
+            n = step["step"]
+            spans.append((step["t"], step["t_end"], f"{name} {names.get(n, n)}"))
+            _extend(rate[due], [(step["t"], step["due_per_s"]), (step["t_end"], step["due_per_s"])])
+            _extend(rate[delivered], [(p["t"], p["delivered_per_s"]) for p in points if _of(p, n, "rate")])
+            _extend(cpu[busy], [(p["t"], p["relay_cpu"]) for p in points if _of(p, n, "cpu")])
+        if not steps:  # a result.json from before steps were recorded: the points as they are
+            rate[delivered] = _xy([p for p in points if p["kind"] == "rate"], "delivered_per_s")
+            cpu[busy] = _xy([p for p in points if p["kind"] == "cpu"], "relay_cpu")
+        styles[delivered] = styles[busy] = {"color": colour}
+        styles[due] = {"color": colour, "linestyle": ":", "marker": None}
+    return [("delivered msg/s", rate), ("relay CPU %", cpu)], spans, styles
+
+
+def _of(point: dict[str, Any], step: int, kind: str) -> bool:
+    return point["kind"] == kind and point["step"] == step
+
+
+def _extend(series: tuple[list[float], list[float]], points: list[tuple[float, float]]) -> None:
+    """Appends one step's points after a NaN gap (none before the first step)."""
+    if not points:
+        return
+    xs, ys = series
+    if xs:
+        xs.append(float("nan"))
+        ys.append(float("nan"))
+    xs += [x for x, _ in points]
+    ys += [y for _, y in points]
+
+
+def _xy(points: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    return [p["t"] for p in points], [p[key] for p in points]

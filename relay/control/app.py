@@ -31,7 +31,7 @@ import relay
 from relay.agent.tiers import get_tier
 from relay.control.agent_api import AgentApi
 from relay.control.api import build_routes
-from relay.control.auth import Authority, load_or_create_credentials, load_signing_key
+from relay.control.auth import Authority, Setting, load_or_create_credentials, load_signing_key
 from relay.control.config import ControlConfig
 from relay.control.demo_api import mount_demo
 from relay.control.errors import ApiError, ErrorItem, error_response
@@ -60,11 +60,12 @@ from relay.settings import ListenError, SettingsError
 log = logging.getLogger("relay.control")
 
 
-def resolve_credentials(config: ControlConfig) -> tuple[str, str]:
-    """Flags/env/config file win; otherwise dev credentials generated once in the data dir."""
+def resolve_credentials(config: ControlConfig, setting: Setting) -> tuple[str, str]:
+    """Flags/env/config file win; otherwise dev credentials generated once and kept where the
+    nodes' shared values are (the data dir; a PostgreSQL store)."""
     if config.client_id and config.client_secret:
         return config.client_id, config.client_secret
-    return load_or_create_credentials(config.data_dir)
+    return load_or_create_credentials(setting)
 
 
 def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> Provisioner:
@@ -132,14 +133,6 @@ class ControlPlane:
         self.config = config
         self._sock = self._bind()  # first: a port in use is the only thing said (nothing made yet)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        client_id, client_secret = resolve_credentials(config)
-        self.authority = Authority(
-            client_id,
-            client_secret,
-            load_signing_key(config.data_dir),
-            project_token_ttl=config.project_token_ttl,
-            user_token_ttl=config.user_token_ttl,
-        )
         self.store = store or open_store(config)
         self.provisioner = provisioner or make_provisioner(config, spawner)
         self.port: int = self._sock.getsockname()[1]
@@ -147,11 +140,23 @@ class ControlPlane:
         self.url = f"http://{connect_host}:{self.port}"
         public = (config.public_url or self.url).rstrip("/")
         self.internal_url = public + "/internal"
+        self.node_id = config.node_id or f"{socket.gethostname()}:{self.port}"
         self.state: ControlState
         self.metrics = ControlMetrics(lambda: self.state.room_counts())
-        self.gateway = Gateway(self.authority, self.metrics, config.webhook_url)
         self.oplog = OperationLog(config.operation_log_path, config.data_dir / "logs")
-        self.state = ControlState(config, self.store, self.provisioner, self.oplog, self.metrics)
+        self.state = ControlState(
+            config, self.store, self.provisioner, self.oplog, self.metrics, self.node_id
+        )
+        setting = self.state.cluster.setting  # every node signs with one key
+        client_id, client_secret = resolve_credentials(config, setting)
+        self.authority = Authority(
+            client_id,
+            client_secret,
+            load_signing_key(setting),
+            project_token_ttl=config.project_token_ttl,
+            user_token_ttl=config.user_token_ttl,
+        )
+        self.gateway = Gateway(self.authority, self.metrics, config.webhook_url)
         self.rooms = Rooms(self.state, self.authority, self.internal_url)
         self.namespaces = Namespaces(self.state, self.rooms)
         self.agents = AgentApi(self.state, self.rooms, self.gateway)
@@ -235,6 +240,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.state.cluster.start(self.agents.on_event)  # this node's claim, before its rooms
         await self.provisioner.start()  # e.g. the zygote template, before any room is wanted
         await self.rooms.recover()
         self.agents.start_reaper()
@@ -285,6 +291,7 @@ class ControlPlane:
         await self.provisioner.close(stop_all=self.config.stop_relays_on_exit)
         if self.config.stop_relays_on_exit:
             self.state.targets.clear()
+        await self.state.cluster.close()
         await self.store.close()
         with contextlib.suppress(OSError):
             self._sock.close()

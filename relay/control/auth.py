@@ -1,8 +1,9 @@
 """Project credentials, project tokens and user access tokens.
 
-Both kinds of token are relay.protocol.tokens (Ed25519) signed with the one signing key kept in
-the data dir, told apart by their issuer, so they survive control-plane restarts without a
-token table, and relays verify user tokens with the public key alone.
+Both kinds of token are relay.protocol.tokens (Ed25519) signed with the one signing key every node
+shares (a file in the data dir; the settings table of a PostgreSQL store), told apart by their
+issuer, so they survive control-plane restarts without a token table, any node verifies what
+another minted, and relays verify user tokens with the public key alone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,43 +42,65 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def load_signing_key(data_dir: Path) -> Ed25519PrivateKey:
-    """The control plane's signing key: generated on first use, then read back from the data dir."""
-    path = data_dir / SIGNING_KEY_FILE
-    if path.exists():
-        return tokens.private_key_from_text(path.read_text())
-    key = Ed25519PrivateKey.generate()
-    _write_private(path, tokens.private_key_to_text(key) + "\n")
-    # Two processes racing on first start: whichever rename won is the key; read it back.
-    return tokens.private_key_from_text(path.read_text())
+Setting = Callable[[str, Callable[[], str]], str]
+"""setting(name, create) -> a value every control-plane node shares: the one kept, or create()'s,
+kept by whoever asked first (relay/control/cluster.py: files in the data dir for one node, the
+PostgreSQL store's settings table for several)."""
 
 
-def read_signing_key(data_dir: Path) -> Ed25519PrivateKey | None:
-    """The signing key a control plane made in `data_dir`, or None: never makes one (a tool such
-    as `relay token` signing with a key of its own would mint tokens nobody accepts)."""
-    path = data_dir / SIGNING_KEY_FILE
-    return tokens.private_key_from_text(path.read_text()) if path.exists() else None
+def file_setting(data_dir: Path) -> Setting:
+    """Shared values as 0600 files in the data dir, created on first use."""
+
+    def setting(name: str, create: Callable[[], str]) -> str:
+        path = data_dir / name
+        if not path.exists():
+            _write_private(path, create())
+        # Two processes racing on first start: whichever rename won is the value; read it back.
+        return path.read_text()
+
+    return setting
 
 
-def read_credentials(data_dir: Path) -> tuple[str, str] | None:
-    """The credentials `relay dev` generated in `data_dir`, or None; never makes them."""
-    path = data_dir / CREDENTIALS_FILE
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
+def load_signing_key(setting: Setting) -> Ed25519PrivateKey:
+    """The control plane's signing key: generated on first use, then read back from where it is kept."""
+    text = setting(SIGNING_KEY_FILE, lambda: tokens.private_key_to_text(Ed25519PrivateKey.generate()) + "\n")
+    return tokens.private_key_from_text(text)
+
+
+def load_or_create_credentials(setting: Setting) -> tuple[str, str]:
+    """Dev credentials kept where shared values are, so they stay the same across runs (and nodes)."""
+
+    def create() -> str:
+        client = {"client_id": "dev-" + secrets.token_hex(8), "client_secret": secrets.token_urlsafe(24)}
+        return json.dumps(client) + "\n"
+
+    data = json.loads(setting(CREDENTIALS_FILE, create))
     return str(data["client_id"]), str(data["client_secret"])
 
 
-def load_or_create_credentials(data_dir: Path) -> tuple[str, str]:
-    """Dev credentials persisted in the data dir so they stay the same across `relay dev` runs."""
-    path = data_dir / CREDENTIALS_FILE
-    if path.exists():
-        data = json.loads(path.read_text())
-        return str(data["client_id"]), str(data["client_secret"])
-    client_id = "dev-" + secrets.token_hex(8)
-    client_secret = secrets.token_urlsafe(24)
-    _write_private(path, json.dumps({"client_id": client_id, "client_secret": client_secret}) + "\n")
-    data = json.loads(path.read_text())
+class _NotKept(LookupError):
+    pass
+
+
+def _refuse() -> str:
+    raise _NotKept
+
+
+def read_signing_key(setting: Setting) -> Ed25519PrivateKey | None:
+    """The signing key a control plane keeps where `setting` looks, or None: never makes one (a
+    tool such as `relay token` signing with a key of its own would mint tokens nobody accepts)."""
+    try:
+        return tokens.private_key_from_text(setting(SIGNING_KEY_FILE, _refuse))
+    except _NotKept:
+        return None
+
+
+def read_credentials(setting: Setting) -> tuple[str, str] | None:
+    """The credentials `relay dev` generated where `setting` looks, or None; never makes them."""
+    try:
+        data = json.loads(setting(CREDENTIALS_FILE, _refuse))
+    except _NotKept:
+        return None
     return str(data["client_id"]), str(data["client_secret"])
 
 

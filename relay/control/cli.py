@@ -18,7 +18,7 @@ from typing import Any
 import uvloop
 
 from relay.agent.launch import RelayLaunch
-from relay.control.auth import SIGNING_KEY_FILE, USER_ISSUER, read_signing_key
+from relay.control.auth import SIGNING_KEY_FILE, USER_ISSUER, Setting, file_setting, read_signing_key
 from relay.control.config import DEV_DEFAULTS, SURFACE, ControlConfig
 from relay.logs import configure
 from relay.protocol import tokens
@@ -148,6 +148,18 @@ def control_main(argv: list[str] | None = None) -> int:
     return _main(argv, dev=False)
 
 
+def shared_setting(config: ControlConfig) -> Setting:
+    """Where the control plane keeps what its nodes share (its signing key): the same place
+    `ControlPlane` reads it from (relay/control/state.py: open_cluster). With SQLite that is the
+    data dir, read without opening the store (which would make a database where none was)."""
+    if not config.store_url or config.store_url.startswith("sqlite:"):
+        return file_setting(config.data_dir)
+    from relay.control.state import open_cluster
+    from relay.control.store import open_store
+
+    return open_cluster(config, open_store(config), config.node_id or "relay-token", {}).setting
+
+
 def token_main(argv: list[str] | None = None) -> int:
     """Prints a user access token (last line) signed with the control plane's key."""
     prog = "relay token"
@@ -172,21 +184,35 @@ def token_main(argv: list[str] | None = None) -> int:
         help="the control plane's data folder, which holds its signing key (default: ./.relay; env "
         "RELAY_DATA_DIR)",
     )
+    p.add_argument(
+        "--store",
+        dest="store_url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the control plane's PostgreSQL store, which keeps its key when several nodes share "
+        "it (default: none, the data folder's key; env RELAY_STORE_URL)",
+    )
     p.add_argument("--config", metavar="FILE", help="the control plane's JSON config file")
     try:
         args = p.parse_args(argv)
-        given = {k: getattr(args, k) for k in ("user_token_ttl", "data_dir") if hasattr(args, k)}
+        names = ("user_token_ttl", "data_dir", "store_url")
+        given = {k: getattr(args, k) for k in names if hasattr(args, k)}
         config = ControlConfig.load(flags=given, file=args.config, flag_names={"user_token_ttl": "--ttl"})
         if not args.user.strip():
             raise SettingsError("--user: a user id is required")
+        key = read_signing_key(shared_setting(config))
     except SettingsError as exc:
         return fail(prog, exc)
-    key = read_signing_key(config.data_dir)
+    except (ConnectionError, OSError) as exc:  # the PostgreSQL store cannot be reached
+        return fail(prog, f"cannot read the signing key: {exc}", EXIT_FAILURE)
     if key is None:
-        where = (config.data_dir / SIGNING_KEY_FILE).resolve()
+        if config.store_url and not config.store_url.startswith("sqlite:"):
+            where = "in the store's settings (start the control plane on it once)"
+        else:
+            where = f"at {(config.data_dir / SIGNING_KEY_FILE).resolve()}"
         return fail(
             prog,
-            f"no signing key at {where}: run this in the folder `relay dev` runs in, or point at "
+            f"no signing key {where}: run this in the folder `relay dev` runs in, or point at "
             "the control plane's data folder with --data-dir DIR (or RELAY_DATA_DIR)",
         )
     ttl = config.user_token_ttl

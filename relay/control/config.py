@@ -43,7 +43,7 @@ def default_relay_command() -> tuple[str, ...]:
     return (sys.executable, "-m", "relay.cli", "serve")
 
 
-STORE_SCHEMES = ("sqlite:///",)
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 """The stores built in (relay/control/store.py: open_store)."""
 
 
@@ -88,9 +88,18 @@ class ControlConfig:
     # --- storage ---------------------------------------------------------------------------
     data_dir: Path = Path(".relay")
     """Folder of everything kept: the store (SQLite), signing.key, credentials.json, logs."""
-    store_url: str | None = Field(default=None, json_schema_extra={"shown_default": "DATA_DIR/control.db"})
-    """Where room records are kept: none for SQLite in the data dir, sqlite:///PATH for another
-    file."""
+    store_url: str | None = Field(
+        default=None, json_schema_extra={"shown_default": "DATA_DIR/control.db", "secret": True}
+    )
+    """Where room records are kept: none for SQLite in the data dir (one node), sqlite:///PATH
+    for another file, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE (postgres:// too), which
+    several control-plane nodes share (docs/operations.md, "Several nodes")."""
+    store_pool_size: Positive = 10
+    """PostgreSQL: connections a node keeps open for requests (plus one for its cluster session),
+    all opened at start. Ignored with SQLite."""
+    node_id: str | None = Field(default=None, json_schema_extra={"shown_default": "HOSTNAME:PORT"})
+    """PostgreSQL: this node's name among those sharing the store; after a restart it adopts the
+    relays it started under it. Two running nodes must not share one. Ignored with SQLite."""
 
     # --- provisioning ----------------------------------------------------------------------
     provisioner: Literal["local", "agones", "none"] = "local"

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from relay.control.auth import CREDENTIALS_FILE, read_credentials
+from relay.control.auth import CREDENTIALS_FILE, file_setting, read_credentials
 
 READY_WAIT = 30.0
 """Seconds to wait for a wanted room's relay (it takes milliseconds on this machine)."""
@@ -37,7 +37,7 @@ def _credentials() -> tuple[str, str]:
     if client_id and secret:
         return client_id, secret
     data_dir = Path(os.environ.get("RELAY_DATA_DIR", ".relay"))
-    found = read_credentials(data_dir)
+    found = read_credentials(file_setting(data_dir))
     if found is None:
         raise Failed(
             "no credentials: set RELAY_CLIENT_ID and RELAY_CLIENT_SECRET (`relay dev` prints them), or "

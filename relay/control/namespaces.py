@@ -22,7 +22,7 @@ class Namespaces:
 
     async def create_namespace(self, name: str, inp: NamespaceInput) -> NamespaceRecord:
         store = self.state.store
-        async with self.state.lock:
+        async with self.state.cluster.lock(name):
             old = await store.get_namespace(name)
             if old is not None and old.status == NAMESPACE_ACTIVE:
                 raise conflict(
@@ -52,7 +52,7 @@ class Namespaces:
         return ns.status
 
     async def update_namespace(self, name: str, inp: NamespaceInput) -> NamespaceRecord:
-        async with self.state.lock:
+        async with self.state.cluster.lock(name):
             rec = await self.state.active_namespace(name)
             rec.description = inp.description
             rec.transaction_setting = inp.transaction_setting
@@ -67,7 +67,7 @@ class Namespaces:
             return rec
 
     async def delete_namespace(self, name: str) -> NamespaceRecord:
-        async with self.state.lock:
+        async with self.state.cluster.lock(name):  # no room of it is wanted meanwhile, on any node
             rec = await self.state.active_namespace(name)
             rec.status = NAMESPACE_DELETED
             rec.updated_at = max(now_ms(), rec.updated_at)

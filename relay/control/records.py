@@ -71,6 +71,9 @@ class RoomRecord:
     """pid of the relay process (set at spawn, confirmed at register); used to find it after restart."""
     provisioned_at: int | None = None
     """Unix ms when the provisioner was asked for a relay (None: not yet, e.g. killed mid-want)."""
+    node: str | None = None
+    """The control-plane node whose relay serves the room (Cluster.node_id; None with one node):
+    the one that starts it, adopts it after a restart and stops it."""
     created_at: int = field(default_factory=now_ms)
     updated_at: int = field(default_factory=now_ms)
     revision: int = 0

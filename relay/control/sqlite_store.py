@@ -23,10 +23,14 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from relay.control.errors import store_unavailable
 from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord, RoomRecord
+
+if TYPE_CHECKING:
+    from relay.control.cluster import Cluster
+    from relay.control.config import ControlConfig
 
 log = logging.getLogger("relay.control.sqlite_store")
 
@@ -45,10 +49,6 @@ CREATE TABLE IF NOT EXISTS rooms (
     PRIMARY KEY (namespace, name)
 );
 """
-
-
-def _like_escape(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class SQLiteStore:
@@ -106,6 +106,9 @@ class SQLiteStore:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
         self._executor.shutdown(wait=True)
 
+    def cluster(self, node_id: str, config: ControlConfig) -> Cluster | None:
+        return None  # one process owns the file: the control plane is one node
+
     # --- namespaces ------------------------------------------------------------------------
     async def get_namespace(self, name: str) -> NamespaceRecord | None:
         def q(c: sqlite3.Connection) -> NamespaceRecord | None:
@@ -120,9 +123,9 @@ class SQLiteStore:
         def q(c: sqlite3.Connection) -> list[NamespaceRecord]:
             sql = "SELECT data FROM namespaces WHERE status = ?"
             args: list[Any] = [NAMESPACE_ACTIVE]
-            if name_prefix:
-                sql += " AND name LIKE ? ESCAPE '\\'"
-                args.append(_like_escape(name_prefix))
+            if name_prefix:  # not LIKE: SQLite's LIKE ignores the case of ASCII letters
+                sql += " AND substr(name, 1, length(?)) = ?"
+                args += [name_prefix, name_prefix]
             if after is not None:
                 sql += " AND name > ?"
                 args.append(after)

@@ -1,53 +1,47 @@
-"""What namespaces.py, rooms.py and agent_api.py share, held once: the store, the lock, each room's
-in-memory liveness, and the background tasks they start.
+"""What namespaces.py, rooms.py and agent_api.py share, held once: the store, the cluster (the lock,
+liveness, leadership, events: relay/control/cluster.py), the rooms this node holds, and the
+background tasks they start.
 
-One lock orders every read-modify-write of the records, so a deleteRoom, a registration and the
-reaper never act on the same room at once. The liveness is not persisted: after a restart
-rooms.py rebuilds it with a fresh grace.
+The cluster's lock orders every read-modify-write of the records, so a deleteRoom, a registration
+and the reaper never act on the same room at once, on this node or any other. `runtime` is this
+node's rooms (with one node: every room), not persisted: after a restart rooms.py rebuilds it with
+a fresh grace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
+from relay.control.cluster import Cluster, LocalCluster, RoomKey, RoomRuntime
 from relay.control.config import ControlConfig
 from relay.control.errors import ApiError, not_found
 from relay.control.metrics import ControlMetrics
 from relay.control.oplog import OperationLog
 from relay.control.provisioner import Provisioner
-from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord, RoomRecord
+from relay.control.records import NAMESPACE_ACTIVE, NamespaceRecord
 from relay.control.store import Store
 from relay.control.targets import PrometheusTargets
 
 log = logging.getLogger("relay.control.state")
 
-RoomKey = tuple[str, str]
-"""(namespace, room name)."""
+__all__ = [
+    "ControlState",
+    "RoomKey",
+    "RoomRuntime",
+    "logging_namespace",
+    "namespace_not_found",
+    "open_cluster",
+]
 
 
-@dataclass(slots=True)
-class RoomRuntime:
-    """In-memory liveness of one room: the reaper and heartbeats read it without a store read."""
-
-    state: str
-    incarnation: str  # the record's: whose relay's reports count
-    agent_secret: str  # the record's, so a heartbeat is checked without a store read
-    since: float = field(default_factory=time.monotonic)
-    last_heartbeat: float = field(default_factory=time.monotonic)
-    lost_after: float = 0.0  # silence after which a ready relay is lost: missed_heartbeats promised gaps
-    stats: dict[str, Any] = field(default_factory=dict)
-    ending: str | None = None
-    """Why the room is ending while its local relay is being stopped (the reaper's "lost"): the
-    room ends when the relay's exit is seen, with the reason the exit gives if it gives one."""
-
-    @classmethod
-    def of(cls, room: RoomRecord, lost_after: float = 0.0) -> RoomRuntime:
-        return cls(room.state, room.incarnation, room.agent_secret, lost_after=lost_after)
+def open_cluster(
+    config: ControlConfig, store: Store, node_id: str, runtime: dict[RoomKey, RoomRuntime]
+) -> Cluster:
+    """The store's cluster where several nodes share it (PostgreSQL), else this node alone."""
+    return store.cluster(node_id, config) or LocalCluster(runtime, config.data_dir)
 
 
 def namespace_not_found(name: str) -> ApiError:
@@ -74,6 +68,7 @@ class ControlState:
         provisioner: Provisioner,
         oplog: OperationLog,
         metrics: ControlMetrics,
+        node_id: str,
     ) -> None:
         self.config = config
         self.store = store
@@ -82,13 +77,22 @@ class ControlState:
         self.metrics = metrics
         self.runtime: dict[RoomKey, RoomRuntime] = {}
         self.targets = PrometheusTargets(config.prometheus_targets_path)
-        """The ready relays' /metrics, for Prometheus (relay/control/targets.py)."""
-        self.lock = asyncio.Lock()
+        """This node's ready relays' /metrics, for Prometheus (relay/control/targets.py)."""
+        self.cluster = open_cluster(config, store, node_id, self.runtime)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.serving = False
         """Started and not stopping: /readyz says so (relay/control/api.py)."""
 
+    def forget(self, key: RoomKey, incarnation: str) -> None:
+        """Drops this node's entry for that incarnation of the room, if it still has one (the
+        room ended, or has another incarnation now, possibly through another node)."""
+        rt = self.runtime.get(key)
+        if rt is not None and rt.incarnation == incarnation:
+            del self.runtime[key]
+            self.targets.remove(key)
+
     def room_counts(self) -> dict[str, int]:
+        """This node's rooms by state (with one node: every room)."""
         counts: dict[str, int] = {}
         for rt in self.runtime.values():
             counts[rt.state] = counts.get(rt.state, 0) + 1

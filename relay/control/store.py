@@ -1,9 +1,10 @@
 """The storage interface the control plane is written against.
 
-Everything above this module (service, API, reaper) talks to `Store` only, so a PostgreSQL
-backend (for several control-plane nodes) can be added as another implementation without
-changes elsewhere. `open_store(config)` picks the backend from `ControlConfig.store_url`.
-Writes are acknowledged only once durable: a record returned to an API caller survives SIGKILL.
+Everything above this module (service, API, reaper) talks to `Store` only: SQLite
+(sqlite_store.py, embedded, one node) or PostgreSQL (postgres_store.py, several nodes on one
+database, which also coordinates them: `Store.cluster`). `open_store(config)` picks the backend
+from `ControlConfig.store_url`. Writes are acknowledged only once durable: a record returned to
+an API caller survives SIGKILL. tests/control/test_store_contract.py holds both to this contract.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from relay.control.records import NamespaceRecord, RoomRecord
 from relay.settings import SettingsError
 
 if TYPE_CHECKING:
+    from relay.control.cluster import Cluster
     from relay.control.config import ControlConfig
 
 
@@ -33,7 +35,8 @@ class Store(Protocol):
     async def list_namespaces(
         self, name_prefix: str | None, after: str | None, limit: int
     ) -> list[NamespaceRecord]:
-        """ACTIVE namespaces ordered by name, names > after, at most limit."""
+        """ACTIVE namespaces whose name starts with name_prefix (case counts), ordered by name
+        (by code point), names > after, at most limit."""
         ...
 
     async def put_namespace(self, record: NamespaceRecord) -> None:
@@ -56,6 +59,14 @@ class Store(Protocol):
         """True if a record was removed."""
         ...
 
+    def cluster(self, node_id: str, config: ControlConfig) -> Cluster | None:
+        """How the nodes sharing this store act as one (relay/control/cluster.py); None: only one
+        node uses it, and the control plane is a `LocalCluster`."""
+        ...
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 
 def open_store(config: ControlConfig) -> Store:
     url = config.store_url
@@ -63,4 +74,12 @@ def open_store(config: ControlConfig) -> Store:
         from relay.control.sqlite_store import SQLiteStore
 
         return SQLiteStore(config.db_path)
-    raise SettingsError(f"store_url {url!r} is not supported: give none (SQLite in the data dir) or sqlite:///PATH")
+    if url.startswith(POSTGRES_SCHEMES):
+        try:
+            from relay.control.postgres_store import PostgresStore
+        except ImportError as exc:
+            raise SettingsError(
+                f"store_url: postgresql:// needs psycopg: pip install 'gs2-relay[postgres]' ({exc})"
+            ) from None
+        return PostgresStore(url, config.store_pool_size, config.register_timeout)
+    raise SettingsError(f"store_url {url!r} is not supported (sqlite:///PATH or postgresql://...)")

@@ -139,8 +139,12 @@ def sweep_empty(parents: list[Path], min_age: float = SWEEP_MIN_AGE_S) -> int:
     removed = 0
     born_before = time.time() - min_age
     for parent in dict.fromkeys(parents):
-        with contextlib.suppress(OSError):
-            for child in parent.iterdir():
+        try:
+            children = list(parent.iterdir())
+        except OSError:
+            continue
+        for child in children:
+            try:  # each on its own: one group going away meanwhile must not stop the sweep
                 procs = child / "cgroup.procs"
                 if (
                     child.is_dir()
@@ -148,9 +152,10 @@ def sweep_empty(parents: list[Path], min_age: float = SWEEP_MIN_AGE_S) -> int:
                     and procs.exists()
                     and not procs.read_text().strip()
                 ):
-                    with contextlib.suppress(OSError):
-                        child.rmdir()
-                        removed += 1
+                    child.rmdir()
+                    removed += 1
+            except OSError:
+                continue
     return removed
 
 

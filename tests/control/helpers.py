@@ -128,10 +128,11 @@ def oplog(cp: ControlPlane) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def relay_pids(namespace: str, control_url: str) -> dict[str, list[int]]:
+def relay_pids(namespace: str, control_url: str | None = None) -> dict[str, list[int]]:
     """The relay processes on this machine that report to the control plane at `control_url`, for
     rooms of `namespace`, by room name, read from their command lines (as the provisioner finds
-    them after a restart); other test runs' relays on this machine are not counted."""
+    them after a restart); other test runs' relays on this machine are not counted. Without
+    `control_url` (several nodes, a namespace no other run uses): every relay of `namespace`."""
     from relay.agent.launch import room_of
     from relay.host.spawner import pid_alive
 
@@ -144,7 +145,8 @@ def relay_pids(namespace: str, control_url: str) -> dict[str, list[int]]:
         except OSError:
             continue
         ns, room = room_of(args)
-        ours = any(control_url.rstrip("/") + "/" in a for a in args)  # --control-url[=]URL/internal
+        # --control-url[=]URL/internal
+        ours = control_url is None or any(control_url.rstrip("/") + "/" in a for a in args)
         if ns == namespace and room is not None and ours and pid_alive(int(entry.name)):
             found.setdefault(room, []).append(int(entry.name))
     return found

@@ -36,7 +36,9 @@ pytestmark = pytest.mark.slow
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 SCALE = int(os.environ.get("RELAY_SCHEMATHESIS_EXAMPLES", "1"))
 EXAMPLES = {GenerationMode.POSITIVE: 25 * SCALE, GenerationMode.NEGATIVE: 15 * SCALE}
-SCENARIOS = 40 * SCALE
+SCENARIOS = 80 * SCALE
+"""Derandomized, the walk still varies with what ran before it in the same process: 40 scenarios,
+after the rest of tests/control, never read a wanted room back (the chains check below failed)."""
 
 
 def project_headers(url: str) -> dict[str, str]:

@@ -101,10 +101,14 @@ def test_control_plane_allocates_from_that_fleet_with_the_rbac_it_needs() -> Non
     assert env["RELAY_AGONES_NAMESPACE"]["value"] == fleet["metadata"]["namespace"]
     settings = {f"RELAY_{name.upper()}" for name in ControlConfig.__dataclass_fields__}
     assert set(env) <= settings  # every variable is a setting the control plane reads
-    config = ControlConfig.from_env(environ={k: e.get("value", "x") for k, e in env.items()})
+    secret = found[("Secret", "gs2-relay-control")]
+
+    def value(e: dict[str, Any]) -> str:  # a secret's variable has the Secret's value (checked below)
+        return e["value"] if "value" in e else secret["stringData"][e["valueFrom"]["secretKeyRef"]["key"]]
+
+    config = ControlConfig.from_env(environ={k: value(e) for k, e in env.items()})
     assert config.agones_fleet == fleet["metadata"]["name"] and config.store_url is not None
 
-    secret = found[("Secret", "gs2-relay-control")]
     for e in env.values():
         if "valueFrom" in e:
             ref = e["valueFrom"]["secretKeyRef"]

@@ -458,3 +458,26 @@ def group_dirs(group: cgroups.Cgroup) -> list[Path]:
         return list(group.paths.values())
     assert isinstance(group, cgroups.CgroupV2)
     return [group.path]
+
+
+def test_sweep_goes_on_past_a_group_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group that cannot be read (gone meanwhile, or not a cgroup) is passed over; the empty
+    groups beside it are still removed. Plain directories stand in for cgroupfs, whose rmdir
+    takes a group with its interface files."""
+    long_ago = time.time() - cgroups.SWEEP_MIN_AGE_S - 1
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cgroup.procs").write_text("")
+    (tmp_path / "b" / "cgroup.procs").unlink()
+    (tmp_path / "b" / "cgroup.procs").mkdir()  # reading it fails: IsADirectoryError
+    for name in ("a", "b", "c"):
+        os.utime(tmp_path / name, (long_ago, long_ago))
+    real_rmdir = Path.rmdir
+
+    def cgroupfs_rmdir(self: Path) -> None:
+        (self / "cgroup.procs").unlink()
+        real_rmdir(self)
+
+    monkeypatch.setattr(Path, "rmdir", cgroupfs_rmdir)
+    assert cgroups.sweep_empty([tmp_path]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

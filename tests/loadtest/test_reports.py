@@ -1,0 +1,292 @@
+"""What the reports say and draw, from made-up results (no processes, well under a second each):
+a run that did not saturate says so, nano is judged by the steps that ran, plots leave gaps
+where nothing ran and stop their percentiles where the samples do, the progress display keeps
+its bar at 80 columns, and a missing `loadtest` extra is named in one line."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import matplotlib.axes
+import pytest
+from rich.console import Console
+
+from loadtest import baseline, checks, cli
+from loadtest import hist as hdr
+from loadtest.progress import progress_bar
+from loadtest.report import (
+    Report,
+    percentile_axis,
+    percentile_label,
+    plot_histogram,
+    plot_latency_cdf,
+    plot_timeseries,
+)
+from loadtest.scenarios import nano, throughput, throughput_report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hist(values_us: list[int]) -> str:
+    h = hdr.new()
+    for v in values_us:
+        hdr.record_us(h, v)
+    return hdr.encode(h)
+
+
+def _step(n: int, offered: float, delivered: float, cpu: float, **kw: Any) -> dict[str, Any]:
+    """A throughput step as Load.step reports it, the fields the report and the limits read."""
+    lat = {"count": 3, "p50_ms": 0.3, "p99_ms": 1.0, "p99.9_ms": 1.2}
+    step = {
+        "step": n,
+        "mode": "sampled",
+        "seconds": 1.0,
+        "offered_per_s": offered,
+        "sent_per_s": offered,
+        "sent_messages": int(offered),
+        "planned_messages": int(offered),
+        "delivered_per_s": delivered,
+        "datagrams_in_per_s": delivered / 8,
+        "messages_per_datagram": 8.0,
+        "loss_ratio": 0.0,
+        "behind_ratio": 0.0,
+        "relay_cpu_percent": cpu,
+        "latency": lat,
+        "latency_hist": _hist([300, 400, 1000]),
+        "added_latency": {},
+        "added_latency_hist": "",
+        "sender_lateness": {},
+        "sender_kept_up": True,
+        "fell_short": False,
+    }
+    return {**step, **kw}
+
+
+def _timeline(spans: list[tuple[int, float, float, float]]) -> list[dict[str, Any]]:
+    """Per step (n, start, end, cpu): the step, its rate and CPU points inside its window."""
+    points: list[dict[str, Any]] = []
+    for n, start, end, cpu in spans:
+        points.append({"kind": "step", "t": start, "t_end": end, "step": n, "due_per_s": 3000.0 * n})
+        for t in (start + 0.25, end - 0.25):
+            points.append({"kind": "rate", "t": t, "delivered_per_s": 3000.0 * n, "step": n})
+            points.append({"kind": "cpu", "t": t, "relay_cpu": cpu, "step": n})
+    return points
+
+
+CONFIG = throughput.ThroughputConfig.quick(max_steps=2)
+
+
+def _unsaturated_results() -> dict[str, Any]:
+    """A --quick run in the shape of issue 18's: two steps, every message delivered, the relay at
+    15% of its core, then half load."""
+    steps = [_step(1, 1000.0, 3000.0, 8.0), _step(2, 2000.0, 6000.0, 15.0)]
+    half = _step(
+        3, 1000.0, 3000.0, 6.0, mode="full", added_latency={"count": 3, "p50_ms": 0.2, "p99_ms": 0.5}
+    )
+    limit, why = throughput.saturation_limit(steps, None, CONFIG)
+    transport = {
+        "members": 4,
+        "steps": steps,
+        "saturated_at_step": None,
+        "saturation": {
+            "delivered_per_s": 6000.0,
+            "offered_per_s": 2000.0,
+            "relay_cpu_percent": 15.0,
+            "step": 2,
+            "reached": limit == "relay",
+            "limit": limit,
+            "why": why,
+        },
+        "sustained": throughput.sustained(steps, CONFIG),
+        "half_load": half,
+        "half_sustained": None,
+        "timeline": _timeline([(1, 2.0, 3.0, 8.0), (2, 4.0, 5.0, 15.0), (3, 7.0, 8.0, 6.0)]),
+        "ratio_to_baseline": None,
+        "sustained_ratio_to_baseline": None,
+        "cpu_us_per_delivered": 25.0,
+    }
+    return {"transports": {"udp": transport}, "gs2_cpu_vs_ws": None, "elapsed_s": 9.0}
+
+
+def test_a_run_that_did_not_saturate_says_so(tmp_path: Path) -> None:
+    results = _unsaturated_results()
+    sat = results["transports"]["udp"]["saturation"]
+    assert sat["limit"] == "offered rate" and not sat["reached"]
+    report = Report("throughput", tmp_path, {})
+    throughput_report.write(report, throughput.asdict(CONFIG), results)
+    text = "\n".join(report.markdown)
+    assert "at saturation" not in text and "delivered msg/s, highest step" in text
+    assert "| no: offered rate |" in text
+    assert "udp: not saturated: offered rate" in text and "relay CPU 15%" in text
+    report.write()
+    assert checks.problems(tmp_path) == []
+
+
+def test_saturation_limit_tells_the_relay_from_what_capped_the_run() -> None:
+    ok = _step(1, 1000.0, 3000.0, 40.0)
+    # fell short with the relay busy: the relay's limit
+    busy = _step(2, 2000.0, 4000.0, 97.0, fell_short=True, loss_ratio=0.3)
+    kind, why = throughput.saturation_limit([ok, busy], 2, CONFIG)
+    assert kind == "relay" and why.startswith("saturated") and "97% CPU" in why
+    # the senders could not send what was planned: the load generator's limit
+    late = _step(2, 2000.0, 3000.0, 40.0, sender_kept_up=False, sent_messages=1200, planned_messages=2000)
+    kind, why = throughput.saturation_limit([ok, late], 2, CONFIG)
+    assert kind == "load generator" and "not saturated" in why and "60%" in why
+    # fell short with the relay's core not busy, after the retries: starved, not saturated
+    starved = _step(2, 2000.0, 3000.0, 30.0, fell_short=True, loss_ratio=0.3)
+    kind, why = throughput.saturation_limit([ok, starved], 2, CONFIG)
+    assert kind == "relay starved" and "not saturated" in why
+
+
+def test_the_c_baseline_offered_less_than_it_can_forward_is_not_saturated() -> None:
+    config = baseline.BaselineConfig()
+    run = {"sent_per_s": 100_000.0, "relay_in_per_s": 100_000.0, "relay_out_per_s": 300_000.0}
+    assert baseline.limit({**run, "relay_cpu_percent": 40.0}, config) == (
+        False,
+        "not saturated: offered rate (100,000 datagrams/s in, relay CPU 40%)",
+    )
+    short = {**run, "relay_in_per_s": 60_000.0, "relay_out_per_s": 180_000.0}
+    assert baseline.limit({**short, "relay_cpu_percent": 99.0}, config)[0] is True
+    saturated, why = baseline.limit({**short, "relay_cpu_percent": 45.0}, config)
+    assert not saturated and "60% of the datagrams sent reached the relay" in why
+
+
+def test_the_cpu_plot_has_gaps_between_steps_labels_and_the_whole_run(tmp_path: Path) -> None:
+    results = _unsaturated_results()
+    results["baseline"] = {"delivered_per_s": 90_000.0, "relay_cpu_percent": 50.0}
+    results["baseline_span"] = [0.0, 1.5]
+    panels, spans, _ = throughput_report.timeline_panels(results)
+    (rate_label, rate), (cpu_label, cpu) = panels
+    assert (rate_label, cpu_label) == ("delivered msg/s", "relay CPU %")
+    xs, ys = cpu["udp relay"]
+    # three steps: their points, a NaN (a gap, not a 0) between each two
+    assert len(xs) == 8 and [i for i, y in enumerate(ys) if math.isnan(y)] == [2, 5]
+    assert all(y > 0 for y in ys if not math.isnan(y))
+    assert [s[2] for s in spans] == ["C baseline", "udp 1", "udp 2", "udp half"]
+    assert spans[1][:2] == (2.0, 3.0)
+    assert rate["udp due (offered x 3)"][1][:2] == [3000.0, 3000.0]
+    report = Report("throughput", tmp_path, {})
+    throughput_report.write(report, throughput.asdict(CONFIG), results)
+    assert (tmp_path / "throughput_cpu.png").stat().st_size > 10_000
+
+
+def test_cpu_points_need_a_fifth_of_a_second() -> None:
+    """CPU time comes in 10 ms ticks: a shorter interval would read 0% (the old plot's drops)."""
+
+    class Sample:
+        def __init__(self, at: float, cpu_s: float) -> None:
+            self.at, self.cpu_s = at, cpu_s
+
+    timeline: list[dict[str, Any]] = []
+    throughput._cpu_point(timeline, 1, [Sample(10.0, 1.0)], [Sample(10.5, 1.25)])
+    throughput._cpu_point(timeline, 1, [Sample(10.5, 1.25)], [Sample(10.55, 1.25)])
+    assert timeline == [{"t": 10.25, "kind": "cpu", "relay_cpu": 50.0, "step": 1}]
+
+
+def test_cdf_stops_at_the_percentile_the_samples_support(tmp_path: Path) -> None:
+    values = list(range(100, 5100, 100))  # 50 samples, 0.1 .. 5 ms
+    h = hdr.decode(_hist(values))
+    xs, ys = hdr.cdf_points(h)
+    assert max(ys) == pytest.approx(1 - 1 / 50) and xs[-1] == pytest.approx(5.0, rel=0.01)
+    ticks, _, top = percentile_axis(50)
+    assert [percentile_label(t) for t in ticks] == ["0%", "90%", "98%"] and top < 2
+    ticks, _, _ = percentile_axis(12_000)
+    assert [percentile_label(t) for t in ticks] == ["0%", "90%", "99%", "99.9%", "99.99%"]
+    assert plot_latency_cdf(tmp_path / "cdf.png", {"a": h})
+
+
+def test_timeseries_plot_takes_nan_gaps_and_spans(tmp_path: Path) -> None:
+    nan = float("nan")
+    series = {"fds": ([0, 1, nan, 3, 4], [15, 16, nan, 18, 15])}
+    assert plot_timeseries(tmp_path / "ts.png", [("open fds", series)], "t", spans=[(0.5, 3.5, "churn")])
+
+
+def test_a_few_samples_are_marked_one_by_one_not_binned(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """fleet --quick's 2 provisioning and 4 join times: a histogram drew 0/1 bins run together."""
+    binned: list[int] = []
+    real = matplotlib.axes.Axes.hist
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "hist", lambda ax, x, *a, **kw: binned.append(len(x)) or real(ax, x, *a, **kw)
+    )
+    assert plot_histogram(
+        tmp_path / "few.png", {"provisioning": [85.4, 87.9], "join": [90, 104, 110, 118]}, "t", "ms"
+    )
+    assert binned == []
+    many = [float(v) for v in range(40)]
+    assert plot_histogram(tmp_path / "many.png", {"provisioning": many, "join": []}, "t", "ms")
+    assert binned == [40]
+
+
+def _nano_step(players: int, hz: float, held: bool = True, why: str = "held") -> dict[str, Any]:
+    return {"players": players, "hz": hz, "rate": players * hz, "held": held, "why": why}
+
+
+def test_nano_is_judged_against_the_steps_that_ran() -> None:
+    # --quick: 4 x 5 Hz held; 20 msg/s is not 0.833x the tier, the tier's shape was never run
+    x, text = nano.tier([_nano_step(4, 5)])
+    assert x is None and text == (
+        "not reached: the steps stopped at 4 x 5 Hz, which held, below the tier's 8 players x 3 Hz "
+        "(not a failure)"
+    )
+    x, text = nano.tier([_nano_step(2, 5), _nano_step(4, 5, False, "loss 2%")])
+    assert x is None and text.startswith("not reached: 4 x 5 Hz failed (loss 2%) before the steps got to")
+    x, text = nano.tier([_nano_step(8, 3), _nano_step(8, 30), _nano_step(16, 30, False, "p99 30 ms")])
+    assert x == pytest.approx(10.0) and "8 x 30 Hz" in text
+    x, text = nano.tier([_nano_step(8, 3, False, "loss 1%")])
+    assert x is None and text.startswith("below realtime1.nano") and "loss 1%" in text
+    result = {
+        "transports": {"ws": {"steps": [_nano_step(4, 5)], "best": {"players": 4, "hz": 5, "rate": 20}}}
+    }
+    (row,) = nano.tier_rows(result)
+    assert row[3] is None and row[4].startswith("not reached")
+
+
+def test_progress_keeps_its_bar_and_figures_at_80_columns() -> None:
+    console = Console(width=80, file=StringIO(), color_system=None)
+    bar = progress_bar(console)
+    task = bar.add_task("throughput", total=60, rates="")
+    rates = "udp step 3: offered 45,000/s, delivered 120,000 so far, relay cpu 87%"
+    bar.update(task, completed=20, rates=rates)
+    console.print(bar.get_renderable())
+    lines = console.file.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[0].startswith("throughput") and "33%" in lines[0]
+    assert lines[0].count("━") >= 15  # the bar, not one character
+    assert rates in lines[1]
+
+
+def test_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli.missing_extra() is None
+    monkeypatch.setitem(sys.modules, "hdrh", None)  # as if not installed
+    message = cli.missing_extra()
+    assert message is not None and "hdrhistogram" in message and "pip install -e '.[loadtest]'" in message
+
+
+def test_python_m_loadtest_without_the_extra_says_what_to_install() -> None:
+    code = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        "sys.argv = ['loadtest', 'nano', '--quick']; runpy.run_module('loadtest', run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "python -m loadtest needs the loadtest extra (matplotlib not installed): "
+        "pip install -e '.[loadtest]' (from the repository root)"
+    ]
+
+
+def test_baseline_without_a_compiler_says_so_and_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = baseline.shutil.which
+    monkeypatch.setattr(baseline.shutil, "which", lambda name: None if name == "gcc" else real(name))
+    assert cli.main(["baseline", "--quick", "--no-progress", "--out", str(tmp_path)]) == 1
+    assert "baseline: not run: gcc not installed" in capsys.readouterr().err
+    assert "Not run: gcc not installed" in (tmp_path / "summary.md").read_text()
