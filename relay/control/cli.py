@@ -207,13 +207,14 @@ def token_main(argv: list[str] | None = None) -> int:
         return fail(prog, f"cannot read the signing key: {exc}", EXIT_FAILURE)
     if key is None:
         if config.store_url and not config.store_url.startswith("sqlite:"):
-            where = "in the store's settings (start the control plane on it once)"
-        else:
-            where = f"at {(config.data_dir / SIGNING_KEY_FILE).resolve()}"
+            return fail(
+                prog, "no signing key in the store's settings: no control plane has started on it yet"
+            )
         return fail(
             prog,
-            f"no signing key {where}: run this in the folder `relay dev` runs in, or point at "
-            "the control plane's data folder with --data-dir DIR (or RELAY_DATA_DIR)",
+            f"no signing key at {(config.data_dir / SIGNING_KEY_FILE).resolve()}: run this in the folder "
+            "`relay dev` runs in, or point at the control plane's data folder with --data-dir DIR (or "
+            "RELAY_DATA_DIR), or at its PostgreSQL store with --store URL",
         )
     ttl = config.user_token_ttl
     print(f"# user {args.user}, valid {ttl}s, public key {tokens.public_key_to_text(key.public_key())}")

@@ -521,3 +521,14 @@ def test_relay_token_reads_the_shared_key(tmp_path: Path, postgres_url: str) -> 
         )  # fmt: skip
         claims = a.authority.verify_user_token(out.stdout.splitlines()[-1])
         assert claims is not None and claims.sub == "u1"
+
+
+def test_relay_token_makes_no_key_in_an_unused_store(tmp_path: Path, postgres_url: str) -> None:
+    """A key of its own would sign tokens no node accepts: one line says where it looked, exit 2."""
+    out = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "token", "--user", "u1", "--store", postgres_url],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "no signing key in the store's settings" in out.stderr
+    assert postgres_url.rsplit("@", 1)[-1] not in out.stderr  # the URL, with its password, is not echoed
