@@ -377,3 +377,17 @@ def test_the_postgresql_store_is_a_setting_like_any_other() -> None:
         relay_cmd("control", "--store", url, "--store-pool-size", "0"), 2, "--store-pool-size='0'"
     )
     assert "secret" not in line
+
+
+def test_a_port_without_the_privilege_is_said_so() -> None:
+    """(As root, binding port 80 succeeds, so this checks the wording the command prints.)"""
+    import errno
+
+    from relay.settings import ListenError, os_error
+
+    exc = ListenError(PermissionError(errno.EACCES, "Permission denied"), "0.0.0.0:80")
+    line = os_error(exc, f"cannot listen on {exc.where}", "choose another with --port")
+    assert line == (
+        "cannot listen on 0.0.0.0:80: permission denied "
+        "(ports below 1024 need privileges; choose another with --port)"
+    )
