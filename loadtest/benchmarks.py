@@ -253,7 +253,9 @@ def _fleet_shape_section(per_run: list[dict[str, Any]]) -> list[str]:
         ),
         "",
         "Rooms per core (4 players x 20 Hz, UDP, added p99 <= 5 ms, no loss): "
-        + (", ".join(str(r) if r else "none tried held" for r in rooms) + " (per run)"),
+        f"**{_median([r or 0 for r in rooms]) or 'none of those tried'}** (median; per run: "
+        + ", ".join(str(r) if r else "none tried held" for r in rooms)
+        + ")",
         "",
         "The best case follows (one room, coalesced input): a peak, not the deployed shape.",
         "",

@@ -39,6 +39,7 @@ class FleetShapeConfig:
     load_cpus: str = "1"
     capped: bool = True
     search: tuple[int, ...] = (100, 150, 200, 250, 300, 400)  # rooms tried for rooms per core (UDP)
+    search_down: tuple[int, ...] = (75, 50, 25, 10)  # tried, largest first, when the first fails
     search_seconds: float = 5.0
     p99_limit_ms: float = 5.0
     baseline: bool = True
@@ -51,6 +52,7 @@ class FleetShapeConfig:
             "transports": ("udp",),
             "step_seconds": 1.0,
             "search": (2, 4),
+            "search_down": (1,),
             "search_seconds": 1.0,
             "baseline": False,
         }
@@ -150,6 +152,14 @@ def run(config: FleetShapeConfig, report: Report, progress: bool | None = None) 
             live.update(advance=1)
             if not result["held"]:
                 break
+        if results["search"] and not any(r["held"] for r in results["search"]):
+            # the first size failed: the figure is still a number, found below it
+            for rooms in (r for r in config.search_down if r < config.search[0]):
+                result = measure(config, rooms, "udp", config.search_seconds, live)
+                result["held"] = _held(config, result)
+                results["search"].append(result)
+                if result["held"]:
+                    break
     held = [r["rooms"] for r in results["search"] if r["held"]]
     results["rooms_per_core"] = max(held) if held else None
     report.config = asdict(config)

@@ -207,6 +207,17 @@ def test_fleet_shape_quick(tmp_path: Path) -> None:
     assert "Rooms per core" in (report.out / "summary.md").read_text()
 
 
+def test_fleet_shape_searches_below_a_first_size_that_fails(tmp_path: Path) -> None:
+    """A first size that does not hold (here: no p99 can be under 0 ms) is followed by smaller
+    ones, so rooms per core is a number wherever one exists, not "none of those tried"."""
+    from loadtest.scenarios import fleetshape
+
+    config = fleetshape.FleetShapeConfig.quick(search=(2, 4), search_down=(1,), p99_limit_ms=-1.0)
+    results = fleetshape.run(config, _report(tmp_path, "fleet-shape"), progress=False)
+    assert [r["rooms"] for r in results["search"]] == [2, 1]
+    assert not any(r["held"] for r in results["search"]) and results["rooms_per_core"] is None
+
+
 def test_stores_quick(tmp_path: Path) -> None:
     """wantRoom and getRoom on SQLite and PostgreSQL, one node and two, and room-ready through
     each: every request answered, the figures hold together (PostgreSQL's parts run wherever a
