@@ -126,15 +126,15 @@ def plot_latency_cdf(
     many = len(counts) > 5  # then the legend goes beside the plot: inside it would cover lines
     fig, ax = plt.subplots(figsize=(12 if many else 9, 5.5))
     xs_all: list[float] = []
-    for label, count in counts.items():
+    # past the default cycle's 10 colours lines would share one: 20 distinct ones instead
+    palette = plt.get_cmap("tab20").colors if len(counts) > 10 else None
+    for i, (label, count) in enumerate(counts.items()):
         xs, ys = hdr.cdf_points(hists[label])
         xs_all += xs
-        ax.plot(
-            xs,
-            [-math.log10(1 - y) for y in ys],
-            label=f"{label} (n={count:,})",
-            **(styles or {}).get(label, {}),
-        )
+        style = dict((styles or {}).get(label, {}))
+        if palette is not None:
+            style.setdefault("color", palette[i % len(palette)])
+        ax.plot(xs, [-math.log10(1 - y) for y in ys], label=f"{label} (n={count:,})", **style)
     ticks, bottom, top = percentile_axis(max(counts.values()))
     ax.set_yticks(ticks)
     ax.set_yticklabels([percentile_label(t) for t in ticks])

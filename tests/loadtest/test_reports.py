@@ -200,6 +200,23 @@ def test_cdf_stops_at_the_percentile_the_samples_support(tmp_path: Path) -> None
     assert plot_latency_cdf(tmp_path / "cdf.png", {"a": h})
 
 
+def test_cdf_lines_past_ten_keep_colours_of_their_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """nano's 12 lines (3 transports x steps): the default cycle's 10 colours made two pairs alike."""
+    colours: list[Any] = []
+    real = matplotlib.axes.Axes.plot
+
+    def plot(ax: Any, *a: Any, **kw: Any) -> Any:
+        colours.append(kw.get("color"))
+        return real(ax, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    h = hdr.decode(_hist(list(range(100, 5100, 100))))
+    assert plot_latency_cdf(tmp_path / "cdf.png", {f"line {i}": h for i in range(12)})
+    assert len(colours) == 12 and len(set(colours)) == 12
+
+
 def test_timeseries_plot_takes_nan_gaps_and_spans(tmp_path: Path) -> None:
     nan = float("nan")
     series = {"fds": ([0, 1, nan, 3, 4], [15, 16, nan, 18, 15])}
