@@ -137,3 +137,23 @@ def test_roombench_times_the_room_alone() -> None:
     # 4 members, a flush every 4 datagrams (one from each): each member gets one packet a flush
     assert result["packets_out_per_run"] == 200
     assert result["us_per_message_in"] >= 0 and len(result["runs_s"]) == 2
+
+
+def test_a_udp_attacker_knows_it_was_kicked_by_the_relays_closing() -> None:
+    """Over UDP a kick is a sealed CLOSING, not a closed socket: the flood report's "attacker
+    closed by relay" must see it (it said "no" for every UDP member flood)."""
+    import os
+    import socket
+
+    from loadtest.attackers import _closing
+    from loadtest.rawclient import RawSession
+    from relay.protocol import messages as m
+    from relay.protocol.packets import Opener, Sealer
+
+    key = os.urandom(32)
+    relay_side = Sealer(key, session_id=7)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        session = RawSession("udp", sock, "a", 7, Sealer(os.urandom(32), 7), Opener(key), None)
+        assert not _closing(session, relay_side.seal(m.Error(6, "rate limit exceeded").encode()))
+        assert _closing(session, relay_side.seal(m.Closing(5, "rate limit exceeded").encode()))
+        assert not _closing(session, b"\x01" * 40)  # not a packet of this session
