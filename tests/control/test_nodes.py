@@ -261,6 +261,38 @@ async def test_a_room_ready_on_one_node_is_pushed_from_every_node_and_posted_onc
         await hooks.stop()
 
 
+async def test_a_relay_is_listed_for_prometheus_by_its_own_node_wherever_it_registered(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Room on node a, its relay registering through node b: a's file_sd list names it (a is
+    where Prometheus learns a's relays), b's does not; the room deleted through b leaves a's list."""
+    ns = unique("targets")
+    configs = [node_config(tmp_path, name, postgres_url, provisioner="none") for name in "ab"]
+    async with nodes(*configs) as (a, b), httpx.AsyncClient(timeout=5) as http:
+        http.base_url = httpx.URL(a.url)
+        h = await login(http)
+        await create_namespace(http, h, ns)
+        assert (await http.post(f"/realtime/{ns}/room", json={"name": "r"}, headers=h)).status_code == 200
+        record = await a.store.get_room(ns, "r")
+        assert record is not None
+        body = {"ipAddress": "127.0.0.1", "port": 4000, "adminPort": 4100, "incarnation": record.incarnation}
+        r = await http.post(
+            f"{b.internal_url}/rooms/{ns}/r/register",
+            json=body,
+            headers={"Authorization": f"Bearer {record.agent_secret}"},
+        )
+        assert r.status_code == 200, r.text
+
+        def listed(cp: ControlPlane) -> list[tuple[str, str]]:
+            return [(g["labels"]["gs2_room"], g["targets"][0]) for g in json.loads(cp.state.targets.render())]
+
+        await wait_for(lambda: listed(a) == [("r", "127.0.0.1:4100")], timeout=5)
+        assert listed(b) == []
+        r = await http.delete(f"{b.url}/realtime/{ns}/room/r", headers=h)
+        assert r.status_code == 200, r.text
+        await wait_for(lambda: listed(a) == [], timeout=5)
+
+
 async def test_lost_relays_are_reaped_once_and_the_leader_moves(
     tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
