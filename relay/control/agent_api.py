@@ -87,7 +87,7 @@ class AgentApi:
             target = state.provisioner.metrics_target(ip, admin_port) if admin_port else None
             if rt is not None and rt.incarnation == room.incarnation:
                 rt.state = ROOM_READY
-                state.targets.add(key, room.incarnation, target)  # the owner lists its relays
+                rt.metrics_target = target  # the owner lists its relays
             provision_s = await cluster.registered(room, lost_after)
             ns = await state.store.get_namespace(namespace)
         if not first:
@@ -232,8 +232,7 @@ class AgentApi:
             if rt is not None and rt.incarnation == incarnation:
                 rt.state = ROOM_READY
                 target = event.get("target")  # this node's relay, registered through another
-                target = target if isinstance(target, str) else None
-                self.state.targets.add((namespace, name), incarnation, target)
+                rt.metrics_target = target if isinstance(target, str) else None
             users = [u for u in event.get("users") or () if isinstance(u, str)]
             if users:
                 await self.gateway.push(users, CREATE_ISSUER, *_created(namespace, name))

@@ -50,6 +50,8 @@ class RoomRuntime:
     last_heartbeat: float = field(default_factory=time.monotonic)
     lost_after: float = 0.0  # silence after which a ready relay is lost: missed_heartbeats promised gaps
     stats: dict[str, Any] = field(default_factory=dict)
+    metrics_target: str | None = None
+    """host:port of the ready relay's /metrics, for Prometheus (relay/control/targets.py)."""
     ending: str | None = None
     """Why the room is ending while its local relay is being stopped (the reaper's "lost"): the
     room ends when the relay's exit is seen, with the reason the exit gives if it gives one."""

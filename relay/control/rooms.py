@@ -80,11 +80,10 @@ class Rooms:
                 await state.store.put_room(room)
             # its agent may be keeping the quiet room's long gap: that much grace
             grace = state.config.idle_lost_after if room.ready else state.config.register_timeout
-            state.runtime[(room.namespace, room.name)] = RoomRuntime.of(room, lost_after=grace)
+            rt = state.runtime[(room.namespace, room.name)] = RoomRuntime.of(room, lost_after=grace)
             await state.cluster.watch(room, grace)
             if room.state == ROOM_READY and room.admin_port:
-                target = provisioner.metrics_target(room.ip_address or "", room.admin_port)
-                state.targets.add((room.namespace, room.name), room.incarnation, target)
+                rt.metrics_target = provisioner.metrics_target(room.ip_address or "", room.admin_port)
         elif room.provisioned_at is None:
             await self._restart(room)
         else:
@@ -226,7 +225,6 @@ class Rooms:
         state = self.state
         removed = await state.store.delete_room(room.namespace, room.name)
         rt = state.runtime.pop((room.namespace, room.name), None)
-        state.targets.remove((room.namespace, room.name))
         if not removed and rt is None:
             return
         state.metrics.rooms_closed.labels(reason).inc()

@@ -76,7 +76,7 @@ class ControlState:
         self.oplog = oplog
         self.metrics = metrics
         self.runtime: dict[RoomKey, RoomRuntime] = {}
-        self.targets = PrometheusTargets(config.prometheus_targets_path)
+        self.targets = PrometheusTargets(config.prometheus_targets_path, self.runtime)
         """This node's ready relays' /metrics, for Prometheus (relay/control/targets.py)."""
         self.cluster = open_cluster(config, store, node_id, self.runtime)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -89,7 +89,6 @@ class ControlState:
         rt = self.runtime.get(key)
         if rt is not None and rt.incarnation == incarnation:
             del self.runtime[key]
-            self.targets.remove(key)
 
     def room_counts(self) -> dict[str, int]:
         """This node's rooms by state (with one node: every room)."""
