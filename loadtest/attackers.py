@@ -26,9 +26,9 @@ from typing import Any
 from loadtest.machine import parse_cpus, pin
 from loadtest.rawclient import RawSession, connect
 from relay.protocol import messages as m
-from relay.protocol.constants import UDP_HELLO_PAD_TO, ProtocolError
+from relay.protocol.constants import UDP_HELLO_PAD_TO
 from relay.protocol.keys import derive_psk
-from relay.protocol.packets import ClientHello, parse_header
+from relay.protocol.packets import ClientHello
 
 MEMBER_FLOODS = ("send", "ping", "sync", "profile")
 KINDS = (*MEMBER_FLOODS, "hello", "halfopen", "nonreader")
@@ -73,12 +73,8 @@ def _drain(session: RawSession) -> int:
 
 
 def _closing(session: RawSession, datagram: bytes) -> bool:
-    """Whether a datagram from the relay is this session's CLOSING (anything else: no)."""
-    try:
-        plaintext = session.opener.open(datagram, parse_header(datagram).counter)
-        return any(isinstance(msg, m.Closing) for msg in m.decode_relay(plaintext))
-    except ProtocolError:
-        return False
+    """Whether a datagram from the relay is this session's CLOSING."""
+    return any(isinstance(msg, m.Closing) for msg in session.relay_messages(datagram))
 
 
 def _paced(total: int, seconds: float, send: Any, read: Any) -> tuple[int, float]:

@@ -36,6 +36,7 @@ from relay.protocol.messages import (
     MemberJoined,
     MemberLeft,
     Ping,
+    RelayMessage,
     Welcome,
     decode_relay,
     encode_send,
@@ -119,12 +120,26 @@ class RawSession:
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    def relay_messages(self, packet: bytes) -> list[RelayMessage]:
+        """The messages of one of this session's DATA packets from the relay; none for anything
+        else (not DATA, not authentic, replayed, malformed), which a client drops."""
+        try:
+            header = parse_header(packet)
+            if header.type != PacketType.DATA:
+                return []
+            return decode_relay(self.opener.open(packet, header.counter))
+        except ProtocolError:
+            return []
+
     def handle_control(self, plaintext: bytes) -> None:
         """Applies JOIN/LEAVE/WELCOME news to the member table; anything else is ignored."""
         try:
             messages = decode_relay(plaintext)
         except ProtocolError:
             return
+        self._news(messages)
+
+    def _news(self, messages: list[RelayMessage]) -> None:
         for msg in messages:
             if isinstance(msg, MemberJoined):
                 self.members[msg.connection_id] = Member(msg.connection_id, msg.user_id, msg.profile)
@@ -146,13 +161,8 @@ class RawSession:
             for packet in _recv_packets(self, max(0.0, deadline - time.monotonic())):
                 if self.transport == "gs2":
                     self.handle_gs2(packet)
-                    continue
-                try:
-                    header = parse_header(packet)
-                    if header.type == PacketType.DATA:
-                        self.handle_control(self.opener.open(packet, header.counter))
-                except ProtocolError:
-                    continue
+                else:
+                    self._news(self.relay_messages(packet))
             if time.monotonic() >= deadline:
                 return
 
@@ -273,15 +283,7 @@ def connect(
             session.send_now(join)
             next_join = now + 0.3
         for packet in _recv_packets(session, 0.1):
-            try:
-                header = parse_header(packet)
-                if header.type != PacketType.DATA:
-                    continue
-                plaintext = session.opener.open(packet, header.counter)
-                messages = decode_relay(plaintext)
-            except ProtocolError:
-                continue
-            for msg in messages:
+            for msg in session.relay_messages(packet):
                 if isinstance(msg, Welcome):
                     session.connection_id = msg.connection_id
                     for m in msg.members:
