@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.host.test_control_restart import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -48,12 +49,6 @@ def blocks() -> list[Block]:
     return [Block(m[1], m[2].strip(), m[3]) for m in FENCE.finditer(section)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _clean_env() -> dict[str, str]:
     """This process's environment less every RELAY_* setting (a fresh shell's)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
@@ -63,7 +58,7 @@ def _clean_env() -> dict[str, str]:
 def relay_dev(folder: Path, *flags: str) -> Iterator[int]:
     """`.venv/bin/relay dev` in `folder` on a free port, as `make run` starts it; yields the port."""
     (folder / ".venv").symlink_to(VENV)
-    port = _free_port()
+    port = free_port()
     log = (folder / "dev.log").open("w")
     proc = subprocess.Popen(
         [".venv/bin/relay", "dev", *flags],
