@@ -69,7 +69,7 @@ def fields_of(cls: type) -> dict[str, FieldInfo]:
 
 def field_doc(cls: type, name: str) -> str:
     """The description of one field (its docstring), on one line."""
-    return " ".join((fields_of(cls)[name].description or "").split())
+    return field_doc_of(fields_of(cls)[name])
 
 
 def _extra(info: FieldInfo, key: str) -> Any:
@@ -327,6 +327,7 @@ def help_text(surface: Surface, name: str, default: Any = dataclasses.MISSING, e
 
 
 def field_doc_of(info: FieldInfo) -> str:
+    """A field's description on one line."""
     return " ".join((info.description or "").split())
 
 
