@@ -312,6 +312,10 @@ async def test_a_lost_relay_ends_its_gameserver(kube: FakeKube, tmp_path: Path) 
         )
         assert r.status_code == 200, r.text
         await wait_for(lambda: "gs2-relay-mute" not in kube.gameservers)  # no heartbeat came
-        assert (await http.get("/realtime/game/room/mute", headers=h)).status_code == 404
+
+        async def room_gone() -> bool:  # the reaper deletes the GameServer first, then the record
+            return (await http.get("/realtime/game/room/mute", headers=h)).status_code == 404
+
+        await wait_until(room_gone, timeout=5)
         metrics = (await http.get("/metrics")).text
         assert 'relay_control_rooms_closed_total{reason="lost"} 1.0' in metrics
