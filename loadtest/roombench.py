@@ -1,15 +1,17 @@
 """`python -m loadtest.roombench`: the relay room's own CPU per message, in memory.
 
 The room is sans-I/O (relay/server/room.py), so it can be timed without sockets, the kernel or
-a load generator: 4 UDP members join through the real handshake, then every member's packets
-(each `--batch` 100-byte broadcasts, sealed before the clock starts) are handed to the room one
-after another, with a flush every `--pass-size` datagrams (one event-loop pass of a busy relay)
-into a datagram writer that only counts. What is timed is the room's decrypt, decode, limits,
-fan-out, packing and sealing: what a relay process spends besides system calls and wake-ups.
+a load generator: `--members` UDP members (4; 32 fills a nano room) join through the real
+handshake, then every member's packets (each `--batch` 100-byte broadcasts, sealed before the
+clock starts) are handed to the room one after another, with a flush every `--pass-size`
+datagrams (one event-loop pass of a busy relay) into a datagram writer that only counts. What is
+timed is the room's decrypt, decode, limits, fan-out, packing and sealing: what a relay process
+spends besides system calls and wake-ups.
 CPU time (process_time) of `--repeat` runs; the least is the figure (the others were disturbed).
 
     python -m loadtest.roombench --batch 1      # a message per packet, as game clients send
     python -m loadtest.roombench --batch 8      # coalesced input (the throughput peak's shape)
+    python -m loadtest.roombench --members 32   # a full nano room: fan-out 31
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from relay.server.config import RelayConfig
 from relay.server.metrics import Counters
 from relay.server.room import Room
 
-MEMBERS = 4
-
 
 @dataclass(frozen=True, slots=True)
 class RoomBench:
@@ -39,10 +39,11 @@ class RoomBench:
     pass_size: int = 4
     payload_size: int = 100
     repeat: int = 5
+    members: int = 4  # 32: the nano tier's full room (fan-out 31)
 
 
-def _joined_room(seed: int) -> tuple[Room, list[tuple[ClientConnection, tuple[str, int]]]]:
-    """A room whose rate limits are off (the room's work is measured, not its limiter) and four
+def _joined_room(seed: int, members: int) -> tuple[Room, list[tuple[ClientConnection, tuple[str, int]]]]:
+    """A room whose rate limits are off (the room's work is measured, not its limiter) and `members`
     members joined through the real handshake."""
     key = generate_room_key()
     config = replace(
@@ -56,7 +57,7 @@ def _joined_room(seed: int) -> tuple[Room, list[tuple[ClientConnection, tuple[st
         max_coalesce_delay_udp=math.inf,  # the bench flushes every pass, not by the clock
     )
     room = Room(config, Counters(), 0.0, random.Random(seed).randbytes)
-    clients = [(ClientConnection(key, f"m{i}"), ("192.0.2.1", 40000 + i)) for i in range(MEMBERS)]
+    clients = [(ClientConnection(key, f"m{i}"), ("192.0.2.1", 40000 + i)) for i in range(members)]
     by_addr = {addr: client for client, addr in clients}
     outbox: list[tuple[bytes, Any]] = []
     room.udp_writer = lambda packet, addr: outbox.append((packet, addr))
@@ -84,7 +85,7 @@ def run(bench: RoomBench) -> dict[str, Any]:
     runs: list[float] = []
     sent = 0
     for attempt in range(bench.repeat):
-        room, clients = _joined_room(attempt)
+        room, clients = _joined_room(attempt, bench.members)
         counted = [0]
 
         def count(packet: bytes, addr: Any, counted: list[int] = counted) -> None:
@@ -96,7 +97,7 @@ def run(bench: RoomBench) -> dict[str, Any]:
         payload = bytes(bench.payload_size)
         packets = []
         for i in range(bench.datagrams):
-            client, addr = clients[i % MEMBERS]
+            client, addr = clients[i % bench.members]
             for _ in range(bench.batch):
                 client.send(payload)
             packets.append((client.datagrams_to_send()[0], addr))
@@ -131,15 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datagrams", type=int, default=defaults.datagrams, help="client packets per run")
     p.add_argument("--pass-size", type=int, default=defaults.pass_size, help="datagrams per flush")
     p.add_argument("--repeat", type=int, default=defaults.repeat, help="runs; the least CPU time is kept")
+    p.add_argument("--members", type=int, default=defaults.members, help="members in the room")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
-    result = run(RoomBench(a.batch, a.datagrams, a.pass_size, repeat=a.repeat))
+    result = run(RoomBench(a.batch, a.datagrams, a.pass_size, repeat=a.repeat, members=a.members))
     if a.json:
         print(json.dumps(result))
     else:
         print(
             f"room CPU: {result['us_per_message_in']} us per message in ({a.batch} per packet, "
-            f"fan-out {MEMBERS - 1}, a flush every {a.pass_size} datagrams; least of {a.repeat} runs)"
+            f"fan-out {a.members - 1}, a flush every {a.pass_size} datagrams; least of {a.repeat} runs)"
         )
     return 0
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.host.test_control_restart import free_port
+from tests.control.helpers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -288,6 +288,12 @@ class Room:
 
     def _data(self, session: Session, data: bytes, ctr: int, addr: Any, now: float) -> None:
         c = self.counters
+        if now < session.muted_until:
+            # its member spent its message tokens (authenticated traffic did that, so a forged
+            # packet cannot bring this on): every message in it would be dropped by the rate
+            # limit, so it is dropped before the AEAD, which a flood would otherwise pay per packet
+            c.drops["rate_limited_unread"] += 1
+            return
         try:
             plaintext = session.opener.open(data, ctr)
         except ProtocolError as exc:
@@ -560,6 +566,9 @@ class Room:
                 self._rate_recovered(member, now)
                 return True
             member.msg_bucket.tokens += 1  # the message is dropped: it spends no message token
+        else:
+            bucket = member.msg_bucket  # no message token: none until (1 - tokens) / rate from now
+            session.muted_until = now + (1.0 - bucket.tokens) / bucket.rate
         self.counters.drops["rate_limited"] += 1
         member.last_drop = now
         if not member.over_since:

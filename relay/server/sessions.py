@@ -22,6 +22,7 @@ class Session:
         "last_seen",
         "link",
         "member",
+        "muted_until",
         "opener",
         "out",
         "path",
@@ -53,6 +54,8 @@ class Session:
         self.dirty = False
         self.last_seen = now
         self.bucket: TokenBucket | None = None  # the message rate before the JOIN is admitted
+        # its member has no message token until then: its packets are dropped unread (room._data)
+        self.muted_until = 0.0
 
 
 class Member:

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ from relay.control.app import ControlPlane
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
-from tests.control.helpers import make_config
+from tests.control.helpers import free_port, make_config, wait_for
 from tests.control.test_agent import make_room
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,29 +214,6 @@ class FakeSidecar:
             % (status, len(data), data)
         )
         return True
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP (the relay binds both)."""
-    for _ in range(50):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise OSError("no free port")
-
-
-async def wait_for(check: Callable[[], object], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 def room_annotations(key: str, room: str = "lobby") -> dict[str, str]:

@@ -27,9 +27,16 @@ from relay.control.provisioner import RelayRequest
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
-from tests.agent.test_agones import FakeSidecar, free_port, sidecar_up, wait_for
-from tests.control.helpers import create_namespace, gs2_client, login, make_config, threaded_control_plane
-from tests.control.helpers import wait_for as wait_until
+from tests.agent.test_agones import FakeSidecar, sidecar_up
+from tests.control.helpers import (
+    create_namespace,
+    free_port,
+    gs2_client,
+    login,
+    make_config,
+    threaded_control_plane,
+    wait_for,
+)
 from tests.deploy.fake_kube import TOKEN, FakeGameServer, FakeKube
 from tests.deploy.helpers import players_talk
 
@@ -253,7 +260,7 @@ async def test_want_room_allocates_registers_and_delete_drains(kube: FakeKube, t
             (got,) = await asyncio.to_thread(_sdk_calls, cp.url, [("get_room", get)])
             return got.item if got.item.ip_address else None
 
-        room = await wait_until(address, timeout=10)
+        room = await wait_for(address, timeout=10)
         allocation = cp.provisioner.allocation(kube.gameservers["gs2-relay-one"].labels[LABEL_INCARNATION])
         assert (room.ip_address, room.port) == (allocation.address, allocation.port)
         assert sidecar.meta["annotations"][agones.ANNOTATION_ROOM_KEY] == room.encryption_key
@@ -287,7 +294,7 @@ async def test_empty_fleet_fails_the_room(kube: FakeKube, tmp_path: Path) -> Non
                 return True
             return False
 
-        await wait_until(gone, timeout=10)
+        await wait_for(gone, timeout=10)
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(cp.url + "/metrics")).text
         assert 'relay_control_rooms_closed_total{reason="provision_failed"} 1.0' in metrics
@@ -316,6 +323,6 @@ async def test_a_lost_relay_ends_its_gameserver(kube: FakeKube, tmp_path: Path) 
         async def room_gone() -> bool:  # the reaper deletes the GameServer first, then the record
             return (await http.get("/realtime/game/room/mute", headers=h)).status_code == 404
 
-        await wait_until(room_gone, timeout=5)
+        await wait_for(room_gone, timeout=5)
         metrics = (await http.get("/metrics")).text
         assert 'relay_control_rooms_closed_total{reason="lost"} 1.0' in metrics

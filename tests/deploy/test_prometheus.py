@@ -26,7 +26,15 @@ import yaml
 
 import relay.client as rc
 from relay.control.config import ControlConfig
-from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, create_namespace, login, ready_room, wait_for
+from tests.control.helpers import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    create_namespace,
+    free_port,
+    login,
+    ready_room,
+    wait_for,
+)
 from tests.deploy.helpers import wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,12 +112,6 @@ def test_dashboard_is_provisioned_and_well_formed() -> None:
     for subject in ("rooms", "players", "messages in", "messages out", "drops", "authentication",
                     "provisioning", "cpu", "memory", "api requests", "api errors"):  # fmt: skip
         assert subject in titles
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def stop_process(proc: asyncio.subprocess.Process) -> None:

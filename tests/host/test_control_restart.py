@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 from pathlib import Path
 
@@ -22,18 +21,12 @@ import relay.client as rc
 from relay.control.records import RoomRecord
 from relay.host.spawner import pid_alive
 from relay.protocol.constants import CloseReason
-from tests.control.helpers import login, ready_room, wait_for
+from tests.control.helpers import free_port, login, ready_room, wait_for
 from tests.control.test_durability import start_control
 
 pytestmark = pytest.mark.slow
 
 MESSAGES = 200  # each way, one every 10 ms: the run spans the kill and the restart
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_members_keep_playing_while_the_control_plane_is_killed_and_restarted(tmp_path: Path) -> None:

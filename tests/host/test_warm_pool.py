@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,17 +23,11 @@ from relay.host.spawner import pid_alive
 from relay.host.standby import encode_assignment, read_assignment
 from relay.host.warm_pool import WarmPool
 from relay.host.zygote import ZygoteSpawner
+from tests.control.helpers import wait_for
 from tests.host.test_caps import BACKEND, cpu_quota, needs_cgroups
 from tests.host.test_zygote import Relays, listening, parent_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + /proc")
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def cmdline(pid: int) -> list[str]:

@@ -137,6 +137,9 @@ def test_roombench_times_the_room_alone() -> None:
     # 4 members, a flush every 4 datagrams (one from each): each member gets one packet a flush
     assert result["packets_out_per_run"] == 200
     assert result["us_per_message_in"] >= 0 and len(result["runs_s"]) == 2
+    full = run(RoomBench(datagrams=64, pass_size=32, repeat=1, members=32))
+    # a flush every 32 datagrams: each member's 31 messages of ~105 bytes in three 1200-byte datagrams
+    assert full["packets_out_per_run"] == 2 * 32 * 3
 
 
 def test_a_udp_attacker_knows_it_was_kicked_by_the_relays_closing() -> None:

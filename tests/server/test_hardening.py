@@ -73,9 +73,7 @@ def test_a_ping_flood_spends_the_message_rate_and_is_kicked() -> None:
     for _ in range(40):  # 300 PINGs a second for up to 4 s
         packet = flooder._sealer.seal(m.Ping(1, 1).encode() * 30)  # type: ignore[union-attr]
         net.up(flooder, [packet])
-        pongs += sum(
-            1 for c, p in net.to_client if c is flooder and parse_header(p).type == PacketType.DATA
-        )
+        pongs += sum(1 for c, p in net.to_client if c is flooder and parse_header(p).type == PacketType.DATA)
         net.down()
         net.now += 0.1
         if flooder.state.value == "closed":
@@ -83,6 +81,50 @@ def test_a_ping_flood_spends_the_message_rate_and_is_kicked() -> None:
     assert flooder.state.value == "closed"  # kicked
     assert flooder.connection_id not in room.members
     assert room.counters.drops["rate_limited"] > 0
+
+
+@pytest.mark.parametrize("transport", ["udp", "ws"])
+def test_a_member_without_message_tokens_has_its_packets_dropped_unread(transport: str) -> None:
+    """Every packet of a 100k msg/s flood was decrypted before its messages were dropped by the
+    rate limit (the flood's cost, and the honest members' added latency). Once the member's
+    message tokens are spent, its packets are dropped before the AEAD until the next token is
+    due; then one gets through again. A forged packet with its session id spends no tokens, so it
+    cannot silence a member that is within its rate."""
+    key, room, net = new_room(messages_per_second=100, message_burst=100)
+    watcher, flooder = _client(key, "watcher"), _client(key, "flooder", transport)
+    net.join(watcher)
+    net.join(flooder)
+    net.take(watcher)
+    if transport == "udp":  # a forger with the member's session id (UDP: any source address)
+        forger = Sealer(bytes(32), flooder._sealer.session_id, counter=1000)  # type: ignore[union-attr]
+        for _ in range(150):  # they fail the AEAD and leave the member's rate alone
+            room.udp_datagram(forger.seal(m.Send(b"forged", None).encode()), ("192.0.2.9", 9), net.now)
+        assert room.counters.decrypt_failures == 150
+    flooder.send(b"within its rate")
+    net.up(flooder, flooder.datagrams_to_send())
+    net.down()
+    assert [e.data for e in net.take(watcher) if isinstance(e, Received)] == [b"within its rate"]
+
+    def one_packet_of(count: int) -> None:
+        for _ in range(count):
+            flooder.send(b"x")
+        net.up(flooder, flooder.datagrams_to_send())
+
+    one_packet_of(150)  # the bucket's 99 tokens, then 51 messages over the rate
+    decrypted = room.counters.decrypt_failures, dict(room.counters.drops)
+    for _ in range(20):  # within the 10 ms until the next token: none of these is decrypted
+        one_packet_of(8)
+    assert room.counters.drops["rate_limited_unread"] == 20
+    assert room.counters.decrypt_failures == decrypted[0]
+    assert room.counters.drops["rate_limited"] == decrypted[1]["rate_limited"]
+    net.down()
+    assert len([e for e in net.take(watcher) if isinstance(e, Received)]) == 99
+    net.now += 0.011  # a token is due: the next packet is read, its first message delivered
+    one_packet_of(8)
+    net.down()
+    assert len([e for e in net.take(watcher) if isinstance(e, Received)]) == 1
+    assert room.counters.drops["rate_limited_unread"] == 20
+    assert flooder.state.value == "joined"
 
 
 @pytest.mark.parametrize("transport", ["udp", "ws"])
@@ -97,7 +139,7 @@ def test_a_join_with_a_bad_user_id_gets_error_bad_request(transport: str, user_i
         room.udp_datagram(hello.packet, net.address(client), net.now)
     else:
         net._ws_up(client, hello.packet)
-    (_, accept), = net.to_client
+    ((_, accept),) = net.to_client
     net.to_client.clear()
     keys = hello.finish(accept)
     sealer, opener = Sealer(keys.k_c2s, keys.session_id), Opener(keys.k_s2c)
