@@ -513,8 +513,10 @@ class Room:
     def _issue_welcome(
         self, session: Session, member: Member, token: bytes, parts: list[bytes], now: float
     ) -> None:
-        """Sends a snapshot; its resume token replaces the member's old one from now on."""
-        self.resume_tokens.pop(member.resume_token, None)
+        """Sends a snapshot; its resume token and the one before it resume the seat from now on
+        (this WELCOME may be lost over UDP, and its client then still holds the one before)."""
+        self.resume_tokens.pop(member.previous_token, None)
+        member.previous_token = member.resume_token
         member.resume_token = token
         self.resume_tokens[token] = member
         self._queue_many(session, parts)
@@ -529,6 +531,7 @@ class Room:
         if self.members.pop(member.cid, None) is None:
             return
         self.resume_tokens.pop(member.resume_token, None)
+        self.resume_tokens.pop(member.previous_token, None)
         session = member.session
         member.session = None
         if session is not None:

@@ -70,6 +70,7 @@ class Member:
         "msg_bucket",
         "over_since",
         "prefix",
+        "previous_token",
         "profile",
         "resume_token",
         "session",
@@ -86,6 +87,7 @@ class Member:
         self.profile = profile
         self.session: Session | None = session
         self.resume_token = b""
+        self.previous_token = b""  # still resumes: the WELCOME that replaced it may be lost (UDP)
         self.msg_bucket = TokenBucket(config.messages_per_second, config.message_burst, now)
         self.byte_bucket = TokenBucket(config.bytes_per_second, config.byte_burst, now)
         self.over_since = 0.0  # when it went over a rate limit (0: within its limits)

@@ -8,6 +8,7 @@ RELAY_SCHEMATHESIS_EXAMPLES multiplies the examples (1 in `make test`; e.g. 20 f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.checks import CheckContext, not_a_server_error
 from schemathesis.core.transport import Response
 from schemathesis.generation import GenerationMode
@@ -165,16 +167,20 @@ def test_stateful_runs_along_the_links(threaded_cp: ControlPlane) -> None:
         # schema); longer runs (RELAY_SCHEMATHESIS_EXAMPLES) vary
         for attempt in range(1, 7):
             random.seed(attempt if SCALE == 1 else None)
-            Links.run(
-                settings=settings(
-                    max_examples=SCENARIOS,
-                    stateful_step_count=6,
-                    phases=[Phase.generate],  # the server keeps its state: no replaying, no shrinking
-                    deadline=None,
-                    database=None,
-                    suppress_health_check=list(HealthCheck),
+            # Hypothesis may see one choice prefix lead to different rules (FlakyStrategyDefinition):
+            # which links can be followed depends on the live server's answers (a room provisioned
+            # yet or not), not only on the draws. That ends the batch, not the walk: the next goes on.
+            with contextlib.suppress(FlakyStrategyDefinition):
+                Links.run(
+                    settings=settings(
+                        max_examples=SCENARIOS,
+                        stateful_step_count=6,
+                        phases=[Phase.generate],  # the server keeps its state: no replaying, no shrinking
+                        deadline=None,
+                        database=None,
+                        suppress_health_check=list(HealthCheck),
+                    )
                 )
-            )
             if walked():
                 break
     finally:

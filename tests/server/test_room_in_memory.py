@@ -236,6 +236,44 @@ def test_a_dropped_websocket_resumes_within_the_grace_and_not_after() -> None:
     assert cid not in room.members
 
 
+def test_the_token_before_a_lost_welcome_still_resumes_and_one_older_does_not() -> None:
+    """A SYNC's WELCOME brings a new resume token; over UDP it can be lost, and the client then
+    holds the token before it. That one still resumes the seat (it used to be a fresh join, the
+    user holding two seats until the old one timed out); one two WELCOMEs old does not."""
+    key, room, net = new_room(keepalive_timeout=5.0)
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    net.take(a)
+    cid, held = b.connection_id, b.resume_token
+    for _ in range(2):
+        net.up(b, [b._sealer.seal(m.Sync().encode())])  # type: ignore[union-attr]
+        net.to_client = [(c, p) for c, p in net.to_client if c is not b]  # its WELCOME is lost
+    assert b.resume_token == held  # two WELCOMEs old now: a fresh join
+    b.connection_lost(net.now)
+    net.up(b, b.reconnect(net.now))
+    net.down()
+    net.pump(a, b)
+    assert Resumed(b.connection_id, False) in net.take(b) and b.connection_id != cid
+    assert Joined(b.connection_id, "b", b"") in net.take(a)
+
+    key, room, net = new_room(keepalive_timeout=5.0)
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    net.take(a)
+    cid, held = b.connection_id, b.resume_token
+    net.up(b, [b._sealer.seal(m.Sync().encode())])  # type: ignore[union-attr]
+    net.to_client = [(c, p) for c, p in net.to_client if c is not b]  # its WELCOME is lost
+    assert b.resume_token == held
+    b.connection_lost(net.now)
+    net.up(b, b.reconnect(net.now))
+    net.down()
+    net.pump(a, b)
+    assert net.take(b)[-1] == Resumed(cid, True)
+    assert net.take(a) == [] and list(room.members) == [a.connection_id, cid]
+
+
 def test_randomness_comes_from_the_caller() -> None:
     """Two rooms given the same random source hand out the same session ids and resume tokens."""
     outcomes = []
