@@ -157,6 +157,7 @@ ANNOTATION_AGENT_SECRET = "realtime.gs2.io/agent-secret"
 ANNOTATION_CONTROL_URL = "realtime.gs2.io/control-url"
 ANNOTATION_INCARNATION = "realtime.gs2.io/incarnation"
 ANNOTATION_TOKEN_PUBLIC_KEY = "realtime.gs2.io/token-public-key"
+ANNOTATION_GS2_CLIENTS = "realtime.gs2.io/gs2-clients"  # "false": refuse GS2 game clients
 # Written by the control plane on deleteRoom, before it deletes the GameServer: the relay drains
 # with CLOSING "deleted" at once (a local relay's SIGUSR1), not "shutdown" as on a plain delete.
 ANNOTATION_DELETED = "realtime.gs2.io/deleted"
@@ -179,6 +180,7 @@ class Assignment:
     control_url: str | None
     incarnation: str | None = None
     token_public_key: str | None = None
+    gs2_clients: bool = True
 
 
 def label_value(text: str) -> str:
@@ -206,7 +208,10 @@ def parse_assignment(gameserver: dict[str, Any]) -> Assignment | None:
     secret = str(notes.get(ANNOTATION_AGENT_SECRET) or "").strip() or None
     incarnation = str(notes.get(ANNOTATION_INCARNATION) or "").strip() or None
     token_key = str(notes.get(ANNOTATION_TOKEN_PUBLIC_KEY) or "").strip() or None
-    return Assignment(namespace, room, room_key, secret, control_url, incarnation, token_key)
+    gs2 = str(notes.get(ANNOTATION_GS2_CLIENTS) or "true").strip().lower()
+    if gs2 not in ("true", "false"):
+        raise ValueError(f"{ANNOTATION_GS2_CLIENTS}: not true or false")
+    return Assignment(namespace, room, room_key, secret, control_url, incarnation, token_key, gs2 == "true")
 
 
 def is_allocated(gameserver: dict[str, Any]) -> bool:
@@ -407,6 +412,7 @@ async def run_agones(
             base.with_room(
                 room_key=assignment.room_key,
                 token_public_key=assignment.token_public_key or base.relay.token_public_key,
+                gs2_clients=assignment.gs2_clients and base.relay.gs2_clients,
             ),
             namespace=assignment.namespace,
             room=assignment.room,

@@ -35,6 +35,7 @@ from relay.agent.agones import (
     ANNOTATION_AGENT_SECRET,
     ANNOTATION_CONTROL_URL,
     ANNOTATION_DELETED,
+    ANNOTATION_GS2_CLIENTS,
     ANNOTATION_INCARNATION,
     ANNOTATION_NAMESPACE,
     ANNOTATION_ROOM,
@@ -83,6 +84,8 @@ def allocation_body(fleet: str, request: RelayRequest) -> dict[str, Any]:
     }
     if request.token_public_key:
         annotations[ANNOTATION_TOKEN_PUBLIC_KEY] = request.token_public_key
+    if not request.gs2_clients:
+        annotations[ANNOTATION_GS2_CLIENTS] = "false"
     return {
         "apiVersion": "allocation.agones.dev/v1",
         "kind": "GameServerAllocation",

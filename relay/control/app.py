@@ -94,7 +94,6 @@ def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> P
             max_rooms=config.max_rooms,
             headroom_bytes=int(config.memory_headroom_rooms * get_tier(config.relay_tier).memory_bytes),
         ),
-        gs2_clients=config.relay_gs2_clients,
     )
 
 

@@ -51,6 +51,7 @@ class RelayRequest:
     heartbeat_interval: float
     idle_heartbeat_interval: float
     token_public_key: str | None = None
+    gs2_clients: bool = True  # False: the relay refuses GS2 game clients (relay_gs2_clients)
 
 
 @runtime_checkable
@@ -166,13 +167,9 @@ class LocalProvisioner:
         log_retention: LogRetention | None = None,
         prune_interval: float = PRUNE_INTERVAL,
         capacity: Capacity | None = None,
-        gs2_clients: bool = True,
     ) -> None:
-        """`gs2_clients` False: no relay accepts GS2 game clients (neither does one whose
-        `extra_args` say --no-gs2-clients)."""
         self.relay_command = tuple(relay_command)
         self.capacity = capacity or Capacity()
-        self.gs2_clients = gs2_clients
         self.relay_host = relay_host
         self.advertise_host = advertise_host
         try:
@@ -238,7 +235,8 @@ class LocalProvisioner:
                 admin_port=0,
                 room_key=request.room_key,
                 token_public_key=request.token_public_key or base.relay.token_public_key,
-                gs2_clients=self.gs2_clients and base.relay.gs2_clients,
+                # off where the request or relay_extra_args (--no-gs2-clients) says so
+                gs2_clients=request.gs2_clients and base.relay.gs2_clients,
             ),
             control_url=request.control_url,
             namespace=request.namespace,

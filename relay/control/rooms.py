@@ -160,6 +160,7 @@ class Rooms:
             heartbeat_interval=config.heartbeat_interval,
             idle_heartbeat_interval=config.idle_heartbeat_interval,
             token_public_key=self.authority.public_key_text if config.relay_require_user_tokens else None,
+            gs2_clients=config.relay_gs2_clients,
         )
         try:
             pid = await state.provisioner.provision(request)

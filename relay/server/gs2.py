@@ -89,6 +89,10 @@ class Gs2Peer:
         c = self.room.counters
         c.packets_in[GS2] += len(messages)
         c.bytes_in[GS2] += sum(map(len, messages))
+        session = self.session
+        if session is not None and now < session.muted_until:  # no message token: as room._data
+            c.drops["rate_limited_unread"] += len(messages)
+            return
         decode, signer, max_size = wire.decode, self.signer, self.max_size
         msgs: list[m.ClientMessage] = []
         for data in messages:

@@ -22,6 +22,7 @@ import relay.client as rc
 from relay.agent.agones import (
     ANNOTATION_AGENT_SECRET,
     ANNOTATION_CONTROL_URL,
+    ANNOTATION_GS2_CLIENTS,
     ANNOTATION_NAMESPACE,
     ANNOTATION_ROOM,
     ANNOTATION_ROOM_KEY,
@@ -29,6 +30,7 @@ from relay.agent.agones import (
     SDK_LABEL_ROOM,
     AgonesSDK,
     label_value,
+    parse_assignment,
     run_agones,
     serve_agones,
 )
@@ -277,6 +279,49 @@ async def test_full_life_ready_allocate_serve_shutdown() -> None:
             if path in ("/ready", "/health", "/shutdown"):
                 assert (method, body) == ("POST", {})
             assert path in FakeSidecar.PATHS
+
+
+async def test_the_control_planes_gs2_setting_reaches_an_allocated_relay() -> None:
+    """relay_gs2_clients: false reached local relays only; an Agones relay accepted GS2 game
+    clients (in clear) whatever the operator had said. The allocation now carries it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from relay.protocol import tokens
+    from tests.gs2 import wireclient as g
+
+    port = free_port()
+    base = RelayLaunch(RelayConfig(host="127.0.0.1", port=port, idle_timeout=5.0))
+    async with sidecar_up() as sidecar:
+        sdk = AgonesSDK(sidecar.port, retry_for=5)
+        task = asyncio.create_task(run_agones(base, sdk, health_interval=0.05))
+        await wait_for(lambda: sidecar.state == "Ready")
+        key = generate_room_key()
+        await sidecar.allocate({**room_annotations(key), ANNOTATION_GS2_CLIENTS: "false"})
+        await wait_for(lambda: SDK_PREFIX + SDK_ANNOTATION_ADDRESS in sidecar.meta["annotations"])
+        gs2 = await g.Gs2Client.open(port, key)
+        await gs2.hello(tokens.mint(Ed25519PrivateKey.generate(), "gs2-player", 60))
+        assert await gs2.closed() == (1008, "handshake failed")
+        a = await rc.connect("127.0.0.1", port, key, "alice", transport="ws", timeout=3)
+        b = await rc.connect("127.0.0.1", port, key, "bob", transport="udp", timeout=3)
+        await exchange(a, b)
+        await a.close()
+        await b.close()
+        assert await asyncio.wait_for(task, 10) == CloseReason.IDLE
+        await sdk.aclose()
+
+
+def test_the_gs2_clients_annotation_is_true_or_false() -> None:
+    def assigned(**notes: str) -> bool:
+        found = parse_assignment({"object_meta": {"annotations": {**room_annotations(key), **notes}}})
+        assert found is not None
+        return found.gs2_clients
+
+    key = generate_room_key()
+    assert assigned() is True
+    assert assigned(**{ANNOTATION_GS2_CLIENTS: " False"}) is False
+    assert assigned(**{ANNOTATION_GS2_CLIENTS: "true"}) is True
+    with pytest.raises(ValueError, match="gs2-clients"):
+        assigned(**{ANNOTATION_GS2_CLIENTS: "no"})
 
 
 async def test_bad_room_key_is_waited_past(caplog: pytest.LogCaptureFixture) -> None:

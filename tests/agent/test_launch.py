@@ -143,15 +143,23 @@ def test_switches_are_written_and_read_as_flag_pairs() -> None:
     on = replace(off, relay=replace(off.relay, gs2_clients=True))
     assert not [a for a in on.argv() if "gs2" in a]
     assert RelayLaunch.parse(["--gs2-clients"], on.env()) == on
-    request = RelayRequest(
-        "ns", "r", "i1", generate_room_key(), "secret", "http://127.0.0.1:1/internal", 1.0, 30.0
-    )
     for gs2_clients, extra, expected in (
         (True, (), True),
         (False, (), False),
         (True, ("--no-gs2-clients",), False),
     ):
-        provisioner = LocalProvisioner(("relay",), extra_args=extra, gs2_clients=gs2_clients)
+        request = RelayRequest(
+            "ns",
+            "r",
+            "i1",
+            generate_room_key(),
+            "secret",
+            "http://127.0.0.1:1/internal",
+            1.0,
+            30.0,
+            gs2_clients=gs2_clients,
+        )
+        provisioner = LocalProvisioner(("relay",), extra_args=extra)
         assert provisioner.launch(request).relay.gs2_clients is expected
         assert ("--no-gs2-clients" in provisioner.argv(request)) is not expected
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from relay.agent import agones
 from relay.agent.agones import LABEL_INCARNATION, AgonesSDK, run_agones
 from relay.agent.launch import RelayLaunch
 from relay.agent.wire import Registration
-from relay.control.agones_provisioner import AgonesProvisioner, AllocationError
+from relay.control.agones_provisioner import AgonesProvisioner, AllocationError, allocation_body
 from relay.control.app import ControlPlane
 from relay.control.provisioner import RelayRequest
 from relay.protocol.constants import CloseReason
@@ -121,6 +122,15 @@ async def test_allocation_request_answer_and_delete(kube: FakeKube, tmp_path: Pa
         await provisioner.stop(wanted.incarnation)  # twice: nothing left to do, no error
     finally:
         await provisioner.close(stop_all=False)
+
+
+def test_an_allocation_says_when_gs2_clients_are_off() -> None:
+    """relay_gs2_clients: false travels with the room (the relay reads the annotation)."""
+    wanted = request()
+    on = allocation_body("f", wanted)["spec"]["metadata"]["annotations"]
+    assert agones.ANNOTATION_GS2_CLIENTS not in on
+    off = allocation_body("f", replace(wanted, gs2_clients=False))["spec"]["metadata"]["annotations"]
+    assert off[agones.ANNOTATION_GS2_CLIENTS] == "false"
 
 
 async def test_no_gameserver_available_is_retried_then_refused(kube: FakeKube, tmp_path: Path) -> None:

@@ -243,6 +243,7 @@ async def test_a_flood_is_rate_limited_then_kicked() -> None:
         received = [e for e in events if isinstance(e, rc.Received)]
         assert 20 <= len(received) < sent / 2  # the burst and the rate, not the flood
         assert drops(r).get("rate_limited", 0) > 0
+        assert drops(r).get("rate_limited_unread", 0) > 0  # checked neither signed nor parsed
         assert [e.reason for e in events if isinstance(e, rc.Left)] == [LeaveReason.KICKED]
         await honest.close()
 
