@@ -235,9 +235,16 @@ def non_reader(attack: Attack, host: str, port: int, key: str) -> dict[str, Any]
 
 
 def attacker_main(conn: Connection, attack: Attack, host: str, port: int, key: str, cpus: str | None) -> None:
-    """Process entry: waits for "go", attacks, answers with its figures (or the error)."""
+    """Process entry: waits for "go", attacks, answers with its figures (or the error).
+
+    It shares the load CPU with the honest members' bots, and runs at SCHED_IDLE there: their
+    latency is to show what the relay does to them, not that their own CPU was busy sending the
+    flood (a real attacker is not on the members' machines). The bots need a few percent of
+    the core, so the flood still gets the rest; its rate is reported."""
     if cpus:
         pin(parse_cpus(cpus))
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: shares the CPU as it is
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         conn.send("ready")
         conn.recv()

@@ -2,7 +2,8 @@
 
 For each attack (loadtest/attackers.py) a fresh relay (pinned to the relay CPU, its default
 limits) serves a room of honest members (bots on the project's client, playing at `hz`), first
-unloaded, then with the attacker running beside them. An attack holds when no honest member is
+unloaded, then with the attacker running beside them (on the load CPU too, at SCHED_IDLE, so
+that the bots' latency is the relay's doing, not their CPU's). An attack holds when no honest member is
 disconnected or loses anything, their added p99 stays within `p99_factor` of the unloaded
 phase's (and under `p99_floor_ms`, so that a tiny unloaded p99 does not make noise a failure),
 and the relay sends the attacker at most `bytes_factor` times what it received from it.
@@ -190,6 +191,9 @@ def run(config: FloodConfig, report: Report, progress: bool | None = None) -> di
     report.markdown = [
         f"## Attacks on a room of {config.members} honest members "
         f"({config.transport}, {config.hz:g} Hz each)",
+        "",
+        "The attacker shares the load CPU with the honest bots at SCHED_IDLE (the bots' latency "
+        "then shows what the relay does to them, not their own CPU busy with the flood).",
         "",
         *table(
             [
