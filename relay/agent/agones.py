@@ -422,6 +422,8 @@ async def run_agones(
             advertise_host=base.advertise_host or address or None,
         )
         started = Relay(launch.relay)
+        # Prometheus on Kubernetes learns no room from the pod: the relay's series carry it
+        started.metrics.labels = {"gs2_namespace": launch.namespace or "", "gs2_room": launch.room or ""}
         await started.start()
         relay = started  # only a started relay is closed below
         # the pod's limits are the hard caps

@@ -281,16 +281,19 @@ async def test_full_life_ready_allocate_serve_shutdown() -> None:
             assert path in FakeSidecar.PATHS
 
 
-async def test_the_control_planes_gs2_setting_reaches_an_allocated_relay() -> None:
+async def test_an_allocated_relay_takes_its_gs2_setting_and_names_its_room_in_its_metrics() -> None:
     """relay_gs2_clients: false reached local relays only; an Agones relay accepted GS2 game
-    clients (in clear) whatever the operator had said. The allocation now carries it."""
+    clients (in clear) whatever the operator had said. The allocation now carries it. And
+    Prometheus on Kubernetes cannot label a relay with its room (Agones keeps it on the
+    GameServer, not the Pod): the relay's own series carry it."""
+    import httpx
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from relay.protocol import tokens
     from tests.gs2 import wireclient as g
 
-    port = free_port()
-    base = RelayLaunch(RelayConfig(host="127.0.0.1", port=port, idle_timeout=5.0))
+    port, admin = free_port(), free_port()
+    base = RelayLaunch(RelayConfig(host="127.0.0.1", port=port, idle_timeout=5.0, admin_port=admin))
     async with sidecar_up() as sidecar:
         sdk = AgonesSDK(sidecar.port, retry_for=5)
         task = asyncio.create_task(run_agones(base, sdk, health_interval=0.05))
@@ -304,6 +307,9 @@ async def test_the_control_planes_gs2_setting_reaches_an_allocated_relay() -> No
         a = await rc.connect("127.0.0.1", port, key, "alice", transport="ws", timeout=3)
         b = await rc.connect("127.0.0.1", port, key, "bob", transport="udp", timeout=3)
         await exchange(a, b)
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{admin}/metrics")).text
+        assert 'relay_messages_in_total{gs2_namespace="ns",gs2_room="lobby",transport="udp"}' in metrics
         await a.close()
         await b.close()
         assert await asyncio.wait_for(task, 10) == CloseReason.IDLE

@@ -170,6 +170,26 @@ async def test_admin_metrics_and_healthz() -> None:
         await b.close()
 
 
+def test_metrics_labels_go_on_every_series_of_the_registry() -> None:
+    """A relay that must name its room itself (under Agones) labels every series it serves,
+    the collectors registered beside the relay's own (the caps guard's) included."""
+    from prometheus_client import Gauge
+
+    from relay.server.metrics import Counters, RelayMetrics
+
+    metrics = RelayMetrics(Counters(), lambda: {"members": 2.0})
+    Gauge("relay_extra", "a collector beside the relay's own", registry=metrics.registry).set(7)
+    plain = metrics.render().decode()
+    assert 'relay_messages_in_total{transport="udp"} 0.0' in plain and "relay_extra 7.0" in plain
+    metrics.labels = {"gs2_namespace": "ns", "gs2_room": 'a "room"'}
+    text = metrics.render().decode()
+    assert 'relay_messages_in_total{gs2_namespace="ns",gs2_room="a \\"room\\"",transport="udp"} 0.0' in text
+    assert 'relay_members{gs2_namespace="ns",gs2_room="a \\"room\\""} 2.0' in text
+    assert 'relay_extra{gs2_namespace="ns",gs2_room="a \\"room\\""} 7.0' in text
+    series = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert series and all('gs2_room="a \\"room\\""' in line for line in series)
+
+
 @pytest.mark.parametrize("transport", ["udp", "ws"])
 async def test_session_listeners_hear_a_session_begin(transport: str) -> None:
     """What sleeps long while a room is quiet (the agent's heartbeat) is woken by a handshake."""
