@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import relay.client as rc
 from relay.agent.agones import (
@@ -36,11 +38,13 @@ from relay.agent.agones import (
 )
 from relay.agent.launch import RelayLaunch
 from relay.control.app import ControlPlane
+from relay.protocol import tokens
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
 from tests.control.helpers import free_port, make_config, wait_for
 from tests.control.test_agent import make_room
+from tests.gs2 import wireclient as g
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK_PREFIX = "agones.dev/sdk-"  # what the sidecar puts before SetLabel/SetAnnotation keys
@@ -286,12 +290,6 @@ async def test_an_allocated_relay_takes_its_gs2_setting_and_names_its_room_in_it
     clients (in clear) whatever the operator had said. The allocation now carries it. And
     Prometheus on Kubernetes cannot label a relay with its room (Agones keeps it on the
     GameServer, not the Pod): the relay's own series carry it."""
-    import httpx
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from relay.protocol import tokens
-    from tests.gs2 import wireclient as g
-
     port, admin = free_port(), free_port()
     base = RelayLaunch(RelayConfig(host="127.0.0.1", port=port, idle_timeout=5.0, admin_port=admin))
     async with sidecar_up() as sidecar:

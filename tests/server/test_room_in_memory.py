@@ -28,7 +28,7 @@ from relay.server.config import RelayConfig
 from relay.server.metrics import Counters
 from relay.server.room import Room
 from relay.server.transport import Disconnect
-from tests.protocol.harness import new_room
+from tests.protocol.harness import Net, new_room
 
 
 def _client(key: str, user: str, transport: str = "udp", **kwargs: object) -> ClientConnection:
@@ -236,40 +236,35 @@ def test_a_dropped_websocket_resumes_within_the_grace_and_not_after() -> None:
     assert cid not in room.members
 
 
-def test_the_token_before_a_lost_welcome_still_resumes_and_one_older_does_not() -> None:
-    """A SYNC's WELCOME brings a new resume token; over UDP it can be lost, and the client then
-    holds the token before it. That one still resumes the seat (it used to be a fresh join, the
-    user holding two seats until the old one timed out); one two WELCOMEs old does not."""
+def _resume_after_lost_welcomes(lost: int) -> tuple[Room, Net, ClientConnection, ClientConnection, int]:
+    """Members a and b; b's next `lost` SYNC answers (each a WELCOME with a new resume token)
+    are lost, then its transport drops and it reconnects with the token it still holds."""
     key, room, net = new_room(keepalive_timeout=5.0)
     a, b = _client(key, "a"), _client(key, "b")
     net.join(a)
     net.join(b)
     net.take(a)
     cid, held = b.connection_id, b.resume_token
-    for _ in range(2):
+    for _ in range(lost):
         net.up(b, [b._sealer.seal(m.Sync().encode())])  # type: ignore[union-attr]
         net.to_client = [(c, p) for c, p in net.to_client if c is not b]  # its WELCOME is lost
-    assert b.resume_token == held  # two WELCOMEs old now: a fresh join
-    b.connection_lost(net.now)
-    net.up(b, b.reconnect(net.now))
-    net.down()
-    net.pump(a, b)
-    assert Resumed(b.connection_id, False) in net.take(b) and b.connection_id != cid
-    assert Joined(b.connection_id, "b", b"") in net.take(a)
-
-    key, room, net = new_room(keepalive_timeout=5.0)
-    a, b = _client(key, "a"), _client(key, "b")
-    net.join(a)
-    net.join(b)
-    net.take(a)
-    cid, held = b.connection_id, b.resume_token
-    net.up(b, [b._sealer.seal(m.Sync().encode())])  # type: ignore[union-attr]
-    net.to_client = [(c, p) for c, p in net.to_client if c is not b]  # its WELCOME is lost
     assert b.resume_token == held
     b.connection_lost(net.now)
     net.up(b, b.reconnect(net.now))
     net.down()
     net.pump(a, b)
+    return room, net, a, b, cid
+
+
+def test_the_token_before_a_lost_welcome_still_resumes_and_one_older_does_not() -> None:
+    """A SYNC's WELCOME brings a new resume token; over UDP it can be lost, and the client then
+    holds the token before it. That one still resumes the seat (it used to be a fresh join, the
+    user holding two seats until the old one timed out); one two WELCOMEs old does not."""
+    room, net, a, b, cid = _resume_after_lost_welcomes(2)  # two WELCOMEs old: a fresh join
+    assert Resumed(b.connection_id, False) in net.take(b) and b.connection_id != cid
+    assert Joined(b.connection_id, "b", b"") in net.take(a)
+
+    room, net, a, b, cid = _resume_after_lost_welcomes(1)
     assert net.take(b)[-1] == Resumed(cid, True)
     assert net.take(a) == [] and list(room.members) == [a.connection_id, cid]
 
