@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,21 +127,52 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     assert "alice joined as connection" in said, said  # join.py, in the room sdk_example.py made
 
 
-def test_the_token_step_passes_relays_that_require_tokens(tmp_path: Path) -> None:
-    """`relay token`'s token is the one relays check: under --require-user-tokens the example
-    joins with it (and is refused without it)."""
+@dataclass(frozen=True)
+class TokenStep:
+    said: str
+    """What the token block printed, under --require-user-tokens."""
+    refused: subprocess.CompletedProcess[str]
+    """The example run without a token."""
+
+
+def token_step(folder: Path) -> TokenStep:
+    """The token block against `relay dev --require-user-tokens`, then the example without one."""
     (token_block,) = [b for b in blocks() if b.label == "quickstart" and "relay token" in b.text]
-    with relay_dev(tmp_path, "--require-user-tokens") as port:
-        said = run_block(token_block, tmp_path, port)
-        assert "joined as alice" in said, said
+    with relay_dev(folder, "--require-user-tokens") as port:
+        said = run_block(token_block, folder, port)
         refused = subprocess.run(
             [".venv/bin/python", "-m", "relay.control.example"],
-            cwd=tmp_path,
+            cwd=folder,
             env=_clean_env() | {"RELAY_CONTROL_PORT": str(port)},
             capture_output=True,
             text=True,
             timeout=60,
         )
+    return TokenStep(said, refused)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def token_step_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Future[TokenStep] | None]:
+    """The token step, where its test is selected, started with the module's first test on a thread
+    of its own: it and the quick start each mostly wait (the example stays 5 s in its room), each
+    against its own `relay dev`, so they run side by side. Its test asserts on what it got."""
+    test = test_the_token_step_passes_relays_that_require_tokens
+    if not any(getattr(item, "function", None) is test for item in request.session.items):
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-step") as pool:
+        yield pool.submit(token_step, tmp_path_factory.mktemp("token-step"))
+
+
+def test_the_token_step_passes_relays_that_require_tokens(token_step_run: Future[TokenStep] | None) -> None:
+    """`relay token`'s token is the one relays check: under --require-user-tokens the example
+    joins with it (and is refused without it)."""
+    assert token_step_run is not None
+    step = token_step_run.result()
+    said, refused = step.said, step.refused
+    assert "joined as alice" in said, said
     assert refused.returncode == 1
     assert "relay token --user user-1" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

@@ -8,6 +8,7 @@ saying why, elsewhere."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -202,12 +203,44 @@ async def targets_up(http: httpx.AsyncClient, base: str, job: str, count: int) -
     await wait_for(reached, timeout=20)
 
 
+class Scraped(NamedTuple):
+    empty: list[tuple[str, str]]
+    """The panels whose query returns nothing."""
+    in_by_transport: dict[str, float]
+    """relay_messages_in_total's increase by transport."""
+    drops: list[dict[str, Any]]
+    """The short-datagram drops' series."""
+
+    def complete(self) -> bool:
+        by_transport, drops = self.in_by_transport, self.drops
+        return (
+            not self.empty
+            and by_transport.get("udp", 0) > 0
+            and by_transport.get("ws", 0) > 0
+            and bool(drops)
+            and float(drops[0]["value"][1]) >= 1
+        )
+
+
+async def scraped_so_far(http: httpx.AsyncClient, base: str, queries: list[tuple[str, str]]) -> Scraped:
+    empty = [(title, expr) for title, expr in queries if not await query(http, base, expr)]
+    in_by_transport = {
+        r["metric"]["transport"]: float(r["value"][1])
+        for r in await query(
+            http, base, f"sum by (transport) (increase(relay_messages_in_total[{RATE_WINDOW}]))"
+        )
+    }
+    drops = await query(http, base, 'relay_dropped_total{reason="short"}')
+    return Scraped(empty, in_by_transport, drops)
+
+
 async def test_live_prometheus_scrapes_relay_dev_and_every_panel_has_data(
     relay_dev: tuple[str, Path], prometheus: str
 ) -> None:
     url, data = relay_dev
     async with httpx.AsyncClient(base_url=url, timeout=10) as http, httpx.AsyncClient(timeout=10) as prom:
-        await targets_up(prom, prometheus, "gs2-relay-control", 1)
+        # Prometheus applies new targets every 5 s (its discovery's fixed pace): the rooms are made
+        # first, so the control plane and the relays come up in one round, not one after the other
         h = await login(http)
         await create_namespace(http, h, "ns1")
         rooms = []
@@ -224,6 +257,7 @@ async def test_live_prometheus_scrapes_relay_dev_and_every_panel_has_data(
             return sorted(g["labels"]["gs2_room"] for g in json.loads(listing.read_text()))
 
         await wait_for(lambda: listed() == ["room1", "room2"], timeout=5)
+        await targets_up(prom, prometheus, "gs2-relay-control", 1)
         await targets_up(prom, prometheus, "gs2-relays", 2)
 
         # a short load: both transports, and one datagram too short to be a packet (a drop)
@@ -246,21 +280,20 @@ async def test_live_prometheus_scrapes_relay_dev_and_every_panel_has_data(
             await asyncio.sleep(0.05)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as garbage:
             garbage.sendto(b"\x01", (rooms[0]["ipAddress"], rooms[0]["port"]))
-        await asyncio.sleep(3)  # a few scrapes of all that
-
         queries = panel_queries()
         assert len(queries) >= 18
-        empty = [(title, expr) for title, expr in queries if not await query(prom, prometheus, expr)]
-        assert empty == [], f"panels without data: {empty}"
+        seen: list[Scraped] = []
 
-        in_by_transport = {
-            r["metric"]["transport"]: float(r["value"][1])
-            for r in await query(
-                prom, prometheus, f"sum by (transport) (increase(relay_messages_in_total[{RATE_WINDOW}]))"
-            )
-        }
+        async def scraped() -> bool:
+            seen.append(await scraped_so_far(prom, prometheus, queries))
+            return seen[-1].complete()
+
+        # a few scrapes of all that (one a second): what is asserted below, once Prometheus has it
+        with contextlib.suppress(TimeoutError):
+            await wait_for(scraped, timeout=20, interval=0.25)
+        empty, in_by_transport, drops = seen[-1]
+        assert empty == [], f"panels without data: {empty}"
         assert in_by_transport["udp"] > 0 and in_by_transport["ws"] > 0
-        drops = await query(prom, prometheus, 'relay_dropped_total{reason="short"}')
         assert drops and float(drops[0]["value"][1]) >= 1
         caps = await query(prom, prometheus, "relay_tier_memory_bytes")
         assert {float(r["value"][1]) for r in caps} == {64 * 1024 * 1024}
