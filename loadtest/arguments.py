@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-cpus", default=None)
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--uncapped", action="store_true", help="no cgroup caps (the caps' own cost)")
+    p.add_argument(
+        "--rooms-per-process",
+        type=int,
+        default=None,
+        help="N rooms per relay process (the rooms-per-process tier)",
+    )
 
     p = sub.add_parser("flood", help="attacks on a room: what the attacker buys, what honest members feel")
     _common(p)

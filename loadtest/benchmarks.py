@@ -20,6 +20,8 @@ from loadtest.machine import machine_info
 from loadtest.report import Report, pair_ms, results_dir, table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+GROUP_ROOMS = 25
+"""Rooms per relay process in the rooms-per-process tier's figures (docs/tiers.md)."""
 _AFFINITY = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
@@ -62,17 +64,25 @@ def regenerate(args: Any, command: str) -> int:
     commands: list[str] = [command]
 
     if "fleet-shape" not in skip:
-        fs_argv = [*quick]
-        commands.append("python -m loadtest fleet-shape " + shlex.join(fs_argv) + f"   (x{runs})")
-        fs_runs = []
+        # one process per room, then the rooms-per-process tier, alternating within each run
+        shapes = {1: [*quick], GROUP_ROOMS: [*quick, "--rooms-per-process", str(GROUP_ROOMS)]}
+        for fs_argv in shapes.values():
+            commands.append("python -m loadtest fleet-shape " + shlex.join(fs_argv) + f"   (x{runs})")
+        fs_runs: dict[int, list[dict[str, Any]]] = {n: [] for n in shapes}
         try:
             for i in range(runs):
-                report, result = _run("fleet-shape", fs_argv, base / f"fleet-shape-{i + 1}", progress)
-                fs_runs.append(result)
-                print(f"benchmarks: fleet-shape run {i + 1}/{runs} done ({report.out})")
-            sections += _fleet_shape_section(fs_runs)
+                for n, fs_argv in shapes.items():
+                    name = f"fleet-shape-{i + 1}" + (f"-grouped-{n}" if n > 1 else "")
+                    report, result = _run("fleet-shape", fs_argv, base / name, progress)
+                    fs_runs[n].append(result)
+                    print(f"benchmarks: {name} done ({report.out})")
+            for n, per_run in fs_runs.items():
+                sections += _fleet_shape_section(per_run, n)
         except Exception as exc:
-            sections += _failed("Deployed shape", exc, fs_runs and _fleet_shape_section(fs_runs))
+            done = [
+                line for n, per_run in fs_runs.items() if per_run for line in _fleet_shape_section(per_run, n)
+            ]
+            sections += _failed("Deployed shape", exc, done)
     if "throughput" not in skip:
         tp_argv = [*quick]
         commands.append("python -m loadtest throughput " + shlex.join(tp_argv) + f"   (x{runs})")
@@ -191,7 +201,7 @@ def _failed(title: str, exc: Exception, partial: list[str] | None) -> list[str]:
     return [f"## {title}", "", f"**Failed**: `{exc!r}`", "", *(partial or [])]
 
 
-def _fleet_shape_section(per_run: list[dict[str, Any]]) -> list[str]:
+def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int = 1) -> list[str]:
     from loadtest.scenarios.fleetshape import _c_cpu
 
     first = per_run[0]
@@ -225,14 +235,29 @@ def _fleet_shape_section(per_run: list[dict[str, Any]]) -> list[str]:
         )
     rooms = [r.get("rooms_per_core") for r in per_run]
     caps = first["shape"][next(iter(first["shape"]))]["caps"] if first["shape"] else "-"
+    per_process = rooms_per_process > 1
+    if per_process:
+        head = [
+            f"## The rooms-per-process tier: the same shape, {rooms_per_process} rooms per relay process",
+            "",
+            f"The same rooms, players and rates as above, with the control plane's "
+            f"`--rooms-per-process {rooms_per_process}` (docs/tiers.md): each room still its own relay "
+            f"(port, key, agent, limits) but {rooms_per_process} of them share a process and its caps; "
+            f"{caps}; all relays on CPU 0, the load on CPU 1; the C relay measured again in the same run. "
+            f"Medians of {len(per_run)} runs.",
+        ]
+    else:
+        head = [
+            "## The deployed shape: many rooms per core, one relay process each, one message per packet",
+            "",
+            f"What a host runs: every room its own relay process, forked from the zygote template as the "
+            f"local provisioner forks it; {caps}; all relays on CPU 0, the load on CPU 1. 4 players per "
+            "room, each sending one 100-byte message per packet at its own phase of the tick; the C "
+            "per-packet relay forwards the same offered rate in the same run. Medians of "
+            f"{len(per_run)} runs; relay CPU is all relay processes together (/proc).",
+        ]
     return [
-        "## The deployed shape: many rooms per core, one relay process each, one message per packet",
-        "",
-        f"What a host runs: every room its own relay process, forked from the zygote template as the "
-        f"local provisioner forks it; {caps}; all relays on CPU 0, the load on CPU 1. 4 players per "
-        "room, each sending one 100-byte message per packet at its own phase of the tick; the C "
-        "per-packet relay forwards the same offered rate in the same run. Medians of "
-        f"{len(per_run)} runs; relay CPU is all relay processes together (/proc).",
+        *head,
         "",
         *table(
             [
@@ -257,8 +282,11 @@ def _fleet_shape_section(per_run: list[dict[str, Any]]) -> list[str]:
         + ", ".join(str(r) if r else "none tried held" for r in rooms)
         + ")",
         "",
-        "The best case follows (one room, coalesced input): a peak, not the deployed shape.",
-        "",
+        *(
+            []
+            if not per_process
+            else ["The best case follows (one room, coalesced input): a peak, not the deployed shape.", ""]
+        ),
     ]
 
 

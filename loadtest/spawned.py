@@ -1,5 +1,6 @@
 """Relays started the way the local provisioner starts them, for scenarios that measure the
-deployed shape: one `relay serve` process per room, forked from the zygote template
+deployed shape: one `relay serve` process per room (or N rooms per process, the
+rooms-per-process tier: relay/host/group_spawner.py), forked from the zygote template
 (relay/host/zygote.py), each in a cgroup of its own with the realtime1.nano caps where this host
 lets us write cgroups (relay/host/capped_spawner.py), every relay pinned to the relay CPU.
 
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.agent.launch import RelayLaunch
-from relay.agent.tiers import NANO
+from relay.agent.tiers import NANO, group_tier
 from relay.control.config import default_relay_command
 from relay.host.capped_spawner import CappedSpawner
 from relay.host.cgroups import describe, detect
+from relay.host.group_spawner import GroupSpawner
 from relay.host.spawner import ProcessHandle, Spawner, relay_environment
 from relay.host.zygote import ZygoteSpawner
 from relay.protocol.keys import generate_room_key
@@ -52,21 +54,28 @@ class SpawnedRelays:
         relay_cpus: set[int] | None = None,
         capped: bool = True,
         timeout: float = 60.0,
+        rooms_per_process: int = 1,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._logs = tempfile.TemporaryDirectory(prefix="spawned-relays-")
         backend = detect() if capped else None
+        grouped = rooms_per_process > 1  # the rooms-per-process tier, as `relay control --rooms-per-process`
+        each = f"{rooms_per_process} rooms per relay process, " if grouped else ""
         self.caps = (
-            f"each relay in its own {NANO.name} cgroup ({describe(backend)})"
+            f"{each}each relay in its own {NANO.name}{f' x {rooms_per_process}' if grouped else ''} "
+            f"cgroup ({describe(backend)})"
             if backend is not None
-            else "uncapped (no writable cgroup on this host)"
+            else f"{each}uncapped (no writable cgroup on this host)"
             if capped
-            else "uncapped"
+            else f"{each}uncapped"
         )
         zygote = ZygoteSpawner()
-        self._spawner: Spawner = CappedSpawner(zygote, NANO, backend) if backend is not None else zygote
+        tier = group_tier(NANO, rooms_per_process) if grouped else NANO
+        self._spawner: Spawner = CappedSpawner(zygote, tier, backend) if backend is not None else zygote
+        if grouped:
+            self._spawner = GroupSpawner(self._spawner, rooms_per_process)
         self._handles: list[ProcessHandle] = []
         self.relays: list[SpawnedRelay] = []
         try:
@@ -85,14 +94,21 @@ class SpawnedRelays:
         command = default_relay_command()
         logs = Path(self._logs.name)
         keys = []
+        pinned: set[int] = set()
         for n in range(count):
             key = generate_room_key()
-            launch = replace(base.with_room(room_key=key, port=0), namespace="bench", room=f"room{n}")
+            launch = replace(
+                base.with_room(room_key=key, port=0),
+                namespace="bench",
+                room=f"room{n}",
+                incarnation=f"bench-{n}",
+            )
             handle = await self._spawner.spawn(
                 [*command, *launch.argv()], relay_environment(launch.env()), logs / f"room{n}.log"
             )
-            if relay_cpus:
+            if relay_cpus and handle.pid not in pinned:
                 os.sched_setaffinity(handle.pid, relay_cpus)
+                pinned.add(handle.pid)
             self._handles.append(handle)
             keys.append(key)
         deadline = time.monotonic() + timeout

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 FORMATS = ("json", "text")
@@ -41,7 +42,25 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+ROOM_LOG: ContextVar[TextIO | None] = ContextVar("ROOM_LOG", default=None)
+"""The log of the room the current task works for, in a process serving several rooms
+(relay/host/group.py): its records go there, as a room's own process would write them."""
+
+
+class RoutedStream:
+    """stderr, or the current context's room log (ROOM_LOG) where one is set."""
+
+    def __init__(self, default: TextIO) -> None:
+        self.default = default
+
+    def write(self, text: str) -> int:
+        return (ROOM_LOG.get() or self.default).write(text)
+
+    def flush(self) -> None:
+        (ROOM_LOG.get() or self.default).flush()
+
+
+def configure(level: str = "info", fmt: str = "json", stream: TextIO | RoutedStream | None = None) -> None:
     """Sends every logger's records to stderr in `fmt` at `level`, replacing earlier handlers
     (a forked relay inherits its template's)."""
     handler = logging.StreamHandler(stream or sys.stderr)

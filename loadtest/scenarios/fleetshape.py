@@ -43,6 +43,7 @@ class FleetShapeConfig:
     search_seconds: float = 5.0
     p99_limit_ms: float = 5.0
     baseline: bool = True
+    rooms_per_process: int = 1  # > 1: the rooms-per-process tier (relay/host/group_spawner.py)
 
     @classmethod
     def quick(cls, **kw: Any) -> FleetShapeConfig:
@@ -74,7 +75,13 @@ def measure(
 ) -> dict[str, Any]:
     """One timed step of `rooms` relays at 4 x hz each; every packet stamped (full mode)."""
     overrides = {"keepalive_timeout": 120.0, "idle_timeout": 600.0}  # set-up is slow at 400 rooms
-    relays = SpawnedRelays(rooms, overrides, parse_cpus(config.relay_cpus) or {0}, capped=config.capped)
+    relays = SpawnedRelays(
+        rooms,
+        overrides,
+        parse_cpus(config.relay_cpus) or {0},
+        capped=config.capped,
+        rooms_per_process=config.rooms_per_process,
+    )
     load = None
     try:
         tconfig = ThroughputConfig(
@@ -90,9 +97,10 @@ def measure(
         )
         load = Load(tconfig, transport, relays=relays.relays)
         offered = rooms * GROUP_SIZE * config.hz
-        switches_before = sum(_context_switches(r.pid) for r in relays.relays)
+        pids = set(r.pid for r in relays.relays)  # rooms may share a process
+        switches_before = sum(_context_switches(pid) for pid in pids)
         step = load.step(1, offered, seconds, True, live, [])
-        switches = sum(_context_switches(r.pid) for r in relays.relays) - switches_before
+        switches = sum(_context_switches(pid) for pid in pids) - switches_before
     finally:
         if load is not None:
             load.close()
@@ -204,7 +212,7 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
     first = next(iter(results["shape"].values()), {})
     md = [
         f"## Deployed shape: {config.rooms} rooms x {GROUP_SIZE} players x {config.hz:g} Hz, "
-        "one relay process per room, one message per packet",
+        f"{_processes(config)}, one message per packet",
         "",
         f"Relays: {first.get('caps', '-')}; all on CPU {config.relay_cpus}, "
         f"the load on CPU {config.load_cpus}.",
@@ -248,9 +256,28 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
     return md
 
 
+def _processes(config: FleetShapeConfig) -> str:
+    n = config.rooms_per_process
+    return (
+        "one relay process per room"
+        if n == 1
+        else f"{n} rooms per relay process (the rooms-per-process tier)"
+    )
+
+
 def config_from_args(args: Any) -> FleetShapeConfig:
     kw: dict[str, Any] = {}
-    for name in ("rooms", "hz", "step_seconds", "search_seconds", "relay_cpus", "load_cpus", "workers"):
+    names = (
+        "rooms",
+        "hz",
+        "step_seconds",
+        "search_seconds",
+        "relay_cpus",
+        "load_cpus",
+        "workers",
+        "rooms_per_process",
+    )
+    for name in names:
         v = getattr(args, name, None)
         if v is not None:
             kw[name] = v

@@ -225,7 +225,7 @@ class Load:
         return conn.recv()
 
     def relay_samples(self) -> list[Any]:
-        return [sample(r.pid) for r in self.relays]
+        return [sample(pid) for pid in dict.fromkeys(r.pid for r in self.relays)]  # rooms may share one
 
     def load_samples(self) -> list[Any]:
         return [sample(p.pid) for p in self.procs] + [sample(os.getpid())]

@@ -17,10 +17,11 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from relay.agent.agent import Agent
-from relay.agent.caps import apply_soft_limits, guard_relay
+from relay.agent.caps import CapsGuard, apply_soft_limits, guard_relay
 from relay.agent.launch import LaunchError, RelayLaunch, usage
 from relay.agent.tiers import get_tier
 from relay.logs import configure
@@ -31,13 +32,44 @@ from relay.settings import EXIT_FAILURE, ListenError, fail, os_error
 log = logging.getLogger("relay.server")
 
 
+@dataclass(slots=True)
+class ServedRoom:
+    """One room's relay with its caps guard and agent, running: what `relay serve` runs once and
+    a group process (relay/host/group.py) runs several of."""
+
+    relay: Relay
+    guard: CapsGuard | None = None
+    agent: Agent | None = None
+
+    async def start(self, launch: RelayLaunch, guarded: bool = True) -> None:
+        """Listens, then registers (with a control URL). `guarded`: this room keeps to the tier
+        itself; a group keeps its rooms to their tier together (one guard for the process)."""
+        relay = self.relay
+        await relay.start()
+        if guarded:
+            self.guard = guard_relay(relay, launch.tier, launch.caps, relay.metrics.registry)
+        agent_config = launch.agent()
+        if agent_config is not None:
+            self.agent = Agent(relay, agent_config)
+            await self.agent.start()
+
+    async def finished(self) -> CloseReason:
+        """Waits for the room to end, then reports it (the agent's last word)."""
+        reason = await self.relay.wait_closed()
+        if self.guard is not None:
+            self.guard.stop()
+        if self.agent is not None:
+            await self.agent.stop(reason)
+        log.info("relay exiting: %s", reason.name.lower())
+        return reason
+
+
 async def serve(launch: RelayLaunch) -> int:
     """Runs the room until it ends; the exit code."""
     if launch.tier and launch.caps == "soft":
         apply_soft_limits(get_tier(launch.tier))
-    relay = Relay(launch.relay)
-    await relay.start()
-    guard = guard_relay(relay, launch.tier, launch.caps, relay.metrics.registry)
+    served = ServedRoom(Relay(launch.relay))
+    relay = served.relay
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(
@@ -45,18 +77,9 @@ async def serve(launch: RelayLaunch) -> int:
         )
     # The local provisioner's deleteRoom: drain now rather than at the agent's next heartbeat.
     loop.add_signal_handler(signal.SIGUSR1, lambda: loop.create_task(relay.close(CloseReason.DELETED)))
-    agent_config = launch.agent()
-    agent = None
-    if agent_config is not None:
-        agent = Agent(relay, agent_config)
-        await agent.start()
+    await served.start(launch)
     gc.freeze()  # start-up objects never need collecting; keeps GC passes short
-    reason = await relay.wait_closed()
-    if guard is not None:
-        guard.stop()
-    if agent is not None:
-        await agent.stop(reason)
-    log.info("relay exiting: %s", reason.name.lower())
+    await served.finished()
     return 0
 
 

@@ -7,7 +7,7 @@ it from the inside as well (relay/agent/caps.py), so it degrades before the kern
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MIB = 1 << 20
 
@@ -47,6 +47,14 @@ NANO = Tier(name="realtime1.nano", cpu=0.125, memory_bytes=64 * MIB, pids=32, no
 
 TIERS: dict[str, Tier] = {NANO.name: NANO}
 DEFAULT_TIER = NANO.name
+
+
+def group_tier(tier: Tier, rooms: int) -> Tier:
+    """The caps of one process serving `rooms` rooms of `tier` (relay/host/group.py): their CPU,
+    memory and open files together; threads stay one process's."""
+    return replace(
+        tier, cpu=tier.cpu * rooms, memory_bytes=tier.memory_bytes * rooms, nofile=tier.nofile * rooms
+    )
 
 
 def get_tier(name: str) -> Tier:

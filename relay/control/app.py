@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import relay
-from relay.agent.tiers import get_tier
+from relay.agent.tiers import Tier, get_tier, group_tier
 from relay.control.agent_api import AgentApi
 from relay.control.api import build_routes
 from relay.control.auth import Authority, Setting, load_or_create_credentials, load_signing_key
@@ -53,6 +53,7 @@ from relay.control.state import ControlState
 from relay.control.store import Store, open_store
 from relay.host.capacity import Capacity
 from relay.host.capped_spawner import CappedSpawner
+from relay.host.group_spawner import GroupSpawner
 from relay.host.warm_pool import WarmPool
 from relay.host.zygote import ZygoteSpawner, serve_args
 from relay.settings import ListenError, SettingsError
@@ -98,9 +99,14 @@ def make_provisioner(config: ControlConfig, spawner: Spawner | None = None) -> P
 
 
 def make_spawner(config: ControlConfig) -> Spawner:
-    """How local relays are started (`relay_spawner`), capped per `relay_caps`."""
+    """How local relays are started (`relay_spawner`), capped per `relay_caps`; several rooms to a
+    process with `relay_rooms_per_process` (a group with free seats is the warm relay then)."""
     inner: Spawner = ZygoteSpawner() if config.relay_spawner == "zygote" else SubprocessSpawner()
-    capped = _capped(config, inner)
+    rooms = config.relay_rooms_per_process
+    tier = get_tier(config.relay_tier)
+    capped = _capped(config, inner, group_tier(tier, rooms) if rooms > 1 else tier)
+    if rooms > 1:
+        return GroupSpawner(capped, rooms, log_path=config.data_dir / "relay-logs" / "groups.log")
     warm = config.relay_spawner == "zygote" and serve_args(config.relay_command) is not None
     if not warm or config.relay_warm_relays == 0:
         return capped  # standbys are this interpreter's `relay serve`; another command gets none
@@ -108,7 +114,7 @@ def make_spawner(config: ControlConfig) -> Spawner:
     return WarmPool(capped, config.relay_warm_relays, log_path=log_path)
 
 
-def _capped(config: ControlConfig, inner: Spawner) -> Spawner:
+def _capped(config: ControlConfig, inner: Spawner, tier: Tier) -> Spawner:
     if config.relay_caps == "off":
         return inner
     from relay.host.cgroups import detect
@@ -118,7 +124,7 @@ def _capped(config: ControlConfig, inner: Spawner) -> Spawner:
         raise SettingsError(
             "relay_caps is cgroup, but this host has no writable cgroup hierarchy (use auto or soft)"
         )
-    return CappedSpawner(inner, get_tier(config.relay_tier), backend)
+    return CappedSpawner(inner, tier, backend)
 
 
 class ControlPlane:

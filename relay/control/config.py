@@ -140,6 +140,11 @@ class ControlConfig:
     relay_warm_relays: Count = 2
     """Standby relays kept started ahead of demand (zygote only), each costing what an idle room
     costs; 0: none."""
+    relay_rooms_per_process: Positive = 1
+    """Rooms one local relay process serves: 1, a process per room (isolation: a room's crash or
+    caps are its own); N > 1, the rooms-per-process tier: rooms share a process and its caps (the
+    tier's times N, one cgroup) and a crash, for far less CPU per message (docs/tiers.md); no
+    warm standbys then (a group's free seats are its warm relays)."""
     relay_tier: str = "realtime1.nano"
     """Caps every local relay keeps to (docs/tiers.md)."""
     relay_caps: Literal["auto", "cgroup", "soft", "off"] = "auto"
@@ -296,6 +301,7 @@ SURFACE = Surface(
         "relay_require_user_tokens": "--require-user-tokens",
         "relay_gs2_clients": "--gs2-clients",
         "relay_warm_relays": "--warm-relays",
+        "relay_rooms_per_process": "--rooms-per-process",
     },
 )
 """The control plane's settings: --flag, RELAY_* variable and config file key for each field."""

@@ -28,6 +28,8 @@ from relay.host.spawner import (
     ProcessHandle,
     Spawner,
     SubprocessSpawner,
+    cmdline,
+    commands,
     pid_alive,
     relay_environment,
 )
@@ -114,7 +116,7 @@ def pid_is_relay(pid: int, namespace: str, room: str, incarnation: str) -> bool:
     if not pid_alive(pid):
         return False
     try:
-        args = _cmdline(pid)
+        args = cmdline(pid)
     except OSError:
         return True
     found = incarnation_of(args)
@@ -127,21 +129,11 @@ def pid_is_relay(pid: int, namespace: str, room: str, incarnation: str) -> bool:
 def relay_processes(proc: Path = Path("/proc")) -> dict[str, list[int]]:
     """Every `relay serve` on this host that names an incarnation, by incarnation."""
     found: dict[str, list[int]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = _cmdline(int(entry.name), proc)
-        except OSError:
-            continue
+    for pid, args in commands(proc):
         incarnation = incarnation_of(args)
-        if incarnation is not None and "serve" in args and pid_alive(int(entry.name)):
-            found.setdefault(incarnation, []).append(int(entry.name))
+        if incarnation is not None and "serve" in args and pid_alive(pid):
+            found.setdefault(incarnation, []).append(pid)
     return found
-
-
-def _cmdline(pid: int, proc: Path = Path("/proc")) -> list[str]:
-    return (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
 
 
 @dataclass(slots=True)
@@ -303,15 +295,27 @@ class LocalProvisioner:
                 log.exception("exit callback failed for %s/%s", tracked.namespace, tracked.room)
 
     def running_relays(self) -> dict[str, list[int]]:
-        return relay_processes()
+        found = relay_processes()
+        running_rooms = getattr(self.spawner, "running_rooms", None)  # rooms in group processes
+        if running_rooms is not None:
+            for incarnation, pids in running_rooms().items():
+                found.setdefault(incarnation, []).extend(pids)
+        return found
 
     def adopt(self, namespace: str, room: str, incarnation: str, pid: int | None) -> bool:
         if incarnation in self._procs or incarnation in self._spawning:
             return True
-        if pid is None or not pid_is_relay(pid, namespace, room, incarnation):
+        if pid is None:
             return False
-        adopt = getattr(self.spawner, "adopt", None)  # a CappedSpawner: back in its group, capped
-        handle = (adopt(pid) if adopt is not None else None) or PidHandle(pid)
+        handle: ProcessHandle | None = None
+        if pid_is_relay(pid, namespace, room, incarnation):
+            adopt = getattr(self.spawner, "adopt", None)  # a CappedSpawner: back in its group, capped
+            handle = (adopt(pid) if adopt is not None else None) or PidHandle(pid)
+        else:
+            adopt_room = getattr(self.spawner, "adopt_room", None)  # a room in a group process
+            handle = adopt_room(pid, incarnation) if adopt_room is not None else None
+        if handle is None:
+            return False
         self._track(incarnation, _Tracked(handle, namespace, room))
         return True
 
@@ -320,9 +324,14 @@ class LocalProvisioner:
 
     def notify_deleted(self, incarnation: str) -> None:
         tracked = self._procs.get(incarnation)
-        if tracked is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(tracked.handle.pid, signal.SIGUSR1)  # `relay serve`: drain as deleted
+        if tracked is None:
+            return
+        deleted = getattr(tracked.handle, "deleted", None)
+        if deleted is not None:  # a room in a group process: told through the group
+            deleted()
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(tracked.handle.pid, signal.SIGUSR1)  # `relay serve`: drain as deleted
 
     def capacity_refusal(self, rooms: int) -> str | None:
         return self.capacity.refusal(rooms)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -127,6 +127,22 @@ class SubprocessSpawner:
             if fd is not None:
                 os.close(fd)
         return SubprocessHandle(proc)
+
+
+def cmdline(pid: int, proc: Path = Path("/proc")) -> list[str]:
+    """A process's command line, as its arguments; OSError if it is gone or unreadable."""
+    return (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+
+
+def commands(proc: Path = Path("/proc")) -> Iterator[tuple[int, list[str]]]:
+    """(pid, command line) of every process on this host whose command line can be read: how a
+    restarted control plane finds the relays an earlier one started."""
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), cmdline(int(entry.name), proc)
+            except OSError:
+                continue
 
 
 def pid_alive(pid: int) -> bool:

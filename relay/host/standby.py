@@ -152,9 +152,16 @@ def run_standby() -> int:
 
 
 def main(args: list[str]) -> int:
-    """`relay serve`: a relay for one room, or with `--standby` alone one that waits for its room."""
+    """`relay serve`: a relay for one room; with `--standby` alone one that waits for its room;
+    with `--group` one that serves several."""
     if args == [STANDBY_FLAG]:
         return run_standby()
+    from relay.host.group import GROUP_FLAG
+
+    if args[:1] == [GROUP_FLAG]:  # several rooms in one process (relay/host/group.py)
+        from relay.host.group import main as group_main
+
+        return group_main(args)
     from relay.agent.serve import main as serve_main
 
     return serve_main(args)

@@ -278,13 +278,33 @@ class Relay:
         while any(c.link.buffered for c in self._ws) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)  # let the last UDP writes leave
+        self._close_sockets(abort=False)
+        if self._admin is not None:
+            await self._admin.close()
+        self._ended(reason)
+
+    def abort(self) -> None:
+        """Stops listening and drops every connection now: no CLOSING, no drain. What a room in a
+        group process gets where a room of its own process would get SIGKILL (relay/host/group.py)."""
+        self._close_sockets(abort=True)
+        if self._admin is not None:
+            asyncio.get_running_loop().create_task(self._admin.close())
+        self._ended(CloseReason.SHUTDOWN)
+
+    def _close_sockets(self, abort: bool) -> None:
+        """The listeners and every connection (with `abort`, unsent WebSocket bytes dropped)."""
+        if self._tcp_server is not None:
+            self._tcp_server.close()
         if self._udp_transport is not None:
             self._udp_transport.close()
         for conn in list(self._ws):
             if conn.transport is not None:
-                conn.transport.close()
-        if self._admin is not None:
-            await self._admin.close()
+                if abort:
+                    conn.transport.abort()
+                else:
+                    conn.transport.close()
+
+    def _ended(self, reason: CloseReason) -> None:
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()

@@ -150,21 +150,15 @@ def relay_pids(namespace: str, control_url: str | None = None) -> dict[str, list
     them after a restart); other test runs' relays on this machine are not counted. Without
     `control_url` (several nodes, a namespace no other run uses): every relay of `namespace`."""
     from relay.agent.launch import room_of
-    from relay.host.spawner import pid_alive
+    from relay.host.spawner import commands, pid_alive
 
     found: dict[str, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
+    for pid, args in commands():
         ns, room = room_of(args)
         # --control-url[=]URL/internal
         ours = control_url is None or any(control_url.rstrip("/") + "/" in a for a in args)
-        if ns == namespace and room is not None and ours and pid_alive(int(entry.name)):
-            found.setdefault(room, []).append(int(entry.name))
+        if ns == namespace and room is not None and ours and pid_alive(pid):
+            found.setdefault(room, []).append(pid)
     return found
 
 

@@ -188,12 +188,15 @@ def test_flood_quick_honest_members_unhurt_attackers_buy_nothing(tmp_path: Path)
     assert (report.out / "summary.md").read_text().count("| send |") == 1
 
 
-def test_fleet_shape_quick(tmp_path: Path) -> None:
-    """Relays started as the local provisioner starts them (zygote, a cgroup each where possible),
-    one message per packet: every message due arrives, and the figures hold together."""
+@pytest.mark.parametrize("rooms_per_process", [1, 2])
+def test_fleet_shape_quick(tmp_path: Path, rooms_per_process: int) -> None:
+    """Relays started as the local provisioner starts them (zygote, a cgroup each where possible;
+    or 2 rooms to a process, the rooms-per-process tier), one message per packet: every message
+    due arrives, and the figures hold together."""
     from loadtest.scenarios import fleetshape
 
-    config = fleetshape.FleetShapeConfig.quick()
+    search = {"search": (2,), "search_down": ()} if rooms_per_process > 1 else {}  # the search is the same
+    config = fleetshape.FleetShapeConfig.quick(rooms_per_process=rooms_per_process, **search)
     report = _report(tmp_path, "fleet-shape")
     results = fleetshape.run(config, report, progress=False)
     report.write()
@@ -204,7 +207,9 @@ def test_fleet_shape_quick(tmp_path: Path) -> None:
     assert shape["context_switches_per_message_in"] > 0
     assert shape["added"]["count"] == shape["delivered"]  # every packet stamped
     assert results["search"][0]["rooms"] == 2
-    assert "Rooms per core" in (report.out / "summary.md").read_text()
+    summary = (report.out / "summary.md").read_text()
+    assert "Rooms per core" in summary
+    assert ("2 rooms per relay process" in summary) == (rooms_per_process == 2)
 
 
 def test_fleet_shape_searches_below_a_first_size_that_fails(tmp_path: Path) -> None:

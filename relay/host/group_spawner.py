@@ -1,0 +1,448 @@
+"""Several rooms per relay process: the host's side of the rooms-per-process tier.
+
+    spawner = GroupSpawner(CappedSpawner(ZygoteSpawner(), group_tier(NANO, 8)), rooms_per_process=8)
+    handle = await spawner.spawn(argv, env, log_path)   # this room's handle, in a shared process
+
+A `relay serve` spawn becomes a room in a group process (relay/host/group.py) with a free seat,
+or in a new one started through the inner spawner (so a group is forked from the zygote template
+and capped in one cgroup with the tier's caps times its rooms, `relay.agent.tiers.group_tier`).
+The handle it returns is the room's, with the interface of a process's: `wait()` returns when
+the room has ended (0) or its group died (the group's exit code; `exit_reason` as the inner
+handle said, e.g. "cap_exceeded"), `terminate()` closes the room (CLOSING shutdown), `deleted()`
+drains it (CLOSING deleted), `kill()` drops it at once; only a group that no longer answers is
+killed whole. `pid` is the group's.
+
+After a control-plane restart the groups go on serving their rooms; `running_rooms()` finds
+them by their command line (`relay serve --group SOCKET`) and asks each for its rooms, and
+`adopt_room()` reconnects to the group and tracks the room again. A group never takes rooms from
+a control plane other than the one that started it: an adopted group serves its rooms out and
+exits.
+
+Any other command (a standby, another program) goes to the inner spawner unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from relay.agent.launch import incarnation_of
+from relay.host.frames import HEADER, encode_frame
+from relay.host.group import group_argv, parse_group_argv, read_frame
+from relay.host.spawner import (
+    PidHandle,
+    ProcessHandle,
+    Spawner,
+    cmdline,
+    commands,
+    pid_alive,
+    relay_environment,
+)
+from relay.host.zygote import serve_args
+
+log = logging.getLogger("relay.host.group_spawner")
+
+CONNECT_TIMEOUT = 30.0
+ASK_TIMEOUT = 2.0
+KILL_GRACE = 2.0
+EXIT_WAIT = 5.0
+"""Seconds a group has to drop a room it was told to kill before it is killed whole."""
+
+
+class GroupGone(ConnectionError):
+    """The group process ended, or its connection did."""
+
+
+class _Group:
+    """One group process as its spawner sees it: its connection, its rooms' exits."""
+
+    def __init__(self, handle: ProcessHandle, pid: int, path: str, capacity: int, ours: bool) -> None:
+        self.handle = handle
+        self.pid = pid
+        self.path = path
+        self.capacity = capacity
+        self.ours = ours  # started by this spawner (takes rooms); else adopted (serves its rooms out)
+        self.rooms: dict[str, asyncio.Future[tuple[int | None, str | None]]] = {}
+        self.seats_taken = 0  # rooms served or being assigned
+        self._writer: asyncio.StreamWriter | None = None
+        self._answers: list[asyncio.Future[dict[str, Any]]] = []
+        self._connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reader_task: asyncio.Task[None] | None = None
+        self.gone = False
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.seats_taken if self.ours and not self.gone else 0
+
+    async def connect(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+                break
+            except OSError:
+                if loop.time() > deadline or not pid_alive(self.pid):
+                    self._lost()
+                    raise GroupGone(f"relay group pid {self.pid} did not listen on {self.path}") from None
+                await asyncio.sleep(0.01)
+        self._writer = writer
+        self._reader_task = loop.create_task(self._read(reader))
+        self._connected.set_result(None)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while (message := await read_frame(reader)) is not None:
+                if message.get("op") == "exited":
+                    exit_future = self.rooms.pop(str(message.get("incarnation")), None)
+                    if exit_future is not None and not exit_future.done():
+                        exit_future.set_result((0, None))
+                elif self._answers:
+                    answer = self._answers.pop(0)
+                    if not answer.done():
+                        answer.set_result(message)
+        except (ValueError, ConnectionError) as exc:
+            log.warning("relay group pid %s: connection lost (%s)", self.pid, exc)
+        await self._ended()
+
+    async def _ended(self) -> None:
+        """The connection ended: the group exited (its watcher then ends its rooms), or it no
+        longer answers with rooms in it, which are not left behind: it is killed."""
+        self._lost()
+        if self.rooms and pid_alive(self.pid):
+            log.warning(
+                "relay group pid %s stopped answering with %d rooms: killing it", self.pid, len(self.rooms)
+            )
+            self.handle.kill()
+
+    def exited(self, code: int | None, reason: str | None) -> None:
+        """The process is gone: so is every room it still had."""
+        self._lost()
+        for exit_future in self.rooms.values():
+            if not exit_future.done():
+                exit_future.set_result((code, reason))
+        self.rooms.clear()
+        self.close()
+
+    def _lost(self) -> None:
+        self.gone = True
+        for answer in self._answers:
+            if not answer.done():
+                answer.set_exception(GroupGone(f"relay group pid {self.pid} is gone"))
+        self._answers.clear()
+        if not self._connected.done():
+            self._connected.set_exception(GroupGone(f"relay group pid {self.pid} is gone"))
+            self._connected.exception()  # retrieved: nobody may be waiting
+
+    async def request(self, message: dict[str, Any], answered: bool = True) -> dict[str, Any] | None:
+        await asyncio.shield(self._connected)
+        if self.gone or self._writer is None:
+            raise GroupGone(f"relay group pid {self.pid} is gone")
+        answer: asyncio.Future[dict[str, Any]] | None = None
+        if answered:
+            answer = asyncio.get_running_loop().create_future()
+            self._answers.append(answer)
+        self._writer.write(encode_frame(message))
+        return None if answer is None else await answer
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Fire and forget (stop): dropped if the group is gone (its rooms are too)."""
+        task = asyncio.get_running_loop().create_task(self.request(message, answered=False))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+
+class GroupRoomHandle:
+    """A room in a group process, with a process handle's interface (relay/host/spawner.py)."""
+
+    __slots__ = ("_exit", "exit_reason", "group", "incarnation", "pid")
+
+    def __init__(self, group: _Group, incarnation: str) -> None:
+        self.group = group
+        self.incarnation = incarnation
+        self.pid = group.pid
+        self.exit_reason: str | None = None
+        self._exit = group.rooms.setdefault(incarnation, asyncio.get_running_loop().create_future())
+
+    async def wait(self) -> int | None:
+        code, self.exit_reason = await asyncio.shield(self._exit)
+        return code
+
+    def terminate(self) -> None:
+        self._stop("shutdown")
+
+    def deleted(self) -> None:
+        """The room was deleted: it drains (CLOSING deleted), as SIGUSR1 tells a room's own process."""
+        self._stop("deleted")
+
+    def kill(self) -> None:
+        """Drops the room at once. A group that cannot be told (its connection is gone), or that
+        has not dropped it KILL_GRACE later, is wedged: it is killed, with every room in it."""
+        if self._exit.done():
+            return
+        if self.group.gone:
+            self.group.handle.kill()
+            return
+        self._stop("kill")
+        asyncio.get_running_loop().call_later(KILL_GRACE, self._kill_wedged)
+
+    def _kill_wedged(self) -> None:
+        if not self._exit.done():
+            log.warning(
+                "relay group pid %s did not drop room %s: killing the group", self.pid, self.incarnation
+            )
+            self.group.handle.kill()
+
+    def registered(self) -> None:
+        """The room registered: its group's CPU quota is on (the start-up boost of the group)."""
+        hook = getattr(self.group.handle, "registered", None)
+        if hook is not None:
+            hook()
+
+    def _stop(self, how: str) -> None:
+        if not self._exit.done():
+            self.group.send({"op": "stop", "incarnation": self.incarnation, "reason": how})
+
+
+class GroupSpawner:
+    def __init__(
+        self,
+        inner: Spawner,
+        rooms_per_process: int,
+        python: str = sys.executable,
+        log_path: Path | None = None,
+        socket_dir: Path | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        if rooms_per_process < 1:
+            raise ValueError("rooms_per_process must be at least 1")
+        self.inner = inner
+        self.rooms_per_process = rooms_per_process
+        self.python = python
+        self.log_path = log_path  # the groups' own records (a room's go to its own log)
+        # a private folder (0700) for the sockets: rooms' secrets travel on them
+        self.socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="relay-groups-"))
+        self.connect_timeout = connect_timeout
+        self._groups: dict[int, _Group] = {}  # by pid
+        self._serial = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._found: dict[int, tuple[str, list[str]]] = {}  # running_rooms(): pid -> (socket, incarnations)
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._seats: set[asyncio.Task[None]] = set()  # one per room: frees its seat when it ends
+
+    @property
+    def group_pids(self) -> list[int]:
+        return [g.pid for g in self._groups.values() if not g.gone]
+
+    async def start(self) -> None:
+        start = getattr(self.inner, "start", None)
+        if start is not None:
+            await start()
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    ) -> ProcessHandle:
+        args = serve_args(argv, self.python)
+        incarnation = incarnation_of(argv)
+        if args is None or incarnation is None or parse_group_argv(args) is not None or "--standby" in args:
+            return await self.inner.spawn(argv, env, log_path)
+        while True:
+            async with self._lock:  # two rooms never race for one group's last seat
+                group = next((g for g in self._groups.values() if g.free > 0), None)
+                if group is None:
+                    group = await self._start_group()
+                group.seats_taken += 1
+            try:
+                handle = GroupRoomHandle(group, incarnation)
+                answer = await group.request(
+                    {
+                        "op": "assign",
+                        "argv": list(argv),
+                        "env": dict(env),
+                        "log_path": None if log_path is None else str(log_path),
+                    }
+                )
+            except GroupGone:
+                group.rooms.pop(incarnation, None)
+                log.warning("relay group pid %s went away while taking a room: another group", group.pid)
+                continue
+            except BaseException:
+                group.seats_taken -= 1
+                group.rooms.pop(incarnation, None)
+                raise
+            if answer is None or answer.get("op") != "assigned":
+                group.seats_taken -= 1
+                group.rooms.pop(incarnation, None)
+                raise OSError(f"relay group pid {group.pid} refused the room: {(answer or {}).get('error')}")
+            self._watch_seat(group, handle)
+            return handle
+
+    def _watch_seat(self, group: _Group, handle: GroupRoomHandle) -> None:
+        task = asyncio.get_running_loop().create_task(self._seat_freed(group, handle))
+        self._seats.add(task)
+        task.add_done_callback(self._seats.discard)
+
+    async def _seat_freed(self, group: _Group, handle: GroupRoomHandle) -> None:
+        """An emptied group is let go (it exits once its connection closes) unless it is the one
+        group kept with free seats: an adopted one always, ours after a burst."""
+        await handle.wait()
+        group.seats_taken -= 1
+        if group.seats_taken or group.gone:
+            return
+        others_free = any(g.free for g in self._groups.values() if g is not group)
+        if not group.ours or others_free:
+            group.gone = True  # takes no room from now
+            group.close()
+
+    async def _start_group(self) -> _Group:
+        path = str(self.socket_dir / f"g{os.getpid()}-{next(self._serial)}.sock")
+        argv = [self.python, "-m", "relay.cli", "serve", *group_argv(path, self.rooms_per_process)]
+        handle = await self.inner.spawn(argv, relay_environment(), self.log_path)
+        group = _Group(handle, handle.pid, path, self.rooms_per_process, ours=True)
+        self._groups[handle.pid] = group
+        self._watch(group)
+        try:
+            await group.connect(self.connect_timeout)
+        except GroupGone:
+            handle.kill()
+            raise OSError(f"relay group pid {handle.pid} did not start") from None
+        log.info("relay group pid %s started for up to %d rooms", handle.pid, self.rooms_per_process)
+        return group
+
+    def _watch(self, group: _Group) -> None:
+        self._watchers[group.pid] = asyncio.get_running_loop().create_task(self._watch_group(group))
+
+    async def _watch_group(self, group: _Group) -> None:
+        """Ends the group's rooms once its process is gone, and forgets it."""
+        code = await group.handle.wait()
+        self._groups.pop(group.pid, None)
+        self._watchers.pop(group.pid, None)
+        group.exited(code, getattr(group.handle, "exit_reason", None))
+
+    # ---- after a control-plane restart ------------------------------------------------------
+
+    def running_rooms(self, proc: Path = Path("/proc")) -> dict[str, list[int]]:
+        """The rooms of every group process on this host, by incarnation (asks each, briefly)."""
+        found: dict[str, list[int]] = {}
+        for pid, args in commands(proc):
+            parsed = _group_argv(args)
+            if parsed is None or not pid_alive(pid):
+                continue
+            try:
+                rooms = ask_rooms(parsed[0])
+            except (OSError, ValueError) as exc:
+                log.warning("relay group pid %s did not list its rooms: %s", pid, exc)
+                continue
+            self._found[pid] = (parsed[0], rooms)
+            for incarnation in rooms:
+                found.setdefault(incarnation, []).append(pid)
+        return found
+
+    def adopt_room(self, pid: int, incarnation: str) -> GroupRoomHandle | None:
+        """A room an earlier control plane put in group `pid`: tracked again, or None if that
+        group does not serve it."""
+        group = self._groups.get(pid)
+        if group is None:
+            path, rooms = self._found.get(pid) or (None, [])
+            if path is None:
+                parsed = _group_of(pid)
+                if parsed is None:
+                    return None
+                path = parsed[0]
+                try:
+                    rooms = ask_rooms(path)
+                except (OSError, ValueError):
+                    return None
+                self._found[pid] = (path, rooms)
+            if incarnation not in rooms:
+                return None
+            adopt = getattr(self.inner, "adopt", None)  # a CappedSpawner: its cgroup, quota on
+            handle = (adopt(pid) if adopt is not None else None) or PidHandle(pid)
+            group = _Group(handle, pid, path, self.rooms_per_process, ours=False)
+            self._groups[pid] = group
+            self._watch(group)
+            task = asyncio.get_running_loop().create_task(group.connect(ASK_TIMEOUT))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        elif incarnation not in self._found.get(pid, ("", []))[1] and incarnation not in group.rooms:
+            return None
+        room = GroupRoomHandle(group, incarnation)
+        group.seats_taken += 1
+        self._watch_seat(group, room)
+        return room
+
+    def adopt(self, pid: int) -> ProcessHandle | None:
+        """A room's own relay process (not a group): the inner spawner's handle for it."""
+        adopt = getattr(self.inner, "adopt", None)
+        return None if adopt is None else adopt(pid)
+
+    async def close(self) -> None:
+        """Lets go of the groups (their rooms keep running, as relays of their own do; a group
+        with no room left exits once its connection is gone), then the inner spawner."""
+        empty = [
+            self._watchers[g.pid] for g in self._groups.values() if not g.rooms and g.pid in self._watchers
+        ]
+        for group in list(self._groups.values()):
+            group.close()
+        self._groups.clear()
+        if empty:  # they exit now: seen gone before the inner spawner (a zygote template) closes
+            await asyncio.wait(empty, timeout=EXIT_WAIT)
+        tasks = [*self._watchers.values(), *self._seats]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watchers.clear()
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            await close()
+
+
+def _group_of(pid: int) -> tuple[str, int] | None:
+    try:
+        return _group_argv(cmdline(pid))
+    except OSError:
+        return None
+
+
+def _group_argv(args: list[str]) -> tuple[str, int] | None:
+    """(socket, rooms) where a command line is a group's `relay serve --group ...`."""
+    if "serve" not in args:
+        return None
+    return parse_group_argv([a for a in args[args.index("serve") + 1 :] if a])
+
+
+def ask_rooms(path: str, timeout: float = ASK_TIMEOUT) -> list[str]:
+    """The incarnations a group serves (a blocking request: the control plane asks while it
+    recovers, before it serves anything)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(encode_frame({"op": "rooms"}))
+        with sock.makefile("rb") as stream:
+            header = stream.read(HEADER.size)
+            if len(header) < HEADER.size:
+                raise ValueError("no answer")
+            (size,) = HEADER.unpack(header)
+            if size > 1 << 20:
+                raise ValueError(f"answer of {size} bytes")
+            answer = json.loads(stream.read(size))
+    if (
+        not isinstance(answer, dict)
+        or answer.get("op") != "rooms"
+        or not isinstance(answer.get("rooms"), list)
+    ):
+        raise ValueError("no room list")
+    return [str(r.get("incarnation")) for r in answer["rooms"] if isinstance(r, dict)]

@@ -1,0 +1,158 @@
+"""A group process's rooms, in this process (relay/host/group.py's RoomGroup, driven by the
+requests its spawner sends): each room a real relay on loopback; what it refuses; a killed room
+goes alone; over the group's CPU budget only the rooms over their share shed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import relay.client as rc
+from relay.agent.tiers import NANO, group_tier
+from relay.host.group import RoomGroup, parse_group_argv
+from relay.logs import RoutedStream
+from relay.protocol.constants import CloseReason
+from relay.protocol.keys import generate_room_key
+
+
+def assign(incarnation: str, key: str, **extra: str) -> dict[str, Any]:
+    flags = [f for k, v in extra.items() for f in (f"--{k.replace('_', '-')}", v)]
+    argv = ["python", "-m", "relay.cli", "serve", "--port", "0", "--incarnation", incarnation, *flags]
+    return {"op": "assign", "argv": argv, "env": {"RELAY_ROOM_KEY": key}, "log_path": None}
+
+
+async def stopped(group: RoomGroup) -> None:
+    for room in list(group.rooms.values()):
+        room.task.cancel()
+    await asyncio.gather(*(r.task for r in list(group.rooms.values())), return_exceptions=True)
+
+
+@pytest.fixture
+def routed_logs() -> Iterator[None]:
+    """The group process's logging (relay.logs.configure with a RoutedStream), for this test."""
+    handler = logging.StreamHandler(RoutedStream(sys.stderr))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+async def test_rooms_are_relays_of_their_own_and_refusals_change_nothing(
+    tmp_path: Path, routed_logs: None
+) -> None:
+    group = RoomGroup(2, None, "soft")
+    k1, k2 = generate_room_key(), generate_room_key()
+    try:
+        log = tmp_path / "ns" / "one.log"
+        first = await group._handle({**assign("one", k1), "log_path": str(log)})
+        assert first is not None and first["op"] == "assigned"
+        second = await group._handle(assign("two", k2))
+        assert second is not None and second["op"] == "assigned" and second["port"] != first["port"]
+        assert "relay listening" in log.read_text()  # the room's own records in its own log
+        for bad, why in (
+            (assign("three", generate_room_key()), "full"),
+            (assign("one", k1), "already served"),
+            ({"op": "assign", "argv": ["ls"], "env": {}}, "serve"),
+            ({"op": "assign", "argv": ["serve"], "env": {"RELAY_ROOM_KEY": k1}}, "incarnation"),
+            ({"op": "assign", "argv": ["serve", "--incarnation", "i"], "env": {}}, "room-key"),
+            ({"op": "assign", "argv": ["serve", "--port", "x"], "env": {"RELAY_ROOM_KEY": k1}}, "port"),
+            ({"op": "launch"}, "unknown op"),
+        ):
+            answer = await group._handle(bad)
+            assert answer is not None and answer["op"] == "refused" and why in answer["error"], (bad, answer)
+        listed = await group._handle({"op": "rooms"})
+        assert listed is not None and {r["incarnation"] for r in listed["rooms"]} == {"one", "two"}
+
+        a = await rc.connect("127.0.0.1", first["port"], k1, "a", transport="udp")
+        b = await rc.connect("127.0.0.1", first["port"], k1, "b", transport="ws")
+        c = await rc.connect("127.0.0.1", second["port"], k2, "c", transport="ws")
+        d = await rc.connect("127.0.0.1", second["port"], k2, "d", transport="udp")
+        with pytest.raises((rc.ClientError, OSError, TimeoutError)):  # the other room's key is not this one's
+            await rc.connect("127.0.0.1", first["port"], k2, "x", transport="ws", timeout=1.0)
+        a.send(b"one")
+        c.send(b"two")
+        assert (await b.next_event_of(rc.Received, timeout=5)).data == b"one"
+        assert (await d.next_event_of(rc.Received, timeout=5)).data == b"two"
+
+        # "kill": the room's sockets close at once; its neighbour plays on
+        await group._handle({"op": "stop", "incarnation": "one", "reason": "kill"})
+        await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(_gone(group, "one"))), 5)
+        c.send(b"after")
+        assert (await d.next_event_of(rc.Received, timeout=5)).data == b"after"
+        # "deleted": CLOSING deleted to its members
+        await group._handle({"op": "stop", "incarnation": "two", "reason": "deleted"})
+        closing = await c.next_event_of(rc.ClosingEvent, timeout=5)
+        assert closing.reason == CloseReason.DELETED
+        await asyncio.wait_for(_gone(group, "two"), 5)
+        for client in (a, b, c, d):
+            await client.close()
+    finally:
+        await stopped(group)
+
+
+async def _gone(group: RoomGroup, incarnation: str) -> None:
+    while incarnation in group.rooms:
+        await asyncio.sleep(0.01)
+
+
+async def test_over_the_cpu_budget_only_the_rooms_over_their_share_shed() -> None:
+    group = RoomGroup(3, group_tier(NANO, 3), "soft")
+    keys = [generate_room_key() for _ in range(3)]
+    try:
+        ports = []
+        for n, key in enumerate(keys):
+            answer = await group._handle(assign(f"r{n}", key))
+            assert answer is not None
+            ports.append(answer["port"])
+        clients = [
+            await rc.connect("127.0.0.1", port, key, who, transport="ws")
+            for port, key in zip(ports, keys, strict=True)
+            for who in ("a", "b")
+        ]
+        group.sample()
+        for _ in range(50):  # room r0 is busy; r1 a little; r2 quiet
+            clients[0].send(b"x")
+        clients[2].send(b"y")
+        await clients[1].next_event_of(rc.Received, timeout=5)
+        await clients[3].next_event_of(rc.Received, timeout=5)
+        await asyncio.sleep(0.2)
+        group.sample()
+        group.shed_optional = True  # what the guard does at 90% of the group's budget
+        shed = [group.rooms[f"r{n}"].served.relay.shed_optional for n in range(3)]  # type: ignore[union-attr]
+        assert shed == [True, False, False]
+        group.shed_optional = False
+        shed = [group.rooms[f"r{n}"].served.relay.shed_optional for n in range(3)]  # type: ignore[union-attr]
+        assert shed == [False, False, False]
+        group.accepting_joins = False  # memory near the group's cap: no room takes joins
+        assert not any(r.served.relay.accepting_joins for r in group.rooms.values())  # type: ignore[union-attr]
+        for client in clients:
+            await client.close()
+    finally:
+        await stopped(group)
+
+
+def test_group_command_lines() -> None:
+    assert parse_group_argv(["--group", "/run/g.sock", "--group-rooms", "8"]) == ("/run/g.sock", 8)
+    for bad in (
+        ["--group", "/run/g.sock"],
+        ["--group", "/run/g.sock", "--group-rooms", "0"],
+        ["--group", "/run/g.sock", "--group-rooms", "many"],
+        ["--room-key", "k", "--group-rooms", "2", "x"],
+    ):
+        assert parse_group_argv(bad) is None
+    tier = group_tier(NANO, 4)
+    assert (tier.cpu, tier.memory_bytes, tier.nofile, tier.pids) == (
+        0.5,
+        4 * NANO.memory_bytes,
+        4096,
+        NANO.pids,
+    )
