@@ -235,8 +235,8 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         )
     rooms = [r.get("rooms_per_core") for r in per_run]
     caps = first["shape"][next(iter(first["shape"]))]["caps"] if first["shape"] else "-"
-    per_process = rooms_per_process > 1
-    if per_process:
+    grouped = rooms_per_process > 1
+    if grouped:
         head = [
             f"## The rooms-per-process tier: the same shape, {rooms_per_process} rooms per relay process",
             "",
@@ -284,7 +284,7 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         "",
         *(
             []
-            if not per_process
+            if not grouped
             else ["The best case follows (one room, coalesced input): a peak, not the deployed shape.", ""]
         ),
     ]

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import os
 import signal
@@ -44,7 +43,7 @@ from relay.agent.caps import CapsCollector, CapsGuard, apply_soft_limits
 from relay.agent.launch import LaunchError, RelayLaunch
 from relay.agent.serve import ServedRoom
 from relay.agent.tiers import Tier, get_tier, group_tier
-from relay.host.frames import HEADER, encode_frame
+from relay.host.frames import encode_frame, read_frame_async
 from relay.logs import ROOM_LOG, RoutedStream, configure
 from relay.protocol.constants import CloseReason
 from relay.server.app import Relay
@@ -55,7 +54,8 @@ log = logging.getLogger("relay.group")
 GROUP_FLAG = "--group"
 GROUP_ROOMS_FLAG = "--group-rooms"
 CONNECT_TIMEOUT = 30.0
-MAX_FRAME = 1 << 20
+MAX_GROUP_FRAME = 1 << 20
+"""Bytes of one frame on a group's socket, either way (an assignment holds a room's environment)."""
 STOP_REASONS = {"shutdown": CloseReason.SHUTDOWN, "deleted": CloseReason.DELETED}
 
 
@@ -63,6 +63,13 @@ def group_argv(socket_path: str, rooms: int) -> list[str]:
     """The flags after `relay serve` that start a group (its command line names its socket, which
     is how a restarted control plane finds it)."""
     return [GROUP_FLAG, socket_path, GROUP_ROOMS_FLAG, str(rooms)]
+
+
+def group_of(command: list[str]) -> tuple[str, int] | None:
+    """(socket path, rooms) where a process's whole command line (/proc/PID/cmdline) is a group's."""
+    if "serve" not in command:
+        return None
+    return parse_group_argv([a for a in command[command.index("serve") + 1 :] if a])
 
 
 def parse_group_argv(args: list[str]) -> tuple[str, int] | None:
@@ -74,28 +81,6 @@ def parse_group_argv(args: list[str]) -> tuple[str, int] | None:
     except ValueError:
         return None
     return (args[1], rooms) if rooms >= 1 and args[1] else None
-
-
-async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_FRAME) -> dict[str, Any] | None:
-    """One frame's object (relay/host/frames.py) from a stream; None at its end. ValueError if
-    it is too large or not a JSON object."""
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ValueError("truncated frame") from None
-        return None
-    (size,) = HEADER.unpack(header)
-    if size > max_size:
-        raise ValueError(f"frame of {size} bytes")
-    try:
-        body = await reader.readexactly(size)
-    except asyncio.IncompleteReadError:
-        raise ValueError("truncated frame") from None
-    message = json.loads(body)
-    if not isinstance(message, dict):
-        raise ValueError("a frame must hold a JSON object")
-    return message
 
 
 @dataclass(slots=True)
@@ -194,7 +179,7 @@ class RoomGroup:
         self._ever_connected = True
         self.connections.add(writer)
         try:
-            while (request := await read_frame(reader)) is not None:
+            while (request := await read_frame_async(reader, MAX_GROUP_FRAME)) is not None:
                 answer = await self._handle(request)
                 if answer is not None:
                     writer.write(encode_frame(answer))
@@ -371,18 +356,19 @@ async def serve_group(socket_path: str, capacity: int, tier_name: str | None, ca
 
 
 def main(args: list[str]) -> int:
-    """`relay serve --group SOCKET --group-rooms N` (started by relay/host/group_spawner.py; the
-    tier and caps mode come from RELAY_TIER and RELAY_CAPS, as a capped relay's do)."""
+    """`relay serve --group SOCKET --group-rooms N` (started by relay/host/group_spawner.py). Its
+    tier, caps mode and logging are a relay's settings from its environment (RELAY_TIER and
+    RELAY_CAPS, as a capped relay's; RELAY_LOG_LEVEL, RELAY_LOG_FORMAT)."""
     from relay.agent.serve import run
+    from relay.settings import fail
 
     parsed = parse_group_argv(args)
     if parsed is None:
         print(f"relay serve {GROUP_FLAG}: expected {GROUP_FLAG} SOCKET {GROUP_ROOMS_FLAG} N", file=sys.stderr)
         return 2
-    configure(
-        os.environ.get("RELAY_LOG_LEVEL", "info"),
-        os.environ.get("RELAY_LOG_FORMAT", "json"),
-        RoutedStream(sys.stderr),
-    )
-    caps = os.environ.get("RELAY_CAPS", "soft")
-    return run(serve_group(parsed[0], parsed[1], os.environ.get("RELAY_TIER") or None, caps))
+    try:
+        settings = RelayLaunch.parse([], room_key_required=False)
+    except LaunchError as exc:
+        return fail(f"relay serve {GROUP_FLAG}", exc)
+    configure(settings.log_level, settings.log_format, RoutedStream(sys.stderr))
+    return run(serve_group(parsed[0], parsed[1], settings.tier, settings.caps))

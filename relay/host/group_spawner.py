@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import socket
@@ -36,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from relay.agent.launch import incarnation_of
-from relay.host.frames import HEADER, encode_frame
-from relay.host.group import group_argv, parse_group_argv, read_frame
+from relay.host.frames import encode_frame, read_frame_async, read_frame_with
+from relay.host.group import MAX_GROUP_FRAME, group_argv, group_of, parse_group_argv
 from relay.host.spawner import (
     PidHandle,
     ProcessHandle,
@@ -101,7 +100,7 @@ class _Group:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            while (message := await read_frame(reader)) is not None:
+            while (message := await read_frame_async(reader, MAX_GROUP_FRAME)) is not None:
                 if message.get("op") == "exited":
                     exit_future = self.rooms.pop(str(message.get("incarnation")), None)
                     if exit_future is not None and not exit_future.done():
@@ -338,47 +337,47 @@ class GroupSpawner:
     def running_rooms(self, proc: Path = Path("/proc")) -> dict[str, list[int]]:
         """The rooms of every group process on this host, by incarnation (asks each, briefly)."""
         found: dict[str, list[int]] = {}
-        for pid, args in commands(proc):
-            parsed = _group_argv(args)
-            if parsed is None or not pid_alive(pid):
-                continue
-            try:
-                rooms = ask_rooms(parsed[0])
-            except (OSError, ValueError) as exc:
-                log.warning("relay group pid %s did not list its rooms: %s", pid, exc)
-                continue
-            self._found[pid] = (parsed[0], rooms)
-            for incarnation in rooms:
+        for pid, command in commands(proc):
+            for incarnation in self._listing(pid, command)[1]:
                 found.setdefault(incarnation, []).append(pid)
         return found
+
+    def _listing(self, pid: int, command: list[str] | None = None) -> tuple[str | None, list[str]]:
+        """(socket, incarnations) of group `pid`, asked once; (None, []) if it is no group that
+        answers."""
+        if pid in self._found:
+            return self._found[pid]
+        try:
+            parsed = group_of(cmdline(pid) if command is None else command)
+        except OSError:
+            return None, []
+        if parsed is None or not pid_alive(pid):
+            return None, []
+        try:
+            rooms = ask_rooms(parsed[0])
+        except (OSError, ValueError) as exc:
+            log.warning("relay group pid %s did not list its rooms: %s", pid, exc)
+            return None, []
+        self._found[pid] = (parsed[0], rooms)
+        return parsed[0], rooms
 
     def adopt_room(self, pid: int, incarnation: str) -> GroupRoomHandle | None:
         """A room an earlier control plane put in group `pid`: tracked again, or None if that
         group does not serve it."""
         group = self._groups.get(pid)
-        if group is None:
-            path, rooms = self._found.get(pid) or (None, [])
-            if path is None:
-                parsed = _group_of(pid)
-                if parsed is None:
-                    return None
-                path = parsed[0]
-                try:
-                    rooms = ask_rooms(path)
-                except (OSError, ValueError):
-                    return None
-                self._found[pid] = (path, rooms)
+        if group is not None:  # one we track: its rooms, or those it listed when found
+            if incarnation not in group.rooms and incarnation not in self._found.get(pid, (None, []))[1]:
+                return None
+        else:
+            path, rooms = self._listing(pid)
             if incarnation not in rooms:
                 return None
             adopt = getattr(self.inner, "adopt", None)  # a CappedSpawner: its cgroup, quota on
             handle = (adopt(pid) if adopt is not None else None) or PidHandle(pid)
-            group = _Group(handle, pid, path, self.rooms_per_process, ours=False)
-            self._groups[pid] = group
+            group = self._groups[pid] = _Group(handle, pid, str(path), self.rooms_per_process, ours=False)
             self._watch(group)
             task = asyncio.get_running_loop().create_task(group.connect(ASK_TIMEOUT))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        elif incarnation not in self._found.get(pid, ("", []))[1] and incarnation not in group.rooms:
-            return None
         room = GroupRoomHandle(group, incarnation)
         group.seats_taken += 1
         self._watch_seat(group, room)
@@ -410,20 +409,6 @@ class GroupSpawner:
             await close()
 
 
-def _group_of(pid: int) -> tuple[str, int] | None:
-    try:
-        return _group_argv(cmdline(pid))
-    except OSError:
-        return None
-
-
-def _group_argv(args: list[str]) -> tuple[str, int] | None:
-    """(socket, rooms) where a command line is a group's `relay serve --group ...`."""
-    if "serve" not in args:
-        return None
-    return parse_group_argv([a for a in args[args.index("serve") + 1 :] if a])
-
-
 def ask_rooms(path: str, timeout: float = ASK_TIMEOUT) -> list[str]:
     """The incarnations a group serves (a blocking request: the control plane asks while it
     recovers, before it serves anything)."""
@@ -432,17 +417,12 @@ def ask_rooms(path: str, timeout: float = ASK_TIMEOUT) -> list[str]:
         sock.connect(path)
         sock.sendall(encode_frame({"op": "rooms"}))
         with sock.makefile("rb") as stream:
-            header = stream.read(HEADER.size)
-            if len(header) < HEADER.size:
-                raise ValueError("no answer")
-            (size,) = HEADER.unpack(header)
-            if size > 1 << 20:
-                raise ValueError(f"answer of {size} bytes")
-            answer = json.loads(stream.read(size))
-    if (
-        not isinstance(answer, dict)
-        or answer.get("op") != "rooms"
-        or not isinstance(answer.get("rooms"), list)
-    ):
+
+            def read(size: int) -> bytes | None:
+                data = stream.read(size)
+                return data if len(data) == size else None
+
+            answer = read_frame_with(read, MAX_GROUP_FRAME)
+    if answer is None or answer.get("op") != "rooms" or not isinstance(answer.get("rooms"), list):
         raise ValueError("no room list")
     return [str(r.get("incarnation")) for r in answer["rooms"] if isinstance(r, dict)]

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-from relay.host.frames import read_frame, write_frame
+from relay.host.frames import MAX_FRAME, read_frame, write_frame
 from relay.host.proctitle import set_cmdline
 from relay.host.standby import encode_assignment, is_standby, rehearse
 from relay.host.standby import main as standby_main
@@ -56,8 +56,6 @@ PRELOAD = (
 
 CMDLINE_ROOM = 4096
 """Bytes of blank argv the template is started with, so a child can write its own argv there."""
-
-MAX_FRAME = 16 << 20
 
 
 def main() -> int:

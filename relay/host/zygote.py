@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.host.frames import HEADER, encode_frame
+from relay.host.frames import MAX_FRAME, encode_frame, read_frame_async
 from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner, relay_environment, wait_pid_gone
 from relay.host.template import CMDLINE_ROOM
 
@@ -157,12 +156,10 @@ class _Template:
         stdout = self.proc.stdout
         assert stdout is not None
         try:
-            while True:
-                (size,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
-                self._dispatch(json.loads(await stdout.readexactly(size)))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
-            if not isinstance(exc, asyncio.IncompleteReadError):
-                log.error("zygote channel broken: %r", exc)
+            while (message := await read_frame_async(stdout, MAX_FRAME)) is not None:
+                self._dispatch(message)
+        except (ConnectionError, ValueError) as exc:
+            log.error("zygote channel broken: %r", exc)
         finally:
             self._gone()
 

@@ -17,7 +17,7 @@ import pytest
 import relay.client as rc
 from relay.agent.launch import RelayLaunch
 from relay.control.config import default_relay_command
-from relay.host.group import parse_group_argv
+from relay.host.group import group_of
 from relay.host.group_spawner import GroupSpawner
 from relay.host.spawner import SubprocessSpawner, commands, pid_alive, relay_environment
 from relay.protocol.constants import CloseReason
@@ -31,11 +31,7 @@ pytestmark = pytest.mark.slow
 
 
 def group_pids() -> set[int]:
-    return {
-        pid
-        for pid, args in commands()
-        if "serve" in args and parse_group_argv([a for a in args[args.index("serve") + 1 :] if a]) is not None
-    }
+    return {pid for pid, command in commands() if group_of(command) is not None}
 
 
 async def test_rooms_share_processes_apart_and_outlive_a_control_plane_restart(tmp_path: Path) -> None:
