@@ -22,7 +22,7 @@ from loadtest.fastload.messages import message_size
 from loadtest.fastload.receiver import Receiver, discard
 from loadtest.fastload.results import step_result
 from loadtest.fastload.rxstamps import enable_rx_timestamps
-from loadtest.fastload.sender import seal_step, send_due
+from loadtest.fastload.sender import seal_step, send_due, spread_phase
 from loadtest.fastload.spec import WorkerSpec
 from loadtest.machine import pin
 from loadtest.rawclient import connect
@@ -88,7 +88,7 @@ class Worker:
         for k, m in enumerate(self.members):
             m.reset()
             m.session.ping()  # the last counter before the step's packets
-            m.phase_ns = int(interval_ns * k / count)
+            m.phase_ns = spread_phase(k, count, interval_ns)
             seal_step(m, template, step, n_packets, interval_ns, batch, full)
         if full != self.stamping:
             on = [enable_rx_timestamps(m.session.sock, full) for m in self.members]

@@ -4,8 +4,9 @@ R rooms x 4 players x H Hz: every room is its own relay process, started as the 
 provisioner starts it (forked from the zygote template, each in its own realtime1.nano cgroup
 where this host allows: loadtest/spawned.py), all of them pinned to the relay CPU; every client
 packet carries one message, and each member's sends are spread over the tick at its own phase
-(not synchronised). All load runs on the load CPU (the throughput scenario's generator,
-loadtest/fastload/). The C per-packet relay forwards the same offered rate in the same run.
+(not synchronised, room-mates included: `spread_phase` in loadtest/fastload/sender.py). All
+load runs on the load CPU (the throughput scenario's generator, loadtest/fastload/). The C
+per-packet relay forwards the same offered rate in the same run.
 
 Figures: the relay processes' CPU together (from /proc) per message in and as a ratio to the C
 relay's; context switches per message; added latency (kernel receive stamp minus send, every

@@ -165,7 +165,7 @@ def test_stateful_runs_along_the_links(threaded_cp: ControlPlane) -> None:
         # `make test`: the same scenarios every run (seeds 1, 2, ...: another batch only while the
         # chains have not been walked end to end, since which draws walk them depends on the
         # schema); longer runs (RELAY_SCHEMATHESIS_EXAMPLES) vary
-        for attempt in range(1, 7):
+        for attempt in range(1, 13):
             random.seed(attempt if SCALE == 1 else None)
             # Hypothesis may see one choice prefix lead to different rules (FlakyStrategyDefinition):
             # which links can be followed depends on the live server's answers (a room provisioned

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
 from loadtest import checks, payload
 from loadtest import hist as hdr
 from loadtest.fastload.messages import message_size
+from loadtest.fastload.sender import spread_phase
 from loadtest.machine import busy_percent, cpu_percent, cpu_times, machine_info, parse_cpus, sample
 from loadtest.report import Report, plot_histogram, plot_latency_cdf, plot_timeseries
 from loadtest.streams import RecipientStats, SenderStream, account
@@ -160,3 +162,17 @@ def test_a_udp_attacker_knows_it_was_kicked_by_the_relays_closing() -> None:
         assert not _closing(session, relay_side.seal(m.Error(6, "rate limit exceeded").encode()))
         assert _closing(session, relay_side.seal(m.Closing(5, "rate limit exceeded").encode()))
         assert not _closing(session, b"\x01" * 40)  # not a packet of this session
+
+
+def test_send_phases_spread_the_tick_and_keep_room_mates_apart() -> None:
+    """A room's four members must not send together (their relay would wake once for several),
+    and all members together must still load the tick evenly: the same even slots as before."""
+    tick = 50_000_000
+    for members in (4, 8, 100, 400, 600):
+        phases = [spread_phase(k, members, tick) for k in range(members)]
+        assert sorted(phases) == [int(tick * slot / members) for slot in range(members)]
+        for first in range(0, members, 4):
+            mates = sorted(phases[first : first + 4])
+            gaps = [b - a for a, b in itertools.pairwise(mates)] + [tick - mates[-1] + mates[0]]
+            assert min(gaps) >= tick // 10, (members, first, mates)
+    assert spread_phase(0, 1, tick) == 0
