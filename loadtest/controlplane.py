@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,17 @@ from typing import Any
 
 import httpx
 
+from relay.server.app import bind_pair
+
 DEV_CLIENT_ID = "loadtest"
 DEV_CLIENT_SECRET = "loadtest-secret"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free for both TCP and UDP (a relay binds both on one port number)."""
+    tcp, udp = bind_pair("127.0.0.1", 0)
+    with tcp, udp:
+        return int(tcp.getsockname()[1])
 
 
 def available() -> str | None:

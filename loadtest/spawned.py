@@ -63,9 +63,13 @@ class SpawnedRelays:
         backend = detect() if capped else None
         grouped = rooms_per_process > 1  # the rooms-per-process tier, as `relay control --rooms-per-process`
         each = f"{rooms_per_process} rooms per relay process, " if grouped else ""
+        owner = (
+            f"each relay process in its own {NANO.name} x {rooms_per_process}"
+            if grouped
+            else f"each relay in its own {NANO.name}"
+        )
         self.caps = (
-            f"{each}each relay in its own {NANO.name}{f' x {rooms_per_process}' if grouped else ''} "
-            f"cgroup ({describe(backend)})"
+            f"{each}{owner} cgroup ({describe(backend)})"
             if backend is not None
             else f"{each}uncapped (no writable cgroup on this host)"
             if capped

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.control.helpers import free_port
+from loadtest.controlplane import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -284,18 +284,27 @@ class ControlPlane:
         await asyncio.shield(self._serve_task)
 
     async def stop(self) -> None:
-        self.state.serving = False
+        """Stops taking rooms; with stop_relays_on_exit, stops the relays while the agent API
+        still answers, so each one's `closed` report lands, it exits at once and its room ends
+        as "shutdown" (stopped after the HTTP server, each retried its report for two seconds
+        against nothing and was ended as a crash)."""
+        self.state.serving = False  # wantRoom answers 503 from here on
+        await self.agents.stop_reaper()
+        await self.state.cancel_tasks()
+        stop_all = self.config.stop_relays_on_exit
+        if stop_all:
+            for rt in self.state.runtime.values():
+                rt.ending = rt.ending or "shutdown"  # the reason an exit without a report gets
+            await self.provisioner.close(stop_all=True)
+            self.state.targets.clear()
         await self.gateway.close()
         if self._server is not None:
             self._server.should_exit = True
         if self._serve_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._serve_task, 5.0)
-        await self.agents.stop_reaper()
-        await self.state.cancel_tasks()
-        await self.provisioner.close(stop_all=self.config.stop_relays_on_exit)
-        if self.config.stop_relays_on_exit:
-            self.state.targets.clear()
+        if not stop_all:
+            await self.provisioner.close(stop_all=False)
         await self.state.cluster.close()
         await self.store.close()
         with contextlib.suppress(OSError):

@@ -123,6 +123,8 @@ class Rooms:
 
     async def want_room(self, namespace: str, name: str, user_ids: list[str]) -> RoomRecord:
         state = self.state
+        if not state.serving:  # a relay started now would outlive the stopping control plane
+            raise unavailable("room", "the control plane is stopping", "realtime.room.error.stopping")
         async with state.cluster.lock(namespace, name):
             ns = await state.active_namespace(namespace)
             if await state.store.get_room(namespace, name) is not None:

@@ -173,6 +173,7 @@ class WarmPool:
         """Puts the standby in line once it has rehearsed; one that ends while idle leaves the pool
         (and is replaced). Cancelled when the standby is handed a room."""
         exited = asyncio.ensure_future(handle.wait())
+        said: asyncio.Future[None] | None = None
         try:
             rehearsed = getattr(handle, "rehearsed", None)
             if rehearsed is not None:
@@ -186,6 +187,8 @@ class WarmPool:
             code = await exited
         finally:
             exited.cancel()
+            if said is not None:  # closed during the rehearsal
+                said.cancel()
         self._watchers.pop(handle.pid, None)
         self._idle.pop(handle.pid, None)
         with contextlib.suppress(ValueError):

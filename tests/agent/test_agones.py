@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import relay.client as rc
+from loadtest.controlplane import free_port
 from relay.agent.agones import (
     ANNOTATION_AGENT_SECRET,
     ANNOTATION_CONTROL_URL,
@@ -42,7 +43,7 @@ from relay.protocol import tokens
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
-from tests.control.helpers import free_port, make_config, wait_for
+from tests.control.helpers import make_config, wait_for
 from tests.control.test_agent import make_room
 from tests.gs2 import wireclient as g
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import sys
 import threading
 import time
@@ -87,20 +86,6 @@ def gs2_client(url: str) -> tuple[Any, Any]:
     )
     session.connect()
     return session, realtime.Gs2RealtimeRestClient(session)
-
-
-def free_port() -> int:
-    """A loopback port free for both TCP and UDP (a relay binds both on one port number)."""
-    for _ in range(50):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise OSError("no free port")
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

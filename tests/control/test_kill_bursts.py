@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 import relay.client as rc
+from loadtest.controlplane import free_port
 from tests.control.helpers import create_namespace, login, ready_room, relay_pids, wait_for
 from tests.control.test_durability import start_control
-from tests.host.test_control_restart import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,8 +12,9 @@ import httpx
 import pytest
 
 from relay.control.app import ControlPlane
+from relay.control.errors import ApiError
 from relay.host.spawner import pid_alive
-from tests.control.helpers import login, make_config, oplog, ready_room, wait_for
+from tests.control.helpers import create_namespace, login, make_config, oplog, ready_room, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +100,32 @@ async def test_relay_exit_removes_record(tmp_path: Path, monkeypatch: pytest.Mon
         await wait_for(gone, timeout=5)
         closed = [e for e in oplog(cp) if e["event"] == "room.closed"]
         assert [e["reason"] for e in closed] == ["crash"] and "exit code 3" in closed[0]["detail"]
+
+
+async def test_stop_with_relays_ends_rooms_as_shutdown(tmp_path: Path) -> None:
+    """A control plane that stops its relays (relay dev) stops them while their agents can still
+    report: each room ends as "shutdown", not as a crash after SIGKILL; wantRoom is refused
+    (503, GS2's error) from the moment the stop begins, so no relay is started to outlive it."""
+    cp = ControlPlane(make_config(tmp_path, stop_grace=5.0))
+    await cp.start()
+    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        await create_namespace(http, h, "down")
+        for name in ("a", "b"):
+            await http.post("/realtime/down/room", json={"name": name}, headers=h)
+        for name in ("a", "b"):
+            await ready_room(http, h, "down", name)
+    pids = [(await cp.store.get_room("down", name)).pid for name in ("a", "b")]
+    stopping = asyncio.create_task(cp.stop())
+    await asyncio.sleep(0)  # the stop has begun
+    with pytest.raises(ApiError) as refused:
+        await cp.rooms.want_room("down", "late", [])
+    assert refused.value.status == 503 and refused.value.errors[0].code == "realtime.room.error.stopping"
+    await stopping
+    assert not any(pid_alive(p) for p in pids)
+    closed = sorted((e["roomName"], e["reason"]) for e in oplog(cp) if e["event"] == "room.closed")
+    assert closed == [("a", "shutdown"), ("b", "shutdown")]
+    assert not [e for e in oplog(cp) if e.get("roomName") == "late"]
 
 
 async def test_delete_namespace_stops_every_room(cp: ControlPlane) -> None:

@@ -23,6 +23,7 @@ import pytest
 import websockets
 from gs2 import core, realtime
 
+from loadtest.controlplane import free_port
 from relay.agent.tiers import NANO
 from relay.control import postgres_store
 from relay.control.app import ControlPlane
@@ -48,7 +49,6 @@ from tests.control.helpers import (
 from tests.control.test_durability import start_control
 from tests.control.test_sdk import create_ns
 from tests.host.test_caps import needs_cgroups, pid_cpu_quota
-from tests.host.test_control_restart import free_port
 
 pytestmark = pytest.mark.slow
 

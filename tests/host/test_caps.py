@@ -6,26 +6,41 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
+from asyncio.subprocess import PIPE
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from relay.agent import caps
-from relay.agent.tiers import NANO, Tier, get_tier
+from relay.agent import caps, cgroupfs
+from relay.agent.launch import RelayLaunch
+from relay.agent.tiers import NANO, Tier, get_tier, group_tier
 from relay.client import Received, connect
 from relay.control.app import ControlPlane
+from relay.control.config import default_relay_command
 from relay.control.records import RoomRecord
 from relay.control.sqlite_store import SQLiteStore
 from relay.host import cgroups
 from relay.host.capped_spawner import CappedSpawner
-from relay.host.spawner import SubprocessSpawner
+from relay.host.group_spawner import GroupSpawner
+from relay.host.spawner import SubprocessSpawner, pid_alive, relay_environment
 from relay.host.warm_pool import WarmPool
 from relay.protocol.constants import CloseReason
-from tests.control.helpers import REAL_RELAY, login, make_config, oplog, ready_room, wait_for
+from relay.protocol.keys import generate_room_key
+from relay.server.config import RelayConfig
+from tests.control.helpers import (
+    REAL_RELAY,
+    create_namespace,
+    login,
+    make_config,
+    oplog,
+    ready_room,
+    wait_for,
+)
 from tests.host import greedy_relay
 
 MIB = 1 << 20
@@ -202,11 +217,6 @@ needs_cgroups = pytest.mark.skipif(
 )
 
 
-async def start_namespace(http: httpx.AsyncClient, h: dict[str, str], name: str) -> None:
-    body = {"name": name, "serverType": "relay", "serverSpec": "realtime1.nano"}
-    assert (await http.post("/realtime/", json=body, headers=h)).status_code == 200
-
-
 async def capped_room(
     cp: ControlPlane, http: httpx.AsyncClient, h: dict[str, str], room: str
 ) -> dict[str, Any]:
@@ -233,7 +243,7 @@ async def test_relay_over_its_memory_cap_is_killed_and_reported_while_another_ro
     async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
         assert isinstance(cp.provisioner.spawner, CappedSpawner)  # type: ignore[attr-defined]
         h = await login(http)
-        await start_namespace(http, h, "caps")
+        await create_namespace(http, h, "caps")
         greedy = await capped_room(cp, http, h, "greedy")
         calm = await capped_room(cp, http, h, "calm")
         assert cgroups.PARENT_NAME in str(group_of(greedy["pid"], "memory"))
@@ -269,7 +279,7 @@ async def test_a_relay_gone_silent_then_killed_over_its_memory_cap_is_reported_c
     config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup", stop_grace=3.0)
     async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
         h = await login(http)
-        await start_namespace(http, h, "caps")
+        await create_namespace(http, h, "caps")
         greedy = await capped_room(cp, http, h, "greedy")
         os.kill(greedy["pid"], greedy_relay.HANG_THEN_GROW)
 
@@ -286,7 +296,7 @@ async def test_spinning_relay_is_held_near_its_cpu_share(tmp_path: Path) -> None
     config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup")
     async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
         h = await login(http)
-        await start_namespace(http, h, "caps")
+        await create_namespace(http, h, "caps")
         spinner = await capped_room(cp, http, h, "spinner")
         pid = spinner["pid"]
         # The start-up boost ends when the relay registers, not at the 5 s fallback.
@@ -333,7 +343,7 @@ async def test_a_room_is_cpu_capped_when_its_address_is_published(tmp_path: Path
         await wait_for(lambda: len(pool.ready_pids) == 2, timeout=15)
         assert {pid_cpu_quota(pid) for pid in pool.standby_pids} == {NANO.cpu_quota_us}
         h = await login(http)
-        await start_namespace(http, h, "caps")
+        await create_namespace(http, h, "caps")
         names = [f"r{i}" for i in range(5)]  # two standbys, then fresh forks
         for name in names:
             assert (await http.post("/realtime/caps/room", json={"name": name}, headers=h)).status_code == 200
@@ -481,3 +491,79 @@ def test_sweep_goes_on_past_a_group_it_cannot_read(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(Path, "rmdir", cgroupfs_rmdir)
     assert cgroups.sweep_empty([tmp_path]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+HOARDER = """
+import os, sys
+pid = int(sys.argv[1])
+sys.stdin.readline()  # moved into the group's cgroup by now
+hoard = []
+
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+while alive() and len(hoard) < 256:  # 1 GiB at most
+    hoard.append(bytearray(b"x" * (4 << 20)))
+print(len(hoard), flush=True)
+"""
+
+
+def memory_cgroup_procs(pid: int) -> Path:
+    """The cgroup.procs file of the memory cgroup `pid` is in (v2: its only cgroup)."""
+    v2_mount, v1_mounts = cgroupfs.mounts(Path("/proc/self/mounts").read_text())
+    v2_path, v1_paths = cgroupfs.own_cgroups(Path(f"/proc/{pid}/cgroup").read_text())
+    if isinstance(BACKEND, cgroups.CgroupV2Backend):
+        assert v2_mount is not None and v2_path is not None
+        return v2_mount / v2_path.lstrip("/") / "cgroup.procs"
+    return v1_mounts["memory"] / v1_paths["memory"].lstrip("/") / "cgroup.procs"
+
+
+@needs_cgroups
+async def test_a_group_over_its_memory_cap_ends_every_room_in_it_as_cap_exceeded(tmp_path: Path) -> None:
+    """The rooms-per-process tier: a group process shares one cgroup with the tier's caps times its
+    rooms. When that cgroup runs out of memory the kernel kills the group, and each of its rooms
+    ends with the reason the group's exit gives ("cap_exceeded"), not as a crash. The memory is
+    taken by a process the test puts in the group's cgroup, and the group is made the OOM
+    killer's first choice (oom_score_adj 1000: raising it needs no privilege, shielding the
+    hoarder would), so the group itself is what the kernel kills."""
+    rooms = 2
+    spawner = GroupSpawner(
+        CappedSpawner(SubprocessSpawner(), group_tier(NANO, rooms), backend=BACKEND),
+        rooms,
+        socket_dir=tmp_path,
+    )
+    command = default_relay_command()
+    handles = []
+    hoarder: asyncio.subprocess.Process | None = None
+    try:
+        for n in range(rooms):
+            launch = RelayLaunch(RelayConfig(room_key=generate_room_key()), incarnation=f"oom{n}")
+            env = relay_environment(launch.env())
+            handles.append(await spawner.spawn([*command, *launch.argv()], env, tmp_path / f"room{n}.log"))
+        pid = handles[0].pid
+        assert handles[1].pid == pid and spawner.group_pids == [pid]
+        hoarder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOARDER, str(pid), stdin=PIPE, stdout=PIPE
+        )
+        Path(f"/proc/{pid}/oom_score_adj").write_text("1000")
+        memory_cgroup_procs(pid).write_text(str(hoarder.pid))
+        assert hoarder.stdin is not None and hoarder.stdout is not None
+        hoarder.stdin.write(b"go\n")
+        codes = await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), 20)
+        assert codes == [-signal.SIGKILL] * rooms
+        assert [h.exit_reason for h in handles] == ["cap_exceeded"] * rooms  # type: ignore[attr-defined]
+        held = int(await asyncio.wait_for(hoarder.stdout.readline(), 10))
+        assert 0 < held * 4 * MIB < group_tier(NANO, rooms).memory_bytes  # it stopped once the group went
+        assert spawner.group_pids == []
+    finally:
+        if hoarder is not None and hoarder.returncode is None:
+            hoarder.kill()
+            await hoarder.wait()
+        for h in handles:
+            if pid_alive(h.pid):
+                os.kill(h.pid, signal.SIGKILL)
+        await spawner.close()

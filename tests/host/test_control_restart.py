@@ -18,10 +18,11 @@ import httpx
 import pytest
 
 import relay.client as rc
+from loadtest.controlplane import free_port
 from relay.control.records import RoomRecord
 from relay.host.spawner import pid_alive
 from relay.protocol.constants import CloseReason
-from tests.control.helpers import free_port, login, ready_room, wait_for
+from tests.control.helpers import login, ready_room, wait_for
 from tests.control.test_durability import start_control
 
 pytestmark = pytest.mark.slow

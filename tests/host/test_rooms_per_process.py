@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 import relay.client as rc
+from loadtest.controlplane import free_port
 from relay.agent.launch import RelayLaunch
 from relay.control.config import default_relay_command
 from relay.host.group import group_of
@@ -23,7 +24,7 @@ from relay.host.spawner import SubprocessSpawner, commands, pid_alive, relay_env
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
-from tests.control.helpers import free_port, login, ready_room, wait_for
+from tests.control.helpers import login, ready_room, wait_for
 from tests.control.test_durability import start_control
 from tests.host.test_control_restart import _relay_pid
 

@@ -17,12 +17,13 @@ import httpx
 import pytest
 
 import relay.client as rc
+from loadtest.controlplane import free_port
 from relay.agent.launch import ENV_AGENT_SECRET, ENV_ROOM_KEY, LAUNCH_ENV
 from relay.control.app import ControlPlane
 from relay.host.spawner import ProcessHandle, SubprocessSpawner, pid_alive
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
-from tests.control.helpers import REAL_RELAY, free_port, login, make_config, oplog, ready_room, wait_for
+from tests.control.helpers import REAL_RELAY, login, make_config, oplog, ready_room, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
