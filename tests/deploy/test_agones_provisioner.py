@@ -18,6 +18,7 @@ import pytest
 from gs2 import core, realtime
 
 import relay.client as rc
+from loadtest.controlplane import free_port
 from relay.agent import agones
 from relay.agent.agones import LABEL_INCARNATION, AgonesSDK, run_agones
 from relay.agent.launch import RelayLaunch
@@ -31,7 +32,6 @@ from relay.server.config import RelayConfig
 from tests.agent.test_agones import FakeSidecar, sidecar_up
 from tests.control.helpers import (
     create_namespace,
-    free_port,
     gs2_client,
     login,
     make_config,

@@ -26,12 +26,12 @@ import pytest
 import yaml
 
 import relay.client as rc
+from loadtest.controlplane import free_port
 from relay.control.config import ControlConfig
 from tests.control.helpers import (
     CLIENT_ID,
     CLIENT_SECRET,
     create_namespace,
-    free_port,
     login,
     ready_room,
     wait_for,
