@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.agent.launch import RelayLaunch
-from relay.agent.tiers import NANO, group_tier
-from relay.control.config import default_relay_command
+from relay.agent.tiers import NANO
+from relay.control.app import make_spawner
+from relay.control.config import ControlConfig, default_relay_command
 from relay.host.capped_spawner import CappedSpawner
-from relay.host.cgroups import describe, detect
+from relay.host.cgroups import describe
 from relay.host.group_spawner import GroupSpawner
 from relay.host.spawner import ProcessHandle, Spawner, relay_environment
-from relay.host.zygote import ZygoteSpawner
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
 
@@ -60,7 +60,17 @@ class SpawnedRelays:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._logs = tempfile.TemporaryDirectory(prefix="spawned-relays-")
-        backend = detect() if capped else None
+        # the control plane's own spawner, as `relay control` builds it (no warm standbys: every
+        # relay here is wanted at once, and a standby would only sit on the relay CPU)
+        config = ControlConfig(
+            data_dir=Path(self._logs.name),
+            relay_caps="auto" if capped else "off",
+            relay_rooms_per_process=rooms_per_process,
+            relay_warm_relays=0,
+        )
+        self._spawner: Spawner = make_spawner(config)
+        capped_by = self._spawner.inner if isinstance(self._spawner, GroupSpawner) else self._spawner
+        backend = capped_by.backend if isinstance(capped_by, CappedSpawner) else None
         grouped = rooms_per_process > 1  # the rooms-per-process tier, as `relay control --rooms-per-process`
         each = f"{rooms_per_process} rooms per relay process, " if grouped else ""
         owner = (
@@ -71,15 +81,10 @@ class SpawnedRelays:
         self.caps = (
             f"{each}{owner} cgroup ({describe(backend)})"
             if backend is not None
-            else f"{each}uncapped (no writable cgroup on this host)"
+            else f"{each}soft {NANO.name} caps, in-process (no writable cgroup on this host)"
             if capped
             else f"{each}uncapped"
         )
-        zygote = ZygoteSpawner()
-        tier = group_tier(NANO, rooms_per_process) if grouped else NANO
-        self._spawner: Spawner = CappedSpawner(zygote, tier, backend) if backend is not None else zygote
-        if grouped:
-            self._spawner = GroupSpawner(self._spawner, rooms_per_process)
         self._handles: list[ProcessHandle] = []
         self.relays: list[SpawnedRelay] = []
         try:
