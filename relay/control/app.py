@@ -303,6 +303,7 @@ class ControlPlane:
         if self._serve_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._serve_task, 5.0)
+        await self.state.cancel_tasks()  # what requests answered during the stop started
         if not stop_all:
             await self.provisioner.close(stop_all=False)
         await self.state.cluster.close()

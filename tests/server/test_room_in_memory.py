@@ -295,3 +295,52 @@ def test_a_room_needs_no_clock_of_its_own() -> None:
     assert not ended
     room.handle_timer(1030.0)
     assert ended == [CloseReason.IDLE]
+
+
+def test_shedding_drops_udp_fan_out_and_keeps_websocket_members_whole() -> None:
+    """What the caps guard turns on at 90% of the CPU budget (relay/agent/caps.py): fan-out to UDP
+    members (unreliable by contract) is dropped and counted, broadcast or targeted; WebSocket
+    members still get everything; off again, UDP members get messages again."""
+    key, room, net = new_room()
+    a, u, w = _client(key, "a"), _client(key, "u"), _client(key, "w", "ws")
+    for client in (a, u, w):
+        net.join(client)
+    for client in (a, u, w):
+        net.take(client)
+    room.shed_optional = True
+    a.send(b"all")
+    a.send(b"to u", targets=[u.connection_id])
+    a.send(b"to w", targets=[w.connection_id])
+    net.pump(a, u, w)
+    assert net.take(w) == [Received(a.connection_id, b"all"), Received(a.connection_id, b"to w")]
+    assert not [e for e in net.take(u) if isinstance(e, Received)]
+    assert room.counters.drops["shed"] == 2
+    room.shed_optional = False
+    a.send(b"again")
+    net.pump(a, u, w)
+    assert [e for e in net.take(u) if isinstance(e, Received)] == [Received(a.connection_id, b"again")]
+    assert room.counters.drops["shed"] == 2
+
+
+def test_a_packets_messages_reach_the_others_in_the_order_sent() -> None:
+    """Consecutive broadcasts are queued together (one extend per recipient); a message of
+    another kind between them must not overtake the ones before it, nor fall behind the ones after."""
+    key, _, net = new_room()
+    a, b = _client(key, "a"), _client(key, "b", "ws")
+    net.join(a)
+    net.join(b)
+    net.take(b)
+    a.send(b"one")
+    a.send(b"two")
+    a.update_profile(b"new")
+    a.send(b"three")
+    packets = a.datagrams_to_send()
+    assert len(packets) == 1  # all four in one client packet
+    net.up(a, packets)
+    net.down()
+    assert net.take(b) == [
+        Received(a.connection_id, b"one"),
+        Received(a.connection_id, b"two"),
+        ProfileChanged(a.connection_id, b"new"),
+        Received(a.connection_id, b"three"),
+    ]
