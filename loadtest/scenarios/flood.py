@@ -49,7 +49,7 @@ class FloodConfig:
             "phase_seconds": 1.5,
             "member_rate": 20_000.0,
             "hello_rate": 2_000.0,
-            "half_open": 300,
+            "half_open": 600,  # well past max_pending_connections (256), even with some refused
         }
         base.update(kw)
         return cls(**base)
