@@ -14,6 +14,7 @@ import pytest
 from relay.agent.agent import Agent, detect_address, reason_text
 from relay.agent.config import AgentConfig
 from relay.agent.control_client import backoff
+from relay.agent.wire import Closed, Heartbeat, HeartbeatAnswer, Registration, WireError
 from relay.control.app import ControlPlane
 from relay.protocol.constants import CloseReason
 from relay.server.app import RelayStats
@@ -156,6 +157,50 @@ async def test_wrong_secret_is_refused_as_if_the_room_did_not_exist(tmp_path: Pa
                 answers.add((r.status_code, r.text))
         assert len(answers) == 1 and next(iter(answers))[0] == 404, answers
         assert (await cp.store.get_room("sec", "r")).state == "pending"
+
+
+GOOD_REGISTRATION = {"ipAddress": "10.0.0.5", "port": 7800, "adminPort": 7801, "pid": 42}
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "field"),
+    [
+        (Registration, [], "body"),
+        (Registration, {**GOOD_REGISTRATION, "ipAddress": ""}, "ipAddress"),
+        (Registration, {**GOOD_REGISTRATION, "port": 0}, "port"),
+        (Registration, {**GOOD_REGISTRATION, "port": True}, "port"),  # a bool is no port
+        (Registration, {**GOOD_REGISTRATION, "adminPort": 70000}, "adminPort"),
+        (Registration, {**GOOD_REGISTRATION, "pid": -1}, "pid"),
+        (Registration, {**GOOD_REGISTRATION, "nextHeartbeatSeconds": 0}, "nextHeartbeatSeconds"),
+        (Registration, {**GOOD_REGISTRATION, "incarnation": "é"}, "incarnation"),
+        (Heartbeat, {"members": -1}, "members"),
+        (Heartbeat, {"members": False}, "members"),
+        (Heartbeat, {"messagesPerSecond": -0.5}, "messagesPerSecond"),
+        (Heartbeat, {"cpuSeconds": "1"}, "cpuSeconds"),
+        (Heartbeat, {"rssBytes": 1.5}, "rssBytes"),
+        (Heartbeat, {"nextHeartbeatSeconds": 1e9}, "nextHeartbeatSeconds"),
+        (Heartbeat, {"incarnation": "x" * 65}, "incarnation"),
+        (Closed, {}, "reason"),
+        (Closed, {"reason": "r" * 65}, "reason"),
+    ],
+)
+def test_agent_bodies_name_the_first_field_they_cannot_carry(kind: Any, body: Any, field: str) -> None:
+    """The control plane answers such a body with a 400 naming the field (relay/agent/wire.py)."""
+    with pytest.raises(WireError) as refused:
+        kind.from_json(body)
+    assert refused.value.field == field
+
+
+def test_agent_bodies_round_trip() -> None:
+    registration = Registration.from_json({**GOOD_REGISTRATION, "incarnation": "i-1", "unknown": 1})
+    assert Registration.from_json(registration.to_json()) == registration
+    beat = Heartbeat.from_json({"members": 3, "messagesPerSecond": 2, "cpuSeconds": 0.5, "rssBytes": 9})
+    assert beat.messages_per_second == 2.0 and Heartbeat.from_json(beat.to_json()) == beat
+    assert Closed.from_json({"reason": "idle"}) == Closed("idle")
+    assert (
+        HeartbeatAnswer.from_json(None) == HeartbeatAnswer()
+        and HeartbeatAnswer.from_json({"deleted": 1}).deleted
+    )
 
 
 def test_helpers() -> None:

@@ -64,3 +64,31 @@ def test_memory_of_tokens_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert a.verify_project_token(token)
         assert len(a._verified) <= 8
     assert all(a.verify_project_token(token) for token in minted)  # forgotten ones verify again
+
+
+def test_the_failed_login_table_is_bounded_and_forgets_refilled_entries_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Guesses spread over many client ids (or sources) cannot grow the throttle's memory without
+    end: past MAX_THROTTLED_KEYS the buckets that have refilled (they throttle nothing) go first,
+    and only then the oldest, spent or not."""
+    monkeypatch.setattr(auth, "MAX_THROTTLED_KEYS", 50)
+    throttle = auth.LoginThrottle(per_source=2, per_client=3, window=60.0)
+    for n in range(40):  # 40 client ids from one source, long ago: all refilled by now
+        throttle.failed("10.0.0.1", f"old-{n}", 0.0)
+    throttle.failed("10.0.0.9", "spent", 1000.0)
+    throttle.failed("10.0.0.9", "spent", 1000.0)
+    assert throttle.retry_after("10.0.0.9", "spent", 1000.0) > 0
+    sizes = []
+    for n in range(5):  # 43 + 10 entries: one trim, of the refilled ones only
+        throttle.failed(f"10.1.0.{n}", f"new-{n}", 1000.5)
+        sizes.append(len(throttle._buckets))
+    assert max(sizes) <= 50 and not any(key[1].startswith("old-") for key in throttle._buckets)
+    assert throttle.retry_after("10.0.0.9", "spent", 1000.5) > 0  # still kept, still throttled
+    for n in range(5, 40):  # nothing refills now: the oldest entries make room
+        throttle.failed(f"10.1.0.{n}", f"new-{n}", 1000.5)
+        assert len(throttle._buckets) <= 50
+    assert throttle.retry_after("10.0.0.9", "spent", 1000.5) == 0  # the oldest went
+    assert throttle.retry_after("10.1.0.39", "new-39", 1000.5) == 0  # one try of two left
+    throttle.failed("10.1.0.39", "other", 1000.5)
+    assert throttle.retry_after("10.1.0.39", "other", 1000.5) > 0  # the newest are kept

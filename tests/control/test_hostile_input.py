@@ -95,6 +95,21 @@ def test_deep_nesting_is_a_400_for_anyone(threaded_cp: ControlPlane) -> None:
         assert http.post(LOGIN, json=CREDENTIALS).status_code == 200
 
 
+def test_a_token_sent_under_another_client_id_is_refused(threaded_cp: ControlPlane) -> None:
+    """GS2's SDK sends X-GS2-CLIENT-ID beside the bearer token: one naming another client than the
+    token's is a 401 in GS2's error format, and creates nothing."""
+    with httpx.Client(base_url=threaded_cp.url, timeout=5) as http:
+        h = bearer(http)
+        r = http.post("/realtime/", json=NAMESPACE, headers={**h, "X-GS2-CLIENT-ID": "someone-else"})
+        assert r.status_code == 401
+        assert [(e["component"], e["code"]) for e in errors_of(r)] == [
+            ("authorization", "core.auth.error.unauthorized")
+        ]
+        assert http.get("/realtime/ok/status", headers=h).status_code == 404
+        same = {**h, "X-GS2-CLIENT-ID": CLIENT_ID}
+        assert http.post("/realtime/", json=NAMESPACE, headers=same).status_code == 200
+
+
 def test_a_control_character_in_the_path_is_not_a_route(threaded_cp: ControlPlane) -> None:
     """`$` in Starlette's route patterns matched before a trailing newline: `/realtime/%0A` was the
     namespace listing (found by schemathesis)."""
