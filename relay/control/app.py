@@ -35,7 +35,7 @@ from relay.control.auth import Authority, Setting, load_or_create_credentials, l
 from relay.control.config import ControlConfig
 from relay.control.demo_api import mount_demo
 from relay.control.errors import ApiError, ErrorItem, error_response
-from relay.control.gateway import Gateway
+from relay.control.gateway import GATEWAY_MAX_MESSAGE, Gateway
 from relay.control.metrics import ControlMetrics
 from relay.control.namespaces import Namespaces
 from relay.control.oplog import OperationLog
@@ -161,7 +161,9 @@ class ControlPlane:
             project_token_ttl=config.project_token_ttl,
             user_token_ttl=config.user_token_ttl,
         )
-        self.gateway = Gateway(self.authority, self.metrics, config.webhook_url)
+        self.gateway = Gateway(
+            self.authority, self.metrics, config.webhook_url, config.gateway_sockets_per_user
+        )
         self.rooms = Rooms(self.state, self.authority, self.internal_url)
         self.namespaces = Namespaces(self.state, self.rooms)
         self.agents = AgentApi(self.state, self.rooms, self.gateway)
@@ -258,6 +260,7 @@ class ControlPlane:
             lifespan="off",
             ws="websockets-sansio",
             timeout_graceful_shutdown=2,
+            ws_max_size=GATEWAY_MAX_MESSAGE,  # /gateway reads pings only; uvicorn's default is 16 MiB
         )
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -27,6 +27,10 @@ from relay.control.metrics import ControlMetrics
 log = logging.getLogger("relay.control.gateway")
 
 CREATE_ISSUER = "Gs2Realtime:Create"
+GATEWAY_MAX_MESSAGE = 4096
+"""Bytes of one message a gateway client may send (it sends pings only): larger closes with 1009."""
+REPLACED = 4409
+"""The close code of a user's oldest socket when a newer one passes gateway_sockets_per_user."""
 
 
 def notification(issuer: str, subject: str, user_id: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -41,11 +45,18 @@ def notification(issuer: str, subject: str, user_id: str, payload: dict[str, Any
 
 
 class Gateway:
-    def __init__(self, authority: Authority, metrics: ControlMetrics, webhook_url: str | None = None) -> None:
+    def __init__(
+        self,
+        authority: Authority,
+        metrics: ControlMetrics,
+        webhook_url: str | None = None,
+        sockets_per_user: int = 4,
+    ) -> None:
         self.authority = authority
         self.metrics = metrics
         self.webhook_url = webhook_url
-        self._sockets: dict[str, set[WebSocket]] = {}
+        self.sockets_per_user = sockets_per_user
+        self._sockets: dict[str, dict[WebSocket, None]] = {}  # each user's, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
 
@@ -63,24 +74,31 @@ class Gateway:
             await ws.close(code=4401, reason="a valid user access token is required")
             return
         user = claims.sub
-        self._sockets.setdefault(user, set()).add(ws)
+        sockets = self._sockets.setdefault(user, {})
+        sockets[ws] = None
         self.metrics.gateway_connections.inc()
+        while len(sockets) > self.sockets_per_user:
+            oldest = next(iter(sockets))
+            del sockets[oldest]  # pushes go to the newer ones from now on
+            with contextlib.suppress(Exception):
+                await oldest.close(code=REPLACED, reason="a newer connection of this user replaced it")
         try:
             await ws.send_json({"type": "welcome", "userId": user})
             while True:
-                text = await ws.receive_text()
-                # Only keepalives are understood; anything else is ignored (never an error out).
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                # Only keepalives are understood; anything else (binary too) is ignored, never an error.
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    if json.loads(text).get("type") == "ping":
+                    if json.loads(message.get("text") or "").get("type") == "ping":
                         await ws.send_json({"type": "pong"})
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            sockets = self._sockets.get(user)
-            if sockets is not None:
-                sockets.discard(ws)
-                if not sockets:
-                    del self._sockets[user]
+            sockets = self._sockets.get(user, {})
+            sockets.pop(ws, None)
+            if not sockets:
+                self._sockets.pop(user, None)
             self.metrics.gateway_connections.dec()
 
     async def push(self, user_ids: Iterable[str], issuer: str, subject: str, payload: dict[str, Any]) -> int:

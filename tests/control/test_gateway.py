@@ -12,7 +12,8 @@ import websockets
 from fastapi import FastAPI, Request
 
 from relay.control.app import ControlPlane
-from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, make_config, wait_for
+from relay.control.gateway import GATEWAY_MAX_MESSAGE
+from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, login, make_config, wait_for
 
 
 async def recv_json(ws: websockets.ClientConnection, timeout: float) -> dict:
@@ -103,3 +104,55 @@ async def test_create_notification_reaches_listed_users_only(tmp_path: Path) -> 
     finally:
         hook_server.should_exit = True
         await hook_task
+
+
+async def user_tokens(cp: ControlPlane, *users: str) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        return {
+            u: (await http.post("/auth/login", json={"userId": u}, headers=h)).json()["token"] for u in users
+        }
+
+
+async def test_a_user_holds_a_few_gateway_sockets_and_a_newer_one_closes_the_oldest(cp: ControlPlane) -> None:
+    """One token cannot hold the control plane's sockets: past gateway_sockets_per_user (4) the
+    user's oldest socket is closed with 4409; the newer ones stay and are answered; other users
+    are untouched."""
+    tokens = await user_tokens(cp, "alice", "bob")
+    url = cp.url.replace("http://", "ws://") + "/gateway?token="
+    bob = await websockets.connect(url + tokens["bob"])
+    sockets = []
+    for _ in range(cp.config.gateway_sockets_per_user + 2):
+        ws = await websockets.connect(url + tokens["alice"])
+        assert await recv_json(ws, 5) == {"type": "welcome", "userId": "alice"}
+        sockets.append(ws)
+    for old in sockets[:2]:
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+            await asyncio.wait_for(old.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409
+    for ws in (*sockets[2:], bob):
+        await ws.send(json.dumps({"type": "ping"}))
+        if ws is bob:
+            assert await recv_json(ws, 5) == {"type": "welcome", "userId": "bob"}
+        assert await recv_json(ws, 5) == {"type": "pong"}
+    assert cp.gateway.connected("alice") and len(cp.gateway._sockets["alice"]) == 4
+    for ws in (*sockets, bob):
+        await ws.close()
+    await wait_for(lambda: not cp.gateway.connected("alice") and not cp.gateway.connected("bob"))
+
+
+async def test_the_gateway_ignores_binary_frames_and_closes_on_an_oversize_message(cp: ControlPlane) -> None:
+    """A client sends pings only: a binary frame is ignored (the socket stays and answers), a
+    message over GATEWAY_MAX_MESSAGE closes it with 1009 instead of being read."""
+    url = cp.url.replace("http://", "ws://") + "/gateway?token=" + (await user_tokens(cp, "carol"))["carol"]
+    ws = await websockets.connect(url)
+    assert await recv_json(ws, 5) == {"type": "welcome", "userId": "carol"}
+    await ws.send(b"\x00binary")
+    await ws.send("not json")
+    await ws.send(json.dumps({"type": "ping"}))
+    assert await recv_json(ws, 5) == {"type": "pong"}
+    await ws.send(json.dumps({"type": "ping", "pad": "x" * GATEWAY_MAX_MESSAGE}))
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    await wait_for(lambda: not cp.gateway.connected("carol"))
