@@ -31,6 +31,9 @@ GATEWAY_MAX_MESSAGE = 4096
 """Bytes of one message a gateway client may send (it sends pings only): larger closes with 1009."""
 REPLACED = 4409
 """The close code of a user's oldest socket when a newer one passes gateway_sockets_per_user."""
+PUSH_TIMEOUT = 2.0
+"""Seconds a socket has to take a push; one that does not (its reader stopped reading) is pushed
+to no more and closed: the relay registering the room waits on the pushes."""
 
 
 def notification(issuer: str, subject: str, user_id: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -102,17 +105,29 @@ class Gateway:
             self.metrics.gateway_connections.dec()
 
     async def push(self, user_ids: Iterable[str], issuer: str, subject: str, payload: dict[str, Any]) -> int:
-        """Sends to every connected socket of each listed user; returns how many frames went out."""
-        sent = 0
-        for user in dict.fromkeys(user_ids):
-            for ws in list(self._sockets.get(user, ())):
-                try:
-                    await ws.send_json(notification(issuer, subject, user, payload))
-                    sent += 1
-                except Exception:  # a dying socket must not stop the others
-                    log.debug("push to %s failed", user, exc_info=True)
+        """Sends to every connected socket of each listed user, all at once, each within
+        PUSH_TIMEOUT; returns how many frames went out."""
+        sends = [
+            self._send(user, ws, notification(issuer, subject, user, payload))
+            for user in dict.fromkeys(user_ids)
+            for ws in list(self._sockets.get(user, ()))
+        ]
+        sent = sum(await asyncio.gather(*sends))
         self.metrics.notifications.inc(sent)
         return sent
+
+    async def _send(self, user: str, ws: WebSocket, message: dict[str, Any]) -> int:
+        try:
+            await asyncio.wait_for(ws.send_json(message), PUSH_TIMEOUT)
+            return 1
+        except TimeoutError:  # a listed player that stops reading must not hold up anyone else
+            log.warning("a /gateway socket of %s took no push in %g s: closing it", user, PUSH_TIMEOUT)
+            self._sockets.get(user, {}).pop(ws, None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code=1008, reason="not reading"), 0.1)
+        except Exception:  # a dying socket must not stop the others
+            log.debug("push to %s failed", user, exc_info=True)
+        return 0
 
     def webhook(self, issuer: str, subject: str, user_ids: list[str], payload: dict[str, Any]) -> None:
         """POSTs the notification to the configured URL (and only there), in the background."""

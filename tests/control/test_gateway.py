@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
+import websockets.sync.client
 from fastapi import FastAPI, Request
 
+import relay.control.gateway as gateway_module
 from relay.control.app import ControlPlane
 from relay.control.gateway import GATEWAY_MAX_MESSAGE
-from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, login, make_config, wait_for
+from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, create_namespace, login, make_config, wait_for
 
 
 async def recv_json(ws: websockets.ClientConnection, timeout: float) -> dict:
@@ -156,3 +159,57 @@ async def test_the_gateway_ignores_binary_frames_and_closes_on_an_oversize_messa
         await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     await wait_for(lambda: not cp.gateway.connected("carol"))
+
+
+@pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
+async def test_a_user_who_stops_reading_holds_up_no_push(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A player listed in notificationUserIds whose client stops reading (here: pings sent and
+    their pongs never read, until the control plane's writes to it stall) cannot hold up the
+    room-ready push to the others, nor the registration that pushes: its socket gets
+    PUSH_TIMEOUT to take the push, then is pushed to no more and closed."""
+    monkeypatch.setattr(gateway_module, "PUSH_TIMEOUT", 0.5)
+    async with (
+        ControlPlane(make_config(tmp_path)) as cp,
+        httpx.AsyncClient(base_url=cp.url, timeout=10) as http,
+    ):
+        h = await login(http)
+        await create_namespace(http, h, "gw", createNotification={})
+        tokens = await user_tokens(cp, "alice", "stuck")
+        url = cp.url.replace("http://", "ws://") + "/gateway?token="
+        alice = await websockets.connect(url + tokens["alice"])
+        assert await recv_json(alice, 5) == {"type": "welcome", "userId": "alice"}
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.connect(("127.0.0.1", cp.port))
+        stuck = await asyncio.to_thread(
+            websockets.sync.client.connect, url + tokens["stuck"], sock=sock, max_queue=1
+        )
+        await wait_for(lambda: cp.gateway.connected("stuck"))
+        # the control plane's end of that socket gets small buffers (the kernel's would grow to
+        # megabytes of pongs first), so that a few thousand unread pongs stall its writes
+        assert cp._server is not None
+        port = sock.getsockname()[1]
+        (server_side,) = [  # uvicorn's connection from that client port
+            c.transport for c in cp._server.server_state.connections if c.client and c.client[1] == port
+        ]
+        server_side.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        server_side.set_write_buffer_limits(high=4096)
+        ping = json.dumps({"type": "ping"})
+
+        def flood() -> None:  # the pongs are never read: the server's writes to it stall
+            for _ in range(20_000):
+                stuck.send(ping)
+
+        await asyncio.to_thread(flood)
+        await asyncio.sleep(0.3)
+        body = {"name": "r1", "notificationUserIds": ["stuck", "alice"]}
+        assert (await http.post("/realtime/gw/room", json=body, headers=h)).status_code == 200
+        msg = await recv_json(alice, 10)  # alice is told, at most PUSH_TIMEOUT after the room was ready
+        assert json.loads(msg["payload"]) == {"namespaceName": "gw", "roomName": "r1"}
+        assert (await http.get("/realtime/gw/room/r1", headers=h)).json()["item"]["ipAddress"]
+        await wait_for(lambda: not cp.gateway.connected("stuck"), timeout=5)  # pushed to no more
+        assert cp.gateway.connected("alice")
+        stuck.close_socket()
+        await alice.close()
