@@ -137,44 +137,67 @@ Status = Callable[[], tuple[bool, dict[str, object]]]
 """A health or readiness check: (passing, its JSON body)."""
 
 
+ADMIN_CONNECTIONS = 8
+"""Admin connections served at once; one more is closed as it is accepted."""
+ADMIN_DEADLINE = 5.0
+"""Seconds an admin connection has, from accept to the end of the answer."""
+ADMIN_HEADER_LINES = 64
+ADMIN_LINE = 8192
+
+
 class AdminServer:
     """A minimal HTTP/1.0 server for GET /metrics, /healthz (alive) and /readyz (ready to take
     members); nothing else is routed. The two checks answer JSON, 200 or 503, in the control
-    plane's shape: {"status": "ok" | "ready" | "unavailable", "component", "reason"?, ...}."""
+    plane's shape: {"status": "ok" | "ready" | "unavailable", "component", "reason"?, ...}.
+
+    It runs inside the relay, whose file descriptors are the tier's (1,024 at realtime1.nano)
+    and its players': a client that trickles its headers, never reads the answer or sends endless
+    lines holds one of ADMIN_CONNECTIONS for at most ADMIN_DEADLINE, and no more connections."""
 
     def __init__(self, metrics: RelayMetrics, health: Status, readiness: Status) -> None:
         self.metrics = metrics
         self.checks = {"/healthz": health, "/readyz": readiness}
         self.server: asyncio.Server | None = None
+        self.open = 0
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._handle, host, port)
+        self.server = await asyncio.start_server(self._handle, host, port, limit=ADMIN_LINE)
         return self.server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= ADMIN_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self.open += 1
         try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            with contextlib.suppress(asyncio.TimeoutError):
-                while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                    pass
-            parts = line.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-            check = self.checks.get(path)
-            if path == "/metrics":
-                status, body, ctype = "200 OK", self.metrics.render(), "text/plain; version=0.0.4"
-            elif check is not None:
-                passing, answer = check()
-                status = "200 OK" if passing else "503 Service Unavailable"
-                body, ctype = json.dumps(answer).encode() + b"\n", "application/json"
-            else:
-                status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
-            head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, OSError, UnicodeDecodeError):
-            pass
+            await asyncio.wait_for(self._answer(reader, writer), ADMIN_DEADLINE)
+        except (TimeoutError, OSError, ValueError):  # ValueError: a line over ADMIN_LINE
+            writer.transport.abort()
         finally:
+            self.open -= 1
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        for _ in range(ADMIN_HEADER_LINES):
+            if (await reader.readline()) in (b"\r\n", b"\n", b""):
+                break
+        else:
+            raise ValueError("too many header lines")
+        parts = line.decode("latin-1").split()
+        path = parts[1].split("?")[0] if len(parts) >= 2 else ""
+        check = self.checks.get(path)
+        if path == "/metrics":
+            status, body, ctype = "200 OK", self.metrics.render(), "text/plain; version=0.0.4"
+        elif check is not None:
+            passing, answer = check()
+            status = "200 OK" if passing else "503 Service Unavailable"
+            body, ctype = json.dumps(answer).encode() + b"\n", "application/json"
+        else:
+            status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
+        head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
 
     async def close(self) -> None:
         if self.server is not None:

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import relay.client as rc
+import relay.server.metrics as relay_metrics
 from relay.embedded import room
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
@@ -200,3 +201,38 @@ async def test_session_listeners_hear_a_session_begin(transport: str) -> None:
         a = await client(r, "a", transport)
         assert began and r.relay.stats().members == 1
         await a.close()
+
+
+async def _closed_by_peer(reader: asyncio.StreamReader, within: float) -> bool:
+    """True if the other end closed (EOF or reset) within `within` seconds, sending nothing."""
+    try:
+        return await asyncio.wait_for(reader.read(1), within) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_the_admin_port_holds_few_slow_clients_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin server shares the relay's file descriptors (1,024 at realtime1.nano) with its
+    players: connections past ADMIN_CONNECTIONS are closed as accepted, one that trickles its
+    request is closed at ADMIN_DEADLINE, a line past ADMIN_LINE at once; scrapes then go on."""
+    monkeypatch.setattr(relay_metrics, "ADMIN_DEADLINE", 0.5)
+    async with room(admin_port=0) as r:
+        port = r.relay.admin_port
+        assert port
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        for _, writer in slow:
+            writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n")  # and never the blank line
+        refused = await asyncio.gather(*(_closed_by_peer(reader, 0.3) for reader, _ in slow))
+        assert sum(refused) == 20 - relay_metrics.ADMIN_CONNECTIONS  # the rest are being served
+        assert all(await asyncio.gather(*(_closed_by_peer(reader, 1.0) for reader, _ in slow)))
+        for _, writer in slow:
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.0\r\nX: " + b"y" * relay_metrics.ADMIN_LINE + b"\r\n\r\n")
+        assert await _closed_by_peer(reader, 0.3)
+        writer.close()
+        status, body = await _get(port, "/metrics")
+        assert status == 200 and "relay_messages_in" in body
+        assert r.relay._admin is not None and r.relay._admin.open == 0
