@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
 import socket
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
-import websockets.sync.client
 from fastapi import FastAPI, Request
 
 import relay.control.gateway as gateway_module
 from relay.control.app import ControlPlane
 from relay.control.gateway import GATEWAY_MAX_MESSAGE
+from relay.protocol.wsframes import TEXT, client_frame
 from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, create_namespace, login, make_config, wait_for
 
 
@@ -161,7 +164,6 @@ async def test_the_gateway_ignores_binary_frames_and_closes_on_an_oversize_messa
     await wait_for(lambda: not cp.gateway.connected("carol"))
 
 
-@pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 async def test_a_user_who_stops_reading_holds_up_no_push(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -180,12 +182,19 @@ async def test_a_user_who_stops_reading_holds_up_no_push(
         url = cp.url.replace("http://", "ws://") + "/gateway?token="
         alice = await websockets.connect(url + tokens["alice"])
         assert await recv_json(alice, 5) == {"type": "welcome", "userId": "alice"}
+        # a client that, once upgraded, sends pings and never reads again
+        loop = asyncio.get_running_loop()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        sock.connect(("127.0.0.1", cp.port))
-        stuck = await asyncio.to_thread(
-            websockets.sync.client.connect, url + tokens["stuck"], sock=sock, max_queue=1
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", cp.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(
+            sock,
+            f"GET /gateway?token={tokens['stuck']} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode(),
         )
+        assert await asyncio.wait_for(loop.sock_recv(sock, 12), 5) == b"HTTP/1.1 101"
         await wait_for(lambda: cp.gateway.connected("stuck"))
         # the control plane's end of that socket gets small buffers (the kernel's would grow to
         # megabytes of pongs first), so that a few thousand unread pongs stall its writes
@@ -196,14 +205,11 @@ async def test_a_user_who_stops_reading_holds_up_no_push(
         ]
         server_side.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         server_side.set_write_buffer_limits(high=4096)
-        ping = json.dumps({"type": "ping"})
-
-        def flood() -> None:  # the pongs are never read: the server's writes to it stall
-            for _ in range(20_000):
-                stuck.send(ping)
-
-        await asyncio.to_thread(flood)
-        await asyncio.sleep(0.3)
+        pings = client_frame(TEXT, json.dumps({"type": "ping"}).encode()) * 20_000
+        with contextlib.suppress(BlockingIOError):  # what the kernel takes; the server stalls first
+            sock.send(pings)
+        # its writes stall: the transport holds more than its high-water mark, so a send waits
+        await wait_for(lambda: server_side.get_write_buffer_size() > 4096, timeout=10)
         body = {"name": "r1", "notificationUserIds": ["stuck", "alice"]}
         assert (await http.post("/realtime/gw/room", json=body, headers=h)).status_code == 200
         msg = await recv_json(alice, 10)  # alice is told, at most PUSH_TIMEOUT after the room was ready
@@ -211,5 +217,5 @@ async def test_a_user_who_stops_reading_holds_up_no_push(
         assert (await http.get("/realtime/gw/room/r1", headers=h)).json()["item"]["ipAddress"]
         await wait_for(lambda: not cp.gateway.connected("stuck"), timeout=5)  # pushed to no more
         assert cp.gateway.connected("alice")
-        stuck.close_socket()
+        sock.close()
         await alice.close()
