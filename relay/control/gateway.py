@@ -82,7 +82,7 @@ class Gateway:
         self.metrics.gateway_connections.inc()
         while len(sockets) > self.sockets_per_user:
             oldest = next(iter(sockets))
-            del sockets[oldest]  # pushes go to the newer ones from now on
+            self._drop(user, oldest)  # pushes go to the newer ones from now on
             with contextlib.suppress(Exception):
                 await oldest.close(code=REPLACED, reason="a newer connection of this user replaced it")
         try:
@@ -98,11 +98,16 @@ class Gateway:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            sockets = self._sockets.get(user, {})
+            self._drop(user, ws)
+            self.metrics.gateway_connections.dec()
+
+    def _drop(self, user: str, ws: WebSocket) -> None:
+        """The socket gets no more pushes (a user with none left is forgotten)."""
+        sockets = self._sockets.get(user)
+        if sockets is not None:
             sockets.pop(ws, None)
             if not sockets:
-                self._sockets.pop(user, None)
-            self.metrics.gateway_connections.dec()
+                del self._sockets[user]
 
     async def push(self, user_ids: Iterable[str], issuer: str, subject: str, payload: dict[str, Any]) -> int:
         """Sends to every connected socket of each listed user, all at once, each within
@@ -122,7 +127,7 @@ class Gateway:
             return 1
         except TimeoutError:  # a listed player that stops reading must not hold up anyone else
             log.warning("a /gateway socket of %s took no push in %g s: closing it", user, PUSH_TIMEOUT)
-            self._sockets.get(user, {}).pop(ws, None)
+            self._drop(user, ws)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(code=1008, reason="not reading"), 0.1)
         except Exception:  # a dying socket must not stop the others

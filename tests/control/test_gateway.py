@@ -19,11 +19,19 @@ import relay.control.gateway as gateway_module
 from relay.control.app import ControlPlane
 from relay.control.gateway import GATEWAY_MAX_MESSAGE
 from relay.protocol.wsframes import TEXT, client_frame
-from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, create_namespace, login, make_config, wait_for
+from tests.control.helpers import create_namespace, login, make_config, wait_for
 
 
 async def recv_json(ws: websockets.ClientConnection, timeout: float) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def user_tokens(cp: ControlPlane, *users: str) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        return {
+            u: (await http.post("/auth/login", json={"userId": u}, headers=h)).json()["token"] for u in users
+        }
 
 
 @pytest.mark.slow
@@ -47,15 +55,8 @@ async def test_create_notification_reaches_listed_users_only(tmp_path: Path) -> 
     config = make_config(tmp_path, webhook_url=f"http://127.0.0.1:{hook_port}/hook")
     try:
         async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
-            r = await http.post(
-                "/identifier/projectToken/login",
-                json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
-            )
-            h = {"Authorization": "Bearer " + r.json()["access_token"]}
-            tokens = {}
-            for user in ("alice", "bob", "carol"):
-                r = await http.post("/auth/login", json={"userId": user}, headers=h)
-                tokens[user] = r.json()["token"]
+            h = await login(http)
+            tokens = await user_tokens(cp, "alice", "bob", "carol")
             ns = {
                 "name": "gw",
                 "serverType": "relay",
@@ -110,14 +111,6 @@ async def test_create_notification_reaches_listed_users_only(tmp_path: Path) -> 
     finally:
         hook_server.should_exit = True
         await hook_task
-
-
-async def user_tokens(cp: ControlPlane, *users: str) -> dict[str, str]:
-    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
-        h = await login(http)
-        return {
-            u: (await http.post("/auth/login", json={"userId": u}, headers=h)).json()["token"] for u in users
-        }
 
 
 async def test_a_user_holds_a_few_gateway_sockets_and_a_newer_one_closes_the_oldest(cp: ControlPlane) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relay.agent import caps, cgroupfs
+from relay.agent import caps
 from relay.agent.launch import RelayLaunch
 from relay.agent.tiers import NANO, Tier, get_tier, group_tier
 from relay.client import Received, connect
@@ -512,16 +512,6 @@ print(len(hoard), flush=True)
 """
 
 
-def memory_cgroup_procs(pid: int) -> Path:
-    """The cgroup.procs file of the memory cgroup `pid` is in (v2: its only cgroup)."""
-    v2_mount, v1_mounts = cgroupfs.mounts(Path("/proc/self/mounts").read_text())
-    v2_path, v1_paths = cgroupfs.own_cgroups(Path(f"/proc/{pid}/cgroup").read_text())
-    if isinstance(BACKEND, cgroups.CgroupV2Backend):
-        assert v2_mount is not None and v2_path is not None
-        return v2_mount / v2_path.lstrip("/") / "cgroup.procs"
-    return v1_mounts["memory"] / v1_paths["memory"].lstrip("/") / "cgroup.procs"
-
-
 @needs_cgroups
 async def test_a_group_over_its_memory_cap_ends_every_room_in_it_as_cap_exceeded(tmp_path: Path) -> None:
     """The rooms-per-process tier: a group process shares one cgroup with the tier's caps times its
@@ -550,7 +540,9 @@ async def test_a_group_over_its_memory_cap_ends_every_room_in_it_as_cap_exceeded
             sys.executable, "-c", HOARDER, str(pid), stdin=PIPE, stdout=PIPE
         )
         Path(f"/proc/{pid}/oom_score_adj").write_text("1000")
-        memory_cgroup_procs(pid).write_text(str(hoarder.pid))
+        usage = caps.cgroup_memory_file(Path(f"/proc/{pid}"))  # what the relay's own guard reads
+        assert usage is not None
+        (usage.parent / "cgroup.procs").write_text(str(hoarder.pid))
         assert hoarder.stdin is not None and hoarder.stdout is not None
         hoarder.stdin.write(b"go\n")
         codes = await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), 20)
