@@ -36,6 +36,7 @@ from relay.control.config import ControlConfig
 from relay.control.demo_api import mount_demo
 from relay.control.errors import ApiError, ErrorItem, error_response
 from relay.control.gateway import GATEWAY_MAX_MESSAGE, Gateway
+from relay.control.http_deadline import with_request_deadline
 from relay.control.metrics import ControlMetrics
 from relay.control.namespaces import Namespaces
 from relay.control.oplog import OperationLog
@@ -258,6 +259,7 @@ class ControlPlane:
             log_config=None,  # uvicorn's records go to our handler, in our format (relay/logs.py)
             access_log=False,
             lifespan="off",
+            http=with_request_deadline(self.config.request_deadline),
             ws="websockets-sansio",
             timeout_graceful_shutdown=2,
             ws_max_size=GATEWAY_MAX_MESSAGE,  # /gateway reads pings only; uvicorn's default is 16 MiB

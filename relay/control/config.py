@@ -171,6 +171,10 @@ class ControlConfig:
     limit."""
     login_failure_window: Seconds = 60.0
     """Seconds in which both failed-login budgets refill (evenly)."""
+    request_deadline: Seconds = 10.0
+    """Seconds an HTTP request has to arrive whole (headers and body) from its connection's
+    opening or its first byte; a client slower than that is disconnected, so trickling clients
+    cannot hold the control plane's file descriptors."""
     gateway_sockets_per_user: Positive = 4
     """/gateway WebSockets one user may hold at once; a newer one closes the oldest (4409), so a
     client reconnecting past a half-open socket is never locked out and one token cannot hold

@@ -22,6 +22,7 @@ from tests.control.helpers import (
     CLIENT_ID,
     CLIENT_SECRET,
     gs2_client,
+    login,
     make_config,
     threaded_control_plane,
 )
@@ -218,3 +219,64 @@ async def test_the_gateway_refuses_a_bad_token_with_close_code_4401(cp: ControlP
             with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+async def closed_after(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sends: list[bytes]
+) -> float:
+    """Sends `sends` 0.2 s apart (stopping once the server has closed) and returns the seconds
+    until the server closed the connection."""
+    start = time.monotonic()
+
+    async def trickle() -> None:
+        for piece in sends:
+            writer.write(piece)
+            await asyncio.sleep(0.2)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing answered
+        return time.monotonic() - start
+    finally:
+        trickling.cancel()
+        writer.close()
+
+
+async def test_a_request_that_does_not_arrive_whole_in_time_is_disconnected(tmp_path: Path) -> None:
+    """uvicorn alone kept a silent connection, or one trickling header lines or its body, open
+    for as long as its client liked (measured: still open after 12 s), so slow clients could
+    hold every file descriptor of the control plane. Each request now has request_deadline
+    seconds to arrive; answering it is not timed, kept-alive connections and gateway sockets
+    live on."""
+    config = make_config(tmp_path, request_deadline=1.0)
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        port = cp.port
+        headers = [b"GET /healthz HTTP/1.1\r\n"] + [b"x-slow: %d\r\n" % i for i in range(30)]
+        body = [b"POST " + LOGIN.encode() + b" HTTP/1.1\r\nhost: x\r\ncontent-length: 200\r\n\r\n"]
+        body += [b"{"] + [b" "] * 30
+        for sends in ([], headers, body):
+            seconds = await closed_after(*await asyncio.open_connection("127.0.0.1", port), sends)
+            assert 0.9 <= seconds < 3.0, (sends[:1], seconds)
+            assert (await http.get("/healthz")).status_code == 200  # everyone else is answered
+
+        # a kept-alive connection asks again and again past the deadline: each request is timed
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(4):
+            writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = next(
+                int(v)
+                for k, v in (h.split(b": ", 1) for h in head.split(b"\r\n")[1:-2])
+                if k == b"content-length"
+            )
+            await reader.readexactly(length)
+            await asyncio.sleep(0.5)
+        writer.close()
+
+        # a gateway socket outlives the deadline (its upgrade ended the request)
+        h = await login(http)
+        token = (await http.post("/auth/login", json={"userId": "u"}, headers=h)).json()["token"]
+        async with websockets.connect(cp.url.replace("http://", "ws://") + f"/gateway?token={token}") as ws:
+            await asyncio.sleep(1.5)
+            await asyncio.wait_for(await ws.ping(), 5)
