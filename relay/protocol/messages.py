@@ -13,7 +13,14 @@ from typing import Any
 
 import msgpack
 
-from relay.protocol.constants import MAX_USER_ID_BYTES, ClientMsg, ProtocolError, RelayMsg
+from relay.protocol.constants import (
+    MAX_USER_ID_BYTES,
+    RESUME_TOKEN_SIZE,
+    UDP_MAX_PLAINTEXT,
+    ClientMsg,
+    ProtocolError,
+    RelayMsg,
+)
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _LIMITS = {
@@ -399,6 +406,13 @@ def decode_message(item: bytes) -> tuple[int, bytes]:
     return sender, data
 
 
+def decode_own(item: bytes) -> RelayMessage | None:
+    """One message the relay itself encoded, for a relay that re-encodes its membership news for
+    another wire (GS2): without a client's size limits, which a room's own snapshot may pass (a
+    GS2 client's WELCOME is one part of up to 4 MiB)."""
+    return _relay_message(msgpack.unpackb(item, raw=False))
+
+
 def _relay_message(item: Any) -> RelayMessage | None:
     if type(item) is not list or not item:
         raise ProtocolError("malformed", "not an array")
@@ -446,6 +460,19 @@ def _relay_message(item: Any) -> RelayMessage | None:
 
 def decode_relay(plaintext: bytes) -> list[RelayMessage]:
     return [m for m in map(_relay_message, _unpack_all(plaintext)) if m is not None]
+
+
+def _welcome_entry_bytes() -> int:
+    most = 0xFFFFFFFF
+    one = Member(most, "", b"")
+    empty = Welcome(most, bytes(RESUME_TOKEN_SIZE), Limits(*[most] * 7), (one,), True, True, most, most)
+    return UDP_MAX_PLAINTEXT - len(empty.encode()) - 2  # str 8 and bin 16 headers: 2 bytes more
+
+
+WELCOME_ENTRY_BYTES = _welcome_entry_bytes()
+"""The most a member's user id (UTF-8) and profile may hold together: one member's WELCOME part
+then fits a UDP datagram at the largest field sizes, so every member can be welcomed over UDP
+(a WELCOME part holds one member or more; a larger one could reach no UDP client)."""
 
 
 @dataclass(slots=True)

@@ -97,8 +97,13 @@ def _split(token: str) -> tuple[str, str]:
 def _claims(body: str) -> Claims:
     try:
         raw = json.loads(_b64d(body))
-        return Claims(str(raw["sub"]), int(raw["iat"]), int(raw["exp"]), str(raw.get("iss", "")))
-    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: int(1e999)
+        sub = raw["sub"]
+        if type(sub) is not str:
+            raise TypeError("sub")
+        sub.encode()  # JSON's \ud800 escapes decode to text no UTF-8 can carry: UnicodeEncodeError
+        return Claims(sub, int(raw["iat"]), int(raw["exp"]), str(raw.get("iss", "")))
+    # OverflowError: int(1e999); RecursionError: a body of nested arrays (4 KiB holds 3,000)
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise TokenError("malformed claims") from exc
 
 

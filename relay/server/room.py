@@ -337,7 +337,13 @@ class Room:
         member = session.member
         if member is None:
             self._before_join(session, msgs, now)
-            return
+        else:
+            self._member_messages(session, member, msgs, now)
+
+    def _member_messages(
+        self, session: Session, member: Member, msgs: list[m.ClientMessage], now: float
+    ) -> None:
+        kind = session.link.kind
         self.last_activity = now
         broadcast: list[bytes] = []  # consecutive broadcasts go out with one extend per recipient
         # a SEND within its limits is accepted inline (the per-message hot path); anything else
@@ -422,12 +428,18 @@ class Room:
         if bucket is None:
             config = self.config
             session.bucket = bucket = TokenBucket(config.messages_per_second, config.message_burst, now)
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             if not bucket.take(1, now):  # before its JOIN a session is held to the member rate too
-                self.counters.drops["rate_limited"] += 1
+                self.counters.drops["rate_limited"] += len(msgs) - i  # this and the rest, unread
                 return
             if isinstance(msg, m.Join):
                 self._on_join(session, msg, now)
+                rest = msgs[i + 1 :]
+                member = session.member
+                if rest and member is not None:  # what a client sent behind its JOIN, in one packet
+                    self._member_messages(session, member, rest, now)
+                elif rest:
+                    self.counters.drops["not_joined"] += len(rest)
                 return
             if isinstance(msg, m.Ping):
                 self._queue(session, m.Pong(msg.ping_id, msg.client_time_us).encode())
@@ -445,10 +457,12 @@ class Room:
     def _on_join(self, session: Session, join: m.Join, now: float) -> None:
         config = self.config
         if self.token_key is not None:
+            if not join.access_token:
+                text = "access token: missing (this relay admits only members with a user access token)"
+                self._refuse(session, ErrorCode.UNAUTHORIZED, text, Disconnect.VIOLATION)
+                return
             try:
-                verify(
-                    self.token_key, join.access_token or "", join.user_id, now + self.wall_offset, USER_ISSUER
-                )
+                verify(self.token_key, join.access_token, join.user_id, now + self.wall_offset, USER_ISSUER)
             except TokenError as exc:
                 self._refuse(session, ErrorCode.UNAUTHORIZED, f"access token: {exc}", Disconnect.VIOLATION)
                 return
@@ -469,6 +483,10 @@ class Room:
             return
         if len(join.profile) > config.max_profile:
             self._refuse(session, ErrorCode.PROFILE_TOO_LARGE, "profile too large", Disconnect.VIOLATION)
+            return
+        if len(join.profile) > m.WELCOME_ENTRY_BYTES - len(join.user_id.encode()):
+            text = f"user id and profile over {m.WELCOME_ENTRY_BYTES} bytes together"
+            self._refuse(session, ErrorCode.PROFILE_TOO_LARGE, text, Disconnect.VIOLATION)
             return
         cid = self.next_cid
         self.next_cid += 1
@@ -594,8 +612,9 @@ class Room:
         """Checks size and rate; the MESSAGE bytes to fan out, or None if dropped."""
         data = msg.data
         if len(data) > self._max_payload[session.link.kind]:
-            self.counters.drops["payload_too_large"] += 1
-            self._queue(session, m.Error(ErrorCode.PAYLOAD_TOO_LARGE, "payload too large").encode())
+            if self._rate_ok(member, session, 0, now):  # a refusal is a message: rate limited too
+                self.counters.drops["payload_too_large"] += 1
+                self._queue(session, m.Error(ErrorCode.PAYLOAD_TOO_LARGE, "payload too large").encode())
             return None
         if not self._rate_ok(member, session, len(data), now):
             return None
@@ -623,11 +642,13 @@ class Room:
                 self._queue(other.session, encoded)
 
     def _on_profile(self, member: Member, session: Session, profile: bytes, now: float) -> None:
-        if len(profile) > self.config.max_profile:
-            self.counters.drops["profile_too_large"] += 1
-            self._queue(session, m.Error(ErrorCode.PROFILE_TOO_LARGE, "profile too large").encode())
+        n = len(profile)
+        if n > self.config.max_profile or n > m.WELCOME_ENTRY_BYTES - len(member.user_id.encode()):
+            if self._rate_ok(member, session, 0, now):  # a refusal is a message: rate limited too
+                self.counters.drops["profile_too_large"] += 1
+                self._queue(session, m.Error(ErrorCode.PROFILE_TOO_LARGE, "profile too large").encode())
             return
-        if not self._rate_ok(member, session, len(profile), now):
+        if not self._rate_ok(member, session, n, now):
             return
         member.profile = profile
         changed = m.MemberProfile(member.cid, profile).encode()
@@ -717,7 +738,7 @@ class Room:
                 path = session.path
                 c.drops["amplification" if path is not None and not path.validated else "send_failed"] += 1
         if kind == WS and link.buffered > self.config.ws_send_buffer:
-            self._overflow(session)
+            self.overflow(session)
 
     def _write_messages(self, session: Session, out: list[bytes]) -> None:
         """A keyless session's flush: its link encodes the messages itself (a GS2 client's)."""
@@ -729,9 +750,9 @@ class Room:
         c.packets_out[kind] += packets
         c.bytes_out[kind] += nbytes
         if link.buffered > self.config.ws_send_buffer:
-            self._overflow(session)
+            self.overflow(session)
 
-    def _overflow(self, session: Session) -> None:
+    def overflow(self, session: Session) -> None:
         """A WebSocket reader that cannot keep up is disconnected, not buffered without end."""
         member = session.member
         if member is not None:

@@ -67,9 +67,9 @@ class _World:
         self.encoder = wire.Encoder(self.key, self.room.started)
         self.gs2, self.sink = self.gs2_join()
 
-    def gs2_join(self) -> tuple[Gs2Peer, _Sink]:
+    def gs2_join(self) -> tuple[Gs2Peer, MemorySink]:
         """A GS2 client in the room (no token key: its token's claims name it)."""
-        sink = _Sink()
+        sink = MemorySink()
         peer = Gs2Peer(self.room, self.encoder, sink)
         token = tokens.mint(Ed25519PrivateKey.generate(), "gs2-player")
         hello = HelloRequest(accessToken=token).SerializeToString()
@@ -91,7 +91,7 @@ class _World:
         self.sink.sent.clear()
 
 
-class _Sink:
+class MemorySink:
     """A GS2 client's connection in memory: what its peer wrote, and how it was closed."""
 
     buffered = 0
@@ -342,7 +342,12 @@ def seeds(name: str) -> list[bytes]:
             b"\x00\x12\xff\xff\xff\xff\x0f",
         ]
     if name == "access_tokens":
-        return [b"eyJzdWIiOiJ1In0.c2ln"]
+        # claims; nested arrays (deeper ones raised RecursionError); a lone surrogate in sub
+        return [
+            b"eyJzdWIiOiJ1In0.c2ln",
+            b"W1tbW1tbW1tbW1tbW1tbW1tb.c2ln",
+            b"eyJzdWIiOiJcdWQ4MDAiLCJpYXQiOjAsImV4cCI6MX0.c2ln",
+        ]
     if name == "agent_bodies":
         return [json.dumps(Registration("1.2.3.4", 5, 6, 7, 2.0).to_json()).encode(), b'{"reason":"idle"}']
     if name == "relay_launch":

@@ -3,6 +3,8 @@ against the real room in memory (tests/protocol/harness.py): manual clock, every
 
 from __future__ import annotations
 
+import base64
+
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -10,10 +12,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from relay.protocol import messages as m
 from relay.protocol import tokens
 from relay.protocol.client import ClientConnection, ErrorEvent, Received, Welcomed
-from relay.protocol.constants import UDP_HELLO_PAD_TO, ErrorCode, PacketType
+from relay.protocol.constants import MAX_USER_ID_BYTES, UDP_HELLO_PAD_TO, ErrorCode, PacketType
+from relay.protocol.gs2 import wire
+from relay.protocol.gs2.message_pb2 import Container, HelloRequest, HelloResult
 from relay.protocol.keys import decode_room_key, derive_psk
 from relay.protocol.packets import ClientHello, Opener, Sealer, parse_header
+from relay.server.gs2 import Gs2Peer
+from relay.server.room import Room
 from relay.server.transport import Disconnect
+from tests.fuzz.targets import MemorySink, gs2_container
 from tests.protocol.harness import Net, new_room
 
 
@@ -249,3 +256,81 @@ def test_a_relay_admits_user_tokens_only_checked_against_the_callers_clock() -> 
         else:
             assert len(events) == 1 and isinstance(events[0], ErrorEvent), events
             assert events[0].code == ErrorCode.UNAUTHORIZED and refused in events[0].text
+
+
+def _gs2_hello(room: Room, token: str) -> tuple[Gs2Peer, MemorySink]:
+    encoder = wire.Encoder(room.config.room_key, room.started)
+    sink = MemorySink()
+    peer = Gs2Peer(room, encoder, sink)
+    hello = HelloRequest(accessToken=token).SerializeToString()
+    peer.receive(gs2_container(Container.HELLO_REQUEST, hello, encoder.signer), 0.0)
+    room.flush(0.0)
+    return peer, sink
+
+
+def _claims_token(claims: bytes) -> str:
+    return base64.urlsafe_b64encode(claims).rstrip(b"=").decode() + ".c2ln"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [b'{"sub":"\\ud800","iat":0,"exp":1}', b"[" * 2000, b'{"sub":{"a":1},"iat":0,"exp":1}'],
+    ids=["lone-surrogate", "nested-2000", "sub-not-a-string"],
+)
+def test_a_gs2_hello_with_hostile_token_claims_is_refused(claims: bytes) -> None:
+    """Found by fuzzing: a relay without a token key reads a GS2 client's token claims unchecked,
+    and a user id no UTF-8 can carry (UnicodeEncodeError) or a body of nested arrays
+    (RecursionError) raised out of the handler: a traceback and a 1011 close instead of GS2's
+    Error. Both, and a user id that is not a string, are a bad token now."""
+    _, room, _ = new_room()
+    with pytest.raises(tokens.TokenError):
+        tokens.read_claims(_claims_token(claims))
+    _, sink = _gs2_hello(room, _claims_token(claims))
+    assert room.counters.drops == {"gs2_bad_token": 1}
+    assert not room.sessions and not room.members
+    assert sink.closed is not None and len(sink.sent) == 1
+    assert Container.FromString(sink.sent[0]).messageType == Container.ERROR
+
+
+def test_every_member_fits_a_udp_welcome() -> None:
+    """Found by fuzzing: a member with a 128-byte user id and a 1,024-byte profile (each within
+    its limit) made a WELCOME part of 1,205 bytes, larger than a UDP datagram holds: every UDP
+    client joining after it was admitted (the others saw it join) and never welcomed. A user id
+    and profile together are now held to what one WELCOME part carries over UDP."""
+    key, room, net = new_room()
+    budget = m.WELCOME_ENTRY_BYTES
+    assert room.config.max_profile + MAX_USER_ID_BYTES > budget  # the defaults allowed it
+    big = _client(key, "u" * MAX_USER_ID_BYTES, "ws", profile=bytes(budget - MAX_USER_ID_BYTES + 1))
+    net.join(big)
+    assert big.state.value == "closed"
+    assert [e.code for e in net.take(big) if isinstance(e, ErrorEvent)] == [ErrorCode.PROFILE_TOO_LARGE]
+    largest = _client(key, "u" * MAX_USER_ID_BYTES, "ws", profile=bytes(budget - MAX_USER_ID_BYTES))
+    net.join(largest)
+    assert largest.state.value == "joined"
+    udp = _client(key, "udp")
+    net.join(udp)
+    assert udp.state.value == "joined" and largest.connection_id in udp.members
+    assert udp.members[largest.connection_id].profile == bytes(budget - MAX_USER_ID_BYTES)
+    largest.update_profile(bytes(budget - MAX_USER_ID_BYTES + 1))  # a PROFILE is held to it too
+    net.pump(largest, udp)
+    assert [e.code for e in net.take(largest) if isinstance(e, ErrorEvent)] == [ErrorCode.PROFILE_TOO_LARGE]
+    assert udp.members[largest.connection_id].profile == bytes(budget - MAX_USER_ID_BYTES)
+    assert not room.counters.drops["too_large_for_transport"]
+
+
+def test_a_gs2_client_is_welcomed_into_a_room_of_large_profiles() -> None:
+    """Found by fuzzing: a GS2 client's snapshot is one WELCOME part, and the relay read it back
+    with a client's msgpack limits (128 KiB): in a room of 150 members with 1 KiB profiles the
+    GS2 client stayed a member that never got its HelloResult (internal_error at every flush)."""
+    key, room, net = new_room(max_players=150)
+    profile = bytes(room.config.max_profile)
+    for i in range(130):
+        net.join(_client(key, f"member-{i:08d}", "ws", profile=profile))
+    token = tokens.mint(Ed25519PrivateKey.generate(), "gs2-player")
+    _, sink = _gs2_hello(room, token)
+    assert not room.counters.drops["internal_error"], room.counters.drops
+    results = [Container.FromString(d) for d in sink.sent]
+    assert [c.messageType for c in results] == [Container.HELLO_RESULT]
+    hello = HelloResult.FromString(results[0].payload.value)
+    assert len(hello.players) == 130 and {p.profile for p in hello.players} == {profile}
+    assert sum(len(p.profile) for p in hello.players) > 1 << 17

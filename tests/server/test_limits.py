@@ -12,6 +12,7 @@ import relay.client as rc
 from relay.embedded import room
 from relay.protocol import messages as m
 from relay.protocol.constants import CloseReason, ErrorCode, LeaveReason
+from relay.protocol.wsframes import BINARY, CONT, FIN, MASKED, PING, ZERO_MASK, client_frame
 
 from .helpers import FAST, client, drops, eventually, exchange, moved, no_events_of
 from .rawpeer import NoAnswer, UdpPeer, WsPeer
@@ -244,3 +245,61 @@ async def test_ws_payload_too_large_for_udp_members_is_dropped_for_them_only() -
         assert await udp_peer.next_event_of(rc.Received, 3) == rc.Received(sender.connection_id, b"small")
         for c in (sender, ws_peer, udp_peer):
             await c.close()
+
+
+async def test_messages_behind_a_join_in_one_packet_are_handled_and_refusals_are_rate_limited() -> None:
+    """Before: what a client sent behind its JOIN in the same packet was dropped uncounted, and a
+    SEND or PROFILE over its size limit was answered with ERROR without taking from the message
+    rate (a member could have every oversized message answered, at any rate, never muted). Now
+    the messages behind a JOIN are the new member's, and a refusal takes a message token."""
+    async with room(**FAST, messages_per_second=5, message_burst=5, abuse_kick_after=60.0) as r:
+        watcher = await client(r, "watcher", "ws")
+        raw = await UdpPeer.open(r.key, r.port)
+        await raw.handshake(pad_to=1200)
+        raw.send(m.Join("eager").encode(), m.Send(b"right behind the join").encode())
+        await raw.expect(m.Welcome)
+        got = await watcher.next_event_of(rc.Received, timeout=2)
+        assert got is not None and got.data == b"right behind the join"
+        before = drops(r)
+        too_big = m.Send(b"x" * 1101).encode()  # max_payload_udp is 1100
+        for _ in range(10):  # the SEND took one of the burst of 5; a token comes every 0.2 s
+            raw.send(too_big)
+        await raw.expect(m.Error, where=lambda e: e.code == ErrorCode.PAYLOAD_TOO_LARGE)
+        await raw.expect(m.Error, where=lambda e: e.code == ErrorCode.RATE_LIMITED)
+        change = moved(before, drops(r))
+        limited = change.get("rate_limited", 0) + change.get("rate_limited_unread", 0)
+        assert change.get("payload_too_large", 0) + limited == 10, change
+        assert 4 <= change.get("payload_too_large", 0) <= 5, change
+        raw.close()
+        await watcher.close()
+
+
+@pytest.mark.parametrize("parser", ["relay", "websockets"])
+async def test_a_websocket_that_pings_and_never_reads_is_disconnected(parser: str) -> None:
+    """Before: every PING was answered with a PONG written to the connection, and only the room's
+    own output was held to ws_send_buffer: a member that pinged and never read grew the relay's
+    memory at its upload rate (5 MB past a 256 KiB limit, found by fuzzing). Pongs count now,
+    the relay's own and websockets' (which parses the stream after a fragmented message)."""
+    async with room(ws_send_buffer=32768, keepalive_timeout=10.0) as r:
+        pinger = await WsPeer.open(r.key, r.port, rcvbuf=4096)
+        await pinger.start("pinger")  # handshake and JOIN, then it never reads again
+        watcher = await client(r, "watcher", "ws")
+        assert pinger.writer is not None
+        if parser == "websockets":  # a message in two fragments (a malformed packet, dropped)
+            pinger.writer.write(bytes((BINARY, MASKED | 1)) + ZERO_MASK + b"x")
+            pinger.writer.write(bytes((FIN | CONT, MASKED | 1)) + ZERO_MASK + b"y")
+            before = drops(r)
+            await eventually(lambda: moved(before, drops(r)), 2, "the fragments read")
+        pings = client_frame(PING, b"p" * 125) * 1000
+        left: list[rc.Left] = []
+        sent = 0
+        while not left and sent < 300:  # at most 40 MB of pings: the kick comes long before
+            pinger.writer.write(pings)
+            await pinger.writer.drain()
+            sent += 1
+            await asyncio.sleep(0.002)
+            left = [e for e in watcher.drain_events() if isinstance(e, rc.Left)]
+        assert left == [rc.Left(pinger.connection_id, LeaveReason.KICKED)]
+        assert pinger.connection_id not in r.relay.room.members
+        await watcher.close()
+        await pinger.aclose()

@@ -361,7 +361,7 @@ class Recipient:
     def _control(self, item: bytes, bodies: dict[bytes, bytes]) -> bytes | None:
         """Membership news and errors; the player table follows them for every recipient, and the
         body (the same for each of them) is made once per flush."""
-        msg = m.decode_relay(item)[0]
+        msg = m.decode_own(item)
         if isinstance(msg, m.Welcome):
             return self._welcome(msg)
         if isinstance(msg, m.MemberJoined):
