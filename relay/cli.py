@@ -7,10 +7,11 @@ what was asked (a port in use, ...; one line says why).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import relay
-from relay.settings import EXIT_USAGE, fail
+from relay.settings import EXIT_FAILURE, EXIT_USAGE, fail
 
 COMMANDS = {
     "dev": ("relay.control.cli", "dev_main", "the whole system on this machine, for development"),
@@ -49,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             "relay", f"unknown command {args[0]!r}: the commands are {', '.join(COMMANDS)} (see relay --help)"
         )
     module, func, _ = COMMANDS[args[0]]
-    result = getattr(importlib.import_module(module), func)(args[1:])
+    try:
+        result = getattr(importlib.import_module(module), func)(args[1:])
+    except BrokenPipeError:  # `relay token | head -1`: the reader left; no traceback for that
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
+        return EXIT_FAILURE
     return int(result or 0)
 
 

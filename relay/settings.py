@@ -415,6 +415,18 @@ def fail(prog: str, problem: BaseException | str, code: int = EXIT_USAGE) -> int
     return code
 
 
+def typed_command(name: str = "") -> str:
+    """This interpreter, or the `name` script beside it, as a user can type it from here
+    (`.venv/bin/python3`, `.venv/bin/relay` in a checkout): what a hint tells a user to run."""
+    path = Path(sys.executable)
+    if name:
+        path = path.with_name(name)
+        if not path.exists():
+            return name  # not installed beside it: hope it is on PATH
+    here = os.path.relpath(path)
+    return here if not here.startswith("..") else str(path)
+
+
 class ListenError(OSError):
     """A server that could not listen: `where` names it (host:port, and which of its ports)."""
 

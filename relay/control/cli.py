@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from typing import Any
 
 import uvloop
@@ -22,7 +21,16 @@ from relay.control.auth import SIGNING_KEY_FILE, USER_ISSUER, Setting, file_sett
 from relay.control.config import DEV_DEFAULTS, SURFACE, ControlConfig
 from relay.logs import configure
 from relay.protocol import tokens
-from relay.settings import EXIT_FAILURE, CommandParser, ListenError, SettingsError, add_flags, fail, os_error
+from relay.settings import (
+    EXIT_FAILURE,
+    CommandParser,
+    ListenError,
+    SettingsError,
+    add_flags,
+    fail,
+    os_error,
+    typed_command,
+)
 
 DESCRIPTIONS = {
     True: "Run the whole system on this machine: the control plane on http://127.0.0.1:7700, "
@@ -57,12 +65,6 @@ def build_config(args: argparse.Namespace, dev: bool, environ: dict[str, str] | 
     )
 
 
-def _python() -> str:
-    """This interpreter as a user can type it from here: `.venv/bin/python3` in the checkout."""
-    here = os.path.relpath(sys.executable)
-    return here if not here.startswith("..") else sys.executable
-
-
 def _banner(cp: Any, dev: bool) -> str:
     url = cp.url
     a = cp.authority
@@ -74,7 +76,7 @@ def _banner(cp: Any, dev: bool) -> str:
         "  project credentials (for an SDK; paste into another shell):",
         f"    export RELAY_CLIENT_ID={a.client_id}",
         f"    export RELAY_CLIENT_SECRET={a.client_secret}",
-        f"  token public key (relay --token-public-key): {a.public_key_text}",
+        f"  token public key (relay serve --token-public-key): {a.public_key_text}",
     ]
     if cp.demo_mounted:
         lines.append(f"  demo page: {url}/demo/")
@@ -85,7 +87,7 @@ def _banner(cp: Any, dev: bool) -> str:
             "Try it, in another terminal from this folder: it makes namespace ns1 and room room1,",
             f"joins the room and says hello (a room nobody is in closes after {idle:g} s, and its record",
             "goes with it; running this again makes it anew):",
-            f"  {_python()} -m relay.control.example --url {url} --namespace ns1 --room room1",
+            f"  {typed_command()} -m relay.control.example --url {url} --namespace ns1 --room room1",
         ]
     return "\n".join(lines)
 

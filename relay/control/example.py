@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from relay.control.auth import CREDENTIALS_FILE, file_setting, read_credentials
+from relay.settings import typed_command
 
 READY_WAIT = 30.0
 """Seconds to wait for a wanted room's relay (it takes milliseconds on this machine)."""
@@ -110,7 +111,7 @@ async def run(url: str, namespace: str, room: str, user: str, seconds: float, to
     except relay.client.JoinRefused as exc:
         hint = ""
         if "token" in exc.text and token is None:
-            mint = f"relay token --user {user} | tail -n 1"
+            mint = f"{typed_command('relay')} token --user {user} | tail -n 1"
             hint = f' (its relays require a user access token: --token "$({mint})")'
         raise Failed(f"join: {exc}{hint}") from None
     except relay.client.ConnectError as exc:
