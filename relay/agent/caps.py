@@ -69,16 +69,31 @@ def cgroup_memory_file(proc: Path = Path("/proc/self")) -> Path | None:
     return None
 
 
+def inactive_file_bytes(memory_stat: str) -> int:
+    """The page cache the kernel reclaims first (v1's hierarchical total where there is one)."""
+    fields = dict(line.split(" ", 1) for line in memory_stat.splitlines() if " " in line)
+    return int(fields.get("total_inactive_file", fields.get("inactive_file", "0")))
+
+
 def memory_reader(proc: Path = Path("/proc/self")) -> Callable[[], int]:
+    """The working set the guard compares with the cap: the cgroup's usage less its inactive
+    page cache, as kubelet counts it. Usage alone counts the cache of every file the relay wrote
+    (its log): 80 MiB of log read as a full nano cap and refused joins for good, though the
+    kernel reclaims that cache long before it would kill the relay."""
     path = cgroup_memory_file(proc)
     if path is None:
         return rss_bytes
+    stat = path.with_name("memory.stat")
 
     def read() -> int:
         try:
-            return int(path.read_text())
+            usage = int(path.read_text())
         except (OSError, ValueError):
             return rss_bytes()
+        try:
+            return max(0, usage - inactive_file_bytes(stat.read_text()))
+        except (OSError, ValueError):
+            return usage
 
     return read
 

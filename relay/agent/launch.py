@@ -59,10 +59,11 @@ ENV_AGONES = "AGONES_SDK_HTTP_PORT"
 
 CAPS_MODES = ("soft", "cgroup")
 
-SECRET_FLAGS = ("--room-key", "--agent-secret", "--token-public-key")
-"""Their values are base64url, which begins with "-" one time in 64: argparse would take such a
-value for an option (a standby's rehearsal died of it, and `relay serve --room-key KEY` with
-a key from getRoom would too), so the value after one of these is always taken as its value."""
+DASH_VALUE_FLAGS = ("--room-key", "--agent-secret", "--token-public-key", "--namespace", "--room")
+"""Flags whose value may begin with "-": base64url (one time in 64) and GS2 names ("-x" is a
+valid room name). argparse would take such a value for an option (a standby's rehearsal died of
+it, a room named "-x" never got a relay, one named "-h" got `relay serve`'s help), so the value
+after one of these is always taken as its value."""
 
 # RelayConfig fields with flags of their own below; every other field is a tunable flag
 _ROOM_FIELDS = ("room_key", "host", "port", "admin_host", "admin_port", "token_public_key")
@@ -181,7 +182,7 @@ class RelayLaunch:
         flags meant for many rooms (the control plane's relay_extra_args)."""
         env = os.environ if environ is None else environ
         try:
-            args = _parser().parse_args(_bind_secret_values(list(argv)))
+            args = _parser().parse_args(bind_dash_values(list(argv)))
             merged = merge([env_layer(SURFACE, env), flag_layer(SURFACE, vars(args))])
             if not merged.values.get("room_key") and room_key_required and not env.get(ENV_AGONES):
                 raise LaunchError(
@@ -254,11 +255,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _bind_secret_values(argv: list[str]) -> list[str]:
+def bind_dash_values(argv: list[str]) -> list[str]:
+    """`--room -x` as `--room=-x` (DASH_VALUE_FLAGS)."""
     out: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] in SECRET_FLAGS and i + 1 < len(argv):
+        if argv[i] in DASH_VALUE_FLAGS and i + 1 < len(argv):
             out.append(f"{argv[i]}={argv[i + 1]}")
             i += 2
         else:

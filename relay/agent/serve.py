@@ -22,7 +22,7 @@ from typing import Any
 
 from relay.agent.agent import Agent
 from relay.agent.caps import CapsGuard, apply_soft_limits, guard_relay
-from relay.agent.launch import LaunchError, RelayLaunch, usage
+from relay.agent.launch import LaunchError, RelayLaunch, bind_dash_values, usage
 from relay.agent.tiers import get_tier
 from relay.logs import configure
 from relay.protocol.constants import CloseReason
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     """`relay serve [flags]`: parse, then serve (or, under Agones without a room, wait for one).
     Exit 2: a setting is wrong (one line names it); 1: it could not listen (one line says why)."""
     args = sys.argv[1:] if argv is None else argv
-    if "-h" in args or "--help" in args:
+    flags = bind_dash_values(list(args))  # "--room -h" names a room, it does not ask for help
+    if "-h" in flags or "--help" in flags:
         print(usage())
         return 0
     try:

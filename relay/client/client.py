@@ -28,7 +28,7 @@ from relay.protocol.client import (
     Member,
     Welcomed,
 )
-from relay.protocol.constants import ProtocolError
+from relay.protocol.constants import RESUMED_ELSEWHERE, ProtocolError
 from relay.protocol.messages import Limits
 
 from .errors import ConnectError, JoinRefused, Unreachable, WrongRoomKey
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _RECONNECT_BACKOFF_MAX = 1.0
 _OPEN_ERRORS = (OSError, asyncio.TimeoutError, ConnectError, ProtocolError, ValueError)
 _POLICY_VIOLATION = 1008  # a relay's WebSocket close for a HELLO it cannot authenticate
+_NORMAL = 1000
 
 
 async def _tcp_answers(host: str, port: int, timeout: float) -> bool:
@@ -385,6 +386,13 @@ class Client:
         if conn.state is ClientState.CLOSED:  # CLOSING or a refused JOIN came first
             self._closing = True
             self._end()
+            return
+        if link.close_code == _NORMAL and link.close_reason == RESUMED_ELSEWHERE:
+            # another client resumed this seat with our token (a copied session): taking it back
+            # would only take it from that one, which would take it back, without end
+            conn.close()
+            self._deliver(Disconnected(RESUMED_ELSEWHERE))
+            self._finish()
             return
         if self._welcome is not None:  # lost during a handshake: that attempt failed
             where = f"{self._host}:{self._port} ({conn.transport})"

@@ -31,6 +31,8 @@ class Link(Protocol):
     closed: bool
     close_code: int | None
     """The WebSocket close code the relay sent (1008: it refused the handshake); None for UDP."""
+    close_reason: str
+    """The WebSocket close reason the relay sent ("resumed elsewhere": the seat moved); "" for UDP."""
 
     def send_many(self, packets: list[bytes]) -> None: ...
 
@@ -59,13 +61,14 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class UdpLink:
     """A connected UDP socket. UDP has no 'connection' to lose: silence is detected above."""
 
-    __slots__ = ("close_code", "closed", "sink", "transport")
+    __slots__ = ("close_code", "close_reason", "closed", "sink", "transport")
 
     def __init__(self, sink: LinkSink) -> None:
         self.sink = sink
         self.transport: asyncio.DatagramTransport | None = None
         self.closed = False
         self.close_code: int | None = None
+        self.close_reason = ""
 
     @classmethod
     async def open(cls, sink: LinkSink, host: str, port: int) -> UdpLink:
@@ -104,13 +107,14 @@ class WsLink:
     a single reader task per connection feeds received packets to the sink.
     """
 
-    __slots__ = ("close_code", "closed", "reader", "sink", "ws")
+    __slots__ = ("close_code", "close_reason", "closed", "reader", "sink", "ws")
 
     def __init__(self, sink: LinkSink, ws: WsConnection) -> None:
         self.sink = sink
         self.ws = ws
         self.closed = False
         self.close_code: int | None = None
+        self.close_reason = ""
         self.reader: asyncio.Task[None] | None = None
 
     @classmethod
@@ -145,6 +149,7 @@ class WsLink:
         finally:
             self.closed = True
             self.close_code = ws.close_code
+            self.close_reason = ws.close_reason or ""
             sink.link_lost(self)
 
     def send_many(self, packets: list[bytes]) -> None:

@@ -22,7 +22,7 @@ from relay.control.cluster import RoomKey, RoomRuntime, owns
 from relay.control.errors import ApiError, bad_request, not_found
 from relay.control.gateway import CREATE_ISSUER, Gateway
 from relay.control.records import ROOM_READY, NamespaceRecord, RoomRecord, now_ms
-from relay.control.rooms import Rooms
+from relay.control.rooms import RELAY_CLOSE_REASONS, Rooms
 from relay.control.state import ControlState, logging_namespace
 
 log = logging.getLogger("relay.control.agent_api")
@@ -141,7 +141,12 @@ class AgentApi:
         async with self.state.cluster.lock(namespace, name):
             room = await self._agent_room(namespace, name, secret, closed.incarnation)
             ns = await self.state.store.get_namespace(namespace)
-            await self.rooms.end_room(room, closed.reason, ns, stop=False)
+            reason = closed.reason if closed.reason in RELAY_CLOSE_REASONS else "other"  # a metric label
+            rt = self.state.runtime.get((namespace, name))
+            if reason == "shutdown" and rt is not None and rt.incarnation == closed.incarnation and rt.ending:
+                reason = rt.ending  # stopped by this control plane for that (the reaper's "lost")
+            detail = None if reason == closed.reason else f"the relay said {closed.reason!r}"
+            await self.rooms.end_room(room, reason, ns, stop=False, detail=detail)
 
     # --- the reaper ----------------------------------------------------------------------------
     def start_reaper(self) -> None:

@@ -28,6 +28,8 @@ class Namespaces:
                 raise conflict(
                     "name", f"namespace {name} already exists", "realtime.namespace.name.error.duplicate"
                 )
+            if old is not None:  # rooms a failed delete left behind are not the new namespace's
+                await self._end_rooms(old, await self.all_rooms(name))
             rec = NamespaceRecord(
                 name=name,
                 server_type=inp.server_type,
@@ -67,15 +69,25 @@ class Namespaces:
             return rec
 
     async def delete_namespace(self, name: str) -> NamespaceRecord:
-        async with self.state.cluster.lock(name):  # no room of it is wanted meanwhile, on any node
-            rec = await self.state.active_namespace(name)
-            rec.status = NAMESPACE_DELETED
-            rec.updated_at = max(now_ms(), rec.updated_at)
-            rec.revision += 1
-            await self.state.store.put_namespace(rec)
-            for room in await self.all_rooms(name):
-                await self.rooms.end_room(room, "deleted", rec, stop=True, event="room.deleted")
+        """Marks it deleted (no room of it is wanted from then on, on any node), then ends its
+        rooms. A store error between the two leaves it deleted with rooms still running: asking
+        again ends them (a deleted namespace without rooms is a 404, as GS2 answers)."""
+        async with self.state.cluster.lock(name):
+            rec = await self.state.store.get_namespace(name)
+            rooms = await self.all_rooms(name) if rec is not None else []
+            if rec is None or (rec.status != NAMESPACE_ACTIVE and not rooms):
+                raise namespace_not_found(name)
+            if rec.status == NAMESPACE_ACTIVE:
+                rec.status = NAMESPACE_DELETED
+                rec.updated_at = max(now_ms(), rec.updated_at)
+                rec.revision += 1
+                await self.state.store.put_namespace(rec)
+            await self._end_rooms(rec, rooms)
             return rec
+
+    async def _end_rooms(self, rec: NamespaceRecord, rooms: list[RoomRecord]) -> None:
+        for room in rooms:
+            await self.rooms.end_room(room, "deleted", rec, stop=True, event="room.deleted")
 
     async def all_rooms(self, namespace: str) -> list[RoomRecord]:
         rooms: list[RoomRecord] = []

@@ -35,11 +35,14 @@ from relay.control.records import (
 )
 from relay.control.state import ControlState, RoomRuntime, logging_namespace
 from relay.control.validation import paginate
+from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 
 log = logging.getLogger("relay.control.rooms")
 
-CLOSE_REASONS = ("deleted", "idle", "lifetime", "shutdown", "crash", "cap_exceeded", "kicked")
+RELAY_CLOSE_REASONS = frozenset(reason.name.lower() for reason in CloseReason)
+"""What a relay's `closed` report may say (relay/agent/agent.py: reason_text); any other word is
+ended as "other": the reason is a metric label, and its values must stay few."""
 
 
 class Rooms:
@@ -142,8 +145,14 @@ class Rooms:
                 notification_user_ids=user_ids,
                 node=state.cluster.node_id,
             )
-            await state.store.put_room(room)
+            # counted before the await: wants of other names may pass the capacity check
+            # meanwhile (a PostgreSQL cluster's lock is per room) and must see this one
             state.runtime[(namespace, name)] = RoomRuntime.of(room)
+            try:
+                await state.store.put_room(room)
+            except BaseException:
+                state.runtime.pop((namespace, name), None)
+                raise
         state.oplog.write(
             "room.created", namespace, name, logging_namespace(ns), notificationUserIds=len(user_ids)
         )

@@ -359,10 +359,8 @@ def limit_param(value: str | None) -> int:
     if absent(value):
         return LIMIT_DEFAULT
     assert value is not None
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
+    # ASCII digits only: int() also takes "1_0", " 10" and the digits of other scripts
+    limit = int(value) if value.isascii() and value.isdigit() and len(value) <= 6 else 0
     if not LIMIT_MIN <= limit <= LIMIT_MAX:
         raise bad_request(
             "limit", f"limit must be an integer {LIMIT_MIN}..{LIMIT_MAX}", "realtime.limit.error.invalid"
@@ -419,4 +417,9 @@ def decode_page_token(value: str | None, scope: str) -> str | None:
         raise invalid from None
     if not isinstance(data, dict) or data.get("s") != scope or not isinstance(data.get("a"), str):
         raise invalid
-    return data["a"]
+    after: str = data["a"]
+    # a name, as the page's last item had (JSON's \ud800 escapes made text no store could encode:
+    # a 500 before)
+    if len(after) > NAME_MAX or not NAME_RE.fullmatch(after):
+        raise invalid
+    return after

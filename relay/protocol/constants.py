@@ -22,6 +22,9 @@ WS_MAX_PLAINTEXT = WS_MAX_PACKET - HEADER_SIZE - TAG_SIZE
 REPLAY_WINDOW = 1024
 RESUME_TOKEN_SIZE = 16
 MAX_USER_ID_BYTES = 128
+RESUMED_ELSEWHERE = "resumed elsewhere"
+"""A WebSocket close reason (code 1000): the member's seat moved to a newer session; its client
+does not take it back (docs/protocol.md 7.2)."""
 
 LABEL_PSK = b"gs2relay/1 psk"
 LABEL_HELLO = b"gs2relay/1 hello"

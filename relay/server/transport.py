@@ -14,6 +14,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Protocol
 
+from relay.protocol.constants import RESUMED_ELSEWHERE
+
 UDP, WS, GS2 = 0, 1, 2
 """Transport kinds, also the index into the per-transport counters (relay/server/metrics.py).
 GS2: a GS2 game client on the WebSocket port (docs/gs2-clients.md)."""
@@ -24,7 +26,7 @@ class Disconnect(Enum):
     relay/server/links.py maps each to its close code (docs/protocol.md section 10)."""
 
     BYE = "bye"  # the member said BYE
-    RESUMED_ELSEWHERE = "resumed elsewhere"  # its seat moved to a newer session
+    RESUMED_ELSEWHERE = RESUMED_ELSEWHERE  # its seat moved to a newer session
     ROOM_CLOSED = "room closed"  # idle, lifetime, deleted: CLOSING was sent
     SHUTDOWN = "shutdown"  # the relay is stopping: CLOSING was sent
     TIMEOUT = "timeout"  # keepalive timeout, or no JOIN within the handshake timeout

@@ -181,3 +181,22 @@ def test_relay_serve_refuses_a_bad_launch_in_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line, no traceback
     assert "--tier" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["-x", "-h", "--port", "-"])
+def test_names_that_begin_with_a_dash(name: str) -> None:
+    """GS2 names may begin with "-": a room named "-x" never got a relay (`--room -x` was a flag
+    without a value: exit 2), and one named "-h" got `relay serve`'s help (exit 0)."""
+    launch = replace(a_launch(), namespace=name, room=name)
+    assert RelayLaunch.parse(launch.argv(), launch.env()) == launch
+    if name == "-h":  # a setting error after it (the port) shows the name was read as a name
+        run = subprocess.run(
+            [sys.executable, "-m", "relay.cli", "serve", "--room", "-h", "--port", "99999"],
+            env={"RELAY_ROOM_KEY": generate_room_key(), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (run.returncode, run.stdout) == (2, ""), run.stdout + run.stderr
+        assert "port" in run.stderr

@@ -128,6 +128,29 @@ async def test_lost_transport_is_resumed_without_the_others_noticing(embedded: A
         await b.close()
 
 
+async def test_a_client_whose_seat_was_resumed_elsewhere_does_not_take_it_back(embedded: Any) -> None:
+    """Found in review: two clients holding one resume token (a copied session, a duplicated
+    browser tab) took the seat from each other without end, the older one resuming at once when
+    the relay closed its WebSocket with "resumed elsewhere". Now that close ends it."""
+    async with embedded.room(**FAST) as room:
+        watcher = await rc.connect(room.host, room.port, room.key, "w", transport="ws", timeout=3)
+        first = await rc.connect(room.host, room.port, room.key, "u", transport="ws", timeout=3)
+        cid = first.connection_id
+        token = first._conn.resume_token
+        copy = await rc.connect(
+            room.host, room.port, room.key, "u", transport="ws", resume_token=token, timeout=3
+        )
+        assert copy.connection_id == cid
+        assert await first.next_event_of(rc.Disconnected, 3) == rc.Disconnected("resumed elsewhere")
+        await asyncio.sleep(0.5)  # time enough for many take-backs, had there been any
+        assert room.relay.counters.handshakes == 3  # the watcher, the first and the copy: no more
+        copy.send(b"still here")
+        assert await watcher.next_event_of(rc.Received, 3) == rc.Received(cid, b"still here")
+        await first.close()
+        await copy.close()
+        await watcher.close()
+
+
 @pytest.mark.parametrize("transport", ["udp", "ws"])
 async def test_wrong_room_key_and_no_relay_are_told_apart(embedded: Any, transport: str) -> None:
     """A wrong key and an address with no relay used to read alike ("no WELCOME within 3 s"):

@@ -4,6 +4,7 @@ nothing is stored, and the room can be wanted again once there is room."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -50,6 +51,25 @@ async def test_rooms_past_max_rooms_are_refused_until_one_ends(tmp_path: Path) -
         assert (await http.delete("/realtime/cap/room/a", headers=h)).status_code == 200
         assert (await http.post("/realtime/cap/room", json={"name": "c"}, headers=h)).status_code == 200
         await ready_room(http, h, "cap", "c")
+
+
+async def test_max_rooms_holds_against_wants_of_many_names_at_once_on_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Found in review: the capacity check and the room's counting had the store write between
+    them, and a PostgreSQL cluster's lock is per room: 20 wants of different names at once at
+    max_rooms 3 started 6 rooms (SQLite's one lock kept it to 3)."""
+    config = make_config(tmp_path, max_rooms=3, memory_headroom_rooms=0, store_url=postgres_url)
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=30) as http:
+        h = await login(http)
+        await create_namespace(http, h, "cap")
+        wants = [http.post("/realtime/cap/room", json={"name": f"r{i}"}, headers=h) for i in range(20)]
+        answers = await asyncio.gather(*wants)
+        assert sorted(r.status_code for r in answers) == [200] * 3 + [503] * 17
+        assert all(no_capacity(r) for r in answers if r.status_code != 200)
+        assert len(cp.state.runtime) == 3
+        listed = (await http.get("/realtime/cap/room", headers=h)).json()["items"]
+        assert len(listed) == 3
 
 
 def test_a_host_short_of_memory_headroom_refuses_through_the_sdk(tmp_path: Path) -> None:

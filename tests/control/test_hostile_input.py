@@ -5,6 +5,7 @@ refused with GS2's error and changes nothing; the API stays answerable for every
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import json
 import signal
@@ -109,6 +110,26 @@ def test_a_token_sent_under_another_client_id_is_refused(threaded_cp: ControlPla
         assert http.get("/realtime/ok/status", headers=h).status_code == 404
         same = {**h, "X-GS2-CLIENT-ID": CLIENT_ID}
         assert http.post("/realtime/", json=NAMESPACE, headers=same).status_code == 200
+
+
+def test_page_tokens_and_limits_are_what_the_api_hands_out(threaded_cp: ControlPlane) -> None:
+    """Found in review: a page token naming text no store can encode (JSON's \\ud800) was a 500 on
+    both stores, and a limit of "1_0" or other scripts' digits passed as 10."""
+    with httpx.Client(base_url=threaded_cp.url, timeout=5) as http:
+        h = bearer(http)
+        assert http.post("/realtime/", json=NAMESPACE, headers=h).status_code == 200
+        for scope, path in (("namespaces", "/realtime/"), ("rooms:ok", "/realtime/ok/room")):
+            for after in ("\\ud800", "a\\n", "x" * 200, "a b"):
+                raw = ('{"s":"' + scope + '","a":"' + after + '"}').encode()  # JSON escapes as written
+                token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+                r = http.get(path, params={"pageToken": token}, headers=h)
+                assert r.status_code == 400, (path, after, r.text)
+                assert errors_of(r)[0]["code"] == "realtime.pageToken.error.invalid"
+        for limit in ("1_0", "\u0661\u0660", " 10", "+10", "10.0", "1" * 4000):
+            r = http.get("/realtime/", params={"limit": limit}, headers=h)
+            assert r.status_code == 400, (limit, r.text)
+            assert errors_of(r)[0]["code"] == "realtime.limit.error.invalid"
+        assert http.get("/realtime/", params={"limit": "10"}, headers=h).status_code == 200
 
 
 def test_a_control_character_in_the_path_is_not_a_route(threaded_cp: ControlPlane) -> None:

@@ -79,6 +79,33 @@ async def test_heartbeat_loss_cleans_up(cp: ControlPlane) -> None:
     assert ("room.closed", "lost") in [(e["event"], e.get("reason")) for e in oplog(cp)]
 
 
+async def test_a_relay_found_lost_ends_lost_though_it_wakes_to_report_shutdown(tmp_path: Path) -> None:
+    """Found in review: a relay that only stalled (a VM pause, its CPU quota) and woke as the reaper
+    stopped it reported `closed` "shutdown", its answer to the reaper's SIGTERM, and its room was
+    recorded as shut down instead of lost."""
+    async with (
+        ControlPlane(make_config(tmp_path)) as cp,
+        httpx.AsyncClient(base_url=cp.url, timeout=10) as http,
+    ):
+        h = await login(http)
+        await create_namespace(http, h, "hb")
+        await http.post("/realtime/hb/room", json={"name": "stall"}, headers=h)
+        await ready_room(http, h, "hb", "stall")
+        pid = (await cp.store.get_room("hb", "stall")).pid
+        rt = cp.state.runtime[("hb", "stall")]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await wait_for(lambda: rt.ending is not None, timeout=10)
+            os.kill(pid, signal.SIGCONT)  # awake with the reaper's SIGTERM pending: it reports
+            await wait_for(lambda: ("hb", "stall") not in cp.state.runtime, timeout=10)
+            await wait_for(lambda: not pid_alive(pid), timeout=10)
+        finally:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    closes = [(e["event"], e.get("reason")) for e in oplog(cp) if e["event"] == "room.closed"]
+    assert closes == [("room.closed", "lost")]
+
+
 async def test_relay_exit_removes_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STANDIN_CRASH_AFTER", "0.3")
     async with (

@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 from relay.control.app import ControlPlane
-from tests.control.helpers import create_namespace, login, make_config
+from relay.control.errors import store_unavailable
+from relay.control.sqlite_store import SQLiteStore
+from tests.control.helpers import create_namespace, login, make_config, ready_room, relay_pids, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -107,3 +109,52 @@ async def test_a_full_then_read_only_disk_answers_503_and_service_resumes(small_
         assert names == ["kept", "later"]
         assert (await http.delete("/realtime/ns/room/kept", headers=h)).status_code == 200
     assert integrity(config.db_path) == "ok"
+
+
+class FailingDeletes(SQLiteStore):
+    """The real SQLite store, one of whose room deletes fails as a full disk would make it."""
+
+    fail_at: int | None = None  # the n-th delete_room from arming fails
+
+    async def delete_room(self, namespace: str, name: str) -> bool:
+        if self.fail_at is not None:
+            self.fail_at -= 1
+            if self.fail_at == 0:
+                raise store_unavailable("injected: disk full")
+        return await super().delete_room(namespace, name)
+
+
+async def test_a_namespace_delete_cut_short_by_the_store_is_finished_by_asking_again(tmp_path: Path) -> None:
+    """Found in review: deleteNamespace marks the namespace deleted, then ends its rooms; a store
+    error between them answered 503 but left it deleted with rooms whose relays ran on, that no
+    call could reach (404 for deleteNamespace and deleteRoom alike), still counted against
+    max_rooms, and back in the listing of a namespace re-created under the name. Now asking
+    again ends them, and so does re-creating the namespace."""
+    config = make_config(tmp_path)
+    store = FailingDeletes(config.db_path)
+    async with (
+        ControlPlane(config, store=store) as cp,
+        httpx.AsyncClient(base_url=cp.url, timeout=30) as http,
+    ):
+        h = await login(http)
+        for round_ in ("delete again", "create again"):
+            await create_namespace(http, h, "game")
+            for room in ("r1", "r2", "r3"):
+                assert (
+                    await http.post("/realtime/game/room", json={"name": room}, headers=h)
+                ).status_code == 200
+                await ready_room(http, h, "game", room)
+            store.fail_at = 2
+            assert unavailable(await http.delete("/realtime/game", headers=h))
+            store.fail_at = None
+            assert len(cp.state.runtime) == 2  # r1 ended; r2 and r3 left behind
+            if round_ == "delete again":
+                assert (await http.delete("/realtime/game", headers=h)).status_code == 200
+                assert (await http.delete("/realtime/game", headers=h)).status_code == 404  # done
+            else:
+                await create_namespace(http, h, "game")
+                assert (await http.get("/realtime/game/room", headers=h)).json()["items"] == []
+                assert (await http.delete("/realtime/game", headers=h)).status_code == 200
+            assert not cp.state.runtime
+            assert await store.list_rooms("game", None, 10) == []
+            await wait_for(lambda: not relay_pids("game", cp.url), 10)
