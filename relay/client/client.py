@@ -163,6 +163,7 @@ class Client:
             self._loop.call_soon(self._flush)
 
     def update_profile(self, profile: bytes) -> None:
+        """Sends PROFILE; ValueError past the room's profile limit (the relay would refuse it)."""
         self._conn.update_profile(profile)
         self._schedule_flush()
 

@@ -33,6 +33,7 @@ from relay.protocol.constants import (
 )
 from relay.protocol.keys import decode_room_key, derive_psk
 from relay.protocol.messages import (
+    WELCOME_ENTRY_BYTES,
     Bye,
     Closing,
     Error,
@@ -429,6 +430,13 @@ class ClientConnection:
         message = SetProfile(profile).encode()
         if len(message) > self._max_plaintext:
             raise ValueError("profile does not fit one packet")
+        limit = self.limits.max_profile if self.limits is not None else len(profile)
+        if len(profile) > min(limit, WELCOME_ENTRY_BYTES - len(self.user_id.encode())):
+            # the relay would answer ERROR 5, and this profile would then spoil the next JOIN
+            raise ValueError(
+                f"profile of {len(profile)} bytes over the room's limit ({limit}, and {WELCOME_ENTRY_BYTES} "
+                "with the user id)"
+            )
         self.profile = profile
         if self.state is ClientState.JOINED:
             self._queue_data(message)

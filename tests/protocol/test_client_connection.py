@@ -429,3 +429,27 @@ def test_sending_on_a_closed_connection_raises() -> None:
         client.send(b"x")
     with pytest.raises(ConnectionClosedError):
         client.update_profile(b"x")
+
+
+def test_a_profile_the_relay_would_refuse_is_refused_locally_and_not_kept() -> None:
+    """Found in review: update_profile kept a profile the relay then refused (ERROR 5), and the
+    next JOIN (a fresh join after a resume window) carried it and was refused in turn. Past the
+    room's max_profile, or past WELCOME_ENTRY_BYTES with the user id, it is a ValueError now."""
+    key, room, net = new_room(max_profile=100)
+    user = "u" * 100
+    client = _client(key, user)
+    net.join(client)
+    with pytest.raises(ValueError, match="limit"):
+        client.update_profile(bytes(101))
+    assert client.profile == b""
+    client.update_profile(bytes(100))
+    net.pump(client)
+    assert client.profile == bytes(100) and room.members[client.connection_id].profile == bytes(100)
+    key, room, net = new_room()
+    client = _client(key, user)
+    net.join(client)
+    with pytest.raises(ValueError, match="limit"):
+        client.update_profile(bytes(m.WELCOME_ENTRY_BYTES - len(user) + 1))
+    client.update_profile(bytes(m.WELCOME_ENTRY_BYTES - len(user)))
+    net.pump(client)
+    assert not [e for e in net.take(client) if isinstance(e, ErrorEvent)]
