@@ -397,7 +397,9 @@ async def run_agones(
             return reason
         # pings start once the sidecar answers: before, they would only fail beside the retries
         health = asyncio.create_task(_health_loop(sdk, health_interval))
-        await sdk.ready()
+        if not await _unless_stopped(sdk.ready(), stop):  # it retries too: SIGTERM must not wait it out
+            log.info("agones: stopped before Ready was acknowledged")
+            return reason
         log.info("agones: ready, waiting for an allocation")
         waiting = asyncio.create_task(_wait_for_assignment(sdk, poll_interval))
         stopping = asyncio.create_task(stop.wait())

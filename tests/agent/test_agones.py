@@ -94,6 +94,7 @@ class FakeSidecar:
                 "ports": [{"name": "default", "port": host_port}],
             },
         }
+        self.dropped: set[str] = set()  # paths whose requests get no answer (a sidecar restarting)
         self._server: asyncio.Server | None = None
         self._watchers: set[asyncio.StreamWriter] = set()
         self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
@@ -180,6 +181,9 @@ class FakeSidecar:
             return self._reply(writer, 404, {"code": 5, "message": "Not Found"})
         if self.PATHS[path] != method:
             return self._reply(writer, 405, {"code": 12, "message": "Method Not Allowed"})
+        if path in self.dropped:
+            writer.close()
+            return False
         if path == "/watch/gameserver":
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -403,6 +407,23 @@ async def test_ready_retries_until_the_sidecar_is_up() -> None:
         assert await asyncio.wait_for(task, 5) == CloseReason.SHUTDOWN
         assert sidecar.calls[-1] == ("POST", "/shutdown", {})
     await sdk.aclose()
+
+
+async def test_sigterm_does_not_wait_out_the_retries_of_ready() -> None:
+    """Found in review: the relay's Ready call retries for a minute while the sidecar does not
+    answer it, and a SIGTERM meanwhile waited all of it out."""
+    async with sidecar_up() as sidecar:
+        sidecar.dropped.add("/ready")
+        sdk = AgonesSDK(sidecar.port, retry_for=60)
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            run_agones(RelayLaunch(RelayConfig(port=free_port())), sdk, health_interval=0.05, stop=stop)
+        )
+        await wait_for(lambda: sidecar.count("POST", "/ready") >= 2)
+        stop.set()
+        assert await asyncio.wait_for(task, 3) == CloseReason.SHUTDOWN
+        assert sidecar.state != "Ready"
+        await sdk.aclose()
 
 
 async def test_with_control_plane_registers_host_port_and_drains_on_delete(tmp_path: Path) -> None:
