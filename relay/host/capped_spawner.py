@@ -21,11 +21,14 @@ rehearsal only takes CPU that rooms and starting relays leave idle; when it is a
 (`CappedHandle.assign`) its weight returns to the default.
 A relay started by an earlier control plane is adopted into its group (`CappedSpawner.adopt`),
 its quota put on at once.
+A spawn cancelled while its relay is being moved into its group (a control plane stopping) stops
+that relay and removes the group (`close()` waits for both).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -133,6 +136,7 @@ class CappedSpawner:
         self.boost_seconds = boost_seconds
         self.backend: Backend | None = detect() if backend is _UNSET else backend  # type: ignore[assignment]
         self._serial = itertools.count(1)
+        self._undoing: set[asyncio.Task[None]] = set()  # relays stopped uncapped, groups to remove
         if self.backend is None:
             log.warning("no writable cgroup on this host: %s caps are soft (in-process only)", tier.name)
         else:
@@ -140,16 +144,7 @@ class CappedSpawner:
             log.info("relay caps: %s, %s (%d stale groups removed)", tier.name, describe(self.backend), swept)
 
     async def spawn(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> CappedHandle:
-        group = None
-        if self.backend is not None:
-            serial = f"{os.getpid()}-{next(self._serial)}"  # unique across control-plane restarts
-            namespace, room_name = room_of(argv)
-            room = f"{namespace or ''}.{room_name}" if room_name else "warm"
-            name = f"{room}.{serial}"
-            standby = is_standby(argv)
-            group = self.backend.create(name, self.tier, cpu_capped=standby or self.boost_seconds <= 0)
-            if standby:
-                group.idle_cpu(True)
+        group = self._create(argv)
         try:
             handle = await self.inner.spawn(argv, {**env, **tier_env(self.tier, group)}, log_path)
         except BaseException:
@@ -157,17 +152,48 @@ class CappedSpawner:
                 group.remove()
             raise
         if group is not None:
-            try:
-                # In a thread: a v1 migration waits out an RCU grace period (5-20 ms here), which
-                # must not stall the control plane's event loop; the relay starts meanwhile.
-                await asyncio.to_thread(group.add, handle.pid)
-            except CgroupError:
-                log.exception("could not cap relay pid %s: stopping it", handle.pid)
-                handle.kill()
-                await handle.wait()
-                group.remove()
-                raise
+            await self._place(handle, group)
         return CappedHandle(handle, group, self.tier, self.boost_seconds, boost=not is_standby(argv))
+
+    def _create(self, argv: Sequence[str]) -> Cgroup | None:
+        """The relay's own group, named after its room (None without cgroups)."""
+        if self.backend is None:
+            return None
+        serial = f"{os.getpid()}-{next(self._serial)}"  # unique across control-plane restarts
+        namespace, room_name = room_of(argv)
+        room = f"{namespace or ''}.{room_name}" if room_name else "warm"
+        standby = is_standby(argv)
+        group = self.backend.create(
+            f"{room}.{serial}", self.tier, cpu_capped=standby or self.boost_seconds <= 0
+        )
+        if standby:
+            group.idle_cpu(True)
+        return group
+
+    async def _place(self, handle: ProcessHandle, group: Cgroup) -> None:
+        """Moves the relay into its group. In a thread: a v1 migration waits out an RCU grace
+        period (5-20 ms here), which must not stall the control plane's event loop; the relay
+        starts meanwhile. A relay that cannot be capped, or whose spawn is cancelled meanwhile
+        (nobody would hold its handle), is killed and its group removed once it is gone."""
+        add = asyncio.ensure_future(asyncio.to_thread(group.add, handle.pid))
+        try:
+            await asyncio.shield(add)  # cancelled or not, the thread writes the pid: undo waits for it
+        except BaseException as exc:
+            if isinstance(exc, CgroupError):
+                log.exception("could not cap relay pid %s: stopping it", handle.pid)
+            handle.kill()
+            undo = asyncio.get_running_loop().create_task(self._undo(handle, group, add))
+            self._undoing.add(undo)
+            undo.add_done_callback(self._undoing.discard)
+            await asyncio.shield(undo)
+            raise
+
+    @staticmethod
+    async def _undo(handle: ProcessHandle, group: Cgroup, add: asyncio.Future[None]) -> None:
+        with contextlib.suppress(Exception):  # its error, if any, is the caller's
+            await add
+        await handle.wait()
+        group.remove()
 
     def adopt(self, pid: int) -> CappedHandle | None:
         """A relay an earlier control plane started, in one of our groups: watched by pid, its CPU
@@ -187,6 +213,8 @@ class CappedSpawner:
             await start()
 
     async def close(self) -> None:
+        if self._undoing:
+            await asyncio.wait(self._undoing, timeout=5.0)
         close = getattr(self.inner, "close", None)
         if close is not None:
             await close()

@@ -18,6 +18,12 @@ them by their command line (`relay serve --group SOCKET`) and asks each for its 
 a control plane other than the one that started it: an adopted group serves its rooms out and
 exits.
 
+A spawn cancelled after its assignment went out (a control plane stopping) tells the group to
+drop that room at once, and its seat stays taken until the group says the room has ended (or
+that it never took it), so the count of a group's rooms stays true and no room runs untracked.
+An assignment larger than a group reads (MAX_GROUP_FRAME) is refused before it is sent; a room
+whose groups keep going away while taking it fails after ASSIGN_ATTEMPTS of them.
+
 Any other command (a standby, another program) goes to the inner spawner unchanged.
 """
 
@@ -35,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.agent.launch import incarnation_of
-from relay.host.frames import encode_frame, read_frame_async, read_frame_with
+from relay.host.frames import HEADER, encode_frame, read_frame_async, read_frame_with
 from relay.host.group import MAX_GROUP_FRAME, group_argv, group_of, parse_group_argv
 from relay.host.spawner import (
     PidHandle,
@@ -55,6 +61,8 @@ ASK_TIMEOUT = 2.0
 KILL_GRACE = 2.0
 EXIT_WAIT = 5.0
 """Seconds a group has to drop a room it was told to kill before it is killed whole."""
+ASSIGN_ATTEMPTS = 3
+"""Groups a room is offered to, each gone while taking it, before its spawn fails."""
 
 
 class GroupGone(ConnectionError):
@@ -77,6 +85,7 @@ class _Group:
         self._connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader_task: asyncio.Task[None] | None = None
         self.gone = False
+        self.closed = False  # let go of by its spawner: never killed for a room from then on
 
     @property
     def free(self) -> int:
@@ -142,23 +151,39 @@ class _Group:
             self._connected.set_exception(GroupGone(f"relay group pid {self.pid} is gone"))
             self._connected.exception()  # retrieved: nobody may be waiting
 
-    async def request(self, message: dict[str, Any], answered: bool = True) -> dict[str, Any] | None:
+    async def ask(self, message: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """Sends a request once connected; its answer's future. Once this returns the request is
+        on its way (a cancellation then no longer unsends it)."""
+        await self.tell(message)
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._answers.append(answer)
+        return answer
+
+    async def tell(self, message: dict[str, Any]) -> None:
+        """Sends a request that has no answer, once connected."""
         await asyncio.shield(self._connected)
         if self.gone or self._writer is None:
             raise GroupGone(f"relay group pid {self.pid} is gone")
-        answer: asyncio.Future[dict[str, Any]] | None = None
-        if answered:
-            answer = asyncio.get_running_loop().create_future()
-            self._answers.append(answer)
         self._writer.write(encode_frame(message))
-        return None if answer is None else await answer
 
     def send(self, message: dict[str, Any]) -> None:
-        """Fire and forget (stop): dropped if the group is gone (its rooms are too)."""
-        task = asyncio.get_running_loop().create_task(self.request(message, answered=False))
+        """Fire and forget (stop): written at once when connected (a closing spawner may let go of
+        the group next), else once connected; dropped if the group is gone (its rooms are too)."""
+        if self._writer is not None:
+            if not self.gone:
+                self._writer.write(encode_frame(message))
+            return
+        task = asyncio.get_running_loop().create_task(self.tell(message))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
+    def forget(self, incarnation: str) -> None:
+        """A room the group never took (it refused it): ended for its handle, its seat free."""
+        exit_future = self.rooms.pop(incarnation, None)
+        if exit_future is not None and not exit_future.done():
+            exit_future.set_result((None, None))
+
     def close(self) -> None:
+        self.closed = True
         if self._writer is not None:
             self._writer.close()
         if self._reader_task is not None:
@@ -196,11 +221,20 @@ class GroupRoomHandle:
         if self.group.gone:
             self.group.handle.kill()
             return
+        self.drop()
+        self.expect_gone()
+
+    def drop(self) -> None:
+        """Tells the group to drop the room at once (the kill, without the wedge check)."""
         self._stop("kill")
+
+    def expect_gone(self) -> None:
+        """A group that has not dropped the room KILL_GRACE from now is killed (unless its spawner
+        has let go of it: a restarted control plane takes it over)."""
         asyncio.get_running_loop().call_later(KILL_GRACE, self._kill_wedged)
 
     def _kill_wedged(self) -> None:
-        if not self._exit.done():
+        if not self._exit.done() and not self.group.closed:
             log.warning(
                 "relay group pid %s did not drop room %s: killing the group", self.pid, self.incarnation
             )
@@ -259,36 +293,77 @@ class GroupSpawner:
         incarnation = incarnation_of(argv)
         if args is None or incarnation is None or parse_group_argv(args) is not None or "--standby" in args:
             return await self.inner.spawn(argv, env, log_path)
-        while True:
-            async with self._lock:  # two rooms never race for one group's last seat
-                group = next((g for g in self._groups.values() if g.free > 0), None)
-                if group is None:
-                    group = await self._start_group()
-                group.seats_taken += 1
+        message = {
+            "op": "assign",
+            "argv": list(argv),
+            "env": dict(env),
+            "log_path": None if log_path is None else str(log_path),
+        }
+        _check_size(message, incarnation)
+        for _ in range(ASSIGN_ATTEMPTS):
+            group = await self._seat()
             try:
-                handle = GroupRoomHandle(group, incarnation)
-                answer = await group.request(
-                    {
-                        "op": "assign",
-                        "argv": list(argv),
-                        "env": dict(env),
-                        "log_path": None if log_path is None else str(log_path),
-                    }
-                )
+                return await self._assign(group, incarnation, message)
             except GroupGone:
-                group.rooms.pop(incarnation, None)
                 log.warning("relay group pid %s went away while taking a room: another group", group.pid)
-                continue
-            except BaseException:
-                group.seats_taken -= 1
-                group.rooms.pop(incarnation, None)
-                raise
-            if answer is None or answer.get("op") != "assigned":
-                group.seats_taken -= 1
-                group.rooms.pop(incarnation, None)
-                raise OSError(f"relay group pid {group.pid} refused the room: {(answer or {}).get('error')}")
-            self._watch_seat(group, handle)
-            return handle
+        raise OSError(f"room {incarnation}: {ASSIGN_ATTEMPTS} relay groups went away while taking it")
+
+    async def _seat(self) -> _Group:
+        """A seat in a group with one free, or in a new group."""
+        async with self._lock:  # two rooms never race for one group's last seat
+            group = next((g for g in self._groups.values() if g.free > 0), None)
+            if group is None:
+                group = await self._start_group()
+            group.seats_taken += 1
+            return group
+
+    async def _assign(self, group: _Group, incarnation: str, message: dict[str, Any]) -> GroupRoomHandle:
+        """Puts the room in its seat in `group`. GroupGone if the group went away meanwhile."""
+        handle = GroupRoomHandle(group, incarnation)
+        try:
+            answer = await group.ask(message)
+        except BaseException:  # not sent: the seat is free again
+            group.seats_taken -= 1
+            group.rooms.pop(incarnation, None)
+            raise
+        try:
+            reply = await asyncio.shield(answer)
+        except GroupGone:
+            group.rooms.pop(incarnation, None)
+            raise
+        except BaseException:
+            self._abandon(group, handle, answer)
+            raise
+        if reply.get("op") != "assigned":
+            group.seats_taken -= 1
+            group.rooms.pop(incarnation, None)
+            raise OSError(f"relay group pid {group.pid} refused the room: {reply.get('error')}")
+        self._watch_seat(group, handle)
+        return handle
+
+    def _abandon(
+        self, group: _Group, handle: GroupRoomHandle, answer: asyncio.Future[dict[str, Any]]
+    ) -> None:
+        """The spawn was cancelled with its assignment sent: the group may be starting the room,
+        which nobody would stop. It is told to drop it now (before a closing spawner lets go of
+        the group), and the seat stays taken until the room has ended or the answer says the
+        group never took it."""
+        handle.drop()
+        self._watch_seat(group, handle)
+        task = asyncio.get_running_loop().create_task(self._settle(group, handle, answer))
+        self._seats.add(task)
+        task.add_done_callback(self._seats.discard)
+
+    @staticmethod
+    async def _settle(group: _Group, handle: GroupRoomHandle, answer: asyncio.Future[dict[str, Any]]) -> None:
+        try:
+            reply = await answer
+        except GroupGone:
+            return  # its rooms ended with it
+        if reply.get("op") == "assigned":
+            handle.expect_gone()
+        else:
+            group.forget(handle.incarnation)
 
     def _watch_seat(self, group: _Group, handle: GroupRoomHandle) -> None:
         task = asyncio.get_running_loop().create_task(self._seat_freed(group, handle))
@@ -319,6 +394,9 @@ class GroupSpawner:
         except GroupGone:
             handle.kill()
             raise OSError(f"relay group pid {handle.pid} did not start") from None
+        except BaseException:  # cancelled: a group nobody connects to would wait out CONNECT_TIMEOUT
+            handle.kill()
+            raise
         log.info("relay group pid %s started for up to %d rooms", handle.pid, self.rooms_per_process)
         return group
 
@@ -407,6 +485,14 @@ class GroupSpawner:
         close = getattr(self.inner, "close", None)
         if close is not None:
             await close()
+
+
+def _check_size(message: dict[str, Any], incarnation: str) -> None:
+    """An assignment a group would not read (it drops the connection, and so its other rooms'
+    control) is refused here, before any group sees it."""
+    size = len(encode_frame(message)) - HEADER.size
+    if size > MAX_GROUP_FRAME:
+        raise OSError(f"room {incarnation}: its assignment is {size} bytes, over a group's {MAX_GROUP_FRAME}")
 
 
 def ask_rooms(path: str, timeout: float = ASK_TIMEOUT) -> list[str]:

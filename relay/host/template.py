@@ -14,6 +14,12 @@ spawner: {ready: pid} once, {rehearsed: pid} when a standby says it has rehearse
 {id, pid} or {id, error} per request, {exit: pid, code} when a child ends (code < 0: the signal,
 as asyncio reports it). When the spawner's end closes, the template exits; relays live on in
 their own sessions.
+
+A forked child waits, before it becomes anything, until the template has written its {id, pid}
+(a pipe the template writes one byte to afterwards): a child whose pid the spawner cannot learn
+(the template died or was killed between the fork and the reply) reads end of file and exits.
+So every relay the template leaves behind is one the spawner has been told of; one whose request
+it gave up on (timed out, cancelled) it kills when the late reply comes (relay/host/zygote.py).
 """
 
 from __future__ import annotations
@@ -114,7 +120,10 @@ def _serve(ctl_in: int, ctl_out: int, wake: int) -> None:
             request = read_frame(ctl_in, MAX_FRAME)
             if request is None:
                 return
-            write_frame(ctl_out, _assign(request) if "assign" in request else _spawn(request))
+            if "assign" in request:
+                write_frame(ctl_out, _assign(request))
+            else:
+                _spawn(request, ctl_out)
 
 
 def _reap(ctl_out: int) -> None:
@@ -157,10 +166,26 @@ def _standby_said(pid: int, sock: socket.socket, ctl_out: int) -> None:
         write_frame(ctl_out, {"rehearsed": pid})
 
 
-def _spawn(request: dict[str, Any]) -> dict[str, Any]:
-    """Forks one relay; the reply goes out before any exit notification for it (same loop). A
-    standby (relay/host/standby.py) gets one end of a socket pair as stdin; the template keeps the
-    other until the assignment."""
+def _spawn(request: dict[str, Any], ctl_out: int) -> None:
+    """Forks one relay and answers; the reply goes out before any exit notification for it (same
+    loop), and the child goes on only once it has (see the module docstring)."""
+    go_r, go_w = os.pipe()
+    try:
+        try:
+            reply = _fork(request, (go_r, go_w))
+        finally:
+            os.close(go_r)
+        write_frame(ctl_out, reply)  # the spawner gone (BrokenPipeError): the child exits too
+        with contextlib.suppress(OSError):  # a child killed meanwhile: EPIPE, not our exit
+            os.write(go_w, b"g")
+    finally:
+        os.close(go_w)
+
+
+def _fork(request: dict[str, Any], go: tuple[int, int]) -> dict[str, Any]:
+    """The reply to a spawn request: the child's pid, or why there is none. A standby
+    (relay/host/standby.py) gets one end of a socket pair as stdin; the template keeps the other
+    until the assignment."""
     try:
         log_fd = _open_log(request.get("log_path"))
     except OSError as exc:
@@ -177,7 +202,7 @@ def _spawn(request: dict[str, Any]) -> dict[str, Any]:
                 sock.close()
         return {"id": request["id"], "error": f"fork: {exc}"}
     if pid == 0:
-        _child(request, log_fd, theirs.fileno() if theirs is not None else -1)
+        _child(request, log_fd, theirs.fileno() if theirs is not None else -1, go)
     os.close(log_fd)
     if ours is not None and theirs is not None:
         theirs.close()
@@ -202,10 +227,13 @@ def _assign(request: dict[str, Any]) -> dict[str, Any]:
     return {"id": request["id"], "pid": pid}
 
 
-def _child(request: dict[str, Any], log_fd: int, stdin_fd: int) -> NoReturn:
-    """Becomes the relay; never returns into the template's loop, whatever happens."""
+def _child(request: dict[str, Any], log_fd: int, stdin_fd: int, go: tuple[int, int]) -> NoReturn:
+    """Becomes the relay once its pid is reported; never returns into the template's loop,
+    whatever happens."""
     code = 1
     try:
+        if not _reported(*go):
+            os._exit(code)  # nobody knows this pid: no relay may run under it
         _detach(log_fd, stdin_fd)
         _set_environ(request["env"])
         code = _run_relay(request["argv"])
@@ -216,6 +244,16 @@ def _child(request: dict[str, Any], log_fd: int, stdin_fd: int) -> NoReturn:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _reported(go_r: int, go_w: int) -> bool:
+    """Waits for the template's byte saying this child's pid went to the spawner; False at end of
+    file: the template died first (its copy of the write end was the last one)."""
+    os.close(go_w)
+    try:
+        return os.read(go_r, 1) == b"g"
+    finally:
+        os.close(go_r)
 
 
 def _detach(log_fd: int, stdin_fd: int = -1) -> None:

@@ -63,6 +63,7 @@ class WarmPool:
         self._ready: deque[ProcessHandle] = deque()  # rehearsed, oldest first
         self._idle: dict[int, ProcessHandle] = {}  # every idle standby, rehearsed or not
         self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._reaping: set[asyncio.Task[int | None]] = set()  # standbys killed, not yet gone
         self._filler: asyncio.Task[None] | None = None
         self._closed = False
         self._cold = 0  # spawns the inner spawner is doing for rooms right now
@@ -100,20 +101,11 @@ class WarmPool:
                 watcher = self._watchers.pop(handle.pid, None)
                 if watcher is not None:
                     watcher.cancel()
-                try:
-                    await handle.assign(argv, env, log_path)  # type: ignore[attr-defined]
-                except Exception as exc:
-                    log.warning(
-                        "standby pid %s could not take its room (%r): starting another", handle.pid, exc
-                    )
-                    self.failures += 1
-                    handle.kill()
-                    self._reap(handle)
-                    continue
-                self.handed_out += 1
-                self.failures = 0
-                self._refill()
-                return handle
+                if await self._assign(handle, argv, env, log_path):
+                    self.handed_out += 1
+                    self.failures = 0
+                    self._refill()
+                    return handle
             self._refill()
         self._cold += 1
         self._no_cold.clear()
@@ -123,6 +115,26 @@ class WarmPool:
             self._cold -= 1
             if not self._cold:
                 self._no_cold.set()
+
+    async def _assign(
+        self, handle: ProcessHandle, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    ) -> bool:
+        """Hands a standby (out of the pool's lists by now) its room; False if it could not take
+        it. One that failed, or whose spawn was cancelled meanwhile (it may have its room, and
+        nobody else holds its handle), is killed."""
+        try:
+            await handle.assign(argv, env, log_path)  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.warning("standby pid %s could not take its room (%r): starting another", handle.pid, exc)
+            self.failures += 1
+            handle.kill()
+            self._reap(handle)
+            return False
+        except BaseException:
+            handle.kill()
+            self._reap(handle)
+            raise
+        return True
 
     def adopt(self, pid: int) -> ProcessHandle | None:
         """A relay an earlier control plane started: the inner spawner's handle for it, if it has one."""
@@ -199,8 +211,16 @@ class WarmPool:
             self._refill()
 
     def _reap(self, handle: ProcessHandle) -> None:
+        """Waits for a killed standby in the background (a capped one's cgroup goes then); close()
+        waits for these too."""
         task = asyncio.get_running_loop().create_task(handle.wait())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._reaping.add(task)
+        task.add_done_callback(self._reaped)
+
+    def _reaped(self, task: asyncio.Task[int | None]) -> None:
+        self._reaping.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     async def close(self) -> None:
         """Stops the standbys (relays already handed out keep running), then the inner spawner."""
@@ -217,8 +237,9 @@ class WarmPool:
         handles, self._idle = list(self._idle.values()), {}
         for handle in handles:
             handle.terminate()
-        if handles:
-            await asyncio.wait([asyncio.ensure_future(h.wait()) for h in handles], timeout=5.0)
+        waits = [*(asyncio.ensure_future(h.wait()) for h in handles), *self._reaping]
+        if waits:
+            await asyncio.wait(waits, timeout=5.0)
         close = getattr(self.inner, "close", None)
         if close is not None:
             await close()

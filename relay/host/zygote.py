@@ -9,6 +9,10 @@ Spawner that forks relays from a pre-imported process instead of starting interp
 The template is started lazily, with this interpreter, on the first spawn (or `start()`); the
 channel's frames are described in relay/host/template.py. A forked relay's exit code comes from
 the template; when the template has died, handles fall back to watching the pid.
+
+A spawn given up on (its reply timed out, or the spawn was cancelled: a control plane stopping)
+leaves no relay behind: the late reply's child is killed when it comes, and a child whose reply
+never comes (the template died or was killed first) exits by itself (relay/host/template.py).
 """
 
 from __future__ import annotations
@@ -99,6 +103,7 @@ class _Template:
         self._replies: dict[int, asyncio.Future[tuple[int, asyncio.Future[int | None]]]] = {}
         self._exits: dict[int, asyncio.Future[int | None]] = {}
         self._rehearsed: dict[int, asyncio.Future[None]] = {}
+        self._abandoned: set[int] = set()  # requests given up on: their children are killed
         self._orphans: set[asyncio.Task[None]] = set()
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -133,14 +138,26 @@ class _Template:
     async def request(
         self, message: Mapping[str, Any], timeout: float = 10.0
     ) -> tuple[int, asyncio.Future[int | None]]:
-        """Sends one request; the template's answer: (pid, that pid's exit future)."""
+        """Sends one request; the template's answer: (pid, that pid's exit future). If the caller
+        gives up (timeout, cancellation), the pid answered is killed, now or when it comes."""
         request_id = next(self._ids)
         reply = self._replies[request_id] = asyncio.get_running_loop().create_future()
         try:
             await self._write({"id": request_id, **message})
             return await asyncio.wait_for(asyncio.shield(reply), timeout)
+        except BaseException:
+            self._abandon(request_id, reply)
+            raise
         finally:
             self._replies.pop(request_id, None)
+
+    def _abandon(
+        self, request_id: int, reply: asyncio.Future[tuple[int, asyncio.Future[int | None]]]
+    ) -> None:
+        if not reply.done():
+            self._abandoned.add(request_id)
+        elif not reply.cancelled() and reply.exception() is None:  # answered as we gave up
+            _kill_late(reply.result()[0])
 
     async def _write(self, message: Mapping[str, Any]) -> None:
         stdin = self.proc.stdin
@@ -186,6 +203,11 @@ class _Template:
             self._answer(message)
 
     def _answer(self, message: dict[str, Any]) -> None:
+        if message["id"] in self._abandoned:
+            self._abandoned.discard(message["id"])
+            if "pid" in message:
+                _kill_late(int(message["pid"]))
+            return
         reply = self._replies.get(message["id"])
         if reply is None or reply.done():
             return
@@ -208,6 +230,7 @@ class _Template:
             self._orphans.add(task)
             task.add_done_callback(self._orphans.discard)
         self._exits.clear()
+        self._abandoned.clear()  # no reply came: a child of theirs was never let go, and exits
 
     @staticmethod
     async def _watch_orphan(pid: int, exit_future: asyncio.Future[int | None]) -> None:
@@ -216,7 +239,8 @@ class _Template:
             exit_future.set_result(None)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Closes the channel (the template exits; its children keep running) and reaps it."""
+        """Closes the channel (the template exits; its children keep running) and reaps it, once
+        every reply it sent has been read (a late one's child is killed)."""
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         try:
@@ -225,8 +249,14 @@ class _Template:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        await asyncio.wait({self._reader})  # not cancelled with a cancelled caller: it reads on
+
+
+def _kill_late(pid: int) -> None:
+    """A child forked for a request given up on: nobody has its handle, so it must not run."""
+    log.warning("zygote answered pid %d after its request was given up: killing it", pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
 
 
 class ZygoteSpawner:
