@@ -354,3 +354,51 @@ async def test_without_its_worker_the_client_runs_on_the_page(browser: JsRemote,
         await page.eval("window.client.close()")
         assert await py.next_event_of(rc.Left, 5) == rc.Left(cid, 1)
         await py.close()
+
+
+BAD_URL_PAGE = """(async () => {
+  const { connect } = await import('/relay-client.js');
+  window.client = await connect(%(url)s, %(key)s, 'page');
+  window.log = [];
+  for (const t of ['reconnecting', 'closed']) window.client.on(t, (e) => window.log.push([t, e]));
+  let refused = null;
+  try { await connect(%(bad)s, %(key)s, 'other', { timeoutMs: 2000 }); }
+  catch (e) { refused = e.name + ': ' + e.message; }
+  // The transport worker itself: a URL its WebSocket refuses ends that channel, as its close.
+  const worker = new Worker('/relay-worker.js', { type: 'module' });
+  const answer = await new Promise((resolve) => {
+    worker.onerror = (e) => { e.preventDefault(); resolve('worker error: ' + e.message); };
+    worker.onmessage = (ev) => {
+      if (ev.data.t !== 'ready') return resolve(ev.data);
+      const request = { url: %(bad)s, psk: new Uint8Array(32), join: new Uint8Array(1) };
+      worker.postMessage({ t: 'open', id: 1, request });
+    };
+  });
+  worker.terminate();
+  return { cid: window.client.connectionId, refused, answer };
+})()"""
+
+
+async def test_a_bad_url_fails_its_own_client_only(browser: JsRemote, static_url: str) -> None:
+    """A client given a URL the browser's WebSocket refuses (another scheme) fails alone: not the
+    others of the page, whose connections share its transport worker."""
+    await browser.call("open", page="p", url=static_url)
+    page = Page(browser, "p")
+    async with relay.embedded.room() as room:
+        py = await rc.connect(room.host, room.port, room.key, "py", transport="udp", timeout=5)
+        out = await page.eval(
+            BAD_URL_PAGE
+            % {
+                "url": json.dumps(f"ws://127.0.0.1:{room.port}/"),
+                "bad": json.dumps(f"ftp://127.0.0.1:{room.port}/"),
+                "key": json.dumps(room.key),
+            }
+        )
+        assert out["refused"].startswith("TypeError"), out
+        assert out["answer"]["t"] == "closed" and out["answer"]["id"] == 1, out
+        assert "cannot open a WebSocket" in out["answer"]["cause"], out
+        await page.eval("window.client.send('still here')")
+        assert await py.next_event_of(rc.Received, 5) == rc.Received(out["cid"], b"still here")
+        assert await page.eval("window.log") == []
+        assert [u.rsplit("/", 1)[-1] for u in await browser.call("workers", page="p")] == ["relay-worker.js"]
+        await py.close()

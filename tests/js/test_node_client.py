@@ -32,16 +32,18 @@ async def js(node: list[str], js_build: Path) -> AsyncIterator[JsRemote]:
         yield remote
 
 
-def test_vectors_under_node_test_runner(node: list[str], js_build: Path) -> None:
+def test_vectors_and_session_logic_under_node_test_runner(node: list[str], js_build: Path) -> None:
+    """The byte vectors, and the client's session logic against an in-process fake relay."""
+    tests = [str(js_build / "test" / name) for name in ("vectors.test.js", "session.test.js")]
     run = subprocess.run(
-        [*node, "--test", str(js_build / "test" / "vectors.test.js")],
+        [*node, "--test", *tests],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "# fail 0" in run.stdout and "# pass 8" in run.stdout, run.stdout
+    assert "# fail 0" in run.stdout and "# pass 22" in run.stdout, run.stdout
 
 
 async def test_node_and_python_clients_share_a_room(js: JsRemote) -> None:
@@ -181,3 +183,22 @@ async def test_closing_ends_the_client_without_a_resume(js: JsRemote) -> None:
         assert "bye" in closed["reason"]
         assert (await js.call("state", name="a"))["closed"] is True
         assert not js.seen(event="reconnecting")
+
+
+async def test_a_seat_resumed_elsewhere_is_not_taken_back(js: JsRemote) -> None:
+    """Two clients with one resume token (a duplicated tab): the relay moves the seat to the newer
+    and closes the older with 1000 "resumed elsewhere"; that one ends, rather than resume and
+    take the seat back, which the other would take back, without end."""
+    async with relay.embedded.room(**FAST) as room:
+        url = ws_url(room.port)
+        a = await js.call("connect", name="a", url=url, key=room.key, userId="u")
+        b = await js.call(
+            "connect", name="b", url=url, key=room.key, userId="u", resumeToken=a["resumeToken"]
+        )
+        assert b["resumed"] is True and b["connectionId"] == a["connectionId"]
+        closed = await js.expect(event="closed", client="a", timeout=5)
+        assert closed["reason"] == "resumed elsewhere"
+        await asyncio.sleep(1.0)
+        assert not js.seen(event="reconnecting") and not js.seen(event="resumed")
+        state = await js.call("state", name="b")
+        assert state["closed"] is False and state["connectionId"] == a["connectionId"]

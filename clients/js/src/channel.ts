@@ -24,11 +24,18 @@ import {
 
 export type WebSocketConstructor = new (url: string) => WebSocket;
 
+/** The WebSocket close frame the relay sent (section 7.2 lists what each means). */
+export interface SocketClose {
+  code: number;
+  reason: string;
+}
+
 export interface ChannelEvents {
   /** Authenticated DATA plaintexts, in counter order. */
   plaintexts(pts: Uint8Array[]): void;
-  /** The connection is gone (after every plaintext that preceded it); called once. */
-  closed(cause: string): void;
+  /** The connection is gone (after every plaintext that preceded it); called once. `close` is
+   * the relay's close frame, null when the socket failed or this side gave up. */
+  closed(cause: string, close: SocketClose | null): void;
 }
 
 export interface ChannelStats {
@@ -68,6 +75,7 @@ export class SocketChannel implements Channel {
   private accepting: Promise<void> = Promise.resolve();
   private tx: Promise<void> = Promise.resolve();
   private closeCause: string | null = null;
+  private closeFrame: SocketClose | null = null;
   private done = false;
   private readonly closedSocket: Promise<void>;
 
@@ -98,6 +106,7 @@ export class SocketChannel implements Channel {
     this.ws.onclose = (ev: CloseEvent) => {
       // After the packets already received: an ERROR that preceded the close is seen first.
       this.closeCause = `connection closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`;
+      this.closeFrame = { code: ev.code, reason: ev.reason };
       void this.accepting.then(() => this.deliver());
     };
     this.ws.onerror = () => {}; // a close event follows
@@ -174,7 +183,7 @@ export class SocketChannel implements Channel {
       out.push(pt);
     }
     if (out.length > 0) this.events.plaintexts(out);
-    if (this.closeCause !== null && this.inbound.length === 0) this.fail(this.closeCause);
+    if (this.closeCause !== null && this.inbound.length === 0) this.fail(this.closeCause, this.closeFrame);
   }
 
   send(plaintexts: Uint8Array[]): void {
@@ -203,11 +212,11 @@ export class SocketChannel implements Channel {
     await this.closedSocket;
   }
 
-  private fail(cause: string): void {
+  private fail(cause: string, frame: SocketClose | null = null): void {
     if (this.done) return;
     this.done = true;
     this.close(1000);
-    this.events.closed(cause);
+    this.events.closed(cause, frame);
   }
 
   private close(code: number): void {
@@ -216,6 +225,36 @@ export class SocketChannel implements Channel {
     } catch {
       // already closing
     }
+  }
+}
+
+/** A channel whose WebSocket could not even be made: it reports that as its close, later. */
+class FailedChannel implements Channel {
+  readonly stats: ChannelStats = { packetsIn: 0, packetsOut: 0, dropped: 0 };
+  private ended = false;
+
+  constructor(cause: string, events: ChannelEvents) {
+    // Not from inside the constructor: the caller has not kept this channel yet.
+    setTimeout(() => this.ended || events.closed(cause, null), 0);
+  }
+
+  send(): void {}
+
+  async end(): Promise<void> {
+    this.ended = true;
+  }
+}
+
+/**
+ * A SocketChannel, or, when the WebSocket constructor throws (a URL it refuses: another scheme,
+ * a fragment; a page's security policy), a channel that closes with that cause: the failure
+ * stays this channel's, whichever thread (or worker shared by other channels) it runs on.
+ */
+export function openSocketChannel(WS: WebSocketConstructor, request: ChannelRequest, events: ChannelEvents): Channel {
+  try {
+    return new SocketChannel(WS, request, events);
+  } catch (e) {
+    return new FailedChannel(`cannot open a WebSocket to ${request.url}: ${String(e)}`, events);
   }
 }
 
@@ -231,7 +270,7 @@ export type ToWorker =
 export type FromWorker =
   | { t: "ready" }
   | { t: "data"; id: number; pts: Uint8Array[]; stats: ChannelStats }
-  | { t: "closed"; id: number; cause: string | null; stats: ChannelStats };
+  | { t: "closed"; id: number; cause: string | null; close: SocketClose | null; stats: ChannelStats };
 
 /** One worker for every channel of the page, started on first use. */
 class WorkerHub {
@@ -254,7 +293,9 @@ class WorkerHub {
         resolve(false); // before "ready": its channels run in-thread instead
         // After it (the worker died): its channels are lost, and later ones run in-thread.
         hub = null;
-        for (const [id, c] of this.channels) c.fromWorker({ t: "closed", id, cause: "worker failed", stats: c.stats });
+        for (const [id, c] of this.channels) {
+          c.fromWorker({ t: "closed", id, cause: "worker failed", close: null, stats: c.stats });
+        }
       };
     });
   }
@@ -284,7 +325,7 @@ function workerHub(): WorkerHub | null {
 /** The transport in the page's worker; in-thread if the worker did not start. */
 class WorkerChannel implements Channel {
   stats: ChannelStats = { packetsIn: 0, packetsOut: 0, dropped: 0 };
-  private inThread: SocketChannel | null = null;
+  private inThread: Channel | null = null;
   private readonly id: number;
   private queued: Uint8Array[] = [];
   private endCode: number | null = null;
@@ -306,7 +347,7 @@ class WorkerChannel implements Channel {
         if (this.queued.length > 0) hub.post({ t: "send", id: this.id, pts: this.queued });
         if (this.endCode !== null) hub.post({ t: "end", id: this.id, code: this.endCode });
       } else {
-        this.inThread = new SocketChannel(WebSocket, request, events);
+        this.inThread = openSocketChannel(WebSocket, request, events);
         this.stats = this.inThread.stats;
         if (this.queued.length > 0) this.inThread.send(this.queued);
         if (this.endCode !== null) void this.inThread.end(this.endCode).then(this.closeSocket);
@@ -325,7 +366,7 @@ class WorkerChannel implements Channel {
       this.closeSocket();
       if (m.cause !== null && !this.gone) {
         this.gone = true;
-        this.events.closed(m.cause);
+        this.events.closed(m.cause, m.close);
       }
     }
   }
@@ -361,5 +402,5 @@ export function openChannel(
   if (ctor === undefined) {
     throw new TypeError("no WebSocket: use Node 22+, node --experimental-websocket, or options.WebSocket");
   }
-  return new SocketChannel(ctor, request, events);
+  return openSocketChannel(ctor, request, events);
 }

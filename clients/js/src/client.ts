@@ -7,13 +7,22 @@
  */
 
 import { equal, utf8 } from "./bytes.js";
-import { openChannel, type Channel, type ChannelRequest, type ChannelStats, type WebSocketConstructor } from "./channel.js";
+import {
+  openChannel,
+  type Channel,
+  type ChannelRequest,
+  type ChannelStats,
+  type SocketClose,
+  type WebSocketConstructor,
+} from "./channel.js";
 import {
   Code,
   decodeRelayMessages,
   decodeRoomKey,
   derivePsk,
   encodeClientMessage,
+  ErrorCode,
+  WELCOME_ENTRY_BYTES,
   WS_MAX_PLAINTEXT,
   type ClientMessage,
   type Limits,
@@ -40,7 +49,8 @@ export interface ConnectOptions {
   /** A resume token from an earlier client of the same user (e.g. before a page reload): the
    * relay gives back that seat if it still holds it (`client.resumed` then says so). */
   resumeToken?: Uint8Array | null;
-  /** How long connect() may take, handshake and WELCOME included (default 10 s). */
+  /** How long connect() may take, handshake and WELCOME included (default 5 s, as
+   * docs/protocol.md section 6 says of the project's clients); each resume attempt too. */
   timeoutMs?: number;
   /** How often PING is sent: the keepalive and the `rtt` sample (default 1 s; at most 2 s and
    * a quarter of the relay's keepalive timeout). */
@@ -78,7 +88,8 @@ export interface RelayEvents {
   reconnecting: { attempt: number; cause: string };
   /** Back in the room after a drop: same seat (`resumed`) or, once the seat had expired, a new one. */
   resumed: { connectionId: number; resumed: boolean; previousConnectionId: number };
-  /** The client is done: close(), CLOSING, a refused or failed resume. No events follow. */
+  /** The client is done: close(), CLOSING, a refused or failed resume, or another client took
+   * this seat with its resume token (`reason` RESUMED_ELSEWHERE). No events follow. */
   closed: { reason: string };
 }
 
@@ -101,12 +112,26 @@ export class ConnectionError extends Error {
   override name = "ConnectionError";
 }
 
-const DEFAULT_TIMEOUT_MS = 10_000;
+/** The `closed` reason when the relay moved this seat to a newer session: another client resumed
+ * it with this client's resume token (a copied session, a duplicated tab). The relay closes the
+ * old connection with 1000 and this text (docs/protocol.md 7.2); the client does not resume. */
+export const RESUMED_ELSEWHERE = "resumed elsewhere";
+
+const DEFAULT_TIMEOUT_MS = 5_000; // docs/protocol.md section 6: the project's clients, 5 s
 const DEFAULT_PING_MS = 1_000;
 const MAX_PING_MS = 2_000; // docs/protocol.md section 6: PING at least every 2 s
+/** A relay announcing a tiny keepalive timeout must not turn the keepalive into a flood. */
+const MIN_PING_MS = 50;
+/** The relay's keepalive timeout when its WELCOME says 0 (no value): its default (section 6). */
+const DEFAULT_KEEPALIVE_MS = 10_000;
 const RESUME_BACKOFF_MS = [0, 100, 250, 500, 1000, 2000];
+/** A SYNC unanswered this long (dropped by a busy relay) is asked again, up to SYNC_ATTEMPTS in
+ * all (docs/protocol.md 5.2). */
 const SYNC_MIN_GAP_MS = 1_000;
+const SYNC_ATTEMPTS = 3;
 const DEFAULT_RECONNECT_WINDOW_MS = 30_000;
+/** Messages held while the first snapshot is still arriving, at most (as the Python client). */
+const HELD_MAX = 4096;
 
 function bytesOf(p: Payload): Uint8Array {
   return typeof p === "string" ? utf8.encode(p) : p;
@@ -141,7 +166,9 @@ interface LinkHandler {
   welcome(w: Welcome): void;
   messages(ms: RelayMessage[]): void;
   refused(code: number, text: string): void;
-  lost(cause: string): void;
+  /** CLOSING before the first WELCOME (after it, CLOSING comes in `messages`). */
+  closing(reason: number, text: string): void;
+  lost(cause: string, close: SocketClose | null): void;
 }
 
 /**
@@ -152,14 +179,18 @@ class Link {
   lastReceived = performance.now();
   /** Plaintexts that could not be decoded (the whole packet is dropped, section 5). */
   malformed = 0;
+  /** Messages dropped because HELD_MAX were already held. */
+  overflow = 0;
   private readonly channel: Channel;
   private pending: Uint8Array[] = [];
   /** Messages held while the code awaiting connect() takes its turn; non-null pauses the link. */
   private deferred: RelayMessage[] | null = null;
   private closeCause: string | null = null;
-  /** The snapshot being assembled: its resume token, and its parts by number. */
+  private closeFrame: SocketClose | null = null;
+  /** The snapshot being assembled: whose (connection id, resume token), and its parts by number. */
   private parts = new Map<number, WireMember[]>();
-  private partsToken: Uint8Array | null = null;
+  private partsKey: { connectionId: number; token: Uint8Array } | null = null;
+  /** What arrived after a part of the first snapshot, applied once it is whole; null: none held. */
   private heldBack: RelayMessage[] | null = null;
   private everJoined = false;
   private ended = false;
@@ -178,8 +209,9 @@ class Link {
           this.pending.push(...pts);
           this.drain();
         },
-        closed: (cause) => {
+        closed: (cause, close) => {
           this.closeCause = cause;
+          this.closeFrame = close;
           this.drain();
         },
       },
@@ -190,7 +222,7 @@ class Link {
 
   get stats(): ChannelStats {
     const s = this.channel.stats;
-    return { packetsIn: s.packetsIn, packetsOut: s.packetsOut, dropped: s.dropped + this.malformed };
+    return { packetsIn: s.packetsIn, packetsOut: s.packetsOut, dropped: s.dropped + this.malformed + this.overflow };
   }
 
   private drain(): void {
@@ -205,7 +237,7 @@ class Link {
       this.dispatch(messages);
     }
     if (this.closeCause !== null && this.deferred === null && (this.pending.length === 0 || this.ended)) {
-      this.lose(this.closeCause);
+      this.lose(this.closeCause, this.closeFrame);
     }
   }
 
@@ -217,19 +249,26 @@ class Link {
       if (m.code === Code.Welcome) {
         if (out.length > 0) this.handler.messages(out);
         out = [];
-        if (this.partsToken === null || !sameBytes(this.partsToken, m.resumeToken)) {
-          this.parts = new Map(); // a part of another snapshot replaces what was held
-          this.partsToken = m.resumeToken;
+        const key = this.partsKey;
+        if (key === null || key.connectionId !== m.connectionId || !sameBytes(key.token, m.resumeToken)) {
+          // A part of another snapshot replaces what was held, and what was held back behind
+          // those parts: the relay made the new snapshot after it sent them, so it shows them.
+          this.parts = new Map();
+          this.partsKey = { connectionId: m.connectionId, token: m.resumeToken };
+          if (this.heldBack !== null) this.heldBack = [];
         }
         this.parts.set(m.parts > 0 ? m.part : this.parts.size, m.members);
         if (m.parts > 0 ? this.parts.size < m.parts : m.more) {
-          this.heldBack ??= [];
+          // Only the first snapshot holds back what follows it (nothing can be applied before
+          // it); once joined, messages go on (a snapshot that never completes must not swallow
+          // them), and a complete one is compared with the members as they are then.
+          if (!this.everJoined) this.heldBack ??= [];
           continue;
         }
         const members = [...this.parts.entries()].sort(([a], [b]) => a - b).flatMap(([, part]) => part);
         const held = this.heldBack ?? [];
         this.parts = new Map();
-        this.partsToken = null;
+        this.partsKey = null;
         this.heldBack = null;
         const first = !this.everJoined;
         this.everJoined = true;
@@ -246,8 +285,18 @@ class Link {
           return;
         }
         if (held.length > 0) this.handler.messages(held);
+      } else if (!this.everJoined && m.code === Code.PathPing) {
+        // Answered at once, as the Python client does: the relay may check the path any time.
+        this.send([encodeClientMessage({ code: Code.PathPong, challenge: m.challenge })]);
+      } else if (!this.everJoined && m.code === Code.Closing) {
+        // The relay ends the session (shutdown, deletion) before it welcomed it: no resume.
+        this.handler.closing(m.reason, m.text);
+        this.end(`closing (${m.reason}): ${m.text}`);
+        return;
       } else if (this.heldBack !== null) {
-        this.heldBack.push(m); // JOIN, LEAVE, ... while the snapshot is still arriving
+        // JOIN, LEAVE, ... while the first snapshot is still arriving
+        if (this.heldBack.length < HELD_MAX) this.heldBack.push(m);
+        else this.overflow++;
       } else if (!this.everJoined) {
         // Before WELCOME the relay answers a JOIN only with ERROR, then forgets the session.
         if (m.code === Code.Error) {
@@ -269,14 +318,14 @@ class Link {
   /** Ends the session from this side; resolves once the socket is closed. */
   end(cause: string, code = 1000): Promise<void> {
     const closed = this.channel.end(code);
-    this.lose(cause);
+    this.lose(cause, null);
     return closed;
   }
 
-  private lose(cause: string): void {
+  private lose(cause: string, close: SocketClose | null): void {
     if (this.ended) return;
     this.ended = true;
-    this.handler.lost(cause);
+    this.handler.lost(cause, close);
   }
 }
 
@@ -308,8 +357,16 @@ export class RelayClient {
   private queue: Uint8Array[] = [];
   private flushScheduled = false;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
+  private pingEvery = 0;
   private pingId = 0;
   private lastSync = -Infinity;
+  private syncAttempts = 0;
+  private syncTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The profile the relay is known to hold, and the ones sent since, each with the PING sent
+   * right behind it: the relay refuses a PROFILE with ERROR 5 and takes one silently, so the
+   * PONG to that PING, with no ERROR 5 before it, says it was taken. */
+  private acceptedProfile: Uint8Array;
+  private sentProfiles: { profile: Uint8Array; pingId: number }[] = [];
   private statsBefore: ChannelStats = { packetsIn: 0, packetsOut: 0, dropped: 0 };
   private closingSeen: string | null = null;
   private socketClosed: Promise<void> = Promise.resolve();
@@ -324,6 +381,7 @@ export class RelayClient {
   ) {
     this.token = options.resumeToken ?? new Uint8Array(0);
     this.profileBytes = bytesOf(options.profile ?? new Uint8Array(0));
+    this.acceptedProfile = this.profileBytes;
   }
 
   /** The other members, by connection id. */
@@ -381,15 +439,17 @@ export class RelayClient {
   }
 
   /** Changes this member's profile; the others get a `profile` event (this client does not).
-   * Returns false, changing nothing, while the client is not joined. */
+   * Returns false, changing nothing, while the client is not joined. Throws RangeError over
+   * `limits.maxProfile`, or when user id and profile together are over WELCOME_ENTRY_BYTES.
+   * Should the relay refuse it all the same (ERROR 5, an `error` event), `profile` goes back
+   * to the last one it took. */
   updateProfile(profile: Payload): boolean {
     const bytes = bytesOf(profile);
-    if (bytes.length > this.limits.maxProfile) {
-      throw new RangeError(`profile of ${bytes.length} bytes is over the relay's ${this.limits.maxProfile}`);
-    }
+    checkProfile(bytes, this.userId, this.limits.maxProfile);
     // Kept only once sent: a resumed seat keeps the profile the relay last had (docs/protocol.md 6).
     if (!this.enqueue({ code: Code.Profile, profile: bytes })) return false;
     this.profileBytes = bytes;
+    this.sentProfiles.push({ profile: bytes, pingId: this.ping() });
     return true;
   }
 
@@ -415,10 +475,25 @@ export class RelayClient {
       throw e;
     }
     this.state = "joined";
-    // Well inside the relay's keepalive timeout, whatever it is configured to.
-    const every = Math.min(this.options.pingIntervalMs ?? DEFAULT_PING_MS, MAX_PING_MS, this.limits.keepaliveTimeoutMs / 4);
-    this.pingTimer = setInterval(() => this.tick(), every);
+    this.armPing();
     this.tick(); // a first RTT sample now
+  }
+
+  /** The relay's keepalive timeout; its WELCOME's 0 is no value (the Python client's reading):
+   * taken as is, it would PING without pause and count every moment as silence. */
+  private keepaliveMs(): number {
+    return this.limits.keepaliveTimeoutMs || DEFAULT_KEEPALIVE_MS;
+  }
+
+  /** (Re)starts the PING timer for the latest WELCOME's limits: well inside the relay's
+   * keepalive timeout, whatever it is configured to (a resume may reach a relay set otherwise). */
+  private armPing(): void {
+    const wanted = this.options.pingIntervalMs ?? DEFAULT_PING_MS;
+    const every = Math.max(MIN_PING_MS, Math.min(wanted, MAX_PING_MS, this.keepaliveMs() / 4));
+    if (this.pingTimer !== null && every === this.pingEvery) return;
+    if (this.pingTimer !== null) clearInterval(this.pingTimer);
+    this.pingEvery = every;
+    this.pingTimer = setInterval(() => this.tick(), every);
   }
 
   /** A new link, resolved with its complete WELCOME; the link ends if that takes too long. */
@@ -440,26 +515,44 @@ export class RelayClient {
           reject(e);
         },
       };
-      const join = encodeClientMessage({
-        code: Code.Join,
-        userId: this.userId,
-        profile: this.profileBytes,
-        accessToken: this.options.accessToken ?? null,
-        resumeToken: this.token.length > 0 ? this.token : null,
-      });
-      const request = { url: this.url, psk: this.psk, join };
-      const link: Link = new Link(request, this.options.WebSocket, this.options.worker ?? true, {
-        welcome: (w) => this.onWelcome(link, w),
-        messages: (ms) => this.link === link && this.onMessages(ms),
-        refused: (code, text) => {
-          const pending = this.pendingJoin;
-          this.pendingJoin = null;
-          pending?.reject(new JoinRefusedError(code, text));
-        },
-        lost: (cause) => this.onLost(link, cause),
-      });
-      this.link = link;
+      try {
+        this.link = this.openLink();
+      } catch (e) {
+        // No link to end it (e.g. no WebSocket here): the timer goes, and the join fails now.
+        this.link = null;
+        this.pendingJoin = null;
+        clearTimeout(timer);
+        reject(new ConnectionError(`cannot connect: ${String(e)}`));
+      }
     });
+  }
+
+  /** A link that JOINs with this client's user id, profile and resume token. */
+  private openLink(): Link {
+    const join = encodeClientMessage({
+      code: Code.Join,
+      userId: this.userId,
+      profile: this.profileBytes,
+      accessToken: this.options.accessToken ?? null,
+      resumeToken: this.token.length > 0 ? this.token : null,
+    });
+    const request = { url: this.url, psk: this.psk, join };
+    const link: Link = new Link(request, this.options.WebSocket, this.options.worker ?? true, {
+      welcome: (w) => this.onWelcome(link, w),
+      messages: (ms) => this.link === link && this.onMessages(ms),
+      refused: (code, text) => {
+        const pending = this.pendingJoin;
+        this.pendingJoin = null;
+        pending?.reject(new JoinRefusedError(code, text));
+      },
+      closing: (reason, text) => {
+        if (this.link !== link) return;
+        this.closingSeen = `closing (${reason}): ${text}`; // no resume after it
+        if (this.state === "reconnecting") this.emit("closing", { reason, text });
+      },
+      lost: (cause, close) => this.onLost(link, cause, close),
+    });
+    return link;
   }
 
   private onWelcome(link: Link, w: Welcome): void {
@@ -468,24 +561,29 @@ export class RelayClient {
     if (pending !== null) {
       this.pendingJoin = null;
       pending.resolve(w);
-    } else {
+    } else if (w.connectionId === this.connectionId) {
       this.applyWelcome(w, false); // a fresh snapshot (SYNC, or a repeated JOIN)
+      this.armPing();
     }
+    // else: not this seat's snapshot (a relay's mistake); ignored, as the Python client does
   }
 
   /** Takes a complete WELCOME: the seat, the token, and the members (events for what changed). */
   private applyWelcome(w: Welcome, first: boolean): void {
+    this.syncAnswered();
     this.connectionId = w.connectionId;
     this.token = w.resumeToken;
     this.limits = w.limits;
-    const fresh = new Map(w.members.map((m) => [m.connectionId, m]));
+    // Never this member itself, whatever a relay lists (the snapshot holds the others).
+    const members = w.members.filter((m) => m.connectionId !== w.connectionId);
+    const fresh = new Map(members.map((m) => [m.connectionId, m]));
     for (const [id, old] of [...this.memberMap]) {
       if (!fresh.has(id)) {
         this.memberMap.delete(id);
         if (!first) this.emit("left", { connectionId: id, userId: old.userId, reason: 0 });
       }
     }
-    for (const m of w.members) {
+    for (const m of members) {
       const old = this.memberMap.get(m.connectionId);
       this.memberMap.set(m.connectionId, m);
       if (first) continue;
@@ -498,13 +596,17 @@ export class RelayClient {
     for (const m of messages) {
       switch (m.code) {
         case Code.Message:
-          if (!this.memberMap.has(m.sender)) this.sync();
+          if (!this.memberMap.has(m.sender) && m.sender !== this.connectionId) this.sync();
           this.emit("message", { sender: m.sender, data: m.data });
           break;
         case Code.MemberJoin: {
+          if (m.connectionId === this.connectionId) break; // not in its own member list
+          const old = this.memberMap.get(m.connectionId);
           const member = { connectionId: m.connectionId, userId: m.userId, profile: m.profile };
           this.memberMap.set(m.connectionId, member);
-          this.emit("joined", member);
+          // Already known (a snapshot showed it first): no second `joined`, at most a new profile.
+          if (old === undefined) this.emit("joined", member);
+          else if (!equal(old.profile, m.profile)) this.emit("profile", member);
           break;
         }
         case Code.Leave: {
@@ -527,8 +629,10 @@ export class RelayClient {
         }
         case Code.Pong:
           this.rtt = Math.max(0, nowUs() - m.clientTimeUs) / 1000;
+          this.profilesTaken(m.pingId);
           break;
         case Code.Error:
+          if (m.errorCode === ErrorCode.ProfileTooLarge) this.profileRefused();
           this.emit("error", { code: m.errorCode, text: m.text });
           break;
         case Code.Closing:
@@ -544,22 +648,57 @@ export class RelayClient {
     }
   }
 
+  /** PROFILEs sent before PING `pingId` were taken: its PONG came, and no ERROR 5 before it. */
+  private profilesTaken(pingId: number): void {
+    while (this.sentProfiles.length > 0 && this.sentProfiles[0]!.pingId <= pingId) {
+      this.acceptedProfile = this.sentProfiles.shift()!.profile;
+    }
+  }
+
+  /** ERROR 5: the relay answers in order, so it refused the oldest PROFILE not yet taken. */
+  private profileRefused(): void {
+    if (this.sentProfiles.shift() === undefined) return;
+    this.profileBytes = this.sentProfiles.at(-1)?.profile ?? this.acceptedProfile;
+  }
+
+  /** Asks for a fresh snapshot (a sender or member it does not know: a JOIN it missed). */
   private sync(): void {
-    const now = performance.now();
-    if (now - this.lastSync < SYNC_MIN_GAP_MS) return;
-    this.lastSync = now;
-    this.enqueue({ code: Code.Sync });
+    if (this.syncTimer !== null || performance.now() - this.lastSync < SYNC_MIN_GAP_MS) return;
+    this.syncAttempts = 0;
+    this.askSync();
+  }
+
+  private askSync(): void {
+    if (!this.enqueue({ code: Code.Sync })) return;
+    this.lastSync = performance.now();
+    this.syncAttempts++;
+    // A busy relay drops a SYNC without an answer: asked again after 1 s, 3 times in all (5.2).
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = null;
+      if (this.syncAttempts < SYNC_ATTEMPTS) this.askSync();
+    }, SYNC_MIN_GAP_MS);
+  }
+
+  private syncAnswered(): void {
+    if (this.syncTimer !== null) clearTimeout(this.syncTimer);
+    this.syncTimer = null;
+  }
+
+  /** Sends a PING now; returns its id. */
+  private ping(): number {
+    this.enqueue({ code: Code.Ping, pingId: ++this.pingId, clientTimeUs: nowUs() });
+    return this.pingId;
   }
 
   private tick(): void {
     const link = this.link;
     if (this.state !== "joined" || link === null) return;
-    if (performance.now() - link.lastReceived > this.limits.keepaliveTimeoutMs) {
+    if (performance.now() - link.lastReceived > this.keepaliveMs()) {
       // A live relay answers every PING: this one has been silent past the keepalive timeout.
       link.end("relay silent past the keepalive timeout");
       return;
     }
-    this.enqueue({ code: Code.Ping, pingId: ++this.pingId, clientTimeUs: nowUs() });
+    this.ping();
   }
 
   private enqueue(m: ClientMessage): boolean {
@@ -603,7 +742,7 @@ export class RelayClient {
     this.link?.send(plaintexts);
   }
 
-  private onLost(link: Link, cause: string): void {
+  private onLost(link: Link, cause: string, close: SocketClose | null): void {
     if (this.link !== link) return;
     const pending = this.pendingJoin;
     if (pending !== null) {
@@ -612,6 +751,12 @@ export class RelayClient {
       return;
     }
     if (this.state !== "joined") return;
+    if (close !== null && close.code === 1000 && close.reason === RESUMED_ELSEWHERE) {
+      // Another client resumed this seat with this client's token (a copied session): taking
+      // it back would only take it from that one, which would take it back, without end.
+      this.finish(RESUMED_ELSEWHERE);
+      return;
+    }
     if (this.closingSeen !== null || this.options.autoResume === false) {
       this.finish(this.closingSeen ?? `connection lost: ${cause}`);
       return;
@@ -633,13 +778,22 @@ export class RelayClient {
         const welcome = await this.openSession();
         if (this.state !== "reconnecting") return;
         this.applyWelcome(welcome, false);
+        // A PROFILE in flight when the connection dropped may or may not have been taken: the
+        // JOIN carried it too, and this client goes on as if the relay has it.
+        this.acceptedProfile = this.profileBytes;
+        this.sentProfiles = [];
         this.state = "joined";
+        this.armPing();
         this.emit("resumed", { connectionId: welcome.connectionId, resumed: welcome.resumed, previousConnectionId: previous });
         return;
       } catch (e) {
         if (e instanceof JoinRefusedError) {
           this.emit("error", { code: e.code, text: e.text });
           this.finish(`resume refused: ${e.message}`);
+          return;
+        }
+        if (this.closingSeen !== null) {
+          this.finish(this.closingSeen); // CLOSING before the WELCOME: the room is gone
           return;
         }
         cause = String(e);
@@ -656,6 +810,7 @@ export class RelayClient {
     this.state = "closed";
     if (this.pingTimer !== null) clearInterval(this.pingTimer);
     this.pingTimer = null;
+    this.syncAnswered();
     this.socketClosed = this.link?.end(reason) ?? Promise.resolve();
     if (announce) this.emit("closed", { reason });
   }
@@ -674,13 +829,43 @@ export async function connect(
   userId: string,
   options: ConnectOptions = {},
 ): Promise<RelayClient> {
+  checkUrl(url);
   const key = typeof roomKey === "string" ? decodeRoomKey(roomKey) : roomKey;
   if (key.length !== 32) throw new TypeError("room key must be 32 bytes");
   const uid = utf8.encode(userId).length;
   if (uid < 1 || uid > 128) throw new TypeError("user id must be 1 to 128 bytes of UTF-8");
+  checkProfile(bytesOf(options.profile ?? new Uint8Array(0)), userId, Infinity);
   const client = new RelayClient(url, await derivePsk(key), userId, options);
   await client.start();
   return client;
+}
+
+/** A URL the WebSocket constructor takes, checked here: its error thrown later, inside the page's
+ * transport worker, would be that worker's to report. */
+function checkUrl(url: string): void {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new TypeError(`not a URL: ${url}`);
+  }
+  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+    throw new TypeError(`the relay's URL is ws:// or wss:// (see relayUrl), not ${url}`);
+  }
+  if (parsed.href.includes("#")) throw new TypeError(`a WebSocket URL has no #fragment: ${url}`);
+}
+
+/** The relay's profile rules (docs/protocol.md section 9), checked before it refuses (ERROR 5). */
+function checkProfile(profile: Uint8Array, userId: string, maxProfile: number): void {
+  if (profile.length > maxProfile) {
+    throw new RangeError(`profile of ${profile.length} bytes is over the relay's ${maxProfile}`);
+  }
+  const uid = utf8.encode(userId).length;
+  if (uid + profile.length > WELCOME_ENTRY_BYTES) {
+    throw new RangeError(
+      `user id (${uid} bytes) and profile (${profile.length} bytes) are over ${WELCOME_ENTRY_BYTES} bytes together`,
+    );
+  }
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

@@ -15,6 +15,7 @@ export {
   ConnectionError,
   JoinRefusedError,
   RelayClient,
+  RESUMED_ELSEWHERE,
   type ChannelStats,
   type ConnectOptions,
   type Limits,
@@ -24,5 +25,5 @@ export {
   type RelayEvents,
   type WebSocketConstructor,
 } from "./client.js";
-export { CloseReason, ErrorCode, LeaveReason } from "./protocol.js";
+export { CloseReason, ErrorCode, LeaveReason, WELCOME_ENTRY_BYTES } from "./protocol.js";
 export { fromBase64Url, toBase64Url } from "./bytes.js";

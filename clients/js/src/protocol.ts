@@ -23,6 +23,11 @@ export const ACCEPT_SIZE = HEADER_SIZE + KEY_SIZE + TAG_SIZE;
 export const WS_MAX_PACKET = 65536;
 /** The largest plaintext of one DATA packet over WebSocket. */
 export const WS_MAX_PLAINTEXT = WS_MAX_PACKET - HEADER_SIZE - TAG_SIZE;
+/** The most a member's user id (UTF-8) and profile may hold together (section 9): one member's
+ * WELCOME entry must fit a UDP datagram. The relay refuses more with ERROR 5. */
+export const WELCOME_ENTRY_BYTES = 1083;
+/** WELCOME's `limits` array: its first 7 elements (later revisions may append more). */
+const LIMITS_LENGTH = 7;
 
 /** Message type codes (section 5). */
 export enum Code {
@@ -350,6 +355,19 @@ export type RelayMessage =
 const encoder = new Encoder({ useBigInt64: true });
 const decoder = new Decoder({ useBigInt64: true });
 
+/** A msgpack float: boxed, so that no field check (uint, str, ...) takes it for an integer. */
+class Float {
+  constructor(readonly value: number) {}
+}
+// The protocol has no floats, and a float 3.0 would decode to the number 3 that uint() accepts.
+// @msgpack/msgpack has no option for this: its two float readers are replaced on our instance
+// (the version is pinned in package.json; the "floats are refused" test fails if they move).
+for (const name of ["readF32", "readF64"] as const) {
+  const reader = decoder as unknown as Record<typeof name, () => unknown>;
+  const read = reader[name].bind(decoder);
+  reader[name] = () => new Float(read() as number);
+}
+
 function wideUint(n: number): number | bigint {
   return n < 0x1_0000_0000 ? n : BigInt(n);
 }
@@ -417,7 +435,10 @@ function decodeOne(raw: unknown): RelayMessage | null {
   switch (code) {
     case Code.Welcome: {
       arr(a, 7, "WELCOME");
-      const l = arr(a[3], 7, "WELCOME limits").map((x) => uint(x, "limit"));
+      // Extra elements are ignored (section 5): a later revision may add limits.
+      const l = arr(a[3], LIMITS_LENGTH, "WELCOME limits")
+        .slice(0, LIMITS_LENGTH)
+        .map((x) => uint(x, "limit"));
       return {
         code,
         connectionId: uint(a[1], "connection id"),

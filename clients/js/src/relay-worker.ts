@@ -8,7 +8,7 @@
  * one at a time, each goes at once.
  */
 
-import { SocketChannel, type ChannelStats, type FromWorker, type ToWorker } from "./channel.js";
+import { openSocketChannel, type Channel, type ChannelStats, type FromWorker, type ToWorker } from "./channel.js";
 
 interface WorkerScope {
   onmessage: ((ev: MessageEvent<ToWorker>) => void) | null;
@@ -16,11 +16,11 @@ interface WorkerScope {
 }
 
 const scope = globalThis as unknown as WorkerScope;
-const channels = new Map<number, SocketChannel>();
-const outbox = new Map<number, { channel: SocketChannel; pts: Uint8Array[] }>();
+const channels = new Map<number, Channel>();
+const outbox = new Map<number, { channel: Channel; pts: Uint8Array[] }>();
 let flushing = false;
 
-function stats(channel: SocketChannel): ChannelStats {
+function stats(channel: Channel): ChannelStats {
   return { ...channel.stats };
 }
 
@@ -38,10 +38,9 @@ function flush(): void {
   for (const id of [...outbox.keys()]) post(id);
 }
 
-scope.onmessage = (ev) => {
-  const m = ev.data;
+function handle(m: ToWorker): void {
   if (m.t === "open") {
-    const channel: SocketChannel = new SocketChannel(WebSocket, m.request, {
+    const channel: Channel = openSocketChannel(WebSocket, m.request, {
       plaintexts: (pts) => {
         const out = outbox.get(m.id);
         if (out === undefined) outbox.set(m.id, { channel, pts });
@@ -51,10 +50,10 @@ scope.onmessage = (ev) => {
           setTimeout(flush, 0);
         }
       },
-      closed: (cause) => {
+      closed: (cause, close) => {
         channels.delete(m.id);
         post(m.id); // what came before the close, first
-        scope.postMessage({ t: "closed", id: m.id, cause, stats: stats(channel) });
+        scope.postMessage({ t: "closed", id: m.id, cause, close, stats: stats(channel) });
       },
     });
     channels.set(m.id, channel);
@@ -66,8 +65,24 @@ scope.onmessage = (ev) => {
     channels.delete(m.id);
     void channel.end(m.code).then(() => {
       outbox.delete(m.id);
-      scope.postMessage({ t: "closed", id: m.id, cause: null, stats: stats(channel) });
+      scope.postMessage({ t: "closed", id: m.id, cause: null, close: null, stats: stats(channel) });
     });
+  }
+}
+
+scope.onmessage = (ev) => {
+  const m = ev.data;
+  try {
+    handle(m);
+  } catch (e) {
+    // Uncaught, it would reach the page as the worker's error event, which reads as "the worker
+    // died" and fails every channel: it ends this one channel only.
+    const channel = channels.get(m.id);
+    channels.delete(m.id);
+    outbox.delete(m.id);
+    void channel?.end(1000);
+    const empty = { packetsIn: 0, packetsOut: 0, dropped: 0 };
+    scope.postMessage({ t: "closed", id: m.id, cause: `transport worker: ${String(e)}`, close: null, stats: channel?.stats ?? empty });
   }
 };
 

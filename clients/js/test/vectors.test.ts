@@ -7,6 +7,8 @@ import { strict as assert } from "node:assert";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
+import { Encoder } from "@msgpack/msgpack";
+
 import { fromHex, toBase64Url, toHex } from "../src/bytes.js";
 import {
   ACCEPT,
@@ -173,6 +175,23 @@ test("a malformed message drops the whole packet; unknown codes and extra elemen
   // [99, 1] (unknown) then MESSAGE with an extra trailing element
   const got = decodeRelayMessages(fromHex("926301" + "94" + message.slice(2) + "c0"));
   assert.deepEqual(got.map(asArray), [[Code.Message, 1, new TextEncoder().encode("hello")]]);
+});
+
+test("WELCOME limits: extra trailing elements are ignored, fewer than 7 are malformed", () => {
+  const encode = (limits: unknown[]): Uint8Array =>
+    new Encoder().encode([16, 1, new Uint8Array(16), limits, [], false, false, 0, 1]);
+  const limits = [32, 16384, 1024, 100, 65536, 10000, 15000];
+  const [w] = decodeRelayMessages(encode([...limits, "a later revision's", [1, 2]]));
+  assert.ok(w !== undefined && w.code === Code.Welcome);
+  assert.deepEqual(Object.values(w.limits), limits);
+  assert.throws(() => decodeRelayMessages(encode(limits.slice(0, 6))), ProtocolError);
+});
+
+test("floats are refused where the protocol has integers, even whole ones", () => {
+  // [20, 1.0 as float 64, bin "x"], then [18, 2, 1.0 as float 32]
+  assert.throws(() => decodeRelayMessages(fromHex("9314cb3ff0000000000000c40178")), ProtocolError);
+  assert.throws(() => decodeRelayMessages(fromHex("931202ca3f800000")), ProtocolError);
+  assert.deepEqual(decodeRelayMessages(fromHex("931401c40178")).map(asArray), [[Code.Message, 1, new Uint8Array([0x78])]]);
 });
 
 test("one session start, byte for byte", async () => {

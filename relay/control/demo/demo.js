@@ -2,11 +2,11 @@
 import {
   JoinRefusedError,
   connect
-} from "./relay-shared-GYOPOJK2.js";
+} from "./relay-shared-UUEXDRJP.js";
 import {
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-SPV2KNSY.js";
+} from "./relay-shared-45QL7SFE.js";
 
 // demo/demo.ts
 var SESSION_KEY = "gs2relay-demo";

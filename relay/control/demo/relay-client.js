@@ -2,24 +2,28 @@
 import {
   ConnectionError,
   JoinRefusedError,
+  RESUMED_ELSEWHERE,
   RelayClient,
   connect,
   relayUrl
-} from "./relay-shared-GYOPOJK2.js";
+} from "./relay-shared-UUEXDRJP.js";
 import {
   CloseReason,
   ErrorCode,
   LeaveReason,
+  WELCOME_ENTRY_BYTES,
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-SPV2KNSY.js";
+} from "./relay-shared-45QL7SFE.js";
 export {
   CloseReason,
   ConnectionError,
   ErrorCode,
   JoinRefusedError,
   LeaveReason,
+  RESUMED_ELSEWHERE,
   RelayClient,
+  WELCOME_ENTRY_BYTES,
   connect,
   fromBase64Url,
   relayUrl,

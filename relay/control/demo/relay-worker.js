@@ -1,7 +1,7 @@
 // Built from clients/js by `npm run bundle` (esbuild); do not edit.
 import {
-  SocketChannel
-} from "./relay-shared-SPV2KNSY.js";
+  openSocketChannel
+} from "./relay-shared-45QL7SFE.js";
 
 // src/relay-worker.ts
 var scope = globalThis;
@@ -22,10 +22,9 @@ function flush() {
   flushing = false;
   for (const id of [...outbox.keys()]) post(id);
 }
-scope.onmessage = (ev) => {
-  const m = ev.data;
+function handle(m) {
   if (m.t === "open") {
-    const channel = new SocketChannel(WebSocket, m.request, {
+    const channel = openSocketChannel(WebSocket, m.request, {
       plaintexts: (pts) => {
         const out = outbox.get(m.id);
         if (out === void 0) outbox.set(m.id, { channel, pts });
@@ -35,10 +34,10 @@ scope.onmessage = (ev) => {
           setTimeout(flush, 0);
         }
       },
-      closed: (cause) => {
+      closed: (cause, close) => {
         channels.delete(m.id);
         post(m.id);
-        scope.postMessage({ t: "closed", id: m.id, cause, stats: stats(channel) });
+        scope.postMessage({ t: "closed", id: m.id, cause, close, stats: stats(channel) });
       }
     });
     channels.set(m.id, channel);
@@ -50,8 +49,21 @@ scope.onmessage = (ev) => {
     channels.delete(m.id);
     void channel.end(m.code).then(() => {
       outbox.delete(m.id);
-      scope.postMessage({ t: "closed", id: m.id, cause: null, stats: stats(channel) });
+      scope.postMessage({ t: "closed", id: m.id, cause: null, close: null, stats: stats(channel) });
     });
+  }
+}
+scope.onmessage = (ev) => {
+  const m = ev.data;
+  try {
+    handle(m);
+  } catch (e) {
+    const channel = channels.get(m.id);
+    channels.delete(m.id);
+    outbox.delete(m.id);
+    void channel?.end(1e3);
+    const empty = { packetsIn: 0, packetsOut: 0, dropped: 0 };
+    scope.postMessage({ t: "closed", id: m.id, cause: `transport worker: ${String(e)}`, close: null, stats: channel?.stats ?? empty });
   }
 };
 scope.postMessage({ t: "ready" });

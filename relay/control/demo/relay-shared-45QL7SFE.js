@@ -1494,6 +1494,8 @@ var HELLO_MIN = HEADER_SIZE + KEY_SIZE + TAG_SIZE;
 var ACCEPT_SIZE = HEADER_SIZE + KEY_SIZE + TAG_SIZE;
 var WS_MAX_PACKET = 65536;
 var WS_MAX_PLAINTEXT = WS_MAX_PACKET - HEADER_SIZE - TAG_SIZE;
+var WELCOME_ENTRY_BYTES = 1083;
+var LIMITS_LENGTH = 7;
 var LeaveReason = { Left: 1, Timeout: 2, Kicked: 3, Disconnected: 4 };
 var CloseReason = { Deleted: 1, Idle: 2, Lifetime: 3, Kicked: 4, Shutdown: 5, CapExceeded: 6 };
 var ErrorCode = {
@@ -1666,6 +1668,17 @@ async function sealData(key, sessionId, counter, plaintext) {
 }
 var encoder = new Encoder({ useBigInt64: true });
 var decoder = new Decoder({ useBigInt64: true });
+var Float = class {
+  constructor(value) {
+    this.value = value;
+  }
+  value;
+};
+for (const name of ["readF32", "readF64"]) {
+  const reader = decoder;
+  const read = reader[name].bind(decoder);
+  reader[name] = () => new Float(read());
+}
 function wideUint(n) {
   return n < 4294967296 ? n : BigInt(n);
 }
@@ -1722,7 +1735,7 @@ function decodeOne(raw) {
   switch (code) {
     case 16 /* Welcome */: {
       arr(a, 7, "WELCOME");
-      const l = arr(a[3], 7, "WELCOME limits").map((x) => uint(x, "limit"));
+      const l = arr(a[3], LIMITS_LENGTH, "WELCOME limits").slice(0, LIMITS_LENGTH).map((x) => uint(x, "limit"));
       return {
         code,
         connectionId: uint(a[1], "connection id"),
@@ -1816,6 +1829,7 @@ var SocketChannel = class {
     };
     this.ws.onclose = (ev) => {
       this.closeCause = `connection closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`;
+      this.closeFrame = { code: ev.code, reason: ev.reason };
       void this.accepting.then(() => this.deliver());
     };
     this.ws.onerror = () => {
@@ -1836,6 +1850,7 @@ var SocketChannel = class {
   accepting = Promise.resolve();
   tx = Promise.resolve();
   closeCause = null;
+  closeFrame = null;
   done = false;
   closedSocket;
   async prepareHello() {
@@ -1898,7 +1913,7 @@ var SocketChannel = class {
       out.push(pt);
     }
     if (out.length > 0) this.events.plaintexts(out);
-    if (this.closeCause !== null && this.inbound.length === 0) this.fail(this.closeCause);
+    if (this.closeCause !== null && this.inbound.length === 0) this.fail(this.closeCause, this.closeFrame);
   }
   send(plaintexts) {
     if (this.txKey === null || this.done || this.ws.readyState !== 1) return;
@@ -1924,11 +1939,11 @@ var SocketChannel = class {
     }
     await this.closedSocket;
   }
-  fail(cause) {
+  fail(cause, frame = null) {
     if (this.done) return;
     this.done = true;
     this.close(1e3);
-    this.events.closed(cause);
+    this.events.closed(cause, frame);
   }
   close(code) {
     try {
@@ -1937,6 +1952,25 @@ var SocketChannel = class {
     }
   }
 };
+var FailedChannel = class {
+  stats = { packetsIn: 0, packetsOut: 0, dropped: 0 };
+  ended = false;
+  constructor(cause, events) {
+    setTimeout(() => this.ended || events.closed(cause, null), 0);
+  }
+  send() {
+  }
+  async end() {
+    this.ended = true;
+  }
+};
+function openSocketChannel(WS, request, events) {
+  try {
+    return new SocketChannel(WS, request, events);
+  } catch (e) {
+    return new FailedChannel(`cannot open a WebSocket to ${request.url}: ${String(e)}`, events);
+  }
+}
 var WorkerHub = class {
   worker;
   channels = /* @__PURE__ */ new Map();
@@ -1955,7 +1989,9 @@ var WorkerHub = class {
         ev.preventDefault();
         resolve(false);
         hub = null;
-        for (const [id, c] of this.channels) c.fromWorker({ t: "closed", id, cause: "worker failed", stats: c.stats });
+        for (const [id, c] of this.channels) {
+          c.fromWorker({ t: "closed", id, cause: "worker failed", close: null, stats: c.stats });
+        }
       };
     });
   }
@@ -1990,7 +2026,7 @@ var WorkerChannel = class {
         if (this.queued.length > 0) hub2.post({ t: "send", id: this.id, pts: this.queued });
         if (this.endCode !== null) hub2.post({ t: "end", id: this.id, code: this.endCode });
       } else {
-        this.inThread = new SocketChannel(WebSocket, request, events);
+        this.inThread = openSocketChannel(WebSocket, request, events);
         this.stats = this.inThread.stats;
         if (this.queued.length > 0) this.inThread.send(this.queued);
         if (this.endCode !== null) void this.inThread.end(this.endCode).then(this.closeSocket);
@@ -2018,7 +2054,7 @@ var WorkerChannel = class {
       this.closeSocket();
       if (m.cause !== null && !this.gone) {
         this.gone = true;
-        this.events.closed(m.cause);
+        this.events.closed(m.cause, m.close);
       }
     }
   }
@@ -2042,7 +2078,7 @@ function openChannel(request, events, WS, useWorker) {
   if (ctor === void 0) {
     throw new TypeError("no WebSocket: use Node 22+, node --experimental-websocket, or options.WebSocket");
   }
-  return new SocketChannel(ctor, request, events);
+  return openSocketChannel(ctor, request, events);
 }
 
 export {
@@ -2051,6 +2087,7 @@ export {
   toBase64Url,
   fromBase64Url,
   WS_MAX_PLAINTEXT,
+  WELCOME_ENTRY_BYTES,
   LeaveReason,
   CloseReason,
   ErrorCode,
@@ -2058,6 +2095,6 @@ export {
   derivePsk,
   encodeClientMessage,
   decodeRelayMessages,
-  SocketChannel,
+  openSocketChannel,
   openChannel
 };

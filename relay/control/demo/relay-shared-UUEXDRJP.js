@@ -1,5 +1,7 @@
 // Built from clients/js by `npm run bundle` (esbuild); do not edit.
 import {
+  ErrorCode,
+  WELCOME_ENTRY_BYTES,
   WS_MAX_PLAINTEXT,
   decodeRelayMessages,
   decodeRoomKey,
@@ -8,7 +10,7 @@ import {
   equal,
   openChannel,
   utf8
-} from "./relay-shared-SPV2KNSY.js";
+} from "./relay-shared-45QL7SFE.js";
 
 // src/client.ts
 var JoinRefusedError = class extends Error {
@@ -24,12 +26,17 @@ var JoinRefusedError = class extends Error {
 var ConnectionError = class extends Error {
   name = "ConnectionError";
 };
-var DEFAULT_TIMEOUT_MS = 1e4;
+var RESUMED_ELSEWHERE = "resumed elsewhere";
+var DEFAULT_TIMEOUT_MS = 5e3;
 var DEFAULT_PING_MS = 1e3;
 var MAX_PING_MS = 2e3;
+var MIN_PING_MS = 50;
+var DEFAULT_KEEPALIVE_MS = 1e4;
 var RESUME_BACKOFF_MS = [0, 100, 250, 500, 1e3, 2e3];
 var SYNC_MIN_GAP_MS = 1e3;
+var SYNC_ATTEMPTS = 3;
 var DEFAULT_RECONNECT_WINDOW_MS = 3e4;
+var HELD_MAX = 4096;
 function bytesOf(p) {
   return typeof p === "string" ? utf8.encode(p) : p;
 }
@@ -56,8 +63,9 @@ var Link = class {
           this.pending.push(...pts);
           this.drain();
         },
-        closed: (cause) => {
+        closed: (cause, close) => {
           this.closeCause = cause;
+          this.closeFrame = close;
           this.drain();
         }
       },
@@ -69,20 +77,24 @@ var Link = class {
   lastReceived = performance.now();
   /** Plaintexts that could not be decoded (the whole packet is dropped, section 5). */
   malformed = 0;
+  /** Messages dropped because HELD_MAX were already held. */
+  overflow = 0;
   channel;
   pending = [];
   /** Messages held while the code awaiting connect() takes its turn; non-null pauses the link. */
   deferred = null;
   closeCause = null;
-  /** The snapshot being assembled: its resume token, and its parts by number. */
+  closeFrame = null;
+  /** The snapshot being assembled: whose (connection id, resume token), and its parts by number. */
   parts = /* @__PURE__ */ new Map();
-  partsToken = null;
+  partsKey = null;
+  /** What arrived after a part of the first snapshot, applied once it is whole; null: none held. */
   heldBack = null;
   everJoined = false;
   ended = false;
   get stats() {
     const s = this.channel.stats;
-    return { packetsIn: s.packetsIn, packetsOut: s.packetsOut, dropped: s.dropped + this.malformed };
+    return { packetsIn: s.packetsIn, packetsOut: s.packetsOut, dropped: s.dropped + this.malformed + this.overflow };
   }
   drain() {
     while (this.deferred === null && this.pending.length > 0 && !this.ended) {
@@ -96,7 +108,7 @@ var Link = class {
       this.dispatch(messages);
     }
     if (this.closeCause !== null && this.deferred === null && (this.pending.length === 0 || this.ended)) {
-      this.lose(this.closeCause);
+      this.lose(this.closeCause, this.closeFrame);
     }
   }
   /** Messages in order; a WELCOME split in parts holds back what comes between them. */
@@ -107,19 +119,21 @@ var Link = class {
       if (m.code === 16 /* Welcome */) {
         if (out.length > 0) this.handler.messages(out);
         out = [];
-        if (this.partsToken === null || !sameBytes(this.partsToken, m.resumeToken)) {
+        const key = this.partsKey;
+        if (key === null || key.connectionId !== m.connectionId || !sameBytes(key.token, m.resumeToken)) {
           this.parts = /* @__PURE__ */ new Map();
-          this.partsToken = m.resumeToken;
+          this.partsKey = { connectionId: m.connectionId, token: m.resumeToken };
+          if (this.heldBack !== null) this.heldBack = [];
         }
         this.parts.set(m.parts > 0 ? m.part : this.parts.size, m.members);
         if (m.parts > 0 ? this.parts.size < m.parts : m.more) {
-          this.heldBack ??= [];
+          if (!this.everJoined) this.heldBack ??= [];
           continue;
         }
         const members = [...this.parts.entries()].sort(([a], [b]) => a - b).flatMap(([, part]) => part);
         const held = this.heldBack ?? [];
         this.parts = /* @__PURE__ */ new Map();
-        this.partsToken = null;
+        this.partsKey = null;
         this.heldBack = null;
         const first = !this.everJoined;
         this.everJoined = true;
@@ -135,8 +149,15 @@ var Link = class {
           return;
         }
         if (held.length > 0) this.handler.messages(held);
+      } else if (!this.everJoined && m.code === 24 /* PathPing */) {
+        this.send([encodeClientMessage({ code: 6 /* PathPong */, challenge: m.challenge })]);
+      } else if (!this.everJoined && m.code === 23 /* Closing */) {
+        this.handler.closing(m.reason, m.text);
+        this.end(`closing (${m.reason}): ${m.text}`);
+        return;
       } else if (this.heldBack !== null) {
-        this.heldBack.push(m);
+        if (this.heldBack.length < HELD_MAX) this.heldBack.push(m);
+        else this.overflow++;
       } else if (!this.everJoined) {
         if (m.code === 22 /* Error */) {
           this.handler.refused(m.errorCode, m.text);
@@ -155,13 +176,13 @@ var Link = class {
   /** Ends the session from this side; resolves once the socket is closed. */
   end(cause, code = 1e3) {
     const closed = this.channel.end(code);
-    this.lose(cause);
+    this.lose(cause, null);
     return closed;
   }
-  lose(cause) {
+  lose(cause, close) {
     if (this.ended) return;
     this.ended = true;
-    this.handler.lost(cause);
+    this.handler.lost(cause, close);
   }
 };
 var RelayClient = class {
@@ -173,6 +194,7 @@ var RelayClient = class {
     this.options = options;
     this.token = options.resumeToken ?? new Uint8Array(0);
     this.profileBytes = bytesOf(options.profile ?? new Uint8Array(0));
+    this.acceptedProfile = this.profileBytes;
   }
   url;
   psk;
@@ -202,8 +224,16 @@ var RelayClient = class {
   queue = [];
   flushScheduled = false;
   pingTimer = null;
+  pingEvery = 0;
   pingId = 0;
   lastSync = -Infinity;
+  syncAttempts = 0;
+  syncTimer = null;
+  /** The profile the relay is known to hold, and the ones sent since, each with the PING sent
+   * right behind it: the relay refuses a PROFILE with ERROR 5 and takes one silently, so the
+   * PONG to that PING, with no ERROR 5 before it, says it was taken. */
+  acceptedProfile;
+  sentProfiles = [];
   statsBefore = { packetsIn: 0, packetsOut: 0, dropped: 0 };
   closingSeen = null;
   socketClosed = Promise.resolve();
@@ -256,14 +286,16 @@ var RelayClient = class {
     return this.enqueue({ code: 2 /* Send */, data: bytes, targets: t });
   }
   /** Changes this member's profile; the others get a `profile` event (this client does not).
-   * Returns false, changing nothing, while the client is not joined. */
+   * Returns false, changing nothing, while the client is not joined. Throws RangeError over
+   * `limits.maxProfile`, or when user id and profile together are over WELCOME_ENTRY_BYTES.
+   * Should the relay refuse it all the same (ERROR 5, an `error` event), `profile` goes back
+   * to the last one it took. */
   updateProfile(profile) {
     const bytes = bytesOf(profile);
-    if (bytes.length > this.limits.maxProfile) {
-      throw new RangeError(`profile of ${bytes.length} bytes is over the relay's ${this.limits.maxProfile}`);
-    }
+    checkProfile(bytes, this.userId, this.limits.maxProfile);
     if (!this.enqueue({ code: 3 /* Profile */, profile: bytes })) return false;
     this.profileBytes = bytes;
+    this.sentProfiles.push({ profile: bytes, pingId: this.ping() });
     return true;
   }
   /** Sends BYE (the others see LEAVE reason 1) and closes the connection. */
@@ -287,9 +319,23 @@ var RelayClient = class {
       throw e;
     }
     this.state = "joined";
-    const every = Math.min(this.options.pingIntervalMs ?? DEFAULT_PING_MS, MAX_PING_MS, this.limits.keepaliveTimeoutMs / 4);
-    this.pingTimer = setInterval(() => this.tick(), every);
+    this.armPing();
     this.tick();
+  }
+  /** The relay's keepalive timeout; its WELCOME's 0 is no value (the Python client's reading):
+   * taken as is, it would PING without pause and count every moment as silence. */
+  keepaliveMs() {
+    return this.limits.keepaliveTimeoutMs || DEFAULT_KEEPALIVE_MS;
+  }
+  /** (Re)starts the PING timer for the latest WELCOME's limits: well inside the relay's
+   * keepalive timeout, whatever it is configured to (a resume may reach a relay set otherwise). */
+  armPing() {
+    const wanted = this.options.pingIntervalMs ?? DEFAULT_PING_MS;
+    const every = Math.max(MIN_PING_MS, Math.min(wanted, MAX_PING_MS, this.keepaliveMs() / 4));
+    if (this.pingTimer !== null && every === this.pingEvery) return;
+    if (this.pingTimer !== null) clearInterval(this.pingTimer);
+    this.pingEvery = every;
+    this.pingTimer = setInterval(() => this.tick(), every);
   }
   /** A new link, resolved with its complete WELCOME; the link ends if that takes too long. */
   openSession() {
@@ -310,26 +356,42 @@ var RelayClient = class {
           reject(e);
         }
       };
-      const join = encodeClientMessage({
-        code: 1 /* Join */,
-        userId: this.userId,
-        profile: this.profileBytes,
-        accessToken: this.options.accessToken ?? null,
-        resumeToken: this.token.length > 0 ? this.token : null
-      });
-      const request = { url: this.url, psk: this.psk, join };
-      const link = new Link(request, this.options.WebSocket, this.options.worker ?? true, {
-        welcome: (w) => this.onWelcome(link, w),
-        messages: (ms) => this.link === link && this.onMessages(ms),
-        refused: (code, text) => {
-          const pending = this.pendingJoin;
-          this.pendingJoin = null;
-          pending?.reject(new JoinRefusedError(code, text));
-        },
-        lost: (cause) => this.onLost(link, cause)
-      });
-      this.link = link;
+      try {
+        this.link = this.openLink();
+      } catch (e) {
+        this.link = null;
+        this.pendingJoin = null;
+        clearTimeout(timer);
+        reject(new ConnectionError(`cannot connect: ${String(e)}`));
+      }
     });
+  }
+  /** A link that JOINs with this client's user id, profile and resume token. */
+  openLink() {
+    const join = encodeClientMessage({
+      code: 1 /* Join */,
+      userId: this.userId,
+      profile: this.profileBytes,
+      accessToken: this.options.accessToken ?? null,
+      resumeToken: this.token.length > 0 ? this.token : null
+    });
+    const request = { url: this.url, psk: this.psk, join };
+    const link = new Link(request, this.options.WebSocket, this.options.worker ?? true, {
+      welcome: (w) => this.onWelcome(link, w),
+      messages: (ms) => this.link === link && this.onMessages(ms),
+      refused: (code, text) => {
+        const pending = this.pendingJoin;
+        this.pendingJoin = null;
+        pending?.reject(new JoinRefusedError(code, text));
+      },
+      closing: (reason, text) => {
+        if (this.link !== link) return;
+        this.closingSeen = `closing (${reason}): ${text}`;
+        if (this.state === "reconnecting") this.emit("closing", { reason, text });
+      },
+      lost: (cause, close) => this.onLost(link, cause, close)
+    });
+    return link;
   }
   onWelcome(link, w) {
     if (this.link !== link) return;
@@ -337,23 +399,26 @@ var RelayClient = class {
     if (pending !== null) {
       this.pendingJoin = null;
       pending.resolve(w);
-    } else {
+    } else if (w.connectionId === this.connectionId) {
       this.applyWelcome(w, false);
+      this.armPing();
     }
   }
   /** Takes a complete WELCOME: the seat, the token, and the members (events for what changed). */
   applyWelcome(w, first) {
+    this.syncAnswered();
     this.connectionId = w.connectionId;
     this.token = w.resumeToken;
     this.limits = w.limits;
-    const fresh = new Map(w.members.map((m) => [m.connectionId, m]));
+    const members = w.members.filter((m) => m.connectionId !== w.connectionId);
+    const fresh = new Map(members.map((m) => [m.connectionId, m]));
     for (const [id, old] of [...this.memberMap]) {
       if (!fresh.has(id)) {
         this.memberMap.delete(id);
         if (!first) this.emit("left", { connectionId: id, userId: old.userId, reason: 0 });
       }
     }
-    for (const m of w.members) {
+    for (const m of members) {
       const old = this.memberMap.get(m.connectionId);
       this.memberMap.set(m.connectionId, m);
       if (first) continue;
@@ -365,13 +430,16 @@ var RelayClient = class {
     for (const m of messages) {
       switch (m.code) {
         case 20 /* Message */:
-          if (!this.memberMap.has(m.sender)) this.sync();
+          if (!this.memberMap.has(m.sender) && m.sender !== this.connectionId) this.sync();
           this.emit("message", { sender: m.sender, data: m.data });
           break;
         case 17 /* MemberJoin */: {
+          if (m.connectionId === this.connectionId) break;
+          const old = this.memberMap.get(m.connectionId);
           const member = { connectionId: m.connectionId, userId: m.userId, profile: m.profile };
           this.memberMap.set(m.connectionId, member);
-          this.emit("joined", member);
+          if (old === void 0) this.emit("joined", member);
+          else if (!equal(old.profile, m.profile)) this.emit("profile", member);
           break;
         }
         case 18 /* Leave */: {
@@ -394,8 +462,10 @@ var RelayClient = class {
         }
         case 21 /* Pong */:
           this.rtt = Math.max(0, nowUs() - m.clientTimeUs) / 1e3;
+          this.profilesTaken(m.pingId);
           break;
         case 22 /* Error */:
+          if (m.errorCode === ErrorCode.ProfileTooLarge) this.profileRefused();
           this.emit("error", { code: m.errorCode, text: m.text });
           break;
         case 23 /* Closing */:
@@ -410,20 +480,49 @@ var RelayClient = class {
       }
     }
   }
+  /** PROFILEs sent before PING `pingId` were taken: its PONG came, and no ERROR 5 before it. */
+  profilesTaken(pingId) {
+    while (this.sentProfiles.length > 0 && this.sentProfiles[0].pingId <= pingId) {
+      this.acceptedProfile = this.sentProfiles.shift().profile;
+    }
+  }
+  /** ERROR 5: the relay answers in order, so it refused the oldest PROFILE not yet taken. */
+  profileRefused() {
+    if (this.sentProfiles.shift() === void 0) return;
+    this.profileBytes = this.sentProfiles.at(-1)?.profile ?? this.acceptedProfile;
+  }
+  /** Asks for a fresh snapshot (a sender or member it does not know: a JOIN it missed). */
   sync() {
-    const now = performance.now();
-    if (now - this.lastSync < SYNC_MIN_GAP_MS) return;
-    this.lastSync = now;
-    this.enqueue({ code: 7 /* Sync */ });
+    if (this.syncTimer !== null || performance.now() - this.lastSync < SYNC_MIN_GAP_MS) return;
+    this.syncAttempts = 0;
+    this.askSync();
+  }
+  askSync() {
+    if (!this.enqueue({ code: 7 /* Sync */ })) return;
+    this.lastSync = performance.now();
+    this.syncAttempts++;
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = null;
+      if (this.syncAttempts < SYNC_ATTEMPTS) this.askSync();
+    }, SYNC_MIN_GAP_MS);
+  }
+  syncAnswered() {
+    if (this.syncTimer !== null) clearTimeout(this.syncTimer);
+    this.syncTimer = null;
+  }
+  /** Sends a PING now; returns its id. */
+  ping() {
+    this.enqueue({ code: 4 /* Ping */, pingId: ++this.pingId, clientTimeUs: nowUs() });
+    return this.pingId;
   }
   tick() {
     const link = this.link;
     if (this.state !== "joined" || link === null) return;
-    if (performance.now() - link.lastReceived > this.limits.keepaliveTimeoutMs) {
+    if (performance.now() - link.lastReceived > this.keepaliveMs()) {
       link.end("relay silent past the keepalive timeout");
       return;
     }
-    this.enqueue({ code: 4 /* Ping */, pingId: ++this.pingId, clientTimeUs: nowUs() });
+    this.ping();
   }
   enqueue(m) {
     if (this.state !== "joined" && !(this.state === "joining" && m.code === 5 /* Bye */)) return false;
@@ -464,7 +563,7 @@ var RelayClient = class {
     cut();
     this.link?.send(plaintexts);
   }
-  onLost(link, cause) {
+  onLost(link, cause, close) {
     if (this.link !== link) return;
     const pending = this.pendingJoin;
     if (pending !== null) {
@@ -473,6 +572,10 @@ var RelayClient = class {
       return;
     }
     if (this.state !== "joined") return;
+    if (close !== null && close.code === 1e3 && close.reason === RESUMED_ELSEWHERE) {
+      this.finish(RESUMED_ELSEWHERE);
+      return;
+    }
     if (this.closingSeen !== null || this.options.autoResume === false) {
       this.finish(this.closingSeen ?? `connection lost: ${cause}`);
       return;
@@ -493,13 +596,20 @@ var RelayClient = class {
         const welcome = await this.openSession();
         if (this.state !== "reconnecting") return;
         this.applyWelcome(welcome, false);
+        this.acceptedProfile = this.profileBytes;
+        this.sentProfiles = [];
         this.state = "joined";
+        this.armPing();
         this.emit("resumed", { connectionId: welcome.connectionId, resumed: welcome.resumed, previousConnectionId: previous });
         return;
       } catch (e) {
         if (e instanceof JoinRefusedError) {
           this.emit("error", { code: e.code, text: e.text });
           this.finish(`resume refused: ${e.message}`);
+          return;
+        }
+        if (this.closingSeen !== null) {
+          this.finish(this.closingSeen);
           return;
         }
         cause = String(e);
@@ -515,18 +625,44 @@ var RelayClient = class {
     this.state = "closed";
     if (this.pingTimer !== null) clearInterval(this.pingTimer);
     this.pingTimer = null;
+    this.syncAnswered();
     this.socketClosed = this.link?.end(reason) ?? Promise.resolve();
     if (announce) this.emit("closed", { reason });
   }
 };
 async function connect(url, roomKey, userId, options = {}) {
+  checkUrl(url);
   const key = typeof roomKey === "string" ? decodeRoomKey(roomKey) : roomKey;
   if (key.length !== 32) throw new TypeError("room key must be 32 bytes");
   const uid = utf8.encode(userId).length;
   if (uid < 1 || uid > 128) throw new TypeError("user id must be 1 to 128 bytes of UTF-8");
+  checkProfile(bytesOf(options.profile ?? new Uint8Array(0)), userId, Infinity);
   const client = new RelayClient(url, await derivePsk(key), userId, options);
   await client.start();
   return client;
+}
+function checkUrl(url) {
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new TypeError(`not a URL: ${url}`);
+  }
+  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+    throw new TypeError(`the relay's URL is ws:// or wss:// (see relayUrl), not ${url}`);
+  }
+  if (parsed.href.includes("#")) throw new TypeError(`a WebSocket URL has no #fragment: ${url}`);
+}
+function checkProfile(profile, userId, maxProfile) {
+  if (profile.length > maxProfile) {
+    throw new RangeError(`profile of ${profile.length} bytes is over the relay's ${maxProfile}`);
+  }
+  const uid = utf8.encode(userId).length;
+  if (uid + profile.length > WELCOME_ENTRY_BYTES) {
+    throw new RangeError(
+      `user id (${uid} bytes) and profile (${profile.length} bytes) are over ${WELCOME_ENTRY_BYTES} bytes together`
+    );
+  }
 }
 function sameBytes(a, b) {
   return a.length === b.length && a.every((x, i) => x === b[i]);
@@ -535,6 +671,7 @@ function sameBytes(a, b) {
 export {
   JoinRefusedError,
   ConnectionError,
+  RESUMED_ELSEWHERE,
   relayUrl,
   RelayClient,
   connect
