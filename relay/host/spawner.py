@@ -19,14 +19,26 @@ from typing import Protocol, runtime_checkable
 
 from relay.agent.launch import LAUNCH_ENV
 
-SCRUBBED_ENV = ("RELAY_CLIENT_ID", "RELAY_CLIENT_SECRET", "RELAY_WEBHOOK_URL", *LAUNCH_ENV)
-"""Never handed on to a relay process: the project secret and other control-plane settings, and
+SCRUBBED_ENV = (
+    "RELAY_CLIENT_ID",
+    "RELAY_CLIENT_SECRET",
+    "RELAY_WEBHOOK_URL",
+    "RELAY_STORE_URL",
+    *LAUNCH_ENV,
+)
+"""Never handed on to a relay process: the project secret, the store's URL (its password; with
+PostgreSQL the store also holds the token signing key) and other control-plane settings, and
 every variable a relay reads for its launch (its RelayLaunch says those)."""
+SCRUBBED_PREFIXES = ("PG",)
+"""libpq's variables (PGPASSWORD, PGPASSFILE, PGSERVICEFILE, ...): a relay never uses PostgreSQL."""
 
 
 def relay_environment(launch_env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without SCRUBBED_ENV, plus a relay launch's own variables."""
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    """This process's environment without SCRUBBED_ENV and SCRUBBED_PREFIXES, plus a relay
+    launch's own variables."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV and not k.startswith(SCRUBBED_PREFIXES)
+    }
     env.update(launch_env or {})
     return env
 

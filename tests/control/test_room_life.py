@@ -62,3 +62,40 @@ async def test_full_room_life(tmp_path: Path) -> None:
                 await client.close()
         await wait_for(lambda: not pid_alive(pid), timeout=5)
         assert (await http.get("/realtime/game/room/match-1", headers=h)).status_code == 404
+
+
+@pytest.mark.parametrize("spawner", ["zygote", "subprocess"])
+async def test_a_relay_gets_none_of_the_control_planes_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spawner: str
+) -> None:
+    """Found in review: RELAY_STORE_URL (the PostgreSQL password; with PostgreSQL the store holds
+    the token signing key too) and libpq's PG* variables reached every relay's environment."""
+    secrets = {
+        "RELAY_CLIENT_SECRET": "project-secret",
+        "RELAY_STORE_URL": "postgresql://gs2relay:db-password@db/gs2relay",
+        "PGPASSWORD": "db-password",
+        "RELAY_WEBHOOK_URL": "http://hooks.example/secret-path",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RELAY_TEST_HARMLESS", "kept")  # anything else is handed on
+    config = make_config(tmp_path, relay_command=REAL_RELAY, relay_spawner=spawner, relay_caps="off")
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        r = await http.post(
+            "/identifier/projectToken/login", json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        )
+        h = {"Authorization": "Bearer " + r.json()["access_token"]}
+        ns = {"name": "env", "serverType": "relay", "serverSpec": "realtime1.nano"}
+        assert (await http.post("/realtime/", json=ns, headers=h)).status_code == 200
+        assert (await http.post("/realtime/env/room", json={"name": "r"}, headers=h)).status_code == 200
+
+        async def ready() -> int | None:
+            record = await cp.store.get_room("env", "r")
+            return record.pid if record is not None and record.ready else None
+
+        pid = await wait_for(ready, timeout=20)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
+        assert "RELAY_TEST_HARMLESS" in names
+        assert not names & set(secrets), names & set(secrets)
+        assert not any(b"db-password" in entry or b"project-secret" in entry for entry in environ)
