@@ -64,6 +64,15 @@ class UdpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         self.room.counters.drops["socket_error"] += 1
 
+    def pause_writing(self) -> None:
+        """The socket takes no more (the kernel's send queue is full: a congested or shaped
+        egress) and the transport's own queue passed its high-water mark: the room drops UDP
+        output until it drains, instead of the transport queueing it without bound."""
+        self.room.udp_backlogged = True
+
+    def resume_writing(self) -> None:
+        self.room.udp_backlogged = False
+
 
 CLOSE_CODES = {
     Disconnect.BYE: 1000,
