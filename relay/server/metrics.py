@@ -159,6 +159,7 @@ class AdminServer:
         self.checks = {"/healthz": health, "/readyz": readiness}
         self.server: asyncio.Server | None = None
         self.open = 0
+        self._writers: set[asyncio.StreamWriter] = set()  # connections being answered
 
     async def start(self, host: str, port: int) -> int:
         self.server = await asyncio.start_server(self._handle, host, port, limit=ADMIN_LINE)
@@ -169,12 +170,14 @@ class AdminServer:
             writer.transport.abort()
             return
         self.open += 1
+        self._writers.add(writer)
         try:
             await asyncio.wait_for(self._answer(reader, writer), ADMIN_DEADLINE)
         except (TimeoutError, OSError, ValueError):  # ValueError: a line over ADMIN_LINE
             writer.transport.abort()
         finally:
             self.open -= 1
+            self._writers.discard(writer)
             writer.close()
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -200,6 +203,10 @@ class AdminServer:
         await writer.drain()
 
     async def close(self) -> None:
+        """Stops listening and drops the connections still open (a slow client's would otherwise
+        outlive the relay's close by up to ADMIN_DEADLINE)."""
+        for writer in list(self._writers):
+            writer.transport.abort()
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):

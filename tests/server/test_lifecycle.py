@@ -18,7 +18,7 @@ from relay.embedded import room
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 
-from .helpers import client, drops
+from .helpers import client, drops, eventually
 from .rawpeer import UdpPeer
 
 pytestmark = pytest.mark.timeout(30)
@@ -236,3 +236,21 @@ async def test_the_admin_port_holds_few_slow_clients_briefly(monkeypatch: pytest
         status, body = await _get(port, "/metrics")
         assert status == 200 and "relay_messages_in" in body
         assert r.relay._admin is not None and r.relay._admin.open == 0
+
+
+async def test_closing_the_relay_drops_its_open_admin_connections() -> None:
+    """Found in review: the relay's close stopped the admin server listening but left the
+    connections being answered (and their tasks) for up to ADMIN_DEADLINE after it."""
+    async with room(admin_port=0) as r:
+        port = r.relay.admin_port
+        assert port and r.relay._admin is not None
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for _, writer in slow:
+            writer.write(b"GET /metrics HTTP/1.0\r\n")  # and never the blank line
+        await eventually(lambda: r.relay._admin is not None and r.relay._admin.open == 3, 2, "3 open")
+        admin = r.relay._admin
+        await r.relay.close(CloseReason.SHUTDOWN, "test")
+        assert all(await asyncio.gather(*(_closed_by_peer(reader, 0.5) for reader, _ in slow)))
+        await eventually(lambda: admin.open == 0, 1, "the connections' tasks ended")
+        for _, writer in slow:
+            writer.close()
