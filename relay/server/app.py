@@ -286,6 +286,8 @@ class Relay:
     def abort(self) -> None:
         """Stops listening and drops every connection now: no CLOSING, no drain. What a room in a
         group process gets where a room of its own process would get SIGKILL (relay/host/group.py)."""
+        if self.room is not None:
+            self.room.closed = True  # takes nothing more, and a close() after it flushes nothing
         self._close_sockets(abort=True)
         if self._admin is not None:
             asyncio.get_running_loop().create_task(self._admin.close())

@@ -254,3 +254,18 @@ async def test_closing_the_relay_drops_its_open_admin_connections() -> None:
         await eventually(lambda: admin.open == 0, 1, "the connections' tasks ended")
         for _, writer in slow:
             writer.close()
+
+
+async def test_an_aborted_relay_is_closed_and_a_close_after_it_sends_nothing() -> None:
+    """Found in review: abort() (a group process's kill of one room) left the room open: /healthz
+    still said alive, and a close() racing it (SIGTERM) flushed CLOSING into the closed UDP
+    socket (an internal_error on the standard event loop)."""
+    async with room() as r:
+        a = await client(r, "a", "udp")
+        r.relay.abort()
+        alive, body = r.relay.health()
+        assert not alive and body["status"] == "unavailable"
+        await r.relay.close(CloseReason.SHUTDOWN, "after the abort")
+        assert not r.relay.counters.drops["internal_error"]
+        assert await r.relay.wait_closed() == CloseReason.SHUTDOWN
+        await a.close()
