@@ -311,7 +311,10 @@ def test_every_member_fits_a_udp_welcome() -> None:
     net.join(udp)
     assert udp.state.value == "joined" and largest.connection_id in udp.members
     assert udp.members[largest.connection_id].profile == bytes(budget - MAX_USER_ID_BYTES)
-    largest.update_profile(bytes(budget - MAX_USER_ID_BYTES + 1))  # a PROFILE is held to it too
+    with pytest.raises(ValueError):  # the client refuses it before the relay would
+        largest.update_profile(bytes(budget - MAX_USER_ID_BYTES + 1))
+    too_big = m.SetProfile(bytes(budget - MAX_USER_ID_BYTES + 1)).encode()  # a client that does not check
+    net.up(largest, [largest._sealer.seal(too_big)])  # type: ignore[union-attr]
     net.pump(largest, udp)
     assert [e.code for e in net.take(largest) if isinstance(e, ErrorEvent)] == [ErrorCode.PROFILE_TOO_LARGE]
     assert udp.members[largest.connection_id].profile == bytes(budget - MAX_USER_ID_BYTES)

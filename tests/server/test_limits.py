@@ -110,8 +110,13 @@ async def test_profile_too_large() -> None:
         a = await client(r, "a", "udp", profile=b"p" * 50)
         b = await client(r, "b", "ws")
         assert b.members[a.connection_id].profile == b"p" * 50
-        a.update_profile(b"q" * 51)
-        assert (await a.next_event_of(rc.ErrorEvent, 3)).code == ErrorCode.PROFILE_TOO_LARGE
+        with pytest.raises(ValueError):  # the client refuses it before the relay would
+            a.update_profile(b"q" * 51)
+        raw = await UdpPeer.open(r.key, r.port)
+        await raw.start("raw")
+        raw.send(m.SetProfile(b"q" * 51).encode())  # a client that does not check
+        assert (await raw.expect(m.Error)).code == ErrorCode.PROFILE_TOO_LARGE
+        raw.close()
         a.update_profile(b"ok")
         assert await b.next_event_of(rc.ProfileChanged, 3) == rc.ProfileChanged(a.connection_id, b"ok")
         assert no_events_of(b, rc.ProfileChanged) == []  # the oversized profile was never shown
