@@ -169,6 +169,7 @@ class WsConnection(asyncio.Protocol):
         self._buf: bytearray | None = bytearray()
         self._fragments: list[bytes] | None = None  # a binary message arriving in fragments
         self._now = 0.0  # when the input being handled was read
+        self._refused = False  # the upgrade was refused (and counted)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -246,6 +247,9 @@ class WsConnection(asyncio.Protocol):
             self.room.counters.drops["internal_error"] += 1
             log.exception("websocket handler failed")
             self.close(1011, "internal error")
+        if proto.handshake_exc is not None and not self._refused:
+            self._refused = True  # websockets answered the upgrade 400, 426, 505, ...: counted once
+            self.room.counters.drops["ws_upgrade_refused"] += 1
         self._write()
 
     def _binary(self, data: bytes) -> None:

@@ -463,3 +463,23 @@ async def test_half_open_connections_are_bounded_and_never_keep_a_client_out() -
             writer.close()
         assert closed == len(held)
         await late.close()
+
+
+async def test_refused_websocket_upgrades_are_counted() -> None:
+    """Found in review: a refused upgrade (no key, HTTP/1.0, a bad version) was answered and
+    dropped without a trace in the relay's counters."""
+    async with room() as r:
+        requests = [
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",  # no Sec-WebSocket-Key
+            b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+        ]
+        for request in requests:
+            reader, writer = await asyncio.open_connection(r.host, r.port)
+            writer.write(request)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 4") or answer.startswith(b"HTTP/1.1 5"), answer[:40]
+            writer.close()
+        await eventually(lambda: drops(r).get("ws_upgrade_refused") == len(requests), 2, "each counted once")
