@@ -33,6 +33,7 @@ import asyncio
 import itertools
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -269,6 +270,7 @@ class GroupSpawner:
         self.log_path = log_path  # the groups' own records (a room's go to its own log)
         # a private folder (0700) for the sockets: rooms' secrets travel on them
         self.socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="relay-groups-"))
+        self._own_dir = socket_dir is None  # made here: removed at close once no group needs it
         self.connect_timeout = connect_timeout
         self._groups: dict[int, _Group] = {}  # by pid
         self._serial = itertools.count(1)
@@ -472,9 +474,12 @@ class GroupSpawner:
         empty = [
             self._watchers[g.pid] for g in self._groups.values() if not g.rooms and g.pid in self._watchers
         ]
+        serving = any(g.rooms for g in self._groups.values())
         for group in list(self._groups.values()):
             group.close()
         self._groups.clear()
+        if self._own_dir and not serving:  # groups serving rooms keep their sockets for adoption
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
         if empty:  # they exit now: seen gone before the inner spawner (a zygote template) closes
             await asyncio.wait(empty, timeout=EXIT_WAIT)
         tasks = [*self._watchers.values(), *self._seats]

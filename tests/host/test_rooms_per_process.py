@@ -137,3 +137,23 @@ async def test_a_wedged_group_is_killed_and_its_rooms_end_with_it(tmp_path: Path
             if pid_alive(h.pid):
                 os.kill(h.pid, signal.SIGKILL)
         await spawner.close()
+
+
+async def test_the_socket_folder_goes_with_the_last_group() -> None:
+    """Found in review: every GroupSpawner made a folder for its groups' sockets and none was ever
+    removed (222 on the development machine). It goes at close when no group serves a room
+    (one that does keeps its socket there, for the next control plane to adopt it by)."""
+    spawner = GroupSpawner(SubprocessSpawner(), 2)
+    folder = spawner.socket_dir
+    command = default_relay_command()
+    launch = RelayLaunch(RelayConfig(room_key=generate_room_key()), incarnation="inc-folder")
+    handle = await spawner.spawn([*command, *launch.argv()], relay_environment(launch.env()), None)
+    try:
+        assert folder.is_dir() and list(folder.iterdir())  # the group's socket
+        handle.kill()  # the group drops the room (an emptied group may stay, as warm seats)
+        await asyncio.wait_for(handle.wait(), 10)
+    finally:
+        if pid_alive(handle.pid):
+            os.kill(handle.pid, signal.SIGKILL)
+        await spawner.close()
+    assert not folder.exists()
