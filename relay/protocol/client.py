@@ -54,6 +54,7 @@ from relay.protocol.messages import (
     Welcome,
     decode_relay,
     encode_send,
+    fits_welcome_entry,
 )
 from relay.protocol.packets import ClientHello, Opener, Sealer, parse_header
 
@@ -431,7 +432,7 @@ class ClientConnection:
         if len(message) > self._max_plaintext:
             raise ValueError("profile does not fit one packet")
         limit = self.limits.max_profile if self.limits is not None else len(profile)
-        if len(profile) > min(limit, WELCOME_ENTRY_BYTES - len(self.user_id.encode())):
+        if len(profile) > limit or not fits_welcome_entry(self.user_id, profile):
             # the relay would answer ERROR 5, and this profile would then spoil the next JOIN
             raise ValueError(
                 f"profile of {len(profile)} bytes over the room's limit ({limit}, and {WELCOME_ENTRY_BYTES} "

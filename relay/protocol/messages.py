@@ -475,6 +475,12 @@ then fits a UDP datagram at the largest field sizes, so every member can be welc
 (a WELCOME part holds one member or more; a larger one could reach no UDP client)."""
 
 
+def fits_welcome_entry(user_id: str, profile: bytes) -> bool:
+    """Whether a member with this user id and profile stays within WELCOME_ENTRY_BYTES: the one
+    test the relay holds JOIN and PROFILE to, and a client holds itself to before sending."""
+    return len(profile) <= WELCOME_ENTRY_BYTES - len(user_id.encode())
+
+
 @dataclass(slots=True)
 class WelcomeBuilder:
     """Splits a member snapshot into WELCOME parts that each fit `max_plaintext` bytes."""

@@ -313,12 +313,13 @@ class WsConnection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not self._closing and self.proto.state is State.OPEN:
             transport.write(server_frame(PONG, payload))
-            if transport.get_write_buffer_size() > self.room.config.ws_send_buffer:
-                self._backlog()
+            self._hold_to_send_buffer(transport)
 
-    def _backlog(self) -> None:
+    def _hold_to_send_buffer(self, transport: asyncio.Transport) -> None:
         """Pongs piling up unread (a client that pings and never reads): the room's send-buffer
         limit holds here too, or the relay's memory would grow at the client's upload rate."""
+        if transport.get_write_buffer_size() <= self.room.config.ws_send_buffer:
+            return
         session = self.session
         if session is not None:
             self.room.overflow(session)
@@ -361,8 +362,8 @@ class WsConnection(asyncio.Protocol):
                     transport.close()
         if self.proto.state is State.CLOSED and not transport.is_closing():
             transport.close()
-        elif not self._closing and transport.get_write_buffer_size() > self.room.config.ws_send_buffer:
-            self._backlog()  # websockets' own pongs, once its parser has the stream
+        elif not self._closing:
+            self._hold_to_send_buffer(transport)  # websockets' own pongs, once its parser has the stream
 
     def send_packet(self, packet: bytes) -> bool:
         """One binary frame written straight to the transport (wsframes.server_frame): websockets'

@@ -485,7 +485,7 @@ class Room:
         if len(join.profile) > config.max_profile:
             self._refuse(session, ErrorCode.PROFILE_TOO_LARGE, "profile too large", Disconnect.VIOLATION)
             return
-        if len(join.profile) > m.WELCOME_ENTRY_BYTES - len(join.user_id.encode()):
+        if not m.fits_welcome_entry(join.user_id, join.profile):
             text = f"user id and profile over {m.WELCOME_ENTRY_BYTES} bytes together"
             self._refuse(session, ErrorCode.PROFILE_TOO_LARGE, text, Disconnect.VIOLATION)
             return
@@ -644,7 +644,7 @@ class Room:
 
     def _on_profile(self, member: Member, session: Session, profile: bytes, now: float) -> None:
         n = len(profile)
-        if n > self.config.max_profile or n > m.WELCOME_ENTRY_BYTES - len(member.user_id.encode()):
+        if n > self.config.max_profile or not m.fits_welcome_entry(member.user_id, profile):
             if self._rate_ok(member, session, 0, now):  # a refusal is a message: rate limited too
                 self.counters.drops["profile_too_large"] += 1
                 self._queue(session, m.Error(ErrorCode.PROFILE_TOO_LARGE, "profile too large").encode())

@@ -13,7 +13,15 @@ import relay.client as rc
 from relay.control.app import ControlPlane
 from relay.host.spawner import pid_alive
 from relay.protocol.constants import CloseReason
-from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, REAL_RELAY, make_config, wait_for
+from tests.control.helpers import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    REAL_RELAY,
+    create_namespace,
+    login,
+    make_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,12 +89,8 @@ async def test_a_relay_gets_none_of_the_control_planes_secrets(
     monkeypatch.setenv("RELAY_TEST_HARMLESS", "kept")  # anything else is handed on
     config = make_config(tmp_path, relay_command=REAL_RELAY, relay_spawner=spawner, relay_caps="off")
     async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
-        r = await http.post(
-            "/identifier/projectToken/login", json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
-        )
-        h = {"Authorization": "Bearer " + r.json()["access_token"]}
-        ns = {"name": "env", "serverType": "relay", "serverSpec": "realtime1.nano"}
-        assert (await http.post("/realtime/", json=ns, headers=h)).status_code == 200
+        h = await login(http)
+        await create_namespace(http, h, "env")
         assert (await http.post("/realtime/env/room", json={"name": "r"}, headers=h)).status_code == 200
 
         async def ready() -> int | None:
