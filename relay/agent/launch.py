@@ -146,7 +146,7 @@ class RelayLaunch:
             out += ["--token-public-key", r.token_public_key]
         for name in ("control_url", "namespace", "room", "incarnation", "advertise_host", "tier"):
             value = getattr(self, name)
-            if value:
+            if value is not None:  # an empty value too: it reads back as given, not as unset
                 out += [_flag(name), value]
         if self.caps != "soft":
             out += ["--caps", self.caps]

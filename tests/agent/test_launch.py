@@ -200,3 +200,10 @@ def test_names_that_begin_with_a_dash(name: str) -> None:
         )
         assert (run.returncode, run.stdout) == (2, ""), run.stdout + run.stderr
         assert "port" in run.stderr
+
+
+def test_an_empty_name_reads_back_as_given() -> None:
+    """Found by the relay_launch fuzz target: `--room ""` was read as an empty name, written back
+    as none at all, and read again as unset."""
+    launch = replace(a_launch(), control_url=None, room="", namespace="")  # names without a control plane
+    assert RelayLaunch.parse(launch.argv(), launch.env()) == launch
