@@ -90,6 +90,8 @@ class Relay:
         self._tcp_server: asyncio.Server | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._admin: AdminServer | None = None
+        self._doorway: Doorway | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None  # a tick's flush (coalesce_tick > 0)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop_lag = 0.0
         self._started_wall = time.time()
@@ -135,7 +137,7 @@ class Relay:
 
         def on_flush(delay: float) -> None:  # the room asks: at the end of this pass, or after a tick
             if delay > 0:
-                call_later(delay, flush_now)
+                self._flush_timer = call_later(delay, flush_now)  # kept: cancelled when the relay ends
             else:
                 call_soon(flush_now)
 
@@ -146,7 +148,9 @@ class Relay:
             raise ListenError(exc, f"{self.config.host}:{self.config.port} (udp and tcp)") from exc
         self.port = tcp.getsockname()[1]
         self._udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(room), sock=udp)
-        doorway = Doorway(self.config.max_pending_connections, self.config.connect_timeout, self.counters)
+        self._doorway = doorway = Doorway(
+            self.config.max_pending_connections, self.config.connect_timeout, self.counters
+        )
         gs2 = Encoder(self.config.room_key, room.started) if self.config.gs2_clients else None
         self._tcp_server = await loop.create_server(
             lambda: WsConnection(room, self._ws, doorway, gs2), sock=tcp
@@ -155,9 +159,11 @@ class Relay:
             self._admin = AdminServer(self.metrics, self.health, self.readiness)
             try:
                 self.admin_port = await self._admin.start(self.config.admin_host, self.config.admin_port)
-            except OSError as exc:  # the admin port is taken: leave nothing listening behind
+            except BaseException as exc:  # taken, or a host no resolver takes: nothing left listening
                 self._udp_transport.close()
                 self._tcp_server.close()
+                if not isinstance(exc, OSError):
+                    raise
                 where = f"{self.config.admin_host}:{self.config.admin_port} (the admin port)"
                 raise ListenError(exc, where) from exc
         self._tasks.append(loop.create_task(self._timers()))
@@ -263,7 +269,9 @@ class Relay:
         asyncio.get_running_loop().create_task(self._shutdown(reason))
 
     async def close(self, reason: CloseReason = CloseReason.SHUTDOWN, text: str = "") -> None:
-        """CLOSING to every member, flush, stop listening; wait_closed() then returns `reason`."""
+        """CLOSING to every member, flush, stop listening; wait_closed() then returns `reason`.
+        When it returns (as when wait_closed() does) every connection is gone and nothing of the
+        relay is left scheduled on the loop, which other relays may share."""
         if self.room is None:
             return
         if not self.room.closed:
@@ -272,44 +280,66 @@ class Relay:
             await asyncio.shield(self._closed)
 
     async def _shutdown(self, reason: CloseReason) -> None:
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-        deadline = time.monotonic() + self.config.drain_timeout
-        while any(c.link.buffered for c in self._ws) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0)  # let the last UDP writes leave
-        self._close_sockets(abort=False)
-        if self._admin is not None:
-            await self._admin.close()
-        self._ended(reason)
+        try:
+            if self._tcp_server is not None:
+                self._tcp_server.close()
+            deadline = time.monotonic() + self.config.drain_timeout
+            while any(c.link.buffered for c in self._ws) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # let the last UDP writes leave
+            self._close_sockets(abort=False)
+            for _ in range(100):  # each connection_lost comes within a pass or two
+                if not self._ws:
+                    break
+                await asyncio.sleep(0.001)
+            if self._admin is not None:
+                await self._admin.close()
+            tasks = self._stop()
+            if tasks:  # their own timeouts are cancelled as they unwind
+                await asyncio.wait(tasks, timeout=1.0)
+        finally:
+            self._ended(reason)
 
     def abort(self) -> None:
         """Stops listening and drops every connection now: no CLOSING, no drain. What a room in a
         group process gets where a room of its own process would get SIGKILL (relay/host/group.py)."""
         if self.room is not None:
-            self.room.closed = True  # takes nothing more, and a close() after it flushes nothing
+            self.room.abort()  # takes nothing more, and a close() after it flushes nothing
         self._close_sockets(abort=True)
         if self._admin is not None:
             asyncio.get_running_loop().create_task(self._admin.close())
+        self._stop()
         self._ended(CloseReason.SHUTDOWN)
 
     def _close_sockets(self, abort: bool) -> None:
-        """The listeners and every connection (with `abort`, unsent WebSocket bytes dropped)."""
+        """The listeners and every connection: closed, or aborted with `abort` or when bytes are
+        still unsent after the drain (a close would wait for a reader that never reads, and
+        hold its descriptor past the relay's end)."""
         if self._tcp_server is not None:
             self._tcp_server.close()
         if self._udp_transport is not None:
             self._udp_transport.close()
         for conn in list(self._ws):
-            if conn.transport is not None:
-                if abort:
-                    conn.transport.abort()
+            transport = conn.transport
+            if transport is not None:
+                if abort or transport.get_write_buffer_size():
+                    transport.abort()
                 else:
-                    conn.transport.close()
+                    transport.close()
+        if self._doorway is not None:
+            self._doorway.close()
+
+    def _stop(self) -> list[asyncio.Task[None]]:
+        """Cancels the relay's tasks and its pending flush; the tasks still to unwind."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        return tasks
 
     def _ended(self, reason: CloseReason) -> None:
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(reason)
 

@@ -141,6 +141,13 @@ class Doorway:
         if timer is not None:
             timer.cancel()
 
+    def close(self) -> None:
+        """The relay is closing: every connection still waiting is dropped and its timer
+        cancelled, so nothing of the relay stays scheduled on a loop it shares (embedding, a
+        group of rooms in one process)."""
+        for conn in list(self.waiting):
+            conn.abort()
+
 
 class WsConnection(asyncio.Protocol):
     """One WebSocket connection carrying one session (docs/protocol.md 7.2)."""
@@ -159,6 +166,7 @@ class WsConnection(asyncio.Protocol):
         self.gs2 = gs2
         self.peer: Gs2Peer | None = None  # a GS2 client's connection
         self._pinger: asyncio.TimerHandle | None = None
+        self._abort_later: asyncio.TimerHandle | None = None  # close()'s backstop, until connection_lost
         self.proto = ServerProtocol(max_size=WS_MAX_PACKET, extensions=None)  # send_packet relies on none
         self.transport: asyncio.Transport | None = None
         self.session: Session | None = None
@@ -174,7 +182,9 @@ class WsConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.connections.add(self)
-        if self.doorway is not None:
+        if self.room.closed:  # accepted as the listener closed: nothing would ever close it
+            self.transport.abort()
+        elif self.doorway is not None:
             self.doorway.enter(self)
 
     def abort(self) -> None:
@@ -192,8 +202,10 @@ class WsConnection(asyncio.Protocol):
         buf += data
         if self.proto.state is State.CONNECTING:
             # websockets gets the HTTP request and nothing after it, so its parser, if handed the
-            # stream later, starts at a frame boundary
-            end = buf.find(b"\r\n\r\n")
+            # stream later, starts at a frame boundary. The bytes before this read hold no end of
+            # the request (it would have been taken): the search starts 3 bytes before them, so a
+            # request trickled in byte by byte costs its length, not its length squared.
+            end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(data) - 3))
             if end < 0:
                 if len(buf) > MAX_REQUEST:
                     self._hand_over()  # websockets refuses it as it would have
@@ -302,12 +314,16 @@ class WsConnection(asyncio.Protocol):
         self._pinger = asyncio.get_running_loop().call_later(interval, self._ping)
 
     def _ping(self) -> None:
-        """A GS2 client's keepalive: it answers WebSocket pings (its library does), nothing else."""
+        """A GS2 client's keepalive: it answers WebSocket pings (its library does), nothing else.
+        A client that keeps sending and never reads stays a member, so its pings are held to
+        the send buffer as the room's output is."""
         transport = self.transport
         if transport is None or self._closing or self.proto.state is not State.OPEN:
             return
         transport.write(server_frame(PING, b""))
-        self._ping_later()
+        self._hold_to_send_buffer(transport)
+        if not self._closing:
+            self._ping_later()
 
     def _pong(self, payload: bytes) -> None:
         transport = self.transport
@@ -316,8 +332,9 @@ class WsConnection(asyncio.Protocol):
             self._hold_to_send_buffer(transport)
 
     def _hold_to_send_buffer(self, transport: asyncio.Transport) -> None:
-        """Pongs piling up unread (a client that pings and never reads): the room's send-buffer
-        limit holds here too, or the relay's memory would grow at the client's upload rate."""
+        """Pongs (or a GS2 client's pings) piling up unread (a client that pings and never
+        reads): the room's send-buffer limit holds here too, or the relay's memory would grow
+        at the client's upload rate."""
         if transport.get_write_buffer_size() <= self.room.config.ws_send_buffer:
             return
         session = self.session
@@ -396,12 +413,15 @@ class WsConnection(asyncio.Protocol):
             self._write()
         if self.transport is not None:
             transport = self.transport
-            asyncio.get_event_loop().call_later(1.0, transport.abort)
+            self._abort_later = asyncio.get_running_loop().call_later(1.0, transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         if self.doorway is not None:
             self.doorway.leave(self)
+        if self._abort_later is not None:  # gone already: the backstop would hold the transport
+            self._abort_later.cancel()
+            self._abort_later = None
         self._closing = True
         self._session_ended(clean=self.proto.close_rcvd is not None)
         self.transport = None

@@ -821,6 +821,18 @@ class Room:
         elif now - self.started >= config.lifetime:
             self.close(CloseReason.LIFETIME, "room lifetime reached", now)
 
+    def abort(self) -> None:
+        """The room ends now without CLOSING (its relay drops every connection itself): what is
+        queued is dropped, and a connection's end after this reaches nobody (a GS2 member's
+        LEAVE would be queued for members whose sockets are closed)."""
+        self.closed = True
+        for session in self._dirty:
+            session.dirty = False
+            session.out = []
+        self._dirty = []
+        self.members.clear()
+        self.resume_tokens.clear()
+
     def close(self, reason: CloseReason, text: str, now: float) -> None:
         """CLOSING to every session, flushed now; then the room accepts nothing more."""
         if self.closed:

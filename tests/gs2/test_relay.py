@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -359,3 +360,86 @@ async def test_metrics_have_a_gs2_label(r: EmbeddedRoom) -> None:
     assert 'relay_messages_out_total{transport="gs2"}' in text
     await a.close()
     await b.close()
+
+
+async def test_the_relays_pings_are_held_to_the_send_buffer() -> None:
+    """A GS2 client that keeps sending and never reads stays a member (its messages keep it), and
+    the relay's keepalive pings pile up unread. Before, only the room's output was held to
+    ws_send_buffer there: with the buffer just under the limit, pings took it past and nothing
+    looked (by 2 bytes a ping, for the room's lifetime). Now a ping that takes it past kicks the
+    member as the room's output would."""
+    limit = 16384
+    async with room(
+        token_public_key=PUBLIC,
+        ws_send_buffer=limit,
+        keepalive_timeout=1.6,  # a ping every 0.4 s
+        messages_per_second=0,
+        bytes_per_second=0,
+    ) as r:
+        sender = await native(r, "sender", "ws")
+        victim = await gs2(r, "victim")
+        assert victim.my is not None
+        conn = next(c for c in r.relay._ws if c.peer is not None)
+        assert conn.transport is not None
+        # small kernel buffers on both ends (set, so not autotuned): the relay's own fills soon
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        victim.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        victim.ws.transport.pause_reading()  # it reads nothing more, nor answers a ping
+
+        async def keep_sending() -> None:  # its messages keep its seat (they go to the sender)
+            while True:
+                await victim.send(b"here")
+                await asyncio.sleep(0.1)
+
+        keeper = asyncio.create_task(keep_sending())
+        out = r.relay.counters.messages_out
+
+        async def to_victim(size: int) -> int:
+            """What one message of `size` bytes to the victim adds to the relay's buffer for it."""
+            before, written = conn.link.buffered, out[GS2]
+            sender.send(b"m" * size)
+            await eventually(lambda: out[GS2] > written, 2, "the message written to the victim")
+            return conn.link.buffered - before
+
+        try:
+            for _ in range(2000):  # until the kernel takes no more (a few KiB)
+                if conn.link.buffered:
+                    break
+                await to_victim(1000)
+            overhead = await to_victim(200) - 200  # the Container and frame around the data
+            while (gap := limit - 5 - conn.link.buffered - overhead) > 0:  # to 5 under the limit
+                await to_victim(gap if gap <= 1000 else min(1000, gap - overhead - 200))
+            assert 0 <= limit - conn.link.buffered <= 10, conn.link.buffered
+            assert victim.my.connection_id in r.relay.room.members
+            # from here the room writes it nothing: only pings (2 bytes each) take it past
+            left = await sender.next_event_of(rc.Left, 4)
+            assert left == rc.Left(victim.my.connection_id, LeaveReason.KICKED)
+            assert victim.my.connection_id not in r.relay.room.members
+        finally:
+            keeper.cancel()
+            victim.ws.transport.abort()
+        await sender.close()
+
+
+@pytest.mark.parametrize("tick", [0.0, 0.3])
+async def test_an_aborted_relay_writes_nothing_after_it(tick: float) -> None:
+    """Found in review: abort() (a group process's kill of one room) left the room's members in
+    place, so a GS2 member's lost connection (a leave at once) queued its LEAVE for the others
+    and the flush wrote into the closed UDP socket (an internal error, logged); with
+    coalesce_tick, a flush queued before the abort did the same a tick later. Now nothing queued
+    leaves after an abort and nothing of the relay stays scheduled."""
+    async with room(token_public_key=PUBLIC, coalesce_tick=tick) as r:
+        udp = await native(r, "udp", "udp")
+        a = await gs2(r, "a")
+        await eventually(lambda: len(r.relay.room.members) == 2, 2, "both members")
+        loop = asyncio.get_running_loop()
+        written = r.relay.counters.messages_in[GS2]
+        await a.send(b"in flight")  # for the UDP member, flushed a tick later (or this pass)
+        await eventually(lambda: r.relay.counters.messages_in[GS2] > written, 2, "the message read")
+        r.relay.abort()
+        await asyncio.sleep(tick + 0.2)  # past the tick; the connections' ends handled
+        assert not r.relay.counters.drops["internal_error"]
+        assert not r.relay._ws
+        scheduled = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        assert not [h for h in scheduled if "flush" in repr(h)], scheduled
+        await udp.close()

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
 import signal
+import socket
 import sys
+import weakref
+from dataclasses import replace
 
 import pytest
 
 import relay.client as rc
 import relay.server.metrics as relay_metrics
 from relay.embedded import room
-from relay.protocol.constants import CloseReason
+from relay.protocol.constants import UDP_HELLO_PAD_TO, CloseReason
 from relay.protocol.keys import generate_room_key
+from relay.protocol.wsframes import PING, client_frame
+from relay.server.app import Relay
+from relay.server.config import RelayConfig
 
-from .helpers import client, drops, eventually
-from .rawpeer import UdpPeer
+from .helpers import FAST, client, drops, eventually
+from .rawpeer import UdpPeer, WsPeer
 
 pytestmark = pytest.mark.timeout(30)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -269,3 +276,92 @@ async def test_an_aborted_relay_is_closed_and_a_close_after_it_sends_nothing() -
         assert not r.relay.counters.drops["internal_error"]
         assert await r.relay.wait_closed() == CloseReason.SHUTDOWN
         await a.close()
+
+
+def _scheduled(loop: asyncio.AbstractEventLoop) -> set[asyncio.TimerHandle]:
+    """The loop's timers not cancelled (the standard loop keeps them in `_scheduled`)."""
+    return {h for h in loop._scheduled if not h.cancelled()}  # type: ignore[attr-defined]
+
+
+async def test_a_closed_relay_leaves_no_connection_and_nothing_scheduled() -> None:
+    """Found in review: after close() a relay left a 1 s abort timer per WebSocket it had closed
+    (holding its transport), and a connection still waiting in the doorway with unsent bytes
+    (pongs its peer never read) stayed open, its 5 s doorway timer scheduled, until that timer
+    fired. In a process whose loop other relays share (embedding, a group of rooms) those outlive
+    the room. Now close() returns with every connection gone and none of its timers left."""
+    loop = asyncio.get_running_loop()
+    before = _scheduled(loop)
+    async with room(ws_send_buffer=1 << 20, drain_timeout=0.2, **FAST) as r:
+        members = [await WsPeer.open(r.key, r.port) for _ in range(2)]
+        for i, peer in enumerate(members):
+            await peer.start(f"m{i}")
+        udp = await UdpPeer.open(r.key, r.port)
+        await udp.start("u")
+        waiting = await WsPeer.open(r.key, r.port, rcvbuf=4096)  # upgraded, no HELLO: in the doorway
+        conn = next(c for c in r.relay._ws if c.session is None)
+        assert conn.transport is not None and waiting.writer is not None
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pings = client_frame(PING, b"p" * 125) * 100
+        for _ in range(1000):  # pongs it never reads, held in the relay's buffer for it
+            if conn.link.buffered:
+                break
+            waiting.writer.write(pings)
+            await waiting.writer.drain()
+            await asyncio.sleep(0.005)
+        assert conn.link.buffered
+        relay = r.relay
+        connections = [weakref.ref(c) for c in relay._ws]
+        transports = [weakref.ref(c.transport) for c in relay._ws if c.transport is not None]
+        assert len(connections) == len(transports) == 3
+    assert not relay._ws, "connections still open after close()"
+    left = _scheduled(loop) - before
+    assert not left, f"still scheduled after close(): {[h._callback for h in left]}"
+    del conn
+    gc.collect()
+    assert [ref() for ref in connections + transports] == [None] * 6
+    for peer in [*members, waiting]:
+        await peer.aclose()
+    udp.close()
+
+
+@pytest.mark.parametrize("tick", [0.0, 5.0])
+async def test_a_closed_relay_leaves_neither_its_sweeper_nor_a_flush_scheduled(tick: float) -> None:
+    """Found in review: a quiet room's sweeper sleeps in a wait_for whose timeout (the room's idle
+    end) was still scheduled when close() returned (its task cancelled, not yet unwound); with
+    coalesce_tick the CLOSING that close() queues scheduled a flush a tick later (close() flushes
+    at once), which then fired on the closed room."""
+    loop = asyncio.get_running_loop()
+    before = _scheduled(loop)
+    async with room(coalesce_tick=tick, **FAST) as r:
+        peer = await UdpPeer.open(r.key, r.port)
+        if tick:
+            await peer.handshake(pad_to=UDP_HELLO_PAD_TO)  # a session: close() queues CLOSING for it
+        else:
+            await eventually(lambda: r.relay.room is not None and r.relay.room.quiet, 1, "quiet")
+            await asyncio.sleep(0.05)  # the sweeper asleep until the idle end
+    left = _scheduled(loop) - before
+    assert not left, f"still scheduled after close(): {[h._callback for h in left]}"
+    peer.close()
+
+
+async def test_a_relay_whose_admin_server_cannot_start_leaves_its_port_free() -> None:
+    """Found in review: an admin host the resolver refuses (a NUL in it: a group's assignment can
+    carry one, argv cannot) raised out of start() with the room's UDP and TCP sockets still
+    listening; only a taken admin port closed them."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = replace(RelayConfig(), room_key=generate_room_key(), port=port, admin_port=0, admin_host="\x00")
+    with pytest.raises((ValueError, OSError)):  # asyncio's loop says ValueError, uvloop's gaierror
+        await Relay(config).start()
+
+    def port_free() -> bool:  # a listener's close completes a loop pass later
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+    await eventually(port_free, 2, "the room's port closed again")

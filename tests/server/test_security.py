@@ -4,6 +4,7 @@ address rebinding and the anti-amplification budget (docs/protocol.md sections 4
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import msgpack
 import pytest
@@ -483,3 +484,25 @@ async def test_refused_websocket_upgrades_are_counted() -> None:
             assert answer.startswith(b"HTTP/1.1 4") or answer.startswith(b"HTTP/1.1 5"), answer[:40]
             writer.close()
         await eventually(lambda: drops(r).get("ws_upgrade_refused") == len(requests), 2, "each counted once")
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+async def test_an_upgrade_request_whose_end_comes_in_pieces_is_answered(split: int) -> None:
+    """The end of the request is searched for only in what a read added (and the 3 bytes before
+    it), so a request trickled in does not cost its length squared: an end split across reads,
+    at each place it can split, is still found."""
+    async with room() as r:
+        request = (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        reader, writer = await asyncio.open_connection(r.host, r.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head, tail = request[: len(request) - 4 + split], request[len(request) - 4 + split :]
+        for piece in (head[:-5], head[-5:], *(tail[i : i + 1] for i in range(len(tail)))):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # each piece its own read
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert answer.startswith(b"HTTP/1.1 101"), answer[:40]
+        writer.close()
