@@ -21,8 +21,8 @@ from relay.agent.wire import Closed, Heartbeat, HeartbeatAnswer, Registration, W
 from relay.control.cluster import RoomKey, RoomRuntime, owns
 from relay.control.errors import ApiError, bad_request, not_found
 from relay.control.gateway import CREATE_ISSUER, Gateway
-from relay.control.records import ROOM_READY, NamespaceRecord, RoomRecord, now_ms
-from relay.control.rooms import RELAY_CLOSE_REASONS, Rooms
+from relay.control.records import RELAY_CLOSE_REASONS, ROOM_READY, NamespaceRecord, RoomRecord, now_ms
+from relay.control.rooms import Rooms
 from relay.control.state import ControlState, logging_namespace
 
 log = logging.getLogger("relay.control.agent_api")

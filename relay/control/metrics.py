@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from relay.control.records import ROOM_STATES
+from relay.control.records import ROOM_END_REASONS, ROOM_STATES
 
 
 class ControlMetrics:
@@ -37,6 +37,8 @@ class ControlMetrics:
         self.rooms_closed = Counter(
             "relay_control_rooms_closed", "Rooms ended, by reason", ["reason"], registry=self.registry
         )
+        for reason in sorted(ROOM_END_REASONS):
+            self.rooms_closed.labels(reason)
         self.heartbeats = Counter(
             "relay_control_heartbeats", "Agent heartbeats received", registry=self.registry
         )

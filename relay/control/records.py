@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.protocol.constants import CloseReason
+
 NAMESPACE_ACTIVE = "ACTIVE"
 NAMESPACE_DELETED = "DELETED"
 
@@ -17,6 +19,14 @@ ROOM_PENDING = "pending"
 ROOM_READY = "ready"
 """The relay's agent registered: ipAddress, port and encryptionKey are shown."""
 ROOM_STATES = (ROOM_PENDING, ROOM_READY)
+
+RELAY_CLOSE_REASONS = frozenset(reason.name.lower() for reason in CloseReason)
+"""What a relay's `closed` report may say (relay/agent/agent.py: reason_text); any other word is
+ended as "other": the reason is a metric label, and its values must stay few."""
+ROOM_END_REASONS = RELAY_CLOSE_REASONS | {"other", "crash", "lost", "register_timeout", "provision_failed"}
+"""Every reason a room ends for (relay/control/rooms.py: end_room): the relay's, or the control
+plane's own. /metrics shows each from the start at 0, so that an alert's increase() sees the
+first one (a counter that appears already at 1 has no increase to see)."""
 
 
 def now_ms() -> int:

@@ -35,14 +35,9 @@ from relay.control.records import (
 )
 from relay.control.state import ControlState, RoomRuntime, logging_namespace
 from relay.control.validation import paginate
-from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 
 log = logging.getLogger("relay.control.rooms")
-
-RELAY_CLOSE_REASONS = frozenset(reason.name.lower() for reason in CloseReason)
-"""What a relay's `closed` report may say (relay/agent/agent.py: reason_text); any other word is
-ended as "other": the reason is a metric label, and its values must stay few."""
 
 
 class Rooms:

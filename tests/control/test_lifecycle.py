@@ -205,3 +205,13 @@ async def test_restart_adopts_running_relays(tmp_path: Path) -> None:
     finally:
         await second.stop()
     await wait_for(lambda: not pid_alive(pid), timeout=5)
+
+
+async def test_every_reason_a_room_ends_for_is_counted_from_zero(cp: ControlPlane) -> None:
+    """A fresh control plane shows relay_control_rooms_closed_total at 0 for every reason a room
+    can end for, so that an alert's increase() sees the first room lost after a start (a counter
+    that first appears already at 1 has no increase to see: deploy/prometheus/alerts.yml)."""
+    async with httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        metrics = (await http.get("/metrics")).text
+    for reason in ("lost", "crash", "provision_failed", "register_timeout", "deleted", "idle", "other"):
+        assert f'relay_control_rooms_closed_total{{reason="{reason}"}} 0.0' in metrics, reason

@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
+from relay.control.cli import _parser, build_config
+from relay.control.config import SURFACE as CONTROL_SURFACE
 from relay.control.config import ControlConfig
 from tests.control.helpers import CLIENT_ID, CLIENT_SECRET, gs2_client
 from tests.deploy.helpers import players_talk
@@ -108,8 +110,12 @@ def test_compose_services_volumes_and_settings_agree() -> None:
     assert (COMPOSE.parent / control["build"]["context"]).resolve() == ROOT
     assert control["command"][0] == "control"
     env = control["environment"]
-    settings = {f"RELAY_{name.upper()}" for name in ControlConfig.__dataclass_fields__} | {"RELAY_HEALTH_URL"}
-    assert set(env) <= settings
+    assert set(env) <= {*CONTROL_SURFACE.env_names(), "RELAY_HEALTH_URL"}  # the image's HEALTHCHECK reads it
+    placeholders = {k: re.sub(r"\$\{(\w+)[^}]*\}", r"\1", v) for k, v in env.items()}
+    args = _parser("relay control", False).parse_args(control["command"][1:])
+    config = build_config(args, False, placeholders)  # read as relay control reads them
+    assert (config.host, config.port, config.relay_host) == ("0.0.0.0", 7700, "0.0.0.0")
+    assert env["RELAY_HEALTH_URL"] == f"http://127.0.0.1:{config.port}/healthz"
     store = re.match(
         r"postgresql://(\w+):\$\{POSTGRES_PASSWORD\}@127\.0\.0\.1:(\d+)/(\w+)$", env["RELAY_STORE_URL"]
     )

@@ -14,6 +14,7 @@ import pytest
 import relay
 from relay.agent.tiers import NANO
 from relay.control.agones_provisioner import ALLOCATION, GAMESERVERS
+from relay.control.config import SURFACE as CONTROL_SURFACE
 from relay.control.config import ControlConfig
 from tests.deploy.manifests import ROOT, errors, load_all
 
@@ -99,8 +100,7 @@ def test_control_plane_allocates_from_that_fleet_with_the_rbac_it_needs() -> Non
     env = {e["name"]: e for e in container["env"]}
     assert env["RELAY_AGONES_FLEET"]["value"] == fleet["metadata"]["name"]
     assert env["RELAY_AGONES_NAMESPACE"]["value"] == fleet["metadata"]["namespace"]
-    settings = {f"RELAY_{name.upper()}" for name in ControlConfig.__dataclass_fields__}
-    assert set(env) <= settings  # every variable is a setting the control plane reads
+    assert set(env) <= set(CONTROL_SURFACE.env_names())  # every variable is one the control plane reads
     secret = found[("Secret", "gs2-relay-control")]
 
     def value(e: dict[str, Any]) -> str:  # a secret's variable has the Secret's value (checked below)
@@ -147,3 +147,46 @@ def test_everything_is_in_the_relay_namespace() -> None:
     for (kind, name), doc in objects().items():
         if kind != "Namespace":
             assert doc["metadata"]["namespace"] == "gs2-relay", (kind, name)
+
+
+def test_each_container_runs_a_command_line_its_command_reads() -> None:
+    """The containers' args and variables through the real parsers: a misspelt flag is refused
+    there, and a variable the command does not read (the control plane's port is
+    RELAY_CONTROL_PORT, not relay serve's RELAY_PORT) would be ignored in the cluster."""
+    from relay.agent.launch import ENV_AGONES, LAUNCH_ENV, LaunchError, RelayLaunch
+    from relay.control.cli import _parser, build_config
+
+    found = objects()
+    fleet = found[("Fleet", "gs2-relay")]
+    (relay_container,) = relay_pod(fleet)["spec"]["containers"]
+    assert relay_container["args"][0] == "serve"
+    assert {e["name"] for e in relay_container.get("env", [])} <= set(LAUNCH_ENV)
+    launch = RelayLaunch.parse(relay_container["args"][1:], {ENV_AGONES: "9358"})  # set by Agones
+    (game_port,) = fleet["spec"]["template"]["spec"]["ports"]
+    assert launch.relay.port == game_port["containerPort"] and launch.relay.host == "0.0.0.0"
+    notes = relay_pod(fleet)["metadata"]["annotations"]
+    assert launch.relay.admin_host == "0.0.0.0"  # Prometheus reaches it at the pod's address
+    assert launch.relay.admin_port == int(notes["prometheus.io/port"])
+    assert {
+        "name": "metrics",
+        "containerPort": launch.relay.admin_port,
+        "protocol": "TCP",
+    } in relay_container["ports"]
+    assert (launch.tier, launch.caps) == (NANO.name, "cgroup")  # the pod's limits are the caps
+    with pytest.raises(LaunchError):
+        RelayLaunch.parse(["--admin-hots", "0.0.0.0"], {ENV_AGONES: "9358"})
+
+    deployment = found[("Deployment", "gs2-relay-control")]
+    (control,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert control["args"][0] == "control"
+    env = {e["name"]: e.get("value", "from-a-secret") for e in control["env"]}
+    assert set(env) <= set(CONTROL_SURFACE.env_names())
+    assert "RELAY_PORT" not in CONTROL_SURFACE.env_names()  # the check can fail: relay serve's variable
+    env["RELAY_STORE_URL"] = "postgresql://u:p@db:5432/gs2relay"
+    config = build_config(_parser("relay control", False).parse_args(control["args"][1:]), False, env)
+    (http,) = control["ports"]
+    assert (config.host, config.port, config.provisioner) == ("0.0.0.0", http["containerPort"], "agones")
+    assert int(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]) == config.port
+    for probe in (control["readinessProbe"], control["livenessProbe"]):
+        assert probe["httpGet"]["port"] == http["name"]
+        assert probe["httpGet"]["path"] in ("/readyz", "/healthz")

@@ -13,10 +13,8 @@ import copy
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,13 +27,12 @@ import relay.client as rc
 from loadtest.controlplane import free_port
 from relay.control.config import ControlConfig
 from tests.control.helpers import (
-    CLIENT_ID,
-    CLIENT_SECRET,
     create_namespace,
     login,
     ready_room,
     wait_for,
 )
+from tests.deploy.conftest import stop_process
 from tests.deploy.helpers import wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,9 +76,17 @@ def test_prometheus_configs_check(tmp_path: Path) -> None:
         # Debian builds Prometheus without the Kubernetes service discovery: check the rest (the
         # relabelling, the rule files) with the discovery swapped for a static target.
         config = yaml.safe_load((PROMETHEUS_DIR / "prometheus-kubernetes.yml").read_text())
+        roles = []
         for job in config["scrape_configs"]:
-            assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
+            roles.append(job.pop("kubernetes_sd_configs")[0]["role"])
             job["static_configs"] = [{"targets": ["127.0.0.1:9100"]}]
+            # promtool wants the service account's files (a pod's) to be there
+            for section, key in (("tls_config", "ca_file"), ("authorization", "credentials_file")):
+                if key in job.get(section, {}):
+                    stand_in = tmp_path / Path(job[section][key]).name
+                    stand_in.write_text("stand-in\n")
+                    job[section][key] = str(stand_in)
+        assert roles == ["pod", "node"]  # the pods that ask for it; cAdvisor on every node
         config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
         swapped = tmp_path / "prometheus-kubernetes.yml"
         swapped.write_text(yaml.safe_dump(config))
@@ -113,35 +118,6 @@ def test_dashboard_is_provisioned_and_well_formed() -> None:
     for subject in ("rooms", "players", "messages in", "messages out", "drops", "authentication",
                     "provisioning", "cpu", "memory", "api requests", "api errors"):  # fmt: skip
         assert subject in titles
-
-
-async def stop_process(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-@pytest.fixture
-async def relay_dev(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    """`relay dev` on a free port: its URL and data dir."""
-    port = free_port()
-    data = tmp_path / "data"
-    env = {**os.environ, "RELAY_CLIENT_ID": CLIENT_ID, "RELAY_CLIENT_SECRET": CLIENT_SECRET}
-    command = [sys.executable, "-m", "relay.cli", "dev", "--port", str(port), "--data-dir", str(data)]
-    proc = await asyncio.create_subprocess_exec(
-        *command, "--warm-relays", "0", "--log-level", "warning", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        await wait_until_answering(url + "/healthz")
-        yield url, data
-    finally:
-        await stop_process(proc)
 
 
 def scrape_config(control_url: str, data: Path) -> dict[str, Any]:
