@@ -185,3 +185,101 @@ def run_median(config: BaselineConfig, runs: int) -> dict[str, Any]:
         "runs": results,
         "config": asdict(config),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class PerRoomConfig:
+    """The deployed shape for the C relay: one C relay process per room, the fleet-shape load."""
+
+    rooms: int = 100
+    players: int = 4
+    hz: float = 20.0
+    seconds: float = 10.0
+    size: int = 100
+    relay_cpus: str = "0"
+    load_cpus: str = "1"
+
+
+def run_per_room(config: PerRoomConfig = PerRoomConfig()) -> dict[str, Any]:
+    """The C relay as a host would run it if it were the product: one process per room, each
+    forwarding its room's datagrams to the room's other players (fan-out players - 1), all of
+    them on the relay CPU; every player sends one datagram per tick at its own phase
+    (`spread_phase`, the fleet-shape load's). Measured like the Python relays in fleet-shape:
+    the relay processes' CPU (/proc/PID/schedstat, exact for many small processes) and context
+    switches from /proc over the sending window. It shows
+    what the one-process-per-room shape costs with no interpreter at all (docs/architecture.md).
+    The sender runs in this process: the caller pins it to the load CPU."""
+    reason = unavailable()
+    if reason:
+        return {"skipped": reason}
+    from loadtest.fastload.sender import spread_phase
+    from loadtest.machine import context_switches, cpu_ns
+
+    fanout = config.players - 1
+    count = config.rooms * config.players
+    tick = 1.0 / config.hz
+    slots = sorted((spread_phase(k, count, tick * 1e9) / 1e9, k // config.players) for k in range(count))
+    with tempfile.TemporaryDirectory(prefix="udp_baseline-") as tmp:
+        binary = compile_baseline(Path(tmp))
+        base = _free_base(config.rooms + fanout)
+        first_dest = base + config.rooms
+        lifetime = f"{config.seconds + 2:g}"
+        receivers = [
+            subprocess.Popen(
+                ["taskset", "-c", config.load_cpus, str(binary), "recv", str(first_dest + j), lifetime],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for j in range(fanout)
+        ]
+        relays = [
+            subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    config.relay_cpus,
+                    str(binary),
+                    "relay",
+                    str(base + room),
+                    lifetime,
+                    str(fanout),
+                    str(first_dest),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for room in range(config.rooms)
+        ]
+        sent = 0
+        try:
+            time.sleep(0.3 + config.rooms / 500)
+            payload = b"x" * config.size
+            before = sum(cpu_ns(p.pid) for p in relays)
+            switches = sum(context_switches(p.pid) for p in relays)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                start = time.monotonic()
+                for t in range(round(config.seconds * config.hz)):
+                    for offset, room in slots:
+                        wait = start + t * tick + offset - time.monotonic()
+                        if wait > 0:
+                            time.sleep(wait)
+                        s.sendto(payload, ("127.0.0.1", base + room))
+                        sent += 1
+                window = time.monotonic() - start
+            cpu_s = (sum(cpu_ns(p.pid) for p in relays) - before) / 1e9
+            switches = sum(context_switches(p.pid) for p in relays) - switches
+        finally:
+            outs = [p.communicate(timeout=config.seconds + 30)[0] for p in relays]
+            recv_outs = [p.communicate(timeout=config.seconds + 30)[0] for p in receivers]
+    received = [float(m.group(1)) for o in recv_outs if (m := _RECV.search(o))]
+    forwarded = [float(m.group(2)) for o in outs if (m := _RELAY.search(o))]
+    return {
+        "config": asdict(config),
+        "processes": len(relays),
+        "sent_per_s": sent / window,
+        "relay_out_per_s": sum(forwarded),
+        "received_per_s": sum(received),
+        "relay_cpu_percent": round(100 * cpu_s / window, 1),
+        "cpu_us_per_message_in": round(cpu_s / sent * 1e6, 2) if sent else None,
+        "context_switches_per_message_in": round(switches / sent, 3) if sent else None,
+    }

@@ -202,9 +202,12 @@ def _failed(title: str, exc: Exception, partial: list[str] | None) -> list[str]:
 
 
 def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int = 1) -> list[str]:
-    from loadtest.scenarios.fleetshape import _c_cpu
+    from loadtest.scenarios.fleetshape import _c_cpu, c_per_room_cpu
 
     first = per_run[0]
+    grouped = rooms_per_process > 1
+    c_rooms = [c_per_room_cpu(r) for r in per_run]
+    per_room = not grouped and any(c_rooms)
     rows = []
     for transport in first["shape"]:
         shapes = [r["shape"][transport] for r in per_run]
@@ -221,6 +224,11 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
                 _median(cpus),
                 _median(c_cpus),
                 _median(ratios),
+                *(
+                    [_median(c_rooms), _median([c and cpu / c for cpu, c in zip(cpus, c_rooms, strict=True)])]
+                    if per_room
+                    else []
+                ),
                 _median([s["cpu_us_per_message_in"] for s in shapes]),
                 _median([s["context_switches_per_message_in"] for s in shapes]),
                 " / ".join(
@@ -235,7 +243,6 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         )
     rooms = [r.get("rooms_per_core") for r in per_run]
     caps = first["shape"][next(iter(first["shape"]))]["caps"] if first["shape"] else "-"
-    grouped = rooms_per_process > 1
     if grouped:
         head = [
             f"## The rooms-per-process tier: the same shape, {rooms_per_process} rooms per relay process",
@@ -267,6 +274,7 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
                 "relay CPU %",
                 "C relay CPU % (same rate)",
                 "x C",
+                *(["C relay, a process per room, CPU %", "x C per room"] if per_room else []),
                 "CPU us per message in",
                 "context switches per message",
                 "added p50 / p99 / p99.9 ms",
@@ -277,6 +285,7 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
             rows,
         ),
         "",
+        *(_c_per_room_note(per_run) if per_room else []),
         "Rooms per core (4 players x 20 Hz, UDP, added p99 <= 5 ms, no loss): "
         f"**{_median([r or 0 for r in rooms]) or 'none of those tried'}** (median; per run: "
         + ", ".join(str(r) if r else "none tried held" for r in rooms)
@@ -287,6 +296,28 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
             if not grouped
             else ["The best case follows (one room, coalesced input): a peak, not the deployed shape.", ""]
         ),
+    ]
+
+
+def _c_per_room_note(per_run: list[dict[str, Any]]) -> list[str]:
+    """What the shape costs with no interpreter: the C relay run as one process per room."""
+    from loadtest.scenarios.fleetshape import _c_cpu
+
+    measured = [r for r in per_run if (r.get("c_per_room") or {}).get("relay_cpu_percent")]
+    runs = [r["c_per_room"] for r in measured]
+    ones = [_c_cpu(r) for r in measured]
+    shares = [c and room["relay_cpu_percent"] / c for room, c in zip(runs, ones, strict=True)]
+    return [
+        "*C relay, a process per room*: the same C relay started once per room, each process "
+        "forwarding only its room's datagrams, under the same spread load (`baseline.run_per_room`, "
+        "loadtest/baseline.py): what the one-process-per-room shape costs with no interpreter. "
+        f"{_median([r['cpu_us_per_message_in'] for r in runs]) or 0:.0f} us of CPU and "
+        f"{_median([r['context_switches_per_message_in'] for r in runs]) or 0:.2f} context switches per "
+        "message in "
+        f"(medians of {len(runs)} runs), {_median(shares) or 0:.2f}x the one C process at the same rate "
+        f"(per run: {', '.join(f'{x:.2f}' if x else '-' for x in shares)}). *x C* compares with the "
+        "one C process, as issue 20's targets do; *x C per room* with the C relay in the same shape.",
+        "",
     ]
 
 

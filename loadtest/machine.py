@@ -103,6 +103,26 @@ def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float:
     return 100.0 * (after.cpu_s - before.cpu_s) / (after.at - before.at)
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time a process has run so far, in ns (/proc/PID/schedstat; 0 once it is gone): exact
+    where /proc/PID/stat's clock ticks would round away the few ms each of many small processes
+    uses in a step."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of a process so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def cpu_times() -> dict[int, tuple[int, int]]:
     """Per CPU (busy, total) jiffies from /proc/stat; busy includes irq and softirq time.
 

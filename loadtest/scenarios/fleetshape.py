@@ -6,7 +6,10 @@ where this host allows: loadtest/spawned.py), all of them pinned to the relay CP
 packet carries one message, and each member's sends are spread over the tick at its own phase
 (not synchronised, room-mates included: `spread_phase` in loadtest/fastload/sender.py). All
 load runs on the load CPU (the throughput scenario's generator, loadtest/fastload/). The C
-per-packet relay forwards the same offered rate in the same run.
+per-packet relay forwards the same offered rate in the same run, once as one process (the
+reference issue 20's targets name) and, with one room per relay process, once as a process per
+room under the same spread load (`baseline.run_per_room`): what the shape itself costs, with no
+interpreter.
 
 Figures: the relay processes' CPU together (from /proc) per message in and as a ratio to the C
 relay's; context switches per message; added latency (kernel receive stamp minus send, every
@@ -21,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from loadtest import baseline as c_baseline
-from loadtest.machine import parse_cpus, pin
+from loadtest.machine import context_switches, parse_cpus, pin
 from loadtest.progress import Live
 from loadtest.report import Report, table
 from loadtest.scenarios.throughput import GROUP_SIZE, Load, ThroughputConfig
@@ -62,15 +65,6 @@ class FleetShapeConfig:
         return cls(**base)
 
 
-def _context_switches(pid: int) -> int:
-    """Voluntary and involuntary context switches of a process so far (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def measure(
     config: FleetShapeConfig, rooms: int, transport: str, seconds: float, live: Live
 ) -> dict[str, Any]:
@@ -99,9 +93,9 @@ def measure(
         load = Load(tconfig, transport, relays=relays.relays)
         offered = rooms * GROUP_SIZE * config.hz
         pids = set(r.pid for r in relays.relays)  # rooms may share a process
-        switches_before = sum(_context_switches(pid) for pid in pids)
+        switches_before = sum(context_switches(pid) for pid in pids)
         step = load.step(1, offered, seconds, True, live, [])
-        switches = sum(_context_switches(pid) for pid in pids) - switches_before
+        switches = sum(context_switches(pid) for pid in pids) - switches_before
     finally:
         if load is not None:
             load.close()
@@ -154,6 +148,18 @@ def run(config: FleetShapeConfig, report: Report, progress: bool | None = None) 
                 )
             )
             results["c_baseline"] = c
+            if config.rooms_per_process == 1:
+                results["c_per_room"] = c_baseline.run_per_room(
+                    c_baseline.PerRoomConfig(
+                        rooms=config.rooms,
+                        players=GROUP_SIZE,
+                        hz=config.hz,
+                        seconds=config.step_seconds,
+                        size=config.payload_size,
+                        relay_cpus=config.relay_cpus,
+                        load_cpus=config.load_cpus,
+                    )
+                )
         for rooms in config.search:
             result = measure(config, rooms, "udp", config.search_seconds, live)
             result["held"] = _held(config, result)
@@ -184,6 +190,12 @@ def _c_cpu(results: dict[str, Any]) -> float | None:
     return None
 
 
+def c_per_room_cpu(results: dict[str, Any]) -> float | None:
+    """The C relay's CPU as deployed (one process per room, `baseline.run_per_room`), if measured."""
+    c = results.get("c_per_room") or {}
+    return c.get("relay_cpu_percent")
+
+
 def _lat(summary: dict[str, Any]) -> str:
     if not summary.get("count"):
         return "-"
@@ -192,6 +204,7 @@ def _lat(summary: dict[str, Any]) -> str:
 
 def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
     c_cpu = _c_cpu(results)
+    c_room = c_per_room_cpu(results)
     rows = []
     for transport, r in results["shape"].items():
         ratio = round(r["relay_cpu_percent"] / c_cpu, 2) if c_cpu else None
@@ -203,6 +216,8 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
                 r["relay_cpu_percent"],
                 c_cpu,
                 ratio,
+                c_room,
+                round(r["relay_cpu_percent"] / c_room, 2) if c_room else None,
                 r["cpu_us_per_message_in"],
                 r["context_switches_per_message_in"],
                 _lat(r["added"]),
@@ -226,6 +241,8 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
                 "relay CPU % (all relays)",
                 "C relay CPU % (same rate)",
                 "x C",
+                "C relay, a process per room, CPU %",
+                "x C per room",
                 "CPU us per message in",
                 "context switches per message",
                 "added p50 / p99 / p99.9 ms",

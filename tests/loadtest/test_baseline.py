@@ -68,3 +68,19 @@ def test_our_reference_relay_keeps_pace_with_the_shared_one() -> None:
     # CPU at a fixed rate, on a shared 2-core machine: only a gross difference would mean anything
     limit = max(2.5 * theirs["relay_cpu_percent"], theirs["relay_cpu_percent"] + 10)
     assert ours["relay_cpu_percent"] <= limit
+
+
+@pytest.mark.slow
+def test_the_c_relay_as_deployed_runs_a_process_per_room() -> None:
+    """`run_per_room`: one C relay process per room, each forwarding only its own room's datagrams
+    under the fleet-shape's spread load; every datagram reaches its 3 receivers, and the processes'
+    CPU and context switches are read from /proc over the sending window."""
+    assert baseline.unavailable() is None, baseline.unavailable()
+    config = baseline.PerRoomConfig(rooms=10, hz=50.0, seconds=1.0)  # CPU is read in 10 ms ticks
+    result = baseline.run_per_room(config)
+    assert result["processes"] == 10
+    # 10 rooms x 4 players x 50 Hz for 1 s, each datagram forwarded to 3 receivers
+    assert result["sent_per_s"] == pytest.approx(2000, rel=0.1)
+    assert result["received_per_s"] == pytest.approx(3 * result["sent_per_s"], rel=0.1)
+    assert result["relay_cpu_percent"] > 0 and result["cpu_us_per_message_in"] > 0
+    assert result["context_switches_per_message_in"] >= 0.5  # a wake-up for about every datagram

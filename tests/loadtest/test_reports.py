@@ -16,7 +16,7 @@ import matplotlib.axes
 import pytest
 from rich.console import Console
 
-from loadtest import baseline, checks, cli
+from loadtest import baseline, benchmarks, checks, cli
 from loadtest import hist as hdr
 from loadtest.progress import progress_bar
 from loadtest.report import (
@@ -307,3 +307,54 @@ def test_baseline_without_a_compiler_says_so_and_fails(
     assert cli.main(["baseline", "--quick", "--no-progress", "--out", str(tmp_path)]) == 1
     assert "baseline: not run: gcc not installed" in capsys.readouterr().err
     assert "Not run: gcc not installed" in (tmp_path / "summary.md").read_text()
+
+
+def _fleet_run(relay_cpu: float, c_cpu: float, c_per_room: float | None) -> dict[str, Any]:
+    lat = {"count": 10, "p50_ms": 1.0, "p99_ms": 2.0, "p99.9_ms": 3.0}
+    shape = {
+        "rooms": 100,
+        "offered_per_s": 8000.0,
+        "relay_cpu_percent": relay_cpu,
+        "cpu_us_per_message_in": relay_cpu / 100 / 8000 * 1e6,
+        "context_switches_per_message_in": 0.5,
+        "added": lat,
+        "end_to_end": lat,
+        "lost": 0,
+        "caps": "caps",
+    }
+    run: dict[str, Any] = {
+        "shape": {"udp": shape},
+        "c_baseline": {"relay_cpu_percent": c_cpu},
+        "rooms_per_core": 10,
+    }
+    if c_per_room is not None:
+        run["c_per_room"] = {
+            "relay_cpu_percent": c_per_room,
+            "cpu_us_per_message_in": c_per_room / 100 / 8000 * 1e6,
+            "context_switches_per_message_in": 1.0,
+        }
+    return run
+
+
+def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room() -> None:
+    """BENCHMARKS.md's deployed-shape table gives the C relay run as one process per room beside
+    the one C process (medians of the runs' ratios), with a note saying what it is; the grouped
+    tier's table and runs without that measurement leave the columns out."""
+    runs = [_fleet_run(90.0, 30.0, 45.0), _fleet_run(80.0, 40.0, 40.0), _fleet_run(100.0, 25.0, 50.0)]
+    lines = benchmarks._fleet_shape_section(runs)
+    header = next(line for line in lines if line.startswith("| transport"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    row = dict(
+        zip(cells, (c.strip() for c in lines[lines.index(header) + 2].strip("|").split("|")), strict=True)
+    )
+    assert row["x C"] == "3"  # 3.0, 2.0, 4.0
+    assert row["C relay, a process per room, CPU %"] == "45.0"
+    assert row["x C per room"] == "2"  # 2.0, 2.0, 2.0
+    note = next(line for line in lines if line.startswith("*C relay, a process per room*"))
+    assert "56 us of CPU and 1.00 context switches" in note and "1.50x the one C process" in note
+    assert "(per run: 1.50, 1.00, 2.00)" in note
+    for lines in (
+        benchmarks._fleet_shape_section(runs, rooms_per_process=25),
+        benchmarks._fleet_shape_section([_fleet_run(90.0, 30.0, None)]),
+    ):
+        assert not any("a process per room" in line for line in lines)
