@@ -118,6 +118,15 @@ class Agent:
         await self._report_closed(reason_text(reason))
         await self.client.aclose()
 
+    def abandon(self) -> None:
+        """Stops without a word: no `closed` report, heartbeats end. What a SIGKILLed relay's
+        agent does, for a room a group process kills (relay/host/group.py): the control plane
+        records the end it learns of from the spawner, not the agent's "shutdown". Call it
+        before the relay ends, or the watcher reports that end as soon as it wakes."""
+        for task in self._tasks:
+            task.cancel()
+        asyncio.get_running_loop().create_task(self.client.aclose())
+
     # --- background work -------------------------------------------------------------------
     async def _run(self) -> None:
         try:
@@ -229,12 +238,22 @@ class Agent:
         await self._report_closed(reason_text(reason))
 
     async def _report_closed(self, reason: str) -> None:
-        """Sends `closed` once; later callers (stop after the watcher) wait for that same report."""
-        if self._closed_report is None:
+        """Sends `closed` once; later callers (stop after the watcher) wait for that same report.
+
+        Shielded: a caller cancelled while it waits (the watcher, cancelled by stop(); a stop()
+        cancelled by a shutdown) ends at once with its CancelledError, and the report goes on.
+        A report cancelled by someone else (a loop shutting down) is not the caller's
+        cancellation: the caller goes on (stop() still closes the client)."""
+        report = self._closed_report
+        if report is None:
             self.closed_reason = reason
-            self._closed_report = asyncio.get_running_loop().create_task(self._send_closed(reason))
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(self._closed_report)
+            report = self._closed_report = asyncio.get_running_loop().create_task(self._send_closed(reason))
+        try:
+            await asyncio.shield(report)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if (current is not None and current.cancelling()) or not report.cancelled():
+                raise
 
     async def _send_closed(self, reason: str) -> None:
         deadline = time.monotonic() + CLOSED_REPORT_TIMEOUT

@@ -38,11 +38,25 @@ class HttpError(Exception):
     """The request did not complete: connection, timeout or protocol failure."""
 
 
+def url_problem(base_url: str) -> str | None:
+    """Why this client cannot talk to `base_url`, or None: checked where the URL is read
+    (relay/agent/launch.py) as well, so that a bad one is refused before the relay binds."""
+    try:
+        url = urlsplit(base_url)
+        url.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        return f"not an http(s) URL: {base_url!r} ({exc})"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return f"not an http(s) URL: {base_url!r}"
+    return None
+
+
 class Http11Client:
     def __init__(self, base_url: str, timeout: float = 5.0, max_body: int = MAX_BODY) -> None:
+        problem = url_problem(base_url)
+        if problem:
+            raise ValueError(problem)
         url = urlsplit(base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = url.hostname
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.tls = url.scheme == "https"

@@ -32,6 +32,7 @@ from relay.agent.config import (
     AgentConfig,
     HeartbeatSeconds,
 )
+from relay.agent.http11 import url_problem
 from relay.agent.tiers import get_tier
 from relay.server.config import RelayConfig, doc
 from relay.settings import (
@@ -195,6 +196,8 @@ class RelayLaunch:
             raise LaunchError(str(exc)) from None
         if launch.control_url and not (launch.namespace and launch.room):
             raise LaunchError("--control-url needs --namespace and --room (the room this relay reports)")
+        if launch.control_url and (problem := url_problem(launch.control_url)):
+            raise LaunchError(f"--control-url: {problem}")
         return launch
 
     def with_room(self, **relay: object) -> RelayLaunch:

@@ -106,11 +106,13 @@ def _read_keyed(path: Path) -> dict[str, int]:
 
 
 def _rmdir(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        try:
-            path.rmdir()
-        except OSError as exc:
-            log.warning("cannot remove %s: %s", path, exc)
+    """Removes a group; one already gone (another remover got there first) is no warning."""
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
 
 
 def _group_name(pid: int, parent: Path, path: str | None) -> str | None:

@@ -20,11 +20,15 @@ and, to every connection, whenever a room has ended and reported it:
 
     {"op": "exited", "incarnation": I, "reason": "deleted" | "idle" | ... | "killed"}
 
-"kill" is the per-room SIGKILL: the room's sockets close at once, no CLOSING, no report.
-The group outlives its spawner's connection (a control-plane restart: the next one finds it
-by its command line and reconnects, relay/host/group_spawner.py); it exits once it has no room
-and no connection, or when no spawner connects within CONNECT_TIMEOUT of its start. SIGTERM or
-SIGINT: every room closes (shutdown), then it exits 0.
+"kill" is the per-room SIGKILL: the room's sockets close at once and its agent stops: no
+CLOSING, no `closed` report (the control plane hears of the end from the spawner, as it hears of
+a killed process's exit). A room refused after its relay started (its agent could not start)
+leaves nothing behind either. The group outlives its spawner's connection (a control-plane
+restart: the next one finds it by its command line and reconnects, relay/host/group_spawner.py;
+a spawner still running that loses the connection kills the group, since it cannot tell what
+was lost on it); it exits once it has no room and no connection, or when no spawner connects
+within CONNECT_TIMEOUT of its start. SIGTERM or SIGINT: every room closes (shutdown), then it
+exits 0.
 """
 
 from __future__ import annotations
@@ -243,34 +247,34 @@ class RoomGroup:
         room = self.rooms[incarnation]
         reason = "killed"
         try:
-            if log_path is not None:
-                os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-                room.log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed below
-                ROOM_LOG.set(room.log_file)
             try:
+                if log_path is not None:
+                    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+                    room.log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed below
+                    ROOM_LOG.set(room.log_file)
                 room.served = served = ServedRoom(Relay(launch.relay))
                 await served.start(launch, guarded=False)
-            except (ListenError, OSError) as exc:
+                served.relay.accepting_joins = self._accepting_joins
+                if self.guard is not None:
+                    # the process's figures against the group's caps, in each room's /metrics
+                    served.relay.metrics.registry.register(CapsCollector(self.guard))
+            except Exception as exc:  # refused: nothing of the room may stay (sockets, agent, seat)
+                if room.served is not None:
+                    _drop(room.served)
+                if not isinstance(exc, (ListenError, OSError)):
+                    log.exception("room %s did not start", incarnation)
                 started.set_exception(exc)
                 reason = "failed"
                 return
-            served.relay.accepting_joins = self._accepting_joins
-            if self.guard is not None:
-                # the process's figures against the group's caps, in each room's /metrics
-                served.relay.metrics.registry.register(CapsCollector(self.guard))
             started.set_result(served.relay.port)
             reason = (await served.finished()).name.lower()
         except asyncio.CancelledError:
             if room.served is not None:
-                room.served.relay.abort()
-                if room.served.agent is not None:  # its heartbeats end; its report is bounded
-                    asyncio.get_running_loop().create_task(room.served.agent.stop(CloseReason.SHUTDOWN))
+                _drop(room.served)
             if not started.done():
                 started.set_exception(RuntimeError("killed while starting"))
-        except Exception as exc:
+        except Exception:
             log.exception("room %s failed", incarnation)
-            if not started.done():
-                started.set_exception(exc)
             reason = "crash"
         finally:
             del self.rooms[incarnation]
@@ -308,6 +312,15 @@ class RoomGroup:
         if not self._ever_connected and not self.rooms:
             log.warning("no spawner connected within %.0f s: exiting", CONNECT_TIMEOUT)
             self.done.set()
+
+
+def _drop(served: ServedRoom) -> None:
+    """Ends a room as SIGKILL ends a relay process of its own: its sockets close at once and its
+    agent stops without a word (no `closed` report: the control plane learns of the end from the
+    spawner, as of a killed process's exit, and records what it knows, not "shutdown")."""
+    if served.agent is not None:
+        served.agent.abandon()  # before the abort, which would wake its watcher to report
+    served.relay.abort()
 
 
 class GroupGuard(CapsGuard):

@@ -25,15 +25,18 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from relay.host.frames import encode_frame, read_frame
+from relay.host.frames import HEADER, encode_frame, read_frame
 
 log = logging.getLogger("relay.host.standby")
 
 STANDBY_FLAG = "--standby"
-_MAX_ASSIGNMENT = 1 << 20
+MAX_ASSIGNMENT = 1 << 20
+"""Bytes of assignment a standby reads (the template's channel takes more: a larger one goes to a
+fresh fork, relay/host/warm_pool.py)."""
 
 
 def is_standby(argv: list[str] | tuple[str, ...]) -> bool:
@@ -45,9 +48,15 @@ def encode_assignment(argv: list[str], env: dict[str, str], log_path: str | None
     return encode_frame({"argv": argv, "env": env, "log_path": log_path})
 
 
+def assignment_fits(argv: Sequence[str], env: Mapping[str, str], log_path: Path | None) -> bool:
+    """Whether a standby would read this spawn request as its assignment (MAX_ASSIGNMENT)."""
+    frame = encode_assignment(list(argv), dict(env), None if log_path is None else str(log_path))
+    return len(frame) - HEADER.size <= MAX_ASSIGNMENT
+
+
 def read_assignment(fd: int = 0) -> dict[str, Any] | None:
     """Blocks until the assignment arrives; None at end of file. Raises ValueError if malformed."""
-    message = read_frame(fd, _MAX_ASSIGNMENT)
+    message = read_frame(fd, MAX_ASSIGNMENT)
     if message is None:
         return None
     argv, env, log_path = message.get("argv"), message.get("env"), message.get("log_path")

@@ -12,7 +12,9 @@ the pool forks a replacement in the background, in the next lull (no room waitin
 fork, none wanted for 50 ms): rooms come first, a pool drained by a burst refills after it. A
 standby still rehearsing is never handed a room (it would start slower than a fresh fork): when
 none is ready, or the standby cannot be handed its room, the spawn goes to the inner spawner as
-before. A warm relay is an optimisation, never a dependency.
+before. So does a spawn request larger than a standby reads (standby.MAX_ASSIGNMENT, 1 MiB, mostly
+the environment; the template's channel takes it), leaving the standbys for the next rooms and
+counting no failure. A warm relay is an optimisation, never a dependency.
 
 A standby costs what an idle room costs (its unique memory); it holds no room secret until it is
 assigned, and listens on no port. It exits by itself when its stdin closes (the pool or the
@@ -31,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from relay.host.spawner import ProcessHandle, Spawner, relay_environment
-from relay.host.standby import STANDBY_FLAG
+from relay.host.standby import MAX_ASSIGNMENT, STANDBY_FLAG, assignment_fits
 from relay.host.zygote import serve_args
 
 log = logging.getLogger("relay.host.warm_pool")
@@ -94,7 +96,11 @@ class WarmPool:
         self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
     ) -> ProcessHandle:
         self._last_spawn = time.monotonic()
-        if serve_args(argv, self.python) is not None:
+        warm = serve_args(argv, self.python) is not None
+        if warm and self._ready and not assignment_fits(argv, env, log_path):
+            log.warning("a spawn request over a standby's %d bytes: a fresh fork", MAX_ASSIGNMENT)
+            warm = False  # the standbys wait for the next room
+        if warm:
             while self._ready:
                 handle = self._ready.popleft()
                 self._idle.pop(handle.pid, None)

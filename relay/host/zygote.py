@@ -8,7 +8,9 @@ Spawner that forks relays from a pre-imported process instead of starting interp
 
 The template is started lazily, with this interpreter, on the first spawn (or `start()`); the
 channel's frames are described in relay/host/template.py. A forked relay's exit code comes from
-the template; when the template has died, handles fall back to watching the pid.
+the template; when the template has died, handles fall back to watching the pid. A template whose
+channel breaks (a frame it never sends: too large, not JSON) is killed, as one that can no longer
+be heard; the next spawn reaps it and starts another.
 
 A spawn given up on (its reply timed out, or the spawn was cancelled: a control plane stopping)
 leaves no relay behind: the late reply's child is killed when it comes, and a child whose reply
@@ -175,8 +177,11 @@ class _Template:
         try:
             while (message := await read_frame_async(stdout, MAX_FRAME)) is not None:
                 self._dispatch(message)
-        except (ConnectionError, ValueError) as exc:
-            log.error("zygote channel broken: %r", exc)
+        except Exception as exc:  # a frame too large, not JSON, not what the template sends
+            # nothing more it says can be read: it would linger, holding its channel, unused
+            log.error("zygote channel broken: %r; killing the template (pid %d)", exc, self.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
         finally:
             self._gone()
 
@@ -290,6 +295,7 @@ class ZygoteSpawner:
     async def _running(self) -> _Template:
         async with self._lock:
             if self._template is None or not self._template.alive:
+                await self._discard(self._template)  # a dead or broken one is reaped first
                 self._template = await _Template.start(self.python, self.start_timeout)
                 log.info("zygote template started (pid %d)", self._template.pid)
             return self._template

@@ -112,6 +112,10 @@ def test_the_environment_is_read_at_each_parse(monkeypatch: pytest.MonkeyPatch) 
             "RELAY_HEARTBEAT_INTERVAL",
         ),
         (["--control-url", "http://x/internal"], None, "--control-url"),  # no namespace and room
+        # a URL the agent cannot use fails here, before the relay binds its port
+        (["--control-url", "ftp://x/internal", "--namespace", "n", "--room", "r"], None, "--control-url"),
+        (["--control-url", "http://x:port/", "--namespace", "n", "--room", "r"], None, "--control-url"),
+        (["--control-url", "x/internal", "--namespace", "n", "--room", "r"], None, "--control-url"),
         (["--bogus"], None, "--bogus"),
     ],
 )

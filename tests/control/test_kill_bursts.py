@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,6 +21,8 @@ import pytest
 
 import relay.client as rc
 from loadtest.controlplane import free_port
+from relay.host import cgroups
+from relay.host.spawner import wait_pid_gone
 from tests.control.helpers import create_namespace, login, ready_room, relay_pids, wait_for
 from tests.control.test_durability import start_control
 
@@ -59,12 +62,29 @@ def relays_per_room(url: str) -> dict[str, int]:
     return {name: len(pids) for name, pids in relay_pids("kb", url).items()}
 
 
+def groups_made_by(control_pids: list[int]) -> list[cgroups.Cgroup]:
+    """The relay cgroups these control planes made that are still there (capped_spawner names
+    each `kb.<room>.<control-plane pid>-<serial>`, a standby's `warm.<pid>-<serial>`). A group
+    is removed by the control plane that watches its relay exit; the groups of relays that a
+    SIGKILLed control plane started and its successor did not adopt into them outlive them."""
+    backend = cgroups.detect()  # where the control planes, in our cgroup, put them
+    ours = re.compile(rf"^(kb\..+|warm)\.({'|'.join(map(str, control_pids))})-\d+$")
+    if isinstance(backend, cgroups.CgroupV1Backend):
+        parents = backend.parents
+        names = sorted({p.name for top in parents.values() for p in top.iterdir() if ours.match(p.name)})
+        return [cgroups.CgroupV1({c: parent / name for c, parent in parents.items()}) for name in names]
+    if isinstance(backend, cgroups.CgroupV2Backend):
+        return [cgroups.CgroupV2(p) for p in sorted(backend.parent.iterdir()) if ours.match(p.name)]
+    return []
+
+
 async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_playing(tmp_path: Path) -> None:
     data, log, port = tmp_path / "data", tmp_path / "control.log", free_port()
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"relay_extra_args": ["--idle-timeout", str(IDLE_TIMEOUT)]}))
     control = ("local", "--config", str(config), "--stop-relays-on-exit")
     proc, url = await start_control(data, log, port, *control)
+    control_pids = [proc.pid]
     acked: list[str] = []
     players: dict[str, rc.Client] = {}
     try:
@@ -73,6 +93,7 @@ async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_play
         for round_ in range(ROUNDS):
             acked += await want_then_kill(url, proc, [f"r{round_}-{i}" for i in range(BURST)])
             proc, url = await start_control(data, log, port, *control)
+            control_pids.append(proc.pid)
             restarted = time.monotonic()
             async with httpx.AsyncClient(base_url=url, timeout=10) as http:
                 h = await login(http)
@@ -99,7 +120,11 @@ async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_play
                 await player.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
-        for pids in relay_pids("kb", url).values():
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        left = [pid for pids in relay_pids("kb", url).values() for pid in pids]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.wait_for(asyncio.gather(*(wait_pid_gone(pid) for pid in left)), 10)
+        for group in groups_made_by(control_pids):  # empty now: removed, as their control plane would
+            group.remove()
+    assert not groups_made_by(control_pids)

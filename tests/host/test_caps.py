@@ -5,6 +5,7 @@ while another room keeps serving; CPU: held near 12.5% of a core)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -559,3 +560,21 @@ async def test_a_group_over_its_memory_cap_ends_every_room_in_it_as_cap_exceeded
             if pid_alive(h.pid):
                 os.kill(h.pid, signal.SIGKILL)
         await spawner.close()
+
+
+def test_removing_a_group_already_gone_is_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: a group another remover had taken (a sweep, the other hierarchy's copy)
+    logged "cannot remove ...: No such file or directory"; one that cannot go still warns."""
+    from relay.host.cgroups import _rmdir
+
+    busy = tmp_path / "busy"
+    (busy / "inside").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="relay.host.cgroups"):
+        _rmdir(tmp_path / "gone")
+        assert caplog.records == []
+        _rmdir(busy)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot remove {busy}: [Errno 39] Directory not empty: '{busy}'"
+    ]

@@ -1,6 +1,7 @@
 """A group process's rooms, in this process (relay/host/group.py's RoomGroup, driven by the
 requests its spawner sends): each room a real relay on loopback; what it refuses; a killed room
-goes alone; over the group's CPU budget only the rooms over their share shed."""
+goes alone and silently; a room that fails to start leaves nothing behind; over the group's CPU
+budget only the rooms over their share shed."""
 
 from __future__ import annotations
 
@@ -14,16 +15,20 @@ from typing import Any
 import pytest
 
 import relay.client as rc
+from loadtest.controlplane import free_port
 from relay.agent.tiers import NANO, group_tier
+from relay.control.app import ControlPlane
 from relay.host.group import RoomGroup, parse_group_argv
 from relay.logs import RoutedStream
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
+from tests.control.helpers import make_config, wait_for
+from tests.control.test_agent import make_room
 
 
 def assign(incarnation: str, key: str, **extra: str) -> dict[str, Any]:
-    flags = [f for k, v in extra.items() for f in (f"--{k.replace('_', '-')}", v)]
-    argv = ["python", "-m", "relay.cli", "serve", "--port", "0", "--incarnation", incarnation, *flags]
+    flags = [f for k, v in {"port": "0", **extra}.items() for f in (f"--{k.replace('_', '-')}", v)]
+    argv = ["python", "-m", "relay.cli", "serve", "--incarnation", incarnation, *flags]
     return {"op": "assign", "argv": argv, "env": {"RELAY_ROOM_KEY": key}, "log_path": None}
 
 
@@ -102,6 +107,54 @@ async def test_rooms_are_relays_of_their_own_and_refusals_change_nothing(
 async def _gone(group: RoomGroup, incarnation: str) -> None:
     while incarnation in group.rooms:
         await asyncio.sleep(0.01)
+
+
+async def test_a_killed_room_stops_without_a_word(tmp_path: Path) -> None:
+    """A kill is the per-room SIGKILL: the room's heartbeats stop and it sends no `closed` report
+    (which the control plane would record as "shutdown"); the control plane learns of the end from
+    the spawner, as of a killed process's exit. Until then the room's record stays."""
+    config = make_config(tmp_path, provisioner="none", heartbeat_interval=10.0, idle_heartbeat_interval=10.0)
+    async with ControlPlane(config) as cp:
+        secret = await make_room(cp, "k", "r")
+        record = await cp.store.get_room("k", "r")
+        assert record is not None
+        agent = {"control_url": cp.internal_url, "namespace": "k", "room": "r"}
+        beats = {"heartbeat_interval": "0.1", "idle_heartbeat_interval": "0.1"}
+        request = assign(record.incarnation, generate_room_key(), **agent, **beats)
+        request["env"]["RELAY_AGENT_SECRET"] = secret
+        group = RoomGroup(1, None, "soft")
+        try:
+            answer = await group._handle(request)
+            assert answer is not None and answer["op"] == "assigned", answer
+            rt = cp.state.runtime[("k", "r")]
+            registered_at = await wait_for(lambda: rt.state == "ready" and rt.last_heartbeat)
+            await wait_for(lambda: rt.last_heartbeat > registered_at)  # heartbeating
+            await group._handle({"op": "stop", "incarnation": record.incarnation, "reason": "kill"})
+            await asyncio.wait_for(_gone(group, record.incarnation), 5)
+            await asyncio.sleep(0.3)  # a heartbeat on its way when the room was killed lands
+            last = rt.last_heartbeat
+            await asyncio.sleep(1.0)  # a report takes milliseconds on loopback
+            after = await cp.store.get_room("k", "r")
+            assert after is not None and after.incarnation == record.incarnation  # no `closed` came
+            assert rt.last_heartbeat == last  # nor any heartbeat
+        finally:
+            await stopped(group)
+
+
+async def test_a_room_that_fails_after_its_relay_started_leaves_nothing_behind() -> None:
+    """Its agent cannot start (a control URL no HTTP client takes) once its relay listens: the
+    room is refused, and its port and its seat are free again."""
+    group = RoomGroup(1, None, "soft")
+    port = free_port()
+    try:
+        agent = {"control_url": "ftp://control/internal", "namespace": "n", "room": "r"}
+        answer = await group._handle(assign("bad", generate_room_key(), port=str(port), **agent))
+        assert answer is not None and answer["op"] == "refused" and "http" in answer["error"], answer
+        assert not group.rooms
+        answer = await group._handle(assign("good", generate_room_key(), port=str(port)))
+        assert answer is not None and answer["op"] == "assigned" and answer["port"] == port, answer
+    finally:
+        await stopped(group)
 
 
 async def test_over_the_cpu_budget_only_the_rooms_over_their_share_shed() -> None:

@@ -1,7 +1,8 @@
 """The warm pool with real processes: standbys forked from the zygote template wait without a room
 or a port, take a room's spawn request through their stdin and serve it as that room's relay
 (same pid, the room's own command line for adoption), are replaced in the background, leave no
-process behind when the pool or the template goes, and never block a spawn when they fail."""
+process behind when the pool or the template goes, and never block a spawn when they fail or
+its request is too large for them."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from relay.control.provisioner import pid_is_relay
 from relay.host import cgroups
 from relay.host.capped_spawner import CappedHandle, CappedSpawner
 from relay.host.spawner import pid_alive
-from relay.host.standby import encode_assignment, read_assignment
+from relay.host.standby import MAX_ASSIGNMENT, encode_assignment, read_assignment
 from relay.host.warm_pool import WarmPool
 from relay.host.zygote import ZygoteSpawner
 from tests.control.helpers import wait_for
@@ -125,6 +126,31 @@ async def test_dead_standby_is_skipped_and_replaced(pool: WarmPool, tmp_path: Pa
         await wait_for(lambda: len(pool.ready_pids) == 2, timeout=15)
     finally:
         await relays.close()
+
+
+async def test_a_spawn_request_too_large_for_a_standby_is_forked_fresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standby would not read it (it would exit, "bad assignment"): the room is forked fresh
+    through the template's channel, and the standby, neither used up nor counted as failed,
+    takes the next room."""
+    pool = WarmPool(ZygoteSpawner(), size=1, log_path=tmp_path / "standby.log")
+    await pool.start()
+    relays = Relays(pool, tmp_path)
+    try:
+        [standby] = await wait_for(lambda: pool.ready_pids, 30)
+        monkeypatch.setenv("BIG", "x" * MAX_ASSIGNMENT)
+        big = await relays.start("big")
+        monkeypatch.delenv("BIG")
+        assert big.handle.pid != standby
+        await listening(big.log)
+        assert pool.ready_pids == [standby] and pool.failures == 0 and pool.handed_out == 0
+        small = await relays.start("small")
+        assert small.handle.pid == standby and pool.handed_out == 1
+        await listening(small.log)
+    finally:
+        await relays.close()
+        await pool.close()
 
 
 async def test_close_and_template_death_leave_no_standby(tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """The zygote spawner with real processes: relays forked from the pre-imported template serve
 clients, exit codes come back like asyncio's, memory is shared with the template, a dead
-template is replaced, and the local provisioner runs on it."""
+template is replaced, one whose channel breaks is killed and replaced, and the local provisioner
+runs on it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -19,9 +21,10 @@ import pytest
 import relay.client as rc
 from relay.control.config import default_relay_command
 from relay.control.provisioner import LocalProvisioner, RelayRequest, pid_is_relay
-from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner
+from relay.host.spawner import ProcessHandle, Spawner, SubprocessSpawner, pid_alive
 from relay.host.zygote import ZygoteSpawner
 from relay.protocol.keys import generate_room_key
+from tests.control.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + /proc")
 
@@ -162,6 +165,45 @@ async def test_dead_template_is_replaced(spawner: ZygoteSpawner, relays: Relays)
     await client.close()
     orphan.handle.terminate()  # the dead template's child is still watched (by pid)
     assert await asyncio.wait_for(orphan.handle.wait(), 5) is None
+
+
+def channel_to_spawner(template: int) -> str:
+    """/proc's path of the template's end of the pipe this process (its spawner) reads it from."""
+
+    def pipes(pid: int) -> dict[int, str]:
+        links = {}
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # listdir's own descriptor, closed by now
+                links[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        return {fd: link for fd, link in links.items() if link.startswith("pipe:")}
+
+    ours = pipes(os.getpid())
+    ours_only = {link for fd, link in ours.items() if fd > 2} - {ours.get(fd) for fd in (0, 1, 2)}
+    for fd, link in pipes(template).items():
+        flags = Path(f"/proc/{template}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
+        if link in ours_only and int(flags, 8) & os.O_WRONLY:
+            return f"/proc/{template}/fd/{fd}"
+    raise AssertionError(f"no channel to this process in template {template}")
+
+
+async def test_a_template_whose_channel_breaks_is_killed_and_replaced(
+    spawner: ZygoteSpawner, relays: Relays
+) -> None:
+    """Its channel holds what the template never sends (here a frame header over MAX_FRAME, written
+    into its end of the pipe): nothing more it says can be read, so it is killed rather than left
+    running unused, and the next spawn forks from a new template."""
+    await spawner.start()
+    first = spawner.template_pid
+    assert first is not None
+    fd = os.open(channel_to_spawner(first), os.O_WRONLY)
+    try:
+        os.write(fd, b"\xff\xff\xff\xff")
+    finally:
+        os.close(fd)
+    await wait_for(lambda: not pid_alive(first), 5)
+    s = await relays.start("f")
+    await listening(s.log)
+    assert parent_of(s.handle.pid) == spawner.template_pid not in (None, first)
 
 
 async def test_non_serve_command_falls_back_to_subprocess(spawner: ZygoteSpawner) -> None:
