@@ -7,16 +7,22 @@ the kernel's answers are blunt: an OOM kill ends the room, throttling stalls eve
   already in keep playing; joins open again below 85%.
 - CPU at 90% of the budget: `shed_optional`, so fan-out to UDP members (unreliable by contract)
   is dropped first while WebSocket members still get everything; off again below 70%.
+In cgroup mode the guard reads the cgroup the relay is in (`OwnCgroup`: the local spawner's
+group, or a Kubernetes container's), and where that cgroup's memory limit or CPU quota is below
+the tier's, the cap or budget is the cgroup's: the kernel acts at its own figures, not the tier's.
+Open files are no cgroup's to cap: every mode sets RLIMIT_NOFILE (`apply_limits`).
 
 Where no cgroup is available the caps are soft (`mode="soft"`): setrlimit bounds open files and
-address space, and the guard itself enforces the memory cap (the room closes with CLOSING
-"cap exceeded"). CPU then has no hard cap, only the shedding above. A warning says so.
+address space, and the guard itself enforces the memory cap on the process's private memory
+(the room closes with CLOSING "cap exceeded"). CPU then has no hard cap, only the shedding above.
+A warning says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import resource
 import time
@@ -28,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from relay.agent.cgroupfs import PARENT_NAME, mounts, own_cgroups
+from relay.agent.cgroupfs import own_cgroup_dir
 from relay.agent.tiers import Tier, get_tier
 from relay.protocol.constants import CloseReason
 
@@ -44,29 +50,44 @@ def cpu_seconds() -> float:
     return t.ru_utime + t.ru_stime
 
 
-def rss_bytes() -> int:
+def rss_bytes(proc: Path = Path("/proc/self")) -> int:
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
+        return int((proc / "statm").read_text().split()[1]) * resource.getpagesize()
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+_PRIVATE_FIELDS = ("Private_Clean:", "Private_Dirty:", "Swap:")
+
+
+def private_bytes(proc: Path = Path("/proc/self")) -> int:
+    """The memory only this process holds, resident or swapped out: what its room costs where no
+    cgroup counts it. RSS also counts the pages it shares: the interpreter's and libraries' code
+    (26 MiB of a plain subprocess relay's 58 MiB idle RSS, which read as over the nano tier's
+    join-refusal line: every JOIN refused) and, forked from the zygote template, the template's
+    heap. A read walks the page tables (about 0.5 ms): the guard reads once a second at most."""
+    try:
+        lines = (proc / "smaps_rollup").read_text().splitlines()
+        return 1024 * sum(int(line.split()[1]) for line in lines if line.startswith(_PRIVATE_FIELDS))
+    except (OSError, ValueError, IndexError):  # no smaps_rollup before Linux 4.14
+        return rss_bytes(proc)
+
+
 def cgroup_memory_file(proc: Path = Path("/proc/self")) -> Path | None:
-    """This process's memory usage file when it sits in a relay cap group, else None.
+    """The memory usage file of the cgroup this process is in (`own_cgroup_dir`), else None: the
+    relay's own group under the local spawner, its container's under Kubernetes. Only searching
+    for the local spawner's groups (named under "relay-caps") left a pod's relay guarding its
+    private memory, not the container's usage, which is what the kernel OOM-kills on.
 
     The cgroup's figure is what the kernel compares with the cap (it excludes pages shared with
-    a zygote parent that RSS would count, and includes kernel memory RSS would not)."""
-    try:
-        v2_path, v1_paths = own_cgroups((proc / "cgroup").read_text())
-        v2_mount, v1_mounts = mounts((proc / "mounts").read_text())
-    except OSError:
+    a zygote parent that RSS would count, and includes kernel memory RSS would not). The root
+    of a v2 hierarchy has no memory.current: a process there is in no cgroup that caps it."""
+    found = own_cgroup_dir("memory", proc)
+    if found is None:
         return None
-    if v1_paths.get("memory") and "memory" in v1_mounts and PARENT_NAME in v1_paths["memory"]:
-        return v1_mounts["memory"] / v1_paths["memory"].lstrip("/") / "memory.usage_in_bytes"
-    if v2_path and v2_mount and PARENT_NAME in v2_path:
-        return v2_mount / v2_path.lstrip("/") / "memory.current"
-    return None
+    version, directory = found
+    usage = directory / ("memory.usage_in_bytes" if version == 1 else "memory.current")
+    return usage if usage.is_file() else None
 
 
 def inactive_file_bytes(memory_stat: str) -> int:
@@ -79,32 +100,159 @@ def memory_reader(proc: Path = Path("/proc/self")) -> Callable[[], int]:
     """The working set the guard compares with the cap: the cgroup's usage less its inactive
     page cache, as kubelet counts it. Usage alone counts the cache of every file the relay wrote
     (its log): 80 MiB of log read as a full nano cap and refused joins for good, though the
-    kernel reclaims that cache long before it would kill the relay."""
+    kernel reclaims that cache long before it would kill the relay. Without a cgroup: the
+    process's private memory (`private_bytes`)."""
     path = cgroup_memory_file(proc)
-    if path is None:
-        return rss_bytes
-    stat = path.with_name("memory.stat")
+    return lambda: working_set(path, proc)
 
-    def read() -> int:
-        try:
-            usage = int(path.read_text())
-        except (OSError, ValueError):
-            return rss_bytes()
-        try:
-            return max(0, usage - inactive_file_bytes(stat.read_text()))
-        except (OSError, ValueError):
-            return usage
 
-    return read
+def working_set(usage_file: Path | None, proc: Path = Path("/proc/self")) -> int:
+    """`memory_reader`'s figure for the cgroup whose usage file is `usage_file` (None: none)."""
+    if usage_file is None:
+        return private_bytes(proc)
+    try:
+        usage = int(usage_file.read_text())
+    except (OSError, ValueError):
+        return private_bytes(proc)
+    try:
+        return max(0, usage - inactive_file_bytes(usage_file.with_name("memory.stat").read_text()))
+    except (OSError, ValueError):
+        return usage
+
+
+UNLIMITED = 1 << 62
+"""At or above this a v1 memory limit means none (v1 writes "no limit" as 9223372036854771712)."""
+
+
+def _numbers(path: Path) -> list[int | None]:
+    """The words of a one-line cgroup file as numbers, "max" (v2's "no limit") as None; [] when
+    it cannot be read."""
+    try:
+        return [None if word == "max" else int(word) for word in path.read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _number(path: Path) -> int | None:
+    """The first of `_numbers`: None for "max", or when it cannot be read."""
+    return next(iter(_numbers(path)), None)
+
+
+class OwnCgroup:
+    """The cgroup this process is in and the limits it puts on it, as the guard reads them in
+    cgroup mode. Under the local spawner they are the tier's; under Kubernetes they are the
+    container's `resources.limits` (the Fleet's: 125m and 64Mi), which an operator may set below
+    the tier, and then the kernel throttles and kills at those. Read at every look: a pod's
+    limits can be resized in place, and a relay's CPU quota starts once its start-up boost ends."""
+
+    def __init__(self, proc: Path = Path("/proc/self")) -> None:
+        self.proc = proc
+        self.memory_usage: Path | None = None
+        """The usage file (memory.current, v1's memory.usage_in_bytes); None: none found."""
+        self._cpu: tuple[int, Path] | None = None
+        self._pids: tuple[int, Path] | None = None
+        self._seen: str | None = None
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Finds the cgroup anew when the process has moved since the last look (True then): the
+        local spawner moves a relay into its group while the relay starts, which can be after
+        its guard was made, and the guard must not keep reading the spawner's own cgroup."""
+        try:
+            seen = (self.proc / "cgroup").read_text()
+        except OSError:
+            seen = None
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        self.memory_usage = cgroup_memory_file(self.proc)
+        self._cpu = own_cgroup_dir("cpu", self.proc)
+        self._pids = own_cgroup_dir("pids", self.proc)
+        return True
+
+    def memory(self) -> int:
+        """The working set (`memory_reader`)."""
+        return working_set(self.memory_usage, self.proc)
+
+    def memory_limit(self) -> int | None:
+        """memory.max (v1: memory.limit_in_bytes) in bytes; None where no limit is set."""
+        usage = self.memory_usage
+        if usage is None:
+            return None
+        name = "memory.max" if usage.name == "memory.current" else "memory.limit_in_bytes"
+        limit = _number(usage.with_name(name))
+        return limit if limit is not None and limit < UNLIMITED else None
+
+    def cpu_limit(self) -> float | None:
+        """The CFS quota in cores, cpu.max (v1: cpu.cfs_quota_us / cpu.cfs_period_us); None where
+        there is none (v2 "max", v1 -1)."""
+        if self._cpu is None:
+            return None
+        version, directory = self._cpu
+        if version == 2:
+            quota, period = [*_numbers(directory / "cpu.max"), None, None][:2]
+        else:
+            quota, period = _number(directory / "cpu.cfs_quota_us"), _number(directory / "cpu.cfs_period_us")
+        if quota is None or period is None or quota <= 0 or period <= 0:
+            return None
+        return quota / period
+
+    def pids_limit(self) -> int | None:
+        """pids.max; None where no pids cgroup limits this one (it says nothing of an ancestor's,
+        such as a pod's podPidsLimit, which a container's cgroup namespace hides)."""
+        if self._pids is None:
+            return None
+        return _number(self._pids[1] / "pids.max")
+
+    def describe(self) -> str:
+        """One line for the log: where the guard reads, and what the kernel caps here."""
+        return (
+            f"memory from {self.memory_usage or 'private memory (no memory cgroup found)'}"
+            f" (limit {self.memory_limit() or 'none'}), CPU quota {self.cpu_limit() or 'none'} cores,"
+            f" pids.max {self.pids_limit() or 'none'}"
+        )
+
+
+M_ARENA_MAX = -8
+"""glibc's mallopt() parameter: how many malloc arenas threads may have."""
+
+
+def one_malloc_arena() -> None:
+    """Every thread allocates from the main malloc arena (glibc; elsewhere nothing happens). A
+    thread's own arena reserves 64 MiB of address space: the resolver threads of a relay whose
+    control URL names a host took three, 192 MiB of the 256 MiB of room RLIMIT_AS leaves, and the
+    relay would have met MemoryError far below its memory cap. They allocate little and rarely,
+    so sharing one arena costs nothing measurable."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+
+
+def apply_limits(tier: Tier, mode: str) -> None:
+    """The limits a relay keeping to `tier` puts on itself, before any thread starts: open files
+    in every mode (`limit_open_files`), and in soft mode the rest (`apply_soft_limits`)."""
+    if mode == "soft":
+        apply_soft_limits(tier)
+    else:
+        limit_open_files(tier)
+
+
+def limit_open_files(tier: Tier) -> None:
+    """RLIMIT_NOFILE at the tier's `nofile` (or the hard limit, if lower). No cgroup controller
+    counts open files: neither the local spawner's group nor a pod's resources.limits cap them,
+    so a relay in cgroup mode sets this as a soft-capped one does (else it keeps what it
+    inherited: a container runtime's 1048576, or the control plane's limit)."""
+    nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = tier.nofile if nofile_hard == resource.RLIM_INFINITY else min(tier.nofile, nofile_hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 def apply_soft_limits(tier: Tier) -> None:
     """setrlimit where the kernel cannot cap the group: open files, and address space as a
     backstop (current size plus four times the cap: Python reserves far more address space than
-    it touches, so the guard's RSS check is the real memory cap)."""
-    nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    limit = tier.nofile if nofile_hard == resource.RLIM_INFINITY else min(tier.nofile, nofile_hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    it touches, so the guard's check of private memory is the real memory cap). Before any
+    thread starts: threads then share one malloc arena (`one_malloc_arena`)."""
+    one_malloc_arena()
+    limit_open_files(tier)
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/self/statm") as f:
             vm = int(f.read().split()[0]) * resource.getpagesize()
@@ -129,7 +277,8 @@ class Guarded(Protocol):
 
 
 class CapsGuard:
-    """Watches memory and CPU against the tier; `mode` is "cgroup" (kernel enforces) or "soft"."""
+    """Watches memory and CPU against the tier; `mode` is "cgroup" (kernel enforces) or "soft".
+    In cgroup mode it reads `cgroup` (by default the one this process is in)."""
 
     def __init__(
         self,
@@ -140,18 +289,21 @@ class CapsGuard:
         quiet_interval: float = 5.0,
         read_memory: Callable[[], int] | None = None,
         read_cpu: Callable[[], float] = cpu_seconds,
+        cgroup: OwnCgroup | None = None,
     ) -> None:
         self.relay = relay
         self.tier = tier
         self.mode = mode
         self.interval = interval
         self.quiet_interval = quiet_interval
-        self.read_memory = read_memory or memory_reader()
+        self.cgroup = cgroup if cgroup is not None or mode != "cgroup" else OwnCgroup()
+        self.read_memory = read_memory or (self.cgroup.memory if self.cgroup else private_bytes)
         self.read_cpu = read_cpu
         self.memory = 0
         self.cpu_share = 0.0
         self.exceeded = False
         self._last: tuple[float, float] | None = None
+        self._described = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -169,10 +321,27 @@ class CapsGuard:
             await asyncio.sleep(self.quiet_interval if self.relay.quiet else self.interval)
             await self.check(time.monotonic())
 
+    def memory_cap(self) -> int:
+        """The tier's memory cap, or the cgroup's limit where that is lower: where the kernel
+        kills, so that joins are refused at 90% of that."""
+        limit = self.cgroup.memory_limit() if self.cgroup is not None else None
+        return self.tier.memory_bytes if limit is None else min(limit, self.tier.memory_bytes)
+
+    def cpu_budget(self) -> float:
+        """The tier's CPU share, or the cgroup's quota where that is lower: shedding at 90% of a
+        budget above the quota would never start, the kernel throttling first."""
+        limit = self.cgroup.cpu_limit() if self.cgroup is not None else None
+        return self.tier.cpu if limit is None else min(limit, self.tier.cpu)
+
     async def check(self, now: float) -> None:
         """One pass: memory first (it can end the room), then CPU."""
+        cgroup = self.cgroup
+        if cgroup is not None and (cgroup.refresh() or not self._described):
+            self._described = True  # no memory cgroup in cgroup mode: who caps this relay?
+            level = logging.INFO if cgroup.memory_usage is not None else logging.WARNING
+            log.log(level, "caps: %s in its cgroup: %s", self.tier.name, cgroup.describe())
         self.memory = memory = self.read_memory()
-        cap = self.tier.memory_bytes
+        cap = self.memory_cap()
         relay = self.relay
         if self.mode == "soft" and memory > cap and not self.exceeded:
             self.exceeded = True
@@ -193,7 +362,7 @@ class CapsGuard:
         if last is None or now <= last[0]:
             return
         self.cpu_share = share = (cpu - last[1]) / (now - last[0])
-        budget = self.tier.cpu
+        budget = self.cpu_budget()
         relay = self.relay
         if not relay.shed_optional and share >= budget * SHED_ON:
             relay.shed_optional = True

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.agent.agent import Agent
-from relay.agent.caps import CapsGuard, apply_soft_limits, guard_relay
+from relay.agent.caps import CapsGuard, apply_limits, guard_relay
 from relay.agent.launch import LaunchError, RelayLaunch, bind_dash_values, usage
 from relay.agent.tiers import get_tier
 from relay.logs import configure
@@ -66,8 +66,7 @@ class ServedRoom:
 
 async def serve(launch: RelayLaunch) -> int:
     """Runs the room until it ends; the exit code."""
-    if launch.tier and launch.caps == "soft":
-        apply_soft_limits(get_tier(launch.tier))
+    limit(launch)
     served = ServedRoom(Relay(launch.relay))
     relay = served.relay
     loop = asyncio.get_running_loop()
@@ -81,6 +80,13 @@ async def serve(launch: RelayLaunch) -> int:
     gc.freeze()  # start-up objects never need collecting; keeps GC passes short
     await served.finished()
     return 0
+
+
+def limit(launch: RelayLaunch) -> None:
+    """The limits a relay with a tier sets on itself (`apply_limits`: open files in every caps
+    mode, since no cgroup counts them), before its first thread."""
+    if launch.tier:
+        apply_limits(get_tier(launch.tier), launch.caps)
 
 
 def run(main: Coroutine[Any, Any, int]) -> int:
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if not launch.relay.room_key:  # only under Agones: wait to be allocated a room (docs/agones.md)
         from relay.agent.agones import serve_agones
 
+        limit(launch)  # a pod's resources.limits cap no open files
         return run(serve_agones(launch))
     try:
         return run(serve(launch))

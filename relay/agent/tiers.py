@@ -20,9 +20,12 @@ class Tier:
     memory_bytes: int
     """Hard memory cap (resident + kernel memory charged to the relay's cgroup; no swap)."""
     pids: int
-    """Processes and threads; a relay needs a handful (event loop, resolver threads)."""
+    """Processes and threads; a relay needs a handful (event loop, resolver threads). The local
+    provisioner's `pids.max`; a pod's only where the kubelet's podPidsLimit is set (docs/tiers.md
+    says why the relay does not stand in for it)."""
     nofile: int
-    """Open files and sockets: members' WebSocket connections count here."""
+    """Open files and sockets: members' WebSocket connections count here. RLIMIT_NOFILE, which
+    the relay sets itself in every caps mode (no cgroup counts open files)."""
     cpu_period_us: int = 10_000
     """Short CFS period: a relay throttled at 12.5% stalls at most ~9 ms per period, not the
     ~87 ms the default 100 ms period allows."""

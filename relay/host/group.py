@@ -43,7 +43,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-from relay.agent.caps import CapsCollector, CapsGuard, apply_soft_limits
+from relay.agent.caps import CapsCollector, CapsGuard, apply_limits
 from relay.agent.launch import LaunchError, RelayLaunch
 from relay.agent.serve import ServedRoom
 from relay.agent.tiers import Tier, get_tier, group_tier
@@ -336,8 +336,8 @@ class GroupGuard(CapsGuard):
 
 async def serve_group(socket_path: str, capacity: int, tier_name: str | None, caps: str) -> int:
     tier = group_tier(get_tier(tier_name), capacity) if tier_name else None
-    if tier is not None and caps == "soft":
-        apply_soft_limits(tier)
+    if tier is not None:  # open files in every mode: no cgroup counts them
+        apply_limits(tier, caps)
     group = RoomGroup(capacity, tier, caps)
     if tier is not None:
         group.guard = GroupGuard(group, tier, caps)

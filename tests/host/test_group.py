@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import relay.client as rc
 from loadtest.controlplane import free_port
 from relay.agent.tiers import NANO, group_tier
 from relay.control.app import ControlPlane
-from relay.host.group import RoomGroup, parse_group_argv
+from relay.host.group import RoomGroup, group_argv, parse_group_argv
 from relay.logs import RoutedStream
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
@@ -209,3 +210,26 @@ def test_group_command_lines() -> None:
         4096,
         NANO.pids,
     )
+
+
+@pytest.mark.slow
+async def test_a_group_capped_by_a_cgroup_limits_its_open_files(tmp_path: Path) -> None:
+    """No cgroup counts open files, so a group sets RLIMIT_NOFILE to its rooms' tier times N in
+    every caps mode; in cgroup mode it kept the limit it inherited (review finding)."""
+    from tests.agent.test_own_cgroup import open_files_limit
+
+    tier = group_tier(NANO, 2)
+    hard = open_files_limit(os.getpid())[1]
+    if hard <= tier.nofile:
+        pytest.skip(f"this process's hard open-files limit ({hard}) is already at or under {tier.nofile}")
+    socket_path = tmp_path / "g.sock"
+    env = {**os.environ, "RELAY_TIER": NANO.name, "RELAY_CAPS": "cgroup"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.cli", "serve", *group_argv(str(socket_path), 2), env=env
+    )
+    try:
+        await wait_for(socket_path.exists, timeout=30)
+        assert open_files_limit(process.pid) == (tier.nofile, tier.nofile)
+    finally:
+        process.kill()
+        await process.wait()
