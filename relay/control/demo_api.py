@@ -17,7 +17,12 @@ Only the `demo` namespace is reachable; its room keys and user tokens (when rela
 them) are exactly what the page needs to join. They are served only when the control plane is
 bound to a loopback address, only to requests whose Host is a loopback name (a DNS-rebinding
 page cannot read them), and the API calls need an `X-Relay-Demo` header, which a cross-site
-page cannot send without a CORS preflight this server never grants.
+page cannot send without a CORS preflight this server never grants; a call whose Origin is not
+the page's own is refused as well, should a CORS policy ever be added for the GS2 API.
+
+Every answer under /demo/ carries PAGE_HEADERS: the page may run only its own scripts and
+cannot be framed by another page (clickjacking), no answer is sniffed into another type, and
+the API's answers (room keys, tokens) are never cached.
 """
 
 from __future__ import annotations
@@ -54,6 +59,28 @@ STATIC = {
     p.name: MEDIA_TYPES[p.suffix] + "; charset=utf-8" for p in DEMO_DIR.iterdir() if p.suffix in MEDIA_TYPES
 }
 """The files served under /demo/: whatever relay/control/demo holds (its bundles' names carry hashes)."""
+CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",  # demo.js and the bundles it imports: nothing inline, no eval
+        "worker-src 'self'",  # relay-worker.js, the client's transport
+        "style-src 'self'",
+        "img-src data:",  # the empty favicon
+        "connect-src 'self' ws: wss:",  # the demo API; the relays, wherever they are advertised
+        "base-uri 'none'",
+        "form-action 'none'",  # the forms are handled by the script, never submitted
+        "frame-ancestors 'none'",
+    )
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",  # frame-ancestors, for browsers that predate it
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+"""Sent with every answer under /demo/ (the page, its files, the API's answers and errors)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -68,6 +95,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def same_origin(request: Request) -> bool:
+    """No Origin (a same-origin GET, a non-browser client), or exactly this server's: a browser
+    sends one with every cross-origin request and every POST, and a page cannot forge it."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin.lower() == f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+
+
+def with_page_headers(response: Response) -> Response:
+    response.headers.update(PAGE_HEADERS)
+    return response
 
 
 def forbidden(message: str) -> ApiError:
@@ -98,10 +139,14 @@ class DemoApi:
         return RedirectResponse("/demo/", status_code=307)
 
     async def static(self, request: Request, name: str = "index.html") -> Response:
-        self.check_host(request)
-        if name not in STATIC:
-            raise not_found("demo", f"no {name}", "demo.error.notFound")
-        return FileResponse(DEMO_DIR / name, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+        try:
+            self.check_host(request)
+            if name not in STATIC:
+                raise not_found("demo", f"no {name}", "demo.error.notFound")
+        except ApiError as exc:
+            return with_page_headers(exc.response())
+        headers = {**PAGE_HEADERS, "Cache-Control": "no-cache"}
+        return FileResponse(DEMO_DIR / name, media_type=STATIC[name], headers=headers)
 
     def check_host(self, request: Request) -> None:
         if not is_loopback(request.headers.get("host", "")):
@@ -113,9 +158,13 @@ class DemoApi:
                 self.check_host(request)
                 if request.headers.get(DEMO_HEADER) is None:
                     raise forbidden(f"demo API calls carry the {DEMO_HEADER} header")
-                return JSONResponse(await handler(request))
+                if not same_origin(request):
+                    raise forbidden("demo API calls come from the demo page's own origin")
+                response: Response = JSONResponse(await handler(request))
             except ApiError as exc:
-                return exc.response()
+                response = exc.response()
+            response.headers["Cache-Control"] = "no-store"
+            return with_page_headers(response)
 
         return endpoint
 

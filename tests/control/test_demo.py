@@ -64,6 +64,64 @@ async def test_the_demo_api_hands_out_demo_rooms_only(tmp_path: Path) -> None:
         assert missing.status_code == 404
 
 
+async def test_the_demo_page_cannot_be_framed_nor_run_foreign_scripts(tmp_path: Path) -> None:
+    """A page that is handed room keys and tokens: another site cannot frame it (clickjacking), it
+    runs only its own files (no inline script, no other origin's), nothing of it is sniffed into
+    another type, and the API's answers are never cached; errors included."""
+    async with (
+        ControlPlane(make_config(tmp_path, demo=True, provisioner="none")) as cp,
+        httpx.AsyncClient(base_url=cp.url, timeout=20) as http,
+    ):
+        answers = {
+            "page": await http.get("/demo/"),
+            "script": await http.get("/demo/demo.js"),
+            "worker": await http.get("/demo/relay-worker.js"),
+            "missing": await http.get("/demo/nothing.js"),
+            "foreign host": await http.get("/demo/", headers={"Host": "evil.example"}),
+            "api": await http.get("/demo/api/rooms", headers=API),
+            "api without header": await http.post("/demo/api/rooms", json={"name": "lobby"}),
+            "api bad body": await http.post("/demo/api/rooms", json={"name": "../x"}, headers=API),
+        }
+        assert [a.status_code for a in answers.values()] == [200, 200, 200, 404, 403, 200, 403, 400]
+        for what, answer in answers.items():
+            h = answer.headers
+            csp = {
+                d.split()[0]: d.split()[1:]
+                for d in h.get("content-security-policy", "").split(";")
+                if d.strip()
+            }
+            assert csp.get("frame-ancestors") == ["'none'"] and h.get("x-frame-options") == "DENY", what
+            script = csp.get("script-src", [])
+            assert csp.get("default-src") == ["'none'"] and "'self'" in script, what
+            assert "'unsafe-inline'" not in script and not [s for s in script if ":" in s], what
+            assert h.get("x-content-type-options") == "nosniff", what
+            assert h.get("cross-origin-resource-policy") == "same-origin", what
+            if what.startswith("api"):
+                assert h.get("cache-control") == "no-store", what
+        assert answers["api"].headers["content-type"] == "application/json"
+
+
+async def test_the_demo_api_answers_its_own_page_only(tmp_path: Path) -> None:
+    """A call carrying another origin is refused even with the header: should the control plane
+    ever grant CORS (the GS2 JavaScript SDK in a browser would want it), a site allowed to send the
+    header still gets no room keys or tokens."""
+    async with (
+        ControlPlane(make_config(tmp_path, demo=True, provisioner="none")) as cp,
+        httpx.AsyncClient(base_url=cp.url, timeout=20) as http,
+    ):
+        own = cp.url  # http://127.0.0.1:PORT, the Origin the page's POSTs carry
+        for origin in ("http://evil.example", "null", own.replace("127.0.0.1", "localhost"), own + "0"):
+            headers = {**API, "Origin": origin}
+            assert (await http.get("/demo/api/rooms", headers=headers)).status_code == 403, origin
+            created = await http.post("/demo/api/rooms", json={"name": "lobby"}, headers=headers)
+            assert created.status_code == 403, origin
+            ticket = await http.post("/demo/api/rooms/lobby/ticket", json={"userId": "a"}, headers=headers)
+            assert ticket.status_code == 403, origin
+        assert (await http.get("/demo/api/rooms", headers=API)).json()["rooms"] == []  # nothing made
+        created = await http.post("/demo/api/rooms", json={"name": "lobby"}, headers={**API, "Origin": own})
+        assert created.status_code == 200 and created.json()["name"] == "lobby"
+
+
 async def test_the_demo_is_off_unless_asked_for(tmp_path: Path) -> None:
     async with (
         ControlPlane(make_config(tmp_path, provisioner="none")) as cp,

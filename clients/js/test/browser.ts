@@ -57,8 +57,15 @@ serve(
     select: (a) => page(a["page"]).selectOption(a["selector"], a["value"]),
     /** A JavaScript expression evaluated in the page (awaited if it is a promise). */
     eval: (a) => page(a["page"]).evaluate(a["expression"]),
+    /** Polls with evaluate (Runtime.evaluate, which no page policy blocks): waitForFunction
+     * compiles its predicate with `new Function` inside the page, which the demo's
+     * Content-Security-Policy (no 'unsafe-eval') refuses. */
     async waitFor(a) {
-      await page(a["page"]).waitForFunction(a["expression"], undefined, { timeout: a["timeoutMs"] ?? 5000 });
+      const deadline = Date.now() + (a["timeoutMs"] ?? 5000);
+      while (!(await page(a["page"]).evaluate(a["expression"]))) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${a["expression"]}`);
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
       return null;
     },
     screenshot: async (a) => void (await page(a["page"]).screenshot({ path: a["path"], fullPage: true })),
