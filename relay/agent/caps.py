@@ -81,13 +81,31 @@ def cgroup_memory_file(proc: Path = Path("/proc/self")) -> Path | None:
 
     The cgroup's figure is what the kernel compares with the cap (it excludes pages shared with
     a zygote parent that RSS would count, and includes kernel memory RSS would not). The root
-    of a v2 hierarchy has no memory.current: a process there is in no cgroup that caps it."""
+    of a v2 hierarchy has no memory.current: a process there is in no cgroup that caps it.
+
+    A cgroup that holds other processes is not the relay's own: a relay the local spawner has
+    not moved into its group yet (or whose control plane was killed before it could) sits in
+    the control plane's, whose usage is every process's there; judged against the tier's cap,
+    that refused every JOIN. Such a relay reads its private memory until it is moved."""
     found = own_cgroup_dir("memory", proc)
     if found is None:
         return None
     version, directory = found
     usage = directory / ("memory.usage_in_bytes" if version == 1 else "memory.current")
-    return usage if usage.is_file() else None
+    if not usage.is_file() or _shared(directory, proc):
+        return None
+    return usage
+
+
+def _shared(directory: Path, proc: Path) -> bool:
+    """Whether the cgroup at `directory` holds a process other than `proc`'s (its cgroup.procs;
+    one that cannot be read says nothing)."""
+    try:
+        pids = (directory / "cgroup.procs").read_text().split()
+        own = proc.resolve().name
+    except OSError:
+        return False
+    return any(pid != own for pid in pids) if own.isdigit() else False
 
 
 def inactive_file_bytes(memory_stat: str) -> int:

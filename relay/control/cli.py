@@ -102,14 +102,16 @@ def _idle_timeout(config: ControlConfig) -> float:
 async def _serve(config: ControlConfig, dev: bool) -> int:
     from relay.control.app import ControlPlane
 
-    cp = ControlPlane(config)
-    await cp.start()
-    print(_banner(cp, dev), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # before the start (seconds: the zygote template, adopting relays): a SIGTERM meanwhile is a
+    # stop once started, not the default death that leaves --stop-relays-on-exit's relays running
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    cp = ControlPlane(config)
+    await cp.start()
+    print(_banner(cp, dev), flush=True)
     serve = loop.create_task(cp.serve_forever())
     waiter = loop.create_task(stop.wait())
     await asyncio.wait({serve, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -177,6 +177,7 @@ class LocalProvisioner:
         self._spawning: dict[str, tuple[str, str, asyncio.Future[None]]] = {}  # its log is in use
         self._procs: dict[str, _Tracked] = {}  # by incarnation
         self._on_exit: ExitCallback | None = None
+        self._closed = False  # no relay is started from then on
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
         self._on_exit = callback
@@ -254,6 +255,12 @@ class LocalProvisioner:
         return self.log_dir / component(namespace) / f"{component(room)}.log"
 
     async def provision(self, request: RelayRequest) -> int | None:
+        """A relay for the room. Once `close()` has begun none is started: the provisioning is
+        cancelled, as the ones in flight when the control plane began to stop were, and the room
+        stays pending for the next control plane (a wantRoom answered as the stop began would
+        otherwise get a relay that nothing stops, from a spawner already closed)."""
+        if self._closed:
+            raise asyncio.CancelledError("the provisioner is closed: its control plane is stopping")
         key = request.incarnation
         spawned = asyncio.get_running_loop().create_future()
         self._spawning[key] = (request.namespace, request.room, spawned)
@@ -266,6 +273,20 @@ class LocalProvisioner:
             del self._spawning[key]
             spawned.set_result(None)
         return handle.pid
+
+    async def _stop_all(self) -> None:
+        """Stops every relay this provisioner started or adopted, and those whose spawn is under
+        way (a room wanted as the control plane began to stop, its HTTP server still answering):
+        each is stopped once its spawn returns. No spawn starts after `close()` has begun, so
+        this ends."""
+        stopping: set[str] = set()
+        while True:
+            keys = [key for key in self._procs if key not in stopping]
+            spawning = [asyncio.shield(spawned) for _, _, spawned in self._spawning.values()]
+            if not keys and not spawning:
+                return
+            stopping.update(keys)
+            await asyncio.gather(*(self.stop(key) for key in keys), *spawning, return_exceptions=True)
 
     def _track(self, key: str, tracked: _Tracked) -> None:
         self._procs[key] = tracked
@@ -369,12 +390,13 @@ class LocalProvisioner:
             await asyncio.wait({watcher}, timeout=5.0)
 
     async def close(self, stop_all: bool) -> None:
+        self._closed = True
         if self._pruner is not None:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
             self._pruner = None
         if stop_all:
-            await asyncio.gather(*(self.stop(key) for key in list(self._procs)), return_exceptions=True)
+            await self._stop_all()
         watchers = [t.watcher for t in self._procs.values() if t.watcher is not None]
         for task in watchers:
             task.cancel()

@@ -20,7 +20,10 @@ is ever reachable uncapped. Until it has a room it also runs at the lowest CPU w
 rehearsal only takes CPU that rooms and starting relays leave idle; when it is assigned a room
 (`CappedHandle.assign`) its weight returns to the default.
 A relay started by an earlier control plane is adopted into its group (`CappedSpawner.adopt`),
-its quota put on at once.
+its quota put on at once. That control plane may have been killed after the spawn and before the
+move (or, in cgroup v1, between one hierarchy and the next): the relay then runs outside its caps
+until the adopting control plane moves it into the group made for it, which it finds by name (a
+relay's group is named after its room and incarnation, both on its command line).
 A spawn cancelled while its relay is being moved into its group (a control plane stopping) stops
 that relay and removes the group (`close()` waits for both).
 """
@@ -35,10 +38,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from relay.agent.launch import caps_env, room_of
+from relay.agent.launch import caps_env, incarnation_of, room_of
 from relay.agent.tiers import NANO, Tier
-from relay.host.cgroups import Backend, Cgroup, CgroupError, describe, detect
-from relay.host.spawner import PidHandle, ProcessHandle, Spawner, SubprocessSpawner
+from relay.host.cgroups import Backend, Cgroup, CgroupError, describe, detect, safe_name
+from relay.host.group import group_of
+from relay.host.spawner import PidHandle, ProcessHandle, Spawner, SubprocessSpawner, cmdline
 from relay.host.standby import is_standby
 
 log = logging.getLogger("relay.host.capped_spawner")
@@ -51,6 +55,16 @@ def tier_env(tier: Tier, group: Cgroup | None) -> dict[str, str]:
     """What tells a relay its caps (relay/agent/launch.py reads these): the kernel enforces them
     when the relay has a group, the relay itself ("soft") when not."""
     return caps_env(tier.name, "soft" if group is None else "cgroup")
+
+
+def relay_command(pid: int) -> list[str] | None:
+    """pid's command line if it is a relay's (`relay serve` for a room's incarnation, or a group
+    of rooms), else None (also when it is gone)."""
+    try:
+        argv = cmdline(pid)
+    except OSError:
+        return None
+    return argv if "serve" in argv and (incarnation_of(argv) or group_of(argv)) else None
 
 
 class CappedHandle:
@@ -155,16 +169,23 @@ class CappedSpawner:
             await self._place(handle, group)
         return CappedHandle(handle, group, self.tier, self.boost_seconds, boost=not is_standby(argv))
 
+    def _name(self, argv: Sequence[str]) -> str:
+        """A relay's group's name: its room and incarnation, so that a control plane adopting the
+        relay finds the very group its spawner made for it (`adopt`); where the command line names
+        no incarnation (a standby, a group process), a serial unique across control-plane restarts.
+        The room part is what a long name loses, never the unique tail."""
+        namespace, room_name = room_of(argv)
+        room = f"{namespace or ''}.{room_name}" if room_name else "warm"
+        tail = incarnation_of(argv) or f"{os.getpid()}-{next(self._serial)}"
+        return f"{safe_name(room)[:150]}.{safe_name(tail)[:50]}"
+
     def _create(self, argv: Sequence[str]) -> Cgroup | None:
         """The relay's own group, named after its room (None without cgroups)."""
         if self.backend is None:
             return None
-        serial = f"{os.getpid()}-{next(self._serial)}"  # unique across control-plane restarts
-        namespace, room_name = room_of(argv)
-        room = f"{namespace or ''}.{room_name}" if room_name else "warm"
         standby = is_standby(argv)
         group = self.backend.create(
-            f"{room}.{serial}", self.tier, cpu_capped=standby or self.boost_seconds <= 0
+            self._name(argv), self.tier, cpu_capped=standby or self.boost_seconds <= 0
         )
         if standby:
             group.idle_cpu(True)
@@ -196,16 +217,35 @@ class CappedSpawner:
         group.remove()
 
     def adopt(self, pid: int) -> CappedHandle | None:
-        """A relay an earlier control plane started, in one of our groups: watched by pid, its CPU
-        quota on from now (its boost, if it was still in it, ends here). None if it has no group."""
-        group = None if self.backend is None else self.backend.find(pid)
-        if group is None:
+        """A relay an earlier control plane started: watched by pid, in its group with every cap
+        on, its CPU quota too (its boost, if it was still in it, ends here). One that control
+        plane was killed before moving in (wholly, or into every v1 hierarchy) is moved now,
+        into the group made for it, so that no relay is left uncapped for life; one that cannot
+        be is stopped, as a spawn's would be. In the event loop: this is a control plane's start,
+        and a move (rare) takes tens of milliseconds at most. None without cgroups, or for a
+        process that is no relay (only a relay is ever moved into a group)."""
+        if self.backend is None:
+            return None
+        handle = PidHandle(pid)
+        group = self.backend.find(pid)
+        if group is not None:
+            try:
+                group.limit_cpu(self.tier)
+            except CgroupError:
+                log.exception("could not apply the CPU quota to adopted relay pid %s", pid)
+            return CappedHandle(handle, group, self.tier, self.boost_seconds, boost=False)
+        argv = relay_command(pid)
+        if argv is None:
             return None
         try:
-            group.limit_cpu(self.tier)
-        except CgroupError:
-            log.exception("could not apply the CPU quota to adopted relay pid %s", pid)
-        return CappedHandle(PidHandle(pid), group, self.tier, self.boost_seconds, boost=False)
+            group = self.backend.create(self._name(argv), self.tier)
+            self.backend.move_in(pid, group)
+        except OSError:  # CgroupError, or the relay gone meanwhile
+            log.exception("could not cap adopted relay pid %s: stopping it", pid)
+            handle.kill()
+        else:
+            log.warning("adopted relay pid %s was outside its group: moved in, capped", pid)
+        return CappedHandle(handle, group, self.tier, self.boost_seconds, boost=False)
 
     async def start(self) -> None:
         start = getattr(self.inner, "start", None)

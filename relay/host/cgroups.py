@@ -74,6 +74,12 @@ class Backend(Protocol):
         started and this one adopts), else None."""
         ...
 
+    def move_in(self, pid: int, group: Cgroup) -> None:
+        """Moves `pid` into `group` wherever it is now, and removes any other group of ours it
+        was partly in: a relay an earlier control plane was killed before moving in (or before
+        it had moved it into every v1 hierarchy) must not stay outside its caps."""
+        ...
+
 
 def safe_name(name: str) -> str:
     """A room's name as one path component (no separators, no dot-files)."""
@@ -214,6 +220,9 @@ class CgroupV2Backend:
         name = _group_name(pid, self.parent, _proc_cgroups(pid)[0])
         return None if name is None else CgroupV2(self.parent / name)
 
+    def move_in(self, pid: int, group: Cgroup) -> None:
+        group.add(pid)  # one hierarchy: a process is in one group, never partly in another
+
     def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> CgroupV2:
         path = self.parent / safe_name(name)
         path.mkdir(exist_ok=True)
@@ -308,12 +317,23 @@ class CgroupV1Backend:
     def sweep(self) -> int:
         return sweep_empty(list(self.parents.values()))
 
-    def find(self, pid: int) -> CgroupV1 | None:
+    def _names(self, pid: int) -> dict[str, str | None]:
+        """Controller -> the name of our group pid is in there (None: none of ours)."""
         paths = _proc_cgroups(pid)[1]
-        names = {c: _group_name(pid, parent, paths.get(c)) for c, parent in self.parents.items()}
+        return {c: _group_name(pid, parent, paths.get(c)) for c, parent in self.parents.items()}
+
+    def find(self, pid: int) -> CgroupV1 | None:
+        names = self._names(pid)
         if None in names.values() or len(set(names.values())) != 1:
             return None
         return CgroupV1({c: parent / str(names[c]) for c, parent in self.parents.items()})
+
+    def move_in(self, pid: int, group: Cgroup) -> None:
+        before = set(self._names(pid).values())
+        group.add(pid)
+        for name in before - {None, *self._names(pid).values()}:
+            # it held this relay alone, in some hierarchies (its copies in the others are empty)
+            CgroupV1({c: parent / str(name) for c, parent in self.parents.items()}).remove()
 
     def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> CgroupV1:
         paths: dict[str, Path] = {}

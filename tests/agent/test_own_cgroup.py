@@ -332,3 +332,25 @@ async def test_a_relay_waiting_for_an_agones_allocation_limits_its_open_files(tm
     async with relay_serve(log, *args, env={ENV_PORT: str(free_port())}) as process:
         await wait_for(lambda: "AGONES_SDK_HTTP_PORT right?" in log.read_text(), timeout=30)
         assert open_files_limit(process.pid) == (NANO.nofile, NANO.nofile)
+
+
+def test_a_cgroup_holding_other_processes_is_not_the_relays_own() -> None:
+    """Found in review: a relay not yet moved into its group (or left outside it by a control
+    plane killed mid-move) sits in the control plane's cgroup, and read that cgroup's usage, every
+    process's there, against the tier's 64 MiB: it refused every JOIN. A cgroup holding another
+    process is not read; the relay reads its private memory until it is alone in its own."""
+    with v1_cgroup(f"shared-test-{os.getpid()}") as dirs:
+        relay, other = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in "ab")
+        try:
+            for pid in (relay.pid, other.pid):
+                (dirs["memory"] / "cgroup.procs").write_text(str(pid))
+            proc = Path(f"/proc/{relay.pid}")
+            assert caps.cgroup_memory_file(proc) is None
+            assert caps.OwnCgroup(proc).memory_usage is None  # the guard reads private memory
+            other.kill()
+            other.wait()
+            assert caps.cgroup_memory_file(proc) == dirs["memory"] / "memory.usage_in_bytes"
+        finally:
+            for child in (relay, other):
+                child.kill()
+                child.wait()

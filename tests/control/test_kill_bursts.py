@@ -1,7 +1,10 @@
 """SIGKILL of a real `relay control` in the middle of wantRoom bursts, three times, with players in
 the rooms: no acknowledged room is lost or stuck, every room has exactly one relay (a room
-acknowledged but not registered at the kill is adopted, never given a twin), and no player is
-disconnected. Real relays, forked from the zygote template or taken from the warm pool."""
+acknowledged but not registered at the kill is adopted, never given a twin), every relay is in
+its cgroup with the caps (one the killed control plane had not moved in yet is moved in on
+adoption), and no player is disconnected. Real relays, forked from the zygote template or taken
+from the warm pool. And SIGTERM in the middle of a burst, with --stop-relays-on-exit, leaves no
+relay running."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -62,13 +66,23 @@ def relays_per_room(url: str) -> dict[str, int]:
     return {name: len(pids) for name, pids in relay_pids("kb", url).items()}
 
 
+def uncapped(url: str) -> list[str]:
+    """The rooms whose relay is in no group of ours in some hierarchy (none where this host has
+    no writable cgroups). Those a SIGKILLed control plane had not moved in ran uncapped for life,
+    their guard reading the host's memory group and refusing every join."""
+    backend = cgroups.detect()
+    if backend is None:
+        return []
+    return sorted(n for n, pids in relay_pids("kb", url).items() for p in pids if backend.find(p) is None)
+
+
 def groups_made_by(control_pids: list[int]) -> list[cgroups.Cgroup]:
     """The relay cgroups these control planes made that are still there (capped_spawner names
-    each `kb.<room>.<control-plane pid>-<serial>`, a standby's `warm.<pid>-<serial>`). A group
+    each `kb.<room>.<incarnation>`, a standby's `warm.<control-plane pid>-<serial>`). A group
     is removed by the control plane that watches its relay exit; the groups of relays that a
     SIGKILLed control plane started and its successor did not adopt into them outlive them."""
     backend = cgroups.detect()  # where the control planes, in our cgroup, put them
-    ours = re.compile(rf"^(kb\..+|warm)\.({'|'.join(map(str, control_pids))})-\d+$")
+    ours = re.compile(rf"^(kb\..+\.[0-9a-f]{{16}}|warm\.({'|'.join(map(str, control_pids))})-\d+)$")
     if isinstance(backend, cgroups.CgroupV1Backend):
         parents = backend.parents
         names = sorted({p.name for top in parents.values() for p in top.iterdir() if ours.match(p.name)})
@@ -103,6 +117,7 @@ async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_play
                         players[name] = await play_in(item, "p-" + name)
             expected = dict.fromkeys(acked, 1)
             await wait_for(lambda expected=expected, url=url: relays_per_room(url) == expected, timeout=10)
+            assert uncapped(url) == []
         # Any twin would have idled out by now and taken its room down with it.
         await asyncio.sleep(max(0.0, IDLE_TIMEOUT + 1.0 - (time.monotonic() - restarted)))
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
@@ -128,3 +143,66 @@ async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_play
         for group in groups_made_by(control_pids):  # empty now: removed, as their control plane would
             group.remove()
     assert not groups_made_by(control_pids)
+
+
+async def test_sigterm_in_a_want_burst_stops_every_relay(tmp_path: Path) -> None:
+    """Found in review: relays still running after a control plane told to stop them on exit had
+    exited. A wantRoom answered as the stop began provisioned its relay after the provisioner had
+    stopped those it tracked (and closed the zygote template, which the spawn started anew):
+    nothing stopped it, nor removed its group."""
+    data, log, port = tmp_path / "data", tmp_path / "control.log", free_port()
+    proc, url = await start_control(data, log, port, "local", "--stop-relays-on-exit")
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            h = await login(http)
+            await create_namespace(http, h, "kb")
+            answered: list[int] = []
+
+            async def want(name: str) -> None:
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await http.post("/realtime/kb/room", json={"name": name}, headers=h)
+                    answered.append(r.status_code)
+
+            wants = [asyncio.create_task(want(f"t{i}")) for i in range(BURST)]
+            await wait_for(lambda: len(answered) >= 2, timeout=20, interval=0.002)
+            proc.send_signal(signal.SIGTERM)  # the rest in flight
+            await asyncio.gather(*wants)
+        proc.wait(20)
+        assert relay_pids("kb", url) == {}
+        assert groups_made_by([proc.pid]) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        left = [pid for pids in relay_pids("kb", url).values() for pid in pids]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.wait_for(asyncio.gather(*(wait_pid_gone(pid) for pid in left)), 10)
+        for group in groups_made_by([proc.pid]):
+            group.remove()
+
+
+async def test_sigterm_while_starting_is_a_stop(tmp_path: Path) -> None:
+    """Found in review: the SIGTERM handlers were installed after the control plane's start (a
+    second or more: the zygote template, adopting relays), so a SIGTERM meanwhile killed it as the
+    default action does, leaving --stop-relays-on-exit's relays running. It is a stop now: the
+    start completes, then the control plane stops and exits 0."""
+    log = tmp_path / "control.log"
+    env = {**os.environ, "RELAY_CLIENT_ID": "kb-id", "RELAY_CLIENT_SECRET": "kb-secret-kb-secret"}
+    cmd = [sys.executable, "-m", "relay.cli", "control", "--port", "0", "--data-dir", str(tmp_path / "data")]
+    cmd += ["--provisioner", "local", "--stop-relays-on-exit", "--log-level", "info"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+    try:
+        # logged as the start begins, before the template starts and the rooms are recovered
+        await wait_for(lambda: "relay caps:" in log.read_text(), timeout=30, interval=0.002)
+        assert "control plane listening" not in log.read_text(), "started before the signal: rerun"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for group in groups_made_by([proc.pid]):
+            group.remove()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -433,6 +434,95 @@ async def test_a_relay_adopted_in_its_start_up_boost_gets_its_cpu_quota(tmp_path
         spawned.kill()
         await spawned.wait()
     assert adopted is not None and await asyncio.wait_for(adopted.wait(), 5) is None
+
+
+class CutShortGroup:
+    """A real group whose move stops after its first `hierarchies` hierarchies: what a control
+    plane SIGKILLed between the spawn and the move (0), or between two v1 hierarchies (1),
+    leaves behind."""
+
+    def __init__(self, group: cgroups.Cgroup, hierarchies: int) -> None:
+        self.group = group
+        self.hierarchies = hierarchies
+
+    def add(self, pid: int) -> None:
+        for path in group_dirs(self.group)[: self.hierarchies]:
+            (path / "cgroup.procs").write_text(str(pid))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.group, name)
+
+
+class CutShortBackend:
+    """The real backend, its groups' moves cut short (CutShortGroup)."""
+
+    def __init__(self, backend: cgroups.Backend, hierarchies: int) -> None:
+        self.backend = backend
+        self.version = backend.version
+        self.hierarchies = hierarchies
+        self.groups: list[cgroups.Cgroup] = []
+
+    def sweep(self) -> int:
+        return 0
+
+    def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> cgroups.Cgroup:
+        group = self.backend.create(name, tier, cpu_capped)
+        self.groups.append(group)
+        return CutShortGroup(group, self.hierarchies)  # type: ignore[return-value]
+
+    def find(self, pid: int) -> cgroups.Cgroup | None:
+        return self.backend.find(pid)
+
+    def move_in(self, pid: int, group: cgroups.Cgroup) -> None:
+        self.backend.move_in(pid, group)
+
+
+def has_the_tier(group: cgroups.Cgroup, pid: int) -> bool:
+    """pid is in `group` in every hierarchy, and the group has every cap of the nano tier."""
+    dirs = group_dirs(group)
+    if isinstance(group, cgroups.CgroupV1):
+        memory = (group.paths["memory"] / "memory.limit_in_bytes").read_text()
+        pids = (group.paths["pids"] / "pids.max").read_text()
+    else:
+        memory, pids = (dirs[0] / "memory.max").read_text(), (dirs[0] / "pids.max").read_text()
+    return (
+        all(str(pid) in (d / "cgroup.procs").read_text().split() for d in dirs)
+        and (int(memory), int(pids)) == (NANO.memory_bytes, NANO.pids)
+        and cpu_quota(group) == NANO.cpu_quota_us
+    )
+
+
+@needs_cgroups
+@pytest.mark.parametrize("moved", [0, 1], ids=["never-moved", "half-moved"])
+async def test_a_relay_left_outside_its_group_by_a_killed_control_plane_is_capped_when_adopted(
+    moved: int,
+) -> None:
+    """Found in review: a control plane SIGKILLed between spawning a relay and moving it into its
+    group (or, v1, between one hierarchy and the next) left it outside every cap for life: the
+    next control plane found no whole group of ours for it and watched the bare pid, and the
+    group made for it was never removed. Adopting it now moves it into that very group, with
+    every cap on; the group goes when the relay exits."""
+    assert BACKEND is not None
+    if moved and BACKEND.version == 2:
+        pytest.skip("cgroup v2 has one hierarchy: no half move")
+    killed = CutShortBackend(BACKEND, moved)
+    incarnation = secrets.token_hex(8)
+    argv = [sys.executable, "-c", "import time; time.sleep(30)", "serve", "--namespace", "n", "--room", "r"]
+    spawner = CappedSpawner(SubprocessSpawner(), NANO, killed, boost_seconds=60)
+    spawned = await spawner.spawn([*argv, "--incarnation", incarnation], dict(os.environ), None)
+    adopted = None
+    try:
+        [made] = killed.groups
+        assert BACKEND.find(spawned.pid) is None  # outside its caps
+        adopted = CappedSpawner(SubprocessSpawner(), NANO, BACKEND).adopt(spawned.pid)
+        assert adopted is not None and adopted.group is not None
+        assert group_dirs(adopted.group) == group_dirs(made)  # the group made for it, no other
+        assert has_the_tier(adopted.group, spawned.pid)
+    finally:
+        spawned.kill()
+        await spawned.wait()
+    assert await asyncio.wait_for(adopted.wait(), 5) is None
+    assert not any(p.exists() for p in group_dirs(made))
 
 
 @needs_cgroups

@@ -2,7 +2,9 @@
 or to a cancelled spawn, a template that dies between its fork and its reply, a standby whose
 handout is cancelled, a relay cancelled while it is moved into its cgroup, a room cancelled while
 its group starts it (a control plane stopping cancels the spawns in flight, then closes its
-spawner); and a room no group can take fails alone, after a bounded number of groups."""
+spawner), a relay whose spawn was under way as its provisioner stopped every relay (stopped once
+it is spawned; none spawned after); and a room no group can take fails alone, after a bounded
+number of groups."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import pytest
 
 from relay.agent.tiers import NANO, Tier
 from relay.control.config import default_relay_command
-from relay.control.provisioner import relay_processes
+from relay.control.provisioner import LocalProvisioner, RelayRequest, relay_processes
 from relay.host import cgroups
 from relay.host.capped_spawner import CappedHandle, CappedSpawner
 from relay.host.frames import MAX_FRAME, encode_frame, read_frame
@@ -235,6 +237,73 @@ async def test_a_spawn_cancelled_while_its_relay_is_capped_stops_it_and_removes_
         await asyncio.sleep(0.1)
         for group in backend.groups:
             group.remove()
+
+
+# ---- a provisioner stopping every relay ----------------------------------------------------------
+
+SLEEPER = (sys.executable, "-c", "import time; time.sleep(60)", "serve")
+"""A relay's command line as the provisioner and recovery see it (`serve`, its incarnation), that
+only sleeps: SIGTERM ends it at once."""
+
+
+class Gated:
+    """A subprocess spawner whose spawns wait for `go`: a spawn under way while the test acts."""
+
+    def __init__(self) -> None:
+        self.inner = SubprocessSpawner()
+        self.go = asyncio.Event()
+        self.spawning = asyncio.Event()
+        self.pids: list[int] = []
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None
+    ) -> ProcessHandle:
+        self.spawning.set()
+        await self.go.wait()
+        handle = await self.inner.spawn(argv, env, log_path)
+        self.pids.append(handle.pid)
+        return handle
+
+
+def request(incarnation: str) -> RelayRequest:
+    return RelayRequest(
+        namespace="ns",
+        room="r",
+        incarnation=incarnation,
+        room_key=generate_room_key(),
+        agent_secret="secret",
+        control_url="http://127.0.0.1:9/internal",
+        heartbeat_interval=1.0,
+        idle_heartbeat_interval=1.0,
+    )
+
+
+async def test_stopping_every_relay_stops_one_spawned_meanwhile_and_starts_none_after(
+    incarnation: str,
+) -> None:
+    """Found in review: a control plane told to stop its relays on exit left some running. Its
+    provisioner's close(stop_all=True) stopped the relays it tracked at that moment; a relay whose
+    spawn was under way (a wantRoom answered as the stop began, its HTTP server still serving)
+    was tracked just after and never stopped, and one provisioned after the close was started
+    all the same (from a fresh zygote template). Now the close stops the relay once its spawn
+    returns, and a provisioning after it is cancelled before anything starts."""
+    spawner = Gated()
+    provisioner = LocalProvisioner(SLEEPER, spawner=spawner, stop_grace=2.0)
+    later = incarnation + "-later"
+    try:
+        provisioning = asyncio.create_task(provisioner.provision(request(incarnation)))
+        await wait_for(spawner.spawning.is_set, 5)
+        closing = asyncio.create_task(provisioner.close(stop_all=True))
+        await asyncio.sleep(0)  # the close has begun, the spawn is still under way
+        spawner.go.set()
+        pid = await asyncio.wait_for(provisioning, 10)
+        await asyncio.wait_for(closing, 10)
+        assert not pid_alive(pid) and relays_of(incarnation) == []
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(provisioner.provision(request(later)), 10)
+        assert spawner.pids == [pid] and relays_of(later) == []
+    finally:
+        kill_all(relays_of(later))
 
 
 # ---- rooms in group processes --------------------------------------------------------------------
