@@ -21,6 +21,7 @@ from typing import Any
 
 from loadtest import hist as hdr
 from loadtest import payload as bot_payload
+from loadtest.loopback import require_loopback
 from loadtest.streams import RecipientStats
 
 
@@ -76,6 +77,7 @@ class Bot:
         else:
             from relay.client import connect
 
+        require_loopback(host, "relay address")
         t0 = time.monotonic()
         self.client = await connect(
             host, port, room_key, self.user_id, profile=b"p0", transport=self.transport, timeout=timeout, **kw

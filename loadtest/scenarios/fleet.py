@@ -13,6 +13,7 @@ import asyncio
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -20,6 +21,7 @@ from loadtest import controlplane
 from loadtest import hist as hdr
 from loadtest.bots import Behaviour
 from loadtest.controlplane import ControlPlane
+from loadtest.loopback import loopback_problem
 from loadtest.machine import machine_info, parse_cpus, pin, pss_bytes, sample
 from loadtest.phase import run_phase
 from loadtest.progress import Live
@@ -65,6 +67,9 @@ async def provision(cp: ControlPlane, ns: str, names: list[str], config: FleetCo
             while time.monotonic() - t0 < config.ready_timeout:
                 item = await cp.get_room(http, ns, name)
                 if item and item.get("ipAddress") and item.get("port"):
+                    problem = loopback_problem(item["ipAddress"])
+                    if problem:  # a control plane elsewhere hands out its relays' addresses
+                        return {"name": name, "want_ms": 1000 * want_s, "ready_ms": None, "error": problem}
                     return {
                         "name": name,
                         "want_ms": 1000 * want_s,
@@ -98,7 +103,13 @@ async def _delete(cp: ControlPlane, ns: str, names: list[str], pids: list[int]) 
 
 def run(config: FleetConfig, report: Report, progress: bool | None = None) -> dict[str, Any]:
     pin(parse_cpus(config.load_cpus))
-    reason = None if config.control_url else controlplane.available()
+    reason = (
+        loopback_problem(urlsplit(config.control_url).hostname or "")
+        if config.control_url
+        else controlplane.available()
+    )
+    if config.control_url and reason:
+        reason = f"--control-url: {reason}; the load tests send only to 127.0.0.0/8 or ::1"
     report.config = asdict(config)
     if reason:
         report.note(f"skipped: {reason}")

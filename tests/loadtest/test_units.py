@@ -5,11 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from pathlib import Path
+
+import pytest
 
 from loadtest import checks, payload
 from loadtest import hist as hdr
 from loadtest.fastload.messages import message_size
 from loadtest.fastload.sender import spread_phase
+from loadtest.loopback import loopback_problem, require_loopback
 from loadtest.machine import busy_percent, cpu_percent, cpu_times, machine_info, parse_cpus, sample
 from loadtest.report import Report, plot_histogram, plot_latency_cdf, plot_timeseries
 from loadtest.streams import RecipientStats, SenderStream, account
@@ -176,3 +180,40 @@ def test_send_phases_spread_the_tick_and_keep_room_mates_apart() -> None:
             gaps = [b - a for a, b in itertools.pairwise(mates)] + [tick - mates[-1] + mates[0]]
             assert min(gaps) >= tick // 10, (members, first, mates)
     assert spread_phase(0, 1, tick) == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.8.7", "::1", "[::1]", "localhost"])
+def test_loopback_addresses_may_be_loaded(host: str) -> None:
+    assert loopback_problem(host) is None
+    require_loopback(host, "relay address")
+
+
+@pytest.mark.parametrize(
+    "host", ["10.0.0.1", "192.0.2.1", "::ffff:8.8.8.8", "2001:db8::1", "no-such-host.invalid"]
+)
+def test_an_address_off_this_machine_is_never_loaded(host: str) -> None:
+    """The load tests send only to loopback: an address from outside (a --control-url, the room
+    addresses a control plane hands out) is refused before anything is sent."""
+    assert loopback_problem(host) is not None
+    with pytest.raises(ValueError, match=r"relay address: .* send only to 127\.0\.0\.0/8 or ::1"):
+        require_loopback(host, "relay address")
+
+
+def test_fleet_refuses_a_control_plane_off_this_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fleet --control-url` elsewhere: the scenario says why and exits 1, having sent nothing
+    (192.0.2.1 is TEST-NET-1: nothing would answer, and the check comes before any request)."""
+    from loadtest import cli
+
+    argv = [
+        "fleet",
+        "--quick",
+        "--no-progress",
+        "--control-url",
+        "http://192.0.2.1:7700",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 1
+    assert "--control-url: '192.0.2.1' is not a loopback address" in capsys.readouterr().err
