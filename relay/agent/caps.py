@@ -390,8 +390,9 @@ class CapsGuard:
 
 
 class CapsCollector(Collector):
-    """The relay's use against its tier, read at scrape time (deploy/grafana's CPU and memory
-    panels, deploy/prometheus' throttling alerts): what the guard itself compares."""
+    """The relay's use against its caps, read at scrape time (deploy/grafana's CPU and memory
+    panels, deploy/prometheus' alerts): what the guard itself compares, the caps included (a pod
+    limited below its tier is near its cap at the pod's limit, not the tier's)."""
 
     def __init__(self, guard: CapsGuard) -> None:
         self.guard = guard
@@ -408,10 +409,21 @@ class CapsCollector(Collector):
                 GaugeMetricFamily("relay_memory_bytes", "Memory charged against the cap", labels=labels),
                 guard.read_memory(),
             ),
-            (GaugeMetricFamily("relay_tier_cpu_cores", "The tier's CPU cap", labels=labels), tier.cpu),
             (
-                GaugeMetricFamily("relay_tier_memory_bytes", "The tier's memory cap", labels=labels),
-                tier.memory_bytes,
+                GaugeMetricFamily(
+                    "relay_tier_cpu_cores",
+                    "The CPU cap: the tier's, or its cgroup's lower quota",
+                    labels=labels,
+                ),
+                guard.cpu_budget(),
+            ),
+            (
+                GaugeMetricFamily(
+                    "relay_tier_memory_bytes",
+                    "The memory cap: the tier's, or its cgroup's lower limit",
+                    labels=labels,
+                ),
+                guard.memory_cap(),
             ),
             (
                 GaugeMetricFamily("relay_shedding", "1 while UDP fan-out is shed for CPU", labels=labels),

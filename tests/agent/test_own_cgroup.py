@@ -147,6 +147,9 @@ async def test_joins_are_refused_at_90_percent_of_a_pod_limit_below_the_tier(tmp
     (fs / "memory.max").write_text(f"{48 * MIB}\n")
     await guard.check(1.0)
     assert not relay.accepting_joins and guard.memory_cap() == 48 * MIB
+    # /metrics shows the cap it compares with (RelayMemoryNearCap divides by it)
+    exported = {f.name: f.samples[0].value for f in caps.CapsCollector(guard).collect()}
+    assert exported["relay_tier_memory_bytes"] == 48 * MIB and exported["relay_memory_bytes"] == 50 * MIB
     (fs / "memory.max").write_text(f"{128 * MIB}\n")  # a limit above the tier's: the tier's
     assert guard.memory_cap() == NANO.memory_bytes
     await guard.check(2.0)
@@ -168,6 +171,8 @@ async def test_the_cpu_budget_is_the_containers_quota_where_that_is_lower(tmp_pa
     cpu[0] = 0.095  # 95m over one second
     await guard.check(1.0)
     assert relay.shed_optional
+    exported = {f.name: f.samples[0].value for f in caps.CapsCollector(guard).collect()}
+    assert exported["relay_tier_cpu_cores"] == 0.1
     (fs / "cpu.max").write_text("max 100000\n")  # no quota (a local relay's start-up boost)
     assert guard.cpu_budget() == NANO.cpu
 
