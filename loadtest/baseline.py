@@ -76,6 +76,22 @@ def compile_baseline(workdir: Path, source: Path = SOURCE) -> Path:
     return binary
 
 
+def _command(cpus: str, binary: Path, *args: object) -> list[str]:
+    """The C relay binary in one of its roles (relay, send, recv), pinned to `cpus`."""
+    return ["taskset", "-c", cpus, str(binary), *map(str, args)]
+
+
+def _start(cpus: str, binary: Path, *args: object) -> subprocess.Popen[str]:
+    """A role that runs beside the sender and prints its report when its time is up."""
+    return subprocess.Popen(_command(cpus, binary, *args), stdout=subprocess.PIPE, text=True)
+
+
+def _receivers(
+    cpus: str, binary: Path, first_port: int, count: int, seconds: str
+) -> list[subprocess.Popen[str]]:
+    return [_start(cpus, binary, "recv", first_port + j, seconds) for j in range(count)]
+
+
 def run(config: BaselineConfig = BaselineConfig(), source: Path = SOURCE) -> dict[str, Any]:
     """Compiles and runs one baseline measurement; {'skipped': reason} when it cannot run.
     `source`: another C relay with the same command line and output (a cross-check)."""
@@ -86,42 +102,11 @@ def run(config: BaselineConfig = BaselineConfig(), source: Path = SOURCE) -> dic
         binary = compile_baseline(Path(tmp), source)
         base = _free_base(config.fanout + 1)
         secs = f"{config.seconds:g}"
-        receivers = [
-            subprocess.Popen(
-                ["taskset", "-c", config.load_cpus, str(binary), "recv", str(base + 1 + j), secs],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for j in range(config.fanout)
-        ]
-        relay = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                config.relay_cpus,
-                str(binary),
-                "relay",
-                str(base),
-                secs,
-                str(config.fanout),
-                str(base + 1),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        receivers = _receivers(config.load_cpus, binary, base + 1, config.fanout, secs)
+        relay = _start(config.relay_cpus, binary, "relay", base, secs, config.fanout, base + 1)
         time.sleep(0.3)
         sender = subprocess.run(
-            [
-                "taskset",
-                "-c",
-                config.load_cpus,
-                str(binary),
-                "send",
-                str(base),
-                secs,
-                str(config.size),
-                str(config.offered_pps),
-            ],
+            _command(config.load_cpus, binary, "send", base, secs, config.size, config.offered_pps),
             capture_output=True,
             text=True,
             timeout=config.seconds + 30,
@@ -224,30 +209,9 @@ def run_per_room(config: PerRoomConfig = PerRoomConfig()) -> dict[str, Any]:
         base = _free_base(config.rooms + fanout)
         first_dest = base + config.rooms
         lifetime = f"{config.seconds + 2:g}"
-        receivers = [
-            subprocess.Popen(
-                ["taskset", "-c", config.load_cpus, str(binary), "recv", str(first_dest + j), lifetime],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for j in range(fanout)
-        ]
+        receivers = _receivers(config.load_cpus, binary, first_dest, fanout, lifetime)
         relays = [
-            subprocess.Popen(
-                [
-                    "taskset",
-                    "-c",
-                    config.relay_cpus,
-                    str(binary),
-                    "relay",
-                    str(base + room),
-                    lifetime,
-                    str(fanout),
-                    str(first_dest),
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+            _start(config.relay_cpus, binary, "relay", base + room, lifetime, fanout, first_dest)
             for room in range(config.rooms)
         ]
         sent = 0

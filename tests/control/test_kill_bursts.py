@@ -92,6 +92,18 @@ def groups_made_by(control_pids: list[int]) -> list[cgroups.Cgroup]:
     return []
 
 
+async def reap(url: str, control_pids: list[int]) -> None:
+    """What a test's control planes left: their relays are killed and their groups removed, as a
+    control plane that watched its relays exit would have removed them."""
+    left = [pid for pids in relay_pids("kb", url).values() for pid in pids]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    await asyncio.wait_for(asyncio.gather(*(wait_pid_gone(pid) for pid in left)), 10)
+    for group in groups_made_by(control_pids):
+        group.remove()
+
+
 async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_playing(tmp_path: Path) -> None:
     data, log, port = tmp_path / "data", tmp_path / "control.log", free_port()
     config = tmp_path / "config.json"
@@ -135,13 +147,7 @@ async def test_sigkill_in_want_bursts_leaves_one_relay_per_room_and_players_play
                 await player.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
-        left = [pid for pids in relay_pids("kb", url).values() for pid in pids]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        await asyncio.wait_for(asyncio.gather(*(wait_pid_gone(pid) for pid in left)), 10)
-        for group in groups_made_by(control_pids):  # empty now: removed, as their control plane would
-            group.remove()
+        await reap(url, control_pids)
     assert not groups_made_by(control_pids)
 
 
@@ -174,13 +180,7 @@ async def test_sigterm_in_a_want_burst_stops_every_relay(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        left = [pid for pids in relay_pids("kb", url).values() for pid in pids]
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        await asyncio.wait_for(asyncio.gather(*(wait_pid_gone(pid) for pid in left)), 10)
-        for group in groups_made_by([proc.pid]):
-            group.remove()
+        await reap(url, [proc.pid])
 
 
 async def test_sigterm_while_starting_is_a_stop(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from tests.control.helpers import (
     wait_for,
 )
 from tests.host import greedy_relay
+from tests.host.wrapped_backend import WrappedBackend
 
 MIB = 1 << 20
 GREEDY_RELAY = (sys.executable, "-m", "tests.host.greedy_relay")
@@ -453,28 +454,15 @@ class CutShortGroup:
         return getattr(self.group, name)
 
 
-class CutShortBackend:
+class CutShortBackend(WrappedBackend):
     """The real backend, its groups' moves cut short (CutShortGroup)."""
 
     def __init__(self, backend: cgroups.Backend, hierarchies: int) -> None:
-        self.backend = backend
-        self.version = backend.version
+        super().__init__(backend)
         self.hierarchies = hierarchies
-        self.groups: list[cgroups.Cgroup] = []
 
-    def sweep(self) -> int:
-        return 0
-
-    def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> cgroups.Cgroup:
-        group = self.backend.create(name, tier, cpu_capped)
-        self.groups.append(group)
+    def wrap(self, group: cgroups.Cgroup) -> cgroups.Cgroup:
         return CutShortGroup(group, self.hierarchies)  # type: ignore[return-value]
-
-    def find(self, pid: int) -> cgroups.Cgroup | None:
-        return self.backend.find(pid)
-
-    def move_in(self, pid: int, group: cgroups.Cgroup) -> None:
-        self.backend.move_in(pid, group)
 
 
 def has_the_tier(group: cgroups.Cgroup, pid: int) -> bool:
@@ -639,8 +627,13 @@ async def test_a_group_over_its_memory_cap_ends_every_room_in_it_as_cap_exceeded
         codes = await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), 20)
         assert codes == [-signal.SIGKILL] * rooms
         assert [h.exit_reason for h in handles] == ["cap_exceeded"] * rooms  # type: ignore[attr-defined]
-        held = int(await asyncio.wait_for(hoarder.stdout.readline(), 10))
-        assert 0 < held * 4 * MIB < group_tier(NANO, rooms).memory_bytes  # it stopped once the group went
+        said = await asyncio.wait_for(hoarder.stdout.readline(), 10)
+        # It stops once the group is gone; or, allocating again before the dying group's memory
+        # was freed, it is the kernel's second kill (seen about one run in ten): either way it
+        # never held more than the group's cap.
+        held = int(said) if said else 0
+        assert held * 4 * MIB < group_tier(NANO, rooms).memory_bytes
+        assert said or await asyncio.wait_for(hoarder.wait(), 10) == -signal.SIGKILL
         assert spawner.group_pids == []
     finally:
         if hoarder is not None and hoarder.returncode is None:

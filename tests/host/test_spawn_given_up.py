@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from relay.agent.tiers import NANO, Tier
+from relay.agent.tiers import NANO
 from relay.control.config import default_relay_command
 from relay.control.provisioner import LocalProvisioner, RelayRequest, relay_processes
 from relay.host import cgroups
@@ -38,6 +38,7 @@ from relay.host.zygote import ZygoteSpawner
 from relay.protocol.keys import generate_room_key
 from tests.control.helpers import wait_for
 from tests.host.test_caps import BACKEND, group_dirs, needs_cgroups
+from tests.host.wrapped_backend import WrappedBackend
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + /proc")
 
@@ -182,23 +183,13 @@ class SlowGroup:
         return getattr(self.group, name)
 
 
-class SlowBackend:
+class SlowBackend(WrappedBackend):
     def __init__(self, backend: cgroups.Backend) -> None:
-        self.backend = backend
-        self.version = backend.version
+        super().__init__(backend)
         self.adding = threading.Event()
-        self.groups: list[cgroups.Cgroup] = []
 
-    def sweep(self) -> int:
-        return 0
-
-    def create(self, name: str, tier: Tier, cpu_capped: bool = True) -> cgroups.Cgroup:
-        group = self.backend.create(name, tier, cpu_capped)
-        self.groups.append(group)
+    def wrap(self, group: cgroups.Cgroup) -> cgroups.Cgroup:
         return SlowGroup(group, self.adding)  # type: ignore[return-value]
-
-    def find(self, pid: int) -> cgroups.Cgroup | None:
-        return self.backend.find(pid)
 
 
 class Recording:
