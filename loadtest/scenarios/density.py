@@ -16,7 +16,9 @@
    MemAvailable falls to `memory_floor_mb`; they are held a while, a few are checked to serve
    (two clients exchange a message), then every relay's USS and PSS is read from
    /proc/PID/smaps_rollup and MemAvailable's drop per room is taken as what a room costs the
-   machine (page tables, cgroups and socket buffers included).
+   machine (page tables, cgroups and socket buffers included). Over the hold, the CPU the held
+   relays used (/proc/PID/schedstat) and the control plane's (their heartbeats): what an empty
+   room costs a core while it waits for its players.
 
 Relays run with --idle-timeout 3600 (an empty room would otherwise close after 60 s); heartbeats
 are as shipped (every 30 s from a quiet room, every 2 s from one with members).
@@ -39,7 +41,7 @@ import websockets
 
 from loadtest import controlplane
 from loadtest.controlplane import ControlPlane
-from loadtest.machine import machine_info, smaps
+from loadtest.machine import cpu_ns, machine_info, smaps
 from loadtest.report import Report, table
 from relay.protocol.keys import generate_room_key
 
@@ -54,7 +56,7 @@ class DensityConfig:
     hold_rooms: int = 1000
     batch: int = 10
     memory_floor_mb: int = 3072
-    hold_seconds: float = 10.0
+    hold_seconds: float = 30.0  # a heartbeat from every quiet room falls in it
     poll_interval: float = 0.002
     paced_gap: float = 0.1
     turns: int = 3  # the three runs take turns, sequential_rooms / turns rooms at a time
@@ -208,9 +210,15 @@ async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
                 break
         fill_s = time.monotonic() - t_fill
         server = cp.provision_seconds(ns)
-        await asyncio.sleep(config.hold_seconds)
-        after = mem_available()
         pids = cp.relay_pids(ns)
+        control = cp.proc.pid if cp.proc is not None else None
+        cpu_before = [cpu_ns(pid) for pid in pids], cpu_ns(control) if control else 0
+        t_hold = time.monotonic()
+        await asyncio.sleep(config.hold_seconds)
+        held_for = time.monotonic() - t_hold
+        relays_cpu_s = sum(cpu_ns(pid) - b for pid, b in zip(pids, cpu_before[0], strict=True)) / 1e9
+        control_cpu_s = ((cpu_ns(control) if control else 0) - cpu_before[1]) / 1e9
+        after = mem_available()
         mem = [smaps(p) for p in pids]
         sample = random.sample(held, min(config.check_rooms, len(held)))
         serving = [await _serves(item) for item in sample]
@@ -244,6 +252,10 @@ async def _drive(cp: ControlPlane, config: DensityConfig) -> dict[str, Any]:
         "pss_mb": _pcts(pss),
         "rss_mb": _pcts(rss),
         "mem_available_drop_mb_per_room": (before - after) / 2**20 / new_rooms,
+        "hold_seconds": held_for,
+        "idle_relay_cpu_us_per_room_s": 1e6 * relays_cpu_s / held_for / max(1, len(pids)),
+        "idle_relays_cpu_percent": 100 * relays_cpu_s / held_for,
+        "idle_control_plane_cpu_percent": 100 * control_cpu_s / held_for,
         "checked_serving": serving,
         "still_listed_of_50": still,
     }
@@ -345,6 +357,17 @@ def markdown(r: dict[str, Any]) -> list[str]:
         f"{r['still_listed_of_50']} of 50 sampled rooms still listed after the hold.",
         f"- MemAvailable fell {r['mem_available_drop_mb_per_room']:.1f} MiB per room while filling "
         "(everything a room costs the machine: its private pages, page tables, cgroup, sockets).",
+        *(
+            [
+                f"- CPU of the {r['relay_processes']} idle relays over {r['hold_seconds']:.0f} s of the "
+                f"hold: {r['idle_relay_cpu_us_per_room_s']:.0f} us per room per second, "
+                f"{r['idle_relays_cpu_percent']:.1f}% of a core for all of them (the caps guard's look every "
+                f"5 s, a heartbeat every 30 s); the control plane receiving their heartbeats: "
+                f"{r['idle_control_plane_cpu_percent']:.1f}% of a core."
+            ]
+            if "idle_relay_cpu_us_per_room_s" in r
+            else []
+        ),
         f"- A relay started without the template, idle: USS {idle.get('uss', 0) / 2**20:.1f} MiB, "
         f"RSS {idle.get('rss', 0) / 2**20:.1f} MiB.",
         f"- Idle nano rooms on a {TARGET_MACHINE_GIB} GiB machine (90% of memory / the larger of USS and "

@@ -258,6 +258,7 @@ class RoomGroup:
                 if self.guard is not None:
                     # the process's figures against the group's caps, in each room's /metrics
                     served.relay.metrics.registry.register(CapsCollector(self.guard))
+                    served.relay.add_session_listener(self.guard.wake)
             except Exception as exc:  # refused: nothing of the room may stay (sockets, agent, seat)
                 if room.served is not None:
                     _drop(room.served)

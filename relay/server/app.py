@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -92,7 +93,7 @@ class Relay:
         self._admin: AdminServer | None = None
         self._doorway: Doorway | None = None
         self._flush_timer: asyncio.TimerHandle | None = None  # a tick's flush (coalesce_tick > 0)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._wake: asyncio.TimerHandle | None = None  # the room's next timer (`_arm_timer`)
         self._loop_lag = 0.0
         self._started_wall = time.time()
         self._session_listeners: list[Callable[[], None]] = []
@@ -128,6 +129,7 @@ class Relay:
         now = time.monotonic()
         self.room = room = Room(self.config, self.counters, now, wall_offset=time.time() - now)
         room.on_session = self._session_began
+        room.on_timer = self._arm_timer
         room.on_close = self._room_closed
         call_soon, call_later, monotonic = loop.call_soon, loop.call_later, time.monotonic
         flush = room.flush
@@ -166,7 +168,7 @@ class Relay:
                     raise
                 where = f"{self.config.admin_host}:{self.config.admin_port} (the admin port)"
                 raise ListenError(exc, where) from exc
-        self._tasks.append(loop.create_task(self._timers()))
+        self._arm_timer()
         admin = f" admin {self.config.admin_host}:{self.admin_port}" if self.admin_port else ""
         log.info(
             "relay listening udp+ws %s:%d%s",
@@ -206,33 +208,41 @@ class Relay:
         body |= {"members": members, "maxPlayers": self.config.max_players}
         return reason is None, body
 
-    async def _timers(self) -> None:
-        """Wakes the room when it asks (`Room.timer()`): every sweep interval while anyone is in
-        it; a quiet room (no session, no member) sleeps until its idle or lifetime end or the
-        next handshake, so a machine of idle rooms is not a machine of busy timers."""
-        loop = asyncio.get_running_loop()
-        woken = asyncio.Event()
+    def _arm_timer(self) -> None:
+        """Schedules the room's next wake-up at `Room.timer()`, or brings it forward (the room
+        calls this when its timer may have come earlier): one timer at the earliest deadline,
+        whether anyone is in the room or not, so a machine of idle or busy rooms is not a machine
+        of periodic sweeps."""
         room = self.room
-        assert room is not None
-        self.add_session_listener(woken.set)
-        while not room.closed:
-            woken.clear()
-            delay = max(0.0, room.timer() - time.monotonic())
-            if room.quiet:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), delay)
-            else:
-                expected = loop.time() + delay
-                await asyncio.sleep(delay)
-                self._loop_lag = max(0.0, loop.time() - expected)
-            try:
-                room.handle_timer(time.monotonic())
-            except Exception:
-                log.exception("room timer failed")
+        if room is None or room.closed:
+            return
+        due = room.timer()
+        if due == math.inf:
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(0.0, due - time.monotonic())
+        armed = self._wake
+        if armed is not None:
+            if armed.when() <= when:
+                return
+            armed.cancel()
+        self._wake = loop.call_at(when, self._on_timer, when)
+
+    def _on_timer(self, scheduled: float) -> None:
+        self._wake = None
+        self._loop_lag = max(0.0, asyncio.get_running_loop().time() - scheduled)
+        room = self.room
+        if room is None:
+            return
+        try:
+            room.handle_timer(time.monotonic())
+        except Exception:
+            log.exception("room timer failed")
+        self._arm_timer()
 
     def add_session_listener(self, callback: Callable[[], None]) -> None:
         """`callback()` whenever a session begins: wakes whatever sleeps longer while the room is
-        quiet (the sweeper, the agent's heartbeat)."""
+        quiet (the agent's heartbeat)."""
         self._session_listeners.append(callback)
 
     def _session_began(self) -> None:
@@ -294,9 +304,7 @@ class Relay:
                 await asyncio.sleep(0.001)
             if self._admin is not None:
                 await self._admin.close()
-            tasks = self._stop()
-            if tasks:  # their own timeouts are cancelled as they unwind
-                await asyncio.wait(tasks, timeout=1.0)
+            self._stop()
         finally:
             self._ended(reason)
 
@@ -329,15 +337,11 @@ class Relay:
         if self._doorway is not None:
             self._doorway.close()
 
-    def _stop(self) -> list[asyncio.Task[None]]:
-        """Cancels the relay's tasks and its pending flush; the tasks still to unwind."""
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current and not t.done()]
-        for task in tasks:
-            task.cancel()
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-        return tasks
+    def _stop(self) -> None:
+        """Cancels the room's timer and its pending flush: nothing of the relay stays scheduled."""
+        for handle in (self._flush_timer, self._wake):
+            if handle is not None:
+                handle.cancel()
 
     def _ended(self, reason: CloseReason) -> None:
         if self._closed is not None and not self._closed.done():

@@ -11,6 +11,11 @@ interface, relay/server/transport.py). It asks for what it cannot do itself:
   the per-packet costs (AES-GCM, a system call) are paid per recipient per pass, not per message.
 - `timer()` / `handle_timer(now)`: when it next needs to be woken (keepalives, resume grace,
   stale handshakes, idle and lifetime ends), and the wake itself.
+- `on_timer()`: `timer()` may have come earlier (a session began, or a member's connection
+  dropped into its resume grace): read it again. Nothing else brings it forward, a message
+  least of all, so the room is woken at its earliest deadline and not swept on a period: on a
+  host of many relay processes every wake-up of one costs some hundreds of microseconds of CPU
+  (docs/architecture.md).
 - `on_session()`: a session began (what sleeps long while the room is quiet wakes up).
 - `on_close(reason, text)`: the room ended.
 
@@ -77,6 +82,9 @@ SNAPSHOTS_PER_SECOND = 4
 """A member's SYNCs (and repeated JOINs) get fresh snapshots at most this often (a burst of as
 many), and their bytes come out of the member's byte budget: replies to a member's own requests
 stay bounded (docs/security.md). Refused ones are dropped: the client asks again."""
+MIN_TIMER_GAP = 0.02
+"""Seconds between two of the room's timer wake-ups at least: deadlines that fall closer
+together are handled in one wake."""
 
 
 def _no_udp(packet: bytes, addr: Any) -> None:
@@ -106,6 +114,7 @@ class Room:
         # what the room asks of whoever drives it (see the module docstring)
         self.on_flush: Callable[[float], None] = lambda delay: None
         self.on_session: Callable[[], None] = lambda: None
+        self.on_timer: Callable[[], None] = lambda: None
         self.on_close: Callable[[CloseReason, str], None] = lambda reason, text: None
         self.udp_writer: SendTo = _no_udp
         self.udp_backlogged = False  # the UDP adapter's transport is over its high-water mark
@@ -117,9 +126,6 @@ class Room:
         self.shed_optional = False
         self.closed = False
         self.started = self.last_activity = now
-        self.sweep_interval = max(
-            0.02, min(0.5, config.keepalive_timeout / 8, config.resume_grace / 8, config.idle_timeout / 8)
-        )
         self._last_sweep = now
         self._now = now  # the time of the input being handled
         self._dirty: list[Session] = []
@@ -229,6 +235,7 @@ class Room:
         if member is not None and member.session is session:
             member.session = None
             member.grace_until = now + self.config.resume_grace
+            self.on_timer()
 
     def _ws_violation(self, session: Session, text: str, now: float) -> None:
         """Closes a WebSocket with 1008; its seat is held as for any dropped connection."""
@@ -244,6 +251,7 @@ class Room:
         if session is not None:
             self.sessions[session.sid] = session
             self.on_session()
+            self.on_timer()
         return session
 
     def open_session(self, link: MessageLink, now: float) -> Session | None:
@@ -256,6 +264,7 @@ class Room:
         session = Session(self.handshakes.new_sid(self.sessions), link, None, None, None, b"", now)
         self.sessions[session.sid] = session
         self.on_session()
+        self.on_timer()
         return session
 
     def user_of(self, token: str, now: float) -> str:
@@ -789,13 +798,24 @@ class Room:
         return min(self.last_activity + self.config.idle_timeout, self.started + self.config.lifetime)
 
     def timer(self) -> float:
-        """When `handle_timer` next needs to run: every `sweep_interval` while anyone is in the
-        room; a quiet room only at its end (a session beginning, `on_session`, brings it
-        forward). Infinity once the room is closed."""
+        """When `handle_timer` next has work: the earliest of the members' keepalive and resume
+        grace ends, the handshakes' ends and the room's idle and lifetime ends (a quiet room has
+        only the last two), never sooner than MIN_TIMER_GAP after the last wake. Infinity once
+        the room is closed. A pass over the room's members: read once per wake, not per message."""
         if self.closed:
             return math.inf
-        due = self._last_sweep + self.sweep_interval
-        return max(due, self.next_deadline()) if self.quiet else due
+        config = self.config
+        due = self.next_deadline()
+        keepalive, handshake = config.keepalive_timeout, config.handshake_timeout
+        for member in self.members.values():
+            session = member.session
+            end = member.grace_until if session is None else session.last_seen + keepalive
+            if end < due:
+                due = end
+        for session in self.sessions.values():
+            if session.member is None and session.last_seen + handshake < due:
+                due = session.last_seen + handshake
+        return max(due, self._last_sweep + MIN_TIMER_GAP)
 
     def handle_timer(self, now: float) -> None:
         """Keepalive, resume grace, stale handshakes, idle and lifetime."""
@@ -809,11 +829,11 @@ class Room:
             if session is None:
                 if now >= member.grace_until:
                     self._remove(member, LeaveReason.DISCONNECTED)
-            elif now - session.last_seen > config.keepalive_timeout:
+            elif now - session.last_seen >= config.keepalive_timeout:
                 self._remove(member, LeaveReason.TIMEOUT)
                 self._forget(session, Disconnect.TIMEOUT, "keepalive timeout")
         for session in list(self.sessions.values()):
-            if session.member is None and now - session.last_seen > config.handshake_timeout:
+            if session.member is None and now - session.last_seen >= config.handshake_timeout:
                 self._forget(session, Disconnect.TIMEOUT, "no join")
         # at the deadline itself: a quiet room is woken exactly then (timer()), and closes
         if now - self.last_activity >= config.idle_timeout:

@@ -192,6 +192,42 @@ async def test_a_relay_moved_into_its_group_after_its_guard_started_reads_the_gr
     assert guard.memory == 5 * MIB and relay.accepting_joins
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_guard_keeps_its_files_open_and_still_sees_them_change(tmp_path: Path) -> None:
+    """The guard reads its cgroup's files every second in every relay: it keeps them open and
+    reads each with one pread (`caps.KeptFiles`), and what it reads is still the file's present
+    text: usage, limits resized in place (a pod's in-place resize), and its own cgroup again
+    after a move, whose old group's files it then lets go (no descriptor left per move)."""
+    fs = tmp_path / "sys/fs/cgroup"
+    for n in (1, 2):
+        write(fs / f"relay-caps/ns.room.{n}", v2_files(5 * MIB, 0, str(64 * MIB), "12500 100000"))
+    proc = fake_proc(tmp_path, "0::/relay-caps/ns.room.1\n", [("/", str(fs), "cgroup2", "rw")])
+    relay = RelayStub()
+    guard = caps.CapsGuard(relay, NANO, "cgroup", read_cpu=lambda: 0.0, cgroup=caps.OwnCgroup(proc))
+    await guard.check(0.0)
+    held = open_fds()
+    assert held > 0 and (guard.memory, guard.memory_cap(), guard.cpu_budget()) == (5 * MIB, 64 * MIB, 0.125)
+    group = fs / "relay-caps/ns.room.1"
+    (group / "memory.current").write_text(f"{40 * MIB}\n")  # rewritten in place, as the kernel's
+    (group / "memory.max").write_text(f"{32 * MIB}\n")
+    (group / "cpu.max").write_text("6250 100000\n")
+    await guard.check(1.0)
+    assert (guard.memory, guard.memory_cap(), guard.cpu_budget()) == (40 * MIB, 32 * MIB, 0.0625)
+    assert not relay.accepting_joins  # 40 MiB is over 90% of the resized 32 MiB
+    assert open_fds() == held  # the same files, not opened again
+    for n in (2, 1, 2, 1, 2):
+        (proc / "cgroup").write_text(f"0::/relay-caps/ns.room.{n}\n")
+        await guard.check(2.0 + n)
+    assert guard.cgroup is not None
+    assert guard.cgroup.memory_usage == fs / "relay-caps/ns.room.2/memory.current"
+    assert guard.memory == 5 * MIB and open_fds() == held
+    guard.cgroup.files.close()
+    assert open_fds() < held
+
+
 # ---- a real cgroup ------------------------------------------------------------------------------
 
 

@@ -142,6 +142,23 @@ def test_density_quick(tmp_path: Path) -> None:
     uss, pss = results["uss_mb"], results["pss_mb"]
     assert uss["count"] == 11 and 0 < uss["p50"] <= pss["p50"]
     assert results["rooms_per_24gib"] and results["rooms_per_24gib"] > 0
+    # the empty rooms' CPU over the hold is read, and they do not keep a core busy
+    assert results["hold_seconds"] >= 0.5 and 0 <= results["idle_relays_cpu_percent"] < 50
+    per_room = results["idle_relay_cpu_us_per_room_s"] * 11 * results["hold_seconds"] / 1e6
+    assert per_room == pytest.approx(results["idle_relays_cpu_percent"] / 100 * results["hold_seconds"])
+
+
+def test_idlecost_small() -> None:
+    """Relays with silent members, then empty ones: what they cost while nothing is sent. An
+    empty room's relay has no timer of its own to wake it (its guard sleeps until a session
+    begins; no control plane, so no heartbeat): it is not woken at all."""
+    from loadtest import idlecost
+
+    busy = idlecost.run(relays=2, members=2, seconds=2.5)
+    assert busy["relays"] == 2 and busy["members_per_relay"] == 2 and busy["seconds"] >= 2.5
+    assert busy["cpu_us_per_relay_s"] > 0 and busy["context_switches_per_relay_s"] > 0  # the PINGs
+    empty = idlecost.run(relays=2, members=0, seconds=2.5)
+    assert empty["context_switches_per_relay_s"] == 0, empty
 
 
 def test_firsttouch_small(capsys: pytest.CaptureFixture[str]) -> None:

@@ -236,6 +236,40 @@ def test_a_dropped_websocket_resumes_within_the_grace_and_not_after() -> None:
     assert cid not in room.members
 
 
+def test_the_room_is_woken_at_its_earliest_deadline_not_swept_on_a_period() -> None:
+    """Found measuring idle relays: the room was swept every half second while anyone was in it,
+    two wake-ups a second of every relay process (about 200 us of CPU each on a host of many). It
+    is woken at its earliest deadline now: members that keep talking push their keepalive end
+    on, one that goes silent is dropped at its end exactly, and a connection dropped into its
+    resume grace brings the timer forward (`on_timer`)."""
+    key, room, net = new_room(keepalive_timeout=5.0, resume_grace=2.0, idle_timeout=60.0)
+    a, b, c = _client(key, "a"), _client(key, "b"), _client(key, "c", "ws")
+    for client in (a, b, c):
+        net.join(client)
+    assert room.timer() == pytest.approx(5.0)  # the joins' keepalive ends; nothing sooner
+    wakes: list[float] = []
+    handle = room.handle_timer
+    room.handle_timer = lambda now: (wakes.append(now), handle(now))  # type: ignore[method-assign]
+    for _ in range(35):  # a and c talk every 0.1 s for 3.5 s; b is silent
+        net.now += 0.1
+        for client in (a, c):
+            client.send(b"tick")
+            net.up(client, client.datagrams_to_send())
+        net.advance(0.0, a, c)
+    assert wakes == [] and set(room.members) == {a.connection_id, b.connection_id, c.connection_id}
+    net.advance(1.5, a, c)  # b's keepalive end, 5 s after its last packet, and no wake before it
+    assert wakes == [pytest.approx(5.0)]
+    assert b.connection_id not in room.members
+    last_heard = min(room.members[x.connection_id].session.last_seen for x in (a, c))  # type: ignore[union-attr]
+    assert last_heard >= 3.5 and room.timer() == pytest.approx(last_heard + 5.0)  # a's or c's end
+    asked: list[bool] = []
+    room.on_timer = lambda: asked.append(True)
+    net.drop_websocket(c)
+    assert asked == [True] and room.timer() == pytest.approx(5.0 + 2.0)  # c's seat, held 2 s
+    net.advance(2.0, a)
+    assert c.connection_id not in room.members and wakes[-1] == pytest.approx(7.0)
+
+
 def _resume_after_lost_welcomes(lost: int) -> tuple[Room, Net, ClientConnection, ClientConnection, int]:
     """Members a and b; b's next `lost` SYNC answers (each a WELCOME with a new resume token)
     are lost, then its transport drops and it reconnects with the token it still holds."""
