@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from time import monotonic
 from typing import Any, cast
 
@@ -310,8 +311,16 @@ class WsConnection(asyncio.Protocol):
             peer.receive_many(batch, self._now)
 
     def _ping_later(self) -> None:
+        """The next keepalive ping, at the next multiple of the interval on the loop's clock:
+        the GS2 connections of a relay are pinged in one pass, one wake-up of its process for
+        all of them rather than one each (a wake-up costs more than the pings on a host of many
+        relays, docs/architecture.md). The first may come sooner than an interval after the
+        hello; each later one an interval after the last (a timer that fires a hair before its
+        point, by the clock's rounding, skips to the next one rather than pinging twice)."""
+        loop = asyncio.get_running_loop()
         interval = self.room.config.keepalive_timeout / 4
-        self._pinger = asyncio.get_running_loop().call_later(interval, self._ping)
+        grid = math.floor(loop.time() / interval + 0.01) + 1
+        self._pinger = loop.call_at(grid * interval, self._ping)
 
     def _ping(self) -> None:
         """A GS2 client's keepalive: it answers WebSocket pings (its library does), nothing else.

@@ -325,6 +325,31 @@ async def test_keepalive_is_the_relays_pings() -> None:
         assert (await alive.closed(1)) == (1000, "no communication")
 
 
+async def test_the_relays_pings_to_its_gs2_clients_fall_due_together() -> None:
+    """Found measuring idle relays: each GS2 connection had a ping timer of its own, an interval
+    from its hello, so a room of four GS2 clients woke its relay process four times per interval
+    to ping (a wake-up costs more than the pings on a host of many relays). The pings fall due
+    on the interval's multiples of the loop's clock now: one wake-up pings them all, and each
+    client is still pinged every interval."""
+    async with room(token_public_key=PUBLIC, keepalive_timeout=1.2) as r:  # a ping every 0.3 s
+        clients = []
+        for user in ("a", "b", "c"):
+            clients.append(await gs2(r, user))
+            await asyncio.sleep(0.11)  # hellos apart, as players arrive
+        conns = [c for c in r.relay._ws if c._pinger is not None]
+        assert len(conns) == 3
+        due = {c._pinger.when() for c in conns if c._pinger is not None}
+        assert len(due) == 1, due  # one instant for all three
+        first = due.pop()
+        await asyncio.sleep(max(0.0, first - asyncio.get_running_loop().time()) + 0.05)
+        later = {c._pinger.when() for c in conns if c._pinger is not None}
+        assert len(later) == 1 and later.pop() == pytest.approx(first + 0.3)
+        await asyncio.sleep(0.7)  # pinged and answered: still members
+        assert len(r.relay.room.members) == 3
+        for client in clients:
+            await client.close()
+
+
 async def test_without_a_token_key_the_room_key_is_the_credential() -> None:
     """Without token_public_key a token's claims name the user (unverified, as a native JOIN's
     user id is taken); a string that is no token is still refused."""
