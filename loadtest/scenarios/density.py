@@ -361,8 +361,8 @@ def markdown(r: dict[str, Any]) -> list[str]:
             [
                 f"- CPU of the {r['relay_processes']} idle relays over {r['hold_seconds']:.0f} s of the "
                 f"hold: {r['idle_relay_cpu_us_per_room_s']:.0f} us per room per second, "
-                f"{r['idle_relays_cpu_percent']:.1f}% of a core for all of them (the caps guard's look every "
-                f"5 s, a heartbeat every 30 s); the control plane receiving their heartbeats: "
+                f"{r['idle_relays_cpu_percent']:.1f}% of a core for all of them (a heartbeat every 30 s, "
+                f"the caps guard's look every 60 s); the control plane receiving their heartbeats: "
                 f"{r['idle_control_plane_cpu_percent']:.1f}% of a core."
             ]
             if "idle_relay_cpu_us_per_room_s" in r

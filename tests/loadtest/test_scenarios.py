@@ -149,15 +149,19 @@ def test_density_quick(tmp_path: Path) -> None:
 
 
 def test_idlecost_small() -> None:
-    """Relays with silent members, then empty ones: what they cost while nothing is sent. An
-    empty room's relay has no timer of its own to wake it (its guard sleeps until a session
-    begins; no control plane, so no heartbeat): it is not woken at all."""
+    """Relays with silent members (through `relay dev`, heartbeating it), then empty ones: what
+    they cost while nothing is sent. An empty room's relay has no timer of its own to wake it
+    (its guard sleeps until a session begins; no control plane, so no heartbeat): it is not
+    woken at all."""
     from loadtest import idlecost
 
-    busy = idlecost.run(relays=2, members=2, seconds=2.5)
+    busy = idlecost.run(
+        relays=2, members=2, seconds=2.5, control_plane=True, heartbeat_interval=0.5, settle=0.5
+    )
     assert busy["relays"] == 2 and busy["members_per_relay"] == 2 and busy["seconds"] >= 2.5
     assert busy["cpu_us_per_relay_s"] > 0 and busy["context_switches_per_relay_s"] > 0  # the PINGs
-    empty = idlecost.run(relays=2, members=0, seconds=2.5)
+    assert busy["control_plane_cpu_percent"] > 0  # their heartbeats, 4 a second
+    empty = idlecost.run(relays=2, members=0, seconds=2.5, settle=0.5)
     assert empty["context_switches_per_relay_s"] == 0, empty
 
 
