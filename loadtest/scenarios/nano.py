@@ -128,7 +128,8 @@ def run(config: NanoConfig, report: Report, progress: bool | None = None) -> dic
     caps_note = ""
     with Live("nano", total=total, enabled=progress) as live:
         for transport in config.transports:
-            relay = RelayProcess({}, config.relay_cpus, config.relay_factory)
+            # the tier's CPU budget, as `relay serve --tier` sets it: the relay paces within it
+            relay = RelayProcess({"cpu_budget": NANO.cpu}, config.relay_cpus, config.relay_factory)
             caps_note, group = apply_caps(relay.pid)
             steps = []
             index = 0

@@ -423,7 +423,7 @@ async def run_agones(
             control_url=assignment.control_url or base.control_url,
             advertise_host=base.advertise_host or address or None,
         )
-        started = Relay(launch.relay)
+        started = Relay(launch.room_config())
         # Prometheus on Kubernetes learns no room from the pod: the relay's series carry it
         started.metrics.labels = {"gs2_namespace": launch.namespace or "", "gs2_room": launch.room or ""}
         await started.start()

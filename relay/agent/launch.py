@@ -200,6 +200,13 @@ class RelayLaunch:
             raise LaunchError(f"--control-url: {problem}")
         return launch
 
+    def room_config(self) -> RelayConfig:
+        """The relay's configuration as it runs: with a tier and no CPU budget of its own, the
+        tier's CPU is its budget (it paces within it, relay/server/pacing.py)."""
+        if self.tier and self.relay.cpu_budget is None:
+            return replace(self.relay, cpu_budget=get_tier(self.tier).cpu)
+        return self.relay
+
     def with_room(self, **relay: object) -> RelayLaunch:
         """A copy with RelayConfig fields replaced."""
         return replace(self, relay=replace(self.relay, **relay))  # type: ignore[arg-type]

@@ -67,7 +67,7 @@ class ServedRoom:
 async def serve(launch: RelayLaunch) -> int:
     """Runs the room until it ends; the exit code."""
     limit(launch)
-    served = ServedRoom(Relay(launch.relay))
+    served = ServedRoom(Relay(launch.room_config()))
     relay = served.relay
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

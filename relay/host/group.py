@@ -252,7 +252,7 @@ class RoomGroup:
                     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
                     room.log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed below
                     ROOM_LOG.set(room.log_file)
-                room.served = served = ServedRoom(Relay(launch.relay))
+                room.served = served = ServedRoom(Relay(launch.room_config()))
                 await served.start(launch, guarded=False)
                 served.relay.accepting_joins = self._accepting_joins
                 if self.guard is not None:

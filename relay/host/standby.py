@@ -76,7 +76,7 @@ async def _rehearsal() -> None:
     from relay.server.app import Relay
 
     launch = RelayLaunch.parse(["--room-key", generate_room_key(), "--admin-port", "0"])
-    relay = Relay(launch.relay)
+    relay = Relay(launch.room_config())
     await relay.start()
     try:
         http = Http11Client(f"http://127.0.0.1:{relay.admin_port}", timeout=2.0)

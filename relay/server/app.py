@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 from relay.protocol.constants import CloseReason
 from relay.protocol.gs2.wire import Encoder
+from relay.server import pacing
 from relay.server.config import RelayConfig
 from relay.server.links import Doorway, UdpProtocol, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
 from relay.server.room import Room
+from relay.server.transport import UDP
 from relay.settings import ListenError
 
 log = logging.getLogger("relay.server")
@@ -97,6 +99,7 @@ class Relay:
         self._loop_lag = 0.0
         self._started_wall = time.time()
         self._session_listeners: list[Callable[[], None]] = []
+        self._pacer: pacing.LoopPacer | None = None  # with a CPU budget (relay/server/pacing.py)
 
     # the Relay interface used by the agent (relay/agent) and tests
 
@@ -143,7 +146,33 @@ class Relay:
             else:
                 call_soon(flush_now)
 
-        room.on_flush = on_flush
+        pacer = pacing.for_loop(loop) if self.config.cpu_budget else None
+        if pacer is not None:  # the pass's flush, then the pacer's rest (relay/server/pacing.py)
+            self._pacer = pacer
+            pacer.join(self, self.config.cpu_budget, self.config.max_pace)
+            scheduled, passed, packets_in = pacer.scheduled, pacer.passed, self.counters.packets_in
+            pace = pacer.pacer
+            read_before = [0]
+
+            def flush_paced() -> None:
+                try:
+                    flush(monotonic())
+                finally:  # a pass that read a full batch of datagrams has more waiting: no rest
+                    datagrams = packets_in[UDP] - read_before[0]
+                    read_before[0] = packets_in[UDP]
+                    passed(room.batch_start, datagrams >= pacing.DATAGRAMS_PER_READ)
+                    room.held = pace.pace > 0  # what gathered while it rested leaves together
+
+            def on_flush_paced(delay: float) -> None:
+                if delay > 0:
+                    on_flush(delay)
+                else:
+                    scheduled()
+                    call_soon(flush_paced)
+
+            room.on_flush = on_flush_paced
+        else:
+            room.on_flush = on_flush
         try:
             tcp, udp = bind_pair(self.config.host, self.config.port)
         except OSError as exc:
@@ -259,6 +288,7 @@ class Relay:
             "ws_send_buffer_bytes": buffered,
             "event_loop_lag_seconds": self._loop_lag,
             "accepting_joins": 1.0 if self.accepting_joins else 0.0,
+            "pace_seconds": self._pacer.pacer.pace if self._pacer is not None else 0.0,
         }
 
     def stats(self) -> RelayStats:
@@ -342,6 +372,8 @@ class Relay:
         for handle in (self._flush_timer, self._wake):
             if handle is not None:
                 handle.cancel()
+        if self._pacer is not None:
+            self._pacer.leave(self)
 
     def _ended(self, reason: CloseReason) -> None:
         if self._closed is not None and not self._closed.done():

@@ -24,6 +24,7 @@ Count = Annotated[int, Field(ge=0)]
 Positive = Annotated[int, Field(ge=1)]
 Seconds = Annotated[float, Field(gt=0)]
 SecondsOrZero = Annotated[float, Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 def doc(default: Any, text: str, **extra: Any) -> Any:
@@ -84,6 +85,16 @@ class RelayConfig:
         "with no tick: a pass still reading datagrams this long after it queued its first message "
         "flushes what it holds, so the first of a burst do not wait for the last (WebSocket input "
         "flushes at the end of its pass only)",
+    )
+    cpu_budget: NonNegative | None = doc(
+        None,
+        "cores this relay stays under by pacing its reads when busy (docs/tiers.md); "
+        "none or 0: no pacing. relay serve with a tier sets the tier's (realtime1.nano: 0.125)",
+    )
+    max_pace: SecondsOrZero = doc(
+        0.01,
+        "the longest a paced relay waits after a pass before it reads again (seconds): one period "
+        "of the tiers' CPU caps, so a capped relay passes about once a period",
     )
     drain_timeout: SecondsOrZero = doc(1.5, "seconds to wait on close for WebSocket buffers to empty")
     token_public_key: str | None = doc(

@@ -25,6 +25,8 @@ client packet's messages, so waiting for the burst's last datagram saved few pac
 its first ones for the whole pass (p99 at half load fell from 1.6-2.8 ms to 0.3 ms, with the
 same saturation rate). WebSocket input keeps the whole pass: its messages hold up to 64 KiB, and
 flushing a burst early multiplied its writes (p99 at half load rose from 0.7 to 1.2-4.9 ms).
+A relay that paces its reads (relay/server/pacing.py) sets `held`: its passes gather what came
+while it rested, and are flushed whole.
 
 The handshake lives in handshake.py, a UDP member's address validation in paths.py. Input that
 docs/protocol.md says to drop is dropped and counted by reason, never raised.
@@ -130,10 +132,11 @@ class Room:
         self._now = now  # the time of the input being handled
         self._dirty: list[Session] = []
         self._flush_scheduled = False
-        self._batch_start = 0.0
+        self.batch_start = 0.0  # when the output awaiting the next flush began (its first input)
         self._tick = config.coalesce_tick if config.coalesce_tick > 0 else 0.0
         # no tick: a UDP pass flushes early once it has held output this long
         self._max_delay = config.max_coalesce_delay_udp if config.coalesce_tick <= 0 else math.inf
+        self.held = False  # the relay paces its reads: a UDP pass is flushed whole, as a tick's
         # by transport kind (a GS2 client is on the WebSocket port, with its limits)
         self._limits = [config.limits("udp"), config.limits("ws"), config.limits("gs2")]
         self._max_payload = [config.max_payload_udp, config.max_payload_ws, config.max_payload_ws]
@@ -147,7 +150,7 @@ class Room:
 
     def udp_datagram(self, data: bytes, addr: Any, now: float) -> None:
         """Every datagram that reaches the room's port, with the time it was read."""
-        if self._flush_scheduled and now - self._batch_start >= self._max_delay:
+        if self._flush_scheduled and now - self.batch_start >= self._max_delay and not self.held:
             self.flush(now)  # the burst so far leaves before this datagram is handled
         self._now = now
         n = len(data)
@@ -686,7 +689,7 @@ class Room:
 
     def _schedule_flush(self) -> None:
         self._flush_scheduled = True
-        self._batch_start = self._now
+        self.batch_start = self._now
         self.on_flush(self._tick)
 
     def flush(self, now: float) -> None:
@@ -706,7 +709,7 @@ class Room:
                 session.out = []
                 self.counters.drops["internal_error"] += 1
                 log.exception("flush of session %d failed", session.sid)
-        self.counters.observe_fanout(now - self._batch_start)
+        self.counters.observe_fanout(now - self.batch_start)
 
     def _mark(self, session: Session) -> None:
         """The session has something for the next flush besides its queue (a path challenge)."""

@@ -211,3 +211,15 @@ def test_an_empty_name_reads_back_as_given() -> None:
     as none at all, and read again as unset."""
     launch = replace(a_launch(), control_url=None, room="", namespace="")  # names without a control plane
     assert RelayLaunch.parse(launch.argv(), launch.env()) == launch
+
+
+def test_a_relay_with_a_tier_paces_within_the_tiers_cpu_unless_told_otherwise() -> None:
+    key = ["--room-key", generate_room_key()]
+    assert RelayLaunch.parse([*key, "--tier", "realtime1.nano"]).room_config().cpu_budget == 0.125
+    assert (
+        RelayLaunch.parse([*key, "--tier", "realtime1.nano", "--cpu-budget", "0"]).room_config().cpu_budget
+        == 0
+    )
+    assert RelayLaunch.parse(key).room_config().cpu_budget is None  # no tier: no pacing
+    from_env = RelayLaunch.parse(key, {"RELAY_TIER": "realtime1.nano"})  # as a capped spawner says it
+    assert from_env.room_config().cpu_budget == 0.125

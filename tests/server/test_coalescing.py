@@ -26,11 +26,13 @@ from relay.server.room import _pack
 from .rawpeer import UdpPeer
 
 
-async def _pass_of(delay: float, gap_after_first: float = 0.0) -> list[list[bytes]]:
-    """Three SENDs from a, read in one pass; the payloads of each datagram b receives."""
+async def _pass_of(delay: float, gap_after_first: float = 0.0, held: bool = False) -> list[list[bytes]]:
+    """Three SENDs from a, read in one pass; the payloads of each datagram b receives. `held`:
+    the relay paces its reads (relay/server/pacing.py)."""
     async with room(max_coalesce_delay_udp=delay) as r:
         relay_room = r.relay.room
         assert relay_room is not None
+        relay_room.held = held
         a = await UdpPeer.open(r.key, r.port)
         b = await UdpPeer.open(r.key, r.port)
         await a.start("a")
@@ -60,6 +62,11 @@ async def test_a_pass_that_held_output_too_long_flushes_before_reading_on() -> N
     # 50 ms bound; the first datagram's output is 60 ms old when the second arrives: it leaves
     # before the second is handled, and the second and third leave together at the end of the pass
     assert await _pass_of(delay=0.05, gap_after_first=0.06) == [[b"msg0"], [b"msg1", b"msg2"]]
+
+
+async def test_a_paced_relays_pass_is_flushed_whole() -> None:
+    # its datagrams waited while it rested: the first would leave early only to cost a send each
+    assert await _pass_of(delay=0.05, gap_after_first=0.06, held=True) == [[b"msg0", b"msg1", b"msg2"]]
 
 
 class _Collect:

@@ -1,0 +1,158 @@
+"""Pacing: a relay near its CPU budget reads its sockets less often, instead of being throttled.
+
+A relay is woken for every packet that arrives and fans each one out at once. In a 32-player
+room at 30 Hz that is 960 wake-ups and 29,760 sends a second, and on a virtual machine a
+wake-up and a loopback send each cost about as much as the room's own work on a message
+(docs/architecture.md). Capped at realtime1.nano (an eighth of a core), that load took 88-94%
+of the cap, and the kernel's throttling then stalled the room for most of a 10 ms period at a
+time: p99 went to 25-157 ms.
+
+So a relay whose CPU over the last `WINDOW` seconds reaches `PACE_ON` of its budget paces
+itself. After a pass that flushed output, it sleeps until `pace` seconds after that pass's
+first input was read, and only then reads again. The next pass finds every packet that came in
+the meantime, and each member gets one packet holding all of their messages, so the same
+messages take fewer wake-ups, reads and sends. A message waits at most `pace` longer. The pace
+starts at `MIN_PACE` and doubles up to the relay's `max_pace` (10 ms: one period of the tiers'
+CPU caps, so a capped relay passes about once a period) while the CPU stays at or over
+`PACE_ON`; at `PACE_AT_ONCE` it goes to `max_pace` at once. It halves (and stops below
+`MIN_PACE`) once the CPU falls under `PACE_OFF`. A pass that read a full batch of datagrams
+(more are waiting), or that already took longer than the pace, does not sleep, so a saturated
+relay loses no time to it. A relay with no budget never paces (`RelayConfig.cpu_budget`;
+`relay serve` sets its tier's).
+
+`Pacer` is the controller, pure: CPU readings in, the pace out. `LoopPacer` is its event-loop
+side. There is one per event loop, shared by the rooms a process serves: a group's rooms sleep
+once per pass, not once each, and its budget is the sum of theirs. Only uvloop's loop is
+paced: asyncio's own reads one datagram a wake, so a rest would hold each datagram rather than
+gather them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+WINDOW = 0.1
+"""Seconds of CPU readings per controller step (on a pass's end, so a quiet relay reads none)."""
+PACE_ON = 0.5
+"""Share of the budget at or over which the pace lengthens."""
+PACE_AT_ONCE = 0.8
+"""Share of the budget at or over which the pace goes to its longest at once: a room that
+arrives all together (a match starting) would otherwise be throttled while the pace doubles."""
+PACE_OFF = 0.25
+"""Share of the budget under which it shortens (the gap keeps a paced relay, which uses far
+less, from stopping and starting)."""
+DATAGRAMS_PER_READ = 32
+"""Datagrams uvloop (libuv) reads from a socket in one wake at most."""
+MIN_PACE = 0.001
+"""Seconds: the first pace, and the shortest kept."""
+
+
+@dataclass(slots=True)
+class Pacer:
+    """The controller: `sample(now, cpu)` every WINDOW seconds or more; `pace` is what to keep."""
+
+    budget: float = 0.0  # cores; 0: never pace
+    max_pace: float = 0.01
+    pace: float = 0.0
+    share: float = 0.0  # cores used over the last window
+    next_sample: float = -math.inf
+    _last: tuple[float, float] | None = None
+
+    def sample(self, now: float, cpu: float) -> float:
+        """`cpu`: the process's CPU seconds so far, read at `now` (seconds, monotonic)."""
+        last, self._last = self._last, (now, cpu)
+        self.next_sample = now + WINDOW
+        if last is None or now <= last[0]:
+            return self.pace
+        self.share = share = (cpu - last[1]) / (now - last[0])
+        budget = self.budget
+        if budget > 0 and share >= budget * PACE_AT_ONCE:  # throttling is near: no time to double
+            self.pace = self.max_pace
+        elif budget > 0 and share >= budget * PACE_ON:
+            self.pace = min(self.max_pace, max(MIN_PACE, self.pace * 2))
+        elif budget <= 0 or share < budget * PACE_OFF:
+            half = self.pace / 2
+            self.pace = half if half >= MIN_PACE else 0.0
+        return self.pace
+
+
+class LoopPacer:
+    """The pacer of one event loop (`for_loop`): relays `join` it with their budget, and tell it
+    of each pass that flushed output (`passed`); at the end of that pass it sleeps for the pace."""
+
+    def __init__(
+        self, read_cpu: Callable[[], float] = time.process_time, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.pacer = Pacer()
+        self._read_cpu = read_cpu
+        self._sleep = sleep
+        self._budgets: dict[object, tuple[float, float]] = {}  # relay -> (budget, max_pace)
+        self._first = math.inf  # when the first input of this pass's output arrived
+        self._flushes = 0  # flushes scheduled in this pass and not yet run
+        self._full = False  # a relay's pass read a full batch of datagrams
+        self.paced_passes = 0
+        self.slept = 0.0
+
+    def join(self, relay: object, budget: float, max_pace: float) -> None:
+        self._budgets[relay] = (budget, max_pace)
+        self._recount()
+
+    def leave(self, relay: object) -> None:
+        if self._budgets.pop(relay, None) is not None:
+            self._recount()
+
+    def _recount(self) -> None:
+        pacer = self.pacer
+        pacer.budget = sum(budget for budget, _ in self._budgets.values())
+        pacer.max_pace = min((pace for _, pace in self._budgets.values()), default=0.0)
+        pacer.pace = min(pacer.pace, pacer.max_pace)
+
+    def scheduled(self) -> None:
+        """A relay scheduled its flush for the end of this pass."""
+        self._flushes += 1
+
+    def passed(self, first_input: float, full: bool = False) -> None:
+        """A relay flushed output whose first input arrived at `first_input` (monotonic); `full`:
+        its pass read as many datagrams as one wake reads, so more are waiting and this pass
+        does not rest. The last flush of the pass rests: sleeping in a callback of its own would
+        let the next poll's input in before it, and hold that input's output for the sleep."""
+        if first_input < self._first:
+            self._first = first_input
+        self._full = self._full or full
+        self._flushes -= 1
+        if self._flushes <= 0:
+            self._flushes = 0
+            self._rest()
+
+    def _rest(self) -> None:
+        first, self._first = self._first, math.inf
+        full, self._full = self._full, False
+        now = time.monotonic()
+        pacer = self.pacer
+        if now >= pacer.next_sample:
+            pacer.sample(now, self._read_cpu())
+        wait = first + pacer.pace - now
+        if pacer.pace and wait > 0 and not full:
+            self.paced_passes += 1
+            self.slept += wait
+            self._sleep(wait)
+
+
+_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopPacer] = weakref.WeakKeyDictionary()
+
+
+def for_loop(loop: asyncio.AbstractEventLoop) -> LoopPacer | None:
+    """The pacer of `loop`, made on first use; None unless `loop` is uvloop's (as `relay serve`'s
+    is). asyncio's own loop reads one datagram a wake, so a rest would hold every datagram for
+    a pace, not gather them."""
+    if not type(loop).__module__.startswith("uvloop"):
+        return None
+    pacer = _pacers.get(loop)
+    if pacer is None:
+        pacer = _pacers[loop] = LoopPacer()
+    return pacer

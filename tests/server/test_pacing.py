@@ -1,0 +1,179 @@
+"""Pacing (relay/server/pacing.py): the controller on given CPU readings, the loop's rest on a
+given clock, and a real relay over its budget coalescing what arrives during its rest."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+
+import pytest
+import uvloop
+
+from relay.embedded import room
+from relay.protocol import messages as m
+from relay.server.pacing import MIN_PACE, PACE_AT_ONCE, PACE_OFF, PACE_ON, WINDOW, LoopPacer, Pacer
+
+from .rawpeer import UdpPeer
+
+
+def _step(pacer: Pacer, share: float, at: list[float]) -> float:
+    """One window at `share` cores: the readings a window apart, `share` x WINDOW of CPU."""
+    now, cpu = at
+    at[0], at[1] = now + WINDOW, cpu + share * WINDOW
+    return pacer.sample(at[0], at[1])
+
+
+def _pacer(budget: float = 1.0, max_pace: float = 0.006) -> tuple[Pacer, list[float]]:
+    pacer = Pacer(budget=budget, max_pace=max_pace)
+    pacer.sample(0.0, 0.0)  # the first reading only sets where the next window starts
+    return pacer, [0.0, 0.0]
+
+
+def test_the_first_reading_changes_nothing() -> None:
+    pacer = Pacer(budget=1.0)
+    assert pacer.sample(5.0, 100.0) == 0.0
+    assert pacer.next_sample == 5.0 + WINDOW
+
+
+def test_between_on_and_at_once_the_pace_doubles_from_its_least_to_its_longest() -> None:
+    pacer, at = _pacer(max_pace=0.006)
+    share = (PACE_ON + PACE_AT_ONCE) / 2
+    assert [_step(pacer, share, at) for _ in range(5)] == [MIN_PACE, 0.002, 0.004, 0.006, 0.006]
+
+
+def test_near_the_budget_the_pace_is_its_longest_at_once() -> None:
+    pacer, at = _pacer(budget=0.125, max_pace=0.006)
+    assert _step(pacer, 0.125 * PACE_AT_ONCE, at) == 0.006
+
+
+def test_under_off_it_halves_to_nothing_and_between_off_and_on_it_holds() -> None:
+    pacer, at = _pacer(max_pace=0.008)
+    _step(pacer, 1.0, at)
+    assert _step(pacer, (PACE_OFF + PACE_ON) / 2, at) == 0.008  # paced, in the band: kept
+    assert [_step(pacer, PACE_OFF / 2, at) for _ in range(5)] == [0.004, 0.002, MIN_PACE, 0.0, 0.0]
+
+
+def test_no_budget_never_paces() -> None:
+    pacer, at = _pacer(budget=0.0)
+    assert [_step(pacer, 1.0, at) for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+class _Clockwork:
+    """A LoopPacer's CPU readings and sleeps, given and recorded."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.sleeps: list[float] = []
+        self.pacer = LoopPacer(read_cpu=lambda: self.cpu, sleep=self.sleeps.append)
+
+
+def test_a_paced_pass_rests_until_the_pace_after_its_first_input() -> None:
+    w = _Clockwork()
+    w.pacer.join("room", budget=0.1, max_pace=0.05)
+    w.pacer.pacer.pace = 0.05
+    w.pacer.pacer.next_sample = float("inf")  # no reading in this test: the pace stays
+    first = time.monotonic()
+    w.pacer.scheduled()
+    w.pacer.passed(first)
+    assert len(w.sleeps) == 1
+    assert 0.04 < w.sleeps[0] <= 0.05
+
+
+def test_a_pass_longer_than_the_pace_does_not_rest() -> None:
+    w = _Clockwork()
+    w.pacer.join("room", budget=0.1, max_pace=0.05)
+    w.pacer.pacer.pace = 0.05
+    w.pacer.pacer.next_sample = float("inf")
+    w.pacer.scheduled()
+    w.pacer.passed(time.monotonic() - 0.06)
+    assert w.sleeps == []
+
+
+def test_the_rooms_of_one_process_rest_once_per_pass_after_the_last_flush() -> None:
+    w = _Clockwork()
+    w.pacer.join("a", budget=0.1, max_pace=0.05)
+    w.pacer.join("b", budget=0.1, max_pace=0.03)
+    assert (w.pacer.pacer.budget, w.pacer.pacer.max_pace) == (pytest.approx(0.2), 0.03)
+    w.pacer.pacer.pace = 0.03
+    w.pacer.pacer.next_sample = float("inf")
+    w.pacer.scheduled()
+    w.pacer.scheduled()
+    now = time.monotonic()
+    w.pacer.passed(now)
+    assert w.sleeps == []  # room b's flush is still to run in this pass
+    w.pacer.passed(now - 0.01)  # the earlier input of the two sets the rest
+    assert len(w.sleeps) == 1 and 0.01 < w.sleeps[0] <= 0.02
+    w.pacer.leave("a")
+    assert w.pacer.pacer.budget == pytest.approx(0.1)
+
+
+def test_the_pacer_reads_the_cpu_a_window_apart() -> None:
+    w = _Clockwork()
+    w.pacer.join("room", budget=0.1, max_pace=0.05)
+    w.pacer.scheduled()
+    w.pacer.passed(time.monotonic())  # the first reading
+    w.cpu = 1.0  # a core's worth since: over the budget
+    w.pacer.pacer.next_sample = 0.0
+    w.pacer.scheduled()
+    w.pacer.passed(time.monotonic())
+    assert w.pacer.pacer.pace == 0.05
+    assert w.sleeps and w.sleeps[-1] > 0.04
+
+
+async def _deliveries(
+    cpu_budget: float | None, count: int = 10, gap: float = 0.005
+) -> tuple[list[bytes], int, str]:
+    """`count` SENDs from a, `gap` seconds apart, from a thread (the relay's rest blocks its
+    loop, and so the test's); the payloads b got, in order, and in how many datagrams. On
+    uvloop, as `relay serve` runs: the relay paces on no other loop."""
+    async with room(cpu_budget=cpu_budget, max_pace=0.05) as r:
+        a = await UdpPeer.open(r.key, r.port)
+        b = await UdpPeer.open(r.key, r.port)
+        await a.start("a")
+        await b.start("b")
+        await a.expect(m.MemberJoined)
+        for _ in range(3):  # passes a window apart: the pacer has its readings
+            a.send(m.Send(b"warm").encode())
+            await asyncio.sleep(WINDOW + 0.02)
+        await b.silence(0.1)
+        packets = [a.seal(m.Send(b"msg%d" % i).encode()) for i in range(count)]
+        assert a.transport is not None
+        sock = socket.socket(fileno=os.dup(a.transport.get_extra_info("socket").fileno()))
+
+        def send() -> None:
+            with sock:
+                for packet in packets:
+                    sock.send(packet)
+                    time.sleep(gap)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        datagrams = await b.silence(0.3)
+        sender.join()
+        metrics = r.relay.metrics.render().decode()
+        a.close()
+        b.close()
+    got = [msg.data for p in datagrams for msg in b.decode(p) if isinstance(msg, m.Message)]
+    return got, len(datagrams), metrics
+
+
+def test_a_relay_over_its_budget_coalesces_what_arrives_while_it_rests() -> None:
+    expected = [b"msg%d" % i for i in range(10)]
+    paced, paced_datagrams, metrics = uvloop.run(_deliveries(cpu_budget=1e-9))
+    assert "relay_pace_seconds 0.05" in metrics
+    unpaced, unpaced_datagrams, _ = uvloop.run(_deliveries(cpu_budget=None))
+    assert paced == expected and unpaced == expected  # everything, in order, either way
+    # 10 messages over 45 ms: a relay resting 50 ms a pass sends them in a datagram or two
+    assert paced_datagrams <= 3
+    assert unpaced_datagrams >= paced_datagrams + 3
+
+
+def test_a_relay_on_asyncios_own_loop_does_not_pace() -> None:
+    """That loop reads a datagram a wake: a rest would hold each one for the pace."""
+    got, datagrams, metrics = asyncio.run(_deliveries(cpu_budget=1e-9))
+    assert got == [b"msg%d" % i for i in range(10)]
+    assert "relay_pace_seconds 0.0" in metrics
+    assert datagrams >= 7  # a datagram a message, but for the odd pass that found two
