@@ -32,7 +32,7 @@ GS2_NANO_RATE = GS2_NANO_PLAYERS * GS2_NANO_HZ  # messages/s
 
 @dataclass(frozen=True, slots=True)
 class NanoConfig:
-    steps: tuple[tuple[int, float], ...] = ((8, 3), (8, 10), (8, 30), (16, 30), (32, 30))
+    steps: tuple[tuple[int, float], ...] = ((8, 3), (8, 10), (8, 30), (16, 30), (32, 30), (32, 60))
     transports: tuple[str, ...] = ("ws", "udp", "gs2")  # "mixed": players alternate UDP and WS in one room
     step_seconds: float = 5.0
     workers: int = 2

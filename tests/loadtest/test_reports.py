@@ -358,3 +358,36 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
         benchmarks._fleet_shape_section([_fleet_run(90.0, 30.0, None)]),
     ):
         assert not any("a process per room" in line for line in lines)
+
+
+def _nano_run_step(players: int, hz: float, cpu: float, p99: float, held: bool) -> dict[str, Any]:
+    return {
+        "players": players,
+        "hz": hz,
+        "rate": players * hz,
+        "relay_cpu_percent": cpu,
+        "latency": {"p50_ms": p99 / 2, "p99_ms": p99},
+        "totals": {"lost": 0, "loss_ratio": 0.0},
+        "connected": {"failed": []},
+        "held": held,
+        "why": "held" if held else f"p99 {p99} ms >= 20 ms",
+    }
+
+
+def test_the_nano_section_gives_every_runs_steps_against_the_cap() -> None:
+    """Issue 20's tier target is judged per run: BENCHMARKS.md's nano section gives each run's
+    CPU (as a share of the cap) and p99 for the steps from 16 players up, and the failures of
+    each run."""
+    runs = []
+    for cpu, p99, held in ((6.25, 12.0, True), (10.0, 25.0, False)):
+        steps = [_nano_run_step(8, 3, 0.5, 1.0, True), _nano_run_step(32, 30, cpu, p99, held)]
+        best = steps[1] if held else steps[0]
+        result = {"transports": {"ws": {"steps": steps, "best": best}}}
+        runs.append((Report("nano", Path("/nonexistent"), {}), result))
+    lines = benchmarks._nano_section(runs)
+    detail = lines[next(i for i, line in enumerate(lines) if line.startswith("Every run's steps")) :]
+    row = next(line for line in detail if line.startswith("| ws | 32 x 30 Hz"))
+    assert "6.2 (50%), 10.0 (80%)" in row and "6 / 12, 12.5 / 25" in row and "1 of 2" in row
+    assert not any(line.startswith("| ws | 8 x 3 Hz") for line in detail)
+    summary = next(line for line in lines if line.startswith("| ws |"))
+    assert "run 2: 32x30 (p99 25.0 ms >= 20 ms)" in summary
