@@ -337,6 +337,8 @@ class Guarded(Protocol):
     @property
     def quiet(self) -> bool: ...
 
+    def pace_within(self, budget: float) -> None: ...
+
     async def close(self, reason: CloseReason, text: str = "") -> None: ...
 
 
@@ -444,6 +446,7 @@ class CapsGuard:
         self.cpu_share = share = (cpu - last[1]) / (now - last[0])
         budget = self.cpu_budget()
         relay = self.relay
+        relay.pace_within(budget)
         if not relay.shed_optional and share >= budget * SHED_ON:
             relay.shed_optional = True
             log.warning("CPU %.0f%%, budget %.0f%%: shedding UDP fan-out", share * 100, budget * 100)

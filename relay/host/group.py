@@ -168,6 +168,11 @@ class RoomGroup:
     def quiet(self) -> bool:
         return all(served.relay.quiet for served in self._served())
 
+    def pace_within(self, budget: float) -> None:
+        """The group's CPU budget: its rooms share one pacer (relay/server/pacing.py)."""
+        for served in self._served():
+            served.relay.pace_within(budget)
+
     async def close(self, reason: CloseReason, text: str = "") -> None:
         """Every room closes (the guard's answer to the group's memory cap, or SIGTERM)."""
         self._closing = True

@@ -269,6 +269,12 @@ class Relay:
             log.exception("room timer failed")
         self._arm_timer()
 
+    def pace_within(self, budget: float) -> None:
+        """The caps guard's CPU budget (the tier's, or its cgroup's quota where lower): a relay that
+        paces (a `cpu_budget` of its own) paces against the lower of the two."""
+        if self._pacer is not None:
+            self._pacer.limit(budget)
+
     def add_session_listener(self, callback: Callable[[], None]) -> None:
         """`callback()` whenever a session begins: wakes whatever sleeps longer while the room is
         quiet (the agent's heartbeat)."""

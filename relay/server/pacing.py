@@ -92,6 +92,7 @@ class LoopPacer:
         self._read_cpu = read_cpu
         self._sleep = sleep
         self._budgets: dict[object, tuple[float, float]] = {}  # relay -> (budget, max_pace)
+        self._cap = math.inf  # the process's CPU quota where lower than its relays' budgets
         self._first = math.inf  # when the first input of this pass's output arrived
         self._flushes = 0  # flushes scheduled in this pass and not yet run
         self._full = False  # a relay's pass read a full batch of datagrams
@@ -106,9 +107,15 @@ class LoopPacer:
         if self._budgets.pop(relay, None) is not None:
             self._recount()
 
+    def limit(self, cap: float) -> None:
+        """The process may use no more than `cap` cores (the caps guard read its cgroup's quota,
+        a pod limited below its tier): the budget is the lower of the two."""
+        self._cap = cap
+        self._recount()
+
     def _recount(self) -> None:
         pacer = self.pacer
-        pacer.budget = sum(budget for budget, _ in self._budgets.values())
+        pacer.budget = min(self._cap, sum(budget for budget, _ in self._budgets.values()))
         pacer.max_pace = min((pace for _, pace in self._budgets.values()), default=0.0)
         pacer.pace = min(pacer.pace, pacer.max_pace)
 

@@ -32,13 +32,17 @@ POD = "/kubepods/burstable/pod7c1e/3f2a9b"  # a container's cgroup without a nam
 
 
 class RelayStub:
-    """The three things the guard steers."""
+    """The things the guard steers."""
 
     def __init__(self) -> None:
         self.accepting_joins = True
         self.shed_optional = False
         self.quiet = False
         self.closed: list[object] = []
+        self.paced_within: float | None = None
+
+    def pace_within(self, budget: float) -> None:
+        self.paced_within = budget
 
     async def close(self, reason: object, text: str = "") -> None:
         self.closed.append(reason)
@@ -171,6 +175,7 @@ async def test_the_cpu_budget_is_the_containers_quota_where_that_is_lower(tmp_pa
     cpu[0] = 0.095  # 95m over one second
     await guard.check(1.0)
     assert relay.shed_optional
+    assert relay.paced_within == 0.1  # the relay paces against the quota too
     exported = {f.name: f.samples[0].value for f in caps.CapsCollector(guard).collect()}
     assert exported["relay_tier_cpu_cores"] == 0.1
     (fs / "cpu.max").write_text("max 100000\n")  # no quota (a local relay's start-up boost)
@@ -261,6 +266,9 @@ from relay.agent.tiers import NANO
 
 class Room:
     accepting_joins, shed_optional, quiet = True, False, False
+
+    def pace_within(self, budget):
+        pass
 
     async def close(self, reason, text=""):
         pass

@@ -147,12 +147,15 @@ def test_detect_prefers_v2_and_falls_back_to_v1(tmp_path: Path) -> None:
 
 
 class RelayStub:
-    """Only the three things the guard touches (the real Relay is exercised further down)."""
+    """Only the things the guard touches (the real Relay is exercised further down)."""
 
     def __init__(self) -> None:
         self.accepting_joins = True
         self.shed_optional = False
         self.closed: list[tuple[CloseReason, str]] = []
+
+    def pace_within(self, budget: float) -> None:
+        """A relay paces against the guard's budget (tests/server/test_pacing.py)."""
 
     async def close(self, reason: CloseReason, text: str = "") -> None:
         self.closed.append((reason, text))

@@ -110,6 +110,17 @@ def test_the_rooms_of_one_process_rest_once_per_pass_after_the_last_flush() -> N
     assert w.pacer.pacer.budget == pytest.approx(0.1)
 
 
+def test_a_quota_below_the_budgets_is_the_budget() -> None:
+    """The caps guard read a cgroup quota under the tier's share (a pod limited below it)."""
+    w = _Clockwork()
+    w.pacer.join("a", budget=0.125, max_pace=0.01)
+    w.pacer.join("b", budget=0.125, max_pace=0.01)
+    w.pacer.limit(0.1)
+    assert w.pacer.pacer.budget == 0.1
+    w.pacer.limit(1.0)  # a quota above them: theirs
+    assert w.pacer.pacer.budget == pytest.approx(0.25)
+
+
 def test_the_pacer_reads_the_cpu_a_window_apart() -> None:
     w = _Clockwork()
     w.pacer.join("room", budget=0.1, max_pace=0.05)
