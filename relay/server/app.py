@@ -152,14 +152,15 @@ class Relay:
             pacer.join(self, self.config.cpu_budget, self.config.max_pace)
             scheduled, passed, packets_in = pacer.scheduled, pacer.passed, self.counters.packets_in
             pace = pacer.pacer
-            read_before = [0]
+            read_before = 0  # UDP datagrams read when the last paced flush ran
 
             def flush_paced() -> None:
+                nonlocal read_before
                 try:
                     flush(monotonic())
                 finally:  # a pass that read a full batch of datagrams has more waiting: no rest
-                    datagrams = packets_in[UDP] - read_before[0]
-                    read_before[0] = packets_in[UDP]
+                    datagrams = packets_in[UDP] - read_before
+                    read_before = packets_in[UDP]
                     passed(room.batch_start, datagrams >= pacing.DATAGRAMS_PER_READ)
                     room.held = pace.pace > 0  # what gathered while it rested leaves together
 

@@ -59,7 +59,6 @@ class Pacer:
     budget: float = 0.0  # cores; 0: never pace
     max_pace: float = 0.01
     pace: float = 0.0
-    share: float = 0.0  # cores used over the last window
     next_sample: float = -math.inf
     _last: tuple[float, float] | None = None
 
@@ -69,7 +68,7 @@ class Pacer:
         self.next_sample = now + WINDOW
         if last is None or now <= last[0]:
             return self.pace
-        self.share = share = (cpu - last[1]) / (now - last[0])
+        share = (cpu - last[1]) / (now - last[0])  # cores used over the window
         budget = self.budget
         if budget > 0 and share >= budget * PACE_AT_ONCE:  # throttling is near: no time to double
             self.pace = self.max_pace
@@ -96,8 +95,6 @@ class LoopPacer:
         self._first = math.inf  # when the first input of this pass's output arrived
         self._flushes = 0  # flushes scheduled in this pass and not yet run
         self._full = False  # a relay's pass read a full batch of datagrams
-        self.paced_passes = 0
-        self.slept = 0.0
 
     def join(self, relay: object, budget: float, max_pace: float) -> None:
         self._budgets[relay] = (budget, max_pace)
@@ -145,8 +142,6 @@ class LoopPacer:
             pacer.sample(now, self._read_cpu())
         wait = first + pacer.pace - now
         if pacer.pace and wait > 0 and not full:
-            self.paced_passes += 1
-            self.slept += wait
             self._sleep(wait)
 
 
