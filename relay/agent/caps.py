@@ -2,8 +2,9 @@
 
 Hard caps (cgroups, relay/host/cgroups.py) stop a relay from taking more than its share, but
 the kernel's answers are blunt: an OOM kill ends the room, throttling stalls everyone in it.
-`CapsGuard` degrades first, looking every second while anyone is in the room (an empty room
-grows nothing: it looks every minute, and at once when a session begins):
+`CapsGuard` degrades first, looking every second while anyone is in the room, on a pass the
+relay has anyway (an empty room grows nothing: it looks every minute, and at once when a
+session begins):
 - memory at `tier.join_refusal_ratio` (90%) of the cap: new JOINs get ERROR overloaded, members
   already in keep playing; joins open again below 85%.
 - CPU at 90% of the budget: `shed_optional`, so fan-out to UDP members (unreliable by contract)
@@ -39,6 +40,7 @@ from prometheus_client.registry import Collector
 from relay.agent.cgroupfs import own_cgroup_dir
 from relay.agent.tiers import Tier, get_tier
 from relay.protocol.constants import CloseReason
+from relay.server import rides
 
 log = logging.getLogger("relay.agent.caps")
 
@@ -89,21 +91,25 @@ def cgroup_memory_file(proc: Path = Path("/proc/self")) -> Path | None:
     not moved into its group yet (or whose control plane was killed before it could) sits in
     the control plane's, whose usage is every process's there; judged against the tier's cap,
     that refused every JOIN. Such a relay reads its private memory until it is moved."""
+    usage = _memory_usage_file(proc)
+    return None if usage is None or _shared(usage.parent, proc) else usage
+
+
+def _memory_usage_file(proc: Path) -> Path | None:
+    """The usage file of the memory cgroup `proc` is in, whoever else is in it."""
     found = own_cgroup_dir("memory", proc)
     if found is None:
         return None
     version, directory = found
     usage = directory / ("memory.usage_in_bytes" if version == 1 else "memory.current")
-    if not usage.is_file() or _shared(directory, proc):
-        return None
-    return usage
+    return usage if usage.is_file() else None
 
 
-def _shared(directory: Path, proc: Path) -> bool:
-    """Whether the cgroup at `directory` holds a process other than `proc`'s (its cgroup.procs;
-    one that cannot be read says nothing)."""
+def _shared(directory: Path, proc: Path, read: Callable[[Path], str] = Path.read_text) -> bool:
+    """Whether the cgroup at `directory` holds a process other than `proc`'s (its cgroup.procs,
+    read with `read`; one that cannot be read says nothing)."""
     try:
-        pids = (directory / "cgroup.procs").read_text().split()
+        pids = read(directory / "cgroup.procs").split()
         own = proc.resolve().name
     except OSError:
         return False
@@ -210,6 +216,7 @@ class OwnCgroup:
         self.files = KeptFiles()
         self.memory_usage: Path | None = None
         """The usage file (memory.current, v1's memory.usage_in_bytes); None: none found."""
+        self._shared_usage: Path | None = None  # the usage file of a memory cgroup others are in too
         self._cpu: tuple[int, Path] | None = None
         self._pids: tuple[int, Path] | None = None
         self._seen: str | None = None
@@ -224,12 +231,26 @@ class OwnCgroup:
         except OSError:
             seen = None
         if seen == self._seen:
-            return False
+            return self._alone()
         self._seen = seen
         self.files.close(keep=self.proc / "cgroup")  # the files of the group it has left
-        self.memory_usage = cgroup_memory_file(self.proc)
+        usage = _memory_usage_file(self.proc)
+        self._shared_usage = usage if usage is not None and _shared(usage.parent, self.proc) else None
+        self.memory_usage = None if self._shared_usage is not None else usage
         self._cpu = own_cgroup_dir("cpu", self.proc)
         self._pids = own_cgroup_dir("pids", self.proc)
+        return True
+
+    def _alone(self) -> bool:
+        """Whether the memory cgroup that held other processes at the last look is the relay's
+        own now (True: read from here on). The spawner moves a relay into a group of its name,
+        which can still hold a process of the room's last incarnation on its way out; judged by
+        the move alone, the relay read its private memory (a page-table walk a look) for good."""
+        shared = self._shared_usage
+        if shared is None or _shared(shared.parent, self.proc, self.files.read):
+            return False
+        self.files.close(keep=self.proc / "cgroup")
+        self.memory_usage, self._shared_usage = shared, None
         return True
 
     def memory(self) -> int:
@@ -350,7 +371,11 @@ class SessionsHeard(Guarded, Protocol):
 
 class CapsGuard:
     """Watches memory and CPU against the tier; `mode` is "cgroup" (kernel enforces) or "soft".
-    In cgroup mode it reads `cgroup` (by default the one this process is in)."""
+    In cgroup mode it reads `cgroup` (by default the one this process is in).
+
+    While anyone is in the room, a look rides on the relay's first pass `interval` seconds after
+    the last (relay/server/rides.py): no wake-up of its own while the room plays. Its timer fires
+    only where no pass came within another `interval` (a silent room)."""
 
     def __init__(
         self,
@@ -374,34 +399,73 @@ class CapsGuard:
         self.memory = 0
         self.cpu_share = 0.0
         self.exceeded = False
+        self.looks = 0  # looks taken
+        self.fallbacks = 0  # of them, taken on the guard's own timer in a room in play (no pass came)
         self._last: tuple[float, float] | None = None
         self._described = False
-        self._task: asyncio.Task[None] | None = None
-        self._woken = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # started: the loop it looks on
+        self._rides: rides.Rides | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_quiet = False  # the timer is a quiet room's long wait
+        self._closing: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """A session began (`Relay.add_session_listener`): an empty room's guard looks now, not
         at the end of its quiet interval, so that its first members meet fresh figures."""
-        self._woken.set()
+        if self._waiting_quiet and self._loop is not None:
+            self._arm(time.monotonic())
 
     def start(self) -> None:
         if self.mode == "soft":
             log.warning("caps are soft: no writable cgroup; enforcing %s in-process", self.tier.name)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = loop = asyncio.get_running_loop()
+        self._rides = rides.for_loop(loop)
+        self._plan(time.monotonic())
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._rides is not None:
+            self._rides.cancel(self)
+        self._loop = None
 
-    async def _run(self) -> None:
-        while True:
-            self._woken.clear()
-            if self.relay.quiet:  # nobody in the room: nothing grows; each look is a wake-up
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), self.quiet_interval)
-            else:
-                await asyncio.sleep(self.interval)
-            await self.check(time.monotonic())
+    def _plan(self, now: float) -> None:
+        """After a look at `now` (or the start): when the next comes."""
+        assert self._rides is not None
+        if self.relay.quiet:  # nobody in the room: nothing grows; each look is a wake-up
+            self._rides.cancel(self)
+            self._arm(now + self.quiet_interval)
+            self._waiting_quiet = True
+        else:
+            self._rides.ride(self, now + self.interval, self._look)
+            self._arm(now + 2 * self.interval)
+            self._waiting_quiet = False
+
+    def _arm(self, at: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(loop.time() + max(0.0, at - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._waiting_quiet:
+            self.fallbacks += 1
+        self._look(time.monotonic())
+
+    def _look(self, now: float) -> None:
+        if self._loop is None:  # stopped
+            return
+        if self.look(now):
+            self._closing = self._loop.create_task(self._close_over_cap())
+            self.stop()
+            return
+        self._plan(now)
+
+    async def _close_over_cap(self) -> None:
+        await self.relay.close(CloseReason.CAP_EXCEEDED, "memory cap exceeded")
 
     def memory_cap(self) -> int:
         """The tier's memory cap, or the cgroup's limit where that is lower: where the kernel
@@ -416,7 +480,13 @@ class CapsGuard:
         return self.tier.cpu if limit is None else min(limit, self.tier.cpu)
 
     async def check(self, now: float) -> None:
-        """One pass: memory first (it can end the room), then CPU."""
+        """One look, then the room's end where the look says so (soft caps)."""
+        if self.look(now):
+            await self._close_over_cap()
+
+    def look(self, now: float) -> bool:
+        """One pass: memory first (it can end the room: True), then CPU."""
+        self.looks += 1
         cgroup = self.cgroup
         if cgroup is not None and (cgroup.refresh() or not self._described):
             self._described = True  # no memory cgroup in cgroup mode: who caps this relay?
@@ -428,8 +498,7 @@ class CapsGuard:
         if self.mode == "soft" and memory > cap and not self.exceeded:
             self.exceeded = True
             log.error("memory %d bytes over the %s cap of %d: closing the room", memory, self.tier.name, cap)
-            await relay.close(CloseReason.CAP_EXCEEDED, "memory cap exceeded")
-            return
+            return True
         if relay.accepting_joins and memory >= cap * self.tier.join_refusal_ratio:
             relay.accepting_joins = False
             log.warning("memory %d of %d bytes: refusing new joins", memory, cap)
@@ -437,6 +506,7 @@ class CapsGuard:
             relay.accepting_joins = True
             log.info("memory %d of %d bytes: accepting joins again", memory, cap)
         self._check_cpu(now)
+        return False
 
     def _check_cpu(self, now: float) -> None:
         cpu = self.read_cpu()

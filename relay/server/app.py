@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from relay.protocol.constants import CloseReason
 from relay.protocol.gs2.wire import Encoder
-from relay.server import pacing
+from relay.server import pacing, rides
 from relay.server.config import RelayConfig
 from relay.server.links import Doorway, UdpProtocol, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
@@ -100,6 +100,7 @@ class Relay:
         self._started_wall = time.time()
         self._session_listeners: list[Callable[[], None]] = []
         self._pacer: pacing.LoopPacer | None = None  # with a CPU budget (relay/server/pacing.py)
+        self._rides: rides.Rides | None = None  # the loop's (relay/server/rides.py)
 
     # the Relay interface used by the agent (relay/agent) and tests
 
@@ -136,9 +137,13 @@ class Relay:
         room.on_close = self._room_closed
         call_soon, call_later, monotonic = loop.call_soon, loop.call_later, time.monotonic
         flush = room.flush
+        self._rides = riding = rides.for_loop(loop)  # periodic work due rides on the pass
 
         def flush_now() -> None:
-            flush(monotonic())
+            now = monotonic()
+            flush(now)
+            if now >= riding.due:
+                riding.run(now)
 
         def on_flush(delay: float) -> None:  # the room asks: at the end of this pass, or after a tick
             if delay > 0:
@@ -156,8 +161,11 @@ class Relay:
 
             def flush_paced() -> None:
                 nonlocal read_before
+                now = monotonic()
                 try:
-                    flush(monotonic())
+                    flush(now)
+                    if now >= riding.due:
+                        riding.run(now)
                 finally:  # a pass that read a full batch of datagrams has more waiting: no rest
                     datagrams = packets_in[UDP] - read_before
                     read_before = packets_in[UDP]
@@ -264,11 +272,15 @@ class Relay:
         room = self.room
         if room is None:
             return
+        now = time.monotonic()
         try:
-            room.handle_timer(time.monotonic())
+            room.handle_timer(now)
         except Exception:
             log.exception("room timer failed")
         self._arm_timer()
+        riding = self._rides
+        if riding is not None and now >= riding.due:  # a wake-up anyway
+            riding.run(now)
 
     def pace_within(self, budget: float) -> None:
         """The caps guard's CPU budget (the tier's, or its cgroup's quota where lower): a relay that

@@ -395,10 +395,18 @@ def test_a_cgroup_holding_other_processes_is_not_the_relays_own() -> None:
                 (dirs["memory"] / "cgroup.procs").write_text(str(pid))
             proc = Path(f"/proc/{relay.pid}")
             assert caps.cgroup_memory_file(proc) is None
-            assert caps.OwnCgroup(proc).memory_usage is None  # the guard reads private memory
+            cgroup = caps.OwnCgroup(proc)
+            assert cgroup.memory_usage is None  # the guard reads private memory
+            assert not cgroup.refresh()  # still shared: still private memory
             other.kill()
             other.wait()
-            assert caps.cgroup_memory_file(proc) == dirs["memory"] / "memory.usage_in_bytes"
+            usage = dirs["memory"] / "memory.usage_in_bytes"
+            assert caps.cgroup_memory_file(proc) == usage
+            # Found measuring: the relay moved in was never looked at again, its own cgroup
+            # unchanged, and read its private memory for good. Alone now, it reads the cgroup.
+            assert cgroup.refresh()
+            assert cgroup.memory_usage == usage
+            assert cgroup.memory() > 0 and not cgroup.refresh()
         finally:
             for child in (relay, other):
                 child.kill()

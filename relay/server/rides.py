@@ -1,0 +1,70 @@
+"""Periodic work that rides on a pass the relay has anyway, instead of waking the process.
+
+Every wake-up of a relay process costs some hundreds of microseconds of CPU on a virtual
+machine, whatever the process does once awake (docs/architecture.md): the caps guard's look
+each second cost about that, nearly all of it the wake-up. A room in play passes every few
+milliseconds. So periodic work asks for the first pass at or after its time (`Rides.ride`), and
+arms a timer of its own only as a fallback, for a room that falls silent. One `Rides` per event
+loop (`for_loop`): every relay a process serves runs the rides that are due at the end of its
+flush and of its timer (relay/server/app.py), so a group's guard rides on any of its rooms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import weakref
+from collections.abc import Callable
+
+log = logging.getLogger("relay.server")
+
+Rider = Callable[[float], None]
+"""Called with the pass's monotonic time."""
+
+
+class Rides:
+    """The rides of one event loop: `due` is the earliest (inf: none), for a test per pass."""
+
+    __slots__ = ("_riders", "due")
+
+    def __init__(self) -> None:
+        self.due = math.inf
+        self._riders: dict[object, tuple[float, Rider]] = {}
+
+    def ride(self, owner: object, at: float, rider: Rider) -> None:
+        """`rider(now)` once, at the end of the first pass at or after `at` (monotonic); replaces
+        what `owner` asked for before."""
+        self._riders[owner] = (at, rider)
+        self._recount()
+
+    def cancel(self, owner: object) -> None:
+        if self._riders.pop(owner, None) is not None:
+            self._recount()
+
+    def run(self, now: float) -> None:
+        """The end of a pass at `now`: the rides due run (each once; a failure is logged, the
+        pass goes on)."""
+        due = [(owner, rider) for owner, (at, rider) in self._riders.items() if at <= now]
+        for owner, _ in due:
+            del self._riders[owner]
+        self._recount()
+        for _, rider in due:
+            try:
+                rider(now)
+            except Exception:
+                log.exception("a ride on the relay's pass failed")
+
+    def _recount(self) -> None:
+        self.due = min((at for at, _ in self._riders.values()), default=math.inf)
+
+
+_rides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Rides] = weakref.WeakKeyDictionary()
+
+
+def for_loop(loop: asyncio.AbstractEventLoop) -> Rides:
+    """The rides of `loop`, made on first use."""
+    rides = _rides.get(loop)
+    if rides is None:
+        rides = _rides[loop] = Rides()
+    return rides

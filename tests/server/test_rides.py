@@ -1,0 +1,101 @@
+"""Rides (relay/server/rides.py): periodic work on a pass the relay has anyway, and the caps
+guard's look riding on a real relay's passes while its room plays."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+import pytest
+
+from relay.agent.caps import CapsGuard
+from relay.agent.tiers import NANO
+from relay.embedded import room
+from relay.protocol import messages as m
+from relay.server.rides import Rides, for_loop
+
+from .rawpeer import UdpPeer
+
+
+def test_a_ride_runs_once_on_the_first_pass_at_or_after_its_time() -> None:
+    rides, ran = Rides(), []
+    rides.ride("guard", 10.0, ran.append)
+    assert rides.due == 10.0
+    rides.run(9.9)
+    assert ran == []
+    rides.run(10.2)
+    rides.run(11.0)
+    assert ran == [10.2] and rides.due == math.inf
+
+
+def test_each_owner_has_one_ride_and_the_earliest_is_due() -> None:
+    rides, ran = Rides(), []
+    rides.ride("a", 5.0, lambda now: ran.append(("a", now)))
+    rides.ride("a", 7.0, lambda now: ran.append(("a2", now)))  # replaces a's first
+    rides.ride("b", 6.0, lambda now: ran.append(("b", now)))
+    assert rides.due == 6.0
+    rides.run(6.5)
+    assert ran == [("b", 6.5)] and rides.due == 7.0
+    rides.cancel("a")
+    rides.run(8.0)
+    assert ran == [("b", 6.5)] and rides.due == math.inf
+
+
+def test_a_failing_ride_is_logged_and_the_others_run(caplog: pytest.LogCaptureFixture) -> None:
+    rides, ran = Rides(), []
+
+    def fail(now: float) -> None:
+        raise RuntimeError("boom")
+
+    rides.ride("bad", 1.0, fail)
+    rides.ride("good", 1.0, ran.append)
+    with caplog.at_level(logging.ERROR, "relay.server"):
+        rides.run(2.0)
+    assert ran == [2.0]
+    assert "ride" in caplog.text and "boom" in caplog.text
+    caplog.clear()  # the error this test asked for (every server test fails on a relay's error)
+
+
+class _Counting:
+    """The guard's CPU reading, counting the looks that read it."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return 0.0
+
+
+async def test_the_guard_looks_on_passes_while_the_room_plays_and_on_its_timer_once_silent() -> None:
+    interval = 0.1
+    async with room() as r:
+        cpu = _Counting()
+        guard = CapsGuard(r.relay, NANO, "soft", interval=interval, read_memory=lambda: 0, read_cpu=cpu)
+        r.relay.add_session_listener(guard.wake)
+        guard.start()
+        try:
+            assert guard.looks == 0  # an empty room: the long wait
+            a = await UdpPeer.open(r.key, r.port)
+            b = await UdpPeer.open(r.key, r.port)
+            await a.start("a")
+            await b.start("b")
+            await a.expect(m.MemberJoined)
+            start = guard.looks
+            assert start >= 1  # a session began: it looked at once
+            for _ in range(60):  # 1.2 s of play at 50 Hz
+                a.send(m.Send(b"tick").encode())
+                await asyncio.sleep(0.02)
+            playing = guard.looks - start
+            assert 6 <= playing <= 13  # about one an interval
+            assert guard.fallbacks == 0  # every one of them on a pass: no wake-up of its own
+            assert cpu.reads == guard.looks
+            await asyncio.sleep(6 * interval)  # members in the room, nobody sends
+            assert guard.fallbacks >= 2  # its own timer, every second interval
+            assert guard.looks - start - playing >= 2
+            a.close()
+            b.close()
+        finally:
+            guard.stop()
+        assert for_loop(asyncio.get_running_loop()).due == math.inf  # stopped: no ride left
