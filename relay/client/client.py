@@ -492,7 +492,7 @@ class Client:
 
     def _flush(self) -> None:
         self._flush_pending = False
-        packets = self._conn.datagrams_to_send()
+        packets = self._conn.datagrams_to_send(self._loop.time())
         link = self._link
         if packets and link is not None:
             link.send_many(packets)

@@ -16,6 +16,10 @@ Reliability over UDP (section 6): the identical HELLO is resent every `hello_int
 ACCEPT arrives, JOIN (new counter each time) every `join_interval` until the WELCOME is complete,
 and a PING goes out every `ping_interval` (capped at a quarter of the relay's keepalive timeout),
 which both keeps the seat and measures the RTT. Over WebSocket nothing is retransmitted.
+
+A client that is sending data keeps its seat with that data; its PING, which then only measures
+the RTT, rides in its next DATA packet once due (`datagrams_to_send(now)`), waiting up to a
+quarter interval more for one, so that it costs the relay no wake-up of its own.
 """
 
 from __future__ import annotations
@@ -257,6 +261,7 @@ class ClientConnection:
     """One client of one room. Not thread-safe; every method is O(work) and never blocks."""
 
     __slots__ = (
+        "_data_sent_at",
         "_departed",
         "_held",
         "_hello",
@@ -337,6 +342,7 @@ class ClientConnection:
         self._joined_before = False
         self._last_rx = 0.0
         self._next_hello = self._next_join = self._next_ping = self._next_sync = 0.0
+        self._data_sent_at = -1.0  # when data last went out (with `now`: datagrams_to_send(now))
         self._ping_id = 0
 
     # ---- properties ----
@@ -463,13 +469,19 @@ class ClientConnection:
             self._sync_attempts += 1
             self._sync_due = self._next_sync
 
-    def datagrams_to_send(self) -> list[bytes]:
+    def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
         """Everything due, sealed: HELLO as is, then messages coalesced into as few DATA packets
-        as fit. Before the WELCOME only control messages go; user data waits for it."""
+        as fit. Before the WELCOME only control messages go; user data waits for it. With `now`,
+        a PING that is due rides with the data (the timer waits a little longer for that while
+        data flows: `timer()`)."""
         out = self._out
         packets = out.raw
         out.raw = []
         state = self.state
+        if state is ClientState.JOINED and out.data and now is not None:
+            self._data_sent_at = now
+            if now >= self._next_ping:
+                self.ping(now)
         if state is ClientState.JOINED:
             messages = out.control + out.data if out.control else out.data
             out.control = []
@@ -493,7 +505,7 @@ class ClientConnection:
         """The next time handle_timer() has work, or None."""
         state = self.state
         if state is ClientState.JOINED:
-            due = min(self._next_ping, self._last_rx + self.silence_timeout)
+            due = min(self._ping_due(), self._last_rx + self.silence_timeout)
             return min(due, self._sync_due) if self._sync_due else due
         if not self._udp:
             return None
@@ -503,13 +515,21 @@ class ClientConnection:
             return self._next_join
         return None
 
+    def _ping_due(self) -> float:
+        """When the timer sends the PING: when due, or a quarter interval later where data went
+        out since the last one (the next DATA packet carries it then, if it comes by)."""
+        interval = self.ping_interval
+        if self._data_sent_at >= self._next_ping - interval:
+            return self._next_ping + interval / 4
+        return self._next_ping
+
     def handle_timer(self, now: float) -> list[ClientEvent]:
         state = self.state
         if state is ClientState.JOINED:
             if now - self._last_rx >= self.silence_timeout:
                 self._lose()
                 return [ConnectionLost("silence")]
-            if now >= self._next_ping:
+            if now >= self._ping_due():
                 self.ping(now)
             if self._sync_due and now >= self._sync_due:  # no (complete) answer to the SYNC
                 if self._sync_attempts < self.config.sync_attempts:

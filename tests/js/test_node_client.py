@@ -43,7 +43,7 @@ def test_vectors_and_session_logic_under_node_test_runner(node: list[str], js_bu
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "# fail 0" in run.stdout and "# pass 22" in run.stdout, run.stdout
+    assert "# fail 0" in run.stdout and "# pass 23" in run.stdout, run.stdout
 
 
 async def test_node_and_python_clients_share_a_room(js: JsRemote) -> None:

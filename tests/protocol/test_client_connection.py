@@ -31,7 +31,7 @@ from relay.protocol.constants import (
     PacketType,
 )
 from relay.protocol.packets import parse_header
-from relay.server.transport import Disconnect
+from relay.server.transport import UDP, Disconnect
 
 from .harness import Net, new_room
 
@@ -453,3 +453,45 @@ def test_a_profile_the_relay_would_refuse_is_refused_locally_and_not_kept() -> N
     client.update_profile(bytes(m.WELCOME_ENTRY_BYTES - len(user)))
     net.pump(client)
     assert not [e for e in net.take(client) if isinstance(e, ErrorEvent)]
+
+
+def test_a_sending_clients_ping_rides_in_its_data_and_an_idle_ones_goes_alone() -> None:
+    """A PING of its own is a wake-up of the relay's process for one message; a client that is
+    sending anyway puts it in its next DATA packet once due."""
+    key, room, net = new_room(keepalive_timeout=8.0)
+    a, b = _client(key, "a"), _client(key, "b")
+    net.join(a)
+    net.join(b)
+    assert a.ping_interval == 2.0
+    a_pings, b_pings, a_packets = a.stats.pings_sent, b.stats.pings_sent, a.stats.packets_sent
+    datagrams = room.counters.packets_in[UDP]
+    sends = 0
+    for _ in range(200):  # 10 s of a at 20 Hz; b sends nothing
+        net.advance(0.05, a, b)
+        a.send(b"tick")
+        sends += 1
+        net.up(a, a.datagrams_to_send(net.now))
+        net.down()
+    assert a.stats.packets_sent - a_packets == sends  # no packet of a's but its data packets
+    assert 4 <= a.stats.pings_sent - a_pings <= 5  # still one every 2 s, inside them
+    assert a.rtt is not None
+    assert 4 <= b.stats.pings_sent - b_pings <= 5  # the idle one's on its timer, as before
+    # what woke the relay: a's data packets and b's PINGs
+    assert room.counters.packets_in[UDP] - datagrams == sends + b.stats.pings_sent - b_pings
+    assert a.state is ClientState.JOINED and b.state is ClientState.JOINED
+
+
+def test_a_ping_waits_a_quarter_interval_for_data_then_goes_alone() -> None:
+    key, _room, net = new_room(keepalive_timeout=8.0)
+    a = _client(key, "a")
+    net.join(a)
+    a.send(b"once")
+    net.up(a, a.datagrams_to_send(net.now))  # data since the last PING: the next may wait for more
+    assert a.timer() == pytest.approx(net.now + 2.0 + 0.5)  # due at 2 s, a quarter more
+    pings = a.stats.pings_sent
+    net.advance(2.4, a)
+    assert a.stats.pings_sent == pings  # waiting for data to ride on
+    net.advance(0.2, a)
+    assert a.stats.pings_sent == pings + 1  # none came: alone
+    net.advance(2.1, a)
+    assert a.stats.pings_sent == pings + 2  # no data since: on time again

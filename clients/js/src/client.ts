@@ -52,8 +52,9 @@ export interface ConnectOptions {
   /** How long connect() may take, handshake and WELCOME included (default 5 s, as
    * docs/protocol.md section 6 says of the project's clients); each resume attempt too. */
   timeoutMs?: number;
-  /** How often PING is sent: the keepalive and the `rtt` sample (default 1 s; at most 2 s and
-   * a quarter of the relay's keepalive timeout). */
+  /** How often PING is sent: the keepalive and the `rtt` sample (default 2 s; at most 2 s and
+   * a quarter of the relay's keepalive timeout). While the client sends, its PING rides in its
+   * data once due (the relay is woken once, not twice). */
   pingIntervalMs?: number;
   /** Resume after the connection drops (default true). */
   autoResume?: boolean;
@@ -118,7 +119,7 @@ export class ConnectionError extends Error {
 export const RESUMED_ELSEWHERE = "resumed elsewhere";
 
 const DEFAULT_TIMEOUT_MS = 5_000; // docs/protocol.md section 6: the project's clients, 5 s
-const DEFAULT_PING_MS = 1_000;
+const DEFAULT_PING_MS = 2_000; // each PING alone is a wake-up of the relay's process
 const MAX_PING_MS = 2_000; // docs/protocol.md section 6: PING at least every 2 s
 /** A relay announcing a tiny keepalive timeout must not turn the keepalive into a flood. */
 const MIN_PING_MS = 50;
@@ -356,9 +357,14 @@ export class RelayClient {
   private profileBytes: Uint8Array;
   private queue: Uint8Array[] = [];
   private flushScheduled = false;
-  private pingTimer: ReturnType<typeof setInterval> | null = null;
+  private pingTimer: ReturnType<typeof setTimeout> | null = null;
   private pingEvery = 0;
   private pingId = 0;
+  /** When the next PING is due, and whether data went out since the last one: then the timer
+   * waits a quarter interval more for data to carry it (docs/protocol.md 6: PING when the
+   * client sends nothing else). */
+  private nextPingAt = 0;
+  private dataSincePing = false;
   private lastSync = -Infinity;
   private syncAttempts = 0;
   private syncTimer: ReturnType<typeof setTimeout> | null = null;
@@ -435,7 +441,13 @@ export class RelayClient {
       throw new RangeError(`payload of ${bytes.length} bytes is over the relay's ${this.limits.maxPayload}`);
     }
     const t = targets === undefined || targets === null || targets.length === 0 ? null : targets;
-    return this.enqueue({ code: Code.Send, data: bytes, targets: t });
+    if (!this.enqueue({ code: Code.Send, data: bytes, targets: t })) return false;
+    if (performance.now() >= this.nextPingAt && !this.relaySilent()) this.ping(); // rides in this packet
+    if (!this.dataSincePing) {
+      this.dataSincePing = true; // the next PING waits a little for data to ride on
+      if (this.pingTimer !== null) this.armTick();
+    }
+    return true;
   }
 
   /** Changes this member's profile; the others get a `profile` event (this client does not).
@@ -491,9 +503,24 @@ export class RelayClient {
     const wanted = this.options.pingIntervalMs ?? DEFAULT_PING_MS;
     const every = Math.max(MIN_PING_MS, Math.min(wanted, MAX_PING_MS, this.keepaliveMs() / 4));
     if (this.pingTimer !== null && every === this.pingEvery) return;
-    if (this.pingTimer !== null) clearInterval(this.pingTimer);
     this.pingEvery = every;
-    this.pingTimer = setInterval(() => this.tick(), every);
+    this.nextPingAt = Math.min(this.nextPingAt, performance.now() + every);
+    this.armTick();
+  }
+
+  /** The timer for the next PING (and the silence check): when due, a quarter interval later
+   * where data went out since the last. */
+  private armTick(): void {
+    if (this.pingTimer !== null) clearTimeout(this.pingTimer);
+    if (this.state === "closed") {
+      this.pingTimer = null;
+      return;
+    }
+    const due = this.nextPingAt + (this.dataSincePing ? this.pingEvery / 4 : 0);
+    this.pingTimer = setTimeout(() => {
+      this.pingTimer = null;
+      this.tick();
+    }, Math.max(0, due - performance.now()));
   }
 
   /** A new link, resolved with its complete WELCOME; the link ends if that takes too long. */
@@ -684,21 +711,28 @@ export class RelayClient {
     this.syncTimer = null;
   }
 
-  /** Sends a PING now; returns its id. */
+  /** Sends a PING now; returns its id. The next is due an interval from now. */
   private ping(): number {
     this.enqueue({ code: Code.Ping, pingId: ++this.pingId, clientTimeUs: nowUs() });
+    this.nextPingAt = performance.now() + this.pingEvery;
+    this.dataSincePing = false;
+    if (this.pingTimer !== null) this.armTick();
     return this.pingId;
   }
 
   private tick(): void {
-    const link = this.link;
-    if (this.state !== "joined" || link === null) return;
-    if (performance.now() - link.lastReceived > this.keepaliveMs()) {
-      // A live relay answers every PING: this one has been silent past the keepalive timeout.
-      link.end("relay silent past the keepalive timeout");
-      return;
-    }
+    if (this.state !== "joined" || this.link === null || this.relaySilent()) return;
     this.ping();
+    this.armTick();
+  }
+
+  /** Whether the relay has said nothing for its keepalive timeout; the link is ended then. A
+   * live relay answers every PING, so this is checked whenever one goes, alone or riding. */
+  private relaySilent(): boolean {
+    const link = this.link;
+    if (link === null || performance.now() - link.lastReceived <= this.keepaliveMs()) return false;
+    link.end("relay silent past the keepalive timeout");
+    return true;
   }
 
   private enqueue(m: ClientMessage): boolean {
@@ -808,7 +842,7 @@ export class RelayClient {
   private finish(reason: string, announce = true): void {
     if (this.state === "closed") return;
     this.state = "closed";
-    if (this.pingTimer !== null) clearInterval(this.pingTimer);
+    if (this.pingTimer !== null) clearTimeout(this.pingTimer);
     this.pingTimer = null;
     this.syncAnswered();
     this.socketClosed = this.link?.end(reason) ?? Promise.resolve();

@@ -71,6 +71,8 @@ export class FakeSocket {
   onerror: (() => void) | null = null;
   /** Every message the client sent on this connection, decoded, in order. */
   readonly received: unknown[][] = [];
+  /** The DATA packets those came in. */
+  packets = 0;
   private readonly closeListeners: Listener[] = [];
   private rx: Promise<void> = Promise.resolve();
   private tx: Promise<void> = Promise.resolve();
@@ -149,6 +151,7 @@ export class FakeSocket {
 
   private async data(packet: Uint8Array): Promise<void> {
     const pt = new Uint8Array(await openPacket(this.rxKey!, packet));
+    this.packets++;
     for (const m of new Decoder({ useBigInt64: true }).decodeMulti(pt)) {
       const message = m as unknown[];
       this.received.push(message);

@@ -54,6 +54,31 @@ test("keepalive_timeout_ms 0 is no value: the default 10 s, no PING flood, no re
   await c.close();
 });
 
+test("a sending client's PING rides in its data; an idle one's goes alone, on time", async () => {
+  const relay = new FakeRelay();
+  const c = await joined(relay, { pingIntervalMs: 200 });
+  await sleep(50); // past the first PING, sent at the WELCOME
+  const socket = relay.last;
+  const [packets, pings] = [socket.packets, socket.sent(4).length];
+  let sends = 0;
+  for (; sends < 50; sends++) {
+    c.send(utf8.encode("tick"));
+    await sleep(20);
+  }
+  await sleep(10);
+  // a PING of its own is a wake-up of the relay's process: none while data goes out anyway
+  assert.equal(socket.packets - packets, sends, "packets other than the data");
+  const riding = socket.sent(4).length - pings;
+  assert.ok(riding >= 3 && riding <= 7, `${riding} PINGs in ${sends} sends over about 1 s`);
+  const [idlePackets, idlePings] = [socket.packets, socket.sent(4).length];
+  await sleep(700);
+  const alone = socket.sent(4).length - idlePings;
+  assert.ok(alone >= 2 && alone <= 4, `${alone} PINGs in 700 ms idle`);
+  assert.equal(socket.packets - idlePackets, alone);
+  assert.ok(c.rtt !== undefined);
+  await c.close();
+});
+
 test("a resume's WELCOME sets the PING interval anew", async () => {
   const relay = new FakeRelay();
   relay.onJoin = (s, _join, i) => {

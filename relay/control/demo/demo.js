@@ -2,7 +2,7 @@
 import {
   JoinRefusedError,
   connect
-} from "./relay-shared-UUEXDRJP.js";
+} from "./relay-shared-DFLUEYSZ.js";
 import {
   fromBase64Url,
   toBase64Url

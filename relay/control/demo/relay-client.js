@@ -6,7 +6,7 @@ import {
   RelayClient,
   connect,
   relayUrl
-} from "./relay-shared-UUEXDRJP.js";
+} from "./relay-shared-DFLUEYSZ.js";
 import {
   CloseReason,
   ErrorCode,

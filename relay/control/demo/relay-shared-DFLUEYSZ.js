@@ -28,7 +28,7 @@ var ConnectionError = class extends Error {
 };
 var RESUMED_ELSEWHERE = "resumed elsewhere";
 var DEFAULT_TIMEOUT_MS = 5e3;
-var DEFAULT_PING_MS = 1e3;
+var DEFAULT_PING_MS = 2e3;
 var MAX_PING_MS = 2e3;
 var MIN_PING_MS = 50;
 var DEFAULT_KEEPALIVE_MS = 1e4;
@@ -226,6 +226,11 @@ var RelayClient = class {
   pingTimer = null;
   pingEvery = 0;
   pingId = 0;
+  /** When the next PING is due, and whether data went out since the last one: then the timer
+   * waits a quarter interval more for data to carry it (docs/protocol.md 6: PING when the
+   * client sends nothing else). */
+  nextPingAt = 0;
+  dataSincePing = false;
   lastSync = -Infinity;
   syncAttempts = 0;
   syncTimer = null;
@@ -283,7 +288,13 @@ var RelayClient = class {
       throw new RangeError(`payload of ${bytes.length} bytes is over the relay's ${this.limits.maxPayload}`);
     }
     const t = targets === void 0 || targets === null || targets.length === 0 ? null : targets;
-    return this.enqueue({ code: 2 /* Send */, data: bytes, targets: t });
+    if (!this.enqueue({ code: 2 /* Send */, data: bytes, targets: t })) return false;
+    if (performance.now() >= this.nextPingAt && !this.relaySilent()) this.ping();
+    if (!this.dataSincePing) {
+      this.dataSincePing = true;
+      if (this.pingTimer !== null) this.armTick();
+    }
+    return true;
   }
   /** Changes this member's profile; the others get a `profile` event (this client does not).
    * Returns false, changing nothing, while the client is not joined. Throws RangeError over
@@ -333,9 +344,23 @@ var RelayClient = class {
     const wanted = this.options.pingIntervalMs ?? DEFAULT_PING_MS;
     const every = Math.max(MIN_PING_MS, Math.min(wanted, MAX_PING_MS, this.keepaliveMs() / 4));
     if (this.pingTimer !== null && every === this.pingEvery) return;
-    if (this.pingTimer !== null) clearInterval(this.pingTimer);
     this.pingEvery = every;
-    this.pingTimer = setInterval(() => this.tick(), every);
+    this.nextPingAt = Math.min(this.nextPingAt, performance.now() + every);
+    this.armTick();
+  }
+  /** The timer for the next PING (and the silence check): when due, a quarter interval later
+   * where data went out since the last. */
+  armTick() {
+    if (this.pingTimer !== null) clearTimeout(this.pingTimer);
+    if (this.state === "closed") {
+      this.pingTimer = null;
+      return;
+    }
+    const due = this.nextPingAt + (this.dataSincePing ? this.pingEvery / 4 : 0);
+    this.pingTimer = setTimeout(() => {
+      this.pingTimer = null;
+      this.tick();
+    }, Math.max(0, due - performance.now()));
   }
   /** A new link, resolved with its complete WELCOME; the link ends if that takes too long. */
   openSession() {
@@ -510,19 +535,26 @@ var RelayClient = class {
     if (this.syncTimer !== null) clearTimeout(this.syncTimer);
     this.syncTimer = null;
   }
-  /** Sends a PING now; returns its id. */
+  /** Sends a PING now; returns its id. The next is due an interval from now. */
   ping() {
     this.enqueue({ code: 4 /* Ping */, pingId: ++this.pingId, clientTimeUs: nowUs() });
+    this.nextPingAt = performance.now() + this.pingEvery;
+    this.dataSincePing = false;
+    if (this.pingTimer !== null) this.armTick();
     return this.pingId;
   }
   tick() {
-    const link = this.link;
-    if (this.state !== "joined" || link === null) return;
-    if (performance.now() - link.lastReceived > this.keepaliveMs()) {
-      link.end("relay silent past the keepalive timeout");
-      return;
-    }
+    if (this.state !== "joined" || this.link === null || this.relaySilent()) return;
     this.ping();
+    this.armTick();
+  }
+  /** Whether the relay has said nothing for its keepalive timeout; the link is ended then. A
+   * live relay answers every PING, so this is checked whenever one goes, alone or riding. */
+  relaySilent() {
+    const link = this.link;
+    if (link === null || performance.now() - link.lastReceived <= this.keepaliveMs()) return false;
+    link.end("relay silent past the keepalive timeout");
+    return true;
   }
   enqueue(m) {
     if (this.state !== "joined" && !(this.state === "joining" && m.code === 5 /* Bye */)) return false;
@@ -623,7 +655,7 @@ var RelayClient = class {
   finish(reason, announce = true) {
     if (this.state === "closed") return;
     this.state = "closed";
-    if (this.pingTimer !== null) clearInterval(this.pingTimer);
+    if (this.pingTimer !== null) clearTimeout(this.pingTimer);
     this.pingTimer = null;
     this.syncAnswered();
     this.socketClosed = this.link?.end(reason) ?? Promise.resolve();
