@@ -8,7 +8,8 @@ heartbeats live figures, drains on delete, and reports why the room closed.
 
 `start()` returns at once: registration runs in the background with exponential backoff and
 jitter, so the relay serves its clients whether or not the control plane is up. Heartbeats come
-every `heartbeat_interval` while anyone is in the room and every `idle_heartbeat_interval` while
+every `heartbeat_interval` while anyone is in the room (on a pass the relay has anyway, a
+members' PING at least: relay/server/rides.py) and every `idle_heartbeat_interval` while
 it is quiet (a machine of idle rooms would otherwise keep its control plane busy answering them);
 each says when the next will come, and a session beginning in a quiet room brings it forward. On
 {"deleted": true} or 404 the agent closes the relay with CloseReason.DELETED (CLOSING to every
@@ -34,6 +35,7 @@ from relay.agent.control_client import ControlClient, ControlError, ControlUnava
 from relay.agent.wire import Closed, Heartbeat, Registration
 from relay.logs import FailureLog
 from relay.protocol.constants import CloseReason
+from relay.server import rides
 from relay.server.app import RelayStats
 
 log = logging.getLogger("relay.agent")
@@ -177,7 +179,9 @@ class Agent:
             if self._next_heartbeat() <= self.heartbeat_interval:
                 seconds = self.heartbeat_interval
         if seconds <= self.heartbeat_interval:
-            await asyncio.sleep(seconds)
+            # on a pass the relay has anyway (relay/server/rides.py; its members' PINGs at least),
+            # twice the gap at most: the control plane waits `missed_heartbeats` promised gaps
+            await rides.pass_after(seconds, 2 * seconds)
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._session_began.wait(), seconds)

@@ -35,6 +35,7 @@ from relay.agent.launch import RelayLaunch
 from relay.logs import FailureLog
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import decode_room_key
+from relay.server import rides
 from relay.server.app import Relay, RelayStats
 
 log = logging.getLogger("relay.agent.agones")
@@ -275,7 +276,8 @@ async def _health_loop(sdk: AgonesSDK, interval: float) -> None:
             failures.succeeded()
         except (httpx.HTTPError, AgonesError) as exc:
             failures.failed(repr(exc))
-        await asyncio.sleep(interval)
+        # on a pass the relay has anyway, twice the interval at most (fleet.yaml allows 15 s)
+        await rides.pass_after(interval, 2 * interval)
 
 
 async def _updates(sdk: AgonesSDK, poll_interval: float) -> AsyncIterator[dict[str, Any]]:

@@ -373,9 +373,9 @@ class CapsGuard:
     """Watches memory and CPU against the tier; `mode` is "cgroup" (kernel enforces) or "soft".
     In cgroup mode it reads `cgroup` (by default the one this process is in).
 
-    While anyone is in the room, a look rides on the relay's first pass `interval` seconds after
-    the last (relay/server/rides.py): no wake-up of its own while the room plays. Its timer fires
-    only where no pass came within another `interval` (a silent room)."""
+    While anyone is in the room, a look comes at the end of the relay's first pass `interval`
+    seconds after the last (relay/server/rides.py): no wake-up of its own while the room plays
+    or its members PING, its own timer only where no pass came (members gone silent)."""
 
     def __init__(
         self,
@@ -399,73 +399,36 @@ class CapsGuard:
         self.memory = 0
         self.cpu_share = 0.0
         self.exceeded = False
-        self.looks = 0  # looks taken
-        self.fallbacks = 0  # of them, taken on the guard's own timer in a room in play (no pass came)
+        self.looks = 0
+        self.fallbacks = 0  # looks in a room with members that its own timer woke for (no pass came)
         self._last: tuple[float, float] | None = None
         self._described = False
-        self._loop: asyncio.AbstractEventLoop | None = None  # started: the loop it looks on
-        self._rides: rides.Rides | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._waiting_quiet = False  # the timer is a quiet room's long wait
-        self._closing: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()
 
     def wake(self) -> None:
         """A session began (`Relay.add_session_listener`): an empty room's guard looks now, not
         at the end of its quiet interval, so that its first members meet fresh figures."""
-        if self._waiting_quiet and self._loop is not None:
-            self._arm(time.monotonic())
+        self._woken.set()
 
     def start(self) -> None:
         if self.mode == "soft":
             log.warning("caps are soft: no writable cgroup; enforcing %s in-process", self.tier.name)
-        self._loop = loop = asyncio.get_running_loop()
-        self._rides = rides.for_loop(loop)
-        self._plan(time.monotonic())
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._rides is not None:
-            self._rides.cancel(self)
-        self._loop = None
+        if self._task is not None:
+            self._task.cancel()
 
-    def _plan(self, now: float) -> None:
-        """After a look at `now` (or the start): when the next comes."""
-        assert self._rides is not None
-        if self.relay.quiet:  # nobody in the room: nothing grows; each look is a wake-up
-            self._rides.cancel(self)
-            self._arm(now + self.quiet_interval)
-            self._waiting_quiet = True
-        else:
-            self._rides.ride(self, now + self.interval, self._look)
-            self._arm(now + 2 * self.interval)
-            self._waiting_quiet = False
-
-    def _arm(self, at: float) -> None:
-        loop = self._loop
-        assert loop is not None
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = loop.call_at(loop.time() + max(0.0, at - time.monotonic()), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if not self._waiting_quiet:
-            self.fallbacks += 1
-        self._look(time.monotonic())
-
-    def _look(self, now: float) -> None:
-        if self._loop is None:  # stopped
-            return
-        if self.look(now):
-            self._closing = self._loop.create_task(self._close_over_cap())
-            self.stop()
-            return
-        self._plan(now)
-
-    async def _close_over_cap(self) -> None:
-        await self.relay.close(CloseReason.CAP_EXCEEDED, "memory cap exceeded")
+    async def _run(self) -> None:
+        while True:
+            self._woken.clear()
+            if self.relay.quiet:  # nobody in the room: nothing grows; each look is a wake-up
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), self.quiet_interval)
+            elif not await rides.pass_after(self.interval):
+                self.fallbacks += 1
+            await self.check(time.monotonic())
 
     def memory_cap(self) -> int:
         """The tier's memory cap, or the cgroup's limit where that is lower: where the kernel
@@ -480,12 +443,7 @@ class CapsGuard:
         return self.tier.cpu if limit is None else min(limit, self.tier.cpu)
 
     async def check(self, now: float) -> None:
-        """One look, then the room's end where the look says so (soft caps)."""
-        if self.look(now):
-            await self._close_over_cap()
-
-    def look(self, now: float) -> bool:
-        """One pass: memory first (it can end the room: True), then CPU."""
+        """One pass: memory first (it can end the room), then CPU."""
         self.looks += 1
         cgroup = self.cgroup
         if cgroup is not None and (cgroup.refresh() or not self._described):
@@ -498,7 +456,8 @@ class CapsGuard:
         if self.mode == "soft" and memory > cap and not self.exceeded:
             self.exceeded = True
             log.error("memory %d bytes over the %s cap of %d: closing the room", memory, self.tier.name, cap)
-            return True
+            await relay.close(CloseReason.CAP_EXCEEDED, "memory cap exceeded")
+            return
         if relay.accepting_joins and memory >= cap * self.tier.join_refusal_ratio:
             relay.accepting_joins = False
             log.warning("memory %d of %d bytes: refusing new joins", memory, cap)
@@ -506,7 +465,6 @@ class CapsGuard:
             relay.accepting_joins = True
             log.info("memory %d of %d bytes: accepting joins again", memory, cap)
         self._check_cpu(now)
-        return False
 
     def _check_cpu(self, now: float) -> None:
         cpu = self.read_cpu()

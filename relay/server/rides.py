@@ -3,10 +3,11 @@
 Every wake-up of a relay process costs some hundreds of microseconds of CPU on a virtual
 machine, whatever the process does once awake (docs/architecture.md): the caps guard's look
 each second cost about that, nearly all of it the wake-up. A room in play passes every few
-milliseconds. So periodic work asks for the first pass at or after its time (`Rides.ride`), and
-arms a timer of its own only as a fallback, for a room that falls silent. One `Rides` per event
-loop (`for_loop`): every relay a process serves runs the rides that are due at the end of its
-flush and of its timer (relay/server/app.py), so a group's guard rides on any of its rooms.
+milliseconds. So periodic work asks for the first pass at or after its time (`Rides.ride`; a
+task sleeps with `pass_after`), with a timer of its own only as a fallback, for a room that falls
+silent. One `Rides` per event loop (`for_loop`): every relay a process serves runs the rides
+that are due at the end of its flush and of its timer (relay/server/app.py), so a group's guard
+rides on any of its rooms.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import weakref
 from collections.abc import Callable
 
@@ -57,6 +59,36 @@ class Rides:
 
     def _recount(self) -> None:
         self.due = min((at for at, _ in self._riders.values()), default=math.inf)
+
+
+QUIET_PASS = 2.25
+"""Seconds within which a room with members passes even while none of them sends: their clients
+PING every 2 s (docs/protocol.md 6; both of the project's clients), and members who joined
+together PING together, so a quiet room's passes come in a burst every 2 s. A ride that may wait
+this long beyond its time catches the next burst."""
+
+
+async def pass_after(least: float, most: float | None = None) -> bool:
+    """Returns at the end of the loop's first pass `least` seconds from now or later (True), or
+    `most` seconds from now (default `least` + QUIET_PASS) where none came by then (False): a
+    periodic task's sleep that wakes the process only where nothing else did."""
+    if most is None:
+        most = least + QUIET_PASS
+    loop = asyncio.get_running_loop()
+    rides = for_loop(loop)
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def wake(rode: bool) -> None:
+        if not done.done():
+            done.set_result(rode)
+
+    rides.ride(done, time.monotonic() + least, lambda now: wake(True))
+    fallback = loop.call_later(most, wake, False)
+    try:
+        return await done
+    finally:
+        fallback.cancel()
+        rides.cancel(done)
 
 
 _rides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Rides] = weakref.WeakKeyDictionary()

@@ -275,7 +275,8 @@ async def test_full_life_ready_allocate_serve_shutdown() -> None:
         b = await rc.connect("127.0.0.1", port, key, "bob", transport="udp", timeout=3)
         await exchange(a, b)
         pings = sidecar.count("POST", "/health")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
+        # on the relay's passes, or twice the interval apart in a room this quiet
         assert sidecar.count("POST", "/health") >= pings + 3
         await a.close()
         await b.close()

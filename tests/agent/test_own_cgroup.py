@@ -406,7 +406,7 @@ def test_a_cgroup_holding_other_processes_is_not_the_relays_own() -> None:
             # unchanged, and read its private memory for good. Alone now, it reads the cgroup.
             assert cgroup.refresh()
             assert cgroup.memory_usage == usage
-            assert cgroup.memory() > 0 and not cgroup.refresh()
+            assert not cgroup.refresh()
         finally:
             for child in (relay, other):
                 child.kill()

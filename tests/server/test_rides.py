@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 
 import pytest
 
@@ -13,7 +14,8 @@ from relay.agent.caps import CapsGuard
 from relay.agent.tiers import NANO
 from relay.embedded import room
 from relay.protocol import messages as m
-from relay.server.rides import Rides, for_loop
+from relay.server import rides
+from relay.server.rides import Rides, for_loop, pass_after
 
 from .rawpeer import UdpPeer
 
@@ -57,6 +59,26 @@ def test_a_failing_ride_is_logged_and_the_others_run(caplog: pytest.LogCaptureFi
     caplog.clear()  # the error this test asked for (every server test fails on a relay's error)
 
 
+async def test_a_task_sleeping_for_a_pass_wakes_on_the_first_after_its_time_or_on_its_own_timer() -> None:
+    loop = asyncio.get_running_loop()
+    rides = for_loop(loop)
+
+    def a_pass() -> None:  # what a relay's flush does at the end of its pass
+        now = time.monotonic()
+        if now >= rides.due:
+            rides.run(now)
+
+    start = time.monotonic()
+    for delay in (0.02, 0.08, 0.12):
+        loop.call_later(delay, a_pass)
+    assert await pass_after(0.05, 0.5)  # the pass at 0.08, not the one at 0.02
+    assert 0.07 <= time.monotonic() - start < 0.3
+    start = time.monotonic()
+    assert not await pass_after(0.05, 0.1)  # no pass came: its own timer
+    assert time.monotonic() - start >= 0.09
+    assert rides.due == math.inf
+
+
 class _Counting:
     """The guard's CPU reading, counting the looks that read it."""
 
@@ -68,8 +90,11 @@ class _Counting:
         return 0.0
 
 
-async def test_the_guard_looks_on_passes_while_the_room_plays_and_on_its_timer_once_silent() -> None:
+async def test_the_guard_looks_on_passes_while_the_room_plays_and_on_its_timer_once_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     interval = 0.1
+    monkeypatch.setattr(rides, "QUIET_PASS", interval)  # these members send no PING when quiet
     async with room() as r:
         cpu = _Counting()
         guard = CapsGuard(r.relay, NANO, "soft", interval=interval, read_memory=lambda: 0, read_cpu=cpu)
@@ -98,4 +123,5 @@ async def test_the_guard_looks_on_passes_while_the_room_plays_and_on_its_timer_o
             b.close()
         finally:
             guard.stop()
+        await asyncio.sleep(0.01)  # the guard's task ends
         assert for_loop(asyncio.get_running_loop()).due == math.inf  # stopped: no ride left
