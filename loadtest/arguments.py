@@ -28,6 +28,25 @@ Every run writes ./results/<scenario>-<timestamp>/ (or --out): result.json, summ
 """What `python -m loadtest --help` prints above the subcommands."""
 
 
+def positive(text: str) -> int:
+    """A count that must be at least 1 (rooms, room counts): argparse's type, so that 0 is
+    refused with the option's name rather than failing deep in a run."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
+
+
+def positives(text: str) -> str:
+    """A comma list of `positive` counts, kept as written (the scenario splits it)."""
+    for part in text.split(","):
+        positive(part)
+    return text
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     """The options every scenario takes."""
     p.add_argument("--quick", action="store_true", help="tiny, fast configuration (seconds)")
@@ -109,11 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fleet-shape", help="the deployed shape: one relay process per room vs the C relay")
     _common(p)
-    p.add_argument("--rooms", type=int, default=None, help="rooms (relay processes), 4 players each")
+    p.add_argument("--rooms", type=positive, default=None, help="rooms (relay processes), 4 players each")
     p.add_argument("--hz", type=float, default=None, help="messages/s per player (one per packet)")
     p.add_argument("--transports", default=None)
     p.add_argument("--step-seconds", type=float, default=None)
-    p.add_argument("--search", default=None, help="comma list of room counts tried for rooms per core")
+    p.add_argument(
+        "--search", type=positives, default=None, help="comma list of room counts tried for rooms per core"
+    )
     p.add_argument("--search-seconds", type=float, default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--relay-cpus", default=None)
@@ -122,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncapped", action="store_true", help="no cgroup caps (the caps' own cost)")
     p.add_argument(
         "--rooms-per-process",
-        type=int,
+        type=positive,
         default=None,
         help="N rooms per relay process (the rooms-per-process tier)",
     )

@@ -11,6 +11,7 @@ import pytest
 
 from loadtest import checks, payload
 from loadtest import hist as hdr
+from loadtest.arguments import build_parser
 from loadtest.fastload.messages import message_size
 from loadtest.fastload.sender import spread_phase
 from loadtest.loopback import loopback_problem, require_loopback
@@ -217,3 +218,16 @@ def test_fleet_refuses_a_control_plane_off_this_machine(
     ]
     assert cli.main(argv) == 1
     assert "--control-url: '192.0.2.1' is not a loopback address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--search", "100,0"], ["--rooms", "0"], ["--rooms-per-process", "-1"]])
+def test_fleet_shape_refuses_counts_under_one(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Found measuring: `--search 0` ran the harness up and failed deep in a step (ZeroDivisionError)."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fleet-shape", *flags])
+    assert f"argument {flags[0]}" in capsys.readouterr().err
+
+
+def test_fleet_shape_takes_counts_as_written() -> None:
+    args = build_parser().parse_args(["fleet-shape", "--search", "100,150", "--rooms", "10"])
+    assert (args.search, args.rooms) == ("100,150", 10)
