@@ -399,7 +399,6 @@ class CapsGuard:
         self.memory = 0
         self.cpu_share = 0.0
         self.exceeded = False
-        self.looks = 0
         self.fallbacks = 0  # looks in a room with members that its own timer woke for (no pass came)
         self._last: tuple[float, float] | None = None
         self._described = False
@@ -444,7 +443,6 @@ class CapsGuard:
 
     async def check(self, now: float) -> None:
         """One pass: memory first (it can end the room), then CPU."""
-        self.looks += 1
         cgroup = self.cgroup
         if cgroup is not None and (cgroup.refresh() or not self._described):
             self._described = True  # no memory cgroup in cgroup mode: who caps this relay?

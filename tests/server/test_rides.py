@@ -80,14 +80,14 @@ async def test_a_task_sleeping_for_a_pass_wakes_on_the_first_after_its_time_or_o
 
 
 class _Counting:
-    """The guard's CPU reading, counting the looks that read it."""
+    """A reading of the guard's (memory or CPU), counting the looks that read it."""
 
     def __init__(self) -> None:
         self.reads = 0
 
-    def __call__(self) -> float:
+    def __call__(self) -> int:
         self.reads += 1
-        return 0.0
+        return 0
 
 
 async def test_the_guard_looks_on_passes_while_the_room_plays_and_on_its_timer_once_silent(
@@ -96,29 +96,29 @@ async def test_the_guard_looks_on_passes_while_the_room_plays_and_on_its_timer_o
     interval = 0.1
     monkeypatch.setattr(rides, "QUIET_PASS", interval)  # these members send no PING when quiet
     async with room() as r:
-        cpu = _Counting()
-        guard = CapsGuard(r.relay, NANO, "soft", interval=interval, read_memory=lambda: 0, read_cpu=cpu)
+        looks, cpu = _Counting(), _Counting()  # a look reads the memory first, then the CPU
+        guard = CapsGuard(r.relay, NANO, "soft", interval=interval, read_memory=looks, read_cpu=cpu)
         r.relay.add_session_listener(guard.wake)
         guard.start()
         try:
-            assert guard.looks == 0  # an empty room: the long wait
+            assert looks.reads == 0  # an empty room: the long wait
             a = await UdpPeer.open(r.key, r.port)
             b = await UdpPeer.open(r.key, r.port)
             await a.start("a")
             await b.start("b")
             await a.expect(m.MemberJoined)
-            start = guard.looks
+            start = looks.reads
             assert start >= 1  # a session began: it looked at once
             for _ in range(60):  # 1.2 s of play at 50 Hz
                 a.send(m.Send(b"tick").encode())
                 await asyncio.sleep(0.02)
-            playing = guard.looks - start
+            playing = looks.reads - start
             assert 6 <= playing <= 13  # about one an interval
             assert guard.fallbacks == 0  # every one of them on a pass: no wake-up of its own
-            assert cpu.reads == guard.looks
+            assert cpu.reads == looks.reads  # each look read both
             await asyncio.sleep(6 * interval)  # members in the room, nobody sends
             assert guard.fallbacks >= 2  # its own timer, every second interval
-            assert guard.looks - start - playing >= 2
+            assert looks.reads - start - playing >= 2
             a.close()
             b.close()
         finally:
