@@ -54,9 +54,9 @@ def cpu_seconds() -> float:
     return t.ru_utime + t.ru_stime
 
 
-def rss_bytes(proc: Path = Path("/proc/self")) -> int:
+def rss_bytes(proc: Path = Path("/proc/self"), read: Callable[[Path], str] = Path.read_text) -> int:
     try:
-        return int((proc / "statm").read_text().split()[1]) * resource.getpagesize()
+        return int(read(proc / "statm").split()[1]) * resource.getpagesize()
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

@@ -53,3 +53,18 @@ def test_the_page_cache_of_a_relays_files_is_not_its_memory(tmp_path: Path) -> N
         child.kill()
         child.wait()
         group.remove()
+
+
+def test_rss_through_a_kept_descriptor_follows_the_process() -> None:
+    """The agent reads its RSS for every heartbeat from a descriptor it keeps open: the figure
+    must be today's, not the one of the first read."""
+    files = caps.KeptFiles()
+    try:
+        before = caps.rss_bytes(read=files.read)
+        ballast = bytearray(b"\x01") * (32 << 20)  # 32 MiB, every page written
+        after = caps.rss_bytes(read=files.read)
+        assert after - before >= 30 << 20
+        assert abs(after - caps.rss_bytes()) < 4 << 20  # the same as a read by path
+        del ballast
+    finally:
+        files.close()
