@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 import pytest
@@ -40,6 +41,13 @@ EXAMPLES = {GenerationMode.POSITIVE: 25 * SCALE, GenerationMode.NEGATIVE: 15 * S
 SCENARIOS = 80 * SCALE
 """A batch's scenarios: 40, after the rest of tests/control, once never read a wanted room back
 (the chains check below failed); further batches run only until they are walked."""
+
+
+def segment(name: str) -> str:
+    """A name as a path segment that no client normalizes away: GS2 names may be `.` or `..`,
+    which a URL library resolves as dot-segments (`/realtime/.` is `/realtime/`); the control
+    plane decodes `%2E` back to the name."""
+    return quote(name, safe="").replace(".", "%2E")
 
 
 def project_headers(url: str) -> dict[str, str]:
@@ -117,10 +125,11 @@ def test_stateful_runs_along_the_links(threaded_cp: ControlPlane) -> None:
             wanted_again.append(room)
         reads = ["/realtime/"]
         namespace = (case.path_parameters or {}).get("namespaceName")
+        namespace = namespace and unquote(namespace)  # schemathesis keeps `.` as `%2E` there
         if case.operation.label == "POST /realtime/":
             namespace = namespace or response.json()["item"]["name"]
         if namespace:
-            reads += [f"/realtime/{namespace}", f"/realtime/{namespace}/room"]
+            reads += [f"/realtime/{segment(namespace)}", f"/realtime/{segment(namespace)}/room"]
         for path in reads:
             got = session.get(url + path, headers=headers)
             assert got.status_code in (200, 404) and got.status_code < 500, (path, got.text)
@@ -137,7 +146,8 @@ def test_stateful_runs_along_the_links(threaded_cp: ControlPlane) -> None:
                 n["name"] for n in session.get(url + "/realtime/", headers=headers).json()["items"]
             ]:
                 for name in names:
-                    assert session.delete(f"{url}/realtime/{name}", headers=headers).status_code == 200
+                    gone = session.delete(f"{url}/realtime/{segment(name)}", headers=headers)
+                    assert gone.status_code == 200, (name, gone.text)
 
         def validate_response(
             self, response: Response, case: schemathesis.Case, additional_checks: Any = None, **kwargs: Any
