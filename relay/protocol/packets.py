@@ -30,6 +30,7 @@ _NONCE_PAD = b"\x00\x00\x00\x00"
 _ZERO_NONCE = bytes(12)
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
+_DATA = int(PacketType.DATA)  # an IntEnum member is looked up through its metaclass: 0.07 us a seal
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ class Sealer:
 
     def seal(self, plaintext: bytes) -> bytes:
         self.counter = counter = self.counter + 1
-        header = _pack_header(PROTOCOL_VERSION, PacketType.DATA, 0, self.session_id, counter)
+        header = _pack_header(PROTOCOL_VERSION, _DATA, 0, self.session_id, counter)
         return header + self._encrypt(_NONCE_PAD + header[8:], plaintext, header)
 
 
