@@ -50,6 +50,7 @@ PRELOAD = (
     "cryptography.hazmat.primitives.ciphers.aead",
     "cryptography.hazmat.primitives.asymmetric.x25519",
     "prometheus_client",
+    "h11",
     "encodings.idna",
     "relay.server.app",
     "relay.agent.agent",
