@@ -389,7 +389,14 @@ def test_a_cgroup_holding_other_processes_is_not_the_relays_own() -> None:
     process's there, against the tier's 64 MiB: it refused every JOIN. A cgroup holding another
     process is not read; the relay reads its private memory until it is alone in its own."""
     with v1_cgroup(f"shared-test-{os.getpid()}") as dirs:
-        relay, other = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in "ab")
+        # the relay writes 16 MiB once it is in the cgroup (cgroup v1 does not move what a
+        # process was charged before it moved: a figure from before the move could be ~0)
+        grow = (
+            "import sys, time; sys.stdin.readline(); b = bytearray(b'1') * (16 << 20); "
+            "print(1, flush=True); time.sleep(30)"
+        )
+        relay = subprocess.Popen([sys.executable, "-c", grow], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
         try:
             for pid in (relay.pid, other.pid):
                 (dirs["memory"] / "cgroup.procs").write_text(str(pid))
@@ -406,7 +413,11 @@ def test_a_cgroup_holding_other_processes_is_not_the_relays_own() -> None:
             # unchanged, and read its private memory for good. Alone now, it reads the cgroup.
             assert cgroup.refresh()
             assert cgroup.memory_usage == usage
-            assert not cgroup.refresh()
+            assert relay.stdin is not None and relay.stdout is not None
+            relay.stdin.write(b"\n")
+            relay.stdin.flush()
+            assert relay.stdout.readline() == b"1\n"
+            assert cgroup.memory() >= 16 << 20 and not cgroup.refresh()  # the cgroup's figure
         finally:
             for child in (relay, other):
                 child.kill()
