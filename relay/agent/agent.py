@@ -13,8 +13,9 @@ members' PING at least: relay/server/rides.py) and every `idle_heartbeat_interva
 it is quiet (a machine of idle rooms would otherwise keep its control plane busy answering them);
 each says when the next will come, and a session beginning in a quiet room brings it forward. On
 {"deleted": true} or 404 the agent closes the relay with CloseReason.DELETED (CLOSING to every
-member); the relay's `wait_closed()` then ends `relay serve`. Whatever ends the room (idle,
-lifetime, deleted, shutdown), the agent reports it once.
+member); the relay's `wait_closed()` then ends `relay serve`. Whatever else ends the room (idle,
+lifetime, shutdown, a cap), the agent reports it once; a deleted room's end is the control
+plane's own doing, so it is not reported back (`REPORTED_BY_CONTROL`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ from relay.server.app import RelayStats
 log = logging.getLogger("relay.agent")
 
 CLOSED_REPORT_TIMEOUT = 2.0
+REPORTED_BY_CONTROL = frozenset({"deleted"})
+"""Ends the control plane recorded before the relay heard of them (deleteRoom, by a signal, a
+group's stop or a heartbeat's answer): a `closed` report of one finds no room and changes nothing,
+and the relay waited for it before exiting, behind the deletes' own store writes (20 rooms deleted
+at once: about 100 or 300-400 ms to exit, docs/architecture.md)."""
 
 
 class RelayLike(Protocol):
@@ -250,6 +256,9 @@ class Agent:
         cancellation: the caller goes on (stop() still closes the client)."""
         report = self._closed_report
         if report is None:
+            if self.closed_reason is not None or reason in REPORTED_BY_CONTROL:
+                self.closed_reason = self.closed_reason or reason  # the first end is the one
+                return
             self.closed_reason = reason
             report = self._closed_report = asyncio.get_running_loop().create_task(self._send_closed(reason))
         try:

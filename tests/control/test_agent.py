@@ -98,6 +98,7 @@ async def test_register_heartbeat_and_idle_close(tmp_path: Path) -> None:
         await wait_for(lambda: ("ag", "r") not in cp.state.runtime)
         await agent.stop(CloseReason.IDLE)
         assert agent.closed_reason == "idle"
+        assert closed_reports(cp) == 1
         assert await cp.store.get_room("ag", "r") is None
         lines = [json.loads(x) for x in cp.config.operation_log_path.read_text().splitlines()]
         assert lines[-1]["event"] == "room.closed" and lines[-1]["reason"] == "idle"
@@ -115,7 +116,21 @@ async def test_delete_drains_relay(tmp_path: Path) -> None:
         assert await asyncio.wait_for(relay.wait_closed(), 5) == CloseReason.DELETED
         assert agent.deleted and relay.close_calls == [CloseReason.DELETED]
         await agent.stop(CloseReason.DELETED)
-        assert room is not None
+        await agent.stop(CloseReason.SHUTDOWN)  # a later stop reports no other end
+        assert room is not None and agent.closed_reason == "deleted"
+        # the control plane ended the room itself: a report would find no room, and the relay
+        # would wait for its answer behind the deletes' store writes before exiting
+        assert closed_reports(cp) == 0
+
+
+def closed_reports(cp: ControlPlane) -> int:
+    """`closed` reports the control plane answered, whatever the answer."""
+    return sum(
+        int(sample.value)
+        for metric in cp.state.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "relay_control_api_requests_total" and sample.labels["method"] == "internal.closed"
+    )
 
 
 async def test_registration_retries_until_control_plane_is_up(tmp_path: Path) -> None:

@@ -449,6 +449,59 @@ async def test_capped_spawner_removes_the_group_after_exit(tmp_path: Path) -> No
     assert not any(p.exists() for p in paths)
 
 
+class SlowRemoveGroup:
+    """A real group whose removal takes `seconds` more: a v1 memory group's `force_empty`
+    reclaiming what its relay left charged, on a busy host."""
+
+    def __init__(self, group: cgroups.Cgroup, seconds: float) -> None:
+        self.group = group
+        self.seconds = seconds
+
+    def remove(self) -> None:
+        time.sleep(self.seconds)
+        self.group.remove()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.group, name)
+
+
+class SlowRemoveBackend(WrappedBackend):
+    def wrap(self, group: cgroups.Cgroup) -> cgroups.Cgroup:
+        return SlowRemoveGroup(group, 0.5)  # type: ignore[return-value]
+
+
+@needs_cgroups
+async def test_removing_an_exited_relays_group_does_not_hold_the_event_loop() -> None:
+    """The control plane waits on its relays in its event loop: twenty rooms deleted at once
+    held it (their deleteRoom answers too) while each group was removed."""
+    assert BACKEND is not None
+    backend = SlowRemoveBackend(BACKEND)
+    spawner = CappedSpawner(SubprocessSpawner(), NANO, backend)
+    handle = await spawner.spawn(
+        [sys.executable, "-c", "pass", "--namespace", "n", "--room", "slow"], dict(os.environ), None
+    )
+    paths = group_dirs(backend.groups[0])
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    ticker = loop.create_task(tick())
+    try:
+        started = loop.time()
+        assert await handle.wait() == 0
+        assert loop.time() - started >= 0.5  # the wait includes the removal
+    finally:
+        ticker.cancel()
+    assert not any(p.exists() for p in paths)
+    assert gaps and max(gaps) < 0.3, f"the loop stalled (its ticks: {gaps})"
+
+
 @needs_cgroups
 async def test_a_relay_adopted_in_its_start_up_boost_gets_its_cpu_quota(tmp_path: Path) -> None:
     """A control plane killed before its relay registered left it without a CPU quota; the next

@@ -147,6 +147,9 @@ def test_roombench_times_the_room_alone() -> None:
     full = run(RoomBench(datagrams=64, pass_size=32, repeat=1, members=32))
     # a flush every 32 datagrams: each member's 31 messages of ~105 bytes in three 1200-byte datagrams
     assert full["packets_out_per_run"] == 2 * 32 * 3
+    dealt = run(RoomBench(datagrams=300, pass_size=1, repeat=1, rooms=5))
+    # dealt over five rooms, a flush a datagram: each datagram's three room-mates get one packet
+    assert dealt["packets_out_per_run"] == 3 * 300
 
 
 def test_a_udp_attacker_knows_it_was_kicked_by_the_relays_closing() -> None:
