@@ -23,6 +23,8 @@ from relay.agent.tiers import NANO
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GROUP_ROOMS = 25
 """Rooms per relay process in the rooms-per-process tier's figures (docs/tiers.md)."""
+ONE_PROCESS = 100
+"""Every room of the shape in one process: issue 20's one-process target (1.6x the C relay)."""
 _AFFINITY = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
@@ -65,8 +67,12 @@ def regenerate(args: Any, command: str) -> int:
     commands: list[str] = [command]
 
     if "fleet-shape" not in skip:
-        # one process per room, then the rooms-per-process tier, alternating within each run
-        shapes = {1: [*quick], GROUP_ROOMS: [*quick, "--rooms-per-process", str(GROUP_ROOMS)]}
+        # one process per room, the rooms-per-process tier, every room in one process: alternating
+        # within each run
+        shapes = {
+            n: [*quick, *(["--rooms-per-process", str(n)] if n > 1 else [])]
+            for n in (1, GROUP_ROOMS, ONE_PROCESS)
+        }
         for fs_argv in shapes.values():
             commands.append("python -m loadtest fleet-shape " + shlex.join(fs_argv) + f"   (x{runs})")
         fs_runs: dict[int, list[dict[str, Any]]] = {n: [] for n in shapes}
@@ -253,7 +259,16 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         )
     rooms = [r.get("rooms_per_core") for r in per_run]
     caps = first["shape"][next(iter(first["shape"]))]["caps"] if first["shape"] else "-"
-    if grouped:
+    if rooms_per_process == ONE_PROCESS:
+        head = [
+            f"## One process for all {rooms_per_process} rooms",
+            "",
+            f"The same rooms, players and rates again, every room in one relay process "
+            f"(`--rooms-per-process {rooms_per_process}`; {caps}): no per-room process to wake, the "
+            "shape of issue 20's one-process target. All relays on CPU 0, the load on CPU 1; the C relay "
+            f"measured again in the same run. Medians of {len(per_run)} runs.",
+        ]
+    elif grouped:
         head = [
             f"## The rooms-per-process tier: the same shape, {rooms_per_process} rooms per relay process",
             "",

@@ -50,7 +50,6 @@ PRELOAD = (
     "cryptography.hazmat.primitives.ciphers.aead",
     "cryptography.hazmat.primitives.asymmetric.x25519",
     "prometheus_client",
-    "h11",
     "encodings.idna",
     "relay.server.app",
     "relay.agent.agent",

@@ -8,8 +8,10 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from relay.agent.http11 import Http11Client, HttpError
+from relay.agent.http11 import MAX_HEAD, AnswerReader, Http11Client, HttpError, encode_request
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -165,3 +167,106 @@ def test_only_http_urls() -> None:
             Http11Client(url)
     c = Http11Client("https://control.example:8443/internal")
     assert (c.host, c.port, c.tls, c.prefix) == ("control.example", 8443, True, "/internal")
+
+
+# ---- the answer reader and the request encoder, without sockets ---------------------------------
+
+CHUNKED = (
+    b"HTTP/1.1 100 Continue\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Note:  spaced value \t\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(CHUNKED)), max_size=8))
+def test_an_answer_in_any_pieces_reads_the_same(cuts: list[int]) -> None:
+    reader = AnswerReader()
+    ends = sorted(set(cuts))
+    pieces = [CHUNKED[a:b] for a, b in zip([0, *ends], [*ends, len(CHUNKED)], strict=True) if b > a]
+    results = [reader.feed(piece) for piece in pieces]
+    assert results[-1] and not any(results[:-1])  # whole at its last byte, not before
+    assert (reader.status, reader.body, reader.keep_alive, reader.extra) == (200, b"hello world", True, b"")
+
+
+def test_framings_and_keep_alive() -> None:
+    def one(data: bytes, head: bool = False) -> AnswerReader:
+        reader = AnswerReader(head)
+        assert reader.feed(data)
+        return reader
+
+    fixed = one(b"HTTP/1.1 201 Created\r\ncontent-length: 3\r\n\r\nabcEXTRA")
+    assert (fixed.status, fixed.body, fixed.keep_alive, fixed.extra) == (201, b"abc", True, b"EXTRA")
+    assert one(b"HTTP/1.1 204 No Content\r\n\r\n").body == b""
+    assert one(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head=True).body == b""
+    assert not one(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n"
+    ).keep_alive
+    assert not one(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive
+    assert one(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n").keep_alive
+    assert one(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok").body == b"ok"
+
+    until_close = AnswerReader()
+    assert not until_close.feed(b"HTTP/1.1 200 OK\r\n\r\nsome")
+    assert not until_close.feed(b" more")
+    assert until_close.eof() and until_close.body == b"some more" and not until_close.keep_alive
+
+    cut = AnswerReader()
+    assert not cut.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    with pytest.raises(HttpError, match="closed before"):
+        cut.eof()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/2 200 OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Name: a\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * MAX_HEAD + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * (MAX_HEAD + 10),
+    ],
+)
+def test_malformed_or_oversized_answers_are_errors(data: bytes) -> None:
+    with pytest.raises(HttpError):
+        AnswerReader().feed(data)
+
+
+def test_a_chunked_body_is_held_to_the_limit_as_it_arrives() -> None:
+    reader = AnswerReader(max_body=10)
+    assert not reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffff\r\n0123456789")
+    with pytest.raises(HttpError, match="larger than 10"):
+        reader.feed(b"x")
+
+
+def test_requests_are_one_string_and_refuse_injection() -> None:
+    request = encode_request("POST", "/p/q", "h:1", b"{}", [("Authorization", "Bearer s")])
+    assert (
+        request
+        == b"POST /p/q HTTP/1.1\r\nHost: h:1\r\nContent-Length: 2\r\nAuthorization: Bearer s\r\n\r\n{}"
+    )
+    assert encode_request("GET", "/", "h", b"") == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    for bad in (
+        lambda: encode_request("GET", "/a b", "h", b""),
+        lambda: encode_request("GET", "/a\r\nX: y", "h", b""),
+        lambda: encode_request("GE T", "/", "h", b""),
+        lambda: encode_request("GET", "/", "h", b"", [("X", "a\r\nInjected: 1")]),
+        lambda: encode_request("GET", "/", "h", b"", [("X:Y", "a")]),
+    ):
+        with pytest.raises(ValueError):
+            bad()
+
+
+async def test_a_request_that_cannot_be_written_is_an_http_error_and_sends_nothing() -> None:
+    client = Http11Client("http://127.0.0.1:9")  # never connected: the request is refused first
+    with pytest.raises(HttpError, match="bad header"):
+        await client.request("POST", "/x", b"", [("X", "a\nb")])

@@ -353,9 +353,12 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
     note = next(line for line in lines if line.startswith("*C relay, a process per room*"))
     assert "56 us of CPU and 1.00 context switches" in note and "1.50x the one C process" in note
     assert "(per run: 1.50, 1.00, 2.00)" in note
+    one = benchmarks._fleet_shape_section(runs, rooms_per_process=benchmarks.ONE_PROCESS)
+    assert one[0] == "## One process for all 100 rooms"  # issue 20's one-process target's own table
     for lines in (
         benchmarks._fleet_shape_section(runs, rooms_per_process=25),
         benchmarks._fleet_shape_section([_fleet_run(90.0, 30.0, None)]),
+        one,
     ):
         assert not any("a process per room" in line for line in lines)
 
