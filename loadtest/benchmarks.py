@@ -85,6 +85,10 @@ def regenerate(args: Any, command: str) -> int:
                     print(f"benchmarks: {name} done ({report.out})")
             for n, per_run in fs_runs.items():
                 sections += _fleet_shape_section(per_run, n)
+            sections += [
+                "The best case follows (one room, coalesced input): a peak, not the deployed shape.",
+                "",
+            ]
         except Exception as exc:
             done = [
                 line for n, per_run in fs_runs.items() if per_run for line in _fleet_shape_section(per_run, n)
@@ -316,11 +320,6 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         + ", ".join(str(r) if r else "none tried held" for r in rooms)
         + ")",
         "",
-        *(
-            []
-            if not grouped
-            else ["The best case follows (one room, coalesced input): a peak, not the deployed shape.", ""]
-        ),
     ]
 
 

@@ -45,8 +45,8 @@ CLOSED_REPORT_TIMEOUT = 2.0
 REPORTED_BY_CONTROL = frozenset({"deleted"})
 """Ends the control plane recorded before the relay heard of them (deleteRoom, by a signal, a
 group's stop or a heartbeat's answer): a `closed` report of one finds no room and changes nothing,
-and the relay waited for it before exiting, behind the deletes' own store writes (20 rooms deleted
-at once: about 100 or 300-400 ms to exit, docs/architecture.md)."""
+and the relay waited for its answer before exiting, the report queued behind the control plane's
+work on the deletes themselves (docs/architecture.md)."""
 
 
 class RelayLike(Protocol):
