@@ -115,8 +115,8 @@ def run(bench: RoomBench) -> dict[str, Any]:
             feed(packet, addr, clock())
             touched[flush] = None
             if i % bench.pass_size == 0:
-                for flush in touched:
-                    flush(clock())
+                for room_flush in touched:
+                    room_flush(clock())
                 touched.clear()
         for room, _ in joined:
             room.flush(clock())

@@ -499,7 +499,7 @@ async def test_removing_an_exited_relays_group_does_not_hold_the_event_loop() ->
     finally:
         ticker.cancel()
     assert not any(p.exists() for p in paths)
-    assert gaps and max(gaps) < 0.3, f"the loop stalled (its ticks: {gaps})"
+    assert gaps and max(gaps) < 0.4, f"the loop stalled (its ticks: {gaps})"
 
 
 @needs_cgroups
