@@ -102,7 +102,7 @@ def run(bench: RoomBench) -> dict[str, Any]:
         deal = random.Random(attempt)
         packets = []
         for i in range(bench.datagrams):
-            room, clients = joined[deal.randrange(bench.rooms)] if bench.rooms > 1 else joined[0]
+            room, clients = joined[deal.randrange(bench.rooms)]
             client, addr = clients[i % bench.members]
             for _ in range(bench.batch):
                 client.send(payload)

@@ -256,10 +256,10 @@ class Agent:
         cancellation: the caller goes on (stop() still closes the client)."""
         report = self._closed_report
         if report is None:
-            if self.closed_reason is not None or reason in REPORTED_BY_CONTROL:
-                self.closed_reason = self.closed_reason or reason  # the first end is the one
+            if self.closed_reason is None:  # the first end is the one
+                self.closed_reason = reason
+            if self.closed_reason in REPORTED_BY_CONTROL:
                 return
-            self.closed_reason = reason
             report = self._closed_report = asyncio.get_running_loop().create_task(self._send_closed(reason))
         try:
             await asyncio.shield(report)

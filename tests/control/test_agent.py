@@ -119,7 +119,7 @@ async def test_delete_drains_relay(tmp_path: Path) -> None:
         await agent.stop(CloseReason.SHUTDOWN)  # a later stop reports no other end
         assert room is not None and agent.closed_reason == "deleted"
         # the control plane ended the room itself: a report would find no room, and the relay
-        # would wait for its answer behind the deletes' store writes before exiting
+        # would wait for its answer, behind the control plane's work on the deletes, to exit
         assert closed_reports(cp) == 0
 
 
