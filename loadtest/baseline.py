@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +23,10 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path(__file__).resolve().parent / "c" / "udp_reference.c"
+FLOOR = Path(__file__).resolve().parent / "floor_relay.py"
+RELAYS = ("c", "c-aead", "python", "python-aead")
+"""What `run_per_room` runs: the C relay, without or with the relay's AES-GCM work (`aead`: what a
+native data path would pay), or the interpreter's floor (loadtest/floor_relay.py), the same two."""
 
 _RELAY = re.compile(r"relay: (\d+) datagrams/s in, (\d+)/s out, cpu (\d+)%")
 _RECV = re.compile(r"recv: (\d+) datagrams/s in")
@@ -51,6 +56,24 @@ def unavailable() -> str | None:
     return None
 
 
+def _wait_bound(base: int, count: int, relays: list[subprocess.Popen[str]], timeout: float) -> None:
+    """Until a process holds every port from `base` (the relays are up), or `timeout` seconds: a
+    hundred interpreters take seconds to start on one core, the C relays milliseconds."""
+    deadline = time.monotonic() + timeout
+    waiting = list(range(base, base + count))
+    while waiting and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in relays):
+            raise RuntimeError("a relay of the baseline exited before the load began")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", waiting[0]))
+            except OSError:  # bound: that relay is up
+                waiting.pop(0)
+                continue
+        time.sleep(0.02)
+    time.sleep(0.1)  # the last one bound its socket; let it reach its loop
+
+
 def _free_base(count: int) -> int:
     """A base port with `count` consecutive free UDP ports (picked at random)."""
     for _ in range(200):
@@ -70,9 +93,14 @@ def _free_base(count: int) -> int:
     raise RuntimeError("no free port range for the baseline")
 
 
-def compile_baseline(workdir: Path, source: Path = SOURCE) -> Path:
+def compile_baseline(workdir: Path, source: Path = SOURCE, aead: bool = False) -> Path:
+    """`aead`: with its AES-GCM mode, which links OpenSSL's libcrypto (Debian: libssl-dev)."""
     binary = workdir / source.stem
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True, capture_output=True)
+    flags = ["-DWITH_AEAD"] if aead else []
+    libs = ["-lcrypto"] if aead else []
+    subprocess.run(
+        ["gcc", "-O2", *flags, "-o", str(binary), str(source), *libs], check=True, capture_output=True
+    )
     return binary
 
 
@@ -174,7 +202,8 @@ def run_median(config: BaselineConfig, runs: int) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class PerRoomConfig:
-    """The deployed shape for the C relay: one C relay process per room, the fleet-shape load."""
+    """The deployed shape for the C relay (or the interpreter's floor): one process per room, the
+    fleet-shape load."""
 
     rooms: int = 100
     players: int = 4
@@ -183,6 +212,8 @@ class PerRoomConfig:
     size: int = 100
     relay_cpus: str = "0"
     load_cpus: str = "1"
+    relay: str = "c"  # one of RELAYS
+    rooms_per_process: int = 1  # the floor relays only: ports one process serves (C: 1)
 
 
 def run_per_room(config: PerRoomConfig = PerRoomConfig()) -> dict[str, Any]:
@@ -193,10 +224,14 @@ def run_per_room(config: PerRoomConfig = PerRoomConfig()) -> dict[str, Any]:
     the relay processes' CPU (/proc/PID/schedstat, exact for many small processes) and context
     switches from /proc over the sending window. It shows
     what the one-process-per-room shape costs with no interpreter at all (docs/architecture.md).
+    `config.relay` "python" or "python-aead": the interpreter's floor in the same shape instead
+    (loadtest/floor_relay.py), `rooms_per_process` ports to each process.
     The sender runs in this process: the caller pins it to the load CPU."""
     reason = unavailable()
     if reason:
         return {"skipped": reason}
+    if config.relay not in RELAYS:
+        raise ValueError(f"relay {config.relay!r}: one of {', '.join(RELAYS)}")
     from loadtest.fastload.sender import spread_phase
     from loadtest.machine import context_switches, cpu_ns
 
@@ -204,19 +239,38 @@ def run_per_room(config: PerRoomConfig = PerRoomConfig()) -> dict[str, Any]:
     count = config.rooms * config.players
     tick = 1.0 / config.hz
     slots = sorted((spread_phase(k, count, tick * 1e9) / 1e9, k // config.players) for k in range(count))
+    native = config.relay.startswith("c")
+    per = 1 if native else max(1, config.rooms_per_process)
     with tempfile.TemporaryDirectory(prefix="udp_baseline-") as tmp:
-        binary = compile_baseline(Path(tmp))
+        try:
+            binary = compile_baseline(Path(tmp), aead=config.relay == "c-aead")
+        except subprocess.CalledProcessError as exc:
+            if config.relay != "c-aead":
+                raise
+            error = exc.stderr.decode(errors="replace").strip().splitlines()[:1]
+            why = "it links OpenSSL's libcrypto; Debian: apt-get install libssl-dev"
+            return {"skipped": f"the C relay with AES-GCM did not build ({why}): {error}"}
         base = _free_base(config.rooms + fanout)
         first_dest = base + config.rooms
         lifetime = f"{config.seconds + 2:g}"
-        receivers = _receivers(config.load_cpus, binary, first_dest, fanout, lifetime)
-        relays = [
-            _start(config.relay_cpus, binary, "relay", base + room, lifetime, fanout, first_dest)
-            for room in range(config.rooms)
-        ]
+        relays = []
+        for first in range(0, config.rooms, per):
+            args: tuple[object, ...] = ("relay", base + first, lifetime, fanout, first_dest)
+            if native:
+                relays.append(
+                    _start(config.relay_cpus, binary, *args, *(["aead"] if config.relay == "c-aead" else []))
+                )
+            else:
+                rooms = min(per, config.rooms - first)
+                extra = ("--rooms", rooms, *(["--aead"] if config.relay == "python-aead" else []))
+                relays.append(_start(config.relay_cpus, Path(sys.executable), FLOOR, *args, *extra))
         sent = 0
+        receivers: list[subprocess.Popen[str]] = []
         try:
-            time.sleep(0.3 + config.rooms / 500)
+            _wait_bound(base, config.rooms, relays, 0.3 + config.rooms / 500 if native else 60.0)
+            # after the relays: a receiver that waited through their start would have given up
+            receivers = _receivers(config.load_cpus, binary, first_dest, fanout, lifetime)
+            time.sleep(0.2)
             payload = b"x" * config.size
             before = sum(cpu_ns(p.pid) for p in relays)
             switches = sum(context_switches(p.pid) for p in relays)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from loadtest.machine import machine_info
-from loadtest.report import Report, pair_ms, results_dir, table
+from loadtest.report import Report, median, pair_ms, results_dir, table
 from relay.agent.tiers import NANO
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,11 +25,6 @@ GROUP_ROOMS = 25
 ONE_PROCESS = 100
 """Every room of the shape in one process: issue 20's one-process target (1.6x the C relay)."""
 _AFFINITY = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-
-
-def _median(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 def _run(scenario: str, argv: list[str], out: Path, progress: bool | None) -> tuple[Report, Any]:
@@ -222,7 +216,7 @@ def _failed(title: str, exc: Exception, partial: list[str] | None) -> list[str]:
 
 
 def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int = 1) -> list[str]:
-    from loadtest.scenarios.fleetshape import _c_cpu, c_per_room_cpu
+    from loadtest.scenarios.fleetshape import _c_cpu, c_per_room_cpu, floor_table
 
     first = per_run[0]
     grouped = rooms_per_process > 1
@@ -241,21 +235,21 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
                 transport,
                 first["shape"][transport]["rooms"],
                 f"{first['shape'][transport]['offered_per_s']:,.0f}",
-                _median(cpus),
-                _median(c_cpus),
-                _median(ratios),
+                median(cpus),
+                median(c_cpus),
+                median(ratios),
                 *(
-                    [_median(c_rooms), _median([c and cpu / c for cpu, c in zip(cpus, c_rooms, strict=True)])]
+                    [median(c_rooms), median([c and cpu / c for cpu, c in zip(cpus, c_rooms, strict=True)])]
                     if per_room
                     else []
                 ),
-                _median([s["cpu_us_per_message_in"] for s in shapes]),
-                _median([s["context_switches_per_message_in"] for s in shapes]),
+                median([s["cpu_us_per_message_in"] for s in shapes]),
+                median([s["context_switches_per_message_in"] for s in shapes]),
                 " / ".join(
-                    f"{_median([a.get(k) for a in added]) or 0:.3g}" for k in ("p50_ms", "p99_ms", "p99.9_ms")
+                    f"{median([a.get(k) for a in added]) or 0:.3g}" for k in ("p50_ms", "p99_ms", "p99.9_ms")
                 ),
                 " / ".join(
-                    f"{_median([a.get(k) for a in e2e]) or 0:.3g}" for k in ("p50_ms", "p99_ms", "p99.9_ms")
+                    f"{median([a.get(k) for a in e2e]) or 0:.3g}" for k in ("p50_ms", "p99_ms", "p99.9_ms")
                 ),
                 sum(s["lost"] for s in shapes),
                 ", ".join(f"{r:.2f}" if r else "-" for r in ratios),
@@ -315,8 +309,9 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         ),
         "",
         *(_c_per_room_note(per_run) if per_room else []),
+        *floor_table(per_run),
         "Rooms per core (4 players x 20 Hz, UDP, added p99 <= 5 ms, no loss): "
-        f"**{_median([r or 0 for r in rooms]) or 'none of those tried'}** (median; per run: "
+        f"**{median([r or 0 for r in rooms]) or 'none of those tried'}** (median; per run: "
         + ", ".join(str(r) if r else "none tried held" for r in rooms)
         + ")",
         "",
@@ -335,10 +330,10 @@ def _c_per_room_note(per_run: list[dict[str, Any]]) -> list[str]:
         "*C relay, a process per room*: the same C relay started once per room, each process "
         "forwarding only its room's datagrams, under the same spread load (`baseline.run_per_room`, "
         "loadtest/baseline.py): what the one-process-per-room shape costs with no interpreter. "
-        f"{_median([r['cpu_us_per_message_in'] for r in runs]) or 0:.0f} us of CPU and "
-        f"{_median([r['context_switches_per_message_in'] for r in runs]) or 0:.2f} context switches per "
+        f"{median([r['cpu_us_per_message_in'] for r in runs]) or 0:.0f} us of CPU and "
+        f"{median([r['context_switches_per_message_in'] for r in runs]) or 0:.2f} context switches per "
         "message in "
-        f"(medians of {len(runs)} runs), {_median(shares) or 0:.2f}x the one C process at the same rate "
+        f"(medians of {len(runs)} runs), {median(shares) or 0:.2f}x the one C process at the same rate "
         f"(per run: {', '.join(f'{x:.2f}' if x else '-' for x in shares)}). *x C* compares with the "
         "one C process, as issue 20's targets do; *x C per room* with the C relay in the same shape.",
         "",
@@ -362,7 +357,7 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
     rows.append(
         [
             "C baseline (UDP, per packet, no crypto)",
-            _median(base),
+            median(base),
             1.0,
             None,
             None,
@@ -391,14 +386,14 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
         rows.append(
             [
                 f"Python relay, {t}",
-                _median(rates),
-                _median(ratios),
-                _median(cpu),
-                _median(kept),
-                _median(kept_ratios),
-                pair_ms(_median(p50), _median(p99)),
-                pair_ms(_median(e2e50), _median(e2e99)),
-                pair_ms(_median(k50), _median(k99)),
+                median(rates),
+                median(ratios),
+                median(cpu),
+                median(kept),
+                median(kept_ratios),
+                pair_ms(median(p50), median(p99)),
+                pair_ms(median(e2e50), median(e2e99)),
+                pair_ms(median(k50), median(k99)),
                 None,
                 ", ".join(f"{x:,.0f}" for x in rates),
             ]
@@ -408,7 +403,7 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
     gs2_line = (
         [
             f"GS2 game clients ([docs/gs2-clients.md](docs/gs2-clients.md)): relay CPU per delivered message "
-            f"at saturation {_median(gs2):.2f}x the WebSocket path's, in the same run (per run: "
+            f"at saturation {median(gs2):.2f}x the WebSocket path's, in the same run (per run: "
             + ", ".join(f"{x:.2f}" if x else "-" for x in gs2)
             + "; the target is at most 1.3x).",
             "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from loadtest import hist as hdr
 from loadtest.machine import machine_info
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    """The median of the values measured (None: a run that did not measure it); None if none did."""
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
 
 
 def results_dir(scenario: str, base: str | Path | None = None) -> Path:

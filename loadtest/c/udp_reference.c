@@ -5,7 +5,8 @@
  * sender and the receivers that drive it. Loopback only; every mode stops by itself.
  *
  *   cc -O2 -o udp_reference udp_reference.c
- *   udp_reference relay PORT SECONDS FANOUT FIRST_DEST   forward to FIRST_DEST .. FIRST_DEST+FANOUT-1
+ *   udp_reference relay PORT SECONDS FANOUT FIRST_DEST [aead]
+ *                                                        forward to FIRST_DEST .. FIRST_DEST+FANOUT-1
  *   udp_reference recv  PORT SECONDS                     count what arrives on PORT
  *   udp_reference send  PORT SECONDS SIZE [RATE]         SIZE-byte datagrams to PORT (RATE 0: flat out)
  *
@@ -17,6 +18,13 @@
  *   send: <count> datagrams in <seconds> s = <rate>/s, cpu <percent>%
  * Rates and CPU count from the first datagram to the last one (the idle wait before the first
  * is not the relay's work). Written for this project (loadtest/baseline.py runs it).
+ *
+ * `aead` (built with -DWITH_AEAD and -lcrypto, OpenSSL): the relay's cryptography per datagram
+ * on top, as a native data path would pay it: one AES-256-GCM open of a packet of the
+ * datagram's size (the sender's datagrams are plain, so one sealed once is opened each time)
+ * and one seal per recipient (a 16-byte header as associated data, a counter nonce), each
+ * recipient sent header, ciphertext and tag: the relay's DATA packet, 16 bytes longer. The
+ * keys are fixed and public: it measures the work, it protects nothing.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -30,6 +38,9 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef WITH_AEAD
+#include <openssl/evp.h>
+#endif
 
 enum { VEC = 64, MAX_FANOUT = 16, DGRAM = 2048 };
 
@@ -83,9 +94,85 @@ static struct mmsghdr in_hdr[VEC];
 static struct iovec out_vec[VEC * MAX_FANOUT];
 static struct mmsghdr out_hdr[VEC * MAX_FANOUT];
 
+enum { HEADER = 16, TAG = 16 };
+
+#ifdef WITH_AEAD
+static unsigned char sealed_out[VEC * MAX_FANOUT][DGRAM + TAG];
+static unsigned char opened[DGRAM];
+static unsigned char sealed_in[DGRAM + TAG]; /* the packet opened in each datagram's place */
+static int sealed_in_len = -1;
+static EVP_CIPHER_CTX *seal_ctx, *open_ctx;
+static unsigned long long counter;
+
+/* A context keyed once: each packet sets only its nonce, so the key schedule is not redone. */
+static EVP_CIPHER_CTX *keyed(int encrypt, unsigned char first) {
+  unsigned char key[32];
+  for (int i = 0; i < 32; i++) key[i] = (unsigned char)(first + i);
+  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  if (!ctx || !EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, NULL, encrypt)) {
+    fputs("udp_reference: AES-256-GCM unavailable\n", stderr);
+    exit(1);
+  }
+  return ctx;
+}
+
+/* header (16 bytes, the counter in its last 8) + n bytes of body -> header, ciphertext, tag */
+static int seal(EVP_CIPHER_CTX *ctx, const unsigned char *header, const unsigned char *body, int n,
+                unsigned char *out) {
+  unsigned char nonce[12] = {0};
+  int len = 0;
+  memcpy(nonce + 4, header + 8, 8);
+  memcpy(out, header, HEADER);
+  if (!EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) || !EVP_EncryptUpdate(ctx, NULL, &len, header, HEADER) ||
+      !EVP_EncryptUpdate(ctx, out + HEADER, &len, body, n) || !EVP_EncryptFinal_ex(ctx, out + HEADER + len, &len) ||
+      !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG, out + HEADER + n))
+    return -1;
+  return HEADER + n + TAG;
+}
+
+static int open_packet(const unsigned char *packet, int size) {
+  unsigned char nonce[12] = {0};
+  int len = 0, n = size - HEADER - TAG;
+  memcpy(nonce + 4, packet + 8, 8);
+  return n >= 0 && EVP_DecryptInit_ex(open_ctx, NULL, NULL, NULL, nonce) &&
+         EVP_DecryptUpdate(open_ctx, NULL, &len, packet, HEADER) &&
+         EVP_DecryptUpdate(open_ctx, opened, &len, packet + HEADER, n) &&
+         EVP_CIPHER_CTX_ctrl(open_ctx, EVP_CTRL_GCM_SET_TAG, TAG, (void *)(packet + HEADER + n)) &&
+         EVP_DecryptFinal_ex(open_ctx, opened + len, &len) > 0;
+}
+
+static void put_header(unsigned char *header, unsigned long long ctr) {
+  memset(header, 0, HEADER);
+  header[0] = 1; /* version */
+  header[1] = 2; /* DATA */
+  header[7] = 1; /* session id 1 */
+  for (int b = 0; b < 8; b++) header[15 - b] = (unsigned char)(ctr >> (8 * b));
+}
+
+/* The datagram's cryptography: an open in its place, then a seal per recipient. -1: it failed. */
+static int aead_work(const unsigned char *datagram, int size, int fanout, int k) {
+  int body = size > HEADER ? size - HEADER : 0;
+  if (sealed_in_len != size + TAG) {
+    unsigned char header[HEADER], zeros[DGRAM] = {0};
+    EVP_CIPHER_CTX *in_seal = keyed(1, 32);
+    put_header(header, 1);
+    sealed_in_len = seal(in_seal, header, zeros, body, sealed_in);
+    EVP_CIPHER_CTX_free(in_seal);
+  }
+  if (!open_packet(sealed_in, sealed_in_len)) return -1;
+  for (int d = 0; d < fanout; d++) {
+    unsigned char header[HEADER];
+    put_header(header, ++counter);
+    if (seal(seal_ctx, header, datagram + HEADER, body, sealed_out[k + d]) < 0) return -1;
+  }
+  return 0;
+}
+#endif
+
 /* Reads until SECONDS after the first datagram (or one second of silence after it, or fifteen
  * seconds of nothing at all); with FANOUT > 0 sends every datagram to each destination. */
-static int serve(int port, double seconds, int fanout, int first_dest) {
+static int serve(int port, double seconds, int fanout, int first_dest, int aead) {
+  (void)aead; /* read only when built WITH_AEAD */
   int fd = udp_socket();
   struct sockaddr_in self, dest[MAX_FANOUT];
   to_loopback(&self, port);
@@ -121,9 +208,21 @@ static int serve(int port, double seconds, int fanout, int first_dest) {
     received += n;
     int k = 0;
     for (int i = 0; i < n && fanout > 0; i++) {
+#ifdef WITH_AEAD
+      if (aead && aead_work(inbox[i], (int)in_hdr[i].msg_len, fanout, k) < 0) {
+        fputs("udp_reference: AES-GCM failed\n", stderr);
+        return 1;
+      }
+#endif
       for (int d = 0; d < fanout; d++, k++) {
         out_vec[k].iov_base = inbox[i];
         out_vec[k].iov_len = in_hdr[i].msg_len;
+#ifdef WITH_AEAD
+        if (aead) {
+          out_vec[k].iov_base = sealed_out[k];
+          out_vec[k].iov_len = in_hdr[i].msg_len + TAG;
+        }
+#endif
         memset(&out_hdr[k], 0, sizeof out_hdr[k]);
         out_hdr[k].msg_hdr.msg_name = &dest[d];
         out_hdr[k].msg_hdr.msg_namelen = sizeof dest[d];
@@ -191,7 +290,7 @@ static int emit(int port, double seconds, int size, double rate) {
 }
 
 int main(int argc, char **argv) {
-  const char *usage = "usage: udp_reference relay PORT SECONDS FANOUT FIRST_DEST | recv PORT SECONDS | "
+  const char *usage = "usage: udp_reference relay PORT SECONDS FANOUT FIRST_DEST [aead] | recv PORT SECONDS | "
                       "send PORT SECONDS SIZE [RATE]\n";
   if (argc < 4) {
     fputs(usage, stderr);
@@ -203,9 +302,21 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "relay") == 0 && argc >= 6) {
     int fanout = atoi(argv[4]);
     if (fanout < 0 || fanout > MAX_FANOUT) fanout = MAX_FANOUT;
-    return serve(port, seconds, fanout, atoi(argv[5]));
+    int aead = argc > 6 && strcmp(argv[6], "aead") == 0;
+#ifdef WITH_AEAD
+    if (aead) {
+      seal_ctx = keyed(1, 0);
+      open_ctx = keyed(0, 32);
+    }
+#else
+    if (aead) {
+      fputs("udp_reference: built without -DWITH_AEAD\n", stderr);
+      return 2;
+    }
+#endif
+    return serve(port, seconds, fanout, atoi(argv[5]), aead);
   }
-  if (strcmp(argv[1], "recv") == 0) return serve(port, seconds, 0, 0);
+  if (strcmp(argv[1], "recv") == 0) return serve(port, seconds, 0, 0, 0);
   if (strcmp(argv[1], "send") == 0 && argc >= 5)
     return emit(port, seconds, atoi(argv[4]), argc > 5 ? atof(argv[5]) : 0.0);
   fputs(usage, stderr);

@@ -9,7 +9,9 @@ load runs on the load CPU (the throughput scenario's generator, loadtest/fastloa
 per-packet relay forwards the same offered rate in the same run, once as one process (the
 reference issue 20's targets name) and, with one room per relay process, once as a process per
 room under the same spread load (`baseline.run_per_room`): what the shape itself costs, with no
-interpreter.
+interpreter. And the interpreter's floor in the same processes (loadtest/floor_relay.py: uvloop
+and a sendto per recipient, then with the relay's AES-GCM added), what no Python relay process
+goes below at this load.
 
 Figures: the relay processes' CPU together (from /proc) per message in and as a ratio to the C
 relay's; context switches per message; added latency (kernel receive stamp minus send, every
@@ -20,15 +22,25 @@ x 20 Hz whose added p99 stays at or under `p99_limit_ms` with no loss.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from loadtest import baseline as c_baseline
 from loadtest.machine import context_switches, parse_cpus, pin
 from loadtest.progress import Live
-from loadtest.report import Report, table
+from loadtest.report import Report, median, table
 from loadtest.scenarios.throughput import GROUP_SIZE, Load, ThroughputConfig
 from loadtest.spawned import SpawnedRelays
+
+FLOOR_RELAYS = {
+    "c-aead": "C relay + AES-GCM (an open, a seal per recipient), a process per room",
+    "python": "Python floor: uvloop, a sendto per recipient, nothing else",
+    "python-aead": "Python floor + AES-GCM (an open, a seal per recipient)",
+}
+"""What the relay is set beside at the same load in its own shape (`baseline.run_per_room`): the C
+relay doing the relay's AES-GCM work (the least a native data path would cost; a process per
+room only), and the interpreter's floor (loadtest/floor_relay.py) in as many processes as the
+relay's rooms take, without and with that work."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,18 +160,23 @@ def run(config: FleetShapeConfig, report: Report, progress: bool | None = None) 
                 )
             )
             results["c_baseline"] = c
+            same_load = c_baseline.PerRoomConfig(
+                rooms=config.rooms,
+                players=GROUP_SIZE,
+                hz=config.hz,
+                seconds=config.step_seconds,
+                size=config.payload_size,
+                relay_cpus=config.relay_cpus,
+                load_cpus=config.load_cpus,
+                rooms_per_process=config.rooms_per_process,
+            )
             if config.rooms_per_process == 1:
-                results["c_per_room"] = c_baseline.run_per_room(
-                    c_baseline.PerRoomConfig(
-                        rooms=config.rooms,
-                        players=GROUP_SIZE,
-                        hz=config.hz,
-                        seconds=config.step_seconds,
-                        size=config.payload_size,
-                        relay_cpus=config.relay_cpus,
-                        load_cpus=config.load_cpus,
-                    )
-                )
+                results["c_per_room"] = c_baseline.run_per_room(same_load)
+            results["floor"] = {
+                relay: c_baseline.run_per_room(replace(same_load, relay=relay))
+                for relay in FLOOR_RELAYS
+                if relay != "c-aead" or config.rooms_per_process == 1  # the C relay serves one room
+            }
         for rooms in config.search:
             result = measure(config, rooms, "udp", config.search_seconds, live)
             result["held"] = _held(config, result)
@@ -194,6 +211,78 @@ def c_per_room_cpu(results: dict[str, Any]) -> float | None:
     """The C relay's CPU as deployed (one process per room, `baseline.run_per_room`), if measured."""
     c = results.get("c_per_room") or {}
     return c.get("relay_cpu_percent")
+
+
+def floor_table(per_run: list[dict[str, Any]]) -> list[str]:
+    """The UDP relay beside what it cannot go below at the same load (medians of the runs): the C
+    relay as one process and, with a process per room, as deployed; the interpreter's floor
+    (loadtest/floor_relay.py) in the relay's processes, without and with the relay's AES-GCM.
+    Empty where the runs measured no floor."""
+    runs = [r for r in per_run if r.get("floor") and "udp" in r["shape"]]
+    if not runs:
+        return []
+    c_cpu = [_c_cpu(r) for r in runs]
+
+    def row(name: str, measured: list[dict[str, Any]], fanout: int = GROUP_SIZE - 1) -> list[Any]:
+        cpu = [m.get("relay_cpu_percent") for m in measured]
+        delivered = [
+            100 * m["received_per_s"] / (fanout * m["sent_per_s"]) if m.get("sent_per_s") else None
+            for m in measured
+        ]
+        per_msg = [
+            m.get("cpu_us_per_message_in")
+            or (m["relay_cpu_percent"] * 1e4 / m["sent_per_s"] if m.get("sent_per_s") else None)
+            for m in measured
+        ]
+        ratios = [x and c and x / c for x, c in zip(cpu, c_cpu, strict=True)]
+        processes = median([m.get("processes", 1) for m in measured])
+        return [
+            name,
+            f"{processes:g}" if processes else "-",
+            median(cpu),
+            median(per_msg),
+            median(ratios),
+            _percent(median(delivered)),
+        ]
+
+    ours = [r["shape"]["udp"] for r in runs]
+    rows = [row("C relay, one process", [r["c_baseline"] for r in runs])]
+    if all(r.get("c_per_room", {}).get("relay_cpu_percent") for r in runs):
+        rows.append(row("C relay, a process per room", [r["c_per_room"] for r in runs]))
+    for relay, name in FLOOR_RELAYS.items():
+        if all((r["floor"].get(relay) or {}).get("relay_cpu_percent") for r in runs):
+            rows.append(row(name, [r["floor"][relay] for r in runs]))
+    rows.append(
+        [
+            "this relay (UDP)",
+            str(runs[0]["floor"]["python"].get("processes", "-")),  # the floor runs in its processes
+            median([o["relay_cpu_percent"] for o in ours]),
+            median([o["cpu_us_per_message_in"] for o in ours]),
+            median([o["relay_cpu_percent"] / c if c else None for o, c in zip(ours, c_cpu, strict=True)]),
+            _percent(median([100 * o["delivered"] / o["due"] if o.get("due") else None for o in ours])),
+        ]
+    )
+    skipped = {
+        FLOOR_RELAYS[relay]: reason
+        for r in runs
+        for relay, measured in r["floor"].items()
+        if (reason := (measured or {}).get("skipped"))
+    }
+    return [
+        "The floor at this load (UDP): the interpreter's least per packet in the same processes "
+        "(loadtest/floor_relay.py), beside the C relay"
+        + (f"; medians of {len(runs)} runs" if len(runs) > 1 else ""),
+        "",
+        *table(["relay", "processes", "CPU %", "CPU us per message in", "x C", "delivered %"], rows),
+        "",
+        *(f"*{name}*: not run: {reason}" for name, reason in skipped.items()),
+        *([""] if skipped else []),
+    ]
+
+
+def _percent(share: float | None) -> str:
+    """Delivered, as a whole percent: the rates it comes from span slightly different windows."""
+    return "-" if share is None else f"{share:.0f}"
 
 
 def _lat(summary: dict[str, Any]) -> str:
@@ -252,6 +341,7 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
             rows,
         ),
         "",
+        *floor_table([results]),
         f"## Rooms per core (4 players x {config.hz:g} Hz, UDP): "
         f"added p99 <= {config.p99_limit_ms:g} ms, no loss",
         "",

@@ -84,3 +84,73 @@ def test_the_c_relay_as_deployed_runs_a_process_per_room() -> None:
     assert result["received_per_s"] == pytest.approx(3 * result["sent_per_s"], rel=0.1)
     assert result["relay_cpu_percent"] > 0 and result["cpu_us_per_message_in"] > 0
     assert result["context_switches_per_message_in"] >= 0.5  # a wake-up for about every datagram
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("relay", "per"), [("c-aead", 1), ("python", 1), ("python-aead", 2)])
+def test_the_interpreters_floor_runs_in_the_relays_shape(relay: str, per: int) -> None:
+    """The C relay with AES-GCM, and the floor relays (loadtest/floor_relay.py), in place of the C
+    relay: one process per room, or `per` rooms to a process; every datagram reaches its 3
+    receivers."""
+    assert baseline.unavailable() is None, baseline.unavailable()
+    config = baseline.PerRoomConfig(rooms=4, hz=50.0, seconds=1.0, relay=relay, rooms_per_process=per)
+    result = baseline.run_per_room(config)
+    assert result["processes"] == 4 // per
+    assert result["sent_per_s"] == pytest.approx(800, rel=0.1)
+    assert result["received_per_s"] == pytest.approx(3 * result["sent_per_s"], rel=0.1)
+    assert result["relay_out_per_s"] == pytest.approx(3 * result["sent_per_s"], rel=0.1)  # its own report
+    assert result["relay_cpu_percent"] > 0
+
+
+def test_an_unknown_floor_relay_is_refused() -> None:
+    with pytest.raises(ValueError, match="python-aead"):
+        baseline.run_per_room(baseline.PerRoomConfig(relay="pypy"))
+
+
+@pytest.mark.parametrize("relay", ["c-aead", "python-aead"])
+def test_the_aead_relays_send_what_the_relay_sends(relay: str, tmp_path: Path) -> None:
+    """With AES-GCM every datagram goes on as a sealed DATA packet: the 16-byte header, then the
+    payload past the header encrypted under a counter nonce with its tag (AES-256, the relay's
+    session keys' size), so both the C relay and the interpreter's floor pay a seal per
+    recipient on packets as long as the relay's; each counter used once."""
+    import socket
+    import struct
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from loadtest import floor_relay
+
+    if relay == "c-aead":
+        assert baseline.unavailable() is None, baseline.unavailable()
+        command = [str(baseline.compile_baseline(tmp_path, aead=True))]
+        extra = ["aead"]
+    else:
+        command, extra = [sys.executable, str(baseline.FLOOR)], ["--aead"]
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(10)
+        dest = sink.getsockname()[1]
+        port = baseline._free_base(1)
+        proc = subprocess.Popen(
+            [*command, "relay", str(port), "1", "1", str(dest), *extra], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            baseline._wait_bound(port, 1, [proc], 30.0)
+            payload = bytes(16) + b"x" * 84
+            for _ in range(3):
+                sender.sendto(payload, ("127.0.0.1", port))
+            packets = [sink.recv(2048) for _ in range(3)]
+        finally:
+            out, _ = proc.communicate(timeout=30)
+    seal_key = AESGCM(bytes(range(32)))
+    counters = []
+    for packet in packets:
+        assert len(packet) == len(payload) + 16
+        header = packet[:16]
+        counters.append(struct.unpack("!Q", header[8:])[0])
+        assert seal_key.decrypt(floor_relay.NONCE_PAD + header[8:], packet[16:], header) == payload[16:]
+    assert counters == [1, 2, 3]
+    assert out.startswith("relay: ") and "/s out" in out

@@ -27,7 +27,7 @@ from loadtest.report import (
     plot_latency_cdf,
     plot_timeseries,
 )
-from loadtest.scenarios import nano, throughput, throughput_report
+from loadtest.scenarios import fleetshape, nano, throughput, throughput_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -361,6 +361,53 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
         one,
     ):
         assert not any("a process per room" in line for line in lines)
+
+
+def test_the_floor_table_sets_the_relay_beside_what_it_cannot_go_below() -> None:
+    """Under the deployed-shape table: the C relay (one process, a process per room, and with the
+    relay's AES-GCM), the interpreter's floor without and with it, and the relay itself at the
+    same load, each as CPU, CPU per message and a ratio to the one C process (medians of the
+    runs); runs without a floor leave it out."""
+    runs = [_fleet_run(90.0, 30.0, 45.0), _fleet_run(80.0, 40.0, 40.0), _fleet_run(100.0, 25.0, 50.0)]
+    assert not any(line.startswith("The floor") for line in benchmarks._fleet_shape_section(runs))
+    for run, (plain, aead) in zip(runs, [(60.0, 70.0), (60.0, 80.0), (75.0, 90.0)], strict=True):
+        run["shape"]["udp"] |= {"due": 300, "delivered": 297}
+        run["c_baseline"] |= {"sent_per_s": 8000.0, "received_per_s": 24000.0}
+        run["c_per_room"] |= {"sent_per_s": 8000.0, "received_per_s": 24000.0, "processes": 100}
+        run["floor"] = {
+            relay: {
+                "processes": 100,
+                "relay_cpu_percent": cpu,
+                "cpu_us_per_message_in": cpu * 1.25,
+                "sent_per_s": 8000.0,
+                "received_per_s": 12000.0,
+            }
+            for relay, cpu in (("c-aead", 50.0), ("python", plain), ("python-aead", aead))
+        }
+    lines = benchmarks._fleet_shape_section(runs)
+    start = lines.index(next(line for line in lines if line.startswith("The floor at this load")))
+    assert "medians of 3 runs" in lines[start]
+    rows = {
+        cells[0]: cells[1:]
+        for line in lines[start + 4 :]
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
+    assert rows["C relay, one process"] == ["1", "30.0", "37.5", "1", "100"]
+    assert rows["C relay, a process per room"] == ["100", "45.0", "56.2", "1.5", "100"]
+    assert rows[fleetshape.FLOOR_RELAYS["c-aead"]] == ["100", "50.0", "62.5", "1.67", "50"]  # 1.67, 1.25, 2
+    assert rows[fleetshape.FLOOR_RELAYS["python"]] == ["100", "60.0", "75.0", "2", "50"]
+    assert rows[fleetshape.FLOOR_RELAYS["python-aead"]] == [
+        "100",
+        "80.0",
+        "100.0",
+        "2.33",
+        "50",
+    ]  # 2.33, 2, 3.6
+    assert rows["this relay (UDP)"] == ["100", "90.0", "112.5", "3", "99"]
+    runs[1]["floor"]["c-aead"] = {"skipped": "no libcrypto"}  # a row not measured says why
+    lines = benchmarks._fleet_shape_section(runs)
+    assert f"*{fleetshape.FLOOR_RELAYS['c-aead']}*: not run: no libcrypto" in lines
+    assert not any(line.startswith(f"| {fleetshape.FLOOR_RELAYS['c-aead']}") for line in lines)
 
 
 def _nano_run_step(players: int, hz: float, cpu: float, p99: float, held: bool) -> dict[str, Any]:

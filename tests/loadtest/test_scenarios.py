@@ -216,8 +216,9 @@ def test_fleet_shape_quick(tmp_path: Path, rooms_per_process: int) -> None:
     due arrives, and the figures hold together."""
     from loadtest.scenarios import fleetshape
 
-    search = {"search": (2,), "search_down": ()} if rooms_per_process > 1 else {}  # the search is the same
-    config = fleetshape.FleetShapeConfig.quick(rooms_per_process=rooms_per_process, **search)
+    # the search is the same; the C relay and the floor once, with rooms sharing processes
+    grouped = {"search": (2,), "search_down": (), "baseline": True} if rooms_per_process > 1 else {}
+    config = fleetshape.FleetShapeConfig.quick(rooms_per_process=rooms_per_process, **grouped)
     report = _report(tmp_path, "fleet-shape")
     results = fleetshape.run(config, report, progress=False)
     report.write()
@@ -231,6 +232,12 @@ def test_fleet_shape_quick(tmp_path: Path, rooms_per_process: int) -> None:
     summary = (report.out / "summary.md").read_text()
     assert "Rooms per core" in summary
     assert ("2 rooms per relay process" in summary) == (rooms_per_process == 2)
+    if rooms_per_process > 1:  # the floor ran in as many processes as the relay's 3 rooms took
+        assert set(results["floor"]) == {"python", "python-aead"}  # the C relay serves one room
+        for relay in results["floor"]:
+            floor = results["floor"][relay]
+            assert floor["processes"] == 2 and floor["received_per_s"] > 0, (relay, floor)
+        assert "The floor at this load" in summary and "| this relay (UDP) | 2 |" in summary
 
 
 def test_fleet_shape_searches_below_a_first_size_that_fails(tmp_path: Path) -> None:
