@@ -36,7 +36,8 @@ async def test_members_keep_playing_while_the_control_plane_is_killed_and_restar
     proc, url = await start_control(data, log, port, *control)
     relay_pid = None
     try:
-        await wait_for(lambda: len(standby_pids(proc.pid)) >= 2, timeout=10)
+        # rehearsed, not only started: a room wanted while both still rehearse gets a fresh fork
+        await wait_for(lambda: len(ready_standby_pids(proc.pid)) >= 2, timeout=15)
         warm = standby_pids(proc.pid)
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             h = await login(http)
@@ -117,6 +118,27 @@ def standby_pids(control_pid: int | None = None) -> set[int]:
     if control_pid is not None:
         found = {p for p in found if _parent(_parent(p)) == control_pid}
     return found
+
+
+_READ = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine)  # the read system call's number
+
+
+def ready_standby_pids(control_pid: int) -> set[int]:
+    """The control plane's standbys that have rehearsed: blocked reading their assignment from
+    stdin (relay/host/standby.py, after the "ready" byte the pool waits for), as /proc/PID/syscall
+    shows it (read, fd 0). Where that cannot be read: every standby, as before."""
+    pids = standby_pids(control_pid)
+    if _READ is None:
+        return pids
+    ready = set()
+    for pid in pids:
+        try:
+            call = Path(f"/proc/{pid}/syscall").read_text().split()
+        except OSError:
+            return pids
+        if call[:2] == [str(_READ), "0x0"]:
+            ready.add(pid)
+    return ready
 
 
 def _parent(pid: int) -> int:
