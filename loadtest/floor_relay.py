@@ -5,9 +5,10 @@ A twin of `udp_reference relay` (loadtest/c/udp_reference.c): the same command l
 report line, so loadtest/baseline.py runs either. It is an asyncio protocol on uvloop, as the
 relay's UDP adapter is, whose `datagram_received` sends the datagram on to FANOUT fixed loopback
 ports with one `sendto` each: no rooms, no sessions, no limits, no msgpack. `--aead` adds the
-relay's cryptography per message in: one AES-GCM open of a packet of the datagram's size, and
-one seal (a counter nonce, the 16-byte header as associated data) per recipient, so what it sends
-is as long as the relay's DATA packets. `--rooms N` binds N consecutive ports in one process
+relay's cryptography per message in: one AES-256-GCM open of a packet of the datagram's size,
+and one seal (a counter nonce, the 16-byte header as associated data) per recipient, so what it
+sends is as long as the relay's DATA packets. Its keys are fixed and public: it measures the
+work, it protects nothing. `--rooms N` binds N consecutive ports in one process
 (every room of a process, as the rooms-per-process tier serves them).
 
 What it measures: the relay's CPU per message minus this floor's is what rooms, sessions and

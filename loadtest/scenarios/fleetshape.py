@@ -215,9 +215,9 @@ def c_per_room_cpu(results: dict[str, Any]) -> float | None:
 
 def floor_table(per_run: list[dict[str, Any]]) -> list[str]:
     """The UDP relay beside what it cannot go below at the same load (medians of the runs): the C
-    relay as one process and, with a process per room, as deployed; the interpreter's floor
-    (loadtest/floor_relay.py) in the relay's processes, without and with the relay's AES-GCM.
-    Empty where the runs measured no floor."""
+    relay as one process and, with a process per room, as deployed, without and with the relay's
+    AES-GCM; the interpreter's floor (loadtest/floor_relay.py) in the relay's processes, the same
+    two. Empty where the runs measured no floor; a row that could not run says why."""
     runs = [r for r in per_run if r.get("floor") and "udp" in r["shape"]]
     if not runs:
         return []
