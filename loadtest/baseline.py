@@ -254,13 +254,13 @@ def run_per_room(config: PerRoomConfig = PerRoomConfig()) -> dict[str, Any]:
     count = config.rooms * config.players
     tick = 1.0 / config.hz
     slots = sorted((spread_phase(k, count, tick * 1e9) / 1e9, k // config.players) for k in range(count))
-    native = config.relay.startswith("c")
+    native, aead = config.relay.startswith("c"), config.relay.endswith("-aead")
     per = 1 if native else max(1, config.rooms_per_process)
     with tempfile.TemporaryDirectory(prefix="udp_baseline-") as tmp:
         try:
-            binary = compile_baseline(Path(tmp), aead=config.relay == "c-aead")
+            binary = compile_baseline(Path(tmp), aead=native and aead)
         except subprocess.CalledProcessError as exc:
-            if config.relay != "c-aead":
+            if not (native and aead):
                 raise
             error = exc.stderr.decode(errors="replace").strip().splitlines()[:1]
             why = "it links OpenSSL's libcrypto; Debian: apt-get install libssl-dev"
@@ -272,12 +272,9 @@ def run_per_room(config: PerRoomConfig = PerRoomConfig()) -> dict[str, Any]:
         for first in range(0, config.rooms, per):
             args: tuple[object, ...] = ("relay", base + first, lifetime, fanout, first_dest)
             if native:
-                relays.append(
-                    _start(config.relay_cpus, binary, *args, *(["aead"] if config.relay == "c-aead" else []))
-                )
+                relays.append(_start(config.relay_cpus, binary, *args, *(["aead"] if aead else [])))
             else:
-                rooms = min(per, config.rooms - first)
-                extra = ("--rooms", rooms, *(["--aead"] if config.relay == "python-aead" else []))
+                extra = ("--rooms", min(per, config.rooms - first), *(["--aead"] if aead else []))
                 relays.append(_start(config.relay_cpus, Path(sys.executable), FLOOR, *args, *extra))
         sent = 0
         receivers: list[subprocess.Popen[str]] = []
