@@ -149,6 +149,9 @@ class ControlPlane:
         self.node_id = config.node_id or f"{socket.gethostname()}:{self.port}"
         self.state: ControlState
         self.metrics = ControlMetrics(lambda: self.state.room_counts())
+        pool = getattr(self.provisioner, "spawner", None)
+        if isinstance(pool, WarmPool):
+            self.metrics.watch_warm_pool(pool)
         self.oplog = OperationLog(config.operation_log_path, config.data_dir / "logs")
         self.state = ControlState(
             config, self.store, self.provisioner, self.oplog, self.metrics, self.node_id

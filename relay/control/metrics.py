@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from relay.control.records import ROOM_END_REASONS, ROOM_STATES
+
+if TYPE_CHECKING:
+    from relay.host.warm_pool import WarmPool
 
 
 class ControlMetrics:
@@ -49,5 +55,42 @@ class ControlMetrics:
             "relay_control_notifications", "Pushes delivered to gateway connections", registry=self.registry
         )
 
+    def watch_warm_pool(self, pool: WarmPool) -> None:
+        """The warm relays of this node (relay/host/warm_pool.py), read at each scrape."""
+        self.registry.register(_WarmPoolCollector(pool))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _WarmPoolCollector(Collector):
+    """Whether rooms find a warm relay: a pool short of ready standbys (a burst drained it, or
+    standbys keep failing) shows as forks, each a slower start (docs/operations.md)."""
+
+    def __init__(self, pool: WarmPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self.pool
+        ready = len(pool.ready_pids)
+        standbys = GaugeMetricFamily(
+            "relay_control_warm_relays",
+            "Standby relays by state: ready (rehearsed, waiting for a room) or rehearsing",
+            labels=["state"],
+        )
+        standbys.add_metric(["ready"], ready)
+        standbys.add_metric(["rehearsing"], len(pool.standby_pids) - ready)
+        yield standbys
+        yield GaugeMetricFamily(
+            "relay_control_warm_relays_wanted",
+            "Standby relays the pool keeps (relay_warm_relays)",
+            value=pool.size,
+        )
+        spawns = CounterMetricFamily(
+            "relay_control_room_spawns",
+            "Relays started for rooms, by how: a standby handed its room, or a fresh fork",
+            labels=["how"],
+        )
+        spawns.add_metric(["standby"], pool.handed_out)
+        spawns.add_metric(["fork"], pool.forked)
+        yield spawns

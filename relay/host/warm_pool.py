@@ -60,7 +60,8 @@ class WarmPool:
         self.retry_delay = retry_delay
         self.refill_after = refill_after  # seconds without a spawn before a standby is forked
         self._last_spawn = 0.0
-        self.handed_out = 0
+        self.handed_out = 0  # rooms given a standby
+        self.forked = 0  # rooms given a fresh fork: no standby was ready, or it could not take the room
         self.failures = 0  # standbys that could not be started, died idle or refused a room, in a row
         self._ready: deque[ProcessHandle] = deque()  # rehearsed, oldest first
         self._idle: dict[int, ProcessHandle] = {}  # every idle standby, rehearsed or not
@@ -113,6 +114,7 @@ class WarmPool:
                     self._refill()
                     return handle
             self._refill()
+        self.forked += 1
         self._cold += 1
         self._no_cold.clear()
         try:

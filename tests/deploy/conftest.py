@@ -30,13 +30,14 @@ async def stop_process(proc: asyncio.subprocess.Process) -> None:
 
 @pytest.fixture
 async def relay_dev(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    """`relay dev` on a free port: its URL and data dir."""
+    """`relay dev` on a free port, with one warm relay (its metrics are on the dashboard): its URL and
+    data dir."""
     port = free_port()
     data = tmp_path / "data"
     env = {**os.environ, "RELAY_CLIENT_ID": CLIENT_ID, "RELAY_CLIENT_SECRET": CLIENT_SECRET}
     command = [sys.executable, "-m", "relay.cli", "dev", "--port", str(port), "--data-dir", str(data)]
     proc = await asyncio.create_subprocess_exec(
-        *command, "--warm-relays", "0", "--log-level", "warning", cwd=ROOT, env=env,
+        *command, "--warm-relays", "1", "--log-level", "warning", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -13,10 +13,14 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import relay.client as rc
 from relay.agent.tiers import NANO
+from relay.control.app import ControlPlane
+from relay.control.metrics import ControlMetrics
 from relay.control.provisioner import pid_is_relay
 from relay.host import cgroups
 from relay.host.capped_spawner import CappedHandle, CappedSpawner
@@ -24,7 +28,7 @@ from relay.host.spawner import pid_alive
 from relay.host.standby import MAX_ASSIGNMENT, encode_assignment, read_assignment
 from relay.host.warm_pool import WarmPool
 from relay.host.zygote import ZygoteSpawner
-from tests.control.helpers import wait_for
+from tests.control.helpers import REAL_RELAY, create_namespace, login, make_config, ready_room, wait_for
 from tests.host.test_caps import BACKEND, cpu_quota, needs_cgroups
 from tests.host.test_zygote import Relays, listening, parent_of
 
@@ -299,3 +303,63 @@ async def test_no_standby_is_forked_while_a_room_waits_for_a_fresh_fork(tmp_path
     finally:
         await relays.close()
         await pool.close()
+        await pool.close()
+
+
+def _pool_samples(metrics: ControlMetrics) -> dict[str, float]:
+    """The warm pool's samples on the control plane's /metrics, by name and label."""
+    found = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            if s.name.startswith(("relay_control_warm_relays", "relay_control_room_spawns")):
+                found[s.name + "".join(f":{v}" for v in s.labels.values())] = s.value
+    return found
+
+
+async def test_the_pools_metrics_say_how_many_standbys_are_ready_and_how_rooms_started(
+    tmp_path: Path,
+) -> None:
+    """An operator sees a pool that rooms drain faster than it refills: forks, not standbys."""
+    gated = Gated(ZygoteSpawner())
+    pool = WarmPool(gated, size=1)
+    metrics = ControlMetrics(lambda: {})
+    metrics.watch_warm_pool(pool)
+    await pool.start()
+    relays = Relays(pool, tmp_path)
+    try:
+        await wait_for(lambda: len(pool.ready_pids) == 1)
+        assert _pool_samples(metrics) == {
+            "relay_control_warm_relays:ready": 1,
+            "relay_control_warm_relays:rehearsing": 0,
+            "relay_control_warm_relays_wanted": 1,
+            "relay_control_room_spawns_total:standby": 0,
+            "relay_control_room_spawns_total:fork": 0,
+        }
+        await relays.start("warm")
+        cold = asyncio.ensure_future(relays.start("cold"))  # no standby ready: a fresh fork
+        await wait_for(lambda: pool.forked == 1)
+        seen = _pool_samples(metrics)
+        assert seen["relay_control_warm_relays:ready"] == 0
+        assert seen["relay_control_room_spawns_total:standby"] == 1
+        assert seen["relay_control_room_spawns_total:fork"] == 1
+        gated.gate.set()
+        await cold
+        await wait_for(lambda: _pool_samples(metrics)["relay_control_warm_relays:ready"] == 1)
+    finally:
+        await relays.close()
+        await pool.close()
+
+
+async def test_a_control_plane_with_warm_relays_shows_them_on_its_metrics(tmp_path: Path) -> None:
+    config = make_config(tmp_path, relay_command=REAL_RELAY, relay_warm_relays=2)
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        ready = "relay_control_warm_relays:ready"
+        await wait_for(lambda: _pool_samples(cp.metrics).get(ready) == 2, timeout=20)
+        scraped = (await http.get("/metrics")).text
+        assert 'relay_control_warm_relays{state="ready"} 2.0' in scraped
+        assert "relay_control_warm_relays_wanted 2.0" in scraped
+        h = await login(http)
+        await create_namespace(http, h, "ns")
+        assert (await http.post("/realtime/ns/room", json={"name": "r"}, headers=h)).status_code == 200
+        await ready_room(http, h, "ns", "r")
+        assert 'relay_control_room_spawns_total{how="standby"} 1.0' in (await http.get("/metrics")).text
