@@ -402,3 +402,46 @@ async def test_a_bad_url_fails_its_own_client_only(browser: JsRemote, static_url
         assert await page.eval("window.log") == []
         assert [u.rsplit("/", 1)[-1] for u in await browser.call("workers", page="p")] == ["relay-worker.js"]
         await py.close()
+
+
+THROTTLED_PAGE = """(async () => {
+  const { connect } = await import('/relay-client.js');
+  window.log = [];
+  const clients = {};
+  for (const [name, worker] of [['worker', true], ['page', false]]) {
+    clients[name] = await connect(%(url)s, %(key)s, name, { worker });
+    for (const t of ['reconnecting', 'closed']) clients[name].on(t, () => window.log.push([name, t]));
+  }
+  window.clients = clients;
+  // From here on the page's own timers never fire: what a hidden tab's are, throttled to one
+  // wake-up a minute (Chrome, after five minutes hidden), for longer than the keepalive.
+  window.setTimeout = () => 0;
+  window.setInterval = () => 0;
+  return { worker: clients.worker.connectionId, page: clients.page.connectionId,
+           pings: clients.worker.stats.packetsOut };
+})()"""
+
+
+async def test_the_keepalive_outlives_a_hidden_pages_throttled_timers(
+    browser: JsRemote, static_url: str
+) -> None:
+    """A player who switches tabs keeps their seat: the client's PING is timed in its transport
+    worker, whose timers a browser does not throttle as it does a hidden page's. The same page's
+    client without a worker, whose PING is timed on the page, is dropped by the relay's keepalive
+    (which shows that the page's timers were indeed starved)."""
+    await browser.call("open", page="p", url=static_url)
+    page = Page(browser, "p")
+    async with relay.embedded.room(keepalive_timeout=1.0) as room:
+        py = await rc.connect(room.host, room.port, room.key, "py", transport="udp", timeout=5)
+        ids = await page.eval(
+            THROTTLED_PAGE % {"url": json.dumps(f"ws://127.0.0.1:{room.port}/"), "key": json.dumps(room.key)}
+        )
+        left = await py.next_event_of(rc.Left, 6)  # well past the 1 s keepalive
+        assert left.connection_id == ids["page"], (left, ids)
+        await asyncio.sleep(3.0)  # three keepalives more
+        lefts = [e.connection_id for e in py.drain_events() if isinstance(e, rc.Left)]
+        assert ids["worker"] not in lefts and ids["worker"] in room.relay.room.members, (lefts, ids)
+        assert await page.eval("window.clients.worker.stats.packetsOut") > ids["pings"] + 5
+        log = await page.eval("window.log")
+        assert ["page", "reconnecting"] in log and all(name == "page" for name, _ in log), log
+        await py.close()

@@ -260,17 +260,20 @@ export function openSocketChannel(WS: WebSocketConstructor, request: ChannelRequ
 
 // --- the worker ------------------------------------------------------------------------------
 
-/** Main thread to worker. */
+/** Main thread to worker. A wake is a timer of the page's (`pageTimer`), by its own ids. */
 export type ToWorker =
   | { t: "open"; id: number; request: ChannelRequest }
   | { t: "send"; id: number; pts: Uint8Array[] }
-  | { t: "end"; id: number; code: number };
+  | { t: "end"; id: number; code: number }
+  | { t: "wake"; id: number; ms: number }
+  | { t: "unwake"; id: number };
 
 /** Worker to main thread. */
 export type FromWorker =
   | { t: "ready" }
   | { t: "data"; id: number; pts: Uint8Array[]; stats: ChannelStats }
-  | { t: "closed"; id: number; cause: string | null; close: SocketClose | null; stats: ChannelStats };
+  | { t: "closed"; id: number; cause: string | null; close: SocketClose | null; stats: ChannelStats }
+  | { t: "wake"; id: number };
 
 /** One worker for every channel of the page, started on first use. */
 class WorkerHub {
@@ -278,21 +281,35 @@ class WorkerHub {
   readonly channels = new Map<number, WorkerChannel>();
   /** True once the worker runs, false if it could not start. */
   readonly ready: Promise<boolean>;
+  /** True while the worker runs (after "ready", until it fails). */
+  running = false;
   private nextId = 0;
+  private nextWake = 0;
+  /** Timers waiting in the worker, by wake id. */
+  private readonly wakes = new Map<number, () => void>();
 
   constructor(url: URL) {
     this.worker = new Worker(url, { type: "module", name: "gs2relay" });
     this.ready = new Promise((resolve) => {
       this.worker.onmessage = (ev: MessageEvent<FromWorker>) => {
         const m = ev.data;
-        if (m.t === "ready") resolve(true);
-        else this.channels.get(m.id)?.fromWorker(m);
+        if (m.t === "ready") {
+          this.running = true;
+          resolve(true);
+        } else if (m.t === "wake") {
+          const fn = this.wakes.get(m.id);
+          this.wakes.delete(m.id);
+          fn?.();
+        } else this.channels.get(m.id)?.fromWorker(m);
       };
       this.worker.onerror = (ev) => {
         ev.preventDefault();
         resolve(false); // before "ready": its channels run in-thread instead
         // After it (the worker died): its channels are lost, and later ones run in-thread.
         hub = null;
+        this.running = false;
+        for (const fn of this.wakes.values()) setTimeout(fn, 0); // early rather than never
+        this.wakes.clear();
         for (const [id, c] of this.channels) {
           c.fromWorker({ t: "closed", id, cause: "worker failed", close: null, stats: c.stats });
         }
@@ -307,6 +324,37 @@ class WorkerHub {
   post(message: ToWorker): void {
     this.worker.postMessage(message);
   }
+
+  /** `fn` after `ms`, timed in the worker; returns what cancels it. */
+  wake(fn: () => void, ms: number): CancelTimer {
+    const id = ++this.nextWake;
+    this.wakes.set(id, fn);
+    this.post({ t: "wake", id, ms });
+    return () => {
+      if (this.wakes.delete(id)) this.post({ t: "unwake", id });
+    };
+  }
+}
+
+/** Cancels a timer of `pageTimer` (nothing once it has run). */
+export type CancelTimer = () => void;
+
+/**
+ * The timer of the client's keepalive. A browser throttles the timers of a hidden page's own
+ * thread (Chrome: to one wake-up a minute once the page has been hidden for five minutes), which
+ * would let the relay's keepalive timeout end the session of a player who switched tabs; a
+ * dedicated worker's timers are not throttled so, and its message wakes the page. So where the
+ * page's transport worker runs (`useWorker` in a browser), the timer runs there; elsewhere (Node,
+ * `worker: false`, a worker that could not start or died) it is setTimeout.
+ */
+export function pageTimer(useWorker: boolean, WS: WebSocketConstructor | undefined): (fn: () => void, ms: number) => CancelTimer {
+  const viaWorker = useWorker && WS === undefined;
+  return (fn, ms) => {
+    const h = viaWorker ? hub : null;
+    if (h != null && h.running) return h.wake(fn, ms);
+    const timer = setTimeout(fn, ms);
+    return () => clearTimeout(timer);
+  };
 }
 
 let hub: WorkerHub | null | undefined;

@@ -9,6 +9,8 @@
 import { equal, utf8 } from "./bytes.js";
 import {
   openChannel,
+  pageTimer,
+  type CancelTimer,
   type Channel,
   type ChannelRequest,
   type ChannelStats,
@@ -357,7 +359,9 @@ export class RelayClient {
   private profileBytes: Uint8Array;
   private queue: Uint8Array[] = [];
   private flushScheduled = false;
-  private pingTimer: ReturnType<typeof setTimeout> | null = null;
+  /** The keepalive's timer (channel.ts, pageTimer: in the transport worker where it runs). */
+  private readonly timer: (fn: () => void, ms: number) => CancelTimer;
+  private pingTimer: CancelTimer | null = null;
   private pingEvery = 0;
   private pingId = 0;
   /** When the next PING is due, and whether data went out since the last one: then the timer
@@ -388,6 +392,7 @@ export class RelayClient {
     this.token = options.resumeToken ?? new Uint8Array(0);
     this.profileBytes = bytesOf(options.profile ?? new Uint8Array(0));
     this.acceptedProfile = this.profileBytes;
+    this.timer = pageTimer(options.worker ?? true, options.WebSocket);
   }
 
   /** The other members, by connection id. */
@@ -511,13 +516,13 @@ export class RelayClient {
   /** The timer for the next PING (and the silence check): when due, a quarter interval later
    * where data went out since the last. */
   private armTick(): void {
-    if (this.pingTimer !== null) clearTimeout(this.pingTimer);
+    if (this.pingTimer !== null) this.pingTimer();
     if (this.state === "closed") {
       this.pingTimer = null;
       return;
     }
     const due = this.nextPingAt + (this.dataSincePing ? this.pingEvery / 4 : 0);
-    this.pingTimer = setTimeout(() => {
+    this.pingTimer = this.timer(() => {
       this.pingTimer = null;
       this.tick();
     }, Math.max(0, due - performance.now()));
@@ -842,7 +847,7 @@ export class RelayClient {
   private finish(reason: string, announce = true): void {
     if (this.state === "closed") return;
     this.state = "closed";
-    if (this.pingTimer !== null) clearTimeout(this.pingTimer);
+    if (this.pingTimer !== null) this.pingTimer();
     this.pingTimer = null;
     this.syncAnswered();
     this.socketClosed = this.link?.end(reason) ?? Promise.resolve();

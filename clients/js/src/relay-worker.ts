@@ -17,6 +17,8 @@ interface WorkerScope {
 
 const scope = globalThis as unknown as WorkerScope;
 const channels = new Map<number, Channel>();
+/** The page's timers (channel.ts, pageTimer), by their ids. */
+const wakes = new Map<number, ReturnType<typeof setTimeout>>();
 const outbox = new Map<number, { channel: Channel; pts: Uint8Array[] }>();
 let flushing = false;
 
@@ -38,7 +40,24 @@ function flush(): void {
   for (const id of [...outbox.keys()]) post(id);
 }
 
-function handle(m: ToWorker): void {
+/** A timer of the page's: its wake-up, posted back when due. Ids are the timers' own, not
+ * channels'. */
+function timer(m: Extract<ToWorker, { t: "wake" | "unwake" }>): void {
+  const id = m.id;
+  clearTimeout(wakes.get(id));
+  wakes.delete(id);
+  if (m.t === "wake") {
+    wakes.set(
+      id,
+      setTimeout(() => {
+        wakes.delete(id);
+        scope.postMessage({ t: "wake", id });
+      }, m.ms),
+    );
+  }
+}
+
+function handle(m: Exclude<ToWorker, { t: "wake" | "unwake" }>): void {
   if (m.t === "open") {
     const channel: Channel = openSocketChannel(WebSocket, m.request, {
       plaintexts: (pts) => {
@@ -72,6 +91,10 @@ function handle(m: ToWorker): void {
 
 scope.onmessage = (ev) => {
   const m = ev.data;
+  if (m.t === "wake" || m.t === "unwake") {
+    timer(m);
+    return;
+  }
   try {
     handle(m);
   } catch (e) {

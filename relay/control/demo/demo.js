@@ -2,11 +2,11 @@
 import {
   JoinRefusedError,
   connect
-} from "./relay-shared-DFLUEYSZ.js";
+} from "./relay-shared-67S73E5M.js";
 import {
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-45QL7SFE.js";
+} from "./relay-shared-32TUF3L2.js";
 
 // demo/demo.ts
 var SESSION_KEY = "gs2relay-demo";

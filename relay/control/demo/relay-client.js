@@ -6,7 +6,7 @@ import {
   RelayClient,
   connect,
   relayUrl
-} from "./relay-shared-DFLUEYSZ.js";
+} from "./relay-shared-67S73E5M.js";
 import {
   CloseReason,
   ErrorCode,
@@ -14,7 +14,7 @@ import {
   WELCOME_ENTRY_BYTES,
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-45QL7SFE.js";
+} from "./relay-shared-32TUF3L2.js";
 export {
   CloseReason,
   ConnectionError,

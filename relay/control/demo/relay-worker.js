@@ -1,11 +1,12 @@
 // Built from clients/js by `npm run bundle` (esbuild); do not edit.
 import {
   openSocketChannel
-} from "./relay-shared-45QL7SFE.js";
+} from "./relay-shared-32TUF3L2.js";
 
 // src/relay-worker.ts
 var scope = globalThis;
 var channels = /* @__PURE__ */ new Map();
+var wakes = /* @__PURE__ */ new Map();
 var outbox = /* @__PURE__ */ new Map();
 var flushing = false;
 function stats(channel) {
@@ -21,6 +22,20 @@ function post(id) {
 function flush() {
   flushing = false;
   for (const id of [...outbox.keys()]) post(id);
+}
+function timer(m) {
+  const id = m.id;
+  clearTimeout(wakes.get(id));
+  wakes.delete(id);
+  if (m.t === "wake") {
+    wakes.set(
+      id,
+      setTimeout(() => {
+        wakes.delete(id);
+        scope.postMessage({ t: "wake", id });
+      }, m.ms)
+    );
+  }
 }
 function handle(m) {
   if (m.t === "open") {
@@ -55,6 +70,10 @@ function handle(m) {
 }
 scope.onmessage = (ev) => {
   const m = ev.data;
+  if (m.t === "wake" || m.t === "unwake") {
+    timer(m);
+    return;
+  }
   try {
     handle(m);
   } catch (e) {

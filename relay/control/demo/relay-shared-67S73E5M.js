@@ -9,8 +9,9 @@ import {
   encodeClientMessage,
   equal,
   openChannel,
+  pageTimer,
   utf8
-} from "./relay-shared-45QL7SFE.js";
+} from "./relay-shared-32TUF3L2.js";
 
 // src/client.ts
 var JoinRefusedError = class extends Error {
@@ -195,6 +196,7 @@ var RelayClient = class {
     this.token = options.resumeToken ?? new Uint8Array(0);
     this.profileBytes = bytesOf(options.profile ?? new Uint8Array(0));
     this.acceptedProfile = this.profileBytes;
+    this.timer = pageTimer(options.worker ?? true, options.WebSocket);
   }
   url;
   psk;
@@ -223,6 +225,8 @@ var RelayClient = class {
   profileBytes;
   queue = [];
   flushScheduled = false;
+  /** The keepalive's timer (channel.ts, pageTimer: in the transport worker where it runs). */
+  timer;
   pingTimer = null;
   pingEvery = 0;
   pingId = 0;
@@ -351,13 +355,13 @@ var RelayClient = class {
   /** The timer for the next PING (and the silence check): when due, a quarter interval later
    * where data went out since the last. */
   armTick() {
-    if (this.pingTimer !== null) clearTimeout(this.pingTimer);
+    if (this.pingTimer !== null) this.pingTimer();
     if (this.state === "closed") {
       this.pingTimer = null;
       return;
     }
     const due = this.nextPingAt + (this.dataSincePing ? this.pingEvery / 4 : 0);
-    this.pingTimer = setTimeout(() => {
+    this.pingTimer = this.timer(() => {
       this.pingTimer = null;
       this.tick();
     }, Math.max(0, due - performance.now()));
@@ -655,7 +659,7 @@ var RelayClient = class {
   finish(reason, announce = true) {
     if (this.state === "closed") return;
     this.state = "closed";
-    if (this.pingTimer !== null) clearTimeout(this.pingTimer);
+    if (this.pingTimer !== null) this.pingTimer();
     this.pingTimer = null;
     this.syncAnswered();
     this.socketClosed = this.link?.end(reason) ?? Promise.resolve();

@@ -1976,19 +1976,33 @@ var WorkerHub = class {
   channels = /* @__PURE__ */ new Map();
   /** True once the worker runs, false if it could not start. */
   ready;
+  /** True while the worker runs (after "ready", until it fails). */
+  running = false;
   nextId = 0;
+  nextWake = 0;
+  /** Timers waiting in the worker, by wake id. */
+  wakes = /* @__PURE__ */ new Map();
   constructor(url) {
     this.worker = new Worker(url, { type: "module", name: "gs2relay" });
     this.ready = new Promise((resolve) => {
       this.worker.onmessage = (ev) => {
         const m = ev.data;
-        if (m.t === "ready") resolve(true);
-        else this.channels.get(m.id)?.fromWorker(m);
+        if (m.t === "ready") {
+          this.running = true;
+          resolve(true);
+        } else if (m.t === "wake") {
+          const fn = this.wakes.get(m.id);
+          this.wakes.delete(m.id);
+          fn?.();
+        } else this.channels.get(m.id)?.fromWorker(m);
       };
       this.worker.onerror = (ev) => {
         ev.preventDefault();
         resolve(false);
         hub = null;
+        this.running = false;
+        for (const fn of this.wakes.values()) setTimeout(fn, 0);
+        this.wakes.clear();
         for (const [id, c] of this.channels) {
           c.fromWorker({ t: "closed", id, cause: "worker failed", close: null, stats: c.stats });
         }
@@ -2001,7 +2015,25 @@ var WorkerHub = class {
   post(message) {
     this.worker.postMessage(message);
   }
+  /** `fn` after `ms`, timed in the worker; returns what cancels it. */
+  wake(fn, ms) {
+    const id = ++this.nextWake;
+    this.wakes.set(id, fn);
+    this.post({ t: "wake", id, ms });
+    return () => {
+      if (this.wakes.delete(id)) this.post({ t: "unwake", id });
+    };
+  }
 };
+function pageTimer(useWorker, WS) {
+  const viaWorker = useWorker && WS === void 0;
+  return (fn, ms) => {
+    const h = viaWorker ? hub : null;
+    if (h != null && h.running) return h.wake(fn, ms);
+    const timer = setTimeout(fn, ms);
+    return () => clearTimeout(timer);
+  };
+}
 var hub;
 function workerHub() {
   if (hub === void 0) {
@@ -2096,5 +2128,6 @@ export {
   encodeClientMessage,
   decodeRelayMessages,
   openSocketChannel,
+  pageTimer,
   openChannel
 };
