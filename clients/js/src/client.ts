@@ -359,7 +359,8 @@ export class RelayClient {
   private profileBytes: Uint8Array;
   private queue: Uint8Array[] = [];
   private flushScheduled = false;
-  /** The keepalive's timer (channel.ts, pageTimer: in the transport worker where it runs). */
+  /** The keepalive's and the resume's timer (channel.ts, pageTimer: in the transport worker
+   * where it runs). */
   private readonly timer: (fn: () => void, ms: number) => CancelTimer;
   private pingTimer: CancelTimer | null = null;
   private pingEvery = 0;
@@ -811,7 +812,8 @@ export class RelayClient {
       if (this.state !== "reconnecting") return;
       this.emit("reconnecting", { attempt, cause });
       const wait = RESUME_BACKOFF_MS[Math.min(attempt - 1, RESUME_BACKOFF_MS.length - 1)]!;
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      // Timed as the PING is, so that a hidden tab resumes too (pageTimer).
+      if (wait > 0) await new Promise<void>((r) => this.timer(r, wait));
       if (this.state !== "reconnecting") return;
       try {
         const welcome = await this.openSession();

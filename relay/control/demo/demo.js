@@ -2,7 +2,7 @@
 import {
   JoinRefusedError,
   connect
-} from "./relay-shared-67S73E5M.js";
+} from "./relay-shared-XCUK4PRS.js";
 import {
   fromBase64Url,
   toBase64Url

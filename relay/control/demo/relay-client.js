@@ -6,7 +6,7 @@ import {
   RelayClient,
   connect,
   relayUrl
-} from "./relay-shared-67S73E5M.js";
+} from "./relay-shared-XCUK4PRS.js";
 import {
   CloseReason,
   ErrorCode,

@@ -225,7 +225,8 @@ var RelayClient = class {
   profileBytes;
   queue = [];
   flushScheduled = false;
-  /** The keepalive's timer (channel.ts, pageTimer: in the transport worker where it runs). */
+  /** The keepalive's and the resume's timer (channel.ts, pageTimer: in the transport worker
+   * where it runs). */
   timer;
   pingTimer = null;
   pingEvery = 0;
@@ -626,7 +627,7 @@ var RelayClient = class {
       if (this.state !== "reconnecting") return;
       this.emit("reconnecting", { attempt, cause });
       const wait = RESUME_BACKOFF_MS[Math.min(attempt - 1, RESUME_BACKOFF_MS.length - 1)];
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      if (wait > 0) await new Promise((r) => this.timer(r, wait));
       if (this.state !== "reconnecting") return;
       try {
         const welcome = await this.openSession();
