@@ -340,9 +340,10 @@ class WorkerHub {
 export type CancelTimer = () => void;
 
 /**
- * The timer of the client's keepalive. A browser throttles the timers of a hidden page's own
- * thread (Chrome: to one wake-up a minute once the page has been hidden for five minutes), which
- * would let the relay's keepalive timeout end the session of a player who switched tabs; a
+ * The timer of the client's keepalive and of its waits between resume attempts. A browser
+ * throttles the timers of a hidden page's own thread (Chrome: to one wake-up a minute once the
+ * page has been hidden for five minutes), which would let the relay's keepalive timeout end the
+ * session of a player who switched tabs, and its resume grace pass; a
  * dedicated worker's timers are not throttled so, and its message wakes the page. So where the
  * page's transport worker runs (`useWorker` in a browser), the timer runs there; elsewhere (Node,
  * `worker: false`, a worker that could not start or died) it is setTimeout.
