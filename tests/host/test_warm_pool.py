@@ -303,7 +303,6 @@ async def test_no_standby_is_forked_while_a_room_waits_for_a_fresh_fork(tmp_path
     finally:
         await relays.close()
         await pool.close()
-        await pool.close()
 
 
 def _pool_samples(metrics: ControlMetrics) -> dict[str, float]:
