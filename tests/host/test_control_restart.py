@@ -24,6 +24,7 @@ from relay.host.spawner import pid_alive
 from relay.protocol.constants import CloseReason
 from tests.control.helpers import login, ready_room, wait_for
 from tests.control.test_durability import start_control
+from tests.server.test_lifecycle import metric
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +37,10 @@ async def test_members_keep_playing_while_the_control_plane_is_killed_and_restar
     proc, url = await start_control(data, log, port, *control)
     relay_pid = None
     try:
-        # rehearsed, not only started: a room wanted while both still rehearse gets a fresh fork
-        await wait_for(lambda: len(ready_standby_pids(proc.pid)) >= 2, timeout=15)
-        warm = standby_pids(proc.pid)
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            # rehearsed, not only started: a room wanted while both still rehearse gets a fresh fork
+            await wait_for(lambda: ready_standbys(http), timeout=15)
+            warm = standby_pids(proc.pid)
             h = await login(http)
             body = {"name": "keep", "serverType": "relay", "serverSpec": "realtime1.nano"}
             assert (await http.post("/realtime/", json=body, headers=h)).status_code == 200
@@ -120,25 +121,11 @@ def standby_pids(control_pid: int | None = None) -> set[int]:
     return found
 
 
-_READ = {"x86_64": 0, "aarch64": 63}.get(os.uname().machine)  # the read system call's number
-
-
-def ready_standby_pids(control_pid: int) -> set[int]:
-    """The control plane's standbys that have rehearsed: blocked reading their assignment from
-    stdin (relay/host/standby.py, after the "ready" byte the pool waits for), as /proc/PID/syscall
-    shows it (read, fd 0). Where that cannot be read: every standby, as before."""
-    pids = standby_pids(control_pid)
-    if _READ is None:
-        return pids
-    ready = set()
-    for pid in pids:
-        try:
-            call = Path(f"/proc/{pid}/syscall").read_text().split()
-        except OSError:
-            return pids
-        if call[:2] == [str(_READ), "0x0"]:
-            ready.add(pid)
-    return ready
+async def ready_standbys(http: httpx.AsyncClient, wanted: int = 2) -> bool:
+    """Whether the control plane's warm pool has `wanted` standbys that rehearsed, as its /metrics
+    says."""
+    text = (await http.get("/metrics")).text
+    return metric(text, "relay_control_warm_relays", state="ready") >= wanted
 
 
 def _parent(pid: int) -> int:

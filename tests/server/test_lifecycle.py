@@ -126,7 +126,8 @@ async def _get(port: int, path: str) -> tuple[int, str]:
     return int(head.split()[1]), body
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of a sample `name{labels}` in a Prometheus text page; 0 where it is absent."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
     found = re.search(r"^" + pattern + r"$", text, re.M)
@@ -156,21 +157,21 @@ async def test_admin_metrics_and_healthz() -> None:
             "relay_fanout_seconds_bucket",
         ):
             assert name in text, name
-        assert _metric(text, "relay_members") == 2
-        assert _metric(text, "relay_handshakes_total") >= 2
+        assert metric(text, "relay_members") == 2
+        assert metric(text, "relay_handshakes_total") >= 2
         # every flush so far (WELCOMEs, JOINs, the message) in the histogram, buckets cumulative
-        flushes = _metric(text, "relay_fanout_seconds_count")
-        assert flushes >= 3 and _metric(text, "relay_fanout_seconds_bucket", le="+Inf") == flushes
-        assert 0 < _metric(text, "relay_fanout_seconds_bucket", le="0.1") <= flushes
-        assert 0 < _metric(text, "relay_fanout_seconds_sum") < flushes
-        short_before = _metric(text, "relay_dropped_total", reason="short")
+        flushes = metric(text, "relay_fanout_seconds_count")
+        assert flushes >= 3 and metric(text, "relay_fanout_seconds_bucket", le="+Inf") == flushes
+        assert 0 < metric(text, "relay_fanout_seconds_bucket", le="0.1") <= flushes
+        assert 0 < metric(text, "relay_fanout_seconds_sum") < flushes
+        short_before = metric(text, "relay_dropped_total", reason="short")
         junk = await UdpPeer.open(r.key, r.port)
         for _ in range(3):
             junk.send_raw(b"\x01\x03too short")
         await asyncio.sleep(0.1)
         assert drops(r)["short"] >= 3
         _, text = await _get(port, "/metrics")
-        assert _metric(text, "relay_dropped_total", reason="short") == short_before + 3
+        assert metric(text, "relay_dropped_total", reason="short") == short_before + 3
         status, _ = await _get(port, "/nothing-here")
         assert status == 404
         junk.close()
