@@ -85,6 +85,10 @@ CONTROL_ENV = [
     ({"RELAY_RELAY_TIER": "huge"}, ("RELAY_RELAY_TIER='huge'", "realtime1.nano")),
     ({"RELAY_WEBHOOK_URL": "ftp://x"}, ("RELAY_WEBHOOK_URL", "http://")),
     ({"RELAY_RELAY_EXTRA_ARGS": "--idle-timeout soon"}, ("relay_extra_args", "--idle-timeout='soon'")),
+    (  # every relay would fail to start: refused once, at the start
+        {"RELAY_RELAY_EXTRA_ARGS": "--tls-cert /nonexistent/cert.pem --tls-key /nonexistent/key.pem"},
+        ("relay_extra_args", "cannot load the TLS certificate /nonexistent/cert.pem", "No such file"),
+    ),
 ]
 
 

@@ -433,8 +433,9 @@ async def run_agones(
         # the pod's limits are the hard caps
         guard = guard_relay(relay, launch.tier, launch.caps, relay.metrics.registry)
         host_port = player_port(gameserver) or relay.port
-        log.info("agones: room %s/%s on %s:%d", launch.namespace, launch.room, address, host_port)
-        await _annotate(sdk, assignment.room, f"{address}:{host_port}")
+        told = launch.advertise_host or address  # what players are told, in the annotation too
+        log.info("agones: room %s/%s on %s:%d", launch.namespace, launch.room, told, host_port)
+        await _annotate(sdk, assignment.room, f"{told}:{host_port}")
         agent_config = launch.agent()
         if agent_config is not None:
             agent = Agent(_Advertised(relay, host_port), agent_config)

@@ -161,8 +161,8 @@ class RelayLaunch:
                 continue
             if isinstance(value, bool):  # --gs2-clients / --no-gs2-clients
                 out.append(_flag(name) if value else "--no-" + name.replace("_", "-"))
-            else:
-                out += [_flag(name), repr(value)]
+            else:  # repr keeps a float's every digit; a path or name goes as it is
+                out += [_flag(name), value if isinstance(value, str) else repr(value)]
         return out
 
     def env(self) -> dict[str, str]:

@@ -27,6 +27,7 @@ from relay.agent.tiers import get_tier
 from relay.logs import configure
 from relay.protocol.constants import CloseReason
 from relay.server.app import Relay
+from relay.server.tls import TlsError
 from relay.settings import EXIT_FAILURE, ListenError, fail, os_error
 
 log = logging.getLogger("relay.server")
@@ -121,3 +122,5 @@ def main(argv: list[str] | None = None) -> int:
         return run(serve(launch))
     except ListenError as exc:
         return fail("relay serve", os_error(exc, f"cannot listen on {exc.where}"), EXIT_FAILURE)
+    except TlsError as exc:  # a setting that names files it cannot use
+        return fail("relay serve", exc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -74,6 +75,7 @@ class Client:
         "_reconnect_task",
         "_timeout",
         "_timer",
+        "_tls",
         "_waiter",
         "_welcome",
         "on_event",
@@ -87,8 +89,10 @@ class Client:
         timeout: float,
         reconnect: bool,
         max_events: int | None = 100_000,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._conn = conn
+        self._tls = tls
         self._host = host
         self._port = port
         self._timeout = timeout
@@ -262,7 +266,7 @@ class Client:
         where = f"{self._host}:{self._port} ({conn.transport})"
         try:
             if conn.transport == "ws":
-                return await WsLink.open(self, self._host, self._port, self._timeout)
+                return await WsLink.open(self, self._host, self._port, self._timeout, self._tls)
             return await UdpLink.open(self, self._host, self._port)
         except (ConnectionRefusedError, TimeoutError) as exc:
             why = "nothing listens there" if isinstance(exc, ConnectionRefusedError) else "no answer"
@@ -536,6 +540,7 @@ async def connect(
     resume_token: bytes | None = None,
     config: ClientConfig | None = None,
     max_events: int | None = 100_000,
+    tls: ssl.SSLContext | bool = False,
 ) -> Client:
     """Joins the room at host:port; returns once the WELCOME is complete.
 
@@ -545,9 +550,14 @@ async def connect(
     lost transport (WS closed without CLOSING, or UDP silence past the keepalive timeout) is
     resumed with the resume token; `Resumed` is emitted on success and `Disconnected` once the
     resume window has passed. `max_events` bounds the unread event queue (the oldest are dropped;
-    None: unbounded).
+    None: unbounded). `tls` (WebSocket only): wss:// instead of ws:// to a relay with a TLS
+    certificate, verified against the system's CAs (True) or the context's; `host` is the name
+    checked against the certificate, so give the relay's DNS name, not its address.
     """
+    if tls and transport != "ws":
+        raise ValueError("tls is for transport='ws' (UDP is encrypted end to end already)")
+    context = ssl.create_default_context() if tls is True else tls or None
     conn = ClientConnection(room_key, user_id, profile, access_token, transport, resume_token, config)
-    client = Client(conn, host, port, timeout, reconnect, max_events)
+    client = Client(conn, host, port, timeout, reconnect, max_events, context)
     await client._start()
     return client

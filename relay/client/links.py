@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Protocol
 
 from websockets.asyncio.client import ClientConnection as WsConnection
@@ -118,10 +119,14 @@ class WsLink:
         self.reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, sink: LinkSink, host: str, port: int, timeout: float) -> WsLink:
+    async def open(
+        cls, sink: LinkSink, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> WsLink:
+        """`tls`: wss:// with that context (the certificate checked for `host`)."""
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         ws = await ws_connect(
-            f"ws://{netloc}/",
+            f"{'wss' if tls is not None else 'ws'}://{netloc}/",
+            ssl=tls,
             compression=None,
             max_size=WS_MAX_PACKET,
             open_timeout=timeout,

@@ -24,6 +24,7 @@ from relay.agent.config import HeartbeatSeconds
 from relay.agent.launch import RelayLaunch
 from relay.agent.tiers import get_tier
 from relay.server.config import Count, Port, Positive, Seconds, SecondsOrZero
+from relay.server.tls import server_context
 from relay.settings import (
     CONFIG,
     Layer,
@@ -238,7 +239,9 @@ class ControlConfig:
     @field_validator("relay_extra_args")
     @classmethod
     def _extra_args(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        RelayLaunch.parse(list(value), environ={}, room_key_required=False)  # LaunchError names the flag
+        relay = RelayLaunch.parse(list(value), environ={}, room_key_required=False).relay  # names the flag
+        if relay.tls_cert and relay.tls_key:  # every relay would fail to start: say so once, now
+            server_context(relay.tls_cert, relay.tls_key)
         return value
 
     @property

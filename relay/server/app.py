@@ -27,6 +27,7 @@ from relay.server.config import RelayConfig
 from relay.server.links import Doorway, UdpProtocol, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
 from relay.server.room import Room
+from relay.server.tls import Certificate, TlsTerminator
 from relay.server.transport import UDP
 from relay.settings import ListenError
 
@@ -128,9 +129,15 @@ class Relay:
         return self.room.quiet if self.room else True
 
     async def start(self) -> None:
+        """Raises TlsError when the TLS certificate cannot be loaded, ListenError when a port
+        cannot be bound: nothing is left listening either way."""
         loop = asyncio.get_running_loop()
-        self._closed = loop.create_future()
         now = time.monotonic()
+        tls = None
+        if self.config.tls_cert and self.config.tls_key:
+            certificate = Certificate(self.config.tls_cert, self.config.tls_key, now)
+            tls = TlsTerminator(certificate, self.config.tls_handshakes_per_second, self.counters, now)
+        self._closed = loop.create_future()
         self.room = room = Room(self.config, self.counters, now, wall_offset=time.time() - now)
         room.on_session = self._session_began
         room.on_timer = self._arm_timer
@@ -193,7 +200,7 @@ class Relay:
         )
         gs2 = Encoder(self.config.room_key, room.started) if self.config.gs2_clients else None
         self._tcp_server = await loop.create_server(
-            lambda: WsConnection(room, self._ws, doorway, gs2), sock=tcp
+            lambda: WsConnection(room, self._ws, doorway, gs2, tls), sock=tcp
         )
         if self.config.admin_port is not None:
             self._admin = AdminServer(self.metrics, self.health, self.readiness)
@@ -209,7 +216,8 @@ class Relay:
         self._arm_timer()
         admin = f" admin {self.config.admin_host}:{self.admin_port}" if self.admin_port else ""
         log.info(
-            "relay listening udp+ws %s:%d%s",
+            "relay listening %s %s:%d%s",
+            "udp+ws+wss" if tls is not None else "udp+ws",
             self.host,
             self.port,
             admin,
@@ -305,6 +313,8 @@ class Relay:
             "sessions": len(room.sessions) if room else 0,
             "pending_handshakes": len(room.pending) if room else 0,
             "ws_send_buffer_bytes": buffered,
+            "ws_connections": len(self._ws),  # TCP connections of the port, sessions or not
+            "tls_connections": sum(1 for c in self._ws if c.secure),
             "event_loop_lag_seconds": self._loop_lag,
             "accepting_joins": 1.0 if self.accepting_joins else 0.0,
             "pace_seconds": self._pacer.pacer.pace if self._pacer is not None else 0.0,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from relay.protocol.keys import decode_room_key
@@ -107,6 +107,15 @@ class RelayConfig:
         "accept GS2 game clients (GS2-Realtime's WebSocket wire: signed, not encrypted) on the "
         "WebSocket port beside native clients (docs/gs2-clients.md)",
     )
+    tls_cert: str | None = doc(
+        None,
+        "PEM certificate chain (a file): the WebSocket port also serves wss://, as browsers on "
+        "https pages need; plain ws:// and UDP stay on the same port. Reloaded when it changes",
+    )
+    tls_key: str | None = doc(None, "PEM private key of tls_cert (a file); both or neither")
+    tls_handshakes_per_second: Positive = doc(
+        20, "TLS handshakes begun per second at most, in bursts of twice as many; more are dropped"
+    )
 
     @field_validator("room_key")
     @classmethod
@@ -114,6 +123,12 @@ class RelayConfig:
         if value:
             decode_room_key(value)  # ValueError: "room key must be base64url of 32 bytes"
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> RelayConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
 
     def limits(self, transport: str) -> Limits:
         """What WELCOME tells a member of `transport` ("udp", "ws" or "gs2": a GS2 client is on

@@ -37,6 +37,7 @@ from relay.server.gs2 import Gs2Peer
 from relay.server.metrics import Counters
 from relay.server.room import Room
 from relay.server.sessions import Session
+from relay.server.tls import HANDSHAKE_RECORD, TlsLayer, TlsTerminator
 from relay.server.transport import WS, Disconnect
 
 log = logging.getLogger("relay.server")
@@ -159,9 +160,13 @@ class WsConnection(asyncio.Protocol):
         connections: set[WsConnection],
         doorway: Doorway | None = None,
         gs2: Encoder | None = None,
+        tls: TlsTerminator | None = None,
     ) -> None:
-        """`gs2`: the room's GS2 encoder, when GS2 clients are accepted (None: native only)."""
+        """`gs2`: the room's GS2 encoder, when GS2 clients are accepted (None: native only);
+        `tls`: the relay's TLS terminator, when it has a certificate (relay/server/tls.py)."""
         self.room = room
+        self.tls = tls
+        self._tls_layer: TlsLayer | None = None
         self.connections = connections
         self.doorway = doorway
         self.gs2 = gs2
@@ -199,6 +204,15 @@ class WsConnection(asyncio.Protocol):
         buf = self._buf
         if buf is None:
             self._receive(data)
+            return
+        if (
+            not buf
+            and self.tls is not None
+            and data[0] == HANDSHAKE_RECORD
+            and self._tls_layer is None
+            and self.proto.state is State.CONNECTING
+        ):  # a TLS connection's first read
+            self._start_tls(data)
             return
         buf += data
         if self.proto.state is State.CONNECTING:
@@ -238,6 +252,23 @@ class WsConnection(asyncio.Protocol):
             self.close(1011, "internal error")
         if other and self._buf is not None:
             self._hand_over()
+
+    @property
+    def secure(self) -> bool:
+        """A TLS connection (wss://)."""
+        return self._tls_layer is not None
+
+    def _start_tls(self, first: bytes) -> None:
+        """The TLS layer takes the transport over; this connection reads and writes through it
+        from now on, plaintext as on a plain one."""
+        assert self.tls is not None and self.transport is not None
+        layer = self.tls.start(
+            self.transport, self.data_received, self.connection_lost, self.eof_received, monotonic()
+        )
+        if layer is not None:
+            self._tls_layer = layer
+            self.transport = cast(asyncio.Transport, layer)
+            layer.data_received(first)
 
     def _hand_over(self) -> None:
         """From here on websockets parses this stream: a close, a fragment, text, a bad frame."""

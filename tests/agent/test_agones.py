@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,7 @@ from relay.server.config import RelayConfig
 from tests.control.helpers import make_config, wait_for
 from tests.control.test_agent import make_room
 from tests.gs2 import wireclient as g
+from tests.tls_certs import make_tls_files
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK_PREFIX = "agones.dev/sdk-"  # what the sidecar puts before SetLabel/SetAnnotation keys
@@ -507,6 +509,54 @@ async def test_relay_serve_subprocess_under_agones() -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_a_relay_of_the_fleet_serves_wss_at_its_advertised_name(tmp_path: Path) -> None:
+    """The pod template of docs/operations.md "TLS": the certificate and the per-node name come
+    from the environment (RELAY_TLS_CERT, RELAY_TLS_KEY, RELAY_ADVERTISE_HOST), the name is what
+    the relay reports, and a member joins over wss:// at it."""
+    files = make_tls_files(tmp_path)
+    port = free_port()
+    async with sidecar_up() as sidecar:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        env |= {
+            "AGONES_SDK_HTTP_PORT": str(sidecar.port),
+            "RELAY_TLS_CERT": str(files.cert),
+            "RELAY_TLS_KEY": str(files.key),
+            "RELAY_ADVERTISE_HOST": "localhost",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await wait_for(lambda: sidecar.state == "Ready", 15)
+            key = generate_room_key()
+            await sidecar.allocate(room_annotations(key))
+            annotation = SDK_PREFIX + SDK_ANNOTATION_ADDRESS
+            await wait_for(lambda: annotation in sidecar.meta["annotations"])
+            assert sidecar.meta["annotations"][annotation].startswith("localhost")
+            trusting = ssl.create_default_context(cafile=str(files.ca))
+            a = await rc.connect("localhost", port, key, "a", transport="ws", tls=trusting, timeout=3)
+            b = await rc.connect("localhost", port, key, "b", transport="udp", timeout=3)
+            await exchange(a, b)
+            await a.close()
+            await b.close()
+        finally:
+            proc.terminate()
+            await proc.wait()
 
 
 async def test_no_sidecar_is_logged_sparingly_and_sigterm_ends_the_wait() -> None:

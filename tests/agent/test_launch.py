@@ -24,6 +24,8 @@ def a_launch() -> RelayLaunch:
             max_players=8,
             idle_timeout=30.5,
             token_public_key="-" + "A" * 42,
+            tls_cert="/etc/relay tls/cert.pem",  # a text setting goes as it is, spaces and all
+            tls_key="/etc/relay tls/key.pem",
         ),
         control_url="http://127.0.0.1:7700/internal",
         namespace="ns",

@@ -4,6 +4,7 @@ getRoom, two clients exchange a message, deleteRoom, both get CLOSING "deleted",
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import httpx
@@ -20,8 +21,10 @@ from tests.control.helpers import (
     create_namespace,
     login,
     make_config,
+    ready_room,
     wait_for,
 )
+from tests.tls_certs import make_tls_files
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +106,36 @@ async def test_a_relay_gets_none_of_the_control_planes_secrets(
         assert "RELAY_TEST_HARMLESS" in names
         assert not names & set(secrets), names & set(secrets)
         assert not any(b"db-password" in entry or b"project-secret" in entry for entry in environ)
+
+
+async def test_rooms_of_a_control_plane_with_a_certificate_serve_wss(tmp_path: Path) -> None:
+    """relay_extra_args hand every local relay the certificate; advertise_host names the host as
+    the certificate does; a browser-like member joins over wss://, another over UDP."""
+    files = make_tls_files(tmp_path)
+    config = make_config(
+        tmp_path / "data",
+        relay_command=REAL_RELAY,
+        relay_extra_args=("--tls-cert", str(files.cert), "--tls-key", str(files.key)),
+        advertise_host="localhost",
+    )
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        h = await login(http)
+        await create_namespace(http, h, "game")
+        want = await http.post("/realtime/game/room", json={"name": "m"}, headers=h)
+        assert want.status_code == 200
+        item = await ready_room(http, h, "game", "m")
+        assert item["ipAddress"] == "localhost"
+        host, port, key = item["ipAddress"], item["port"], item["encryptionKey"]
+        trusting = ssl.create_default_context(cafile=str(files.ca))
+        a = await rc.connect(host, port, key, "alice", transport="ws", tls=trusting)
+        b = await rc.connect(host, port, key, "bob", transport="udp")
+        try:
+            a.send(b"over tls")
+            got = await next_of(b, rc.Received)
+            assert got.data == b"over tls" and got.sender == a.connection_id
+            b.send(b"back")
+            got = await next_of(a, rc.Received)
+            assert got.data == b"back" and got.sender == b.connection_id
+        finally:
+            for client in (a, b):
+                await client.close()

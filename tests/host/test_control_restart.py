@@ -24,7 +24,7 @@ from relay.host.spawner import pid_alive
 from relay.protocol.constants import CloseReason
 from tests.control.helpers import login, ready_room, wait_for
 from tests.control.test_durability import start_control
-from tests.server.test_lifecycle import metric
+from tests.server.helpers import metric
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,6 @@
 """Driving clients/js from pytest: a Node process speaking JSON lines (clients/js/test/rpc.ts),
-and a TCP proxy whose connections a test can cut (a dropped connection, for real)."""
+a TCP proxy whose connections a test can cut (a dropped connection, for real), and what a relay
+with a certificate says of the TLS handshakes its clients refused."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+from relay.embedded import EmbeddedRoom
 
 Event = dict[str, Any]
 
@@ -35,7 +38,11 @@ class JsRemote:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def run(cls, node: list[str], script: Path) -> AsyncIterator[JsRemote]:
+    async def run(
+        cls, node: list[str], script: Path, env: dict[str, str] | None = None
+    ) -> AsyncIterator[JsRemote]:
+        """`env`: the process's whole environment (default this one's), e.g. with
+        NODE_EXTRA_CA_CERTS, which Node reads only at start."""
         proc = await asyncio.create_subprocess_exec(
             *node,
             str(script),
@@ -43,6 +50,7 @@ class JsRemote:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             limit=1 << 24,
+            env=env,
         )
         remote = cls(proc)
         try:
@@ -179,3 +187,13 @@ class CutProxy:
 
 def hexs(text: str | bytes) -> str:
     return (text.encode() if isinstance(text, str) else text).hex()
+
+
+async def tls_handshakes_failed(room: EmbeddedRoom, expected: int) -> None:
+    """The relay counts `expected` TLS handshakes that failed (it learns of one from the
+    client's alert, about when the client reports its error)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3
+    while (failed := room.relay.counters.drops.get("tls_handshake", 0)) != expected:
+        assert loop.time() < deadline, f"{failed} failed TLS handshakes, not {expected}"
+        await asyncio.sleep(0.01)

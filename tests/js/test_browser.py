@@ -1,6 +1,7 @@
 """The TypeScript client in real Chromium (Debian's, driven by playwright-core from
 clients/js/test/browser.ts): the demo page `relay dev` serves, two pages and a Python bot in one
-room; and a page holding a nano room's share of traffic with its main thread mostly idle.
+room; a page holding a nano room's share of traffic with its main thread mostly idle; and a page
+on https joining a relay over wss://.
 
 Screenshots of the demo page after the exchange are kept in results/browser/ (RELAY_RESULTS_DIR
 to put them elsewhere)."""
@@ -8,8 +9,12 @@ to put them elsewhere)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 import json
 import os
+import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -19,13 +24,17 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 import relay.client as rc
 import relay.embedded
 from relay.control.app import ControlPlane
 from relay.control.demo_api import DEMO_DIR, DEMO_NAMESPACE
 from tests.control.helpers import REAL_RELAY, login, make_config, ready_room
-from tests.js.helpers import JsRemote
+from tests.js.helpers import JsRemote, tls_handshakes_failed
+from tests.server.helpers import connections
+from tests.tls_certs import TlsFiles, make_tls_files
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 RESULTS = (
@@ -445,3 +454,110 @@ async def test_the_keepalive_outlives_a_hidden_pages_throttled_timers(
         log = await page.eval("window.log")
         assert ["page", "reconnecting"] in log and all(name == "page" for name, _ in log), log
         await py.close()
+
+
+def spki_sha256(cert: Path) -> str:
+    """The base64 SHA-256 of a certificate's SubjectPublicKeyInfo, as Chromium's
+    --ignore-certificate-errors-spki-list takes it: that certificate is trusted, no other."""
+    public = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+@contextlib.contextmanager
+def https_static(files: TlsFiles) -> Iterator[str]:
+    """relay/control/demo/ over HTTPS, at https://localhost:PORT/ (the certificate's name)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(DEMO_DIR)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert, files.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+WSS_PAGE = """(async () => {
+  const { connect, relayUrl } = await import('/relay-client.js');
+  const url = relayUrl('localhost', %(port)d, { tls: true });
+  window.got = { worker: [], page: [] };
+  window.clients = {};
+  for (const [name, worker] of [['worker', true], ['page', false]]) {
+    const c = await connect(url, %(key)s, name, { worker });
+    c.on('message', (m) => window.got[name].push(new TextDecoder().decode(m.data)));
+    c.send('from the ' + name);
+    window.clients[name] = c;
+  }
+  const started = performance.now();
+  let refused = null;
+  try {
+    const other = relayUrl('localhost', %(other_port)d, { tls: true });
+    await connect(other, %(other_key)s, 'x', { timeoutMs: 10000 });
+  } catch (e) { refused = e.name + ': ' + e.message; }
+  return { url, protocol: location.protocol, secure: isSecureContext, refused,
+           refusedMs: performance.now() - started,
+           worker: window.clients.worker.connectionId, page: window.clients.page.connectionId };
+})()"""
+
+
+async def test_a_page_on_https_joins_a_relay_over_wss(
+    chromium: str, node: list[str], js_build: Path, tmp_path: Path
+) -> None:
+    """What a relay's own TLS is for: a page served over https (a secure context, which may open
+    wss:// alone) joins a relay at relayUrl(host, port, {tls: true}), from its transport worker
+    and from the page's thread, beside a plain ws:// member on the same port. Chromium trusts
+    that one certificate (its public key), so a relay with another certificate for the same
+    name is refused: the certificate is verified, not ignored."""
+    files = make_tls_files(tmp_path)
+    other = make_tls_files(tmp_path, tag="-other")  # the same name, another CA and key
+    trusted = f"--ignore-certificate-errors-spki-list={spki_sha256(files.cert)}"
+    async with (
+        JsRemote.run(node, js_build / "test" / "browser.js") as browser,
+        relay.embedded.room(tls_cert=str(files.cert), tls_key=str(files.key)) as room,
+        relay.embedded.room(tls_cert=str(other.cert), tls_key=str(other.key)) as untrusted,
+    ):
+        await browser.call("launch", timeout=30, executablePath=chromium, args=[trusted])
+        py = await rc.connect("127.0.0.1", room.port, room.key, "py", transport="ws", timeout=5)
+        with https_static(files) as url:
+            await browser.call("open", timeout=30, page="p", url=url)
+            page = Page(browser, "p")
+            out = await page.eval(
+                WSS_PAGE
+                % {
+                    "port": room.port,
+                    "key": json.dumps(room.key),
+                    "other_port": untrusted.port,
+                    "other_key": json.dumps(untrusted.key),
+                }
+            )
+            assert out["url"] == f"wss://localhost:{room.port}/", out
+            assert out["protocol"] == "https:" and out["secure"] is True, out
+            assert [u.rsplit("/", 1)[-1] for u in await browser.call("workers", page="p")] == [
+                "relay-worker.js"
+            ]
+            # both page clients hold TLS connections, the Python member a plain one
+            assert connections(room) == (2, 1)
+            got = {(await py.next_event_of(rc.Received, 5)) for _ in range(2)}
+            assert got == {
+                rc.Received(out["worker"], b"from the worker"),
+                rc.Received(out["page"], b"from the page"),
+            }
+            py.send(b"to the pages")
+            await page.wait(
+                "window.got.worker.includes('to the pages') && window.got.page.includes('to the pages')"
+            )
+            await page.eval(f"window.clients.worker.send('and back', [{py.connection_id}])")
+            assert await py.next_event_of(rc.Received, 5) == rc.Received(out["worker"], b"and back")
+
+            # the other relay's certificate is not the trusted one: no session, and at once
+            assert out["refused"] is not None and out["refused"].startswith("ConnectionError"), out
+            assert out["refusedMs"] < 3000, out
+            assert not untrusted.relay.room.sessions
+            await tls_handshakes_failed(untrusted, 1)  # Chromium refused it with an alert
+            await tls_handshakes_failed(room, 0)
+            await page.eval("Promise.all(Object.values(window.clients).map((c) => c.close()))")
+        await py.close()
+        assert not browser.seen(event="pageerror"), browser.seen(event="pageerror")

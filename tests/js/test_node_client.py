@@ -4,6 +4,7 @@ the client against a real relay (relay.embedded.room) with Python clients in the
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,9 @@ import relay.embedded
 from relay.protocol import tokens
 from relay.protocol.constants import CloseReason, ErrorCode, LeaveReason
 from relay.protocol.keys import generate_room_key
-from tests.js.helpers import CutProxy, JsError, JsRemote, hexs
+from tests.js.helpers import CutProxy, JsError, JsRemote, hexs, tls_handshakes_failed
+from tests.server.helpers import connections
+from tests.tls_certs import make_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 FAST = {"keepalive_timeout": 1.0, "resume_grace": 1.5}
@@ -43,7 +46,7 @@ def test_vectors_and_session_logic_under_node_test_runner(node: list[str], js_bu
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "# fail 0" in run.stdout and "# pass 23" in run.stdout, run.stdout
+    assert "# fail 0" in run.stdout and "# pass 25" in run.stdout, run.stdout
 
 
 async def test_node_and_python_clients_share_a_room(js: JsRemote) -> None:
@@ -202,3 +205,88 @@ async def test_a_seat_resumed_elsewhere_is_not_taken_back(js: JsRemote) -> None:
         assert not js.seen(event="reconnecting") and not js.seen(event="resumed")
         state = await js.call("state", name="b")
         assert state["closed"] is False and state["connectionId"] == a["connectionId"]
+
+
+def node_env(trusted: list[Path]) -> dict[str, str]:
+    """This environment for a Node process that trusts the system's CAs and `trusted` alone
+    (NODE_EXTRA_CA_CERTS, which Node's TLS, its WebSocket's included, adds to the default store)."""
+    dropped = ("NODE_EXTRA_CA_CERTS", "NODE_TLS_REJECT_UNAUTHORIZED")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    if trusted:
+        bundle = trusted[0].parent / "trusted-cas.pem"
+        bundle.write_bytes(b"".join(ca.read_bytes() for ca in trusted))
+        env["NODE_EXTRA_CA_CERTS"] = str(bundle)
+    return env
+
+
+async def refused_at_once(js: JsRemote, host: str, port: int, key: str) -> None:
+    """connect() over wss:// fails as the connection does, well within its 10 s timeout."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(JsError) as refused:
+        args = {"host": host, "port": port, "tls": True, "key": key, "userId": "x", "timeoutMs": 10_000}
+        await js.call("connect", timeout=15, name="x", **args)
+    assert refused.value.name == "ConnectionError", refused.value
+    assert "connection failed" in str(refused.value), refused.value
+    assert loop.time() - started < 3, "connect() waited for its timeout"
+
+
+async def test_node_client_over_wss_to_a_relay_with_a_certificate(
+    node: list[str], js_build: Path, tmp_path: Path
+) -> None:
+    """relayUrl(host, port, {tls: true}) reaches a relay that terminates TLS, with its certificate
+    verified: a Node trusting the test CA joins (beside a plain ws:// member on the same port)
+    and resumes; one that does not trust it, or reaches a certificate for another name, gets no
+    session, and the relay counts the handshake its certificate failed."""
+    script = js_build / "test" / "node-client.js"
+    files = make_tls_files(tmp_path)
+    elsewhere = make_tls_files(tmp_path, ("elsewhere.example",), tag="-elsewhere")
+    tls = {"tls_cert": str(files.cert), "tls_key": str(files.key)}
+    async with (
+        JsRemote.run(node, script, node_env([files.ca, elsewhere.ca])) as js,
+        relay.embedded.room(**tls, **FAST) as room,
+        CutProxy(room.port) as proxy,
+    ):
+        py = await rc.connect("127.0.0.1", room.port, room.key, "py", transport="ws", timeout=3)
+        secure = await js.call(
+            "connect", name="s", host="localhost", port=room.port, tls=True, key=room.key, userId="s"
+        )
+        s, p = secure["connectionId"], py.connection_id
+        assert secure["members"] == [[p, "py", ""]]
+        assert await py.next_event_of(rc.Joined, 3) == rc.Joined(s, "s", b"")
+        # the relay holds one TLS connection (the Node client's) beside the plain one
+        assert connections(room) == (1, 1)
+        await js.call("send", name="s", data=hexs("over wss"))
+        assert await py.next_event_of(rc.Received, 3) == rc.Received(s, b"over wss")
+        big = bytes(range(256)) * 60  # 15 KiB: several TLS records
+        py.send(big)
+        await js.expect(event="message", client="s", sender=p, data=big.hex())
+
+        # a resume is over wss:// too: TLS through a proxy whose connection is cut
+        via = await js.call(
+            "connect", name="r", host="localhost", port=proxy.port, tls=True, key=room.key, userId="r"
+        )
+        r = via["connectionId"]
+        assert await py.next_event_of(rc.Joined, 3) == rc.Joined(r, "r", b"")
+        proxy.cut()
+        resumed = await js.expect(event="resumed", client="r", timeout=5)
+        assert resumed["resumed"] is True and resumed["connectionId"] == r
+        py.send(b"welcome back", targets=[r])
+        await js.expect(event="message", client="r", sender=p, data=hexs("welcome back"))
+        assert connections(room)[0] == 2
+        await tls_handshakes_failed(room, 0)
+
+        # without the CA: no session. The client refused the certificate (the relay counts the
+        # handshake that failed), at once: not the join's timeout
+        async with JsRemote.run(node, script, node_env([])) as untrusting:
+            await refused_at_once(untrusting, "localhost", room.port, room.key)
+        await tls_handshakes_failed(room, 1)
+        assert sorted(m.user_id for m in py.members.values()) == ["r", "s"]
+        await py.close()
+
+    # a trusted CA, but a certificate for another name than the one connected to
+    async with relay.embedded.room(tls_cert=str(elsewhere.cert), tls_key=str(elsewhere.key)) as room:
+        async with JsRemote.run(node, script, node_env([files.ca, elsewhere.ca])) as js:
+            await refused_at_once(js, "localhost", room.port, room.key)
+        await tls_handshakes_failed(room, 1)
+        assert not room.relay.room.sessions

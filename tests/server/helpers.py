@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import relay.client as rc
@@ -26,6 +30,21 @@ async def eventually(check: Callable[[], object], timeout: float = 2.0, what: st
 def drops(room: EmbeddedRoom) -> dict[str, int]:
     """A copy of the relay's drop counters by reason."""
     return dict(room.relay.counters.drops)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of a sample `name{labels}` in a Prometheus text page; 0 where it is absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def connections(room: EmbeddedRoom) -> tuple[int, int]:
+    """(TLS, plain) TCP connections the relay holds, from its /metrics page."""
+    text = room.relay.metrics.render().decode()
+    tls = int(metric(text, "relay_tls_connections"))
+    return tls, int(metric(text, "relay_ws_connections")) - tls
 
 
 def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -74,3 +93,24 @@ async def close_peer(peer: UdpPeer | WsPeer) -> None:
         peer.close()
     else:
         await peer.aclose()
+
+
+async def serve_process(key: str, *flags: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    """`relay serve` (the relay as deployed, on uvloop) for the room `key` on 127.0.0.1 with
+    `flags`, and its first log line (JSON on stderr: where it listens). The caller ends it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "serve",
+        "--room-key",
+        key,
+        "--host",
+        "127.0.0.1",
+        *flags,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    return proc, json.loads(await asyncio.wait_for(proc.stderr.readline(), 15))

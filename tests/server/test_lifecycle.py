@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import gc
 import json
-import os
 import re
 import signal
 import socket
-import sys
 import weakref
 from dataclasses import replace
 
@@ -25,11 +23,10 @@ from relay.protocol.wsframes import PING, client_frame
 from relay.server.app import Relay
 from relay.server.config import RelayConfig
 
-from .helpers import FAST, client, drops, eventually
+from .helpers import FAST, client, drops, eventually, metric, serve_process
 from .rawpeer import UdpPeer, WsPeer
 
 pytestmark = pytest.mark.timeout(30)
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 async def _closing(c: rc.Client, timeout: float = 3.0) -> rc.ClosingEvent:
@@ -75,25 +72,9 @@ async def test_lifetime_closes_an_active_room() -> None:
 
 async def test_sigterm_drains_members_and_exits_zero() -> None:
     key = generate_room_key()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay.cli",
-        "serve",
-        "--room-key",
-        key,
-        "--port",
-        "0",
-        "--host",
-        "127.0.0.1",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    # its log is JSON lines on stderr; the first says where it listens, once
+    proc, listening = await serve_process(key, "--port", "0")
     try:
-        assert proc.stderr is not None
-        # its log is JSON lines on stderr; the first says where it listens, once
-        listening = json.loads(await asyncio.wait_for(proc.stderr.readline(), 15))
         assert re.match(r"relay listening udp\+ws [\d.]+:\d+$", listening["message"]), listening
         host, port = listening["host"], listening["port"]
         members = [
@@ -124,14 +105,6 @@ async def _get(port: int, path: str) -> tuple[int, str]:
         await writer.wait_closed()
     head, _, body = raw.decode().partition("\r\n\r\n")
     return int(head.split()[1]), body
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of a sample `name{labels}` in a Prometheus text page; 0 where it is absent."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + r"$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 async def test_admin_metrics_and_healthz() -> None:

@@ -88,7 +88,10 @@ export class SocketChannel implements Channel {
     hello.catch(() => {}); // reported when the socket opens
     this.ws = new WS(request.url);
     this.ws.binaryType = "arraybuffer";
-    this.closedSocket = new Promise((resolve) => this.ws.addEventListener("close", () => resolve()));
+    this.closedSocket = new Promise((resolve) => {
+      this.ws.addEventListener("close", () => resolve());
+      this.ws.addEventListener("error", () => this.ws.readyState === 0 && resolve()); // see onerror
+    });
     this.ws.onopen = () => {
       hello.then(
         ([, packet]) => this.ws.readyState === 1 && this.ws.send(packet as Uint8Array<ArrayBuffer>),
@@ -109,7 +112,15 @@ export class SocketChannel implements Channel {
       this.closeFrame = { code: ev.code, reason: ev.reason };
       void this.accepting.then(() => this.deliver());
     };
-    this.ws.onerror = () => {}; // a close event follows
+    this.ws.onerror = () => {
+      // A close event follows, except from Node 20's WebSocket (undici 6), whose connection that
+      // failed before it opened (refused, a certificate not trusted) fires error alone and stays
+      // CONNECTING: the join would wait out its timeout, each resume attempt too.
+      if (this.ws.readyState !== 0 || this.closeCause !== null) return;
+      this.closeCause = "connection failed (1006)";
+      this.closeFrame = { code: 1006, reason: "" };
+      void this.accepting.then(() => this.deliver());
+    };
   }
 
   private async prepareHello(): Promise<[Ephemeral, Uint8Array]> {

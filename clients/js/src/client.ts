@@ -151,10 +151,17 @@ async function within(p: Promise<unknown>, ms: number): Promise<void> {
   clearTimeout(timer);
 }
 
-/** `ws://host:port/` for a room record's ipAddress and port (brackets for IPv6). */
-export function relayUrl(ipAddress: string, port: number): string {
+export interface RelayUrlOptions {
+  /** `wss://`: the relay has a certificate for `ipAddress` (then a DNS name on it). Not chosen
+   * from the page's scheme: a page on https may still reach a dev relay on ws://localhost. */
+  tls?: boolean;
+}
+
+/** `ws://host:port/`, or `wss://` with `tls`, for a room record's ipAddress and port (brackets
+ * for IPv6). The relay serves both on the one port when it has a certificate. */
+export function relayUrl(ipAddress: string, port: number, options: RelayUrlOptions = {}): string {
   const host = ipAddress.includes(":") && !ipAddress.startsWith("[") ? `[${ipAddress}]` : ipAddress;
-  return `ws://${host}:${port}/`;
+  return `${options.tls ? "wss" : "ws"}://${host}:${port}/`;
 }
 
 interface Welcome {
@@ -858,11 +865,12 @@ export class RelayClient {
 }
 
 /**
- * Joins the room at `url` (ws://ipAddress:port/, see relayUrl) with its `encryptionKey`.
- * Resolves once the WELCOME is complete: `members`, `connectionId` and `limits` are set. Add
- * listeners right after it resolves: events are held until then. Rejects with JoinRefusedError
- * (room full, unauthorized, overloaded) or ConnectionError (wrong room key, relay unreachable,
- * timeout); a wrong key shows as the relay closing the connection (1008) during the handshake.
+ * Joins the room at `url` (ws://ipAddress:port/, or wss:// to a relay with a certificate; see
+ * relayUrl) with its `encryptionKey`. Resolves once the WELCOME is complete: `members`,
+ * `connectionId` and `limits` are set. Add listeners right after it resolves: events are held
+ * until then. Rejects with JoinRefusedError (room full, unauthorized, overloaded) or
+ * ConnectionError (wrong room key, relay unreachable, a certificate not trusted, timeout); a
+ * wrong key shows as the relay closing the connection (1008) during the handshake.
  */
 export async function connect(
   url: string,

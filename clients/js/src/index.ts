@@ -23,6 +23,7 @@ export {
   type Payload,
   type RelayEventName,
   type RelayEvents,
+  type RelayUrlOptions,
   type WebSocketConstructor,
 } from "./client.js";
 export { CloseReason, ErrorCode, LeaveReason, WELCOME_ENTRY_BYTES } from "./protocol.js";

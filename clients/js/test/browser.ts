@@ -30,8 +30,10 @@ function page(name: string): Page {
 
 serve(
   {
+    /** `args`: more command-line flags (e.g. a certificate to trust). */
     async launch(a) {
-      browser = await chromium.launch({ executablePath: a["executablePath"], args: FLAGS, headless: true });
+      const args = [...FLAGS, ...((a["args"] as string[] | undefined) ?? [])];
+      browser = await chromium.launch({ executablePath: a["executablePath"], args, headless: true });
       return browser.version();
     },
     async open(a) {

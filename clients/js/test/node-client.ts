@@ -5,7 +5,7 @@
  */
 
 import { fromHex } from "../src/bytes.js";
-import { connect, type RelayClient, type RelayEventName } from "../src/index.js";
+import { connect, relayUrl, type RelayClient, type RelayEventName } from "../src/index.js";
 import { emit, serve } from "./rpc.js";
 
 const EVENTS: RelayEventName[] = ["joined", "left", "profile", "message", "error", "closing", "reconnecting", "resumed", "closed"];
@@ -32,8 +32,10 @@ function snapshot(c: RelayClient): Record<string, unknown> {
 
 serve(
   {
+    /** At `url`, or at `host` and `port` as a room record gives them (relayUrl, `tls` for wss://). */
     async connect(a) {
-      const c = await connect(a["url"], a["key"], a["userId"], {
+      const url = a["url"] ?? relayUrl(a["host"], a["port"], { tls: a["tls"] ?? false });
+      const c = await connect(url, a["key"], a["userId"], {
         profile: fromHex(a["profile"] ?? ""),
         accessToken: a["accessToken"] ?? null,
         resumeToken: a["resumeToken"] ? fromHex(a["resumeToken"]) : null,

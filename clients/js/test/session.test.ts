@@ -9,7 +9,7 @@ import { test } from "node:test";
 
 import { utf8 } from "../src/bytes.js";
 import type { WebSocketConstructor } from "../src/channel.js";
-import { connect, ConnectionError, RESUMED_ELSEWHERE, type ConnectOptions, type RelayClient, type RelayEvents } from "../src/client.js";
+import { connect, ConnectionError, relayUrl, RESUMED_ELSEWHERE, type ConnectOptions, type RelayClient, type RelayEvents } from "../src/client.js";
 import { FakeRelay, LIMITS, ROOM_KEY, sleep, token, until, welcome } from "./fake-relay.js";
 
 const URL_ = "ws://relay.test/";
@@ -150,6 +150,51 @@ test("a bad URL or no WebSocket: connect() fails at once and leaves no timer", a
     if (saved !== undefined) Object.defineProperty(g, "WebSocket", saved);
   }
   assert.equal(timers(), before, "a connect timeout was left running");
+});
+
+test("relayUrl: ws:// unless asked for wss://, IPv6 in brackets; a resume reopens the same URL", async () => {
+  assert.equal(relayUrl("203.0.113.7", 7000), "ws://203.0.113.7:7000/");
+  assert.equal(relayUrl("relay.example", 7000, { tls: true }), "wss://relay.example:7000/");
+  assert.equal(relayUrl("2001:db8::1", 7000, { tls: true }), "wss://[2001:db8::1]:7000/");
+  assert.equal(relayUrl("[2001:db8::1]", 7000), "ws://[2001:db8::1]:7000/");
+  assert.equal(relayUrl("relay.example", 7000, { tls: false }), "ws://relay.example:7000/");
+  const relay = new FakeRelay();
+  const url = relayUrl("relay.example", 7000, { tls: true });
+  const c = await connect(url, ROOM_KEY, "me", { WebSocket: relay.WebSocket });
+  relay.last.drop(1006);
+  await until(() => relay.sockets.length === 2, 2000, "a resume");
+  assert.deepEqual(relay.sockets.map((s) => s.url), [url, url]);
+  await c.close();
+});
+
+test("a WebSocket that fails before it opens with error alone (Node 20's) fails connect() at once", async () => {
+  // undici 6 fires no close after such an error, and its readyState stays CONNECTING.
+  class ErrorOnly {
+    binaryType = "blob";
+    readyState = 0;
+    onopen: (() => void) | null = null;
+    onmessage: (() => void) | null = null;
+    onclose: (() => void) | null = null;
+    onerror: (() => void) | null = null;
+    private readonly errorListeners: (() => void)[] = [];
+    constructor(readonly url: string) {
+      setTimeout(() => {
+        this.onerror?.();
+        for (const l of this.errorListeners) l();
+      }, 10);
+    }
+    addEventListener(type: string, listener: () => void): void {
+      if (type === "error") this.errorListeners.push(listener);
+    }
+    send(): void {}
+    close(): void {}
+  }
+  const started = performance.now();
+  const options = { WebSocket: ErrorOnly as unknown as WebSocketConstructor, timeoutMs: 5000 };
+  await assert.rejects(connect("wss://relay.test/", ROOM_KEY, "me", options), (e: Error) => {
+    return e instanceof ConnectionError && e.message.includes("connection failed (1006)");
+  });
+  assert.ok(performance.now() - started < 1000, "waited for the join timeout");
 });
 
 test("CLOSING before the first WELCOME ends the join, and a resume, for good", async () => {

@@ -2,11 +2,11 @@
 import {
   JoinRefusedError,
   connect
-} from "./relay-shared-XCUK4PRS.js";
+} from "./relay-shared-MXT2KI3D.js";
 import {
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-32TUF3L2.js";
+} from "./relay-shared-4GUO7CUI.js";
 
 // demo/demo.ts
 var SESSION_KEY = "gs2relay-demo";

@@ -6,7 +6,7 @@ import {
   RelayClient,
   connect,
   relayUrl
-} from "./relay-shared-XCUK4PRS.js";
+} from "./relay-shared-MXT2KI3D.js";
 import {
   CloseReason,
   ErrorCode,
@@ -14,7 +14,7 @@ import {
   WELCOME_ENTRY_BYTES,
   fromBase64Url,
   toBase64Url
-} from "./relay-shared-32TUF3L2.js";
+} from "./relay-shared-4GUO7CUI.js";
 export {
   CloseReason,
   ConnectionError,

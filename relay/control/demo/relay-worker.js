@@ -1,7 +1,7 @@
 // Built from clients/js by `npm run bundle` (esbuild); do not edit.
 import {
   openSocketChannel
-} from "./relay-shared-32TUF3L2.js";
+} from "./relay-shared-4GUO7CUI.js";
 
 // src/relay-worker.ts
 var scope = globalThis;

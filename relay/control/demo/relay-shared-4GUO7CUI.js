@@ -1812,7 +1812,10 @@ var SocketChannel = class {
     });
     this.ws = new WS(request.url);
     this.ws.binaryType = "arraybuffer";
-    this.closedSocket = new Promise((resolve) => this.ws.addEventListener("close", () => resolve()));
+    this.closedSocket = new Promise((resolve) => {
+      this.ws.addEventListener("close", () => resolve());
+      this.ws.addEventListener("error", () => this.ws.readyState === 0 && resolve());
+    });
     this.ws.onopen = () => {
       hello.then(
         ([, packet]) => this.ws.readyState === 1 && this.ws.send(packet),
@@ -1833,6 +1836,10 @@ var SocketChannel = class {
       void this.accepting.then(() => this.deliver());
     };
     this.ws.onerror = () => {
+      if (this.ws.readyState !== 0 || this.closeCause !== null) return;
+      this.closeCause = "connection failed (1006)";
+      this.closeFrame = { code: 1006, reason: "" };
+      void this.accepting.then(() => this.deliver());
     };
   }
   request;

@@ -11,7 +11,7 @@ import {
   openChannel,
   pageTimer,
   utf8
-} from "./relay-shared-32TUF3L2.js";
+} from "./relay-shared-4GUO7CUI.js";
 
 // src/client.ts
 var JoinRefusedError = class extends Error {
@@ -49,9 +49,9 @@ async function within(p, ms) {
   await Promise.race([p, new Promise((r) => timer = setTimeout(r, ms))]);
   clearTimeout(timer);
 }
-function relayUrl(ipAddress, port) {
+function relayUrl(ipAddress, port, options = {}) {
   const host = ipAddress.includes(":") && !ipAddress.startsWith("[") ? `[${ipAddress}]` : ipAddress;
-  return `ws://${host}:${port}/`;
+  return `${options.tls ? "wss" : "ws"}://${host}:${port}/`;
 }
 var Link = class {
   constructor(request, WS, useWorker, handler) {
