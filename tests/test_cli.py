@@ -89,6 +89,10 @@ CONTROL_ENV = [
         {"RELAY_RELAY_EXTRA_ARGS": "--tls-cert /nonexistent/cert.pem --tls-key /nonexistent/key.pem"},
         ("relay_extra_args", "cannot load the TLS certificate /nonexistent/cert.pem", "No such file"),
     ),
+    (
+        {"RELAY_API_TLS_CERT": "/nonexistent/api.pem", "RELAY_API_TLS_KEY": "/nonexistent/api-key.pem"},
+        ("cannot load the TLS certificate /nonexistent/api.pem", "No such file"),
+    ),
 ]
 
 

@@ -18,6 +18,9 @@ import gc
 import logging
 import os
 import socket
+import ssl
+import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -57,6 +60,7 @@ from relay.host.capped_spawner import CappedSpawner
 from relay.host.group_spawner import GroupSpawner
 from relay.host.warm_pool import WarmPool
 from relay.host.zygote import ZygoteSpawner, serve_args
+from relay.server.tls import RELOAD_CHECK, Certificate
 from relay.settings import ListenError, SettingsError
 
 log = logging.getLogger("relay.control")
@@ -143,7 +147,12 @@ class ControlPlane:
         self.provisioner = provisioner or make_provisioner(config, spawner)
         self.port: int = self._sock.getsockname()[1]
         connect_host = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
-        self.url = f"http://{connect_host}:{self.port}"
+        self.certificate: Certificate | None = None  # HTTPS (api_tls_cert)
+        if config.api_tls_cert and config.api_tls_key:
+            self.certificate = Certificate(
+                str(config.api_tls_cert), str(config.api_tls_key), time.monotonic()
+            )
+        self.url = f"{'https' if self.certificate else 'http'}://{connect_host}:{self.port}"
         public = (config.public_url or self.url).rstrip("/")
         self.internal_url = public + "/internal"
         self.node_id = config.node_id or f"{socket.gethostname()}:{self.port}"
@@ -266,6 +275,7 @@ class ControlPlane:
             ws="websockets-sansio",
             timeout_graceful_shutdown=2,
             ws_max_size=GATEWAY_MAX_MESSAGE,  # /gateway reads pings only; uvicorn's default is 16 MiB
+            ssl_context_factory=self._tls_context if self.certificate else None,
         )
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -275,6 +285,10 @@ class ControlPlane:
                 self._serve_task.result()
                 raise RuntimeError("control plane HTTP server stopped during start")
             await asyncio.sleep(0.01)
+        if self.certificate is not None:
+            self.state.spawn(self._watch_certificate(self.certificate))
+            if self.config.public_url is None:
+                await self._check_own_certificate()
         # Start-up objects (the app, its routes and models) never need collecting: frozen, they
         # leave the collector's full passes short, which every request waits behind.
         gc.freeze()
@@ -286,6 +300,34 @@ class ControlPlane:
             self.config.data_dir,
             extra={"url": self.url, "port": self.port},
         )
+
+    def _tls_context(self, config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        """uvicorn's TLS context is the certificate's, which a renewal is loaded into."""
+        assert self.certificate is not None
+        return self.certificate.context
+
+    async def _watch_certificate(self, certificate: Certificate) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_CHECK)
+            certificate.current(time.monotonic())
+
+    async def _check_own_certificate(self) -> None:
+        """This node's relays reach /internal at this node's own address (no public_url): they
+        must be able to verify the certificate there, as they will (the default trust, which
+        SSL_CERT_FILE extends). If they cannot, every room would fail at its relay's
+        registration: the control plane says so now, and stops."""
+        host = self.url.split("//", 1)[1].rsplit(":", 1)[0]
+        try:
+            trust = ssl.create_default_context()
+            connecting = asyncio.open_connection(host, self.port, ssl=trust, server_hostname=host)
+            _, writer = await asyncio.wait_for(connecting, 5)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            await self.stop()
+            raise SettingsError(
+                f"api_tls_cert: this node's relays could not verify it at {self.url} ({exc}); set "
+                "public_url to a name the certificate holds, or SSL_CERT_FILE to its CA"
+            ) from None
 
     async def serve_forever(self) -> None:
         assert self._serve_task is not None

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from relay.agent.config import HeartbeatSeconds
@@ -64,6 +64,12 @@ class ControlConfig:
     """Port of the API (0: any free port)."""
     public_url: str | None = Field(default=None, json_schema_extra={"shown_default": "http://HOST:PORT"})
     """Base URL relays reach this control plane at (its /internal API)."""
+    api_tls_cert: Path | None = None
+    """PEM certificate chain: the API, /gateway and /internal are served over HTTPS (reloaded
+    when the file changes). This node's relays verify it at public_url, or without one at this
+    node's own address (checked at the start); a private CA reaches them as SSL_CERT_FILE."""
+    api_tls_key: Path | None = None
+    """PEM private key of api_tls_cert; both or neither."""
 
     demo: bool = Field(default=False, json_schema_extra={"shown_default": "false (relay dev: true)"})
     """Serve the demo page at /demo/ and its dev-only API; only on a loopback host
@@ -215,6 +221,14 @@ class ControlConfig:
     """The least severe log records written."""
     log_format: Literal["json", "text"] = "json"
     """Log records on stderr as JSON lines or as plain text."""
+
+    @model_validator(mode="after")
+    def _api_tls(self) -> ControlConfig:
+        if bool(self.api_tls_cert) != bool(self.api_tls_key):
+            raise ValueError("api_tls_cert and api_tls_key go together: give both or neither")
+        if self.api_tls_cert and self.api_tls_key:
+            server_context(str(self.api_tls_cert), str(self.api_tls_key))  # TlsError names the files
+        return self
 
     @field_validator("relay_tier")
     @classmethod

@@ -54,10 +54,11 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 
 
 class Certificate:
-    """The relay's certificate chain and key, loaded at start (TlsError when they cannot be) and
-    again when either file changes: a renewed certificate reaches a relay that outlives the old
-    one. A renewal that cannot be loaded (half written) keeps the context in use and is tried
-    again at the next look."""
+    """A certificate chain and key, loaded at start (TlsError when they cannot be) into one
+    context, and loaded into it again when either file changes: a renewal reaches a relay or a
+    control plane that outlives the old certificate, new connections get it, open ones keep
+    theirs. A renewal that cannot be loaded whole (half written) leaves the context as it was,
+    and is tried again at the next look."""
 
     def __init__(self, cert_file: str, key_file: str, now: float) -> None:
         self.cert_file = cert_file
@@ -74,15 +75,17 @@ class Certificate:
         return tuple(n for st in stats for n in (st.st_mtime_ns, st.st_ino, st.st_size))
 
     def current(self, now: float) -> ssl.SSLContext:
+        """The context, after a look at the files if the last was RELOAD_CHECK ago or more."""
         if now - self._checked >= RELOAD_CHECK:
             self._checked = now
             stamp = self._files_stamp()
             if stamp and stamp != self._stamp:
                 try:
-                    self.context = server_context(self.cert_file, self.key_file)
+                    server_context(self.cert_file, self.key_file)  # whole, or the live one is untouched
+                    self.context.load_cert_chain(self.cert_file, self.key_file)
                     self._stamp = stamp
                     log.info("TLS certificate reloaded from %s", self.cert_file)
-                except TlsError as exc:
+                except (TlsError, OSError, ssl.SSLError) as exc:
                     log.warning("%s; keeping the one loaded", exc)
         return self.context
 
