@@ -100,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--steps", default=None, help="players x hz list, e.g. 8x3,8x10,16x30")
     p.add_argument("--step-seconds", type=float, default=None)
-    p.add_argument("--transports", default=None)
+    p.add_argument(
+        "--transports",
+        default=None,
+        help="comma list of ws, udp, gs2, mixed, wss (WS over TLS) (default ws,udp,gs2)",
+    )
     p.add_argument("--workers", type=int, default=None)
 
     p = sub.add_parser("fleet", help="rooms through the control plane")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,14 @@ from loadtest import hist as hdr
 from loadtest import payload as bot_payload
 from loadtest.loopback import require_loopback
 from loadtest.streams import RecipientStats
+
+
+def unverified_tls() -> ssl.SSLContext:
+    """A client context that takes any certificate: the load tests' own relays on loopback."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +79,21 @@ class Bot:
         return user_id(self.index)
 
     async def connect(self, host: str, port: int, room_key: str, timeout: float = 10.0, **kw: Any) -> None:
-        """Joins on the bot's transport: "udp" or "ws" (relay.client), or "gs2" (GS2's game client
-        wire, loadtest/gs2client.py)."""
+        """Joins on the bot's transport: "udp" or "ws" (relay.client), "wss" (relay.client's ws
+        over TLS, to a relay with a certificate: not verified, the load is the relay's to carry),
+        or "gs2" (GS2's game client wire, loadtest/gs2client.py)."""
         if self.transport == "gs2":
             from loadtest.gs2client import connect
         else:
             from relay.client import connect
 
         require_loopback(host, "relay address")
+        transport = self.transport
+        if transport == "wss":
+            transport, kw["tls"] = "ws", unverified_tls()
         t0 = time.monotonic()
         self.client = await connect(
-            host, port, room_key, self.user_id, profile=b"p0", transport=self.transport, timeout=timeout, **kw
+            host, port, room_key, self.user_id, profile=b"p0", transport=transport, timeout=timeout, **kw
         )
         self.join_s = time.monotonic() - t0
         if hasattr(self.client, "on_event"):

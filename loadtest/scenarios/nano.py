@@ -13,11 +13,14 @@ with no such step (--quick) says the steps stopped below the tier, not that it f
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from loadtest import hist as hdr
 from loadtest.bots import Behaviour
+from loadtest.certs import make_tls_files
 from loadtest.machine import parse_cpus, pin
 from loadtest.phase import run_phase
 from loadtest.progress import Live
@@ -33,7 +36,8 @@ GS2_NANO_RATE = GS2_NANO_PLAYERS * GS2_NANO_HZ  # messages/s
 @dataclass(frozen=True, slots=True)
 class NanoConfig:
     steps: tuple[tuple[int, float], ...] = ((8, 3), (8, 10), (8, 30), (16, 30), (32, 30), (32, 60))
-    transports: tuple[str, ...] = ("ws", "udp", "gs2")  # "mixed": players alternate UDP and WS in one room
+    transports: tuple[str, ...] = ("ws", "udp", "gs2")  # "mixed": players alternate UDP and WS in one
+    # room; "wss": WS over TLS to a relay with a (throwaway) certificate
     step_seconds: float = 5.0
     workers: int = 2
     p99_limit_ms: float = 20.0
@@ -72,7 +76,9 @@ def apply_caps(pid: int) -> tuple[str, Cgroup | None]:
 def verdict(transport: str, step: dict[str, Any], config: NanoConfig) -> tuple[bool, str]:
     loss = step["totals"]["loss_ratio"]
     p99 = step["latency"].get("p99_ms")
-    limit = config.ws_loss_limit if transport in ("ws", "gs2") else config.udp_loss_limit  # mixed: UDP's
+    limit = (
+        config.ws_loss_limit if transport in ("ws", "wss", "gs2") else config.udp_loss_limit
+    )  # mixed: UDP's
     reasons = []
     if step["connected"]["failed"]:
         reasons.append(f"{len(step['connected']['failed'])} bots failed to join")
@@ -126,10 +132,14 @@ def run(config: NanoConfig, report: Report, progress: bool | None = None) -> dic
     results: dict[str, Any] = {"transports": {}}
     total = len(config.transports) * len(config.steps)
     caps_note = ""
-    with Live("nano", total=total, enabled=progress) as live:
+    with Live("nano", total=total, enabled=progress) as live, tempfile.TemporaryDirectory() as scratch:
         for transport in config.transports:
             # the tier's CPU budget, as `relay serve --tier` sets it: the relay paces within it
-            relay = RelayProcess({"cpu_budget": NANO.cpu}, config.relay_cpus, config.relay_factory)
+            settings: dict[str, Any] = {"cpu_budget": NANO.cpu}
+            if transport == "wss":
+                files = make_tls_files(Path(scratch))  # a throwaway certificate for the relay
+                settings |= {"tls_cert": str(files.cert), "tls_key": str(files.key)}
+            relay = RelayProcess(settings, config.relay_cpus, config.relay_factory)
             caps_note, group = apply_caps(relay.pid)
             steps = []
             index = 0

@@ -166,10 +166,11 @@ class TlsLayer(asyncio.Protocol):
                 self._fail("tls_handshake", exc)
                 return
             self.handshaken = True
+        incoming = self._incoming
         while not self._failed:
             try:
                 chunk = tls.read(READ_SIZE)
-            except ssl.SSLWantReadError:
+            except ssl.SSLWantReadError:  # the rest of a record is still to come
                 break
             except ssl.SSLZeroReturnError:  # close_notify: the client is done writing
                 self._flush()
@@ -181,6 +182,8 @@ class TlsLayer(asyncio.Protocol):
             if not chunk:
                 break
             self._received(chunk)
+            if not incoming.pending and not tls.pending():  # all read: no SSLWantReadError to
+                break  # raise and catch (a third of a record's read, one record a read)
         self._flush()  # TLS 1.3 session tickets after the handshake, alerts
 
     def eof_received(self) -> bool | None:
@@ -214,7 +217,9 @@ class TlsLayer(asyncio.Protocol):
         except (ssl.SSLError, ValueError) as exc:
             self._fail("tls_error", exc)
             return
-        self._flush()
+        record = self._outgoing.read()  # there is one, always: _flush's own test is not needed
+        if not self.raw.is_closing():
+            self.raw.write(record)
 
     def close(self) -> None:
         """close_notify, then the transport's close (which writes what is buffered first)."""

@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import relay.client as rc
+from loadtest.certs import make_tls_files
 from loadtest.controlplane import free_port
 from relay.agent.agones import (
     ANNOTATION_AGENT_SECRET,
@@ -47,7 +48,6 @@ from relay.server.config import RelayConfig
 from tests.control.helpers import make_config, wait_for
 from tests.control.test_agent import make_room
 from tests.gs2 import wireclient as g
-from tests.tls_certs import make_tls_files
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK_PREFIX = "agones.dev/sdk-"  # what the sidecar puts before SetLabel/SetAnnotation keys

@@ -15,12 +15,12 @@ import pytest
 import relay.client as rc
 import relay.control.app as control_app
 import relay.server.tls as relay_tls
+from loadtest.certs import TlsFiles, make_tls_files
 from relay.agent.http11 import Http11Client, HttpError
 from relay.control.app import ControlPlane
 from relay.host.spawner import pid_alive
 from relay.settings import SettingsError
 from tests.control.helpers import REAL_RELAY, create_namespace, login, make_config, ready_room, wait_for
-from tests.tls_certs import TlsFiles, make_tls_files
 
 pytestmark = pytest.mark.slow
 

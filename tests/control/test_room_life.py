@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 import relay.client as rc
+from loadtest.certs import make_tls_files
 from relay.control.app import ControlPlane
 from relay.host.spawner import pid_alive
 from relay.protocol.constants import CloseReason
@@ -24,7 +25,6 @@ from tests.control.helpers import (
     ready_room,
     wait_for,
 )
-from tests.tls_certs import make_tls_files
 
 pytestmark = pytest.mark.slow
 

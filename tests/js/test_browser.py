@@ -29,12 +29,12 @@ from cryptography.hazmat.primitives import serialization
 
 import relay.client as rc
 import relay.embedded
+from loadtest.certs import TlsFiles, make_tls_files
 from relay.control.app import ControlPlane
 from relay.control.demo_api import DEMO_DIR, DEMO_NAMESPACE
 from tests.control.helpers import REAL_RELAY, login, make_config, ready_room
 from tests.js.helpers import JsRemote, tls_handshakes_failed
 from tests.server.helpers import connections
-from tests.tls_certs import TlsFiles, make_tls_files
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 RESULTS = (

@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import relay.client as rc
 import relay.embedded
+from loadtest.certs import make_tls_files
 from relay.protocol import tokens
 from relay.protocol.constants import CloseReason, ErrorCode, LeaveReason
 from relay.protocol.keys import generate_room_key
 from tests.js.helpers import CutProxy, JsError, JsRemote, hexs, tls_handshakes_failed
 from tests.server.helpers import connections
-from tests.tls_certs import make_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 FAST = {"keepalive_timeout": 1.0, "resume_grace": 1.5}

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 import relay.client as rc
 import relay.server.tls as relay_tls
+from loadtest.certs import TlsFiles, make_tls_files
 from relay.agent.serve import main as serve_main
 from relay.embedded import EmbeddedRoom, room
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
-from tests.tls_certs import TlsFiles, make_tls_files
 
 from .helpers import FAST, connections, drops, eventually, exchange, serve_process
 

@@ -1,5 +1,6 @@
-"""Test certificates: a throwaway CA and a server certificate it signed, written as PEM files,
-for the relay's TLS (relay/server/tls.py) and the clients that verify it."""
+"""Throwaway certificates: a CA and a server certificate it signed, written as PEM files, for a
+relay's TLS (relay/server/tls.py) in the load tests ("wss" bots) and the tests, and the clients
+that verify it."""
 
 from __future__ import annotations
 
