@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -21,9 +22,11 @@ import relay.server.tls as relay_tls
 from loadtest.certs import TlsFiles, make_tls_files
 from relay.agent.serve import main as serve_main
 from relay.embedded import EmbeddedRoom, room
+from relay.protocol import tokens
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
+from tests.gs2 import wireclient as g
 
 from .helpers import FAST, connections, drops, eventually, exchange, serve_process
 
@@ -71,7 +74,16 @@ async def test_wss_ws_and_udp_members_share_one_port(tls_files: TlsFiles) -> Non
         member.send(big)
         got = await plain.next_event_of(rc.Received, 3, lambda e: e.data == big)
         assert got.sender == member.connection_id
+        # a GS2 game client (its own ws:// URL) in the same room, on the same port
+        gs2 = await g.Gs2Client.join(r.port, r.key, tokens.mint(Ed25519PrivateKey.generate(), "gs2", 60))
+        member.send(b"to a GS2 client too")
+        got_gs2 = await gs2.next()
+        while got_gs2.kind != g.BINARY_MESSAGE:  # the player table and join notices come first
+            got_gs2 = await gs2.next()
+        assert got_gs2.body == g.Relayed(member.connection_id, b"to a GS2 client too", ())
+        assert connections(r) == (1, 2)
         assert not {k: v for k, v in drops(r).items() if k.startswith("tls")}
+        await gs2.bye()
         await udp.close()
         await plain.close()
     # the room's end reaches the TLS member as CLOSING, through its close frame and close_notify
