@@ -27,9 +27,9 @@ def _name(text: str) -> x509.Name:
 
 
 def make_tls_files(
-    folder: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1"), tag: str = ""
+    folder: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1"), tag: str = "", days: float = 1.0
 ) -> TlsFiles:
-    """A CA and a server certificate for `names` (DNS names, or IP addresses), valid for a day,
+    """A CA and a server certificate for `names` (DNS names, or IP addresses), valid for `days`,
     in `folder` (ca{tag}.pem, cert{tag}.pem, key{tag}.pem)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -40,7 +40,7 @@ def make_tls_files(
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -62,7 +62,7 @@ def make_tls_files(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -158,6 +158,7 @@ class ControlPlane:
         self.node_id = config.node_id or f"{socket.gethostname()}:{self.port}"
         self.state: ControlState
         self.metrics = ControlMetrics(lambda: self.state.room_counts())
+        self.metrics.watch_certificate(self.certificate)
         pool = getattr(self.provisioner, "spawner", None)
         if isinstance(pool, WarmPool):
             self.metrics.watch_warm_pool(pool)

@@ -13,6 +13,7 @@ from relay.control.records import ROOM_END_REASONS, ROOM_STATES
 
 if TYPE_CHECKING:
     from relay.host.warm_pool import WarmPool
+    from relay.server.tls import Certificate
 
 
 class ControlMetrics:
@@ -59,8 +60,25 @@ class ControlMetrics:
         """The warm relays of this node (relay/host/warm_pool.py), read at each scrape."""
         self.registry.register(_WarmPoolCollector(pool))
 
+    def watch_certificate(self, certificate: Certificate | None) -> None:
+        """The API's certificate (api_tls_cert): when it expires, read at each scrape (a renewal
+        loaded since shows); named without a sample where the API is plain HTTP."""
+        self.registry.register(_CertificateCollector(certificate))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CertificateCollector(Collector):
+    def __init__(self, certificate: Certificate | None) -> None:
+        self.certificate = certificate
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "relay_control_tls_certificate_expiry_timestamp_seconds",
+            "When the API's TLS certificate expires, Unix seconds (no sample without one)",
+            value=self.certificate.not_after if self.certificate is not None else None,
+        )
 
 
 class _WarmPoolCollector(Collector):

@@ -102,6 +102,7 @@ class Relay:
         self._session_listeners: list[Callable[[], None]] = []
         self._pacer: pacing.LoopPacer | None = None  # with a CPU budget (relay/server/pacing.py)
         self._rides: rides.Rides | None = None  # the loop's (relay/server/rides.py)
+        self._tls: TlsTerminator | None = None  # with a certificate (relay/server/tls.py)
 
     # the Relay interface used by the agent (relay/agent) and tests
 
@@ -137,6 +138,7 @@ class Relay:
         if self.config.tls_cert and self.config.tls_key:
             certificate = Certificate(self.config.tls_cert, self.config.tls_key, now)
             tls = TlsTerminator(certificate, self.config.tls_handshakes_per_second, self.counters, now)
+        self._tls = tls
         self._closed = loop.create_future()
         self.room = room = Room(self.config, self.counters, now, wall_offset=time.time() - now)
         room.on_session = self._session_began
@@ -305,8 +307,9 @@ class Relay:
         for callback in self._session_listeners:
             callback()
 
-    def _gauges(self) -> dict[str, float]:
+    def _gauges(self) -> dict[str, float | None]:
         room = self.room
+        tls = self._tls
         buffered = sum(c.link.buffered for c in self._ws)
         return {
             "members": len(room.members) if room else 0,
@@ -315,6 +318,8 @@ class Relay:
             "ws_send_buffer_bytes": buffered,
             "ws_connections": len(self._ws),  # TCP connections of the port, sessions or not
             "tls_connections": sum(1 for c in self._ws if c.secure),
+            # Unix seconds; no sample without a certificate (deploy/prometheus: RelayTlsCertificateExpiring)
+            "tls_certificate_expiry_timestamp_seconds": tls.certificate.not_after if tls else None,
             "event_loop_lag_seconds": self._loop_lag,
             "accepting_joins": 1.0 if self.accepting_joins else 0.0,
             "pace_seconds": self._pacer.pacer.pace if self._pacer is not None else 0.0,

@@ -68,7 +68,7 @@ class Counters:
 
 
 class _RelayCollector(Collector):
-    def __init__(self, counters: Counters, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, counters: Counters, gauges: Callable[[], dict[str, float | None]]) -> None:
         self.counters = counters
         self.gauges = gauges
 
@@ -109,12 +109,12 @@ class _RelayCollector(Collector):
             buckets=buckets,
             sum_value=c.fanout_sum,
         )
-        for name, value in self.gauges().items():
+        for name, value in self.gauges().items():  # None: named, without a sample (not this relay's)
             yield GaugeMetricFamily(f"relay_{name}", name.replace("_", " "), value=value)
 
 
 class RelayMetrics:
-    def __init__(self, counters: Counters, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, counters: Counters, gauges: Callable[[], dict[str, float | None]]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_RelayCollector(counters, gauges))
         # Added to every series of the registry (the caps guard's too). Where Prometheus cannot

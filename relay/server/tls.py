@@ -40,6 +40,18 @@ class TlsError(ValueError):
     """The certificate or key cannot be loaded: the relay does not start."""
 
 
+def not_after(cert_file: str) -> float:
+    """When the chain's first certificate (the server's own) expires, in Unix seconds: what
+    `relay_tls_certificate_expiry_timestamp_seconds` shows, for an alert before it does."""
+    from cryptography import x509  # only where there is a certificate
+
+    try:
+        with open(cert_file, "rb") as f:
+            return x509.load_pem_x509_certificates(f.read())[0].not_valid_after_utc.timestamp()
+    except (OSError, ValueError) as exc:
+        raise TlsError(f"cannot read the TLS certificate {cert_file}: {exc}") from exc
+
+
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """TLS 1.2 or newer, no renegotiation (a client could make the relay pay a handshake per
     request), ALPN http/1.1 (a WebSocket's opening handshake is HTTP/1.1)."""
@@ -66,6 +78,7 @@ class Certificate:
         self.key_file = key_file
         self._stamp = self._files_stamp()
         self.context = server_context(cert_file, key_file)
+        self.not_after = not_after(cert_file)  # Unix seconds, of the certificate served
         self._checked = now
 
     def _files_stamp(self) -> tuple[int, ...]:
@@ -83,8 +96,9 @@ class Certificate:
             if stamp and stamp != self._stamp:
                 try:
                     server_context(self.cert_file, self.key_file)  # whole, or the live one is untouched
+                    expires = not_after(self.cert_file)
                     self.context.load_cert_chain(self.cert_file, self.key_file)
-                    self._stamp = stamp
+                    self.not_after, self._stamp = expires, stamp
                     log.info("TLS certificate reloaded from %s", self.cert_file)
                 except (TlsError, OSError, ssl.SSLError) as exc:
                     log.warning("%s; keeping the one loaded", exc)

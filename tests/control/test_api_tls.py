@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from pathlib import Path
 
 import httpx
@@ -21,8 +22,11 @@ from relay.control.app import ControlPlane
 from relay.host.spawner import pid_alive
 from relay.settings import SettingsError
 from tests.control.helpers import REAL_RELAY, create_namespace, login, make_config, ready_room, wait_for
+from tests.server.helpers import metric
 
 pytestmark = pytest.mark.slow
+DAY = 86400.0
+EXPIRY = "relay_control_tls_certificate_expiry_timestamp_seconds"
 
 
 def https(cp: ControlPlane, files: TlsFiles) -> httpx.AsyncClient:
@@ -53,7 +57,9 @@ async def test_rooms_live_through_an_https_control_plane(
         b = await rc.connect(host, port, key, "b", transport="ws")
         a.send(b"hi")
         assert (await b.next_event_of(rc.Received, 5)).data == b"hi"
-        assert (await http.get("/metrics")).status_code == 200
+        metrics = await http.get("/metrics")
+        expires = metric(metrics.text, EXPIRY)
+        assert 0.9 * DAY < expires - time.time() <= DAY  # the test certificate's day
         # the agent's client verifies what it reaches: this process's, whose trust was taken
         # before SSL_CERT_FILE named the test CA, is refused the certificate
         agent_http = Http11Client(cp.internal_url)
@@ -106,7 +112,7 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
     async with ControlPlane(config) as cp:
         async with https(cp, first) as http:
             assert (await http.get("/healthz")).status_code == 200
-        renewed = make_tls_files(tmp_path, tag="-2")
+        renewed = make_tls_files(tmp_path, tag="-2", days=30)
         first.cert.write_bytes(renewed.cert.read_bytes())
         first.key.write_bytes(renewed.key.read_bytes())
 
@@ -118,3 +124,7 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
                 return False
 
         await wait_for(serves_the_renewal, timeout=5)
+        expires = metric(
+            cp.metrics.render().decode(), "relay_control_tls_certificate_expiry_timestamp_seconds"
+        )
+        assert 29.9 * DAY < expires - time.time() <= 30 * DAY  # the renewal's

@@ -9,6 +9,7 @@ import contextlib
 import re
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
 from tests.gs2 import wireclient as g
 
-from .helpers import FAST, connections, drops, eventually, exchange, serve_process
+from .helpers import FAST, connections, drops, eventually, exchange, metric, serve_process
 
 
 @pytest.fixture
@@ -38,6 +39,14 @@ def tls_files(tmp_path: Path) -> TlsFiles:
 
 def trusting(files: TlsFiles) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(files.ca))
+
+
+DAY = 86400.0
+
+
+def expiry(r: EmbeddedRoom) -> float:
+    """relay_tls_certificate_expiry_timestamp_seconds, from the relay's /metrics page."""
+    return metric(r.relay.metrics.render().decode(), "relay_tls_certificate_expiry_timestamp_seconds")
 
 
 async def secure(r: EmbeddedRoom, user: str, tls: ssl.SSLContext | bool, **kw: Any) -> rc.Client:
@@ -170,17 +179,21 @@ async def test_tls_handshakes_over_the_rate_are_dropped_before_any_work(tls_file
 async def test_a_renewed_certificate_is_served_to_new_connections(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = make_tls_files(tmp_path, tag="-1")
+    first = make_tls_files(tmp_path, tag="-1", days=2)
     monkeypatch.setattr(relay_tls, "RELOAD_CHECK", 0.0)  # look at the files at every connection
     async with room(tls_cert=str(first.cert), tls_key=str(first.key), **FAST) as r:
+        # /metrics says when the certificate served expires (an alert's, before it does)
+        assert 1.9 * DAY < expiry(r) - time.time() <= 2 * DAY
         a = await secure(r, "a", trusting(first))
         # a renewal half written: the relay keeps serving the certificate it has
         first.cert.write_bytes(b"-----BEGIN CERTIFICATE-----\ntruncated")
         b = await secure(r, "b", trusting(first))
-        renewed = make_tls_files(tmp_path, tag="-2")
+        assert 1.9 * DAY < expiry(r) - time.time() <= 2 * DAY
+        renewed = make_tls_files(tmp_path, tag="-2", days=90)
         first.cert.write_bytes(renewed.cert.read_bytes())
         first.key.write_bytes(renewed.key.read_bytes())
         c = await secure(r, "c", trusting(renewed))
+        assert 89.9 * DAY < expiry(r) - time.time() <= 90 * DAY
         with pytest.raises(rc.ConnectError, match="certificate verify failed"):
             await rc.connect(
                 "localhost", r.port, r.key, "d", transport="ws", tls=trusting(first), reconnect=False
