@@ -27,7 +27,7 @@ from relay.agent.tiers import get_tier
 from relay.logs import configure
 from relay.protocol.constants import CloseReason
 from relay.server.app import Relay
-from relay.server.tls import TlsError
+from relay.server.tls import TlsError, server_context
 from relay.settings import EXIT_FAILURE, ListenError, fail, os_error
 
 log = logging.getLogger("relay.server")
@@ -113,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as exc:
         return fail("relay serve", exc)
     configure(launch.log_level, launch.log_format)
+    if launch.relay.tls_cert and launch.relay.tls_key:  # before a room waits on it (Agones)
+        try:
+            server_context(launch.relay.tls_cert, launch.relay.tls_key)
+        except TlsError as exc:
+            return fail("relay serve", exc)
     if not launch.relay.room_key:  # only under Agones: wait to be allocated a room (docs/agones.md)
         from relay.agent.agones import serve_agones
 
@@ -122,5 +127,5 @@ def main(argv: list[str] | None = None) -> int:
         return run(serve(launch))
     except ListenError as exc:
         return fail("relay serve", os_error(exc, f"cannot listen on {exc.where}"), EXIT_FAILURE)
-    except TlsError as exc:  # a setting that names files it cannot use
+    except TlsError as exc:  # the files went between the look above and the start
         return fail("relay serve", exc)

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import ssl
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -557,6 +558,30 @@ async def test_a_relay_of_the_fleet_serves_wss_at_its_advertised_name(tmp_path: 
         finally:
             proc.terminate()
             await proc.wait()
+
+
+def test_a_certificate_the_relay_cannot_load_stops_it_before_it_is_ready(tmp_path: Path) -> None:
+    """Under Agones a relay waits for its room: a certificate it could not serve is said at its
+    start, in one line, not when a room is allocated to it (the sidecar is never asked)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env |= {
+        "AGONES_SDK_HTTP_PORT": str(free_port()),  # nothing listens there: not asked
+        "RELAY_TLS_CERT": str(tmp_path / "missing.pem"),
+        "RELAY_TLS_KEY": str(tmp_path / "missing-key.pem"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"relay serve: cannot load the TLS certificate {tmp_path / 'missing.pem'} with key "
+        f"{tmp_path / 'missing-key.pem'}: [Errno 2] No such file or directory"
+    ]
 
 
 async def test_no_sidecar_is_logged_sparingly_and_sigterm_ends_the_wait() -> None:
