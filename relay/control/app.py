@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -152,7 +153,8 @@ class ControlPlane:
             self.certificate = Certificate(
                 str(config.api_tls_cert), str(config.api_tls_key), time.monotonic()
             )
-        self.url = f"{'https' if self.certificate else 'http'}://{connect_host}:{self.port}"
+        netloc = f"[{connect_host}]" if ":" in connect_host else connect_host  # an IPv6 address
+        self.url = f"{'https' if self.certificate else 'http'}://{netloc}:{self.port}"
         public = (config.public_url or self.url).rstrip("/")
         self.internal_url = public + "/internal"
         self.node_id = config.node_id or f"{socket.gethostname()}:{self.port}"
@@ -317,7 +319,7 @@ class ControlPlane:
         must be able to verify the certificate there, as they will (the default trust, which
         SSL_CERT_FILE extends). If they cannot, every room would fail at its relay's
         registration: the control plane says so now, and stops."""
-        host = self.url.split("//", 1)[1].rsplit(":", 1)[0]
+        host = urlsplit(self.url).hostname or ""
         try:
             trust = ssl.create_default_context()
             connecting = asyncio.open_connection(host, self.port, ssl=trust, server_hostname=host)

@@ -4,6 +4,8 @@ getRoom, two clients exchange a message, deleteRoom, both get CLOSING "deleted",
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from pathlib import Path
 
@@ -136,6 +138,35 @@ async def test_rooms_of_a_control_plane_with_a_certificate_serve_wss(tmp_path: P
             b.send(b"back")
             got = await next_of(a, rc.Received)
             assert got.data == b"back" and got.sender == b.connection_id
+        finally:
+            for client in (a, b):
+                await client.close()
+
+
+def _ipv6_loopback() -> bool:
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        return True
+    return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1) to listen on")
+async def test_a_control_plane_on_ipv6_gives_its_relays_an_internal_url_they_can_use(tmp_path: Path) -> None:
+    """A control plane listening on ::1 names itself http://[::1]:PORT: its relays' control URL
+    (without the brackets no relay could parse it, and every room failed to register)."""
+    config = make_config(tmp_path, host="::1", relay_command=REAL_RELAY)
+    async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
+        assert cp.url.startswith("http://[::1]:") and cp.internal_url == cp.url + "/internal"
+        h = await login(http)
+        await create_namespace(http, h, "game")
+        assert (await http.post("/realtime/game/room", json={"name": "v6"}, headers=h)).status_code == 200
+        item = await ready_room(http, h, "game", "v6")  # its relay registered at [::1]
+        a = await rc.connect(item["ipAddress"], item["port"], item["encryptionKey"], "a", transport="udp")
+        b = await rc.connect(item["ipAddress"], item["port"], item["encryptionKey"], "b", transport="ws")
+        try:
+            a.send(b"over v6 control")
+            got = await next_of(b, rc.Received)
+            assert got.data == b"over v6 control"
         finally:
             for client in (a, b):
                 await client.close()
