@@ -110,37 +110,47 @@ async def test_a_relay_gets_none_of_the_control_planes_secrets(
         assert not any(b"db-password" in entry or b"project-secret" in entry for entry in environ)
 
 
-async def test_rooms_of_a_control_plane_with_a_certificate_serve_wss(tmp_path: Path) -> None:
-    """relay_extra_args hand every local relay the certificate; advertise_host names the host as
-    the certificate does; a browser-like member joins over wss://, another over UDP."""
+@pytest.mark.parametrize("rooms_per_process", [1, 2])
+async def test_rooms_of_a_control_plane_with_a_certificate_serve_wss(
+    tmp_path: Path, rooms_per_process: int
+) -> None:
+    """relay_extra_args hand every local relay the certificate (each room of a group process too);
+    advertise_host names the host as the certificate does; in each room a browser-like member
+    joins over wss://, another over UDP."""
     files = make_tls_files(tmp_path)
     config = make_config(
         tmp_path / "data",
         relay_command=REAL_RELAY,
         relay_extra_args=("--tls-cert", str(files.cert), "--tls-key", str(files.key)),
         advertise_host="localhost",
+        relay_rooms_per_process=rooms_per_process,
     )
+    trusting = ssl.create_default_context(cafile=str(files.ca))
     async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
         h = await login(http)
         await create_namespace(http, h, "game")
-        want = await http.post("/realtime/game/room", json={"name": "m"}, headers=h)
-        assert want.status_code == 200
-        item = await ready_room(http, h, "game", "m")
-        assert item["ipAddress"] == "localhost"
-        host, port, key = item["ipAddress"], item["port"], item["encryptionKey"]
-        trusting = ssl.create_default_context(cafile=str(files.ca))
-        a = await rc.connect(host, port, key, "alice", transport="ws", tls=trusting)
-        b = await rc.connect(host, port, key, "bob", transport="udp")
-        try:
-            a.send(b"over tls")
-            got = await next_of(b, rc.Received)
-            assert got.data == b"over tls" and got.sender == a.connection_id
-            b.send(b"back")
-            got = await next_of(a, rc.Received)
-            assert got.data == b"back" and got.sender == b.connection_id
-        finally:
-            for client in (a, b):
-                await client.close()
+        for name in ("m", "n"):
+            want = await http.post("/realtime/game/room", json={"name": name}, headers=h)
+            assert want.status_code == 200
+        pids = set()
+        for name in ("m", "n"):
+            item = await ready_room(http, h, "game", name)
+            assert item["ipAddress"] == "localhost"
+            pids.add((await cp.store.get_room("game", name)).pid)
+            host, port, key = item["ipAddress"], item["port"], item["encryptionKey"]
+            a = await rc.connect(host, port, key, "alice", transport="ws", tls=trusting)
+            b = await rc.connect(host, port, key, "bob", transport="udp")
+            try:
+                a.send(b"over tls")
+                got = await next_of(b, rc.Received)
+                assert got.data == b"over tls" and got.sender == a.connection_id
+                b.send(b"back")
+                got = await next_of(a, rc.Received)
+                assert got.data == b"back" and got.sender == b.connection_id
+            finally:
+                for client in (a, b):
+                    await client.close()
+        assert len(pids) == 3 - rooms_per_process  # a process each, or both rooms in one
 
 
 def _ipv6_loopback() -> bool:
