@@ -14,7 +14,7 @@ import signal
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -267,8 +267,7 @@ async def test_full_life_ready_allocate_serve_shutdown() -> None:
         await wait_for(lambda: sidecar.count("POST", "/health") >= 2)  # pings while Ready too
 
         key = generate_room_key()
-        await sidecar.allocate(room_annotations(key, room="Lobby #1"))
-        await wait_for(lambda: SDK_PREFIX + SDK_ANNOTATION_ADDRESS in sidecar.meta["annotations"])
+        await allocated(sidecar, room_annotations(key, room="Lobby #1"))
         assert sidecar.meta["annotations"][SDK_PREFIX + SDK_ANNOTATION_ADDRESS] == f"127.0.0.1:{HOST_PORT}"
         assert sidecar.meta["labels"][SDK_PREFIX + SDK_LABEL_ROOM] == "Lobby--1"
         assert ("PUT", "/metadata/label", {"key": SDK_LABEL_ROOM, "value": "Lobby--1"}) in sidecar.calls
@@ -306,8 +305,7 @@ async def test_an_allocated_relay_takes_its_gs2_setting_and_names_its_room_in_it
         task = asyncio.create_task(run_agones(base, sdk, health_interval=0.05))
         await wait_for(lambda: sidecar.state == "Ready")
         key = generate_room_key()
-        await sidecar.allocate({**room_annotations(key), ANNOTATION_GS2_CLIENTS: "false"})
-        await wait_for(lambda: SDK_PREFIX + SDK_ANNOTATION_ADDRESS in sidecar.meta["annotations"])
+        await allocated(sidecar, {**room_annotations(key), ANNOTATION_GS2_CLIENTS: "false"})
         gs2 = await g.Gs2Client.open(port, key)
         await gs2.hello(tokens.mint(Ed25519PrivateKey.generate(), "gs2-player", 60))
         assert await gs2.closed() == (1008, "handshake failed")
@@ -353,8 +351,7 @@ async def test_bad_room_key_is_waited_past(caplog: pytest.LogCaptureFixture) -> 
         assert "realtime.gs2.io/room-key" in caplog.text and "not-a-room-key-secret" not in caplog.text
 
         key = generate_room_key()
-        await sidecar.allocate(room_annotations(key))
-        await wait_for(lambda: SDK_PREFIX + SDK_ANNOTATION_ADDRESS in sidecar.meta["annotations"])
+        await allocated(sidecar, room_annotations(key))
         client = await rc.connect("127.0.0.1", port, key, "carol", transport="udp", timeout=3)
         stop.set()  # SIGTERM: CLOSING (shutdown) to the members, then /shutdown
         closing = await client.next_event_of(rc.ClosingEvent, 3)
@@ -385,8 +382,7 @@ async def test_gameserver_shutdown_closes_a_running_room() -> None:
         task = asyncio.create_task(run_agones(RelayLaunch(RelayConfig(port=port)), sdk, health_interval=0.05))
         await wait_for(lambda: sidecar.state == "Ready")
         key = generate_room_key()
-        await sidecar.allocate(room_annotations(key))
-        await wait_for(lambda: SDK_PREFIX + SDK_ANNOTATION_ADDRESS in sidecar.meta["annotations"])
+        await allocated(sidecar, room_annotations(key))
         client = await rc.connect("127.0.0.1", port, key, "dave", transport="ws", timeout=3)
         await sidecar.delete()  # kubectl delete gameserver
         assert (await client.next_event_of(rc.ClosingEvent, 3)).reason == CloseReason.SHUTDOWN
@@ -471,45 +467,61 @@ def test_label_value_is_a_valid_kubernetes_label_value() -> None:
     assert label_value("a.b_c-d") == "a.b_c-d"
 
 
+@contextlib.asynccontextmanager
+async def serving_under_agones(
+    sidecar: FakeSidecar, port: int, **env: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`relay serve` as a Fleet's pod runs it (the sidecar's port in AGONES_SDK_HTTP_PORT, none
+    of this environment's RELAY_* but `env`), Ready at the sidecar; stopped at the end unless the
+    test ended it."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    environ |= {"AGONES_SDK_HTTP_PORT": str(sidecar.port), **env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        env=environ,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_for(lambda: sidecar.state == "Ready", 15)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def allocated(sidecar: FakeSidecar, notes: dict[str, str]) -> None:
+    """Allocates the game server with these annotations; returns once the relay has annotated
+    where it serves the room."""
+    await sidecar.allocate(notes)
+    await wait_for(lambda: SDK_PREFIX + SDK_ANNOTATION_ADDRESS in sidecar.meta["annotations"])
+
+
 async def test_relay_serve_subprocess_under_agones() -> None:
     port = free_port()
-    async with sidecar_up() as sidecar:
-        env = {k: v for k, v in os.environ.items() if k not in ("RELAY_ROOM_KEY", "RELAY_CONTROL_URL")}
-        env["AGONES_SDK_HTTP_PORT"] = str(sidecar.port)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            await wait_for(lambda: sidecar.state == "Ready", 15)
-            key = generate_room_key()
-            await sidecar.allocate(room_annotations(key))
-            await wait_for(lambda: SDK_PREFIX + SDK_ANNOTATION_ADDRESS in sidecar.meta["annotations"])
-            a = await rc.connect("127.0.0.1", port, key, "a", transport="udp", timeout=3)
-            b = await rc.connect("127.0.0.1", port, key, "b", transport="ws", timeout=3)
-            await exchange(a, b)
-            proc.send_signal(signal.SIGTERM)
-            assert (await a.next_event_of(rc.ClosingEvent, 3)).reason == CloseReason.SHUTDOWN
-            assert await asyncio.wait_for(proc.wait(), 5) == 0
-            assert sidecar.calls[-1] == ("POST", "/shutdown", {})
-            await a.close()
-            await b.close()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    async with sidecar_up() as sidecar, serving_under_agones(sidecar, port) as proc:
+        key = generate_room_key()
+        await allocated(sidecar, room_annotations(key))
+        a = await rc.connect("127.0.0.1", port, key, "a", transport="udp", timeout=3)
+        b = await rc.connect("127.0.0.1", port, key, "b", transport="ws", timeout=3)
+        await exchange(a, b)
+        proc.send_signal(signal.SIGTERM)
+        assert (await a.next_event_of(rc.ClosingEvent, 3)).reason == CloseReason.SHUTDOWN
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        assert sidecar.calls[-1] == ("POST", "/shutdown", {})
+        await a.close()
+        await b.close()
 
 
 async def test_a_relay_of_the_fleet_serves_wss_at_its_advertised_name(tmp_path: Path) -> None:
@@ -518,46 +530,20 @@ async def test_a_relay_of_the_fleet_serves_wss_at_its_advertised_name(tmp_path: 
     the relay reports, and a member joins over wss:// at it."""
     files = make_tls_files(tmp_path)
     port = free_port()
-    async with sidecar_up() as sidecar:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-        env |= {
-            "AGONES_SDK_HTTP_PORT": str(sidecar.port),
-            "RELAY_TLS_CERT": str(files.cert),
-            "RELAY_TLS_KEY": str(files.key),
-            "RELAY_ADVERTISE_HOST": "localhost",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            await wait_for(lambda: sidecar.state == "Ready", 15)
-            key = generate_room_key()
-            await sidecar.allocate(room_annotations(key))
-            annotation = SDK_PREFIX + SDK_ANNOTATION_ADDRESS
-            await wait_for(lambda: annotation in sidecar.meta["annotations"])
-            assert sidecar.meta["annotations"][annotation].startswith("localhost")
-            trusting = ssl.create_default_context(cafile=str(files.ca))
-            a = await rc.connect("localhost", port, key, "a", transport="ws", tls=trusting, timeout=3)
-            b = await rc.connect("localhost", port, key, "b", transport="udp", timeout=3)
-            await exchange(a, b)
-            await a.close()
-            await b.close()
-        finally:
-            proc.terminate()
-            await proc.wait()
+    tls = {"RELAY_TLS_CERT": str(files.cert), "RELAY_TLS_KEY": str(files.key)}
+    async with (
+        sidecar_up() as sidecar,
+        serving_under_agones(sidecar, port, RELAY_ADVERTISE_HOST="localhost", **tls),
+    ):
+        key = generate_room_key()
+        await allocated(sidecar, room_annotations(key))
+        assert sidecar.meta["annotations"][SDK_PREFIX + SDK_ANNOTATION_ADDRESS].startswith("localhost")
+        trusting = ssl.create_default_context(cafile=str(files.ca))
+        a = await rc.connect("localhost", port, key, "a", transport="ws", tls=trusting, timeout=3)
+        b = await rc.connect("localhost", port, key, "b", transport="udp", timeout=3)
+        await exchange(a, b)
+        await a.close()
+        await b.close()
 
 
 def test_a_certificate_the_relay_cannot_load_stops_it_before_it_is_ready(tmp_path: Path) -> None:
