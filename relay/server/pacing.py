@@ -7,15 +7,16 @@ wake-up and a loopback send each cost about as much as the room's own work on a 
 of the cap, and the kernel's throttling then stalled the room for most of a 10 ms period at a
 time: p99 went to 25-157 ms.
 
-So a relay whose CPU over the last `WINDOW` seconds reaches `PACE_ON` of its budget paces
-itself. After a pass that flushed output, it sleeps until `pace` seconds after that pass's
+So a relay whose CPU (read every `WINDOW` seconds, smoothed) reaches `PACE_ON` of its budget
+paces itself. After a pass that flushed output, it sleeps until `pace` seconds after that pass's
 first input was read, and only then reads again. The next pass finds every packet that came in
 the meantime, and each member gets one packet holding all of their messages, so the same
-messages take fewer wake-ups, reads and sends. A message waits at most `pace` longer. The pace
-starts at `MIN_PACE` and doubles up to the relay's `max_pace` (10 ms: one period of the tiers'
-CPU caps, so a capped relay passes about once a period) while the CPU stays at or over
-`PACE_ON`; at `PACE_AT_ONCE` it goes to `max_pace` at once. It halves (and stops below
-`MIN_PACE`) once the CPU falls under `PACE_OFF`. A pass that read a full batch of datagrams
+messages take fewer wake-ups, reads and sends. A message waits at most `pace` longer, so the
+pace is kept as short as holds the CPU at `PACE_TARGET` of the budget: it starts at `MIN_PACE`
+and is scaled each window by the share over the target, up to the relay's `max_pace` (10 ms:
+one period of the tiers' CPU caps, so a capped relay passes about once a period); at
+`PACE_AT_ONCE` it goes to `max_pace` at once. It stops when the shortest pace holds the CPU
+under `PACE_OFF`. A pass that read a full batch of datagrams
 (more are waiting), or that already took longer than the pace, does not sleep, so a saturated
 relay loses no time to it. A relay with no budget never paces (`RelayConfig.cpu_budget`;
 `relay serve` sets its tier's).
@@ -38,14 +39,23 @@ from dataclasses import dataclass
 
 WINDOW = 0.1
 """Seconds of CPU readings per controller step (on a pass's end, so a quiet relay reads none)."""
-PACE_ON = 0.5
-"""Share of the budget at or over which the pace lengthens."""
+SMOOTHING = 0.3
+"""Weight of the newest window in the share the controller acts on: one window's reading swings
+with the packets that happened to fall in it, and a pace shortened on one low reading put a relay
+near its cap over it in the next."""
+PACE_TARGET = 0.55
+"""Share of the budget a paced relay holds: the pace is the shortest that keeps it there (within
+issue 20's 60%), since the pace is what every message waits at most."""
+PACE_ON = PACE_TARGET
+"""Share of the budget at or over which an unpaced relay starts pacing."""
 PACE_AT_ONCE = 0.8
 """Share of the budget at or over which the pace goes to its longest at once: a room that
-arrives all together (a match starting) would otherwise be throttled while the pace doubles."""
+arrives all together (a match starting) would otherwise be throttled while the pace grows."""
 PACE_OFF = 0.25
-"""Share of the budget under which it shortens (the gap keeps a paced relay, which uses far
-less, from stopping and starting)."""
+"""Share of the budget under which a relay at the shortest pace stops pacing (the gap keeps a
+relay that paces at its shortest from stopping and starting)."""
+MAX_STEP = 1.5
+"""The most the pace changes by (times, or divided) in one window."""
 DATAGRAMS_PER_READ = 32
 """Datagrams uvloop (libuv) reads from a socket in one wake at most."""
 MIN_PACE = 0.001
@@ -54,11 +64,17 @@ MIN_PACE = 0.001
 
 @dataclass(slots=True)
 class Pacer:
-    """The controller: `sample(now, cpu)` every WINDOW seconds or more; `pace` is what to keep."""
+    """The controller: `sample(now, cpu)` every WINDOW seconds or more; `pace` is what to keep.
+
+    A pass costs about the same whatever it carries (a send per member), so the relay's CPU is
+    about `per_pass / pace + per_message x rate`: the pace is scaled by the smoothed share over
+    PACE_TARGET each window, which settles where the share is PACE_TARGET (the per-message part
+    only slows the approach), or at `max_pace` where even that is more."""
 
     budget: float = 0.0  # cores; 0: never pace
     max_pace: float = 0.01
     pace: float = 0.0
+    share: float = 0.0  # smoothed, of the budget
     next_sample: float = -math.inf
     _last: tuple[float, float] | None = None
 
@@ -68,15 +84,26 @@ class Pacer:
         self.next_sample = now + WINDOW
         if last is None or now <= last[0]:
             return self.pace
-        share = (cpu - last[1]) / (now - last[0])  # cores used over the window
         budget = self.budget
-        if budget > 0 and share >= budget * PACE_AT_ONCE:  # throttling is near: no time to double
+        if budget <= 0:
+            self.pace = self.share = 0.0
+            return 0.0
+        reading = (cpu - last[1]) / (now - last[0]) / budget  # of the budget, over the window
+        if reading >= PACE_AT_ONCE:  # throttling is near: no time to approach
+            self.share = max(
+                self.share, PACE_AT_ONCE
+            )  # not the burst's own: it would hold the pace long after
             self.pace = self.max_pace
-        elif budget > 0 and share >= budget * PACE_ON:
-            self.pace = min(self.max_pace, max(MIN_PACE, self.pace * 2))
-        elif budget <= 0 or share < budget * PACE_OFF:
-            half = self.pace / 2
-            self.pace = half if half >= MIN_PACE else 0.0
+            return self.pace
+        self.share = share = self.share + SMOOTHING * (reading - self.share)
+        if not self.pace:
+            if share >= PACE_ON:
+                self.pace = min(self.max_pace, MIN_PACE)
+            return self.pace
+        pace = self.pace * min(MAX_STEP, max(1 / MAX_STEP, share / PACE_TARGET))
+        if pace < MIN_PACE:
+            pace = MIN_PACE if share >= PACE_OFF else 0.0
+        self.pace = min(self.max_pace, pace)
         return self.pace
 
 

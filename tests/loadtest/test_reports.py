@@ -441,3 +441,35 @@ def test_the_nano_section_gives_every_runs_steps_against_the_cap() -> None:
     assert not any(line.startswith("| ws | 8 x 3 Hz") for line in detail)
     summary = next(line for line in lines if line.startswith("| ws |"))
     assert "run 2: 32x30 (p99 25.0 ms >= 20 ms)" in summary
+
+
+def test_the_nano_section_names_the_largest_step_with_headroom_in_every_run() -> None:
+    """Issue 20's headroom target (at most 60% of the cap, p99 under 10 ms, nothing lost) in every
+    run: a step that held but used 65% of the cap, or had p99 10 ms in one run, does not have it."""
+    runs = []
+    for big_cpu, big_p99 in ((7.0, 9.0), (7.0, 10.0)):  # 32 x 30: 56% of the cap; p99 10 in run 2
+        steps = [
+            _nano_run_step(16, 30, 5.0, 6.0, True),
+            _nano_run_step(32, 30, big_cpu, big_p99, True),
+            _nano_run_step(32, 60, 8.1, 9.0, True),  # 65% of the cap
+        ]
+        runs.append(
+            (
+                Report("nano", Path("/nonexistent"), {}),
+                {"transports": {"ws": {"steps": steps, "best": steps[2]}}},
+            )
+        )
+    lines = benchmarks._nano_section(runs)
+    rows = {
+        line.split(" | ")[1]: line
+        for line in lines
+        if line.startswith("| ws | ") and " x " in line.split(" | ")[1]
+    }
+    assert rows["16 x 30 Hz"].endswith("| 2 of 2 | 2 of 2 |")
+    assert rows["32 x 30 Hz"].endswith("| 2 of 2 | 1 of 2 |")
+    assert rows["32 x 60 Hz"].endswith("| 2 of 2 | 0 of 2 |")
+    assert any("largest step with it in every run" in line and "ws 16 x 30 Hz." in line for line in lines)
+    assert nano.with_headroom(_nano_run_step(32, 30, 7.5, 9.9, True))  # 60% exactly, under 10 ms
+    lost = _nano_run_step(32, 30, 5.0, 5.0, True)
+    lost["totals"] = {"lost": 1, "loss_ratio": 1e-5}
+    assert not nano.with_headroom(lost)
