@@ -90,9 +90,9 @@ class Pacer:
             return 0.0
         reading = (cpu - last[1]) / (now - last[0]) / budget  # of the budget, over the window
         if reading >= PACE_AT_ONCE:  # throttling is near: no time to approach
-            self.share = max(
-                self.share, PACE_AT_ONCE
-            )  # not the burst's own: it would hold the pace long after
+            # smoothed from PACE_AT_ONCE, not from the burst's reading, which would hold the
+            # longest pace for a second after the burst
+            self.share = max(self.share, PACE_AT_ONCE)
             self.pace = self.max_pace
             return self.pace
         self.share = share = self.share + SMOOTHING * (reading - self.share)
