@@ -173,7 +173,7 @@ def regenerate(args: Any, command: str) -> int:
         "load generator fell behind, or the relay's core was taken), not its limit. The C baseline is "
         'offered a fixed rate: "no" there means it forwarded all of it, or lost datagrams with '
         "its core not busy.",
-        "- **Relay CPU**: utime+stime of the relay process from /proc/PID/stat over the step (loopback "
+        "- **Relay CPU**: utime+stime of the relay process (its CPU-time clock) over the step (loopback "
         "delivery work done in softirq is not charged to it; the per-step tables also give the relay "
         "core's busy share from /proc/stat).",
         "- **Latency** (one-way, one host, HDR histograms), measured at half of the saturation rate with "

@@ -19,7 +19,7 @@ recipients per second of the sending window (each offered message is due 3 deliv
 relay behind its load delivers from its queues after the window counts against loss, not for
 the rate); "datagrams" counts packets
 (UDP datagrams or WebSocket messages) arriving at recipients, which hold several coalesced
-messages each. Relay CPU is from /proc/PID/stat over the step.
+messages each. Relay CPU is the relay process's CPU time over the step (loadtest.machine.sample).
 
 Latency is one-way on one host. "End to end" runs from the packet's scheduled send time to
 when the receiving worker got round to it (CLOCK_MONOTONIC), on a sample of packets (every

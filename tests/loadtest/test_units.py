@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from loadtest.arguments import build_parser
 from loadtest.fastload.messages import message_size
 from loadtest.fastload.sender import spread_phase
 from loadtest.loopback import loopback_problem, require_loopback
-from loadtest.machine import busy_percent, cpu_percent, cpu_times, machine_info, parse_cpus, sample
+from loadtest.machine import busy_percent, cpu_ns, cpu_percent, cpu_times, machine_info, parse_cpus, sample
 from loadtest.report import Report, plot_histogram, plot_latency_cdf, plot_timeseries
 from loadtest.streams import RecipientStats, SenderStream, account
 from relay.protocol.messages import encode_message
@@ -109,6 +111,18 @@ def test_machine_readings() -> None:
     assert cpu_percent(me, later) >= 0.0
     before = cpu_times()
     assert before and busy_percent(before, cpu_times(), {0}) >= 0.0
+
+
+def test_a_processs_cpu_is_read_exactly_with_its_ended_threads() -> None:
+    """Not in clock ticks: a quiet relay's few ms in a 1 s step read as 0 in ticks."""
+    worker = threading.Thread(target=lambda: sum(range(300_000)))
+    worker.start()
+    worker.join()
+    low = time.process_time()
+    me = sample(os.getpid())
+    high = time.process_time()
+    assert me is not None and low <= me.cpu_s <= high  # ticks would read up to 10 ms low
+    assert low * 1e9 <= cpu_ns(os.getpid()) <= time.process_time() * 1e9
 
 
 def test_report_writes_json_markdown_and_plots(tmp_path) -> None:
