@@ -323,6 +323,9 @@ class Relay:
             "event_loop_lag_seconds": self._loop_lag,
             "accepting_joins": 1.0 if self.accepting_joins else 0.0,
             "pace_seconds": self._pacer.pacer.pace if self._pacer is not None else 0.0,
+            # the longest it paces (0: it never paces): at it for long, the room is busier than
+            # its tier at the latency the tier promises (deploy/prometheus: RelayPacedAtLongest)
+            "max_pace_seconds": self._pacer.pacer.max_pace if self._pacer is not None else 0.0,
         }
 
     def stats(self) -> RelayStats:

@@ -226,6 +226,7 @@ def test_a_relay_over_its_budget_coalesces_what_arrives_while_it_rests() -> None
     expected = [b"msg%d" % i for i in range(10)]
     paced, paced_datagrams, metrics = uvloop.run(_deliveries(cpu_budget=1e-9))
     assert "relay_pace_seconds 0.05" in metrics
+    assert "relay_max_pace_seconds 0.05" in metrics  # at its longest (RelayPacedAtLongest's terms)
     unpaced, unpaced_datagrams, _ = uvloop.run(_deliveries(cpu_budget=None))
     assert paced == expected and unpaced == expected  # everything, in order, either way
     # 10 messages over 45 ms: a relay resting 50 ms a pass sends them in a datagram or two
@@ -238,4 +239,5 @@ def test_a_relay_on_asyncios_own_loop_does_not_pace() -> None:
     got, datagrams, metrics = asyncio.run(_deliveries(cpu_budget=1e-9))
     assert got == [b"msg%d" % i for i in range(10)]
     assert "relay_pace_seconds 0.0" in metrics
+    assert "relay_max_pace_seconds 0.0" in metrics  # it never paces
     assert datagrams >= 7  # a datagram a message, but for the odd pass that found two
