@@ -14,6 +14,9 @@ from loadtest.fastload.rxstamps import enable_rx_timestamps, recv_stamped
 from loadtest.progress import Live
 from loadtest.scenarios import throughput
 
+# serial: these measure CPU and latency, so `make test` runs them alone (Makefile)
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:

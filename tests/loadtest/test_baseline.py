@@ -10,6 +10,9 @@ import pytest
 
 from loadtest import baseline, checks
 
+# serial: these measure CPU and latency, so `make test` runs them alone (Makefile)
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

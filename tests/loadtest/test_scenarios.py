@@ -14,7 +14,8 @@ from loadtest.report import Report
 from loadtest.scenarios import chaos, density, fleet, nano, soak, throughput
 from relay.host.cgroups import detect
 
-pytestmark = pytest.mark.slow
+# serial: each measures the relay's CPU and latency, so `make test` runs it alone (Makefile)
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def _report(tmp_path: Path, name: str) -> Report:
