@@ -26,14 +26,15 @@ js:
 	@if ! command -v npm >/dev/null; then echo "npm not found: the TypeScript client's tests will skip"; \
 	elif ! $(MAKE) --no-print-directory $(JS_STAMP); then echo "npm ci failed: those tests will skip"; fi
 
-# The tests run in two parts: those that measure nothing in $(TEST_WORKERS) workers (pytest-xdist),
-# then those marked `serial` (they measure the relay's CPU and latency) one at a time, alone on the
-# machine. PYTEST_ARGS goes to both; a part it leaves empty (pytest's exit status 5) is no failure.
+# The tests run in two parts: those that measure nothing in $(TEST_WORKERS) workers (pytest-xdist,
+# a module's tests in one worker: their module fixtures run once), then those marked `serial` (they
+# measure the relay's CPU and latency) one at a time, alone on the machine. PYTEST_ARGS goes to
+# both; a part it leaves empty (pytest's exit status 5) is no failure.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) js
 	$(VENV)/bin/ruff check relay loadtest tests
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(VENV)/bin/python -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: $(STAMP)

@@ -5,7 +5,9 @@ RELAY_FUZZ_SECONDS sets the time per target (a long run: RELAY_FUZZ_SECONDS=3600
 Each target runs in its own process (single-threaded, one CPU); the selected targets run
 RELAY_FUZZ_JOBS at a time (default: 2, or 1 on a one-CPU machine), started when the first of
 them is reached, so each still gets its full time on a CPU of its own while the suite waits on
-two at once. Each test asserts on its own target's run."""
+two at once. Under pytest-xdist (`make test`: `--dist loadfile`, this module in one worker) they
+run one at a time: the other workers keep the other CPUs busy. Each test asserts on its own
+target's run."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import pytest
 from tests.fuzz.targets import TARGETS, seeds
 
 SECONDS = int(os.environ.get("RELAY_FUZZ_SECONDS", "3"))
-JOBS = int(os.environ.get("RELAY_FUZZ_JOBS") or min(2, len(os.sched_getaffinity(0))))
+IN_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+JOBS = int(os.environ.get("RELAY_FUZZ_JOBS") or (1 if IN_WORKER else min(2, len(os.sched_getaffinity(0)))))
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(

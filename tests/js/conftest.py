@@ -1,9 +1,13 @@
 """The TypeScript client's tests need Node (20+), clients/js/node_modules (`npm ci`) and, for the
 browser tests, Chromium. Where one is missing they skip and say why; under RELAY_JS_TESTS=required
-(set by .ci/run) they fail instead, so CI cannot pass without running them."""
+(set by .ci/run) they fail instead, so CI cannot pass without running them.
+
+`js_build` holds a lock on clients/js/build while tsc writes it: under pytest-xdist each worker
+that reaches these tests builds (incrementally: the second finds nothing to do)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -47,6 +51,13 @@ def js_build(node: list[str]) -> Path:
     what changed since (its errors are reported every time); without build/, all of it."""
     if not (JS / "node_modules" / ".package-lock.json").exists():
         unavailable("clients/js/node_modules is missing: run `npm ci` in clients/js")
+    (JS / "build").mkdir(exist_ok=True)
+    with open(JS / "build" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _tsc(node)
+
+
+def _tsc(node: list[str]) -> Path:
     build_info = JS / "build" / ".tsbuildinfo"
     sources = [
         ts for d in ("src", "test", "demo") for ts in (JS / d).rglob("*.ts") if not ts.name.endswith(".d.ts")
