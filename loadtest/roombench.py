@@ -14,6 +14,9 @@ CPU time (process_time) of `--repeat` runs; the least is the figure (the others 
     python -m loadtest.roombench --members 32   # a full nano room: fan-out 31
     python -m loadtest.roombench --rooms 100    # packets dealt over 100 rooms: one process's
                                                 # rooms, each met with colder caches
+    python -m loadtest.roombench --gs2 --members 32 --pass-size 32
+                                                # GS2 game clients: a Container per message in,
+                                                # one per message and recipient out
 """
 
 from __future__ import annotations
@@ -27,11 +30,18 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relay.protocol import tokens
 from relay.protocol.client import ClientConnection, ClientState
+from relay.protocol.gs2 import wire
 from relay.protocol.keys import generate_room_key
+from relay.protocol.wsframes import server_binary_frames
 from relay.server.config import RelayConfig
+from relay.server.gs2 import Gs2Peer
 from relay.server.metrics import Counters
 from relay.server.room import Room
+from relay.server.transport import Disconnect
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +53,44 @@ class RoomBench:
     repeat: int = 5
     members: int = 4  # 32: the nano tier's full room (fan-out 31)
     rooms: int = 1  # more: each packet goes to a room drawn at random (a group process's rooms)
+    gs2: bool = False  # members are GS2 game clients (relay/server/gs2.py), not UDP clients
 
 
-def _joined_room(seed: int, members: int) -> tuple[Room, list[tuple[ClientConnection, tuple[str, int]]]]:
-    """A room whose rate limits are off (the room's work is measured, not its limiter) and `members`
-    members joined through the real handshake."""
+class _FramingSink:
+    """A GS2 member's connection: its Containers framed as the WebSocket link frames them (one
+    binary frame each, one write), then counted."""
+
+    buffered = 0
+
+    def __init__(self, counted: list[int]) -> None:
+        self.counted = counted
+
+    def send_many(self, payloads: list[bytes]) -> int:
+        self.counted[0] += len(payloads)
+        return len(server_binary_frames(payloads))
+
+    def close(self, why: Disconnect, text: str) -> None:
+        raise RuntimeError(f"the bench room closed a GS2 member: {why} {text}")
+
+
+class _Gs2Member:
+    """A GS2 member's input as the bench feeds a UDP member's: (packet, address, now)."""
+
+    __slots__ = ("peer", "signer")
+
+    def __init__(self, peer: Gs2Peer, signer: wire.Signer) -> None:
+        self.peer = peer
+        self.signer = signer
+
+    def __call__(self, container: bytes, addr: Any, now: float) -> None:
+        self.peer.receive(container, now)
+
+    def send(self, payload: bytes) -> bytes:
+        return wire.client_container(self.signer, wire.BINARY_MESSAGE, wire.send_value(payload))
+
+
+def _room(seed: int) -> tuple[Room, str]:
+    """A room whose rate limits are off (the room's work is measured, not its limiter)."""
     key = generate_room_key()
     config = replace(
         RelayConfig(room_key=key),
@@ -59,7 +102,30 @@ def _joined_room(seed: int, members: int) -> tuple[Room, list[tuple[ClientConnec
         idle_timeout=1e9,
         max_coalesce_delay_udp=math.inf,  # the bench flushes every pass, not by the clock
     )
-    room = Room(config, Counters(), 0.0, random.Random(seed).randbytes)
+    return Room(config, Counters(), 0.0, random.Random(seed).randbytes), key
+
+
+def _joined_gs2_room(seed: int, members: int, counted: list[int]) -> tuple[Room, list[_Gs2Member]]:
+    """`members` GS2 game clients joined by their HelloRequest (no token key: the token's claims
+    name the user, as `relay serve` reads them without one)."""
+    room, key = _room(seed)
+    encoder = wire.Encoder(key, room.started)
+    minter = Ed25519PrivateKey.generate()
+    joined = []
+    for i in range(members):
+        peer = Gs2Peer(room, encoder, _FramingSink(counted))
+        hello = wire.hello_value(tokens.mint(minter, f"m{i}"), b"")
+        peer.receive(wire.client_container(encoder.signer, wire.HELLO_REQUEST, hello), 0.0)
+        room.flush(0.0)
+        if peer.session is None or peer.session.member is None:
+            raise RuntimeError("the bench room's GS2 members did not join")
+        joined.append(_Gs2Member(peer, encoder.signer))
+    return room, joined
+
+
+def _joined_room(seed: int, members: int) -> tuple[Room, list[tuple[ClientConnection, tuple[str, int]]]]:
+    """`members` UDP members joined through the real handshake."""
+    room, key = _room(seed)
     clients = [(ClientConnection(key, f"m{i}"), ("192.0.2.1", 40000 + i)) for i in range(members)]
     by_addr = {addr: client for client, addr in clients}
     outbox: list[tuple[bytes, Any]] = []
@@ -88,25 +154,37 @@ def run(bench: RoomBench) -> dict[str, Any]:
     runs: list[float] = []
     sent = 0
     for attempt in range(bench.repeat):
-        joined = [_joined_room(attempt * bench.rooms + r, bench.members) for r in range(bench.rooms)]
         counted = [0]
-
-        def count(packet: bytes, addr: Any, counted: list[int] = counted) -> None:
-            counted[0] += 1
-
-        for room, _ in joined:
-            for session in room.sessions.values():
-                assert session.path is not None
-                session.path.sendto = count
         payload = bytes(bench.payload_size)
         deal = random.Random(attempt)
-        packets = []
-        for i in range(bench.datagrams):
-            room, clients = joined[deal.randrange(bench.rooms)]
-            client, addr = clients[i % bench.members]
-            for _ in range(bench.batch):
-                client.send(payload)
-            packets.append((room.udp_datagram, room.flush, client.datagrams_to_send()[0], addr))
+        packets: list[tuple[Any, Any, bytes, Any]] = []
+        if bench.gs2:  # one message per Container: GS2's wire has no batching
+            rooms = [
+                _joined_gs2_room(attempt * bench.rooms + r, bench.members, counted)
+                for r in range(bench.rooms)
+            ]
+            for i in range(bench.datagrams):
+                room, peers = rooms[deal.randrange(bench.rooms)]
+                peer = peers[i % bench.members]
+                packets.append((peer, room.flush, peer.send(payload), None))
+            joined: list[tuple[Room, Any]] = list(rooms)
+        else:
+            joined = [_joined_room(attempt * bench.rooms + r, bench.members) for r in range(bench.rooms)]
+
+            def count(packet: bytes, addr: Any, counted: list[int] = counted) -> None:
+                counted[0] += 1
+
+            for room, _ in joined:
+                for session in room.sessions.values():
+                    assert session.path is not None
+                    session.path.sendto = count
+            for i in range(bench.datagrams):
+                room, clients = joined[deal.randrange(bench.rooms)]
+                client, addr = clients[i % bench.members]
+                for _ in range(bench.batch):
+                    client.send(payload)
+                packets.append((room.udp_datagram, room.flush, client.datagrams_to_send()[0], addr))
+        counted[0] = 0  # the joins' Containers
         clock = time.monotonic
         gc.collect()
         started = time.process_time()
@@ -146,16 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=defaults.repeat, help="runs; the least CPU time is kept")
     p.add_argument("--members", type=int, default=defaults.members, help="members in the room")
     p.add_argument("--rooms", type=int, default=defaults.rooms, help="rooms the packets are dealt over")
+    p.add_argument("--gs2", action="store_true", help="GS2 game clients (one message per Container)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
-    result = run(
-        RoomBench(a.batch, a.datagrams, a.pass_size, repeat=a.repeat, members=a.members, rooms=a.rooms)
+    if a.gs2 and a.batch != 1:
+        p.error("--gs2: a GS2 client's Container carries one message (--batch 1)")
+    bench = RoomBench(
+        a.batch, a.datagrams, a.pass_size, repeat=a.repeat, members=a.members, rooms=a.rooms, gs2=a.gs2
     )
+    result = run(bench)
     if a.json:
         print(json.dumps(result))
     else:
         print(
-            f"room CPU: {result['us_per_message_in']} us per message in ({a.batch} per packet, "
+            f"room CPU: {result['us_per_message_in']} us per message in "
+            f"({'GS2 clients' if a.gs2 else f'{a.batch} per packet'}, "
             f"fan-out {a.members - 1}, a flush every {a.pass_size} datagrams, {a.rooms} room(s); "
             f"least of {a.repeat} runs)"
         )

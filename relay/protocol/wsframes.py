@@ -145,15 +145,20 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
     return encode_frame(opcode, payload)
 
 
+_BINARY_HEADS = [bytes((FIN | BINARY, n)) for n in range(126)]
+"""A server's binary frame's header for each payload length under 126."""
+
+
 def server_binary_frames(payloads: list[bytes]) -> bytes:
     """Several binary server frames back to back (a GS2 client's Containers of one flush): the
     same bytes as joining server_frame(BINARY, p) of each, with one join."""
     parts: list[bytes] = []
     append = parts.append
+    heads = _BINARY_HEADS
     for payload in payloads:
         n = len(payload)
         if n < 126:
-            append(bytes((FIN | BINARY, n)))
+            append(heads[n])
         elif n < 65536:
             append(_HEAD16(FIN | BINARY, 126, n))
         else:

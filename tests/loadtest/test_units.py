@@ -164,6 +164,9 @@ def test_roombench_times_the_room_alone() -> None:
     dealt = run(RoomBench(datagrams=300, pass_size=1, repeat=1, rooms=5))
     # dealt over five rooms, a flush a datagram: each datagram's three room-mates get one packet
     assert dealt["packets_out_per_run"] == 3 * 300
+    gs2 = run(RoomBench(datagrams=64, pass_size=32, repeat=2, members=32, rooms=2, gs2=True))
+    # GS2 clients: a Container per message for each of its 31 room-mates (none were dropped)
+    assert gs2["messages_in"] == 64 and gs2["packets_out_per_run"] == 64 * 31
 
 
 def test_a_udp_attacker_knows_it_was_kicked_by_the_relays_closing() -> None:

@@ -309,9 +309,14 @@ def test_a_flush_signs_each_message_once() -> None:
     a, b = wire.Recipient(encoder, "a", b""), wire.Recipient(encoder, "b", b"")
     b.seq = 200
     (ca,), (cb,) = a.containers([item], 1.0), b.containers([item], 1.0)
-    assert encoder.begin(1.0)[item] == ca[: -len(b"\x20\x01" + encoder.lifetime)]
+    bodies, tails, lifetime = encoder.begin(1.0)
+    assert lifetime == b"\x28\xe8\x07"  # 1000 ms since the room started
+    assert bodies == {item: ca[: -len(b"\x20\x01" + lifetime)]}
+    assert tails == {1: b"\x20\x01" + lifetime, 201: b"\x20\xc9\x01" + lifetime}
     assert pb.Container.FromString(cb).sequenceNumber == 201
-    assert encoder.begin(2.0) == {}  # the next flush starts afresh
+    (again,) = a.containers([item], 1.0)  # the same flush: the same body, the next number
+    assert again == bodies[item] + b"\x20\x02" + lifetime
+    assert encoder.begin(2.0) == ({}, {}, b"\x28\xd0\x0f")  # the next flush starts afresh
 
 
 def _client(kind: int, value: bytes, key: bytes = KEY, url: str = "type.googleapis.com") -> bytes:

@@ -24,6 +24,7 @@ from relay.protocol.wsframes import (
     missing,
     parse_head,
     read_frames,
+    server_binary_frames,
     server_frame,
     take_frames,
 )
@@ -80,6 +81,14 @@ def test_server_frames_are_websockets_bytes(n: int) -> None:
     expected = Frame(Opcode.BINARY, data).serialize(mask=False, extensions=[])
     assert server_frame(BINARY, data) == expected
     assert encode_frame(BINARY, data) == expected
+
+
+def test_server_binary_frames_are_each_payloads_frame_back_to_back() -> None:
+    """A GS2 client's Containers of one flush, in one write: every length's header, in order."""
+    payloads = [_payload(n) for n in (*BOUNDARY, *range(130))]
+    expected = b"".join(Frame(Opcode.BINARY, p).serialize(mask=False, extensions=[]) for p in payloads)
+    assert server_binary_frames(payloads) == expected
+    assert server_binary_frames([]) == b""
 
 
 @pytest.mark.parametrize("n", BOUNDARY)

@@ -181,11 +181,13 @@ _SMALL = [bytes((n,)) for n in range(0x80)]
 
 def _varint(n: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative int (for the Containers built by hand); the
-    one- and two-byte forms (sequence numbers) without a loop."""
+    one- to three-byte forms (sequence numbers, lifetimes) without a loop."""
     if n < 0x80:
         return _SMALL[n]
     if n < 0x4000:
         return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -269,31 +271,37 @@ def error_value(status: int, component: str, text: str) -> bytes:
 
 
 class Encoder:
-    """One room's side of every GS2 recipient: the HMAC key, when the room started, and the
-    Container bodies of this flush's messages (a flush hands every recipient the same `now`)."""
+    """One room's side of every GS2 recipient: the HMAC key, when the room started, and what
+    every recipient of one flush shares (a flush hands every recipient the same `now`)."""
 
-    __slots__ = ("_at", "_bodies", "_lifetime", "signer", "started")
+    __slots__ = ("_at", "_flush", "controls", "signer", "started")
 
     def __init__(self, room_key: str, started: float) -> None:
         self.signer = Signer(room_hmac_key(room_key))
         self.started = started
         self._at: float | None = None
-        self._bodies: dict[bytes, bytes] = {}
-        self._lifetime = b""
+        self._flush: tuple[dict[bytes, bytes], dict[int, bytes], bytes] = ({}, {}, b"")
+        self.controls: dict[bytes, bytes] = {}
+        """This flush's membership news and errors as Container bodies (native item -> fields
+        1 to 3)."""
 
-    def begin(self, now: float) -> dict[bytes, bytes]:
-        """This flush's bodies (kept until the next `now`, so they never outlive one flush)."""
+    def begin(self, now: float) -> tuple[dict[bytes, bytes], dict[int, bytes], bytes]:
+        """This flush's relayed messages' bodies (native MESSAGE -> Container fields 1 to 3), its
+        Container tails (sequence number -> fields 4 and 5: the recipients of a flush number theirs
+        from nearly the same numbers) and field 5, lifeTimeMilliSeconds since the room started.
+        Made afresh for each `now`, so nothing outlives its flush."""
         if now != self._at:
             self._at = now
-            self._bodies = {}
+            if self.controls:
+                self.controls = {}
             ms = int((now - self.started) * 1000) & 0xFFFFFFFF
-            self._lifetime = b"\x28" + _varint(ms) if ms else b""
-        return self._bodies
+            self._flush = ({}, {}, b"\x28" + _varint(ms) if ms else b"")
+        return self._flush
 
     @property
     def lifetime(self) -> bytes:
-        """Container field 5 of this flush: lifeTimeMilliSeconds since the room started."""
-        return self._lifetime
+        """Container field 5 of this flush."""
+        return self._flush[2]
 
     def body(self, kind: int, value: bytes) -> bytes:
         return container_body(self.signer, kind, value)
@@ -324,26 +332,27 @@ class Recipient:
         """The Containers for the room's native messages `items`, in order (those GS2 has no
         message for, CLOSING and PONG, leave none)."""
         encoder = self.encoder
-        bodies = encoder.begin(now)
-        lifetime = encoder.lifetime
-        out = []
+        messages, tails, lifetime = encoder.begin(now)
+        out: list[bytes] = []
+        append = out.append
         seq = self.seq
         for item in items:
-            if item[:2] == _MESSAGE_HEAD:  # the hot path: the body is made once per flush
-                body = bodies.get(item)
-                if body is None:
-                    body = bodies[item] = encoder.message_body(item)
-            else:
-                control = self._control(item, bodies)
-                if control is None:
-                    continue
-                body = control
+            body = messages.get(item)  # the hot path: a relayed message, its body made this flush
+            if body is None:
+                if item[:2] == _MESSAGE_HEAD:
+                    body = messages[item] = encoder.message_body(item)
+                else:
+                    body = self._control(item, encoder.controls)
+                    if body is None:
+                        continue
             seq = seq + 1 if seq < 0xFFFFFFFF else 1
-            if seq < 0x4000:  # field 4, sequenceNumber, inline for a session's first 16383
-                number = bytes((0x20, seq)) if seq < 0x80 else bytes((0x20, (seq & 0x7F) | 0x80, seq >> 7))
-                out.append(body + number + lifetime)
-            else:
-                out.append(body + b"\x20" + _varint(seq) + lifetime)
+            tail = tails.get(seq)
+            if tail is None:  # fields 4 and 5
+                if seq < 0x80:
+                    tail = tails[seq] = bytes((0x20, seq)) + lifetime
+                else:
+                    tail = tails[seq] = b"\x20" + _varint(seq) + lifetime
+            append(body + tail)
         self.seq = seq
         return out
 
