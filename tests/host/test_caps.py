@@ -277,7 +277,10 @@ def group_of(pid: int, controller: str) -> Path:
 async def test_relay_over_its_memory_cap_is_killed_and_reported_while_another_room_serves(
     tmp_path: Path,
 ) -> None:
-    config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup")
+    # the default stop grace (3 s): a relay busy allocating misses its heartbeats, and with the
+    # helpers' 1 s the reaper's own SIGKILL could come before the kernel's (it did, once, with the
+    # machine's other CPU busy): the room then ended "lost"
+    config = make_config(tmp_path, relay_command=GREEDY_RELAY, relay_caps="cgroup", stop_grace=3.0)
     async with ControlPlane(config) as cp, httpx.AsyncClient(base_url=cp.url, timeout=5) as http:
         assert isinstance(cp.provisioner.spawner, CappedSpawner)  # type: ignore[attr-defined]
         h = await login(http)
