@@ -348,10 +348,7 @@ class Recipient:
             seq = seq + 1 if seq < 0xFFFFFFFF else 1
             tail = tails.get(seq)
             if tail is None:  # fields 4 and 5
-                if seq < 0x80:
-                    tail = tails[seq] = bytes((0x20, seq)) + lifetime
-                else:
-                    tail = tails[seq] = b"\x20" + _varint(seq) + lifetime
+                tail = tails[seq] = b"\x20" + _varint(seq) + lifetime
             append(body + tail)
         self.seq = seq
         return out
