@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,13 +84,16 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"control plane exited ({proc.returncode}): {cp.log_tail()}")
+                tail = cp.log_tail()
+                cp.stop()
+                raise RuntimeError(f"control plane exited ({proc.returncode}): {tail}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(cp.url + "/healthz", timeout=1.0).status_code == 200:
                     return cp
             time.sleep(0.2)
+        tail = cp.log_tail()
         cp.stop()
-        raise TimeoutError(f"control plane did not answer /healthz: {cp.log_tail()}")
+        raise TimeoutError(f"control plane did not answer /healthz: {tail}")
 
     def log_tail(self, chars: int = 1500) -> str:
         if self.log_path and self.log_path.exists():
@@ -170,7 +174,9 @@ class ControlPlane:
             self.proc.wait(5)
 
     def stop(self) -> None:
-        """SIGTERM the whole session (control plane and whatever relays it spawned)."""
+        """SIGTERM the whole session (control plane and whatever relays it spawned), then remove
+        the temporary folder `start` made (its data and log: up to some megabytes a run, and
+        every scenario and test that starts one would otherwise leave one behind)."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -181,6 +187,8 @@ class ControlPlane:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(2)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def provision_seconds(self, namespace: str) -> dict[str, float]:
         """room -> the control plane's own wantRoom-to-registered time (operation log `room.ready`

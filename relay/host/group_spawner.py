@@ -30,11 +30,13 @@ Any other command (a standby, another program) goes to the inner spawner unchang
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -58,6 +60,8 @@ from relay.host.zygote import serve_args
 log = logging.getLogger("relay.host.group_spawner")
 
 CONNECT_TIMEOUT = 30.0
+SOCKET_DIR_PREFIX = "relay-groups-"
+"""A spawner's folder for its groups' sockets (in the temporary folder, for AF_UNIX's short paths)."""
 ASK_TIMEOUT = 2.0
 KILL_GRACE = 2.0
 EXIT_WAIT = 5.0
@@ -269,7 +273,7 @@ class GroupSpawner:
         self.python = python
         self.log_path = log_path  # the groups' own records (a room's go to its own log)
         # a private folder (0700) for the sockets: rooms' secrets travel on them
-        self.socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix="relay-groups-"))
+        self.socket_dir = socket_dir or Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))
         self._own_dir = socket_dir is None  # made here: removed at close once no group needs it
         self.connect_timeout = connect_timeout
         self._groups: dict[int, _Group] = {}  # by pid
@@ -411,6 +415,20 @@ class GroupSpawner:
         self._groups.pop(group.pid, None)
         self._watchers.pop(group.pid, None)
         group.exited(code, getattr(group.handle, "exit_reason", None))
+        self._sweep(Path(group.path))
+
+    def _sweep(self, path: Path) -> None:
+        """A group is gone: its socket goes (one killed or crashed could not unlink it), and the
+        folder of an earlier control plane's groups with it once empty (this spawner's own goes
+        at close). Only a socket is unlinked and only an empty folder removed: the path of an
+        adopted group comes from its command line."""
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        folder = path.parent
+        if folder != self.socket_dir and folder.name.startswith(SOCKET_DIR_PREFIX):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # fails while another group's socket is there
 
     # ---- after a control-plane restart ------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from loadtest.controlplane import free_port
 from relay.agent.launch import RelayLaunch
 from relay.control.config import default_relay_command
 from relay.host.group import group_of
-from relay.host.group_spawner import GroupSpawner
-from relay.host.spawner import SubprocessSpawner, commands, pid_alive, relay_environment
+from relay.host.group_spawner import SOCKET_DIR_PREFIX, GroupSpawner
+from relay.host.spawner import SubprocessSpawner, cmdline, commands, pid_alive, relay_environment
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.server.config import RelayConfig
@@ -41,6 +42,7 @@ async def test_rooms_share_processes_apart_and_outlive_a_control_plane_restart(t
     before = group_pids()
     proc, url = await start_control(data, log, port, *control)
     pids: set[int] = set()
+    folder: Path | None = None
     try:
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             h = await login(http)
@@ -54,6 +56,9 @@ async def test_rooms_share_processes_apart_and_outlive_a_control_plane_restart(t
                 items[name] = await ready_room(http, h, "grp", name)
         room_pids = {name: await asyncio.to_thread(_relay_pid, data, name) for name in items}
         pids = set(room_pids.values())  # type: ignore[arg-type]
+        sockets = {pid: Path(group_of(cmdline(pid))[0]) for pid in pids}  # type: ignore[index]
+        folder = sockets[room_pids["r1"]].parent
+        assert folder.name.startswith(SOCKET_DIR_PREFIX) and sockets[room_pids["r3"]].parent == folder
         # two rooms to a process: r1 and r2 in one group, r3 in a second
         assert room_pids["r1"] == room_pids["r2"] != room_pids["r3"]
         assert pids <= group_pids() - before
@@ -101,6 +106,11 @@ async def test_rooms_share_processes_apart_and_outlive_a_control_plane_restart(t
             await wait_for(lambda: not pid_alive(room_pids["r2"]), timeout=10)  # type: ignore[arg-type]
             r = await http.get("/realtime/grp/room/r1", headers=h)
             assert r.status_code == 404
+            # the first control plane's socket folder: r3's group is still in it; killed (no
+            # unlink of its own), its socket goes, and with the last one the folder
+            assert folder.is_dir() and sockets[room_pids["r3"]].exists()
+            os.kill(room_pids["r3"], signal.SIGKILL)  # type: ignore[arg-type]
+            await wait_for(lambda: not folder.exists(), timeout=10)
         for client in (a1, b1, a2, b2):
             await client.close()
     finally:
@@ -109,6 +119,8 @@ async def test_rooms_share_processes_apart_and_outlive_a_control_plane_restart(t
         for pid in pids:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        if folder is not None:  # a failure above left groups' sockets there
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 async def test_a_wedged_group_is_killed_and_its_rooms_end_with_it(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from loadtest import checks, payload
 from loadtest import hist as hdr
 from loadtest.arguments import build_parser
+from loadtest.controlplane import ControlPlane
 from loadtest.fastload.messages import message_size
 from loadtest.fastload.sender import spread_phase
 from loadtest.loopback import loopback_problem, require_loopback
@@ -251,3 +253,17 @@ def test_fleet_shape_refuses_counts_under_one(flags: list[str], capsys: pytest.C
 def test_fleet_shape_takes_counts_as_written() -> None:
     args = build_parser().parse_args(["fleet-shape", "--search", "100,150", "--rooms", "10"])
     assert (args.search, args.rooms) == ("100,150", 10)
+
+
+def test_a_control_plane_the_harness_started_leaves_no_folder_behind() -> None:
+    """Found on the development machine: 402 loadtest-control-* folders (a control plane's data
+    and log, up to 7 MB each), one per scenario or test that started one. Stopped, or failed to
+    start, it removes its folder."""
+    cp = ControlPlane.start(extra_args=["--warm-relays", "0", "--log-level", "warning"])
+    assert cp.workdir is not None and Path(cp.workdir, "data").is_dir()
+    cp.stop()
+    assert not Path(cp.workdir).exists()
+    before = set(Path(tempfile.gettempdir()).glob("loadtest-control-*"))
+    with pytest.raises(RuntimeError, match=r"control plane exited .*no-such-flag"):
+        ControlPlane.start(extra_args=["--no-such-flag"])  # refused by its argument parser
+    assert set(Path(tempfile.gettempdir()).glob("loadtest-control-*")) <= before
