@@ -10,7 +10,9 @@ JS_STAMP := $(JS)/node_modules/.package-lock.json
 
 .PHONY: run test lint fmt bench clean js
 
-$(STAMP): pyproject.toml
+# setup.py and relay/protocol/_aead.c: the C part, built by the install (optional: skipped, with
+# the Python implementation in use, where there is no C compiler or no OpenSSL headers)
+$(STAMP): pyproject.toml setup.py relay/protocol/_aead.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'

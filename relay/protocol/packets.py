@@ -1,11 +1,16 @@
 """Packets: the 16-byte header, the handshake (HELLO/ACCEPT) and DATA sealing (sections 4 and 6).
 
-The sealers and openers are the hot path of the relay: one AESGCM object per direction, the
-nonce taken straight from the header bytes, no per-packet allocation beyond the output.
+The sealers and openers are the hot path of the relay. `Sealer` and `Opener` are the C ones of
+relay/protocol/_aead.c where that extension was built (one OpenSSL context per direction, the
+key scheduled once, a packet in one call and one object); elsewhere, or with RELAY_AEAD=python
+in the environment, the Python ones here (`PySealer`, `PyOpener`: one AESGCM object per
+direction, the nonce taken straight from the header bytes). Both make the same packets
+(tests/vectors) and keep the same replay window; `NATIVE` says which is in use.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -20,6 +25,8 @@ from relay.protocol.constants import (
     HELLO_MIN_SIZE,
     PROTOCOL_VERSION,
     PUBLIC_KEY_SIZE,
+    REPLAY_WINDOW,
+    TAG_SIZE,
     PacketType,
     ProtocolError,
 )
@@ -69,7 +76,7 @@ def parse_header(packet: bytes) -> Header:
     return Header(version, ptype, flags, session_id, counter)
 
 
-class Sealer:
+class PySealer:
     """Encrypts one direction's DATA packets with counter nonces (never random, never reused)."""
 
     __slots__ = ("_encrypt", "counter", "session_id")
@@ -85,7 +92,7 @@ class Sealer:
         return header + self._encrypt(_NONCE_PAD + header[8:], plaintext, header)
 
 
-class Opener:
+class PyOpener:
     """Authenticates and decrypts one direction's DATA packets, enforcing anti-replay."""
 
     __slots__ = ("_decrypt", "window")
@@ -93,6 +100,11 @@ class Opener:
     def __init__(self, key: bytes, strict: bool = False) -> None:
         self._decrypt = AESGCM(key).decrypt
         self.window = ReplayWindow(strict)
+
+    @property
+    def top(self) -> int:
+        """The newest counter accepted."""
+        return self.window.top
 
     def open(self, packet: bytes, counter: int) -> bytes:
         """`counter` comes from parse_header; the packet is a DATA packet of this session."""
@@ -105,6 +117,27 @@ class Opener:
             raise ProtocolError("decrypt") from None
         window.update(counter)
         return plaintext
+
+
+def _native() -> tuple[type, type] | None:
+    """The C Sealer and Opener, if built, not refused by RELAY_AEAD=python, and of this protocol."""
+    if os.environ.get("RELAY_AEAD", "").strip().lower() == "python":
+        return None
+    try:
+        from relay.protocol import _aead
+    except ImportError:
+        return None
+    numbers = (_aead.VERSION, _aead.DATA, _aead.HEADER_SIZE, _aead.TAG_SIZE, _aead.WINDOW)
+    if numbers != (PROTOCOL_VERSION, _DATA, HEADER_SIZE, TAG_SIZE, REPLAY_WINDOW):
+        return None  # built from another version of the protocol's numbers: not this one's packets
+    return _aead.Sealer, _aead.Opener
+
+
+_built = _native()
+NATIVE = _built is not None
+"""Whether DATA is sealed and opened by relay/protocol/_aead.c."""
+Sealer: type[PySealer] = _built[0] if _built is not None else PySealer
+Opener: type[PyOpener] = _built[1] if _built is not None else PyOpener
 
 
 @dataclass(slots=True)

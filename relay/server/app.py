@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from relay.protocol.constants import CloseReason
 from relay.protocol.gs2.wire import Encoder
+from relay.protocol.packets import NATIVE
 from relay.server import pacing, rides
 from relay.server.config import RelayConfig
 from relay.server.links import Doorway, UdpProtocol, WsConnection
@@ -223,7 +224,14 @@ class Relay:
             self.host,
             self.port,
             admin,
-            extra={"host": self.host, "port": self.port, "admin_port": self.admin_port},
+            # "aead": which DATA sealing this relay runs, relay/protocol/_aead.c's ("c") or the
+            # Python fallback's (an install without a compiler, or RELAY_AEAD=python)
+            extra={
+                "host": self.host,
+                "port": self.port,
+                "admin_port": self.admin_port,
+                "aead": "c" if NATIVE else "python",
+            },
         )
 
     def health(self) -> tuple[bool, dict[str, object]]:

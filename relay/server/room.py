@@ -321,7 +321,7 @@ class Room:
             if addr != path.addr:
                 # only the newest packet moves the session (RFC 9000 9.3): one from the old
                 # address that the path reordered past the move must not take it back there
-                if ctr == session.opener.window.top:
+                if ctr == session.opener.top:
                     self._rebind(session, path, addr, len(data))
             elif not path.validated:
                 if path.challenge:

@@ -17,6 +17,7 @@ import pytest
 import relay.client as rc
 import relay.server.metrics as relay_metrics
 from relay.embedded import room
+from relay.protocol import packets
 from relay.protocol.constants import UDP_HELLO_PAD_TO, CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.protocol.wsframes import PING, client_frame
@@ -76,6 +77,7 @@ async def test_sigterm_drains_members_and_exits_zero() -> None:
     proc, listening = await serve_process(key, "--port", "0")
     try:
         assert re.match(r"relay listening udp\+ws [\d.]+:\d+$", listening["message"]), listening
+        assert listening["aead"] == ("c" if packets.NATIVE else "python")  # which DATA sealing it runs
         host, port = listening["host"], listening["port"]
         members = [
             await rc.connect(host, port, key, f"m{i}", transport=t, timeout=3)
