@@ -25,7 +25,7 @@ from relay.protocol.gs2.wire import Encoder
 from relay.protocol.packets import NATIVE
 from relay.server import pacing, rides
 from relay.server.config import RelayConfig
-from relay.server.links import Doorway, UdpProtocol, WsConnection
+from relay.server.links import Doorway, UdpProtocol, UdpWriter, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
 from relay.server.room import Room
 from relay.server.tls import Certificate, TlsTerminator
@@ -146,8 +146,22 @@ class Relay:
         room.on_timer = self._arm_timer
         room.on_close = self._room_closed
         call_soon, call_later, monotonic = loop.call_soon, loop.call_later, time.monotonic
-        flush = room.flush
+        room_flush = room.flush
         self._rides = riding = rides.for_loop(loop)  # periodic work due rides on the pass
+        try:
+            tcp, udp = bind_pair(self.config.host, self.config.port)
+        except OSError as exc:
+            raise ListenError(exc, f"{self.config.host}:{self.config.port} (udp and tcp)") from exc
+        # the pass's datagrams leave together, in one sendmmsg where relay/server/_datagrams.c is built
+        writer = UdpWriter(udp, self.counters)
+        hold, release = writer.hold, writer.release
+
+        def flush(now: float) -> None:
+            hold()
+            try:
+                room_flush(now)
+            finally:
+                release()
 
         def flush_now() -> None:
             now = monotonic()
@@ -192,12 +206,10 @@ class Relay:
             room.on_flush = on_flush_paced
         else:
             room.on_flush = on_flush
-        try:
-            tcp, udp = bind_pair(self.config.host, self.config.port)
-        except OSError as exc:
-            raise ListenError(exc, f"{self.config.host}:{self.config.port} (udp and tcp)") from exc
         self.port = tcp.getsockname()[1]
-        self._udp_transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(room), sock=udp)
+        self._udp_transport, _ = await loop.create_datagram_endpoint(
+            lambda: UdpProtocol(room, writer), sock=udp
+        )
         self._doorway = doorway = Doorway(
             self.config.max_pending_connections, self.config.connect_timeout, self.counters
         )

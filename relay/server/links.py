@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
+import socket
+import struct
+from collections.abc import Callable
 from time import monotonic
 from typing import Any, cast
 
@@ -45,16 +49,131 @@ log = logging.getLogger("relay.server")
 MAX_REQUEST = 65536  # bytes of an opening handshake without its end: websockets gets to refuse it
 
 
+SendBatch = Callable[[int, list[bytes], list[bytes], int], tuple[int, int]]
+"""relay/server/_datagrams.c's send_batch(fd, packets, names, start) -> (sent, errno)."""
+
+
+def _built_send_batch() -> SendBatch | None:
+    try:
+        from relay.server._datagrams import send_batch
+    except ImportError:  # not built here (no C compiler): every datagram through the transport
+        return None
+    return send_batch
+
+
+SEND_BATCH = _built_send_batch()
+"""relay/server/_datagrams.c's send_batch where that extension is built, else None."""
+
+
+def sockaddr(family: int, addr: tuple[Any, ...]) -> bytes:
+    """The packed `struct sockaddr_in` or `sockaddr_in6` (Linux) of an address as asyncio gives
+    it: the family in the host's order, the port and flow label in the network's."""
+    port = addr[1].to_bytes(2, "big")
+    if family == socket.AF_INET:
+        return _FAMILY.pack(socket.AF_INET) + port + socket.inet_pton(socket.AF_INET, addr[0]) + bytes(8)
+    flow, scope = (addr[2], addr[3]) if len(addr) >= 4 else (0, 0)
+    host = socket.inet_pton(socket.AF_INET6, addr[0].partition("%")[0])
+    return _FAMILY.pack(socket.AF_INET6) + port + flow.to_bytes(4, "big") + host + _SCOPE.pack(scope)
+
+
+_FAMILY = struct.Struct("=H")
+_SCOPE = struct.Struct("=I")
+
+
+class UdpWriter:
+    """The room's datagram writer (`room.udp_writer`). While `held` (the room's flush: the relay
+    holds it around the call) it gathers the pass's datagrams, and `release` sends them with one
+    sendmmsg (relay/server/_datagrams.c); otherwise, or without that extension, each goes through
+    the transport's `sendto` as it comes. A full socket buffer hands the rest to the transport,
+    which queues them and pauses the room's UDP output past its high-water mark, as for any
+    datagram; a datagram the kernel refuses is counted (drops "socket_error") and skipped."""
+
+    NAMES_KEPT = 4096
+    """Packed addresses remembered (one per peer address; forgotten all at once past this)."""
+
+    def __init__(
+        self, sock: socket.socket, counters: Counters, send_batch: SendBatch | None = SEND_BATCH
+    ) -> None:
+        """`send_batch`: None sends each datagram through the transport."""
+        self._fd = sock.fileno()
+        self._family = sock.family
+        self._counters = counters
+        self._send_batch = send_batch
+        self._sendto: Callable[[bytes, Any], None] = _not_connected
+        self._packets: list[bytes] = []
+        self._addrs: list[Any] = []
+        self._names: dict[Any, bytes] = {}
+        self.held = False
+
+    def attach(self, sendto: Callable[[bytes, Any], None]) -> None:
+        """The transport's sendto, once the endpoint exists."""
+        self._sendto = sendto
+
+    def sendto(self, packet: bytes, addr: Any) -> None:
+        if self.held:
+            self._packets.append(packet)
+            self._addrs.append(addr)
+        else:
+            self._sendto(packet, addr)
+
+    def hold(self) -> None:
+        self.held = self._send_batch is not None
+
+    def release(self) -> None:
+        self.held = False
+        packets, addrs = self._packets, self._addrs
+        if not packets:
+            return
+        self._packets, self._addrs = [], []
+        sendto = self._sendto
+        if len(packets) == 1:
+            sendto(packets[0], addrs[0])
+            return
+        names = self._names
+        if len(names) > self.NAMES_KEPT:
+            names.clear()
+        family = self._family
+        packed = []
+        for addr in addrs:
+            name = names.get(addr)
+            if name is None:
+                name = names[addr] = sockaddr(family, addr)
+            packed.append(name)
+        count, done = len(packets), 0
+        send_batch = cast(SendBatch, self._send_batch)
+        while done < count:
+            sent, error = send_batch(self._fd, packets, packed, done)
+            done += sent
+            if done >= count:
+                break
+            if error in (errno.EAGAIN, errno.EWOULDBLOCK):  # the transport queues the rest
+                for i in range(done, count):
+                    sendto(packets[i], addrs[i])
+                break
+            self._counters.drops["socket_error"] += 1  # as the transport's error_received counts
+            done += 1
+
+
+def _not_connected(packet: bytes, addr: Any) -> None:
+    raise RuntimeError("the UDP writer has no transport yet")
+
+
 class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, room: Room) -> None:
+    def __init__(self, room: Room, writer: UdpWriter | None = None) -> None:
+        """`writer`: the room's datagram writer (None: the transport's sendto itself)."""
         self.room = room
+        self.writer = writer
         self.transport: asyncio.DatagramTransport | None = None
         self._handle = room.udp_datagram
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         udp = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
         self.transport = udp
-        self.room.udp_writer = udp.sendto
+        if self.writer is not None:
+            self.writer.attach(udp.sendto)
+            self.room.udp_writer = self.writer.sendto
+        else:
+            self.room.udp_writer = udp.sendto
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
