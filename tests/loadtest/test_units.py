@@ -267,3 +267,12 @@ def test_a_control_plane_the_harness_started_leaves_no_folder_behind() -> None:
     with pytest.raises(RuntimeError, match=r"control plane exited .*no-such-flag"):
         ControlPlane.start(extra_args=["--no-such-flag"])  # refused by its argument parser
     assert set(Path(tempfile.gettempdir()).glob("loadtest-control-*")) <= before
+
+
+def test_sendbench_times_both_ways_of_sending_a_pass() -> None:
+    from loadtest.sendbench import SendBench, run
+
+    result = run(SendBench(members=4, passes=20, rounds=2))
+    assert result["received"] == 2 * 2 * 20 * 4  # every datagram of both ways arrived
+    assert [len(v) for v in result["us_per_datagram"].values()] == [2, 2]
+    assert all(v > 0 for values in result["us_per_datagram"].values() for v in values)
