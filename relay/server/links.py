@@ -95,7 +95,7 @@ class UdpWriter:
         self, sock: socket.socket, counters: Counters, send_batch: SendBatch | None = SEND_BATCH
     ) -> None:
         """`send_batch`: None sends each datagram through the transport."""
-        self._fd = sock.fileno()
+        self._sock = sock  # its descriptor is read at each batch: -1 once the transport closed it
         self._family = sock.family
         self._counters = counters
         self._send_batch = send_batch
@@ -117,7 +117,7 @@ class UdpWriter:
             self._sendto(packet, addr)
 
     def hold(self) -> None:
-        self.held = self._send_batch is not None
+        self.held = self._send_batch is not None and self._sock.fileno() >= 0
 
     def release(self) -> None:
         self.held = False
@@ -126,8 +126,11 @@ class UdpWriter:
             return
         self._packets, self._addrs = [], []
         sendto = self._sendto
-        if len(packets) == 1:
-            sendto(packets[0], addrs[0])
+        # closed meanwhile: its number may already be another socket's, which must get nothing
+        fd = self._sock.fileno()
+        if len(packets) == 1 or fd < 0:
+            for packet, addr in zip(packets, addrs, strict=True):
+                sendto(packet, addr)
             return
         names = self._names
         if len(names) > self.NAMES_KEPT:
@@ -142,7 +145,7 @@ class UdpWriter:
         count, done = len(packets), 0
         send_batch = cast(SendBatch, self._send_batch)
         while done < count:
-            sent, error = send_batch(self._fd, packets, packed, done)
+            sent, error = send_batch(fd, packets, packed, done)
             done += sent
             if done >= count:
                 break

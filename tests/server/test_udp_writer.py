@@ -6,6 +6,7 @@ sockets on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from relay.server import links
 from relay.server.links import UdpWriter, sockaddr
@@ -211,3 +213,42 @@ def test_send_batch_refuses_what_it_cannot_send(sockets: tuple[socket.socket, li
     with pytest.raises(ValueError, match="longer than any socket address"):
         send_batch(own.fileno(), [b"a"], [bytes(200)], 0)
     assert send_batch(own.fileno(), [b"a"], [b"\x02\x00"], 0)[1] == errno.EINVAL  # a name too short
+
+
+@needs_c
+def test_once_the_transport_closed_its_socket_a_new_one_with_its_number_gets_nothing() -> None:
+    """uvloop (the relay's loop) closes the socket it was given when its transport closes, and
+    the next socket may get the same descriptor number: the writer never sends a held pass to
+    that number."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        own, peer = udp(), udp()
+        counters = Counters()
+        writer = UdpWriter(own, counters)
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=own)
+        writer.attach(transport.sendto)
+        writer.hold()
+        writer.sendto(b"before", peer.getsockname())
+        writer.sendto(b"before too", peer.getsockname())
+        writer.release()
+        assert received(peer) == [b"before", b"before too"]
+        number = own.fileno()
+        writer.hold()  # a flush begins, and the transport closes under it
+        transport.close()
+        await asyncio.sleep(0.01)
+        reused = udp()  # given the closed socket's number, most likely
+        try:
+            assert own.fileno() == -1
+            writer.sendto(b"after", reused.getsockname())
+            writer.sendto(b"after too", reused.getsockname())
+            writer.release()  # through the closed transport's sendto, which drops them
+            assert received(reused) == [] and received(peer) == []
+            writer.hold()
+            assert not writer.held  # no batch on a closed socket
+            print(f"closed descriptor {number}, the next socket's {reused.fileno()}")
+        finally:
+            reused.close()
+            peer.close()
+
+    uvloop.run(scenario())
