@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     if not result["send_batch_built"]:
-        print("relay/server/_datagrams.c is not built here: both ways are the transport's sendto")
+        print("relay/server/_datagrams.c not in use (not built, or RELAY_PURE_PYTHON): both ways are sendto")
     for way, values in result["us_per_datagram"].items():
         print(
             f"{way:>6}: " + " ".join(f"{v:.2f}" for v in values) + f" us a datagram ({args.members} a pass)"

@@ -44,6 +44,18 @@ EXIT_FAILURE = 1
 """Exit status of a command that could not do what its settings asked (a port in use, ...)."""
 
 
+PURE_PYTHON_ENV = "RELAY_PURE_PYTHON"
+"""Set to 1 (or true, yes): the relay runs its Python code even where its C part is built
+(relay/protocol/_aead.c, relay/server/_datagrams.c), to rule the C part out when looking into a
+problem. Read once, when those modules are imported (with the zygote spawner, in the control
+plane's environment)."""
+
+
+def pure_python(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether RELAY_PURE_PYTHON asks for the Python code."""
+    return environ.get(PURE_PYTHON_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 class SettingsError(ValueError):
     """A setting or command line that cannot be used. Its message is one line for the user: the
     setting, where its value came from and what it must be."""

@@ -2,15 +2,14 @@
 
 The sealers and openers are the hot path of the relay. `Sealer` and `Opener` are the C ones of
 relay/protocol/_aead.c where that extension was built (one OpenSSL context per direction, the
-key scheduled once, a packet in one call and one object); elsewhere, or with RELAY_AEAD=python
-in the environment, the Python ones here (`PySealer`, `PyOpener`: one AESGCM object per
+key scheduled once, a packet in one call and one object); elsewhere, or with RELAY_PURE_PYTHON=1
+in the environment (relay/settings.py), the Python ones here (`PySealer`, `PyOpener`: one AESGCM object per
 direction, the nonce taken straight from the header bytes). Both make the same packets
 (tests/vectors) and keep the same replay window; `NATIVE` says which is in use.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -32,6 +31,7 @@ from relay.protocol.constants import (
 )
 from relay.protocol.keys import derive_hello_key, derive_session_keys, public_bytes, x25519
 from relay.protocol.replay import ReplayWindow
+from relay.settings import pure_python
 
 _NONCE_PAD = b"\x00\x00\x00\x00"
 _ZERO_NONCE = bytes(12)
@@ -120,8 +120,8 @@ class PyOpener:
 
 
 def _native() -> tuple[type, type] | None:
-    """The C Sealer and Opener, if built, not refused by RELAY_AEAD=python, and of this protocol."""
-    if os.environ.get("RELAY_AEAD", "").strip().lower() == "python":
+    """The C Sealer and Opener, if built, not refused by RELAY_PURE_PYTHON, and of this protocol."""
+    if pure_python():
         return None
     try:
         from relay.protocol import _aead

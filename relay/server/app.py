@@ -25,12 +25,15 @@ from relay.protocol.gs2.wire import Encoder
 from relay.protocol.packets import NATIVE
 from relay.server import pacing, rides
 from relay.server.config import RelayConfig
-from relay.server.links import Doorway, UdpProtocol, UdpWriter, WsConnection
+from relay.server.links import SEND_BATCH, Doorway, UdpProtocol, UdpWriter, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
 from relay.server.room import Room
 from relay.server.tls import Certificate, TlsTerminator
 from relay.server.transport import UDP
 from relay.settings import ListenError
+
+NATIVE_PARTS = [name for name, built in (("aead", NATIVE), ("sendmmsg", SEND_BATCH is not None)) if built]
+"""The pieces of the C part in use: DATA sealing and opening, a pass's datagrams in one call."""
 
 log = logging.getLogger("relay.server")
 
@@ -236,13 +239,13 @@ class Relay:
             self.host,
             self.port,
             admin,
-            # "aead": which DATA sealing this relay runs, relay/protocol/_aead.c's ("c") or the
-            # Python fallback's (an install without a compiler, or RELAY_AEAD=python)
+            # "native": the pieces of the C part this relay runs (docs/architecture.md); none on an
+            # install without a compiler, or with RELAY_PURE_PYTHON=1
             extra={
                 "host": self.host,
                 "port": self.port,
                 "admin_port": self.admin_port,
-                "aead": "c" if NATIVE else "python",
+                "native": NATIVE_PARTS,
             },
         )
 

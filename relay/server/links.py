@@ -43,6 +43,7 @@ from relay.server.room import Room
 from relay.server.sessions import Session
 from relay.server.tls import HANDSHAKE_RECORD, TlsLayer, TlsTerminator
 from relay.server.transport import WS, Disconnect
+from relay.settings import pure_python
 
 log = logging.getLogger("relay.server")
 
@@ -54,6 +55,8 @@ SendBatch = Callable[[int, list[bytes], list[bytes], int], tuple[int, int]]
 
 
 def _built_send_batch() -> SendBatch | None:
+    if pure_python():  # RELAY_PURE_PYTHON: every datagram through the transport
+        return None
     try:
         from relay.server._datagrams import send_batch
     except ImportError:  # not built here (no C compiler): every datagram through the transport
@@ -62,7 +65,8 @@ def _built_send_batch() -> SendBatch | None:
 
 
 SEND_BATCH = _built_send_batch()
-"""relay/server/_datagrams.c's send_batch where that extension is built, else None."""
+"""relay/server/_datagrams.c's send_batch where that extension is built (and not refused by
+RELAY_PURE_PYTHON), else None."""
 
 
 def sockaddr(family: int, addr: tuple[Any, ...]) -> bytes:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from relay.protocol import packets
 from relay.protocol.constants import HEADER_SIZE, REPLAY_WINDOW, ProtocolError
 from relay.protocol.packets import PyOpener, PySealer, parse_header
+from relay.settings import pure_python
 
 try:
     from relay.protocol import _aead
@@ -40,17 +41,17 @@ def test_the_c_part_is_in_use_where_it_is_required() -> None:
         assert _aead is not None, NOT_BUILT
     if _aead is None:
         pytest.skip(NOT_BUILT)
-    if os.environ.get("RELAY_AEAD", "").strip().lower() == "python":  # asked for the Python code
+    if pure_python():  # asked for the Python code
         assert not packets.NATIVE and packets.Sealer is PySealer and packets.Opener is PyOpener
     else:
         assert packets.NATIVE and packets.Sealer is _aead.Sealer and packets.Opener is _aead.Opener
 
 
 @needs_c
-def test_relay_aead_python_selects_the_python_implementation() -> None:
+def test_relay_pure_python_selects_the_python_implementation() -> None:
     code = "from relay.protocol import packets; print(packets.NATIVE, packets.Sealer.__name__)"
-    for value, expected in (("python", "False PySealer"), ("", "True Sealer")):
-        env = {**os.environ, "RELAY_AEAD": value}
+    for value, expected in (("1", "False PySealer"), ("0", "True Sealer"), ("", "True Sealer")):
+        env = {**os.environ, "RELAY_PURE_PYTHON": value}
         out = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )

@@ -19,14 +19,21 @@ import uvloop
 from relay.server import links
 from relay.server.links import UdpWriter, sockaddr
 from relay.server.metrics import Counters
+from relay.settings import pure_python
+
+try:
+    from relay.server._datagrams import send_batch as c_send_batch
+except ImportError:  # not built here: no C compiler
+    c_send_batch = None  # type: ignore[assignment]
 
 NOT_BUILT = "relay/server/_datagrams.c is not built here (it needs a C compiler)"
-needs_c = pytest.mark.skipif(links.SEND_BATCH is None, reason=NOT_BUILT)
+needs_c = pytest.mark.skipif(c_send_batch is None, reason=NOT_BUILT)
 
 
-def test_the_c_part_is_built_where_it_is_required() -> None:
+def test_the_c_part_is_built_where_it_is_required_and_in_use_unless_refused() -> None:
     if os.environ.get("RELAY_REQUIRE_NATIVE"):
-        assert links.SEND_BATCH is not None, NOT_BUILT
+        assert c_send_batch is not None, NOT_BUILT
+    assert links.SEND_BATCH is (None if pure_python() else c_send_batch)
 
 
 def udp(host: str = "127.0.0.1") -> socket.socket:
@@ -70,7 +77,7 @@ def sockets() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
 
 def writer_for(own: socket.socket, **kw: Any) -> tuple[UdpWriter, Transport, Counters]:
     counters = Counters()
-    writer = UdpWriter(own, counters, **kw)
+    writer = UdpWriter(own, counters, **{"send_batch": c_send_batch, **kw})
     transport = Transport(own)
     writer.attach(transport.sendto)
     return writer, transport, counters
@@ -198,8 +205,7 @@ def test_ipv6_addresses() -> None:
 @needs_c
 def test_send_batch_refuses_what_it_cannot_send(sockets: tuple[socket.socket, list[socket.socket]]) -> None:
     own, peers = sockets
-    send_batch = links.SEND_BATCH
-    assert send_batch is not None
+    send_batch = c_send_batch
     name = sockaddr(socket.AF_INET, peers[0].getsockname())
     assert send_batch(own.fileno(), [], [], 0) == (0, 0)
     assert send_batch(own.fileno(), [b"a", b"b"], [name, name], 1) == (1, 0)
@@ -225,7 +231,7 @@ def test_once_the_transport_closed_its_socket_a_new_one_with_its_number_gets_not
         loop = asyncio.get_running_loop()
         own, peer = udp(), udp()
         counters = Counters()
-        writer = UdpWriter(own, counters)
+        writer = UdpWriter(own, counters, c_send_batch)
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=own)
         writer.attach(transport.sendto)
         writer.hold()
