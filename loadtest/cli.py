@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +47,25 @@ def _scenarios() -> dict[str, Callable[[Any, Report], Any]]:
     return runners.RUNNERS
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a `timeout`, a cancelled CI job, a kill) ends a run as Ctrl-C does: SystemExit
+    unwinds it, so every scenario's cleanup runs (its finally blocks stop the relays, control
+    planes and bots it started). Python's default for SIGTERM ends the process at once, and
+    those went on running until their idle timeout."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs one scenario (or `benchmarks`); 2 without the extra, 1 when the scenario could not
     run here (its report says why), else 0."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        exit_on_sigterm()
     missing = missing_extra()
     if missing:
         print(missing, file=sys.stderr)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -276,3 +280,60 @@ def test_sendbench_times_both_ways_of_sending_a_pass() -> None:
     assert result["received"] == 2 * 2 * 20 * 4  # every datagram of both ways arrived
     assert [len(v) for v in result["us_per_datagram"].values()] == [2, 2]
     assert all(v > 0 for values in result["us_per_datagram"].values() for v in values)
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_a_run_ended_with_sigterm_stops_what_it_started(tmp_path: Path) -> None:
+    """Found on the development machine: a fleet-shape run killed with SIGTERM left its relays
+    (forked from the zygote template) running until their idle timeout. SIGTERM now unwinds the
+    run as Ctrl-C does, and its cleanup stops them."""
+    command = [
+        sys.executable,
+        "-m",
+        "loadtest",
+        "fleet-shape",
+        "--quick",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    relays: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(relays) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            relays = {pid for pid in _descendants(proc.pid) if b"relay.cli\x00serve" in _cmdline(pid)}
+        assert len(relays) >= 3, "the run's three relays did not start"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 15
+        while any(_cmdline(pid) for pid in relays) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in relays if _cmdline(pid)], "relays left running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in relays:  # a failure above: none left behind by the test itself
+            if _cmdline(pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
