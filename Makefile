@@ -46,4 +46,4 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format relay loadtest tests
 
 clean:
-	rm -rf $(VENV) .relay .pytest_cache $(JS)/node_modules $(JS)/dist $(JS)/build
+	rm -rf $(VENV) .relay .pytest_cache $(JS)/node_modules $(JS)/dist $(JS)/build build relay/*/_*.so
