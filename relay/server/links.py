@@ -141,11 +141,16 @@ class UdpWriter:
             names.clear()
         family = self._family
         packed = []
-        for addr in addrs:
-            name = names.get(addr)
-            if name is None:
-                name = names[addr] = sockaddr(family, addr)
-            packed.append(name)
+        try:
+            for addr in addrs:
+                name = names.get(addr)
+                if name is None:
+                    name = names[addr] = sockaddr(family, addr)
+                packed.append(name)
+        except (ValueError, OSError, IndexError, AttributeError):  # an address of another form
+            for packet, addr in zip(packets, addrs, strict=True):
+                sendto(packet, addr)
+            return
         count, done = len(packets), 0
         send_batch = cast(SendBatch, self._send_batch)
         while done < count:

@@ -258,3 +258,18 @@ def test_once_the_transport_closed_its_socket_a_new_one_with_its_number_gets_not
             peer.close()
 
     uvloop.run(scenario())
+
+
+@needs_c
+def test_an_address_it_cannot_pack_sends_the_pass_through_the_transport(
+    sockets: tuple[socket.socket, list[socket.socket]],
+) -> None:
+    own, peers = sockets
+    writer, transport, counters = writer_for(own)
+    odd = ("localhost", peers[1].getsockname()[1])  # a name, not an address: the transport's to judge
+    writer.hold()
+    writer.sendto(b"a", peers[0].getsockname())
+    writer.sendto(b"b", odd)
+    writer.release()
+    assert [p for p, _ in transport.sent] == [b"a", b"b"]
+    assert received(peers[0]) == [b"a"] and not counters.drops
