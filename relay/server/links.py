@@ -129,13 +129,28 @@ class UdpWriter:
         if not packets:
             return
         self._packets, self._addrs = [], []
-        sendto = self._sendto
         # closed meanwhile: its number may already be another socket's, which must get nothing
         fd = self._sock.fileno()
-        if len(packets) == 1 or fd < 0:
-            for packet, addr in zip(packets, addrs, strict=True):
-                sendto(packet, addr)
+        names = self._names_of(addrs) if len(packets) > 1 and fd >= 0 else None
+        if names is None:
+            self._through_transport(packets, addrs, 0)
             return
+        count, done = len(packets), 0
+        send_batch = cast(SendBatch, self._send_batch)
+        while done < count:
+            sent, error = send_batch(fd, packets, names, done)
+            done += sent
+            if done >= count:
+                break
+            if error in (errno.EAGAIN, errno.EWOULDBLOCK):  # the transport queues the rest
+                self._through_transport(packets, addrs, done)
+                break
+            self._counters.drops["socket_error"] += 1  # as the transport's error_received counts
+            done += 1
+
+    def _names_of(self, addrs: list[Any]) -> list[bytes] | None:
+        """The packed address of each; None if one is of a form it cannot pack (the transport's
+        to judge then)."""
         names = self._names
         if len(names) > self.NAMES_KEPT:
             names.clear()
@@ -147,23 +162,14 @@ class UdpWriter:
                 if name is None:
                     name = names[addr] = sockaddr(family, addr)
                 packed.append(name)
-        except (ValueError, OSError, IndexError, AttributeError):  # an address of another form
-            for packet, addr in zip(packets, addrs, strict=True):
-                sendto(packet, addr)
-            return
-        count, done = len(packets), 0
-        send_batch = cast(SendBatch, self._send_batch)
-        while done < count:
-            sent, error = send_batch(fd, packets, packed, done)
-            done += sent
-            if done >= count:
-                break
-            if error in (errno.EAGAIN, errno.EWOULDBLOCK):  # the transport queues the rest
-                for i in range(done, count):
-                    sendto(packets[i], addrs[i])
-                break
-            self._counters.drops["socket_error"] += 1  # as the transport's error_received counts
-            done += 1
+        except (ValueError, OSError, IndexError, AttributeError):
+            return None
+        return packed
+
+    def _through_transport(self, packets: list[bytes], addrs: list[Any], start: int) -> None:
+        sendto = self._sendto
+        for i in range(start, len(packets)):
+            sendto(packets[i], addrs[i])
 
 
 def _not_connected(packet: bytes, addr: Any) -> None:
