@@ -75,6 +75,14 @@ def sockets() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
         s.close()
 
 
+def a_pass(writer: UdpWriter, datagrams: list[tuple[bytes, Any]]) -> None:
+    """A room's flush, as the relay brackets it: held, the datagrams written, released."""
+    writer.hold()
+    for packet, addr in datagrams:
+        writer.sendto(packet, addr)
+    writer.release()
+
+
 def writer_for(own: socket.socket, **kw: Any) -> tuple[UdpWriter, Transport, Counters]:
     counters = Counters()
     writer = UdpWriter(own, counters, **{"send_batch": c_send_batch, **kw})
@@ -117,9 +125,7 @@ def test_one_datagram_in_a_flush_goes_through_the_transport(
 ) -> None:
     own, peers = sockets
     writer, transport, _ = writer_for(own)
-    writer.hold()
-    writer.sendto(b"alone", peers[1].getsockname())
-    writer.release()
+    a_pass(writer, [(b"alone", peers[1].getsockname())])
     assert transport.sent == [(b"alone", peers[1].getsockname())]
     assert received(peers[1]) == [b"alone"]
 
@@ -130,12 +136,9 @@ def test_a_refused_datagram_is_counted_and_the_rest_still_go(
 ) -> None:
     own, peers = sockets
     writer, transport, counters = writer_for(own)
-    writer.hold()
-    writer.sendto(b"one", peers[0].getsockname())
-    writer.sendto(b"broadcast", ("255.255.255.255", 9))  # EACCES: no SO_BROADCAST on the socket
-    writer.sendto(b"two", peers[0].getsockname())
-    writer.sendto(b"three", peers[2].getsockname())
-    writer.release()
+    to0, to2 = peers[0].getsockname(), peers[2].getsockname()
+    broadcast = ("255.255.255.255", 9)  # EACCES: no SO_BROADCAST on the socket
+    a_pass(writer, [(b"one", to0), (b"broadcast", broadcast), (b"two", to0), (b"three", to2)])
     assert received(peers[0]) == [b"one", b"two"] and received(peers[2]) == [b"three"]
     assert counters.drops["socket_error"] == 1 and transport.sent == []
 
@@ -155,10 +158,7 @@ def test_a_full_socket_buffer_hands_the_rest_to_the_transport(
         return 2, errno.EAGAIN
 
     writer, transport, counters = writer_for(own, send_batch=full_after_two)
-    writer.hold()
-    for i in range(5):
-        writer.sendto(b"%d" % i, peers[0].getsockname())
-    writer.release()
+    a_pass(writer, [(b"%d" % i, peers[0].getsockname()) for i in range(5)])
     assert calls == [0]
     assert [p for p, _ in transport.sent] == [b"2", b"3", b"4"]
     assert received(peers[0]) == [b"0", b"1", b"2", b"3", b"4"] and not counters.drops
@@ -191,10 +191,7 @@ def test_ipv6_addresses() -> None:
         pytest.skip(f"no ::1 here: {exc}")
     try:
         writer, transport, counters = writer_for(own)
-        writer.hold()
-        for i in range(4):
-            writer.sendto(b"v6 %d" % i, peers[i % 2].getsockname())
-        writer.release()
+        a_pass(writer, [(b"v6 %d" % i, peers[i % 2].getsockname()) for i in range(4)])
         assert received(peers[0]) == [b"v6 0", b"v6 2"] and received(peers[1]) == [b"v6 1", b"v6 3"]
         assert transport.sent == [] and not counters.drops
     finally:
@@ -234,10 +231,7 @@ def test_once_the_transport_closed_its_socket_a_new_one_with_its_number_gets_not
         writer = UdpWriter(own, counters, c_send_batch)
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=own)
         writer.attach(transport.sendto)
-        writer.hold()
-        writer.sendto(b"before", peer.getsockname())
-        writer.sendto(b"before too", peer.getsockname())
-        writer.release()
+        a_pass(writer, [(b"before", peer.getsockname()), (b"before too", peer.getsockname())])
         assert received(peer) == [b"before", b"before too"]
         number = own.fileno()
         writer.hold()  # a flush begins, and the transport closes under it
@@ -267,9 +261,6 @@ def test_an_address_it_cannot_pack_sends_the_pass_through_the_transport(
     own, peers = sockets
     writer, transport, counters = writer_for(own)
     odd = ("localhost", peers[1].getsockname()[1])  # a name, not an address: the transport's to judge
-    writer.hold()
-    writer.sendto(b"a", peers[0].getsockname())
-    writer.sendto(b"b", odd)
-    writer.release()
+    a_pass(writer, [(b"a", peers[0].getsockname()), (b"b", odd)])
     assert [p for p, _ in transport.sent] == [b"a", b"b"]
     assert received(peers[0]) == [b"a"] and not counters.drops
