@@ -10,9 +10,10 @@ JS_STAMP := $(JS)/node_modules/.package-lock.json
 
 .PHONY: run test lint fmt bench clean js
 
-# setup.py and relay/protocol/_aead.c: the C part, built by the install (optional: skipped, with
+# setup.py and the .c and .h files: the C part, built by the install (optional: skipped, with
 # the Python implementation in use, where there is no C compiler or no OpenSSL headers)
-$(STAMP): pyproject.toml setup.py relay/protocol/_aead.c
+$(STAMP): pyproject.toml setup.py relay/protocol/_aead.c relay/protocol/_aead.h relay/server/_datagrams.c \
+		relay/server/_ratelimit.c relay/server/_ratelimit.h relay/server/_lane.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'

@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_aead.h"
+
 #define VERSION 1      /* PROTOCOL_VERSION */
 #define TYPE_DATA 3    /* PacketType.DATA */
 #define HEADER_SIZE 16 /* version, type, flags (2), session id (4), counter (8); big-endian */
@@ -115,22 +117,21 @@ static void Sealer_dealloc(Sealer *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *seal_into(Sealer *self, const unsigned char *plain, Py_ssize_t size) {
+/* The packet with the next counter into `out` (HEADER_SIZE + size + TAG_SIZE bytes); 0, or -1
+ * with an exception set and the counter not spent. */
+static int seal_raw(Sealer *self, const unsigned char *plain, Py_ssize_t size, unsigned char *out) {
     if (self->ctx == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Sealer not initialised");
-        return NULL;
+        return -1;
     }
     if (size > INT_MAX - HEADER_SIZE - TAG_SIZE) {
         PyErr_SetString(PyExc_OverflowError, "plaintext too long");
-        return NULL;
+        return -1;
     }
     if (self->counter == UINT64_MAX) { /* the next nonce would repeat one: never */
         PyErr_SetString(PyExc_OverflowError, "DATA counter exhausted");
-        return NULL;
+        return -1;
     }
-    PyObject *packet = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + size + TAG_SIZE);
-    if (packet == NULL) return NULL;
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(packet);
     uint64_t counter = self->counter + 1;
     out[0] = VERSION;
     out[1] = TYPE_DATA;
@@ -144,12 +145,23 @@ static PyObject *seal_into(Sealer *self, const unsigned char *plain, Py_ssize_t 
         EVP_EncryptUpdate(self->ctx, NULL, &n, out, HEADER_SIZE) != 1 ||
         (size && EVP_EncryptUpdate(self->ctx, out + HEADER_SIZE, &n, plain, (int)size) != 1) ||
         EVP_EncryptFinal_ex(self->ctx, out + HEADER_SIZE + size, &n) != 1 ||
-        EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, out + HEADER_SIZE + size) != 1) {
-        Py_DECREF(packet);
-        openssl_failed();
+        EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, out + HEADER_SIZE + size) != 1)
+        return openssl_failed();
+    self->counter = counter; /* spent only once the packet exists */
+    return 0;
+}
+
+static PyObject *seal_into(Sealer *self, const unsigned char *plain, Py_ssize_t size) {
+    if (size > INT_MAX - HEADER_SIZE - TAG_SIZE) {
+        PyErr_SetString(PyExc_OverflowError, "plaintext too long");
         return NULL;
     }
-    self->counter = counter; /* spent only once the packet exists */
+    PyObject *packet = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + size + TAG_SIZE);
+    if (packet == NULL) return NULL;
+    if (seal_raw(self, plain, size, (unsigned char *)PyBytes_AS_STRING(packet)) < 0) {
+        Py_DECREF(packet);
+        return NULL;
+    }
     return packet;
 }
 
@@ -250,6 +262,29 @@ static inline void window_take(Opener *self, uint64_t counter) {
     self->map[(counter >> 6) % MAP_WORDS] |= (uint64_t)1 << (counter & 63);
 }
 
+/* Opens a DATA packet of `size` bytes (at least HEADER_SIZE + TAG_SIZE, at most INT_MAX) into
+ * `out` (size - HEADER_SIZE - TAG_SIZE bytes): OPENED, REPLAYED or FORGED (nothing changed), or
+ * -1 with an exception set (OpenSSL failed). */
+static int open_raw(Opener *self, const unsigned char *in, Py_ssize_t size, uint64_t counter, unsigned char *out) {
+    if (self->ctx == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Opener not initialised");
+        return -1;
+    }
+    if (!window_fresh(self, counter)) return REPLAYED;
+    Py_ssize_t plain_size = size - HEADER_SIZE - TAG_SIZE;
+    unsigned char nonce[NONCE_SIZE] = {0};
+    memcpy(nonce + 4, in + 8, 8);
+    int n;
+    if (EVP_DecryptInit_ex(self->ctx, NULL, NULL, NULL, nonce) != 1 ||
+        EVP_DecryptUpdate(self->ctx, NULL, &n, in, HEADER_SIZE) != 1 ||
+        (plain_size && EVP_DecryptUpdate(self->ctx, out, &n, in + HEADER_SIZE, (int)plain_size) != 1) ||
+        EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, (void *)(in + size - TAG_SIZE)) != 1)
+        return openssl_failed();
+    if (EVP_DecryptFinal_ex(self->ctx, out + plain_size, &n) != 1) return FORGED; /* the tag did not verify */
+    window_take(self, counter); /* only authenticated packets move the window */
+    return OPENED;
+}
+
 static PyObject *Opener_open(Opener *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "open(packet, counter)");
@@ -275,36 +310,21 @@ static PyObject *Opener_open(Opener *self, PyObject *const *args, Py_ssize_t nar
         raise_protocol("oversize", NULL);
         return NULL;
     }
-    if (!window_fresh(self, counter)) {
+    PyObject *plain = PyBytes_FromStringAndSize(NULL, size - HEADER_SIZE - TAG_SIZE);
+    if (plain == NULL) return NULL;
+    int result = open_raw(self, (const unsigned char *)PyBytes_AS_STRING(packet), size, counter,
+                          (unsigned char *)PyBytes_AS_STRING(plain));
+    if (result == OPENED) return plain;
+    Py_DECREF(plain);
+    if (result == REPLAYED) {
         PyObject *detail = PyObject_Str(args[1]);
         if (detail == NULL) return NULL;
         raise_protocol("replay", detail);
         Py_DECREF(detail);
-        return NULL;
-    }
-    const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(packet);
-    Py_ssize_t plain_size = size - HEADER_SIZE - TAG_SIZE;
-    PyObject *plain = PyBytes_FromStringAndSize(NULL, plain_size);
-    if (plain == NULL) return NULL;
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(plain);
-    unsigned char nonce[NONCE_SIZE] = {0};
-    memcpy(nonce + 4, in + 8, 8);
-    int n;
-    if (EVP_DecryptInit_ex(self->ctx, NULL, NULL, NULL, nonce) != 1 ||
-        EVP_DecryptUpdate(self->ctx, NULL, &n, in, HEADER_SIZE) != 1 ||
-        (plain_size && EVP_DecryptUpdate(self->ctx, out, &n, in + HEADER_SIZE, (int)plain_size) != 1) ||
-        EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, (void *)(in + size - TAG_SIZE)) != 1) {
-        Py_DECREF(plain);
-        openssl_failed();
-        return NULL;
-    }
-    if (EVP_DecryptFinal_ex(self->ctx, out + plain_size, &n) != 1) { /* the tag did not verify */
-        Py_DECREF(plain);
+    } else if (result == FORGED) {
         raise_protocol("decrypt", NULL);
-        return NULL;
     }
-    window_take(self, counter); /* only authenticated packets move the window */
-    return plain;
+    return NULL;
 }
 
 static PyObject *Opener_get_top(Opener *self, void *closure) { return PyLong_FromUnsignedLongLong(self->top); }
@@ -358,6 +378,13 @@ PyMODINIT_FUNC PyInit__aead(void) {
     if (PyModule_AddIntConstant(m, "VERSION", VERSION) < 0 || PyModule_AddIntConstant(m, "DATA", TYPE_DATA) < 0 ||
         PyModule_AddIntConstant(m, "HEADER_SIZE", HEADER_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "TAG_SIZE", TAG_SIZE) < 0 || PyModule_AddIntConstant(m, "WINDOW", WINDOW) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    static AeadApi api = {&SealerType, &OpenerType, (AeadSeal)seal_raw, (AeadOpen)open_raw};
+    PyObject *capsule = PyCapsule_New(&api, AEAD_CAPSULE, NULL);
+    if (capsule == NULL || PyModule_AddObject(m, "_C_API", capsule) < 0) {
+        Py_XDECREF(capsule);
         Py_DECREF(m);
         return NULL;
     }

@@ -25,15 +25,26 @@ from relay.protocol.gs2.wire import Encoder
 from relay.protocol.packets import NATIVE
 from relay.server import pacing, rides
 from relay.server.config import RelayConfig
-from relay.server.links import SEND_BATCH, Doorway, UdpProtocol, UdpWriter, WsConnection
+from relay.server.links import LANE, SEND_BATCH, Doorway, UdpLane, UdpProtocol, UdpWriter, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
+from relay.server.ratelimit import NATIVE as BUCKETS
 from relay.server.room import Room
 from relay.server.tls import Certificate, TlsTerminator
 from relay.server.transport import UDP
 from relay.settings import ListenError
 
-NATIVE_PARTS = [name for name, built in (("aead", NATIVE), ("sendmmsg", SEND_BATCH is not None)) if built]
-"""The pieces of the C part in use: DATA sealing and opening, a pass's datagrams in one call."""
+NATIVE_PARTS = [
+    name
+    for name, built in (
+        ("aead", NATIVE),
+        ("sendmmsg", SEND_BATCH is not None),
+        ("ratelimit", BUCKETS),
+        ("lane", LANE is not None),
+    )
+    if built
+]
+"""The pieces of the C part in use: DATA sealing and opening, a pass's datagrams in one call,
+token buckets, the UDP port read in C (relay/server/_lane.c; not with a coalescing tick)."""
 
 log = logging.getLogger("relay.server")
 
@@ -97,6 +108,7 @@ class Relay:
         self._ws: set[WsConnection] = set()
         self._tcp_server: asyncio.Server | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
+        self._udp_lane: UdpLane | None = None
         self._admin: AdminServer | None = None
         self._doorway: Doorway | None = None
         self._flush_timer: asyncio.TimerHandle | None = None  # a tick's flush (coalesce_tick > 0)
@@ -179,6 +191,8 @@ class Relay:
                 call_soon(flush_now)
 
         pacer = pacing.for_loop(loop) if self.config.cpu_budget else None
+        # what runs at the end of a pass the port read in C relayed (relay/server/_lane.c)
+        hooks: list[tuple[object, str, Callable[[float], None]]] = [(riding, "due", riding.run)]
         if pacer is not None:  # the pass's flush, then the pacer's rest (relay/server/pacing.py)
             self._pacer = pacer
             pacer.join(self, self.config.cpu_budget, self.config.max_pace)
@@ -207,12 +221,25 @@ class Relay:
                     call_soon(flush_paced)
 
             room.on_flush = on_flush_paced
+
+            def lane_passed(now: float) -> None:  # its CPU window is over: sample, perhaps rest
+                scheduled()
+                passed(now)
+                room.held = pace.pace > 0  # a paced room's passes are the room's own (held)
+
+            hooks.append((pace, "next_sample", lane_passed))
         else:
             room.on_flush = on_flush
         self.port = tcp.getsockname()[1]
-        self._udp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpProtocol(room, writer), sock=udp
-        )
+        if LANE is not None and self.config.coalesce_tick <= 0:
+            # the port read in C: its output leaves at the end of each read, which a relay that
+            # ticks must not do, nor one that paces (`room.held`: the lane hands its passes to
+            # the room then; relay/server/_lane.c)
+            self._udp_lane = UdpLane(udp, room, writer, LANE, tuple(hooks))
+        else:
+            self._udp_transport, _ = await loop.create_datagram_endpoint(
+                lambda: UdpProtocol(room, writer), sock=udp
+            )
         self._doorway = doorway = Doorway(
             self.config.max_pending_connections, self.config.connect_timeout, self.counters
         )
@@ -225,7 +252,7 @@ class Relay:
             try:
                 self.admin_port = await self._admin.start(self.config.admin_host, self.config.admin_port)
             except BaseException as exc:  # taken, or a host no resolver takes: nothing left listening
-                self._udp_transport.close()
+                self._close_udp()
                 self._tcp_server.close()
                 if not isinstance(exc, OSError):
                     raise
@@ -415,8 +442,7 @@ class Relay:
         hold its descriptor past the relay's end)."""
         if self._tcp_server is not None:
             self._tcp_server.close()
-        if self._udp_transport is not None:
-            self._udp_transport.close()
+        self._close_udp()
         for conn in list(self._ws):
             transport = conn.transport
             if transport is not None:
@@ -426,6 +452,13 @@ class Relay:
                     transport.close()
         if self._doorway is not None:
             self._doorway.close()
+
+    def _close_udp(self) -> None:
+        if self._udp_transport is not None:
+            self._udp_transport.close()
+        if self._udp_lane is not None:
+            self._udp_lane.close()
+            self._udp_lane = None
 
     def _stop(self) -> None:
         """Cancels the room's timer and its pending flush: nothing of the relay stays scheduled."""

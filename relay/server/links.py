@@ -34,7 +34,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from relay.protocol.constants import WS_MAX_PACKET, WS_MAX_PLAINTEXT
+from relay.protocol.constants import UDP_MAX_PLAINTEXT, WS_MAX_PACKET, WS_MAX_PLAINTEXT
 from relay.protocol.gs2.wire import CONTAINER_FIRST_BYTES, Encoder
 from relay.protocol.wsframes import BINARY, PING, PONG, server_binary_frames, server_frame, take_frames
 from relay.server.gs2 import Gs2Peer
@@ -211,6 +211,122 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def resume_writing(self) -> None:
         self.room.udp_backlogged = False
+
+
+def _built_lane() -> type | None:
+    """relay/server/_lane.c's Lane where it and the pieces it spends (relay/protocol/_aead.c's
+    Sealer and Opener, relay/server/_ratelimit.c's TokenBucket) are built and in use."""
+    if pure_python():
+        return None
+    try:
+        from relay.server._lane import Lane
+    except ImportError:
+        return None
+    from relay.protocol.packets import NATIVE as aead_built
+    from relay.server.ratelimit import NATIVE as buckets_built
+
+    return Lane if aead_built and buckets_built else None
+
+
+LANE = _built_lane()
+"""relay/server/_lane.c's Lane where it can run (built, and not refused by RELAY_PURE_PYTHON),
+else None."""
+
+
+class UdpLane:
+    """The room's UDP port read in C (relay/server/_lane.c), in place of `UdpProtocol` and its
+    transport: the loop calls the lane when the socket is readable, the lane relays members'
+    plain SENDs itself and hands every other datagram to the room, as the transport did. What
+    the room sends itself goes out through the room's `UdpWriter` (one sendmmsg a flush) or this
+    adapter's `sendto`. Without a transport nothing queues a datagram the socket's buffer has no
+    room for: it is dropped and counted (drops "udp_send_buffer"), and the room drops its UDP
+    output until the socket is writable again, as a transport over its high-water mark made it."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        room: Room,
+        writer: UdpWriter,
+        lane: type,
+        hooks: tuple[tuple[object, str, Callable[[float], None]], ...] = (),
+    ) -> None:
+        """`hooks`: what the relay runs at the end of a pass, each `(obj, attribute, run)`:
+        `run(now)` at the end of a read where `now >= obj.attribute`."""
+        sock.setblocking(False)
+        self.room = room
+        self._sock = sock
+        self._family = sock.family
+        self._loop = asyncio.get_running_loop()
+        self._watching_writable = False
+        self._udp_datagram = room.udp_datagram
+        self._udp_opened = room.udp_opened
+        limits = room.config
+        self.lane = lane(
+            sock.fileno(),
+            room,
+            room.counters,
+            self._punt,
+            self._punt_opened,
+            limits.max_payload_udp,
+            UDP_MAX_PLAINTEXT,
+            hooks,
+        )
+        writer.attach(self.sendto)
+        room.udp_writer = writer.sendto
+        room.offer_udp = self._offer
+        self._loop.add_reader(sock.fileno(), self.lane.read)
+
+    def _punt(self, data: bytes, addr: Any, now: float) -> None:
+        try:
+            self._udp_datagram(data, addr, now)
+        except Exception:  # never let one datagram stop the room
+            self.room.counters.drops["internal_error"] += 1
+            log.exception("datagram handler failed")
+
+    def _punt_opened(
+        self, session: Session, data: bytes, plaintext: bytes, ctr: int, addr: Any, now: float
+    ) -> None:
+        try:
+            self._udp_opened(session, data, plaintext, ctr, addr, now)
+        except Exception:
+            self.room.counters.drops["internal_error"] += 1
+            log.exception("datagram handler failed")
+
+    def _offer(self, session: Session) -> None:
+        path, member = session.path, session.member
+        if path is None or member is None:
+            return
+        try:
+            name = sockaddr(self._family, path.addr)
+        except (ValueError, OSError, IndexError, AttributeError):
+            return  # an address it cannot pack: the room keeps the session's packets
+        self.lane.offer(session, member, path, name)
+
+    def sendto(self, packet: bytes, addr: Any) -> None:
+        try:
+            self._sock.sendto(packet, addr)
+        except BlockingIOError:
+            self.room.counters.drops["udp_send_buffer"] += 1
+            if not self._watching_writable:  # until it drains, the room drops its UDP output
+                self._watching_writable = True
+                self.room.udp_backlogged = True
+                self._loop.add_writer(self._sock.fileno(), self._writable)
+        except OSError:
+            self.room.counters.drops["socket_error"] += 1
+
+    def _writable(self) -> None:
+        self._loop.remove_writer(self._sock.fileno())
+        self._watching_writable = False
+        self.room.udp_backlogged = False
+
+    def close(self) -> None:
+        fd = self._sock.fileno()
+        if fd >= 0:
+            self._loop.remove_reader(fd)
+            if self._watching_writable:
+                self._loop.remove_writer(fd)
+        self.lane.close()
+        self._sock.close()
 
 
 CLOSE_CODES = {

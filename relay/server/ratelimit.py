@@ -1,9 +1,18 @@
-"""Token buckets for per-connection message and byte rates."""
+"""Token buckets for per-connection message and byte rates.
+
+`TokenBucket` is the C one of relay/server/_ratelimit.c where that extension was built (its
+layout is relay/server/_ratelimit.h, so the relay's UDP path in C, relay/server/_lane.c, spends a
+member's tokens without calling Python); elsewhere, or with RELAY_PURE_PYTHON=1 in the
+environment (relay/settings.py), the Python one here (`PyTokenBucket`). Both give the same
+numbers bit for bit; `NATIVE` says which is in use.
+"""
 
 from __future__ import annotations
 
+from relay.settings import pure_python
 
-class TokenBucket:
+
+class PyTokenBucket:
     """`rate` tokens per second up to `burst`; rate 0 means unlimited."""
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
@@ -30,3 +39,20 @@ class TokenBucket:
             return False
         self.tokens = tokens - amount
         return True
+
+
+def _native() -> type | None:
+    """The C TokenBucket, if built and not refused by RELAY_PURE_PYTHON."""
+    if pure_python():
+        return None
+    try:
+        from relay.server import _ratelimit
+    except ImportError:
+        return None
+    return _ratelimit.TokenBucket
+
+
+_built = _native()
+NATIVE = _built is not None
+"""Whether TokenBucket is relay/server/_ratelimit.c's."""
+TokenBucket: type[PyTokenBucket] = _built if _built is not None else PyTokenBucket

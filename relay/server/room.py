@@ -18,6 +18,10 @@ interface, relay/server/transport.py). It asks for what it cannot do itself:
   (docs/architecture.md).
 - `on_session()`: a session began (what sleeps long while the room is quiet wakes up).
 - `on_close(reason, text)`: the room ended.
+- `offer_udp(session)`: a member's UDP session, on a validated path, whose packet the room just
+  handled: the adapter may relay its next packets in C (relay/server/_lane.c), which checks the
+  room's state at each packet and hands back all but the plain SENDs (`udp_opened` takes one
+  it opened).
 
 A pass that reads a burst of datagrams (uvloop reads up to 32 in one go) flushes early once it
 has held output for `max_coalesce_delay_udp`: a 1200-byte datagram holds little more than one
@@ -118,6 +122,9 @@ class Room:
         self.on_session: Callable[[], None] = lambda: None
         self.on_timer: Callable[[], None] = lambda: None
         self.on_close: Callable[[CloseReason, str], None] = lambda reason, text: None
+        # a UDP member's session on a validated path, after each of its packets the room handled:
+        # the adapter may relay its next ones in C (relay/server/_lane.c), under the room's rules
+        self.offer_udp: Callable[[Session], None] = lambda session: None
         self.udp_writer: SendTo = _no_udp
         self.udp_backlogged = False  # the UDP adapter's transport is over its high-water mark
         self.sessions: dict[int, Session] = {}
@@ -314,6 +321,14 @@ class Room:
                 c.decrypt_failures += 1
             c.drops[exc.reason] += 1
             return
+        self.udp_opened(session, data, plaintext, ctr, addr, now)
+
+    def udp_opened(
+        self, session: Session, data: bytes, plaintext: bytes, ctr: int, addr: Any, now: float
+    ) -> None:
+        """A UDP session's DATA packet, counted and opened: by `_data`, or by the adapter's C
+        path (relay/server/_lane.c), which hands on what it does not relay itself."""
+        c = self.counters
         if session.accept is not None:  # first authenticated DATA: the handshake is complete
             self.handshakes.complete(session)
         path = session.path
@@ -339,6 +354,9 @@ class Room:
                 self._refuse(session, ErrorCode.BAD_REQUEST, str(exc.detail), Disconnect.VIOLATION)
             return
         self.handle_messages(session, msgs, now)
+        member = session.member
+        if member is not None and path is not None and path.validated and member.session is session:
+            self.offer_udp(session)
 
     def handle_messages(self, session: Session, msgs: list[m.ClientMessage], now: float) -> None:
         """A session's messages, authenticated and decoded: a DATA packet's, or those another

@@ -21,7 +21,7 @@ from relay.protocol import packets
 from relay.protocol.constants import UDP_HELLO_PAD_TO, CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.protocol.wsframes import PING, client_frame
-from relay.server import links
+from relay.server import links, ratelimit
 from relay.server.app import Relay
 from relay.server.config import RelayConfig
 
@@ -79,7 +79,12 @@ async def test_sigterm_drains_members_and_exits_zero() -> None:
     try:
         assert re.match(r"relay listening udp\+ws [\d.]+:\d+$", listening["message"]), listening
         # the C part it runs (none where not built, or with RELAY_PURE_PYTHON=1)
-        built = (("aead", packets.NATIVE), ("sendmmsg", links.SEND_BATCH is not None))
+        built = (
+            ("aead", packets.NATIVE),
+            ("sendmmsg", links.SEND_BATCH is not None),
+            ("ratelimit", ratelimit.NATIVE),
+            ("lane", links.LANE is not None),
+        )
         assert listening["native"] == [name for name, yes in built if yes]
         host, port = listening["host"], listening["port"]
         members = [

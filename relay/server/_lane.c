@@ -1,0 +1,1011 @@
+/* The room's UDP port read in C: a member's SEND-only DATA packet is opened, checked, fanned
+ * out, sealed and sent here, without a Python call per datagram (docs/architecture.md, "The C
+ * part"). Everything else is handed to the room as it was before.
+ *
+ * Why: in the deployed shape (a relay process per room, a message per client packet) what a
+ * packet costs is mostly the Python interpreter woken for it, whatever it then does; a process
+ * whose event loop calls this for its readable socket and stays in C costs about what a C
+ * relay of its own costs (loadtest/floor_relay.py's measurements, docs/architecture.md).
+ *
+ *     Lane(fd, room, counters, punt, punt_opened, max_payload, max_plaintext, hooks=())
+ *     lane.read()                        the event loop's reader for fd; a pass
+ *     lane.offer(session, member, path, name) -> bool
+ *
+ * The room (relay/server/room.py) stays the one owner of the state: a session's entry here only
+ * keeps what C needs at hand (its keys' Sealer and Opener, its member's token buckets, its
+ * packed address, its MESSAGE prefix), with the room's objects it was made from, and each use
+ * checks against those objects that nothing changed (the session still the room's, still its
+ * member's, on the same validated path and address; its member not over a rate limit nor
+ * muted). A datagram that is not a DATA packet of such a session, a plaintext with anything
+ * but SENDs of the plain shape, a message over a limit, a recipient that is not such a session:
+ * all go to the room, untouched (`punt(data, addr, now)`), or once opened with its plaintext
+ * (`punt_opened(session, data, plaintext, counter, addr, now)`), so the room's rules apply to
+ * them exactly as before and the room's tests keep describing the relay. A packet is taken here
+ * whole or not at all: its buckets are spent, its messages queued, only when every check passed.
+ *
+ * Order: once the room holds output of its own for the pass (it scheduled a flush), the rest of
+ * the pass goes to the room, so no sender's later packet overtakes an earlier one. The pass's
+ * output leaves at the end of the read, packed per recipient as the room packs it (messages in
+ * order, as many to a plaintext as fit), in one sendmmsg. A full socket buffer drops the rest
+ * (UDP: counted as the room counts it, drops "udp_send_buffer").
+ *
+ * `hooks`: (object, attribute, callable) each; at the end of a read, callable(now) where
+ * now >= object.attribute (what the relay runs at the end of a pass: its rides, its pacer).
+ *
+ * The GIL is held throughout: the socket is non-blocking and a read is at most BATCH datagrams.
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "../protocol/_aead.h"
+#include "_ratelimit.h"
+
+#define BATCH 32          /* datagrams a read takes (uvloop's own UDP reads take as many) */
+#define BUFSIZE 2048      /* over every limit: a longer datagram is handed on truncated, to be dropped */
+#define HEADER_SIZE 16
+#define TAG_SIZE 16
+#define VERSION 1         /* PROTOCOL_VERSION */
+#define TYPE_DATA 3       /* PacketType.DATA */
+#define MAX_PACKET 1200   /* UDP_MAX_PACKET */
+#define SEND_CODE 2       /* ClientMsg.SEND */
+#define MAX_MESSAGES 64   /* SENDs in one packet taken here (more: the room's) */
+#define MAX_TARGETS 64    /* targets of one SEND taken here */
+#define MAX_RECIPIENTS 1024 /* deliveries planned for one packet */
+#define SEND_CHUNK 256    /* datagrams per sendmmsg */
+#define PREFIX_MAX 16
+
+static AeadApi *aead;
+static PyTypeObject *bucket_type;
+static PyObject *s_sid, *s_member, *s_session, *s_path, *s_validated, *s_addr, *s_muted_until,
+    *s_over_since, *s_opener, *s_sealer, *s_msg_bucket, *s_byte_bucket, *s_prefix, *s_sessions,
+    *s_members, *s_flush_scheduled, *s_held, *s_shed_optional, *s_udp_backlogged, *s_closed,
+    *s_last_seen, *s_last_activity, *s_packets_in, *s_bytes_in, *s_messages_in, *s_messages_out,
+    *s_packets_out, *s_bytes_out, *s_drops, *s_observe_fanout;
+
+/* ---- an entry: one session's handles ------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD uint32_t sid;
+    PyObject *session, *member, *path, *addr; /* the room's objects it was made from */
+    PyObject *opener, *sealer;                 /* _aead's */
+    TokenBucketObject *msgs, *bytes;           /* the member's */
+    unsigned char prefix[PREFIX_MAX];
+    int prefix_len;
+    struct sockaddr_storage name;
+    socklen_t namelen;
+    /* the pass's output: encoded messages, back to back, and their lengths */
+    unsigned char *out;
+    Py_ssize_t out_len, out_cap;
+    Py_ssize_t *lens;
+    Py_ssize_t nlens, lens_cap;
+    int dirty;
+} Entry;
+
+static void Entry_dealloc(Entry *self) {
+    Py_XDECREF(self->session);
+    Py_XDECREF(self->member);
+    Py_XDECREF(self->path);
+    Py_XDECREF(self->addr);
+    Py_XDECREF(self->opener);
+    Py_XDECREF(self->sealer);
+    Py_XDECREF(self->msgs);
+    Py_XDECREF(self->bytes);
+    PyMem_Free(self->out);
+    PyMem_Free(self->lens);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject EntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.server._lane.Entry",
+    .tp_basicsize = sizeof(Entry),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A session's handles in the lane (internal).",
+    .tp_dealloc = (destructor)Entry_dealloc,
+};
+
+static int entry_append(Entry *e, const unsigned char *prefix, int prefix_len, const unsigned char *data,
+                        Py_ssize_t n) {
+    unsigned char head[5];
+    int hlen;
+    if (n < 256) {
+        head[0] = 0xC4, head[1] = (unsigned char)n, hlen = 2;
+    } else if (n < 65536) {
+        head[0] = 0xC5, head[1] = (unsigned char)(n >> 8), head[2] = (unsigned char)n, hlen = 3;
+    } else {
+        head[0] = 0xC6, hlen = 5;
+        for (int i = 0; i < 4; i++) head[1 + i] = (unsigned char)(n >> (24 - 8 * i));
+    }
+    Py_ssize_t size = prefix_len + hlen + n;
+    if (e->out_len + size > e->out_cap) {
+        Py_ssize_t cap = e->out_cap ? e->out_cap : 2048;
+        while (cap < e->out_len + size) cap *= 2;
+        unsigned char *grown = PyMem_Realloc(e->out, cap);
+        if (grown == NULL) return -1;
+        e->out = grown, e->out_cap = cap;
+    }
+    if (e->nlens == e->lens_cap) {
+        Py_ssize_t cap = e->lens_cap ? 2 * e->lens_cap : 16;
+        Py_ssize_t *grown = PyMem_Realloc(e->lens, cap * sizeof(Py_ssize_t));
+        if (grown == NULL) return -1;
+        e->lens = grown, e->lens_cap = cap;
+    }
+    unsigned char *at = e->out + e->out_len;
+    memcpy(at, prefix, prefix_len);
+    memcpy(at + prefix_len, head, hlen);
+    memcpy(at + prefix_len + hlen, data, n);
+    e->out_len += size;
+    e->lens[e->nlens++] = size;
+    return 0;
+}
+
+/* ---- the lane ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD int fd;
+    PyObject *room, *counters, *punt, *punt_opened, *hooks;
+    PyObject *by_sid;     /* sid -> Entry */
+    PyObject *by_session; /* session -> Entry */
+    Py_ssize_t max_payload, max_plaintext;
+    Entry **dirty;
+    Py_ssize_t ndirty, dirty_cap;
+    unsigned char *bufs;  /* BATCH x BUFSIZE */
+    struct mmsghdr in[BATCH];
+    struct iovec iov[BATCH];
+    struct sockaddr_storage names[BATCH];
+    unsigned char *packets; /* the pass's sealed packets, back to back */
+    Py_ssize_t packets_cap;
+    unsigned long long fast, punted; /* datagrams taken here, and handed to the room */
+    double batch_start;
+} Lane;
+
+static double monotonic_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"fd",          "room", "counters", "punt", "punt_opened", "max_payload",
+                            "max_plaintext", "hooks", NULL};
+    int fd;
+    PyObject *room, *counters, *punt, *punt_opened, *hooks = NULL;
+    Py_ssize_t max_payload, max_plaintext;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOOOnn|O", names, &fd, &room, &counters, &punt, &punt_opened,
+                                     &max_payload, &max_plaintext, &hooks))
+        return -1;
+    hooks = hooks == NULL ? PyTuple_New(0) : PySequence_Tuple(hooks);
+    if (hooks == NULL) return -1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks); i++) {
+        PyObject *hook = PyTuple_GET_ITEM(hooks, i);
+        if (!PyTuple_Check(hook) || PyTuple_GET_SIZE(hook) != 3 || !PyUnicode_Check(PyTuple_GET_ITEM(hook, 1)) ||
+            !PyCallable_Check(PyTuple_GET_ITEM(hook, 2))) {
+            Py_DECREF(hooks);
+            PyErr_SetString(PyExc_TypeError, "hooks: (object, attribute, callable) each");
+            return -1;
+        }
+    }
+    if (fd < 0 || max_payload < 0 || max_plaintext <= 0) {
+        PyErr_SetString(PyExc_ValueError, "a descriptor and positive limits");
+        return -1;
+    }
+    if (self->bufs == NULL) {
+        self->bufs = PyMem_Malloc(BATCH * BUFSIZE);
+        if (self->bufs == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    PyObject *by_sid = PyDict_New(), *by_session = PyDict_New();
+    if (by_sid == NULL || by_session == NULL) {
+        Py_XDECREF(by_sid);
+        Py_XDECREF(by_session);
+        return -1;
+    }
+    Py_INCREF(room), Py_INCREF(counters), Py_INCREF(punt), Py_INCREF(punt_opened);
+    Py_XSETREF(self->hooks, hooks);
+    Py_XSETREF(self->room, room);
+    Py_XSETREF(self->counters, counters);
+    Py_XSETREF(self->punt, punt);
+    Py_XSETREF(self->punt_opened, punt_opened);
+    Py_XSETREF(self->by_sid, by_sid);
+    Py_XSETREF(self->by_session, by_session);
+    self->fd = fd;
+    self->max_payload = max_payload;
+    self->max_plaintext = max_plaintext;
+    return 0;
+}
+
+static void clear_dirty(Lane *self) {
+    for (Py_ssize_t i = 0; i < self->ndirty; i++) {
+        Entry *e = self->dirty[i];
+        e->dirty = 0, e->out_len = 0, e->nlens = 0;
+        Py_DECREF(e);
+    }
+    self->ndirty = 0;
+}
+
+static int Lane_traverse(Lane *self, visitproc visit, void *arg) {
+    Py_VISIT(self->room);
+    Py_VISIT(self->counters);
+    Py_VISIT(self->punt);
+    Py_VISIT(self->punt_opened);
+    Py_VISIT(self->hooks);
+    Py_VISIT(self->by_sid);
+    Py_VISIT(self->by_session);
+    return 0;
+}
+
+static int Lane_clear(Lane *self) {
+    clear_dirty(self);
+    Py_CLEAR(self->room);
+    Py_CLEAR(self->counters);
+    Py_CLEAR(self->punt);
+    Py_CLEAR(self->punt_opened);
+    Py_CLEAR(self->hooks);
+    Py_CLEAR(self->by_sid);
+    Py_CLEAR(self->by_session);
+    return 0;
+}
+
+static void Lane_dealloc(Lane *self) {
+    PyObject_GC_UnTrack(self);
+    Lane_clear(self);
+    PyMem_Free(self->dirty);
+    PyMem_Free(self->bufs);
+    PyMem_Free(self->packets);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+/* obj.name is `expected` (identity); -1 on an error */
+static int attr_is(PyObject *obj, PyObject *name, PyObject *expected) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    int same = value == expected;
+    Py_DECREF(value);
+    return same;
+}
+
+static int attr_double(PyObject *obj, PyObject *name, double *out) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    *out = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int attr_true(PyObject *obj, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+/* counters.<list>[0] += n (index 0: UDP, relay/server/metrics.py's TRANSPORTS) */
+static int count(PyObject *counters, PyObject *list_name, long long n) {
+    if (n == 0) return 0;
+    PyObject *list = PyObject_GetAttr(counters, list_name);
+    if (list == NULL) return -1;
+    int rc = -1;
+    if (PyList_Check(list) && PyList_GET_SIZE(list) > 0) {
+        PyObject *old = PyList_GET_ITEM(list, 0), *add = PyLong_FromLongLong(n);
+        PyObject *sum = add ? PyNumber_Add(old, add) : NULL;
+        Py_XDECREF(add);
+        if (sum != NULL) {
+            PyList_SET_ITEM(list, 0, sum);
+            Py_DECREF(old);
+            rc = 0;
+        }
+    } else {
+        PyErr_SetString(PyExc_TypeError, "a counter is a list per transport");
+    }
+    Py_DECREF(list);
+    return rc;
+}
+
+/* counters.drops[reason] += n */
+static int count_drop(PyObject *counters, const char *reason, long long n) {
+    PyObject *drops = PyObject_GetAttr(counters, s_drops);
+    if (drops == NULL) return -1;
+    PyObject *key = PyUnicode_FromString(reason), *old = key ? PyObject_GetItem(drops, key) : NULL;
+    PyObject *add = old ? PyLong_FromLongLong(n) : NULL, *sum = add ? PyNumber_Add(old, add) : NULL;
+    int rc = sum ? PyObject_SetItem(drops, key, sum) : -1;
+    Py_XDECREF(sum);
+    Py_XDECREF(add);
+    Py_XDECREF(old);
+    Py_XDECREF(key);
+    Py_DECREF(drops);
+    return rc;
+}
+
+/* an error where the room would have counted an internal error: counted, the exception
+ * written as unraisable (logged to stderr), the lane goes on */
+static void internal_error(Lane *self, const char *where) {
+    PyErr_WriteUnraisable(NULL);
+    PyErr_Clear();
+    if (count_drop(self->counters, "internal_error", 1) < 0) PyErr_Clear();
+    (void)where;
+}
+
+static int same_name(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family) return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    return 0;
+}
+
+/* the address as asyncio gives it: (host, port) or (host, port, flowinfo, scope_id) */
+static PyObject *address_of(const struct sockaddr_storage *name) {
+    char host[INET6_ADDRSTRLEN];
+    if (name->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)name;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host) == NULL) return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    if (name->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const void *)name;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host) == NULL) return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(siII)", host, ntohs(a->sin6_port), ntohl(a->sin6_flowinfo), a->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+static inline uint64_t be(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+/* ---- offer ---------------------------------------------------------------------------------- */
+
+static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "offer(session, member, path, name)");
+        return NULL;
+    }
+    PyObject *session = args[0], *member = args[1], *path = args[2], *name = args[3];
+    if (self->by_sid == NULL) Py_RETURN_FALSE;
+    if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) > (Py_ssize_t)sizeof(struct sockaddr_storage) ||
+        PyBytes_GET_SIZE(name) < (Py_ssize_t)sizeof(sa_family_t))
+        Py_RETURN_FALSE;
+    PyObject *sid = PyObject_GetAttr(session, s_sid), *opener = NULL, *sealer = NULL, *msgs = NULL,
+             *bytes = NULL, *prefix = NULL, *addr = NULL;
+    Entry *e = NULL;
+    PyObject *result = NULL;
+    if (sid == NULL || (opener = PyObject_GetAttr(session, s_opener)) == NULL ||
+        (sealer = PyObject_GetAttr(session, s_sealer)) == NULL ||
+        (msgs = PyObject_GetAttr(member, s_msg_bucket)) == NULL ||
+        (bytes = PyObject_GetAttr(member, s_byte_bucket)) == NULL ||
+        (prefix = PyObject_GetAttr(member, s_prefix)) == NULL || (addr = PyObject_GetAttr(path, s_addr)) == NULL)
+        goto done;
+    unsigned long sid_value = PyLong_AsUnsignedLong(sid);
+    if (sid_value == (unsigned long)-1 && PyErr_Occurred()) goto done;
+    if (sid_value > UINT32_MAX || Py_TYPE(opener) != aead->opener_type || Py_TYPE(sealer) != aead->sealer_type ||
+        Py_TYPE(msgs) != bucket_type || Py_TYPE(bytes) != bucket_type || !PyBytes_Check(prefix) ||
+        PyBytes_GET_SIZE(prefix) > PREFIX_MAX) {
+        result = Py_False; /* not the C pieces (RELAY_PURE_PYTHON, a test's): the room's */
+        Py_INCREF(result);
+        goto done;
+    }
+    Entry *kept = (Entry *)PyDict_GetItemWithError(self->by_sid, sid);
+    if (kept == NULL && PyErr_Occurred()) goto done;
+    if (kept != NULL && kept->session == session && kept->member == member && kept->path == path &&
+        kept->addr == addr) { /* offered again, nothing changed (the room offers at each of its packets) */
+        result = Py_True;
+        Py_INCREF(result);
+        goto done;
+    }
+    e = PyObject_New(Entry, &EntryType);
+    if (e == NULL) goto done;
+    e->sid = (uint32_t)sid_value;
+    Py_INCREF(session), Py_INCREF(member), Py_INCREF(path);
+    e->session = session, e->member = member, e->path = path;
+    e->addr = addr, e->opener = opener, e->sealer = sealer;
+    e->msgs = (TokenBucketObject *)msgs, e->bytes = (TokenBucketObject *)bytes;
+    addr = opener = sealer = msgs = bytes = NULL; /* the entry's now */
+    e->prefix_len = (int)PyBytes_GET_SIZE(prefix);
+    memcpy(e->prefix, PyBytes_AS_STRING(prefix), e->prefix_len);
+    memset(&e->name, 0, sizeof e->name);
+    e->namelen = (socklen_t)PyBytes_GET_SIZE(name);
+    memcpy(&e->name, PyBytes_AS_STRING(name), e->namelen);
+    e->out = NULL, e->out_len = e->out_cap = 0;
+    e->lens = NULL, e->nlens = e->lens_cap = 0;
+    e->dirty = 0;
+    /* entries of sessions the room has let go are swept when they outnumber its sessions */
+    PyObject *sessions = PyObject_GetAttr(self->room, s_sessions);
+    if (sessions == NULL) goto done;
+    if (PyDict_Check(sessions) && PyDict_GET_SIZE(self->by_sid) > 2 * PyDict_GET_SIZE(sessions) + 8) {
+        PyObject *stale = PyList_New(0);
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (stale != NULL && PyDict_Next(self->by_sid, &pos, &key, &value)) {
+            PyObject *live = PyDict_GetItemWithError(sessions, key);
+            if (live != ((Entry *)value)->session && PyList_Append(stale, key) < 0) Py_CLEAR(stale);
+        }
+        if (stale == NULL) {
+            Py_DECREF(sessions);
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stale); i++) {
+            PyObject *old = PyDict_GetItem(self->by_sid, PyList_GET_ITEM(stale, i));
+            if (old != NULL) {
+                if (PyDict_GetItem(self->by_session, ((Entry *)old)->session) == old)
+                    PyDict_DelItem(self->by_session, ((Entry *)old)->session);
+                PyDict_DelItem(self->by_sid, PyList_GET_ITEM(stale, i));
+            }
+        }
+        Py_DECREF(stale);
+    }
+    Py_DECREF(sessions);
+    if (PyDict_SetItem(self->by_sid, sid, (PyObject *)e) < 0 || PyDict_SetItem(self->by_session, session, (PyObject *)e) < 0)
+        goto done;
+    result = Py_True;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(e);
+    Py_XDECREF(sid);
+    Py_XDECREF(opener);
+    Py_XDECREF(sealer);
+    Py_XDECREF(msgs);
+    Py_XDECREF(bytes);
+    Py_XDECREF(prefix);
+    Py_XDECREF(addr);
+    return result;
+}
+
+/* ---- a packet's plan ------------------------------------------------------------------------ */
+
+typedef struct {
+    const unsigned char *data;
+    Py_ssize_t size;
+    Py_ssize_t first, count; /* its recipients: plan.to[first : first + count] */
+} Planned;
+
+typedef struct {
+    Planned msgs[MAX_MESSAGES];
+    int nmsgs;
+    Entry *to[MAX_RECIPIENTS];
+    Py_ssize_t nto;
+    Entry *all[MAX_RECIPIENTS]; /* the broadcast's recipients, resolved once per packet */
+    Py_ssize_t nall;
+    int all_done;
+} Plan;
+
+/* the recipient `other` (a Member of the room, not the sender): its live entry, NULL (with no
+ * exception) if it has no session (nobody to send to: skipped, as the room skips it) via *skip,
+ * or if its session is not the lane's (then the packet is the room's) */
+static int recipient(Lane *self, PyObject *other, Entry **out) {
+    *out = NULL;
+    PyObject *session = PyObject_GetAttr(other, s_session);
+    if (session == NULL) return -1;
+    if (session == Py_None) {
+        Py_DECREF(session);
+        return 1; /* skipped */
+    }
+    Entry *e = (Entry *)PyDict_GetItemWithError(self->by_session, session);
+    Py_DECREF(session); /* the entry holds it */
+    if (e == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (e->member != other) return 0;
+    int ok = attr_is(e->session, s_path, e->path);
+    if (ok != 1) return ok;
+    if ((ok = attr_true(e->path, s_validated)) != 1) return ok;
+    if ((ok = attr_is(e->path, s_addr, e->addr)) != 1) return ok;
+    *out = e;
+    return 1;
+}
+
+/* 1: planned; 0: the room's; -1: error */
+static int plan_broadcast(Lane *self, Plan *plan, PyObject *members, Entry *sender) {
+    if (plan->all_done) return 1;
+    PyObject *key, *other;
+    Py_ssize_t pos = 0;
+    plan->nall = 0;
+    while (PyDict_Next(members, &pos, &key, &other)) {
+        if (other == sender->member) continue;
+        Entry *e;
+        int ok = recipient(self, other, &e);
+        if (ok != 1) return ok;
+        if (e == NULL) continue;
+        if (plan->nall == MAX_RECIPIENTS) return 0;
+        plan->all[plan->nall++] = e;
+    }
+    plan->all_done = 1;
+    return 1;
+}
+
+/* msgpack: a positive integer at *p (fixint, uint 8/16/32/64); 0 if not one */
+static int read_uint(const unsigned char **p, const unsigned char *end, uint64_t *v) {
+    const unsigned char *q = *p;
+    if (q >= end) return 0;
+    unsigned char c = *q++;
+    int n;
+    if (c < 0x80) {
+        *v = c, *p = q;
+        return 1;
+    }
+    if (c == 0xCC) n = 1;
+    else if (c == 0xCD) n = 2;
+    else if (c == 0xCE) n = 4;
+    else if (c == 0xCF) n = 8;
+    else return 0;
+    if (end - q < n) return 0;
+    *v = be(q, n), *p = q + n;
+    return 1;
+}
+
+/* Parses the plaintext's SENDs and finds each one's recipients. 1: planned; 0: the room's. */
+static int plan_packet(Lane *self, Plan *plan, const unsigned char *p, const unsigned char *end, Entry *sender,
+                       PyObject *members) {
+    plan->nmsgs = 0, plan->nto = 0, plan->all_done = 0;
+    if (p >= end) return 0;
+    while (p < end) {
+        /* [2, bin, nil | [uint, ...]]: exactly this shape, anything else is the room's */
+        if (end - p < 3 || p[0] != 0x93 || p[1] != SEND_CODE || plan->nmsgs == MAX_MESSAGES) return 0;
+        p += 2;
+        Py_ssize_t n;
+        if (*p == 0xC4 && end - p >= 2) n = p[1], p += 2;
+        else if (*p == 0xC5 && end - p >= 3) n = (Py_ssize_t)be(p + 1, 2), p += 3;
+        else if (*p == 0xC6 && end - p >= 5) n = (Py_ssize_t)be(p + 1, 4), p += 5;
+        else return 0;
+        if (end - p < n || n > self->max_payload) return 0;
+        Planned *msg = &plan->msgs[plan->nmsgs++];
+        msg->data = p, msg->size = n, msg->first = plan->nto, msg->count = 0;
+        p += n;
+        if (p >= end) return 0;
+        Py_ssize_t ntargets;
+        if (*p == 0xC0) ntargets = 0, p++;
+        else if ((*p & 0xF0) == 0x90) ntargets = *p & 0x0F, p++;
+        else if (*p == 0xDC && end - p >= 3) ntargets = (Py_ssize_t)be(p + 1, 2), p += 3;
+        else return 0;
+        if (ntargets == 0) { /* nil or []: everyone else */
+            int ok = plan_broadcast(self, plan, members, sender);
+            if (ok != 1) return ok;
+            if (plan->nto + plan->nall > MAX_RECIPIENTS) return 0;
+            memcpy(plan->to + plan->nto, plan->all, plan->nall * sizeof(Entry *));
+            plan->nto += plan->nall, msg->count = plan->nall;
+            continue;
+        }
+        if (ntargets > MAX_TARGETS) return 0;
+        uint64_t cids[MAX_TARGETS];
+        for (Py_ssize_t t = 0; t < ntargets; t++) {
+            if (!read_uint(&p, end, &cids[t])) return 0;
+            int seen = 0; /* each target once, in the order first named */
+            for (Py_ssize_t u = 0; u < t && !seen; u++) seen = cids[u] == cids[t];
+            if (seen) continue;
+            PyObject *cid = PyLong_FromUnsignedLongLong(cids[t]);
+            if (cid == NULL) return -1;
+            PyObject *other = PyDict_GetItemWithError(members, cid);
+            Py_DECREF(cid);
+            if (other == NULL) {
+                if (PyErr_Occurred()) return -1;
+                continue; /* not in the room: nobody to send to */
+            }
+            if (other == sender->member) continue;
+            Entry *e;
+            int ok = recipient(self, other, &e);
+            if (ok != 1) return ok;
+            if (e == NULL) continue;
+            if (plan->nto == MAX_RECIPIENTS) return 0;
+            plan->to[plan->nto++] = e, msg->count++;
+        }
+    }
+    return 1;
+}
+
+/* The buckets as the room's per-message takes would leave them, all taken: 1, else 0 (the
+ * room's, nothing spent). */
+static int spend(Plan *plan, Entry *sender, double now) {
+    TokenBucketObject msgs = *sender->msgs, bytes = *sender->bytes; /* copies: the fields only */
+    for (int i = 0; i < plan->nmsgs; i++)
+        if (!bucket_take(&msgs, 1.0, now) || !bucket_take(&bytes, (double)plan->msgs[i].size, now)) return 0;
+    sender->msgs->tokens = msgs.tokens, sender->msgs->stamp = msgs.stamp;
+    sender->bytes->tokens = bytes.tokens, sender->bytes->stamp = bytes.stamp;
+    return 1;
+}
+
+static int mark_dirty(Lane *self, Entry *e) {
+    if (e->dirty) return 0;
+    if (self->ndirty == self->dirty_cap) {
+        Py_ssize_t cap = self->dirty_cap ? 2 * self->dirty_cap : 16;
+        Entry **grown = PyMem_Realloc(self->dirty, cap * sizeof(Entry *));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->dirty = grown, self->dirty_cap = cap;
+    }
+    Py_INCREF(e);
+    e->dirty = 1;
+    self->dirty[self->ndirty++] = e;
+    return 0;
+}
+
+/* ---- one datagram ---------------------------------------------------------------------------- */
+
+enum { TAKEN = 1, ROOMS = 0, HANDED = 2 };
+
+/* TAKEN: relayed here. ROOMS: the room's, untouched. HANDED: opened, its plaintext handed to
+ * the room (done). -1: an error, with the datagram untouched. */
+static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *sessions, Plan *plan,
+                    unsigned char *plain) {
+    const unsigned char *data = self->bufs + (Py_ssize_t)i * BUFSIZE;
+    Py_ssize_t n = self->in[i].msg_len;
+    if ((self->in[i].msg_hdr.msg_flags & MSG_TRUNC) || n < HEADER_SIZE + TAG_SIZE || n > MAX_PACKET ||
+        data[0] != VERSION || data[1] != TYPE_DATA || data[2] || data[3])
+        return ROOMS;
+    uint32_t sid = (uint32_t)be(data + 4, 4);
+    uint64_t counter = be(data + 8, 8);
+    if (!sid || !counter) return ROOMS;
+    PyObject *key = PyLong_FromUnsignedLong(sid);
+    if (key == NULL) return -1;
+    Entry *e = (Entry *)PyDict_GetItemWithError(self->by_sid, key);
+    PyObject *live = e ? PyDict_GetItemWithError(sessions, key) : NULL;
+    Py_DECREF(key);
+    if (e == NULL || live != e->session) return PyErr_Occurred() ? -1 : ROOMS;
+    if (!same_name(&self->names[i], &e->name)) return ROOMS; /* from elsewhere: the room rebinds */
+    int ok;
+    double muted, over;
+    if ((ok = attr_is(e->session, s_member, e->member)) != 1 || (ok = attr_is(e->member, s_session, e->session)) != 1 ||
+        (ok = attr_is(e->session, s_path, e->path)) != 1 || (ok = attr_true(e->path, s_validated)) != 1 ||
+        (ok = attr_is(e->path, s_addr, e->addr)) != 1)
+        return ok;
+    if (attr_double(e->session, s_muted_until, &muted) < 0 || attr_double(e->member, s_over_since, &over) < 0)
+        return -1;
+    if (now < muted || over != 0.0) return ROOMS; /* the room's limits and their recovery */
+    int opened = aead->open(e->opener, data, n, counter, plain);
+    if (opened < 0) return -1;
+    if (opened != OPENED) return ROOMS; /* a replay or a forgery: the room opens it again, counts it */
+    Py_ssize_t plain_size = n - HEADER_SIZE - TAG_SIZE;
+    Py_INCREF(e); /* a hand-over may let the room drop it */
+    int planned = plan_packet(self, plan, plain, plain + plain_size, e, members);
+    if (planned == 1) planned = spend(plan, e, now);
+    int rc = TAKEN;
+    if (planned < 0) {
+        internal_error(self, "plan");
+        planned = 0;
+    }
+    if (planned == 0) { /* opened: the window has moved, so the room gets the plaintext */
+        PyObject *packet = PyBytes_FromStringAndSize((const char *)data, n),
+                 *text = PyBytes_FromStringAndSize((const char *)plain, plain_size), *addr = address_of(&self->names[i]);
+        PyObject *result = NULL;
+        if (packet && text && addr) {
+            PyObject *args[] = {e->session, packet, text, NULL, addr, NULL};
+            args[3] = PyLong_FromUnsignedLongLong(counter);
+            args[5] = PyFloat_FromDouble(now);
+            if (args[3] && args[5]) result = PyObject_Vectorcall(self->punt_opened, args, 6, NULL);
+            Py_XDECREF(args[3]);
+            Py_XDECREF(args[5]);
+        }
+        Py_XDECREF(packet);
+        Py_XDECREF(text);
+        Py_XDECREF(addr);
+        if (result == NULL) internal_error(self, "punt_opened");
+        Py_XDECREF(result);
+        Py_DECREF(e);
+        return HANDED;
+    }
+    for (int m = 0; m < plan->nmsgs && rc == TAKEN; m++) {
+        Planned *msg = &plan->msgs[m];
+        for (Py_ssize_t r = msg->first; r < msg->first + msg->count; r++) {
+            Entry *to = plan->to[r];
+            if (mark_dirty(self, to) < 0 ||
+                entry_append(to, e->prefix, e->prefix_len, msg->data, msg->size) < 0) {
+                if (!PyErr_Occurred()) PyErr_NoMemory();
+                internal_error(self, "queue");
+                rc = TAKEN; /* what was queued still leaves; the rest is lost, counted */
+                break;
+            }
+        }
+    }
+    PyObject *stamp = PyFloat_FromDouble(now);
+    if (stamp == NULL || PyObject_SetAttr(e->session, s_last_seen, stamp) < 0 ||
+        PyObject_SetAttr(self->room, s_last_activity, stamp) < 0 || count(self->counters, s_packets_in, 1) < 0 ||
+        count(self->counters, s_bytes_in, n) < 0 || count(self->counters, s_messages_in, plan->nmsgs) < 0)
+        internal_error(self, "counters");
+    Py_XDECREF(stamp);
+    Py_DECREF(e);
+    return rc;
+}
+
+/* ---- the pass's output ----------------------------------------------------------------------- */
+
+static int flush(Lane *self, double start) {
+    if (self->ndirty == 0) return 0;
+    /* sealed packets first (the arena may move while it grows), then the send */
+    Py_ssize_t total = 0, npackets = 0;
+    for (Py_ssize_t i = 0; i < self->ndirty; i++) {
+        Entry *e = self->dirty[i];
+        total += e->out_len + (e->nlens + 1) * (HEADER_SIZE + TAG_SIZE);
+        npackets += e->nlens;
+    }
+    if (total > self->packets_cap) {
+        unsigned char *grown = PyMem_Realloc(self->packets, total);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->packets = grown, self->packets_cap = total;
+    }
+    struct mmsghdr *headers = PyMem_Calloc(npackets ? npackets : 1, sizeof(struct mmsghdr));
+    struct iovec *vectors = PyMem_Calloc(npackets ? npackets : 1, sizeof(struct iovec));
+    if (headers == NULL || vectors == NULL) {
+        PyMem_Free(headers);
+        PyMem_Free(vectors);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t at = 0, k = 0;
+    long long messages = 0, too_large = 0, failed = 0;
+    for (Py_ssize_t i = 0; i < self->ndirty; i++) {
+        Entry *e = self->dirty[i];
+        messages += e->nlens;
+        Py_ssize_t limit = self->max_plaintext, offset = 0, j = 0;
+        while (j < e->nlens) { /* greedy, in order: room.py's _pack */
+            Py_ssize_t size = e->lens[j++];
+            while (j < e->nlens && size + e->lens[j] <= limit) size += e->lens[j++];
+            if (size > limit) { /* one message longer than a datagram carries */
+                too_large++;
+            } else if (aead->seal(e->sealer, e->out + offset, size, self->packets + at) < 0) {
+                PyErr_Clear(); /* the counter exhausted: nothing for this session, ever */
+                failed++;
+            } else {
+                vectors[k].iov_base = self->packets + at;
+                vectors[k].iov_len = HEADER_SIZE + size + TAG_SIZE;
+                headers[k].msg_hdr.msg_iov = &vectors[k];
+                headers[k].msg_hdr.msg_iovlen = 1;
+                headers[k].msg_hdr.msg_name = &e->name;
+                headers[k].msg_hdr.msg_namelen = e->namelen;
+                at += HEADER_SIZE + size + TAG_SIZE;
+                k++;
+            }
+            offset += size;
+        }
+    }
+    Py_ssize_t done = 0;
+    long long sent_bytes = 0, sent = 0, socket_errors = 0, backlog = 0;
+    while (done < k) {
+        int chunk = k - done < SEND_CHUNK ? (int)(k - done) : SEND_CHUNK;
+        int n = sendmmsg(self->fd, headers + done, chunk, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) { /* unreliable by contract: dropped */
+                backlog = k - done;
+                break;
+            }
+            socket_errors++, done++; /* that datagram could not be sent: the next may */
+            continue;
+        }
+        for (int j = 0; j < n; j++) sent_bytes += vectors[done + j].iov_len;
+        sent += n, done += n;
+    }
+    PyMem_Free(headers);
+    PyMem_Free(vectors);
+    clear_dirty(self);
+    PyObject *counters = self->counters;
+    if (count(counters, s_messages_out, messages) < 0 || count(counters, s_packets_out, sent) < 0 ||
+        count(counters, s_bytes_out, sent_bytes) < 0 ||
+        (too_large && count_drop(counters, "too_large_for_transport", too_large) < 0) ||
+        (failed && count_drop(counters, "internal_error", failed) < 0) ||
+        (socket_errors && count_drop(counters, "socket_error", socket_errors) < 0) ||
+        (backlog && count_drop(counters, "udp_send_buffer", backlog) < 0))
+        return -1;
+    PyObject *elapsed = PyFloat_FromDouble(monotonic_now() - start);
+    if (elapsed == NULL) return -1;
+    PyObject *result = PyObject_CallMethodOneArg(counters, s_observe_fanout, elapsed);
+    Py_DECREF(elapsed);
+    Py_XDECREF(result);
+    return result == NULL ? -1 : 0;
+}
+
+/* ---- read ------------------------------------------------------------------------------------ */
+
+/* The room has output of its own for this pass, or rules that only it applies now: 1 */
+static int room_busy(Lane *self) {
+    PyObject *names[] = {s_flush_scheduled, s_held, s_shed_optional, s_udp_backlogged, s_closed};
+    for (int i = 0; i < 5; i++) {
+        int truth = attr_true(self->room, names[i]);
+        if (truth != 0) return truth;
+    }
+    return 0;
+}
+
+static int hand_over(Lane *self, int i, double now) {
+    PyObject *data = PyBytes_FromStringAndSize((const char *)self->bufs + (Py_ssize_t)i * BUFSIZE, self->in[i].msg_len);
+    PyObject *addr = data ? address_of(&self->names[i]) : NULL, *stamp = addr ? PyFloat_FromDouble(now) : NULL;
+    PyObject *result = NULL;
+    if (stamp != NULL) {
+        PyObject *args[] = {data, addr, stamp};
+        result = PyObject_Vectorcall(self->punt, args, 3, NULL);
+    }
+    Py_XDECREF(data);
+    Py_XDECREF(addr);
+    Py_XDECREF(stamp);
+    if (result == NULL) return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *Lane_read(Lane *self, PyObject *unused) {
+    if (self->room == NULL) Py_RETURN_NONE;
+    for (int i = 0; i < BATCH; i++) {
+        self->iov[i].iov_base = self->bufs + (Py_ssize_t)i * BUFSIZE;
+        self->iov[i].iov_len = BUFSIZE;
+        memset(&self->in[i].msg_hdr, 0, sizeof(struct msghdr));
+        self->in[i].msg_hdr.msg_iov = &self->iov[i];
+        self->in[i].msg_hdr.msg_iovlen = 1;
+        self->in[i].msg_hdr.msg_name = &self->names[i];
+        self->in[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+    }
+    int n = recvmmsg(self->fd, self->in, BATCH, MSG_DONTWAIT, NULL);
+    if (n <= 0) {
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+            count_drop(self->counters, "socket_error", 1) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    double now = monotonic_now();
+    Plan *plan = PyMem_Malloc(sizeof(Plan));
+    unsigned char *plain = PyMem_Malloc(BUFSIZE);
+    PyObject *members = PyObject_GetAttr(self->room, s_members);
+    PyObject *sessions = members ? PyObject_GetAttr(self->room, s_sessions) : NULL;
+    int busy = -1;
+    if (plan && plain && sessions && PyDict_Check(members) && PyDict_Check(sessions)) busy = room_busy(self);
+    if (busy < 0) {
+        if (PyErr_Occurred()) internal_error(self, "read");
+        busy = 1;
+    }
+    for (int i = 0; i < n; i++) {
+        int handled = ROOMS;
+        /* a datagram the room's own output of this pass would have to go out before: the room's */
+        if (!busy) {
+            handled = datagram(self, i, now, members, sessions, plan, plain);
+            if (handled < 0) {
+                internal_error(self, "datagram");
+                handled = ROOMS;
+            }
+        }
+        if (handled == TAKEN) {
+            self->fast++;
+            continue;
+        }
+        self->punted++;
+        if (handled == ROOMS && hand_over(self, i, now) < 0) internal_error(self, "punt");
+        if (!busy && (busy = room_busy(self)) < 0) {
+            internal_error(self, "read");
+            busy = 1;
+        }
+    }
+    if (flush(self, now) < 0) internal_error(self, "flush");
+    if (self->hooks != NULL) /* the pass's end: what is due then (the relay's rides, its pacer) */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->hooks); i++) {
+            PyObject *hook = PyTuple_GET_ITEM(self->hooks, i);
+            double due;
+            if (attr_double(PyTuple_GET_ITEM(hook, 0), PyTuple_GET_ITEM(hook, 1), &due) < 0) {
+                internal_error(self, "hook");
+                continue;
+            }
+            if (now < due) continue;
+            PyObject *stamp = PyFloat_FromDouble(now);
+            PyObject *result = stamp ? PyObject_CallOneArg(PyTuple_GET_ITEM(hook, 2), stamp) : NULL;
+            Py_XDECREF(stamp);
+            if (result == NULL) internal_error(self, "hook");
+            Py_XDECREF(result);
+        }
+    PyMem_Free(plan);
+    PyMem_Free(plain);
+    Py_XDECREF(members);
+    Py_XDECREF(sessions);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lane_close(Lane *self, PyObject *unused) {
+    Lane_clear(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lane_get_fast(Lane *self, void *c) { return PyLong_FromUnsignedLongLong(self->fast); }
+static PyObject *Lane_get_punted(Lane *self, void *c) { return PyLong_FromUnsignedLongLong(self->punted); }
+static PyObject *Lane_get_entries(Lane *self, void *c) {
+    return PyLong_FromSsize_t(self->by_sid ? PyDict_GET_SIZE(self->by_sid) : 0);
+}
+
+static PyMethodDef Lane_methods[] = {
+    {"read", (PyCFunction)Lane_read, METH_NOARGS, "read(): the socket's datagrams, up to a batch (the loop's reader)"},
+    {"offer", (PyCFunction)(void (*)(void))Lane_offer, METH_FASTCALL,
+     "offer(session, member, path, name) -> bool: the session's packets may be taken here"},
+    {"close", (PyCFunction)Lane_close, METH_NOARGS, "close(): lets go of the room; read() does nothing after"},
+    {NULL},
+};
+
+static PyGetSetDef Lane_getset[] = {
+    {"fast", (getter)Lane_get_fast, NULL, "datagrams relayed here", NULL},
+    {"punted", (getter)Lane_get_punted, NULL, "datagrams handed to the room", NULL},
+    {"entries", (getter)Lane_get_entries, NULL, "sessions offered and kept", NULL},
+    {NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.server._lane.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Lane(fd, room, counters, punt, punt_opened, max_payload, max_plaintext): the room's UDP port in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lane_init,
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_traverse = (traverseproc)Lane_traverse,
+    .tp_clear = (inquiry)Lane_clear,
+    .tp_methods = Lane_methods,
+    .tp_getset = Lane_getset,
+};
+
+/* ---- module ---------------------------------------------------------------------------------- */
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "relay.server._lane",
+    .m_doc = "The room's UDP port read in C (relay/server/links.py's UdpLane uses it when built).",
+    .m_size = -1,
+};
+
+static int intern(PyObject **slot, const char *text) {
+    if (*slot == NULL) *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC PyInit__lane(void) {
+    if (PyType_Ready(&EntryType) < 0 || PyType_Ready(&LaneType) < 0) return NULL;
+    if (aead == NULL && (aead = PyCapsule_Import(AEAD_CAPSULE, 0)) == NULL) return NULL;
+    if (bucket_type == NULL) {
+        PyObject *ratelimit = PyImport_ImportModule("relay.server._ratelimit");
+        if (ratelimit == NULL) return NULL;
+        bucket_type = (PyTypeObject *)PyObject_GetAttrString(ratelimit, "TokenBucket");
+        Py_DECREF(ratelimit);
+        if (bucket_type == NULL) return NULL;
+    }
+    if (intern(&s_sid, "sid") || intern(&s_member, "member") || intern(&s_session, "session") ||
+        intern(&s_path, "path") || intern(&s_validated, "validated") || intern(&s_addr, "addr") ||
+        intern(&s_muted_until, "muted_until") || intern(&s_over_since, "over_since") ||
+        intern(&s_opener, "opener") || intern(&s_sealer, "sealer") || intern(&s_msg_bucket, "msg_bucket") ||
+        intern(&s_byte_bucket, "byte_bucket") || intern(&s_prefix, "prefix") || intern(&s_sessions, "sessions") ||
+        intern(&s_members, "members") || intern(&s_flush_scheduled, "_flush_scheduled") || intern(&s_held, "held") ||
+        intern(&s_shed_optional, "shed_optional") || intern(&s_udp_backlogged, "udp_backlogged") ||
+        intern(&s_closed, "closed") || intern(&s_last_seen, "last_seen") ||
+        intern(&s_last_activity, "last_activity") || intern(&s_packets_in, "packets_in") ||
+        intern(&s_bytes_in, "bytes_in") || intern(&s_messages_in, "messages_in") ||
+        intern(&s_messages_out, "messages_out") || intern(&s_packets_out, "packets_out") ||
+        intern(&s_bytes_out, "bytes_out") || intern(&s_drops, "drops") ||
+        intern(&s_observe_fanout, "observe_fanout"))
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0 || PyModule_AddIntConstant(m, "MAX_PACKET", MAX_PACKET) < 0 ||
+        PyModule_AddIntConstant(m, "SEND", SEND_CODE) < 0 || PyModule_AddIntConstant(m, "DATA", TYPE_DATA) < 0 ||
+        PyModule_AddIntConstant(m, "VERSION", VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
+        Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

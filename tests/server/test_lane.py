@@ -1,0 +1,324 @@
+"""The room's UDP port read in C (relay/server/_lane.c): members' plain SENDs relayed there, all
+else handed to the room, and the same messages, drops and counts either way.
+
+Each scenario runs twice on real loopback sockets, with the lane and with the room's own UDP
+transport (the relay as it runs without the C part), and what every raw peer received, message
+by message, must be the same. The lane is in use wherever it was built; `.ci/run` requires it
+(RELAY_REQUIRE_NATIVE), elsewhere these tests skip saying why."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+import pytest
+
+from relay.embedded import EmbeddedRoom, room
+from relay.protocol import messages as m
+from relay.protocol.constants import ErrorCode
+from relay.server import app, links
+
+from .helpers import drops, eventually
+from .rawpeer import UdpPeer, WsPeer
+
+NOT_BUILT = "relay/server/_lane.c is not in use here (it needs a C compiler; RELAY_PURE_PYTHON is off)"
+
+
+def test_the_lane_is_in_use_where_it_is_required() -> None:
+    """CI builds the C part: there a lane not in use is a failure, not a skip."""
+    if os.environ.get("RELAY_REQUIRE_NATIVE") and not os.environ.get("RELAY_PURE_PYTHON"):
+        assert links.LANE is not None, NOT_BUILT
+    if links.LANE is None:
+        pytest.skip(NOT_BUILT)
+
+
+needs_lane = pytest.mark.skipif(links.LANE is None, reason=NOT_BUILT)
+pytestmark = needs_lane
+
+
+def send(data: bytes, targets: list[int] | None = None) -> bytes:
+    return m.Send(data, None if targets is None else tuple(targets)).encode()
+
+
+def shown(msg: m.RelayMessage) -> Any:
+    """A message as compared between the two runs (a WELCOME's resume token is random)."""
+    return None if isinstance(msg, m.Welcome) else msg
+
+
+Script = Callable[[EmbeddedRoom, list[UdpPeer]], Awaitable[None]]
+
+
+async def play(
+    monkeypatch: pytest.MonkeyPatch, lane: bool, script: Script, players: int = 3, **config: Any
+) -> tuple[list[list[Any]], dict[str, int], list[int], list[int], int]:
+    """Runs `script` in a room of `players` raw UDP members, with the lane or without; returns what
+    each peer received after the joins (per step, see `collect`), the drops, messages in and out,
+    and the datagrams the lane relayed itself."""
+    monkeypatch.setattr(app, "LANE", links.LANE if lane else None)
+    async with room(host="127.0.0.1", **config) as r:
+        assert (r.relay._udp_lane is not None) == lane
+        peers = [await UdpPeer.open(r.key, r.port) for _ in range(players)]
+        try:
+            for i, peer in enumerate(peers):
+                await peer.start(f"u{i}")
+            for peer in peers:
+                await peer.quiet(0.1)  # the joins of those after it
+            for peer in peers:
+                peer.log = []  # type: ignore[attr-defined]
+            await script(r, peers)
+            await collect(peers)
+            counters = r.relay.counters
+            fast = r.relay._udp_lane.lane.fast if lane else 0
+            return (
+                [peer.log for peer in peers],  # type: ignore[attr-defined]
+                drops(r),
+                list(counters.messages_in),
+                list(counters.messages_out),
+                fast,
+            )
+        finally:
+            for peer in peers:
+                peer.close()
+
+
+async def collect(peers: list[UdpPeer], wait: float = 0.15) -> None:
+    """What each peer received since the last step, as one entry of its log: steps are apart in
+    time, so the two runs compare step by step whatever the order within a step."""
+    for peer in peers:
+        peer.log.append(sorted(map(repr, map(shown, await peer.quiet(wait)))))  # type: ignore[attr-defined]
+
+
+async def same_either_way(monkeypatch: pytest.MonkeyPatch, script: Script, **config: Any) -> tuple[Any, Any]:
+    with_lane = await play(monkeypatch, True, script, **config)
+    without = await play(monkeypatch, False, script, **config)
+    assert with_lane[:4] == without[:4]
+    return with_lane, without
+
+
+async def test_sends_of_every_shape_reach_the_same_members_with_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
+        a, b, c = peers
+        ids = [p.connection_id for p in peers]
+        a.send(send(b"to everyone"))
+        await collect(peers)
+        # targets repeated, the sender itself, and one not in the room
+        b.send(send(b"to c twice and a", [ids[2], ids[2], ids[0], ids[1], 999]))
+        await collect(peers)
+        c.send(send(b"first"), send(b"second, to a", [ids[0]]), send(bytes(range(256)) * 3, []))
+        await collect(peers)
+        for i in range(20):  # a burst: several packets a pass
+            a.send(send(i.to_bytes(2, "big") * 50))
+        await collect(peers)
+
+    (logs, _, messages_in, _, fast), _ = await same_either_way(monkeypatch, script)
+    assert fast >= 23  # the lane relayed them itself
+    assert messages_in[0] >= 3 + 23
+    a_log, b_log, c_log = logs
+    assert repr(m.Message(1, b"to everyone")) in b_log[0] and c_log[0] and not a_log[0]
+    assert c_log[1] == [repr(m.Message(2, b"to c twice and a"))]  # once, though named twice
+    assert a_log[1] == [repr(m.Message(2, b"to c twice and a"))] and b_log[1] == []
+    assert len(a_log[2]) == 3 and len(b_log[2]) == 2
+    assert len(b_log[3]) == 20
+
+
+async def test_what_only_the_room_handles_is_handed_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
+        a, b, c = peers
+        a.send(m.Ping(7, 1234).encode(), send(b"with a ping"))  # PING: the room answers
+        await collect(peers)
+        b.send(send(bytes(1140)))  # over max_payload_udp (1100): ERROR, dropped
+        await collect(peers)
+        c.send(msgpack.packb([2, "text, not bin", None]))  # malformed: the whole packet dropped
+        await collect(peers)
+        a.send(msgpack.packb([2, b"extra element", None, "ignored"]))  # extra elements ignored
+        await collect(peers)
+        b.send(m.SetProfile(b"new profile").encode())
+        await collect(peers)
+        packet = c.send(send(b"once"))
+        await collect(peers)
+        c.send_raw(packet)  # a replay from the same address
+        await collect(peers)
+        forged = bytearray(c.seal(send(b"forged")))
+        forged[-1] ^= 1
+        c.send_raw(bytes(forged))
+        await collect(peers)
+        a.send(send(b"still relayed after all that"))
+        await collect(peers)
+
+    (logs, dropped, *_), _ = await same_either_way(monkeypatch, script)
+    a_log, b_log, c_log = logs
+    assert repr(m.Pong(7, 1234)) in a_log[0] and repr(m.Message(1, b"with a ping")) in b_log[0]
+    assert b_log[1] == [repr(m.Error(int(ErrorCode.PAYLOAD_TOO_LARGE), "payload too large"))]
+    assert c_log[2] == a_log[2] == b_log[2] == []
+    assert repr(m.Message(1, b"extra element")) in b_log[3]
+    assert repr(m.MemberProfile(2, b"new profile")) in a_log[4]
+    assert a_log[5] == [repr(m.Message(3, b"once"))] and a_log[6] == a_log[7] == []
+    assert dropped.get("replay") == 1 and dropped.get("decrypt") == 1 and dropped.get("malformed") == 1
+    assert repr(m.Message(1, b"still relayed after all that")) in c_log[8]
+
+
+async def test_rate_limits_spend_and_drop_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst past a member's message burst: the same messages through, the same dropped, the
+    same ERROR, whether the packets were relayed in C or by the room."""
+
+    async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
+        a, b, _c = peers
+        for i in range(8):
+            a.send(send(b"%d" % i), send(b"%d bis" % i))
+        await collect(peers)
+        for _ in range(3):  # over its byte budget
+            b.send(send(bytes(700)))
+        await collect(peers)
+
+    (logs, dropped, *_), _ = await same_either_way(
+        monkeypatch, script, messages_per_second=1, message_burst=10, bytes_per_second=1, byte_burst=1500
+    )
+    a_log, b_log, c_log = logs
+    firsts = sorted(repr(m.Message(1, b"%d%s" % (i, bis))) for i in range(5) for bis in (b"", b" bis"))
+    assert b_log[0] == c_log[0] == firsts  # its burst of 10, no more
+    limited = [repr(m.Error(int(ErrorCode.RATE_LIMITED), "rate limit exceeded"))]
+    assert a_log[0] == b_log[1] == limited
+    assert c_log[1] == a_log[1] == [repr(m.Message(2, bytes(700)))] * 2  # 1,500 bytes: two of three
+    assert dropped == {"rate_limited": 3, "rate_limited_unread": 2}
+
+
+async def test_a_member_that_moved_is_relayed_again_once_its_new_address_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
+        a, _b, _c = peers
+        a.send(send(b"before"))
+        await collect(peers)
+        await a.rebind()  # a NAT rebinding: the room challenges the new address
+        a.send(send(b"from the new address"))
+        challenge = await a.expect(m.PathPing, 2)
+        a.send(m.PathPong(challenge.challenge).encode())
+        await collect(peers)
+        before = r.relay._udp_lane.lane.fast if r.relay._udp_lane else 0
+        a.send(send(b"validated"))
+        await collect(peers)
+        if r.relay._udp_lane is not None:
+            assert r.relay._udp_lane.lane.fast == before + 1  # relayed in C again
+
+    (logs, *_), _ = await same_either_way(monkeypatch, script)
+    assert repr(m.Message(1, b"validated")) in logs[1][2]
+
+
+async def test_a_member_that_left_is_not_relayed_from_its_old_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
+        a, b, _c = peers
+        a.send(send(b"here"))
+        await collect(peers)
+        a.send(m.Bye().encode())
+        await collect(peers)
+        a.send(send(b"after bye"))  # its keys and its address, its session gone
+        await collect(peers)
+        kicked = r.relay.room.members[2]
+        r.relay.room.kick(kicked, "test")
+        await collect(peers)
+        b.send(send(b"after the kick"))
+        await collect(peers)
+
+    (logs, dropped, *_), _ = await same_either_way(monkeypatch, script)
+    assert logs[1][2] == logs[2][2] == [] and logs[2][4] == []
+    assert dropped.get("unknown_session", 0) >= 2
+
+
+async def test_a_shedding_room_drops_udp_output_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
+        r.relay.room.shed_optional = True
+        peers[0].send(send(b"shed"))
+        await collect(peers)
+        r.relay.room.shed_optional = False
+        peers[0].send(send(b"not shed"))
+        await collect(peers)
+
+    (logs, dropped, *_), _ = await same_either_way(monkeypatch, script)
+    assert logs[1][0] == [] and logs[1][1] == [repr(m.Message(1, b"not shed"))]
+    assert dropped.get("shed") == 2
+
+
+async def test_a_websocket_member_gets_udp_members_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipient the lane does not hold (a WebSocket session) makes the packet the room's."""
+    async with room(host="127.0.0.1") as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        udp = [await UdpPeer.open(r.key, r.port) for _ in range(2)]
+        ws = await WsPeer.open(r.key, r.port)
+        try:
+            for i, peer in enumerate([*udp, ws]):
+                await peer.start(f"p{i}")
+            for peer in [*udp, ws]:
+                await peer.quiet(0.1)
+            udp[0].send(send(b"to the websocket too"))
+            assert await ws.expect(m.Message, 2) == m.Message(1, b"to the websocket too")
+            assert await udp[1].expect(m.Message, 2) == m.Message(1, b"to the websocket too")
+            ws.send(m.Bye().encode())
+            await eventually(lambda: len(r.relay.room.members) == 2, what="the websocket member gone")
+            fast = lane.lane.fast
+            udp[0].send(send(b"now only udp"))
+            assert await udp[1].expect(m.Message, 2) == m.Message(1, b"now only udp")
+            await eventually(lambda: lane.lane.fast == fast + 1, what="relayed in C")
+        finally:
+            await ws.aclose()
+            for peer in udp:
+                peer.close()
+
+
+async def test_the_lane_rejects_what_it_cannot_use() -> None:
+    assert links.LANE is not None
+    with pytest.raises(TypeError):
+        links.LANE(0, object(), object(), print, print, 1100, 1168, [(object(), "due")])
+    with pytest.raises(ValueError):
+        links.LANE(-1, object(), object(), print, print, 1100, 1168)
+    async with room(host="127.0.0.1") as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        peer = await UdpPeer.open(r.key, r.port)
+        try:
+            await peer.start("u")
+            session = next(iter(r.relay.room.sessions.values()))
+            # the Python pieces (RELAY_PURE_PYTHON's): not the lane's to spend
+            from relay.server.ratelimit import PyTokenBucket
+
+            member = session.member
+            real = member.msg_bucket
+            member.msg_bucket = PyTokenBucket(1, 1, 0)
+            assert lane.lane.offer(session, member, session.path, b"\x02\x00") is False
+            member.msg_bucket = real
+            assert lane.lane.offer(session, member, session.path, b"") is False  # no address
+            assert lane.lane.offer(session, member, session.path, b"\x02\x00" + bytes(14)) is True
+        finally:
+            peer.close()
+
+
+def test_an_event_loop_without_the_lane_still_runs_everything() -> None:
+    """RELAY_PURE_PYTHON: no lane (the room's transport), nothing else changes."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from relay.server import links, app; print(links.LANE, app.NATIVE_PARTS)"],
+        env={**os.environ, "RELAY_PURE_PYTHON": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "None []"
+
+
+async def test_the_relay_serves_after_the_lane_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with room(host="127.0.0.1") as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        await asyncio.sleep(0)
+    assert r.relay._udp_lane is None
+    lane.lane.read()  # closed: reads nothing, raises nothing
+    assert lane.lane.entries == 0
