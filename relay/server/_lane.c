@@ -7,7 +7,7 @@
  * whose event loop calls this for its readable socket and stays in C costs about what a C
  * relay of its own costs (loadtest/floor_relay.py's measurements, docs/architecture.md).
  *
- *     Lane(fd, room, counters, punt, punt_opened, max_payload, max_plaintext, hooks=())
+ *     Lane(fd, room, counters, punt, punt_opened, max_payload, max_plaintext, hooks=(), fanout_bounds=None)
  *     lane.read()                        the event loop's reader for fd; a pass
  *     lane.offer(session, member, path, name) -> bool
  *
@@ -29,6 +29,8 @@
  * order, as many to a plaintext as fit), in one sendmmsg. A full socket buffer drops the rest
  * (UDP: counted as the room counts it, drops "udp_send_buffer").
  *
+ * `fanout_bounds`: relay_fanout_seconds' bucket bounds, so a read's flush is counted in
+ * `counters.fanout_buckets` and `fanout_sum` without a Python call (None: Counters.observe_fanout).
  * `hooks`: (object, attribute, callable) each; at the end of a read, callable(now) where
  * now >= object.attribute (what the relay runs at the end of a pass: its rides, its pacer).
  *
@@ -68,7 +70,7 @@ static PyObject *s_sid, *s_member, *s_session, *s_path, *s_validated, *s_addr, *
     *s_over_since, *s_opener, *s_sealer, *s_msg_bucket, *s_byte_bucket, *s_prefix, *s_sessions,
     *s_members, *s_flush_scheduled, *s_held, *s_shed_optional, *s_udp_backlogged, *s_closed,
     *s_last_seen, *s_last_activity, *s_packets_in, *s_bytes_in, *s_messages_in, *s_messages_out,
-    *s_packets_out, *s_bytes_out, *s_drops, *s_observe_fanout;
+    *s_packets_out, *s_bytes_out, *s_drops, *s_observe_fanout, *s_fanout_buckets, *s_fanout_sum, *s_decrypt_failures;
 
 /* ---- an entry: one session's handles ------------------------------------------------------ */
 
@@ -163,6 +165,12 @@ typedef struct {
     unsigned char *packets; /* the pass's sealed packets, back to back */
     Py_ssize_t packets_cap;
     unsigned long long fast, punted; /* datagrams taken here, and handed to the room */
+    int reading;                     /* in read(): close() waits for its end, a nested read() is refused */
+    int closing;                     /* close() came during read() */
+    PyObject *stop_type, *stop_value, *stop_tb; /* a KeyboardInterrupt or SystemExit met in read() */
+    PyObject *on_full;               /* called when the socket's send buffer is full */
+    double bounds[16];               /* relay_fanout_seconds' bucket bounds (metrics.FANOUT_BOUNDS) */
+    int nbounds;
     double batch_start;
 } Lane;
 
@@ -173,15 +181,48 @@ static double monotonic_now(void) {
 }
 
 static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"fd",          "room", "counters", "punt", "punt_opened", "max_payload",
-                            "max_plaintext", "hooks", NULL};
+    static char *names[] = {"fd",          "room", "counters", "punt",          "punt_opened", "max_payload",
+                            "max_plaintext", "hooks", "fanout_bounds", "on_full", NULL};
     int fd;
-    PyObject *room, *counters, *punt, *punt_opened, *hooks = NULL;
+    PyObject *room, *counters, *punt, *punt_opened, *hooks = NULL, *bounds = NULL, *on_full = Py_None;
     Py_ssize_t max_payload, max_plaintext;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOOOnn|O", names, &fd, &room, &counters, &punt, &punt_opened,
-                                     &max_payload, &max_plaintext, &hooks))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOOOOnn|OOO", names, &fd, &room, &counters, &punt, &punt_opened,
+                                     &max_payload, &max_plaintext, &hooks, &bounds, &on_full))
         return -1;
-    hooks = hooks == NULL ? PyTuple_New(0) : PySequence_Tuple(hooks);
+    if (self->reading) {
+        PyErr_SetString(PyExc_RuntimeError, "the lane is reading");
+        return -1;
+    }
+    if (fd < 0 || max_payload < 0 || max_plaintext <= 0) {
+        PyErr_SetString(PyExc_ValueError, "a descriptor and positive limits");
+        return -1;
+    }
+    self->nbounds = 0;
+    if (bounds != NULL) { /* ascending seconds, as bisect_left reads them */
+        PyObject *seq = PySequence_Fast(bounds, "fanout_bounds: a sequence of seconds");
+        if (seq == NULL) {
+            Py_DECREF(hooks);
+            return -1;
+        }
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        for (Py_ssize_t i = 0; i < n && i < 16; i++) {
+            double bound = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+            if ((bound == -1.0 && PyErr_Occurred()) || (i && bound < self->bounds[i - 1])) {
+                Py_DECREF(seq);
+                Py_DECREF(hooks);
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "fanout_bounds: ascending");
+                return -1;
+            }
+            self->bounds[self->nbounds++] = bound;
+        }
+        Py_DECREF(seq);
+        if (n > 16) {
+            Py_DECREF(hooks);
+            PyErr_SetString(PyExc_ValueError, "fanout_bounds: 16 at most");
+            return -1;
+        }
+    }
+    hooks = hooks == NULL ? PyTuple_New(0) : PySequence_Tuple(hooks); /* a new reference from here */
     if (hooks == NULL) return -1;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks); i++) {
         PyObject *hook = PyTuple_GET_ITEM(hooks, i);
@@ -192,13 +233,10 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
             return -1;
         }
     }
-    if (fd < 0 || max_payload < 0 || max_plaintext <= 0) {
-        PyErr_SetString(PyExc_ValueError, "a descriptor and positive limits");
-        return -1;
-    }
     if (self->bufs == NULL) {
         self->bufs = PyMem_Malloc(BATCH * BUFSIZE);
         if (self->bufs == NULL) {
+            Py_DECREF(hooks);
             PyErr_NoMemory();
             return -1;
         }
@@ -207,10 +245,12 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
     if (by_sid == NULL || by_session == NULL) {
         Py_XDECREF(by_sid);
         Py_XDECREF(by_session);
+        Py_DECREF(hooks);
         return -1;
     }
-    Py_INCREF(room), Py_INCREF(counters), Py_INCREF(punt), Py_INCREF(punt_opened);
+    Py_INCREF(room), Py_INCREF(counters), Py_INCREF(punt), Py_INCREF(punt_opened), Py_INCREF(on_full);
     Py_XSETREF(self->hooks, hooks);
+    Py_XSETREF(self->on_full, on_full);
     Py_XSETREF(self->room, room);
     Py_XSETREF(self->counters, counters);
     Py_XSETREF(self->punt, punt);
@@ -238,6 +278,7 @@ static int Lane_traverse(Lane *self, visitproc visit, void *arg) {
     Py_VISIT(self->punt);
     Py_VISIT(self->punt_opened);
     Py_VISIT(self->hooks);
+    Py_VISIT(self->on_full);
     Py_VISIT(self->by_sid);
     Py_VISIT(self->by_session);
     return 0;
@@ -250,6 +291,7 @@ static int Lane_clear(Lane *self) {
     Py_CLEAR(self->punt);
     Py_CLEAR(self->punt_opened);
     Py_CLEAR(self->hooks);
+    Py_CLEAR(self->on_full);
     Py_CLEAR(self->by_sid);
     Py_CLEAR(self->by_session);
     return 0;
@@ -258,6 +300,9 @@ static int Lane_clear(Lane *self) {
 static void Lane_dealloc(Lane *self) {
     PyObject_GC_UnTrack(self);
     Lane_clear(self);
+    Py_CLEAR(self->stop_type);
+    Py_CLEAR(self->stop_value);
+    Py_CLEAR(self->stop_tb);
     PyMem_Free(self->dirty);
     PyMem_Free(self->bufs);
     PyMem_Free(self->packets);
@@ -328,14 +373,26 @@ static int count_drop(PyObject *counters, const char *reason, long long n) {
     return rc;
 }
 
-/* an error where the room would have counted an internal error: counted, the exception
- * written as unraisable (logged to stderr), the lane goes on */
+/* An error where the room would have counted an internal error: counted, the exception handed
+ * to sys.unraisablehook, the lane goes on. A KeyboardInterrupt or SystemExit (a BaseException
+ * that is not an Exception) instead ends the read and is raised from it. */
 static void internal_error(Lane *self, const char *where) {
-    PyErr_WriteUnraisable(NULL);
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        if (self->stop_type == NULL)
+            PyErr_Fetch(&self->stop_type, &self->stop_value, &self->stop_tb);
+        else
+            PyErr_Clear();
+        return;
+    }
+    PyObject *context = PyUnicode_FromFormat("relay/server/_lane.c (%s)", where);
+    PyErr_WriteUnraisable(context);
+    Py_XDECREF(context);
     PyErr_Clear();
-    if (count_drop(self->counters, "internal_error", 1) < 0) PyErr_Clear();
-    (void)where;
+    if (self->counters != NULL && count_drop(self->counters, "internal_error", 1) < 0) PyErr_Clear();
 }
+
+/* read() must stop: the lane was closed, or an interrupt is to be raised */
+static inline int stopped(Lane *self) { return self->closing || self->stop_type != NULL; }
 
 static int same_name(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
     if (a->ss_family != b->ss_family) return 0;
@@ -428,30 +485,29 @@ static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     e->out = NULL, e->out_len = e->out_cap = 0;
     e->lens = NULL, e->nlens = e->lens_cap = 0;
     e->dirty = 0;
-    /* entries of sessions the room has let go are swept when they outnumber its sessions */
+    /* entries of sessions the room has let go are swept when they outnumber its sessions: both
+     * tables are made again from the entries of sessions the room still holds */
     PyObject *sessions = PyObject_GetAttr(self->room, s_sessions);
     if (sessions == NULL) goto done;
     if (PyDict_Check(sessions) && PyDict_GET_SIZE(self->by_sid) > 2 * PyDict_GET_SIZE(sessions) + 8) {
-        PyObject *stale = PyList_New(0);
+        PyObject *by_sid = PyDict_New(), *by_session = PyDict_New();
         PyObject *key, *value;
         Py_ssize_t pos = 0;
-        while (stale != NULL && PyDict_Next(self->by_sid, &pos, &key, &value)) {
+        int failed = by_sid == NULL || by_session == NULL;
+        while (!failed && PyDict_Next(self->by_sid, &pos, &key, &value)) {
             PyObject *live = PyDict_GetItemWithError(sessions, key);
-            if (live != ((Entry *)value)->session && PyList_Append(stale, key) < 0) Py_CLEAR(stale);
+            if (live == NULL && PyErr_Occurred()) failed = 1;
+            else if (live == ((Entry *)value)->session)
+                failed = PyDict_SetItem(by_sid, key, value) < 0 || PyDict_SetItem(by_session, live, value) < 0;
         }
-        if (stale == NULL) {
+        if (failed) {
+            Py_XDECREF(by_sid);
+            Py_XDECREF(by_session);
             Py_DECREF(sessions);
             goto done;
         }
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(stale); i++) {
-            PyObject *old = PyDict_GetItem(self->by_sid, PyList_GET_ITEM(stale, i));
-            if (old != NULL) {
-                if (PyDict_GetItem(self->by_session, ((Entry *)old)->session) == old)
-                    PyDict_DelItem(self->by_session, ((Entry *)old)->session);
-                PyDict_DelItem(self->by_sid, PyList_GET_ITEM(stale, i));
-            }
-        }
-        Py_DECREF(stale);
+        Py_SETREF(self->by_sid, by_sid);
+        Py_SETREF(self->by_session, by_session);
     }
     Py_DECREF(sessions);
     if (PyDict_SetItem(self->by_sid, sid, (PyObject *)e) < 0 || PyDict_SetItem(self->by_session, session, (PyObject *)e) < 0)
@@ -641,8 +697,30 @@ static int mark_dirty(Lane *self, Entry *e) {
 
 enum { TAKEN = 1, ROOMS = 0, HANDED = 2 };
 
-/* TAKEN: relayed here. ROOMS: the room's, untouched. HANDED: opened, its plaintext handed to
- * the room (done). -1: an error, with the datagram untouched. */
+static int flush(Lane *self, double start);
+
+/* A replay or a forgery of a session's packet: dropped and counted here as the room counts it
+ * (opening it again in the room would double a flood's AES-GCM). */
+static int refused(Lane *self, Py_ssize_t n, int opened) {
+    PyObject *counters = self->counters;
+    if (count(counters, s_packets_in, 1) < 0 || count(counters, s_bytes_in, n) < 0 ||
+        count_drop(counters, opened == REPLAYED ? "replay" : "decrypt", 1) < 0)
+        return -1;
+    if (opened == FORGED) {
+        PyObject *failures = PyObject_GetAttr(counters, s_decrypt_failures), *one = PyLong_FromLong(1);
+        PyObject *sum = failures && one ? PyNumber_Add(failures, one) : NULL;
+        int rc = sum ? PyObject_SetAttr(counters, s_decrypt_failures, sum) : -1;
+        Py_XDECREF(failures);
+        Py_XDECREF(one);
+        Py_XDECREF(sum);
+        return rc;
+    }
+    return 0;
+}
+
+/* TAKEN: relayed (or, a replay or forgery, dropped) here. ROOMS: the room's, untouched.
+ * HANDED: opened, its plaintext handed to the room (done). -1: an error, the datagram
+ * untouched. */
 static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *sessions, Plan *plan,
                     unsigned char *plain) {
     const unsigned char *data = self->bufs + (Py_ssize_t)i * BUFSIZE;
@@ -671,7 +749,7 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
     if (now < muted || over != 0.0) return ROOMS; /* the room's limits and their recovery */
     int opened = aead->open(e->opener, data, n, counter, plain);
     if (opened < 0) return -1;
-    if (opened != OPENED) return ROOMS; /* a replay or a forgery: the room opens it again, counts it */
+    if (opened != OPENED) return refused(self, n, opened) < 0 ? -1 : TAKEN;
     Py_ssize_t plain_size = n - HEADER_SIZE - TAG_SIZE;
     Py_INCREF(e); /* a hand-over may let the room drop it */
     int planned = plan_packet(self, plan, plain, plain + plain_size, e, members);
@@ -682,6 +760,11 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
         planned = 0;
     }
     if (planned == 0) { /* opened: the window has moved, so the room gets the plaintext */
+        /* counted as the room counts a datagram; what the lane queued leaves before the room
+         * does anything with it */
+        if (count(self->counters, s_packets_in, 1) < 0 || count(self->counters, s_bytes_in, n) < 0)
+            internal_error(self, "counters");
+        if (flush(self, now) < 0) internal_error(self, "flush");
         PyObject *packet = PyBytes_FromStringAndSize((const char *)data, n),
                  *text = PyBytes_FromStringAndSize((const char *)plain, plain_size), *addr = address_of(&self->names[i]);
         PyObject *result = NULL;
@@ -726,8 +809,51 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
 
 /* ---- the pass's output ----------------------------------------------------------------------- */
 
+/* Counters.observe_fanout(seconds) without a Python call: fanout_buckets[bisect_left(bounds,
+ * seconds)] += 1, fanout_sum += seconds (no bounds given: the Python method) */
+static int observe_fanout(Lane *self, double seconds) {
+    PyObject *counters = self->counters;
+    if (self->nbounds == 0) {
+        PyObject *elapsed = PyFloat_FromDouble(seconds);
+        PyObject *result = elapsed ? PyObject_CallMethodOneArg(counters, s_observe_fanout, elapsed) : NULL;
+        Py_XDECREF(elapsed);
+        Py_XDECREF(result);
+        return result == NULL ? -1 : 0;
+    }
+    int i = 0;
+    while (i < self->nbounds && self->bounds[i] < seconds) i++;
+    PyObject *buckets = PyObject_GetAttr(counters, s_fanout_buckets), *sum = NULL, *total = NULL, *add = NULL;
+    int rc = -1;
+    if (buckets != NULL && PyList_Check(buckets) && PyList_GET_SIZE(buckets) > i) {
+        PyObject *old = PyList_GET_ITEM(buckets, i), *one = PyLong_FromLong(1);
+        PyObject *more = one ? PyNumber_Add(old, one) : NULL;
+        Py_XDECREF(one);
+        if (more != NULL) {
+            PyList_SET_ITEM(buckets, i, more);
+            Py_DECREF(old);
+            if ((sum = PyObject_GetAttr(counters, s_fanout_sum)) != NULL && (add = PyFloat_FromDouble(seconds)) != NULL &&
+                (total = PyNumber_Add(sum, add)) != NULL)
+                rc = PyObject_SetAttr(counters, s_fanout_sum, total);
+        }
+    } else if (buckets != NULL) {
+        PyErr_SetString(PyExc_TypeError, "fanout_buckets: a list, one more than the bounds");
+    }
+    Py_XDECREF(buckets);
+    Py_XDECREF(sum);
+    Py_XDECREF(add);
+    Py_XDECREF(total);
+    return rc;
+}
+
 static int flush(Lane *self, double start) {
     if (self->ndirty == 0) return 0;
+    int backlogged = attr_true(self->room, s_udp_backlogged);
+    if (backlogged != 0) { /* the room drops its UDP output until the socket drains: so does the lane */
+        long long messages = 0;
+        for (Py_ssize_t i = 0; i < self->ndirty; i++) messages += self->dirty[i]->nlens;
+        clear_dirty(self);
+        return backlogged < 0 ? -1 : count_drop(self->counters, "udp_send_buffer", messages);
+    }
     /* sealed packets first (the arena may move while it grows), then the send */
     Py_ssize_t total = 0, npackets = 0;
     for (Py_ssize_t i = 0; i < self->ndirty; i++) {
@@ -738,6 +864,7 @@ static int flush(Lane *self, double start) {
     if (total > self->packets_cap) {
         unsigned char *grown = PyMem_Realloc(self->packets, total);
         if (grown == NULL) {
+            clear_dirty(self);
             PyErr_NoMemory();
             return -1;
         }
@@ -748,6 +875,7 @@ static int flush(Lane *self, double start) {
     if (headers == NULL || vectors == NULL) {
         PyMem_Free(headers);
         PyMem_Free(vectors);
+        clear_dirty(self);
         PyErr_NoMemory();
         return -1;
     }
@@ -782,7 +910,10 @@ static int flush(Lane *self, double start) {
     long long sent_bytes = 0, sent = 0, socket_errors = 0, backlog = 0;
     while (done < k) {
         int chunk = k - done < SEND_CHUNK ? (int)(k - done) : SEND_CHUNK;
-        int n = sendmmsg(self->fd, headers + done, chunk, MSG_DONTWAIT);
+        int n = self->fd < 0 ? (errno = EBADF, -1) : sendmmsg(self->fd, headers + done, chunk, MSG_DONTWAIT);
+        if (n < 0 && errno == EBADF) { /* closed meanwhile: nothing more to send on */
+            break;
+        }
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) { /* unreliable by contract: dropped */
@@ -806,12 +937,12 @@ static int flush(Lane *self, double start) {
         (socket_errors && count_drop(counters, "socket_error", socket_errors) < 0) ||
         (backlog && count_drop(counters, "udp_send_buffer", backlog) < 0))
         return -1;
-    PyObject *elapsed = PyFloat_FromDouble(monotonic_now() - start);
-    if (elapsed == NULL) return -1;
-    PyObject *result = PyObject_CallMethodOneArg(counters, s_observe_fanout, elapsed);
-    Py_DECREF(elapsed);
-    Py_XDECREF(result);
-    return result == NULL ? -1 : 0;
+    if (backlog && self->on_full != NULL && self->on_full != Py_None) { /* the room stops its UDP output */
+        PyObject *result = PyObject_CallNoArgs(self->on_full);
+        if (result == NULL) return -1;
+        Py_DECREF(result);
+    }
+    return observe_fanout(self, monotonic_now() - start);
 }
 
 /* ---- read ------------------------------------------------------------------------------------ */
@@ -843,7 +974,7 @@ static int hand_over(Lane *self, int i, double now) {
 }
 
 static PyObject *Lane_read(Lane *self, PyObject *unused) {
-    if (self->room == NULL) Py_RETURN_NONE;
+    if (self->room == NULL || self->reading || self->fd < 0) Py_RETURN_NONE; /* closed, or nested */
     for (int i = 0; i < BATCH; i++) {
         self->iov[i].iov_base = self->bufs + (Py_ssize_t)i * BUFSIZE;
         self->iov[i].iov_len = BUFSIZE;
@@ -860,6 +991,9 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
             return NULL;
         Py_RETURN_NONE;
     }
+    /* what the callbacks below run may close the lane (it then waits for this read's end) */
+    Py_INCREF(self);
+    self->reading = 1;
     double now = monotonic_now();
     Plan *plan = PyMem_Malloc(sizeof(Plan));
     unsigned char *plain = PyMem_Malloc(BUFSIZE);
@@ -868,10 +1002,11 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
     int busy = -1;
     if (plan && plain && sessions && PyDict_Check(members) && PyDict_Check(sessions)) busy = room_busy(self);
     if (busy < 0) {
-        if (PyErr_Occurred()) internal_error(self, "read");
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        internal_error(self, "read");
         busy = 1;
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n && !stopped(self); i++) {
         int handled = ROOMS;
         /* a datagram the room's own output of this pass would have to go out before: the room's */
         if (!busy) {
@@ -886,16 +1021,22 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
             continue;
         }
         self->punted++;
-        if (handled == ROOMS && hand_over(self, i, now) < 0) internal_error(self, "punt");
-        if (!busy && (busy = room_busy(self)) < 0) {
+        if (handled == ROOMS && !stopped(self)) {
+            /* what the lane queued leaves before the room does anything with this datagram */
+            if (flush(self, now) < 0) internal_error(self, "flush");
+            if (!stopped(self) && hand_over(self, i, now) < 0) internal_error(self, "punt");
+        }
+        if (!busy && !stopped(self) && (busy = room_busy(self)) < 0) {
             internal_error(self, "read");
             busy = 1;
         }
     }
-    if (flush(self, now) < 0) internal_error(self, "flush");
-    if (self->hooks != NULL) /* the pass's end: what is due then (the relay's rides, its pacer) */
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->hooks); i++) {
-            PyObject *hook = PyTuple_GET_ITEM(self->hooks, i);
+    if (!stopped(self) && flush(self, now) < 0) internal_error(self, "flush");
+    PyObject *hooks = self->hooks;
+    Py_XINCREF(hooks);
+    if (hooks != NULL) /* the pass's end: what is due then (the relay's rides, its pacer) */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks) && !stopped(self); i++) {
+            PyObject *hook = PyTuple_GET_ITEM(hooks, i);
             double due;
             if (attr_double(PyTuple_GET_ITEM(hook, 0), PyTuple_GET_ITEM(hook, 1), &due) < 0) {
                 internal_error(self, "hook");
@@ -908,15 +1049,33 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
             if (result == NULL) internal_error(self, "hook");
             Py_XDECREF(result);
         }
+    Py_XDECREF(hooks);
     PyMem_Free(plan);
     PyMem_Free(plain);
     Py_XDECREF(members);
     Py_XDECREF(sessions);
-    Py_RETURN_NONE;
+    self->reading = 0;
+    if (self->closing) { /* closed meanwhile: what it queued goes nowhere */
+        self->closing = 0;
+        Lane_clear(self);
+    }
+    PyObject *result = Py_None;
+    Py_INCREF(result);
+    if (self->stop_type != NULL) { /* an interrupt: raised from the read, as from the room's handler */
+        PyErr_Restore(self->stop_type, self->stop_value, self->stop_tb);
+        self->stop_type = self->stop_value = self->stop_tb = NULL;
+        Py_CLEAR(result);
+    }
+    Py_DECREF(self);
+    return result;
 }
 
 static PyObject *Lane_close(Lane *self, PyObject *unused) {
-    Lane_clear(self);
+    self->fd = -1; /* the socket is its owner's to close: nothing more is read or sent on it */
+    if (self->reading) /* a callback of read(): it lets go at its end */
+        self->closing = 1;
+    else
+        Lane_clear(self);
     Py_RETURN_NONE;
 }
 
@@ -991,7 +1150,8 @@ PyMODINIT_FUNC PyInit__lane(void) {
         intern(&s_bytes_in, "bytes_in") || intern(&s_messages_in, "messages_in") ||
         intern(&s_messages_out, "messages_out") || intern(&s_packets_out, "packets_out") ||
         intern(&s_bytes_out, "bytes_out") || intern(&s_drops, "drops") ||
-        intern(&s_observe_fanout, "observe_fanout"))
+        intern(&s_observe_fanout, "observe_fanout") || intern(&s_fanout_buckets, "fanout_buckets") ||
+        intern(&s_fanout_sum, "fanout_sum") || intern(&s_decrypt_failures, "decrypt_failures"))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

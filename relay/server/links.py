@@ -38,7 +38,7 @@ from relay.protocol.constants import UDP_MAX_PLAINTEXT, WS_MAX_PACKET, WS_MAX_PL
 from relay.protocol.gs2.wire import CONTAINER_FIRST_BYTES, Encoder
 from relay.protocol.wsframes import BINARY, PING, PONG, server_binary_frames, server_frame, take_frames
 from relay.server.gs2 import Gs2Peer
-from relay.server.metrics import Counters
+from relay.server.metrics import FANOUT_BOUNDS, Counters
 from relay.server.room import Room
 from relay.server.sessions import Session
 from relay.server.tls import HANDSHAKE_RECORD, TlsLayer, TlsTerminator
@@ -270,6 +270,8 @@ class UdpLane:
             limits.max_payload_udp,
             UDP_MAX_PLAINTEXT,
             hooks,
+            FANOUT_BOUNDS,
+            self._full,
         )
         writer.attach(self.sendto)
         room.udp_writer = writer.sendto
@@ -307,12 +309,17 @@ class UdpLane:
             self._sock.sendto(packet, addr)
         except BlockingIOError:
             self.room.counters.drops["udp_send_buffer"] += 1
-            if not self._watching_writable:  # until it drains, the room drops its UDP output
-                self._watching_writable = True
-                self.room.udp_backlogged = True
-                self._loop.add_writer(self._sock.fileno(), self._writable)
+            self._full()
         except OSError:
             self.room.counters.drops["socket_error"] += 1
+
+    def _full(self) -> None:
+        """The socket's send buffer is full (the lane met it too): until it drains, the room
+        drops its UDP output, and so does the lane."""
+        if not self._watching_writable:
+            self._watching_writable = True
+            self.room.udp_backlogged = True
+            self._loop.add_writer(self._sock.fileno(), self._writable)
 
     def _writable(self) -> None:
         self._loop.remove_writer(self._sock.fileno())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,10 +54,11 @@ Script = Callable[[EmbeddedRoom, list[UdpPeer]], Awaitable[None]]
 
 async def play(
     monkeypatch: pytest.MonkeyPatch, lane: bool, script: Script, players: int = 3, **config: Any
-) -> tuple[list[list[Any]], dict[str, int], list[int], list[int], int]:
+) -> tuple[list[list[Any]], dict[str, int], list[int], list[int], tuple[int, ...], int]:
     """Runs `script` in a room of `players` raw UDP members, with the lane or without; returns what
     each peer received after the joins (per step, see `collect`), the drops, messages in and out,
-    and the datagrams the lane relayed itself."""
+    UDP datagrams and bytes in and decryption failures, and the datagrams the lane relayed
+    itself."""
     monkeypatch.setattr(app, "LANE", links.LANE if lane else None)
     async with room(host="127.0.0.1", **config) as r:
         assert (r.relay._udp_lane is not None) == lane
@@ -77,6 +79,7 @@ async def play(
                 drops(r),
                 list(counters.messages_in),
                 list(counters.messages_out),
+                (counters.packets_in[0], counters.bytes_in[0], counters.decrypt_failures),
                 fast,
             )
         finally:
@@ -94,7 +97,7 @@ async def collect(peers: list[UdpPeer], wait: float = 0.15) -> None:
 async def same_either_way(monkeypatch: pytest.MonkeyPatch, script: Script, **config: Any) -> tuple[Any, Any]:
     with_lane = await play(monkeypatch, True, script, **config)
     without = await play(monkeypatch, False, script, **config)
-    assert with_lane[:4] == without[:4]
+    assert with_lane[:5] == without[:5]
     return with_lane, without
 
 
@@ -104,8 +107,11 @@ async def test_sends_of_every_shape_reach_the_same_members_with_the_same_bytes(
     async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
         a, b, c = peers
         ids = [p.connection_id for p in peers]
+        counters = r.relay.counters
+        flushes, spent = sum(counters.fanout_buckets), counters.fanout_sum
         a.send(send(b"to everyone"))
         await collect(peers)
+        assert sum(counters.fanout_buckets) == flushes + 1 and counters.fanout_sum > spent
         # targets repeated, the sender itself, and one not in the room
         b.send(send(b"to c twice and a", [ids[2], ids[2], ids[0], ids[1], 999]))
         await collect(peers)
@@ -115,7 +121,7 @@ async def test_sends_of_every_shape_reach_the_same_members_with_the_same_bytes(
             a.send(send(i.to_bytes(2, "big") * 50))
         await collect(peers)
 
-    (logs, _, messages_in, _, fast), _ = await same_either_way(monkeypatch, script)
+    (logs, _, messages_in, _, _, fast), _ = await same_either_way(monkeypatch, script)
     assert fast >= 23  # the lane relayed them itself
     assert messages_in[0] >= 3 + 23
     a_log, b_log, c_log = logs
@@ -322,3 +328,76 @@ async def test_the_relay_serves_after_the_lane_closes(monkeypatch: pytest.Monkey
     assert r.relay._udp_lane is None
     lane.lane.read()  # closed: reads nothing, raises nothing
     assert lane.lane.entries == 0
+
+
+def a_lane(room_punt: Callable[..., None]) -> tuple[Any, Any, Any, Any]:
+    """A lane over a socket of the test's own and a room of its own, read by the test: (lane,
+    its socket, a socket to send to it from, the counters). The room's hand-over is `room_punt`."""
+    import socket
+
+    from relay.protocol.keys import generate_room_key
+    from relay.server.config import RelayConfig
+    from relay.server.metrics import Counters
+    from relay.server.room import Room
+
+    config = RelayConfig(room_key=generate_room_key())
+    counters = Counters()
+    relay_room = Room(config, counters, time.monotonic())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.connect(sock.getsockname())
+    assert links.LANE is not None
+    lane = links.LANE(sock.fileno(), relay_room, counters, room_punt, room_punt, 1100, 1168)
+    return lane, sock, peer, counters
+
+
+def test_a_close_from_the_rooms_hand_over_ends_the_read_there() -> None:
+    handed: list[bytes] = []
+
+    def punt(data: bytes, addr: Any, now: float) -> None:
+        handed.append(data)
+        lane.close()
+
+    lane, sock, peer, _ = a_lane(punt)
+    try:
+        for i in range(3):
+            peer.send(b"not a packet %d" % i)
+        time.sleep(0.05)
+        lane.read()  # the first hand-over closes it: the rest of the read is not handed on
+        assert handed == [b"not a packet 0"] and lane.entries == 0
+        lane.read()  # closed: reads nothing
+        assert len(handed) == 1
+    finally:
+        sock.close()
+        peer.close()
+
+
+def test_a_hand_overs_error_is_counted_and_an_interrupt_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def punt(data: bytes, addr: Any, now: float) -> None:
+        if data == b"stop":
+            raise KeyboardInterrupt
+        raise ValueError(data)
+
+    lane, sock, peer, counters = a_lane(punt)
+    try:
+        peer.send(b"bad")
+        peer.send(b"bad too")
+        time.sleep(0.05)
+        lane.read()  # each written to sys.unraisablehook, counted; the read goes on
+        assert counters.drops["internal_error"] == 2
+        assert [type(u.exc_value) for u in unraisable] == [ValueError, ValueError]
+        peer.send(b"stop")
+        peer.send(b"after")
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt):
+            lane.read()
+    finally:
+        sock.close()
+        peer.close()
