@@ -47,6 +47,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <structmember.h>
+
 #include "../protocol/_aead.h"
 #include "_ratelimit.h"
 
@@ -66,11 +68,17 @@
 
 static AeadApi *aead;
 static PyTypeObject *bucket_type;
-static PyObject *s_sid, *s_member, *s_session, *s_path, *s_validated, *s_addr, *s_muted_until,
-    *s_over_since, *s_opener, *s_sealer, *s_msg_bucket, *s_byte_bucket, *s_prefix, *s_sessions,
-    *s_members, *s_flush_scheduled, *s_held, *s_shed_optional, *s_udp_backlogged, *s_closed,
-    *s_last_seen, *s_last_activity, *s_packets_in, *s_bytes_in, *s_messages_in, *s_messages_out,
-    *s_packets_out, *s_bytes_out, *s_drops, *s_observe_fanout, *s_fanout_buckets, *s_fanout_sum, *s_decrypt_failures;
+/* An attribute the lane reads or writes on the room's objects, by name; where the object's type
+ * keeps it in a __slots__ slot (Session, Member, UdpPath, Counters), the slot's offset, found once
+ * per type, so a read is a load (PyObject_GetAttr's type lookup and descriptor call, met cold at
+ * each wake-up, were a tenth of a relay process's CPU in `perf`). */
+typedef struct {
+    PyObject *name;
+    PyTypeObject *type; /* the type `offset` is of (held) */
+    Py_ssize_t offset;  /* 0: not a slot of that type: PyObject_GetAttr */
+} Attr;
+
+static Attr s_sid, s_member, s_session, s_path, s_validated, s_addr, s_muted_until, s_over_since, s_opener, s_sealer, s_msg_bucket, s_byte_bucket, s_prefix, s_sessions, s_members, s_flush_scheduled, s_held, s_shed_optional, s_udp_backlogged, s_closed, s_last_seen, s_last_activity, s_packets_in, s_bytes_in, s_messages_in, s_messages_out, s_packets_out, s_bytes_out, s_drops, s_observe_fanout, s_fanout_buckets, s_fanout_sum, s_decrypt_failures;
 
 /* ---- an entry: one session's handles ------------------------------------------------------ */
 
@@ -311,16 +319,76 @@ static void Lane_dealloc(Lane *self) {
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 
-/* obj.name is `expected` (identity); -1 on an error */
-static int attr_is(PyObject *obj, PyObject *name, PyObject *expected) {
-    PyObject *value = PyObject_GetAttr(obj, name);
+static void resolve(PyTypeObject *type, Attr *attr) {
+    Py_INCREF(type);
+    Py_XSETREF(attr->type, type);
+    attr->offset = 0;
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, attr->name); /* a slot's: its member descriptor */
+    if (descr == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *def = ((PyMemberDescrObject *)descr)->d_member;
+        if (def->type == T_OBJECT_EX && !(def->flags & READONLY) && def->offset > 0) attr->offset = def->offset;
+    }
+    Py_DECREF(descr);
+}
+
+/* obj.<attr>, a new reference */
+static PyObject *get_attr(PyObject *obj, Attr *attr) {
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type != attr->type) resolve(type, attr);
+    if (attr->offset) {
+        PyObject *value = *(PyObject **)((char *)obj + attr->offset);
+        if (value != NULL) {
+            Py_INCREF(value);
+            return value;
+        }
+    }
+    return PyObject_GetAttr(obj, attr->name); /* not a slot, or unset: Python's own answer */
+}
+
+/* obj.<attr> = value */
+static int set_attr(PyObject *obj, Attr *attr, PyObject *value) {
+    PyTypeObject *type = Py_TYPE(obj);
+    if (type != attr->type) resolve(type, attr);
+    if (attr->offset) {
+        PyObject **slot = (PyObject **)((char *)obj + attr->offset);
+        Py_INCREF(value);
+        Py_XSETREF(*slot, value);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, attr->name, value);
+}
+
+/* obj.<attr> is `expected` (identity); -1 on an error */
+static int attr_is(PyObject *obj, Attr *attr, PyObject *expected) {
+    PyObject *value = get_attr(obj, attr);
     if (value == NULL) return -1;
     int same = value == expected;
     Py_DECREF(value);
     return same;
 }
 
-static int attr_double(PyObject *obj, PyObject *name, double *out) {
+static int attr_double(PyObject *obj, Attr *attr, double *out) {
+    PyObject *value = get_attr(obj, attr);
+    if (value == NULL) return -1;
+    *out = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int attr_true(PyObject *obj, Attr *attr) {
+    PyObject *value = get_attr(obj, attr);
+    if (value == NULL) return -1;
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+/* obj.<name> as a float (a hook's attribute, named by the relay) */
+static int named_double(PyObject *obj, PyObject *name, double *out) {
     PyObject *value = PyObject_GetAttr(obj, name);
     if (value == NULL) return -1;
     *out = PyFloat_AsDouble(value);
@@ -328,18 +396,10 @@ static int attr_double(PyObject *obj, PyObject *name, double *out) {
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static int attr_true(PyObject *obj, PyObject *name) {
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL) return -1;
-    int truth = PyObject_IsTrue(value);
-    Py_DECREF(value);
-    return truth;
-}
-
 /* counters.<list>[0] += n (index 0: UDP, relay/server/metrics.py's TRANSPORTS) */
-static int count(PyObject *counters, PyObject *list_name, long long n) {
+static int count(PyObject *counters, Attr *list_name, long long n) {
     if (n == 0) return 0;
-    PyObject *list = PyObject_GetAttr(counters, list_name);
+    PyObject *list = get_attr(counters, list_name);
     if (list == NULL) return -1;
     int rc = -1;
     if (PyList_Check(list) && PyList_GET_SIZE(list) > 0) {
@@ -360,7 +420,7 @@ static int count(PyObject *counters, PyObject *list_name, long long n) {
 
 /* counters.drops[reason] += n */
 static int count_drop(PyObject *counters, const char *reason, long long n) {
-    PyObject *drops = PyObject_GetAttr(counters, s_drops);
+    PyObject *drops = get_attr(counters, &s_drops);
     if (drops == NULL) return -1;
     PyObject *key = PyUnicode_FromString(reason), *old = key ? PyObject_GetItem(drops, key) : NULL;
     PyObject *add = old ? PyLong_FromLongLong(n) : NULL, *sum = add ? PyNumber_Add(old, add) : NULL;
@@ -442,15 +502,15 @@ static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) > (Py_ssize_t)sizeof(struct sockaddr_storage) ||
         PyBytes_GET_SIZE(name) < (Py_ssize_t)sizeof(sa_family_t))
         Py_RETURN_FALSE;
-    PyObject *sid = PyObject_GetAttr(session, s_sid), *opener = NULL, *sealer = NULL, *msgs = NULL,
+    PyObject *sid = get_attr(session, &s_sid), *opener = NULL, *sealer = NULL, *msgs = NULL,
              *bytes = NULL, *prefix = NULL, *addr = NULL;
     Entry *e = NULL;
     PyObject *result = NULL;
-    if (sid == NULL || (opener = PyObject_GetAttr(session, s_opener)) == NULL ||
-        (sealer = PyObject_GetAttr(session, s_sealer)) == NULL ||
-        (msgs = PyObject_GetAttr(member, s_msg_bucket)) == NULL ||
-        (bytes = PyObject_GetAttr(member, s_byte_bucket)) == NULL ||
-        (prefix = PyObject_GetAttr(member, s_prefix)) == NULL || (addr = PyObject_GetAttr(path, s_addr)) == NULL)
+    if (sid == NULL || (opener = get_attr(session, &s_opener)) == NULL ||
+        (sealer = get_attr(session, &s_sealer)) == NULL ||
+        (msgs = get_attr(member, &s_msg_bucket)) == NULL ||
+        (bytes = get_attr(member, &s_byte_bucket)) == NULL ||
+        (prefix = get_attr(member, &s_prefix)) == NULL || (addr = get_attr(path, &s_addr)) == NULL)
         goto done;
     unsigned long sid_value = PyLong_AsUnsignedLong(sid);
     if (sid_value == (unsigned long)-1 && PyErr_Occurred()) goto done;
@@ -487,7 +547,7 @@ static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     e->dirty = 0;
     /* entries of sessions the room has let go are swept when they outnumber its sessions: both
      * tables are made again from the entries of sessions the room still holds */
-    PyObject *sessions = PyObject_GetAttr(self->room, s_sessions);
+    PyObject *sessions = get_attr(self->room, &s_sessions);
     if (sessions == NULL) goto done;
     if (PyDict_Check(sessions) && PyDict_GET_SIZE(self->by_sid) > 2 * PyDict_GET_SIZE(sessions) + 8) {
         PyObject *by_sid = PyDict_New(), *by_session = PyDict_New();
@@ -549,7 +609,7 @@ typedef struct {
  * or if its session is not the lane's (then the packet is the room's) */
 static int recipient(Lane *self, PyObject *other, Entry **out) {
     *out = NULL;
-    PyObject *session = PyObject_GetAttr(other, s_session);
+    PyObject *session = get_attr(other, &s_session);
     if (session == NULL) return -1;
     if (session == Py_None) {
         Py_DECREF(session);
@@ -559,10 +619,10 @@ static int recipient(Lane *self, PyObject *other, Entry **out) {
     Py_DECREF(session); /* the entry holds it */
     if (e == NULL) return PyErr_Occurred() ? -1 : 0;
     if (e->member != other) return 0;
-    int ok = attr_is(e->session, s_path, e->path);
+    int ok = attr_is(e->session, &s_path, e->path);
     if (ok != 1) return ok;
-    if ((ok = attr_true(e->path, s_validated)) != 1) return ok;
-    if ((ok = attr_is(e->path, s_addr, e->addr)) != 1) return ok;
+    if ((ok = attr_true(e->path, &s_validated)) != 1) return ok;
+    if ((ok = attr_is(e->path, &s_addr, e->addr)) != 1) return ok;
     *out = e;
     return 1;
 }
@@ -703,13 +763,13 @@ static int flush(Lane *self, double start);
  * (opening it again in the room would double a flood's AES-GCM). */
 static int refused(Lane *self, Py_ssize_t n, int opened) {
     PyObject *counters = self->counters;
-    if (count(counters, s_packets_in, 1) < 0 || count(counters, s_bytes_in, n) < 0 ||
+    if (count(counters, &s_packets_in, 1) < 0 || count(counters, &s_bytes_in, n) < 0 ||
         count_drop(counters, opened == REPLAYED ? "replay" : "decrypt", 1) < 0)
         return -1;
     if (opened == FORGED) {
-        PyObject *failures = PyObject_GetAttr(counters, s_decrypt_failures), *one = PyLong_FromLong(1);
+        PyObject *failures = get_attr(counters, &s_decrypt_failures), *one = PyLong_FromLong(1);
         PyObject *sum = failures && one ? PyNumber_Add(failures, one) : NULL;
-        int rc = sum ? PyObject_SetAttr(counters, s_decrypt_failures, sum) : -1;
+        int rc = sum ? set_attr(counters, &s_decrypt_failures, sum) : -1;
         Py_XDECREF(failures);
         Py_XDECREF(one);
         Py_XDECREF(sum);
@@ -740,11 +800,11 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
     if (!same_name(&self->names[i], &e->name)) return ROOMS; /* from elsewhere: the room rebinds */
     int ok;
     double muted, over;
-    if ((ok = attr_is(e->session, s_member, e->member)) != 1 || (ok = attr_is(e->member, s_session, e->session)) != 1 ||
-        (ok = attr_is(e->session, s_path, e->path)) != 1 || (ok = attr_true(e->path, s_validated)) != 1 ||
-        (ok = attr_is(e->path, s_addr, e->addr)) != 1)
+    if ((ok = attr_is(e->session, &s_member, e->member)) != 1 || (ok = attr_is(e->member, &s_session, e->session)) != 1 ||
+        (ok = attr_is(e->session, &s_path, e->path)) != 1 || (ok = attr_true(e->path, &s_validated)) != 1 ||
+        (ok = attr_is(e->path, &s_addr, e->addr)) != 1)
         return ok;
-    if (attr_double(e->session, s_muted_until, &muted) < 0 || attr_double(e->member, s_over_since, &over) < 0)
+    if (attr_double(e->session, &s_muted_until, &muted) < 0 || attr_double(e->member, &s_over_since, &over) < 0)
         return -1;
     if (now < muted || over != 0.0) return ROOMS; /* the room's limits and their recovery */
     int opened = aead->open(e->opener, data, n, counter, plain);
@@ -762,7 +822,7 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
     if (planned == 0) { /* opened: the window has moved, so the room gets the plaintext */
         /* counted as the room counts a datagram; what the lane queued leaves before the room
          * does anything with it */
-        if (count(self->counters, s_packets_in, 1) < 0 || count(self->counters, s_bytes_in, n) < 0)
+        if (count(self->counters, &s_packets_in, 1) < 0 || count(self->counters, &s_bytes_in, n) < 0)
             internal_error(self, "counters");
         if (flush(self, now) < 0) internal_error(self, "flush");
         PyObject *packet = PyBytes_FromStringAndSize((const char *)data, n),
@@ -798,9 +858,9 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
         }
     }
     PyObject *stamp = PyFloat_FromDouble(now);
-    if (stamp == NULL || PyObject_SetAttr(e->session, s_last_seen, stamp) < 0 ||
-        PyObject_SetAttr(self->room, s_last_activity, stamp) < 0 || count(self->counters, s_packets_in, 1) < 0 ||
-        count(self->counters, s_bytes_in, n) < 0 || count(self->counters, s_messages_in, plan->nmsgs) < 0)
+    if (stamp == NULL || set_attr(e->session, &s_last_seen, stamp) < 0 ||
+        set_attr(self->room, &s_last_activity, stamp) < 0 || count(self->counters, &s_packets_in, 1) < 0 ||
+        count(self->counters, &s_bytes_in, n) < 0 || count(self->counters, &s_messages_in, plan->nmsgs) < 0)
         internal_error(self, "counters");
     Py_XDECREF(stamp);
     Py_DECREF(e);
@@ -815,14 +875,14 @@ static int observe_fanout(Lane *self, double seconds) {
     PyObject *counters = self->counters;
     if (self->nbounds == 0) {
         PyObject *elapsed = PyFloat_FromDouble(seconds);
-        PyObject *result = elapsed ? PyObject_CallMethodOneArg(counters, s_observe_fanout, elapsed) : NULL;
+        PyObject *result = elapsed ? PyObject_CallMethodOneArg(counters, s_observe_fanout.name, elapsed) : NULL;
         Py_XDECREF(elapsed);
         Py_XDECREF(result);
         return result == NULL ? -1 : 0;
     }
     int i = 0;
     while (i < self->nbounds && self->bounds[i] < seconds) i++;
-    PyObject *buckets = PyObject_GetAttr(counters, s_fanout_buckets), *sum = NULL, *total = NULL, *add = NULL;
+    PyObject *buckets = get_attr(counters, &s_fanout_buckets), *sum = NULL, *total = NULL, *add = NULL;
     int rc = -1;
     if (buckets != NULL && PyList_Check(buckets) && PyList_GET_SIZE(buckets) > i) {
         PyObject *old = PyList_GET_ITEM(buckets, i), *one = PyLong_FromLong(1);
@@ -831,9 +891,9 @@ static int observe_fanout(Lane *self, double seconds) {
         if (more != NULL) {
             PyList_SET_ITEM(buckets, i, more);
             Py_DECREF(old);
-            if ((sum = PyObject_GetAttr(counters, s_fanout_sum)) != NULL && (add = PyFloat_FromDouble(seconds)) != NULL &&
+            if ((sum = get_attr(counters, &s_fanout_sum)) != NULL && (add = PyFloat_FromDouble(seconds)) != NULL &&
                 (total = PyNumber_Add(sum, add)) != NULL)
-                rc = PyObject_SetAttr(counters, s_fanout_sum, total);
+                rc = set_attr(counters, &s_fanout_sum, total);
         }
     } else if (buckets != NULL) {
         PyErr_SetString(PyExc_TypeError, "fanout_buckets: a list, one more than the bounds");
@@ -847,7 +907,7 @@ static int observe_fanout(Lane *self, double seconds) {
 
 static int flush(Lane *self, double start) {
     if (self->ndirty == 0) return 0;
-    int backlogged = attr_true(self->room, s_udp_backlogged);
+    int backlogged = attr_true(self->room, &s_udp_backlogged);
     if (backlogged != 0) { /* the room drops its UDP output until the socket drains: so does the lane */
         long long messages = 0;
         for (Py_ssize_t i = 0; i < self->ndirty; i++) messages += self->dirty[i]->nlens;
@@ -930,8 +990,8 @@ static int flush(Lane *self, double start) {
     PyMem_Free(vectors);
     clear_dirty(self);
     PyObject *counters = self->counters;
-    if (count(counters, s_messages_out, messages) < 0 || count(counters, s_packets_out, sent) < 0 ||
-        count(counters, s_bytes_out, sent_bytes) < 0 ||
+    if (count(counters, &s_messages_out, messages) < 0 || count(counters, &s_packets_out, sent) < 0 ||
+        count(counters, &s_bytes_out, sent_bytes) < 0 ||
         (too_large && count_drop(counters, "too_large_for_transport", too_large) < 0) ||
         (failed && count_drop(counters, "internal_error", failed) < 0) ||
         (socket_errors && count_drop(counters, "socket_error", socket_errors) < 0) ||
@@ -949,7 +1009,7 @@ static int flush(Lane *self, double start) {
 
 /* The room has output of its own for this pass, or rules that only it applies now: 1 */
 static int room_busy(Lane *self) {
-    PyObject *names[] = {s_flush_scheduled, s_held, s_shed_optional, s_udp_backlogged, s_closed};
+    Attr *names[] = {&s_flush_scheduled, &s_held, &s_shed_optional, &s_udp_backlogged, &s_closed};
     for (int i = 0; i < 5; i++) {
         int truth = attr_true(self->room, names[i]);
         if (truth != 0) return truth;
@@ -997,8 +1057,8 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
     double now = monotonic_now();
     Plan *plan = PyMem_Malloc(sizeof(Plan));
     unsigned char *plain = PyMem_Malloc(BUFSIZE);
-    PyObject *members = PyObject_GetAttr(self->room, s_members);
-    PyObject *sessions = members ? PyObject_GetAttr(self->room, s_sessions) : NULL;
+    PyObject *members = get_attr(self->room, &s_members);
+    PyObject *sessions = members ? get_attr(self->room, &s_sessions) : NULL;
     int busy = -1;
     if (plan && plain && sessions && PyDict_Check(members) && PyDict_Check(sessions)) busy = room_busy(self);
     if (busy < 0) {
@@ -1038,7 +1098,7 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks) && !stopped(self); i++) {
             PyObject *hook = PyTuple_GET_ITEM(hooks, i);
             double due;
-            if (attr_double(PyTuple_GET_ITEM(hook, 0), PyTuple_GET_ITEM(hook, 1), &due) < 0) {
+            if (named_double(PyTuple_GET_ITEM(hook, 0), PyTuple_GET_ITEM(hook, 1), &due) < 0) {
                 internal_error(self, "hook");
                 continue;
             }
@@ -1123,9 +1183,9 @@ static struct PyModuleDef module = {
     .m_size = -1,
 };
 
-static int intern(PyObject **slot, const char *text) {
-    if (*slot == NULL) *slot = PyUnicode_InternFromString(text);
-    return *slot == NULL ? -1 : 0;
+static int intern(Attr *attr, const char *text) {
+    if (attr->name == NULL) attr->name = PyUnicode_InternFromString(text);
+    return attr->name == NULL ? -1 : 0;
 }
 
 PyMODINIT_FUNC PyInit__lane(void) {
