@@ -202,15 +202,19 @@ class Worker:
         """Reads (without decrypting) until nothing has arrived for `quiet` s, so a backlog the
         relay still holds after an overloaded step is not counted in the next one."""
         by_fd = {m.session.sock.fileno(): m for m in self.members if not m.session.closed}
+        poller = select.poll()  # not select(): a worker of many members holds descriptors past 1024
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
         t0 = last = time.monotonic()
         late = 0
         while by_fd and time.monotonic() - last < quiet and time.monotonic() - t0 < limit:
-            ready = select.select(list(by_fd), (), (), 0.05)[0]
+            ready = [fd for fd, _ in poller.poll(50) if fd in by_fd]
             for fd in ready:
                 m = by_fd[fd]
                 late += discard(m)
                 if m.session.closed:
                     del by_fd[fd]
+                    poller.unregister(fd)
             if ready:
                 last = time.monotonic()
         return {"late_packets": late, "quiesce_s": time.monotonic() - t0}

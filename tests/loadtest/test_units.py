@@ -337,3 +337,38 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_workers_quiesce_reads_members_whose_descriptors_are_past_select_s_limit() -> None:
+    """Found when the relay got cheaper: the rooms-per-core search reached more rooms, a load
+    worker held descriptors past 1024, and its quiesce (select()) raised ValueError."""
+    import resource
+    import socket
+    from types import SimpleNamespace
+
+    from loadtest.fastload.worker import Worker
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this host allows {hard} descriptors: none past select()'s 1024")
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    high = os.dup2(receiver.fileno(), 1100)
+    sock = socket.socket(fileno=high)
+    sock.setblocking(False)
+    try:
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(3):
+            sender.sendto(b"late", receiver.getsockname())
+        time.sleep(0.05)
+        worker = Worker(SimpleNamespace(payload_size=100, batch=1))  # type: ignore[arg-type]
+        session = SimpleNamespace(sock=sock, closed=False, transport="udp")
+        worker.members = [SimpleNamespace(session=session)]  # type: ignore[list-item]
+        assert worker.quiesce(quiet=0.1)["late_packets"] == 3
+        sender.close()
+    finally:
+        sock.close()
+        receiver.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -87,11 +87,13 @@ async def play(
                 peer.close()
 
 
-async def collect(peers: list[UdpPeer], wait: float = 0.15) -> None:
+async def collect(peers: list[UdpPeer], wait: float = 0.25) -> None:
     """What each peer received since the last step, as one entry of its log: steps are apart in
-    time, so the two runs compare step by step whatever the order within a step."""
-    for peer in peers:
-        peer.log.append(sorted(map(repr, map(shown, await peer.quiet(wait)))))  # type: ignore[attr-defined]
+    time (each ends once every peer heard nothing for `wait`), so the two runs compare step by
+    step whatever the order within a step."""
+    received = await asyncio.gather(*(peer.quiet(wait) for peer in peers))
+    for peer, got in zip(peers, received, strict=True):
+        peer.log.append(sorted(map(repr, map(shown, got))))  # type: ignore[attr-defined]
 
 
 async def same_either_way(monkeypatch: pytest.MonkeyPatch, script: Script, **config: Any) -> tuple[Any, Any]:
