@@ -371,13 +371,15 @@ static int attr_is(PyObject *obj, Attr *attr, PyObject *expected) {
     return same;
 }
 
-static int attr_double(PyObject *obj, Attr *attr, double *out) {
-    PyObject *value = get_attr(obj, attr);
+/* a new reference's value as a double (the reference let go); -1 on an error, or if it is NULL */
+static int to_double(PyObject *value, double *out) {
     if (value == NULL) return -1;
     *out = PyFloat_AsDouble(value);
     Py_DECREF(value);
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
+
+static int attr_double(PyObject *obj, Attr *attr, double *out) { return to_double(get_attr(obj, attr), out); }
 
 static int attr_true(PyObject *obj, Attr *attr) {
     PyObject *value = get_attr(obj, attr);
@@ -389,11 +391,7 @@ static int attr_true(PyObject *obj, Attr *attr) {
 
 /* obj.<name> as a float (a hook's attribute, named by the relay) */
 static int named_double(PyObject *obj, PyObject *name, double *out) {
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL) return -1;
-    *out = PyFloat_AsDouble(value);
-    Py_DECREF(value);
-    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+    return to_double(PyObject_GetAttr(obj, name), out);
 }
 
 /* counters.<list>[0] += n (index 0: UDP, relay/server/metrics.py's TRANSPORTS) */
