@@ -395,24 +395,38 @@ static int named_double(PyObject *obj, PyObject *name, double *out) {
 }
 
 /* counters.<list>[0] += n (index 0: UDP, relay/server/metrics.py's TRANSPORTS) */
-static int count(PyObject *counters, Attr *list_name, long long n) {
+/* obj.<list>[index] += n: a counter of a list of them (per transport, per histogram bucket) */
+static int count_at(PyObject *obj, Attr *list_name, Py_ssize_t index, long long n) {
     if (n == 0) return 0;
-    PyObject *list = get_attr(counters, list_name);
+    PyObject *list = get_attr(obj, list_name);
     if (list == NULL) return -1;
     int rc = -1;
-    if (PyList_Check(list) && PyList_GET_SIZE(list) > 0) {
-        PyObject *old = PyList_GET_ITEM(list, 0), *add = PyLong_FromLongLong(n);
+    if (PyList_Check(list) && PyList_GET_SIZE(list) > index) {
+        PyObject *old = PyList_GET_ITEM(list, index), *add = PyLong_FromLongLong(n);
         PyObject *sum = add ? PyNumber_Add(old, add) : NULL;
         Py_XDECREF(add);
         if (sum != NULL) {
-            PyList_SET_ITEM(list, 0, sum);
+            PyList_SET_ITEM(list, index, sum);
             Py_DECREF(old);
             rc = 0;
         }
     } else {
-        PyErr_SetString(PyExc_TypeError, "a counter is a list per transport");
+        PyErr_SetString(PyExc_TypeError, "a counter list too short");
     }
     Py_DECREF(list);
+    return rc;
+}
+
+static int count(PyObject *counters, Attr *list_name, long long n) { return count_at(counters, list_name, 0, n); }
+
+/* obj.<attr> += amount (a new reference, let go) */
+static int add_to(PyObject *obj, Attr *attr, PyObject *amount) {
+    if (amount == NULL) return -1;
+    PyObject *old = get_attr(obj, attr), *sum = old ? PyNumber_Add(old, amount) : NULL;
+    int rc = sum ? set_attr(obj, attr, sum) : -1;
+    Py_XDECREF(old);
+    Py_XDECREF(sum);
+    Py_DECREF(amount);
     return rc;
 }
 
@@ -757,23 +771,17 @@ enum { TAKEN = 1, ROOMS = 0, HANDED = 2 };
 
 static int flush(Lane *self, double start);
 
+/* a datagram the room would have counted as read: packets_in and bytes_in */
+static int count_datagram(Lane *self, Py_ssize_t n) {
+    return count(self->counters, &s_packets_in, 1) < 0 || count(self->counters, &s_bytes_in, n) < 0 ? -1 : 0;
+}
+
 /* A replay or a forgery of a session's packet: dropped and counted here as the room counts it
  * (opening it again in the room would double a flood's AES-GCM). */
 static int refused(Lane *self, Py_ssize_t n, int opened) {
-    PyObject *counters = self->counters;
-    if (count(counters, &s_packets_in, 1) < 0 || count(counters, &s_bytes_in, n) < 0 ||
-        count_drop(counters, opened == REPLAYED ? "replay" : "decrypt", 1) < 0)
+    if (count_datagram(self, n) < 0 || count_drop(self->counters, opened == REPLAYED ? "replay" : "decrypt", 1) < 0)
         return -1;
-    if (opened == FORGED) {
-        PyObject *failures = get_attr(counters, &s_decrypt_failures), *one = PyLong_FromLong(1);
-        PyObject *sum = failures && one ? PyNumber_Add(failures, one) : NULL;
-        int rc = sum ? set_attr(counters, &s_decrypt_failures, sum) : -1;
-        Py_XDECREF(failures);
-        Py_XDECREF(one);
-        Py_XDECREF(sum);
-        return rc;
-    }
-    return 0;
+    return opened == FORGED ? add_to(self->counters, &s_decrypt_failures, PyLong_FromLong(1)) : 0;
 }
 
 /* TAKEN: relayed (or, a replay or forgery, dropped) here. ROOMS: the room's, untouched.
@@ -812,7 +820,6 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
     Py_INCREF(e); /* a hand-over may let the room drop it */
     int planned = plan_packet(self, plan, plain, plain + plain_size, e, members);
     if (planned == 1) planned = spend(plan, e, now);
-    int rc = TAKEN;
     if (planned < 0) {
         internal_error(self, "plan");
         planned = 0;
@@ -820,8 +827,7 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
     if (planned == 0) { /* opened: the window has moved, so the room gets the plaintext */
         /* counted as the room counts a datagram; what the lane queued leaves before the room
          * does anything with it */
-        if (count(self->counters, &s_packets_in, 1) < 0 || count(self->counters, &s_bytes_in, n) < 0)
-            internal_error(self, "counters");
+        if (count_datagram(self, n) < 0) internal_error(self, "counters");
         if (flush(self, now) < 0) internal_error(self, "flush");
         PyObject *packet = PyBytes_FromStringAndSize((const char *)data, n),
                  *text = PyBytes_FromStringAndSize((const char *)plain, plain_size), *addr = address_of(&self->names[i]);
@@ -842,27 +848,26 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
         Py_DECREF(e);
         return HANDED;
     }
-    for (int m = 0; m < plan->nmsgs && rc == TAKEN; m++) {
+    int lost = 0; /* out of memory: what was queued still leaves, the rest is lost, counted */
+    for (int m = 0; m < plan->nmsgs && !lost; m++) {
         Planned *msg = &plan->msgs[m];
-        for (Py_ssize_t r = msg->first; r < msg->first + msg->count; r++) {
+        for (Py_ssize_t r = msg->first; r < msg->first + msg->count && !lost; r++) {
             Entry *to = plan->to[r];
-            if (mark_dirty(self, to) < 0 ||
-                entry_append(to, e->prefix, e->prefix_len, msg->data, msg->size) < 0) {
+            if (mark_dirty(self, to) < 0 || entry_append(to, e->prefix, e->prefix_len, msg->data, msg->size) < 0) {
                 if (!PyErr_Occurred()) PyErr_NoMemory();
                 internal_error(self, "queue");
-                rc = TAKEN; /* what was queued still leaves; the rest is lost, counted */
-                break;
+                lost = 1;
             }
         }
     }
     PyObject *stamp = PyFloat_FromDouble(now);
     if (stamp == NULL || set_attr(e->session, &s_last_seen, stamp) < 0 ||
-        set_attr(self->room, &s_last_activity, stamp) < 0 || count(self->counters, &s_packets_in, 1) < 0 ||
-        count(self->counters, &s_bytes_in, n) < 0 || count(self->counters, &s_messages_in, plan->nmsgs) < 0)
+        set_attr(self->room, &s_last_activity, stamp) < 0 || count_datagram(self, n) < 0 ||
+        count(self->counters, &s_messages_in, plan->nmsgs) < 0)
         internal_error(self, "counters");
     Py_XDECREF(stamp);
     Py_DECREF(e);
-    return rc;
+    return TAKEN;
 }
 
 /* ---- the pass's output ----------------------------------------------------------------------- */
@@ -880,27 +885,8 @@ static int observe_fanout(Lane *self, double seconds) {
     }
     int i = 0;
     while (i < self->nbounds && self->bounds[i] < seconds) i++;
-    PyObject *buckets = get_attr(counters, &s_fanout_buckets), *sum = NULL, *total = NULL, *add = NULL;
-    int rc = -1;
-    if (buckets != NULL && PyList_Check(buckets) && PyList_GET_SIZE(buckets) > i) {
-        PyObject *old = PyList_GET_ITEM(buckets, i), *one = PyLong_FromLong(1);
-        PyObject *more = one ? PyNumber_Add(old, one) : NULL;
-        Py_XDECREF(one);
-        if (more != NULL) {
-            PyList_SET_ITEM(buckets, i, more);
-            Py_DECREF(old);
-            if ((sum = get_attr(counters, &s_fanout_sum)) != NULL && (add = PyFloat_FromDouble(seconds)) != NULL &&
-                (total = PyNumber_Add(sum, add)) != NULL)
-                rc = set_attr(counters, &s_fanout_sum, total);
-        }
-    } else if (buckets != NULL) {
-        PyErr_SetString(PyExc_TypeError, "fanout_buckets: a list, one more than the bounds");
-    }
-    Py_XDECREF(buckets);
-    Py_XDECREF(sum);
-    Py_XDECREF(add);
-    Py_XDECREF(total);
-    return rc;
+    if (count_at(counters, &s_fanout_buckets, i, 1) < 0) return -1;
+    return add_to(counters, &s_fanout_sum, PyFloat_FromDouble(seconds));
 }
 
 static int flush(Lane *self, double start) {

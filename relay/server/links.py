@@ -80,6 +80,8 @@ def sockaddr(family: int, addr: tuple[Any, ...]) -> bytes:
     return _FAMILY.pack(socket.AF_INET6) + port + flow.to_bytes(4, "big") + host + _SCOPE.pack(scope)
 
 
+UNPACKABLE = (ValueError, OSError, IndexError, AttributeError)
+"""What `sockaddr` raises for an address of a form it cannot pack."""
 _FAMILY = struct.Struct("=H")
 _SCOPE = struct.Struct("=I")
 
@@ -162,7 +164,7 @@ class UdpWriter:
                 if name is None:
                     name = names[addr] = sockaddr(family, addr)
                 packed.append(name)
-        except (ValueError, OSError, IndexError, AttributeError):
+        except UNPACKABLE:
             return None
         return packed
 
@@ -300,7 +302,7 @@ class UdpLane:
             return
         try:
             name = sockaddr(self._family, path.addr)
-        except (ValueError, OSError, IndexError, AttributeError):
+        except UNPACKABLE:
             return  # an address it cannot pack: the room keeps the session's packets
         self.lane.offer(session, member, path, name)
 
