@@ -133,16 +133,23 @@ def memory_reader(proc: Path = Path("/proc/self")) -> Callable[[], int]:
 
 
 def working_set(
-    usage_file: Path | None, proc: Path = Path("/proc/self"), read: Callable[[Path], str] = Path.read_text
+    usage_file: Path | None,
+    proc: Path = Path("/proc/self"),
+    read: Callable[[Path], str] = Path.read_text,
+    exact_from: int = 0,
 ) -> int:
     """`memory_reader`'s figure for the cgroup whose usage file is `usage_file` (None: none),
-    its files read with `read`."""
+    its files read with `read`. Where the usage is under `exact_from`, the usage itself: the
+    working set is at most that, so nothing compared with a line above it changes, and
+    memory.stat (forty lines for the kernel to format and us to parse) goes unread."""
     if usage_file is None:
         return private_bytes(proc)
     try:
         usage = int(read(usage_file))
     except (OSError, ValueError):
         return private_bytes(proc)
+    if usage < exact_from:
+        return usage
     try:
         return max(0, usage - inactive_file_bytes(read(usage_file.with_name("memory.stat"))))
     except (OSError, ValueError):
@@ -253,9 +260,9 @@ class OwnCgroup:
         self.memory_usage, self._shared_usage = shared, None
         return True
 
-    def memory(self) -> int:
-        """The working set (`memory_reader`)."""
-        return working_set(self.memory_usage, self.proc, self.files.read)
+    def memory(self, exact_from: int = 0) -> int:
+        """The working set (`memory_reader`); under `exact_from`, perhaps the usage (`working_set`)."""
+        return working_set(self.memory_usage, self.proc, self.files.read, exact_from)
 
     def memory_limit(self) -> int | None:
         """memory.max (v1: memory.limit_in_bytes) in bytes; None where no limit is set."""
@@ -369,9 +376,18 @@ class SessionsHeard(Guarded, Protocol):
     def add_session_listener(self, callback: Callable[[], None]) -> None: ...
 
 
+FULL_LOOK_EVERY = 10
+"""Of the guard's looks, one in this many also reads what seldom changes: which cgroup the relay
+is in (/proc/self/cgroup) and that cgroup's limits. The others read the memory usage and the
+CPU time. A look that read all of it cost about 200 us of CPU in a relay among a hundred on a
+core (the cgroup's line alone about 70 us): 2% of that core for the looks
+(docs/architecture.md). The first look reads all, so a relay's first members meet its caps."""
+
+
 class CapsGuard:
     """Watches memory and CPU against the tier; `mode` is "cgroup" (kernel enforces) or "soft".
-    In cgroup mode it reads `cgroup` (by default the one this process is in).
+    In cgroup mode it reads `cgroup` (by default the one this process is in): its membership
+    and limits every `full_look_every` looks (FULL_LOOK_EVERY), its usage at every look.
 
     While anyone is in the room, a look comes at the end of the relay's first pass `interval`
     seconds after the last (relay/server/rides.py): no wake-up of its own while the room plays
@@ -387,6 +403,7 @@ class CapsGuard:
         read_memory: Callable[[], int] | None = None,
         read_cpu: Callable[[], float] = cpu_seconds,
         cgroup: OwnCgroup | None = None,
+        full_look_every: int = FULL_LOOK_EVERY,
     ) -> None:
         self.relay = relay
         self.tier = tier
@@ -395,7 +412,11 @@ class CapsGuard:
         self.quiet_interval = quiet_interval
         self.cgroup = cgroup if cgroup is not None or mode != "cgroup" else OwnCgroup()
         self.read_memory = read_memory or (self.cgroup.memory if self.cgroup else private_bytes)
+        self._reads_cgroup = read_memory is None and self.cgroup is not None
         self.read_cpu = read_cpu
+        self.full_look_every = full_look_every
+        self.looks = 0
+        self._caps = (tier.memory_bytes, tier.cpu)  # (memory_cap(), cpu_budget()) at the last full look
         self.memory = 0
         self.cpu_share = 0.0
         self.exceeded = False
@@ -442,14 +463,22 @@ class CapsGuard:
         return self.tier.cpu if limit is None else min(limit, self.tier.cpu)
 
     async def check(self, now: float) -> None:
-        """One pass: memory first (it can end the room), then CPU."""
+        """One pass: memory first (it can end the room), then CPU; a full look
+        (`full_look_every`) first finds the cgroup and its limits anew."""
         cgroup = self.cgroup
-        if cgroup is not None and (cgroup.refresh() or not self._described):
-            self._described = True  # no memory cgroup in cgroup mode: who caps this relay?
-            level = logging.INFO if cgroup.memory_usage is not None else logging.WARNING
-            log.log(level, "caps: %s in its cgroup: %s", self.tier.name, cgroup.describe())
-        self.memory = memory = self.read_memory()
-        cap = self.memory_cap()
+        if self.looks % self.full_look_every == 0:
+            if cgroup is not None and (cgroup.refresh() or not self._described):
+                self._described = True  # no memory cgroup in cgroup mode: who caps this relay?
+                level = logging.INFO if cgroup.memory_usage is not None else logging.WARNING
+                log.log(level, "caps: %s in its cgroup: %s", self.tier.name, cgroup.describe())
+            self._caps = (self.memory_cap(), self.cpu_budget())
+        self.looks += 1
+        cap = self._caps[0]
+        if self._reads_cgroup and cgroup is not None:  # exact only from the lowest line it acts at
+            lowest = min(JOINS_REOPEN_RATIO, self.tier.join_refusal_ratio)
+            self.memory = memory = cgroup.memory(int(cap * lowest))
+        else:
+            self.memory = memory = self.read_memory()
         relay = self.relay
         if self.mode == "soft" and memory > cap and not self.exceeded:
             self.exceeded = True
@@ -470,7 +499,7 @@ class CapsGuard:
         if last is None or now <= last[0]:
             return
         self.cpu_share = share = (cpu - last[1]) / (now - last[0])
-        budget = self.cpu_budget()
+        budget = self._caps[1]
         relay = self.relay
         relay.pace_within(budget)
         if not relay.shed_optional and share >= budget * SHED_ON:

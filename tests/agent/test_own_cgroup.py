@@ -107,6 +107,36 @@ def pod_layout(tmp_path: Path, layout: str) -> Path:
 LAYOUTS = ["v2 namespaced", "v2 bind-mounted", "v1 namespaced", "v1 bind-mounted"]
 
 
+async def test_a_guard_reads_memory_stat_only_near_a_line_it_acts_at(tmp_path: Path) -> None:
+    """The working set (usage less inactive page cache) matters only near the lines the guard acts
+    at; below the lowest (joins reopen at 85% of the cap) the usage, an upper bound, decides the
+    same, and the look leaves memory.stat unread: in a relay among a hundred on a core that
+    file was about a third of a look's CPU (docs/architecture.md)."""
+    proc = pod_layout(tmp_path, "v1 namespaced")  # 40 MiB used, 10 MiB of it inactive cache
+    stat = tmp_path / "sys/fs/cgroup/memory/memory.stat"
+    read: list[Path] = []
+
+    def reading(path: Path) -> str:
+        read.append(path)
+        return path.read_text()
+
+    usage = tmp_path / "sys/fs/cgroup/memory/memory.usage_in_bytes"
+    assert caps.working_set(usage, proc, reading, exact_from=41 * MIB) == 40 * MIB
+    assert stat not in read
+    assert caps.working_set(usage, proc, reading, exact_from=40 * MIB) == 30 * MIB
+    assert stat in read
+    relay = RelayStub()
+    guard = caps.CapsGuard(relay, NANO, "cgroup", read_cpu=lambda: 0.0, cgroup=caps.OwnCgroup(proc))
+    await guard.check(0.0)
+    assert guard.memory == 40 * MIB  # under 85% of 64 MiB (54.4): the usage
+    usage.write_text(f"{60 * MIB}\n")  # 50 MiB of working set: over the line, under the refusal
+    await guard.check(1.0)
+    assert guard.memory == 50 * MIB and relay.accepting_joins
+    usage.write_text(f"{70 * MIB}\n")
+    await guard.check(2.0)
+    assert guard.memory == 60 * MIB and not relay.accepting_joins  # over 90% of 64 MiB
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_pods_relay_reads_its_containers_cgroup(tmp_path: Path, layout: str) -> None:
     """Found in review: only groups under the local spawner's "relay-caps" were recognised, so a
@@ -140,7 +170,8 @@ def test_the_v2_root_is_no_cap_and_a_path_outside_the_namespace_is_not_followed(
 async def test_joins_are_refused_at_90_percent_of_a_pod_limit_below_the_tier(tmp_path: Path) -> None:
     """The cap is where the kernel kills: a container limited below the tier (an operator's
     48Mi, or a pod resized in place) refuses joins at 90% of that limit, not of the tier's
-    64 MiB, which the relay would never reach alive. Read at every look."""
+    64 MiB, which the relay would never reach alive. Read at every full look: one in
+    FULL_LOOK_EVERY (the looks between read only the usage and the CPU time)."""
     fs = tmp_path / "sys/fs/cgroup"
     write(fs, v2_files(50 * MIB, 0, "max", "max 100000"))
     proc = fake_proc(tmp_path, "0::/\n", [("/", str(fs), "cgroup2", "rw")])
@@ -149,14 +180,18 @@ async def test_joins_are_refused_at_90_percent_of_a_pod_limit_below_the_tier(tmp
     await guard.check(0.0)
     assert relay.accepting_joins  # no limit of its own: the tier's 64 MiB (refusal at 57.6)
     (fs / "memory.max").write_text(f"{48 * MIB}\n")
-    await guard.check(1.0)
+    for n in range(1, caps.FULL_LOOK_EVERY):
+        await guard.check(float(n))
+        assert relay.accepting_joins  # not read yet: a look that reads the usage only
+    await guard.check(float(caps.FULL_LOOK_EVERY))
     assert not relay.accepting_joins and guard.memory_cap() == 48 * MIB
     # /metrics shows the cap it compares with (RelayMemoryNearCap divides by it)
     exported = {f.name: f.samples[0].value for f in caps.CapsCollector(guard).collect()}
     assert exported["relay_tier_memory_bytes"] == 48 * MIB and exported["relay_memory_bytes"] == 50 * MIB
     (fs / "memory.max").write_text(f"{128 * MIB}\n")  # a limit above the tier's: the tier's
     assert guard.memory_cap() == NANO.memory_bytes
-    await guard.check(2.0)
+    for n in range(caps.FULL_LOOK_EVERY):
+        await guard.check(caps.FULL_LOOK_EVERY + 1.0 + n)
     assert relay.accepting_joins  # 50 MiB < 85% of 64 MiB
     assert not relay.closed  # in cgroup mode the kernel acts over the cap, not the guard
 
@@ -205,13 +240,15 @@ async def test_a_guard_keeps_its_files_open_and_still_sees_them_change(tmp_path:
     """The guard reads its cgroup's files every second in every relay: it keeps them open and
     reads each with one pread (`caps.KeptFiles`), and what it reads is still the file's present
     text: usage, limits resized in place (a pod's in-place resize), and its own cgroup again
-    after a move, whose old group's files it then lets go (no descriptor left per move)."""
+    after a move, whose old group's files it then lets go (no descriptor left per move). Every
+    look here is a full one (membership and limits read too)."""
     fs = tmp_path / "sys/fs/cgroup"
     for n in (1, 2):
         write(fs / f"relay-caps/ns.room.{n}", v2_files(5 * MIB, 0, str(64 * MIB), "12500 100000"))
     proc = fake_proc(tmp_path, "0::/relay-caps/ns.room.1\n", [("/", str(fs), "cgroup2", "rw")])
     relay = RelayStub()
-    guard = caps.CapsGuard(relay, NANO, "cgroup", read_cpu=lambda: 0.0, cgroup=caps.OwnCgroup(proc))
+    own = caps.OwnCgroup(proc)
+    guard = caps.CapsGuard(relay, NANO, "cgroup", read_cpu=lambda: 0.0, cgroup=own, full_look_every=1)
     await guard.check(0.0)
     held = open_fds()
     assert held > 0 and (guard.memory, guard.memory_cap(), guard.cpu_budget()) == (5 * MIB, 64 * MIB, 0.125)
@@ -222,7 +259,8 @@ async def test_a_guard_keeps_its_files_open_and_still_sees_them_change(tmp_path:
     await guard.check(1.0)
     assert (guard.memory, guard.memory_cap(), guard.cpu_budget()) == (40 * MIB, 32 * MIB, 0.0625)
     assert not relay.accepting_joins  # 40 MiB is over 90% of the resized 32 MiB
-    assert open_fds() == held  # the same files, not opened again
+    assert open_fds() == held + 1  # the same files, not opened again; and memory.stat, read
+    # only now that the usage is near a line the guard acts at (`caps.working_set`)
     for n in (2, 1, 2, 1, 2):
         (proc / "cgroup").write_text(f"0::/relay-caps/ns.room.{n}\n")
         await guard.check(2.0 + n)

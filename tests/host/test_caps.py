@@ -5,6 +5,7 @@ while another room keeps serving; CPU: held near 12.5% of a core)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -757,3 +758,72 @@ def test_removing_a_group_already_gone_is_no_warning(
     assert [r.getMessage() for r in caplog.records] == [
         f"cannot remove {busy}: [Errno 39] Directory not empty: '{busy}'"
     ]
+
+
+# ---- the parent's CPU weight ------------------------------------------------------------------------
+
+
+def test_the_parent_weighs_as_its_relays_would_as_plain_tasks(tmp_path: Path) -> None:
+    """At one task's weight, a hundred relays on a core waited behind any other task there that
+    woke (the deployed shape's added p99 3.4-6.3 ms, 0.7-1.2 ms weighed: docs/architecture.md).
+    So the parent's weight follows its groups: the default weight times their number, from one
+    group's worth when it has none up to the kernel's ceiling, as groups are made and removed."""
+    own = fake_v2(tmp_path)
+    parent = own / cgroups.PARENT_NAME
+    parent.mkdir()
+    (parent / "cgroup.controllers").write_text("")
+    (parent / "cgroup.subtree_control").write_text("")
+    backend = cgroups.CgroupV2Backend.prepare(own)
+    weight = parent / "cpu.weight"
+    groups = [backend.create(f"ns.r{n}", NANO) for n in range(3)]
+    assert weight.read_text() == "300"
+    for group in groups[:2]:
+        for file in group.path.iterdir():  # cgroupfs takes a group's files with it
+            file.unlink()
+        group.remove()
+    assert weight.read_text() == "100"
+    for file in groups[2].path.iterdir():
+        file.unlink()
+    groups[2].remove()
+    assert weight.read_text() == "100"  # none: one group's worth
+    for n in range(150):
+        (parent / f"ns.many{n}").mkdir()
+    backend.sweep()  # too young to sweep, but weighed: 15,000 is over v2's ceiling
+    assert weight.read_text() == "10000"
+
+
+@needs_cgroups
+def test_the_kernel_takes_the_parents_weight() -> None:
+    """The same on this host's real hierarchy, under a parent of this test's own (relays of other
+    tests come and go under the real one)."""
+    assert BACKEND is not None
+    version = BACKEND.version
+    if isinstance(BACKEND, cgroups.CgroupV1Backend):
+        owns = {c: p.parent / f"weigh-test-{os.getpid()}" for c, p in BACKEND.parents.items()}
+    else:
+        assert isinstance(BACKEND, cgroups.CgroupV2Backend)
+        owns = {"cpu": BACKEND.parent.parent / f"weigh-test-{os.getpid()}"}
+    made: list[cgroups.Cgroup] = []
+    try:
+        for own in owns.values():
+            own.mkdir(exist_ok=True)
+        backend: cgroups.Backend
+        if version == 1:
+            v1 = cgroups.CgroupV1Backend.prepare(owns)
+            backend, parent = v1, v1.parents["cpu"]
+        else:
+            v2 = cgroups.CgroupV2Backend.prepare(owns["cpu"])
+            backend, parent = v2, v2.parent
+        name, each, _ = cgroups.CPU_WEIGHT_FILES[version]
+        made = [backend.create(f"weigh.{n}", NANO) for n in range(3)]
+        assert int((parent / name).read_text()) == 3 * each
+        made.pop().remove()
+        assert int((parent / name).read_text()) == 2 * each
+    finally:
+        for group in made:
+            group.remove()
+        for own in owns.values():
+            with contextlib.suppress(OSError):
+                (own / cgroups.PARENT_NAME).rmdir()
+            with contextlib.suppress(OSError):
+                own.rmdir()
