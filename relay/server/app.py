@@ -191,6 +191,7 @@ class Relay:
                 call_soon(flush_now)
 
         pacer = pacing.for_loop(loop) if self.config.cpu_budget else None
+        laned = LANE is not None and self.config.coalesce_tick <= 0  # the port read in C
         # what runs at the end of a pass the port read in C relayed (relay/server/_lane.c)
         hooks: list[tuple[object, str, Callable[[float], None]]] = [(riding, "due", riding.run)]
         if pacer is not None:  # the pass's flush, then the pacer's rest (relay/server/pacing.py)
@@ -198,20 +199,25 @@ class Relay:
             pacer.join(self, self.config.cpu_budget, self.config.max_pace)
             scheduled, passed, packets_in = pacer.scheduled, pacer.passed, self.counters.packets_in
             pace = pacer.pacer
-            read_before = 0  # UDP datagrams read when the last paced flush ran
+            read_before = 0  # UDP datagrams read when the pacer last heard of a pass
+
+            def rest(first_input: float) -> None:  # a pass that read a full batch has more waiting
+                nonlocal read_before
+                datagrams = packets_in[UDP] - read_before
+                read_before = packets_in[UDP]
+                passed(first_input, datagrams >= pacing.DATAGRAMS_PER_READ)
 
             def flush_paced() -> None:
-                nonlocal read_before
                 now = monotonic()
                 try:
                     flush(now)
                     if now >= riding.due:
                         riding.run(now)
-                finally:  # a pass that read a full batch of datagrams has more waiting: no rest
-                    datagrams = packets_in[UDP] - read_before
-                    read_before = packets_in[UDP]
-                    passed(room.batch_start, datagrams >= pacing.DATAGRAMS_PER_READ)
-                    room.held = pace.pace > 0  # what gathered while it rested leaves together
+                finally:
+                    rest(room.batch_start)
+                    # what gathered while it rested leaves together: the room's pass, held whole
+                    # (the lane's read packs a pass per recipient itself)
+                    room.held = pace.pace > 0 and not laned
 
             def on_flush_paced(delay: float) -> None:
                 if delay > 0:
@@ -222,19 +228,19 @@ class Relay:
 
             room.on_flush = on_flush_paced
 
-            def lane_passed(now: float) -> None:  # its CPU window is over: sample, perhaps rest
+            def lane_passed(now: float) -> None:  # a read: its CPU window over, or it paces
                 scheduled()
-                passed(now)
-                room.held = pace.pace > 0  # a paced room's passes are the room's own (held)
+                rest(now)
 
-            hooks.append((pace, "next_sample", lane_passed))
+            hooks.append((pace, "lane_due", lane_passed))
         else:
             room.on_flush = on_flush
         self.port = tcp.getsockname()[1]
-        if LANE is not None and self.config.coalesce_tick <= 0:
-            # the port read in C: its output leaves at the end of each read, which a relay that
-            # ticks must not do, nor one that paces (`room.held`: the lane hands its passes to
-            # the room then; relay/server/_lane.c)
+        if laned:
+            # the port read in C: its output leaves at the end of each read, packed per recipient
+            # (a relay that ticks must not send so: it gets the transport). One that paces rests
+            # after each read (`Pacer.lane_due`), so a read finds what came during the rest and
+            # its recipients get it together, as from the room's held pass.
             self._udp_lane = UdpLane(udp, room, writer, LANE, tuple(hooks))
         else:
             self._udp_transport, _ = await loop.create_datagram_endpoint(

@@ -76,10 +76,24 @@ class Pacer:
     pace: float = 0.0
     share: float = 0.0  # smoothed, of the budget
     next_sample: float = -math.inf
+    lane_due: float = -math.inf
+    """When a relay whose UDP port is read in C (relay/server/_lane.c) next tells the pacer of a
+    read: after every read while it paces (it rests then), else when its CPU window ends. A
+    field, kept by `sample` and `settle`: the lane reads it at every read, where a property
+    would be a Python call at each wake-up."""
     _last: tuple[float, float] | None = None
 
     def sample(self, now: float, cpu: float) -> float:
         """`cpu`: the process's CPU seconds so far, read at `now` (seconds, monotonic)."""
+        pace = self._step(now, cpu)
+        self.settle()
+        return pace
+
+    def settle(self) -> None:
+        """`lane_due` anew, after `pace` or `next_sample` changed."""
+        self.lane_due = -math.inf if self.pace else self.next_sample
+
+    def _step(self, now: float, cpu: float) -> float:
         last, self._last = self._last, (now, cpu)
         self.next_sample = now + WINDOW
         if last is None or now <= last[0]:
@@ -142,6 +156,7 @@ class LoopPacer:
         pacer.budget = min(self._cap, sum(budget for budget, _ in self._budgets.values()))
         pacer.max_pace = min((pace for _, pace in self._budgets.values()), default=0.0)
         pacer.pace = min(pacer.pace, pacer.max_pace)
+        pacer.settle()
 
     def scheduled(self) -> None:
         """A relay scheduled its flush for the end of this pass."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import socket
 import threading
@@ -15,6 +16,7 @@ import uvloop
 
 from relay.embedded import room
 from relay.protocol import messages as m
+from relay.server.links import LANE
 from relay.server.pacing import (
     MAX_STEP,
     MIN_PACE,
@@ -47,6 +49,26 @@ def test_the_first_reading_changes_nothing() -> None:
     pacer = Pacer(budget=1.0)
     assert pacer.sample(5.0, 100.0) == 0.0
     assert pacer.next_sample == 5.0 + WINDOW
+
+
+def test_the_port_read_in_c_tells_the_pacer_of_every_read_only_while_it_paces() -> None:
+    """`lane_due`: the lane calls on the pacer at the end of a read from then on. Unpaced, at the
+    end of the CPU window (a sample); paced, after every read (its rest); back to the window
+    once the pace ends, by a reading or by a budget the relay's rooms no longer pace within."""
+    pacer, at = _pacer(budget=1.0)
+    assert pacer.lane_due == pacer.next_sample == WINDOW
+    _step(pacer, PACE_AT_ONCE, at)
+    assert pacer.pace > 0 and pacer.lane_due == -math.inf
+    while pacer.pace:
+        _step(pacer, 0.0, at)
+    assert pacer.lane_due == pacer.next_sample == at[0] + WINDOW
+    loop = LoopPacer(read_cpu=lambda: 0.0, sleep=lambda _: None)
+    loop.join("room", 1.0, 0.01)
+    loop.pacer.pace = 0.01
+    loop.pacer.settle()
+    assert loop.pacer.lane_due == -math.inf
+    loop.leave("room")  # no room paces within a budget now: no pace, no rest after each read
+    assert loop.pacer.pace == 0.0 and loop.pacer.lane_due == loop.pacer.next_sample
 
 
 def _relay_like(pacer: Pacer, at: list[float], per_pass: float, per_rate: float, windows: int) -> list[float]:
@@ -187,9 +209,10 @@ def test_the_pacer_reads_the_cpu_a_window_apart() -> None:
 
 async def _deliveries(
     cpu_budget: float | None, count: int = 10, gap: float = 0.005
-) -> tuple[list[bytes], int, str]:
+) -> tuple[list[bytes], int, str, int]:
     """`count` SENDs from a, `gap` seconds apart, from a thread (the relay's rest blocks its
-    loop, and so the test's); the payloads b got, in order, and in how many datagrams. On
+    loop, and so the test's); the payloads b got, in order, in how many datagrams, and how many
+    of a's packets the port read in C took (relay/server/_lane.c; 0 where it is not built). On
     uvloop, as `relay serve` runs: the relay paces on no other loop."""
     async with room(cpu_budget=cpu_budget, max_pace=0.05) as r:
         a = await UdpPeer.open(r.key, r.port)
@@ -211,32 +234,39 @@ async def _deliveries(
                     sock.send(packet)
                     time.sleep(gap)
 
+        lane = r.relay._udp_lane
+        before = lane.lane.fast if lane is not None else 0
         sender = threading.Thread(target=send)
         sender.start()
         datagrams = await b.silence(0.3)
         sender.join()
         metrics = r.relay.metrics.render().decode()
+        taken = lane.lane.fast - before if lane is not None else 0
         a.close()
         b.close()
     got = [msg.data for p in datagrams for msg in b.decode(p) if isinstance(msg, m.Message)]
-    return got, len(datagrams), metrics
+    return got, len(datagrams), metrics, taken
 
 
 def test_a_relay_over_its_budget_coalesces_what_arrives_while_it_rests() -> None:
+    """Where the port is read in C, a paced relay's reads stay there: it rests after each read,
+    and the next read packs what came meanwhile per recipient (a paced room once handed every
+    pass to the room, whose Python path cost more CPU per message than the pace saved)."""
     expected = [b"msg%d" % i for i in range(10)]
-    paced, paced_datagrams, metrics = uvloop.run(_deliveries(cpu_budget=1e-9))
+    paced, paced_datagrams, metrics, taken = uvloop.run(_deliveries(cpu_budget=1e-9))
     assert "relay_pace_seconds 0.05" in metrics
     assert "relay_max_pace_seconds 0.05" in metrics  # at its longest (RelayPacedAtLongest's terms)
-    unpaced, unpaced_datagrams, _ = uvloop.run(_deliveries(cpu_budget=None))
+    unpaced, unpaced_datagrams, _, _ = uvloop.run(_deliveries(cpu_budget=None))
     assert paced == expected and unpaced == expected  # everything, in order, either way
     # 10 messages over 45 ms: a relay resting 50 ms a pass sends them in a datagram or two
     assert paced_datagrams <= 3
     assert unpaced_datagrams >= paced_datagrams + 3
+    assert taken == (10 if LANE is not None else 0)  # each one relayed in C, paced or not
 
 
 def test_a_relay_on_asyncios_own_loop_does_not_pace() -> None:
     """That loop reads a datagram a wake: a rest would hold each one for the pace."""
-    got, datagrams, metrics = asyncio.run(_deliveries(cpu_budget=1e-9))
+    got, datagrams, metrics, _ = asyncio.run(_deliveries(cpu_budget=1e-9))
     assert got == [b"msg%d" % i for i in range(10)]
     assert "relay_pace_seconds 0.0" in metrics
     assert "relay_max_pace_seconds 0.0" in metrics  # it never paces
