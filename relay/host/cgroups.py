@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -154,7 +155,8 @@ def weigh(parent: Path, version: int) -> None:
     group is made or removed; a failure is logged, the caps themselves stay."""
     name, each, most = CPU_WEIGHT_FILES[version]
     try:
-        groups = sum(1 for child in parent.iterdir() if child.is_dir())
+        with os.scandir(parent) as entries:  # the entries' types come with them: no stat each
+            groups = sum(1 for entry in entries if entry.is_dir(follow_symlinks=False))
         _write(parent / name, str(min(most, each * max(1, groups))))
     except OSError as exc:
         log.warning("cannot weigh %s: %s", parent, exc)

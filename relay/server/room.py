@@ -29,8 +29,9 @@ client packet's messages, so waiting for the burst's last datagram saved few pac
 its first ones for the whole pass (p99 at half load fell from 1.6-2.8 ms to 0.3 ms, with the
 same saturation rate). WebSocket input keeps the whole pass: its messages hold up to 64 KiB, and
 flushing a burst early multiplied its writes (p99 at half load rose from 0.7 to 1.2-4.9 ms).
-A relay that paces its reads (relay/server/pacing.py) sets `held`: its passes gather what came
-while it rested, and are flushed whole.
+A relay that paces its reads (relay/server/pacing.py) through the transport sets `held`: its
+passes gather what came while it rested, and are flushed whole (the port read in C rests after
+each read and packs the read per recipient itself).
 
 The handshake lives in handshake.py, a UDP member's address validation in paths.py. Input that
 docs/protocol.md says to drop is dropped and counted by reason, never raised.
