@@ -92,9 +92,10 @@ class RelayConfig:
         "none or 0: no pacing. relay serve with a tier sets the tier's (realtime1.nano: 0.125)",
     )
     max_pace: SecondsOrZero = doc(
-        0.01,
-        "the longest a paced relay waits after a pass before it reads again (seconds): one period "
-        "of the tiers' CPU caps, so a capped relay passes about once a period",
+        0.008,
+        "the longest a paced relay waits after a pass before it reads again (seconds): under one "
+        "period of the tiers' CPU caps (10 ms), since a message waits up to the pace and the nano "
+        "tier's p99 sat at it",
     )
     drain_timeout: SecondsOrZero = doc(1.5, "seconds to wait on close for WebSocket buffers to empty")
     token_public_key: str | None = doc(

@@ -13,9 +13,9 @@ first input was read, and only then reads again. The next pass finds every packe
 the meantime, and each member gets one packet holding all of their messages, so the same
 messages take fewer wake-ups, reads and sends. A message waits at most `pace` longer, so the
 pace is kept as short as holds the CPU at `PACE_TARGET` of the budget: it starts at `MIN_PACE`
-and is scaled each window by the share over the target, up to the relay's `max_pace` (10 ms:
-one period of the tiers' CPU caps, so a capped relay passes about once a period); at
-`PACE_AT_ONCE` it goes to `max_pace` at once. It stops when the shortest pace holds the CPU
+and is scaled each window by the share over the target, up to the relay's `max_pace` (8 ms:
+under one period of the tiers' CPU caps, 10 ms; a busy room's p99 sits at the longest pace, which
+it reaches at once after a window at `PACE_AT_ONCE`). It stops when the shortest pace holds the CPU
 under `PACE_OFF`. A pass that read a full batch of datagrams
 (more are waiting), or that already took longer than the pace, does not sleep, so a saturated
 relay loses no time to it. A relay with no budget never paces (`RelayConfig.cpu_budget`;
