@@ -102,6 +102,25 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
         await asyncio.sleep(interval)
 
 
+async def settles(
+    get: Callable[[], Any], expected: Any, timeout: float = 10.0, context: Callable[[], Any] = lambda: None
+) -> None:
+    """Polls `get()` until it equals `expected`; a timeout says what it last was and `context()`
+    (a flaky count of relays is diagnosed from that, not rerun)."""
+    value: Any = None
+
+    def equal() -> bool:
+        nonlocal value
+        value = get()
+        return value == expected
+
+    try:
+        await wait_for(equal, timeout=timeout)
+    except TimeoutError:
+        seen = f"still {value!r} after {timeout} s, expected {expected!r}"
+        raise AssertionError(f"{seen}; {context()}") from None
+
+
 async def login(http: httpx.AsyncClient) -> dict[str, str]:
     """Project-token login; the headers every GS2 REST call carries."""
     r = await http.post(
@@ -121,6 +140,13 @@ async def ready_room(http: httpx.AsyncClient, h: dict[str, str], ns: str, room: 
         return item if item["ipAddress"] else None
 
     return await wait_for(ready, timeout=15)
+
+
+def ended_rooms(data_dir: Path) -> list[str]:
+    """The rooms a node's operation log says ended and why: what a failed count is read against."""
+    path = data_dir / "operations.log"
+    events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [f"{e['roomName']}: {e['reason']}" for e in events if e["event"] == "room.closed"]
 
 
 def oplog(cp: ControlPlane) -> list[dict[str, Any]]:
