@@ -165,8 +165,9 @@ class Agent:
             except RoomGone:
                 raise
             except ControlError as exc:
-                delay = backoff(attempt, base=min(0.2, self.heartbeat_interval), cap=10.0)
-                failures.failed(exc, "retrying (backoff up to 10 s)")
+                cap = self.config.register_retry_cap
+                delay = backoff(attempt, base=min(0.2, self.heartbeat_interval, cap), cap=cap)
+                failures.failed(exc, f"retrying (backoff up to {cap:g} s)")
                 attempt += 1
                 await asyncio.sleep(delay)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from relay.server.config import doc
+from relay.server.config import Seconds, doc
 from relay.settings import CONFIG
 
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
@@ -36,6 +36,12 @@ class AgentConfig:
     idle_heartbeat_interval: HeartbeatSeconds = doc(
         DEFAULT_IDLE_HEARTBEAT_INTERVAL,
         "seconds between heartbeats while the room is quiet (never shorter than heartbeat_interval)",
+    )
+
+    register_retry_cap: Seconds = doc(
+        2.0,
+        "the longest wait (full jitter) between register attempts: a relay not registered is a room "
+        "nobody can join, and only relays started while the control plane was away retry",
     )
 
     @property
