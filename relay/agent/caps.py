@@ -412,7 +412,9 @@ class CapsGuard:
         self.quiet_interval = quiet_interval
         self.cgroup = cgroup if cgroup is not None or mode != "cgroup" else OwnCgroup()
         self.read_memory = read_memory or (self.cgroup.memory if self.cgroup else private_bytes)
-        self._reads_cgroup = read_memory is None and self.cgroup is not None
+        # where memory is read exactly only from the lowest line the guard acts at; None: a reader
+        # was given, or there is no cgroup
+        self._memory_cgroup = self.cgroup if read_memory is None else None
         self.read_cpu = read_cpu
         self.full_look_every = full_look_every
         self.looks = 0
@@ -474,9 +476,10 @@ class CapsGuard:
             self._caps = (self.memory_cap(), self.cpu_budget())
         self.looks += 1
         cap = self._caps[0]
-        if self._reads_cgroup and cgroup is not None:  # exact only from the lowest line it acts at
+        source = self._memory_cgroup
+        if source is not None:
             lowest = min(JOINS_REOPEN_RATIO, self.tier.join_refusal_ratio)
-            self.memory = memory = cgroup.memory(int(cap * lowest))
+            self.memory = memory = source.memory(int(cap * lowest))
         else:
             self.memory = memory = self.read_memory()
         relay = self.relay

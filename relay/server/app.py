@@ -215,9 +215,9 @@ class Relay:
                         riding.run(now)
                 finally:
                     rest(room.batch_start)
-                    # what gathered while it rested leaves together: the room's pass, held whole
-                    # (the lane's read packs a pass per recipient itself)
-                    room.held = pace.pace > 0 and not laned
+                    if not laned:  # the lane's read packs a pass per recipient itself
+                        # what gathered while it rested leaves together: the room's pass, held whole
+                        room.held = pace.pace > 0
 
             def on_flush_paced(delay: float) -> None:
                 if delay > 0:
