@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 
 from relay.embedded import EmbeddedRoom, room
 from relay.protocol import messages as m
-from relay.protocol.constants import ErrorCode
+from relay.protocol.constants import UDP_MAX_PLAINTEXT, ErrorCode
 from relay.server import app, links
 
 from .helpers import drops, eventually
@@ -403,3 +405,89 @@ def test_a_hand_overs_error_is_counted_and_an_interrupt_raised(monkeypatch: pyte
     finally:
         sock.close()
         peer.close()
+
+
+def _fuzzed_plaintext(rng: random.Random) -> bytes:
+    """A member's plaintext that is mostly almost right: SENDs of every size around the limits,
+    targets of every kind and count, other message codes, extra elements, then cut short or
+    with bytes changed; or random bytes."""
+
+    def uint() -> object:
+        return rng.choice(
+            [0, 1, 2, 3, 127, 128, 255, 256, 65535, 65536, 2**32, 2**64 - 1, -1, rng.randrange(9)]
+        )
+
+    def message() -> bytes:
+        payload = rng.randbytes(rng.choice([0, 1, 100, 255, 256, 1099, 1100, 1101, 4000]))
+        targets = rng.choice(
+            [None, [], [uint() for _ in range(rng.randrange(80))], "x", 5, [b"a"], [[1]], {1: 2}]
+        )
+        shape = rng.randrange(8)
+        if shape == 0:
+            return msgpack.packb([2, payload])
+        if shape == 1:
+            return msgpack.packb([2, payload, targets, "extra"])
+        if shape == 2:
+            return msgpack.packb([rng.randrange(12), payload, targets])
+        return msgpack.packb([2, payload, targets])
+
+    kind = rng.randrange(5)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(UDP_MAX_PLAINTEXT))
+    text = b"".join(message() for _ in range(rng.randrange(1, 70)))
+    if kind == 1:
+        return text[: rng.randrange(len(text))]
+    if kind == 2:
+        changed = bytearray(text)
+        for _ in range(rng.randrange(1, 8)):
+            changed[rng.randrange(len(changed))] = rng.randrange(256)
+        return bytes(changed)
+    return text
+
+
+async def test_fuzzed_packets_leave_the_room_relaying_with_no_internal_error() -> None:
+    """Thousands of sealed plaintexts that are almost right (the lane parses members' plaintexts
+    itself, in C) and raw garbage, some with a member's own header: each is relayed, handed to
+    the room or dropped and counted, none is an internal error, and the room relays after it.
+    Also run under AddressSanitizer by tests/server/test_sanitized.py."""
+    rng = random.Random(20)
+    limits = {
+        "messages_per_second": 10**6,
+        "message_burst": 10**6,
+        "bytes_per_second": 10**9,
+        "byte_burst": 10**9,
+    }
+    async with room(host="127.0.0.1", **limits) as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        peers = [await UdpPeer.open(r.key, r.port) for _ in range(4)]
+        try:
+            for i, peer in enumerate(peers):
+                await peer.start(f"f{i}")
+            for i in range(int(os.environ.get("RELAY_FUZZ_PACKETS", "3000"))):
+                peer = rng.choice(peers)
+                kind = rng.randrange(10)
+                if kind < 8:
+                    peer.send_raw(peer.seal(_fuzzed_plaintext(rng)[:UDP_MAX_PLAINTEXT]))
+                elif kind == 8:  # this session's header, then anything
+                    head = (1, 3, 0, peer.session_id, rng.randrange(1, 2**64))
+                    peer.send_raw(struct.pack("!BBHIQ", *head) + rng.randbytes(rng.randrange(1300)))
+                else:
+                    peer.send_raw(rng.randbytes(rng.randrange(1500)))
+                if i % 40 == 0:  # within the socket buffers
+                    await asyncio.gather(*(p.quiet(0.005) for p in peers))
+            await asyncio.gather(*(p.quiet(0.2) for p in peers))
+            assert lane.lane.fast > 0 and lane.lane.punted > 0
+            assert drops(r).get("internal_error", 0) == 0, drops(r)
+            after = [await UdpPeer.open(r.key, r.port) for _ in range(2)]
+            peers += after
+            for i, peer in enumerate(after):
+                await peer.start(f"after{i}")
+            await after[1].quiet(0.1)
+            after[0].send(send(b"still relaying"))
+            assert repr(m.Message(after[0].connection_id, b"still relaying")) in map(
+                repr, await after[1].quiet(0.3)
+            )
+        finally:
+            for peer in peers:
+                peer.close()
