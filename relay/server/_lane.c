@@ -1,6 +1,7 @@
-/* The room's UDP port read in C: a member's SEND-only DATA packet is opened, checked, fanned
- * out, sealed and sent here, without a Python call per datagram (docs/architecture.md, "The C
- * part"). Everything else is handed to the room as it was before.
+/* The room's UDP port, and its members' WebSocket connections, read in C: a member's SEND-only
+ * DATA packet is opened, checked, fanned out, sealed and sent here, without a Python call per
+ * datagram or frame (docs/architecture.md, "The C part"). Everything else is handed to the room
+ * as it was before.
  *
  * Why: in the deployed shape (a relay process per room, a message per client packet) what a
  * packet costs is mostly the Python interpreter woken for it, whatever it then does; a process
@@ -34,7 +35,21 @@
  * `hooks`: (object, attribute, callable) each; at the end of a read, callable(now) where
  * now >= object.attribute (what the relay runs at the end of a pass: its rides, its pacer).
  *
- * The GIL is held throughout: the socket is non-blocking and a read is at most BATCH datagrams.
+ * WebSocket members (`ws_limits(...)` once, then `ws_offer(session, member, fd, conn, transport)`
+ * per member, relay/server/links.py's WsConnection): once a native member on a plain (not TLS)
+ * connection has joined, its connection stops reading and the loop calls `ws_read(entry)` when
+ * a dup of its socket is readable. Masked, unfragmented binary frames are unmasked here and
+ * their payloads taken as datagrams are (`ws_packet`: the session's own, no address to check);
+ * a payload the lane does not relay goes to the connection as it would have read it
+ * (`conn.lane_binary`); any other frame (a ping, a close, a fragment, text) or the stream's end
+ * hands the reading back with the bytes from there on (`conn.lane_hand_back`), for good. A
+ * WebSocket recipient's packets are framed here and written to its socket when its transport
+ * holds nothing queued, else through the transport, behind what it queued. Each socket is its
+ * own read, so their output leaves once a pass, at its end (`ws_flush`, scheduled by the first
+ * read of the pass), and the WebSocket hooks run then.
+ *
+ * The GIL is held throughout: the sockets are non-blocking and a read is at most BATCH datagrams
+ * or what one recv() returns.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -79,6 +94,7 @@ typedef struct {
 } Attr;
 
 static Attr s_sid, s_member, s_session, s_path, s_validated, s_addr, s_muted_until, s_over_since, s_opener, s_sealer, s_msg_bucket, s_byte_bucket, s_prefix, s_sessions, s_members, s_flush_scheduled, s_held, s_shed_optional, s_udp_backlogged, s_closed, s_last_seen, s_last_activity, s_packets_in, s_bytes_in, s_messages_in, s_messages_out, s_packets_out, s_bytes_out, s_drops, s_observe_fanout, s_fanout_buckets, s_fanout_sum, s_decrypt_failures;
+static Attr s_write, s_get_write_buffer_size, s_is_closing, s_overflow, s_lane_binary, s_lane_hand_back;
 
 /* ---- an entry: one session's handles ------------------------------------------------------ */
 
@@ -97,7 +113,16 @@ typedef struct {
     Py_ssize_t *lens;
     Py_ssize_t nlens, lens_cap;
     int dirty;
+    /* a WebSocket member's (kind WS): the connection's socket (a dup the lane reads; -1 once let
+     * go), the connection (hand-backs) and its transport (writes behind queued ones), and the
+     * bytes read that are not yet a whole frame */
+    int kind, fd;
+    PyObject *conn, *transport;
+    unsigned char *in;
+    Py_ssize_t in_len, in_cap;
 } Entry;
+
+enum { KIND_UDP = 0, KIND_WS = 1 };
 
 static void Entry_dealloc(Entry *self) {
     Py_XDECREF(self->session);
@@ -110,6 +135,9 @@ static void Entry_dealloc(Entry *self) {
     Py_XDECREF(self->bytes);
     PyMem_Free(self->out);
     PyMem_Free(self->lens);
+    Py_XDECREF(self->conn);
+    Py_XDECREF(self->transport);
+    PyMem_Free(self->in);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -180,6 +208,11 @@ typedef struct {
     double bounds[16];               /* relay_fanout_seconds' bucket bounds (metrics.FANOUT_BOUNDS) */
     int nbounds;
     double batch_start;
+    Py_ssize_t ws_max_payload, ws_max_plaintext, ws_send_buffer; /* 0: no WebSocket members here */
+    PyObject *ws_hooks;    /* what runs at the end of a pass's WebSocket reads, as `hooks` at a datagram read's */
+    PyObject *ws_schedule; /* schedules ws_flush() for the end of the event loop's pass */
+    int ws_flush_pending;
+    double ws_first;       /* when the pass's first WebSocket read was */
 } Lane;
 
 static double monotonic_now(void) {
@@ -289,6 +322,8 @@ static int Lane_traverse(Lane *self, visitproc visit, void *arg) {
     Py_VISIT(self->on_full);
     Py_VISIT(self->by_sid);
     Py_VISIT(self->by_session);
+    Py_VISIT(self->ws_hooks);
+    Py_VISIT(self->ws_schedule);
     return 0;
 }
 
@@ -302,6 +337,8 @@ static int Lane_clear(Lane *self) {
     Py_CLEAR(self->on_full);
     Py_CLEAR(self->by_sid);
     Py_CLEAR(self->by_session);
+    Py_CLEAR(self->ws_hooks);
+    Py_CLEAR(self->ws_schedule);
     return 0;
 }
 
@@ -504,63 +541,57 @@ static inline uint64_t be(const unsigned char *p, int n) {
 
 /* ---- offer ---------------------------------------------------------------------------------- */
 
-static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "offer(session, member, path, name)");
-        return NULL;
-    }
-    PyObject *session = args[0], *member = args[1], *path = args[2], *name = args[3];
-    if (self->by_sid == NULL) Py_RETURN_FALSE;
-    if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) > (Py_ssize_t)sizeof(struct sockaddr_storage) ||
-        PyBytes_GET_SIZE(name) < (Py_ssize_t)sizeof(sa_family_t))
-        Py_RETURN_FALSE;
-    PyObject *sid = get_attr(session, &s_sid), *opener = NULL, *sealer = NULL, *msgs = NULL,
-             *bytes = NULL, *prefix = NULL, *addr = NULL;
+/* A new entry for the session of `member` (its keys' C pieces, its member's buckets and MESSAGE
+ * prefix), or NULL: with an exception on an error, else (not the C pieces: RELAY_PURE_PYTHON's, a
+ * test's) the session is the room's alone. */
+static Entry *make_entry(PyObject *session, PyObject *member, uint32_t sid) {
+    PyObject *opener = get_attr(session, &s_opener), *sealer = NULL, *msgs = NULL, *bytes = NULL, *prefix = NULL;
     Entry *e = NULL;
-    PyObject *result = NULL;
-    if (sid == NULL || (opener = get_attr(session, &s_opener)) == NULL ||
-        (sealer = get_attr(session, &s_sealer)) == NULL ||
-        (msgs = get_attr(member, &s_msg_bucket)) == NULL ||
-        (bytes = get_attr(member, &s_byte_bucket)) == NULL ||
-        (prefix = get_attr(member, &s_prefix)) == NULL || (addr = get_attr(path, &s_addr)) == NULL)
+    if (opener == NULL || (sealer = get_attr(session, &s_sealer)) == NULL ||
+        (msgs = get_attr(member, &s_msg_bucket)) == NULL || (bytes = get_attr(member, &s_byte_bucket)) == NULL ||
+        (prefix = get_attr(member, &s_prefix)) == NULL)
         goto done;
-    unsigned long sid_value = PyLong_AsUnsignedLong(sid);
-    if (sid_value == (unsigned long)-1 && PyErr_Occurred()) goto done;
-    if (sid_value > UINT32_MAX || Py_TYPE(opener) != aead->opener_type || Py_TYPE(sealer) != aead->sealer_type ||
-        Py_TYPE(msgs) != bucket_type || Py_TYPE(bytes) != bucket_type || !PyBytes_Check(prefix) ||
-        PyBytes_GET_SIZE(prefix) > PREFIX_MAX) {
-        result = Py_False; /* not the C pieces (RELAY_PURE_PYTHON, a test's): the room's */
-        Py_INCREF(result);
+    if (Py_TYPE(opener) != aead->opener_type || Py_TYPE(sealer) != aead->sealer_type || Py_TYPE(msgs) != bucket_type ||
+        Py_TYPE(bytes) != bucket_type || !PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) > PREFIX_MAX)
         goto done;
-    }
-    Entry *kept = (Entry *)PyDict_GetItemWithError(self->by_sid, sid);
-    if (kept == NULL && PyErr_Occurred()) goto done;
-    if (kept != NULL && kept->session == session && kept->member == member && kept->path == path &&
-        kept->addr == addr) { /* offered again, nothing changed (the room offers at each of its packets) */
-        result = Py_True;
-        Py_INCREF(result);
-        goto done;
-    }
     e = PyObject_New(Entry, &EntryType);
     if (e == NULL) goto done;
-    e->sid = (uint32_t)sid_value;
-    Py_INCREF(session), Py_INCREF(member), Py_INCREF(path);
-    e->session = session, e->member = member, e->path = path;
-    e->addr = addr, e->opener = opener, e->sealer = sealer;
+    e->sid = sid;
+    Py_INCREF(session), Py_INCREF(member), Py_INCREF(Py_None), Py_INCREF(Py_None);
+    e->session = session, e->member = member, e->path = Py_None, e->addr = Py_None;
+    e->opener = opener, e->sealer = sealer;
     e->msgs = (TokenBucketObject *)msgs, e->bytes = (TokenBucketObject *)bytes;
-    addr = opener = sealer = msgs = bytes = NULL; /* the entry's now */
+    opener = sealer = msgs = bytes = NULL; /* the entry's now */
     e->prefix_len = (int)PyBytes_GET_SIZE(prefix);
     memcpy(e->prefix, PyBytes_AS_STRING(prefix), e->prefix_len);
     memset(&e->name, 0, sizeof e->name);
-    e->namelen = (socklen_t)PyBytes_GET_SIZE(name);
-    memcpy(&e->name, PyBytes_AS_STRING(name), e->namelen);
+    e->namelen = 0;
     e->out = NULL, e->out_len = e->out_cap = 0;
     e->lens = NULL, e->nlens = e->lens_cap = 0;
     e->dirty = 0;
-    /* entries of sessions the room has let go are swept when they outnumber its sessions: both
-     * tables are made again from the entries of sessions the room still holds */
+    e->kind = KIND_UDP, e->fd = -1, e->conn = e->transport = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
+done:
+    Py_XDECREF(opener);
+    Py_XDECREF(sealer);
+    Py_XDECREF(msgs);
+    Py_XDECREF(bytes);
+    Py_XDECREF(prefix);
+    return e;
+}
+
+/* the session's sid as the lane keys it; 0 (an exception set) on an error, or if it is out of range */
+static uint32_t sid_of(PyObject *sid) {
+    unsigned long value = PyLong_AsUnsignedLong(sid);
+    if (value == (unsigned long)-1 && PyErr_Occurred()) return 0;
+    return value > UINT32_MAX ? 0 : (uint32_t)value;
+}
+
+/* Both tables hold the entry: by sid (a datagram's header names it) and by session (a recipient's).
+ * Entries of sessions the room has let go are swept when they outnumber its sessions: both
+ * tables are made again from the entries of sessions the room still holds. */
+static int keep_entry(Lane *self, PyObject *sid, Entry *e) {
     PyObject *sessions = get_attr(self->room, &s_sessions);
-    if (sessions == NULL) goto done;
+    if (sessions == NULL) return -1;
     if (PyDict_Check(sessions) && PyDict_GET_SIZE(self->by_sid) > 2 * PyDict_GET_SIZE(sessions) + 8) {
         PyObject *by_sid = PyDict_New(), *by_session = PyDict_New();
         PyObject *key, *value;
@@ -576,24 +607,56 @@ static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(by_sid);
             Py_XDECREF(by_session);
             Py_DECREF(sessions);
-            goto done;
+            return -1;
         }
         Py_SETREF(self->by_sid, by_sid);
         Py_SETREF(self->by_session, by_session);
     }
     Py_DECREF(sessions);
-    if (PyDict_SetItem(self->by_sid, sid, (PyObject *)e) < 0 || PyDict_SetItem(self->by_session, session, (PyObject *)e) < 0)
+    return PyDict_SetItem(self->by_sid, sid, (PyObject *)e) < 0 ||
+                   PyDict_SetItem(self->by_session, e->session, (PyObject *)e) < 0
+               ? -1
+               : 0;
+}
+
+static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "offer(session, member, path, name)");
+        return NULL;
+    }
+    PyObject *session = args[0], *member = args[1], *path = args[2], *name = args[3];
+    if (self->by_sid == NULL) Py_RETURN_FALSE;
+    if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) > (Py_ssize_t)sizeof(struct sockaddr_storage) ||
+        PyBytes_GET_SIZE(name) < (Py_ssize_t)sizeof(sa_family_t))
+        Py_RETURN_FALSE;
+    PyObject *sid = get_attr(session, &s_sid), *addr = NULL, *result = NULL;
+    Entry *e = NULL;
+    uint32_t sid_value;
+    if (sid == NULL || (addr = get_attr(path, &s_addr)) == NULL) goto done;
+    if ((sid_value = sid_of(sid)) == 0) {
+        if (!PyErr_Occurred()) result = Py_NewRef(Py_False);
         goto done;
-    result = Py_True;
-    Py_INCREF(result);
+    }
+    if ((e = make_entry(session, member, sid_value)) == NULL) {
+        if (!PyErr_Occurred()) result = Py_NewRef(Py_False); /* not the C pieces: the room's */
+        goto done;
+    }
+    Entry *kept = (Entry *)PyDict_GetItemWithError(self->by_sid, sid);
+    if (kept == NULL && PyErr_Occurred()) goto done;
+    if (kept != NULL && kept->session == session && kept->member == member && kept->path == path &&
+        kept->addr == addr) { /* offered again, nothing changed (the room offers at each of its packets) */
+        result = Py_NewRef(Py_True);
+        goto done;
+    }
+    Py_SETREF(e->path, Py_NewRef(path));
+    Py_SETREF(e->addr, addr);
+    addr = NULL;
+    e->namelen = (socklen_t)PyBytes_GET_SIZE(name);
+    memcpy(&e->name, PyBytes_AS_STRING(name), e->namelen);
+    if (keep_entry(self, sid, e) == 0) result = Py_NewRef(Py_True);
 done:
     Py_XDECREF(e);
     Py_XDECREF(sid);
-    Py_XDECREF(opener);
-    Py_XDECREF(sealer);
-    Py_XDECREF(msgs);
-    Py_XDECREF(bytes);
-    Py_XDECREF(prefix);
     Py_XDECREF(addr);
     return result;
 }
@@ -631,6 +694,11 @@ static int recipient(Lane *self, PyObject *other, Entry **out) {
     Py_DECREF(session); /* the entry holds it */
     if (e == NULL) return PyErr_Occurred() ? -1 : 0;
     if (e->member != other) return 0;
+    if (e->kind == KIND_WS) {
+        if (e->fd < 0) return 0;
+        *out = e;
+        return 1;
+    }
     int ok = attr_is(e->session, &s_path, e->path);
     if (ok != 1) return ok;
     if ((ok = attr_true(e->path, &s_validated)) != 1) return ok;
@@ -692,7 +760,7 @@ static int plan_packet(Lane *self, Plan *plan, const unsigned char *p, const uns
         else if (*p == 0xC5 && end - p >= 3) n = (Py_ssize_t)be(p + 1, 2), p += 3;
         else if (*p == 0xC6 && end - p >= 5) n = (Py_ssize_t)be(p + 1, 4), p += 5;
         else return 0;
-        if (end - p < n || n > self->max_payload) return 0;
+        if (end - p < n || n > (sender->kind == KIND_WS ? self->ws_max_payload : self->max_payload)) return 0;
         Planned *msg = &plan->msgs[plan->nmsgs++];
         msg->data = p, msg->size = n, msg->first = plan->nto, msg->count = 0;
         p += n;
@@ -771,51 +839,42 @@ enum { TAKEN = 1, ROOMS = 0, HANDED = 2 };
 
 static int flush(Lane *self, double start);
 
-/* a datagram the room would have counted as read: packets_in and bytes_in */
-static int count_datagram(Lane *self, Py_ssize_t n) {
-    return count(self->counters, &s_packets_in, 1) < 0 || count(self->counters, &s_bytes_in, n) < 0 ? -1 : 0;
+/* a packet the room would have counted as read: packets_in and bytes_in of its transport */
+static int count_packet(Lane *self, int kind, Py_ssize_t n) {
+    return count_at(self->counters, &s_packets_in, kind, 1) < 0 || count_at(self->counters, &s_bytes_in, kind, n) < 0
+               ? -1
+               : 0;
 }
 
 /* A replay or a forgery of a session's packet: dropped and counted here as the room counts it
  * (opening it again in the room would double a flood's AES-GCM). */
-static int refused(Lane *self, Py_ssize_t n, int opened) {
-    if (count_datagram(self, n) < 0 || count_drop(self->counters, opened == REPLAYED ? "replay" : "decrypt", 1) < 0)
+static int refused(Lane *self, int kind, Py_ssize_t n, int opened) {
+    if (count_packet(self, kind, n) < 0 || count_drop(self->counters, opened == REPLAYED ? "replay" : "decrypt", 1) < 0)
         return -1;
     return opened == FORGED ? add_to(self->counters, &s_decrypt_failures, PyLong_FromLong(1)) : 0;
 }
 
-/* TAKEN: relayed (or, a replay or forgery, dropped) here. ROOMS: the room's, untouched.
- * HANDED: opened, its plaintext handed to the room (done). -1: an error, the datagram
- * untouched. */
-static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *sessions, Plan *plan,
-                    unsigned char *plain) {
-    const unsigned char *data = self->bufs + (Py_ssize_t)i * BUFSIZE;
-    Py_ssize_t n = self->in[i].msg_len;
-    if ((self->in[i].msg_hdr.msg_flags & MSG_TRUNC) || n < HEADER_SIZE + TAG_SIZE || n > MAX_PACKET ||
-        data[0] != VERSION || data[1] != TYPE_DATA || data[2] || data[3])
-        return ROOMS;
-    uint32_t sid = (uint32_t)be(data + 4, 4);
-    uint64_t counter = be(data + 8, 8);
-    if (!sid || !counter) return ROOMS;
-    PyObject *key = PyLong_FromUnsignedLong(sid);
-    if (key == NULL) return -1;
-    Entry *e = (Entry *)PyDict_GetItemWithError(self->by_sid, key);
-    PyObject *live = e ? PyDict_GetItemWithError(sessions, key) : NULL;
-    Py_DECREF(key);
-    if (e == NULL || live != e->session) return PyErr_Occurred() ? -1 : ROOMS;
-    if (!same_name(&self->names[i], &e->name)) return ROOMS; /* from elsewhere: the room rebinds */
-    int ok;
+/* The member's limits, as the room checks them before it opens a packet: 1 if the lane may take
+ * it, 0 if the room's (muted, or over a limit and recovering), -1 on an error. */
+static int within_limits(Entry *e, double now) {
     double muted, over;
-    if ((ok = attr_is(e->session, &s_member, e->member)) != 1 || (ok = attr_is(e->member, &s_session, e->session)) != 1 ||
-        (ok = attr_is(e->session, &s_path, e->path)) != 1 || (ok = attr_true(e->path, &s_validated)) != 1 ||
-        (ok = attr_is(e->path, &s_addr, e->addr)) != 1)
-        return ok;
     if (attr_double(e->session, &s_muted_until, &muted) < 0 || attr_double(e->member, &s_over_since, &over) < 0)
         return -1;
-    if (now < muted || over != 0.0) return ROOMS; /* the room's limits and their recovery */
+    return now < muted || over != 0.0 ? 0 : 1;
+}
+
+/* A session's DATA packet (a datagram, or a WebSocket frame's payload), checked as its own:
+ * opened, and relayed here if its plaintext is the lane's, else handed to the room with it
+ * (`name`: the datagram's address; NULL for a WebSocket's). TAKEN: relayed (or, a replay or
+ * forgery, dropped) here. ROOMS: the room's, untouched. HANDED: opened, its plaintext handed to
+ * the room (done). -1: an error, the packet untouched. */
+static int relay_packet(Lane *self, Entry *e, const unsigned char *data, Py_ssize_t n, uint64_t counter,
+                        const struct sockaddr_storage *name, double now, PyObject *members, Plan *plan,
+                        unsigned char *plain) {
+    int kind = e->kind;
     int opened = aead->open(e->opener, data, n, counter, plain);
     if (opened < 0) return -1;
-    if (opened != OPENED) return refused(self, n, opened) < 0 ? -1 : TAKEN;
+    if (opened != OPENED) return refused(self, kind, n, opened) < 0 ? -1 : TAKEN;
     Py_ssize_t plain_size = n - HEADER_SIZE - TAG_SIZE;
     Py_INCREF(e); /* a hand-over may let the room drop it */
     int planned = plan_packet(self, plan, plain, plain + plain_size, e, members);
@@ -825,12 +884,13 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
         planned = 0;
     }
     if (planned == 0) { /* opened: the window has moved, so the room gets the plaintext */
-        /* counted as the room counts a datagram; what the lane queued leaves before the room
+        /* counted as the room counts a packet; what the lane queued leaves before the room
          * does anything with it */
-        if (count_datagram(self, n) < 0) internal_error(self, "counters");
+        if (count_packet(self, kind, n) < 0) internal_error(self, "counters");
         if (flush(self, now) < 0) internal_error(self, "flush");
         PyObject *packet = PyBytes_FromStringAndSize((const char *)data, n),
-                 *text = PyBytes_FromStringAndSize((const char *)plain, plain_size), *addr = address_of(&self->names[i]);
+                 *text = PyBytes_FromStringAndSize((const char *)plain, plain_size),
+                 *addr = name != NULL ? address_of(name) : Py_NewRef(Py_None);
         PyObject *result = NULL;
         if (packet && text && addr) {
             PyObject *args[] = {e->session, packet, text, NULL, addr, NULL};
@@ -862,12 +922,39 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
     }
     PyObject *stamp = PyFloat_FromDouble(now);
     if (stamp == NULL || set_attr(e->session, &s_last_seen, stamp) < 0 ||
-        set_attr(self->room, &s_last_activity, stamp) < 0 || count_datagram(self, n) < 0 ||
-        count(self->counters, &s_messages_in, plan->nmsgs) < 0)
+        set_attr(self->room, &s_last_activity, stamp) < 0 || count_packet(self, kind, n) < 0 ||
+        count_at(self->counters, &s_messages_in, kind, plan->nmsgs) < 0)
         internal_error(self, "counters");
     Py_XDECREF(stamp);
     Py_DECREF(e);
     return TAKEN;
+}
+
+/* A datagram: a DATA packet of a member's session on its validated path, from that path's
+ * address, is `relay_packet`'s; anything else the room's (ROOMS). */
+static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *sessions, Plan *plan,
+                    unsigned char *plain) {
+    const unsigned char *data = self->bufs + (Py_ssize_t)i * BUFSIZE;
+    Py_ssize_t n = self->in[i].msg_len;
+    if ((self->in[i].msg_hdr.msg_flags & MSG_TRUNC) || n < HEADER_SIZE + TAG_SIZE || n > MAX_PACKET ||
+        data[0] != VERSION || data[1] != TYPE_DATA || data[2] || data[3])
+        return ROOMS;
+    uint32_t sid = (uint32_t)be(data + 4, 4);
+    uint64_t counter = be(data + 8, 8);
+    if (!sid || !counter) return ROOMS;
+    PyObject *key = PyLong_FromUnsignedLong(sid);
+    if (key == NULL) return -1;
+    Entry *e = (Entry *)PyDict_GetItemWithError(self->by_sid, key);
+    PyObject *live = e ? PyDict_GetItemWithError(sessions, key) : NULL;
+    Py_DECREF(key);
+    if (e == NULL || live != e->session || e->kind != KIND_UDP) return PyErr_Occurred() ? -1 : ROOMS;
+    if (!same_name(&self->names[i], &e->name)) return ROOMS; /* from elsewhere: the room rebinds */
+    int ok;
+    if ((ok = attr_is(e->session, &s_member, e->member)) != 1 || (ok = attr_is(e->member, &s_session, e->session)) != 1 ||
+        (ok = attr_is(e->session, &s_path, e->path)) != 1 || (ok = attr_true(e->path, &s_validated)) != 1 ||
+        (ok = attr_is(e->path, &s_addr, e->addr)) != 1 || (ok = within_limits(e, now)) != 1)
+        return ok;
+    return relay_packet(self, e, data, n, counter, &self->names[i], now, members, plan, plain);
 }
 
 /* ---- the pass's output ----------------------------------------------------------------------- */
@@ -889,7 +976,116 @@ static int observe_fanout(Lane *self, double seconds) {
     return add_to(counters, &s_fanout_sum, PyFloat_FromDouble(seconds));
 }
 
+/* ---- a WebSocket member's output -------------------------------------------------------------- */
+
+/* A WebSocket entry's messages of the pass: packed (room.py's _pack), sealed, each behind its
+ * frame header, and written straight to its socket when its transport holds nothing queued (else,
+ * and for what the socket does not take, through the transport, behind what it queued). Counted
+ * as the room counts them; a reader over the send-buffer limit is the room's to let go. */
+static int ws_send_entry(Lane *self, Entry *e) {
+    Py_ssize_t limit = self->ws_max_plaintext, offset = 0, j = 0, at = 0;
+    Py_ssize_t need = e->out_len + e->nlens * (HEADER_SIZE + TAG_SIZE + 4);
+    if (need > self->packets_cap) {
+        unsigned char *grown = PyMem_Realloc(self->packets, need);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->packets = grown, self->packets_cap = need;
+    }
+    long long packets = 0, bytes = 0, too_large = 0, failed = 0, messages = e->nlens;
+    while (j < e->nlens) {
+        Py_ssize_t size = e->lens[j++];
+        while (j < e->nlens && size + e->lens[j] <= limit) size += e->lens[j++];
+        if (size > limit) {
+            too_large++;
+        } else {
+            Py_ssize_t plen = HEADER_SIZE + size + TAG_SIZE;
+            unsigned char *f = self->packets + at;
+            int hlen = plen < 126 ? 2 : 4;
+            f[0] = 0x82; /* FIN, binary */
+            if (hlen == 2) f[1] = (unsigned char)plen;
+            else f[1] = 126, f[2] = (unsigned char)(plen >> 8), f[3] = (unsigned char)plen;
+            if (aead->seal(e->sealer, e->out + offset, size, f + hlen) < 0) {
+                PyErr_Clear();
+                failed++;
+            } else {
+                at += hlen + plen, packets++, bytes += plen;
+            }
+        }
+        offset += size;
+    }
+    int overflow = 0, closing = 0;
+    if (at > 0 && e->fd < 0) { /* its connection reads itself again: its transport, if open, writes */
+        PyObject *truth = PyObject_CallMethodNoArgs(e->transport, s_is_closing.name);
+        if (truth == NULL) return -1;
+        closing = PyObject_IsTrue(truth);
+        Py_DECREF(truth);
+        if (closing < 0) return -1;
+    }
+    if (at > 0 && !closing) {
+        PyObject *size = PyObject_CallMethodNoArgs(e->transport, s_get_write_buffer_size.name);
+        if (size == NULL) return -1;
+        long queued = PyLong_AsLong(size);
+        Py_DECREF(size);
+        if (queued < 0 && PyErr_Occurred()) return -1;
+        Py_ssize_t sent = 0;
+        if (queued == 0 && e->fd >= 0) {
+            ssize_t n = send(e->fd, self->packets, at, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n > 0) sent = n;
+            else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) sent = -1;
+        }
+        if (sent < 0) { /* its connection is going: the room hears of it from the transport */
+            count_drop(self->counters, "send_failed", packets);
+            packets = bytes = 0;
+        } else if (sent < at) {
+            PyObject *rest = PyBytes_FromStringAndSize((const char *)self->packets + sent, at - sent);
+            PyObject *result = rest ? PyObject_CallMethodOneArg(e->transport, s_write.name, rest) : NULL;
+            Py_XDECREF(rest);
+            if (result == NULL) return -1;
+            Py_DECREF(result);
+            overflow = queued + (at - sent) > self->ws_send_buffer;
+        }
+    } else if (at > 0) {
+        count_drop(self->counters, "send_failed", packets);
+        packets = bytes = 0;
+    }
+    PyObject *counters = self->counters;
+    if (count_at(counters, &s_messages_out, KIND_WS, messages) < 0 || count_at(counters, &s_packets_out, KIND_WS, packets) < 0 ||
+        count_at(counters, &s_bytes_out, KIND_WS, bytes) < 0 ||
+        (too_large && count_drop(counters, "too_large_for_transport", too_large) < 0) ||
+        (failed && count_drop(counters, "internal_error", failed) < 0))
+        return -1;
+    if (overflow) {
+        PyObject *result = PyObject_CallMethodOneArg(self->room, s_overflow.name, e->session);
+        if (result == NULL) return -1;
+        Py_DECREF(result);
+    }
+    return 0;
+}
+
 static int flush(Lane *self, double start) {
+    if (self->ndirty == 0) return 0;
+    /* WebSocket members' output first, each to its own socket; then the datagrams */
+    Py_ssize_t kept = 0;
+    int ws_failed = 0;
+    for (Py_ssize_t i = 0; i < self->ndirty; i++) {
+        Entry *e = self->dirty[i];
+        if (e->kind != KIND_WS) {
+            self->dirty[kept++] = e;
+            continue;
+        }
+        if (!ws_failed && ws_send_entry(self, e) < 0) ws_failed = 1;
+        e->dirty = 0, e->out_len = 0, e->nlens = 0;
+        Py_DECREF(e);
+    }
+    int only_ws = kept == 0 && self->ndirty > 0;
+    self->ndirty = kept;
+    if (ws_failed) {
+        clear_dirty(self);
+        return -1;
+    }
+    if (only_ws) return observe_fanout(self, monotonic_now() - start);
     if (self->ndirty == 0) return 0;
     int backlogged = attr_true(self->room, &s_udp_backlogged);
     if (backlogged != 0) { /* the room drops its UDP output until the socket drains: so does the lane */
@@ -1001,7 +1197,8 @@ static int room_busy(Lane *self) {
     return 0;
 }
 
-static int hand_over(Lane *self, int i, double now) {
+static int hand_over(Lane *self, void *at, double now) {
+    int i = *(int *)at;
     PyObject *data = PyBytes_FromStringAndSize((const char *)self->bufs + (Py_ssize_t)i * BUFSIZE, self->in[i].msg_len);
     PyObject *addr = data ? address_of(&self->names[i]) : NULL, *stamp = addr ? PyFloat_FromDouble(now) : NULL;
     PyObject *result = NULL;
@@ -1015,6 +1212,120 @@ static int hand_over(Lane *self, int i, double now) {
     if (result == NULL) return -1;
     Py_DECREF(result);
     return 0;
+}
+
+/* What a read works with: its plan and plaintext buffers, the room's members and sessions, and
+ * whether the room is busy (its own output of the pass, or rules only it applies now: all the
+ * read's packets are then the room's; so too when any of this could not be had). */
+typedef struct {
+    Plan *plan;
+    unsigned char *plain;
+    PyObject *members, *sessions;
+    int busy;
+} Pass;
+
+static void begin_pass(Lane *self, Pass *pass) {
+    pass->plan = PyMem_Malloc(sizeof(Plan));
+    pass->plain = PyMem_Malloc(BUFSIZE);
+    pass->members = get_attr(self->room, &s_members);
+    pass->sessions = pass->members ? get_attr(self->room, &s_sessions) : NULL;
+    pass->busy = -1;
+    if (pass->plan && pass->plain && pass->sessions && PyDict_Check(pass->members) && PyDict_Check(pass->sessions))
+        pass->busy = room_busy(self);
+    if (pass->busy < 0) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        internal_error(self, "read");
+        pass->busy = 1;
+    }
+}
+
+static void end_pass(Pass *pass) {
+    PyMem_Free(pass->plan);
+    PyMem_Free(pass->plain);
+    Py_XDECREF(pass->members);
+    Py_XDECREF(pass->sessions);
+}
+
+/* After a packet of a read: counted as relayed here, or as the room's; one the room is to read
+ * whole (ROOMS) is handed to it by `hand` (the lane's queued output leaves first, so that none of
+ * its sender's later packets overtakes it); and whether the room now holds output of its own for
+ * the pass, which makes the rest of the pass its too. */
+static void account(Lane *self, int handled, int *busy, double now, int (*hand)(Lane *, void *, double),
+                    void *packet) {
+    if (handled == TAKEN) {
+        self->fast++;
+        return;
+    }
+    self->punted++;
+    if (handled == ROOMS && !stopped(self)) {
+        if (flush(self, now) < 0) internal_error(self, "flush");
+        if (!stopped(self) && hand(self, packet, now) < 0) internal_error(self, "punt");
+    }
+    if (!*busy && !stopped(self) && (*busy = room_busy(self)) < 0) {
+        internal_error(self, "read");
+        *busy = 1;
+    }
+}
+
+/* a WebSocket frame's payload, as read from its connection */
+typedef struct {
+    Entry *e;
+    const unsigned char *payload;
+    Py_ssize_t len;
+} Frame;
+
+/* the frame's payload to its connection, which hands it to the room as it would have read it */
+static int hand_frame(Lane *self, void *at, double now) {
+    Frame *frame = at;
+    PyObject *data = PyBytes_FromStringAndSize((const char *)frame->payload, frame->len), *stamp = PyFloat_FromDouble(now);
+    PyObject *result = NULL;
+    if (data && stamp) result = PyObject_CallMethodObjArgs(frame->e->conn, s_lane_binary.name, data, stamp, NULL);
+    Py_XDECREF(data);
+    Py_XDECREF(stamp);
+    if (result == NULL) return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* What is due at the end of a pass: hook(stamp) for each (object, attribute, hook) of `hooks`
+ * whose object's attribute is at or before `now` (the relay's rides, its pacer). */
+static void run_hooks(Lane *self, PyObject *hooks, double now, double stamp_at) {
+    if (hooks == NULL) return;
+    Py_INCREF(hooks);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks) && !stopped(self); i++) {
+        PyObject *hook = PyTuple_GET_ITEM(hooks, i);
+        double due;
+        if (named_double(PyTuple_GET_ITEM(hook, 0), PyTuple_GET_ITEM(hook, 1), &due) < 0) {
+            internal_error(self, "hook");
+            continue;
+        }
+        if (now < due) continue;
+        PyObject *stamp = PyFloat_FromDouble(stamp_at);
+        PyObject *result = stamp ? PyObject_CallOneArg(PyTuple_GET_ITEM(hook, 2), stamp) : NULL;
+        Py_XDECREF(stamp);
+        if (result == NULL) internal_error(self, "hook");
+        Py_XDECREF(result);
+    }
+    Py_DECREF(hooks);
+}
+
+/* The end of a call that held the lane (`reading`, a reference to itself): a close that came
+ * meanwhile lets go of the room now (what it queued goes nowhere), and an interrupt met in it is
+ * raised from it, as from the room's handler. */
+static PyObject *finish(Lane *self) {
+    self->reading = 0;
+    if (self->closing) {
+        self->closing = 0;
+        Lane_clear(self);
+    }
+    PyObject *result = Py_NewRef(Py_None);
+    if (self->stop_type != NULL) {
+        PyErr_Restore(self->stop_type, self->stop_value, self->stop_tb);
+        self->stop_type = self->stop_value = self->stop_tb = NULL;
+        Py_CLEAR(result);
+    }
+    Py_DECREF(self);
+    return result;
 }
 
 static PyObject *Lane_read(Lane *self, PyObject *unused) {
@@ -1039,79 +1350,245 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
     Py_INCREF(self);
     self->reading = 1;
     double now = monotonic_now();
-    Plan *plan = PyMem_Malloc(sizeof(Plan));
-    unsigned char *plain = PyMem_Malloc(BUFSIZE);
-    PyObject *members = get_attr(self->room, &s_members);
-    PyObject *sessions = members ? get_attr(self->room, &s_sessions) : NULL;
-    int busy = -1;
-    if (plan && plain && sessions && PyDict_Check(members) && PyDict_Check(sessions)) busy = room_busy(self);
-    if (busy < 0) {
-        if (!PyErr_Occurred()) PyErr_NoMemory();
-        internal_error(self, "read");
-        busy = 1;
-    }
+    Pass pass;
+    begin_pass(self, &pass);
     for (int i = 0; i < n && !stopped(self); i++) {
         int handled = ROOMS;
         /* a datagram the room's own output of this pass would have to go out before: the room's */
-        if (!busy) {
-            handled = datagram(self, i, now, members, sessions, plan, plain);
+        if (!pass.busy) {
+            handled = datagram(self, i, now, pass.members, pass.sessions, pass.plan, pass.plain);
             if (handled < 0) {
                 internal_error(self, "datagram");
                 handled = ROOMS;
             }
         }
-        if (handled == TAKEN) {
-            self->fast++;
-            continue;
-        }
-        self->punted++;
-        if (handled == ROOMS && !stopped(self)) {
-            /* what the lane queued leaves before the room does anything with this datagram */
-            if (flush(self, now) < 0) internal_error(self, "flush");
-            if (!stopped(self) && hand_over(self, i, now) < 0) internal_error(self, "punt");
-        }
-        if (!busy && !stopped(self) && (busy = room_busy(self)) < 0) {
-            internal_error(self, "read");
-            busy = 1;
-        }
+        account(self, handled, &pass.busy, now, hand_over, &i);
     }
     if (!stopped(self) && flush(self, now) < 0) internal_error(self, "flush");
-    PyObject *hooks = self->hooks;
-    Py_XINCREF(hooks);
-    if (hooks != NULL) /* the pass's end: what is due then (the relay's rides, its pacer) */
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks) && !stopped(self); i++) {
-            PyObject *hook = PyTuple_GET_ITEM(hooks, i);
-            double due;
-            if (named_double(PyTuple_GET_ITEM(hook, 0), PyTuple_GET_ITEM(hook, 1), &due) < 0) {
-                internal_error(self, "hook");
-                continue;
-            }
-            if (now < due) continue;
-            PyObject *stamp = PyFloat_FromDouble(now);
-            PyObject *result = stamp ? PyObject_CallOneArg(PyTuple_GET_ITEM(hook, 2), stamp) : NULL;
-            Py_XDECREF(stamp);
-            if (result == NULL) internal_error(self, "hook");
-            Py_XDECREF(result);
+    run_hooks(self, self->hooks, now, now); /* the pass's end: what is due then (its rides, its pacer) */
+    end_pass(&pass);
+    return finish(self);
+}
+
+/* ---- WebSocket members ----------------------------------------------------------------------- */
+
+/* ws_limits(max_payload_ws, max_plaintext_ws, ws_send_buffer): WebSocket members may be offered */
+static PyObject *Lane_ws_limits(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyTuple_Check(args[3]) || !PyCallable_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "ws_limits(max_payload, max_plaintext, send_buffer, hooks, schedule)");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[3]); i++) {
+        PyObject *hook = PyTuple_GET_ITEM(args[3], i);
+        if (!PyTuple_Check(hook) || PyTuple_GET_SIZE(hook) != 3 || !PyUnicode_Check(PyTuple_GET_ITEM(hook, 1)) ||
+            !PyCallable_Check(PyTuple_GET_ITEM(hook, 2))) {
+            PyErr_SetString(PyExc_TypeError, "hooks: (object, attribute, callable) each");
+            return NULL;
         }
-    Py_XDECREF(hooks);
-    PyMem_Free(plan);
-    PyMem_Free(plain);
-    Py_XDECREF(members);
-    Py_XDECREF(sessions);
-    self->reading = 0;
-    if (self->closing) { /* closed meanwhile: what it queued goes nowhere */
-        self->closing = 0;
-        Lane_clear(self);
     }
-    PyObject *result = Py_None;
-    Py_INCREF(result);
-    if (self->stop_type != NULL) { /* an interrupt: raised from the read, as from the room's handler */
-        PyErr_Restore(self->stop_type, self->stop_value, self->stop_tb);
-        self->stop_type = self->stop_value = self->stop_tb = NULL;
-        Py_CLEAR(result);
+    Py_ssize_t v[3];
+    for (int i = 0; i < 3; i++)
+        if ((v[i] = PyLong_AsSsize_t(args[i])) == -1 && PyErr_Occurred()) return NULL;
+    if (v[1] <= 0 || v[1] > 65536 - HEADER_SIZE - TAG_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "max_plaintext: a WebSocket packet's");
+        return NULL;
     }
-    Py_DECREF(self);
+    self->ws_max_payload = v[0], self->ws_max_plaintext = v[1], self->ws_send_buffer = v[2];
+    Py_INCREF(args[3]);
+    Py_XSETREF(self->ws_hooks, args[3]);
+    Py_INCREF(args[4]);
+    Py_XSETREF(self->ws_schedule, args[4]);
+    Py_RETURN_NONE;
+}
+
+/* ws_offer(session, member, fd, conn, transport) -> Entry | None: the WebSocket member's frames
+ * may be read here from fd (the lane's own dup of its socket, which the connection closes) */
+static PyObject *Lane_ws_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "ws_offer(session, member, fd, conn, transport)");
+        return NULL;
+    }
+    PyObject *session = args[0], *member = args[1], *conn = args[3], *transport = args[4];
+    int fd = PyLong_AsLong(args[2]);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    if (self->by_sid == NULL || self->ws_max_plaintext == 0 || fd < 0) Py_RETURN_NONE;
+    PyObject *sid = get_attr(session, &s_sid), *result = NULL;
+    Entry *e = NULL;
+    uint32_t sid_value;
+    if (sid == NULL) return NULL;
+    if ((sid_value = sid_of(sid)) == 0 || (e = make_entry(session, member, sid_value)) == NULL) {
+        if (!PyErr_Occurred()) result = Py_NewRef(Py_None); /* the room's */
+        goto done;
+    }
+    e->kind = KIND_WS, e->fd = fd;
+    e->conn = Py_NewRef(conn), e->transport = Py_NewRef(transport);
+    if (keep_entry(self, sid, e) == 0) result = Py_NewRef((PyObject *)e);
+done:
+    Py_XDECREF(e);
+    Py_XDECREF(sid);
     return result;
+}
+
+/* ws_forget(entry): its connection took its reading back (or closed): nothing more is read or
+ * written on its fd here */
+static PyObject *Lane_ws_forget(Lane *self, PyObject *arg) {
+    if (Py_TYPE(arg) != &EntryType) {
+        PyErr_SetString(PyExc_TypeError, "an Entry");
+        return NULL;
+    }
+    Entry *e = (Entry *)arg;
+    e->fd = -1;
+    if (self->by_session != NULL) {
+        PyObject *kept = PyDict_GetItemWithError(self->by_session, e->session);
+        if (kept == arg && PyDict_DelItem(self->by_session, e->session) < 0) return NULL;
+        PyObject *sid = PyLong_FromUnsignedLong(e->sid);
+        if (sid == NULL) return NULL;
+        kept = PyDict_GetItemWithError(self->by_sid, sid);
+        if (kept == arg && PyDict_DelItem(self->by_sid, sid) < 0) {
+            Py_DECREF(sid);
+            return NULL;
+        }
+        Py_DECREF(sid);
+    }
+    Py_RETURN_NONE;
+}
+
+/* A WebSocket member's DATA packet (a binary frame's payload): `relay_packet`'s if it is its
+ * session's and its member's, else the room's (ROOMS); no address to check, the connection is
+ * the session's. */
+static int ws_packet(Lane *self, Entry *e, const unsigned char *data, Py_ssize_t n, double now, PyObject *members,
+                     PyObject *sessions, Plan *plan, unsigned char *plain) {
+    if (n < HEADER_SIZE + TAG_SIZE || n > BUFSIZE || data[0] != VERSION || data[1] != TYPE_DATA || data[2] || data[3])
+        return ROOMS;
+    uint32_t sid = (uint32_t)be(data + 4, 4);
+    uint64_t counter = be(data + 8, 8);
+    if (sid != e->sid || !counter) return ROOMS;
+    PyObject *key = PyLong_FromUnsignedLong(sid);
+    if (key == NULL) return -1;
+    PyObject *live = PyDict_GetItemWithError(sessions, key);
+    Py_DECREF(key);
+    if (live != e->session) return PyErr_Occurred() ? -1 : ROOMS;
+    int ok;
+    if ((ok = attr_is(e->session, &s_member, e->member)) != 1 || (ok = attr_is(e->member, &s_session, e->session)) != 1 ||
+        (ok = within_limits(e, now)) != 1)
+        return ok;
+    return relay_packet(self, e, data, n, counter, NULL, now, members, plan, plain);
+}
+
+/* the connection takes its reading back, with the bytes from `from` on (a frame the lane does
+ * not read, or the stream's end) */
+static void ws_hand_back(Lane *self, Entry *e, Py_ssize_t from) {
+    PyObject *rest = PyBytes_FromStringAndSize((const char *)e->in + from, e->in_len - from);
+    e->in_len = 0;
+    if (flush(self, monotonic_now()) < 0) internal_error(self, "flush");
+    PyObject *result = rest ? PyObject_CallMethodOneArg(e->conn, s_lane_hand_back.name, rest) : NULL;
+    Py_XDECREF(rest);
+    if (result == NULL) internal_error(self, "hand back");
+    Py_XDECREF(result);
+}
+
+/* ws_flush(): the end of a pass that read members' sockets: its output, then what is due then */
+static PyObject *Lane_ws_flush(Lane *self, PyObject *unused) {
+    if (self->room == NULL || self->reading || !self->ws_flush_pending) Py_RETURN_NONE;
+    self->ws_flush_pending = 0;
+    double first = self->ws_first;
+    Py_INCREF(self);
+    self->reading = 1;
+    if (flush(self, first) < 0) internal_error(self, "flush");
+    run_hooks(self, self->ws_hooks, monotonic_now(), first);
+    return finish(self);
+}
+
+/* ws_read(entry): the loop's reader for a WebSocket member's socket */
+static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
+    if (Py_TYPE(arg) != &EntryType) {
+        PyErr_SetString(PyExc_TypeError, "an Entry");
+        return NULL;
+    }
+    Entry *e = (Entry *)arg;
+    if (self->reading || e->fd < 0) Py_RETURN_NONE;
+    if (self->room == NULL) { /* the lane let go of the room: the connection reads itself */
+        e->in_len = 0;
+        PyObject *nothing = PyBytes_FromStringAndSize("", 0);
+        PyObject *result = nothing ? PyObject_CallMethodOneArg(e->conn, s_lane_hand_back.name, nothing) : NULL;
+        Py_XDECREF(nothing);
+        return result;
+    }
+    if (e->in_cap - e->in_len < 16384) {
+        Py_ssize_t cap = e->in_cap ? e->in_cap : 32768;
+        while (cap - e->in_len < 16384) cap *= 2;
+        unsigned char *grown = PyMem_Realloc(e->in, cap);
+        if (grown == NULL) return PyErr_NoMemory();
+        e->in = grown, e->in_cap = cap;
+    }
+    ssize_t got = recv(e->fd, e->in + e->in_len, e->in_cap - e->in_len, MSG_DONTWAIT);
+    Py_INCREF(self);
+    Py_INCREF(e);
+    self->reading = 1;
+    if (got <= 0) {
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) goto out;
+        /* its end, or an error: the connection's own transport reads it again and sees it */
+        ws_hand_back(self, e, 0);
+        goto done;
+    }
+    e->in_len += got;
+    double now = monotonic_now();
+    Pass pass;
+    begin_pass(self, &pass);
+    Py_ssize_t pos = 0;
+    int handed = 0;
+    while (!stopped(self) && e->fd >= 0) {
+        Py_ssize_t avail = e->in_len - pos;
+        if (avail < 2) break;
+        unsigned char *f = e->in + pos;
+        Py_ssize_t len = f[1] & 0x7F, hlen = 2;
+        if (f[0] != 0x82 || !(f[1] & 0x80) || len == 127) { /* not a masked, whole binary frame: Python's */
+            ws_hand_back(self, e, pos);
+            handed = 1;
+            break;
+        }
+        if (len == 126) {
+            if (avail < 4) break;
+            len = (Py_ssize_t)be(f + 2, 2), hlen = 4;
+        }
+        if (avail < hlen + 4 + len) break;
+        unsigned char *mask = f + hlen, *payload = f + hlen + 4;
+        for (Py_ssize_t k = 0; k < len; k++) payload[k] ^= mask[k & 3];
+        pos += hlen + 4 + len;
+        int handled = ROOMS;
+        if (!pass.busy) {
+            handled = ws_packet(self, e, payload, len, now, pass.members, pass.sessions, pass.plan, pass.plain);
+            if (handled < 0) {
+                internal_error(self, "frame");
+                handled = ROOMS;
+            }
+        }
+        Frame frame = {e, payload, len};
+        account(self, handled, &pass.busy, now, hand_frame, &frame);
+    }
+    if (!handed && e->fd >= 0 && pos > 0) { /* what is not yet a whole frame waits for the next read */
+        memmove(e->in, e->in + pos, e->in_len - pos);
+        e->in_len -= pos;
+    } else if (e->fd < 0) {
+        e->in_len = 0;
+    }
+    /* the pass's output leaves once, at its end, whichever of its members' sockets were read
+     * (each recipient gets one packet of what they all sent, as from the room's flush) */
+    if (!stopped(self) && !self->ws_flush_pending && self->ws_schedule != NULL) {
+        self->ws_flush_pending = 1, self->ws_first = now;
+        PyObject *result = PyObject_CallNoArgs(self->ws_schedule);
+        if (result == NULL) {
+            self->ws_flush_pending = 0;
+            internal_error(self, "schedule");
+            if (flush(self, now) < 0) internal_error(self, "flush");
+        }
+        Py_XDECREF(result);
+    }
+    end_pass(&pass);
+out:
+done:
+    Py_DECREF(e);
+    return finish(self);
 }
 
 static PyObject *Lane_close(Lane *self, PyObject *unused) {
@@ -1134,6 +1611,11 @@ static PyMethodDef Lane_methods[] = {
     {"offer", (PyCFunction)(void (*)(void))Lane_offer, METH_FASTCALL,
      "offer(session, member, path, name) -> bool: the session's packets may be taken here"},
     {"close", (PyCFunction)Lane_close, METH_NOARGS, "close(): lets go of the room; read() does nothing after"},
+    {"ws_limits", (PyCFunction)(void (*)(void))Lane_ws_limits, METH_FASTCALL, "ws_limits(max_payload, max_plaintext, send_buffer)"},
+    {"ws_offer", (PyCFunction)(void (*)(void))Lane_ws_offer, METH_FASTCALL, "ws_offer(session, member, fd, conn, transport) -> Entry | None"},
+    {"ws_forget", (PyCFunction)Lane_ws_forget, METH_O, "ws_forget(entry): its connection reads itself again"},
+    {"ws_read", (PyCFunction)Lane_ws_read, METH_O, "ws_read(entry): the loop's reader for its socket"},
+    {"ws_flush", (PyCFunction)Lane_ws_flush, METH_NOARGS, "ws_flush(): the end of a pass of WebSocket reads"},
     {NULL},
 };
 
@@ -1163,7 +1645,7 @@ static PyTypeObject LaneType = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "relay.server._lane",
-    .m_doc = "The room's UDP port read in C (relay/server/links.py's UdpLane uses it when built).",
+    .m_doc = "The room's UDP port and members' WebSocket connections read in C (relay/server/links.py).",
     .m_size = -1,
 };
 
@@ -1195,7 +1677,11 @@ PyMODINIT_FUNC PyInit__lane(void) {
         intern(&s_messages_out, "messages_out") || intern(&s_packets_out, "packets_out") ||
         intern(&s_bytes_out, "bytes_out") || intern(&s_drops, "drops") ||
         intern(&s_observe_fanout, "observe_fanout") || intern(&s_fanout_buckets, "fanout_buckets") ||
-        intern(&s_fanout_sum, "fanout_sum") || intern(&s_decrypt_failures, "decrypt_failures"))
+        intern(&s_fanout_sum, "fanout_sum") || intern(&s_decrypt_failures, "decrypt_failures") ||
+        intern(&s_write, "write") || intern(&s_get_write_buffer_size, "get_write_buffer_size") ||
+        intern(&s_is_closing, "is_closing") ||
+        intern(&s_overflow, "overflow") || intern(&s_lane_binary, "lane_binary") ||
+        intern(&s_lane_hand_back, "lane_hand_back"))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -19,8 +19,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
-from relay.protocol.constants import CloseReason
+from relay.protocol.constants import WS_MAX_PLAINTEXT, CloseReason
 from relay.protocol.gs2.wire import Encoder
 from relay.protocol.packets import NATIVE
 from relay.server import pacing, rides
@@ -242,6 +243,16 @@ class Relay:
             # after each read (`Pacer.lane_due`), so a read finds what came during the rest and
             # its recipients get it together, as from the room's held pass.
             self._udp_lane = UdpLane(udp, room, writer, LANE, tuple(hooks))
+            # members' WebSocket frames are read there too (WsConnection), each socket its own read:
+            # their output leaves once a pass, at its end, and the same hooks run then
+            lane = self._udp_lane.lane
+            lane.ws_limits(
+                self.config.max_payload_ws,
+                WS_MAX_PLAINTEXT,
+                self.config.ws_send_buffer,
+                tuple(hooks),
+                partial(call_soon, lane.ws_flush),
+            )
         else:
             self._udp_transport, _ = await loop.create_datagram_endpoint(
                 lambda: UdpProtocol(room, writer), sock=udp
@@ -251,7 +262,10 @@ class Relay:
         )
         gs2 = Encoder(self.config.room_key, room.started) if self.config.gs2_clients else None
         self._tcp_server = await loop.create_server(
-            lambda: WsConnection(room, self._ws, doorway, gs2, tls), sock=tcp
+            lambda: WsConnection(
+                room, self._ws, doorway, gs2, tls, self._udp_lane.lane if self._udp_lane is not None else None
+            ),
+            sock=tcp,
         )
         if self.config.admin_port is not None:
             self._admin = AdminServer(self.metrics, self.health, self.readiness)

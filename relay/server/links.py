@@ -10,6 +10,12 @@ unusual; the frames of play (binary in and out, ping) are read and written with 
 codec (relay/protocol/wsframes.py): websockets' per-frame generator calls, objects and lists
 were a large share of a busy WebSocket relay's core.
 
+Where relay/server/_lane.c is built, a native member's connection is read in C once it has
+joined, as the UDP port is (`WsConnection._enter_lane`): the transport stops reading and the loop
+calls the lane for a dup of the socket; the lane gives back a payload it does not relay
+(`lane_binary`) and, for good, the reading itself at a frame it does not read or the stream's
+end (`lane_hand_back`). TLS connections and GS2 clients' are never read there.
+
 The same port serves GS2 game clients (docs/gs2-clients.md): a connection whose first binary
 message is a protobuf Container, not a HELLO, is a GS2 client's from then on, and its messages
 go to a `Gs2Peer` (relay/server/gs2.py). GS2 clients send no keepalive of their own, so the
@@ -23,6 +29,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -423,6 +430,7 @@ class WsConnection(asyncio.Protocol):
         doorway: Doorway | None = None,
         gs2: Encoder | None = None,
         tls: TlsTerminator | None = None,
+        lane: Any = None,
     ) -> None:
         """`gs2`: the room's GS2 encoder, when GS2 clients are accepted (None: native only);
         `tls`: the relay's TLS terminator, when it has a certificate (relay/server/tls.py)."""
@@ -446,6 +454,11 @@ class WsConnection(asyncio.Protocol):
         self._fragments: list[bytes] | None = None  # a binary message arriving in fragments
         self._now = 0.0  # when the input being handled was read
         self._refused = False  # the upgrade was refused (and counted)
+        # the port read in C (relay/server/_lane.c) reads a native member's frames once it joined
+        self._lane = lane
+        self._lane_entry: Any = None
+        self._lane_fd = -1
+        self._lane_tried = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -565,6 +578,8 @@ class WsConnection(asyncio.Protocol):
         if session is not None:
             if self.peer is None:
                 self.room.ws_data(session, data, self._now)
+                if not self._lane_tried and session.member is not None and self._lane is not None:
+                    self._enter_lane(session)
             else:
                 self.peer.receive(data, self._now)
         elif self.peer is not None:  # a GS2 client refused before its session: it is closing
@@ -577,6 +592,61 @@ class WsConnection(asyncio.Protocol):
                 self.close(WS_POLICY, "handshake failed")
             elif self.doorway is not None:
                 self.doorway.leave(self)
+
+    def _enter_lane(self, session: Session) -> None:
+        """A native member on a plain connection: its frames are read in C from now on (a dup of
+        the socket, the transport paused), until a frame C does not read or the stream's end
+        hands the reading back (`lane_hand_back`); tried once a connection."""
+        self._lane_tried = True
+        transport = self.transport
+        if (
+            transport is None
+            or self._closing
+            or self._tls_layer is not None
+            or self.proto.state is not State.OPEN
+        ):
+            return
+        if self._buf is None or self._buf:  # websockets' parser has the stream, or a frame is half read
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        fd = os.dup(sock.fileno())
+        entry = self._lane.ws_offer(session, session.member, fd, self, transport)
+        if entry is None:
+            os.close(fd)
+            return
+        self._lane_entry, self._lane_fd = entry, fd
+        transport.pause_reading()
+        asyncio.get_running_loop().add_reader(fd, self._lane.ws_read, entry)
+
+    def _leave_lane(self) -> None:
+        fd, entry = self._lane_fd, self._lane_entry
+        if fd < 0:
+            return
+        self._lane_fd, self._lane_entry = -1, None
+        asyncio.get_running_loop().remove_reader(fd)
+        self._lane.ws_forget(entry)
+        os.close(fd)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def lane_binary(self, data: bytes, now: float) -> None:
+        """A frame's payload the lane read but does not relay itself: the room's, as read here."""
+        self._now = now
+        try:
+            self._binary(data)
+        except Exception:
+            self.room.counters.drops["internal_error"] += 1
+            log.exception("websocket handler failed")
+            self.close(1011, "internal error")
+
+    def lane_hand_back(self, rest: bytes) -> None:
+        """The lane met a frame it does not read, or the stream's end: reading is this
+        connection's again, from `rest` on."""
+        self._leave_lane()
+        if rest and self.transport is not None:
+            self.data_received(rest)
 
     def _gs2(self, hello: bytes) -> None:
         """The first message is a GS2 Container: a GS2 client's connection from now on."""
@@ -708,6 +778,7 @@ class WsConnection(asyncio.Protocol):
     def close(self, code: int, reason: str) -> None:
         if self._closing:
             return
+        self._leave_lane()
         self._closing = True
         self._session_ended(clean=False)
         if self.proto.state is State.OPEN:
@@ -718,6 +789,7 @@ class WsConnection(asyncio.Protocol):
             self._abort_later = asyncio.get_running_loop().call_later(1.0, transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._leave_lane()
         self.connections.discard(self)
         if self.doorway is not None:
             self.doorway.leave(self)

@@ -1,9 +1,11 @@
-"""The room's UDP port read in C (relay/server/_lane.c): members' plain SENDs relayed there, all
-else handed to the room, and the same messages, drops and counts either way.
+"""The room's UDP port and its members' WebSocket connections read in C (relay/server/_lane.c):
+members' plain SENDs relayed there, all else handed to the room, and the same messages, drops
+and counts either way.
 
 Each scenario runs twice on real loopback sockets, with the lane and with the room's own UDP
-transport (the relay as it runs without the C part), and what every raw peer received, message
-by message, must be the same. The lane is in use wherever it was built; `.ci/run` requires it
+transport and WebSocket reads (the relay as it runs without the C part), and what every raw peer
+received, message by message, must be the same; the WebSocket scenarios with WebSocket members.
+The lane is in use wherever it was built; `.ci/run` requires it
 (RELAY_REQUIRE_NATIVE), elsewhere these tests skip saying why."""
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from websockets.frames import Opcode
 
 from relay.embedded import EmbeddedRoom, room
 from relay.protocol import messages as m
@@ -51,11 +54,16 @@ def shown(msg: m.RelayMessage) -> Any:
     return None if isinstance(msg, m.Welcome) else msg
 
 
-Script = Callable[[EmbeddedRoom, list[UdpPeer]], Awaitable[None]]
+Script = Callable[[EmbeddedRoom, list[Any]], Awaitable[None]]
 
 
 async def play(
-    monkeypatch: pytest.MonkeyPatch, lane: bool, script: Script, players: int = 3, **config: Any
+    monkeypatch: pytest.MonkeyPatch,
+    lane: bool,
+    script: Script,
+    players: int = 3,
+    peer: type[UdpPeer] | type[WsPeer] = UdpPeer,
+    **config: Any,
 ) -> tuple[list[list[Any]], dict[str, int], list[int], list[int], tuple[int, ...], int]:
     """Runs `script` in a room of `players` raw UDP members, with the lane or without; returns what
     each peer received after the joins (per step, see `collect`), the drops, messages in and out,
@@ -64,20 +72,20 @@ async def play(
     monkeypatch.setattr(app, "LANE", links.LANE if lane else None)
     async with room(host="127.0.0.1", **config) as r:
         assert (r.relay._udp_lane is not None) == lane
-        peers = [await UdpPeer.open(r.key, r.port) for _ in range(players)]
+        peers: list[Any] = [await peer.open(r.key, r.port) for _ in range(players)]
         try:
-            for i, peer in enumerate(peers):
-                await peer.start(f"u{i}")
-            for peer in peers:
-                await peer.quiet(0.1)  # the joins of those after it
-            for peer in peers:
-                peer.log = []  # type: ignore[attr-defined]
+            for i, member in enumerate(peers):
+                await member.start(f"u{i}")
+            for member in peers:
+                await member.quiet(0.1)  # the joins of those after it
+            for member in peers:
+                member.log = []
             await script(r, peers)
             await collect(peers)
             counters = r.relay.counters
             fast = r.relay._udp_lane.lane.fast if lane else 0
             return (
-                [peer.log for peer in peers],  # type: ignore[attr-defined]
+                [member.log for member in peers],
                 drops(r),
                 list(counters.messages_in),
                 list(counters.messages_out),
@@ -85,17 +93,37 @@ async def play(
                 fast,
             )
         finally:
-            for peer in peers:
-                peer.close()
+            for member in peers:
+                await shut(member)
 
 
-async def collect(peers: list[UdpPeer], wait: float = 0.25) -> None:
+async def shut(peer: UdpPeer | WsPeer) -> None:
+    if isinstance(peer, WsPeer):
+        await peer.aclose()
+    else:
+        peer.close()
+
+
+async def collect(peers: list[Any], wait: float = 0.25) -> None:
     """What each peer received since the last step, as one entry of its log: steps are apart in
     time (each ends once every peer heard nothing for `wait`), so the two runs compare step by
     step whatever the order within a step."""
     received = await asyncio.gather(*(peer.quiet(wait) for peer in peers))
     for peer, got in zip(peers, received, strict=True):
-        peer.log.append(sorted(map(repr, map(shown, got))))  # type: ignore[attr-defined]
+        peer.log.append(sorted(map(repr, map(shown, got))))
+
+
+async def replay_and_forge(peers: list[Any], replayer: Any, forger: Any) -> None:
+    """Three steps: a packet sent, the same packet again (a replay), and a forgery (its tag
+    changed)."""
+    packet = replayer.send(send(b"once"))
+    await collect(peers)
+    replayer.send_raw(packet)
+    await collect(peers)
+    forged = bytearray(forger.seal(send(b"forged")))
+    forged[-1] ^= 1
+    forger.send_raw(bytes(forged))
+    await collect(peers)
 
 
 async def same_either_way(monkeypatch: pytest.MonkeyPatch, script: Script, **config: Any) -> tuple[Any, Any]:
@@ -149,14 +177,7 @@ async def test_what_only_the_room_handles_is_handed_to_it(monkeypatch: pytest.Mo
         await collect(peers)
         b.send(m.SetProfile(b"new profile").encode())
         await collect(peers)
-        packet = c.send(send(b"once"))
-        await collect(peers)
-        c.send_raw(packet)  # a replay from the same address
-        await collect(peers)
-        forged = bytearray(c.seal(send(b"forged")))
-        forged[-1] ^= 1
-        c.send_raw(bytes(forged))
-        await collect(peers)
+        await replay_and_forge(peers, c, c)  # the replay from the same address
         a.send(send(b"still relayed after all that"))
         await collect(peers)
 
@@ -256,7 +277,8 @@ async def test_a_shedding_room_drops_udp_output_as_before(monkeypatch: pytest.Mo
 
 
 async def test_a_websocket_member_gets_udp_members_sends(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A recipient the lane does not hold (a WebSocket session) makes the packet the room's."""
+    """A WebSocket member among UDP ones gets their sends (its connection read in C too); once it
+    left, the UDP members' packets are still relayed in C."""
     async with room(host="127.0.0.1") as r:
         lane = r.relay._udp_lane
         assert lane is not None
@@ -280,6 +302,92 @@ async def test_a_websocket_member_gets_udp_members_sends(monkeypatch: pytest.Mon
             await ws.aclose()
             for peer in udp:
                 peer.close()
+
+
+async def test_websocket_members_are_relayed_in_c_as_the_room_relays_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """WebSocket members' frames read in C: sends of every shape, a burst, what only the room
+    handles (a PING, a profile, malformed plaintext, a payload the C read leaves to the room, a
+    replay, a forgery): the same messages and drops as the room's own WebSocket reads."""
+
+    async def script(r: EmbeddedRoom, peers: list[Any]) -> None:
+        a, b, c = peers
+        ids = [p.connection_id for p in peers]
+        a.send(send(b"to everyone"))
+        await collect(peers)
+        b.send(send(b"to c twice and a", [ids[2], ids[2], ids[0], ids[1], 999]))
+        await collect(peers)
+        for i in range(20):  # a burst: several frames a read
+            c.send(send(i.to_bytes(2, "big") * 50))
+        await collect(peers)
+        a.send(m.Ping(7, 1234).encode(), send(b"with a ping"))
+        await collect(peers)
+        b.send(m.SetProfile(b"new profile").encode())
+        await collect(peers)
+        c.send(msgpack.packb([2, "text, not bin", None]))
+        await collect(peers)
+        a.send(send(bytes(3000)))  # a packet longer than the C read's buffer: the room's
+        await collect(peers)
+        await replay_and_forge(peers, b, c)
+        a.send(send(b"still relayed after all that"))
+        await collect(peers)
+
+    (logs, dropped, messages_in, *_, fast), _ = await same_either_way(monkeypatch, script, peer=WsPeer)
+    assert fast >= 22  # frames relayed in C
+    assert messages_in[1] >= 26  # counted as WebSocket messages
+    a_log, b_log, c_log = logs
+    assert repr(m.Message(1, b"to everyone")) in b_log[0] and not a_log[0]
+    assert c_log[1] == [repr(m.Message(2, b"to c twice and a"))]
+    assert len(a_log[2]) == 20 and repr(m.Pong(7, 1234)) in a_log[3]
+    assert repr(m.MemberProfile(2, b"new profile")) in a_log[4] and len(b_log[6]) == 1
+    assert dropped.get("replay") == 1 and dropped.get("decrypt") == 1 and dropped.get("malformed") == 1
+    assert repr(m.Message(1, b"still relayed after all that")) in c_log[10]
+
+
+async def test_a_websocket_member_read_in_c_hands_back_what_it_does_not_read() -> None:
+    """A frame split over two writes waits for its end in C; a WebSocket ping, or a message in
+    fragments, hands the connection's reading back to Python, which answers and relays them, and
+    the member keeps playing."""
+    from relay.protocol.wsframes import BINARY, client_frame
+
+    async with room(host="127.0.0.1") as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        a, b = [await WsPeer.open(r.key, r.port) for _ in range(2)]
+        try:
+            for i, peer in enumerate((a, b)):
+                await peer.start(f"w{i}")
+            for peer in (a, b):
+                await peer.quiet(0.1)
+            assert lane.lane.entries == 2  # both read in C since their joins
+            assert a.writer is not None
+            frame = client_frame(BINARY, a.seal(send(b"in two writes")), b"\x01\x02\x03\x04")
+            fast = lane.lane.fast
+            a.writer.write(frame[:9])
+            await a.writer.drain()
+            await asyncio.sleep(0.05)
+            a.writer.write(frame[9:])
+            assert await b.expect(m.Message, 2) == m.Message(1, b"in two writes")
+            assert lane.lane.fast == fast + 1
+            a.proto.send_ping(b"are you there")
+            a._write()
+            while not any(f.opcode is Opcode.PONG for f in a.frames):  # answered, by Python
+                await a._read(2.0)
+            assert lane.lane.entries == 1  # a's reading handed back
+            packet = a.seal(send(b"in fragments"))
+            a.proto.send_binary(packet[:20], fin=False)
+            a.proto.send_continuation(packet[20:], fin=True)
+            a._write()
+            assert await b.expect(m.Message, 2) == m.Message(1, b"in fragments")
+            a.send(send(b"still playing"))
+            assert await b.expect(m.Message, 2) == m.Message(1, b"still playing")
+            b.send(send(b"to a"))
+            assert await a.expect(m.Message, 2) == m.Message(2, b"to a")
+            assert drops(r).get("internal_error", 0) == 0
+        finally:
+            await a.aclose()
+            await b.aclose()
 
 
 async def test_the_lane_rejects_what_it_cannot_use() -> None:
