@@ -390,6 +390,32 @@ async def test_a_websocket_member_read_in_c_hands_back_what_it_does_not_read() -
             await b.aclose()
 
 
+async def test_what_websocket_members_send_in_one_pass_leaves_once_at_its_end() -> None:
+    """Each member's socket is a read of its own; their output leaves once a pass, at its end:
+    a member gets what the others sent in that pass in one packet, not one per socket read (and
+    the relay's end-of-pass hooks, its pacer's rest among them, run once a pass, not once a
+    socket)."""
+    async with room(host="127.0.0.1") as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        peers = [await WsPeer.open(r.key, r.port) for _ in range(4)]
+        try:
+            for i, peer in enumerate(peers):
+                await peer.start(f"w{i}")
+            for peer in peers:
+                await peer.quiet(0.1)
+            assert lane.lane.entries == 4
+            fast = lane.lane.fast
+            for i, peer in enumerate(peers[:3]):  # all written before the relay's loop runs again
+                peer.send(send(b"from w%d" % i))
+            packet = await peers[3].recv_packet(2.0)
+            assert sorted(msg.data for msg in peers[3].decode(packet)) == [b"from w0", b"from w1", b"from w2"]
+            assert lane.lane.fast == fast + 3
+        finally:
+            for peer in peers:
+                await peer.aclose()
+
+
 async def test_the_lane_rejects_what_it_cannot_use() -> None:
     assert links.LANE is not None
     with pytest.raises(TypeError):
