@@ -97,6 +97,16 @@ async def play(
                 await shut(member)
 
 
+async def joined(r: EmbeddedRoom, kind: type[UdpPeer] | type[WsPeer], n: int) -> list[Any]:
+    """`n` raw members of `kind`, joined, and each past the joins of those after it."""
+    peers: list[Any] = [await kind.open(r.key, r.port) for _ in range(n)]
+    for i, peer in enumerate(peers):
+        await peer.start(f"m{i}")
+    for peer in peers:
+        await peer.quiet(0.1)
+    return peers
+
+
 async def shut(peer: UdpPeer | WsPeer) -> None:
     if isinstance(peer, WsPeer):
         await peer.aclose()
@@ -398,12 +408,8 @@ async def test_what_websocket_members_send_in_one_pass_leaves_once_at_its_end() 
     async with room(host="127.0.0.1") as r:
         lane = r.relay._udp_lane
         assert lane is not None
-        peers = [await WsPeer.open(r.key, r.port) for _ in range(4)]
+        peers = await joined(r, WsPeer, 4)
         try:
-            for i, peer in enumerate(peers):
-                await peer.start(f"w{i}")
-            for peer in peers:
-                await peer.quiet(0.1)
             assert lane.lane.entries == 4
             fast = lane.lane.fast
             for i, peer in enumerate(peers[:3]):  # all written before the relay's loop runs again
@@ -594,10 +600,8 @@ async def test_fuzzed_packets_leave_the_room_relaying_with_no_internal_error() -
     async with room(host="127.0.0.1", **limits) as r:
         lane = r.relay._udp_lane
         assert lane is not None
-        peers = [await UdpPeer.open(r.key, r.port) for _ in range(4)]
+        peers = await joined(r, UdpPeer, 4)
         try:
-            for i, peer in enumerate(peers):
-                await peer.start(f"f{i}")
             for i in range(int(os.environ.get("RELAY_FUZZ_PACKETS", "3000"))):
                 peer = rng.choice(peers)
                 kind = rng.randrange(10)
