@@ -30,6 +30,7 @@ setup(
             "relay.server._lane",
             sources=["relay/server/_lane.c"],
             depends=["relay/protocol/_aead.h", "relay/server/_ratelimit.h"],
+            libraries=["crypto"],  # SHA-256: a GS2 Container's HMAC
             optional=True,
         ),
     ]

@@ -46,13 +46,23 @@
  * WebSocket recipient's packets are framed here and written to its socket when its transport
  * holds nothing queued, else through the transport, behind what it queued. Each socket is its
  * own read, so their output leaves once a pass, at its end (`ws_flush`, scheduled by the first
- * read of the pass), and the WebSocket hooks run then.
+ * read of the pass), and the WebSocket hooks run then. A ping or a pong from a member is handed
+ * to its connection (`conn.lane_control(opcode, payload, now)`) and the reading goes on here.
+ *
+ * GS2 clients (`gs2_limits(key, started, max_size)` once, then `ws_offer(..., recipient)` with the
+ * client's wire.Recipient, relay/server/gs2.py): once a GS2 client has joined, its
+ * connection is read here too. A Container of the plain shape (a BinaryMessage whose HMAC with
+ * the room key checks, `gs2_packet`) is relayed as a SEND would be; anything else (another type,
+ * a bad signature, a field the parse here does not expect) goes to the connection as it would
+ * have read it, whose parser decides. A GS2 recipient's messages leave as Containers built here,
+ * numbered from its Recipient's `seq`, as wire.Recipient numbers them.
  *
  * The GIL is held throughout: the sockets are non-blocking and a read is at most BATCH datagrams
  * or what one recv() returns.
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_CTX: an HMAC's key states are copied by assignment */
 #include <Python.h>
 #include <arpa/inet.h>
 #include <errno.h>
@@ -62,6 +72,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <structmember.h>
 
 #include "../protocol/_aead.h"
@@ -80,6 +92,8 @@
 #define MAX_RECIPIENTS 1024 /* deliveries planned for one packet */
 #define SEND_CHUNK 256    /* datagrams per sendmmsg */
 #define PREFIX_MAX 16
+#define GS2_BINARY_MESSAGE 805306368u /* Container.BINARY_MESSAGE (relay/protocol/gs2/message.proto) */
+#define GS2_OVERHEAD 160  /* a Container and its frame beyond a MESSAGE's bytes, at most */
 
 static AeadApi *aead;
 static PyTypeObject *bucket_type;
@@ -94,7 +108,7 @@ typedef struct {
 } Attr;
 
 static Attr s_sid, s_member, s_session, s_path, s_validated, s_addr, s_muted_until, s_over_since, s_opener, s_sealer, s_msg_bucket, s_byte_bucket, s_prefix, s_sessions, s_members, s_flush_scheduled, s_held, s_shed_optional, s_udp_backlogged, s_closed, s_last_seen, s_last_activity, s_packets_in, s_bytes_in, s_messages_in, s_messages_out, s_packets_out, s_bytes_out, s_drops, s_observe_fanout, s_fanout_buckets, s_fanout_sum, s_decrypt_failures;
-static Attr s_write, s_get_write_buffer_size, s_is_closing, s_overflow, s_lane_binary, s_lane_hand_back;
+static Attr s_write, s_get_write_buffer_size, s_is_closing, s_overflow, s_lane_binary, s_lane_hand_back, s_lane_control, s_seq;
 
 /* ---- an entry: one session's handles ------------------------------------------------------ */
 
@@ -120,9 +134,10 @@ typedef struct {
     PyObject *conn, *transport;
     unsigned char *in;
     Py_ssize_t in_len, in_cap;
+    PyObject *gs2; /* a GS2 client's (kind GS2): its wire.Recipient, whose `seq` numbers its Containers */
 } Entry;
 
-enum { KIND_UDP = 0, KIND_WS = 1 };
+enum { KIND_UDP = 0, KIND_WS = 1, KIND_GS2 = 2 }; /* relay/server/transport.py's, counters' index */
 
 static void Entry_dealloc(Entry *self) {
     Py_XDECREF(self->session);
@@ -137,6 +152,7 @@ static void Entry_dealloc(Entry *self) {
     PyMem_Free(self->lens);
     Py_XDECREF(self->conn);
     Py_XDECREF(self->transport);
+    Py_XDECREF(self->gs2);
     PyMem_Free(self->in);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -213,6 +229,11 @@ typedef struct {
     PyObject *ws_schedule; /* schedules ws_flush() for the end of the event loop's pass */
     int ws_flush_pending;
     double ws_first;       /* when the pass's first WebSocket read was */
+    /* GS2 clients (gs2_limits): the room key's HMAC-SHA256 inner and outer states, when the room
+     * started (a Container's lifetime), the largest message a client may send */
+    SHA256_CTX gs2_inner, gs2_outer;
+    double gs2_started;
+    Py_ssize_t gs2_max_size; /* 0: no GS2 clients here */
 } Lane;
 
 static double monotonic_now(void) {
@@ -543,22 +564,30 @@ static inline uint64_t be(const unsigned char *p, int n) {
 
 /* A new entry for the session of `member` (its keys' C pieces, its member's buckets and MESSAGE
  * prefix), or NULL: with an exception on an error, else (not the C pieces: RELAY_PURE_PYTHON's, a
- * test's) the session is the room's alone. */
-static Entry *make_entry(PyObject *session, PyObject *member, uint32_t sid) {
+ * test's) the session is the room's alone. `keyed`: 0 for a session without keys (a GS2
+ * client's: its link encodes, the lane builds its Containers), which then has none. */
+static Entry *make_entry(PyObject *session, PyObject *member, uint32_t sid, int keyed) {
     PyObject *opener = get_attr(session, &s_opener), *sealer = NULL, *msgs = NULL, *bytes = NULL, *prefix = NULL;
     Entry *e = NULL;
     if (opener == NULL || (sealer = get_attr(session, &s_sealer)) == NULL ||
         (msgs = get_attr(member, &s_msg_bucket)) == NULL || (bytes = get_attr(member, &s_byte_bucket)) == NULL ||
         (prefix = get_attr(member, &s_prefix)) == NULL)
         goto done;
-    if (Py_TYPE(opener) != aead->opener_type || Py_TYPE(sealer) != aead->sealer_type || Py_TYPE(msgs) != bucket_type ||
-        Py_TYPE(bytes) != bucket_type || !PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) > PREFIX_MAX)
+    if (keyed ? Py_TYPE(opener) != aead->opener_type || Py_TYPE(sealer) != aead->sealer_type
+              : opener != Py_None || sealer != Py_None)
+        goto done;
+    if (Py_TYPE(msgs) != bucket_type || Py_TYPE(bytes) != bucket_type || !PyBytes_Check(prefix) ||
+        PyBytes_GET_SIZE(prefix) > PREFIX_MAX)
         goto done;
     e = PyObject_New(Entry, &EntryType);
     if (e == NULL) goto done;
     e->sid = sid;
     Py_INCREF(session), Py_INCREF(member), Py_INCREF(Py_None), Py_INCREF(Py_None);
     e->session = session, e->member = member, e->path = Py_None, e->addr = Py_None;
+    if (!keyed) {
+        Py_CLEAR(opener);
+        Py_CLEAR(sealer);
+    }
     e->opener = opener, e->sealer = sealer;
     e->msgs = (TokenBucketObject *)msgs, e->bytes = (TokenBucketObject *)bytes;
     opener = sealer = msgs = bytes = NULL; /* the entry's now */
@@ -569,7 +598,7 @@ static Entry *make_entry(PyObject *session, PyObject *member, uint32_t sid) {
     e->out = NULL, e->out_len = e->out_cap = 0;
     e->lens = NULL, e->nlens = e->lens_cap = 0;
     e->dirty = 0;
-    e->kind = KIND_UDP, e->fd = -1, e->conn = e->transport = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
+    e->kind = KIND_UDP, e->fd = -1, e->conn = e->transport = e->gs2 = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
 done:
     Py_XDECREF(opener);
     Py_XDECREF(sealer);
@@ -637,7 +666,7 @@ static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         if (!PyErr_Occurred()) result = Py_NewRef(Py_False);
         goto done;
     }
-    if ((e = make_entry(session, member, sid_value)) == NULL) {
+    if ((e = make_entry(session, member, sid_value, 1)) == NULL) {
         if (!PyErr_Occurred()) result = Py_NewRef(Py_False); /* not the C pieces: the room's */
         goto done;
     }
@@ -694,7 +723,7 @@ static int recipient(Lane *self, PyObject *other, Entry **out) {
     Py_DECREF(session); /* the entry holds it */
     if (e == NULL) return PyErr_Occurred() ? -1 : 0;
     if (e->member != other) return 0;
-    if (e->kind == KIND_WS) {
+    if (e->kind != KIND_UDP) { /* its connection's, while the lane reads it */
         if (e->fd < 0) return 0;
         *out = e;
         return 1;
@@ -746,23 +775,63 @@ static int read_uint(const unsigned char **p, const unsigned char *end, uint64_t
     return 1;
 }
 
+/* One SEND (its data, and its targets: none for everyone else) into the plan, with its
+ * recipients. 1: planned; 0: the room's. */
+static int plan_message(Lane *self, Plan *plan, const unsigned char *data, Py_ssize_t n, const uint64_t *cids,
+                        Py_ssize_t ntargets, Entry *sender, PyObject *members) {
+    if (plan->nmsgs == MAX_MESSAGES || n > (sender->kind == KIND_UDP ? self->max_payload : self->ws_max_payload))
+        return 0;
+    Planned *msg = &plan->msgs[plan->nmsgs++];
+    msg->data = data, msg->size = n, msg->first = plan->nto, msg->count = 0;
+    if (ntargets == 0) { /* nil or []: everyone else */
+        int ok = plan_broadcast(self, plan, members, sender);
+        if (ok != 1) return ok;
+        if (plan->nto + plan->nall > MAX_RECIPIENTS) return 0;
+        memcpy(plan->to + plan->nto, plan->all, plan->nall * sizeof(Entry *));
+        plan->nto += plan->nall, msg->count = plan->nall;
+        return 1;
+    }
+    for (Py_ssize_t t = 0; t < ntargets; t++) {
+        int seen = 0; /* each target once, in the order first named */
+        for (Py_ssize_t u = 0; u < t && !seen; u++) seen = cids[u] == cids[t];
+        if (seen) continue;
+        PyObject *cid = PyLong_FromUnsignedLongLong(cids[t]);
+        if (cid == NULL) return -1;
+        PyObject *other = PyDict_GetItemWithError(members, cid);
+        Py_DECREF(cid);
+        if (other == NULL) {
+            if (PyErr_Occurred()) return -1;
+            continue; /* not in the room: nobody to send to */
+        }
+        if (other == sender->member) continue;
+        Entry *e;
+        int ok = recipient(self, other, &e);
+        if (ok != 1) return ok;
+        if (e == NULL) continue;
+        if (plan->nto == MAX_RECIPIENTS) return 0;
+        plan->to[plan->nto++] = e, msg->count++;
+    }
+    return 1;
+}
+
+static void plan_begin(Plan *plan) { plan->nmsgs = 0, plan->nto = 0, plan->all_done = 0; }
+
 /* Parses the plaintext's SENDs and finds each one's recipients. 1: planned; 0: the room's. */
 static int plan_packet(Lane *self, Plan *plan, const unsigned char *p, const unsigned char *end, Entry *sender,
                        PyObject *members) {
-    plan->nmsgs = 0, plan->nto = 0, plan->all_done = 0;
+    plan_begin(plan);
     if (p >= end) return 0;
     while (p < end) {
         /* [2, bin, nil | [uint, ...]]: exactly this shape, anything else is the room's */
-        if (end - p < 3 || p[0] != 0x93 || p[1] != SEND_CODE || plan->nmsgs == MAX_MESSAGES) return 0;
+        if (end - p < 3 || p[0] != 0x93 || p[1] != SEND_CODE) return 0;
         p += 2;
         Py_ssize_t n;
         if (*p == 0xC4 && end - p >= 2) n = p[1], p += 2;
         else if (*p == 0xC5 && end - p >= 3) n = (Py_ssize_t)be(p + 1, 2), p += 3;
         else if (*p == 0xC6 && end - p >= 5) n = (Py_ssize_t)be(p + 1, 4), p += 5;
         else return 0;
-        if (end - p < n || n > (sender->kind == KIND_WS ? self->ws_max_payload : self->max_payload)) return 0;
-        Planned *msg = &plan->msgs[plan->nmsgs++];
-        msg->data = p, msg->size = n, msg->first = plan->nto, msg->count = 0;
+        if (end - p < n) return 0;
+        const unsigned char *data = p;
         p += n;
         if (p >= end) return 0;
         Py_ssize_t ntargets;
@@ -770,37 +839,12 @@ static int plan_packet(Lane *self, Plan *plan, const unsigned char *p, const uns
         else if ((*p & 0xF0) == 0x90) ntargets = *p & 0x0F, p++;
         else if (*p == 0xDC && end - p >= 3) ntargets = (Py_ssize_t)be(p + 1, 2), p += 3;
         else return 0;
-        if (ntargets == 0) { /* nil or []: everyone else */
-            int ok = plan_broadcast(self, plan, members, sender);
-            if (ok != 1) return ok;
-            if (plan->nto + plan->nall > MAX_RECIPIENTS) return 0;
-            memcpy(plan->to + plan->nto, plan->all, plan->nall * sizeof(Entry *));
-            plan->nto += plan->nall, msg->count = plan->nall;
-            continue;
-        }
         if (ntargets > MAX_TARGETS) return 0;
         uint64_t cids[MAX_TARGETS];
-        for (Py_ssize_t t = 0; t < ntargets; t++) {
+        for (Py_ssize_t t = 0; t < ntargets; t++)
             if (!read_uint(&p, end, &cids[t])) return 0;
-            int seen = 0; /* each target once, in the order first named */
-            for (Py_ssize_t u = 0; u < t && !seen; u++) seen = cids[u] == cids[t];
-            if (seen) continue;
-            PyObject *cid = PyLong_FromUnsignedLongLong(cids[t]);
-            if (cid == NULL) return -1;
-            PyObject *other = PyDict_GetItemWithError(members, cid);
-            Py_DECREF(cid);
-            if (other == NULL) {
-                if (PyErr_Occurred()) return -1;
-                continue; /* not in the room: nobody to send to */
-            }
-            if (other == sender->member) continue;
-            Entry *e;
-            int ok = recipient(self, other, &e);
-            if (ok != 1) return ok;
-            if (e == NULL) continue;
-            if (plan->nto == MAX_RECIPIENTS) return 0;
-            plan->to[plan->nto++] = e, msg->count++;
-        }
+        int ok = plan_message(self, plan, data, n, cids, ntargets, sender, members);
+        if (ok != 1) return ok;
     }
     return 1;
 }
@@ -838,6 +882,7 @@ static int mark_dirty(Lane *self, Entry *e) {
 enum { TAKEN = 1, ROOMS = 0, HANDED = 2 };
 
 static int flush(Lane *self, double start);
+static void queue_plan(Lane *self, Entry *e, Plan *plan, Py_ssize_t n, double now);
 
 /* a packet the room would have counted as read: packets_in and bytes_in of its transport */
 static int count_packet(Lane *self, int kind, Py_ssize_t n) {
@@ -908,7 +953,15 @@ static int relay_packet(Lane *self, Entry *e, const unsigned char *data, Py_ssiz
         Py_DECREF(e);
         return HANDED;
     }
-    int lost = 0; /* out of memory: what was queued still leaves, the rest is lost, counted */
+    queue_plan(self, e, plan, n, now);
+    Py_DECREF(e);
+    return TAKEN;
+}
+
+/* A packet of `e`'s (n bytes as read) taken: its planned messages queued for their recipients,
+ * and counted as the room counts a member's messages. */
+static void queue_plan(Lane *self, Entry *e, Plan *plan, Py_ssize_t n, double now) {
+    int kind = e->kind, lost = 0; /* out of memory: what was queued still leaves, the rest is lost, counted */
     for (int m = 0; m < plan->nmsgs && !lost; m++) {
         Planned *msg = &plan->msgs[m];
         for (Py_ssize_t r = msg->first; r < msg->first + msg->count && !lost; r++) {
@@ -926,8 +979,6 @@ static int relay_packet(Lane *self, Entry *e, const unsigned char *data, Py_ssiz
         count_at(self->counters, &s_messages_in, kind, plan->nmsgs) < 0)
         internal_error(self, "counters");
     Py_XDECREF(stamp);
-    Py_DECREF(e);
-    return TAKEN;
 }
 
 /* A datagram: a DATA packet of a member's session on its validated path, from that path's
@@ -957,6 +1008,65 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
     return relay_packet(self, e, data, n, counter, &self->names[i], now, members, plan, plain);
 }
 
+/* ---- GS2 clients: protobuf Containers (relay/protocol/gs2/wire.py) ----------------------------- */
+
+/* a protobuf varint at *p; 0 if cut short or longer than ten bytes */
+static int pb_varint(const unsigned char **p, const unsigned char *end, uint64_t *v) {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 70 && *p < end; shift += 7) {
+        unsigned char c = *(*p)++;
+        value |= (uint64_t)(c & 0x7F) << shift;
+        if (!(c & 0x80)) {
+            *v = value;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* One field at *p: its number, and a varint's value (wire type 0) or a length-delimited field's
+ * bytes (2). 0: cut short, or another wire type (the connection's parser decides). */
+typedef struct {
+    uint64_t number, value;
+    int wire;
+    const unsigned char *bytes;
+    Py_ssize_t len;
+} PbField;
+
+static int pb_field(const unsigned char **p, const unsigned char *end, PbField *f) {
+    uint64_t tag;
+    if (!pb_varint(p, end, &tag) || (tag >> 3) == 0) return 0;
+    f->number = tag >> 3, f->wire = (int)(tag & 7);
+    if (f->wire == 0) return pb_varint(p, end, &f->value);
+    if (f->wire != 2 || !pb_varint(p, end, &f->value) || f->value > (uint64_t)(end - *p)) return 0;
+    f->bytes = *p, f->len = (Py_ssize_t)f->value;
+    *p += f->len;
+    return 1;
+}
+
+static int vsize(uint64_t v) {
+    int n = 1;
+    while (v >= 0x80) v >>= 7, n++;
+    return n;
+}
+
+static unsigned char *put_varint(unsigned char *p, uint64_t v) {
+    while (v >= 0x80) *p++ = (unsigned char)(v | 0x80), v >>= 7;
+    *p++ = (unsigned char)v;
+    return p;
+}
+
+/* HMAC-SHA256 with the room key (wire.Signer): from its inner and outer states, made once */
+static void gs2_sign(Lane *self, const unsigned char *value, Py_ssize_t n, unsigned char mac[32]) {
+    unsigned char inner[32];
+    SHA256_CTX c = self->gs2_inner;
+    SHA256_Update(&c, value, (size_t)n);
+    SHA256_Final(inner, &c);
+    c = self->gs2_outer;
+    SHA256_Update(&c, inner, sizeof inner);
+    SHA256_Final(mac, &c);
+}
+
 /* ---- the pass's output ----------------------------------------------------------------------- */
 
 /* Counters.observe_fanout(seconds) without a Python call: fanout_buckets[bisect_left(bounds,
@@ -978,13 +1088,84 @@ static int observe_fanout(Lane *self, double seconds) {
 
 /* ---- a WebSocket member's output -------------------------------------------------------------- */
 
+/* A frame's header for a payload of n bytes (a server's: unmasked); its length */
+static int frame_header(unsigned char *f, Py_ssize_t n) {
+    f[0] = 0x82; /* FIN, binary */
+    if (n < 126) {
+        f[1] = (unsigned char)n;
+        return 2;
+    }
+    if (n < 65536) {
+        f[1] = 126, f[2] = (unsigned char)(n >> 8), f[3] = (unsigned char)n;
+        return 4;
+    }
+    f[1] = 127;
+    for (int i = 0; i < 8; i++) f[2 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+    return 10;
+}
+
+/* A GS2 recipient's messages of the pass as Containers (wire.Recipient.containers), each in a
+ * frame of its own, into self->packets: BINARY_MESSAGE{Any{"type.googleapis.com/BinaryMessage",
+ * BinaryMessage{RelayBinaryMessage{sender, data}}}, its HMAC}, then the recipient's next sequence
+ * number and the milliseconds since the room started. Its length; -1 on an error. */
+static Py_ssize_t gs2_frames(Lane *self, Entry *e, double now, long long *packets) {
+    static const char url[] = "type.googleapis.com/BinaryMessage";
+    const Py_ssize_t url_len = sizeof url - 1;
+    PyObject *seq_now = get_attr(e->gs2, &s_seq);
+    uint64_t seq = seq_now ? PyLong_AsUnsignedLongLong(seq_now) : 0;
+    Py_XDECREF(seq_now);
+    if (seq_now == NULL || (seq == (uint64_t)-1 && PyErr_Occurred())) return -1;
+    uint64_t ms = (uint64_t)(int64_t)((now - self->gs2_started) * 1000.0) & 0xFFFFFFFFu;
+    Py_ssize_t at = 0, offset = 0;
+    for (Py_ssize_t j = 0; j < e->nlens; j++) {
+        const unsigned char *p = e->out + offset, *end = p + e->lens[j];
+        offset += e->lens[j];
+        uint64_t sender; /* a MESSAGE [20, sender, bin], as entry_append wrote it */
+        Py_ssize_t dlen;
+        p += 2;
+        if (!read_uint(&p, end, &sender)) continue;
+        p += *p == 0xC4 ? 2 : *p == 0xC5 ? 3 : 5;
+        dlen = end - p;
+        Py_ssize_t inner = (sender ? 1 + vsize(sender) : 0) + (dlen ? 1 + vsize(dlen) + dlen : 0);
+        Py_ssize_t value = inner ? 1 + vsize(inner) + inner : 0;
+        Py_ssize_t any = 2 + url_len + (value ? 1 + vsize(value) + value : 0);
+        seq = seq < 0xFFFFFFFFu ? seq + 1 : 1;
+        Py_ssize_t size = 1 + vsize(GS2_BINARY_MESSAGE) + 1 + vsize(any) + any + 2 + 32 + 1 + vsize(seq) +
+                          (ms ? 1 + vsize(ms) : 0);
+        unsigned char *f = self->packets + at;
+        unsigned char *q = f + frame_header(f, size);
+        *q++ = 0x08, q = put_varint(q, GS2_BINARY_MESSAGE);
+        *q++ = 0x12, q = put_varint(q, any);
+        *q++ = 0x0A, *q++ = (unsigned char)url_len, memcpy(q, url, url_len), q += url_len;
+        unsigned char *v = q;
+        if (value) {
+            *q++ = 0x12, q = put_varint(q, value), v = q;
+            *q++ = 0x0A, q = put_varint(q, inner);
+            if (sender) *q++ = 0x08, q = put_varint(q, sender);
+            if (dlen) *q++ = 0x12, q = put_varint(q, dlen), memcpy(q, p, dlen), q += dlen;
+        }
+        unsigned char mac[32];
+        gs2_sign(self, v, q - v, mac);
+        *q++ = 0x1A, *q++ = 32, memcpy(q, mac, 32), q += 32;
+        *q++ = 0x20, q = put_varint(q, seq);
+        if (ms) *q++ = 0x28, q = put_varint(q, ms);
+        at = q - self->packets;
+        (*packets)++;
+    }
+    PyObject *seq_then = PyLong_FromUnsignedLongLong(seq);
+    if (seq_then == NULL || set_attr(e->gs2, &s_seq, seq_then) < 0) at = -1;
+    Py_XDECREF(seq_then);
+    return at;
+}
+
 /* A WebSocket entry's messages of the pass: packed (room.py's _pack), sealed, each behind its
- * frame header, and written straight to its socket when its transport holds nothing queued (else,
- * and for what the socket does not take, through the transport, behind what it queued). Counted
- * as the room counts them; a reader over the send-buffer limit is the room's to let go. */
-static int ws_send_entry(Lane *self, Entry *e) {
+ * frame header (a GS2 client's: each a Container in a frame, gs2_frames), and written straight
+ * to its socket when its transport holds nothing queued (else, and for what the socket does not
+ * take, through the transport, behind what it queued). Counted as the room counts them; a
+ * reader over the send-buffer limit is the room's to let go. */
+static int ws_send_entry(Lane *self, Entry *e, double now) {
     Py_ssize_t limit = self->ws_max_plaintext, offset = 0, j = 0, at = 0;
-    Py_ssize_t need = e->out_len + e->nlens * (HEADER_SIZE + TAG_SIZE + 4);
+    Py_ssize_t need = e->out_len + e->nlens * (e->kind == KIND_GS2 ? GS2_OVERHEAD : HEADER_SIZE + TAG_SIZE + 4);
     if (need > self->packets_cap) {
         unsigned char *grown = PyMem_Realloc(self->packets, need);
         if (grown == NULL) {
@@ -994,6 +1175,10 @@ static int ws_send_entry(Lane *self, Entry *e) {
         self->packets = grown, self->packets_cap = need;
     }
     long long packets = 0, bytes = 0, too_large = 0, failed = 0, messages = e->nlens;
+    if (e->kind == KIND_GS2) { /* bytes: the frames', as the room's GS2 link counts them */
+        if ((at = gs2_frames(self, e, now, &packets)) < 0) return -1;
+        bytes = at, j = e->nlens;
+    }
     while (j < e->nlens) {
         Py_ssize_t size = e->lens[j++];
         while (j < e->nlens && size + e->lens[j] <= limit) size += e->lens[j++];
@@ -1002,10 +1187,7 @@ static int ws_send_entry(Lane *self, Entry *e) {
         } else {
             Py_ssize_t plen = HEADER_SIZE + size + TAG_SIZE;
             unsigned char *f = self->packets + at;
-            int hlen = plen < 126 ? 2 : 4;
-            f[0] = 0x82; /* FIN, binary */
-            if (hlen == 2) f[1] = (unsigned char)plen;
-            else f[1] = 126, f[2] = (unsigned char)(plen >> 8), f[3] = (unsigned char)plen;
+            int hlen = frame_header(f, plen);
             if (aead->seal(e->sealer, e->out + offset, size, f + hlen) < 0) {
                 PyErr_Clear();
                 failed++;
@@ -1046,13 +1228,13 @@ static int ws_send_entry(Lane *self, Entry *e) {
             Py_DECREF(result);
             overflow = queued + (at - sent) > self->ws_send_buffer;
         }
-    } else if (at > 0) {
-        count_drop(self->counters, "send_failed", packets);
+    } else if (at > 0) { /* a GS2 link writes nothing to a closing connection, and counts nothing */
+        if (e->kind != KIND_GS2) count_drop(self->counters, "send_failed", packets);
         packets = bytes = 0;
     }
     PyObject *counters = self->counters;
-    if (count_at(counters, &s_messages_out, KIND_WS, messages) < 0 || count_at(counters, &s_packets_out, KIND_WS, packets) < 0 ||
-        count_at(counters, &s_bytes_out, KIND_WS, bytes) < 0 ||
+    if (count_at(counters, &s_messages_out, e->kind, messages) < 0 ||
+        count_at(counters, &s_packets_out, e->kind, packets) < 0 || count_at(counters, &s_bytes_out, e->kind, bytes) < 0 ||
         (too_large && count_drop(counters, "too_large_for_transport", too_large) < 0) ||
         (failed && count_drop(counters, "internal_error", failed) < 0))
         return -1;
@@ -1071,11 +1253,11 @@ static int flush(Lane *self, double start) {
     int ws_failed = 0;
     for (Py_ssize_t i = 0; i < self->ndirty; i++) {
         Entry *e = self->dirty[i];
-        if (e->kind != KIND_WS) {
+        if (e->kind == KIND_UDP) {
             self->dirty[kept++] = e;
             continue;
         }
-        if (!ws_failed && ws_send_entry(self, e) < 0) ws_failed = 1;
+        if (!ws_failed && ws_send_entry(self, e, start) < 0) ws_failed = 1;
         e->dirty = 0, e->out_len = 0, e->nlens = 0;
         Py_DECREF(e);
     }
@@ -1401,27 +1583,58 @@ static PyObject *Lane_ws_limits(Lane *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
-/* ws_offer(session, member, fd, conn, transport) -> Entry | None: the WebSocket member's frames
- * may be read here from fd (the lane's own dup of its socket, which the connection closes) */
+/* gs2_limits(key, started, max_size): GS2 clients may be offered; key: the room key's ASCII
+ * (wire.room_hmac_key), started: when the room started (room.started), max_size: the largest
+ * message a client may send (gs2.max_message) */
+static PyObject *Lane_gs2_limits(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "gs2_limits(key: bytes, started, max_size)");
+        return NULL;
+    }
+    double started = PyFloat_AsDouble(args[1]);
+    Py_ssize_t max_size = PyLong_AsSsize_t(args[2]);
+    if ((started == -1.0 || max_size == -1) && PyErr_Occurred()) return NULL;
+    if (max_size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "max_size: positive");
+        return NULL;
+    }
+    unsigned char block[64] = {0}, pad[64];
+    const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (n > 64) SHA256(key, (size_t)n, block); /* RFC 2104: a longer key is hashed first */
+    else memcpy(block, key, n);
+    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x36;
+    SHA256_Init(&self->gs2_inner), SHA256_Update(&self->gs2_inner, pad, 64);
+    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5C;
+    SHA256_Init(&self->gs2_outer), SHA256_Update(&self->gs2_outer, pad, 64);
+    self->gs2_started = started, self->gs2_max_size = max_size;
+    Py_RETURN_NONE;
+}
+
+/* ws_offer(session, member, fd, conn, transport, recipient=None) -> Entry | None: the WebSocket
+ * member's frames may be read here from fd (the lane's own dup of its socket, which the
+ * connection closes); recipient: a GS2 client's wire.Recipient (its connection speaks GS2) */
 static PyObject *Lane_ws_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "ws_offer(session, member, fd, conn, transport)");
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "ws_offer(session, member, fd, conn, transport, recipient=None)");
         return NULL;
     }
     PyObject *session = args[0], *member = args[1], *conn = args[3], *transport = args[4];
+    PyObject *gs2 = nargs == 6 && args[5] != Py_None ? args[5] : NULL;
     int fd = PyLong_AsLong(args[2]);
     if (fd == -1 && PyErr_Occurred()) return NULL;
-    if (self->by_sid == NULL || self->ws_max_plaintext == 0 || fd < 0) Py_RETURN_NONE;
+    if (self->by_sid == NULL || self->ws_max_plaintext == 0 || fd < 0 || (gs2 && self->gs2_max_size == 0))
+        Py_RETURN_NONE;
     PyObject *sid = get_attr(session, &s_sid), *result = NULL;
     Entry *e = NULL;
     uint32_t sid_value;
     if (sid == NULL) return NULL;
-    if ((sid_value = sid_of(sid)) == 0 || (e = make_entry(session, member, sid_value)) == NULL) {
+    if ((sid_value = sid_of(sid)) == 0 || (e = make_entry(session, member, sid_value, gs2 == NULL)) == NULL) {
         if (!PyErr_Occurred()) result = Py_NewRef(Py_None); /* the room's */
         goto done;
     }
-    e->kind = KIND_WS, e->fd = fd;
-    e->conn = Py_NewRef(conn), e->transport = Py_NewRef(transport);
+    e->kind = gs2 ? KIND_GS2 : KIND_WS, e->fd = fd;
+    e->conn = Py_NewRef(conn), e->transport = Py_NewRef(transport), e->gs2 = Py_XNewRef(gs2);
     if (keep_entry(self, sid, e) == 0) result = Py_NewRef((PyObject *)e);
 done:
     Py_XDECREF(e);
@@ -1453,6 +1666,20 @@ static PyObject *Lane_ws_forget(Lane *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* The connection's session is still the room's and its member's, within its limits: 1, else 0
+ * (the room's), -1 on an error. */
+static int connection_live(Entry *e, double now, PyObject *sessions) {
+    PyObject *key = PyLong_FromUnsignedLong(e->sid);
+    if (key == NULL) return -1;
+    PyObject *live = PyDict_GetItemWithError(sessions, key);
+    Py_DECREF(key);
+    if (live != e->session) return PyErr_Occurred() ? -1 : 0;
+    int ok;
+    if ((ok = attr_is(e->session, &s_member, e->member)) != 1 || (ok = attr_is(e->member, &s_session, e->session)) != 1)
+        return ok;
+    return within_limits(e, now);
+}
+
 /* A WebSocket member's DATA packet (a binary frame's payload): `relay_packet`'s if it is its
  * session's and its member's, else the room's (ROOMS); no address to check, the connection is
  * the session's. */
@@ -1460,19 +1687,108 @@ static int ws_packet(Lane *self, Entry *e, const unsigned char *data, Py_ssize_t
                      PyObject *sessions, Plan *plan, unsigned char *plain) {
     if (n < HEADER_SIZE + TAG_SIZE || n > BUFSIZE || data[0] != VERSION || data[1] != TYPE_DATA || data[2] || data[3])
         return ROOMS;
-    uint32_t sid = (uint32_t)be(data + 4, 4);
     uint64_t counter = be(data + 8, 8);
-    if (sid != e->sid || !counter) return ROOMS;
-    PyObject *key = PyLong_FromUnsignedLong(sid);
-    if (key == NULL) return -1;
-    PyObject *live = PyDict_GetItemWithError(sessions, key);
-    Py_DECREF(key);
-    if (live != e->session) return PyErr_Occurred() ? -1 : ROOMS;
-    int ok;
-    if ((ok = attr_is(e->session, &s_member, e->member)) != 1 || (ok = attr_is(e->member, &s_session, e->session)) != 1 ||
-        (ok = within_limits(e, now)) != 1)
-        return ok;
+    if ((uint32_t)be(data + 4, 4) != e->sid || !counter) return ROOMS;
+    int ok = connection_live(e, now, sessions);
+    if (ok != 1) return ok;
     return relay_packet(self, e, data, n, counter, NULL, now, members, plan, plain);
+}
+
+/* A GS2 client's message the lane relays: Container{messageType BINARY_MESSAGE, payload
+ * Any{type URL, value}, signature} whose signature is the value's HMAC, the value
+ * BinaryMessage{data = RelayBinaryMessage{connectionId, data, targetConnectionId (packed or
+ * not)}}, each field at most once (the targets aside) and no other: 1, with its data and
+ * targets; 0 for anything else (wire.decode answers or relays it as protobuf reads it). */
+static int gs2_parse(Lane *self, const unsigned char *p, const unsigned char *end, const unsigned char **data,
+                     Py_ssize_t *n, uint64_t *cids, Py_ssize_t *ntargets) {
+    PbField f;
+    const unsigned char *any = NULL, *signature = NULL, *value = NULL, *relayed = NULL;
+    Py_ssize_t any_len = 0, signature_len = 0, value_len = 0, relayed_len = 0;
+    int typed = 0, seen = 0; /* bits: fields met */
+    while (p < end) {
+        if (!pb_field(&p, end, &f)) return 0;
+        if (f.number == 1 && f.wire == 0 && !(seen & 1)) typed = f.value == GS2_BINARY_MESSAGE, seen |= 1;
+        else if (f.number == 2 && f.wire == 2 && !(seen & 2)) any = f.bytes, any_len = f.len, seen |= 2;
+        else if (f.number == 3 && f.wire == 2 && !(seen & 4)) signature = f.bytes, signature_len = f.len, seen |= 4;
+        else if ((f.number == 4 || f.number == 5) && f.wire == 0) continue; /* a server's: ignored */
+        else return 0;
+    }
+    if (!typed || any == NULL || signature_len != 32) return 0;
+    seen = 0;
+    for (p = any, end = any + any_len; p < end;) {
+        if (!pb_field(&p, end, &f) || f.wire != 2 || f.number > 2 || (seen & (int)f.number)) return 0;
+        seen |= (int)f.number;
+        if (f.number == 2) value = f.bytes, value_len = f.len;
+        for (Py_ssize_t k = 0; f.number == 1 && k < f.len; k++) /* the type URL: protobuf reads */
+            if (f.bytes[k] & 0x80) return 0;                      /* a string's UTF-8 itself */
+    }
+    unsigned char mac[32];
+    gs2_sign(self, value ? value : (const unsigned char *)"", value_len, mac);
+    if (CRYPTO_memcmp(mac, signature, 32) != 0) return 0;
+    for (p = value, end = value + value_len, seen = 0; value != NULL && p < end;) {
+        if (!pb_field(&p, end, &f) || f.number != 1 || f.wire != 2 || seen) return 0;
+        relayed = f.bytes, relayed_len = f.len, seen = 1;
+    }
+    *data = (const unsigned char *)"", *n = 0, *ntargets = 0, seen = 0;
+    for (p = relayed, end = relayed + relayed_len; relayed != NULL && p < end;) {
+        if (!pb_field(&p, end, &f)) return 0;
+        if (f.number == 1 && f.wire == 0 && !(seen & 1) && f.value <= UINT32_MAX) {
+            seen |= 1; /* the sender, as the client named it: the relay stamps its own */
+        } else if (f.number == 2 && f.wire == 2 && !(seen & 2)) {
+            *data = f.bytes, *n = f.len, seen |= 2;
+        } else if (f.number == 3 && f.wire == 0) {
+            if (*ntargets == MAX_TARGETS || f.value > UINT32_MAX) return 0;
+            cids[(*ntargets)++] = f.value;
+        } else if (f.number == 3 && f.wire == 2) {
+            for (const unsigned char *q = f.bytes, *stop = f.bytes + f.len; q < stop;) {
+                uint64_t cid;
+                if (!pb_varint(&q, stop, &cid) || *ntargets == MAX_TARGETS || cid > UINT32_MAX) return 0;
+                cids[(*ntargets)++] = cid;
+            }
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A GS2 client's message (a binary frame's payload): relayed here as its SEND would be (the same
+ * checks, the same buckets), or the room's (ROOMS: its connection reads it as before). */
+static int gs2_packet(Lane *self, Entry *e, const unsigned char *payload, Py_ssize_t n, double now, PyObject *members,
+                      PyObject *sessions, Plan *plan) {
+    if (n > self->gs2_max_size) return ROOMS;
+    int ok = connection_live(e, now, sessions);
+    if (ok != 1) return ok;
+    const unsigned char *data;
+    Py_ssize_t size, ntargets;
+    uint64_t cids[MAX_TARGETS];
+    if (!gs2_parse(self, payload, payload + n, &data, &size, cids, &ntargets)) return ROOMS;
+    plan_begin(plan);
+    ok = plan_message(self, plan, data, size, cids, ntargets, e, members);
+    if (ok == 1) ok = spend(plan, e, now);
+    if (ok != 1) return ok;
+    queue_plan(self, e, plan, n, now);
+    return TAKEN;
+}
+
+/* gs2_decode(data) -> (data, targets) | None: what `gs2_packet` would relay of a GS2 client's
+ * message (after gs2_limits), for tests that hold it to wire.decode */
+static PyObject *Lane_gs2_decode(Lane *self, PyObject *arg) {
+    if (!PyBytes_Check(arg) || self->gs2_max_size == 0) {
+        PyErr_SetString(PyExc_TypeError, "gs2_decode(bytes), after gs2_limits");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(arg), *data;
+    Py_ssize_t n, ntargets;
+    uint64_t cids[MAX_TARGETS];
+    if (!gs2_parse(self, p, p + PyBytes_GET_SIZE(arg), &data, &n, cids, &ntargets)) Py_RETURN_NONE;
+    PyObject *targets = PyTuple_New(ntargets);
+    for (Py_ssize_t t = 0; targets != NULL && t < ntargets; t++) {
+        PyObject *cid = PyLong_FromUnsignedLongLong(cids[t]);
+        if (cid == NULL) Py_CLEAR(targets);
+        else PyTuple_SET_ITEM(targets, t, cid);
+    }
+    return targets ? Py_BuildValue("(y#N)", (const char *)data, n, targets) : NULL;
 }
 
 /* the connection takes its reading back, with the bytes from `from` on (a frame the lane does
@@ -1542,7 +1858,9 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
         if (avail < 2) break;
         unsigned char *f = e->in + pos;
         Py_ssize_t len = f[1] & 0x7F, hlen = 2;
-        if (f[0] != 0x82 || !(f[1] & 0x80) || len == 127) { /* not a masked, whole binary frame: Python's */
+        int control = (f[0] == 0x89 || f[0] == 0x8A) && len < 126; /* a ping or a pong */
+        if ((f[0] != 0x82 && !control) || !(f[1] & 0x80) || len == 127) {
+            /* not a masked, whole binary frame, nor a ping or pong: Python's */
             ws_hand_back(self, e, pos);
             handed = 1;
             break;
@@ -1555,9 +1873,23 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
         unsigned char *mask = f + hlen, *payload = f + hlen + 4;
         for (Py_ssize_t k = 0; k < len; k++) payload[k] ^= mask[k & 3];
         pos += hlen + 4 + len;
+        if (control) { /* answered, or a sign of life, by the connection; its reading stays here */
+            PyObject *opcode = PyLong_FromLong(f[0] & 0x0F), *data = PyBytes_FromStringAndSize((const char *)payload, len),
+                     *stamp = PyFloat_FromDouble(now), *result = NULL;
+            if (opcode && data && stamp)
+                result = PyObject_CallMethodObjArgs(e->conn, s_lane_control.name, opcode, data, stamp, NULL);
+            Py_XDECREF(opcode);
+            Py_XDECREF(data);
+            Py_XDECREF(stamp);
+            if (result == NULL) internal_error(self, "control frame");
+            Py_XDECREF(result);
+            continue;
+        }
         int handled = ROOMS;
         if (!pass.busy) {
-            handled = ws_packet(self, e, payload, len, now, pass.members, pass.sessions, pass.plan, pass.plain);
+            handled = e->kind == KIND_GS2
+                          ? gs2_packet(self, e, payload, len, now, pass.members, pass.sessions, pass.plan)
+                          : ws_packet(self, e, payload, len, now, pass.members, pass.sessions, pass.plan, pass.plain);
             if (handled < 0) {
                 internal_error(self, "frame");
                 handled = ROOMS;
@@ -1612,7 +1944,10 @@ static PyMethodDef Lane_methods[] = {
      "offer(session, member, path, name) -> bool: the session's packets may be taken here"},
     {"close", (PyCFunction)Lane_close, METH_NOARGS, "close(): lets go of the room; read() does nothing after"},
     {"ws_limits", (PyCFunction)(void (*)(void))Lane_ws_limits, METH_FASTCALL, "ws_limits(max_payload, max_plaintext, send_buffer)"},
-    {"ws_offer", (PyCFunction)(void (*)(void))Lane_ws_offer, METH_FASTCALL, "ws_offer(session, member, fd, conn, transport) -> Entry | None"},
+    {"ws_offer", (PyCFunction)(void (*)(void))Lane_ws_offer, METH_FASTCALL,
+     "ws_offer(session, member, fd, conn, transport, recipient=None) -> Entry | None"},
+    {"gs2_limits", (PyCFunction)(void (*)(void))Lane_gs2_limits, METH_FASTCALL, "gs2_limits(key, started, max_size)"},
+    {"gs2_decode", (PyCFunction)Lane_gs2_decode, METH_O, "gs2_decode(data) -> (data, targets) | None (tests)"},
     {"ws_forget", (PyCFunction)Lane_ws_forget, METH_O, "ws_forget(entry): its connection reads itself again"},
     {"ws_read", (PyCFunction)Lane_ws_read, METH_O, "ws_read(entry): the loop's reader for its socket"},
     {"ws_flush", (PyCFunction)Lane_ws_flush, METH_NOARGS, "ws_flush(): the end of a pass of WebSocket reads"},
@@ -1681,7 +2016,8 @@ PyMODINIT_FUNC PyInit__lane(void) {
         intern(&s_write, "write") || intern(&s_get_write_buffer_size, "get_write_buffer_size") ||
         intern(&s_is_closing, "is_closing") ||
         intern(&s_overflow, "overflow") || intern(&s_lane_binary, "lane_binary") ||
-        intern(&s_lane_hand_back, "lane_hand_back"))
+        intern(&s_lane_hand_back, "lane_hand_back") || intern(&s_lane_control, "lane_control") ||
+        intern(&s_seq, "seq"))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from functools import partial
 
 from relay.protocol.constants import WS_MAX_PLAINTEXT, CloseReason
-from relay.protocol.gs2.wire import Encoder
+from relay.protocol.gs2.wire import Encoder, room_hmac_key
 from relay.protocol.packets import NATIVE
 from relay.server import pacing, rides
 from relay.server.config import RelayConfig
+from relay.server.gs2 import max_message
 from relay.server.links import LANE, SEND_BATCH, Doorway, UdpLane, UdpProtocol, UdpWriter, WsConnection
 from relay.server.metrics import AdminServer, Counters, RelayMetrics
 from relay.server.ratelimit import NATIVE as BUCKETS
@@ -261,6 +262,9 @@ class Relay:
             self.config.max_pending_connections, self.config.connect_timeout, self.counters
         )
         gs2 = Encoder(self.config.room_key, room.started) if self.config.gs2_clients else None
+        if gs2 is not None and self._udp_lane is not None:  # GS2 clients' connections read in C too
+            key = room_hmac_key(self.config.room_key)
+            self._udp_lane.lane.gs2_limits(key, room.started, max_message(room))
         self._tcp_server = await loop.create_server(
             lambda: WsConnection(
                 room, self._ws, doorway, gs2, tls, self._udp_lane.lane if self._udp_lane is not None else None

@@ -522,11 +522,18 @@ class WsConnection(asyncio.Protocol):
                     elif self.peer is not None:  # PONG
                         self.peer.pong(self._now)
         except Exception:
-            self.room.counters.drops["internal_error"] += 1
-            log.exception("websocket handler failed")
-            self.close(1011, "internal error")
+            self._failed()
         if other and self._buf is not None:
             self._hand_over()
+        elif not self._lane_tried and self._lane is not None:
+            self._enter_lane()
+
+    def _failed(self) -> None:
+        """A handler raised: counted, logged, and the connection closed (1011), as a room's error
+        kills nothing but the connection it came from."""
+        self.room.counters.drops["internal_error"] += 1
+        log.exception("websocket handler failed")
+        self.close(1011, "internal error")
 
     @property
     def secure(self) -> bool:
@@ -563,9 +570,7 @@ class WsConnection(asyncio.Protocol):
                 elif isinstance(event, Frame):
                     self._frame(event)
         except Exception:
-            self.room.counters.drops["internal_error"] += 1
-            log.exception("websocket handler failed")
-            self.close(1011, "internal error")
+            self._failed()
         if proto.handshake_exc is not None and not self._refused:
             self._refused = True  # websockets answered the upgrade 400, 426, 505, ...: counted once
             self.room.counters.drops["ws_upgrade_refused"] += 1
@@ -578,8 +583,6 @@ class WsConnection(asyncio.Protocol):
         if session is not None:
             if self.peer is None:
                 self.room.ws_data(session, data, self._now)
-                if not self._lane_tried and session.member is not None and self._lane is not None:
-                    self._enter_lane(session)
             else:
                 self.peer.receive(data, self._now)
         elif self.peer is not None:  # a GS2 client refused before its session: it is closing
@@ -593,26 +596,30 @@ class WsConnection(asyncio.Protocol):
             elif self.doorway is not None:
                 self.doorway.leave(self)
 
-    def _enter_lane(self, session: Session) -> None:
-        """A native member on a plain connection: its frames are read in C from now on (a dup of
-        the socket, the transport paused), until a frame C does not read or the stream's end
-        hands the reading back (`lane_hand_back`); tried once a connection."""
+    def _enter_lane(self) -> None:
+        """A member on a plain connection (a native one, or a GS2 client): its frames are read in
+        C from now on (a dup of the socket, the transport paused), until a frame C does not read
+        or the stream's end hands the reading back (`lane_hand_back`); tried once a connection,
+        at the end of the first read after its join that leaves no frame half read."""
+        session, transport, peer = self.session, self.transport, self.peer
+        if session is None or session.member is None or self._buf:  # not yet: a later read
+            return
         self._lane_tried = True
-        transport = self.transport
         if (
             transport is None
             or self._closing
             or self._tls_layer is not None
             or self.proto.state is not State.OPEN
+            or self._buf is None  # websockets' parser has the stream
+            or (peer is not None and peer.over)
         ):
-            return
-        if self._buf is None or self._buf:  # websockets' parser has the stream, or a frame is half read
             return
         sock = transport.get_extra_info("socket")
         if sock is None:
             return
         fd = os.dup(sock.fileno())
-        entry = self._lane.ws_offer(session, session.member, fd, self, transport)
+        recipient = peer.recipient if peer is not None else None
+        entry = self._lane.ws_offer(session, session.member, fd, self, transport, recipient)
         if entry is None:
             os.close(fd)
             return
@@ -637,9 +644,18 @@ class WsConnection(asyncio.Protocol):
         try:
             self._binary(data)
         except Exception:
-            self.room.counters.drops["internal_error"] += 1
-            log.exception("websocket handler failed")
-            self.close(1011, "internal error")
+            self._failed()
+
+    def lane_control(self, opcode: int, payload: bytes, now: float) -> None:
+        """A ping or a pong the lane read: answered, or a GS2 client's sign of life, as read here."""
+        self._now = now
+        try:
+            if opcode == PING:
+                self._pong(payload)
+            elif self.peer is not None:
+                self.peer.pong(now)
+        except Exception:
+            self._failed()
 
     def lane_hand_back(self, rest: bytes) -> None:
         """The lane met a frame it does not read, or the stream's end: reading is this

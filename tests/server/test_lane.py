@@ -20,13 +20,18 @@ from typing import Any
 
 import msgpack
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
 from relay.embedded import EmbeddedRoom, room
 from relay.protocol import messages as m
+from relay.protocol import tokens
 from relay.protocol.constants import UDP_MAX_PLAINTEXT, ErrorCode
+from relay.protocol.gs2 import wire
 from relay.server import app, links
 
+from ..gs2 import wireclient as g
 from .helpers import drops, eventually
 from .rawpeer import UdpPeer, WsPeer
 
@@ -356,9 +361,9 @@ async def test_websocket_members_are_relayed_in_c_as_the_room_relays_them(
 
 
 async def test_a_websocket_member_read_in_c_hands_back_what_it_does_not_read() -> None:
-    """A frame split over two writes waits for its end in C; a WebSocket ping, or a message in
-    fragments, hands the connection's reading back to Python, which answers and relays them, and
-    the member keeps playing."""
+    """A frame split over two writes waits for its end in C; a WebSocket ping is answered by the
+    connection and the reading stays in C; a message in fragments hands the connection's reading
+    back to Python, which relays it, and the member keeps playing."""
     from relay.protocol.wsframes import BINARY, client_frame
 
     async with room(host="127.0.0.1") as r:
@@ -384,12 +389,16 @@ async def test_a_websocket_member_read_in_c_hands_back_what_it_does_not_read() -
             a._write()
             while not any(f.opcode is Opcode.PONG for f in a.frames):  # answered, by Python
                 await a._read(2.0)
-            assert lane.lane.entries == 1  # a's reading handed back
+            assert lane.lane.entries == 2  # a's reading still in C
+            a.send(send(b"after the ping"))
+            assert await b.expect(m.Message, 2) == m.Message(1, b"after the ping")
+            assert lane.lane.fast == fast + 2
             packet = a.seal(send(b"in fragments"))
             a.proto.send_binary(packet[:20], fin=False)
             a.proto.send_continuation(packet[20:], fin=True)
             a._write()
             assert await b.expect(m.Message, 2) == m.Message(1, b"in fragments")
+            assert lane.lane.entries == 1  # a's reading handed back
             a.send(send(b"still playing"))
             assert await b.expect(m.Message, 2) == m.Message(1, b"still playing")
             b.send(send(b"to a"))
@@ -420,6 +429,108 @@ async def test_what_websocket_members_send_in_one_pass_leaves_once_at_its_end() 
         finally:
             for peer in peers:
                 await peer.aclose()
+
+
+def gs2_shown(got: g.Received) -> str:
+    """A Container as compared between the two runs: its type and what it says (its sequence
+    number and lifetime are checked on their own)."""
+    return f"{got.kind:#x} {got.body!r}"
+
+
+async def heard(client: g.Gs2Client, wait: float = 0.25) -> list[g.Received]:
+    """What a GS2 client received until nothing came for `wait`, or its connection closed."""
+    out = []
+    try:
+        while True:
+            out.append(await client.next(wait))
+    except (TimeoutError, ConnectionClosed):
+        return out
+
+
+Logs = list[list[list[str]]]
+
+
+async def play_gs2(monkeypatch: pytest.MonkeyPatch, lane: bool) -> tuple[Logs, dict[str, int], Any]:
+    """Three GS2 clients and a native WebSocket member in one room, with the lane or without: what
+    each received, step by step, the drops and the counters (messages in and out, GS2 packets and
+    bytes in), and the messages the lane relayed itself."""
+    monkeypatch.setattr(app, "LANE", links.LANE if lane else None)
+    signer = Ed25519PrivateKey.generate()
+    async with room(host="127.0.0.1") as r:
+        clients = [await g.Gs2Client.join(r.port, r.key, tokens.mint(signer, f"g{i}", 600)) for i in range(3)]
+        native = await WsPeer.open(r.key, r.port)
+        await native.start("n")
+        logs: Logs = [[] for _ in range(4)]
+        key = r.key.encode()
+
+        async def step() -> None:
+            got = await asyncio.gather(*map(heard, clients), native.quiet(0.25))
+            for i, received in enumerate(got[:3]):
+                logs[i].append(sorted(map(gs2_shown, received)))
+            logs[3].append(sorted(map(repr, map(shown, got[3]))))
+
+        try:
+            await step()  # the joins
+            a, b, c = clients
+            ids = [client.my.connection_id for client in clients if client.my is not None]
+            await a.send(b"to everyone")
+            await step()
+            await b.send(b"to c twice and a", (ids[2], ids[2], ids[0], ids[1], 999))
+            await step()
+            for i in range(20):  # a burst: several frames a read
+                await c.send(i.to_bytes(2, "big") * 50)
+            await step()
+            native.send(send(b"from the native member"), send(b"to g0 only", [ids[0]]))
+            await step()
+            await a.send(b"")  # no data: a Container without RelayBinaryMessage.data
+            unpacked = g.bytes_field(1, g.bytes_field(2, b"targets unpacked") + g.uint_field(3, ids[2]))
+            await b.send_raw(g.container(g.BINARY_MESSAGE, unpacked, key))
+            await step()
+            await a.update_profile(b"new profile")  # the room's: the lane hands it over
+            extra = g.bytes_field(1, g.bytes_field(2, b"with a field the lane leaves") + g.uint_field(9, 1))
+            await b.send_raw(g.container(g.BINARY_MESSAGE, extra, key))
+            await step()
+            await a.ws.ping(b"are you there")  # answered, the reading stays where it is
+            await b.send(bytes(r.relay.room.config.max_payload_ws + 1))  # over the limit: the room's Error
+            await step()
+            forged = bytearray(g.container(g.BINARY_MESSAGE, g.relay_value(b"forged"), key))
+            forged[-1] ^= 1
+            await c.send_raw(bytes(forged))  # a bad signature: Error, and closed
+            await step()
+            await a.send(b"still relayed after all that")
+            await step()
+            for client in clients:  # each numbers what it got from 1, whoever built it
+                assert client.sequences == list(range(1, len(client.sequences) + 1))
+            counters = r.relay.counters
+            fast = r.relay._udp_lane.lane.fast if lane else 0
+            return logs, drops(r), (list(counters.messages_in), list(counters.messages_out), fast)
+        finally:
+            for client in clients:
+                await client.close()
+            await native.aclose()
+
+
+async def test_gs2_clients_are_relayed_in_c_as_the_room_relays_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GS2 clients' connections read in C: their messages of the plain shape relayed there (to GS2
+    clients as Containers built there, to native members as MESSAGEs), everything else (a
+    profile, a field the lane does not expect, a message over the limit, a bad signature) handed
+    to the connection's own parser; the same Containers, drops and counts as without the lane."""
+    with_lane, dropped, (messages_in, messages_out, fast) = await play_gs2(monkeypatch, True)
+    without, dropped_without, (*counted_without, _) = await play_gs2(monkeypatch, False)
+    assert with_lane == without
+    assert dropped == dropped_without and [messages_in, messages_out] == counted_without
+    assert fast >= 24  # the GS2 clients' messages the lane relayed itself
+    a_log, b_log, c_log, n_log = with_lane
+    relayed = f"{g.BINARY_MESSAGE:#x} {g.Relayed(1, b'to everyone', ())!r}"
+    assert relayed in b_log[1] and relayed in c_log[1] and a_log[1] == []
+    assert repr(m.Message(1, b"to everyone")) in n_log[1]
+    assert c_log[2] == [f"{g.BINARY_MESSAGE:#x} {g.Relayed(2, b'to c twice and a', ())!r}"]
+    assert len(a_log[3]) == 20 and len(n_log[3]) == 20
+    assert f"{g.BINARY_MESSAGE:#x} {g.Relayed(4, b'to g0 only', ())!r}" in a_log[4] and len(b_log[4]) == 1
+    assert f"{g.BINARY_MESSAGE:#x} {g.Relayed(2, b'targets unpacked', ())!r}" in c_log[5]
+    assert len(b_log[6]) == 1 and len(c_log[6]) == 2  # a's new profile; b's message with a field more
+    assert dropped.get("payload_too_large") == 1 and dropped.get("gs2_bad_signature") == 1
+    assert f"{g.BINARY_MESSAGE:#x} {g.Relayed(1, b'still relayed after all that', ())!r}" in b_log[9]
 
 
 async def test_the_lane_rejects_what_it_cannot_use() -> None:
@@ -542,6 +653,74 @@ def test_a_hand_overs_error_is_counted_and_an_interrupt_raised(monkeypatch: pyte
         time.sleep(0.05)
         with pytest.raises(KeyboardInterrupt):
             lane.read()
+    finally:
+        sock.close()
+        peer.close()
+
+
+def _fuzzed_gs2(rng: random.Random, key: bytes) -> tuple[bytes, bool]:
+    """A GS2 client's message, mostly almost right, and whether it is one the lane must relay:
+    the SDK's own encoding (protobuf's), or the same with fields written another way (targets
+    unpacked, empty fields present, a sender id); else bytes changed (signed again or not), cut
+    short, fields added, other types, or random bytes."""
+    signer = wire.Signer(key)
+    data = rng.randbytes(rng.choice([0, 1, 100, 127, 128, 300, 16384]))
+    targets = [
+        rng.choice([1, 2, 127, 128, 2**32 - 1, rng.randrange(9)])
+        for _ in range(rng.choice([0, 1, 3, 64, 65]))
+    ]
+    canonical = wire.send_value(data, targets)
+    shape = rng.randrange(10)
+    if shape == 0:
+        return wire.client_container(signer, wire.BINARY_MESSAGE, canonical), len(targets) <= 64
+    if shape == 1:
+        inner = g.uint_field(1, rng.randrange(2**32)) + g.bytes_field(2, data)
+        inner += b"".join(g.uint_field(3, t) for t in targets)
+        return wire.client_container(signer, wire.BINARY_MESSAGE, g.bytes_field(1, inner)), len(targets) <= 64
+    if shape == 2:
+        kind = rng.choice([0, 1, 2, 0x10000000, 0x30000001, rng.randrange(2**31)])
+        return g.container(kind, canonical, key), False
+    if shape == 3:
+        return rng.randbytes(rng.randrange(400)), False
+    value = bytearray(canonical)
+    if shape in (4, 5) and value:
+        for _ in range(rng.randrange(1, 4)):
+            value[rng.randrange(len(value))] = rng.randrange(256)
+    if shape == 6:
+        value += g.uint_field(rng.randrange(1, 20), rng.randrange(300))
+    message = bytearray(wire.client_container(signer, wire.BINARY_MESSAGE, bytes(value)))
+    if shape == 5:  # the container's own bytes changed: its fields, or the signature
+        message[rng.randrange(len(message))] = rng.randrange(256)
+    if shape == 7:
+        message = message[: rng.randrange(len(message))]
+    if shape == 8:
+        message += g.uint_field(rng.choice([4, 5, 6, 15]), rng.randrange(2**33))
+    return bytes(message), False
+
+
+def test_what_the_lane_relays_of_a_gs2_message_is_what_wire_decode_reads() -> None:
+    """The lane parses GS2 clients' Containers in C, before their signature is checked: for
+    thousands of messages, well formed and not, whatever it takes is a SEND that wire.decode (the
+    relay's own parser, Google's protobuf) reads the same, data and targets, and it takes every
+    message of the SDK's shape."""
+    lane, sock, peer, _ = a_lane(print)
+    key = b"a room key longer than a SHA-256 block, which HMAC hashes first: " * 2
+    signer = wire.Signer(key)
+    lane.gs2_limits(key, time.monotonic(), 1 << 20)
+    rng = random.Random(20261205)
+    taken = 0
+    try:
+        for _ in range(int(os.environ.get("RELAY_FUZZ_PACKETS", "3000"))):
+            message, plain = _fuzzed_gs2(rng, key)
+            got = lane.gs2_decode(message)
+            if plain:
+                assert got is not None, message
+            if got is None:
+                continue
+            taken += 1
+            read = wire.decode(message, signer, 1 << 20)
+            assert read == m.Send(got[0], got[1] or None), message
+        assert taken > 600  # the other shapes' changes leave some messages still relayable
     finally:
         sock.close()
         peer.close()
