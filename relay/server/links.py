@@ -34,7 +34,7 @@ import socket
 import struct
 from collections.abc import Callable
 from time import monotonic
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -51,6 +51,9 @@ from relay.server.sessions import Session
 from relay.server.tls import HANDSHAKE_RECORD, TlsLayer, TlsTerminator
 from relay.server.transport import WS, Disconnect
 from relay.settings import pure_python
+
+if TYPE_CHECKING:  # the C part's types (relay/server/_lane.pyi)
+    from relay.server._lane import Entry, Lane
 
 log = logging.getLogger("relay.server")
 
@@ -430,7 +433,7 @@ class WsConnection(asyncio.Protocol):
         doorway: Doorway | None = None,
         gs2: Encoder | None = None,
         tls: TlsTerminator | None = None,
-        lane: Any = None,
+        lane: Lane | None = None,
     ) -> None:
         """`gs2`: the room's GS2 encoder, when GS2 clients are accepted (None: native only);
         `tls`: the relay's TLS terminator, when it has a certificate (relay/server/tls.py)."""
@@ -456,7 +459,7 @@ class WsConnection(asyncio.Protocol):
         self._refused = False  # the upgrade was refused (and counted)
         # the port read in C (relay/server/_lane.c) reads a native member's frames once it joined
         self._lane = lane
-        self._lane_entry: Any = None
+        self._lane_entry: Entry | None = None
         self._lane_fd = -1
         self._lane_tried = False
 
@@ -602,7 +605,8 @@ class WsConnection(asyncio.Protocol):
         or the stream's end hands the reading back (`lane_hand_back`); tried once a connection,
         at the end of the first read after its join that leaves no frame half read."""
         session, transport, peer = self.session, self.transport, self.peer
-        if session is None or session.member is None or self._buf:  # not yet: a later read
+        lane = self._lane
+        if lane is None or session is None or session.member is None or self._buf:  # not yet: a later read
             return
         self._lane_tried = True
         if (
@@ -619,21 +623,21 @@ class WsConnection(asyncio.Protocol):
             return
         fd = os.dup(sock.fileno())
         recipient = peer.recipient if peer is not None else None
-        entry = self._lane.ws_offer(session, session.member, fd, self, transport, recipient)
+        entry = lane.ws_offer(session, session.member, fd, self, transport, recipient)
         if entry is None:
             os.close(fd)
             return
         self._lane_entry, self._lane_fd = entry, fd
         transport.pause_reading()
-        asyncio.get_running_loop().add_reader(fd, self._lane.ws_read, entry)
+        asyncio.get_running_loop().add_reader(fd, lane.ws_read, entry)
 
     def _leave_lane(self) -> None:
-        fd, entry = self._lane_fd, self._lane_entry
-        if fd < 0:
+        fd, entry, lane = self._lane_fd, self._lane_entry, self._lane
+        if fd < 0 or entry is None or lane is None:
             return
         self._lane_fd, self._lane_entry = -1, None
         asyncio.get_running_loop().remove_reader(fd)
-        self._lane.ws_forget(entry)
+        lane.ws_forget(entry)
         os.close(fd)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
