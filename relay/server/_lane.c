@@ -736,6 +736,18 @@ static int recipient(Lane *self, PyObject *other, Entry **out) {
     return 1;
 }
 
+/* `other` (a member) into the list `to` of *n entries, unless it is the sender or has nobody to
+ * send to: 1, or 0 if the packet is the room's (not the lane's session, or the list full) */
+static int add_recipient(Lane *self, PyObject *other, Entry *sender, Entry **to, Py_ssize_t *n) {
+    if (other == sender->member) return 1;
+    Entry *e;
+    int ok = recipient(self, other, &e);
+    if (ok != 1 || e == NULL) return ok;
+    if (*n == MAX_RECIPIENTS) return 0;
+    to[(*n)++] = e;
+    return 1;
+}
+
 /* 1: planned; 0: the room's; -1: error */
 static int plan_broadcast(Lane *self, Plan *plan, PyObject *members, Entry *sender) {
     if (plan->all_done) return 1;
@@ -743,13 +755,8 @@ static int plan_broadcast(Lane *self, Plan *plan, PyObject *members, Entry *send
     Py_ssize_t pos = 0;
     plan->nall = 0;
     while (PyDict_Next(members, &pos, &key, &other)) {
-        if (other == sender->member) continue;
-        Entry *e;
-        int ok = recipient(self, other, &e);
+        int ok = add_recipient(self, other, sender, plan->all, &plan->nall);
         if (ok != 1) return ok;
-        if (e == NULL) continue;
-        if (plan->nall == MAX_RECIPIENTS) return 0;
-        plan->all[plan->nall++] = e;
     }
     plan->all_done = 1;
     return 1;
@@ -803,14 +810,10 @@ static int plan_message(Lane *self, Plan *plan, const unsigned char *data, Py_ss
             if (PyErr_Occurred()) return -1;
             continue; /* not in the room: nobody to send to */
         }
-        if (other == sender->member) continue;
-        Entry *e;
-        int ok = recipient(self, other, &e);
+        int ok = add_recipient(self, other, sender, plan->to, &plan->nto);
         if (ok != 1) return ok;
-        if (e == NULL) continue;
-        if (plan->nto == MAX_RECIPIENTS) return 0;
-        plan->to[plan->nto++] = e, msg->count++;
     }
+    msg->count = plan->nto - msg->first;
     return 1;
 }
 

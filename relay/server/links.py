@@ -520,10 +520,8 @@ class WsConnection(asyncio.Protocol):
                 for opcode, payload in frames:
                     if opcode == BINARY:
                         self._binary(payload)  # the first may make this a GS2 client's connection
-                    elif opcode == PING:
-                        self._pong(payload)
-                    elif self.peer is not None:  # PONG
-                        self.peer.pong(self._now)
+                    else:
+                        self._control(opcode, payload)
         except Exception:
             self._failed()
         if other and self._buf is not None:
@@ -654,12 +652,16 @@ class WsConnection(asyncio.Protocol):
         """A ping or a pong the lane read: answered, or a GS2 client's sign of life, as read here."""
         self._now = now
         try:
-            if opcode == PING:
-                self._pong(payload)
-            elif self.peer is not None:
-                self.peer.pong(now)
+            self._control(opcode, payload)
         except Exception:
             self._failed()
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        """A ping (answered) or a pong (a GS2 client's sign of life)."""
+        if opcode == PING:
+            self._pong(payload)
+        elif self.peer is not None:
+            self.peer.pong(self._now)
 
     def lane_hand_back(self, rest: bytes) -> None:
         """The lane met a frame it does not read, or the stream's end: reading is this
@@ -686,10 +688,8 @@ class WsConnection(asyncio.Protocol):
         for opcode, payload in frames:
             if opcode == BINARY:
                 batch.append(payload)
-            elif opcode == PING:
-                self._pong(payload)
             else:
-                peer.pong(self._now)
+                self._control(opcode, payload)
         if batch and not self._closing:
             peer.receive_many(batch, self._now)
 
