@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from loadtest.bots import Behaviour, Bot, drop_transport
+from loadtest.bots import Behaviour, Bot, drop_transport, index_of
 from loadtest.machine import parse_cpus, pin
 
 
@@ -102,11 +102,43 @@ async def _run(conn: Connection, plan: BotPlan) -> None:
     else:
         listeners = [asyncio.ensure_future(b.listen()) for b in live]
         await asyncio.gather(*(b.play(until) for b in live))
-    await asyncio.sleep(plan.drain_seconds)
+    await _drain(live, plan.drain_seconds)
     for task in listeners:
         task.cancel()
     conn.send(("result", {"bots": [b.result() for b in bots]}))
     await asyncio.gather(*(b.close() for b in live), return_exceptions=True)
+
+
+async def _drain(bots: list[Bot], seconds: float) -> None:
+    """Waits `seconds` for late deliveries, or less once each message these bots addressed to
+    one another has arrived. Only where every bot in their rooms is one of these (a sender in
+    another process could still have some in flight); a message lost keeps it waiting the whole
+    drain, so loss reads as before. A moment more after the last arrival lets a duplicate show."""
+    ours = {b.user_id: b for b in bots}
+    whole = all(
+        m.user_id in ours
+        for b in bots
+        for m in getattr(b.client, "members", {}).values()
+        if index_of(m.user_id) is not None
+    )
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if whole and _all_arrived(bots, ours):
+            await asyncio.sleep(min(left, 0.05))
+            return
+        await asyncio.sleep(min(left, 0.02))
+
+
+def _all_arrived(bots: list[Bot], ours: dict[str, Bot]) -> bool:
+    for sender in bots:
+        for user, due in sender.addressed.items():
+            recipient = ours.get(user)
+            if recipient is None:
+                continue  # not a bot (an attacker's member): nothing it receives is counted
+            stream = recipient.arrivals.streams.get(sender.index)
+            if (stream.delivered if stream is not None else 0) < due:
+                return False
+    return True
 
 
 def bot_main(conn: Connection, plan: BotPlan) -> None:

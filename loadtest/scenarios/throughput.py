@@ -104,11 +104,11 @@ class ThroughputConfig:
     @classmethod
     def quick(cls, **kw: Any) -> ThroughputConfig:
         base = {
-            "step_seconds": 1.0,
+            "step_seconds": 0.5,
             "start_rate": 4000.0,
             "growth": 2.0,
             "max_steps": 2,
-            "half_load_seconds": 1.0,
+            "half_load_seconds": 0.5,
             "drain_seconds": 0.3,
             "baseline_seconds": 1.0,
         }

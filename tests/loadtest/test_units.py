@@ -103,6 +103,26 @@ def test_histograms_merge_across_processes_and_percentiles_are_ordered() -> None
     assert checks.latency_problems({"lat": {"count": 3, "p50_ms": 2.0, "p99_ms": 1.0}}) != []
 
 
+@pytest.mark.parametrize("samples", [1, 2, 7, 3000])
+def test_summaries_and_cdfs_read_what_hdrh_itself_reads(samples: int) -> None:
+    """summary and cdf_points walk only the buckets holding samples; they must give hdrh's own
+    mean and percentiles, on a histogram as recorded and as decoded from a worker's text."""
+    import random
+
+    rng = random.Random(samples)
+    h = hdr.new()
+    for _ in range(samples):
+        hdr.record_us(h, rng.lognormvariate(rng.uniform(0, 12), 2.0))
+    for hist in (h, hdr.decode(hdr.encode(h))):
+        summary = hdr.summary(hist)
+        assert summary["mean_ms"] == pytest.approx(hist.get_mean_value() / 1000, rel=1e-12)
+        for p in hdr.PERCENTILES:
+            assert summary[f"p{p:g}_ms"] == hist.get_value_at_percentile(p) / 1000
+        xs, ys = hdr.cdf_points(hist, points=50)
+        assert len(xs) == len(ys) == 51 and xs[-1] == hist.get_max_value() / 1000
+        assert xs[:-1] == [hist.get_value_at_percentile(y * 100) / 1000 for y in ys[:-1]]
+
+
 def test_machine_readings() -> None:
     info = machine_info()
     assert info["cores"] >= 1 and info["kernel"] and info["cpu_model"]
