@@ -12,11 +12,13 @@ JS_STAMP := $(JS)/node_modules/.package-lock.json
 
 # setup.py and the .c and .h files: the C part, built by the install (optional: skipped, with
 # the Python implementation in use, where there is no C compiler or no OpenSSL headers)
+# --no-compile: a module's bytecode is written when it is first imported, not all of every
+# package's at install (half the install's time, for modules nothing here imports)
 $(STAMP): pyproject.toml setup.py relay/protocol/_aead.c relay/protocol/_aead.h relay/server/_datagrams.c \
 		relay/server/_ratelimit.c relay/server/_ratelimit.h relay/server/_lane.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q --no-compile -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)

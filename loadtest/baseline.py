@@ -267,7 +267,9 @@ def run_per_room(config: PerRoomConfig = PerRoomConfig()) -> dict[str, Any]:
             return {"skipped": f"the C relay with AES-GCM did not build ({why}): {error}"}
         base = _free_base(config.rooms + fanout)
         first_dest = base + config.rooms
-        lifetime = f"{config.seconds + 2:g}"
+        # how long after its first datagram a relay stops: the window and a second (the floor relays
+        # have no timer while they relay, so they sleep it out; the C ones stop at a second's silence)
+        lifetime = f"{config.seconds + 1:g}"
         relays = []
         for first in range(0, config.rooms, per):
             args: tuple[object, ...] = ("relay", base + first, lifetime, fanout, first_dest)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loadtest import checks
-from loadtest.scenarios import density, fleet
+from loadtest.scenarios import density, fleet, soak
 from tests.loadtest.test_scenarios import _report
 
 pytestmark = pytest.mark.slow
@@ -136,3 +136,15 @@ def test_stores_quick(tmp_path: Path) -> None:
     assert ("ready_p99_ratio" in results) == postgres
     summary = (report.out / "summary.md").read_text()
     assert summary.count("| PostgreSQL |") == (3 if postgres else 0)  # two request rows, one ready row
+
+
+def test_soak_quick_shows_no_leaks(tmp_path: Path) -> None:
+    report = _report(tmp_path, "soak")
+    results = soak.run(soak.SoakConfig.quick(), report, progress=False)
+    report.write()
+    assert checks.problems(report.out, allow_negative_lost=False) == []
+    assert len(results["samples"]) >= 3
+    assert results["phase"]["totals"]["delivered"] > 0
+    assert results["checks"]["fds_back_to_idle"], (results["idle_before"], results["idle_after"])
+    tasks = (results["tasks_before"], results["tasks_after"])
+    assert results["checks"]["tasks_back_to_idle"] is not False, tasks
