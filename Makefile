@@ -12,13 +12,11 @@ JS_STAMP := $(JS)/node_modules/.package-lock.json
 
 # setup.py and the .c and .h files: the C part, built by the install (optional: skipped, with
 # the Python implementation in use, where there is no C compiler or no OpenSSL headers)
-# --no-compile: a module's bytecode is written when it is first imported, not all of every
-# package's at install (half the install's time, for modules nothing here imports)
 $(STAMP): pyproject.toml setup.py relay/protocol/_aead.c relay/protocol/_aead.h relay/server/_datagrams.c \
 		relay/server/_ratelimit.c relay/server/_ratelimit.h relay/server/_lane.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q --no-compile -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -32,15 +30,19 @@ js:
 	elif ! $(MAKE) --no-print-directory $(JS_STAMP); then echo "npm ci failed: those tests will skip"; fi
 
 # The tests run in two parts: those that measure nothing in $(TEST_WORKERS) workers (pytest-xdist,
-# a module's tests in one worker: their module fixtures run once), then those marked `serial` (they
-# measure the relay's CPU and latency) one at a time, alone on the machine. PYTEST_ARGS goes to
-# both; a part it leaves empty (pytest's exit status 5) is no failure. Each part names its slowest
-# tests (--durations): the suite is held to about 10 minutes on 2 cores.
+# a module's tests in one worker: their module fixtures run once; the longest files first, in
+# tests/conftest.py's order), then those marked `serial` (they measure the relay's CPU and
+# latency) one at a time, alone on the machine. PYTEST_ARGS goes to both; a part it leaves empty
+# (pytest's exit status 5) is no failure. Each part names its slowest tests (--durations): the
+# suite is held to about 10 minutes on 2 cores.
+# compileall: the bytecode of the project's own modules, written once, where an environment with
+# PYTHONDONTWRITEBYTECODE (this one's) would have each relay and tool the tests start compile them.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) js
 	$(VENV)/bin/ruff check relay loadtest tests
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/python -m compileall -q relay loadtest
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" --no-loadscope-reorder --durations=15 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(VENV)/bin/python -m pytest -m serial --durations=10 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: $(STAMP)
