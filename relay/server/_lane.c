@@ -234,6 +234,10 @@ typedef struct {
     SHA256_CTX gs2_inner, gs2_outer;
     double gs2_started;
     Py_ssize_t gs2_max_size; /* 0: no GS2 clients here */
+    /* the last value signed and its HMAC: a message's value is the same for each GS2 recipient */
+    unsigned char *gs2_value, gs2_mac[32];
+    Py_ssize_t gs2_value_len, gs2_value_cap;
+    int gs2_signed; /* gs2_value and gs2_mac hold a pair */
 } Lane;
 
 static double monotonic_now(void) {
@@ -372,6 +376,7 @@ static void Lane_dealloc(Lane *self) {
     PyMem_Free(self->dirty);
     PyMem_Free(self->bufs);
     PyMem_Free(self->packets);
+    PyMem_Free(self->gs2_value);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1059,8 +1064,14 @@ static unsigned char *put_varint(unsigned char *p, uint64_t v) {
     return p;
 }
 
-/* HMAC-SHA256 with the room key (wire.Signer): from its inner and outer states, made once */
+/* HMAC-SHA256 with the room key (wire.Signer): from its inner and outer states, made once. A
+ * message goes to each GS2 recipient with the same value, so the last value's HMAC is kept and
+ * a value equal to it (compared whole) takes it: one HMAC a message, not one a recipient. */
 static void gs2_sign(Lane *self, const unsigned char *value, Py_ssize_t n, unsigned char mac[32]) {
+    if (self->gs2_signed && n == self->gs2_value_len && memcmp(value, self->gs2_value, (size_t)n) == 0) {
+        memcpy(mac, self->gs2_mac, 32);
+        return;
+    }
     unsigned char inner[32];
     SHA256_CTX c = self->gs2_inner;
     SHA256_Update(&c, value, (size_t)n);
@@ -1068,6 +1079,15 @@ static void gs2_sign(Lane *self, const unsigned char *value, Py_ssize_t n, unsig
     c = self->gs2_outer;
     SHA256_Update(&c, inner, sizeof inner);
     SHA256_Final(mac, &c);
+    self->gs2_signed = 0;
+    if (n > self->gs2_value_cap) { /* no room to keep it (no memory): the next is signed anew */
+        unsigned char *grown = PyMem_Realloc(self->gs2_value, n);
+        if (grown == NULL) return;
+        self->gs2_value = grown, self->gs2_value_cap = n;
+    }
+    if (n > 0) memcpy(self->gs2_value, value, (size_t)n);
+    memcpy(self->gs2_mac, mac, 32);
+    self->gs2_value_len = n, self->gs2_signed = 1;
 }
 
 /* ---- the pass's output ----------------------------------------------------------------------- */
@@ -1611,6 +1631,7 @@ static PyObject *Lane_gs2_limits(Lane *self, PyObject *const *args, Py_ssize_t n
     for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5C;
     SHA256_Init(&self->gs2_outer), SHA256_Update(&self->gs2_outer, pad, 64);
     self->gs2_started = started, self->gs2_max_size = max_size;
+    self->gs2_signed = 0; /* a kept HMAC was the old key's */
     Py_RETURN_NONE;
 }
 
