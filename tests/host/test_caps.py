@@ -29,7 +29,7 @@ from relay.control.config import default_relay_command
 from relay.control.records import RoomRecord
 from relay.control.sqlite_store import SQLiteStore
 from relay.host import cgroups
-from relay.host.capped_spawner import CappedSpawner
+from relay.host.capped_spawner import CappedSpawner, relay_command
 from relay.host.group_spawner import GroupSpawner
 from relay.host.spawner import SubprocessSpawner, pid_alive, relay_environment
 from relay.host.warm_pool import WarmPool
@@ -599,6 +599,12 @@ async def test_a_relay_left_outside_its_group_by_a_killed_control_plane_is_cappe
     try:
         [made] = killed.groups
         assert BACKEND.find(spawned.pid) is None  # outside its caps
+        # what adopt() reads first: that pid is a relay's (a failure in CI once read None here)
+        try:
+            seen: object = Path(f"/proc/{spawned.pid}/cmdline").read_bytes()
+        except OSError as exc:
+            seen = exc
+        assert relay_command(spawned.pid) is not None, (spawned.pid, seen)
         adopted = CappedSpawner(SubprocessSpawner(), NANO, BACKEND).adopt(spawned.pid)
         assert adopted is not None and adopted.group is not None
         assert group_dirs(adopted.group) == group_dirs(made)  # the group made for it, no other
