@@ -37,7 +37,9 @@ js:
 # suite is held to about 10 minutes on 2 cores.
 # compileall: the bytecode of the project's own modules, written once, where an environment with
 # PYTHONDONTWRITEBYTECODE (this one's) would have each relay and tool the tests start compile them.
-TEST_WORKERS ?= 2
+# Three workers on two cores: the parallel part's tests mostly wait (processes starting, timeouts,
+# peers), and two workers left the two cores 40-60% idle through most of it.
+TEST_WORKERS ?= 3
 
 test: $(STAMP) js
 	$(VENV)/bin/ruff check relay loadtest tests
