@@ -31,7 +31,7 @@ from relay.control.sqlite_store import SQLiteStore
 from relay.host import cgroups
 from relay.host.capped_spawner import CappedSpawner, relay_command
 from relay.host.group_spawner import GroupSpawner
-from relay.host.spawner import SubprocessSpawner, pid_alive, relay_environment
+from relay.host.spawner import SubprocessSpawner, cmdline, pid_alive, relay_environment
 from relay.host.warm_pool import WarmPool
 from relay.protocol.constants import UDP_HELLO_PAD_TO, CloseReason
 from relay.protocol.keys import generate_room_key
@@ -601,7 +601,7 @@ async def test_a_relay_left_outside_its_group_by_a_killed_control_plane_is_cappe
         assert BACKEND.find(spawned.pid) is None  # outside its caps
         # what adopt() reads first: that pid is a relay's (a failure in CI once read None here)
         try:
-            seen: object = Path(f"/proc/{spawned.pid}/cmdline").read_bytes()
+            seen: object = cmdline(spawned.pid)
         except OSError as exc:
             seen = exc
         assert relay_command(spawned.pid) is not None, (spawned.pid, seen)
