@@ -216,7 +216,7 @@ def _failed(title: str, exc: Exception, partial: list[str] | None) -> list[str]:
 
 
 def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int = 1) -> list[str]:
-    from loadtest.scenarios.fleetshape import _c_cpu, c_per_room_cpu, floor_table
+    from loadtest.scenarios.fleetshape import LOAD_CORE_NOTE, _c_cpu, c_per_room_cpu, floor_table
 
     first = per_run[0]
     grouped = rooms_per_process > 1
@@ -230,6 +230,7 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         ratios = [c and cpu / c for cpu, c in zip(cpus, c_cpus, strict=True)]
         added = [s["added"] for s in shapes]
         e2e = [s["end_to_end"] for s in shapes]
+        load_busy = [s.get("load_core_busy_percent") for s in shapes]
         rows.append(
             [
                 transport,
@@ -253,6 +254,7 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
                 ),
                 sum(s["lost"] for s in shapes),
                 ", ".join(f"{r:.2f}" if r else "-" for r in ratios),
+                ", ".join(f"{b:.0f}" if b is not None else "-" for b in load_busy),
             ]
         )
     rooms = [r.get("rooms_per_core") for r in per_run]
@@ -304,9 +306,12 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
                 "end to end p50 / p99 / p99.9 ms",
                 "lost",
                 "x C per run",
+                "load core busy % per run",
             ],
             rows,
         ),
+        "",
+        LOAD_CORE_NOTE,
         "",
         *(_c_per_room_note(per_run) if per_room else []),
         *floor_table(per_run),

@@ -135,6 +135,14 @@ def measure(
     }
 
 
+LOAD_CORE_NOTE = (
+    "*Load core busy %*: the bots' core over the same window. Near 100 the bots fall behind, "
+    "their sockets' buffers fill, and the relay's writes queue in its transports, which costs it "
+    "more per message: read a dearer relay beside it as a busy load core, not the relay alone."
+)
+"""What the load core column says (the fleet-shape summary and BENCHMARKS.md)."""
+
+
 def _held(config: FleetShapeConfig, result: dict[str, Any]) -> bool:
     p99 = result["added"].get("p99_ms")
     return result["lost"] == 0 and p99 is not None and p99 <= config.p99_limit_ms
@@ -315,6 +323,7 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
                 _lat(r["added"]),
                 _lat(r["end_to_end"]),
                 r["lost"],
+                r.get("load_core_busy_percent"),
             ]
         )
     first = next(iter(results["shape"].values()), {})
@@ -340,9 +349,12 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
                 "added p50 / p99 / p99.9 ms",
                 "end to end p50 / p99 / p99.9 ms",
                 "lost",
+                "load core busy %",
             ],
             rows,
         ),
+        "",
+        LOAD_CORE_NOTE,
         "",
         *floor_table([results]),
         f"## Rooms per core (4 players x {config.hz:g} Hz, UDP): "

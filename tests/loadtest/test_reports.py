@@ -341,6 +341,8 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
     the one C process (medians of the runs' ratios), with a note saying what it is; the grouped
     tier's table and runs without that measurement leave the columns out."""
     runs = [_fleet_run(90.0, 30.0, 45.0), _fleet_run(80.0, 40.0, 40.0), _fleet_run(100.0, 25.0, 50.0)]
+    runs[0]["shape"]["udp"]["load_core_busy_percent"] = 61.4
+    runs[1]["shape"]["udp"]["load_core_busy_percent"] = 97.0  # a run before it was recorded: none
     lines = benchmarks._fleet_shape_section(runs)
     header = next(line for line in lines if line.startswith("| transport"))
     cells = [c.strip() for c in header.strip("|").split("|")]
@@ -350,6 +352,9 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
     assert row["x C"] == "3"  # 3.0, 2.0, 4.0
     assert row["C relay, a process per room, CPU %"] == "45.0"
     assert row["x C per room"] == "2"  # 2.0, 2.0, 2.0
+    # the bots' core beside each run's ratio: a run whose bots fell behind is told from a dearer relay
+    assert row["load core busy % per run"] == "61, 97, -"
+    assert fleetshape.LOAD_CORE_NOTE in lines
     note = next(line for line in lines if line.startswith("*C relay, a process per room*"))
     assert "56 us of CPU and 1.00 context switches" in note and "1.50x the one C process" in note
     assert "(per run: 1.50, 1.00, 2.00)" in note
