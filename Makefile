@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml setup.py relay/protocol/_aead.c relay/protocol/_aead.h 
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# compileall: as for the tests (below), where PYTHONDONTWRITEBYTECODE is set `relay dev` and the
+# relays it starts would otherwise compile the project's modules at every start
 run: $(STAMP)
+	$(VENV)/bin/python -m compileall -q relay
 	$(VENV)/bin/relay dev
 
 $(JS_STAMP): $(JS)/package-lock.json

@@ -23,7 +23,16 @@ from loadtest.controlplane import ControlPlane
 from loadtest.fastload.messages import message_size
 from loadtest.fastload.sender import spread_phase
 from loadtest.loopback import loopback_problem, require_loopback
-from loadtest.machine import busy_percent, cpu_ns, cpu_percent, cpu_times, machine_info, parse_cpus, sample
+from loadtest.machine import (
+    busy_percent,
+    context_switches,
+    cpu_ns,
+    cpu_percent,
+    cpu_times,
+    machine_info,
+    parse_cpus,
+    sample,
+)
 from loadtest.report import Report, plot_histogram, plot_latency_cdf, plot_timeseries
 from loadtest.streams import RecipientStats, SenderStream, account
 from relay.protocol.messages import encode_message
@@ -137,6 +146,26 @@ def test_machine_readings() -> None:
     assert cpu_percent(me, later) >= 0.0
     before = cpu_times()
     assert before and busy_percent(before, cpu_times(), {0}) >= 0.0
+
+
+def test_a_processs_context_switches_count_every_thread() -> None:
+    """/proc/PID/status counts the main thread's switches alone: a thread that sleeps 50 times
+    switches at least 50 times, and the process's count holds them while the thread lives."""
+    go, done = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        go.wait()
+        for _ in range(50):
+            time.sleep(0.0005)
+        done.set()
+        time.sleep(2)  # alive while the count is read
+
+    threading.Thread(target=sleeper, daemon=True).start()
+    before = context_switches(os.getpid())
+    go.set()
+    assert done.wait(5)
+    assert context_switches(os.getpid()) - before >= 50
+    assert context_switches(2**22 + 12345) == 0  # no such process
 
 
 def test_a_processs_cpu_is_read_exactly_with_its_ended_threads() -> None:
