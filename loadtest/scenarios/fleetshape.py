@@ -136,9 +136,11 @@ def measure(
 
 
 LOAD_CORE_NOTE = (
-    "*Load core busy %*: the bots' core over the same window. Near 100 the bots fall behind, "
-    "their sockets' buffers fill, and the relay's writes queue in its transports, which costs it "
-    "more per message: read a dearer relay beside it as a busy load core, not the relay alone."
+    "*Load core busy %*: the bots' core over the same window. Its workers go over all their "
+    "members between sends, so it reads near 100 whenever the load is heavy. What the load side "
+    "itself adds (late sends, late reads) is *end to end* less *added*; a WebSocket relay whose "
+    "readers fell that far behind would queue its writes in its transports, which costs it more "
+    "per message, so read a dearer relay beside a large gap there, not beside this figure alone."
 )
 """What the load core column says (the fleet-shape summary and BENCHMARKS.md)."""
 
