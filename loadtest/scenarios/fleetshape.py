@@ -124,8 +124,8 @@ def measure(
         "lost": step["lost"],
         "relay_cpu_percent": cpu,
         "relay_core_busy_percent": step.get("relay_core_busy_percent"),
-        # the load's core too: bots that fall behind leave the relay queueing writes, which costs
-        # it more per message, so a dearer relay and a slower load core read alike without it
+        # the load's core too, over the same window (LOAD_CORE_NOTE says what it can tell: the
+        # workers keep it near 100 under any heavy load, so it shows a heavy load, not a late one)
         "load_core_busy_percent": step.get("load_core_busy_percent"),
         "cpu_us_per_message_in": round(cpu / 100 * seconds / sent * 1e6, 2) if sent else None,
         "context_switches_per_message_in": round(switches / sent, 3) if sent else None,
