@@ -184,13 +184,18 @@ def regenerate(args: Any, command: str) -> int:
         "holds the relay's queueing and processing plus loopback (tens of microseconds), and none of the "
         "load generator's lag. A TCP read carries the stamp of the last segment it read, so on WebSocket "
         "the receivers read frame by frame (the header, then the rest), each read ending with a frame's "
-        "last byte. *End to end* runs from the packet's scheduled send time to when the receiving worker "
-        "got round to it (CLOCK_MONOTONIC): it also holds the senders' lateness and the time packets "
-        "waited in recipients' sockets while the one load core was busy, so it overstates the relay (the "
-        "per-run summaries give the senders' lateness p99 too). The saturation steps sample one packet in"
-        " 16 and record only end-to-end latency. A second latency step runs at *half of the sustained "
-        "rate*: the saturation rate is reached with queues and some loss, and half of it still keeps the "
-        "relay's core 70-90% busy (far less coalescing per packet at the lower rate).",
+        "last byte. GS2 carries one message a frame, so two reads a frame would put the one load core "
+        "seconds behind (as it did up to bench-s41, whose GS2 half-load figures were the load's backlog "
+        "in the relay's send queues): its receivers read what is queued, and only the frame that ends a "
+        "read gets that read's stamp. Its added figure is therefore a sample, in which frames that "
+        "arrive together count once. *End to end* runs from the packet's scheduled send time to when the "
+        "receiving worker got round to it (CLOCK_MONOTONIC): it also holds the senders' lateness and the "
+        "time packets waited in recipients' sockets while the one load core was busy, so it overstates "
+        "the relay (the per-run summaries give the senders' lateness p99 too). The saturation steps "
+        "sample one packet in 16 and record only end-to-end latency. A second latency step runs at "
+        "*half of the sustained rate*: the saturation rate is reached with queues and some loss, and "
+        "half of it still keeps the relay's core 70-90% busy (far less coalescing per packet at the "
+        "lower rate).",
         "- **Sustained**: the best step that lost at most 0.1% with end-to-end p99 at most 5 ms: what "
         "the relay serves well, where saturation is what it pushes through flat out (with queues and "
         "loss).",
@@ -422,8 +427,9 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
         "",
         f"Medians of {len(per_run)} runs (each run measures the C baseline too; the ratio is per run, then "
         "the median). The machine is shared with other work, so runs spread: a step where the relay falls "
-        "short while using under 70% of its core was starved by something else and is repeated; the per-run "
-        "column shows the spread.",
+        "short while using under 70% of its core was starved by something else and is repeated, unless the "
+        "load process was the busy one (at least 95% of its core): that is the load generator's limit, "
+        "reported as such (GS2's, at one message a frame). The per-run column shows the spread.",
         "",
         *table(
             [

@@ -33,7 +33,8 @@ measures "added" latency: the kernel's receive timestamp of the packet at the re
 socket (SO_TIMESTAMPNS) minus the time taken just before the send() that handed it to the
 kernel, both CLOCK_REALTIME: what the relay adds (its queueing and processing, plus loopback),
 the figure reported as the relay's latency. The sender's lateness (actual - scheduled send)
-is reported beside it.
+is reported beside it. A GS2 member's half-load step stamps only the frame that ends each read
+(`Receiver.recv_gs2_stamped`), so its added figure is a sample.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class ThroughputConfig:
     loss_threshold: float = 0.05  # a step delivering less than (1 - this) of what was due saturates
     starved_below_cpu: float = 70.0  # a "saturated" step with the relay under this CPU % is repeated
     starved_retries: int = 2
+    load_bound_cpu: float = 95.0  # ...unless the load processes used this % of a core each: the
+    # load generator, not the relay, is then the limit (GS2's one message a frame), and a repeat
+    # only piles more backlog on the members' connections
     half_load_seconds: float = 3.0
     sustained_loss: float = 0.001  # a step "sustained" loses at most this share...
     sustained_p99_ms: float = 5.0  # ...with p99 latency at most this
@@ -464,8 +468,11 @@ def run_transport(config: ThroughputConfig, transport: str, live: Live) -> dict[
             result["fell_short"] = short or rate < best * 1.03  # or stopped growing
             if result["fell_short"] or not result["sender_kept_up"]:
                 # A relay that falls short without using its core was starved by something else
-                # on that core (this machine is shared): repeat the step rather than stop.
-                result["starved"] = result["relay_cpu_percent"] < config.starved_below_cpu
+                # on that core (this machine is shared): repeat the step rather than stop. Not
+                # when the load's core was the busy one: that is the load generator's limit.
+                result["starved"] = result["relay_cpu_percent"] < config.starved_below_cpu and not load_bound(
+                    result, config
+                )
                 if result["starved"] and retries < config.starved_retries:
                     retries += 1
                     level -= 1
@@ -524,14 +531,21 @@ def run_transport(config: ThroughputConfig, transport: str, live: Live) -> dict[
     }
 
 
+def load_bound(step: dict[str, Any], config: ThroughputConfig) -> bool:
+    """The step's load processes were busy (`load_bound_cpu` of a core each, on average): what
+    they could not send, or read off the members' sockets in time, says nothing of the relay."""
+    return step.get("load_cpu_percent", 0.0) / max(1, config.workers) >= config.load_bound_cpu
+
+
 def saturation_limit(
     steps: list[dict[str, Any]], saturated_at: int | None, config: ThroughputConfig
 ) -> tuple[str, str]:
     """What stopped the steps, as (kind, sentence): "relay" (saturated: deliveries fell short or
     stopped growing with the relay busy), or what capped a run that did not saturate: "offered
     rate" (every step allowed kept up), "load generator" (the senders could not send what was
-    planned) or "relay starved" (fell short with its core not busy, after the retries). Only the
-    first says anything about the relay's limit; the others must not read as one."""
+    planned, or the load processes were busy: `load_bound`) or "relay starved" (fell short with
+    its core not busy, after the retries). Only the first says anything about the relay's limit;
+    the others must not read as one."""
     top = max(steps, key=lambda s: s["delivered_per_s"])
     if saturated_at is None:
         return "offered rate", (
@@ -552,6 +566,11 @@ def saturation_limit(
         return "load generator", (
             f"not saturated: load generator limit (the senders sent {100 * share:.0f}% of the "
             f"{last['offered_per_s']:,.0f} msg/s planned; relay CPU {cpu:.0f}%)"
+        )
+    if load_bound(last, config):
+        return "load generator", (
+            f"not saturated: load generator limit (its CPU {last['load_cpu_percent']:.0f}% while "
+            f"the relay, at {cpu:.0f}% CPU, fell short of the {last['offered_per_s']:,.0f} msg/s offered)"
         )
     return "relay starved", (
         f"not saturated: relay starved (fell short at {cpu:.0f}% CPU, under "

@@ -138,9 +138,20 @@ def test_saturation_limit_tells_the_relay_from_what_capped_the_run() -> None:
     kind, why = throughput.saturation_limit([ok, late], 2, CONFIG)
     assert kind == "load generator" and "not saturated" in why and "60%" in why
     # fell short with the relay's core not busy, after the retries: starved, not saturated
-    starved = _step(2, 2000.0, 3000.0, 30.0, fell_short=True, loss_ratio=0.3)
+    starved = _step(2, 2000.0, 3000.0, 30.0, fell_short=True, loss_ratio=0.3, load_cpu_percent=60.0)
     kind, why = throughput.saturation_limit([ok, starved], 2, CONFIG)
     assert kind == "relay starved" and "not saturated" in why
+    assert not throughput.load_bound(starved, CONFIG)
+    # the same, with the load process's core busy (GS2's one message a frame, bench-s41): the
+    # load generator's limit, which a repeat would not change
+    bound = {**starved, "load_cpu_percent": 99.9}
+    assert throughput.load_bound(bound, CONFIG)
+    kind, why = throughput.saturation_limit([ok, bound], 2, CONFIG)
+    assert kind == "load generator" and "not saturated" in why and "its CPU 100%" in why
+    # two load processes: busy means each near a core, not their sum
+    two = throughput.ThroughputConfig.quick(max_steps=2, workers=2)
+    assert not throughput.load_bound(bound, two)
+    assert throughput.load_bound({**bound, "load_cpu_percent": 196.0}, two)
 
 
 def test_the_c_baseline_offered_less_than_it_can_forward_is_not_saturated() -> None:
