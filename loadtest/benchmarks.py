@@ -221,7 +221,14 @@ def _failed(title: str, exc: Exception, partial: list[str] | None) -> list[str]:
 
 
 def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int = 1) -> list[str]:
-    from loadtest.scenarios.fleetshape import LOAD_CORE_NOTE, _c_cpu, c_per_room_cpu, floor_table
+    from loadtest.scenarios.fleetshape import (
+        LOAD_CORE_NOTE,
+        STEAL_NOTE,
+        _c_cpu,
+        c_per_room_cpu,
+        floor_table,
+        steal_cell,
+    )
 
     first = per_run[0]
     grouped = rooms_per_process > 1
@@ -259,7 +266,9 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
                 ),
                 sum(s["lost"] for s in shapes),
                 ", ".join(f"{r:.2f}" if r else "-" for r in ratios),
+                ", ".join(f"{a.get('p99.9_ms', 0):.3g}" if a.get("count") else "-" for a in added),
                 ", ".join(f"{b:.0f}" if b is not None else "-" for b in load_busy),
+                ", ".join(steal_cell(s.get("relay_core_steal_percent")) for s in shapes),
             ]
         )
     rooms = [r.get("rooms_per_core") for r in per_run]
@@ -311,12 +320,16 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
                 "end to end p50 / p99 / p99.9 ms",
                 "lost",
                 "x C per run",
+                "added p99.9 ms per run",
                 "load core busy % per run",
+                "relay core steal % per run",
             ],
             rows,
         ),
         "",
         LOAD_CORE_NOTE,
+        "",
+        STEAL_NOTE,
         "",
         *(_c_per_room_note(per_run) if per_room else []),
         *floor_table(per_run),

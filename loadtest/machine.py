@@ -147,37 +147,51 @@ def context_switches(pid: int) -> int:
     return total
 
 
-def cpu_times() -> dict[int, tuple[int, int]]:
-    """Per CPU (busy, total) jiffies from /proc/stat; busy includes irq and softirq time.
+CpuTimes = dict[int, tuple[int, int, int]]
+"""Per CPU (busy, total, steal) jiffies: what `cpu_times` reads."""
+
+
+def cpu_times() -> CpuTimes:
+    """Per CPU (busy, total, steal) jiffies from /proc/stat; busy includes irq and softirq time.
 
     On loopback the kernel delivers a datagram to the receiving socket in softirq context on the
     sending CPU, time that /proc/PID/stat does not charge to the process: the relay core's busy
-    share is the truer saturation figure.
+    share is the truer saturation figure. Steal (the hypervisor running something else on this
+    virtual CPU) is in the total, not in busy: nothing of ours ran then, yet whatever was
+    runnable on that CPU waited.
     """
-    out: dict[int, tuple[int, int]] = {}
+    out: CpuTimes = {}
     try:
         with open("/proc/stat") as f:
             for line in f:
                 if line.startswith("cpu") and line[3].isdigit():
                     name, *vals = line.split()
                     nums = [int(v) for v in vals[:8]]
-                    idle = nums[3] + nums[4]
-                    out[int(name[3:])] = (sum(nums) - idle, sum(nums))
+                    idle, steal = nums[3] + nums[4], nums[7] if len(nums) > 7 else 0
+                    out[int(name[3:])] = (sum(nums) - idle - steal, sum(nums), steal)
     except OSError:
         pass
     return out
 
 
-def busy_percent(
-    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], cpus: set[int]
-) -> float:
+def busy_percent(before: CpuTimes, after: CpuTimes, cpus: set[int]) -> float:
     """Busy share of a CPU set between two cpu_times() readings, in percent of one CPU."""
-    busy = total = 0
+    return _share(before, after, cpus, 0)
+
+
+def steal_percent(before: CpuTimes, after: CpuTimes, cpus: set[int]) -> float:
+    """Stolen share of a CPU set between two cpu_times() readings, in percent of one CPU: a
+    stall that no process's CPU time shows (a latency tail with its relay idle)."""
+    return _share(before, after, cpus, 2)
+
+
+def _share(before: CpuTimes, after: CpuTimes, cpus: set[int], field: int) -> float:
+    part = total = 0
     for c in cpus:
         if c in before and c in after:
-            busy += after[c][0] - before[c][0]
+            part += after[c][field] - before[c][field]
             total += after[c][1] - before[c][1]
-    return 100.0 * busy / total * len(cpus) if total else 0.0
+    return 100.0 * part / total * len(cpus) if total else 0.0
 
 
 def wait_until_idle(busy_below: float = 10.0, window: float = 0.5, limit: float = 60.0) -> float:

@@ -127,6 +127,7 @@ def measure(
         # the load's core too, over the same window (LOAD_CORE_NOTE says what it can tell: the
         # workers keep it near 100 under any heavy load, so it shows a heavy load, not a late one)
         "load_core_busy_percent": step.get("load_core_busy_percent"),
+        "relay_core_steal_percent": step.get("relay_core_steal_percent"),  # STEAL_NOTE
         "cpu_us_per_message_in": round(cpu / 100 * seconds / sent * 1e6, 2) if sent else None,
         "context_switches_per_message_in": round(switches / sent, 3) if sent else None,
         "added": step["added_latency"],
@@ -143,6 +144,14 @@ LOAD_CORE_NOTE = (
     "per message, so read a dearer relay beside a large gap there, not beside this figure alone."
 )
 """What the load core column says (the fleet-shape summary and BENCHMARKS.md)."""
+
+STEAL_NOTE = (
+    "*Relay core steal %*: time the hypervisor gave the relay core's virtual CPU to something "
+    "else over the same window (/proc/stat). No process is charged for it, yet every relay "
+    "runnable then waited: a p99.9 tail of tens of ms beside a non-zero figure here is the "
+    "machine, not the relay."
+)
+"""What the steal column says (the fleet-shape summary and BENCHMARKS.md)."""
 
 
 def _held(config: FleetShapeConfig, result: dict[str, Any]) -> bool:
@@ -298,6 +307,12 @@ def _percent(share: float | None) -> str:
     return "-" if share is None else f"{share:.0f}"
 
 
+def steal_cell(share: float | None) -> str:
+    """Steal to a tenth of a percent, "-" for a run from before it was recorded: a tenth of a
+    percent of a 20 s window is a 20 ms stall."""
+    return "-" if share is None else f"{share:.1f}"
+
+
 def _lat(summary: dict[str, Any]) -> str:
     if not summary.get("count"):
         return "-"
@@ -326,6 +341,7 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
                 _lat(r["end_to_end"]),
                 r["lost"],
                 r.get("load_core_busy_percent"),
+                steal_cell(r.get("relay_core_steal_percent")),
             ]
         )
     first = next(iter(results["shape"].values()), {})
@@ -352,11 +368,14 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
                 "end to end p50 / p99 / p99.9 ms",
                 "lost",
                 "load core busy %",
+                "relay core steal %",
             ],
             rows,
         ),
         "",
         LOAD_CORE_NOTE,
+        "",
+        STEAL_NOTE,
         "",
         *floor_table([results]),
         f"## Rooms per core (4 players x {config.hz:g} Hz, UDP): "

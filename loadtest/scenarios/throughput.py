@@ -52,7 +52,7 @@ from loadtest import baseline as c_baseline
 from loadtest import hist as hdr
 from loadtest.fastload.spec import GroupSpec, WorkerSpec
 from loadtest.fastload.worker import worker_main
-from loadtest.machine import busy_percent, cpu_percent, cpu_times, parse_cpus, pin, sample
+from loadtest.machine import busy_percent, cpu_percent, cpu_times, parse_cpus, pin, sample, steal_percent
 from loadtest.progress import Live
 from loadtest.relayhost import RelayProcess
 from loadtest.report import Report
@@ -335,9 +335,9 @@ class Load:
         load_cpu = sum(cpu_percent(a, b) for a, b in zip(load_before, load_at_end, strict=True))
         out = self._aggregate(step, offered, seconds, full, results, relay_cpu, build_s)
         out["load_cpu_percent"] = load_cpu
-        out["relay_core_busy_percent"] = busy_percent(
-            cores_before, cores_at_end, parse_cpus(c.relay_cpus) or {0}
-        )
+        relay_cores = parse_cpus(c.relay_cpus) or {0}
+        out["relay_core_busy_percent"] = busy_percent(cores_before, cores_at_end, relay_cores)
+        out["relay_core_steal_percent"] = steal_percent(cores_before, cores_at_end, relay_cores)
         out["load_core_busy_percent"] = busy_percent(
             cores_before, cores_at_end, parse_cpus(c.load_cpus) or {1}
         )

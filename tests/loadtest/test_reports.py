@@ -354,6 +354,9 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
     runs = [_fleet_run(90.0, 30.0, 45.0), _fleet_run(80.0, 40.0, 40.0), _fleet_run(100.0, 25.0, 50.0)]
     runs[0]["shape"]["udp"]["load_core_busy_percent"] = 61.4
     runs[1]["shape"]["udp"]["load_core_busy_percent"] = 97.0  # a run before it was recorded: none
+    runs[0]["shape"]["udp"]["relay_core_steal_percent"] = 0.04
+    runs[1]["shape"]["udp"]["relay_core_steal_percent"] = 0.52
+    runs[2]["shape"]["udp"]["added"] = {**runs[2]["shape"]["udp"]["added"], "p99.9_ms": 96.4}
     lines = benchmarks._fleet_shape_section(runs)
     header = next(line for line in lines if line.startswith("| transport"))
     cells = [c.strip() for c in header.strip("|").split("|")]
@@ -366,6 +369,10 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
     # the bots' core beside each run's ratio: a run whose bots fell behind is told from a dearer relay
     assert row["load core busy % per run"] == "61, 97, -"
     assert fleetshape.LOAD_CORE_NOTE in lines
+    # a run's tail beside the steal on the relay core in the same window: the median hides both
+    assert row["added p99.9 ms per run"] == "3, 3, 96.4"
+    assert row["relay core steal % per run"] == "0.0, 0.5, -"
+    assert fleetshape.STEAL_NOTE in lines
     note = next(line for line in lines if line.startswith("*C relay, a process per room*"))
     assert "56 us of CPU and 1.00 context switches" in note and "1.50x the one C process" in note
     assert "(per run: 1.50, 1.00, 2.00)" in note

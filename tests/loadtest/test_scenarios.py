@@ -146,6 +146,7 @@ def test_fleet_shape_quick(tmp_path: Path, rooms_per_process: int) -> None:
     assert shape["due"] == shape["delivered"] == 3 * shape["sent_messages"] > 0
     assert shape["relay_cpu_percent"] > 0 and shape["cpu_us_per_message_in"] > 0
     assert 0 <= shape["load_core_busy_percent"] <= 100  # the bots' core, read over the same window
+    assert 0 <= shape["relay_core_steal_percent"] <= 100
     assert shape["context_switches_per_message_in"] > 0
     assert shape["added"]["count"] == shape["delivered"]  # every packet stamped
     assert results["search"][0]["rooms"] == 2

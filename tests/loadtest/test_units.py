@@ -32,6 +32,7 @@ from loadtest.machine import (
     machine_info,
     parse_cpus,
     sample,
+    steal_percent,
 )
 from loadtest.report import Report, plot_histogram, plot_latency_cdf, plot_timeseries
 from loadtest.streams import RecipientStats, SenderStream, account
@@ -146,6 +147,10 @@ def test_machine_readings() -> None:
     assert cpu_percent(me, later) >= 0.0
     before = cpu_times()
     assert before and busy_percent(before, cpu_times(), {0}) >= 0.0
+    assert all(0 <= steal <= total and busy + steal <= total for busy, total, steal in before.values())
+    # steal is its own share, out of busy: a window of 1000 jiffies, 300 busy and 50 stolen
+    start, end = {0: (0, 0, 0)}, {0: (300, 1000, 50)}
+    assert busy_percent(start, end, {0}) == 30.0 and steal_percent(start, end, {0}) == 5.0
 
 
 def test_a_processs_context_switches_count_every_thread() -> None:
