@@ -1925,6 +1925,10 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
     if (!handed && e->fd >= 0 && pos > 0) { /* what is not yet a whole frame waits for the next read */
         memmove(e->in, e->in + pos, e->in_len - pos);
         e->in_len -= pos;
+    } else if (e->fd < 0 && !handed && pos < e->in_len && !stopped(self)) {
+        /* the connection left the lane during the read (the room closed it on a BYE, say): what
+         * came behind that frame is the connection's to read, a client's close frame above all */
+        ws_hand_back(self, e, pos);
     } else if (e->fd < 0) {
         e->in_len = 0;
     }

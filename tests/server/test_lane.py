@@ -416,6 +416,31 @@ async def test_a_websocket_member_read_in_c_hands_back_what_it_does_not_read() -
             await b.aclose()
 
 
+async def test_a_close_frame_behind_a_bye_read_in_c_ends_the_connection_at_once() -> None:
+    """A client that leaves sends BYE and its close frame, often in one segment: the room closes
+    the connection while the lane reads that segment, and the close frame behind the BYE is then
+    the connection's to read. It answers the close handshake and ends the stream at once, where
+    the frame lost with the lane's buffer left it to the 1 s abort."""
+    async with room(host="127.0.0.1") as r:
+        a = await WsPeer.open(r.key, r.port)
+        try:
+            await a.start("w0")
+            await a.quiet(0.1)
+            lane = r.relay._udp_lane
+            assert lane is not None and lane.lane.entries == 1  # read in C since its join
+            assert a.reader is not None and a.writer is not None
+            a.proto.send_binary(a.seal(m.Bye().encode()))
+            a.proto.send_close(1000, "leaving")
+            a.writer.write(b"".join(a.proto.data_to_send()))  # one write: one segment
+            started = time.monotonic()
+            while await asyncio.wait_for(a.reader.read(65536), 2.0):
+                pass
+            assert time.monotonic() - started < 0.5  # the stream's end, not the backstop's abort
+            assert drops(r).get("internal_error", 0) == 0
+        finally:
+            await a.aclose()
+
+
 async def test_what_websocket_members_send_in_one_pass_leaves_once_at_its_end() -> None:
     """Each member's socket is a read of its own; their output leaves once a pass, at its end:
     a member gets what the others sent in that pass in one packet, not one per socket read (and
