@@ -196,6 +196,7 @@ class Relay:
         laned = LANE is not None and self.config.coalesce_tick <= 0  # the port read in C
         # what runs at the end of a pass the port read in C relayed (relay/server/_lane.c)
         hooks: list[tuple[object, str, Callable[[float], None]]] = [(riding, "due", riding.run)]
+        ws_hooks = hooks.copy()  # ...and at the end of a pass that read members' WebSocket frames
         if pacer is not None:  # the pass's flush, then the pacer's rest (relay/server/pacing.py)
             self._pacer = pacer
             pacer.join(self, self.config.cpu_budget, self.config.max_pace)
@@ -234,7 +235,21 @@ class Relay:
                 scheduled()
                 rest(now)
 
-            hooks.append((pace, "lane_due", lane_passed))
+            def port_passed(now: float) -> None:  # the port's read: rests after this poll's reads
+                scheduled()
+                if pace.pace:
+                    # Resting here, at the end of the port's read, a WebSocket member's socket
+                    # ready in the same poll was read after the rest and rested again at its
+                    # flush (the port's input then waited two paces), and in a process of
+                    # several rooms each room's port rested in turn. Deferred past the poll's
+                    # other reads, the pass rests once, after its last read; what a read of
+                    # that poll flushes later does not rest again (LoopPacer._rest).
+                    call_soon(rest, now)
+                else:
+                    rest(now)
+
+            hooks.append((pace, "lane_due", port_passed))
+            ws_hooks.append((pace, "lane_due", lane_passed))
         else:
             room.on_flush = on_flush
         self.port = tcp.getsockname()[1]
@@ -251,7 +266,7 @@ class Relay:
                 self.config.max_payload_ws,
                 WS_MAX_PLAINTEXT,
                 self.config.ws_send_buffer,
-                tuple(hooks),
+                tuple(ws_hooks),
                 partial(call_soon, lane.ws_flush),
             )
         else:

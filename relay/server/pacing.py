@@ -9,7 +9,8 @@ time: p99 went to 25-157 ms.
 
 So a relay whose CPU (read every `WINDOW` seconds, smoothed) reaches `PACE_ON` of its budget
 paces itself. After a pass that flushed output, it sleeps until `pace` seconds after that pass's
-first input was read, and only then reads again. The next pass finds every packet that came in
+first input was read, and only then reads again (once a pass: output whose input was read before
+the last rest ended does not rest again). The next pass finds every packet that came in
 the meantime, and each member gets one packet holding all of their messages, so the same
 messages take fewer wake-ups, reads and sends. A message waits at most `pace` longer, so the
 pace is kept as short as holds the CPU at `PACE_TARGET` of the budget: it starts at `MIN_PACE`
@@ -136,6 +137,7 @@ class LoopPacer:
         self._first = math.inf  # when the first input of this pass's output arrived
         self._flushes = 0  # flushes scheduled in this pass and not yet run
         self._full = False  # a relay's pass read a full batch of datagrams
+        self._rested_until = -math.inf  # when the last rest ended (monotonic)
 
     def join(self, relay: object, budget: float, max_pace: float) -> None:
         self._budgets[relay] = (budget, max_pace)
@@ -176,6 +178,9 @@ class LoopPacer:
             self._rest()
 
     def _rest(self) -> None:
+        """Sleeps until `pace` after the pass's first input; not for output whose input was read
+        before the last rest ended: it waited through that one (a pass whose reads were flushed
+        at two points, the UDP port's read and its WebSocket members' `ws_flush`)."""
         first, self._first = self._first, math.inf
         full, self._full = self._full, False
         now = time.monotonic()
@@ -183,8 +188,9 @@ class LoopPacer:
         if now >= pacer.next_sample:
             pacer.sample(now, self._read_cpu())
         wait = first + pacer.pace - now
-        if pacer.pace and wait > 0 and not full:
+        if pacer.pace and wait > 0 and not full and first >= self._rested_until:
             self._sleep(wait)
+            self._rested_until = now + wait
 
 
 _pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopPacer] = weakref.WeakKeyDictionary()

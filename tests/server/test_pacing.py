@@ -4,6 +4,7 @@ given clock, and a real relay over its budget coalescing what arrives during its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -16,6 +17,7 @@ import uvloop
 
 from relay.embedded import room
 from relay.protocol import messages as m
+from relay.protocol.wsframes import BINARY, client_frame
 from relay.server.links import LANE
 from relay.server.pacing import (
     MAX_STEP,
@@ -27,9 +29,11 @@ from relay.server.pacing import (
     WINDOW,
     LoopPacer,
     Pacer,
+    for_loop,
 )
+from relay.server.transport import UDP, WS
 
-from .rawpeer import UdpPeer
+from .rawpeer import UdpPeer, WsPeer
 
 
 def _step(pacer: Pacer, share: float, at: list[float]) -> float:
@@ -183,6 +187,25 @@ def test_the_rooms_of_one_process_rest_once_per_pass_after_the_last_flush() -> N
     assert w.pacer.pacer.budget == pytest.approx(0.1)
 
 
+def test_output_read_before_the_last_rest_ended_does_not_rest_again() -> None:
+    """A pass flushed at two points (the port's read, then its WebSocket members' flush): the
+    second's input was read before the first's rest ended and waited through it."""
+    w = _Clockwork()
+    w.pacer.join("room", budget=0.1, max_pace=0.02)
+    w.pacer.pacer.pace = 0.02
+    w.pacer.pacer.next_sample = float("inf")
+    read = time.monotonic()
+    w.pacer.scheduled()
+    w.pacer.passed(read)
+    assert len(w.sleeps) == 1  # the port's: this clock does not sleep, so the rest ends later
+    w.pacer.scheduled()
+    w.pacer.passed(read + 0.001)  # the members' frames, read in the same poll
+    assert len(w.sleeps) == 1
+    w.pacer.scheduled()
+    w.pacer.passed(read + 0.02)  # a read after the rest ended: a pass of its own
+    assert len(w.sleeps) == 2
+
+
 def test_a_quota_below_the_budgets_is_the_budget() -> None:
     """The caps guard read a cgroup quota under the tier's share (a pod limited below it)."""
     w = _Clockwork()
@@ -262,6 +285,76 @@ def test_a_relay_over_its_budget_coalesces_what_arrives_while_it_rests() -> None
     assert paced_datagrams <= 3
     assert unpaced_datagrams >= paced_datagrams + 3
     assert taken == (10 if LANE is not None else 0)  # each one relayed in C, paced or not
+
+
+async def _reads_per_rest(mixed: bool) -> list[tuple[int, int]]:
+    """Two sources a paced loop (50 ms) reads, each sending every 5 ms from a thread (the rest
+    blocks the loop): `mixed`, a room's UDP member and its WebSocket member; else the UDP
+    members of two rooms in one loop, as a group process serves its rooms. Per rest, the
+    packets read from each since the rest before it."""
+    async with contextlib.AsyncExitStack() as stack:
+        rooms = [
+            await stack.enter_async_context(room(cpu_budget=1e-9, max_pace=0.05)) for _ in range(2 - mixed)
+        ]
+        udp = [await UdpPeer.open(r.key, r.port) for r in rooms for _ in range(2)]  # a sender, a receiver
+        stack.callback(lambda: [peer.close() for peer in udp])
+        ws = [await WsPeer.open(rooms[0].key, rooms[0].port)] if mixed else []
+        stack.push_async_callback(lambda: asyncio.gather(*(peer.aclose() for peer in ws)))
+        senders = udp[0::2] + ws
+        for i, peer in enumerate(udp + ws):
+            await peer.start(f"p{i}")
+        for _ in range(3):  # passes a window apart: the pacer has its readings, and paces
+            for peer in senders:
+                peer.send(m.Send(b"warm").encode())
+            await asyncio.sleep(WINDOW + 0.02)
+        pacer = for_loop(asyncio.get_running_loop())
+        assert pacer is not None and pacer.pacer.pace == 0.05
+        reads = [r.relay.counters.packets_in for r in rooms]
+        count = (lambda: (reads[0][UDP], reads[0][WS])) if mixed else (lambda: (reads[0][UDP], reads[1][UDP]))
+        marks: list[tuple[int, int]] = []
+        sleep = pacer._sleep
+
+        def marked(seconds: float) -> None:
+            marks.append(count())
+            sleep(seconds)
+
+        pacer._sleep = marked
+        stack.callback(setattr, pacer, "_sleep", sleep)
+
+        def send(peer: UdpPeer | WsPeer) -> None:
+            payloads = [peer.seal(m.Send(b"%d" % i).encode()) for i in range(80)]
+            if isinstance(peer, WsPeer):
+                assert peer.writer is not None
+                fd = peer.writer.get_extra_info("socket").fileno()
+                payloads = [client_frame(BINARY, p, b"mask") for p in payloads]
+            else:
+                assert peer.transport is not None
+                fd = peer.transport.get_extra_info("socket").fileno()
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                for packet in payloads:
+                    sock.sendall(packet)
+                    time.sleep(0.005)
+
+        threads = [threading.Thread(target=send, args=(peer,)) for peer in senders]
+        for t in threads:
+            t.start()
+        await udp[1].silence(0.6)
+        for t in threads:
+            t.join()
+    return [(a1 - a0, b1 - b0) for (a0, b0), (a1, b1) in itertools.pairwise(marks)]
+
+
+@pytest.mark.parametrize("mixed", [True, False], ids=["udp-and-websocket-members", "two-rooms-ports"])
+def test_a_paced_pass_reads_everything_ready_before_one_rest(mixed: bool) -> None:
+    """Two sources ready in one poll: both are read, then the pass rests once. Resting at the
+    end of the port's read left the other source to be read after the rest, and to rest again
+    at its own flush: the two took turns, one rest each, and each one's input waited up to two
+    paces (a room's WebSocket members, or a group process's other rooms)."""
+    rests = uvloop.run(_reads_per_rest(mixed))
+    busy = [(a, b) for a, b in rests if a or b]
+    assert len(busy) >= 6
+    both = [(a, b) for a, b in busy if a and b]
+    assert len(both) >= 0.7 * len(busy), rests
 
 
 def test_a_relay_on_asyncios_own_loop_does_not_pace() -> None:
