@@ -306,9 +306,7 @@ class Receiver:
             return
         buf = session.ws_in
         buf += data
-        held = len(m.held)
-        last_held = self.ws_frames(m, buf, 0)
-        if last_held and not buf and len(m.held) > held:
+        if self.ws_frames(m, buf, 0) and not buf:  # its last frame, held by this call, ended the read
             m.held_rx[-1] = rx_stamp(ancdata)
 
     def ws_frames(self, m: LoadMember, buf: bytearray, rx: int) -> bool:
