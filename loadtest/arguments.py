@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--search", type=positives, default=None, help="comma list of room counts tried for rooms per core"
     )
     p.add_argument("--search-seconds", type=float, default=None)
+    p.add_argument(
+        "--warmup-seconds", type=float, default=None, help="each step's first seconds, out of its latencies"
+    )
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--relay-cpus", default=None)
     p.add_argument("--load-cpus", default=None)

@@ -228,6 +228,7 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         c_per_room_cpu,
         floor_table,
         steal_cell,
+        warmup_note,
     )
 
     first = per_run[0]
@@ -331,6 +332,7 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         "",
         STEAL_NOTE,
         "",
+        *warmup_note(first),
         *(_c_per_room_note(per_run) if per_room else []),
         *floor_table(per_run),
         "Rooms per core (4 players x 20 Hz, UDP, added p99 <= 5 ms, no loss): "

@@ -98,7 +98,27 @@ def sample(pid: int) -> ProcSample | None:
     return ProcSample(time.monotonic(), cpu_s, rss_pages * PAGE_SIZE, fds, threads)
 
 
-def cpu_percent(before: ProcSample | None, after: ProcSample | None) -> float:
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """CPU seconds a process used so far, read at `at` (monotonic): all a step's CPU figure needs."""
+
+    at: float
+    cpu_s: float
+
+
+def cpu_sample(pid: int) -> CpuSample | None:
+    """`sample`'s CPU reading alone: one clock read, where `sample` opens /proc files. A harness
+    that reads hundreds of relays mid-step runs on the load core, and `sample`'s file reads for
+    250 relays (some 25 ms) held the senders back, whose catch-up burst then queued at the
+    relays as added latency (docs/architecture.md, "The rooms-per-core search")."""
+    ns = _cpu_clock_ns(pid)
+    if ns is None:
+        full = sample(pid)
+        return CpuSample(full.at, full.cpu_s) if full is not None else None
+    return CpuSample(time.monotonic(), ns / 1e9)
+
+
+def cpu_percent(before: ProcSample | CpuSample | None, after: ProcSample | CpuSample | None) -> float:
     """Share of one core used between two samples, in percent."""
     if before is None or after is None or after.at <= before.at:
         return 0.0

@@ -35,9 +35,9 @@ GS2_RELAYED = b"\x08\x80\x80\x80\x80\x03"  # a Container's first bytes: type BIN
 class Receiver:
     """A worker's receiving for the current step: what it counts by, samples and records against.
 
-    The worker sets `step`, `full`, `sample_every` and `msg_len` when it builds a step and
-    `start_ns` when the step starts; `by_index` finds a sender's recorded send times (a group's
-    members all live in one worker).
+    The worker sets `step`, `full`, `sample_every`, `msg_len` and `measure_from` when it builds
+    a step and `start_ns` when the step starts; `by_index` finds a sender's recorded send times (a
+    group's members all live in one worker).
     """
 
     def __init__(self, payload_size: int, batch: int) -> None:
@@ -49,6 +49,9 @@ class Receiver:
         self.full = False
         self.sample_every = 16
         self.start_ns = 0
+        self.measure_from = 0
+        """ns into the step: a message scheduled earlier (the step's warm-up) is counted, but its
+        latencies are not recorded."""
 
     def open_held(self, m: LoadMember) -> None:
         """Full mode, after the window: decrypts and records what was held, in arrival order."""
@@ -136,6 +139,7 @@ class Receiver:
         added = m.added
         added_counts = m.added_counts
         arrive = m.arrivals.arrive
+        measure_from = self.measure_from
         run_sender = run_at = -1
         delivered = 0
         i = 0
@@ -151,6 +155,10 @@ class Receiver:
             if magic != _MAGIC or mstep != step:
                 continue
             delivered += 1
+            if at < measure_from:
+                if track:
+                    arrive(sender, seq)
+                continue
             if not track:
                 latencies.append(now - base - at)
                 latency_counts.append(1)
@@ -180,14 +188,17 @@ class Receiver:
             if isinstance(msg, Message):
                 parsed = bot_payload.parse(msg.data)
                 if parsed and parsed[0] == step:
-                    latencies.append(now - base - parsed[3])
-                    latency_counts.append(1)
+                    timed = parsed[3] >= measure_from
+                    if timed:
+                        latencies.append(now - base - parsed[3])
+                        latency_counts.append(1)
                     if full:
                         m.delivered += 1
                     if track:
                         arrive(parsed[1], parsed[2])
-                        added.append(self.added_ns(parsed[1], parsed[2], rx))
-                        added_counts.append(1)
+                        if timed:
+                            added.append(self.added_ns(parsed[1], parsed[2], rx))
+                            added_counts.append(1)
             else:
                 m.session.handle_control(msg.encode())
 
@@ -203,13 +214,16 @@ class Receiver:
         if parsed is None or parsed[0] != self.step & 0xFFFF:
             return
         _, sender, seq, at = parsed
-        m.latencies.append(now - self.start_ns - at)
-        m.latency_counts.append(1)
+        timed = at >= self.measure_from
+        if timed:
+            m.latencies.append(now - self.start_ns - at)
+            m.latency_counts.append(1)
         if self.full:
             m.delivered += 1
             m.arrivals.arrive(sender, seq)
-            m.added.append(self.added_ns(sender, seq, rx))
-            m.added_counts.append(1)
+            if timed:
+                m.added.append(self.added_ns(sender, seq, rx))
+                m.added_counts.append(1)
 
     def gs2_frame(self, m: LoadMember, frame: bytes, rx: int) -> bool:
         """One binary message to a GS2 member: a relayed message is counted (sampled mode) or held

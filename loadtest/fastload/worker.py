@@ -73,13 +73,23 @@ class Worker:
 
     # ---- build ------------------------------------------------------------------------------
 
-    def build(self, step: int, rate_per_member: float, seconds: float, full: bool, sample_every: int) -> dict:
-        """Seals every packet of the step; timestamps are scheduled offsets from the step start."""
+    def build(
+        self,
+        step: int,
+        rate_per_member: float,
+        seconds: float,
+        full: bool,
+        sample_every: int,
+        warmup: float = 0.0,
+    ) -> dict:
+        """Seals every packet of the step; timestamps are scheduled offsets from the step start.
+        `warmup`: seconds at the step's start whose messages count but whose latencies do not."""
         t0 = time.monotonic()
         spec = self.spec
         self.rate, self.seconds, self.full = rate_per_member, seconds, full
         receiver = self.receiver
         receiver.step, receiver.full, receiver.sample_every = step, full, max(1, sample_every)
+        receiver.measure_from = int(warmup * 1e9)
         batch = spec.batch
         interval_ns = batch / rate_per_member * 1e9
         n_packets = max(1, math.ceil(rate_per_member * seconds / batch))

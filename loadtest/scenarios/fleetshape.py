@@ -57,6 +57,7 @@ class FleetShapeConfig:
     search: tuple[int, ...] = (100, 150, 200, 250, 300, 400)  # rooms tried for rooms per core (UDP)
     search_down: tuple[int, ...] = (75, 50, 25, 10)  # tried, largest first, when the first fails
     search_seconds: float = 5.0
+    warmup_seconds: float = 0.5  # of each step, its latencies not recorded (warmup_note)
     p99_limit_ms: float = 5.0
     baseline: bool = True
     rooms_per_process: int = 1  # > 1: the rooms-per-process tier (relay/host/group_spawner.py)
@@ -71,6 +72,7 @@ class FleetShapeConfig:
             "search": (2, 4),
             "search_down": (1,),
             "search_seconds": 1.0,
+            "warmup_seconds": 0.2,
             "baseline": False,
         }
         base.update(kw)
@@ -80,7 +82,8 @@ class FleetShapeConfig:
 def measure(
     config: FleetShapeConfig, rooms: int, transport: str, seconds: float, live: Live
 ) -> dict[str, Any]:
-    """One timed step of `rooms` relays at 4 x hz each; every packet stamped (full mode)."""
+    """One timed step of `rooms` relays at 4 x hz each; every packet stamped (full mode), the
+    first `warmup_seconds` out of its latencies (warmup_note)."""
     overrides = {"keepalive_timeout": 120.0, "idle_timeout": 600.0}  # set-up is slow at 400 rooms
     relays = SpawnedRelays(
         rooms,
@@ -106,7 +109,8 @@ def measure(
         offered = rooms * GROUP_SIZE * config.hz
         pids = set(r.pid for r in relays.relays)  # rooms may share a process
         switches_before = sum(context_switches(pid) for pid in pids)
-        step = load.step(1, offered, seconds, True, live, [])
+        warmup = min(config.warmup_seconds, seconds / 2)
+        step = load.step(1, offered, seconds, True, live, [], warmup=warmup)
         switches = sum(context_switches(pid) for pid in pids) - switches_before
     finally:
         if load is not None:
@@ -131,6 +135,7 @@ def measure(
         "cpu_us_per_message_in": round(cpu / 100 * seconds / sent * 1e6, 2) if sent else None,
         "context_switches_per_message_in": round(switches / sent, 3) if sent else None,
         "added": step["added_latency"],
+        "warmup_seconds": warmup,  # the latencies' window starts this long into the step
         "end_to_end": step["latency"],
         "caps": relays.caps,
     }
@@ -152,6 +157,24 @@ STEAL_NOTE = (
     "machine, not the relay."
 )
 """What the steal column says (the fleet-shape summary and BENCHMARKS.md)."""
+
+
+def warmup_note(results: dict[str, Any]) -> list[str]:
+    """What the warm-up leaves out (the fleet-shape summary and BENCHMARKS.md); none for results
+    measured without one."""
+    warmup = max((r.get("warmup_seconds", 0.0) for r in results["shape"].values()), default=0.0)
+    if not warmup:
+        return []
+    return [
+        "*Warm-up*: every step starts all its rooms at one instant, after seconds of silence while "
+        "the load sealed the step's packets, and each relay's first pass then does its due "
+        "periodic work (the caps guard's look, the pacer's CPU reading) on a cold cache: at 250 "
+        "rooms that held the relay core for some 50 ms, packets waiting up to 33 ms (`perf sched "
+        "timehist`, docs/architecture.md). A host's rooms do not start together, so the latency "
+        f"columns leave out the messages sent in each step's first {warmup:g} s; its losses and "
+        "the relays' CPU are counted.",
+        "",
+    ]
 
 
 def _held(config: FleetShapeConfig, result: dict[str, Any]) -> bool:
@@ -377,6 +400,7 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
         "",
         STEAL_NOTE,
         "",
+        *warmup_note(results),
         *floor_table([results]),
         f"## Rooms per core (4 players x {config.hz:g} Hz, UDP): "
         f"added p99 <= {config.p99_limit_ms:g} ms, no loss",
@@ -416,6 +440,7 @@ def config_from_args(args: Any) -> FleetShapeConfig:
         "hz",
         "step_seconds",
         "search_seconds",
+        "warmup_seconds",
         "relay_cpus",
         "load_cpus",
         "workers",

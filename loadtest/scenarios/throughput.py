@@ -52,7 +52,7 @@ from loadtest import baseline as c_baseline
 from loadtest import hist as hdr
 from loadtest.fastload.spec import GroupSpec, WorkerSpec
 from loadtest.fastload.worker import worker_main
-from loadtest.machine import busy_percent, cpu_percent, cpu_times, parse_cpus, pin, sample, steal_percent
+from loadtest.machine import busy_percent, cpu_percent, cpu_sample, cpu_times, parse_cpus, pin, steal_percent
 from loadtest.progress import Live
 from loadtest.relayhost import RelayProcess
 from loadtest.report import Report
@@ -229,15 +229,24 @@ class Load:
         return conn.recv()
 
     def relay_samples(self) -> list[Any]:
-        return [sample(pid) for pid in dict.fromkeys(r.pid for r in self.relays)]  # rooms may share one
+        return [cpu_sample(pid) for pid in dict.fromkeys(r.pid for r in self.relays)]  # rooms may share one
 
     def load_samples(self) -> list[Any]:
-        return [sample(p.pid) for p in self.procs] + [sample(os.getpid())]
+        return [cpu_sample(p.pid) for p in self.procs] + [cpu_sample(os.getpid())]
 
     def step(
-        self, step: int, offered: float, seconds: float, full: bool, live: Live, timeline: list[dict]
+        self,
+        step: int,
+        offered: float,
+        seconds: float,
+        full: bool,
+        live: Live,
+        timeline: list[dict],
+        warmup: float = 0.0,
     ) -> dict[str, Any]:
-        """One timed step at `offered` messages/s in total; returns its aggregated figures."""
+        """One timed step at `offered` messages/s in total; returns its aggregated figures.
+        `warmup`: the latencies of messages sent in the step's first seconds are not recorded
+        (their loss and the relays' CPU are)."""
         c = self.config
         rate_per_member = offered / self.members
         for conn in self.conns:
@@ -250,6 +259,7 @@ class Load:
                         "seconds": seconds,
                         "full": full,
                         "sample_every": c.sample_every,
+                        "warmup": warmup,
                     },
                 )
             )

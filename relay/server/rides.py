@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 import weakref
 from collections.abc import Callable
@@ -68,10 +69,22 @@ together PING together, so a quiet room's passes come in a burst every 2 s. A ri
 this long beyond its time catches the next burst."""
 
 
+SPREAD = 0.25
+"""`pass_after` waits `least` give or take this share of it, at random. Its callers are periodic
+(the caps guard each second, the agent's heartbeat), and a periodic ride stays where it fell:
+the rooms of a host that started together, or fell silent and resumed together, looked and
+heartbeated in the same few milliseconds of every second from then on, each look some 100 us
+of cold CPU, so 300 rooms' looks held the core for tens of milliseconds once a second
+(docs/architecture.md, "The rooms-per-core search"). The spread scatters them within a few
+periods, and keeps the mean period."""
+
+
 async def pass_after(least: float, most: float | None = None) -> bool:
-    """Returns at the end of the loop's first pass `least` seconds from now or later (True), or
-    `most` seconds from now (default `least` + QUIET_PASS) where none came by then (False): a
-    periodic task's sleep that wakes the process only where nothing else did."""
+    """Returns at the end of the loop's first pass `least` seconds (give or take SPREAD of it)
+    from now or later (True), or `most` seconds from now (default that wait plus QUIET_PASS)
+    where none came by then (False): a periodic task's sleep that wakes the process only where
+    nothing else did."""
+    least *= random.uniform(1 - SPREAD, 1 + SPREAD)
     if most is None:
         most = least + QUIET_PASS
     loop = asyncio.get_running_loop()

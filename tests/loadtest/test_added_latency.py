@@ -127,6 +127,27 @@ def test_full_step_reports_added_and_end_to_end_latency(transport: str) -> None:
         assert 0 < added["p50_ms"] <= e2e["p50_ms"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["udp", "gs2"])
+def test_a_steps_warm_up_is_counted_but_not_timed(transport: str) -> None:
+    """fleet-shape starts every room at once after seconds of silence (WARMUP_NOTE): the first
+    `warmup` seconds' messages count as delivered or lost, and only the rest are timed."""
+    config = throughput.ThroughputConfig.quick(transports=(transport,), baseline=False, drain_seconds=0.3)
+    load = throughput.Load(config, transport, "test")
+    try:
+        with Live("test", total=1.0, enabled=False) as live:
+            step = load.step(1, 2000.0, 0.8, True, live, [], warmup=0.4)
+    finally:
+        load.close()
+    assert step["lost"] == 0 and step["delivered"] == step["due_deliveries"]
+    timed = step["latency"]["count"]
+    assert 0.35 * step["delivered"] <= timed <= 0.65 * step["delivered"]  # the second half's
+    if transport == "udp":
+        assert step["added_latency"]["count"] == timed
+    else:  # a sample of those (one frame a read)
+        assert 0 < step["added_latency"]["count"] <= timed
+
+
 def test_a_gs2_read_stamps_its_last_frame_only_where_the_read_ends_with_it(
     tcp_pair: tuple[socket.socket, socket.socket],
 ) -> None:

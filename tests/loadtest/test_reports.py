@@ -373,6 +373,11 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
     assert row["added p99.9 ms per run"] == "3, 3, 96.4"
     assert row["relay core steal % per run"] == "0.0, 0.5, -"
     assert fleetshape.STEAL_NOTE in lines
+    assert not any(line.startswith("*Warm-up*") for line in lines)  # runs measured without one
+    runs[0]["shape"]["udp"]["warmup_seconds"] = 0.5
+    warm = benchmarks._fleet_shape_section(runs)
+    assert [line for line in warm if line.startswith("*Warm-up*")] == fleetshape.warmup_note(runs[0])[:1]
+    assert "first 0.5 s" in fleetshape.warmup_note(runs[0])[0]
     note = next(line for line in lines if line.startswith("*C relay, a process per room*"))
     assert "56 us of CPU and 1.00 context switches" in note and "1.50x the one C process" in note
     assert "(per run: 1.50, 1.00, 2.00)" in note

@@ -28,6 +28,7 @@ from loadtest.machine import (
     context_switches,
     cpu_ns,
     cpu_percent,
+    cpu_sample,
     cpu_times,
     machine_info,
     parse_cpus,
@@ -35,6 +36,7 @@ from loadtest.machine import (
     steal_percent,
 )
 from loadtest.report import Report, plot_histogram, plot_latency_cdf, plot_timeseries
+from loadtest.scenarios import fleetshape
 from loadtest.streams import RecipientStats, SenderStream, account
 from relay.protocol.messages import encode_message
 
@@ -183,6 +185,15 @@ def test_a_processs_cpu_is_read_exactly_with_its_ended_threads() -> None:
     high = time.process_time()
     assert me is not None and low <= me.cpu_s <= high  # ticks would read up to 10 ms low
     assert low * 1e9 <= cpu_ns(os.getpid()) <= time.process_time() * 1e9
+    light = cpu_sample(os.getpid())  # what a step reads of hundreds of relays: the clock alone
+    assert light is not None and high <= light.cpu_s <= time.process_time()
+    assert cpu_percent(me, light) >= 0 and cpu_sample(2**22 + 12345) is None  # no such process
+
+
+def test_fleet_shape_takes_its_warm_up_from_the_command_line() -> None:
+    args = build_parser().parse_args(["fleet-shape", "--warmup-seconds", "0"])
+    assert fleetshape.config_from_args(args).warmup_seconds == 0.0
+    assert fleetshape.config_from_args(build_parser().parse_args(["fleet-shape"])).warmup_seconds == 0.5
 
 
 def test_report_writes_json_markdown_and_plots(tmp_path) -> None:

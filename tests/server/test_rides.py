@@ -79,6 +79,28 @@ async def test_a_task_sleeping_for_a_pass_wakes_on_the_first_after_its_time_or_o
     assert rides.due == math.inf
 
 
+async def test_a_periodic_wait_is_spread_so_rooms_that_started_together_drift_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each wait is its period give or take SPREAD of it, at random: here the shortest draw,
+    so a pass at 0.8 of the period ends it."""
+    loop = asyncio.get_running_loop()
+    riding = for_loop(loop)
+    draws: list[tuple[float, float]] = []
+
+    def shortest(low: float, high: float) -> float:
+        draws.append((low, high))
+        return low
+
+    monkeypatch.setattr(rides.random, "uniform", shortest)
+    start = time.monotonic()
+    loop.call_later(0.08, lambda: riding.run(time.monotonic()))  # a relay's pass at 0.08
+    assert await pass_after(0.1, 0.5)
+    assert 0.07 <= time.monotonic() - start < 0.1
+    assert draws == [(1 - rides.SPREAD, 1 + rides.SPREAD)]
+    assert riding.due == math.inf
+
+
 class _Counting:
     """A reading of the guard's (memory or CPU), counting the looks that read it."""
 
