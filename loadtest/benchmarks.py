@@ -338,9 +338,23 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
         "Rooms per core (4 players x 20 Hz, UDP, added p99 <= 5 ms, no loss): "
         f"**{median([r or 0 for r in rooms]) or 'none of those tried'}** (median; per run: "
         + ", ".join(str(r) if r else "none tried held" for r in rooms)
-        + ")",
+        + ")"
+        + _stolen_note(per_run),
         "",
     ]
+
+
+def _stolen_note(per_run: list[dict[str, Any]]) -> str:
+    """How many search steps were measured again after steal (fleetshape.search), if any."""
+    from loadtest.scenarios.fleetshape import STOLEN_RULE
+
+    stolen = [
+        f"{r['rooms']} rooms in run {k}"
+        for k, run in enumerate(per_run, 1)
+        for r in run.get("search", ())
+        if r.get("stolen")
+    ]
+    return f". {STOLEN_RULE} Measured again: {', '.join(stolen)}" if stolen else ""
 
 
 def _c_per_room_note(per_run: list[dict[str, Any]]) -> list[str]:

@@ -22,6 +22,7 @@ x 20 Hz whose added p99 stays at or under `p99_limit_ms` with no loss.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -182,6 +183,48 @@ def _held(config: FleetShapeConfig, result: dict[str, Any]) -> bool:
     return result["lost"] == 0 and p99 is not None and p99 <= config.p99_limit_ms
 
 
+STOLEN_PERCENT = 0.5
+"""Steal on the relay core (% of a search step) at which a step that failed is measured once
+more. A 5 s step that lost 25 ms of its core to the hypervisor (0.5%) queues every relay's
+packets behind that gap, enough to set the p99 (bench-s43 and s44: each failing step that read
+2.0% steal had a p99 of 57-67 ms at 34-63% of the core, where its neighbours held)."""
+
+
+STOLEN_RULE = (
+    f"A step that failed with {STOLEN_PERCENT:g}% or more of the relay core stolen by the "
+    "hypervisor was measured once more, and the second measurement counts."
+)
+
+
+def search(config: FleetShapeConfig, step: Callable[[int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rooms per core's steps: `config.search` upwards while they hold, else `search_down`
+    downwards until one does; `step(rooms)` measures one. A step that failed with
+    STOLEN_PERCENT or more steal on the relay core is measured again, and the second counts:
+    both are returned, the first marked `stolen`, so the table shows why."""
+
+    def held(rooms: int) -> dict[str, Any]:
+        result = step(rooms)
+        result["held"] = _held(config, result)
+        if not result["held"] and (result.get("relay_core_steal_percent") or 0.0) >= STOLEN_PERCENT:
+            result["stolen"] = True
+            steps.append(result)
+            result = step(rooms)
+            result["held"] = _held(config, result)
+        steps.append(result)
+        return result
+
+    steps: list[dict[str, Any]] = []
+    for rooms in config.search:
+        if not held(rooms)["held"]:
+            break
+    if steps and not any(r["held"] for r in steps):
+        # the first size failed: the figure is still a number, found below it
+        for rooms in (r for r in config.search_down if r < config.search[0]):
+            if held(rooms)["held"]:
+                break
+    return steps
+
+
 def run(config: FleetShapeConfig, report: Report, progress: bool | None = None) -> dict[str, Any]:
     pin(parse_cpus(config.load_cpus))
     results: dict[str, Any] = {"shape": {}, "search": []}
@@ -222,21 +265,13 @@ def run(config: FleetShapeConfig, report: Report, progress: bool | None = None) 
                 for relay in FLOOR_RELAYS
                 if relay != "c-aead" or config.rooms_per_process == 1  # the C relay serves one room
             }
-        for rooms in config.search:
+
+        def step(rooms: int) -> dict[str, Any]:
             result = measure(config, rooms, "udp", config.search_seconds, live)
-            result["held"] = _held(config, result)
-            results["search"].append(result)
             live.update(advance=1)
-            if not result["held"]:
-                break
-        if results["search"] and not any(r["held"] for r in results["search"]):
-            # the first size failed: the figure is still a number, found below it
-            for rooms in (r for r in config.search_down if r < config.search[0]):
-                result = measure(config, rooms, "udp", config.search_seconds, live)
-                result["held"] = _held(config, result)
-                results["search"].append(result)
-                if result["held"]:
-                    break
+            return result
+
+        results["search"] = search(config, step)
     held = [r["rooms"] for r in results["search"] if r["held"]]
     results["rooms_per_core"] = max(held) if held else None
     report.config = asdict(config)
@@ -336,6 +371,12 @@ def steal_cell(share: float | None) -> str:
     return "-" if share is None else f"{share:.1f}"
 
 
+def _held_cell(result: dict[str, Any]) -> str:
+    if result["held"]:
+        return "yes"
+    return "no: steal, measured again" if result.get("stolen") else "no"
+
+
 def _lat(summary: dict[str, Any]) -> str:
     if not summary.get("count"):
         return "-"
@@ -406,20 +447,21 @@ def markdown(config: FleetShapeConfig, results: dict[str, Any]) -> list[str]:
         f"added p99 <= {config.p99_limit_ms:g} ms, no loss",
         "",
         *table(
-            ["rooms", "relay CPU %", "added p50 / p99 / p99.9 ms", "lost", "held"],
+            ["rooms", "relay CPU %", "added p50 / p99 / p99.9 ms", "lost", "relay core steal %", "held"],
             [
                 [
                     r["rooms"],
                     r["relay_cpu_percent"],
                     _lat(r["added"]),
                     r["lost"],
-                    "yes" if r["held"] else "no",
+                    steal_cell(r.get("relay_core_steal_percent")),
+                    _held_cell(r),
                 ]
                 for r in results["search"]
             ],
         ),
         "",
-        f"Rooms per core: **{results['rooms_per_core'] or 'none of those tried'}**.",
+        f"Rooms per core: **{results['rooms_per_core'] or 'none of those tried'}**. {STOLEN_RULE}",
     ]
     return md
 

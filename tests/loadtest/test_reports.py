@@ -374,6 +374,11 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
     assert row["relay core steal % per run"] == "0.0, 0.5, -"
     assert fleetshape.STEAL_NOTE in lines
     assert not any(line.startswith("*Warm-up*") for line in lines)  # runs measured without one
+    rooms_line = next(line for line in lines if line.startswith("Rooms per core"))
+    assert rooms_line.endswith("(median; per run: 10, 10, 10)")  # no step measured again
+    runs[2]["search"] = [{"rooms": 150, "stolen": True}, {"rooms": 150}]
+    rooms_line = next(line for line in benchmarks._fleet_shape_section(runs) if line.startswith("Rooms"))
+    assert rooms_line.endswith(f"10). {fleetshape.STOLEN_RULE} Measured again: 150 rooms in run 3")
     runs[0]["shape"]["udp"]["warmup_seconds"] = 0.5
     warm = benchmarks._fleet_shape_section(runs)
     assert [line for line in warm if line.startswith("*Warm-up*")] == fleetshape.warmup_note(runs[0])[:1]

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,6 +189,41 @@ def test_a_processs_cpu_is_read_exactly_with_its_ended_threads() -> None:
     light = cpu_sample(os.getpid())  # what a step reads of hundreds of relays: the clock alone
     assert light is not None and high <= light.cpu_s <= time.process_time()
     assert cpu_percent(me, light) >= 0 and cpu_sample(2**22 + 12345) is None  # no such process
+
+
+def test_the_rooms_per_core_search_measures_a_step_lost_to_steal_again() -> None:
+    """A failing step with the relay core stolen (bench-s43: 150 rooms, p99 57 ms at 34% of the
+    core, 2.0% steal) is measured once more and the second counts; a failure without steal
+    ends the search, and a stolen step that fails again is not measured a third time."""
+    config = fleetshape.FleetShapeConfig(search=(100, 150, 200, 250), search_down=(50,))
+    lat = {"count": 10, "p50_ms": 0.1, "p99.9_ms": 9.0}
+
+    def searched(outcomes: list[tuple[float, float]]) -> list[tuple[int, bool, bool]]:
+        left = iter(outcomes)
+
+        def step(rooms: int) -> dict[str, Any]:
+            p99, steal = next(left)
+            added = lat | {"p99_ms": p99}
+            return {"rooms": rooms, "lost": 0, "added": added, "relay_core_steal_percent": steal}
+
+        steps = fleetshape.search(config, step)
+        assert next(left, None) is None  # every outcome used, no step more
+        return [(r["rooms"], r["held"], r.get("stolen", False)) for r in steps]
+
+    assert searched([(0.2, 0.0), (57.0, 2.0), (0.3, 0.0), (4.0, 0.1), (9.0, 0.0)]) == [
+        (100, True, False),
+        (150, False, True),
+        (150, True, False),
+        (200, True, False),
+        (250, False, False),
+    ]
+    assert searched([(0.2, 0.0), (57.0, 0.4)]) == [(100, True, False), (150, False, False)]  # under the line
+    assert searched([(0.2, 0.0), (57.0, 2.0), (9.0, 1.0)]) == [
+        (100, True, False),
+        (150, False, True),
+        (150, False, False),
+    ]
+    assert searched([(60.0, 0.0), (0.3, 0.0)]) == [(100, False, False), (50, True, False)]  # below the first
 
 
 def test_fleet_shape_takes_its_warm_up_from_the_command_line() -> None:
