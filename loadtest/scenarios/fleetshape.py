@@ -168,10 +168,11 @@ def warmup_note(results: dict[str, Any]) -> list[str]:
         return []
     return [
         "*Warm-up*: every step starts all its rooms at one instant, after seconds of silence while "
-        "the load sealed the step's packets, and each relay's first pass then does its due "
-        "periodic work (the caps guard's look, the pacer's CPU reading) on a cold cache: at 250 "
-        "rooms that held the relay core for some 50 ms, packets waiting up to 33 ms (`perf sched "
-        "timehist`, docs/architecture.md). A host's rooms do not start together, so the latency "
+        "the load sealed the step's packets, and each relay's first passes are dear: a cold cache, "
+        "and the periodic work that fell due in the silence (the caps guard's look, the pacer's CPU "
+        "reading). At 250 rooms the first wake-ups cost some 150 us each against 25 in play and "
+        "held the relay core for 50-80 ms, packets waiting up to 33-53 ms (`perf sched timehist`, "
+        "docs/architecture.md). A host's rooms do not start together, so the latency "
         f"columns leave out the messages sent in each step's first {warmup:g} s; its losses and "
         "the relays' CPU are counted.",
         "",
