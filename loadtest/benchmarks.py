@@ -344,6 +344,23 @@ def _fleet_shape_section(per_run: list[dict[str, Any]], rooms_per_process: int =
     ]
 
 
+def _same_rate_note(per_run: list[dict[str, Any]]) -> str:
+    """GS2 against WebSocket at one offered rate per run (throughput.gs2_vs_ws_same_rate): GS2's
+    highest step is its load generator's limit, so the ratio above compares two loads."""
+    same = [r.get("gs2_vs_ws_same_rate") for r in per_run]
+    ratios = [s["ratio"] for s in same if s]
+    if not ratios:
+        return ""
+    return (
+        " GS2's highest step can be its load generator's limit (its bots read a frame a message), "
+        "not the relay's: at one offered rate, the highest step both delivered in full with neither "
+        "load process busy, GS2 "
+        f"was at {median(ratios):.2f}x (per run: "
+        + ", ".join(f"{s['ratio']:.2f} at {s['delivered_per_s']:,.0f}/s" if s else "-" for s in same)
+        + ")."
+    )
+
+
 def _stolen_note(per_run: list[dict[str, Any]]) -> str:
     """How many search steps were measured again after steal (fleetshape.search), if any."""
     from loadtest.scenarios.fleetshape import STOLEN_RULE
@@ -444,7 +461,8 @@ def _throughput_section(per_run: list[dict[str, Any]]) -> list[str]:
             f"GS2 game clients ([docs/gs2-clients.md](docs/gs2-clients.md)): relay CPU per delivered message "
             f"at saturation {median(gs2):.2f}x the WebSocket path's, in the same run (per run: "
             + ", ".join(f"{x:.2f}" if x else "-" for x in gs2)
-            + "; the target is at most 1.3x).",
+            + "; the target is at most 1.3x)."
+            + _same_rate_note(per_run),
             "",
         ]
         if any(gs2)

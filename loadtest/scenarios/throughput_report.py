@@ -133,6 +133,18 @@ def _gs2_line(results: dict[str, Any]) -> list[str]:
         "",
         f"Relay CPU per delivered message {where}: GS2 {t['gs2']['cpu_us_per_delivered']:.2f} us, "
         f"WebSocket {t['ws']['cpu_us_per_delivered']:.2f} us: GS2 at {ratio:.2f}x (target <= 1.3x).",
+        *_same_rate_line(results.get("gs2_vs_ws_same_rate")),
+    ]
+
+
+def _same_rate_line(same: dict[str, float] | None) -> list[str]:
+    """The same two at one offered rate (throughput.gs2_vs_ws_same_rate)."""
+    if not same:
+        return []
+    return [
+        f"At one offered rate, the highest step both delivered in full with neither load process "
+        f"busy ({same['delivered_per_s']:,.0f} messages/s delivered): GS2 {same['gs2_us']:.2f} us, "
+        f"WebSocket {same['ws_us']:.2f} us a delivered message, GS2 at {same['ratio']:.2f}x.",
     ]
 
 

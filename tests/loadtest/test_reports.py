@@ -396,6 +396,37 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
         assert not any("a process per room" in line for line in lines)
 
 
+def test_gs2_is_set_beside_websocket_at_one_offered_rate_too() -> None:
+    """GS2's highest step is its load generator's limit: the saturation ratio compares it with a
+    saturated WebSocket relay, so the report also compares both at the highest rate that both
+    delivered in full with neither load process busy (bench-s44: 2.55x at the top, 1.54x so)."""
+    config = throughput.ThroughputConfig()
+
+    def step(offered: float, cpu: float, load: float, short: bool = False) -> dict[str, Any]:
+        delivered = 3 * offered * (0.5 if short else 1.0)
+        return {
+            "offered_per_s": offered,
+            "delivered_per_s": delivered,
+            "relay_cpu_percent": cpu,
+            "load_cpu_percent": load,
+            "fell_short": short,
+        }
+
+    ws = {"steps": [step(1e5, 30.0, 40.0), step(2e5, 50.0, 60.0), step(4e5, 95.0, 90.0)]}
+    gs2 = {"steps": [step(1e5, 45.0, 60.0), step(2e5, 80.0, 90.0), step(4e5, 50.0, 99.0, short=True)]}
+    same = throughput.gs2_vs_ws_same_rate({"ws": ws, "gs2": gs2}, config)
+    assert same is not None and same["offered_per_s"] == 2e5  # 4e5: GS2's bots were the limit
+    assert same["ratio"] == pytest.approx(80.0 / 50.0)
+    gs2["steps"][1]["load_cpu_percent"] = 96.0  # the bots busy at 2e5 too: the step below
+    same = throughput.gs2_vs_ws_same_rate({"ws": ws, "gs2": gs2}, config)
+    assert same is not None and same["offered_per_s"] == 1e5 and same["ratio"] == pytest.approx(1.5)
+    assert throughput.gs2_vs_ws_same_rate({"ws": ws}, config) is None
+    runs: list[dict[str, Any]] = [{"gs2_vs_ws_same_rate": same}, {"gs2_vs_ws_same_rate": None}]
+    note = benchmarks._same_rate_note(runs)
+    assert "GS2 was at 1.50x (per run: 1.50 at 300,000/s, -)." in note
+    assert benchmarks._same_rate_note([{}]) == ""
+
+
 def test_the_floor_table_sets_the_relay_beside_what_it_cannot_go_below() -> None:
     """Under the deployed-shape table: the C relay (one process, a process per room, and with the
     relay's AES-GCM), the interpreter's floor without and with it, and the relay itself at the

@@ -69,6 +69,10 @@ def test_throughput_quick_udp_ws_and_gs2(tmp_path: Path) -> None:
     gs2 = results["transports"]["gs2"]["half_load"]
     assert gs2["datagrams_in"] == gs2["delivered"]
     assert results["gs2_cpu_vs_ws"] is not None and results["gs2_cpu_vs_ws"] > 0
+    same = results["gs2_vs_ws_same_rate"]  # and at one rate that both served in full
+    assert same is not None and same["ratio"] > 0
+    for name in ("ws", "gs2"):
+        assert same["offered_per_s"] in [s["offered_per_s"] for s in results["transports"][name]["steps"]]
 
 
 def test_nano_quick(tmp_path: Path) -> None:
