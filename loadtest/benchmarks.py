@@ -362,7 +362,7 @@ def _same_rate_note(per_run: list[dict[str, Any]]) -> str:
 
 
 def _stolen_note(per_run: list[dict[str, Any]]) -> str:
-    """How many search steps were measured again after steal (fleetshape.search), if any."""
+    """Which search steps were measured again after steal (fleetshape.search), if any."""
     from loadtest.scenarios.fleetshape import STOLEN_RULE
 
     stolen = [
