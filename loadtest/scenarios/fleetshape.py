@@ -203,6 +203,8 @@ def search(config: FleetShapeConfig, step: Callable[[int], dict[str, Any]]) -> l
     STOLEN_PERCENT or more steal on the relay core is measured again, and the second counts:
     both are returned, the first marked `stolen`, so the table shows why."""
 
+    steps: list[dict[str, Any]] = []
+
     def held(rooms: int) -> dict[str, Any]:
         result = step(rooms)
         result["held"] = _held(config, result)
@@ -214,7 +216,6 @@ def search(config: FleetShapeConfig, step: Callable[[int], dict[str, Any]]) -> l
         steps.append(result)
         return result
 
-    steps: list[dict[str, Any]] = []
     for rooms in config.search:
         if not held(rooms)["held"]:
             break

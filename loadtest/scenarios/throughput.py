@@ -547,6 +547,12 @@ def load_bound(step: dict[str, Any], config: ThroughputConfig) -> bool:
     return step.get("load_cpu_percent", 0.0) / max(1, config.workers) >= config.load_bound_cpu
 
 
+def cpu_us_per_delivered(step: dict[str, Any]) -> float | None:
+    """Relay CPU per delivered message of a step, in us; None for a step that delivered none."""
+    delivered = step["delivered_per_s"]
+    return step["relay_cpu_percent"] / 100 / delivered * 1e6 if delivered else None
+
+
 def gs2_vs_ws_same_rate(transports: dict[str, Any], config: ThroughputConfig) -> dict[str, float] | None:
     """GS2 clients' relay CPU per delivered message against native WebSocket's at one offered
     rate: the highest step that both delivered in full with neither load process busy
@@ -566,7 +572,8 @@ def gs2_vs_ws_same_rate(transports: dict[str, Any], config: ThroughputConfig) ->
     if not both:
         return None
     g, w = max(both, key=lambda pair: pair[0]["offered_per_s"])
-    gs2_us, ws_us = (s["relay_cpu_percent"] / 100 / s["delivered_per_s"] * 1e6 for s in (g, w))
+    gs2_us, ws_us = cpu_us_per_delivered(g), cpu_us_per_delivered(w)
+    assert gs2_us and ws_us  # usable: both delivered
     return {
         "offered_per_s": g["offered_per_s"],
         "delivered_per_s": g["delivered_per_s"],
@@ -668,10 +675,7 @@ def run(config: ThroughputConfig, report: Report, progress: bool | None = None) 
         t["ratio_to_baseline"] = t["saturation"]["delivered_per_s"] / base_rate if base_rate else None
         kept = t["sustained"]["delivered_per_s"]
         t["sustained_ratio_to_baseline"] = kept / base_rate if base_rate and kept else None
-        sat = t["saturation"]
-        t["cpu_us_per_delivered"] = (
-            sat["relay_cpu_percent"] / 100 / sat["delivered_per_s"] * 1e6 if sat["delivered_per_s"] else None
-        )
+        t["cpu_us_per_delivered"] = cpu_us_per_delivered(t["saturation"])
     ws, gs2 = (results["transports"].get(name, {}).get("cpu_us_per_delivered") for name in ("ws", "gs2"))
     results["gs2_cpu_vs_ws"] = gs2 / ws if ws and gs2 else None  # the target: at most 1.3
     results["gs2_vs_ws_same_rate"] = gs2_vs_ws_same_rate(results["transports"], config)

@@ -73,10 +73,10 @@ SPREAD = 0.25
 """`pass_after` waits `least` give or take this share of it, at random. Its callers are periodic
 (the caps guard each second, the agent's heartbeat), and a periodic ride stays where it fell:
 the rooms of a host that started together, or fell silent and resumed together, looked and
-heartbeated in the same few milliseconds of every second from then on, each look some 100 us
-of cold CPU, so 300 rooms' looks held the core for tens of milliseconds once a second
-(docs/architecture.md, "The rooms-per-core search"). The spread scatters them within a few
-periods, and keeps the mean period."""
+heartbeated in the same few milliseconds of every second from then on, and at 250 rooms on a
+core packets waited 1-2 ms for it once a second (`perf sched`, docs/architecture.md, "The
+rooms-per-core search"). The spread scatters them within a few periods, and keeps the mean
+period."""
 
 
 async def pass_after(least: float, most: float | None = None) -> bool:
