@@ -135,6 +135,11 @@ typedef struct {
     unsigned char *in;
     Py_ssize_t in_len, in_cap;
     PyObject *gs2; /* a GS2 client's (kind GS2): its wire.Recipient, whose `seq` numbers its Containers */
+    /* a GS2 client's: each queued message's HMAC (32 bytes, in `lens`' order), made once per message
+     * when it was queued rather than once per recipient at the flush */
+    unsigned char *macs;
+    Py_ssize_t macs_cap;
+    double seen_at; /* the read that last set its session's last_seen (a read's packets share one time) */
 } Entry;
 
 enum { KIND_UDP = 0, KIND_WS = 1, KIND_GS2 = 2 }; /* relay/server/transport.py's, counters' index */
@@ -154,6 +159,7 @@ static void Entry_dealloc(Entry *self) {
     Py_XDECREF(self->transport);
     Py_XDECREF(self->gs2);
     PyMem_Free(self->in);
+    PyMem_Free(self->macs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -217,6 +223,10 @@ typedef struct {
     unsigned char *packets; /* the pass's sealed packets, back to back */
     Py_ssize_t packets_cap;
     unsigned long long fast, punted; /* datagrams taken here, and handed to the room */
+    /* packets, bytes and messages in of a read's taken packets, by transport kind, not yet added
+     * to the counters: added once a read (`count_pending`), before anything else may read them */
+    long long pending[3][3];
+    int pending_any;
     int reading;                     /* in read(): close() waits for its end, a nested read() is refused */
     int closing;                     /* close() came during read() */
     PyObject *stop_type, *stop_value, *stop_tb; /* a KeyboardInterrupt or SystemExit met in read() */
@@ -224,6 +234,7 @@ typedef struct {
     double bounds[16];               /* relay_fanout_seconds' bucket bounds (metrics.FANOUT_BOUNDS) */
     int nbounds;
     double batch_start;
+    double active_at; /* the read that last set the room's last_activity */
     Py_ssize_t ws_max_payload, ws_max_plaintext, ws_send_buffer; /* 0: no WebSocket members here */
     PyObject *ws_hooks;    /* what runs at the end of a pass's WebSocket reads, as `hooks` at a datagram read's */
     PyObject *ws_schedule; /* schedules ws_flush() for the end of the event loop's pass */
@@ -234,10 +245,8 @@ typedef struct {
     SHA256_CTX gs2_inner, gs2_outer;
     double gs2_started;
     Py_ssize_t gs2_max_size; /* 0: no GS2 clients here */
-    /* the last value signed and its HMAC: a message's value is the same for each GS2 recipient */
-    unsigned char *gs2_value, gs2_mac[32];
-    Py_ssize_t gs2_value_len, gs2_value_cap;
-    int gs2_signed; /* gs2_value and gs2_mac hold a pair */
+    unsigned char *gs2_value; /* where a message's Container value is built to be signed */
+    Py_ssize_t gs2_value_cap;
 } Lane;
 
 static double monotonic_now(void) {
@@ -264,6 +273,7 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->nbounds = 0;
+    self->active_at = -1.0;
     if (bounds != NULL) { /* ascending seconds, as bisect_left reads them */
         PyObject *seq = PySequence_Fast(bounds, "fanout_bounds: a sequence of seconds");
         if (seq == NULL) {
@@ -482,6 +492,24 @@ static int count_at(PyObject *obj, Attr *list_name, Py_ssize_t index, long long 
 
 static int count(PyObject *counters, Attr *list_name, long long n) { return count_at(counters, list_name, 0, n); }
 
+/* A read's taken packets into the counters (packets_in, bytes_in, messages_in of their kind),
+ * as the room counts each of its packets: once a read, and before the room or a hook runs. */
+static int count_pending(Lane *self) {
+    if (!self->pending_any) return 0;
+    self->pending_any = 0;
+    int failed = 0;
+    for (int kind = 0; kind < 3; kind++) {
+        long long *n = self->pending[kind];
+        if (n[0] && self->counters != NULL &&
+            (count_at(self->counters, &s_packets_in, kind, n[0]) < 0 ||
+             count_at(self->counters, &s_bytes_in, kind, n[1]) < 0 ||
+             count_at(self->counters, &s_messages_in, kind, n[2]) < 0))
+            failed = 1;
+        n[0] = n[1] = n[2] = 0;
+    }
+    return failed ? -1 : 0;
+}
+
 /* obj.<attr> += amount (a new reference, let go) */
 static int add_to(PyObject *obj, Attr *attr, PyObject *amount) {
     if (amount == NULL) return -1;
@@ -604,6 +632,8 @@ static Entry *make_entry(PyObject *session, PyObject *member, uint32_t sid, int 
     e->lens = NULL, e->nlens = e->lens_cap = 0;
     e->dirty = 0;
     e->kind = KIND_UDP, e->fd = -1, e->conn = e->transport = e->gs2 = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
+    e->macs = NULL, e->macs_cap = 0;
+    e->seen_at = -1.0;
 done:
     Py_XDECREF(opener);
     Py_XDECREF(sealer);
@@ -708,9 +738,14 @@ typedef struct {
     int nmsgs;
     Entry *to[MAX_RECIPIENTS];
     Py_ssize_t nto;
-    Entry *all[MAX_RECIPIENTS]; /* the broadcast's recipients, resolved once per packet */
+    /* the broadcast's recipients of `all_for`'s packets: resolved at its first broadcast of a
+     * read and kept for its next packets of that read, until anything is handed to the room
+     * (which may change who they are): `plan_forget` */
+    Entry *all[MAX_RECIPIENTS];
     Py_ssize_t nall;
     int all_done;
+    Entry *all_for;
+    Entry *live; /* a WebSocket sender found live (`connection_live`) at this read, kept as `all` is */
 } Plan;
 
 /* the recipient `other` (a Member of the room, not the sender): its live entry, NULL (with no
@@ -755,7 +790,8 @@ static int add_recipient(Lane *self, PyObject *other, Entry *sender, Entry **to,
 
 /* 1: planned; 0: the room's; -1: error */
 static int plan_broadcast(Lane *self, Plan *plan, PyObject *members, Entry *sender) {
-    if (plan->all_done) return 1;
+    if (plan->all_done && plan->all_for == sender) return 1;
+    plan->all_done = 0, plan->all_for = sender;
     PyObject *key, *other;
     Py_ssize_t pos = 0;
     plan->nall = 0;
@@ -822,7 +858,11 @@ static int plan_message(Lane *self, Plan *plan, const unsigned char *data, Py_ss
     return 1;
 }
 
-static void plan_begin(Plan *plan) { plan->nmsgs = 0, plan->nto = 0, plan->all_done = 0; }
+static void plan_begin(Plan *plan) { plan->nmsgs = 0, plan->nto = 0; }
+
+static void plan_forget(Plan *plan) {
+    if (plan != NULL) plan->all_done = 0, plan->all_for = plan->live = NULL;
+}
 
 /* Parses the plaintext's SENDs and finds each one's recipients. 1: planned; 0: the room's. */
 static int plan_packet(Lane *self, Plan *plan, const unsigned char *p, const unsigned char *end, Entry *sender,
@@ -891,6 +931,8 @@ enum { TAKEN = 1, ROOMS = 0, HANDED = 2 };
 
 static int flush(Lane *self, double start);
 static void queue_plan(Lane *self, Entry *e, Plan *plan, Py_ssize_t n, double now);
+static int gs2_queue_mac(Lane *self, Entry *sender, Entry *to, const unsigned char *data, Py_ssize_t n,
+                         unsigned char mac[32], int *made);
 
 /* a packet the room would have counted as read: packets_in and bytes_in of its transport */
 static int count_packet(Lane *self, int kind, Py_ssize_t n) {
@@ -972,20 +1014,27 @@ static void queue_plan(Lane *self, Entry *e, Plan *plan, Py_ssize_t n, double no
     int kind = e->kind, lost = 0; /* out of memory: what was queued still leaves, the rest is lost, counted */
     for (int m = 0; m < plan->nmsgs && !lost; m++) {
         Planned *msg = &plan->msgs[m];
+        unsigned char mac[32];
+        int made = 0; /* mac holds the message's HMAC for GS2 recipients */
         for (Py_ssize_t r = msg->first; r < msg->first + msg->count && !lost; r++) {
             Entry *to = plan->to[r];
-            if (mark_dirty(self, to) < 0 || entry_append(to, e->prefix, e->prefix_len, msg->data, msg->size) < 0) {
+            if (mark_dirty(self, to) < 0 || entry_append(to, e->prefix, e->prefix_len, msg->data, msg->size) < 0 ||
+                (to->kind == KIND_GS2 && gs2_queue_mac(self, e, to, msg->data, msg->size, mac, &made) < 0)) {
                 if (!PyErr_Occurred()) PyErr_NoMemory();
                 internal_error(self, "queue");
                 lost = 1;
             }
         }
     }
+    long long *pending = self->pending[kind];
+    pending[0] += 1, pending[1] += n, pending[2] += plan->nmsgs, self->pending_any = 1;
+    if (e->seen_at == now && self->active_at == now) return; /* stamped at this read already */
     PyObject *stamp = PyFloat_FromDouble(now);
-    if (stamp == NULL || set_attr(e->session, &s_last_seen, stamp) < 0 ||
-        set_attr(self->room, &s_last_activity, stamp) < 0 || count_packet(self, kind, n) < 0 ||
-        count_at(self->counters, &s_messages_in, kind, plan->nmsgs) < 0)
+    if (stamp == NULL || (e->seen_at != now && set_attr(e->session, &s_last_seen, stamp) < 0) ||
+        (self->active_at != now && set_attr(self->room, &s_last_activity, stamp) < 0))
         internal_error(self, "counters");
+    else
+        e->seen_at = self->active_at = now;
     Py_XDECREF(stamp);
 }
 
@@ -1064,14 +1113,8 @@ static unsigned char *put_varint(unsigned char *p, uint64_t v) {
     return p;
 }
 
-/* HMAC-SHA256 with the room key (wire.Signer): from its inner and outer states, made once. A
- * message goes to each GS2 recipient with the same value, so the last value's HMAC is kept and
- * a value equal to it (compared whole) takes it: one HMAC a message, not one a recipient. */
+/* HMAC-SHA256 with the room key (wire.Signer), from its inner and outer states, made once */
 static void gs2_sign(Lane *self, const unsigned char *value, Py_ssize_t n, unsigned char mac[32]) {
-    if (self->gs2_signed && n == self->gs2_value_len && memcmp(value, self->gs2_value, (size_t)n) == 0) {
-        memcpy(mac, self->gs2_mac, 32);
-        return;
-    }
     unsigned char inner[32];
     SHA256_CTX c = self->gs2_inner;
     SHA256_Update(&c, value, (size_t)n);
@@ -1079,15 +1122,57 @@ static void gs2_sign(Lane *self, const unsigned char *value, Py_ssize_t n, unsig
     c = self->gs2_outer;
     SHA256_Update(&c, inner, sizeof inner);
     SHA256_Final(mac, &c);
-    self->gs2_signed = 0;
-    if (n > self->gs2_value_cap) { /* no room to keep it (no memory): the next is signed anew */
-        unsigned char *grown = PyMem_Realloc(self->gs2_value, n);
-        if (grown == NULL) return;
-        self->gs2_value = grown, self->gs2_value_cap = n;
+}
+
+/* The bytes of the value a GS2 recipient's Container carries for `dlen` bytes of data from
+ * connection `sender` (0: none): BinaryMessage{RelayBinaryMessage{connectionId, data}}, empty
+ * fields left out as protobuf leaves them */
+static Py_ssize_t gs2_value_size(uint64_t sender, Py_ssize_t dlen) {
+    Py_ssize_t inner = (sender ? 1 + vsize(sender) : 0) + (dlen ? 1 + vsize(dlen) + dlen : 0);
+    return inner ? 1 + vsize(inner) + inner : 0;
+}
+
+/* ...written at q: its end */
+static unsigned char *gs2_put_value(unsigned char *q, uint64_t sender, const unsigned char *data, Py_ssize_t dlen) {
+    Py_ssize_t inner = (sender ? 1 + vsize(sender) : 0) + (dlen ? 1 + vsize(dlen) + dlen : 0);
+    if (!inner) return q;
+    *q++ = 0x0A, q = put_varint(q, inner);
+    if (sender) *q++ = 0x08, q = put_varint(q, sender);
+    if (dlen) *q++ = 0x12, q = put_varint(q, dlen), memcpy(q, data, dlen), q += dlen;
+    return q;
+}
+
+/* A message just queued for a GS2 recipient (entry_append): its HMAC beside it (`to->macs`), made
+ * at the first GS2 recipient of the message (*made) and copied for the others: one HMAC a message,
+ * however many GS2 clients it goes to and however many messages a pass holds. -1: no memory (the
+ * message taken off `to` again: each of its messages has its HMAC). */
+static int gs2_queue_mac(Lane *self, Entry *sender, Entry *to, const unsigned char *data, Py_ssize_t n,
+                         unsigned char mac[32], int *made) {
+    if (!*made) {
+        uint64_t cid = 0; /* the sender's MESSAGE prefix: [20, connection id, ... */
+        const unsigned char *p = sender->prefix + 2;
+        if (sender->prefix_len < 3 || !read_uint(&p, sender->prefix + sender->prefix_len, &cid)) cid = 0;
+        Py_ssize_t size = gs2_value_size(cid, n);
+        if (size > self->gs2_value_cap) {
+            unsigned char *grown = PyMem_Realloc(self->gs2_value, size);
+            if (grown == NULL) goto unqueue;
+            self->gs2_value = grown, self->gs2_value_cap = size;
+        }
+        gs2_sign(self, self->gs2_value, gs2_put_value(self->gs2_value, cid, data, n) - self->gs2_value, mac);
+        *made = 1;
     }
-    if (n > 0) memcpy(self->gs2_value, value, (size_t)n);
-    memcpy(self->gs2_mac, mac, 32);
-    self->gs2_value_len = n, self->gs2_signed = 1;
+    if (to->nlens * 32 > to->macs_cap) {
+        Py_ssize_t cap = to->macs_cap ? 2 * to->macs_cap : 16 * 32;
+        while (cap < to->nlens * 32) cap *= 2;
+        unsigned char *grown = PyMem_Realloc(to->macs, cap);
+        if (grown == NULL) goto unqueue;
+        to->macs = grown, to->macs_cap = cap;
+    }
+    memcpy(to->macs + (to->nlens - 1) * 32, mac, 32);
+    return 0;
+unqueue:
+    to->out_len -= to->lens[--to->nlens];
+    return -1;
 }
 
 /* ---- the pass's output ----------------------------------------------------------------------- */
@@ -1149,8 +1234,7 @@ static Py_ssize_t gs2_frames(Lane *self, Entry *e, double now, long long *packet
         if (!read_uint(&p, end, &sender)) continue;
         p += *p == 0xC4 ? 2 : *p == 0xC5 ? 3 : 5;
         dlen = end - p;
-        Py_ssize_t inner = (sender ? 1 + vsize(sender) : 0) + (dlen ? 1 + vsize(dlen) + dlen : 0);
-        Py_ssize_t value = inner ? 1 + vsize(inner) + inner : 0;
+        Py_ssize_t value = gs2_value_size(sender, dlen);
         Py_ssize_t any = 2 + url_len + (value ? 1 + vsize(value) + value : 0);
         seq = seq < 0xFFFFFFFFu ? seq + 1 : 1;
         Py_ssize_t size = 1 + vsize(GS2_BINARY_MESSAGE) + 1 + vsize(any) + any + 2 + 32 + 1 + vsize(seq) +
@@ -1160,16 +1244,8 @@ static Py_ssize_t gs2_frames(Lane *self, Entry *e, double now, long long *packet
         *q++ = 0x08, q = put_varint(q, GS2_BINARY_MESSAGE);
         *q++ = 0x12, q = put_varint(q, any);
         *q++ = 0x0A, *q++ = (unsigned char)url_len, memcpy(q, url, url_len), q += url_len;
-        unsigned char *v = q;
-        if (value) {
-            *q++ = 0x12, q = put_varint(q, value), v = q;
-            *q++ = 0x0A, q = put_varint(q, inner);
-            if (sender) *q++ = 0x08, q = put_varint(q, sender);
-            if (dlen) *q++ = 0x12, q = put_varint(q, dlen), memcpy(q, p, dlen), q += dlen;
-        }
-        unsigned char mac[32];
-        gs2_sign(self, v, q - v, mac);
-        *q++ = 0x1A, *q++ = 32, memcpy(q, mac, 32), q += 32;
+        if (value) *q++ = 0x12, q = put_varint(q, value), q = gs2_put_value(q, sender, p, dlen);
+        *q++ = 0x1A, *q++ = 32, memcpy(q, e->macs + j * 32, 32), q += 32; /* gs2_queue_mac's */
         *q++ = 0x20, q = put_varint(q, seq);
         if (ms) *q++ = 0x28, q = put_varint(q, ms);
         at = q - self->packets;
@@ -1270,6 +1346,7 @@ static int ws_send_entry(Lane *self, Entry *e, double now) {
 }
 
 static int flush(Lane *self, double start) {
+    if (count_pending(self) < 0) internal_error(self, "counters");
     if (self->ndirty == 0) return 0;
     /* WebSocket members' output first, each to its own socket; then the datagrams */
     Py_ssize_t kept = 0;
@@ -1435,6 +1512,7 @@ static void begin_pass(Lane *self, Pass *pass) {
     pass->members = get_attr(self->room, &s_members);
     pass->sessions = pass->members ? get_attr(self->room, &s_sessions) : NULL;
     pass->busy = -1;
+    plan_forget(pass->plan);
     if (pass->plan && pass->plain && pass->sessions && PyDict_Check(pass->members) && PyDict_Check(pass->sessions))
         pass->busy = room_busy(self);
     if (pass->busy < 0) {
@@ -1455,13 +1533,16 @@ static void end_pass(Pass *pass) {
  * whole (ROOMS) is handed to it by `hand` (the lane's queued output leaves first, so that none of
  * its sender's later packets overtakes it); and whether the room now holds output of its own for
  * the pass, which makes the rest of the pass its too. */
-static void account(Lane *self, int handled, int *busy, double now, int (*hand)(Lane *, void *, double),
+static void account(Lane *self, int handled, Pass *pass, double now, int (*hand)(Lane *, void *, double),
                     void *packet) {
+    int *busy = &pass->busy;
     if (handled == TAKEN) {
         self->fast++;
         return;
     }
     self->punted++;
+    plan_forget(pass->plan); /* the room's turn: who the recipients are may change */
+    if (count_pending(self) < 0) internal_error(self, "counters");
     if (handled == ROOMS && !stopped(self)) {
         if (flush(self, now) < 0) internal_error(self, "flush");
         if (!stopped(self) && hand(self, packet, now) < 0) internal_error(self, "punt");
@@ -1567,9 +1648,10 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
                 handled = ROOMS;
             }
         }
-        account(self, handled, &pass.busy, now, hand_over, &i);
+        account(self, handled, &pass, now, hand_over, &i);
     }
     if (!stopped(self) && flush(self, now) < 0) internal_error(self, "flush");
+    if (count_pending(self) < 0) internal_error(self, "counters");
     run_hooks(self, self->hooks, now, now); /* the pass's end: what is due then (its rides, its pacer) */
     end_pass(&pass);
     return finish(self);
@@ -1631,7 +1713,6 @@ static PyObject *Lane_gs2_limits(Lane *self, PyObject *const *args, Py_ssize_t n
     for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5C;
     SHA256_Init(&self->gs2_outer), SHA256_Update(&self->gs2_outer, pad, 64);
     self->gs2_started = started, self->gs2_max_size = max_size;
-    self->gs2_signed = 0; /* a kept HMAC was the old key's */
     Py_RETURN_NONE;
 }
 
@@ -1713,8 +1794,9 @@ static int ws_packet(Lane *self, Entry *e, const unsigned char *data, Py_ssize_t
         return ROOMS;
     uint64_t counter = be(data + 8, 8);
     if ((uint32_t)be(data + 4, 4) != e->sid || !counter) return ROOMS;
-    int ok = connection_live(e, now, sessions);
+    int ok = plan->live == e ? 1 : connection_live(e, now, sessions);
     if (ok != 1) return ok;
+    plan->live = e;
     return relay_packet(self, e, data, n, counter, NULL, now, members, plan, plain);
 }
 
@@ -1781,8 +1863,9 @@ static int gs2_parse(Lane *self, const unsigned char *p, const unsigned char *en
 static int gs2_packet(Lane *self, Entry *e, const unsigned char *payload, Py_ssize_t n, double now, PyObject *members,
                       PyObject *sessions, Plan *plan) {
     if (n > self->gs2_max_size) return ROOMS;
-    int ok = connection_live(e, now, sessions);
+    int ok = plan->live == e ? 1 : connection_live(e, now, sessions);
     if (ok != 1) return ok;
+    plan->live = e;
     const unsigned char *data;
     Py_ssize_t size, ntargets;
     uint64_t cids[MAX_TARGETS];
@@ -1885,6 +1968,7 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
         int control = (f[0] == 0x89 || f[0] == 0x8A) && len < 126; /* a ping or a pong */
         if ((f[0] != 0x82 && !control) || !(f[1] & 0x80) || len == 127) {
             /* not a masked, whole binary frame, nor a ping or pong: Python's */
+            if (count_pending(self) < 0) internal_error(self, "counters");
             ws_hand_back(self, e, pos);
             handed = 1;
             break;
@@ -1898,6 +1982,8 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
         for (Py_ssize_t k = 0; k < len; k++) payload[k] ^= mask[k & 3];
         pos += hlen + 4 + len;
         if (control) { /* answered, or a sign of life, by the connection; its reading stays here */
+            plan_forget(pass.plan);
+            if (count_pending(self) < 0) internal_error(self, "counters");
             PyObject *opcode = PyLong_FromLong(f[0] & 0x0F), *data = PyBytes_FromStringAndSize((const char *)payload, len),
                      *stamp = PyFloat_FromDouble(now), *result = NULL;
             if (opcode && data && stamp)
@@ -1920,8 +2006,9 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
             }
         }
         Frame frame = {e, payload, len};
-        account(self, handled, &pass.busy, now, hand_frame, &frame);
+        account(self, handled, &pass, now, hand_frame, &frame);
     }
+    if (count_pending(self) < 0) internal_error(self, "counters");
     if (!handed && e->fd >= 0 && pos > 0) { /* what is not yet a whole frame waits for the next read */
         memmove(e->in, e->in + pos, e->in_len - pos);
         e->in_len -= pos;

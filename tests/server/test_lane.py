@@ -533,9 +533,10 @@ async def play_gs2(monkeypatch: pytest.MonkeyPatch, lane: bool) -> tuple[Logs, d
             await step()
             for client in clients:  # each numbers what it got from 1, whoever built it
                 assert client.sequences == list(range(1, len(client.sequences) + 1))
-            counters = r.relay.counters
+            c = r.relay.counters
             fast = r.relay._udp_lane.lane.fast if lane else 0
-            return logs, drops(r), (list(counters.messages_in), list(counters.messages_out), fast)
+            counted = [list(c.messages_in), list(c.messages_out), list(c.packets_in), list(c.bytes_in)]
+            return logs, drops(r), (*counted, fast)
         finally:
             for client in clients:
                 await client.close()
@@ -547,11 +548,11 @@ async def test_gs2_clients_are_relayed_in_c_as_the_room_relays_them(monkeypatch:
     clients as Containers built there, to native members as MESSAGEs), everything else (a
     profile, a field the lane does not expect, a message over the limit, a bad signature) handed
     to the connection's own parser; the same Containers, drops and counts as without the lane."""
-    with_lane, dropped, (messages_in, messages_out, fast) = await play_gs2(monkeypatch, True)
+    with_lane, dropped, (*counted, fast) = await play_gs2(monkeypatch, True)
     if not SANITIZED:
         without, dropped_without, (*counted_without, _) = await play_gs2(monkeypatch, False)
         assert with_lane == without
-        assert dropped == dropped_without and [messages_in, messages_out] == counted_without
+        assert dropped == dropped_without and counted == counted_without
     assert fast >= 24  # the GS2 clients' messages the lane relayed itself
     a_log, b_log, c_log, n_log = with_lane
     relayed = f"{g.BINARY_MESSAGE:#x} {g.Relayed(1, b'to everyone', ())!r}"
@@ -564,6 +565,39 @@ async def test_gs2_clients_are_relayed_in_c_as_the_room_relays_them(monkeypatch:
     assert len(b_log[6]) == 1 and len(c_log[6]) == 2  # a's new profile; b's message with a field more
     assert dropped.get("payload_too_large") == 1 and dropped.get("gs2_bad_signature") == 1
     assert f"{g.BINARY_MESSAGE:#x} {g.Relayed(1, b'still relayed after all that', ())!r}" in b_log[9]
+
+
+async def test_a_pass_of_several_gs2_senders_signs_each_message_for_each_recipient() -> None:
+    """Two GS2 clients' bursts read in one pass go to the third as one Container a message, each
+    signed (the lane signs a message once, when it is queued, for every GS2 recipient: the
+    client's parser checks every signature), in each sender's order, and counted as read."""
+    signer = Ed25519PrivateKey.generate()
+    async with room(host="127.0.0.1") as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        clients = [await g.Gs2Client.join(r.port, r.key, tokens.mint(signer, f"g{i}", 600)) for i in range(3)]
+        try:
+            await asyncio.gather(*map(heard, clients))  # the joins
+            a, b, _ = clients
+            counters = r.relay.counters
+            before = counters.packets_in[2], counters.messages_in[2], lane.lane.fast
+            for i in range(10):  # written before the relay's loop runs: frames of two reads, one pass
+                for client, data in ((a, b"a%d" % i), (b, b"b%d" % i * 40)):
+                    message = g.container(g.BINARY_MESSAGE, g.relay_value(data), client.key)
+                    client.ws.protocol.send_binary(message)
+                    client.ws.send_data()
+            got_a, got_b, got_c = await asyncio.gather(*map(heard, clients))
+            assert a.my is not None and b.my is not None
+            from_a = [x.body.data for x in got_c if x.body.sender == a.my.connection_id]
+            from_b = [x.body.data for x in got_c if x.body.sender == b.my.connection_id]
+            assert from_a == [b"a%d" % i for i in range(10)]
+            assert from_b == [b"b%d" % i * 40 for i in range(10)]
+            assert [x.body.data for x in got_b] == from_a and [x.body.data for x in got_a] == from_b
+            after = counters.packets_in[2], counters.messages_in[2], lane.lane.fast
+            assert [n - m for n, m in zip(after, before, strict=True)] == [20, 20, 20]
+        finally:
+            for client in clients:
+                await client.close()
 
 
 async def test_the_lane_rejects_what_it_cannot_use() -> None:
