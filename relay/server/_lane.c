@@ -247,6 +247,12 @@ typedef struct {
     Py_ssize_t gs2_max_size; /* 0: no GS2 clients here */
     unsigned char *gs2_value; /* where a message's Container value is built to be signed */
     Py_ssize_t gs2_value_cap;
+    /* a pass's buffers, kept from one pass to the next (a read is never nested: `reading`) */
+    void *pass_plan;              /* a Plan */
+    unsigned char *pass_plain;    /* BUFSIZE */
+    struct mmsghdr *out_headers;  /* flush's, out_cap each */
+    struct iovec *out_vectors;
+    Py_ssize_t out_cap;
 } Lane;
 
 static double monotonic_now(void) {
@@ -387,6 +393,10 @@ static void Lane_dealloc(Lane *self) {
     PyMem_Free(self->bufs);
     PyMem_Free(self->packets);
     PyMem_Free(self->gs2_value);
+    PyMem_Free(self->pass_plan);
+    PyMem_Free(self->pass_plain);
+    PyMem_Free(self->out_headers);
+    PyMem_Free(self->out_vectors);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1392,15 +1402,22 @@ static int flush(Lane *self, double start) {
         }
         self->packets = grown, self->packets_cap = total;
     }
-    struct mmsghdr *headers = PyMem_Calloc(npackets ? npackets : 1, sizeof(struct mmsghdr));
-    struct iovec *vectors = PyMem_Calloc(npackets ? npackets : 1, sizeof(struct iovec));
-    if (headers == NULL || vectors == NULL) {
-        PyMem_Free(headers);
-        PyMem_Free(vectors);
-        clear_dirty(self);
-        PyErr_NoMemory();
-        return -1;
+    if (npackets > self->out_cap) {
+        Py_ssize_t cap = npackets < 64 ? 64 : npackets;
+        struct mmsghdr *h = PyMem_Realloc(self->out_headers, cap * sizeof(struct mmsghdr));
+        if (h != NULL) self->out_headers = h;
+        struct iovec *v = h ? PyMem_Realloc(self->out_vectors, cap * sizeof(struct iovec)) : NULL;
+        if (v != NULL) self->out_vectors = v;
+        if (h == NULL || v == NULL) {
+            clear_dirty(self);
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->out_cap = cap;
     }
+    struct mmsghdr *headers = self->out_headers;
+    struct iovec *vectors = self->out_vectors;
+    memset(headers, 0, npackets * sizeof(struct mmsghdr));
     Py_ssize_t at = 0, k = 0;
     long long messages = 0, too_large = 0, failed = 0;
     for (Py_ssize_t i = 0; i < self->ndirty; i++) {
@@ -1448,8 +1465,6 @@ static int flush(Lane *self, double start) {
         for (int j = 0; j < n; j++) sent_bytes += vectors[done + j].iov_len;
         sent += n, done += n;
     }
-    PyMem_Free(headers);
-    PyMem_Free(vectors);
     clear_dirty(self);
     PyObject *counters = self->counters;
     if (count(counters, &s_messages_out, messages) < 0 || count(counters, &s_packets_out, sent) < 0 ||
@@ -1507,8 +1522,10 @@ typedef struct {
 } Pass;
 
 static void begin_pass(Lane *self, Pass *pass) {
-    pass->plan = PyMem_Malloc(sizeof(Plan));
-    pass->plain = PyMem_Malloc(BUFSIZE);
+    if (self->pass_plan == NULL) self->pass_plan = PyMem_Malloc(sizeof(Plan));
+    if (self->pass_plain == NULL) self->pass_plain = PyMem_Malloc(BUFSIZE);
+    pass->plan = self->pass_plan;
+    pass->plain = self->pass_plain;
     pass->members = get_attr(self->room, &s_members);
     pass->sessions = pass->members ? get_attr(self->room, &s_sessions) : NULL;
     pass->busy = -1;
@@ -1523,8 +1540,6 @@ static void begin_pass(Lane *self, Pass *pass) {
 }
 
 static void end_pass(Pass *pass) {
-    PyMem_Free(pass->plan);
-    PyMem_Free(pass->plain);
     Py_XDECREF(pass->members);
     Py_XDECREF(pass->sessions);
 }

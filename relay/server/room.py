@@ -103,6 +103,43 @@ class Room:
     n random bytes (session ids, path challenges, resume tokens); `wall_offset` turns the
     caller's clock into Unix time (for the expiry of user access tokens)."""
 
+    # slots: the C lane reads a room's flags and tables at every pass (relay/server/_lane.c), and
+    # a slot is a load at a known offset where an instance dict is a lookup (cold at each wake-up)
+    __slots__ = (
+        "_dirty",
+        "_flush_scheduled",
+        "_last_sweep",
+        "_limits",
+        "_max_delay",
+        "_max_payload",
+        "_now",
+        "_tick",
+        "accepting_joins",
+        "batch_start",
+        "closed",
+        "config",
+        "counters",
+        "handshakes",
+        "held",
+        "last_activity",
+        "members",
+        "next_cid",
+        "offer_udp",
+        "on_close",
+        "on_flush",
+        "on_session",
+        "on_timer",
+        "rand",
+        "resume_tokens",
+        "sessions",
+        "shed_optional",
+        "started",
+        "token_key",
+        "udp_backlogged",
+        "udp_writer",
+        "wall_offset",
+    )
+
     def __init__(
         self,
         config: RelayConfig,
