@@ -353,8 +353,8 @@ def _same_rate_note(per_run: list[dict[str, Any]]) -> str:
         return ""
     return (
         " GS2's highest step can be its load generator's limit (its bots read a frame a message), "
-        "not the relay's: at one offered rate, the highest step both delivered in full with neither "
-        "load process busy, GS2 "
+        "not the relay's: at one offered rate, the highest step both delivered in full below the first "
+        "rate at which either load process was busy, GS2 "
         f"was at {median(ratios):.2f}x (per run: "
         + ", ".join(f"{s['ratio']:.2f} at {s['delivered_per_s']:,.0f}/s" if s else "-" for s in same)
         + ")."

@@ -142,9 +142,10 @@ def _same_rate_line(same: dict[str, float] | None) -> list[str]:
     if not same:
         return []
     return [
-        f"At one offered rate, the highest step both delivered in full with neither load process "
-        f"busy ({same['delivered_per_s']:,.0f} messages/s delivered): GS2 {same['gs2_us']:.2f} us, "
-        f"WebSocket {same['ws_us']:.2f} us a delivered message, GS2 at {same['ratio']:.2f}x.",
+        f"At one offered rate, the highest step both delivered in full below the first rate at which "
+        f"either load process was busy ({same['delivered_per_s']:,.0f} messages/s delivered): "
+        f"GS2 {same['gs2_us']:.2f} us, WebSocket {same['ws_us']:.2f} us a delivered message, "
+        f"GS2 at {same['ratio']:.2f}x.",
     ]
 
 

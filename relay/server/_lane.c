@@ -944,18 +944,18 @@ static void queue_plan(Lane *self, Entry *e, Plan *plan, Py_ssize_t n, double no
 static int gs2_queue_mac(Lane *self, Entry *sender, Entry *to, const unsigned char *data, Py_ssize_t n,
                          unsigned char mac[32], int *made);
 
-/* a packet the room would have counted as read: packets_in and bytes_in of its transport */
-static int count_packet(Lane *self, int kind, Py_ssize_t n) {
-    return count_at(self->counters, &s_packets_in, kind, 1) < 0 || count_at(self->counters, &s_bytes_in, kind, n) < 0
-               ? -1
-               : 0;
+/* A packet the room would have counted as read: packets_in and bytes_in of its transport, with
+ * the read's others (count_pending, before anything reads them) */
+static void count_packet(Lane *self, int kind, Py_ssize_t n, long long messages) {
+    long long *pending = self->pending[kind];
+    pending[0] += 1, pending[1] += n, pending[2] += messages, self->pending_any = 1;
 }
 
 /* A replay or a forgery of a session's packet: dropped and counted here as the room counts it
  * (opening it again in the room would double a flood's AES-GCM). */
 static int refused(Lane *self, int kind, Py_ssize_t n, int opened) {
-    if (count_packet(self, kind, n) < 0 || count_drop(self->counters, opened == REPLAYED ? "replay" : "decrypt", 1) < 0)
-        return -1;
+    count_packet(self, kind, n, 0);
+    if (count_drop(self->counters, opened == REPLAYED ? "replay" : "decrypt", 1) < 0) return -1;
     return opened == FORGED ? add_to(self->counters, &s_decrypt_failures, PyLong_FromLong(1)) : 0;
 }
 
@@ -991,8 +991,8 @@ static int relay_packet(Lane *self, Entry *e, const unsigned char *data, Py_ssiz
     if (planned == 0) { /* opened: the window has moved, so the room gets the plaintext */
         /* counted as the room counts a packet; what the lane queued leaves before the room
          * does anything with it */
-        if (count_packet(self, kind, n) < 0) internal_error(self, "counters");
-        if (flush(self, now) < 0) internal_error(self, "flush");
+        count_packet(self, kind, n, 0);
+        if (flush(self, now) < 0) internal_error(self, "flush"); /* and the counts */
         PyObject *packet = PyBytes_FromStringAndSize((const char *)data, n),
                  *text = PyBytes_FromStringAndSize((const char *)plain, plain_size),
                  *addr = name != NULL ? address_of(name) : Py_NewRef(Py_None);
@@ -1036,8 +1036,7 @@ static void queue_plan(Lane *self, Entry *e, Plan *plan, Py_ssize_t n, double no
             }
         }
     }
-    long long *pending = self->pending[kind];
-    pending[0] += 1, pending[1] += n, pending[2] += plan->nmsgs, self->pending_any = 1;
+    count_packet(self, kind, n, plan->nmsgs);
     if (e->seen_at == now && self->active_at == now) return; /* stamped at this read already */
     PyObject *stamp = PyFloat_FromDouble(now);
     if (stamp == NULL || (e->seen_at != now && set_attr(e->session, &s_last_seen, stamp) < 0) ||
@@ -1134,17 +1133,22 @@ static void gs2_sign(Lane *self, const unsigned char *value, Py_ssize_t n, unsig
     SHA256_Final(mac, &c);
 }
 
-/* The bytes of the value a GS2 recipient's Container carries for `dlen` bytes of data from
- * connection `sender` (0: none): BinaryMessage{RelayBinaryMessage{connectionId, data}}, empty
- * fields left out as protobuf leaves them */
+/* The bytes of the RelayBinaryMessage{connectionId, data} for `dlen` bytes of data from connection
+ * `sender` (0: none), empty fields left out as protobuf leaves them */
+static Py_ssize_t gs2_inner_size(uint64_t sender, Py_ssize_t dlen) {
+    return (sender ? 1 + vsize(sender) : 0) + (dlen ? 1 + vsize(dlen) + dlen : 0);
+}
+
+/* The bytes of the value a GS2 recipient's Container carries for them:
+ * BinaryMessage{RelayBinaryMessage{...}} */
 static Py_ssize_t gs2_value_size(uint64_t sender, Py_ssize_t dlen) {
-    Py_ssize_t inner = (sender ? 1 + vsize(sender) : 0) + (dlen ? 1 + vsize(dlen) + dlen : 0);
+    Py_ssize_t inner = gs2_inner_size(sender, dlen);
     return inner ? 1 + vsize(inner) + inner : 0;
 }
 
 /* ...written at q: its end */
 static unsigned char *gs2_put_value(unsigned char *q, uint64_t sender, const unsigned char *data, Py_ssize_t dlen) {
-    Py_ssize_t inner = (sender ? 1 + vsize(sender) : 0) + (dlen ? 1 + vsize(dlen) + dlen : 0);
+    Py_ssize_t inner = gs2_inner_size(sender, dlen);
     if (!inner) return q;
     *q++ = 0x0A, q = put_varint(q, inner);
     if (sender) *q++ = 0x08, q = put_varint(q, sender);
@@ -1417,7 +1421,7 @@ static int flush(Lane *self, double start) {
     }
     struct mmsghdr *headers = self->out_headers;
     struct iovec *vectors = self->out_vectors;
-    memset(headers, 0, npackets * sizeof(struct mmsghdr));
+    if (npackets) memset(headers, 0, npackets * sizeof(struct mmsghdr)); /* NULL while none was kept */
     Py_ssize_t at = 0, k = 0;
     long long messages = 0, too_large = 0, failed = 0;
     for (Py_ssize_t i = 0; i < self->ndirty; i++) {

@@ -399,7 +399,8 @@ def test_the_deployed_shape_section_compares_with_the_c_relay_a_process_per_room
 def test_gs2_is_set_beside_websocket_at_one_offered_rate_too() -> None:
     """GS2's highest step is its load generator's limit: the saturation ratio compares it with a
     saturated WebSocket relay, so the report also compares both at the highest rate that both
-    delivered in full with neither load process busy (bench-s44: 2.55x at the top, 1.54x so)."""
+    delivered in full below the first rate at which either load process was busy (bench-s44: 2.55x
+    at the top, 1.54x so)."""
     config = throughput.ThroughputConfig()
 
     def step(offered: float, cpu: float, load: float, short: bool = False) -> dict[str, Any]:
@@ -420,6 +421,11 @@ def test_gs2_is_set_beside_websocket_at_one_offered_rate_too() -> None:
     gs2["steps"][1]["load_cpu_percent"] = 96.0  # the bots busy at 2e5 too: the step below
     same = throughput.gs2_vs_ws_same_rate({"ws": ws, "gs2": gs2}, config)
     assert same is not None and same["offered_per_s"] == 1e5 and same["ratio"] == pytest.approx(1.5)
+    gs2["steps"].insert(2, step(3e5, 40.0, 94.0))  # lagging bots dip under the bound again
+    same = throughput.gs2_vs_ws_same_rate(
+        {"ws": ws | {"steps": [*ws["steps"], step(3e5, 60.0, 80.0)]}, "gs2": gs2}, config
+    )
+    assert same is not None and same["offered_per_s"] == 1e5  # bench-s47: not the step past the busy one
     assert throughput.gs2_vs_ws_same_rate({"ws": ws}, config) is None
     runs: list[dict[str, Any]] = [{"gs2_vs_ws_same_rate": same}, {"gs2_vs_ws_same_rate": None}]
     note = benchmarks._same_rate_note(runs)
