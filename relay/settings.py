@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import difflib
 import errno
+import importlib
 import json
 import os
 import shlex
@@ -54,6 +55,17 @@ plane's environment)."""
 def pure_python(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether RELAY_PURE_PYTHON asks for the Python code."""
     return environ.get(PURE_PYTHON_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def native(module: str) -> types.ModuleType | None:
+    """The C part's extension `module` (relay.server._ratelimit, ...) where it was built and
+    RELAY_PURE_PYTHON does not refuse it; else None, and the caller runs its Python twin."""
+    if pure_python():
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # not built here (no C compiler)
+        return None
 
 
 class SettingsError(ValueError):

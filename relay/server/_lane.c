@@ -33,7 +33,9 @@
  * `fanout_bounds`: relay_fanout_seconds' bucket bounds, so a read's flush is counted in
  * `counters.fanout_buckets` and `fanout_sum` without a Python call (None: Counters.observe_fanout).
  * `hooks`: (object, attribute, callable) each; at the end of a read, callable(now) where
- * now >= object.attribute (what the relay runs at the end of a pass: its rides, its pacer).
+ * now >= object.attribute (what the relay runs at the end of a pass: its rides, its pacer). An
+ * object that is relay/server/_pacing.c's Pacer is read in C: when it is unpaced the lane takes
+ * its CPU reading itself and calls the callable only if that starts the pace.
  *
  * WebSocket members (`ws_limits(...)` once, then `ws_offer(session, member, fd, conn, transport)`
  * per member, relay/server/links.py's WsConnection): once a native member on a plain (not TLS)
@@ -72,6 +74,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "_pacing.h"
+
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <structmember.h>
@@ -97,6 +101,7 @@
 
 static AeadApi *aead;
 static PyTypeObject *bucket_type;
+static PacerApi *pacers; /* relay/server/_pacing.c's; NULL where it is not built */
 /* An attribute the lane reads or writes on the room's objects, by name; where the object's type
  * keeps it in a __slots__ slot (Session, Member, UdpPath, Counters), the slot's offset, found once
  * per type, so a read is a load (PyObject_GetAttr's type lookup and descriptor call, met cold at
@@ -472,9 +477,24 @@ static int attr_true(PyObject *obj, Attr *attr) {
     return truth;
 }
 
-/* obj.<name> as a float (a hook's attribute, named by the relay) */
+/* Hooks' due times (a type and attribute each, named by the relay: the rides', the pacer's), kept
+ * as the room's attributes are: read at the end of every pass, by name they cost a type lookup
+ * met cold at each wake-up (4% of a relay process's CPU in the deployed shape's `perf`). */
+#define HOOK_ATTRS 8
+static Attr hook_attrs[HOOK_ATTRS];
+
+/* obj.<name> as a float */
 static int named_double(PyObject *obj, PyObject *name, double *out) {
-    return to_double(PyObject_GetAttr(obj, name), out);
+    for (int i = 0; i < HOOK_ATTRS; i++) {
+        Attr *attr = &hook_attrs[i];
+        if (attr->name == NULL) { /* a type and name not met before: kept from here on */
+            attr->name = Py_NewRef(name);
+            resolve(Py_TYPE(obj), attr);
+        }
+        if (attr->type == Py_TYPE(obj) && (attr->name == name || PyUnicode_Compare(attr->name, name) == 0))
+            return attr_double(obj, attr, out);
+    }
+    return to_double(PyObject_GetAttr(obj, name), out); /* more than were kept */
 }
 
 /* counters.<list>[0] += n (index 0: UDP, relay/server/metrics.py's TRANSPORTS) */
@@ -1592,19 +1612,35 @@ static int hand_frame(Lane *self, void *at, double now) {
     return 0;
 }
 
+/* An unpaced relay's CPU window over, its pacer relay/server/_pacing.c's: the reading taken here
+ * (the clock of time.process_time, which LoopPacer reads), so the hook is called only if that
+ * starts the pace. 1: the hook is called. */
+static int sampled_unpaced(PacerObject *pacer, double now) {
+    if (pacer->pace) return 1;
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    pacer_sample(pacer, pacers->k, now, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    return pacer->pace != 0;
+}
+
 /* What is due at the end of a pass: hook(stamp) for each (object, attribute, hook) of `hooks`
- * whose object's attribute is at or before `now` (the relay's rides, its pacer). */
+ * whose object's attribute is at or before `now` (the relay's rides, its pacer: a C pacer's due
+ * time is read from its struct, and its unpaced windows are sampled here). */
 static void run_hooks(Lane *self, PyObject *hooks, double now, double stamp_at) {
     if (hooks == NULL) return;
     Py_INCREF(hooks);
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks) && !stopped(self); i++) {
-        PyObject *hook = PyTuple_GET_ITEM(hooks, i);
-        double due;
-        if (named_double(PyTuple_GET_ITEM(hook, 0), PyTuple_GET_ITEM(hook, 1), &due) < 0) {
-            internal_error(self, "hook");
-            continue;
+        PyObject *hook = PyTuple_GET_ITEM(hooks, i), *obj = PyTuple_GET_ITEM(hook, 0);
+        if (pacers != NULL && Py_IS_TYPE(obj, pacers->type)) {
+            if (now < ((PacerObject *)obj)->lane_due || !sampled_unpaced((PacerObject *)obj, now)) continue;
+        } else {
+            double due;
+            if (named_double(obj, PyTuple_GET_ITEM(hook, 1), &due) < 0) {
+                internal_error(self, "hook");
+                continue;
+            }
+            if (now < due) continue;
         }
-        if (now < due) continue;
         PyObject *stamp = PyFloat_FromDouble(stamp_at);
         PyObject *result = stamp ? PyObject_CallOneArg(PyTuple_GET_ITEM(hook, 2), stamp) : NULL;
         Py_XDECREF(stamp);
@@ -2126,6 +2162,16 @@ static int intern(Attr *attr, const char *text) {
 PyMODINIT_FUNC PyInit__lane(void) {
     if (PyType_Ready(&EntryType) < 0 || PyType_Ready(&LaneType) < 0) return NULL;
     if (aead == NULL && (aead = PyCapsule_Import(AEAD_CAPSULE, 0)) == NULL) return NULL;
+    if (pacers == NULL) {
+        PyObject *built = PyImport_ImportModule("relay.server._pacing"); /* the capsule's module, imported */
+        if (built == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_ImportError)) return NULL;
+            PyErr_Clear(); /* not built: a pacer is Python's, its hook called at each window's end */
+        } else {
+            Py_DECREF(built);
+            if ((pacers = PyCapsule_Import(PACER_CAPSULE, 0)) == NULL) return NULL;
+        }
+    }
     if (bucket_type == NULL) {
         PyObject *ratelimit = PyImport_ImportModule("relay.server._ratelimit");
         if (ratelimit == NULL) return NULL;

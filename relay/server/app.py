@@ -41,12 +41,14 @@ NATIVE_PARTS = [
         ("aead", NATIVE),
         ("sendmmsg", SEND_BATCH is not None),
         ("ratelimit", BUCKETS),
+        ("pacing", pacing.NATIVE),
         ("lane", LANE is not None),
     )
     if built
 ]
 """The pieces of the C part in use: DATA sealing and opening, a pass's datagrams in one call,
-token buckets, the UDP port read in C (relay/server/_lane.c; not with a coalescing tick)."""
+token buckets, the pacer's controller, the UDP port read in C (relay/server/_lane.c; not with a
+coalescing tick)."""
 
 log = logging.getLogger("relay.server")
 

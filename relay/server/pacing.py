@@ -22,11 +22,13 @@ under `PACE_OFF`. A pass that read a full batch of datagrams
 relay loses no time to it. A relay with no budget never paces (`RelayConfig.cpu_budget`;
 `relay serve` sets its tier's).
 
-`Pacer` is the controller, pure: CPU readings in, the pace out. `LoopPacer` is its event-loop
-side. There is one per event loop, shared by the rooms a process serves: a group's rooms sleep
-once per pass, not once each, and its budget is the sum of theirs. Only uvloop's loop is
-paced: asyncio's own reads one datagram a wake, so a rest would hold each datagram rather than
-gather them.
+`Pacer` is the controller, pure: CPU readings in, the pace out; relay/server/_pacing.c's where
+that extension was built (so the port's read in C, relay/server/_lane.c, samples an unpaced
+relay's window with no Python call), else `PyPacer` here, the same bit for bit (`NATIVE` says
+which). `LoopPacer` is its event-loop side. There is one per event loop, shared by the rooms a
+process serves: a group's rooms sleep once per pass, not once each, and its budget is the sum of
+theirs. Only uvloop's loop is paced: asyncio's own reads one datagram a wake, so a rest would
+hold each datagram rather than gather them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from relay.settings import native
 
 WINDOW = 0.1
 """Seconds of CPU readings per controller step (on a pass's end, so a quiet relay reads none)."""
@@ -64,7 +68,7 @@ MIN_PACE = 0.001
 
 
 @dataclass(slots=True)
-class Pacer:
+class PyPacer:
     """The controller: `sample(now, cpu)` every WINDOW seconds or more; `pace` is what to keep.
 
     A pass costs about the same whatever it carries (a send per member), so the relay's CPU is
@@ -79,9 +83,10 @@ class Pacer:
     next_sample: float = -math.inf
     lane_due: float = -math.inf
     """When a relay whose UDP port is read in C (relay/server/_lane.c) next tells the pacer of a
-    read: after every read while it paces (it rests then), else when its CPU window ends. A
-    field, kept by `sample` and `settle`: the lane reads it at every read, where a property
-    would be a Python call at each wake-up."""
+    read: after every read while it paces (it rests then), else when its CPU window ends (where
+    the pacer is the C one, the lane then samples it itself, with time.process_time's clock, and
+    tells the relay only if that starts the pace). A field, kept by `sample` and `settle`: the
+    lane reads it at every read, where a property would be a Python call at each wake-up."""
     _last: tuple[float, float] | None = None
 
     def sample(self, now: float, cpu: float) -> float:
@@ -120,6 +125,30 @@ class Pacer:
             pace = MIN_PACE if share >= PACE_OFF else 0.0
         self.pace = min(self.max_pace, pace)
         return self.pace
+
+
+def _native() -> type | None:
+    """The C Pacer, given this module's constants, if built and not refused by RELAY_PURE_PYTHON."""
+    built = native("relay.server._pacing")
+    if built is None:
+        return None
+    built.configure(
+        window=WINDOW,
+        smoothing=SMOOTHING,
+        pace_target=PACE_TARGET,
+        pace_on=PACE_ON,
+        pace_at_once=PACE_AT_ONCE,
+        pace_off=PACE_OFF,
+        max_step=MAX_STEP,
+        min_pace=MIN_PACE,
+    )
+    return built.Pacer
+
+
+_built = _native()
+NATIVE = _built is not None
+"""Whether Pacer is relay/server/_pacing.c's."""
+Pacer: type[PyPacer] = _built if _built is not None else PyPacer
 
 
 class LoopPacer:

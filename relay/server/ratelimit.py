@@ -9,7 +9,7 @@ numbers bit for bit; `NATIVE` says which is in use.
 
 from __future__ import annotations
 
-from relay.settings import pure_python
+from relay.settings import native
 
 
 class PyTokenBucket:
@@ -43,13 +43,8 @@ class PyTokenBucket:
 
 def _native() -> type | None:
     """The C TokenBucket, if built and not refused by RELAY_PURE_PYTHON."""
-    if pure_python():
-        return None
-    try:
-        from relay.server import _ratelimit
-    except ImportError:
-        return None
-    return _ratelimit.TokenBucket
+    built = native("relay.server._ratelimit")
+    return built.TokenBucket if built is not None else None
 
 
 _built = _native()

@@ -11,11 +11,13 @@ The lane is in use wherever it was built; `.ci/run` requires it
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -652,7 +654,7 @@ async def test_the_relay_serves_after_the_lane_closes(monkeypatch: pytest.Monkey
     assert lane.lane.entries == 0
 
 
-def a_lane(room_punt: Callable[..., None]) -> tuple[Any, Any, Any, Any]:
+def a_lane(room_punt: Callable[..., None], hooks: tuple[Any, ...] = ()) -> tuple[Any, Any, Any, Any]:
     """A lane over a socket of the test's own and a room of its own, read by the test: (lane,
     its socket, a socket to send to it from, the counters). The room's hand-over is `room_punt`."""
     import socket
@@ -671,8 +673,70 @@ def a_lane(room_punt: Callable[..., None]) -> tuple[Any, Any, Any, Any]:
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.connect(sock.getsockname())
     assert links.LANE is not None
-    lane = links.LANE(sock.fileno(), relay_room, counters, room_punt, room_punt, 1100, 1168)
+    lane = links.LANE(sock.fileno(), relay_room, counters, room_punt, room_punt, 1100, 1168, hooks)
     return lane, sock, peer, counters
+
+
+def test_end_of_pass_hooks_run_once_their_due_time_has_come() -> None:
+    """The lane reads each hook's due time at the end of every pass, by slot offset where its
+    type keeps it in one (kept per type and name, up to a few), by name elsewhere: whichever
+    way, a hook runs at the first pass at or after its due time, with that pass's time, and
+    a due time changed between passes is the one read."""
+
+    class Slotted:
+        __slots__ = ("due",)
+
+        def __init__(self) -> None:
+            self.due = math.inf
+
+    class Plain:
+        def __init__(self) -> None:
+            self.due = math.inf
+
+    class Computed:
+        def __init__(self) -> None:
+            self.at = math.inf
+
+        @property
+        def due(self) -> float:
+            return self.at
+
+    owners: list[Any] = [Slotted(), Plain(), Computed()]
+    owners += [type(f"Slotted{i}", (Slotted,), {"__slots__": ()})() for i in range(10)]  # past the kept
+    ran: list[tuple[int, float]] = []
+    hooks = tuple((o, "due", partial(lambda i, t: ran.append((i, t)), i)) for i, o in enumerate(owners))
+    lane, sock, peer, _ = a_lane(lambda *_: None, hooks)
+    try:
+
+        def a_pass() -> float:
+            peer.send(b"not a packet")
+            time.sleep(0.01)
+            before = time.monotonic()
+            lane.read()
+            return before
+
+        a_pass()
+        assert ran == []  # none due
+        for o in owners[::2]:
+            if isinstance(o, Computed):
+                o.at = 0.0
+            else:
+                o.due = 0.0
+        before = a_pass()
+        assert [i for i, _ in ran] == list(range(0, len(owners), 2))
+        assert all(before <= t <= time.monotonic() for _, t in ran)
+        ran.clear()
+        for o in owners:
+            if isinstance(o, Computed):
+                o.at = math.inf
+            else:
+                o.due = math.inf if o is not owners[-1] else 0.0
+        a_pass()
+        assert [i for i, _ in ran] == [len(owners) - 1]
+    finally:
+        lane.close()
+        sock.close()
+        peer.close()
 
 
 def test_a_close_from_the_rooms_hand_over_ends_the_read_there() -> None:

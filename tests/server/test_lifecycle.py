@@ -21,7 +21,7 @@ from relay.protocol import packets
 from relay.protocol.constants import UDP_HELLO_PAD_TO, CloseReason
 from relay.protocol.keys import generate_room_key
 from relay.protocol.wsframes import PING, client_frame
-from relay.server import links, ratelimit
+from relay.server import links, pacing, ratelimit
 from relay.server.app import Relay
 from relay.server.config import RelayConfig
 
@@ -83,6 +83,7 @@ async def test_sigterm_drains_members_and_exits_zero() -> None:
             ("aead", packets.NATIVE),
             ("sendmmsg", links.SEND_BATCH is not None),
             ("ratelimit", ratelimit.NATIVE),
+            ("pacing", pacing.NATIVE),
             ("lane", links.LANE is not None),
         )
         assert listening["native"] == [name for name, yes in built if yes]

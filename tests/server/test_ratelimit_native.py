@@ -6,9 +6,6 @@ built; `.ci/run` requires it (RELAY_REQUIRE_NATIVE), elsewhere its tests skip sa
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
@@ -16,12 +13,10 @@ from hypothesis import strategies as st
 
 from relay.server import ratelimit
 from relay.server.ratelimit import PyTokenBucket
-from relay.settings import pure_python
 
-try:
-    from relay.server import _ratelimit
-except ImportError:  # not built here: no C compiler
-    _ratelimit = None  # type: ignore[assignment]
+from ..native import built, check_in_use, printed_with_pure_python
+
+_ratelimit = built("relay.server._ratelimit")
 
 NOT_BUILT = "relay/server/_ratelimit.c is not built here (it needs a C compiler)"
 needs_c = pytest.mark.skipif(_ratelimit is None, reason=NOT_BUILT)
@@ -30,15 +25,9 @@ ATTRIBUTES = ("rate", "burst", "tokens", "stamp")
 
 
 def test_the_c_part_is_built_where_it_is_required_and_in_use_unless_refused() -> None:
-    """CI builds it (gcc): there a missing extension is a failure, not a skip."""
-    if os.environ.get("RELAY_REQUIRE_NATIVE"):
-        assert _ratelimit is not None, NOT_BUILT
-    if _ratelimit is None:
-        pytest.skip(NOT_BUILT)
-    if pure_python():  # asked for the Python code
-        assert not ratelimit.NATIVE and ratelimit.TokenBucket is PyTokenBucket
-    else:
-        assert ratelimit.NATIVE and ratelimit.TokenBucket is CTokenBucket
+    check_in_use(
+        _ratelimit, NOT_BUILT, ratelimit.NATIVE, ratelimit.TokenBucket, (CTokenBucket, PyTokenBucket)
+    )
 
 
 @needs_c
@@ -49,11 +38,7 @@ def test_relay_pure_python_selects_the_python_implementation() -> None:
         ("0", "True relay.server._ratelimit"),
         ("", "True relay.server._ratelimit"),
     ):
-        env = {**os.environ, "RELAY_PURE_PYTHON": value}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        )
-        assert out.stdout.split() == expected.split()
+        assert printed_with_pure_python(code, value) == expected.split()
 
 
 def bits(value: float) -> str:

@@ -1,12 +1,13 @@
 """The C part under AddressSanitizer and UndefinedBehaviorSanitizer.
 
 relay/server/_lane.c parses what members send (their plaintexts, after authentication, are still
-untrusted), and relay/protocol/_aead.c, _ratelimit.c and _datagrams.c handle every packet. A read
-past a buffer there would not fail a test: it would read something, or crash a room some day. So
-a copy of the repository is built with `-fsanitize=address,undefined` and the tests that drive
-the C part (the lane's scenarios and its fuzzing, AEAD against its Python twin, the token buckets,
-the datagram batches) run on that build, in a process that loads the sanitizers' runtimes first;
-any report ends that process (halt_on_error) and fails this test with the report.
+untrusted), and relay/protocol/_aead.c, _ratelimit.c, _pacing.c and _datagrams.c handle every
+packet or pass. A read past a buffer there would not fail a test: it would read something, or
+crash a room some day. So a copy of the repository is built with `-fsanitize=address,undefined`
+and the tests that drive the C part (the lane's scenarios and its fuzzing, AEAD against its Python
+twin, the token buckets, the pacer, the datagram batches) run on that build, in a process that
+loads the sanitizers' runtimes first; any report ends that process (halt_on_error) and fails this
+test with the report.
 
 Needs gcc and its libasan and libubsan (Debian's gcc package brings both); where they are
 missing the test skips saying so, and in CI (RELAY_REQUIRE_NATIVE) it fails instead.
@@ -29,6 +30,7 @@ TESTS = [
     "tests/server/test_lane.py",
     "tests/protocol/test_aead.py",
     "tests/server/test_ratelimit_native.py",
+    "tests/server/test_pacing_native.py",
     "tests/server/test_udp_writer.py",
 ]
 FLAGS = "-fsanitize=address,undefined -fno-omit-frame-pointer -O1 -g"
