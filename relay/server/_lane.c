@@ -34,8 +34,9 @@
  * `counters.fanout_buckets` and `fanout_sum` without a Python call (None: Counters.observe_fanout).
  * `hooks`: (object, attribute, callable) each; at the end of a read, callable(now) where
  * now >= object.attribute (what the relay runs at the end of a pass: its rides, its pacer). An
- * object that is relay/server/_pacing.c's Pacer is read in C: when it is unpaced the lane takes
- * its CPU reading itself and calls the callable only if that starts the pace.
+ * object that is relay/server/_pacing.c's Pacer is read in C, by its `lane_due` (the attribute
+ * app.py names): when it is unpaced the lane takes its CPU reading itself and calls the callable
+ * only if that starts the pace.
  *
  * WebSocket members (`ws_limits(...)` once, then `ws_offer(session, member, fd, conn, transport)`
  * per member, relay/server/links.py's WsConnection): once a native member on a plain (not TLS)
