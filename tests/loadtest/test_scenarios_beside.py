@@ -98,7 +98,10 @@ def test_fleet_shape_searches_below_a_first_size_that_fails(tmp_path: Path) -> N
 
     config = fleetshape.FleetShapeConfig.quick(search=(2, 4), search_down=(1,), p99_limit_ms=-1.0)
     results = fleetshape.run(config, _report(tmp_path, "fleet-shape"), progress=False)
-    assert [r["rooms"] for r in results["search"]] == [2, 1]
+    # a step that failed with the relay core's time stolen is measured once more (STOLEN_RULE):
+    # the first try is kept, marked, as the table shows it
+    counted = [r["rooms"] for r in results["search"] if not r.get("stolen")]
+    assert counted == [2, 1], results["search"]
     assert not any(r["held"] for r in results["search"]) and results["rooms_per_core"] is None
 
 
