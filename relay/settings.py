@@ -47,8 +47,8 @@ EXIT_FAILURE = 1
 
 PURE_PYTHON_ENV = "RELAY_PURE_PYTHON"
 """Set to 1 (or true, yes): the relay runs its Python code even where its C part is built
-(relay/protocol/_aead.c, relay/server/_datagrams.c), to rule the C part out when looking into a
-problem. Read once, when those modules are imported (with the zygote spawner, in the control
+(setup.py's extensions, each imported through `native`), to rule the C part out when looking into
+a problem. Read once, when those modules are imported (with the zygote spawner, in the control
 plane's environment)."""
 
 

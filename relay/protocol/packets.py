@@ -31,7 +31,7 @@ from relay.protocol.constants import (
 )
 from relay.protocol.keys import derive_hello_key, derive_session_keys, public_bytes, x25519
 from relay.protocol.replay import ReplayWindow
-from relay.settings import pure_python
+from relay.settings import native
 
 _NONCE_PAD = b"\x00\x00\x00\x00"
 _ZERO_NONCE = bytes(12)
@@ -121,11 +121,8 @@ class PyOpener:
 
 def _native() -> tuple[type, type] | None:
     """The C Sealer and Opener, if built, not refused by RELAY_PURE_PYTHON, and of this protocol."""
-    if pure_python():
-        return None
-    try:
-        from relay.protocol import _aead
-    except ImportError:
+    _aead = native("relay.protocol._aead")
+    if _aead is None:
         return None
     numbers = (_aead.VERSION, _aead.DATA, _aead.HEADER_SIZE, _aead.TAG_SIZE, _aead.WINDOW)
     if numbers != (PROTOCOL_VERSION, _DATA, HEADER_SIZE, TAG_SIZE, REPLAY_WINDOW):

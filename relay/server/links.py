@@ -50,7 +50,7 @@ from relay.server.room import Room
 from relay.server.sessions import Session
 from relay.server.tls import HANDSHAKE_RECORD, TlsLayer, TlsTerminator
 from relay.server.transport import WS, Disconnect
-from relay.settings import pure_python
+from relay.settings import native
 
 if TYPE_CHECKING:  # the C part's types (relay/server/_lane.pyi)
     from relay.server._lane import Entry, Lane
@@ -65,13 +65,9 @@ SendBatch = Callable[[int, list[bytes], list[bytes], int], tuple[int, int]]
 
 
 def _built_send_batch() -> SendBatch | None:
-    if pure_python():  # RELAY_PURE_PYTHON: every datagram through the transport
-        return None
-    try:
-        from relay.server._datagrams import send_batch
-    except ImportError:  # not built here (no C compiler): every datagram through the transport
-        return None
-    return send_batch
+    """None (RELAY_PURE_PYTHON, or not built here): every datagram through the transport."""
+    built = native("relay.server._datagrams")
+    return built.send_batch if built is not None else None
 
 
 SEND_BATCH = _built_send_batch()
@@ -228,16 +224,13 @@ class UdpProtocol(asyncio.DatagramProtocol):
 def _built_lane() -> type | None:
     """relay/server/_lane.c's Lane where it and the pieces it spends (relay/protocol/_aead.c's
     Sealer and Opener, relay/server/_ratelimit.c's TokenBucket) are built and in use."""
-    if pure_python():
-        return None
-    try:
-        from relay.server._lane import Lane
-    except ImportError:
+    built = native("relay.server._lane")
+    if built is None:
         return None
     from relay.protocol.packets import NATIVE as aead_built
     from relay.server.ratelimit import NATIVE as buckets_built
 
-    return Lane if aead_built and buckets_built else None
+    return built.Lane if aead_built and buckets_built else None
 
 
 LANE = _built_lane()

@@ -6,9 +6,6 @@ requires it (RELAY_REQUIRE_NATIVE), elsewhere its tests skip saying why."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,12 +16,10 @@ from hypothesis import strategies as st
 from relay.protocol import packets
 from relay.protocol.constants import HEADER_SIZE, REPLAY_WINDOW, ProtocolError
 from relay.protocol.packets import PyOpener, PySealer, parse_header
-from relay.settings import pure_python
 
-try:
-    from relay.protocol import _aead
-except ImportError:  # not built here: no C compiler or no OpenSSL headers
-    _aead = None  # type: ignore[assignment]
+from ..native import built, check_in_use, printed_with_pure_python
+
+_aead = built("relay.protocol._aead")
 
 NOT_BUILT = "relay/protocol/_aead.c is not built here (it needs gcc and OpenSSL's headers: libssl-dev)"
 needs_c = pytest.mark.skipif(_aead is None, reason=NOT_BUILT)
@@ -37,25 +32,17 @@ KEY = bytes(range(32))
 
 def test_the_c_part_is_in_use_where_it_is_required() -> None:
     """CI builds it (gcc, libssl-dev): there a missing extension is a failure, not a skip."""
-    if os.environ.get("RELAY_REQUIRE_NATIVE"):
-        assert _aead is not None, NOT_BUILT
-    if _aead is None:
-        pytest.skip(NOT_BUILT)
-    if pure_python():  # asked for the Python code
-        assert not packets.NATIVE and packets.Sealer is PySealer and packets.Opener is PyOpener
-    else:
-        assert packets.NATIVE and packets.Sealer is _aead.Sealer and packets.Opener is _aead.Opener
+    c = (_aead.Sealer, _aead.Opener) if _aead is not None else None
+    check_in_use(
+        _aead, NOT_BUILT, packets.NATIVE, (packets.Sealer, packets.Opener), (c, (PySealer, PyOpener))
+    )
 
 
 @needs_c
 def test_relay_pure_python_selects_the_python_implementation() -> None:
     code = "from relay.protocol import packets; print(packets.NATIVE, packets.Sealer.__name__)"
     for value, expected in (("1", "False PySealer"), ("0", "True Sealer"), ("", "True Sealer")):
-        env = {**os.environ, "RELAY_PURE_PYTHON": value}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        )
-        assert out.stdout.split() == expected.split()
+        assert printed_with_pure_python(code, value) == expected.split()
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
