@@ -34,6 +34,7 @@ hold each datagram rather than gather them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import weakref
@@ -128,21 +129,24 @@ class PyPacer:
 
 
 def _native() -> type | None:
-    """The C Pacer, given this module's constants, if built and not refused by RELAY_PURE_PYTHON."""
+    """The C Pacer, if built and not refused by RELAY_PURE_PYTHON. Where it is built it gets this
+    module's constants either way, so that it can be held to PyPacer under RELAY_PURE_PYTHON too
+    (tests/server/test_pacing_native.py)."""
+    with contextlib.suppress(ImportError):
+        from relay.server import _pacing
+
+        _pacing.configure(
+            window=WINDOW,
+            smoothing=SMOOTHING,
+            pace_target=PACE_TARGET,
+            pace_on=PACE_ON,
+            pace_at_once=PACE_AT_ONCE,
+            pace_off=PACE_OFF,
+            max_step=MAX_STEP,
+            min_pace=MIN_PACE,
+        )
     built = native("relay.server._pacing")
-    if built is None:
-        return None
-    built.configure(
-        window=WINDOW,
-        smoothing=SMOOTHING,
-        pace_target=PACE_TARGET,
-        pace_on=PACE_ON,
-        pace_at_once=PACE_AT_ONCE,
-        pace_off=PACE_OFF,
-        max_step=MAX_STEP,
-        min_pace=MIN_PACE,
-    )
-    return built.Pacer
+    return built.Pacer if built is not None else None
 
 
 _built = _native()
