@@ -422,16 +422,23 @@ class CapsGuard:
         self.memory = 0
         self.cpu_share = 0.0
         self.exceeded = False
-        self.fallbacks = 0  # looks in a room with members that its own timer woke for (no pass came)
         self._last: tuple[float, float] | None = None
         self._described = False
         self._task: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
+        self._periodic = rides.Periodic(interval, self._look_on_pass)
+        self._handed_back = asyncio.Event()  # the looks on passes are over (`_look_on_pass`)
+        self._over_cap = False
 
     def wake(self) -> None:
         """A session began (`Relay.add_session_listener`): an empty room's guard looks now, not
         at the end of its quiet interval, so that its first members meet fresh figures."""
         self._woken.set()
+
+    @property
+    def fallbacks(self) -> int:
+        """Looks in a room with members that the guard's own timer woke for (no pass came)."""
+        return self._periodic.fallbacks
 
     def start(self) -> None:
         if self.mode == "soft":
@@ -439,18 +446,34 @@ class CapsGuard:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def stop(self) -> None:
+        self._periodic.stop()
         if self._task is not None:
             self._task.cancel()
 
     async def _run(self) -> None:
+        """The looks of an empty room (nothing grows there, and each look is a wake-up): every
+        `quiet_interval`, and at once when a session begins. While anyone is in the room the
+        looks ride on its passes (`_look_on_pass`) until it is empty again."""
         while True:
             self._woken.clear()
-            if self.relay.quiet:  # nobody in the room: nothing grows; each look is a wake-up
+            if self.relay.quiet:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._woken.wait(), self.quiet_interval)
-            elif not await rides.pass_after(self.interval):
-                self.fallbacks += 1
             await self.check(time.monotonic())
+            if not self.relay.quiet:
+                self._handed_back.clear()
+                self._periodic.start()
+                await self._handed_back.wait()
+                if self._over_cap:
+                    await self._close_over_cap()
+
+    def _look_on_pass(self, now: float) -> None:
+        """A look at the end of a pass: back to the task once the room is empty, or over its
+        soft cap (closing it awaits)."""
+        self._over_cap = self.look(now)
+        if self._over_cap or self.relay.quiet:
+            self._periodic.stop()
+            self._handed_back.set()
 
     def memory_cap(self) -> int:
         """The tier's memory cap, or the cgroup's limit where that is lower: where the kernel
@@ -465,7 +488,15 @@ class CapsGuard:
         return self.tier.cpu if limit is None else min(limit, self.tier.cpu)
 
     async def check(self, now: float) -> None:
-        """One pass: memory first (it can end the room), then CPU; a full look
+        """A look (`look`), closing the room where it is over its soft cap."""
+        if self.look(now):
+            await self._close_over_cap()
+
+    async def _close_over_cap(self) -> None:
+        await self.relay.close(CloseReason.CAP_EXCEEDED, "memory cap exceeded")
+
+    def look(self, now: float) -> bool:
+        """Memory first (True: over the soft cap, the room must close), then CPU; a full look
         (`full_look_every`) first finds the cgroup and its limits anew."""
         cgroup = self.cgroup
         if self.looks % self.full_look_every == 0:
@@ -486,8 +517,7 @@ class CapsGuard:
         if self.mode == "soft" and memory > cap and not self.exceeded:
             self.exceeded = True
             log.error("memory %d bytes over the %s cap of %d: closing the room", memory, self.tier.name, cap)
-            await relay.close(CloseReason.CAP_EXCEEDED, "memory cap exceeded")
-            return
+            return True
         if relay.accepting_joins and memory >= cap * self.tier.join_refusal_ratio:
             relay.accepting_joins = False
             log.warning("memory %d of %d bytes: refusing new joins", memory, cap)
@@ -495,6 +525,7 @@ class CapsGuard:
             relay.accepting_joins = True
             log.info("memory %d of %d bytes: accepting joins again", memory, cap)
         self._check_cpu(now)
+        return False
 
     def _check_cpu(self, now: float) -> None:
         cpu = self.read_cpu()

@@ -498,26 +498,25 @@ static int named_double(PyObject *obj, PyObject *name, double *out) {
     return to_double(PyObject_GetAttr(obj, name), out); /* more than were kept */
 }
 
-/* counters.<list>[0] += n (index 0: UDP, relay/server/metrics.py's TRANSPORTS) */
-/* obj.<list>[index] += n: a counter of a list of them (per transport, per histogram bucket) */
-static int count_at(PyObject *obj, Attr *list_name, Py_ssize_t index, long long n) {
+/* counters.<counts>[index] += n, in place: relay/server/metrics.py's Counters keeps its counts in
+ * arrays of 64-bit integers, so an add makes no int object (in a list each made one and freed
+ * one, met cold at every wake-up) */
+static int count_at(PyObject *obj, Attr *counts_name, Py_ssize_t index, long long n) {
     if (n == 0) return 0;
-    PyObject *list = get_attr(obj, list_name);
-    if (list == NULL) return -1;
-    int rc = -1;
-    if (PyList_Check(list) && PyList_GET_SIZE(list) > index) {
-        PyObject *old = PyList_GET_ITEM(list, index), *add = PyLong_FromLongLong(n);
-        PyObject *sum = add ? PyNumber_Add(old, add) : NULL;
-        Py_XDECREF(add);
-        if (sum != NULL) {
-            PyList_SET_ITEM(list, index, sum);
-            Py_DECREF(old);
-            rc = 0;
-        }
+    PyObject *counts = get_attr(obj, counts_name);
+    if (counts == NULL) return -1;
+    Py_buffer view;
+    int rc = PyObject_GetBuffer(counts, &view, PyBUF_WRITABLE | PyBUF_FORMAT);
+    Py_DECREF(counts);
+    if (rc < 0) return -1;
+    if (view.itemsize == (Py_ssize_t)sizeof(long long) && view.format != NULL && strcmp(view.format, "q") == 0 &&
+        view.len / view.itemsize > index) {
+        ((long long *)view.buf)[index] += n;
     } else {
-        PyErr_SetString(PyExc_TypeError, "a counter list too short");
+        PyErr_SetString(PyExc_TypeError, "counts must be an array('q') long enough");
+        rc = -1;
     }
-    Py_DECREF(list);
+    PyBuffer_Release(&view);
     return rc;
 }
 

@@ -2,6 +2,9 @@
 
 Incrementing a prometheus_client Counter per message costs a lock and a dict lookup; the relay
 bumps attributes of `Counters` instead and a custom collector reads them when /metrics is asked.
+The counts by transport are arrays of 64-bit integers, which relay/server/_lane.c adds to in
+place: in a list each add made a new int and freed the old, met cold at every wake-up (about
+4% of a relay's CPU in the deployed shape, docs/architecture.md).
 Every relay has its own registry, so several can live in one process (tests, embedding).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -46,12 +50,12 @@ class Counters:
     )
 
     def __init__(self) -> None:
-        self.messages_in = [0] * len(TRANSPORTS)
-        self.messages_out = [0] * len(TRANSPORTS)
-        self.packets_in = [0] * len(TRANSPORTS)
-        self.packets_out = [0] * len(TRANSPORTS)
-        self.bytes_in = [0] * len(TRANSPORTS)
-        self.bytes_out = [0] * len(TRANSPORTS)
+        self.messages_in = _by_transport()
+        self.messages_out = _by_transport()
+        self.packets_in = _by_transport()
+        self.packets_out = _by_transport()
+        self.bytes_in = _by_transport()
+        self.bytes_out = _by_transport()
         self.drops: Counter[str] = Counter()
         self.handshakes = 0
         self.handshake_failures = 0
@@ -59,12 +63,16 @@ class Counters:
         self.rebinds = 0
         # relay_fanout_seconds, kept as plain numbers like the rest (a prometheus Histogram's
         # observe() takes a lock and costs several times this, once per flush)
-        self.fanout_buckets = [0] * (len(FANOUT_BOUNDS) + 1)  # the last: over every bound
+        self.fanout_buckets = array("q", [0] * (len(FANOUT_BOUNDS) + 1))  # the last: over every bound
         self.fanout_sum = 0.0
 
     def observe_fanout(self, seconds: float) -> None:
         self.fanout_buckets[bisect_left(FANOUT_BOUNDS, seconds)] += 1
         self.fanout_sum += seconds
+
+
+def _by_transport() -> array[int]:
+    return array("q", [0] * len(TRANSPORTS))
 
 
 class _RelayCollector(Collector):

@@ -4,10 +4,10 @@ Every wake-up of a relay process costs some hundreds of microseconds of CPU on a
 machine, whatever the process does once awake (docs/architecture.md): the caps guard's look
 each second cost about that, nearly all of it the wake-up. A room in play passes every few
 milliseconds. So periodic work asks for the first pass at or after its time (`Rides.ride`; a
-task sleeps with `pass_after`), with a timer of its own only as a fallback, for a room that falls
-silent. One `Rides` per event loop (`for_loop`): every relay a process serves runs the rides
-that are due at the end of its flush and of its timer (relay/server/app.py), so a group's guard
-rides on any of its rooms.
+task sleeps with `pass_after`; a plain function runs with `Periodic`), with a timer of its own
+only as a fallback, for a room that falls silent. One `Rides` per event loop (`for_loop`): every
+relay a process serves runs the rides that are due at the end of its flush and of its timer
+(relay/server/app.py), so a group's guard rides on any of its rooms.
 """
 
 from __future__ import annotations
@@ -102,6 +102,82 @@ async def pass_after(least: float, most: float | None = None) -> bool:
     finally:
         fallback.cancel()
         rides.cancel(done)
+
+
+TIMER_STRIDE = 2
+"""How many periods beyond its slack `Periodic` sets its timer when it moves it: the larger, the
+fewer moves (each a timer cancelled and one armed) and the later a silent room's run."""
+
+
+class Periodic:
+    """`rider(now)` every `period` seconds, give or take SPREAD of it, called from the end of the
+    loop's first pass at or after its time (`Rides`): periodic work with no task, future or timer
+    of its own per run (a task that slept in `pass_after` met all three cold at every run).
+    Where no pass comes (members gone silent) a timer runs it, from half `slack` to `slack` plus
+    TIMER_STRIDE periods after its time: a run moves that timer on only where it would come
+    sooner than half `slack` after the next run's time, and then by that much, so a room that
+    passes at least every half `slack` moves it every few runs and never meets it."""
+
+    __slots__ = ("_deadline", "_loop", "_rides", "_timer", "fallbacks", "period", "rider", "slack")
+
+    def __init__(self, period: float, rider: Rider, slack: float | None = None) -> None:
+        self.period = period
+        self.rider = rider
+        self.slack = QUIET_PASS if slack is None else slack
+        self.fallbacks = 0
+        """Runs its own timer made (no pass came)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rides: Rides | None = None  # None: stopped
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = -math.inf  # the timer's, monotonic (-inf: none)
+
+    @property
+    def running(self) -> bool:
+        return self._rides is not None
+
+    def start(self) -> None:
+        """Runs from now on, the first run a period from now; while running, nothing changes."""
+        if self._rides is None:
+            loop = asyncio.get_running_loop()
+            self._loop, self._rides = loop, for_loop(loop)
+            self._next(time.monotonic())
+
+    def stop(self) -> None:
+        """No run from now on (the rider may call this)."""
+        if self._rides is not None:
+            self._rides.cancel(self)
+            self._rides = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = -math.inf
+
+    def _next(self, now: float) -> None:
+        rides, loop = self._rides, self._loop
+        assert rides is not None and loop is not None
+        due = now + self.period * random.uniform(1 - SPREAD, 1 + SPREAD)
+        rides.ride(self, due, self._ride)
+        if self._deadline < due + self.slack / 2:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._deadline = due + self.slack + TIMER_STRIDE * self.period
+            self._timer = loop.call_later(self._deadline - now, self._fallback)
+
+    def _ride(self, now: float) -> None:
+        self._next(now)
+        self.rider(now)  # a failure is Rides.run's to log
+
+    def _fallback(self) -> None:
+        self._timer, self._deadline = None, -math.inf
+        if self._rides is None:
+            return
+        self.fallbacks += 1
+        now = time.monotonic()
+        self._next(now)  # in place of the ride no pass came for
+        try:
+            self.rider(now)
+        except Exception:
+            log.exception("a periodic ride failed on its own timer")
 
 
 _rides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Rides] = weakref.WeakKeyDictionary()

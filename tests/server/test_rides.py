@@ -15,7 +15,7 @@ from relay.agent.tiers import NANO
 from relay.embedded import room
 from relay.protocol import messages as m
 from relay.server import rides
-from relay.server.rides import Rides, for_loop, pass_after
+from relay.server.rides import Periodic, Rides, for_loop, pass_after
 
 from .rawpeer import UdpPeer
 
@@ -73,6 +73,7 @@ async def test_a_task_sleeping_for_a_pass_wakes_on_the_first_after_its_time_or_o
         loop.call_later(delay, a_pass)
     assert await pass_after(0.05, 0.5)  # the pass at 0.08, not the one at 0.02
     assert 0.07 <= time.monotonic() - start < 0.3
+    await asyncio.sleep(0.06)  # past the pass at 0.12 (a wait from 0.08 could have ended there)
     start = time.monotonic()
     assert not await pass_after(0.05, 0.1)  # no pass came: its own timer
     assert time.monotonic() - start >= 0.09
@@ -99,6 +100,81 @@ async def test_a_periodic_wait_is_spread_so_rooms_that_started_together_drift_ap
     assert 0.07 <= time.monotonic() - start < 0.1
     assert draws == [(1 - rides.SPREAD, 1 + rides.SPREAD)]
     assert riding.due == math.inf
+
+
+async def test_periodic_work_runs_on_passes_and_arms_its_timer_only_every_few_runs() -> None:
+    """A room that passes every 5 ms, a run due every 50 ms: each run on a pass, none from its
+    timer, and the timer moved on at one run in two or three (0.1 s of slack), not at each."""
+    loop = asyncio.get_running_loop()
+    riding = for_loop(loop)
+    ran: list[float] = []
+    timers: dict[int, object] = {}  # each held, so that no id is used again
+
+    def run(now: float) -> None:
+        ran.append(now)
+        timers[id(periodic._timer)] = periodic._timer
+
+    periodic = Periodic(0.05, run, slack=0.1)
+    periodic.start()
+    try:
+        for _ in range(120):  # 0.6 s of passes
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            if now >= riding.due:
+                riding.run(now)
+        assert 8 <= len(ran) <= 16
+        assert periodic.fallbacks == 0
+        assert len(timers) <= 0.6 * len(ran)
+    finally:
+        periodic.stop()
+    assert riding.due == math.inf and not periodic.running
+
+
+async def test_periodic_work_runs_from_its_own_timer_where_no_pass_comes() -> None:
+    ran: list[float] = []
+    periodic = Periodic(0.02, ran.append, slack=0.02)
+    start = time.monotonic()
+    periodic.start()
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        periodic.stop()
+    # a period, then its slack and TIMER_STRIDE periods: every 0.075-0.085 s
+    assert periodic.fallbacks == len(ran) >= 4
+    assert ran[0] - start >= 0.02 * (1 - rides.SPREAD) + 0.02 + rides.TIMER_STRIDE * 0.02
+    count = len(ran)
+    await asyncio.sleep(0.15)
+    assert len(ran) == count  # stopped: its timer with it
+
+
+async def test_periodic_work_that_stops_itself_runs_no_more_and_a_failure_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    riding = for_loop(asyncio.get_running_loop())
+    ran: list[float] = []
+
+    def once(now: float) -> None:
+        ran.append(now)
+        periodic.stop()
+
+    periodic = Periodic(0.01, once, slack=0.02)
+    periodic.start()
+    periodic.start()  # running: nothing changes
+    await asyncio.sleep(0.02)
+    riding.run(time.monotonic())
+    await asyncio.sleep(0.05)
+    assert len(ran) == 1 and riding.due == math.inf and not periodic.running
+
+    def fail(now: float) -> None:
+        raise RuntimeError("boom")
+
+    failing = Periodic(0.01, fail, slack=0.02)
+    with caplog.at_level(logging.ERROR, "relay.server"):
+        failing.start()
+        await asyncio.sleep(0.1)  # its own timer (at 0.05 s), at least once
+        failing.stop()
+    assert failing.fallbacks >= 1 and "boom" in caplog.text
+    caplog.clear()  # the error this test asked for
 
 
 class _Counting:
@@ -138,8 +214,8 @@ async def test_the_guard_looks_on_passes_while_the_room_plays_and_on_its_timer_o
             assert 6 <= playing <= 13  # about one an interval
             assert guard.fallbacks == 0  # every one of them on a pass: no wake-up of its own
             assert cpu.reads == looks.reads  # each look read both
-            await asyncio.sleep(6 * interval)  # members in the room, nobody sends
-            assert guard.fallbacks >= 2  # its own timer, every second interval
+            await asyncio.sleep(12 * interval)  # members in the room, nobody sends
+            assert guard.fallbacks >= 2  # its own timer, every fourth interval (rides.Periodic)
             assert looks.reads - start - playing >= 2
             a.close()
             b.close()
