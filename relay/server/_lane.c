@@ -31,7 +31,7 @@
  * (UDP: counted as the room counts it, drops "udp_send_buffer").
  *
  * `fanout_bounds`: relay_fanout_seconds' bucket bounds, so a read's flush is counted in
- * `counters.fanout_buckets` and `fanout_sum` without a Python call (None: Counters.observe_fanout).
+ * `counters.fanout_buckets` and `fanout_ns` without a Python call (None: Counters.observe_fanout).
  * `hooks`: (object, attribute, callable) each; at the end of a read, callable(now) where
  * now >= object.attribute (what the relay runs at the end of a pass: its rides, its pacer). An
  * object that is relay/server/_pacing.c's Pacer is read in C, by its `lane_due` (the attribute
@@ -113,7 +113,7 @@ typedef struct {
     Py_ssize_t offset;  /* 0: not a slot of that type: PyObject_GetAttr */
 } Attr;
 
-static Attr s_sid, s_member, s_session, s_path, s_validated, s_addr, s_muted_until, s_over_since, s_opener, s_sealer, s_msg_bucket, s_byte_bucket, s_prefix, s_sessions, s_members, s_flush_scheduled, s_held, s_shed_optional, s_udp_backlogged, s_closed, s_last_seen, s_last_activity, s_packets_in, s_bytes_in, s_messages_in, s_messages_out, s_packets_out, s_bytes_out, s_drops, s_observe_fanout, s_fanout_buckets, s_fanout_sum, s_decrypt_failures;
+static Attr s_sid, s_member, s_session, s_path, s_validated, s_addr, s_muted_until, s_over_since, s_opener, s_sealer, s_msg_bucket, s_byte_bucket, s_prefix, s_sessions, s_members, s_flush_scheduled, s_held, s_shed_optional, s_udp_backlogged, s_closed, s_last_seen, s_last_activity, s_packets_in, s_bytes_in, s_messages_in, s_messages_out, s_packets_out, s_bytes_out, s_drops, s_observe_fanout, s_fanout_buckets, s_fanout_ns, s_decrypt_failures;
 static Attr s_write, s_get_write_buffer_size, s_is_closing, s_overflow, s_lane_binary, s_lane_hand_back, s_lane_control, s_seq;
 
 /* ---- an entry: one session's handles ------------------------------------------------------ */
@@ -1212,7 +1212,7 @@ unqueue:
 /* ---- the pass's output ----------------------------------------------------------------------- */
 
 /* Counters.observe_fanout(seconds) without a Python call: fanout_buckets[bisect_left(bounds,
- * seconds)] += 1, fanout_sum += seconds (no bounds given: the Python method) */
+ * seconds)] += 1, fanout_ns[0] += its nanoseconds (no bounds given: the Python method) */
 static int observe_fanout(Lane *self, double seconds) {
     PyObject *counters = self->counters;
     if (self->nbounds == 0) {
@@ -1225,7 +1225,7 @@ static int observe_fanout(Lane *self, double seconds) {
     int i = 0;
     while (i < self->nbounds && self->bounds[i] < seconds) i++;
     if (count_at(counters, &s_fanout_buckets, i, 1) < 0) return -1;
-    return add_to(counters, &s_fanout_sum, PyFloat_FromDouble(seconds));
+    return count_at(counters, &s_fanout_ns, 0, seconds > 0 ? (long long)(seconds * 1e9 + 0.5) : 0);
 }
 
 /* ---- a WebSocket member's output -------------------------------------------------------------- */
@@ -2192,7 +2192,7 @@ PyMODINIT_FUNC PyInit__lane(void) {
         intern(&s_messages_out, "messages_out") || intern(&s_packets_out, "packets_out") ||
         intern(&s_bytes_out, "bytes_out") || intern(&s_drops, "drops") ||
         intern(&s_observe_fanout, "observe_fanout") || intern(&s_fanout_buckets, "fanout_buckets") ||
-        intern(&s_fanout_sum, "fanout_sum") || intern(&s_decrypt_failures, "decrypt_failures") ||
+        intern(&s_fanout_ns, "fanout_ns") || intern(&s_decrypt_failures, "decrypt_failures") ||
         intern(&s_write, "write") || intern(&s_get_write_buffer_size, "get_write_buffer_size") ||
         intern(&s_is_closing, "is_closing") ||
         intern(&s_overflow, "overflow") || intern(&s_lane_binary, "lane_binary") ||

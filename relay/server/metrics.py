@@ -39,7 +39,7 @@ class Counters:
         "decrypt_failures",
         "drops",
         "fanout_buckets",
-        "fanout_sum",
+        "fanout_ns",
         "handshake_failures",
         "handshakes",
         "messages_in",
@@ -64,11 +64,16 @@ class Counters:
         # relay_fanout_seconds, kept as plain numbers like the rest (a prometheus Histogram's
         # observe() takes a lock and costs several times this, once per flush)
         self.fanout_buckets = array("q", [0] * (len(FANOUT_BOUNDS) + 1))  # the last: over every bound
-        self.fanout_sum = 0.0
+        self.fanout_ns = array("q", [0])  # their sum in nanoseconds: an int, added to in place
+
+    @property
+    def fanout_sum(self) -> float:
+        """relay_fanout_seconds' sum, in seconds."""
+        return self.fanout_ns[0] / 1e9
 
     def observe_fanout(self, seconds: float) -> None:
         self.fanout_buckets[bisect_left(FANOUT_BOUNDS, seconds)] += 1
-        self.fanout_sum += seconds
+        self.fanout_ns[0] += round(seconds * 1e9)
 
 
 def _by_transport() -> array[int]:
