@@ -214,9 +214,16 @@ static int entry_append(Entry *e, const unsigned char *prefix, int prefix_len, c
 
 /* ---- the lane ------------------------------------------------------------------------------ */
 
+/* relay/server/metrics.py's Counters' arrays of 64-bit integers the lane adds to (`count_at`) */
+enum { C_PACKETS_IN, C_BYTES_IN, C_MESSAGES_IN, C_MESSAGES_OUT, C_PACKETS_OUT, C_BYTES_OUT, C_FANOUT_BUCKETS, C_FANOUT_NS,
+       NCOUNTS };
+
 typedef struct {
     PyObject_HEAD int fd;
     PyObject *room, *counters, *punt, *punt_opened, *hooks;
+    /* the counters' arrays (`hold_counts`), held through their buffers for the lane's life */
+    Py_buffer counts[NCOUNTS];
+    int counts_held; /* how many of them: NCOUNTS, or none is counted */
     PyObject *by_sid;     /* sid -> Entry */
     PyObject *by_session; /* session -> Entry */
     Py_ssize_t max_payload, max_plaintext;
@@ -261,6 +268,9 @@ typedef struct {
     Py_ssize_t out_cap;
 } Lane;
 
+static int hold_counts(Lane *self, PyObject *counters);
+static void release_counts(Lane *self);
+
 static double monotonic_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -288,16 +298,12 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
     self->active_at = -1.0;
     if (bounds != NULL) { /* ascending seconds, as bisect_left reads them */
         PyObject *seq = PySequence_Fast(bounds, "fanout_bounds: a sequence of seconds");
-        if (seq == NULL) {
-            Py_DECREF(hooks);
-            return -1;
-        }
+        if (seq == NULL) return -1;
         Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
         for (Py_ssize_t i = 0; i < n && i < 16; i++) {
             double bound = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
             if ((bound == -1.0 && PyErr_Occurred()) || (i && bound < self->bounds[i - 1])) {
                 Py_DECREF(seq);
-                Py_DECREF(hooks);
                 if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "fanout_bounds: ascending");
                 return -1;
             }
@@ -305,7 +311,6 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
         }
         Py_DECREF(seq);
         if (n > 16) {
-            Py_DECREF(hooks);
             PyErr_SetString(PyExc_ValueError, "fanout_bounds: 16 at most");
             return -1;
         }
@@ -320,6 +325,10 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
             PyErr_SetString(PyExc_TypeError, "hooks: (object, attribute, callable) each");
             return -1;
         }
+    }
+    if (hold_counts(self, counters) < 0) {
+        Py_DECREF(hooks);
+        return -1;
     }
     if (self->bufs == NULL) {
         self->bufs = PyMem_Malloc(BATCH * BUFSIZE);
@@ -371,6 +380,7 @@ static int Lane_traverse(Lane *self, visitproc visit, void *arg) {
     Py_VISIT(self->by_session);
     Py_VISIT(self->ws_hooks);
     Py_VISIT(self->ws_schedule);
+    for (int i = 0; i < self->counts_held; i++) Py_VISIT(self->counts[i].obj);
     return 0;
 }
 
@@ -386,6 +396,7 @@ static int Lane_clear(Lane *self) {
     Py_CLEAR(self->by_session);
     Py_CLEAR(self->ws_hooks);
     Py_CLEAR(self->ws_schedule);
+    release_counts(self);
     return 0;
 }
 
@@ -499,45 +510,57 @@ static int named_double(PyObject *obj, PyObject *name, double *out) {
 }
 
 /* counters.<counts>[index] += n, in place: relay/server/metrics.py's Counters keeps its counts in
- * arrays of 64-bit integers, so an add makes no int object (in a list each made one and freed
- * one, met cold at every wake-up) */
-static int count_at(PyObject *obj, Attr *counts_name, Py_ssize_t index, long long n) {
-    if (n == 0) return 0;
-    PyObject *counts = get_attr(obj, counts_name);
-    if (counts == NULL) return -1;
-    Py_buffer view;
-    int rc = PyObject_GetBuffer(counts, &view, PyBUF_WRITABLE | PyBUF_FORMAT);
-    Py_DECREF(counts);
-    if (rc < 0) return -1;
-    if (view.itemsize == (Py_ssize_t)sizeof(long long) && view.format != NULL && strcmp(view.format, "q") == 0 &&
-        view.len / view.itemsize > index) {
-        ((long long *)view.buf)[index] += n;
-    } else {
-        PyErr_SetString(PyExc_TypeError, "counts must be an array('q') long enough");
-        rc = -1;
-    }
-    PyBuffer_Release(&view);
-    return rc;
+ * arrays of 64-bit integers, held by the lane through their buffers (`hold_counts`), so an add
+ * is a store (in lists each add made an int and freed one, met cold at every wake-up, and found
+ * the list by name). Their lengths were checked when they were held, and cannot change since. */
+static inline void count_at(Lane *self, int counts, Py_ssize_t index, long long n) {
+    if (self->counts_held == NCOUNTS) ((long long *)self->counts[counts].buf)[index] += n;
 }
 
-static int count(PyObject *counters, Attr *list_name, long long n) { return count_at(counters, list_name, 0, n); }
+static void release_counts(Lane *self) {
+    for (int i = 0; i < self->counts_held; i++) PyBuffer_Release(&self->counts[i]);
+    self->counts_held = 0;
+}
+
+/* Holds the buffers of `counters`' arrays (the order of C_PACKETS_IN...): an array('q') each, of
+ * a count per transport kind, per fan-out bucket (the bounds given and one over them), or one */
+static int hold_counts(Lane *self, PyObject *counters) {
+    Attr *names[NCOUNTS] = {&s_packets_in,  &s_bytes_in,  &s_messages_in,     &s_messages_out,
+                            &s_packets_out, &s_bytes_out, &s_fanout_buckets, &s_fanout_ns};
+    release_counts(self);
+    for (int i = 0; i < NCOUNTS; i++) {
+        PyObject *counts = get_attr(counters, names[i]);
+        if (counts == NULL) break;
+        Py_buffer *view = &self->counts[i];
+        int held = PyObject_GetBuffer(counts, view, PyBUF_WRITABLE | PyBUF_FORMAT) == 0;
+        Py_DECREF(counts);
+        if (held) self->counts_held = i + 1;
+        Py_ssize_t least = i < C_FANOUT_BUCKETS ? 3 : i == C_FANOUT_BUCKETS ? self->nbounds + 1 : 1;
+        if (!held || view->itemsize != (Py_ssize_t)sizeof(long long) || view->format == NULL ||
+            strcmp(view->format, "q") != 0 || view->len / view->itemsize < least) {
+            PyErr_Format(PyExc_TypeError, "counters.%U: an array('q') of %zd at least", names[i]->name, least);
+            break;
+        }
+    }
+    if (self->counts_held == NCOUNTS) return 0;
+    release_counts(self);
+    return -1;
+}
 
 /* A read's taken packets into the counters (packets_in, bytes_in, messages_in of their kind),
  * as the room counts each of its packets: once a read, and before the room or a hook runs. */
-static int count_pending(Lane *self) {
-    if (!self->pending_any) return 0;
+static void count_pending(Lane *self) {
+    if (!self->pending_any) return;
     self->pending_any = 0;
-    int failed = 0;
     for (int kind = 0; kind < 3; kind++) {
         long long *n = self->pending[kind];
-        if (n[0] && self->counters != NULL &&
-            (count_at(self->counters, &s_packets_in, kind, n[0]) < 0 ||
-             count_at(self->counters, &s_bytes_in, kind, n[1]) < 0 ||
-             count_at(self->counters, &s_messages_in, kind, n[2]) < 0))
-            failed = 1;
+        if (n[0]) {
+            count_at(self, C_PACKETS_IN, kind, n[0]);
+            count_at(self, C_BYTES_IN, kind, n[1]);
+            count_at(self, C_MESSAGES_IN, kind, n[2]);
+        }
         n[0] = n[1] = n[2] = 0;
     }
-    return failed ? -1 : 0;
 }
 
 /* obj.<attr> += amount (a new reference, let go) */
@@ -1224,8 +1247,9 @@ static int observe_fanout(Lane *self, double seconds) {
     }
     int i = 0;
     while (i < self->nbounds && self->bounds[i] < seconds) i++;
-    if (count_at(counters, &s_fanout_buckets, i, 1) < 0) return -1;
-    return count_at(counters, &s_fanout_ns, 0, seconds > 0 ? (long long)(seconds * 1e9 + 0.5) : 0);
+    count_at(self, C_FANOUT_BUCKETS, i, 1);
+    count_at(self, C_FANOUT_NS, 0, seconds > 0 ? (long long)(seconds * 1e9 + 0.5) : 0);
+    return 0;
 }
 
 /* ---- a WebSocket member's output -------------------------------------------------------------- */
@@ -1366,9 +1390,10 @@ static int ws_send_entry(Lane *self, Entry *e, double now) {
         packets = bytes = 0;
     }
     PyObject *counters = self->counters;
-    if (count_at(counters, &s_messages_out, e->kind, messages) < 0 ||
-        count_at(counters, &s_packets_out, e->kind, packets) < 0 || count_at(counters, &s_bytes_out, e->kind, bytes) < 0 ||
-        (too_large && count_drop(counters, "too_large_for_transport", too_large) < 0) ||
+    count_at(self, C_MESSAGES_OUT, e->kind, messages);
+    count_at(self, C_PACKETS_OUT, e->kind, packets);
+    count_at(self, C_BYTES_OUT, e->kind, bytes);
+    if ((too_large && count_drop(counters, "too_large_for_transport", too_large) < 0) ||
         (failed && count_drop(counters, "internal_error", failed) < 0))
         return -1;
     if (overflow) {
@@ -1380,7 +1405,7 @@ static int ws_send_entry(Lane *self, Entry *e, double now) {
 }
 
 static int flush(Lane *self, double start) {
-    if (count_pending(self) < 0) internal_error(self, "counters");
+    count_pending(self);
     if (self->ndirty == 0) return 0;
     /* WebSocket members' output first, each to its own socket; then the datagrams */
     Py_ssize_t kept = 0;
@@ -1491,9 +1516,10 @@ static int flush(Lane *self, double start) {
     }
     clear_dirty(self);
     PyObject *counters = self->counters;
-    if (count(counters, &s_messages_out, messages) < 0 || count(counters, &s_packets_out, sent) < 0 ||
-        count(counters, &s_bytes_out, sent_bytes) < 0 ||
-        (too_large && count_drop(counters, "too_large_for_transport", too_large) < 0) ||
+    count_at(self, C_MESSAGES_OUT, KIND_UDP, messages);
+    count_at(self, C_PACKETS_OUT, KIND_UDP, sent);
+    count_at(self, C_BYTES_OUT, KIND_UDP, sent_bytes);
+    if ((too_large && count_drop(counters, "too_large_for_transport", too_large) < 0) ||
         (failed && count_drop(counters, "internal_error", failed) < 0) ||
         (socket_errors && count_drop(counters, "socket_error", socket_errors) < 0) ||
         (backlog && count_drop(counters, "udp_send_buffer", backlog) < 0))
@@ -1581,7 +1607,7 @@ static void account(Lane *self, int handled, Pass *pass, double now, int (*hand)
     }
     self->punted++;
     plan_forget(pass->plan); /* the room's turn: who the recipients are may change */
-    if (count_pending(self) < 0) internal_error(self, "counters");
+    count_pending(self);
     if (handled == ROOMS && !stopped(self)) {
         if (flush(self, now) < 0) internal_error(self, "flush");
         if (!stopped(self) && hand(self, packet, now) < 0) internal_error(self, "punt");
@@ -1706,7 +1732,7 @@ static PyObject *Lane_read(Lane *self, PyObject *unused) {
         account(self, handled, &pass, now, hand_over, &i);
     }
     if (!stopped(self) && flush(self, now) < 0) internal_error(self, "flush");
-    if (count_pending(self) < 0) internal_error(self, "counters");
+    count_pending(self);
     run_hooks(self, self->hooks, now, now); /* the pass's end: what is due then (its rides, its pacer) */
     end_pass(&pass);
     return finish(self);
@@ -2023,7 +2049,7 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
         int control = (f[0] == 0x89 || f[0] == 0x8A) && len < 126; /* a ping or a pong */
         if ((f[0] != 0x82 && !control) || !(f[1] & 0x80) || len == 127) {
             /* not a masked, whole binary frame, nor a ping or pong: Python's */
-            if (count_pending(self) < 0) internal_error(self, "counters");
+            count_pending(self);
             ws_hand_back(self, e, pos);
             handed = 1;
             break;
@@ -2038,7 +2064,7 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
         pos += hlen + 4 + len;
         if (control) { /* answered, or a sign of life, by the connection; its reading stays here */
             plan_forget(pass.plan);
-            if (count_pending(self) < 0) internal_error(self, "counters");
+            count_pending(self);
             PyObject *opcode = PyLong_FromLong(f[0] & 0x0F), *data = PyBytes_FromStringAndSize((const char *)payload, len),
                      *stamp = PyFloat_FromDouble(now), *result = NULL;
             if (opcode && data && stamp)
@@ -2063,7 +2089,7 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
         Frame frame = {e, payload, len};
         account(self, handled, &pass, now, hand_frame, &frame);
     }
-    if (count_pending(self) < 0) internal_error(self, "counters");
+    count_pending(self);
     if (!handed && e->fd >= 0 && pos > 0) { /* what is not yet a whole frame waits for the next read */
         memmove(e->in, e->in + pos, e->in_len - pos);
         e->in_len -= pos;

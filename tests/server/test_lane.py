@@ -32,6 +32,7 @@ from relay.protocol import tokens
 from relay.protocol.constants import UDP_MAX_PLAINTEXT, ErrorCode
 from relay.protocol.gs2 import wire
 from relay.server import app, links
+from relay.server.metrics import Counters
 
 from ..gs2 import wireclient as g
 from .helpers import drops, eventually
@@ -608,6 +609,21 @@ async def test_the_lane_rejects_what_it_cannot_use() -> None:
         links.LANE(0, object(), object(), print, print, 1100, 1168, [(object(), "due")])
     with pytest.raises(ValueError):
         links.LANE(-1, object(), object(), print, print, 1100, 1168)
+    with pytest.raises(ValueError, match="ascending"):  # before any hook is held
+        links.LANE(0, object(), Counters(), print, print, 1100, 1168, fanout_bounds=[0.2, 0.1])
+    listed = Counters()
+    listed.packets_in = [0, 0, 0]  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="packets_in"):  # the lane adds to arrays of 64-bit integers in place
+        links.LANE(0, object(), listed, print, print, 1100, 1168)
+    few = Counters()
+    with pytest.raises(TypeError, match="fanout_buckets"):  # a bucket for each bound, and one over them
+        links.LANE(0, object(), few, print, print, 1100, 1168, fanout_bounds=[0.1] * len(few.fanout_buckets))
+    held = Counters()
+    lane = links.LANE(0, object(), held, print, print, 1100, 1168)
+    with pytest.raises(BufferError):  # held while the lane lives: no count can move
+        held.bytes_out.append(0)
+    del lane
+    held.bytes_out.append(0)
     async with room(host="127.0.0.1") as r:
         lane = r.relay._udp_lane
         assert lane is not None
@@ -661,7 +677,6 @@ def a_lane(room_punt: Callable[..., None], hooks: tuple[Any, ...] = ()) -> tuple
 
     from relay.protocol.keys import generate_room_key
     from relay.server.config import RelayConfig
-    from relay.server.metrics import Counters
     from relay.server.room import Room
 
     config = RelayConfig(room_key=generate_room_key())
