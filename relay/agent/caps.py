@@ -50,8 +50,9 @@ SHED_OFF = 0.7
 
 
 def cpu_seconds() -> float:
-    t = resource.getrusage(resource.RUSAGE_SELF)
-    return t.ru_utime + t.ru_stime
+    """The process's CPU time, every thread's, user and system: getrusage's figure in one call
+    that makes no struct (the guard reads it at every look)."""
+    return time.process_time()
 
 
 def rss_bytes(proc: Path = Path("/proc/self"), read: Callable[[Path], str] = Path.read_text) -> int:
@@ -365,7 +366,8 @@ class Guarded(Protocol):
     @property
     def quiet(self) -> bool: ...
 
-    def pace_within(self, budget: float) -> None: ...
+    def pace_within(self, budget: float) -> None:
+        """The CPU budget, given at the first look and whenever it changes: kept till then."""
 
     async def close(self, reason: CloseReason, text: str = "") -> None: ...
 
@@ -423,6 +425,7 @@ class CapsGuard:
         self.cpu_share = 0.0
         self.exceeded = False
         self._last: tuple[float, float] | None = None
+        self._paced_within = -1.0  # the budget the relay was last given (`pace_within`)
         self._described = False
         self._task: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
@@ -535,7 +538,9 @@ class CapsGuard:
         self.cpu_share = share = (cpu - last[1]) / (now - last[0])
         budget = self._caps[1]
         relay = self.relay
-        relay.pace_within(budget)
+        if budget != self._paced_within:  # the loop's pacer keeps it (relay/server/pacing.py)
+            relay.pace_within(budget)
+            self._paced_within = budget
         if not relay.shed_optional and share >= budget * SHED_ON:
             relay.shed_optional = True
             log.warning("CPU %.0f%%, budget %.0f%%: shedding UDP fan-out", share * 100, budget * 100)

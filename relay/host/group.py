@@ -110,6 +110,7 @@ class RoomGroup:
         self.done = asyncio.Event()
         self._accepting_joins = True
         self._shed_optional = False
+        self._budget: float | None = None  # the CPU budget the guard gave (`pace_within`)
         self._totals: dict[str, int] = {}  # each room's messages at the last sample
         self._loads: dict[str, int] = {}  # and since the one before
         self._ever_connected = False
@@ -169,7 +170,9 @@ class RoomGroup:
         return all(served.relay.quiet for served in self._served())
 
     def pace_within(self, budget: float) -> None:
-        """The group's CPU budget: its rooms share one pacer (relay/server/pacing.py)."""
+        """The group's CPU budget: its rooms share one pacer (relay/server/pacing.py), and a room
+        that starts later gets it too."""
+        self._budget = budget
         for served in self._served():
             served.relay.pace_within(budget)
 
@@ -260,6 +263,8 @@ class RoomGroup:
                 room.served = served = ServedRoom(Relay(launch.room_config()))
                 await served.start(launch, guarded=False)
                 served.relay.accepting_joins = self._accepting_joins
+                if self._budget is not None:  # the guard gives a budget only when it changes
+                    served.relay.pace_within(self._budget)
                 if self.guard is not None:
                     # the process's figures against the group's caps, in each room's /metrics
                     served.relay.metrics.registry.register(CapsCollector(self.guard))

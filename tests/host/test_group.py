@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 import relay.client as rc
 from loadtest.controlplane import free_port
@@ -23,6 +24,7 @@ from relay.host.group import RoomGroup, group_argv, parse_group_argv
 from relay.logs import RoutedStream
 from relay.protocol.constants import CloseReason
 from relay.protocol.keys import generate_room_key
+from relay.server import pacing
 from tests.control.helpers import make_config, wait_for
 from tests.control.test_agent import make_room
 
@@ -192,6 +194,26 @@ async def test_over_the_cpu_budget_only_the_rooms_over_their_share_shed() -> Non
             await client.close()
     finally:
         await stopped(group)
+
+
+def test_a_room_that_starts_after_the_guard_gave_the_budget_paces_within_it() -> None:
+    """The guard gives the group its CPU budget when it changes, not at every look
+    (relay/agent/caps.py): a room the group starts later gets it from the group. On uvloop, as
+    a group process runs: the relay paces on no other loop."""
+
+    async def budget_of_a_later_room() -> float:
+        group = RoomGroup(2, group_tier(NANO, 2), "soft")
+        group.pace_within(0.01)  # the guard's look, before any room
+        try:
+            answer = await group._handle(assign("r0", generate_room_key(), cpu_budget="0.5"))
+            assert answer is not None
+            pacer = pacing.for_loop(asyncio.get_running_loop())
+            assert pacer is not None
+            return pacer.pacer.budget
+        finally:
+            await stopped(group)
+
+    assert uvloop.run(budget_of_a_later_room()) == 0.01
 
 
 def test_group_command_lines() -> None:
