@@ -271,11 +271,14 @@ typedef struct {
 static int hold_counts(Lane *self, PyObject *counters);
 static void release_counts(Lane *self);
 
-static double monotonic_now(void) {
+/* `clock`'s time in seconds, as Python's time module reads it */
+static double clock_seconds(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+static double monotonic_now(void) { return clock_seconds(CLOCK_MONOTONIC); }
 
 static int Lane_init(Lane *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"fd",          "room", "counters", "punt",          "punt_opened", "max_payload",
@@ -1643,9 +1646,7 @@ static int hand_frame(Lane *self, void *at, double now) {
  * starts the pace. 1: the hook is called. */
 static int sampled_unpaced(PacerObject *pacer, double now) {
     if (pacer->pace) return 1;
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    pacer_sample(pacer, pacers->k, now, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    pacer_sample(pacer, pacers->k, now, clock_seconds(CLOCK_PROCESS_CPUTIME_ID));
     return pacer->pace != 0;
 }
 
