@@ -4,7 +4,8 @@ Hard caps (cgroups, relay/host/cgroups.py) stop a relay from taking more than it
 the kernel's answers are blunt: an OOM kill ends the room, throttling stalls everyone in it.
 `CapsGuard` degrades first, looking every second while anyone is in the room, on a pass the
 relay has anyway (an empty room grows nothing: it looks every minute, and at once when a
-session begins):
+session begins; a relay far from its caps whose pacer would say when its CPU came near looks
+every ten seconds, reading its memory as each session begins):
 - memory at `tier.join_refusal_ratio` (90%) of the cap: new JOINs get ERROR overloaded, members
   already in keep playing; joins open again below 85%.
 - CPU at 90% of the budget: `shed_optional`, so fan-out to UDP members (unreliable by contract)
@@ -40,7 +41,7 @@ from prometheus_client.registry import Collector
 from relay.agent.cgroupfs import own_cgroup_dir
 from relay.agent.tiers import Tier, get_tier
 from relay.protocol.constants import CloseReason
-from relay.server import rides
+from relay.server import pacing, rides
 
 log = logging.getLogger("relay.agent.caps")
 
@@ -378,6 +379,11 @@ class SessionsHeard(Guarded, Protocol):
     def add_session_listener(self, callback: Callable[[], None]) -> None: ...
 
 
+CALM_INTERVAL = 10.0
+"""Seconds between the looks of a relay in play whose CPU and memory are far from its caps, and
+whose pacer would say at once if CPU came near (`CapsGuard._choose_interval`): the looks each
+second were 9% of the CPU of a hundred such relays on a core (docs/architecture.md)."""
+
 FULL_LOOK_EVERY = 10
 """Of the guard's looks, one in this many also reads what seldom changes: which cgroup the relay
 is in (/proc/self/cgroup) and that cgroup's limits. The others read the memory usage and the
@@ -389,11 +395,14 @@ core (the cgroup's line alone about 70 us): 2% of that core for the looks
 class CapsGuard:
     """Watches memory and CPU against the tier; `mode` is "cgroup" (kernel enforces) or "soft".
     In cgroup mode it reads `cgroup` (by default the one this process is in): its membership
-    and limits every `full_look_every` looks (FULL_LOOK_EVERY), its usage at every look.
+    and limits every `full_look_every` looks (FULL_LOOK_EVERY) and at every calm one, its usage
+    at every look.
 
     While anyone is in the room, a look comes at the end of the relay's first pass `interval`
     seconds after the last (relay/server/rides.py): no wake-up of its own while the room plays
-    or its members PING, its own timer only where no pass came (members gone silent)."""
+    or its members PING, its own timer only where no pass came (members gone silent). Where
+    nothing it acts on is near and the loop's pacer would say when CPU came near, the looks are
+    `calm_interval` apart (`_choose_interval`)."""
 
     def __init__(
         self,
@@ -402,6 +411,7 @@ class CapsGuard:
         mode: str = "cgroup",
         interval: float = 1.0,
         quiet_interval: float = 60.0,
+        calm_interval: float = CALM_INTERVAL,
         read_memory: Callable[[], int] | None = None,
         read_cpu: Callable[[], float] = cpu_seconds,
         cgroup: OwnCgroup | None = None,
@@ -412,6 +422,7 @@ class CapsGuard:
         self.mode = mode
         self.interval = interval
         self.quiet_interval = quiet_interval
+        self.calm_interval = calm_interval
         self.cgroup = cgroup if cgroup is not None or mode != "cgroup" else OwnCgroup()
         self.read_memory = read_memory or (self.cgroup.memory if self.cgroup else private_bytes)
         # where memory is read exactly only from the lowest line the guard acts at; None: a reader
@@ -430,13 +441,48 @@ class CapsGuard:
         self._task: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
         self._periodic = rides.Periodic(interval, self._look_on_pass)
+        self._pacer: pacing.LoopPacer | None = None  # the loop's, where it paces (`start`)
+        self._calm = False  # the looks come every `calm_interval` (`_choose_interval`)
         self._handed_back = asyncio.Event()  # the looks on passes are over (`_look_on_pass`)
         self._over_cap = False
 
     def wake(self) -> None:
         """A session began (`Relay.add_session_listener`): an empty room's guard looks now, not
-        at the end of its quiet interval, so that its first members meet fresh figures."""
+        at the end of its quiet interval, so that its first members meet fresh figures; and
+        between calm looks the memory is read now, the session's JOIN coming next (joins are
+        refused on the figure of the moment, not on one up to `calm_interval` old)."""
+        if self._calm:
+            self._gate_joins(self._read_memory())
         self._woken.set()
+
+    def hurry(self) -> None:
+        """The relay began to pace (relay/server/pacing.py): its CPU is near its budget, so the
+        looks come every `interval` from now on, the first a whole interval's share from now."""
+        if self._periodic.running:
+            now = time.monotonic()
+            self._last = (now, self.read_cpu())
+            self._calm = False
+            self._periodic.every(self.interval, now)
+
+    def _choose_interval(self, now: float) -> None:
+        """Every `calm_interval` while nothing the guard acts on is near and it would know at
+        once if CPU came near: in cgroup mode with a memory cgroup (the kernel caps memory, and
+        each session reads it for its JOIN: `wake`), the relay not pacing under a pacer with a
+        budget (which reads its CPU every 100 ms and begins to pace at PACE_ON, 55%, of it,
+        under SHED_ON's 90%: `hurry`), not shedding, not refusing joins. Otherwise every
+        `interval`."""
+        pacer, relay, cgroup = self._pacer, self.relay, self._memory_cgroup
+        self._calm = calm = (
+            self.mode == "cgroup"
+            and cgroup is not None
+            and cgroup.memory_usage is not None
+            and pacer is not None
+            and pacer.pacer.budget > 0
+            and not pacer.pacing
+            and not relay.shed_optional
+            and relay.accepting_joins
+        )
+        self._periodic.every(self.calm_interval if calm else self.interval, now)  # or from its start
 
     @property
     def fallbacks(self) -> int:
@@ -446,7 +492,11 @@ class CapsGuard:
     def start(self) -> None:
         if self.mode == "soft":
             log.warning("caps are soft: no writable cgroup; enforcing %s in-process", self.tier.name)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._pacer = pacing.for_loop(loop)
+        if self._pacer is not None:
+            self._pacer.add_pace_listener(self.hurry)
+        self._task = loop.create_task(self._run())
 
     def stop(self) -> None:
         self._periodic.stop()
@@ -462,9 +512,11 @@ class CapsGuard:
             if self.relay.quiet:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._woken.wait(), self.quiet_interval)
-            await self.check(time.monotonic())
+            now = time.monotonic()
+            await self.check(now)
             if not self.relay.quiet:
                 self._handed_back.clear()
+                self._choose_interval(now)
                 self._periodic.start()
                 await self._handed_back.wait()
                 if self._over_cap:
@@ -477,6 +529,8 @@ class CapsGuard:
         if self._over_cap or self.relay.quiet:
             self._periodic.stop()
             self._handed_back.set()
+        else:
+            self._choose_interval(now)
 
     def memory_cap(self) -> int:
         """The tier's memory cap, or the cgroup's limit where that is lower: where the kernel
@@ -500,35 +554,44 @@ class CapsGuard:
 
     def look(self, now: float) -> bool:
         """Memory first (True: over the soft cap, the room must close), then CPU; a full look
-        (`full_look_every`) first finds the cgroup and its limits anew."""
+        (one in `full_look_every`, and every one after a calm interval, so at least every ten
+        seconds either way) first finds the cgroup and its limits anew."""
         cgroup = self.cgroup
-        if self.looks % self.full_look_every == 0:
+        if self._calm or self.looks % self.full_look_every == 0:
             if cgroup is not None and (cgroup.refresh() or not self._described):
                 self._described = True  # no memory cgroup in cgroup mode: who caps this relay?
                 level = logging.INFO if cgroup.memory_usage is not None else logging.WARNING
                 log.log(level, "caps: %s in its cgroup: %s", self.tier.name, cgroup.describe())
             self._caps = (self.memory_cap(), self.cpu_budget())
         self.looks += 1
+        memory = self._read_memory()
         cap = self._caps[0]
-        source = self._memory_cgroup
-        if source is not None:
-            lowest = min(JOINS_REOPEN_RATIO, self.tier.join_refusal_ratio)
-            self.memory = memory = source.memory(int(cap * lowest))
-        else:
-            self.memory = memory = self.read_memory()
-        relay = self.relay
         if self.mode == "soft" and memory > cap and not self.exceeded:
             self.exceeded = True
             log.error("memory %d bytes over the %s cap of %d: closing the room", memory, self.tier.name, cap)
             return True
+        self._gate_joins(memory)
+        self._check_cpu(now)
+        return False
+
+    def _read_memory(self) -> int:
+        source = self._memory_cgroup
+        if source is not None:
+            lowest = min(JOINS_REOPEN_RATIO, self.tier.join_refusal_ratio)
+            self.memory = memory = source.memory(int(self._caps[0] * lowest))
+        else:
+            self.memory = memory = self.read_memory()
+        return memory
+
+    def _gate_joins(self, memory: int) -> None:
+        """Joins refused from `join_refusal_ratio` of the cap, open again under JOINS_REOPEN_RATIO."""
+        relay, cap = self.relay, self._caps[0]
         if relay.accepting_joins and memory >= cap * self.tier.join_refusal_ratio:
             relay.accepting_joins = False
             log.warning("memory %d of %d bytes: refusing new joins", memory, cap)
         elif not relay.accepting_joins and memory < cap * JOINS_REOPEN_RATIO:
             relay.accepting_joins = True
             log.info("memory %d of %d bytes: accepting joins again", memory, cap)
-        self._check_cpu(now)
-        return False
 
     def _check_cpu(self, now: float) -> None:
         cpu = self.read_cpu()

@@ -171,6 +171,8 @@ class LoopPacer:
         self._flushes = 0  # flushes scheduled in this pass and not yet run
         self._full = False  # a relay's pass read a full batch of datagrams
         self._rested_until = -math.inf  # when the last rest ended (monotonic)
+        self._paced = False  # the pace at the last rest was not 0
+        self._pace_listeners: list[Callable[[], None]] = []
 
     def join(self, relay: object, budget: float, max_pace: float) -> None:
         self._budgets[relay] = (budget, max_pace)
@@ -192,6 +194,15 @@ class LoopPacer:
         pacer.max_pace = min((pace for _, pace in self._budgets.values()), default=0.0)
         pacer.pace = min(pacer.pace, pacer.max_pace)
         pacer.settle()
+
+    def add_pace_listener(self, callback: Callable[[], None]) -> None:
+        """`callback()` whenever the loop begins to pace: its CPU has reached PACE_ON of its
+        budget (the caps guard then looks at it every second, not every ten)."""
+        self._pace_listeners.append(callback)
+
+    @property
+    def pacing(self) -> bool:
+        return self.pacer.pace > 0
 
     def scheduled(self) -> None:
         """A relay scheduled its flush for the end of this pass."""
@@ -220,6 +231,11 @@ class LoopPacer:
         pacer = self.pacer
         if now >= pacer.next_sample:
             pacer.sample(now, self._read_cpu())
+        paced = pacer.pace > 0
+        if paced and not self._paced:  # the pace begins (here, or in the lane's own sample)
+            for callback in self._pace_listeners:
+                callback()
+        self._paced = paced
         wait = first + pacer.pace - now
         if pacer.pace and wait > 0 and not full and first >= self._rested_until:
             self._sleep(wait)

@@ -118,7 +118,7 @@ class Periodic:
     sooner than half `slack` after the next run's time, and then by that much, so a room that
     passes at least every half `slack` moves it every few runs and never meets it."""
 
-    __slots__ = ("_deadline", "_loop", "_rides", "_timer", "fallbacks", "period", "rider", "slack")
+    __slots__ = ("_deadline", "_due", "_loop", "_rides", "_timer", "fallbacks", "period", "rider", "slack")
 
     def __init__(self, period: float, rider: Rider, slack: float | None = None) -> None:
         self.period = period
@@ -130,6 +130,7 @@ class Periodic:
         self._rides: Rides | None = None  # None: stopped
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = -math.inf  # the timer's, monotonic (-inf: none)
+        self._due = math.inf  # the next run's, monotonic (inf: none)
 
     @property
     def running(self) -> bool:
@@ -141,6 +142,13 @@ class Periodic:
             loop = asyncio.get_running_loop()
             self._loop, self._rides = loop, for_loop(loop)
             self._next(time.monotonic())
+
+    def every(self, period: float, now: float) -> None:
+        """Runs every `period` from now on (from its start, if stopped): where the next run is
+        due later than a `period` (give or take SPREAD) from `now`, it comes that far from `now`."""
+        self.period = period
+        if self._rides is not None and self._due > now + period * (1 + SPREAD):
+            self._next(now)
 
     def stop(self) -> None:
         """No run from now on (the rider may call this)."""
@@ -155,7 +163,7 @@ class Periodic:
     def _next(self, now: float) -> None:
         rides, loop = self._rides, self._loop
         assert rides is not None and loop is not None
-        due = now + self.period * random.uniform(1 - SPREAD, 1 + SPREAD)
+        self._due = due = now + self.period * random.uniform(1 - SPREAD, 1 + SPREAD)
         rides.ride(self, due, self._ride)
         if self._deadline < due + self.slack / 2:
             if self._timer is not None:

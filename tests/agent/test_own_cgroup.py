@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from loadtest.controlplane import free_port
 from relay.agent import caps, cgroupfs
@@ -25,7 +28,9 @@ from relay.agent.launch import ENV_ROOM_KEY
 from relay.agent.tiers import NANO
 from relay.host.spawner import relay_environment
 from relay.protocol.keys import generate_room_key
+from relay.server import pacing
 from tests.control.helpers import REAL_RELAY, wait_for
+from tests.server.helpers import passes
 
 MIB = 1 << 20
 POD = "/kubepods/burstable/pod7c1e/3f2a9b"  # a container's cgroup without a namespace of its own
@@ -220,6 +225,55 @@ async def test_the_cpu_budget_is_the_containers_quota_where_that_is_lower(tmp_pa
     # given again only when it changed: a look costs what it does at every look (about 90 us in
     # a relay among a hundred on a core, docs/architecture.md), and the relay keeps its budget
     assert relay.budgets == [0.1, NANO.cpu]
+
+
+def test_a_calm_relay_is_looked_at_every_ten_seconds_and_every_second_once_it_paces(tmp_path: Path) -> None:
+    """A relay in play far from its caps, whose pacer reads its CPU every 100 ms, is looked at
+    every `calm_interval` (a look each second was 9% of the CPU of a hundred relays on a core);
+    the joins it admits meanwhile read the memory themselves, as their session begins; and
+    from the moment it paces, its CPU near its budget, the looks come every `interval`."""
+    fs = tmp_path / "sys/fs/cgroup"
+    write(fs, v2_files(5 * MIB, 0, str(64 * MIB), "12500 100000"))
+    proc = fake_proc(tmp_path, "0::/\n", [("/", str(fs), "cgroup2", "rw")])
+
+    async def play() -> None:
+        loop = asyncio.get_running_loop()
+        pacer = pacing.for_loop(loop)  # uvloop's: `relay serve`'s relays pace
+        assert pacer is not None
+        pacer.join("room", NANO.cpu, 0.008)
+        relay = RelayStub()
+        burn = [0.0]  # cores
+        guard = caps.CapsGuard(
+            relay,
+            NANO,
+            "cgroup",
+            interval=0.05,
+            calm_interval=10.0,
+            read_cpu=lambda: burn[0] * time.monotonic(),
+            cgroup=caps.OwnCgroup(proc),
+        )
+
+        guard.start()
+        try:
+            await passes(0.3)
+            assert guard.looks == 1  # the first, at once; then calm
+            (fs / "memory.current").write_text(f"{60 * MIB}\n")  # over 90% of 64 MiB
+            guard.wake()  # a session began: its JOIN comes next
+            assert not relay.accepting_joins and guard.looks == 1
+            (fs / "memory.current").write_text(f"{5 * MIB}\n")
+            guard.wake()
+            assert relay.accepting_joins
+            pacer.pacer.pace, pacer.pacer.next_sample = 0.001, math.inf  # the lane began the pace
+            pacer.scheduled()
+            pacer.passed(time.monotonic())
+            burn[0] = 0.5  # half a core from now: over the budget
+            await passes(0.3)
+            assert 4 <= guard.looks <= 9 and relay.shed_optional
+        finally:
+            guard.stop()
+            pacer.leave("room")
+
+    uvloop.run(play())
 
 
 async def test_a_relay_moved_into_its_group_after_its_guard_started_reads_the_group(tmp_path: Path) -> None:

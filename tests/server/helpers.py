@@ -6,12 +6,14 @@ import asyncio
 import json
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import relay.client as rc
 from relay.embedded import EmbeddedRoom
+from relay.server import rides
 
 from .rawpeer import UdpPeer, WsPeer
 
@@ -25,6 +27,18 @@ async def eventually(check: Callable[[], object], timeout: float = 2.0, what: st
     while not check():
         assert loop.time() < deadline, f"{what} not reached within {timeout} s"
         await asyncio.sleep(0.01)
+
+
+async def passes(seconds: float, every: float = 0.005) -> None:
+    """A room in play for `seconds`, as far as its loop's rides see it: a pass every `every`,
+    the rides due run at its end (relay/server/rides.py)."""
+    riding = rides.for_loop(asyncio.get_running_loop())
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(every)
+        now = time.monotonic()
+        if now >= riding.due:
+            riding.run(now)
 
 
 def drops(room: EmbeddedRoom) -> dict[str, int]:

@@ -206,6 +206,36 @@ def test_output_read_before_the_last_rest_ended_does_not_rest_again() -> None:
     assert len(w.sleeps) == 2
 
 
+def test_the_pace_listeners_hear_each_time_the_pace_begins() -> None:
+    """The caps guard looks every ten seconds at a relay that does not pace, every second at one
+    that does: it must hear the pace begin, whether the loop's reading began it or the lane's
+    own (relay/server/_lane.c samples an unpaced relay's window and only then calls the relay)."""
+    w = _Clockwork()
+    heard: list[float] = []
+    w.pacer.add_pace_listener(lambda: heard.append(w.pacer.pacer.pace))
+    w.pacer.join("room", budget=0.1, max_pace=0.05)
+    w.pacer.scheduled()
+    w.pacer.passed(time.monotonic())  # the first reading: no pace
+    assert heard == [] and not w.pacer.pacing
+    w.cpu = 1.0  # over the budget since
+    w.pacer.pacer.next_sample = 0.0
+    w.pacer.scheduled()
+    w.pacer.passed(time.monotonic())
+    assert heard == [0.05] and w.pacer.pacing
+    w.pacer.scheduled()
+    w.pacer.passed(time.monotonic())  # still pacing: heard once
+    assert heard == [0.05]
+    w.pacer.pacer.pace = 0.0  # the pace ended (a reading under PACE_OFF)
+    w.pacer.pacer.next_sample = math.inf
+    w.pacer.scheduled()
+    w.pacer.passed(time.monotonic())
+    assert heard == [0.05] and not w.pacer.pacing
+    w.pacer.pacer.pace = MIN_PACE  # begun by the lane's own reading, before it called the relay
+    w.pacer.scheduled()
+    w.pacer.passed(time.monotonic())
+    assert heard == [0.05, MIN_PACE]
+
+
 def test_a_quota_below_the_budgets_is_the_budget() -> None:
     """The caps guard read a cgroup quota under the tier's share (a pod limited below it)."""
     w = _Clockwork()

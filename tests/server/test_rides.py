@@ -17,6 +17,7 @@ from relay.protocol import messages as m
 from relay.server import rides
 from relay.server.rides import Periodic, Rides, for_loop, pass_after
 
+from .helpers import passes
 from .rawpeer import UdpPeer
 
 
@@ -145,6 +146,31 @@ async def test_periodic_work_runs_from_its_own_timer_where_no_pass_comes() -> No
     count = len(ran)
     await asyncio.sleep(0.15)
     assert len(ran) == count  # stopped: its timer with it
+
+
+async def test_periodic_work_given_a_shorter_period_runs_within_it_and_a_longer_one_waits() -> None:
+    """The caps guard's looks: every ten seconds while its relay is calm, every second from the
+    moment it paces (`Periodic.every`), and every ten again once calm."""
+    riding = for_loop(asyncio.get_running_loop())
+    ran: list[float] = []
+    periodic = Periodic(10.0, ran.append)
+    periodic.start()
+    try:
+        await passes(0.1)
+        assert ran == []  # ten seconds away
+        now = time.monotonic()
+        periodic.every(0.02, now)
+        assert riding.due <= now + 0.02 * (1 + rides.SPREAD)
+        await passes(0.2)
+        assert 5 <= len(ran) <= 12 and periodic.fallbacks == 0
+        periodic.every(0.5, time.monotonic())  # longer: the run already due stays where it is
+        await passes(0.05)
+        count = len(ran)
+        await passes(0.2)
+        assert len(ran) == count  # and the next comes half a second after it
+        periodic.every(10.0, time.monotonic())
+    finally:
+        periodic.stop()
 
 
 async def test_periodic_work_that_stops_itself_runs_no_more_and_a_failure_is_logged(
