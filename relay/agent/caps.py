@@ -500,6 +500,9 @@ class CapsGuard:
 
     def stop(self) -> None:
         self._periodic.stop()
+        if self._pacer is not None:  # the loop's pacer outlives the guard
+            self._pacer.remove_pace_listener(self.hurry)
+            self._pacer = None
         if self._task is not None:
             self._task.cancel()
 

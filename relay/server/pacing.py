@@ -200,6 +200,10 @@ class LoopPacer:
         budget (the caps guard then looks at it every second, not every ten)."""
         self._pace_listeners.append(callback)
 
+    def remove_pace_listener(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._pace_listeners.remove(callback)
+
     @property
     def pacing(self) -> bool:
         return self.pacer.pace > 0

@@ -272,6 +272,7 @@ def test_a_calm_relay_is_looked_at_every_ten_seconds_and_every_second_once_it_pa
         finally:
             guard.stop()
             pacer.leave("room")
+        assert pacer._pace_listeners == []  # the loop's pacer, which outlives it, lets it go
 
     uvloop.run(play())
 
