@@ -262,7 +262,8 @@ class Relay:
             # its recipients get it together, as from the room's held pass.
             self._udp_lane = UdpLane(udp, room, writer, LANE, tuple(hooks))
             # members' WebSocket frames are read there too (WsConnection), each socket its own read:
-            # their output leaves once a pass, at its end, and the same hooks run then
+            # their output leaves once a pass, at its end, and the same hooks run then (or at a
+            # read's end, where no other read of the pass could share its sends: ws_flush_now)
             lane = self._udp_lane.lane
             lane.ws_limits(
                 self.config.max_payload_ws,

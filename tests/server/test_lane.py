@@ -29,9 +29,9 @@ from websockets.frames import Opcode
 from relay.embedded import EmbeddedRoom, room
 from relay.protocol import messages as m
 from relay.protocol import tokens
-from relay.protocol.constants import UDP_MAX_PLAINTEXT, ErrorCode
+from relay.protocol.constants import UDP_MAX_PLAINTEXT, WS_MAX_PLAINTEXT, ErrorCode
 from relay.protocol.gs2 import wire
-from relay.server import app, links
+from relay.server import app, links, pacing
 from relay.server.metrics import Counters
 
 from ..gs2 import wireclient as g
@@ -461,6 +461,54 @@ async def test_what_websocket_members_send_in_one_pass_leaves_once_at_its_end() 
             packet = await peers[3].recv_packet(2.0)
             assert sorted(msg.data for msg in peers[3].decode(packet)) == [b"from w0", b"from w1", b"from w2"]
             assert lane.lane.fast == fast + 3
+        finally:
+            for peer in peers:
+                await peer.aclose()
+
+
+async def test_a_lone_websocket_read_sends_at_its_end_and_a_pacing_relay_waits_for_the_pass() -> None:
+    """Where no other member's socket has anything to read, no later read of the pass could share
+    a read's sends: its output leaves at the read's end, no flush scheduled for the pass's end (a
+    call_soon and its callback, 12% of a WebSocket relay's CPU in the deployed shape). Where
+    others have, and where the relay paces (it rests at the end of the pass), the pass's flush
+    is scheduled as before."""
+    async with room(host="127.0.0.1") as r:
+        udp_lane = r.relay._udp_lane
+        assert udp_lane is not None
+        lane, loop = udp_lane.lane, asyncio.get_running_loop()
+        peers = await joined(r, WsPeer, 4)
+        scheduled: list[float] = []
+        rested: list[float] = []
+
+        def schedule() -> None:
+            scheduled.append(time.monotonic())
+            loop.call_soon(lane.ws_flush)
+
+        def limits(*hooks: tuple[object, str, Callable[[float], object]]) -> None:
+            config = r.relay.config
+            lane.ws_limits(config.max_payload_ws, WS_MAX_PLAINTEXT, config.ws_send_buffer, hooks, schedule)
+
+        try:
+            limits()
+            for i, peer in enumerate(peers[:3]):  # all written before the relay's loop runs again
+                peer.send(send(b"from w%d" % i))
+            packet = await peers[3].recv_packet(2.0)
+            assert sorted(msg.data for msg in peers[3].decode(packet)) == [b"from w0", b"from w1", b"from w2"]
+            assert len(scheduled) == 1  # one flush for the three reads
+            # (each sender next is one whose last write was answered: an unanswered one's client
+            # holds a small write for the delayed ACK, Nagle's algorithm)
+            peers[0].send(send(b"alone"))
+            packet = await peers[3].recv_packet(2.0)
+            assert [msg.data for msg in peers[3].decode(packet)] == [b"alone"] and len(scheduled) == 1
+            pacer = pacing.Pacer()
+            pacer.pace = 0.001
+            pacer.settle()  # it paces: a rest after every read
+            assert pacer.lane_due == -math.inf
+            limits((pacer, "lane_due", rested.append))
+            peers[1].send(send(b"paced"))
+            packet = await peers[3].recv_packet(2.0)
+            assert [msg.data for msg in peers[3].decode(packet)] == [b"paced"]
+            assert len(scheduled) == 2 and len(rested) == 1  # at the pass's end, the rest with it
         finally:
             for peer in peers:
                 await peer.aclose()
