@@ -1808,9 +1808,6 @@ static PyObject *Lane_gs2_limits(Lane *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
-/* ws_offer(session, member, fd, conn, transport, recipient=None) -> Entry | None: the WebSocket
- * member's frames may be read here from fd (the lane's own dup of its socket, which the
- * connection closes); recipient: a GS2 client's wire.Recipient (its connection speaks GS2) */
 /* a member's socket into the lane's epoll set, whose readiness `ws_flush_now` asks */
 static void ws_watch(Lane *self, int fd) {
     if (!self->ws_ep_made) {
@@ -1847,6 +1844,9 @@ static int ws_flush_now(Lane *self) {
     return epoll_wait(self->ws_epfd, &ev, 1, 0) == 0;
 }
 
+/* ws_offer(session, member, fd, conn, transport, recipient=None) -> Entry | None: the WebSocket
+ * member's frames may be read here from fd (the lane's own dup of its socket, which the
+ * connection closes); recipient: a GS2 client's wire.Recipient (its connection speaks GS2) */
 static PyObject *Lane_ws_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 && nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "ws_offer(session, member, fd, conn, transport, recipient=None)");
