@@ -452,7 +452,7 @@ class CapsGuard:
         between calm looks the memory is read now, the session's JOIN coming next (joins are
         refused on the figure of the moment, not on one up to `calm_interval` old)."""
         if self._calm:
-            self._gate_joins(self._read_memory())
+            self._gate_joins(self._memory_now())
         self._woken.set()
 
     def hurry(self) -> None:
@@ -567,7 +567,7 @@ class CapsGuard:
                 log.log(level, "caps: %s in its cgroup: %s", self.tier.name, cgroup.describe())
             self._caps = (self.memory_cap(), self.cpu_budget())
         self.looks += 1
-        memory = self._read_memory()
+        memory = self._memory_now()
         cap = self._caps[0]
         if self.mode == "soft" and memory > cap and not self.exceeded:
             self.exceeded = True
@@ -577,7 +577,9 @@ class CapsGuard:
         self._check_cpu(now)
         return False
 
-    def _read_memory(self) -> int:
+    def _memory_now(self) -> int:
+        """The memory as the guard compares it (`read_memory`, exact only from the lowest line it
+        acts at), kept as `memory`."""
         source = self._memory_cgroup
         if source is not None:
             lowest = min(JOINS_REOPEN_RATIO, self.tier.join_refusal_ratio)

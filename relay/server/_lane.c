@@ -1660,24 +1660,31 @@ static int sampled_unpaced(PacerObject *pacer, double now) {
     return pacer->pace != 0;
 }
 
+/* a hook's due time, its object's attribute (a C pacer's read from its struct); -1 on an error */
+static int hook_due(PyObject *hook, double *due) {
+    PyObject *obj = PyTuple_GET_ITEM(hook, 0);
+    if (pacers != NULL && Py_IS_TYPE(obj, pacers->type)) {
+        *due = ((PacerObject *)obj)->lane_due;
+        return 0;
+    }
+    return named_double(obj, PyTuple_GET_ITEM(hook, 1), due);
+}
+
 /* What is due at the end of a pass: hook(stamp) for each (object, attribute, hook) of `hooks`
- * whose object's attribute is at or before `now` (the relay's rides, its pacer: a C pacer's due
- * time is read from its struct, and its unpaced windows are sampled here). */
+ * whose object's attribute is at or before `now` (the relay's rides, its pacer: a C pacer's
+ * unpaced windows are sampled here). */
 static void run_hooks(Lane *self, PyObject *hooks, double now, double stamp_at) {
     if (hooks == NULL) return;
     Py_INCREF(hooks);
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks) && !stopped(self); i++) {
         PyObject *hook = PyTuple_GET_ITEM(hooks, i), *obj = PyTuple_GET_ITEM(hook, 0);
-        if (pacers != NULL && Py_IS_TYPE(obj, pacers->type)) {
-            if (now < ((PacerObject *)obj)->lane_due || !sampled_unpaced((PacerObject *)obj, now)) continue;
-        } else {
-            double due;
-            if (named_double(obj, PyTuple_GET_ITEM(hook, 1), &due) < 0) {
-                internal_error(self, "hook");
-                continue;
-            }
-            if (now < due) continue;
+        double due;
+        if (hook_due(hook, &due) < 0) {
+            internal_error(self, "hook");
+            continue;
         }
+        if (now < due || (pacers != NULL && Py_IS_TYPE(obj, pacers->type) && !sampled_unpaced((PacerObject *)obj, now)))
+            continue;
         PyObject *stamp = PyFloat_FromDouble(stamp_at);
         PyObject *result = stamp ? PyObject_CallOneArg(PyTuple_GET_ITEM(hook, 2), stamp) : NULL;
         Py_XDECREF(stamp);
@@ -1831,10 +1838,8 @@ static int ws_flush_now(Lane *self) {
     if (!self->ws_ep_made || self->ws_unwatched || self->ws_hooks == NULL) return 0;
     PyObject *hooks = self->ws_hooks;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks); i++) {
-        PyObject *hook = PyTuple_GET_ITEM(hooks, i), *obj = PyTuple_GET_ITEM(hook, 0);
         double due;
-        if (pacers != NULL && Py_IS_TYPE(obj, pacers->type)) due = ((PacerObject *)obj)->lane_due;
-        else if (named_double(obj, PyTuple_GET_ITEM(hook, 1), &due) < 0) {
+        if (hook_due(PyTuple_GET_ITEM(hooks, i), &due) < 0) {
             PyErr_Clear();
             return 0;
         }
@@ -2042,15 +2047,19 @@ static void ws_hand_back(Lane *self, Entry *e, Py_ssize_t from) {
     Py_XDECREF(result);
 }
 
+/* the end of a pass of WebSocket reads (the first at `first`): its output, then what is due */
+static void ws_pass_end(Lane *self, double first) {
+    if (flush(self, first) < 0) internal_error(self, "flush");
+    run_hooks(self, self->ws_hooks, monotonic_now(), first);
+}
+
 /* ws_flush(): the end of a pass that read members' sockets: its output, then what is due then */
 static PyObject *Lane_ws_flush(Lane *self, PyObject *unused) {
     if (self->room == NULL || self->reading || !self->ws_flush_pending) Py_RETURN_NONE;
     self->ws_flush_pending = 0;
-    double first = self->ws_first;
     Py_INCREF(self);
     self->reading = 1;
-    if (flush(self, first) < 0) internal_error(self, "flush");
-    run_hooks(self, self->ws_hooks, monotonic_now(), first);
+    ws_pass_end(self, self->ws_first);
     return finish(self);
 }
 
@@ -2154,18 +2163,19 @@ static PyObject *Lane_ws_read(Lane *self, PyObject *arg) {
     /* the pass's output leaves once, at its end, whichever of its members' sockets were read
      * (each recipient gets one packet of what they all sent, as from the room's flush); at the
      * read's end where no other read of the pass could share it */
-    if (!stopped(self) && !self->ws_flush_pending && self->ws_schedule != NULL && ws_flush_now(self)) {
-        if (flush(self, now) < 0) internal_error(self, "flush");
-        run_hooks(self, self->ws_hooks, monotonic_now(), now);
-    } else if (!stopped(self) && !self->ws_flush_pending && self->ws_schedule != NULL) {
-        self->ws_flush_pending = 1, self->ws_first = now;
-        PyObject *result = PyObject_CallNoArgs(self->ws_schedule);
-        if (result == NULL) {
-            self->ws_flush_pending = 0;
-            internal_error(self, "schedule");
-            if (flush(self, now) < 0) internal_error(self, "flush");
+    if (!stopped(self) && !self->ws_flush_pending && self->ws_schedule != NULL) {
+        if (ws_flush_now(self)) {
+            ws_pass_end(self, now);
+        } else {
+            self->ws_flush_pending = 1, self->ws_first = now;
+            PyObject *result = PyObject_CallNoArgs(self->ws_schedule);
+            if (result == NULL) {
+                self->ws_flush_pending = 0;
+                internal_error(self, "schedule");
+                if (flush(self, now) < 0) internal_error(self, "flush");
+            }
+            Py_XDECREF(result);
         }
-        Py_XDECREF(result);
     }
     end_pass(&pass);
 out:
