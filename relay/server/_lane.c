@@ -88,6 +88,7 @@
 #include "_ratelimit.h"
 
 #define BATCH 32          /* datagrams a read takes (uvloop's own UDP reads take as many) */
+#define SID_KEYS 32       /* session ids' ints kept (`sid_key`), a power of two */
 #define BUFSIZE 2048      /* over every limit: a longer datagram is handed on truncated, to be dropped */
 #define HEADER_SIZE 16
 #define TAG_SIZE 16
@@ -222,6 +223,11 @@ enum { C_PACKETS_IN, C_BYTES_IN, C_MESSAGES_IN, C_MESSAGES_OUT, C_PACKETS_OUT, C
        NCOUNTS };
 
 typedef struct {
+    uint32_t sid;
+    PyObject *key; /* the int sid, or NULL */
+} SidKey;
+
+typedef struct {
     PyObject_HEAD int fd;
     PyObject *room, *counters, *punt, *punt_opened, *hooks;
     /* the counters' arrays (`hold_counts`), held through their buffers for the lane's life */
@@ -229,6 +235,7 @@ typedef struct {
     int counts_held; /* how many of them: NCOUNTS, or none is counted */
     PyObject *by_sid;     /* sid -> Entry */
     PyObject *by_session; /* session -> Entry */
+    SidKey sid_keys[SID_KEYS]; /* the ints session ids are looked up by (`sid_key`) */
     Py_ssize_t max_payload, max_plaintext;
     Entry **dirty;
     Py_ssize_t ndirty, dirty_cap;
@@ -403,6 +410,7 @@ static int Lane_clear(Lane *self) {
     Py_CLEAR(self->on_full);
     Py_CLEAR(self->by_sid);
     Py_CLEAR(self->by_session);
+    for (int i = 0; i < SID_KEYS; i++) Py_CLEAR(self->sid_keys[i].key);
     Py_CLEAR(self->ws_hooks);
     Py_CLEAR(self->ws_schedule);
     release_counts(self);
@@ -709,6 +717,32 @@ done:
     return e;
 }
 
+/* The ints session ids are looked up by in the lane's dicts and the room's, kept by id so that a
+ * member's packets make none: an id over 256 is no cached small int, and making and freeing one at
+ * each packet was 3% of a deployed relay's samples in `perf` (docs/architecture.md). An offer keeps
+ * the session's own int, the room's key for it. */
+static SidKey *sid_slot(Lane *self, uint32_t sid) { return &self->sid_keys[(sid ^ (sid >> 16)) & (SID_KEYS - 1)]; }
+
+/* `sid`, the int `value` (a session's own), kept as its key */
+static void keep_sid(Lane *self, PyObject *sid, uint32_t value) {
+    if (!PyLong_CheckExact(sid)) return;
+    SidKey *kept = sid_slot(self, value);
+    Py_XSETREF(kept->key, Py_NewRef(sid));
+    kept->sid = value;
+}
+
+/* a new reference to the int `sid` is looked up by */
+static PyObject *sid_key(Lane *self, uint32_t sid) {
+    SidKey *kept = sid_slot(self, sid);
+    if (kept->key == NULL || kept->sid != sid) {
+        PyObject *key = PyLong_FromUnsignedLong(sid);
+        if (key == NULL) return NULL;
+        Py_XSETREF(kept->key, key);
+        kept->sid = sid;
+    }
+    return Py_NewRef(kept->key);
+}
+
 /* the session's sid as the lane keys it; 0 (an exception set) on an error, or if it is out of range */
 static uint32_t sid_of(PyObject *sid) {
     unsigned long value = PyLong_AsUnsignedLong(sid);
@@ -783,7 +817,10 @@ static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     addr = NULL;
     e->namelen = (socklen_t)PyBytes_GET_SIZE(name);
     memcpy(&e->name, PyBytes_AS_STRING(name), e->namelen);
-    if (keep_entry(self, sid, e) == 0) result = Py_NewRef(Py_True);
+    if (keep_entry(self, sid, e) == 0) {
+        keep_sid(self, sid, sid_value);
+        result = Py_NewRef(Py_True);
+    }
 done:
     Py_XDECREF(e);
     Py_XDECREF(sid);
@@ -1115,7 +1152,7 @@ static int datagram(Lane *self, int i, double now, PyObject *members, PyObject *
     uint32_t sid = (uint32_t)be(data + 4, 4);
     uint64_t counter = be(data + 8, 8);
     if (!sid || !counter) return ROOMS;
-    PyObject *key = PyLong_FromUnsignedLong(sid);
+    PyObject *key = sid_key(self, sid);
     if (key == NULL) return -1;
     Entry *e = (Entry *)PyDict_GetItemWithError(self->by_sid, key);
     PyObject *live = e ? PyDict_GetItemWithError(sessions, key) : NULL;
@@ -1875,6 +1912,7 @@ static PyObject *Lane_ws_offer(Lane *self, PyObject *const *args, Py_ssize_t nar
     e->conn = Py_NewRef(conn), e->transport = Py_NewRef(transport), e->gs2 = Py_XNewRef(gs2);
     if (keep_entry(self, sid, e) == 0) {
         ws_watch(self, fd);
+        keep_sid(self, sid, sid_value);
         result = Py_NewRef((PyObject *)e);
     }
 done:
@@ -1896,7 +1934,7 @@ static PyObject *Lane_ws_forget(Lane *self, PyObject *arg) {
     if (self->by_session != NULL) {
         PyObject *kept = PyDict_GetItemWithError(self->by_session, e->session);
         if (kept == arg && PyDict_DelItem(self->by_session, e->session) < 0) return NULL;
-        PyObject *sid = PyLong_FromUnsignedLong(e->sid);
+        PyObject *sid = sid_key(self, e->sid);
         if (sid == NULL) return NULL;
         kept = PyDict_GetItemWithError(self->by_sid, sid);
         if (kept == arg && PyDict_DelItem(self->by_sid, sid) < 0) {
@@ -1910,8 +1948,8 @@ static PyObject *Lane_ws_forget(Lane *self, PyObject *arg) {
 
 /* The connection's session is still the room's and its member's, within its limits: 1, else 0
  * (the room's), -1 on an error. */
-static int connection_live(Entry *e, double now, PyObject *sessions) {
-    PyObject *key = PyLong_FromUnsignedLong(e->sid);
+static int connection_live(Lane *self, Entry *e, double now, PyObject *sessions) {
+    PyObject *key = sid_key(self, e->sid);
     if (key == NULL) return -1;
     PyObject *live = PyDict_GetItemWithError(sessions, key);
     Py_DECREF(key);
@@ -1931,7 +1969,7 @@ static int ws_packet(Lane *self, Entry *e, const unsigned char *data, Py_ssize_t
         return ROOMS;
     uint64_t counter = be(data + 8, 8);
     if ((uint32_t)be(data + 4, 4) != e->sid || !counter) return ROOMS;
-    int ok = plan->live == e ? 1 : connection_live(e, now, sessions);
+    int ok = plan->live == e ? 1 : connection_live(self, e, now, sessions);
     if (ok != 1) return ok;
     plan->live = e;
     return relay_packet(self, e, data, n, counter, NULL, now, members, plan, plain);
@@ -2000,7 +2038,7 @@ static int gs2_parse(Lane *self, const unsigned char *p, const unsigned char *en
 static int gs2_packet(Lane *self, Entry *e, const unsigned char *payload, Py_ssize_t n, double now, PyObject *members,
                       PyObject *sessions, Plan *plan) {
     if (n > self->gs2_max_size) return ROOMS;
-    int ok = plan->live == e ? 1 : connection_live(e, now, sessions);
+    int ok = plan->live == e ? 1 : connection_live(self, e, now, sessions);
     if (ok != 1) return ok;
     plan->live = e;
     const unsigned char *data;

@@ -32,6 +32,7 @@ from relay.protocol import tokens
 from relay.protocol.constants import UDP_MAX_PLAINTEXT, WS_MAX_PLAINTEXT, ErrorCode
 from relay.protocol.gs2 import wire
 from relay.server import app, links, pacing
+from relay.server.handshake import Handshakes
 from relay.server.metrics import Counters
 
 from ..gs2 import wireclient as g
@@ -285,6 +286,31 @@ async def test_a_member_that_left_is_not_relayed_from_its_old_session(
     (logs, dropped, *_), _ = await same_either_way(monkeypatch, script)
     assert logs[1][2] == logs[2][2] == [] and logs[2][4] == []
     assert dropped.get("unknown_session", 0) >= 2
+
+
+@pytest.mark.parametrize("peer", [UdpPeer, WsPeer])
+async def test_members_whose_session_ids_share_a_slot_are_each_relayed_in_c(
+    monkeypatch: pytest.MonkeyPatch, peer: type[UdpPeer] | type[WsPeer]
+) -> None:
+    """The lane keeps the ints it looks session ids up by in a few slots, by id (`sid_key`):
+    members whose ids share one slot take it from each other at each packet, and each packet is
+    still relayed in C, to the members the room sends it to."""
+    sids = iter(range(1000, 1000 + 32 * 50, 32))  # one slot: (sid ^ sid >> 16) % 32 == 8 for each
+    monkeypatch.setattr(Handshakes, "new_sid", lambda self, taken: next(s for s in sids if s not in taken))
+
+    async def script(r: EmbeddedRoom, peers: list[Any]) -> None:
+        assert all(s.sid % 32 == 8 for s in r.relay.room.sessions.values())
+        for turn in range(2):
+            for i, sender in enumerate(peers):
+                sender.send(send(f"turn {turn} from {i}".encode()))
+                await collect(peers)
+
+    (logs, *_, fast), _ = await same_either_way(monkeypatch, script, peer=peer)
+    assert fast == 6
+    for step, i in enumerate([0, 1, 2, 0, 1, 2]):
+        for j, log in enumerate(logs):
+            said = repr(m.Message(i + 1, f"turn {step // 3} from {i}".encode()))
+            assert log[step] == ([] if j == i else [said])
 
 
 async def test_a_shedding_room_drops_udp_output_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
