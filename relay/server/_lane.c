@@ -750,7 +750,8 @@ static uint32_t sid_of(PyObject *sid) {
     return value > UINT32_MAX ? 0 : (uint32_t)value;
 }
 
-/* Both tables hold the entry: by sid (a datagram's header names it) and by session (a recipient's).
+/* Both tables hold the entry: by sid (a datagram's header names it) and by session (a recipient's);
+ * the sid's int is kept as its key (`keep_sid`).
  * Entries of sessions the room has let go are swept when they outnumber its sessions: both
  * tables are made again from the entries of sessions the room still holds. */
 static int keep_entry(Lane *self, PyObject *sid, Entry *e) {
@@ -777,10 +778,10 @@ static int keep_entry(Lane *self, PyObject *sid, Entry *e) {
         Py_SETREF(self->by_session, by_session);
     }
     Py_DECREF(sessions);
-    return PyDict_SetItem(self->by_sid, sid, (PyObject *)e) < 0 ||
-                   PyDict_SetItem(self->by_session, e->session, (PyObject *)e) < 0
-               ? -1
-               : 0;
+    if (PyDict_SetItem(self->by_sid, sid, (PyObject *)e) < 0 || PyDict_SetItem(self->by_session, e->session, (PyObject *)e) < 0)
+        return -1;
+    keep_sid(self, sid, e->sid);
+    return 0;
 }
 
 static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -817,10 +818,7 @@ static PyObject *Lane_offer(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     addr = NULL;
     e->namelen = (socklen_t)PyBytes_GET_SIZE(name);
     memcpy(&e->name, PyBytes_AS_STRING(name), e->namelen);
-    if (keep_entry(self, sid, e) == 0) {
-        keep_sid(self, sid, sid_value);
-        result = Py_NewRef(Py_True);
-    }
+    if (keep_entry(self, sid, e) == 0) result = Py_NewRef(Py_True);
 done:
     Py_XDECREF(e);
     Py_XDECREF(sid);
@@ -1697,12 +1695,13 @@ static int sampled_unpaced(PacerObject *pacer, double now) {
     return pacer->pace != 0;
 }
 
-/* a hook's due time, its object's attribute (a C pacer's read from its struct); -1 on an error */
+/* a hook's due time, its object's attribute (a C pacer's read from its struct): 1 where the
+ * object is a C pacer, 0 where not, -1 on an error */
 static int hook_due(PyObject *hook, double *due) {
     PyObject *obj = PyTuple_GET_ITEM(hook, 0);
     if (pacers != NULL && Py_IS_TYPE(obj, pacers->type)) {
         *due = ((PacerObject *)obj)->lane_due;
-        return 0;
+        return 1;
     }
     return named_double(obj, PyTuple_GET_ITEM(hook, 1), due);
 }
@@ -1716,12 +1715,12 @@ static void run_hooks(Lane *self, PyObject *hooks, double now, double stamp_at) 
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(hooks) && !stopped(self); i++) {
         PyObject *hook = PyTuple_GET_ITEM(hooks, i), *obj = PyTuple_GET_ITEM(hook, 0);
         double due;
-        if (hook_due(hook, &due) < 0) {
+        int pacer = hook_due(hook, &due);
+        if (pacer < 0) {
             internal_error(self, "hook");
             continue;
         }
-        if (now < due || (pacers != NULL && Py_IS_TYPE(obj, pacers->type) && !sampled_unpaced((PacerObject *)obj, now)))
-            continue;
+        if (now < due || (pacer && !sampled_unpaced((PacerObject *)obj, now))) continue;
         PyObject *stamp = PyFloat_FromDouble(stamp_at);
         PyObject *result = stamp ? PyObject_CallOneArg(PyTuple_GET_ITEM(hook, 2), stamp) : NULL;
         Py_XDECREF(stamp);
@@ -1912,7 +1911,6 @@ static PyObject *Lane_ws_offer(Lane *self, PyObject *const *args, Py_ssize_t nar
     e->conn = Py_NewRef(conn), e->transport = Py_NewRef(transport), e->gs2 = Py_XNewRef(gs2);
     if (keep_entry(self, sid, e) == 0) {
         ws_watch(self, fd);
-        keep_sid(self, sid, sid_value);
         result = Py_NewRef((PyObject *)e);
     }
 done:
