@@ -1,6 +1,6 @@
-/* The room's UDP port, and its members' WebSocket connections, read in C: a member's SEND-only
- * DATA packet is opened, checked, fanned out, sealed and sent here, without a Python call per
- * datagram or frame (docs/architecture.md, "The C part"). Everything else is handed to the room
+/* The room's UDP port, and its members' WebSocket connections, read in C: a member's DATA packet
+ * of SENDs (and PINGs, answered here) is opened, checked, fanned out, sealed and sent here,
+ * without a Python call per datagram or frame (docs/architecture.md, "The C part"). Everything else is handed to the room
  * as it was before.
  *
  * Why: in the deployed shape (a relay process per room, a message per client packet) what a
@@ -18,7 +18,7 @@
  * checks against those objects that nothing changed (the session still the room's, still its
  * member's, on the same validated path and address; its member not over a rate limit nor
  * muted). A datagram that is not a DATA packet of such a session, a plaintext with anything
- * but SENDs of the plain shape, a message over a limit, a recipient that is not such a session:
+ * but SENDs and PINGs of the plain shape, a message over a limit, a recipient that is not such a session:
  * all go to the room, untouched (`punt(data, addr, now)`), or once opened with its plaintext
  * (`punt_opened(session, data, plaintext, counter, addr, now)`), so the room's rules apply to
  * them exactly as before and the room's tests keep describing the relay. A packet is taken here
@@ -96,6 +96,9 @@
 #define TYPE_DATA 3       /* PacketType.DATA */
 #define MAX_PACKET 1200   /* UDP_MAX_PACKET */
 #define SEND_CODE 2       /* ClientMsg.SEND */
+#define PING_CODE 4       /* ClientMsg.PING */
+#define PONG_CODE 21      /* RelayMsg.PONG */
+#define PONG_MAX 20       /* [PONG, uint64, uint64] in msgpack */
 #define MAX_MESSAGES 64   /* SENDs in one packet taken here (more: the room's) */
 #define MAX_TARGETS 64    /* targets of one SEND taken here */
 #define MAX_RECIPIENTS 1024 /* deliveries planned for one packet */
@@ -181,6 +184,29 @@ static PyTypeObject EntryType = {
     .tp_dealloc = (destructor)Entry_dealloc,
 };
 
+/* Room for `size` more bytes of one message at the end of e's output, counted as written: where
+ * to write them; NULL out of memory (nothing changed) */
+static unsigned char *entry_extend(Entry *e, Py_ssize_t size) {
+    if (e->out_len + size > e->out_cap) {
+        Py_ssize_t cap = e->out_cap ? e->out_cap : 2048;
+        while (cap < e->out_len + size) cap *= 2;
+        unsigned char *grown = PyMem_Realloc(e->out, cap);
+        if (grown == NULL) return NULL;
+        e->out = grown, e->out_cap = cap;
+    }
+    if (e->nlens == e->lens_cap) {
+        Py_ssize_t cap = e->lens_cap ? 2 * e->lens_cap : 16;
+        Py_ssize_t *grown = PyMem_Realloc(e->lens, cap * sizeof(Py_ssize_t));
+        if (grown == NULL) return NULL;
+        e->lens = grown, e->lens_cap = cap;
+    }
+    unsigned char *at = e->out + e->out_len;
+    e->out_len += size;
+    e->lens[e->nlens++] = size;
+    return at;
+}
+
+/* A MESSAGE for e: the sender's prefix, then `data` as msgpack bin */
 static int entry_append(Entry *e, const unsigned char *prefix, int prefix_len, const unsigned char *data,
                         Py_ssize_t n) {
     unsigned char head[5];
@@ -193,26 +219,11 @@ static int entry_append(Entry *e, const unsigned char *prefix, int prefix_len, c
         head[0] = 0xC6, hlen = 5;
         for (int i = 0; i < 4; i++) head[1 + i] = (unsigned char)(n >> (24 - 8 * i));
     }
-    Py_ssize_t size = prefix_len + hlen + n;
-    if (e->out_len + size > e->out_cap) {
-        Py_ssize_t cap = e->out_cap ? e->out_cap : 2048;
-        while (cap < e->out_len + size) cap *= 2;
-        unsigned char *grown = PyMem_Realloc(e->out, cap);
-        if (grown == NULL) return -1;
-        e->out = grown, e->out_cap = cap;
-    }
-    if (e->nlens == e->lens_cap) {
-        Py_ssize_t cap = e->lens_cap ? 2 * e->lens_cap : 16;
-        Py_ssize_t *grown = PyMem_Realloc(e->lens, cap * sizeof(Py_ssize_t));
-        if (grown == NULL) return -1;
-        e->lens = grown, e->lens_cap = cap;
-    }
-    unsigned char *at = e->out + e->out_len;
+    unsigned char *at = entry_extend(e, prefix_len + hlen + n);
+    if (at == NULL) return -1;
     memcpy(at, prefix, prefix_len);
     memcpy(at + prefix_len, head, hlen);
     memcpy(at + prefix_len + hlen, data, n);
-    e->out_len += size;
-    e->lens[e->nlens++] = size;
     return 0;
 }
 
@@ -832,6 +843,8 @@ typedef struct {
     const unsigned char *data;
     Py_ssize_t size;
     Py_ssize_t first, count; /* its recipients: plan.to[first : first + count] */
+    unsigned char pong[PONG_MAX]; /* a PING's: the PONG for its sender (pong_len bytes), no data */
+    int pong_len;
 } Planned;
 
 typedef struct {
@@ -931,7 +944,7 @@ static int plan_message(Lane *self, Plan *plan, const unsigned char *data, Py_ss
     if (plan->nmsgs == MAX_MESSAGES || n > (sender->kind == KIND_UDP ? self->max_payload : self->ws_max_payload))
         return 0;
     Planned *msg = &plan->msgs[plan->nmsgs++];
-    msg->data = data, msg->size = n, msg->first = plan->nto, msg->count = 0;
+    msg->data = data, msg->size = n, msg->first = plan->nto, msg->count = 0, msg->pong_len = 0;
     if (ntargets == 0) { /* nil or []: everyone else */
         int ok = plan_broadcast(self, plan, members, sender);
         if (ok != 1) return ok;
@@ -959,20 +972,60 @@ static int plan_message(Lane *self, Plan *plan, const unsigned char *data, Py_ss
     return 1;
 }
 
+/* msgpack: v as the shortest positive integer (as msgpack-python packs it), at q: its end */
+static unsigned char *put_uint(unsigned char *q, uint64_t v) {
+    int n;
+    if (v < 0x80) {
+        *q++ = (unsigned char)v;
+        return q;
+    }
+    if (v <= 0xFF) *q++ = 0xCC, n = 1;
+    else if (v <= 0xFFFF) *q++ = 0xCD, n = 2;
+    else if (v <= 0xFFFFFFFF) *q++ = 0xCE, n = 4;
+    else *q++ = 0xCF, n = 8;
+    for (int i = n - 1; i >= 0; i--) *q++ = (unsigned char)(v >> (8 * i));
+    return q;
+}
+
+/* A PING: its PONG, for the sender alone, planned as the room answers it (room.py's
+ * _member_messages: a message against the member's rate, of no bytes). Keepalives a client sends
+ * every few seconds would otherwise take their whole read to the room: its PONG is output of the
+ * room's for the pass, so the read's later packets are its too (docs/architecture.md). 1:
+ * planned; 0: the room's. */
+static int plan_pong(Plan *plan, uint64_t ping_id, uint64_t client_time) {
+    if (plan->nmsgs == MAX_MESSAGES) return 0;
+    Planned *msg = &plan->msgs[plan->nmsgs++];
+    unsigned char *q = msg->pong;
+    *q++ = 0x93, *q++ = PONG_CODE;
+    q = put_uint(put_uint(q, ping_id), client_time);
+    msg->data = NULL, msg->size = 0, msg->first = plan->nto, msg->count = 0, msg->pong_len = (int)(q - msg->pong);
+    return 1;
+}
+
 static void plan_begin(Plan *plan) { plan->nmsgs = 0, plan->nto = 0; }
 
 static void plan_forget(Plan *plan) {
     if (plan != NULL) plan->all_done = 0, plan->all_for = plan->live = NULL;
 }
 
-/* Parses the plaintext's SENDs and finds each one's recipients. 1: planned; 0: the room's. */
+/* Parses the plaintext's SENDs and PINGs and finds each SEND's recipients. 1: planned; 0: the
+ * room's. */
 static int plan_packet(Lane *self, Plan *plan, const unsigned char *p, const unsigned char *end, Entry *sender,
                        PyObject *members) {
     plan_begin(plan);
     if (p >= end) return 0;
     while (p < end) {
-        /* [2, bin, nil | [uint, ...]]: exactly this shape, anything else is the room's */
-        if (end - p < 3 || p[0] != 0x93 || p[1] != SEND_CODE) return 0;
+        /* [2, bin, nil | [uint, ...]] or [4, uint, uint]: exactly these shapes, anything else is
+         * the room's */
+        if (end - p < 3 || p[0] != 0x93) return 0;
+        if (p[1] == PING_CODE) {
+            uint64_t ping_id, client_time;
+            p += 2;
+            if (!read_uint(&p, end, &ping_id) || !read_uint(&p, end, &client_time)) return 0;
+            if (!plan_pong(plan, ping_id, client_time)) return 0;
+            continue;
+        }
+        if (p[1] != SEND_CODE) return 0;
         p += 2;
         Py_ssize_t n;
         if (*p == 0xC4 && end - p >= 2) n = p[1], p += 2;
@@ -1117,6 +1170,16 @@ static void queue_plan(Lane *self, Entry *e, Plan *plan, Py_ssize_t n, double no
         Planned *msg = &plan->msgs[m];
         unsigned char mac[32];
         int made = 0; /* mac holds the message's HMAC for GS2 recipients */
+        if (msg->pong_len) { /* the sender's, in order with what others send it in this read */
+            unsigned char *at = mark_dirty(self, e) < 0 ? NULL : entry_extend(e, msg->pong_len);
+            if (at == NULL) {
+                if (!PyErr_Occurred()) PyErr_NoMemory();
+                internal_error(self, "queue");
+                lost = 1;
+            } else {
+                memcpy(at, msg->pong, msg->pong_len);
+            }
+        }
         for (Py_ssize_t r = msg->first; r < msg->first + msg->count && !lost; r++) {
             Entry *to = plan->to[r];
             if (mark_dirty(self, to) < 0 || entry_append(to, e->prefix, e->prefix_len, msg->data, msg->size) < 0 ||

@@ -193,7 +193,9 @@ async def test_sends_of_every_shape_reach_the_same_members_with_the_same_bytes(
 async def test_what_only_the_room_handles_is_handed_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
     async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
         a, b, c = peers
-        a.send(m.Ping(7, 1234).encode(), send(b"with a ping"))  # PING: the room answers
+        # a PING with an element more than it needs: the room reads it (the C read takes only the
+        # plain shape)
+        a.send(msgpack.packb([4, 7, 1234, 0]), send(b"with a ping"))
         await collect(peers)
         b.send(send(bytes(1140)))  # over max_payload_udp (1100): ERROR, dropped
         await collect(peers)
@@ -221,15 +223,19 @@ async def test_what_only_the_room_handles_is_handed_to_it(monkeypatch: pytest.Mo
 
 async def test_rate_limits_spend_and_drop_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst past a member's message burst: the same messages through, the same dropped, the
-    same ERROR, whether the packets were relayed in C or by the room."""
+    same ERROR, whether the packets were relayed in C or by the room; PINGs count as messages
+    of no bytes."""
 
     async def script(r: EmbeddedRoom, peers: list[UdpPeer]) -> None:
-        a, b, _c = peers
+        a, b, c = peers
         for i in range(8):
             a.send(send(b"%d" % i), send(b"%d bis" % i))
         await collect(peers)
         for _ in range(3):  # over its byte budget
             b.send(send(bytes(700)))
+        await collect(peers)
+        for i in range(12):  # over its message burst, under its (spent) byte budget
+            c.send(m.Ping(i, 0).encode())
         await collect(peers)
 
     (logs, dropped, *_), _ = await same_either_way(
@@ -241,7 +247,52 @@ async def test_rate_limits_spend_and_drop_the_same(monkeypatch: pytest.MonkeyPat
     limited = [repr(m.Error(int(ErrorCode.RATE_LIMITED), "rate limit exceeded"))]
     assert a_log[0] == b_log[1] == limited
     assert c_log[1] == a_log[1] == [repr(m.Message(2, bytes(700)))] * 2  # 1,500 bytes: two of three
-    assert dropped == {"rate_limited": 3, "rate_limited_unread": 2}
+    assert sorted(c_log[2]) == sorted([*(repr(m.Pong(i, 0)) for i in range(10)), *limited])
+    assert dropped == {"rate_limited": 4, "rate_limited_unread": 3}
+
+
+@pytest.mark.parametrize("peer", [UdpPeer, WsPeer])
+async def test_pings_are_answered_in_c_as_the_room_answers_them(
+    monkeypatch: pytest.MonkeyPatch, peer: type[UdpPeer] | type[WsPeer]
+) -> None:
+    """A client's keepalive PING is answered in C, alone or among SENDs, with the PONG the room
+    sends (its integers packed as msgpack-python packs them, however the client packed them);
+    one the C read does not take (not a positive integer) is the room's to drop."""
+    overheads: list[int] = []  # bytes out beyond a lone PONG's own, per run
+
+    async def script(r: EmbeddedRoom, peers: list[Any]) -> None:
+        a, b, c = peers
+        ids = [p.connection_id for p in peers]
+        bytes_out = r.relay.counters.bytes_out
+        before = sum(bytes_out)
+        a.send(m.Ping(7, 1234).encode())
+        await collect(peers)
+        overheads.append(sum(bytes_out) - before - len(m.Pong(7, 1234).encode()))
+        b.send(send(b"first"), m.Ping(2**64 - 1, 2**40).encode(), send(b"to a", [ids[0]]))
+        c.send(send(b"to b, then a ping", [ids[1]]), m.Ping(0, 255).encode())
+        await collect(peers)
+        before = sum(bytes_out)
+        a.send(b"\x93\x04\xcf" + (5).to_bytes(8, "big") + b"\xcd\x00\x07")  # wider than it needs
+        await collect(peers)
+        overheads.append(sum(bytes_out) - before - len(m.Pong(5, 7).encode()))
+        fast = r.relay._udp_lane.lane.fast if r.relay._udp_lane else 0
+        b.send(msgpack.packb([4, -1, 0]))  # malformed: dropped by the room
+        await collect(peers)
+        assert (r.relay._udp_lane.lane.fast if r.relay._udp_lane else 0) == fast
+
+    ran, _ = await same_either_way(monkeypatch, script, peer=peer)
+    logs, dropped, messages_in, messages_out, _, fast = ran
+    assert fast == 4  # the lane answered them itself
+    a_log, b_log, c_log = logs
+    assert a_log[0] == [repr(m.Pong(7, 1234))] and b_log[0] == c_log[0] == []
+    assert a_log[1] == sorted([repr(m.Message(2, b"first")), repr(m.Message(2, b"to a"))])
+    assert b_log[1] == sorted([repr(m.Pong(2**64 - 1, 2**40)), repr(m.Message(3, b"to b, then a ping"))])
+    assert c_log[1] == [repr(m.Message(2, b"first")), repr(m.Pong(0, 255))]
+    assert a_log[2] == [repr(m.Pong(5, 7))]
+    assert len(set(overheads)) == 1  # its PONG as the room packs it: no byte longer
+    assert dropped == {"malformed": 1}
+    kind = 0 if peer is UdpPeer else 1
+    assert messages_in[kind] >= 9 and messages_out[kind] >= 8
 
 
 async def test_a_member_that_moved_is_relayed_again_once_its_new_address_answers(
