@@ -47,7 +47,8 @@
  * (`conn.lane_binary`); any other frame (a ping, a close, a fragment, text) or the stream's end
  * hands the reading back with the bytes from there on (`conn.lane_hand_back`), for good. A
  * WebSocket recipient's packets are framed here and written to its socket when its transport
- * holds nothing queued, else through the transport, behind what it queued. Each socket is its
+ * holds nothing queued (asked only after the connection wrote through it: `Entry.queued`), else
+ * through the transport, behind what it queued. Each socket is its
  * own read, so their output leaves once a pass, at its end (`ws_flush`, scheduled by the first
  * read of the pass), and the WebSocket hooks run then; or at the read's end, where no other
  * member's socket has anything to read and the relay does not pace (`ws_flush_now`). A ping or
@@ -144,6 +145,13 @@ typedef struct {
      * go), the connection (hand-backs) and its transport (writes behind queued ones), and the
      * bytes read that are not yet a whole frame */
     int kind, fd;
+    /* its transport may hold bytes queued, so the lane asks it (`get_write_buffer_size`) before it
+     * writes to the socket itself: set where the entry is made, by the lane's own writes through
+     * the transport and by the connection's (its `queued` attribute); cleared where the
+     * transport answered 0. Asking at every write was 5% of a WebSocket relay's CPU in the
+     * deployed shape, and the connection writes through its transport a few times a second at
+     * most (pongs, the room's own events) */
+    int queued;
     PyObject *conn, *transport;
     unsigned char *in;
     Py_ssize_t in_len, in_cap;
@@ -176,12 +184,19 @@ static void Entry_dealloc(Entry *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyMemberDef Entry_members[] = {
+    {"queued", T_INT, offsetof(Entry, queued), 0,
+     "1 once its connection wrote through its transport: the lane asks the transport what it queued"},
+    {NULL},
+};
+
 static PyTypeObject EntryType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "relay.server._lane.Entry",
     .tp_basicsize = sizeof(Entry),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A session's handles in the lane (internal).",
     .tp_dealloc = (destructor)Entry_dealloc,
+    .tp_members = Entry_members,
 };
 
 /* Room for `size` more bytes of one message at the end of e's output, counted as written: where
@@ -716,7 +731,7 @@ static Entry *make_entry(PyObject *session, PyObject *member, uint32_t sid, int 
     e->out = NULL, e->out_len = e->out_cap = 0;
     e->lens = NULL, e->nlens = e->lens_cap = 0;
     e->dirty = 0;
-    e->kind = KIND_UDP, e->fd = -1, e->conn = e->transport = e->gs2 = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
+    e->kind = KIND_UDP, e->fd = -1, e->queued = 1, e->conn = e->transport = e->gs2 = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
     e->macs = NULL, e->macs_cap = 0;
     e->seen_at = -1.0;
 done:
@@ -1474,11 +1489,15 @@ static int ws_send_entry(Lane *self, Entry *e, double now) {
         if (closing < 0) return -1;
     }
     if (at > 0 && !closing) {
-        PyObject *size = PyObject_CallMethodNoArgs(e->transport, s_get_write_buffer_size.name);
-        if (size == NULL) return -1;
-        long queued = PyLong_AsLong(size);
-        Py_DECREF(size);
-        if (queued < 0 && PyErr_Occurred()) return -1;
+        long queued = 0;
+        if (e->queued || e->fd < 0) {
+            PyObject *size = PyObject_CallMethodNoArgs(e->transport, s_get_write_buffer_size.name);
+            if (size == NULL) return -1;
+            queued = PyLong_AsLong(size);
+            Py_DECREF(size);
+            if (queued < 0 && PyErr_Occurred()) return -1;
+            e->queued = queued != 0;
+        }
         Py_ssize_t sent = 0;
         if (queued == 0 && e->fd >= 0) {
             ssize_t n = send(e->fd, self->packets, at, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -1492,6 +1511,7 @@ static int ws_send_entry(Lane *self, Entry *e, double now) {
             PyObject *rest = PyBytes_FromStringAndSize((const char *)self->packets + sent, at - sent);
             PyObject *result = rest ? PyObject_CallMethodOneArg(e->transport, s_write.name, rest) : NULL;
             Py_XDECREF(rest);
+            e->queued = 1;
             if (result == NULL) return -1;
             Py_DECREF(result);
             overflow = queued + (at - sent) > self->ws_send_buffer;

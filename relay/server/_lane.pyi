@@ -14,7 +14,10 @@ Hook = tuple[object, str, Callable[[float], object]]
 
 @final
 class Entry:
-    """A session's handles in the lane (opaque)."""
+    """A session's handles in the lane (opaque but for `queued`: 1 once its connection wrote
+    through its transport)."""
+
+    queued: int
 
 @final
 class Lane:

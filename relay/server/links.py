@@ -705,7 +705,7 @@ class WsConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing or self.proto.state is not State.OPEN:
             return
-        transport.write(server_frame(PING, b""))
+        self._put(transport, server_frame(PING, b""))
         self._hold_to_send_buffer(transport)
         if not self._closing:
             self._ping_later()
@@ -713,7 +713,7 @@ class WsConnection(asyncio.Protocol):
     def _pong(self, payload: bytes) -> None:
         transport = self.transport
         if transport is not None and not self._closing and self.proto.state is State.OPEN:
-            transport.write(server_frame(PONG, payload))
+            self._put(transport, server_frame(PONG, payload))
             self._hold_to_send_buffer(transport)
 
     def _hold_to_send_buffer(self, transport: asyncio.Transport) -> None:
@@ -752,13 +752,23 @@ class WsConnection(asyncio.Protocol):
         elif opcode is Opcode.PONG and self.peer is not None:
             self.peer.pong(self._now)
 
+    def _put(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Every write of this connection's. The lane writes a member's frames to the socket
+        itself while the transport holds nothing queued, and asks the transport only after a
+        write here (its entry's `queued`, relay/server/_lane.c), so a write that bypassed this
+        could let the lane's frames overtake bytes the transport queued."""
+        transport.write(data)
+        entry = self._lane_entry
+        if entry is not None:
+            entry.queued = 1
+
     def _write(self) -> None:
         transport = self.transport
         if transport is None:
             return
         for chunk in self.proto.data_to_send():
             if chunk:
-                transport.write(chunk)
+                self._put(transport, chunk)
             else:  # SEND_EOF
                 with contextlib.suppress(Exception):
                     transport.close()
@@ -775,7 +785,7 @@ class WsConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closing or self.proto.state is not State.OPEN:
             return False
-        transport.write(server_frame(BINARY, packet))
+        self._put(transport, server_frame(BINARY, packet))
         return True
 
     def send_packets(self, packets: list[bytes]) -> int:
@@ -785,7 +795,7 @@ class WsConnection(asyncio.Protocol):
         if transport is None or self._closing or self.proto.state is not State.OPEN:
             return 0
         data = server_binary_frames(packets)
-        transport.write(data)
+        self._put(transport, data)
         return len(data)
 
     def close(self, code: int, reason: str) -> None:

@@ -496,6 +496,39 @@ async def test_a_websocket_member_read_in_c_hands_back_what_it_does_not_read() -
             await b.aclose()
 
 
+async def test_the_lane_asks_the_transport_what_it_queued_only_after_the_connection_wrote() -> None:
+    """The lane writes a member's frames to its socket itself while the connection's transport
+    holds nothing queued. It asks the transport only after the connection wrote through it (its
+    pong to a WebSocket ping, the room's own events): each such write marks the member's entry,
+    and the lane's next write to it finds the transport empty and clears the mark."""
+    async with room(host="127.0.0.1") as r:
+        a, b = await joined(r, WsPeer, 2)
+        try:
+            conn = next(c for c in r.relay._ws if c.session is not None and c.session.sid == b.session_id)
+            entry = conn._lane_entry
+            assert entry is not None
+            a.send(send(b"first"))
+            assert await b.expect(m.Message, 2) == m.Message(1, b"first")
+            assert entry.queued == 0
+            b.proto.send_ping(b"are you there")
+            b._write()
+            while not any(f.opcode is Opcode.PONG for f in b.frames):  # answered by the connection
+                await b._read(2.0)
+            assert entry.queued == 1
+            a.send(send(b"after the pong"))
+            assert await b.expect(m.Message, 2) == m.Message(1, b"after the pong")
+            assert entry.queued == 0
+            a.send(m.SetProfile(b"new").encode())  # the room's event, written by the connection
+            assert await b.expect(m.MemberProfile, 2) == m.MemberProfile(1, b"new")
+            assert entry.queued == 1
+            a.send(send(b"after the profile"))
+            assert await b.expect(m.Message, 2) == m.Message(1, b"after the profile")
+            assert entry.queued == 0
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+
 async def test_a_close_frame_behind_a_bye_read_in_c_ends_the_connection_at_once() -> None:
     """A client that leaves sends BYE and its close frame, often in one segment: the room closes
     the connection while the lane reads that segment, and the close frame behind the BYE is then
