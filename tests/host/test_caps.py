@@ -31,7 +31,7 @@ from relay.control.sqlite_store import SQLiteStore
 from relay.host import cgroups
 from relay.host.capped_spawner import CappedSpawner, relay_command
 from relay.host.group_spawner import GroupSpawner
-from relay.host.spawner import SubprocessSpawner, cmdline, pid_alive, relay_environment
+from relay.host.spawner import SubprocessSpawner, pid_alive, relay_environment
 from relay.host.warm_pool import WarmPool
 from relay.protocol.constants import UDP_HELLO_PAD_TO, CloseReason
 from relay.protocol.keys import generate_room_key
@@ -599,12 +599,11 @@ async def test_a_relay_left_outside_its_group_by_a_killed_control_plane_is_cappe
     try:
         [made] = killed.groups
         assert BACKEND.find(spawned.pid) is None  # outside its caps
-        # what adopt() reads first: that pid is a relay's (a failure in CI once read None here)
-        try:
-            seen: object = cmdline(spawned.pid)
-        except OSError as exc:
-            seen = exc
-        assert relay_command(spawned.pid) is not None, (spawned.pid, seen)
+        # what adopt() reads first: that pid is a relay's. A spawn returns once the exec has
+        # begun, and until the program's arguments are in place its /proc/PID/cmdline reads
+        # empty (CI read None here twice, the second time from ['']); a control plane started
+        # after a kill meets its relays long past that
+        await wait_for(lambda: relay_command(spawned.pid), timeout=5)
         adopted = CappedSpawner(SubprocessSpawner(), NANO, BACKEND).adopt(spawned.pid)
         assert adopted is not None and adopted.group is not None
         assert group_dirs(adopted.group) == group_dirs(made)  # the group made for it, no other
