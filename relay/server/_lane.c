@@ -1,7 +1,7 @@
 /* The room's UDP port, and its members' WebSocket connections, read in C: a member's DATA packet
  * of SENDs (and PINGs, answered here) is opened, checked, fanned out, sealed and sent here,
- * without a Python call per datagram or frame (docs/architecture.md, "The C part"). Everything else is handed to the room
- * as it was before.
+ * without a Python call per datagram or frame (docs/architecture.md, "The C part"). Everything
+ * else is handed to the room as it was before.
  *
  * Why: in the deployed shape (a relay process per room, a message per client packet) what a
  * packet costs is mostly the Python interpreter woken for it, whatever it then does; a process
@@ -18,8 +18,8 @@
  * checks against those objects that nothing changed (the session still the room's, still its
  * member's, on the same validated path and address; its member not over a rate limit nor
  * muted). A datagram that is not a DATA packet of such a session, a plaintext with anything
- * but SENDs and PINGs of the plain shape, a message over a limit, a recipient that is not such a session:
- * all go to the room, untouched (`punt(data, addr, now)`), or once opened with its plaintext
+ * but SENDs and PINGs of the plain shape, a message over a limit, a recipient that is not such a
+ * session: all go to the room, untouched (`punt(data, addr, now)`), or once opened with its plaintext
  * (`punt_opened(session, data, plaintext, counter, addr, now)`), so the room's rules apply to
  * them exactly as before and the room's tests keep describing the relay. A packet is taken here
  * whole or not at all: its buckets are spent, its messages queued, only when every check passed.
@@ -48,12 +48,11 @@
  * hands the reading back with the bytes from there on (`conn.lane_hand_back`), for good. A
  * WebSocket recipient's packets are framed here and written to its socket when its transport
  * holds nothing queued (asked only after the connection wrote through it: `Entry.queued`), else
- * through the transport, behind what it queued. Each socket is its
- * own read, so their output leaves once a pass, at its end (`ws_flush`, scheduled by the first
- * read of the pass), and the WebSocket hooks run then; or at the read's end, where no other
- * member's socket has anything to read and the relay does not pace (`ws_flush_now`). A ping or
- * a pong from a member is handed to its connection (`conn.lane_control(opcode, payload, now)`)
- * and the reading goes on here.
+ * through the transport, behind what it queued. Each socket is its own read, so their output
+ * leaves once a pass, at its end (`ws_flush`, scheduled by the first read of the pass), and the
+ * WebSocket hooks run then; or at the read's end, where no other member's socket has anything to
+ * read and the relay does not pace (`ws_flush_now`). A ping or a pong from a member is handed to
+ * its connection (`conn.lane_control(opcode, payload, now)`) and the reading goes on here.
  *
  * GS2 clients (`gs2_limits(key, started, max_size)` once, then `ws_offer(..., recipient)` with the
  * client's wire.Recipient, relay/server/gs2.py): once a GS2 client has joined, its
@@ -100,7 +99,7 @@
 #define PING_CODE 4       /* ClientMsg.PING */
 #define PONG_CODE 21      /* RelayMsg.PONG */
 #define PONG_MAX 20       /* [PONG, uint64, uint64] in msgpack */
-#define MAX_MESSAGES 64   /* SENDs in one packet taken here (more: the room's) */
+#define MAX_MESSAGES 64   /* SENDs and PINGs in one packet taken here (more: the room's) */
 #define MAX_TARGETS 64    /* targets of one SEND taken here */
 #define MAX_RECIPIENTS 1024 /* deliveries planned for one packet */
 #define SEND_CHUNK 256    /* datagrams per sendmmsg */
@@ -731,7 +730,8 @@ static Entry *make_entry(PyObject *session, PyObject *member, uint32_t sid, int 
     e->out = NULL, e->out_len = e->out_cap = 0;
     e->lens = NULL, e->nlens = e->lens_cap = 0;
     e->dirty = 0;
-    e->kind = KIND_UDP, e->fd = -1, e->queued = 1, e->conn = e->transport = e->gs2 = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
+    e->kind = KIND_UDP, e->fd = -1, e->queued = 1;
+    e->conn = e->transport = e->gs2 = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
     e->macs = NULL, e->macs_cap = 0;
     e->seen_at = -1.0;
 done:
