@@ -121,7 +121,7 @@ typedef struct {
 } Attr;
 
 static Attr s_sid, s_member, s_session, s_path, s_validated, s_addr, s_muted_until, s_over_since, s_opener, s_sealer, s_msg_bucket, s_byte_bucket, s_prefix, s_sessions, s_members, s_flush_scheduled, s_held, s_shed_optional, s_udp_backlogged, s_closed, s_last_seen, s_last_activity, s_packets_in, s_bytes_in, s_messages_in, s_messages_out, s_packets_out, s_bytes_out, s_drops, s_observe_fanout, s_fanout_buckets, s_fanout_ns, s_decrypt_failures;
-static Attr s_write, s_get_write_buffer_size, s_is_closing, s_overflow, s_lane_binary, s_lane_hand_back, s_lane_control, s_seq;
+static Attr s_write, s_get_write_buffer_size, s_is_closing, s_overflow, s_lane_binary, s_lane_hand_back, s_lane_control, s_seq_cell;
 
 /* ---- an entry: one session's handles ------------------------------------------------------ */
 
@@ -154,7 +154,11 @@ typedef struct {
     PyObject *conn, *transport;
     unsigned char *in;
     Py_ssize_t in_len, in_cap;
-    PyObject *gs2; /* a GS2 client's (kind GS2): its wire.Recipient, whose `seq` numbers its Containers */
+    /* a GS2 client's (kind GS2): the last sequence number of its Containers, in its wire.Recipient's
+     * `seq_cell` (an array("I") of one, held through `seq_view`): read and written in place, where
+     * the Recipient's attribute cost a cold object and an int made per flush (2% of a GS2 relay) */
+    uint32_t *seq;
+    Py_buffer seq_view;
     /* a GS2 client's: each queued message's HMAC (32 bytes, in `lens`' order), made once per message
      * when it was queued rather than once per recipient at the flush */
     unsigned char *macs;
@@ -177,7 +181,7 @@ static void Entry_dealloc(Entry *self) {
     PyMem_Free(self->lens);
     Py_XDECREF(self->conn);
     Py_XDECREF(self->transport);
-    Py_XDECREF(self->gs2);
+    if (self->seq != NULL) PyBuffer_Release(&self->seq_view);
     PyMem_Free(self->in);
     PyMem_Free(self->macs);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -731,7 +735,8 @@ static Entry *make_entry(PyObject *session, PyObject *member, uint32_t sid, int 
     e->lens = NULL, e->nlens = e->lens_cap = 0;
     e->dirty = 0;
     e->kind = KIND_UDP, e->fd = -1, e->queued = 1;
-    e->conn = e->transport = e->gs2 = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
+    e->seq = NULL, e->seq_view.obj = NULL;
+    e->conn = e->transport = NULL, e->in = NULL, e->in_len = e->in_cap = 0;
     e->macs = NULL, e->macs_cap = 0;
     e->seen_at = -1.0;
 done:
@@ -1399,14 +1404,11 @@ static int frame_header(unsigned char *f, Py_ssize_t n) {
 /* A GS2 recipient's messages of the pass as Containers (wire.Recipient.containers), each in a
  * frame of its own, into self->packets: BINARY_MESSAGE{Any{"type.googleapis.com/BinaryMessage",
  * BinaryMessage{RelayBinaryMessage{sender, data}}}, its HMAC}, then the recipient's next sequence
- * number and the milliseconds since the room started. Its length; -1 on an error. */
+ * number and the milliseconds since the room started. Its length. */
 static Py_ssize_t gs2_frames(Lane *self, Entry *e, double now, long long *packets) {
     static const char url[] = "type.googleapis.com/BinaryMessage";
     const Py_ssize_t url_len = sizeof url - 1;
-    PyObject *seq_now = get_attr(e->gs2, &s_seq);
-    uint64_t seq = seq_now ? PyLong_AsUnsignedLongLong(seq_now) : 0;
-    Py_XDECREF(seq_now);
-    if (seq_now == NULL || (seq == (uint64_t)-1 && PyErr_Occurred())) return -1;
+    uint64_t seq = *e->seq;
     uint64_t ms = (uint64_t)(int64_t)((now - self->gs2_started) * 1000.0) & 0xFFFFFFFFu;
     Py_ssize_t at = 0, offset = 0;
     for (Py_ssize_t j = 0; j < e->nlens; j++) {
@@ -1435,9 +1437,7 @@ static Py_ssize_t gs2_frames(Lane *self, Entry *e, double now, long long *packet
         at = q - self->packets;
         (*packets)++;
     }
-    PyObject *seq_then = PyLong_FromUnsignedLongLong(seq);
-    if (seq_then == NULL || set_attr(e->gs2, &s_seq, seq_then) < 0) at = -1;
-    Py_XDECREF(seq_then);
+    *e->seq = (uint32_t)seq;
     return at;
 }
 
@@ -1459,7 +1459,7 @@ static int ws_send_entry(Lane *self, Entry *e, double now) {
     }
     long long packets = 0, bytes = 0, too_large = 0, failed = 0, messages = e->nlens;
     if (e->kind == KIND_GS2) { /* bytes: the frames', as the room's GS2 link counts them */
-        if ((at = gs2_frames(self, e, now, &packets)) < 0) return -1;
+        at = gs2_frames(self, e, now, &packets);
         bytes = at, j = e->nlens;
     }
     while (j < e->nlens) {
@@ -1968,6 +1968,24 @@ static int ws_flush_now(Lane *self) {
     return epoll_wait(self->ws_epfd, &ev, 1, 0) == 0;
 }
 
+/* e numbers its Containers in `recipient.seq_cell` (wire.Recipient's), in place; -1 on an error */
+static int gs2_numbering(Entry *e, PyObject *recipient) {
+    PyObject *cell = get_attr(recipient, &s_seq_cell);
+    if (cell == NULL) return -1;
+    int got = PyObject_GetBuffer(cell, &e->seq_view, PyBUF_WRITABLE | PyBUF_FORMAT);
+    Py_DECREF(cell);
+    if (got < 0) return -1;
+    const char *format = e->seq_view.format;
+    if (e->seq_view.len != sizeof(uint32_t) || e->seq_view.itemsize != sizeof(uint32_t) || format == NULL ||
+        strcmp(format, "I") != 0) {
+        PyBuffer_Release(&e->seq_view);
+        PyErr_SetString(PyExc_TypeError, "recipient.seq_cell: an array('I') of one item");
+        return -1;
+    }
+    e->seq = e->seq_view.buf;
+    return 0;
+}
+
 /* ws_offer(session, member, fd, conn, transport, recipient=None) -> Entry | None: the WebSocket
  * member's frames may be read here from fd (the lane's own dup of its socket, which the
  * connection closes); recipient: a GS2 client's wire.Recipient (its connection speaks GS2) */
@@ -1991,8 +2009,8 @@ static PyObject *Lane_ws_offer(Lane *self, PyObject *const *args, Py_ssize_t nar
         goto done;
     }
     e->kind = gs2 ? KIND_GS2 : KIND_WS, e->fd = fd;
-    e->conn = Py_NewRef(conn), e->transport = Py_NewRef(transport), e->gs2 = Py_XNewRef(gs2);
-    if (keep_entry(self, sid, e) == 0) {
+    e->conn = Py_NewRef(conn), e->transport = Py_NewRef(transport);
+    if ((gs2 == NULL || gs2_numbering(e, gs2) == 0) && keep_entry(self, sid, e) == 0) {
         ws_watch(self, fd);
         result = Py_NewRef((PyObject *)e);
     }
@@ -2407,7 +2425,7 @@ PyMODINIT_FUNC PyInit__lane(void) {
         intern(&s_is_closing, "is_closing") ||
         intern(&s_overflow, "overflow") || intern(&s_lane_binary, "lane_binary") ||
         intern(&s_lane_hand_back, "lane_hand_back") || intern(&s_lane_control, "lane_control") ||
-        intern(&s_seq, "seq"))
+        intern(&s_seq_cell, "seq_cell"))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -16,6 +16,7 @@ import os
 import random
 import struct
 import time
+from array import array
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -756,6 +757,46 @@ async def test_a_pass_of_several_gs2_senders_signs_each_message_for_each_recipie
             assert [x.body.data for x in got_b] == from_a and [x.body.data for x in got_a] == from_b
             after = counters.packets_in[2], counters.messages_in[2], lane.lane.fast
             assert [n - m for n, m in zip(after, before, strict=True)] == [20, 20, 20]
+        finally:
+            for client in clients:
+                await client.close()
+
+
+async def test_a_gs2_clients_sequence_numbers_wrap_and_interleave_with_the_rooms() -> None:
+    """The lane numbers the Containers it builds in the client's wire.Recipient itself (its
+    `seq_cell`), so the room's own Containers for that client and the lane's take turns in one
+    sequence, which wraps from 2^32 - 1 to 1 as wire.Recipient's does."""
+    signer = Ed25519PrivateKey.generate()
+    async with room(host="127.0.0.1") as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        clients = [await g.Gs2Client.join(r.port, r.key, tokens.mint(signer, f"g{i}", 600)) for i in range(2)]
+        try:
+            await asyncio.gather(*map(heard, clients))  # the joins
+            a, b = clients
+            assert b.my is not None
+            cid = b.my.connection_id
+            conn = next(c for c in r.relay._ws if c.session is not None and c.session.member.cid == cid)
+            assert conn._lane_entry is not None  # read and written by the lane
+            recipient = conn.peer.recipient
+            recipient.seq = 0xFFFFFFFE
+            fast = lane.lane.fast
+            for data in (b"one", b"two"):
+                await a.send(data)
+            await heard(b)
+            await a.update_profile(b"the room's")  # an UpdateProfileNotification, built by the room
+            await heard(b)
+            await a.send(b"three")
+            got = await heard(b)
+            assert [x.body.data for x in got] == [b"three"]
+            assert b.sequences[-4:] == [0xFFFFFFFF, 1, 2, 3]
+            assert recipient.seq == 3
+            assert lane.lane.fast - fast == 3  # the sends were the lane's
+            cell = recipient.seq_cell
+            recipient.seq_cell = array("Q", (0,))  # not a cell the lane can number in
+            with pytest.raises(TypeError, match="seq_cell"):
+                lane.lane.ws_offer(conn.session, conn.session.member, 0, conn, conn.transport, recipient)
+            recipient.seq_cell = cell
         finally:
             for client in clients:
                 await client.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,18 +316,32 @@ class Encoder:
 class Recipient:
     """One GS2 client's side of the room's output: its sequence numbers, and the players it knows
     (connection id -> user id, profile), which a LeaveNotification names and native LEAVE does
-    not. `user_id` and `profile` are its own (WELCOME carries neither)."""
+    not. `user_id` and `profile` are its own (WELCOME carries neither).
 
-    __slots__ = ("_parts", "encoder", "players", "profile", "seq", "user_id", "welcomed")
+    The last sequence number lives in `seq_cell`, a one-item `array("I")`, so that the relay's
+    C lane (relay/server/_lane.c) numbers the Containers it builds for this client in place,
+    through the array's buffer: as an attribute it cost a cold object and an int made per flush,
+    2% of a GS2 relay's CPU in the deployed shape."""
+
+    __slots__ = ("_parts", "encoder", "players", "profile", "seq_cell", "user_id", "welcomed")
 
     def __init__(self, encoder: Encoder, user_id: str, profile: bytes) -> None:
         self.encoder = encoder
         self.user_id = user_id
         self.profile = profile
-        self.seq = 0
+        self.seq_cell = array("I", (0,))
         self.players: dict[int, tuple[str, bytes]] = {}
         self.welcomed = False
         self._parts: dict[int, m.Welcome] = {}
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the last Container made for this client (0: none yet)."""
+        return self.seq_cell[0]
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self.seq_cell[0] = value
 
     def containers(self, items: list[bytes], now: float) -> list[bytes]:
         """The Containers for the room's native messages `items`, in order (those GS2 has no
@@ -357,8 +372,9 @@ class Recipient:
         """One Container of the relay's own (an Error for a refused message), numbered in turn."""
         encoder = self.encoder
         encoder.begin(now)
-        self.seq = self.seq + 1 if self.seq < 0xFFFFFFFF else 1
-        return encoder.body(kind, value) + b"\x20" + _varint(self.seq) + encoder.lifetime
+        seq = self.seq
+        self.seq = seq = seq + 1 if seq < 0xFFFFFFFF else 1
+        return encoder.body(kind, value) + b"\x20" + _varint(seq) + encoder.lifetime
 
     def _player(self, cid: int) -> Player:
         user_id, profile = self.players.get(cid, ("", b""))
