@@ -38,13 +38,13 @@ async def js(node: list[str], js_build: Path) -> AsyncIterator[JsRemote]:
 def test_vectors_and_session_logic_under_node_test_runner(node: list[str], js_build: Path) -> None:
     """The byte vectors, and the client's session logic against an in-process fake relay."""
     tests = [str(js_build / "test" / name) for name in ("vectors.test.js", "session.test.js")]
-    run = subprocess.run(
-        [*node, "--test", *tests],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    command = [*node, "--test", *tests]
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=45, check=False)
+    except subprocess.TimeoutExpired as hung:  # each test has 15 s (session.test.ts): what finished
+        parts = (hung.stdout, hung.stderr)  # bytes, as the runner read them before the kill
+        out = "".join(p.decode(errors="replace") if isinstance(p, bytes) else p or "" for p in parts)
+        pytest.fail(f"node --test did not end in 45 s; its output so far:\n{out}")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "# fail 0" in run.stdout and "# pass 25" in run.stdout, run.stdout
 

@@ -13,6 +13,8 @@ import { connect, ConnectionError, relayUrl, RESUMED_ELSEWHERE, type ConnectOpti
 import { FakeRelay, LIMITS, ROOM_KEY, sleep, token, until, welcome } from "./fake-relay.js";
 
 const URL_ = "ws://relay.test/";
+/** Each test's limit: one that hangs fails by its name, well inside the Python runner's. */
+const TIMEOUT = { timeout: 15_000 };
 
 async function joined(relay: FakeRelay, options: ConnectOptions = {}, userId = "me"): Promise<RelayClient> {
   return connect(URL_, ROOM_KEY, userId, { WebSocket: relay.WebSocket, ...options });
@@ -30,7 +32,7 @@ function timers(): number {
   return process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
 }
 
-test("a close 'resumed elsewhere' ends the client: no resume, the reason says why", async () => {
+test("a close 'resumed elsewhere' ends the client: no resume, the reason says why", TIMEOUT, async () => {
   const relay = new FakeRelay();
   const c = await joined(relay);
   const log = record(c);
@@ -41,7 +43,7 @@ test("a close 'resumed elsewhere' ends the client: no resume, the reason says wh
   assert.equal(relay.sockets.length, 1);
 });
 
-test("keepalive_timeout_ms 0 is no value: the default 10 s, no PING flood, no reconnects", async () => {
+test("keepalive_timeout_ms 0 is no value: the default 10 s, no PING flood, no reconnects", TIMEOUT, async () => {
   const relay = new FakeRelay();
   const limits = [...LIMITS.slice(0, 5), 0, 15_000];
   relay.onJoin = (s) => s.push(welcome(1, token(1), [], { limits }));
@@ -54,7 +56,7 @@ test("keepalive_timeout_ms 0 is no value: the default 10 s, no PING flood, no re
   await c.close();
 });
 
-test("a sending client's PING rides in its data; an idle one's goes alone, on time", async () => {
+test("a sending client's PING rides in its data; an idle one's goes alone, on time", TIMEOUT, async () => {
   const relay = new FakeRelay();
   const c = await joined(relay, { pingIntervalMs: 200 });
   await sleep(50); // past the first PING, sent at the WELCOME
@@ -79,7 +81,7 @@ test("a sending client's PING rides in its data; an idle one's goes alone, on ti
   await c.close();
 });
 
-test("a resume's WELCOME sets the PING interval anew", async () => {
+test("a resume's WELCOME sets the PING interval anew", TIMEOUT, async () => {
   const relay = new FakeRelay();
   relay.onJoin = (s, _join, i) => {
     const limits = i === 0 ? LIMITS : [...LIMITS.slice(0, 5), 400, 15_000];
@@ -94,7 +96,7 @@ test("a resume's WELCOME sets the PING interval anew", async () => {
   await c.close();
 });
 
-test("a part of another snapshot drops what was held back behind the first; joined, nothing waits", async () => {
+test("a part of another snapshot drops what was held back behind the first; joined, nothing waits", TIMEOUT, async () => {
   const relay = new FakeRelay();
   relay.onJoin = (s) => {
     s.push(welcome(1, token(1), [[2, "bob", new Uint8Array(0)]], { part: 0, parts: 2 }));
@@ -114,7 +116,7 @@ test("a part of another snapshot drops what was held back behind the first; join
   await c.close();
 });
 
-test("at most 4096 messages are held while the first snapshot arrives", async () => {
+test("at most 4096 messages are held while the first snapshot arrives", TIMEOUT, async () => {
   const relay = new FakeRelay();
   const flood = Array.from({ length: 5000 }, (_, i) => [20, 2, new Uint8Array([i & 0xff])]);
   relay.onJoin = (s) => {
@@ -131,7 +133,7 @@ test("at most 4096 messages are held while the first snapshot arrives", async ()
   await c.close();
 });
 
-test("a bad URL or no WebSocket: connect() fails at once and leaves no timer", async () => {
+test("a bad URL or no WebSocket: connect() fails at once and leaves no timer", TIMEOUT, async () => {
   await assert.rejects(connect("ftp://relay.test/", ROOM_KEY, "me"), TypeError);
   await assert.rejects(connect("ws://relay.test/#x", ROOM_KEY, "me"), TypeError);
   const before = timers();
@@ -152,7 +154,7 @@ test("a bad URL or no WebSocket: connect() fails at once and leaves no timer", a
   assert.equal(timers(), before, "a connect timeout was left running");
 });
 
-test("relayUrl: ws:// unless asked for wss://, IPv6 in brackets; a resume reopens the same URL", async () => {
+test("relayUrl: ws:// unless asked for wss://, IPv6 in brackets; a resume reopens the same URL", TIMEOUT, async () => {
   assert.equal(relayUrl("203.0.113.7", 7000), "ws://203.0.113.7:7000/");
   assert.equal(relayUrl("relay.example", 7000, { tls: true }), "wss://relay.example:7000/");
   assert.equal(relayUrl("2001:db8::1", 7000, { tls: true }), "wss://[2001:db8::1]:7000/");
@@ -167,7 +169,7 @@ test("relayUrl: ws:// unless asked for wss://, IPv6 in brackets; a resume reopen
   await c.close();
 });
 
-test("a WebSocket that fails before it opens with error alone (Node 20's) fails connect() at once", async () => {
+test("a WebSocket that fails before it opens with error alone (Node 20's) fails connect() at once", TIMEOUT, async () => {
   // undici 6 fires no close after such an error, and its readyState stays CONNECTING.
   class ErrorOnly {
     binaryType = "blob";
@@ -197,7 +199,7 @@ test("a WebSocket that fails before it opens with error alone (Node 20's) fails 
   assert.ok(performance.now() - started < 1000, "waited for the join timeout");
 });
 
-test("CLOSING before the first WELCOME ends the join, and a resume, for good", async () => {
+test("CLOSING before the first WELCOME ends the join, and a resume, for good", TIMEOUT, async () => {
   const relay = new FakeRelay();
   relay.onJoin = (s) => {
     s.push([23, 5, "shutdown"]);
@@ -224,7 +226,7 @@ test("CLOSING before the first WELCOME ends the join, and a resume, for good", a
   assert.equal(again.sockets.length, 2);
 });
 
-test("the relay's PING before the WELCOME is answered", async () => {
+test("the relay's PING before the WELCOME is answered", TIMEOUT, async () => {
   const relay = new FakeRelay();
   const challenge = 0xfedc_ba98_7654_3210n;
   relay.onJoin = (s) => s.push([24, challenge]);
@@ -235,7 +237,7 @@ test("the relay's PING before the WELCOME is answered", async () => {
   await c.close();
 });
 
-test("a SYNC without an answer is asked again after 1 s, 3 times in all; an answered one is not", async () => {
+test("a SYNC without an answer is asked again after 1 s, 3 times in all; an answered one is not", TIMEOUT, async () => {
   const relay = new FakeRelay();
   const c = await joined(relay);
   relay.last.push([20, 9, new Uint8Array(0)]); // a sender it does not know
@@ -253,7 +255,7 @@ test("a SYNC without an answer is asked again after 1 s, 3 times in all; an answ
   await d.close();
 });
 
-test("a profile the relay refuses (ERROR 5) is not kept; one over 1,083 bytes with the user id is refused here", async () => {
+test("a profile the relay refuses (ERROR 5) is not kept; one over 1,083 bytes with the user id is refused here", TIMEOUT, async () => {
   const relay = new FakeRelay();
   relay.onOther = (s, m) => {
     if (m[0] === 3 && (m[1] as Uint8Array).length > 4) s.push([22, 5, "profile too large"]);
@@ -278,7 +280,7 @@ test("a profile the relay refuses (ERROR 5) is not kept; one over 1,083 bytes wi
   await assert.rejects(joined(new FakeRelay(), { profile: new Uint8Array(1000) }, long), RangeError);
 });
 
-test("members: a SYNC snapshot of another connection id is ignored, never itself, one `joined` per member", async () => {
+test("members: a SYNC snapshot of another connection id is ignored, never itself, one `joined` per member", TIMEOUT, async () => {
   const relay = new FakeRelay();
   const empty = new Uint8Array(0);
   relay.onJoin = (s) => s.push(welcome(1, token(1), [[1, "me", empty], [2, "bob", empty]]));
@@ -300,7 +302,7 @@ test("members: a SYNC snapshot of another connection id is ignored, never itself
   await c.close();
 });
 
-test("connect() gives up after 5 s by default", async () => {
+test("connect() gives up after 5 s by default", TIMEOUT, async () => {
   const relay = new FakeRelay();
   relay.onJoin = () => {}; // admitted, never welcomed
   const t0 = performance.now();
