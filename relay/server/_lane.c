@@ -156,7 +156,7 @@ typedef struct {
     Py_ssize_t in_len, in_cap;
     /* a GS2 client's (kind GS2): the last sequence number of its Containers, in its wire.Recipient's
      * `seq_cell` (an array("I") of one, held through `seq_view`): read and written in place, where
-     * the Recipient's attribute cost a cold object and an int made per flush (2% of a GS2 relay) */
+     * the Recipient's attribute cost a cold object and an int made per flush (3% of a GS2 relay) */
     uint32_t *seq;
     Py_buffer seq_view;
     /* a GS2 client's: each queued message's HMAC (32 bytes, in `lens`' order), made once per message
