@@ -17,7 +17,8 @@ import random
 import struct
 import time
 from array import array
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -641,6 +642,24 @@ async def heard(client: g.Gs2Client, wait: float = 0.25) -> list[g.Received]:
         return out
 
 
+@asynccontextmanager
+async def gs2_room(players: int) -> AsyncIterator[tuple[EmbeddedRoom, Any, list[g.Gs2Client]]]:
+    """A room, its lane, and `players` GS2 clients joined (their joins heard), closed after."""
+    signer = Ed25519PrivateKey.generate()
+    async with room(host="127.0.0.1") as r:
+        lane = r.relay._udp_lane
+        assert lane is not None
+        clients = [
+            await g.Gs2Client.join(r.port, r.key, tokens.mint(signer, f"g{i}", 600)) for i in range(players)
+        ]
+        try:
+            await asyncio.gather(*map(heard, clients))
+            yield r, lane, clients
+        finally:
+            for client in clients:
+                await client.close()
+
+
 Logs = list[list[list[str]]]
 
 
@@ -733,73 +752,55 @@ async def test_a_pass_of_several_gs2_senders_signs_each_message_for_each_recipie
     """Two GS2 clients' bursts read in one pass go to the third as one Container a message, each
     signed (the lane signs a message once, when it is queued, for every GS2 recipient: the
     client's parser checks every signature), in each sender's order, and counted as read."""
-    signer = Ed25519PrivateKey.generate()
-    async with room(host="127.0.0.1") as r:
-        lane = r.relay._udp_lane
-        assert lane is not None
-        clients = [await g.Gs2Client.join(r.port, r.key, tokens.mint(signer, f"g{i}", 600)) for i in range(3)]
-        try:
-            await asyncio.gather(*map(heard, clients))  # the joins
-            a, b, _ = clients
-            counters = r.relay.counters
-            before = counters.packets_in[2], counters.messages_in[2], lane.lane.fast
-            for i in range(10):  # written before the relay's loop runs: frames of two reads, one pass
-                for client, data in ((a, b"a%d" % i), (b, b"b%d" % i * 40)):
-                    message = g.container(g.BINARY_MESSAGE, g.relay_value(data), client.key)
-                    client.ws.protocol.send_binary(message)
-                    client.ws.send_data()
-            got_a, got_b, got_c = await asyncio.gather(*map(heard, clients))
-            assert a.my is not None and b.my is not None
-            from_a = [x.body.data for x in got_c if x.body.sender == a.my.connection_id]
-            from_b = [x.body.data for x in got_c if x.body.sender == b.my.connection_id]
-            assert from_a == [b"a%d" % i for i in range(10)]
-            assert from_b == [b"b%d" % i * 40 for i in range(10)]
-            assert [x.body.data for x in got_b] == from_a and [x.body.data for x in got_a] == from_b
-            after = counters.packets_in[2], counters.messages_in[2], lane.lane.fast
-            assert [n - m for n, m in zip(after, before, strict=True)] == [20, 20, 20]
-        finally:
-            for client in clients:
-                await client.close()
+    async with gs2_room(3) as (r, lane, clients):
+        a, b, _ = clients
+        counters = r.relay.counters
+        before = counters.packets_in[2], counters.messages_in[2], lane.lane.fast
+        for i in range(10):  # written before the relay's loop runs: frames of two reads, one pass
+            for client, data in ((a, b"a%d" % i), (b, b"b%d" % i * 40)):
+                message = g.container(g.BINARY_MESSAGE, g.relay_value(data), client.key)
+                client.ws.protocol.send_binary(message)
+                client.ws.send_data()
+        got_a, got_b, got_c = await asyncio.gather(*map(heard, clients))
+        assert a.my is not None and b.my is not None
+        from_a = [x.body.data for x in got_c if x.body.sender == a.my.connection_id]
+        from_b = [x.body.data for x in got_c if x.body.sender == b.my.connection_id]
+        assert from_a == [b"a%d" % i for i in range(10)]
+        assert from_b == [b"b%d" % i * 40 for i in range(10)]
+        assert [x.body.data for x in got_b] == from_a and [x.body.data for x in got_a] == from_b
+        after = counters.packets_in[2], counters.messages_in[2], lane.lane.fast
+        assert [n - m for n, m in zip(after, before, strict=True)] == [20, 20, 20]
 
 
 async def test_a_gs2_clients_sequence_numbers_wrap_and_interleave_with_the_rooms() -> None:
     """The lane numbers the Containers it builds in the client's wire.Recipient itself (its
     `seq_cell`), so the room's own Containers for that client and the lane's take turns in one
     sequence, which wraps from 2^32 - 1 to 1 as wire.Recipient's does."""
-    signer = Ed25519PrivateKey.generate()
-    async with room(host="127.0.0.1") as r:
-        lane = r.relay._udp_lane
-        assert lane is not None
-        clients = [await g.Gs2Client.join(r.port, r.key, tokens.mint(signer, f"g{i}", 600)) for i in range(2)]
-        try:
-            await asyncio.gather(*map(heard, clients))  # the joins
-            a, b = clients
-            assert b.my is not None
-            cid = b.my.connection_id
-            conn = next(c for c in r.relay._ws if c.session is not None and c.session.member.cid == cid)
-            assert conn._lane_entry is not None  # read and written by the lane
-            recipient = conn.peer.recipient
-            recipient.seq = 0xFFFFFFFE
-            fast = lane.lane.fast
-            for data in (b"one", b"two"):
-                await a.send(data)
-            await heard(b)
-            await a.update_profile(b"the room's")  # an UpdateProfileNotification, built by the room
-            await heard(b)
-            await a.send(b"three")
-            got = await heard(b)
-            assert [x.body.data for x in got] == [b"three"]
-            assert b.sequences[-4:] == [0xFFFFFFFF, 1, 2, 3]
-            assert recipient.seq == 3
-            assert lane.lane.fast - fast == 3  # the sends were the lane's
-            cell = recipient.seq_cell
-            recipient.seq_cell = array("Q", (0,))  # not a cell the lane can number in
-            with pytest.raises(TypeError, match="seq_cell"):
-                lane.lane.ws_offer(conn.session, conn.session.member, 0, conn, conn.transport, recipient)
-            recipient.seq_cell = cell
-        finally:
-            for client in clients:
-                await client.close()
+    async with gs2_room(2) as (r, lane, clients):
+        a, b = clients
+        assert b.my is not None
+        cid = b.my.connection_id
+        conn = next(c for c in r.relay._ws if c.session is not None and c.session.member.cid == cid)
+        assert conn._lane_entry is not None  # read and written by the lane
+        recipient = conn.peer.recipient
+        recipient.seq = 0xFFFFFFFE
+        fast = lane.lane.fast
+        for data in (b"one", b"two"):
+            await a.send(data)
+        await heard(b)
+        await a.update_profile(b"the room's")  # an UpdateProfileNotification, built by the room
+        await heard(b)
+        await a.send(b"three")
+        got = await heard(b)
+        assert [x.body.data for x in got] == [b"three"]
+        assert b.sequences[-4:] == [0xFFFFFFFF, 1, 2, 3]
+        assert recipient.seq == 3
+        assert lane.lane.fast - fast == 3  # the sends were the lane's
+        cell = recipient.seq_cell
+        recipient.seq_cell = array("Q", (0,))  # not a cell the lane can number in
+        with pytest.raises(TypeError, match="seq_cell"):
+            lane.lane.ws_offer(conn.session, conn.session.member, 0, conn, conn.transport, recipient)
+        recipient.seq_cell = cell
 
 
 async def test_the_lane_rejects_what_it_cannot_use() -> None:
